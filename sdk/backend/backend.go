@@ -1,0 +1,254 @@
+// Package backend defines the contract between Magnetar's engine and a sandbox
+// kind (runc, wasm, microVM, gVisor, ...).
+//
+// A backend is small on purpose: [Backend] creates and recovers sandboxes,
+// [Sandbox] runs containers, [Container] and [Process] drive their processes.
+// Optional capabilities (stats, resource updates, pids, pause) are separate
+// interfaces that the engine discovers with a type assertion, so a new kind
+// can start with the core and grow. Every backend runs the shared
+// conformance suite in package backendtest.
+//
+// The package has no protobuf in it: the engine converts API messages at its
+// edges. Errors are containerd errdefs classes (errdefs.ErrNotFound, ...),
+// wrapped with context.
+package backend
+
+import (
+	"context"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Backend is one kind of sandbox.
+type Backend interface {
+	// Info describes the kind and what it can do.
+	Info() Info
+	// Check reports whether the kind can run on this host; the error says
+	// why not (missing binary, no /dev/kvm, ...).
+	Check(ctx context.Context) error
+	// Create prepares a new sandbox. It does not start anything yet.
+	Create(ctx context.Context, cfg SandboxConfig) (Sandbox, error)
+	// Recover re-attaches to a sandbox created by an earlier run of the
+	// process, from the state it saved with [Sandbox.State].
+	Recover(ctx context.Context, cfg SandboxConfig, state []byte) (Sandbox, error)
+}
+
+// Sandbox is one pod: an isolation boundary holding containers.
+type Sandbox interface {
+	// Start brings the sandbox up (boots a VM, creates namespaces, ...).
+	Start(ctx context.Context) (StartInfo, error)
+	// Wait blocks until the sandbox has stopped on its own or through Stop,
+	// or ctx ends.
+	Wait(ctx context.Context) (ExitStatus, error)
+	// Stop stops the sandbox. Containers still running are killed first.
+	Stop(ctx context.Context, timeout time.Duration) error
+	// Delete releases everything the sandbox holds on the host. It is
+	// called once, after Stop, and must be idempotent.
+	Delete(ctx context.Context) error
+	// CreateContainer creates (but does not start) a container.
+	CreateContainer(ctx context.Context, cfg ContainerConfig) (Container, error)
+	// State returns opaque data that Recover needs after a restart.
+	State() ([]byte, error)
+}
+
+// Container is a container in a sandbox: an init process plus exec'd ones.
+type Container interface {
+	// Init returns the container's init process.
+	Init() Process
+	// Exec creates (but does not start) an extra process in the container.
+	Exec(ctx context.Context, cfg ExecConfig) (Process, error)
+	// Delete releases the container's resources on the host (rootfs mounts,
+	// cgroups, bundle). Its init process has been deleted before.
+	Delete(ctx context.Context) error
+}
+
+// Process is a process of a container.
+type Process interface {
+	// Start starts the process and returns its pid as seen from the host
+	// (or 0 where there is no host pid).
+	Start(ctx context.Context) (uint32, error)
+	// Kill sends a signal; all sends it to every process of the container.
+	Kill(ctx context.Context, sig syscall.Signal, all bool) error
+	// Wait blocks until the process exited and returns its status.
+	Wait(ctx context.Context) (ExitStatus, error)
+	// ResizePTY resizes the process's terminal.
+	ResizePTY(ctx context.Context, width, height uint32) error
+	// CloseStdin closes the process's stdin.
+	CloseStdin(ctx context.Context) error
+	// Delete releases the process's resources after it exited.
+	Delete(ctx context.Context) error
+}
+
+// Stater is implemented by containers that report resource usage.
+type Stater interface {
+	Stats(ctx context.Context) (*Stats, error)
+}
+
+// Updater is implemented by containers whose resources can change.
+type Updater interface {
+	Update(ctx context.Context, res *specs.LinuxResources) error
+}
+
+// Pider is implemented by containers that can list their processes.
+type Pider interface {
+	Pids(ctx context.Context) ([]ProcessInfo, error)
+}
+
+// Pauser is implemented by containers that can be frozen.
+type Pauser interface {
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+}
+
+// SandboxStater is implemented by sandboxes that report their own status
+// details and usage (VM memory, per-phase timings, ...).
+type SandboxStater interface {
+	SandboxStats(ctx context.Context) (*Stats, map[string]string, error)
+}
+
+// EventSink receives events a backend observes on its own, such as an OOM
+// kill. It must not block.
+type EventSink interface {
+	OOM(sandboxID, containerID string)
+}
+
+// Isolation is how strongly a kind separates its workloads from the host.
+type Isolation int
+
+// Isolation levels, weakest first.
+const (
+	IsolationUnspecified Isolation = iota
+	IsolationProcess               // Linux namespaces and cgroups (runc).
+	IsolationWasm                  // a WebAssembly runtime's memory safety.
+	IsolationAppKernel             // a user-space kernel (gVisor).
+	IsolationVM                    // a virtual machine per sandbox.
+)
+
+// String names the isolation level.
+func (i Isolation) String() string {
+	switch i {
+	case IsolationProcess:
+		return "process"
+	case IsolationWasm:
+		return "wasm"
+	case IsolationAppKernel:
+		return "app-kernel"
+	case IsolationVM:
+		return "vm"
+	}
+	return "unspecified"
+}
+
+// Info describes a kind.
+type Info struct {
+	Kind         string
+	Description  string
+	Isolation    Isolation
+	Capabilities Capabilities
+}
+
+// Capabilities lists what a kind supports.
+type Capabilities struct {
+	Exec, Terminal, Stdin, OOMEvents, UpdateResources, Stats, Pause bool
+}
+
+// SandboxConfig is what a backend gets to create a sandbox.
+type SandboxConfig struct {
+	ID string
+	// Namespace is the containerd namespace ("k8s.io" for CRI), or "magnetar"
+	// for sandboxes made through Magnetar's own API.
+	Namespace string
+	// Dir is a private directory for the backend, removed with the sandbox.
+	Dir string
+	// Hostname of the pod; empty keeps the host's (host network).
+	Hostname string
+	// NetNSPath is the network namespace to run in; empty means the host's
+	// network.
+	NetNSPath string
+	// DNS configures the pod's resolv.conf where the backend writes one.
+	DNS DNSConfig
+	// CgroupParent is the cgroup the pod's cgroups live under.
+	CgroupParent string
+	// Resources bounds the whole sandbox (may be nil).
+	Resources *specs.LinuxResources
+	// Labels and Annotations come from the API caller.
+	Labels      map[string]string
+	Annotations map[string]string
+	// Events receives backend-observed events.
+	Events EventSink
+}
+
+// DNSConfig is a pod's resolver configuration.
+type DNSConfig struct {
+	Servers, Searches, Options []string
+}
+
+// StartInfo is what a started sandbox reports.
+type StartInfo struct {
+	// Pid is the sandbox's host process (a VMM), or 0 when the sandbox has
+	// no process of its own.
+	Pid uint32
+	// Info is free-form status shown to users (timings, accelerator, ...).
+	Info map[string]string
+}
+
+// Stdio names where a process's standard streams go: FIFO or file paths on
+// the host, or empty for none.
+type Stdio struct {
+	Stdin, Stdout, Stderr string
+	Terminal              bool
+}
+
+// ContainerConfig is what a backend gets to create a container.
+type ContainerConfig struct {
+	ID string
+	// Bundle is the OCI bundle directory holding config.json; the backend
+	// mounts Rootfs at Bundle/rootfs when Rootfs is not empty.
+	Bundle string
+	Rootfs []mount.Mount
+	// Spec is the parsed config.json, with namespace paths already pointing
+	// at the sandbox's namespaces.
+	Spec  *specs.Spec
+	Stdio Stdio
+}
+
+// ExecConfig is what a backend gets to create an extra process.
+type ExecConfig struct {
+	ID      string
+	Process *specs.Process
+	Stdio   Stdio
+}
+
+// ExitStatus is how a process or sandbox ended.
+type ExitStatus struct {
+	Code     uint32
+	ExitedAt time.Time
+}
+
+// ProcessInfo is one process of a container.
+type ProcessInfo struct {
+	Pid    uint32
+	ExecID string
+}
+
+// Stats is a resource usage sample.
+type Stats struct {
+	Timestamp          time.Time
+	CPUUsageNanos      uint64
+	MemoryUsageBytes   uint64
+	MemoryLimitBytes   uint64
+	MemoryWorkingBytes uint64
+	Pids               uint64
+	// Raw carries the backend's native metrics message (for example a
+	// cgroups v1 or v2 Metrics) for callers that understand it.
+	Raw any
+}
+
+// ContainerRecoverer is implemented by sandboxes that can re-attach to a
+// container after the engine restarted. pid is the init's host pid.
+type ContainerRecoverer interface {
+	RecoverContainer(ctx context.Context, cfg ContainerConfig, pid uint32) (Container, error)
+}

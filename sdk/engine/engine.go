@@ -1,0 +1,221 @@
+// Package engine is Magnetar's sandbox engine: it keeps the sandboxes and
+// containers of every kind, drives them through their [backend.Backend],
+// persists their state crash-safely so that a restarted process finds them
+// again, and publishes lifecycle events.
+//
+// The engine has no network API of its own. The sandboxer daemon serves it
+// to containerd (Sandbox Controller and Task APIs) and through Magnetar's
+// Connect API; the Go SDK embeds it in-process.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+)
+
+// Config configures an [Engine].
+type Config struct {
+	// StateDir holds one directory per sandbox. Required.
+	StateDir string
+	// Backends are the sandbox kinds the engine offers.
+	Backends []backend.Backend
+	// StopTimeout is how long Stop waits for containers to exit after
+	// SIGTERM before it kills them, when the caller gives no timeout.
+	// Default 10s.
+	StopTimeout time.Duration
+}
+
+// Engine runs sandboxes. It is safe for concurrent use.
+type Engine struct {
+	stateDir    string
+	backends    map[string]backend.Backend
+	kinds       []string
+	stopTimeout time.Duration
+	events      *bus
+
+	mu        sync.Mutex
+	sandboxes map[string]*sandbox
+
+	// closing is closed by Close; background goroutines end then.
+	closing chan struct{}
+	wg      sync.WaitGroup
+}
+
+// New creates an engine and recovers the sandboxes found in StateDir.
+// Sandboxes whose backend cannot recover them are kept, marked
+// [SandboxUnknown], so that they can still be deleted.
+func New(ctx context.Context, cfg Config) (*Engine, error) {
+	if cfg.StateDir == "" {
+		return nil, fmt.Errorf("engine state dir is required: %w", errdefs.ErrInvalidArgument)
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
+	dir, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "sandboxes"), 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	e := &Engine{
+		stateDir:    dir,
+		backends:    map[string]backend.Backend{},
+		stopTimeout: cfg.StopTimeout,
+		events:      newBus(),
+		sandboxes:   map[string]*sandbox{},
+		closing:     make(chan struct{}),
+	}
+	for _, b := range cfg.Backends {
+		kind := b.Info().Kind
+		if _, dup := e.backends[kind]; dup {
+			return nil, fmt.Errorf("backend kind %q registered twice: %w", kind, errdefs.ErrAlreadyExists)
+		}
+		e.backends[kind] = b
+		e.kinds = append(e.kinds, kind)
+	}
+	sort.Strings(e.kinds)
+	if err := e.recover(ctx); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Close stops the engine's background work. Sandboxes and containers keep
+// running; a new engine on the same state dir recovers them.
+func (e *Engine) Close() error {
+	select {
+	case <-e.closing:
+	default:
+		close(e.closing)
+	}
+	e.wg.Wait()
+	e.events.closeAll()
+	return nil
+}
+
+// Subscribe returns the engine's events until ctx ends. A subscriber that
+// falls more than a thousand events behind is dropped (its channel closes).
+func (e *Engine) Subscribe(ctx context.Context) <-chan Event {
+	return e.events.subscribe(ctx)
+}
+
+// KindInfo is a sandbox kind and whether it can run here.
+type KindInfo struct {
+	backend.Info
+	// Available is false when the host lacks what the kind needs; Reason
+	// says what.
+	Available bool
+	Reason    string
+}
+
+// Kinds lists the sandbox kinds, sorted by name.
+func (e *Engine) Kinds(ctx context.Context) []KindInfo {
+	out := make([]KindInfo, 0, len(e.kinds))
+	for _, k := range e.kinds {
+		b := e.backends[k]
+		ki := KindInfo{Info: b.Info(), Available: true}
+		if err := b.Check(ctx); err != nil {
+			ki.Available, ki.Reason = false, err.Error()
+		}
+		out = append(out, ki)
+	}
+	return out
+}
+
+// background runs fn in a goroutine owned by the engine, with a context that
+// ends when the engine closes.
+func (e *Engine) background(fn func(ctx context.Context)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	e.wg.Add(2)
+	done := make(chan struct{})
+	go func() {
+		defer e.wg.Done()
+		select {
+		case <-e.closing:
+		case <-done:
+		}
+		cancel()
+	}()
+	go func() {
+		defer e.wg.Done()
+		defer close(done)
+		fn(ctx)
+	}()
+}
+
+func (e *Engine) sandboxDir(id string) string {
+	return filepath.Join(e.stateDir, "sandboxes", id)
+}
+
+func (e *Engine) get(id string) (*sandbox, error) {
+	if err := ValidateID("sandbox", id); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sb, ok := e.sandboxes[id]
+	if !ok {
+		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	return sb, nil
+}
+
+// recover loads every sandbox record from the state dir.
+func (e *Engine) recover(ctx context.Context) error {
+	entries, err := os.ReadDir(filepath.Join(e.stateDir, "sandboxes"))
+	if err != nil {
+		return fmt.Errorf("read state dir: %w", err)
+	}
+	var errs []error
+	for _, ent := range entries {
+		if !ent.IsDir() || ValidateID("sandbox", ent.Name()) != nil {
+			continue
+		}
+		dir := e.sandboxDir(ent.Name())
+		rec, err := readRecord(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			// Creation crashed before the first record was written: nothing
+			// of it can be running.
+			if err := os.RemoveAll(dir); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		sb := newSandbox(e, rec, dir)
+		if b, ok := e.backends[rec.Kind]; ok {
+			impl, err := b.Recover(ctx, sb.backendConfig(), rec.BackendState)
+			if err == nil {
+				sb.impl = impl
+				sb.recoverContainers(ctx)
+			} else {
+				sb.recoverErr = err
+				rec.State = SandboxUnknown
+			}
+		} else {
+			sb.recoverErr = fmt.Errorf("sandbox kind %q is not configured: %w", rec.Kind, errdefs.ErrNotImplemented)
+			rec.State = SandboxUnknown
+		}
+		e.sandboxes[rec.ID] = sb
+		if rec.State == SandboxReady && sb.impl != nil {
+			sb.watch()
+		} else if rec.State != SandboxReady {
+			sb.markDone()
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,434 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+)
+
+// SandboxState is where a sandbox is in its life.
+type SandboxState string
+
+// Sandbox states.
+const (
+	SandboxCreated SandboxState = "created"
+	SandboxReady   SandboxState = "ready"
+	SandboxStopped SandboxState = "stopped"
+	// SandboxUnknown is a sandbox found in the state dir that its backend
+	// could not recover. It can only be deleted.
+	SandboxUnknown SandboxState = "unknown"
+)
+
+// SandboxSpec describes a sandbox to create.
+type SandboxSpec struct {
+	ID   string
+	Kind string
+	// Namespace is the containerd namespace of the caller; defaults to
+	// "magnetar".
+	Namespace    string
+	Hostname     string
+	NetNSPath    string
+	CgroupParent string
+	DNS          backend.DNSConfig
+	Resources    *specs.LinuxResources
+	Labels       map[string]string
+	Annotations  map[string]string
+}
+
+// SandboxStatus is a snapshot of a sandbox.
+type SandboxStatus struct {
+	ID          string
+	Kind        string
+	Namespace   string
+	State       SandboxState
+	Pid         uint32
+	Labels      map[string]string
+	Annotations map[string]string
+	Info        map[string]string
+	CreatedAt   time.Time
+	StartedAt   time.Time
+	ExitedAt    time.Time
+	ExitCode    uint32
+	Containers  []string
+	// Err is why the sandbox could not be recovered, for SandboxUnknown.
+	Err error
+}
+
+// sandbox is the engine's view of one sandbox. mu guards rec, containers
+// and impl; it is never held across a blocking backend call that could wait
+// on another sandbox lock.
+type sandbox struct {
+	e   *Engine
+	dir string
+
+	mu         sync.Mutex
+	rec        *sandboxRecord
+	impl       backend.Sandbox
+	recoverErr error
+	containers map[string]*container
+
+	// done is closed when the sandbox has exited.
+	done     chan struct{}
+	doneOnce sync.Once
+
+	// lifecycle serialises Start/Stop/Delete of this sandbox.
+	lifecycle sync.Mutex
+}
+
+func newSandbox(e *Engine, rec *sandboxRecord, dir string) *sandbox {
+	if rec.Containers == nil {
+		rec.Containers = map[string]*containerRecord{}
+	}
+	return &sandbox{e: e, dir: dir, rec: rec, containers: map[string]*container{}, done: make(chan struct{})}
+}
+
+func (s *sandbox) markDone() { s.doneOnce.Do(func() { close(s.done) }) }
+
+func (s *sandbox) backendConfig() backend.SandboxConfig {
+	return backend.SandboxConfig{
+		ID:           s.rec.ID,
+		Namespace:    s.rec.Namespace,
+		Dir:          s.dir,
+		Hostname:     s.rec.Hostname,
+		NetNSPath:    s.rec.NetNSPath,
+		DNS:          s.rec.DNS,
+		CgroupParent: s.rec.CgroupParent,
+		Labels:       s.rec.Labels,
+		Annotations:  s.rec.Annotations,
+		Events:       oomSink{s.e},
+	}
+}
+
+// persist writes the record; the caller holds s.mu.
+func (s *sandbox) persist() error {
+	if s.impl != nil {
+		st, err := s.impl.State()
+		if err != nil {
+			return fmt.Errorf("sandbox %s: backend state: %w", s.rec.ID, err)
+		}
+		s.rec.BackendState = st
+	}
+	return writeRecord(s.dir, s.rec)
+}
+
+func (s *sandbox) status() SandboxStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.rec
+	ids := slices.Sorted(maps.Keys(r.Containers))
+	return SandboxStatus{
+		ID: r.ID, Kind: r.Kind, Namespace: r.Namespace, State: r.State, Pid: r.Pid,
+		Labels: maps.Clone(r.Labels), Annotations: maps.Clone(r.Annotations), Info: maps.Clone(r.Info),
+		CreatedAt: r.CreatedAt, StartedAt: r.StartedAt, ExitedAt: r.ExitedAt, ExitCode: r.ExitCode,
+		Containers: ids, Err: s.recoverErr,
+	}
+}
+
+// oomSink turns backend OOM notices into engine events.
+type oomSink struct{ e *Engine }
+
+func (o oomSink) OOM(sandboxID, containerID string) {
+	ev := Event{Topic: TopicTaskOOM, SandboxID: sandboxID, ContainerID: containerID}
+	if sb, err := o.e.get(sandboxID); err == nil {
+		sb.mu.Lock()
+		ev.Namespace = sb.rec.Namespace
+		sb.mu.Unlock()
+	}
+	o.e.events.publish(ev)
+}
+
+// CreateSandbox creates a sandbox of spec.Kind. It does not start it.
+func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ SandboxStatus, retErr error) {
+	if err := ValidateID("sandbox", spec.ID); err != nil {
+		return SandboxStatus{}, err
+	}
+	b, ok := e.backends[spec.Kind]
+	if !ok {
+		return SandboxStatus{}, fmt.Errorf("unknown sandbox kind %q (have %v): %w", spec.Kind, e.kinds, errdefs.ErrInvalidArgument)
+	}
+	if err := b.Check(ctx); err != nil {
+		return SandboxStatus{}, fmt.Errorf("sandbox kind %q is not available on this host: %v: %w", spec.Kind, err, errdefs.ErrFailedPrecondition)
+	}
+	if spec.Namespace == "" {
+		spec.Namespace = "magnetar"
+	}
+	rec := &sandboxRecord{
+		Version: 1, ID: spec.ID, Kind: spec.Kind, Namespace: spec.Namespace,
+		Hostname: spec.Hostname, NetNSPath: spec.NetNSPath, CgroupParent: spec.CgroupParent, DNS: spec.DNS,
+		Labels: maps.Clone(spec.Labels), Annotations: maps.Clone(spec.Annotations),
+		State: SandboxCreated, CreatedAt: time.Now().UTC(),
+	}
+	sb := newSandbox(e, rec, e.sandboxDir(spec.ID))
+
+	// Reserve the ID before doing any work.
+	e.mu.Lock()
+	if _, dup := e.sandboxes[spec.ID]; dup {
+		e.mu.Unlock()
+		return SandboxStatus{}, fmt.Errorf("sandbox %q: %w", spec.ID, errdefs.ErrAlreadyExists)
+	}
+	e.sandboxes[spec.ID] = sb
+	e.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			e.mu.Lock()
+			delete(e.sandboxes, spec.ID)
+			e.mu.Unlock()
+			_ = os.RemoveAll(sb.dir)
+		}
+	}()
+
+	if err := os.Mkdir(sb.dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return SandboxStatus{}, fmt.Errorf("sandbox %q has leftover state in %s: %w", spec.ID, sb.dir, errdefs.ErrAlreadyExists)
+		}
+		return SandboxStatus{}, fmt.Errorf("create sandbox dir: %w", err)
+	}
+	cfg := sb.backendConfig()
+	cfg.Resources = spec.Resources
+	impl, err := b.Create(ctx, cfg)
+	if err != nil {
+		return SandboxStatus{}, fmt.Errorf("create %s sandbox %q: %w", spec.Kind, spec.ID, err)
+	}
+	sb.mu.Lock()
+	sb.impl = impl
+	err = sb.persist()
+	sb.mu.Unlock()
+	if err != nil {
+		_ = impl.Delete(ctx)
+		return SandboxStatus{}, err
+	}
+	e.events.publish(Event{Topic: TopicSandboxCreate, Namespace: rec.Namespace, SandboxID: rec.ID})
+	return sb.status(), nil
+}
+
+// StartSandbox starts a created sandbox. Starting a ready one is a no-op.
+func (e *Engine) StartSandbox(ctx context.Context, id string) (SandboxStatus, error) {
+	sb, err := e.get(id)
+	if err != nil {
+		return SandboxStatus{}, err
+	}
+	sb.lifecycle.Lock()
+	defer sb.lifecycle.Unlock()
+	sb.mu.Lock()
+	state, impl := sb.rec.State, sb.impl
+	sb.mu.Unlock()
+	switch state {
+	case SandboxReady:
+		return sb.status(), nil
+	case SandboxCreated:
+	default:
+		return SandboxStatus{}, fmt.Errorf("sandbox %q is %s, cannot start it: %w", id, state, errdefs.ErrFailedPrecondition)
+	}
+	info, err := impl.Start(ctx)
+	if err != nil {
+		return SandboxStatus{}, fmt.Errorf("start sandbox %q: %w", id, err)
+	}
+	sb.mu.Lock()
+	sb.rec.State, sb.rec.Pid, sb.rec.Info, sb.rec.StartedAt = SandboxReady, info.Pid, info.Info, time.Now().UTC()
+	err = sb.persist()
+	ns := sb.rec.Namespace
+	sb.mu.Unlock()
+	if err != nil {
+		return SandboxStatus{}, err
+	}
+	sb.watch()
+	e.events.publish(Event{Topic: TopicSandboxStart, Namespace: ns, SandboxID: id, Pid: info.Pid})
+	return sb.status(), nil
+}
+
+// watch waits in the background for the sandbox to exit on its own.
+func (s *sandbox) watch() {
+	s.e.background(func(ctx context.Context) {
+		st, err := s.impl.Wait(ctx)
+		if err != nil {
+			return // the engine is closing
+		}
+		s.exited(st)
+	})
+}
+
+// exited records that the sandbox is gone and wakes its waiters.
+func (s *sandbox) exited(st backend.ExitStatus) {
+	s.mu.Lock()
+	if s.rec.State == SandboxStopped {
+		s.mu.Unlock()
+		s.markDone()
+		return
+	}
+	if st.ExitedAt.IsZero() {
+		st.ExitedAt = time.Now().UTC()
+	}
+	s.rec.State, s.rec.ExitCode, s.rec.ExitedAt = SandboxStopped, st.Code, st.ExitedAt
+	_ = s.persist()
+	ns, id := s.rec.Namespace, s.rec.ID
+	s.mu.Unlock()
+	s.markDone()
+	s.e.events.publish(Event{Topic: TopicSandboxExit, Namespace: ns, SandboxID: id, ExitCode: st.Code, ExitedAt: st.ExitedAt})
+}
+
+// StopSandbox stops every container of the sandbox (SIGTERM, then SIGKILL
+// after timeout) and then the sandbox itself. Stopping a stopped sandbox is
+// a no-op.
+func (e *Engine) StopSandbox(ctx context.Context, id string, timeout time.Duration) error {
+	sb, err := e.get(id)
+	if err != nil {
+		return err
+	}
+	if timeout <= 0 {
+		timeout = e.stopTimeout
+	}
+	sb.lifecycle.Lock()
+	defer sb.lifecycle.Unlock()
+	sb.mu.Lock()
+	state, impl := sb.rec.State, sb.impl
+	ctrs := slices.Collect(maps.Values(sb.containers))
+	sb.mu.Unlock()
+	if state == SandboxStopped || impl == nil {
+		return nil
+	}
+	errs := make([]error, len(ctrs))
+	var wg sync.WaitGroup
+	for i, c := range ctrs {
+		wg.Go(func() { errs[i] = c.stop(ctx, timeout) })
+	}
+	wg.Wait()
+	if err := impl.Stop(ctx, timeout); err != nil {
+		return fmt.Errorf("stop sandbox %q: %w", id, errors.Join(append(errs, err)...))
+	}
+	sb.exited(backend.ExitStatus{Code: 0, ExitedAt: time.Now().UTC()})
+	return nil
+}
+
+// WaitSandbox blocks until the sandbox has exited, or ctx ends.
+func (e *Engine) WaitSandbox(ctx context.Context, id string) (backend.ExitStatus, error) {
+	sb, err := e.get(id)
+	if err != nil {
+		return backend.ExitStatus{}, err
+	}
+	select {
+	case <-sb.done:
+	case <-ctx.Done():
+		return backend.ExitStatus{}, ctx.Err()
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return backend.ExitStatus{Code: sb.rec.ExitCode, ExitedAt: sb.rec.ExitedAt}, nil
+}
+
+// Sandbox returns a sandbox's status.
+func (e *Engine) Sandbox(ctx context.Context, id string) (SandboxStatus, error) {
+	sb, err := e.get(id)
+	if err != nil {
+		return SandboxStatus{}, err
+	}
+	return sb.status(), nil
+}
+
+// SandboxStats returns the sandbox's resource usage: the backend's own
+// numbers where it has them (a VM), else the sum over its containers.
+func (e *Engine) SandboxStats(ctx context.Context, id string) (*backend.Stats, error) {
+	sb, err := e.get(id)
+	if err != nil {
+		return nil, err
+	}
+	sb.mu.Lock()
+	impl := sb.impl
+	ctrs := slices.Collect(maps.Values(sb.containers))
+	sb.mu.Unlock()
+	if st, ok := impl.(backend.SandboxStater); ok {
+		s, _, err := st.SandboxStats(ctx)
+		return s, err
+	}
+	sum := &backend.Stats{Timestamp: time.Now().UTC()}
+	for _, c := range ctrs {
+		st, ok := c.impl.(backend.Stater)
+		if !ok {
+			continue
+		}
+		s, err := st.Stats(ctx)
+		if err != nil {
+			continue // a container that just exited has no cgroup left
+		}
+		sum.CPUUsageNanos += s.CPUUsageNanos
+		sum.MemoryUsageBytes += s.MemoryUsageBytes
+		sum.MemoryWorkingBytes += s.MemoryWorkingBytes
+		sum.MemoryLimitBytes += s.MemoryLimitBytes
+		sum.Pids += s.Pids
+	}
+	return sum, nil
+}
+
+// ListSandboxes returns every sandbox, sorted by ID.
+func (e *Engine) ListSandboxes(ctx context.Context) []SandboxStatus {
+	e.mu.Lock()
+	sbs := slices.Collect(maps.Values(e.sandboxes))
+	e.mu.Unlock()
+	out := make([]SandboxStatus, 0, len(sbs))
+	for _, sb := range sbs {
+		out = append(out, sb.status())
+	}
+	slices.SortFunc(out, func(a, b SandboxStatus) int { return cmpString(a.ID, b.ID) })
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// DeleteSandbox stops the sandbox if it still runs, deletes its containers,
+// releases everything the backend holds and removes its state. Afterwards
+// nothing of the sandbox remains on the host.
+func (e *Engine) DeleteSandbox(ctx context.Context, id string) error {
+	sb, err := e.get(id)
+	if err != nil {
+		return err
+	}
+	if err := e.StopSandbox(ctx, id, 0); err != nil {
+		return err
+	}
+	sb.lifecycle.Lock()
+	defer sb.lifecycle.Unlock()
+	sb.mu.Lock()
+	ctrs := slices.Collect(maps.Values(sb.containers))
+	impl, ns := sb.impl, sb.rec.Namespace
+	sb.mu.Unlock()
+	var errs []error
+	for _, c := range ctrs {
+		if _, err := e.deleteContainer(ctx, sb, c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if impl != nil {
+		if err := impl.Delete(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("delete sandbox %q: %w", id, err)
+	}
+	if err := os.RemoveAll(sb.dir); err != nil {
+		return fmt.Errorf("delete sandbox %q state: %w", id, err)
+	}
+	sb.markDone()
+	e.mu.Lock()
+	delete(e.sandboxes, id)
+	e.mu.Unlock()
+	e.events.publish(Event{Topic: TopicSandboxDelete, Namespace: ns, SandboxID: id})
+	return nil
+}

@@ -1,0 +1,180 @@
+package runc
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+)
+
+// cgroupStats reads the usage of the cgroup pid lives in.
+func cgroupStats(pid int) (*backend.Stats, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("container has no process: %w", errdefs.ErrNotFound)
+	}
+	now := time.Now().UTC()
+	if cgroups.Mode() == cgroups.Unified {
+		path, err := cgroupsv2.PidGroupPath(pid)
+		if err != nil {
+			return nil, fmt.Errorf("find cgroup of pid %d: %w", pid, errdefs.ErrNotFound)
+		}
+		m, err := cgroupsv2.Load(path)
+		if err != nil {
+			return nil, err
+		}
+		st, err := m.Stat()
+		if err != nil {
+			return nil, err
+		}
+		s := &backend.Stats{Timestamp: now, Raw: st}
+		if st.CPU != nil {
+			s.CPUUsageNanos = st.CPU.UsageUsec * 1000
+		}
+		if st.Memory != nil {
+			s.MemoryUsageBytes, s.MemoryLimitBytes = st.Memory.Usage, st.Memory.UsageLimit
+			s.MemoryWorkingBytes = st.Memory.Usage - min(st.Memory.Usage, st.Memory.InactiveFile)
+		}
+		if st.Pids != nil {
+			s.Pids = st.Pids.Current
+		}
+		return s, nil
+	}
+	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
+	if err != nil {
+		return nil, fmt.Errorf("load cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
+	}
+	st, err := cg.Stat(cgroup1.IgnoreNotExist)
+	if err != nil {
+		return nil, err
+	}
+	s := &backend.Stats{Timestamp: now, Raw: st}
+	if st.CPU != nil && st.CPU.Usage != nil {
+		s.CPUUsageNanos = st.CPU.Usage.Total
+	}
+	if st.Memory != nil && st.Memory.Usage != nil {
+		s.MemoryUsageBytes, s.MemoryLimitBytes = st.Memory.Usage.Usage, st.Memory.Usage.Limit
+		s.MemoryWorkingBytes = st.Memory.Usage.Usage - min(st.Memory.Usage.Usage, st.Memory.TotalInactiveFile)
+	}
+	if st.Pids != nil {
+		s.Pids = st.Pids.Current
+	}
+	return s, nil
+}
+
+// oomWatch reports OOM kills in one container's memory cgroup.
+type oomWatch struct {
+	stop chan struct{}
+	file *os.File // cgroup v1 eventfd; nil on v2
+	once sync.Once
+}
+
+func (w *oomWatch) close() {
+	if w == nil {
+		return
+	}
+	w.once.Do(func() {
+		close(w.stop)
+		if w.file != nil {
+			w.file.Close()
+		}
+	})
+}
+
+// watchOOM calls onOOM whenever the kernel OOM-kills a process in pid's
+// memory cgroup, until the watch is closed. It returns nil when the cgroup
+// cannot be watched (the container then reports no OOM events).
+func (b *Backend) watchOOM(pid int, onOOM func()) *oomWatch {
+	w := &oomWatch{stop: make(chan struct{})}
+	if cgroups.Mode() == cgroups.Unified {
+		path, err := cgroupsv2.PidGroupPath(pid)
+		if err != nil {
+			return nil
+		}
+		events := filepath.Join("/sys/fs/cgroup", path, "memory.events")
+		b.wg.Go(func() { pollOOMv2(events, w.stop, b.stop, onOOM) })
+		return w
+	}
+	cg, err := cgroup1.Load(cgroup1.PidPath(pid), cgroup1.WithHiearchy(cgroup1.SingleSubsystem(cgroup1.Default, cgroup1.Memory)))
+	if err != nil {
+		return nil
+	}
+	fd, err := cg.OOMEventFD()
+	if err != nil {
+		return nil
+	}
+	if err := unix.SetNonblock(int(fd), true); err != nil {
+		unix.Close(int(fd))
+		return nil
+	}
+	w.file = os.NewFile(fd, "oom-eventfd")
+	b.wg.Go(func() {
+		buf := make([]byte, 8)
+		for {
+			if _, err := w.file.Read(buf); err != nil {
+				return // closed
+			}
+			// The eventfd also fires when the cgroup is removed.
+			if cg.State() == cgroup1.Deleted {
+				return
+			}
+			onOOM()
+		}
+	})
+	b.wg.Go(func() { // close on backend stop too
+		select {
+		case <-b.stop:
+			w.close()
+		case <-w.stop:
+		}
+	})
+	return w
+}
+
+func pollOOMv2(path string, stop, bstop <-chan struct{}, onOOM func()) {
+	last := oomKills(path)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-bstop:
+			return
+		case <-t.C:
+		}
+		n := oomKills(path)
+		if n > last {
+			onOOM()
+		}
+		last = n
+	}
+}
+
+func oomKills(path string) uint64 {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		var k string
+		var v string
+		if n, _ := fmt.Sscan(sc.Text(), &k, &v); n == 2 && k == "oom_kill" {
+			x, _ := strconv.ParseUint(v, 10, 64)
+			return x
+		}
+	}
+	return 0
+}

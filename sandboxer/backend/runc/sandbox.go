@@ -1,0 +1,235 @@
+package runc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+)
+
+// sandboxState is what a runc sandbox persists.
+type sandboxState struct {
+	// IPCNS and UTSNS are the bind-mounted namespace files ("" if none).
+	IPCNS string `json:"ipcns,omitempty"`
+	UTSNS string `json:"utsns,omitempty"`
+}
+
+type sandbox struct {
+	b   *Backend
+	cfg backend.SandboxConfig
+
+	mu      sync.Mutex
+	st      sandboxState
+	ctrs    map[string]*container
+	stopped chan struct{}
+	once    sync.Once
+}
+
+func newSandbox(ctx context.Context, b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, error) {
+	s := &sandbox{b: b, cfg: cfg, ctrs: map[string]*container{}, stopped: make(chan struct{})}
+	if state != nil {
+		if err := json.Unmarshal(state, &s.st); err != nil {
+			return nil, fmt.Errorf("decode runc sandbox state: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Start creates the pod's IPC and (unless it uses the host network) UTS
+// namespaces. They are held by bind mounts, not by a process.
+func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error) {
+	nsDir := filepath.Join(s.cfg.Dir, "ns")
+	if err := os.MkdirAll(nsDir, 0o700); err != nil {
+		return backend.StartInfo{}, err
+	}
+	flags := unix.CLONE_NEWIPC
+	hostUTS := s.cfg.NetNSPath == ""
+	if !hostUTS {
+		flags |= unix.CLONE_NEWUTS
+	}
+	defer func() {
+		if retErr != nil {
+			_ = s.releaseNamespaces()
+		}
+	}()
+	if err := holdNamespaces(nsDir, flags, s.cfg.Hostname); err != nil {
+		return backend.StartInfo{}, err
+	}
+	s.mu.Lock()
+	s.st.IPCNS = filepath.Join(nsDir, "ipc")
+	if !hostUTS {
+		s.st.UTSNS = filepath.Join(nsDir, "uts")
+	}
+	s.mu.Unlock()
+	return backend.StartInfo{}, nil
+}
+
+// holdNamespaces creates new namespaces on a locked OS thread, sets the
+// hostname in a new UTS namespace, and bind-mounts the namespace files into
+// dir. The thread is never returned to the Go scheduler: it exits with the
+// goroutine, so no other goroutine runs in those namespaces.
+func holdNamespaces(dir string, flags int, hostname string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the thread dies with this goroutine.
+		errc <- func() error {
+			if err := unix.Unshare(flags); err != nil {
+				return fmt.Errorf("unshare namespaces: %w", err)
+			}
+			if flags&unix.CLONE_NEWUTS != 0 && hostname != "" {
+				if err := unix.Sethostname([]byte(hostname)); err != nil {
+					return fmt.Errorf("set hostname %q: %w", hostname, err)
+				}
+			}
+			tid := unix.Gettid()
+			for _, ns := range []struct {
+				name string
+				flag int
+			}{{"ipc", unix.CLONE_NEWIPC}, {"uts", unix.CLONE_NEWUTS}} {
+				if flags&ns.flag == 0 {
+					continue
+				}
+				target := filepath.Join(dir, ns.name)
+				f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o400)
+				if err != nil {
+					return err
+				}
+				f.Close()
+				src := fmt.Sprintf("/proc/%d/task/%d/ns/%s", os.Getpid(), tid, ns.name)
+				if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+					return fmt.Errorf("bind %s namespace: %w", ns.name, err)
+				}
+			}
+			return nil
+		}()
+	}()
+	return <-errc
+}
+
+func (s *sandbox) releaseNamespaces() error {
+	var errs []error
+	for _, name := range []string{"ipc", "uts"} {
+		p := filepath.Join(s.cfg.Dir, "ns", name)
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Wait blocks until Stop.
+func (s *sandbox) Wait(ctx context.Context) (backend.ExitStatus, error) {
+	select {
+	case <-s.stopped:
+		return backend.ExitStatus{ExitedAt: time.Now().UTC()}, nil
+	case <-ctx.Done():
+		return backend.ExitStatus{}, ctx.Err()
+	}
+}
+
+// Stop kills what is left of the containers; the engine has already asked
+// them to stop.
+func (s *sandbox) Stop(ctx context.Context, timeout time.Duration) error {
+	s.mu.Lock()
+	ctrs := make([]*container, 0, len(s.ctrs))
+	for _, c := range s.ctrs {
+		ctrs = append(ctrs, c)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, c := range ctrs {
+		if err := c.killAll(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.once.Do(func() { close(s.stopped) })
+	return errors.Join(errs...)
+}
+
+// Delete releases the namespaces.
+func (s *sandbox) Delete(ctx context.Context) error {
+	s.once.Do(func() { close(s.stopped) })
+	return s.releaseNamespaces()
+}
+
+// State returns the persisted state.
+func (s *sandbox) State() ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return json.Marshal(s.st)
+}
+
+// procNS matches namespace paths CRI builds from the sandbox pid, which
+// is 0 for a runc sandbox: /proc/0/ns/<type>.
+var procNS = regexp.MustCompile(`^/proc/(\d+)/ns/[a-z]+$`)
+
+// joinPod points the spec's namespaces at the pod's: CRI wrote
+// /proc/<sandbox pid>/ns/* paths, and a runc sandbox has no process.
+func (s *sandbox) joinPod(spec *specs.Spec) error {
+	if spec.Linux == nil {
+		spec.Linux = &specs.Linux{}
+	}
+	s.mu.Lock()
+	st := s.st
+	s.mu.Unlock()
+	var out []specs.LinuxNamespace
+	for _, ns := range spec.Linux.Namespaces {
+		m := procNS.FindStringSubmatch(ns.Path)
+		if ns.Path == "" || m == nil || m[1] != "0" {
+			out = append(out, ns)
+			continue
+		}
+		switch ns.Type {
+		case specs.NetworkNamespace:
+			if s.cfg.NetNSPath == "" {
+				continue // host network
+			}
+			ns.Path = s.cfg.NetNSPath
+		case specs.IPCNamespace:
+			ns.Path = st.IPCNS
+		case specs.UTSNamespace:
+			if st.UTSNS == "" {
+				continue
+			}
+			ns.Path = st.UTSNS
+		case specs.PIDNamespace:
+			// A shared pod PID namespace is the one of the pod's first
+			// running container; the first container gets a new one.
+			ns.Path = s.firstPidNS()
+		default:
+			return fmt.Errorf("sharing the pod's %s namespace is not supported by the runc kind: %w", ns.Type, errdefs.ErrNotImplemented)
+		}
+		out = append(out, ns)
+	}
+	spec.Linux.Namespaces = out
+	return nil
+}
+
+func (s *sandbox) firstPidNS() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.ctrs {
+		if pid := c.init.Pid(); pid > 0 {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil {
+				return fmt.Sprintf("/proc/%d/ns/pid", pid)
+			}
+		}
+	}
+	return ""
+}

@@ -64,6 +64,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 			}
 		}()
 	}
+	cfg.Stdio = nullStdio(cfg.Stdio)
 	init := process.New(cfg.ID, s.b.runtime(s.cfg.Namespace, cfg.Bundle), stdio.Stdio{
 		Stdin: cfg.Stdio.Stdin, Stdout: cfg.Stdio.Stdout, Stderr: cfg.Stdio.Stderr, Terminal: cfg.Stdio.Terminal,
 	})
@@ -97,6 +98,7 @@ func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.P
 	if err != nil {
 		return nil, err
 	}
+	cfg.Stdio = nullStdio(cfg.Stdio)
 	p, err := c.init.Exec(ctx, c.bundle, &process.ExecConfig{
 		ID: cfg.ID, Terminal: cfg.Stdio.Terminal, Stdin: cfg.Stdio.Stdin, Stdout: cfg.Stdio.Stdout, Stderr: cfg.Stdio.Stderr,
 		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: data},
@@ -212,4 +214,19 @@ func (p *proc) Delete(ctx context.Context) error {
 		p.c.mu.Unlock()
 	}
 	return err
+}
+
+// nullStdio sends a missing stdout or stderr to /dev/null: containerd's
+// process I/O handles all three streams or none.
+func nullStdio(s backend.Stdio) backend.Stdio {
+	if s.Stdin == "" && s.Stdout == "" && s.Stderr == "" {
+		return s
+	}
+	if s.Stdout == "" {
+		s.Stdout = os.DevNull
+	}
+	if s.Stderr == "" && !s.Terminal {
+		s.Stderr = os.DevNull
+	}
+	return s
 }

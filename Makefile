@@ -18,3 +18,46 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 include $(sort $(wildcard $(ROOT)/mk/*.mk))
+
+BINARIES := magnetar-sandboxer containerd-shim-magnetar-v2
+GOTEST_FLAGS ?=
+
+.PHONY: build
+build: ## Build Magnetar's binaries into .tmp/bin
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/magnetar-sandboxer ./sandboxer/cmd/magnetar-sandboxer
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/containerd-shim-magnetar-v2 ./sandboxer/cmd/containerd-shim-magnetar-v2
+
+.PHONY: vet
+vet: ## Run go vet and check formatting
+	$(GO) vet ./...
+	@out="$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'))"; if [[ -n "$$out" ]]; then echo "gofmt needed:" >&2; echo "$$out" >&2; exit 1; fi
+
+.PHONY: lint
+lint: vet lint-proto ## Lint Go and protobuf
+
+.PHONY: test-unit
+test-unit: ## Run unit and component tests with -race (root-only tests skip without root)
+	$(GO) test -race -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /test/e2e)
+
+.PHONY: test-e2e
+test-e2e: deps tools build ## Run end-to-end tests through a private containerd (root)
+	MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 20m -v $(GOTEST_FLAGS) ./test/e2e/...
+
+.PHONY: test
+test: deps check-generate lint test-unit test-e2e ## Run every test (installs what it needs; needs root)
+
+.PHONY: bench
+bench: deps tools build ## Run benchmarks
+	MAGNETAR_BIN=$(BIN) $(GO) test -run '^$$' -bench . -benchmem ./...
+
+.PHONY: demo
+demo: demo-containerd ## Run the main demo (a busybox pod through containerd and magnetar-sandboxer)
+
+.PHONY: demo-containerd
+demo-containerd: deps tools build ## Run a busybox pod through a private containerd with handler magnetar-runc
+	BIN=$(BIN) $(ROOT)/hack/demo-containerd.sh
+
+.PHONY: clean
+clean: ## Remove build outputs
+	rm -rf $(TMP)

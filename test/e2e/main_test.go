@@ -1,0 +1,190 @@
+// Package e2e runs Magnetar end to end: a private containerd 2.x (built from
+// the version pinned in go.mod) with magnetar-sandboxer as its sandbox proxy
+// plugin, driven through CRI like kubelet does.
+//
+// The tests need root, `make deps tools build`, and skip otherwise, unless
+// MAGNETAR_E2E_REQUIRED=1 (set by `make test`) turns a skip into a failure.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/magnetar-io/magnetar/internal/harness"
+)
+
+// env is the shared containerd + sandboxer for all tests of the package.
+type env struct {
+	ctrd      *harness.Containerd
+	rt        runtime.RuntimeServiceClient
+	img       runtime.ImageServiceClient
+	stateDir  string
+	runDir    string
+	sandboxer *exec.Cmd
+	sbLog     *bytes.Buffer
+	sbDone    chan struct{}
+	logDir    string
+}
+
+var (
+	shared    *env
+	setupErr  error
+	setupOnce sync.Once
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared != nil {
+		shared.close()
+	}
+	os.Exit(code)
+}
+
+func skipOrFail(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("MAGNETAR_E2E_REQUIRED") == "1" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// setup starts containerd and the sandboxer once.
+func setup(t *testing.T) *env {
+	t.Helper()
+	binDir, err := harness.DefaultBinDir()
+	if err != nil {
+		skipOrFail(t, "%v", err)
+	}
+	if err := harness.CheckPrerequisites(binDir); err != nil {
+		skipOrFail(t, "e2e prerequisites: %v", err)
+	}
+	for _, b := range []string{"magnetar-sandboxer", "containerd-shim-magnetar-v2"} {
+		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
+			skipOrFail(t, "%s not built (make build): %v", b, err)
+		}
+	}
+	setupOnce.Do(func() { shared, setupErr = start(binDir) })
+	if setupErr != nil {
+		t.Fatalf("start containerd and sandboxer: %v", setupErr)
+	}
+	return shared
+}
+
+func start(binDir string) (_ *env, err error) {
+	ctx := context.Background()
+	base, err := os.MkdirTemp("", "mgn-e2e-")
+	if err != nil {
+		return nil, err
+	}
+	e := &env{stateDir: filepath.Join(base, "sbstate"), runDir: filepath.Join(base, "sbrun"), logDir: filepath.Join(base, "logs")}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	ctrdLog := &bytes.Buffer{}
+	e.ctrd, err = harness.Start(ctx, harness.Options{
+		BinDir:    binDir,
+		ShimPath:  filepath.Join(binDir, "containerd-shim-magnetar-v2"),
+		LogWriter: &syncWriter{w: ctrdLog},
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The sandboxer joins containerd's private mount namespace: CRI's netns
+	// bind mounts live there.
+	e.sbLog = &bytes.Buffer{}
+	e.sandboxer = exec.Command("nsenter", fmt.Sprintf("--mount=/proc/%d/ns/mnt", e.ctrd.Pid()), "--",
+		filepath.Join(binDir, "magnetar-sandboxer"),
+		"--listen", e.ctrd.SandboxerSocket(),
+		"--state-dir", e.stateDir,
+		"--run-dir", e.runDir,
+		"--containerd-ttrpc-address", e.ctrd.TTRPCAddress(),
+		"--log-level", "debug",
+	)
+	e.sandboxer.Stdout = &syncWriter{w: e.sbLog}
+	e.sandboxer.Stderr = e.sandboxer.Stdout
+	if err := e.sandboxer.Start(); err != nil {
+		return nil, err
+	}
+	e.sbDone = make(chan struct{})
+	go func() { _ = e.sandboxer.Wait(); close(e.sbDone) }()
+	if err := waitSocket(e.ctrd.SandboxerSocket(), 10*time.Second); err != nil {
+		return nil, fmt.Errorf("sandboxer did not come up: %v\n%s", err, e.sbLog)
+	}
+	if err := e.ctrd.ImportBusybox(ctx); err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(e.ctrd.CRIEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	e.rt = runtime.NewRuntimeServiceClient(conn)
+	e.img = runtime.NewImageServiceClient(conn)
+	return e, nil
+}
+
+func (e *env) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if e.ctrd != nil {
+		// Remove pods left by failed tests while the sandboxer still runs.
+		if out, err := e.ctrd.Crictl(ctx, "pods", "-q"); err == nil {
+			for _, id := range strings.Fields(string(out)) {
+				_, _ = e.ctrd.Crictl(ctx, "stopp", id)
+				_, _ = e.ctrd.Crictl(ctx, "rmp", "-f", id)
+			}
+		}
+	}
+	if e.sandboxer != nil && e.sandboxer.Process != nil {
+		_ = e.sandboxer.Process.Signal(os.Interrupt)
+		select {
+		case <-e.sbDone:
+		case <-time.After(10 * time.Second):
+			_ = e.sandboxer.Process.Kill()
+			<-e.sbDone
+		}
+	}
+	if e.ctrd != nil {
+		_ = e.ctrd.Stop(ctx)
+	}
+	if os.Getenv("MAGNETAR_E2E_LOGS") == "1" && e.sbLog != nil {
+		fmt.Fprintf(os.Stderr, "--- sandboxer log ---\n%s\n", e.sbLog)
+	}
+}
+
+func waitSocket(path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear in %s", path, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}

@@ -56,8 +56,10 @@ type Backend struct {
 	starting int
 	early    map[int]gorunc.Exit
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	stop      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	wg        sync.WaitGroup
 }
 
 var (
@@ -135,15 +137,17 @@ func New(cfg Config) (_ *Backend, retErr error) {
 	return b, nil
 }
 
-// Close stops reaping. Containers keep running.
+// Close stops reaping. Containers keep running. Close is idempotent.
 func (b *Backend) Close() error {
-	close(b.stop)
-	b.wg.Wait()
-	err := b.platform.Close()
-	openMu.Lock()
-	open = false
-	openMu.Unlock()
-	return err
+	b.closeOnce.Do(func() {
+		close(b.stop)
+		b.wg.Wait()
+		b.closeErr = b.platform.Close()
+		openMu.Lock()
+		open = false
+		openMu.Unlock()
+	})
+	return b.closeErr
 }
 
 // Info describes the runc kind.

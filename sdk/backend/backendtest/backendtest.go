@@ -9,6 +9,7 @@ package backendtest
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -207,6 +208,61 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend, w Workload
 		}
 		if _, err := os.Stat(filepath.Join(stateDir, "sandboxes", sb)); !os.IsNotExist(err) {
 			t.Errorf("sandbox state dir remains: %v", err)
+		}
+	})
+
+	t.Run("RecoverAfterRestart", func(t *testing.T) {
+		ctx := context.Background()
+		b1 := newBackend(t)
+		closer, ok := b1.(io.Closer)
+		if !ok {
+			t.Skip("backend cannot be closed, so a restart cannot be simulated")
+		}
+		if err := b1.Check(ctx); err != nil {
+			t.Skipf("kind not available: %v", err)
+		}
+		info = b1.Info()
+		stateDir := t.TempDir()
+		e1, err := engine.New(ctx, engine.Config{StateDir: stateDir, Backends: []backend.Backend{b1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb := uniqueID("sb")
+		if _, err := e1.CreateSandbox(ctx, engine.SandboxSpec{ID: sb, Kind: info.Kind}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e1.StartSandbox(ctx, sb); err != nil {
+			t.Fatal(err)
+		}
+		id, _ := run(t, e1, sb, "sleep 600")
+		e1.Close()
+		closer.Close()
+
+		b2 := newBackend(t)
+		e2, err := engine.New(ctx, engine.Config{StateDir: stateDir, Backends: []backend.Backend{b2}, StopTimeout: time.Second})
+		if err != nil {
+			t.Fatalf("engine restart: %v", err)
+		}
+		defer e2.Close()
+		st, err := e2.Sandbox(ctx, sb)
+		if err != nil || st.State != engine.SandboxReady || len(st.Containers) != 1 {
+			t.Fatalf("recovered sandbox = %+v, %v; want ready with 1 container", st, err)
+		}
+		ps, err := e2.State(ctx, sb, id, "")
+		if err != nil || ps.State != engine.ProcessRunning {
+			t.Fatalf("recovered container = %+v, %v; want running", ps, err)
+		}
+		if err := e2.Kill(ctx, sb, id, "", syscall.SIGKILL, true); err != nil {
+			t.Fatalf("kill recovered container: %v", err)
+		}
+		wait(t, e2, sb, id, "")
+		if err := e2.DeleteSandbox(ctx, sb); err != nil {
+			t.Fatalf("delete recovered sandbox: %v", err)
+		}
+		if ps.Pid != 0 {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", ps.Pid)); err == nil {
+				t.Errorf("container process %d survives", ps.Pid)
+			}
 		}
 	})
 

@@ -165,9 +165,11 @@ type SandboxConfig struct {
 	Dir string
 	// Hostname of the pod; empty keeps the host's (host network).
 	Hostname string
-	// NetNSPath is the network namespace to run in; empty means the host's
-	// network.
-	NetNSPath string
+	// NetNSPath is the network namespace to run in (CRI makes one per pod).
+	// When it is empty the sandbox uses the host's network, unless
+	// PrivateNetwork asks for a new network namespace with only loopback.
+	NetNSPath      string
+	PrivateNetwork bool
 	// DNS configures the pod's resolv.conf where the backend writes one.
 	DNS DNSConfig
 	// CgroupParent is the cgroup the pod's cgroups live under.

@@ -480,7 +480,7 @@ func (e *Engine) deleteContainer(ctx context.Context, sb *sandbox, c *container)
 			errs = append(errs, p.impl.Delete(ctx))
 		}
 	}
-	errs = append(errs, c.init.impl.Delete(ctx), c.impl.Delete(ctx))
+	errs = append(errs, c.init.impl.Delete(ctx), c.impl.Delete(ctx), sb.removeContainerDir(c.id))
 	if err := errors.Join(errs...); err != nil {
 		return ProcessStatus{}, fmt.Errorf("delete container %q: %w", c.id, err)
 	}

@@ -35,31 +35,38 @@ type SandboxSpec struct {
 	Kind string
 	// Namespace is the containerd namespace of the caller; defaults to
 	// "magnetar".
-	Namespace    string
-	Hostname     string
-	NetNSPath    string
-	CgroupParent string
-	DNS          backend.DNSConfig
-	Resources    *specs.LinuxResources
-	Labels       map[string]string
-	Annotations  map[string]string
+	Namespace string
+	Hostname  string
+	NetNSPath string
+	// PrivateNetwork, with an empty NetNSPath, gives the sandbox a network
+	// namespace of its own with only loopback; otherwise an empty
+	// NetNSPath means the host's network.
+	PrivateNetwork bool
+	CgroupParent   string
+	DNS            backend.DNSConfig
+	Resources      *specs.LinuxResources
+	Labels         map[string]string
+	Annotations    map[string]string
 }
 
 // SandboxStatus is a snapshot of a sandbox.
 type SandboxStatus struct {
-	ID          string
-	Kind        string
-	Namespace   string
-	State       SandboxState
-	Pid         uint32
-	Labels      map[string]string
-	Annotations map[string]string
-	Info        map[string]string
-	CreatedAt   time.Time
-	StartedAt   time.Time
-	ExitedAt    time.Time
-	ExitCode    uint32
-	Containers  []string
+	ID           string
+	Kind         string
+	Namespace    string
+	NetNSPath    string
+	HostNetwork  bool
+	CgroupParent string
+	State        SandboxState
+	Pid          uint32
+	Labels       map[string]string
+	Annotations  map[string]string
+	Info         map[string]string
+	CreatedAt    time.Time
+	StartedAt    time.Time
+	ExitedAt     time.Time
+	ExitCode     uint32
+	Containers   []string
 	// Err is why the sandbox could not be recovered, for SandboxUnknown.
 	Err error
 }
@@ -96,16 +103,17 @@ func (s *sandbox) markDone() { s.doneOnce.Do(func() { close(s.done) }) }
 
 func (s *sandbox) backendConfig() backend.SandboxConfig {
 	return backend.SandboxConfig{
-		ID:           s.rec.ID,
-		Namespace:    s.rec.Namespace,
-		Dir:          s.dir,
-		Hostname:     s.rec.Hostname,
-		NetNSPath:    s.rec.NetNSPath,
-		DNS:          s.rec.DNS,
-		CgroupParent: s.rec.CgroupParent,
-		Labels:       s.rec.Labels,
-		Annotations:  s.rec.Annotations,
-		Events:       oomSink{s.e},
+		ID:             s.rec.ID,
+		Namespace:      s.rec.Namespace,
+		Dir:            s.dir,
+		Hostname:       s.rec.Hostname,
+		NetNSPath:      s.rec.NetNSPath,
+		PrivateNetwork: s.rec.PrivateNetwork,
+		DNS:            s.rec.DNS,
+		CgroupParent:   s.rec.CgroupParent,
+		Labels:         s.rec.Labels,
+		Annotations:    s.rec.Annotations,
+		Events:         oomSink{s.e},
 	}
 }
 
@@ -128,6 +136,7 @@ func (s *sandbox) status() SandboxStatus {
 	ids := slices.Sorted(maps.Keys(r.Containers))
 	return SandboxStatus{
 		ID: r.ID, Kind: r.Kind, Namespace: r.Namespace, State: r.State, Pid: r.Pid,
+		NetNSPath: r.NetNSPath, HostNetwork: r.NetNSPath == "" && !r.PrivateNetwork, CgroupParent: r.CgroupParent,
 		Labels: maps.Clone(r.Labels), Annotations: maps.Clone(r.Annotations), Info: maps.Clone(r.Info),
 		CreatedAt: r.CreatedAt, StartedAt: r.StartedAt, ExitedAt: r.ExitedAt, ExitCode: r.ExitCode,
 		Containers: ids, Err: s.recoverErr,
@@ -164,7 +173,7 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 	}
 	rec := &sandboxRecord{
 		Version: 1, ID: spec.ID, Kind: spec.Kind, Namespace: spec.Namespace,
-		Hostname: spec.Hostname, NetNSPath: spec.NetNSPath, CgroupParent: spec.CgroupParent, DNS: spec.DNS,
+		Hostname: spec.Hostname, NetNSPath: spec.NetNSPath, PrivateNetwork: spec.PrivateNetwork, CgroupParent: spec.CgroupParent, DNS: spec.DNS,
 		Labels: maps.Clone(spec.Labels), Annotations: maps.Clone(spec.Annotations),
 		State: SandboxCreated, CreatedAt: time.Now().UTC(),
 	}

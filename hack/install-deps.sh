@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests and demos need. Idempotent and
+# non-interactive; a fast no-op when everything is present (`apt-get update`
+# runs only if something is missing). Needs root to install.
+#
+#   runc                         OCI runtime (stock runc handler, magnetar-runc)
+#   containernetworking-plugins  CNI bridge/host-local/loopback in /usr/lib/cni
+#   busybox-static               static /bin/busybox for the busybox test image
+#   iptables iproute2 kmod       networking (ip link for the CNI bridge, modprobe)
+#   util-linux mount             unshare/nsenter, mount (private mount namespace)
+#   procps                       ps/pgrep in the demos
+set -euo pipefail
+
+PACKAGES=(
+	runc
+	containernetworking-plugins
+	busybox-static
+	iptables
+	iproute2
+	kmod
+	util-linux
+	mount
+	procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+	status="$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)"
+	[[ "$status" == ii* ]] || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+	echo "install-deps: all present (${PACKAGES[*]})"
+	exit 0
+fi
+
+if [[ $EUID -ne 0 ]]; then
+	echo "install-deps: missing ${missing[*]}; run as root: sudo $0" >&2
+	exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-deps: done"

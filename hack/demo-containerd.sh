@@ -41,11 +41,6 @@ ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 WORK="$(mktemp -d /tmp/mgdemo.XXXXXX)"
 SANDBOXER_SOCKET="$WORK/sandboxer.sock"
 export SANDBOXER_SOCKET
-# TODO(lead): the real sandboxer command line, e.g.
-#   "$BIN/magnetar-sandboxer --config $WORK/sandboxer.toml"
-# (write that config here; it needs SANDBOXER_SOCKET and
-# CONTAINERD_TTRPC_ADDRESS, both exported before the command runs).
-SANDBOXER_CMD="${SANDBOXER_CMD:-$BIN/magnetar-sandboxer --listen $SANDBOXER_SOCKET}"
 
 HARNESS_PID=""
 SANDBOXER_PID=""
@@ -111,6 +106,11 @@ sed 's/^/    /' "$WORK/env"
 export PATH="$BIN:$PATH"
 
 if [[ "$HANDLER" != runc ]]; then
+	# The harness's containerd runs in a private mount namespace (libcni's
+	# cache must stay private); the sandboxer joins it to see the network
+	# namespaces CRI bind-mounts there. On a real host both simply share
+	# the host's mount namespace.
+	SANDBOXER_CMD="${SANDBOXER_CMD:-nsenter --mount=/proc/$CONTAINERD_PID/ns/mnt -- $BIN/magnetar-sandboxer --listen $SANDBOXER_SOCKET --state-dir $WORK/sbstate --run-dir $WORK/sbrun --containerd-ttrpc-address $CONTAINERD_TTRPC_ADDRESS}"
 	say "sandboxer: $SANDBOXER_CMD"
 	# Word splitting is intended: SANDBOXER_CMD is a command line.
 	# shellcheck disable=SC2086

@@ -591,6 +591,10 @@ func (c *Containerd) Env() []string {
 		"CRI_CONFIG_FILE=" + c.crictlConfig,
 		"MAGNETAR_SANDBOXER_SOCKET=" + c.sandboxer,
 		"HARNESS_BASE_DIR=" + c.base,
+		// containerd runs in a private mount namespace; a sandboxer must
+		// join it (nsenter --mount=/proc/$CONTAINERD_PID/ns/mnt) to see the
+		// network namespaces CRI bind-mounts there.
+		fmt.Sprintf("CONTAINERD_PID=%d", c.Pid()),
 	}
 }
 

@@ -24,6 +24,8 @@ type sandboxState struct {
 	// IPCNS and UTSNS are the bind-mounted namespace files ("" if none).
 	IPCNS string `json:"ipcns,omitempty"`
 	UTSNS string `json:"utsns,omitempty"`
+	// NetNS is set when the sandbox made its own network namespace.
+	NetNS string `json:"netns,omitempty"`
 }
 
 type sandbox struct {
@@ -55,9 +57,13 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 		return backend.StartInfo{}, err
 	}
 	flags := unix.CLONE_NEWIPC
-	hostUTS := s.cfg.NetNSPath == ""
+	ownNet := s.cfg.NetNSPath == "" && s.cfg.PrivateNetwork
+	hostUTS := s.cfg.NetNSPath == "" && !ownNet
 	if !hostUTS {
 		flags |= unix.CLONE_NEWUTS
+	}
+	if ownNet {
+		flags |= unix.CLONE_NEWNET
 	}
 	defer func() {
 		if retErr != nil {
@@ -71,6 +77,9 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	s.st.IPCNS = filepath.Join(nsDir, "ipc")
 	if !hostUTS {
 		s.st.UTSNS = filepath.Join(nsDir, "uts")
+	}
+	if ownNet {
+		s.st.NetNS = filepath.Join(nsDir, "net")
 	}
 	s.mu.Unlock()
 	return backend.StartInfo{}, nil
@@ -94,11 +103,16 @@ func holdNamespaces(dir string, flags int, hostname string) error {
 					return fmt.Errorf("set hostname %q: %w", hostname, err)
 				}
 			}
+			if flags&unix.CLONE_NEWNET != 0 {
+				if err := loopbackUp(); err != nil {
+					return err
+				}
+			}
 			tid := unix.Gettid()
 			for _, ns := range []struct {
 				name string
 				flag int
-			}{{"ipc", unix.CLONE_NEWIPC}, {"uts", unix.CLONE_NEWUTS}} {
+			}{{"ipc", unix.CLONE_NEWIPC}, {"uts", unix.CLONE_NEWUTS}, {"net", unix.CLONE_NEWNET}} {
 				if flags&ns.flag == 0 {
 					continue
 				}
@@ -121,7 +135,7 @@ func holdNamespaces(dir string, flags int, hostname string) error {
 
 func (s *sandbox) releaseNamespaces() error {
 	var errs []error
-	for _, name := range []string{"ipc", "uts"} {
+	for _, name := range []string{"ipc", "uts", "net"} {
 		p := filepath.Join(s.cfg.Dir, "ns", name)
 		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
@@ -197,10 +211,14 @@ func (s *sandbox) joinPod(spec *specs.Spec) error {
 		}
 		switch ns.Type {
 		case specs.NetworkNamespace:
-			if s.cfg.NetNSPath == "" {
+			switch {
+			case s.cfg.NetNSPath != "":
+				ns.Path = s.cfg.NetNSPath
+			case st.NetNS != "":
+				ns.Path = st.NetNS
+			default:
 				continue // host network
 			}
-			ns.Path = s.cfg.NetNSPath
 		case specs.IPCNamespace:
 			ns.Path = st.IPCNS
 		case specs.UTSNamespace:
@@ -232,4 +250,25 @@ func (s *sandbox) firstPidNS() string {
 		}
 	}
 	return ""
+}
+
+// loopbackUp brings up "lo" in the calling thread's network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("bring up loopback: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("read loopback flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring up loopback: %w", err)
+	}
+	return nil
 }

@@ -1,0 +1,174 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/errdefs"
+	"github.com/hashicorp/go-hclog"
+	"github.com/pelletier/go-toml/v2"
+)
+
+// ConfigVersion is the config file version this daemon reads.
+const ConfigVersion = 1
+
+// Defaults of [Config].
+const (
+	DefaultStateDir = "/var/lib/magnetar"
+	DefaultRunDir   = "/run/magnetar"
+	DefaultListen   = "/run/magnetar/sandboxer.sock"
+	DefaultLogLevel = "info"
+)
+
+// Config is the daemon configuration, read from a TOML file:
+//
+//	version = 1
+//	state_dir = "/var/lib/magnetar"
+//	run_dir = "/run/magnetar"
+//	listen = "/run/magnetar/sandboxer.sock"
+//	default_kind = "runc"
+//	log_level = "info"
+//	[containerd]
+//	  ttrpc_address = "/run/containerd/containerd.sock.ttrpc"
+//	  [containerd.handlers]
+//	    magnetar = "runc"
+//	[backends.runc]
+//	  binary = "/usr/sbin/runc"
+//	  root = "/run/magnetar/runc"
+type Config struct {
+	// Version of the file format; must be 1 (0, when absent, reads as 1).
+	Version int `toml:"version"`
+	// StateDir holds the sandboxes' persistent state. Default
+	// /var/lib/magnetar.
+	StateDir string `toml:"state_dir"`
+	// RunDir holds sockets and runtime files, among them one Task API
+	// socket per sandbox under RunDir/t. Keep it short: unix socket paths
+	// are limited to 107 bytes. Default /run/magnetar.
+	RunDir string `toml:"run_dir"`
+	// Listen is the unix socket where containerd reaches the Sandbox
+	// Controller API (the proxy plugin's address). Default
+	// /run/magnetar/sandboxer.sock.
+	Listen string `toml:"listen"`
+	// DefaultKind is the sandbox kind used when neither the runtime handler
+	// nor the pod's magnetar.io/kind annotation names one. Empty refuses
+	// such pods.
+	DefaultKind string `toml:"default_kind"`
+	// LogLevel is trace, debug, info, warn or error. Default info.
+	LogLevel string `toml:"log_level"`
+	// Containerd configures the link to containerd.
+	Containerd ContainerdConfig `toml:"containerd"`
+	// Backends configures the sandbox kinds.
+	Backends BackendsConfig `toml:"backends"`
+}
+
+// ContainerdConfig configures the link to containerd.
+type ContainerdConfig struct {
+	// TTRPCAddress is containerd's ttrpc socket (by default
+	// /run/containerd/containerd.sock.ttrpc), where task events are
+	// forwarded. Empty disables event forwarding.
+	TTRPCAddress string `toml:"ttrpc_address"`
+	// Handlers maps CRI runtime handler names to sandbox kinds. Handlers
+	// named "magnetar-<kind>" need no entry.
+	Handlers map[string]string `toml:"handlers"`
+}
+
+// BackendsConfig configures each sandbox kind.
+type BackendsConfig struct {
+	// Runc configures the "runc" kind.
+	Runc RuncConfig `toml:"runc"`
+}
+
+// RuncConfig configures the "runc" kind.
+type RuncConfig struct {
+	// Binary is the runc binary. Default "runc" from PATH.
+	Binary string `toml:"binary"`
+	// Root is runc's state directory (runc --root). Default RunDir/runc.
+	Root string `toml:"root"`
+}
+
+// DefaultConfig returns the configuration used when there is no file.
+func DefaultConfig() Config {
+	c := Config{}
+	c.applyDefaults()
+	return c
+}
+
+// applyDefaults fills the fields left empty.
+func (c *Config) applyDefaults() {
+	if c.Version == 0 {
+		c.Version = ConfigVersion
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.RunDir == "" {
+		c.RunDir = DefaultRunDir
+	}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = DefaultLogLevel
+	}
+}
+
+// LoadConfig reads a config file. Fields it does not set keep their
+// defaults; unknown fields are an error.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(data)
+}
+
+// ParseConfig decodes a TOML config document and applies defaults. Unknown
+// fields are an error.
+func ParseConfig(data []byte) (Config, error) {
+	var c Config
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) {
+			return Config{}, fmt.Errorf("config: %s: %w", strict.String(), errdefs.ErrInvalidArgument)
+		}
+		return Config{}, fmt.Errorf("config: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if c.Version != 0 && c.Version != ConfigVersion {
+		return Config{}, fmt.Errorf("config version %d is not supported (want %d): %w", c.Version, ConfigVersion, errdefs.ErrInvalidArgument)
+	}
+	c.applyDefaults()
+	return c, c.Validate()
+}
+
+// Validate checks a config with its defaults applied.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Version != ConfigVersion {
+		errs = append(errs, fmt.Errorf("version must be %d, not %d", ConfigVersion, c.Version))
+	}
+	for name, p := range map[string]string{"state_dir": c.StateDir, "run_dir": c.RunDir, "listen": c.Listen} {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("%s %q must be an absolute path", name, p))
+		}
+	}
+	if len(c.Listen) > 107 {
+		errs = append(errs, fmt.Errorf("listen %q is longer than a unix socket path may be (107 bytes)", c.Listen))
+	}
+	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
+		errs = append(errs, fmt.Errorf("log_level %q is not one of trace, debug, info, warn, error", c.LogLevel))
+	}
+	for h, k := range c.Containerd.Handlers {
+		if h == "" || k == "" {
+			errs = append(errs, fmt.Errorf("containerd.handlers: %q = %q: handler and kind must not be empty", h, k))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("config: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}

@@ -1,0 +1,85 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+func TestParseConfig(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+version = 1
+state_dir = "/var/lib/m"
+default_kind = "runc"
+log_level = "debug"
+[containerd]
+  ttrpc_address = "/run/containerd/containerd.sock.ttrpc"
+  [containerd.handlers]
+    magnetar = "runc"
+[backends.runc]
+  binary = "/usr/sbin/runc"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.StateDir != "/var/lib/m" || cfg.RunDir != DefaultRunDir || cfg.Listen != DefaultListen || cfg.DefaultKind != "runc" ||
+		cfg.Containerd.TTRPCAddress != "/run/containerd/containerd.sock.ttrpc" || cfg.Containerd.Handlers["magnetar"] != "runc" ||
+		cfg.Backends.Runc.Binary != "/usr/sbin/runc" || cfg.LogLevel != "debug" {
+		t.Errorf("config: %+v", cfg)
+	}
+
+	for name, doc := range map[string]string{
+		"unknown field":  "version = 1\nstate_dri = \"/x\"\n",
+		"future version": "version = 2\n",
+		"relative path":  "run_dir = \"run\"\n",
+		"bad log level":  "log_level = \"loud\"\n",
+		"empty kind":     "[containerd.handlers]\nx = \"\"\n",
+		"not toml":       "version = = 1",
+	} {
+		if _, err := ParseConfig([]byte(doc)); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		}
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Errorf("default config: %v", err)
+	}
+}
+
+func TestMainFlags(t *testing.T) {
+	var out bytes.Buffer
+	if code := Main(context.Background(), []string{"--version"}, &out); code != 0 || !strings.Contains(out.String(), "magnetar-sandboxer") {
+		t.Errorf("--version: %d %q", code, out.String())
+	}
+	if code := Main(context.Background(), []string{"--no-such-flag"}, &out); code != 2 {
+		t.Errorf("bad flag: exit %d", code)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	if err := os.WriteFile(bad, []byte("version = 7\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if code := Main(context.Background(), []string{"--config", bad}, &out); code != 2 || !strings.Contains(out.String(), "version 7") {
+		t.Errorf("bad config: exit %d, %q", code, out.String())
+	}
+	if code := Main(context.Background(), []string{"--log-level", "loud"}, &out); code != 2 {
+		t.Errorf("bad log level flag: exit %d", code)
+	}
+}
+
+func TestListenRefusesNonSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(path, []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := listen(path); err == nil {
+		t.Fatal("listen over a regular file succeeded")
+	}
+	if data, _ := os.ReadFile(path); string(data) != "keep me" {
+		t.Error("listen clobbered a regular file")
+	}
+}

@@ -1,0 +1,231 @@
+// Package daemon wires the magnetar-sandboxer daemon: it reads the
+// configuration, opens the sandbox backends and the engine, serves
+// containerd's Sandbox Controller API on a unix socket, one Task API socket
+// per sandbox, and forwards task events to containerd, until its context
+// ends. Containers keep running when the daemon stops; the next daemon
+// recovers them from the state directory.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	sandboxapi "github.com/containerd/containerd/api/services/sandbox/v1"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
+	"github.com/magnetar-io/magnetar/sandboxer/containerd"
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/engine"
+)
+
+// MaxMessageSize bounds gRPC messages in both directions, as containerd's
+// proxy plugin client does.
+const MaxMessageSize = 16 << 20
+
+// gracefulStopTimeout is how long the daemon waits for Controller calls in
+// flight when it stops, before it cuts them off.
+const gracefulStopTimeout = 5 * time.Second
+
+// Run serves containerd until ctx ends, then stops gracefully. It returns
+// nil after a clean stop. Sandboxes and containers keep running.
+func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	root := cfg.Backends.Runc.Root
+	if root == "" {
+		root = filepath.Join(cfg.RunDir, "runc")
+	}
+	rb, err := runc.New(runc.Config{Binary: cfg.Backends.Runc.Binary, Root: root})
+	if err != nil {
+		return fmt.Errorf("open runc backend: %w", err)
+	}
+	defer func() {
+		if err := rb.Close(); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("close runc backend: %w", err))
+		}
+	}()
+	return run(ctx, cfg, log, []backend.Backend{rb})
+}
+
+// run is Run with the backends given.
+func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.Backend) (retErr error) {
+	for _, dir := range []string{cfg.StateDir, cfg.RunDir} {
+		if err := os.MkdirAll(dir, 0o711); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	eng, err := engine.New(ctx, engine.Config{StateDir: cfg.StateDir, Backends: backends})
+	if err != nil {
+		return fmt.Errorf("open engine: %w", err)
+	}
+	defer func() {
+		if err := eng.Close(); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("close engine: %w", err))
+		}
+	}()
+	for _, k := range eng.Kinds(ctx) {
+		if k.Available {
+			log.Info("sandbox kind available", "kind", k.Kind, "isolation", k.Isolation.String())
+		} else {
+			log.Warn("sandbox kind unavailable", "kind", k.Kind, "reason", k.Reason)
+		}
+	}
+
+	ctrl, err := containerd.NewController(eng, containerd.Config{
+		RunDir:      cfg.RunDir,
+		Handlers:    cfg.Containerd.Handlers,
+		DefaultKind: cfg.DefaultKind,
+		Version:     Version(),
+		Logger:      log.Named("task"),
+	})
+	if err != nil {
+		return err
+	}
+	// Closing the controller ends blocked Waits (so that the graceful stop
+	// below can finish) and stops the Task API servers.
+	defer func() {
+		if err := ctrl.Close(); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("close task servers: %w", err))
+		}
+	}()
+	if err := ctrl.Recover(ctx); err != nil {
+		log.Error("serve task API of recovered sandboxes", "error", err)
+	}
+
+	l, err := listen(cfg.Listen)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := os.Remove(cfg.Listen); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			log.Warn("remove socket", "path", cfg.Listen, "error", err)
+		}
+	}()
+	srv := grpc.NewServer(
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxSendMsgSize(MaxMessageSize),
+		grpc.ChainUnaryInterceptor(logCalls(log.Named("controller"))),
+	)
+	sandboxapi.RegisterControllerServer(srv, ctrl)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if addr := cfg.Containerd.TTRPCAddress; addr != "" {
+		fwd := containerd.NewForwarder(addr, log.Named("events"))
+		wg.Go(func() { _ = fwd.Run(ctx, eng) })
+	} else {
+		log.Warn("containerd.ttrpc_address is not set: task events are not forwarded to containerd")
+	}
+
+	served := make(chan error, 1)
+	wg.Go(func() { served <- srv.Serve(l) })
+	log.Info("serving containerd sandbox controller", "listen", cfg.Listen, "version", Version())
+
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+	case err := <-served:
+		// Serve returns only on a listener failure here.
+		srv.Stop()
+		cancel()
+		return fmt.Errorf("serve: %w", err)
+	}
+	if err := ctrl.Close(); err != nil {
+		log.Warn("close task servers", "error", err)
+	}
+	stopGracefully(srv, gracefulStopTimeout)
+	<-served
+	return nil
+}
+
+// listen opens the Controller socket: stale sockets are removed, other
+// files are not, and the socket is only for its owner (0600).
+func listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return nil, fmt.Errorf("create socket dir: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&fs.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = l.Close()
+		return nil, fmt.Errorf("chmod socket: %w", err)
+	}
+	return l, nil
+}
+
+// stopGracefully lets calls in flight finish for up to timeout, then cuts
+// them off.
+func stopGracefully(srv *grpc.Server, timeout time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.GracefulStop()
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		srv.Stop()
+		<-done
+	}
+}
+
+// logCalls logs every Controller call at debug level with its sandbox ID,
+// and failures that are the daemon's fault at error level.
+func logCalls(log hclog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		var id string
+		if r, ok := req.(interface{ GetSandboxID() string }); ok {
+			id = r.GetSandboxID()
+		}
+		switch code := status.Code(err); code {
+		case codes.Internal, codes.Unknown, codes.DataLoss:
+			log.Error("sandbox controller call failed", "method", info.FullMethod, "sandbox_id", id, "duration", time.Since(start), "error", err)
+		default:
+			if log.IsDebug() {
+				log.Debug("sandbox controller call", "method", info.FullMethod, "sandbox_id", id, "code", code.String(), "duration", time.Since(start), "error", err)
+			}
+		}
+		return resp, err
+	}
+}
+
+// Version is the daemon's version: the main module's version from the
+// build info, or "devel".
+func Version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}

@@ -1,0 +1,195 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	sandboxapi "github.com/containerd/containerd/api/services/sandbox/v1"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/hashicorp/go-hclog"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// TestRuncThroughContainerdAPIs runs a container of the real runc kind the
+// way containerd drives it: Controller Create/Start over gRPC, then the Task
+// API over ttrpc. It needs root, runc and busybox-static, and skips without.
+func TestRuncThroughContainerdAPIs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the runc kind needs root")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("runc not installed (make deps)")
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("busybox-static not installed (make deps)")
+	}
+	cfg := testConfig(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, cfg, hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: testWriter{t}}))
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	client := dialDaemon(t, cfg, done)
+	cctx := k8sCtx(t)
+
+	const id = "runc-smoke"
+	pod := &runtimeapi.PodSandboxConfig{
+		Metadata: &runtimeapi.PodSandboxMetadata{Name: "smoke", Namespace: "ns", Uid: "u"},
+		Hostname: "smoke",
+		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+		}},
+	}
+	req := createRequest(t, id, "magnetar-runc", pod)
+	req.NetnsPath = ""
+	if _, err := client.Create(cctx, req); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() {
+		if _, err := client.Shutdown(context.WithoutCancel(cctx), &sandboxapi.ControllerShutdownRequest{SandboxID: id}); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	start, err := client.Start(cctx, &sandboxapi.ControllerStartRequest{SandboxID: id})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	tc := dialTask(t, start.GetAddress())
+
+	bundle := busyboxBundle(t, "echo hello from runc; exit 3")
+	stdout := filepath.Join(t.TempDir(), "stdout")
+	if err := syscall.Mkfifo(stdout, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifo, err := os.OpenFile(stdout, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fifo.Close()
+	lines := make(chan string, 10)
+	go func() {
+		s := bufio.NewScanner(fifo)
+		for s.Scan() {
+			lines <- s.Text()
+		}
+	}()
+
+	if _, err := tc.Create(cctx, &taskapi.CreateTaskRequest{ID: "smoke-ctr", Bundle: bundle, Stdout: stdout}); err != nil {
+		t.Fatalf("Task.Create: %v", err)
+	}
+	if _, err := tc.Start(cctx, &taskapi.StartRequest{ID: "smoke-ctr"}); err != nil {
+		t.Fatalf("Task.Start: %v", err)
+	}
+	wctx, wcancel := context.WithTimeout(cctx, 20*time.Second)
+	defer wcancel()
+	w, err := tc.Wait(wctx, &taskapi.WaitRequest{ID: "smoke-ctr"})
+	if err != nil {
+		t.Fatalf("Task.Wait: %v", err)
+	}
+	if w.GetExitStatus() != 3 {
+		t.Errorf("exit status %d, want 3", w.GetExitStatus())
+	}
+	select {
+	case l := <-lines:
+		if l != "hello from runc" {
+			t.Errorf("stdout %q", l)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no output")
+	}
+	if _, err := tc.Delete(cctx, &taskapi.DeleteRequest{ID: "smoke-ctr"}); err != nil {
+		t.Errorf("Task.Delete: %v", err)
+	}
+	if _, err := client.Stop(cctx, &sandboxapi.ControllerStopRequest{SandboxID: id}); err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+}
+
+// dialDaemon waits for the daemon's socket and returns a client.
+func dialDaemon(t *testing.T, cfg Config, done <-chan error) sandboxapi.ControllerClient {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(cfg.Listen); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("daemon exited: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon socket never came up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return clientFor(t, cfg)
+}
+
+// busyboxBundle writes a bundle whose rootfs is the host's static busybox
+// and whose process runs script.
+func busyboxBundle(t *testing.T, script string) string {
+	t.Helper()
+	dir := t.TempDir()
+	rootfs := filepath.Join(dir, "rootfs")
+	if err := os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	in, err := os.Open("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(filepath.Join(rootfs, "bin", "busybox"), os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	out.Close()
+	for _, applet := range []string{"sh", "echo"} {
+		if err := os.Symlink("busybox", filepath.Join(rootfs, "bin", applet)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+	sp, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: "smoke-ctr"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.Root = &specs.Root{Path: "rootfs"}
+	sp.Process.Args = []string{"/bin/sh", "-c", script}
+	sp.Process.Env = []string{"PATH=/bin"}
+	sp.Linux.CgroupsPath = ""
+	data, err := json.Marshal(sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(dir, " ") {
+		t.Fatal("bundle path with spaces")
+	}
+	return dir
+}

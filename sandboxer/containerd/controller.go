@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"maps"
 	goruntime "runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -327,7 +328,15 @@ func (c *Controller) Metrics(ctx context.Context, req *sandboxapi.ControllerMetr
 // depends on them after creation, so Update only checks that the sandbox
 // exists. (containerd 2.4.2 does not fill "sandboxer" in this request.)
 func (c *Controller) Update(ctx context.Context, req *sandboxapi.ControllerUpdateRequest) (*sandboxapi.ControllerUpdateResponse, error) {
-	if _, err := c.eng.Sandbox(ctx, req.GetSandboxID()); err != nil {
+	// Only labels are ours to keep; CRI owns the rest of its record.
+	var labels map[string]string
+	if slices.Contains(req.GetFields(), "labels") && req.GetSandbox() != nil {
+		labels = req.GetSandbox().GetLabels()
+		if labels == nil {
+			labels = map[string]string{}
+		}
+	}
+	if _, err := c.eng.UpdateSandbox(ctx, req.GetSandboxID(), labels, nil); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &sandboxapi.ControllerUpdateResponse{}, nil

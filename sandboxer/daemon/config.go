@@ -29,6 +29,7 @@ const (
 //	state_dir = "/var/lib/magnetar"
 //	run_dir = "/run/magnetar"
 //	listen = "/run/magnetar/sandboxer.sock"
+//	api_listen = "/run/magnetar/api.sock"
 //	default_kind = "runc"
 //	log_level = "info"
 //	[containerd]
@@ -52,6 +53,10 @@ type Config struct {
 	// Controller API (the proxy plugin's address). Default
 	// /run/magnetar/sandboxer.sock.
 	Listen string `toml:"listen"`
+	// APIListen is the unix socket (0600) serving Magnetar's own API
+	// (magnetar.sandbox.v1, magnetar.container.v1) over Connect, gRPC and
+	// gRPC-Web. Default <run_dir>/api.sock; "-" disables it.
+	APIListen string `toml:"api_listen"`
 	// DefaultKind is the sandbox kind used when neither the runtime handler
 	// nor the pod's magnetar.io/kind annotation names one. Empty refuses
 	// such pods.
@@ -110,6 +115,7 @@ func (c *Config) applyDefaults() {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
+
 	if c.LogLevel == "" {
 		c.LogLevel = DefaultLogLevel
 	}
@@ -159,6 +165,9 @@ func (c Config) Validate() error {
 	if len(c.Listen) > 107 {
 		errs = append(errs, fmt.Errorf("listen %q is longer than a unix socket path may be (107 bytes)", c.Listen))
 	}
+	if api := c.apiSocket(); api != "" && (!filepath.IsAbs(api) || len(api) > 107) {
+		errs = append(errs, fmt.Errorf("api_listen %q must be an absolute unix socket path of at most 107 bytes, or \"-\"", c.APIListen))
+	}
 	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
 		errs = append(errs, fmt.Errorf("log_level %q is not one of trace, debug, info, warn, error", c.LogLevel))
 	}
@@ -171,4 +180,15 @@ func (c Config) Validate() error {
 		return fmt.Errorf("config: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return nil
+}
+
+// apiSocket is the socket of Magnetar's API, or "" when it is disabled.
+func (c Config) apiSocket() string {
+	switch c.APIListen {
+	case "-":
+		return ""
+	case "":
+		return filepath.Join(c.RunDir, "api.sock")
+	}
+	return c.APIListen
 }

@@ -12,12 +12,15 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"sync"
 	"time"
 
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
 	sandboxapi "github.com/containerd/containerd/api/services/sandbox/v1"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
@@ -26,6 +29,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
 	"github.com/magnetar-io/magnetar/sandboxer/containerd"
+	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 )
@@ -139,6 +143,16 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	wg.Go(func() { served <- srv.Serve(l) })
 	log.Info("serving containerd sandbox controller", "listen", cfg.Listen, "version", Version())
 
+	if path := cfg.apiSocket(); path != "" {
+		stopAPI, err := serveAPI(eng, path, log.Named("api"), &wg)
+		if err != nil {
+			srv.Stop()
+			cancel()
+			return err
+		}
+		defer stopAPI()
+	}
+
 	select {
 	case <-ctx.Done():
 		log.Info("stopping")
@@ -228,4 +242,58 @@ func Version() string {
 		return bi.Main.Version
 	}
 	return "devel"
+}
+
+// serveAPI serves Magnetar's own API (Connect, gRPC and gRPC-Web over HTTP/1.1
+// and cleartext HTTP/2) on a 0600 unix socket. The returned function stops
+// it and waits for it.
+func serveAPI(eng *engine.Engine, path string, log hclog.Logger, wg *sync.WaitGroup) (func(), error) {
+	l, err := listen(path)
+	if err != nil {
+		return nil, err
+	}
+	api := apiserver.New(eng)
+	cs := connect.NewServer(logAPICalls(log))
+	api.Register(cs)
+	mux := http.NewServeMux()
+	connecthttp.Mount(mux, cs, connecthttp.WithCompressMinBytes(1024), connecthttp.WithReadMaxBytes(MaxMessageSize))
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	hs := &http.Server{Handler: mux, Protocols: protocols, ReadHeaderTimeout: 10 * time.Second}
+	wg.Go(func() {
+		if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serve API", "error", err)
+		}
+	})
+	log.Info("serving Magnetar API (Connect, gRPC, gRPC-Web)", "listen", path)
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), gracefulStopTimeout)
+		defer cancel()
+		// Streams (events, output) stay open until their client leaves:
+		// close them after the grace period.
+		if err := hs.Shutdown(ctx); err != nil {
+			_ = hs.Close()
+		}
+		_ = api.Close()
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			log.Warn("remove socket", "path", path, "error", err)
+		}
+	}, nil
+}
+
+// logAPICalls logs each API call at debug level, and failures at warn.
+func logAPICalls(log hclog.Logger) connect.ServerInterceptor {
+	return func(next connect.ServerFunc) connect.ServerFunc {
+		return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) error {
+			start := time.Now()
+			err := next(ctx, spec, stream)
+			if err != nil && connect.CodeOf(err) != connect.CodeCanceled {
+				log.Debug("call failed", "procedure", spec.Procedure, "code", connect.CodeOf(err).String(), "error", err, "took", time.Since(start))
+			} else {
+				log.Debug("call", "procedure", spec.Procedure, "took", time.Since(start))
+			}
+			return err
+		}
+	}
 }

@@ -22,6 +22,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	var (
 		configPath = fs.String("config", "", "config file (TOML, version = 1); defaults apply without one")
 		listen     = fs.String("listen", "", "unix socket for containerd's sandbox controller (default "+DefaultListen+")")
+		apiListen  = fs.String("api-listen", "", "unix socket for Magnetar's API, or - for none (default <run-dir>/api.sock)")
 		stateDir   = fs.String("state-dir", "", "state directory (default "+DefaultStateDir+")")
 		runDir     = fs.String("run-dir", "", "runtime directory for sockets (default "+DefaultRunDir+")")
 		logLevel   = fs.String("log-level", "", "trace, debug, info, warn or error (default "+DefaultLogLevel+")")
@@ -52,7 +53,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 	}
 	for _, o := range []struct{ flag, field *string }{
-		{listen, &cfg.Listen}, {stateDir, &cfg.StateDir}, {runDir, &cfg.RunDir},
+		{listen, &cfg.Listen}, {apiListen, &cfg.APIListen}, {stateDir, &cfg.StateDir}, {runDir, &cfg.RunDir},
 		{logLevel, &cfg.LogLevel}, {ttrpcAddr, &cfg.Containerd.TTRPCAddress},
 	} {
 		if *o.flag != "" {

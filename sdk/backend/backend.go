@@ -82,6 +82,12 @@ type Process interface {
 	Delete(ctx context.Context) error
 }
 
+// PidReporter is implemented by processes that have a host pid before
+// they start (a runc container's init exists after create).
+type PidReporter interface {
+	Pid() uint32
+}
+
 // Stater is implemented by containers that report resource usage.
 type Stater interface {
 	Stats(ctx context.Context) (*Stats, error)

@@ -239,6 +239,9 @@ func (e *Engine) CreateContainer(ctx context.Context, sandboxID string, spec Con
 	}
 	c := &container{id: spec.ID, sb: sb, impl: ci, execs: map[string]*process{}}
 	c.init = &process{c: c, impl: ci.Init(), stdio: spec.Stdio, state: ProcessCreated, done: make(chan struct{})}
+	if pr, ok := c.init.impl.(backend.PidReporter); ok {
+		c.init.pid = pr.Pid()
+	}
 	sb.mu.Lock()
 	sb.containers[spec.ID] = c
 	err = sb.persist()
@@ -253,7 +256,7 @@ func (e *Engine) CreateContainer(ctx context.Context, sandboxID string, spec Con
 	}
 	st := c.init.status()
 	e.events.publish(Event{
-		Topic: TopicTaskCreate, Namespace: sb.namespace(), SandboxID: sandboxID, ContainerID: spec.ID,
+		Topic: TopicTaskCreate, Pid: st.Pid, Namespace: sb.namespace(), SandboxID: sandboxID, ContainerID: spec.ID,
 		Bundle: spec.Bundle, Stdin: spec.Stdio.Stdin, Stdout: spec.Stdio.Stdout, Stderr: spec.Stdio.Stderr, Terminal: spec.Stdio.Terminal,
 	})
 	return st, nil
@@ -311,12 +314,8 @@ func (e *Engine) watchProcess(sb *sandbox, p *process) {
 		if p.id == "" {
 			_ = sb.saveContainer(p.c)
 		}
-		execID := p.id
-		if execID == "" {
-			execID = p.c.id
-		}
 		e.events.publish(Event{
-			Topic: TopicTaskExit, Namespace: sb.namespace(), SandboxID: sb.rec.ID, ContainerID: p.c.id, ExecID: execID,
+			Topic: TopicTaskExit, Namespace: sb.namespace(), SandboxID: sb.rec.ID, ContainerID: p.c.id, ExecID: p.id,
 			Pid: p.status().Pid, ExitCode: st.Code, ExitedAt: st.ExitedAt,
 		})
 	})
@@ -466,8 +465,12 @@ func (e *Engine) deleteContainer(ctx context.Context, sb *sandbox, c *container)
 	case ProcessRunning, ProcessPaused:
 		return ProcessStatus{}, fmt.Errorf("container %q is still running: %w", c.id, errdefs.ErrFailedPrecondition)
 	case ProcessCreated:
-		// Never started: its init waits in runc's exec fifo (or equivalent).
-		c.init.setExited(backend.ExitStatus{Code: 255})
+		// Never started: its init waits in runc's exec fifo (or
+		// equivalent); kill it before deleting.
+		if err := c.init.impl.Kill(ctx, syscall.SIGKILL, true); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
+			return ProcessStatus{}, fmt.Errorf("kill created container %q: %w", c.id, err)
+		}
+		c.init.setExited(backend.ExitStatus{Code: 128 + uint32(syscall.SIGKILL)})
 		st = c.init.status()
 	}
 	c.mu.Lock()

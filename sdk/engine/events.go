@@ -32,7 +32,8 @@ type Event struct {
 	Namespace   string
 	SandboxID   string
 	ContainerID string
-	// ExecID is set for exec'd processes; empty for a container's init.
+	// ExecID is set for exec'd processes; empty for a container's init
+	// (containerd's TaskExit.ID is the container ID then).
 	ExecID string
 	Pid    uint32
 	// ExitCode and ExitedAt are set for exit events.

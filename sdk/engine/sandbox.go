@@ -311,8 +311,8 @@ func (e *Engine) StopSandbox(ctx context.Context, id string, timeout time.Durati
 		wg.Go(func() { errs[i] = c.stop(ctx, timeout) })
 	}
 	wg.Wait()
-	if err := impl.Stop(ctx, timeout); err != nil {
-		return fmt.Errorf("stop sandbox %q: %w", id, errors.Join(append(errs, err)...))
+	if err := errors.Join(append(errs, impl.Stop(ctx, timeout))...); err != nil {
+		return fmt.Errorf("stop sandbox %q: %w", id, err)
 	}
 	sb.exited(backend.ExitStatus{Code: 0, ExitedAt: time.Now().UTC()})
 	return nil
@@ -368,10 +368,10 @@ func (e *Engine) SandboxStats(ctx context.Context, id string) (*backend.Stats, e
 		if err != nil {
 			continue // a container that just exited has no cgroup left
 		}
+		// Limits are not summed: an unlimited container reports ~2^63.
 		sum.CPUUsageNanos += s.CPUUsageNanos
 		sum.MemoryUsageBytes += s.MemoryUsageBytes
 		sum.MemoryWorkingBytes += s.MemoryWorkingBytes
-		sum.MemoryLimitBytes += s.MemoryLimitBytes
 		sum.Pids += s.Pids
 	}
 	return sum, nil
@@ -440,4 +440,26 @@ func (e *Engine) DeleteSandbox(ctx context.Context, id string) error {
 	e.mu.Unlock()
 	e.events.publish(Event{Topic: TopicSandboxDelete, Namespace: ns, SandboxID: id})
 	return nil
+}
+
+// UpdateSandbox replaces the sandbox's labels and/or annotations (a nil map
+// leaves that field unchanged).
+func (e *Engine) UpdateSandbox(ctx context.Context, id string, labels, annotations map[string]string) (SandboxStatus, error) {
+	sb, err := e.get(id)
+	if err != nil {
+		return SandboxStatus{}, err
+	}
+	sb.mu.Lock()
+	if labels != nil {
+		sb.rec.Labels = maps.Clone(labels)
+	}
+	if annotations != nil {
+		sb.rec.Annotations = maps.Clone(annotations)
+	}
+	err = sb.persist()
+	sb.mu.Unlock()
+	if err != nil {
+		return SandboxStatus{}, err
+	}
+	return sb.status(), nil
 }

@@ -182,6 +182,9 @@ func (p *proc) Start(ctx context.Context) (uint32, error) {
 	return uint32(pid), nil
 }
 
+// Pid is the process's host pid (the init's exists after create).
+func (p *proc) Pid() uint32 { return uint32(p.p.Pid()) }
+
 func (p *proc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
 	return p.p.Kill(ctx, uint32(sig), all)
 }

@@ -168,7 +168,7 @@ while [[ -n "$p" && "$p" != 0 ]]; do
 	p="$(awk '{print $4}' /proc/"$p"/stat)"
 done
 pauses="$(pgrep -x pause || true)"
-shims="$(pgrep '^containerd-shim' || true)"
+shims="$(pgrep 'containerd-shim' || true)"
 echo "pause processes:           ${pauses:-none}"
 echo "containerd-shim processes: ${shims:-none}"
 ps -o pid,ppid,rss,comm,args -p "$(echo "$CPID" $pauses $shims "${SANDBOXER_PID:-}" | xargs | tr ' ' ',')" 2>/dev/null || true

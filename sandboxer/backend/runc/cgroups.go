@@ -19,22 +19,33 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
-// cgroupStats reads the usage of the cgroup pid lives in.
-func cgroupStats(pid int) (*backend.Stats, error) {
+// loadCgroup opens the cgroup pid lives in: a cgroup1.Cgroup or a
+// *cgroupsv2.Manager. It stays usable after the process exits, until the
+// container is deleted, which is when CRI reads it to tell OOM kills.
+func loadCgroup(pid int) (any, error) {
 	if pid <= 0 {
 		return nil, fmt.Errorf("container has no process: %w", errdefs.ErrNotFound)
 	}
-	now := time.Now().UTC()
 	if cgroups.Mode() == cgroups.Unified {
 		path, err := cgroupsv2.PidGroupPath(pid)
 		if err != nil {
-			return nil, fmt.Errorf("find cgroup of pid %d: %w", pid, errdefs.ErrNotFound)
+			return nil, fmt.Errorf("find cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
 		}
-		m, err := cgroupsv2.Load(path)
-		if err != nil {
-			return nil, err
-		}
-		st, err := m.Stat()
+		return cgroupsv2.Load(path)
+	}
+	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
+	if err != nil {
+		return nil, fmt.Errorf("load cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
+	}
+	return cg, nil
+}
+
+// cgroupStats reads the usage of a cgroup opened by loadCgroup.
+func cgroupStats(cgx any) (*backend.Stats, error) {
+	now := time.Now().UTC()
+	switch cg := cgx.(type) {
+	case *cgroupsv2.Manager:
+		st, err := cg.Stat()
 		if err != nil {
 			return nil, err
 		}
@@ -50,11 +61,13 @@ func cgroupStats(pid int) (*backend.Stats, error) {
 			s.Pids = st.Pids.Current
 		}
 		return s, nil
+	case cgroup1.Cgroup:
+		return cgroup1Stats(cg, now)
 	}
-	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
-	if err != nil {
-		return nil, fmt.Errorf("load cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
-	}
+	return nil, fmt.Errorf("container has no cgroup: %w", errdefs.ErrNotFound)
+}
+
+func cgroup1Stats(cg cgroup1.Cgroup, now time.Time) (*backend.Stats, error) {
 	st, err := cg.Stat(cgroup1.IgnoreNotExist)
 	if err != nil {
 		return nil, err

@@ -27,6 +27,7 @@ type container struct {
 	bundle string
 	init   *process.Init
 	oom    *oomWatch
+	cg     any // cgroup1.Cgroup or *cgroupsv2.Manager; nil if unknown
 
 	mu    sync.Mutex
 	execs map[string]process.Process
@@ -80,6 +81,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	}
 	s.b.register(init.Pid(), init)
 	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, init: init, execs: map[string]process.Process{}}
+	c.cg, _ = loadCgroup(init.Pid())
 	c.oom = s.b.watchOOM(init.Pid(), func() {
 		if s.cfg.Events != nil {
 			s.cfg.Events.OOM(s.cfg.ID, cfg.ID)
@@ -154,7 +156,10 @@ func (c *container) Resume(ctx context.Context) error { return c.init.Resume(ctx
 
 // Stats reads the container's cgroup.
 func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
-	return cgroupStats(c.init.Pid())
+	if c.cg == nil {
+		return nil, fmt.Errorf("cgroup of container %q is unknown: %w", c.id, errdefs.ErrNotFound)
+	}
+	return cgroupStats(c.cg)
 }
 
 // proc adapts containerd's runc process to backend.Process.

@@ -1,0 +1,202 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	sandboxapi "github.com/containerd/containerd/api/services/sandbox/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/magnetar-io/magnetar/internal/harness"
+)
+
+// startLimited starts a container with a memory limit.
+func (e *env) startLimited(t *testing.T, p *pod, name, script string, memory int64) string {
+	t.Helper()
+	ctx := ctxT(t)
+	resp, err := e.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{
+		PodSandboxId: p.id,
+		Config: &runtime.ContainerConfig{
+			Metadata: &runtime.ContainerMetadata{Name: name},
+			Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
+			Command:  []string{"sh", "-c", script},
+			LogPath:  name + ".log",
+			Linux: &runtime.LinuxContainerConfig{
+				Resources: &runtime.LinuxContainerResources{MemoryLimitInBytes: memory},
+			},
+		},
+		SandboxConfig: p.cfg,
+	})
+	if err != nil {
+		t.Fatalf("CreateContainer %s: %v", name, err)
+	}
+	if _, err := e.rt.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: resp.ContainerId}); err != nil {
+		t.Fatalf("StartContainer %s: %v", name, err)
+	}
+	return resp.ContainerId
+}
+
+func TestOOMKillReported(t *testing.T) {
+	e := setup(t)
+	p := e.runPod(t, false)
+	// The shell variable grows until the 32 MiB limit kills the shell.
+	cid := e.startLimited(t, p, "hog", `x=a; while true; do x="$x$x"; done`, 32<<20)
+	st := e.waitExited(t, cid)
+	if st.ExitCode != 137 || st.Reason != "OOMKilled" {
+		t.Errorf("OOM container: exit %d reason %q; want 137 OOMKilled", st.ExitCode, st.Reason)
+	}
+}
+
+func TestUpdateResourcesAndStats(t *testing.T) {
+	e := setup(t)
+	p := e.runPod(t, false)
+	cid := e.startLimited(t, p, "limited", "sleep 600", 64<<20)
+	ctx := ctxT(t)
+	if _, err := e.rt.UpdateContainerResources(ctx, &runtime.UpdateContainerResourcesRequest{
+		ContainerId: cid, Linux: &runtime.LinuxContainerResources{MemoryLimitInBytes: 96 << 20},
+	}); err != nil {
+		t.Fatalf("UpdateContainerResources: %v", err)
+	}
+	// The container reads its own limit from its cgroup.
+	ex, err := e.rt.ExecSync(ctx, &runtime.ExecSyncRequest{ContainerId: cid, Cmd: []string{"sh", "-c",
+		"cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"}, Timeout: 30})
+	if err != nil {
+		t.Fatalf("ExecSync: %v", err)
+	}
+	if got := strings.TrimSpace(string(ex.Stdout)); got != fmt.Sprint(96<<20) {
+		t.Errorf("memory limit seen in the container = %q, want %d", got, 96<<20)
+	}
+	var stats *runtime.ContainerStats
+	for range 50 { // CRI collects stats asynchronously
+		resp, err := e.rt.ContainerStats(ctx, &runtime.ContainerStatsRequest{ContainerId: cid})
+		if err != nil {
+			t.Fatalf("ContainerStats: %v", err)
+		}
+		stats = resp.Stats
+		if stats.GetMemory().GetWorkingSetBytes().GetValue() > 0 && stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() > 0 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if stats.GetMemory().GetWorkingSetBytes().GetValue() == 0 || stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 {
+		t.Errorf("container stats have no usage: %v", stats)
+	}
+	var pst *runtime.PodSandboxStats
+	for range 50 {
+		resp, err := e.rt.PodSandboxStats(ctx, &runtime.PodSandboxStatsRequest{PodSandboxId: p.id})
+		if err != nil {
+			t.Fatalf("PodSandboxStats: %v", err)
+		}
+		pst = resp.Stats
+		if pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() > 0 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() == 0 {
+		t.Errorf("pod stats (Controller.Metrics) have no memory usage: %v", pst)
+	}
+}
+
+func TestExecWithTTY(t *testing.T) {
+	e := setup(t)
+	if _, err := exec.LookPath("script"); err != nil {
+		skipOrFail(t, "script (bsdutils) is needed to give crictl a terminal: %v", err)
+	}
+	p := e.runPod(t, false)
+	cid := e.startContainer(t, p, "tty", "sleep 600")
+	// script gives crictl a pseudo-terminal, as a user's shell would.
+	bin, _ := harness.DefaultBinDir()
+	crictl := filepath.Join(bin, "crictl")
+	cmd := exec.CommandContext(ctxT(t), "script", "-qec",
+		fmt.Sprintf("%s --config %s exec -it %s sh -c 'tty; test -t 0 && echo stdin-is-a-tty'", crictl, e.ctrd.CrictlConfig(), cid), "/dev/null")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("crictl exec -it: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "stdin-is-a-tty") {
+		t.Errorf("exec with a terminal printed %q; want a /dev/pts/N and stdin-is-a-tty", out)
+	}
+	// Without -t there is no terminal.
+	out, err = e.ctrd.Crictl(ctxT(t), "exec", cid, "sh", "-c", "tty || true")
+	if err != nil || !strings.Contains(string(out), "not a tty") {
+		t.Errorf("exec without a terminal: %q, %v; want 'not a tty'", out, err)
+	}
+}
+
+func TestAttach(t *testing.T) {
+	e := setup(t)
+	p := e.runPod(t, false)
+	ctx := ctxT(t)
+	resp, err := e.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{
+		PodSandboxId: p.id,
+		Config: &runtime.ContainerConfig{
+			Metadata: &runtime.ContainerMetadata{Name: "attach"},
+			Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
+			Command:  []string{"sh", "-c", "while read line; do echo got:$line; done"},
+			LogPath:  "attach.log",
+			Stdin:    true,
+		},
+		SandboxConfig: p.cfg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.rt.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: resp.ContainerId}); err != nil {
+		t.Fatal(err)
+	}
+	bin, _ := harness.DefaultBinDir()
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "crictl"), "--config", e.ctrd.CrictlConfig(), "attach", "-i", resp.ContainerId)
+	cmd.Stdin = strings.NewReader("hello-attach\n")
+	out, _ := cmd.CombinedOutput() // ends when stdin closes
+	if got := e.logOf(t, p, "attach", "got:hello-attach"); !strings.Contains(got, "got:hello-attach") {
+		t.Errorf("attached stdin did not reach the container: log %q, crictl %q", got, out)
+	}
+}
+
+// TestControllerRejectsBadInput talks to the sandboxer's Controller
+// directly, as containerd would, with requests CRI never sends.
+func TestControllerRejectsBadInput(t *testing.T) {
+	e := setup(t)
+	conn, err := grpc.NewClient("unix://"+e.ctrd.SandboxerSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := sandboxapi.NewControllerClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	before, _ := os.ReadDir(filepath.Join(e.stateDir, "sandboxes"))
+	for _, tc := range []struct {
+		name string
+		req  *sandboxapi.ControllerCreateRequest
+		want codes.Code
+	}{
+		{"path-like id", &sandboxapi.ControllerCreateRequest{SandboxID: "../x"}, codes.InvalidArgument},
+		{"empty id", &sandboxapi.ControllerCreateRequest{}, codes.InvalidArgument},
+		{"oversized", &sandboxapi.ControllerCreateRequest{SandboxID: "big", Annotations: map[string]string{"x": strings.Repeat("x", 20<<20)}}, codes.ResourceExhausted},
+	} {
+		_, err := c.Create(ctx, tc.req)
+		if status.Code(err) != tc.want {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.want)
+		}
+	}
+	if _, err := c.Status(ctx, &sandboxapi.ControllerStatusRequest{SandboxID: "no-such-sandbox"}); status.Code(err) != codes.NotFound {
+		t.Errorf("status of a missing sandbox: %v, want NotFound", err)
+	}
+	after, _ := os.ReadDir(filepath.Join(e.stateDir, "sandboxes"))
+	if len(after) != len(before) {
+		t.Errorf("rejected requests left state behind: %d entries before, %d after", len(before), len(after))
+	}
+}

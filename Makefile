@@ -45,7 +45,7 @@ test-e2e: deps tools build ## Run end-to-end tests through a private containerd 
 	MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 20m -v $(GOTEST_FLAGS) ./test/e2e/...
 
 .PHONY: test
-test: deps check-generate lint test-unit test-e2e ## Run every test (installs what it needs; needs root)
+test: deps tools build check-generate lint test-unit test-e2e ## Run every test (installs what it needs; needs root)
 
 .PHONY: bench
 bench: deps tools build ## Run benchmarks

@@ -5,9 +5,14 @@
 // the runtime's features and mount capabilities, and "<shim> ... delete"
 // to clean up after a Task API connection dropped (core/runtime/v2
 // binary.go, shim.go cleanupAfterDeadShim). Magnetar's containers run in
-// magnetar-sandboxer, so this binary only answers those two calls: there is
-// nothing of the container left for it to clean up, and it never starts a
-// shim server.
+// magnetar-sandboxer, so this binary only answers those two calls and never
+// starts a shim server.
+//
+// containerd runs "delete" whenever a task's connection closes: after a
+// normal task delete (nothing is left then), and when magnetar-sandboxer
+// went away, after which containerd reports the task as exited with 137.
+// So that this report is true, delete kills what is left of the container
+// with the runtime recorded in the bundle (see [RuntimeFile]).
 package shim
 
 import (
@@ -48,7 +53,7 @@ var boolFlags = map[string]bool{"debug": true, "v": true, "version": true, "info
 // Main runs the shim with args (without the program name) and returns the
 // exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	flags, action, err := parseArgs(args)
+	flags, values, action, err := parseArgs(args)
 	if err != nil {
 		fmt.Fprintf(stderr, "containerd-shim-magnetar-v2: %v\n", err)
 		return 2
@@ -62,6 +67,10 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	switch action {
 	case "delete":
+		if err := cleanup(values["id"], values["bundle"]); err != nil {
+			// containerd only logs a failed delete; say what is left.
+			fmt.Fprintf(stderr, "containerd-shim-magnetar-v2: %v\n", err)
+		}
 		data, err := deleteResponse(killedExitStatus, time.Now())
 		if err == nil {
 			_, err = stdout.Write(data)
@@ -85,34 +94,37 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 // parseArgs reads containerd's shim flags ("-namespace ns -id x ...
-// delete"). Unknown flags are accepted, so that a newer containerd's extra
-// flags do not break cleanup.
-func parseArgs(args []string) (map[string]bool, string, error) {
-	set := map[string]bool{}
+// delete"): which flags are set, their values, and the action. Unknown
+// flags are accepted, so that a newer containerd's extra flags do not break
+// cleanup.
+func parseArgs(args []string) (map[string]bool, map[string]string, string, error) {
+	set, values := map[string]bool{}, map[string]string{}
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if a == "--" {
 			if i+1 < len(args) {
-				return set, args[i+1], nil
+				return set, values, args[i+1], nil
 			}
-			return set, "", nil
+			return set, values, "", nil
 		}
 		if !strings.HasPrefix(a, "-") || a == "-" {
-			return set, a, nil
+			return set, values, a, nil
 		}
-		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		if name == "" {
-			return nil, "", fmt.Errorf("bad flag %q", a)
+			return nil, nil, "", fmt.Errorf("bad flag %q", a)
 		}
 		set[name] = true
 		if !hasValue && !boolFlags[name] {
 			if i+1 >= len(args) {
-				return nil, "", fmt.Errorf("flag -%s needs a value", name)
+				return nil, nil, "", fmt.Errorf("flag -%s needs a value", name)
 			}
 			i++
+			value = args[i]
 		}
+		values[name] = value
 	}
-	return set, "", nil
+	return set, values, "", nil
 }
 
 // info describes the runtime for "-info". Options read from stdin (an Any)

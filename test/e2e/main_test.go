@@ -36,6 +36,47 @@ type env struct {
 	sbLog     *bytes.Buffer
 	sbDone    chan struct{}
 	logDir    string
+	binDir    string
+}
+
+// startSandboxer starts magnetar-sandboxer. It joins containerd's private
+// mount namespace: CRI's netns bind mounts live there.
+func (e *env) startSandboxer() error {
+	e.sandboxer = exec.Command("nsenter", fmt.Sprintf("--mount=/proc/%d/ns/mnt", e.ctrd.Pid()), "--",
+		filepath.Join(e.binDir, "magnetar-sandboxer"),
+		"--listen", e.ctrd.SandboxerSocket(),
+		"--state-dir", e.stateDir,
+		"--run-dir", e.runDir,
+		"--containerd-ttrpc-address", e.ctrd.TTRPCAddress(),
+		"--log-level", "debug",
+	)
+	e.sandboxer.Stdout = &syncWriter{w: e.sbLog}
+	e.sandboxer.Stderr = e.sandboxer.Stdout
+	if err := e.sandboxer.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	e.sbDone = done
+	cmd := e.sandboxer
+	go func() { _ = cmd.Wait(); close(done) }()
+	if err := waitSocket(e.ctrd.SandboxerSocket(), 10*time.Second); err != nil {
+		return fmt.Errorf("sandboxer did not come up: %v\n%s", err, e.sbLog)
+	}
+	return nil
+}
+
+// stopSandboxer stops magnetar-sandboxer gracefully (SIGTERM).
+func (e *env) stopSandboxer() {
+	if e.sandboxer == nil || e.sandboxer.Process == nil {
+		return
+	}
+	_ = e.sandboxer.Process.Signal(os.Interrupt)
+	select {
+	case <-e.sbDone:
+	case <-time.After(10 * time.Second):
+		_ = e.sandboxer.Process.Kill()
+		<-e.sbDone
+	}
 }
 
 var (
@@ -103,26 +144,10 @@ func start(binDir string) (_ *env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// The sandboxer joins containerd's private mount namespace: CRI's netns
-	// bind mounts live there.
+	e.binDir = binDir
 	e.sbLog = &bytes.Buffer{}
-	e.sandboxer = exec.Command("nsenter", fmt.Sprintf("--mount=/proc/%d/ns/mnt", e.ctrd.Pid()), "--",
-		filepath.Join(binDir, "magnetar-sandboxer"),
-		"--listen", e.ctrd.SandboxerSocket(),
-		"--state-dir", e.stateDir,
-		"--run-dir", e.runDir,
-		"--containerd-ttrpc-address", e.ctrd.TTRPCAddress(),
-		"--log-level", "debug",
-	)
-	e.sandboxer.Stdout = &syncWriter{w: e.sbLog}
-	e.sandboxer.Stderr = e.sandboxer.Stdout
-	if err := e.sandboxer.Start(); err != nil {
+	if err := e.startSandboxer(); err != nil {
 		return nil, err
-	}
-	e.sbDone = make(chan struct{})
-	go func() { _ = e.sandboxer.Wait(); close(e.sbDone) }()
-	if err := waitSocket(e.ctrd.SandboxerSocket(), 10*time.Second); err != nil {
-		return nil, fmt.Errorf("sandboxer did not come up: %v\n%s", err, e.sbLog)
 	}
 	if err := e.ctrd.ImportBusybox(ctx); err != nil {
 		return nil, err
@@ -148,15 +173,7 @@ func (e *env) close() {
 			}
 		}
 	}
-	if e.sandboxer != nil && e.sandboxer.Process != nil {
-		_ = e.sandboxer.Process.Signal(os.Interrupt)
-		select {
-		case <-e.sbDone:
-		case <-time.After(10 * time.Second):
-			_ = e.sandboxer.Process.Kill()
-			<-e.sbDone
-		}
-	}
+	e.stopSandboxer()
 	if e.ctrd != nil {
 		_ = e.ctrd.Stop(ctx)
 	}

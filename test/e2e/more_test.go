@@ -200,3 +200,53 @@ func TestControllerRejectsBadInput(t *testing.T) {
 		t.Errorf("rejected requests left state behind: %d entries before, %d after", len(before), len(after))
 	}
 }
+
+// TestSandboxerRestart restarts magnetar-sandboxer under a running pod.
+// containerd 2.4 treats a closed task connection as a dead shim: it runs
+// containerd-shim-magnetar-v2 delete and reports the container exited. The shim makes that true (no container keeps running unseen), and
+// the pod itself survives: the restarted sandboxer still knows it, serves
+// new containers in it, and removes it completely.
+func TestSandboxerRestart(t *testing.T) {
+	e := setup(t)
+	p := e.runPod(t, false)
+	cid := e.startContainer(t, p, "survivor", "sleep 600")
+	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: cid, Verbose: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := infoPid(t, resp.Info["info"])
+
+	e.stopSandboxer()
+	if err := e.startSandboxer(); err != nil {
+		t.Fatal(err)
+	}
+	st := e.waitExited(t, cid)
+	// 137 when containerd's dead-shim cleanup reports first, 255 (status
+	// unknown) when the restarted sandboxer's watch of the re-attached
+	// container does.
+	if st.ExitCode != 137 && st.ExitCode != 255 {
+		t.Errorf("container after the sandboxer restart: exit %d, want 137 or 255", st.ExitCode)
+	}
+	for range 50 {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Errorf("container process %d reported exited but still runs", pid)
+	}
+	ps, err := e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
+	if err != nil || ps.Status.State != runtime.PodSandboxState_SANDBOX_READY {
+		t.Fatalf("pod after the sandboxer restart: %v, %v; want ready", ps.GetStatus().GetState(), err)
+	}
+	next := e.startContainer(t, p, "after-restart", "echo served after restart")
+	e.waitExited(t, next)
+	if got := e.logOf(t, p, "after-restart", "served after restart"); !strings.Contains(got, "served after restart") {
+		t.Errorf("container started after the restart logged %q", got)
+	}
+	e.removePod(t, p)
+	if _, err := os.Stat(filepath.Join(e.stateDir, "sandboxes", p.id)); !os.IsNotExist(err) {
+		t.Errorf("state of the pod remains after removal: %v", err)
+	}
+}

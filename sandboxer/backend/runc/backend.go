@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -71,6 +72,13 @@ var (
 func New(cfg Config) (_ *Backend, retErr error) {
 	if cfg.Binary == "" {
 		cfg.Binary = "runc"
+	}
+	// An absolute path also works for containerd-shim-magnetar-v2, which
+	// runs with containerd's PATH.
+	if p, err := exec.LookPath(cfg.Binary); err == nil {
+		if abs, err := filepath.Abs(p); err == nil {
+			cfg.Binary = abs
+		}
 	}
 	if cfg.Root == "" {
 		cfg.Root = "/run/magnetar/runc"
@@ -165,11 +173,9 @@ func (b *Backend) Info() backend.Info {
 
 // Check verifies that runc runs.
 func (b *Backend) Check(ctx context.Context) error {
-	path, err := exec.LookPath(b.cfg.Binary)
-	if err != nil {
+	if _, err := exec.LookPath(b.cfg.Binary); err != nil {
 		return fmt.Errorf("runc binary %q not found: %w", b.cfg.Binary, errdefs.ErrFailedPrecondition)
 	}
-	_ = path
 	return nil
 }
 

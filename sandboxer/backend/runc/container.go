@@ -18,8 +18,20 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/magnetar-io/magnetar/sandboxer/shim"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
+
+func writeRuntimeFile(bundle string, rt shim.Runtime) error {
+	data, err := json.Marshal(rt)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(bundle, shim.RuntimeFile), data, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", shim.RuntimeFile, err)
+	}
+	return nil
+}
 
 type container struct {
 	s      *sandbox
@@ -66,7 +78,13 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 		}()
 	}
 	cfg.Stdio = nullStdio(cfg.Stdio)
-	init := process.New(cfg.ID, s.b.runtime(s.cfg.Namespace, cfg.Bundle), stdio.Stdio{
+	rt := s.b.runtime(s.cfg.Namespace, cfg.Bundle)
+	// Tell containerd-shim-magnetar-v2 how to remove this container if
+	// containerd gives up on it while the sandboxer is away.
+	if err := writeRuntimeFile(cfg.Bundle, shim.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
+		return nil, err
+	}
+	init := process.New(cfg.ID, rt, stdio.Stdio{
 		Stdin: cfg.Stdio.Stdin, Stdout: cfg.Stdio.Stdout, Stderr: cfg.Stdio.Stderr, Terminal: cfg.Stdio.Terminal,
 	})
 	init.Bundle = cfg.Bundle

@@ -23,6 +23,9 @@ import (
 // copies are gone. It can still be signalled, waited for and deleted.
 func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerConfig, pid uint32) (backend.Container, error) {
 	rt := s.b.runtime(s.cfg.Namespace, cfg.Bundle)
+	// containerd may remove the bundle (and with it runc's log file) while
+	// we are away: log to runc's stderr instead.
+	rt.Log, rt.LogFormat = "", ""
 	if _, err := rt.State(ctx, cfg.ID); err != nil {
 		return nil, fmt.Errorf("runc state of %q: %v: %w", cfg.ID, err, errdefs.ErrNotFound)
 	}
@@ -98,7 +101,10 @@ func (r *recovered) CloseStdin(ctx context.Context) error { return nil }
 
 // deleteRuntime removes the runc container and unmounts its rootfs.
 func (r *recovered) deleteRuntime(ctx context.Context) error {
-	err := r.rt.Delete(ctx, r.id, &gorunc.DeleteOpts{Force: true})
+	var err error
+	if _, serr := r.rt.State(ctx, r.id); serr == nil { // else already removed
+		err = r.rt.Delete(ctx, r.id, &gorunc.DeleteOpts{Force: true})
+	}
 	if r.rootfs != "" {
 		err = errors.Join(err, mount.UnmountRecursive(r.rootfs, 0))
 	}

@@ -1,0 +1,256 @@
+package engine_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/engine"
+)
+
+// fake is an in-memory backend: processes run until signalled.
+type fake struct {
+	mu         sync.Mutex
+	recovered  []string
+	ignoreTERM bool
+}
+
+func (f *fake) Info() backend.Info {
+	return backend.Info{Kind: "fake", Description: "in-memory", Isolation: backend.IsolationProcess}
+}
+func (f *fake) Check(context.Context) error { return nil }
+func (f *fake) Create(_ context.Context, cfg backend.SandboxConfig) (backend.Sandbox, error) {
+	return &fakeSandbox{f: f, stopped: make(chan struct{})}, nil
+}
+func (f *fake) Recover(_ context.Context, cfg backend.SandboxConfig, state []byte) (backend.Sandbox, error) {
+	f.mu.Lock()
+	f.recovered = append(f.recovered, cfg.ID+"="+string(state))
+	f.mu.Unlock()
+	return &fakeSandbox{f: f, stopped: make(chan struct{})}, nil
+}
+
+type fakeSandbox struct {
+	f       *fake
+	stopped chan struct{}
+	once    sync.Once
+}
+
+func (s *fakeSandbox) Start(context.Context) (backend.StartInfo, error) {
+	return backend.StartInfo{Pid: 0, Info: map[string]string{"phase": "started"}}, nil
+}
+func (s *fakeSandbox) Wait(ctx context.Context) (backend.ExitStatus, error) {
+	select {
+	case <-s.stopped:
+		return backend.ExitStatus{}, nil
+	case <-ctx.Done():
+		return backend.ExitStatus{}, ctx.Err()
+	}
+}
+func (s *fakeSandbox) Stop(context.Context, time.Duration) error {
+	s.once.Do(func() { close(s.stopped) })
+	return nil
+}
+func (s *fakeSandbox) Delete(context.Context) error { return nil }
+func (s *fakeSandbox) State() ([]byte, error)       { return []byte("state-v1"), nil }
+func (s *fakeSandbox) CreateContainer(_ context.Context, cfg backend.ContainerConfig) (backend.Container, error) {
+	return &fakeContainer{init: newFakeProc(s.f)}, nil
+}
+
+type fakeContainer struct{ init *fakeProc }
+
+func (c *fakeContainer) Init() backend.Process { return c.init }
+func (c *fakeContainer) Exec(context.Context, backend.ExecConfig) (backend.Process, error) {
+	return newFakeProc(c.init.f), nil
+}
+func (c *fakeContainer) Delete(context.Context) error { return nil }
+
+type fakeProc struct {
+	f    *fake
+	exit chan uint32
+	once sync.Once
+}
+
+func newFakeProc(f *fake) *fakeProc { return &fakeProc{f: f, exit: make(chan uint32, 1)} }
+
+func (p *fakeProc) Start(context.Context) (uint32, error) { return 4242, nil }
+func (p *fakeProc) Kill(_ context.Context, sig syscall.Signal, _ bool) error {
+	if sig == syscall.SIGTERM && p.f.ignoreTERM {
+		return nil
+	}
+	p.once.Do(func() { p.exit <- 128 + uint32(sig) })
+	return nil
+}
+func (p *fakeProc) Wait(ctx context.Context) (backend.ExitStatus, error) {
+	select {
+	case code := <-p.exit:
+		return backend.ExitStatus{Code: code, ExitedAt: time.Now()}, nil
+	case <-ctx.Done():
+		return backend.ExitStatus{}, ctx.Err()
+	}
+}
+func (p *fakeProc) ResizePTY(context.Context, uint32, uint32) error { return nil }
+func (p *fakeProc) CloseStdin(context.Context) error                { return nil }
+func (p *fakeProc) Delete(context.Context) error                    { return nil }
+
+func newEngine(t *testing.T, f *fake, dir string) *engine.Engine {
+	t.Helper()
+	e, err := engine.New(context.Background(), engine.Config{StateDir: dir, Backends: []backend.Backend{f}, StopTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func ready(t *testing.T, e *engine.Engine, id string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: id, Kind: "fake", Labels: map[string]string{"app": "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.StartSandbox(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func container(t *testing.T, e *engine.Engine, sb, id string) {
+	t.Helper()
+	if _, err := e.CreateContainer(context.Background(), sb, engine.ContainerSpec{ID: id, Bundle: "/bundles/" + id, Spec: &specs.Spec{}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLifecycleAndEvents(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e := newEngine(t, &fake{}, t.TempDir())
+	events := e.Subscribe(ctx)
+	ready(t, e, "sb1")
+	container(t, e, "sb1", "c1")
+	st, err := e.Start(ctx, "sb1", "c1", "")
+	if err != nil || st.Pid != 4242 || st.State != engine.ProcessRunning {
+		t.Fatalf("start = %+v, %v", st, err)
+	}
+	if _, err := e.Delete(ctx, "sb1", "c1", ""); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("delete of a running container: %v, want failed precondition", err)
+	}
+	if err := e.Kill(ctx, "sb1", "c1", "", syscall.SIGKILL, false); err != nil {
+		t.Fatal(err)
+	}
+	ex, err := e.Wait(ctx, "sb1", "c1", "")
+	if err != nil || ex.Code != 137 {
+		t.Fatalf("wait = %+v, %v; want 137", ex, err)
+	}
+	if _, err := e.Delete(ctx, "sb1", "c1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.DeleteSandbox(ctx, "sb1"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{engine.TopicSandboxCreate, engine.TopicSandboxStart, engine.TopicTaskCreate, engine.TopicTaskStart,
+		engine.TopicTaskExit, engine.TopicTaskDelete, engine.TopicSandboxExit, engine.TopicSandboxDelete}
+	for i, topic := range want {
+		select {
+		case ev := <-events:
+			if ev.Topic != topic || ev.SandboxID != "sb1" {
+				t.Fatalf("event %d = %s for %q, want %s", i, ev.Topic, ev.SandboxID, topic)
+			}
+			if topic == engine.TopicTaskExit && (ev.ExitCode != 137 || ev.ExecID != "" || ev.ContainerID != "c1") {
+				t.Errorf("exit event = %+v", ev)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("missing event %s", topic)
+		}
+	}
+}
+
+func TestStopEscalatesToKill(t *testing.T) {
+	e := newEngine(t, &fake{ignoreTERM: true}, t.TempDir())
+	ready(t, e, "sb")
+	container(t, e, "sb", "stubborn")
+	if _, err := e.Start(context.Background(), "sb", "stubborn", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.StopSandbox(context.Background(), "sb", 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := e.State(context.Background(), "sb", "stubborn", "")
+	if st.State != engine.ProcessStopped || st.ExitCode != 137 {
+		t.Errorf("container after stop = %+v; want stopped by SIGKILL", st)
+	}
+	ex, err := e.WaitSandbox(context.Background(), "sb")
+	if err != nil || ex.ExitedAt.IsZero() {
+		t.Errorf("sandbox wait after stop = %+v, %v", ex, err)
+	}
+}
+
+func TestRecoverFromStateDir(t *testing.T) {
+	dir := t.TempDir()
+	f := &fake{}
+	e1, err := engine.New(context.Background(), engine.Config{StateDir: dir, Backends: []backend.Backend{f}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready(t, e1, "keep")
+	container(t, e1, "keep", "c")
+	e1.Close()
+	// A creation that crashed before its first record leaves only a dir.
+	if err := os.MkdirAll(filepath.Join(dir, "sandboxes", "half-made"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	f2 := &fake{}
+	e2 := newEngine(t, f2, dir)
+	st, err := e2.Sandbox(context.Background(), "keep")
+	if err != nil || st.State != engine.SandboxReady || st.Labels["app"] != "x" || len(st.Containers) != 1 {
+		t.Fatalf("recovered = %+v, %v", st, err)
+	}
+	if len(f2.recovered) != 1 || f2.recovered[0] != "keep=state-v1" {
+		t.Errorf("backend recovered %v, want keep with its saved state", f2.recovered)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sandboxes", "half-made")); !os.IsNotExist(err) {
+		t.Errorf("half-made sandbox dir not removed: %v", err)
+	}
+	if _, err := e2.Sandbox(context.Background(), "half-made"); !errdefs.IsNotFound(err) {
+		t.Errorf("half-made sandbox: %v, want not found", err)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	e := newEngine(t, &fake{}, t.TempDir())
+	ctx := context.Background()
+	for _, id := range []string{"", "../x", "a/b", ".", "..", "-lead", string(make([]byte, 200))} {
+		if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: id, Kind: "fake"}); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("id %q: %v, want invalid argument", id, err)
+		}
+	}
+	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: "ok", Kind: "nope"}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("unknown kind: %v", err)
+	}
+	ready(t, e, "ok")
+	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: "ok", Kind: "fake"}); !errdefs.IsAlreadyExists(err) {
+		t.Errorf("duplicate: %v", err)
+	}
+	container(t, e, "ok", "c")
+	ready(t, e, "other")
+	if _, err := e.CreateContainer(ctx, "other", engine.ContainerSpec{ID: "c", Bundle: "/b", Spec: &specs.Spec{}}); !errdefs.IsAlreadyExists(err) {
+		t.Errorf("container id reused across sandboxes: %v", err)
+	}
+	if _, err := e.CreateContainer(ctx, "ok", engine.ContainerSpec{ID: "d", Bundle: "relative", Spec: &specs.Spec{}}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("relative bundle: %v", err)
+	}
+	if _, err := e.CreateContainer(ctx, "ok", engine.ContainerSpec{ID: "d", Bundle: "/b", Spec: &specs.Spec{}, Stdio: backend.Stdio{Stdout: "/x/../../etc"}}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("unclean stdio path: %v", err)
+	}
+	if _, err := e.State(ctx, "ok", "missing", ""); !errdefs.IsNotFound(err) {
+		t.Errorf("missing container: %v", err)
+	}
+}

@@ -27,7 +27,7 @@ type pod struct {
 	cfg *runtime.PodSandboxConfig
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
@@ -35,7 +35,7 @@ func ctxT(t *testing.T) context.Context {
 
 // runPod runs a pod with the magnetar-runc handler and removes it when the
 // test ends.
-func (e *env) runPod(t *testing.T, hostNetwork bool) *pod {
+func (e *env) runPod(t testing.TB, hostNetwork bool) *pod {
 	t.Helper()
 	n := podSeq.Add(1)
 	name := fmt.Sprintf("%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), n)
@@ -68,7 +68,7 @@ func (e *env) runPod(t *testing.T, hostNetwork bool) *pod {
 	return p
 }
 
-func (e *env) removePod(t *testing.T, p *pod) {
+func (e *env) removePod(t testing.TB, p *pod) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -81,7 +81,7 @@ func (e *env) removePod(t *testing.T, p *pod) {
 }
 
 // createContainer creates and starts a busybox container running script.
-func (e *env) startContainer(t *testing.T, p *pod, name, script string) string {
+func (e *env) startContainer(t testing.TB, p *pod, name, script string) string {
 	t.Helper()
 	ctx := ctxT(t)
 	resp, err := e.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{
@@ -107,7 +107,7 @@ func (e *env) startContainer(t *testing.T, p *pod, name, script string) string {
 }
 
 // waitExited polls until the container exited and returns its status.
-func (e *env) waitExited(t *testing.T, id string) *runtime.ContainerStatus {
+func (e *env) waitExited(t testing.TB, id string) *runtime.ContainerStatus {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {

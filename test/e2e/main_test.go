@@ -93,7 +93,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func skipOrFail(t *testing.T, format string, args ...any) {
+func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Helper()
 	if os.Getenv("MAGNETAR_E2E_REQUIRED") == "1" {
 		t.Fatalf(format, args...)
@@ -102,7 +102,7 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 }
 
 // setup starts containerd and the sandboxer once.
-func setup(t *testing.T) *env {
+func setup(t testing.TB) *env {
 	t.Helper()
 	binDir, err := harness.DefaultBinDir()
 	if err != nil {

@@ -19,7 +19,9 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend/backendtest"
 )
 
-func requireRunc(t *testing.T) {
+func requireRunc(t *testing.T) { requireRuncB(t) }
+
+func requireRuncB(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the runc kind needs root")
@@ -53,6 +55,10 @@ func (busybox) Process(script string) *specs.Process {
 }
 
 func (b busybox) Bundle(t *testing.T, dir, script string) *specs.Spec {
+	return b.bundle(t, dir, script)
+}
+
+func (b busybox) bundle(t testing.TB, dir, script string) *specs.Spec {
 	t.Helper()
 	rootfs := filepath.Join(dir, "rootfs")
 	if err := os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755); err != nil {
@@ -84,7 +90,7 @@ func (b busybox) Bundle(t *testing.T, dir, script string) *specs.Spec {
 	return &spec
 }
 
-func copyFile(t *testing.T, src, dst string) {
+func copyFile(t testing.TB, src, dst string) {
 	t.Helper()
 	in, err := os.Open(src)
 	if err != nil {

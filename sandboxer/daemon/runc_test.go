@@ -3,39 +3,25 @@ package daemon
 import (
 	"bufio"
 	"context"
-	"encoding/json"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	sandboxapi "github.com/containerd/containerd/api/services/sandbox/v1"
-	"github.com/containerd/containerd/v2/core/containers"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/hashicorp/go-hclog"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // TestRuncThroughContainerdAPIs runs a container of the real runc kind the
 // way containerd drives it: Controller Create/Start over gRPC, then the Task
 // API over ttrpc. It needs root, runc and busybox-static, and skips without.
 func TestRuncThroughContainerdAPIs(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the runc kind needs root")
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("runc not installed (make deps)")
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("busybox-static not installed (make deps)")
-	}
+	testutil.RequireRunc(t)
 	cfg := testConfig(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -150,46 +136,6 @@ func dialDaemon(t *testing.T, cfg Config, done <-chan error) sandboxapi.Controll
 func busyboxBundle(t *testing.T, script string) string {
 	t.Helper()
 	dir := t.TempDir()
-	rootfs := filepath.Join(dir, "rootfs")
-	if err := os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	in, err := os.Open("/bin/busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(filepath.Join(rootfs, "bin", "busybox"), os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	out.Close()
-	for _, applet := range []string{"sh", "echo"} {
-		if err := os.Symlink("busybox", filepath.Join(rootfs, "bin", applet)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
-	sp, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: "smoke-ctr"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp.Root = &specs.Root{Path: "rootfs"}
-	sp.Process.Args = []string{"/bin/sh", "-c", script}
-	sp.Process.Env = []string{"PATH=/bin"}
-	sp.Linux.CgroupsPath = ""
-	data, err := json.Marshal(sp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(dir, " ") {
-		t.Fatal("bundle path with spaces")
-	}
+	testutil.BusyboxBundle(t, dir, script)
 	return dir
 }

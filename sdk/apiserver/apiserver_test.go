@@ -6,8 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,6 +18,7 @@ import (
 	"github.com/magnetar-io/magnetar/gen/magnetar/container/v1/containerv1connect"
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1/sandboxv1connect"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -35,12 +34,7 @@ type clients struct {
 // clients for the Connect and the gRPC protocol.
 func serve(t *testing.T) map[string]clients {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for runc")
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("runc not installed (make deps)")
-	}
+	testutil.RequireRunc(t)
 	b, err := runc.New(runc.Config{Root: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -95,27 +89,7 @@ func h2c(dial func(ctx context.Context, n, a string) (net.Conn, error)) *http.Cl
 }
 
 func busyboxRootfs(t *testing.T) string {
-	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("busybox-static not installed (make deps)")
-	}
-	dir := filepath.Join(t.TempDir(), "rootfs")
-	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []string{"sh", "cat", "echo", "sleep", "tr"} {
-		if err := os.Symlink("busybox", filepath.Join(dir, "bin", a)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+	return testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
 }
 
 func TestContainerLifecycleOverAPI(t *testing.T) {

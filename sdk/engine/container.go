@@ -310,28 +310,49 @@ func (e *Engine) watchProcess(sb *sandbox, p *process) {
 		if err != nil {
 			return // engine closing
 		}
-		p.setExited(st)
+		// Record the exit, publish it, then wake waiters: whoever deletes
+		// the process after Wait publishes its delete after the exit.
+		if !p.recordExit(st) {
+			return
+		}
 		if p.id == "" {
 			_ = sb.saveContainer(p.c)
 		}
+		st = p.exitStatus()
 		e.events.publish(Event{
 			Topic: TopicTaskExit, Namespace: sb.namespace(), SandboxID: sb.rec.ID, ContainerID: p.c.id, ExecID: p.id,
 			Pid: p.status().Pid, ExitCode: st.Code, ExitedAt: st.ExitedAt,
 		})
+		close(p.done)
 	})
 }
 
-func (p *process) setExited(st backend.ExitStatus) {
+// recordExit marks p stopped with st; false if it already was. The caller
+// closes p.done.
+func (p *process) recordExit(st backend.ExitStatus) bool {
 	if st.ExitedAt.IsZero() {
 		st.ExitedAt = time.Now().UTC()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.state == ProcessStopped {
-		return
+		return false
 	}
 	p.state, p.exit = ProcessStopped, st
-	close(p.done)
+	return true
+}
+
+func (p *process) exitStatus() backend.ExitStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exit
+}
+
+// setExited marks p stopped and wakes its waiters at once.
+func (p *process) setExited(st backend.ExitStatus) {
+	if p.recordExit(st) {
+		close(p.done)
+	}
 }
 
 // Exec adds a process to a running container; start it with [Engine.Start].

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"sync"
 	"time"
@@ -22,7 +21,6 @@ import (
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	shimrunc "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
 	"github.com/containerd/containerd/v2/pkg/stdio"
-	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
@@ -43,19 +41,15 @@ type Config struct {
 }
 
 // Backend is the runc sandbox kind. Only one may be open per process: it
-// makes the process a child subreaper and reaps all of its children.
+// makes the process a child subreaper, so that container processes (which
+// runc leaves behind as orphans) become its children.
+//
+// It reaps only the container processes it knows, each through a pidfd, so
+// other children of the process (started with os/exec) keep their exit
+// statuses.
 type Backend struct {
 	cfg      Config
 	platform stdio.Platform
-
-	mu sync.Mutex
-	// procs maps a host pid to the process that owns it.
-	procs map[int]process.Process
-	// starting counts exec starts in flight; while it is non-zero, exits
-	// of unknown pids are kept in early so that a process that exits
-	// before its pid is registered is not missed.
-	starting int
-	early    map[int]gorunc.Exit
 
 	stop      chan struct{}
 	closeOnce sync.Once
@@ -91,58 +85,15 @@ func New(cfg Config) (_ *Backend, retErr error) {
 	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
 		return nil, fmt.Errorf("create runc root: %w", err)
 	}
-	if err := reaper.SetSubreaper(1); err != nil {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("become child subreaper: %w", err)
 	}
 	platform, err := shimrunc.NewPlatform()
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			platform.Close()
-		}
-	}()
-	b := &Backend{
-		cfg:      cfg,
-		platform: platform,
-		procs:    map[int]process.Process{},
-		early:    map[int]gorunc.Exit{},
-		stop:     make(chan struct{}),
-	}
-	// All runc invocations go through the reaper so that their exit
-	// status is not stolen by our own reaping.
-	gorunc.Monitor = reaper.Default
-	exits := reaper.Default.Subscribe()
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, unix.SIGCHLD)
-	b.wg.Add(2)
-	go func() { // reap children on SIGCHLD
-		defer b.wg.Done()
-		defer signal.Stop(sigs)
-		for {
-			select {
-			case <-sigs:
-				_ = reaper.Reap()
-			case <-b.stop:
-				return
-			}
-		}
-	}()
-	go func() { // dispatch exits to processes
-		defer b.wg.Done()
-		defer reaper.Default.Unsubscribe(exits)
-		for {
-			select {
-			case e := <-exits:
-				b.handleExit(e)
-			case <-b.stop:
-				return
-			}
-		}
-	}()
 	open = true
-	return b, nil
+	return &Backend{cfg: cfg, platform: platform, stop: make(chan struct{})}, nil
 }
 
 // Close stops reaping. Containers keep running. Close is idempotent.
@@ -193,57 +144,60 @@ func (b *Backend) runtime(namespace, bundle string) *gorunc.Runc {
 	return process.NewRunc(b.cfg.Root, bundle, namespace, b.cfg.Binary, false)
 }
 
-// register associates a pid with its process; if that pid already exited
-// (it was kept in early), the process is told at once.
-func (b *Backend) register(pid int, p process.Process) {
-	b.mu.Lock()
-	e, exited := b.early[pid]
-	if exited {
-		delete(b.early, pid)
-	} else {
-		b.procs[pid] = p
+// watch reaps pid, a child of this process, when it exits and tells p.
+// The wait goes through a pidfd in Go's poller, so it ends with Close too.
+func (b *Backend) watch(pid int, p process.Process) {
+	if pid <= 0 {
+		return
 	}
-	b.mu.Unlock()
-	if exited {
-		p.SetExited(e.Status)
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		// Gone already and reaped: nothing can tell its status any more.
+		p.SetExited(255)
+		return
 	}
+	f := os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid))
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		p.SetExited(255)
+		return
+	}
+	done := make(chan struct{})
+	b.wg.Go(func() { // unblock the wait on Close
+		select {
+		case <-b.stop:
+			f.Close()
+		case <-done:
+		}
+	})
+	b.wg.Go(func() {
+		defer close(done)
+		defer f.Close()
+		var ws unix.WaitStatus
+		reaped := false
+		err := rc.Read(func(uintptr) bool {
+			// The pidfd is readable once the process exited.
+			wpid, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+			reaped = wpid == pid || err != nil
+			return reaped
+		})
+		if err != nil || !reaped {
+			return // closing: the container keeps running
+		}
+		p.SetExited(waitCode(ws))
+	})
 }
 
-func (b *Backend) unregister(pid int) {
-	b.mu.Lock()
-	delete(b.procs, pid)
-	b.mu.Unlock()
-}
-
-// beginStart and endStart bracket a start whose pid is learnt only
-// afterwards.
-func (b *Backend) beginStart() {
-	b.mu.Lock()
-	b.starting++
-	b.mu.Unlock()
-}
-
-func (b *Backend) endStart() {
-	b.mu.Lock()
-	b.starting--
-	if b.starting == 0 {
-		clear(b.early)
+// waitCode is a shell-style exit code: the status, or 128+signal.
+func waitCode(ws unix.WaitStatus) int {
+	switch {
+	case ws.Exited():
+		return ws.ExitStatus()
+	case ws.Signaled():
+		return 128 + int(ws.Signal())
 	}
-	b.mu.Unlock()
-}
-
-func (b *Backend) handleExit(e gorunc.Exit) {
-	b.mu.Lock()
-	p, ok := b.procs[e.Pid]
-	if ok {
-		delete(b.procs, e.Pid)
-	} else if b.starting > 0 {
-		b.early[e.Pid] = e
-	}
-	b.mu.Unlock()
-	if ok {
-		p.SetExited(e.Status)
-	}
+	return 255
 }
 
 // exitStatus converts a process's exit to the backend's type.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
@@ -13,7 +14,7 @@ import (
 // BenchmarkContainerRun measures a container's whole life through the
 // engine and runc: create, start, wait for `true` to exit, delete.
 func BenchmarkContainerRun(b *testing.B) {
-	requireRuncB(b)
+	testutil.RequireRunc(b)
 	bk, err := runc.New(runc.Config{Root: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
@@ -36,7 +37,7 @@ func BenchmarkContainerRun(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
 		dir := b.TempDir()
-		spec := busybox{}.bundle(b, dir, "true")
+		spec := testutil.BusyboxBundle(b, dir, "true")
 		id := fmt.Sprintf("c%d", i)
 		i++
 		b.StartTimer()

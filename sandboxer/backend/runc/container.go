@@ -97,7 +97,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	}); err != nil {
 		return nil, fmt.Errorf("create container %q: %w", cfg.ID, err)
 	}
-	s.b.register(init.Pid(), init)
+	s.b.watch(init.Pid(), init)
 	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, init: init, execs: map[string]process.Process{}}
 	c.cg, _ = loadCgroup(init.Pid())
 	c.oom = s.b.watchOOM(init.Pid(), func() {
@@ -194,14 +194,12 @@ func (p *proc) Start(ctx context.Context) (uint32, error) {
 		}
 		return uint32(p.p.Pid()), nil
 	}
-	b := p.c.s.b
-	b.beginStart()
-	defer b.endStart()
 	if err := p.p.Start(ctx); err != nil {
 		return 0, err
 	}
+	// An exec'd process that already exited is a zombie until watched.
 	pid := p.p.Pid()
-	b.register(pid, p.p)
+	p.c.s.b.watch(pid, p.p)
 	return uint32(pid), nil
 }
 
@@ -231,9 +229,7 @@ func (p *proc) CloseStdin(ctx context.Context) error {
 }
 
 func (p *proc) Delete(ctx context.Context) error {
-	pid := p.p.Pid()
 	err := p.p.Delete(ctx)
-	p.c.s.b.unregister(pid)
 	if !p.init {
 		p.c.mu.Lock()
 		delete(p.c.execs, p.p.ID())

@@ -82,7 +82,14 @@ func (r *recovered) Wait(ctx context.Context) (backend.ExitStatus, error) {
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 		n, err := unix.Poll(fds, 500)
 		if n > 0 {
-			return backend.ExitStatus{Code: 255, ExitedAt: time.Now().UTC()}, nil
+			// Still our child (the same process recovered it)? Then reap
+			// it and know its status; else init reaps it.
+			code := uint32(255)
+			var ws unix.WaitStatus
+			if wpid, err := unix.Wait4(r.pid, &ws, unix.WNOHANG, nil); err == nil && wpid == r.pid {
+				code = uint32(waitCode(ws))
+			}
+			return backend.ExitStatus{Code: code, ExitedAt: time.Now().UTC()}, nil
 		}
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			return backend.ExitStatus{}, err

@@ -1,0 +1,68 @@
+// Package testutil holds helpers shared by Magnetar's tests that run real
+// containers: prerequisite checks and busybox bundles.
+package testutil
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/magnetar-io/magnetar/internal/ociimage"
+)
+
+// RequireRunc skips the test unless it runs as root with runc and Debian's
+// static busybox installed (`make deps`).
+func RequireRunc(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for runc")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("runc not installed (make deps)")
+	}
+	if _, err := os.Stat(ociimage.DefaultBusybox); err != nil {
+		t.Skip("busybox-static not installed (make deps)")
+	}
+}
+
+// BusyboxRootfs builds a busybox root file system in dir and returns dir.
+func BusyboxRootfs(t testing.TB, dir string) string {
+	t.Helper()
+	if err := ociimage.BuildBusyboxRootfs(context.Background(), "", dir); err != nil {
+		t.Fatalf("busybox rootfs: %v", err)
+	}
+	return dir
+}
+
+// BusyboxBundle writes an OCI bundle into dir (config.json and rootfs/)
+// whose process runs script with sh, and returns its spec. The spec has
+// containerd's defaults and no cgroups path.
+func BusyboxBundle(t testing.TB, dir, script string) *specs.Spec {
+	t.Helper()
+	BusyboxRootfs(t, filepath.Join(dir, "rootfs"))
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	spec, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: filepath.Base(dir)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Root = &specs.Root{Path: "rootfs"}
+	spec.Process.Args = []string{"/bin/sh", "-c", script}
+	spec.Process.Env = []string{"PATH=/bin"}
+	spec.Linux.CgroupsPath = ""
+	data, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return spec
+}

@@ -70,6 +70,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		Level:  hclog.LevelFromString(cfg.LogLevel),
 		Output: stderr,
 	})
+	routeContainerdLogs(log.Named("containerd"))
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := Run(ctx, cfg, log); err != nil {

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
 	sandboxapi "github.com/containerd/containerd/api/services/sandbox/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -17,6 +21,8 @@ import (
 	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
+	"github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1/sandboxv1connect"
 	"github.com/magnetar-io/magnetar/internal/harness"
 )
 
@@ -248,5 +254,28 @@ func TestSandboxerRestart(t *testing.T) {
 	e.removePod(t, p)
 	if _, err := os.Stat(filepath.Join(e.stateDir, "sandboxes", p.id)); !os.IsNotExist(err) {
 		t.Errorf("state of the pod remains after removal: %v", err)
+	}
+}
+
+// TestAPISeesCRIPods reads the pods CRI made through Magnetar's own API
+// (Connect over the sandboxer's API socket).
+func TestAPISeesCRIPods(t *testing.T) {
+	e := setup(t)
+	p := e.runPod(t, false)
+	sock := filepath.Join(e.runDir, "api.sock")
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	client := sandboxv1connect.NewSandboxServiceClient(connect.NewClient(connecthttp.NewTransport(hc, "http://magnetar")))
+	got, err := client.GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
+	if err != nil {
+		t.Fatalf("GetSandbox over the API: %v", err)
+	}
+	if got.GetSandbox().GetKind() != "runc" || got.GetSandbox().GetState() != sandboxv1.SandboxState_SANDBOX_STATE_READY ||
+		got.GetSandbox().GetNetnsPath() == "" {
+		t.Errorf("API view of a CRI pod = %v; want a ready runc sandbox with a netns", got.GetSandbox())
+	}
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("API socket mode = %v, %v; want 0600", fi.Mode().Perm(), err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/internal/harness"
 )
 
@@ -219,7 +220,18 @@ func TestRemoveLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := infoPid(t, resp.Info["info"])
+	sb, err := e.api().GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	netns := sb.GetSandbox().GetNetnsPath()
+	if _, err := os.Stat(netns); netns == "" || err != nil {
+		t.Fatalf("pod netns %s: %v", netns, err)
+	}
 	e.removePod(t, p)
+	if _, err := os.Stat(netns); !os.IsNotExist(err) {
+		t.Errorf("pod netns %s remains: %v", netns, err)
+	}
 
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 		t.Errorf("container process %d still runs after the pod was removed", pid)

@@ -198,6 +198,20 @@ func TestControllerRejectsBadInput(t *testing.T) {
 			t.Errorf("%s: %v, want %s", tc.name, err, tc.want)
 		}
 	}
+	// A duplicate ID is refused, and the first sandbox is untouched.
+	dup := &sandboxapi.ControllerCreateRequest{SandboxID: "e2e-dup", Annotations: map[string]string{"magnetar.io/kind": "runc"}}
+	if _, err := c.Create(ctx, dup); err != nil {
+		t.Fatalf("create e2e-dup: %v", err)
+	}
+	if _, err := c.Create(ctx, dup); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("duplicate id: %v, want AlreadyExists", err)
+	}
+	if st, err := c.Status(ctx, &sandboxapi.ControllerStatusRequest{SandboxID: "e2e-dup"}); err != nil || st.GetSandboxID() != "e2e-dup" {
+		t.Errorf("first e2e-dup after the duplicate: %v, %v", st, err)
+	}
+	if _, err := c.Shutdown(ctx, &sandboxapi.ControllerShutdownRequest{SandboxID: "e2e-dup"}); err != nil {
+		t.Errorf("shutdown e2e-dup: %v", err)
+	}
 	if _, err := c.Status(ctx, &sandboxapi.ControllerStatusRequest{SandboxID: "no-such-sandbox"}); status.Code(err) != codes.NotFound {
 		t.Errorf("status of a missing sandbox: %v, want NotFound", err)
 	}
@@ -263,11 +277,7 @@ func TestAPISeesCRIPods(t *testing.T) {
 	e := setup(t)
 	p := e.runPod(t, false)
 	sock := filepath.Join(e.runDir, "api.sock")
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
-	client := sandboxv1connect.NewSandboxServiceClient(connect.NewClient(connecthttp.NewTransport(hc, "http://magnetar")))
-	got, err := client.GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
+	got, err := e.api().GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
 	if err != nil {
 		t.Fatalf("GetSandbox over the API: %v", err)
 	}
@@ -278,4 +288,13 @@ func TestAPISeesCRIPods(t *testing.T) {
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("API socket mode = %v, %v; want 0600", fi.Mode().Perm(), err)
 	}
+}
+
+// api returns a client of Magnetar's sandbox service on the API socket.
+func (e *env) api() sandboxv1connect.SandboxServiceClient {
+	sock := filepath.Join(e.runDir, "api.sock")
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	return sandboxv1connect.NewSandboxServiceClient(connect.NewClient(connecthttp.NewTransport(hc, "http://magnetar")))
 }

@@ -31,7 +31,7 @@ type clients struct {
 }
 
 // serve runs the API on a unix socket with a runc backend and returns
-// clients for the Connect and the gRPC protocol.
+// clients for the Connect, gRPC and gRPC-Web protocols.
 func serve(t *testing.T) map[string]clients {
 	t.Helper()
 	testutil.RequireRunc(t)
@@ -75,6 +75,7 @@ func serve(t *testing.T) map[string]clients {
 	for name, tr := range map[string]connect.Transport{
 		"connect": connecthttp.NewTransport(h1, "http://magnetar"),
 		"grpc":    connecthttp.NewTransport(h2c(dial), "http://magnetar", connecthttp.WithGRPC()),
+		"grpcweb": connecthttp.NewTransport(h1, "http://magnetar", connecthttp.WithGRPCWeb()),
 	} {
 		c := connect.NewClient(tr)
 		out[name] = clients{sb: sandboxv1connect.NewSandboxServiceClient(c), ctr: containerv1connect.NewContainerServiceClient(c)}

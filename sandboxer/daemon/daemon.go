@@ -32,6 +32,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
+	"github.com/magnetar-io/magnetar/sdk/image"
 )
 
 // MaxMessageSize bounds gRPC messages in both directions, as containerd's
@@ -144,7 +145,14 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	log.Info("serving containerd sandbox controller", "listen", cfg.Listen, "version", Version())
 
 	if path := cfg.apiSocket(); path != "" {
-		stopAPI, err := serveAPI(eng, path, log.Named("api"), &wg)
+		images, err := image.Open(filepath.Join(cfg.StateDir, "images"))
+		if err != nil {
+			srv.Stop()
+			cancel()
+			return fmt.Errorf("open image store: %w", err)
+		}
+		defer images.Close()
+		stopAPI, err := serveAPI(eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images))
 		if err != nil {
 			srv.Stop()
 			cancel()
@@ -247,12 +255,12 @@ func Version() string {
 // serveAPI serves Magnetar's own API (Connect, gRPC and gRPC-Web over HTTP/1.1
 // and cleartext HTTP/2) on a 0600 unix socket. The returned function stops
 // it and waits for it.
-func serveAPI(eng *engine.Engine, path string, log hclog.Logger, wg *sync.WaitGroup) (func(), error) {
+func serveAPI(eng *engine.Engine, path string, log hclog.Logger, wg *sync.WaitGroup, opts ...apiserver.Option) (func(), error) {
 	l, err := listen(path)
 	if err != nil {
 		return nil, err
 	}
-	api := apiserver.New(eng)
+	api := apiserver.New(eng, opts...)
 	cs := connect.NewServer(logAPICalls(log))
 	api.Register(cs)
 	mux := http.NewServeMux()

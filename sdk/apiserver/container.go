@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
 	"github.com/google/renameio/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -99,6 +101,19 @@ func (s *Server) locate(ctx context.Context, id string) (string, error) {
 }
 
 // CreateContainer builds a bundle and creates the container.
+//
+// A container from an image takes the image from the store (it is not
+// pulled), registers itself as a user of the image's root file system
+// (released by DeleteContainer, or by RemoveImage once the container is
+// gone), unpacks it if needed and gets a writable root: an overlay mount
+// with the image's root file system as the lower directory and
+// <container dir>/upper and <container dir>/work as upper and work
+// directories, which the backend mounts at <bundle>/rootfs and unmounts on
+// delete (the container dir goes with the container). readonly_rootfs
+// uses the same overlay and sets the spec's root read-only, as CRI does:
+// the runtime must still create mount points (/proc, /dev, /run...) in the
+// root before making it read-only, which a read-only mount would not let
+// it. See buildSpec for the process defaults.
 func (s *Server) CreateContainer(ctx context.Context, req *containerv1.CreateContainerRequest) (_ *containerv1.CreateContainerResponse, retErr error) {
 	sbst, err := s.e.Sandbox(ctx, req.GetSandboxId())
 	if err != nil {
@@ -114,7 +129,20 @@ func (s *Server) CreateContainer(ctx context.Context, req *containerv1.CreateCon
 	if other, err := s.e.SandboxOf(ctx, id); err == nil {
 		return nil, toConnect(fmt.Errorf("container %q already exists in sandbox %q: %w", id, other, errdefs.ErrAlreadyExists))
 	}
-	spec, err := buildSpec(ctx, sbst, sbst.HostNetwork, sbst.CgroupParent, id, req)
+	var img *imageRootfs
+	if ref := req.GetImage(); ref != "" {
+		im, err := s.useImage(ctx, ref, id)
+		if err != nil {
+			return nil, toConnect(err)
+		}
+		defer func() { s.doneCreating(context.WithoutCancel(ctx), id, retErr != nil) }()
+		dir, err := s.images.Rootfs(ctx, im.Digest, nil)
+		if err != nil {
+			return nil, toConnect(err)
+		}
+		img = &imageRootfs{config: im.Config, dir: dir}
+	}
+	spec, err := buildSpec(ctx, sbst, sbst.HostNetwork, sbst.CgroupParent, id, req, img)
 	if err != nil {
 		return nil, toConnect(err)
 	}
@@ -131,6 +159,12 @@ func (s *Server) CreateContainer(ctx context.Context, req *containerv1.CreateCon
 	bundle := filepath.Join(dir, "bundle")
 	if err := os.Mkdir(bundle, 0o700); err != nil {
 		return nil, toConnect(err)
+	}
+	var rootfs []mount.Mount
+	if img != nil {
+		if rootfs, err = imageMounts(dir, img.dir); err != nil {
+			return nil, toConnect(err)
+		}
 	}
 	data, err := json.Marshal(spec)
 	if err != nil {
@@ -155,11 +189,36 @@ func (s *Server) CreateContainer(ctx context.Context, req *containerv1.CreateCon
 	if err := writeMeta(dir, meta); err != nil {
 		return nil, toConnect(err)
 	}
-	st, err := s.e.CreateContainer(ctx, sbst.ID, engine.ContainerSpec{ID: id, Bundle: bundle, Spec: spec, Stdio: pio.stdio})
+	st, err := s.e.CreateContainer(ctx, sbst.ID, engine.ContainerSpec{ID: id, Bundle: bundle, Rootfs: rootfs, Spec: spec, Stdio: pio.stdio})
 	if err != nil {
 		return nil, toConnect(err)
 	}
 	return &containerv1.CreateContainerResponse{Container: s.toContainer(ctx, st)}, nil
+}
+
+// imageMounts returns the root file system mount of a container from an
+// image whose unpacked root file system is lower: an overlay with its upper
+// and work directories in the container's directory dir.
+func imageMounts(dir, lower string) ([]mount.Mount, error) {
+	upper, work := filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	for _, p := range []string{lower, upper, work} {
+		// Overlay options are comma separated, lower directories colon
+		// separated.
+		if strings.ContainsAny(p, ",:") {
+			return nil, fmt.Errorf("overlay directory %q contains ',' or ':': %w", p, errdefs.ErrInvalidArgument)
+		}
+	}
+	// The upper directory's attributes are those of the container's "/".
+	if err := os.Mkdir(upper, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(work, 0o700); err != nil {
+		return nil, err
+	}
+	return []mount.Mount{{
+		Type: "overlay", Source: "overlay",
+		Options: []string{"lowerdir=" + lower, "upperdir=" + upper, "workdir=" + work},
+	}}, nil
 }
 
 // StartContainer starts a created container.
@@ -247,6 +306,11 @@ func (s *Server) DeleteContainer(ctx context.Context, req *containerv1.DeleteCon
 		return nil, toConnect(err)
 	}
 	s.forgetContainer(id)
+	if s.images != nil {
+		// The backend has unmounted the root file system: the image may
+		// go. Should saving fail, RemoveImage releases the use later.
+		_ = s.images.Release(ctx, id)
+	}
 	return &containerv1.DeleteContainerResponse{ExitStatus: st.ExitCode, ExitedAt: ts(st.ExitedAt)}, nil
 }
 

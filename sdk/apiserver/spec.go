@@ -15,27 +15,64 @@ import (
 	containerv1 "github.com/magnetar-io/magnetar/gen/magnetar/container/v1"
 	typesv1 "github.com/magnetar-io/magnetar/gen/magnetar/types/v1"
 	"github.com/magnetar-io/magnetar/sdk/engine"
+	"github.com/magnetar-io/magnetar/sdk/image"
 )
+
+// imageRootfs is the image a container is created from.
+type imageRootfs struct {
+	// config holds the image's defaults.
+	config image.Config
+	// dir is the image's unpacked, read-only root file system on the host.
+	dir string
+}
+
+// bundleRootfs is the root path, relative to the bundle, of containers
+// whose root file system is mounted by the backend (engine.ContainerSpec's
+// Rootfs).
+const bundleRootfs = "rootfs"
 
 // buildSpec generates the OCI spec of a container made through the API.
 // Namespaces the pod shares are written the way CRI writes them,
 // /proc/<sandbox pid>/ns/<type>, and each kind points them at its pod.
-func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, cgroupParent, id string, req *containerv1.CreateContainerRequest) (*specs.Spec, error) {
+//
+// For a container from an image (img set), the root is the bundle's
+// "rootfs", where the backend mounts the overlay, and the image's config
+// gives the defaults of the process: args are the request's if it has any
+// (they replace the image's entrypoint and cmd together, as the API
+// documents; this is not Docker's `docker run IMAGE ARGS`, where the
+// arguments replace only cmd), else entrypoint followed by cmd; env is the
+// image's overridden key by key by the request's; cwd is the request's,
+// else the image's working directory, else "/"; the user is the request's,
+// else the image's, resolved against the image's /etc/passwd and
+// /etc/group.
+func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, cgroupParent, id string, req *containerv1.CreateContainerRequest, img *imageRootfs) (*specs.Spec, error) {
 	if raw := req.GetOciSpecJson(); len(raw) > 0 {
 		var spec specs.Spec
 		if err := json.Unmarshal(raw, &spec); err != nil {
 			return nil, fmt.Errorf("oci_spec_json: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
+		if img != nil {
+			spec.Root = &specs.Root{Path: bundleRootfs, Readonly: req.GetReadonlyRootfs()}
+		}
 		return &spec, nil
 	}
 	proc := req.GetProcess()
-	if len(proc.GetArgs()) == 0 {
+	args := proc.GetArgs()
+	if len(args) == 0 && img != nil {
+		args = append(append([]string(nil), img.config.Entrypoint...), img.config.Cmd...)
+	}
+	if len(args) == 0 {
+		if img != nil {
+			return nil, fmt.Errorf("image %q has neither entrypoint nor cmd; process.args must not be empty: %w", req.GetImage(), errdefs.ErrInvalidArgument)
+		}
 		return nil, fmt.Errorf("process.args must not be empty: %w", errdefs.ErrInvalidArgument)
 	}
 	rootfs := req.GetRootfsPath()
 	switch {
+	case img != nil:
+		rootfs = bundleRootfs
 	case req.GetImage() != "":
-		return nil, fmt.Errorf("image references need Magnetar's image store, which is not implemented yet; pass rootfs_path: %w", errdefs.ErrNotImplemented)
+		return nil, fmt.Errorf("image %q was not resolved: %w", req.GetImage(), errdefs.ErrFailedPrecondition)
 	case rootfs == "":
 		return nil, fmt.Errorf("rootfs_path or image is required: %w", errdefs.ErrInvalidArgument)
 	case !filepath.IsAbs(rootfs) || filepath.Clean(rootfs) != rootfs:
@@ -44,12 +81,18 @@ func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, c
 	ctx = namespaces.WithNamespace(ctx, sb.Namespace)
 	opts := []oci.SpecOpts{
 		oci.WithRootFSPath(rootfs),
-		oci.WithProcessArgs(proc.GetArgs()...),
+		oci.WithProcessArgs(args...),
 		oci.WithDefaultPathEnv,
-		oci.WithEnv(proc.GetEnv()),
 	}
-	if proc.GetCwd() != "" {
+	if img != nil {
+		opts = append(opts, oci.WithEnv(img.config.Env))
+	}
+	opts = append(opts, oci.WithEnv(proc.GetEnv()))
+	switch {
+	case proc.GetCwd() != "":
 		opts = append(opts, oci.WithProcessCwd(proc.GetCwd()))
+	case img != nil && img.config.WorkingDir != "":
+		opts = append(opts, oci.WithProcessCwd(filepath.Join("/", img.config.WorkingDir)))
 	}
 	if req.GetReadonlyRootfs() {
 		opts = append(opts, oci.WithRootFSReadonly())
@@ -64,8 +107,15 @@ func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, c
 	if err != nil {
 		return nil, fmt.Errorf("generate OCI spec: %w", err)
 	}
-	if u := proc.GetUser(); u != nil {
+	switch u := proc.GetUser(); {
+	case u != nil:
 		spec.Process.User = specs.User{UID: u.GetUid(), GID: u.GetGid(), AdditionalGids: u.GetAdditionalGids()}
+	case img != nil && img.config.User != "":
+		iu, err := image.ResolveUser(img.dir, img.config.User)
+		if err != nil {
+			return nil, err
+		}
+		spec.Process.User = specs.User{UID: iu.UID, GID: iu.GID, AdditionalGids: iu.AdditionalGids}
 	}
 	podNS := func(t specs.LinuxNamespaceType) string { return fmt.Sprintf("/proc/%d/ns/%s", sb.Pid, nsFile(t)) }
 	var nss []specs.LinuxNamespace

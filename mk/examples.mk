@@ -14,3 +14,9 @@ $(EXAMPLES_DIR)/hello-wasm.oci.tar: $(EXAMPLES_DIR)/hello-wasm/rootfs/hello.wasm
 
 .PHONY: examples
 examples: $(EXAMPLES_DIR)/hello-wasm.oci.tar ## Build the example images (hello-wasm as an OCI archive)
+
+$(EXAMPLES_DIR)/busybox.oci.tar:
+	@mkdir -p $(dir $@)
+	cd $(ROOT) && $(GO) run ./hack/cmd/mkimage busybox -name docker.io/library/busybox:1.36 -o $@
+
+examples: $(EXAMPLES_DIR)/busybox.oci.tar

@@ -39,6 +39,9 @@ const (
 //	[backends.runc]
 //	  binary = "/usr/sbin/runc"
 //	  root = "/run/magnetar/runc"
+//	[backends.wasm]
+//	  root = "/var/lib/magnetar/wasm"
+//	  default_memory_limit = 268435456
 type Config struct {
 	// Version of the file format; must be 1 (0, when absent, reads as 1).
 	Version int `toml:"version"`
@@ -84,6 +87,18 @@ type ContainerdConfig struct {
 type BackendsConfig struct {
 	// Runc configures the "runc" kind.
 	Runc RuncConfig `toml:"runc"`
+	// Wasm configures the "wasm" kind.
+	Wasm WasmConfig `toml:"wasm"`
+}
+
+// WasmConfig configures the "wasm" kind.
+type WasmConfig struct {
+	// Root holds the shared compilation cache and per-container files.
+	// Default StateDir/wasm.
+	Root string `toml:"root"`
+	// DefaultMemoryLimit bounds a module's memory, in bytes, when its
+	// container sets no limit. 0 means the backend's default.
+	DefaultMemoryLimit uint64 `toml:"default_memory_limit"`
 }
 
 // RuncConfig configures the "runc" kind.

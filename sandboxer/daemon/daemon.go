@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
+	"github.com/magnetar-io/magnetar/sandboxer/backend/wasm"
 	"github.com/magnetar-io/magnetar/sandboxer/containerd"
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -65,7 +66,20 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 			retErr = errors.Join(retErr, fmt.Errorf("close runc backend: %w", err))
 		}
 	}()
-	return run(ctx, cfg, log, []backend.Backend{rb})
+	wasmRoot := cfg.Backends.Wasm.Root
+	if wasmRoot == "" {
+		wasmRoot = filepath.Join(cfg.StateDir, "wasm")
+	}
+	wb, err := wasm.New(wasm.Config{Root: wasmRoot, DefaultMemoryLimit: cfg.Backends.Wasm.DefaultMemoryLimit})
+	if err != nil {
+		return fmt.Errorf("open wasm backend: %w", err)
+	}
+	defer func() {
+		if err := wb.Close(); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("close wasm backend: %w", err))
+		}
+	}()
+	return run(ctx, cfg, log, []backend.Backend{rb, wb})
 }
 
 // run is Run with the backends given.

@@ -38,6 +38,12 @@ func ctxT(t testing.TB) context.Context {
 // test ends.
 func (e *env) runPod(t testing.TB, hostNetwork bool) *pod {
 	t.Helper()
+	return e.runPodWith(t, handler, hostNetwork)
+}
+
+// runPodWith runs a pod with runtime handler rh.
+func (e *env) runPodWith(t testing.TB, rh string, hostNetwork bool) *pod {
+	t.Helper()
 	n := podSeq.Add(1)
 	name := fmt.Sprintf("%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), n)
 	netMode := runtime.NamespaceMode_POD
@@ -60,7 +66,7 @@ func (e *env) runPod(t testing.TB, hostNetwork bool) *pod {
 	if err := os.MkdirAll(cfg.LogDirectory, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := e.rt.RunPodSandbox(ctxT(t), &runtime.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
+	resp, err := e.rt.RunPodSandbox(ctxT(t), &runtime.RunPodSandboxRequest{Config: cfg, RuntimeHandler: rh})
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v", err)
 	}

@@ -7,9 +7,15 @@ import (
 	"context"
 	"os"
 
+	"github.com/magnetar-io/magnetar/sandboxer/backend/wasm"
 	"github.com/magnetar-io/magnetar/sandboxer/daemon"
 )
 
 func main() {
+	// The wasm kind runs each module in a child that re-executes this
+	// binary; in that child, RunnerMain runs the module and never returns.
+	if wasm.RunnerMain() {
+		return
+	}
 	os.Exit(daemon.Main(context.Background(), os.Args[1:], os.Stderr))
 }

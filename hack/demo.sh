@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Magnetar's main demo, in direct mode: no containerd. It starts
+# magnetar-sandboxer with private state and sockets, then uses the `magnetar`
+# CLI to run
+#   1. examples/hello-wasm (a WASI module packaged as an OCI image) in a Wasm
+#      sandbox, and
+#   2. a busybox image in a runc sandbox,
+# showing their output and how long each took to start. Everything is torn
+# down at the end (trap), also on failure or Ctrl-C.
+#
+# Usage (root): hack/demo.sh   (or: make demo)
+# Env: BIN (default <repo>/.tmp/bin), KEEP=1 to pause before teardown.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="${BIN:-$ROOT/.tmp/bin}"
+EXAMPLES="${EXAMPLES:-$ROOT/.tmp/examples}"
+[[ $EUID -eq 0 ]] || { echo "demo: needs root (runc, cgroups)" >&2; exit 1; }
+
+say() { printf '\n\033[1;36m==> %s\033[0m\n' "$*"; }
+
+WORK="$(mktemp -d /tmp/mgdirect.XXXXXX)"
+API="$WORK/run/api.sock"
+SANDBOXER_PID=""
+cleanup() {
+	local rc=$?
+	set +e
+	trap - EXIT INT TERM
+	say "teardown"
+	if [[ -S "$API" ]]; then
+		for sb in $("$BIN/magnetar" --address "unix://$API" ps --sandboxes -q 2>/dev/null); do
+			"$BIN/magnetar" --address "unix://$API" sandbox rm -f "$sb" >/dev/null 2>&1
+		done
+	fi
+	if [[ -n "$SANDBOXER_PID" ]]; then
+		kill -TERM "$SANDBOXER_PID" 2>/dev/null
+		wait "$SANDBOXER_PID" 2>/dev/null
+	fi
+	if ((rc != 0)) && [[ -f "$WORK/sandboxer.log" ]]; then
+		echo "demo: FAILED (exit $rc); sandboxer log:" >&2
+		tail -n 40 "$WORK/sandboxer.log" >&2
+	fi
+	rm -rf "$WORK"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "magnetar-sandboxer (direct mode: Magnetar's API only, no containerd)"
+"$BIN/magnetar-sandboxer" --state-dir "$WORK/state" --run-dir "$WORK/run" \
+	--listen "$WORK/run/sandboxer.sock" --api-listen "$API" >"$WORK/sandboxer.log" 2>&1 &
+SANDBOXER_PID=$!
+for _ in $(seq 100); do
+	[[ -S "$API" ]] && break
+	kill -0 "$SANDBOXER_PID" 2>/dev/null || { echo "demo: sandboxer exited" >&2; exit 1; }
+	sleep 0.1
+done
+[[ -S "$API" ]] || { echo "demo: no API socket after 10s" >&2; exit 1; }
+export MAGNETAR_ADDRESS="unix://$API"
+echo "API: $MAGNETAR_ADDRESS"
+
+say "magnetar kinds"
+"$BIN/magnetar" kinds
+
+say "magnetar run --kind wasm hello-wasm.oci.tar -- from the demo"
+t=$(date +%s%N)
+"$BIN/magnetar" run --rm --kind wasm --env GREETING=hello "$EXAMPLES/hello-wasm.oci.tar" -- from the demo
+echo "wasm container: $(( ($(date +%s%N) - t) / 1000000 )) ms from the command to its exit (first run compiles the module)"
+t=$(date +%s%N)
+"$BIN/magnetar" run --rm --kind wasm "$EXAMPLES/hello-wasm.oci.tar" -- again >/dev/null
+echo "second wasm run (compilation cache warm): $(( ($(date +%s%N) - t) / 1000000 )) ms"
+
+say "magnetar run --kind runc busybox.oci.tar -- sh -c ..."
+t=$(date +%s%N)
+"$BIN/magnetar" run --rm --kind runc "$EXAMPLES/busybox.oci.tar" -- sh -c 'echo hello from runc in $(hostname); id'
+echo "runc container: $(( ($(date +%s%N) - t) / 1000000 )) ms from the command to its exit"
+
+say "magnetar ps --sandboxes (all removed by --rm)"
+"$BIN/magnetar" ps --sandboxes
+if [[ "${KEEP:-}" == 1 ]]; then
+	say "KEEP=1: press Enter to tear down"
+	read -r _
+fi

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+
 	"testing"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -17,5 +19,20 @@ func BenchmarkPodStart(b *testing.B) {
 		b.StopTimer()
 		_, _ = e.rt.StopPodSandbox(ctxT(b), &runtime.StopPodSandboxRequest{PodSandboxId: p.id})
 		b.StartTimer()
+	}
+}
+
+// BenchmarkWasmContainerStart measures CreateContainer+StartContainer of
+// examples/hello-wasm through CRI (magnetar-wasm handler) until it exited,
+// in one pod; the compilation cache is warm after the first iteration.
+func BenchmarkWasmContainerStart(b *testing.B) {
+	e := setup(b)
+	e.importHelloWasm(b)
+	p := e.runPodWith(b, "magnetar-wasm", false)
+	e.waitExited(b, e.startWasm(b, p, "warmup")) // fills the compilation cache
+	i := 0
+	for b.Loop() {
+		i++
+		e.waitExited(b, e.startWasm(b, p, fmt.Sprintf("bench-%d", i)))
 	}
 }

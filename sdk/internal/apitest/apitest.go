@@ -1,0 +1,155 @@
+// Package apitest runs Magnetar's API (sdk/engine + sdk/apiserver) on a unix
+// socket for the tests of the Go SDK and the magnetar CLI, like the
+// sandboxer daemon serves it, and offers a stub sandbox kind for tests that
+// need no root.
+package apitest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
+	"github.com/containerd/errdefs"
+
+	"github.com/magnetar-io/magnetar/internal/ociimage"
+	"github.com/magnetar-io/magnetar/sdk/apiserver"
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/engine"
+	"github.com/magnetar-io/magnetar/sdk/image"
+)
+
+// Serve serves the API over an engine with the given backends and an
+// image store on a fresh unix socket and returns the socket's path. Everything, sandboxes
+// included, is removed when the test ends.
+func Serve(t testing.TB, backends ...backend.Backend) string {
+	t.Helper()
+	stateDir := t.TempDir()
+	e, err := engine.New(context.Background(), engine.Config{StateDir: stateDir, Backends: backends, StopTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	t.Cleanup(func() { // leave nothing behind, also when a test failed
+		for _, sb := range e.ListSandboxes(context.Background()) {
+			_ = e.DeleteSandbox(context.Background(), sb.ID)
+		}
+	})
+	images, err := image.Open(filepath.Join(stateDir, "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { images.Close() })
+	api := apiserver.New(e, apiserver.WithImageStore(images))
+	t.Cleanup(func() { api.Close() })
+	srv := connect.NewServer()
+	api.Register(srv)
+	mux := http.NewServeMux()
+	connecthttp.Mount(mux, srv)
+	// A short directory: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "magnetar-api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: mux, Protocols: new(http.Protocols)}
+	hs.Protocols.SetHTTP1(true)
+	hs.Protocols.SetUnencryptedHTTP2(true)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("serve API: %v", err)
+		}
+	})
+	t.Cleanup(func() {
+		hs.Close()
+		wg.Wait()
+	})
+	return sock
+}
+
+// BusyboxArchive writes an OCI archive of a busybox image named name and
+// returns its path.
+func BusyboxArchive(t testing.TB, name string) string {
+	t.Helper()
+	ctx := context.Background()
+	img, err := ociimage.BusyboxImage(ctx, "", name, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "busybox.oci.tar")
+	if err := ociimage.WriteArchiveFile(ctx, path, img); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// StubKind is the kind name of [Stub].
+const StubKind = "stub"
+
+// Stub is a sandbox kind whose sandboxes start and stop but run no
+// containers (CreateContainer fails with NOT_IMPLEMENTED). It needs no
+// privileges.
+type Stub struct{}
+
+// Info describes the stub kind.
+func (Stub) Info() backend.Info {
+	return backend.Info{Kind: StubKind, Description: "test stub: sandboxes without containers", Isolation: backend.IsolationProcess}
+}
+
+// Check always succeeds.
+func (Stub) Check(context.Context) error { return nil }
+
+// Create returns a stub sandbox.
+func (Stub) Create(context.Context, backend.SandboxConfig) (backend.Sandbox, error) {
+	return &stubSandbox{done: make(chan struct{})}, nil
+}
+
+// Recover returns a stub sandbox.
+func (Stub) Recover(context.Context, backend.SandboxConfig, []byte) (backend.Sandbox, error) {
+	return &stubSandbox{done: make(chan struct{})}, nil
+}
+
+type stubSandbox struct {
+	once sync.Once
+	done chan struct{}
+}
+
+func (s *stubSandbox) Start(context.Context) (backend.StartInfo, error) {
+	return backend.StartInfo{}, nil
+}
+
+func (s *stubSandbox) Wait(ctx context.Context) (backend.ExitStatus, error) {
+	select {
+	case <-s.done:
+		return backend.ExitStatus{ExitedAt: time.Now()}, nil
+	case <-ctx.Done():
+		return backend.ExitStatus{}, ctx.Err()
+	}
+}
+
+func (s *stubSandbox) Stop(context.Context, time.Duration) error {
+	s.once.Do(func() { close(s.done) })
+	return nil
+}
+
+func (s *stubSandbox) Delete(ctx context.Context) error { return s.Stop(ctx, 0) }
+
+func (s *stubSandbox) CreateContainer(context.Context, backend.ContainerConfig) (backend.Container, error) {
+	return nil, fmt.Errorf("the stub kind runs no containers: %w", errdefs.ErrNotImplemented)
+}
+
+func (s *stubSandbox) State() ([]byte, error) { return nil, nil }

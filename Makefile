@@ -27,6 +27,7 @@ build: ## Build Magnetar's binaries into .tmp/bin
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/magnetar-sandboxer ./sandboxer/cmd/magnetar-sandboxer
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/containerd-shim-magnetar-v2 ./sandboxer/cmd/containerd-shim-magnetar-v2
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/magnetar ./sdk/cmd/magnetar
 
 .PHONY: vet
 vet: ## Run go vet and check formatting
@@ -52,7 +53,8 @@ bench: deps tools build ## Run benchmarks
 	MAGNETAR_BIN=$(BIN) $(GO) test -run '^$$' -bench . -benchmem ./...
 
 .PHONY: demo
-demo: demo-containerd ## Run the main demo (a busybox pod through containerd and magnetar-sandboxer)
+demo: deps build examples ## Run the main demo: Wasm and runc containers in direct mode (no containerd)
+	BIN=$(BIN) EXAMPLES=$(EXAMPLES_DIR) $(ROOT)/hack/demo.sh
 
 .PHONY: demo-containerd
 demo-containerd: deps tools build ## Run a busybox pod through a private containerd with handler magnetar-runc

@@ -64,7 +64,7 @@ say "magnetar kinds"
 
 say "magnetar run --kind wasm hello-wasm.oci.tar -- from the demo"
 t=$(date +%s%N)
-"$BIN/magnetar" run --rm --kind wasm --env GREETING=hello "$EXAMPLES/hello-wasm.oci.tar" -- from the demo
+"$BIN/magnetar" run --rm --kind wasm -e GREETING=hello "$EXAMPLES/hello-wasm.oci.tar" -- from the demo
 echo "wasm container: $(( ($(date +%s%N) - t) / 1000000 )) ms from the command to its exit (first run compiles the module)"
 t=$(date +%s%N)
 "$BIN/magnetar" run --rm --kind wasm "$EXAMPLES/hello-wasm.oci.tar" -- again >/dev/null

@@ -163,11 +163,22 @@ func FromRootfs(dir string) ContainerOption {
 	})
 }
 
-// Args sets the command and its arguments. Default: the image's
-// entrypoint and command; required with [FromRootfs] and for Exec.
+// Args sets the arguments: with an image they replace its command and
+// follow its entrypoint (Docker's CMD, Kubernetes' args); with
+// [FromRootfs] and for Exec they are the whole command line (after
+// [Entrypoint], if set). Default: the image's command.
 func Args(args ...string) ContainerOption {
 	return func(o *containerOptions) error {
 		o.process().Args = args
+		return nil
+	}
+}
+
+// Entrypoint replaces the image's entrypoint (and drops its command), as
+// Docker's --entrypoint and Kubernetes' command do. Default: the image's.
+func Entrypoint(entrypoint ...string) ContainerOption {
+	return func(o *containerOptions) error {
+		o.process().Entrypoint = entrypoint
 		return nil
 	}
 }

@@ -259,16 +259,32 @@ func TestContainerFromImage(t *testing.T) {
 		t.Errorf("output %q, exit %d; want the image's command as daemon in /etc, exit 3", out, code)
 	}
 
-	// Request args replace entrypoint and cmd; a read-only root.
+	// Request args replace the image's cmd and follow its entrypoint
+	// (/bin/sh -c); a read-only root.
 	ro, err := c.ctr.CreateContainer(ctx, &containerv1.CreateContainerRequest{
 		SandboxId: sbID, Source: &containerv1.CreateContainerRequest_Image{Image: "docker.io/library/bbtest:1"}, ReadonlyRootfs: true,
-		Process: &containerv1.ProcessSpec{Args: []string{"sh", "-c", "touch /x 2>/dev/null || echo read-only; cat /tmp/f 2>/dev/null || echo fresh"}},
+		Process: &containerv1.ProcessSpec{Args: []string{"touch /x 2>/dev/null || echo read-only; cat /tmp/f 2>/dev/null || echo fresh"}},
 	})
 	if err != nil {
 		t.Fatalf("CreateContainer read-only: %v", err)
 	}
 	if out, code := runOutput(t, ctx, c.ctr, ro.GetContainer().GetId()); out != "read-only\nfresh\n" || code != 0 {
 		t.Errorf("read-only container: output %q, exit %d", out, code)
+	}
+
+	// An entrypoint replaces the image's and drops its cmd.
+	ep, err := c.ctr.CreateContainer(ctx, &containerv1.CreateContainerRequest{
+		SandboxId: sbID, Source: &containerv1.CreateContainerRequest_Image{Image: "docker.io/library/bbtest:1"},
+		Process: &containerv1.ProcessSpec{Entrypoint: []string{"echo"}, Args: []string{"from", "entrypoint"}},
+	})
+	if err != nil {
+		t.Fatalf("CreateContainer with entrypoint: %v", err)
+	}
+	if out, code := runOutput(t, ctx, c.ctr, ep.GetContainer().GetId()); out != "from entrypoint\n" || code != 0 {
+		t.Errorf("entrypoint container: output %q, exit %d", out, code)
+	}
+	if _, err := c.ctr.DeleteContainer(ctx, &containerv1.DeleteContainerRequest{ContainerId: ep.GetContainer().GetId()}); err != nil {
+		t.Fatalf("DeleteContainer: %v", err)
 	}
 
 	if _, err := c.img.RemoveImage(ctx, &imagev1.RemoveImageRequest{Ref: "bbtest:1"}); connect.CodeOf(err) != connect.CodeFailedPrecondition {

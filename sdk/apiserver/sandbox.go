@@ -71,6 +71,11 @@ func (s *Server) CreateSandbox(ctx context.Context, req *sandboxv1.CreateSandbox
 	if spec.Kind == "" {
 		return nil, toConnect(fmt.Errorf("kind is required: %w", errdefs.ErrInvalidArgument))
 	}
+	if spec.Hostname == "" && (spec.PrivateNetwork || spec.NetNSPath != "") {
+		// Like Docker: a sandbox with its own UTS namespace is named after
+		// its ID rather than inheriting the host's name.
+		spec.Hostname = id[:min(12, len(id))]
+	}
 	st, err := s.e.CreateSandbox(ctx, spec)
 	if err != nil {
 		return nil, toConnect(err)

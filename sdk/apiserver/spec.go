@@ -57,10 +57,7 @@ func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, c
 		return &spec, nil
 	}
 	proc := req.GetProcess()
-	args := proc.GetArgs()
-	if len(args) == 0 && img != nil {
-		args = append(append([]string(nil), img.config.Entrypoint...), img.config.Cmd...)
-	}
+	args := commandLine(proc.GetEntrypoint(), proc.GetArgs(), img)
 	if len(args) == 0 {
 		if img != nil {
 			return nil, fmt.Errorf("image %q has neither entrypoint nor cmd; process.args must not be empty: %w", req.GetImage(), errdefs.ErrInvalidArgument)
@@ -212,4 +209,19 @@ func mergeResources(res *specs.LinuxResources, r *typesv1.Resources) *specs.Linu
 		res.Pids = &specs.LinuxPids{Limit: r.PidsLimit}
 	}
 	return res
+}
+
+// commandLine combines the requested entrypoint and args with the image's,
+// as Kubernetes and Docker do: args replace the image's command, an
+// entrypoint replaces the image's entrypoint and drops its command.
+func commandLine(entrypoint, args []string, img *imageRootfs) []string {
+	if img != nil {
+		if len(entrypoint) == 0 {
+			entrypoint = img.config.Entrypoint
+			if len(args) == 0 {
+				args = img.config.Cmd
+			}
+		}
+	}
+	return append(append([]string(nil), entrypoint...), args...)
 }

@@ -77,9 +77,9 @@ func capabilities(c sdk.Capabilities) string {
 
 func runCmd() *command {
 	var (
-		kind, name, workdir, memory, sandboxID, rootfs string
-		envs                                           stringList
-		interactive, remove, detach                    bool
+		kind, name, workdir, memory, sandboxID, rootfs, entrypoint string
+		envs                                                       stringList
+		interactive, remove, detach                                bool
 	)
 	return &command{
 		name: "run", usage: "run [FLAGS] IMAGE|PATH [--] [COMMAND [ARG...]]\n  magnetar run [FLAGS] --rootfs DIR [--] COMMAND [ARG...]",
@@ -91,7 +91,9 @@ The root file system comes from an image of the sandboxer's store (IMAGE,
 a reference such as docker.io/library/busybox:1.36), from an OCI image
 layout directory, OCI archive or 'docker save' archive (PATH, imported into
 the store first, with progress on standard error), or from a directory
-(--rootfs). COMMAND replaces the image's entrypoint and command.
+(--rootfs). COMMAND replaces the image's command and is passed to its
+entrypoint (Docker's CMD, Kubernetes' args); --entrypoint replaces the
+entrypoint, as Docker's does.
 
 Each run creates a sandbox of --kind (default: wasm for WebAssembly images,
 runc otherwise) for the container, unless --sandbox names an existing one.
@@ -119,6 +121,7 @@ Flags go before IMAGE; everything after it is the command.`,
 			fs.StringVar(&memory, "memory", "", "memory `limit`, for example 64m or 1g")
 			fs.StringVar(&sandboxID, "sandbox", "", "run in this existing sandbox `ID` instead of a new one")
 			fs.StringVar(&rootfs, "rootfs", "", "use this host `directory` as the root file system")
+			fs.StringVar(&entrypoint, "entrypoint", "", "replace the image's entrypoint with this `program`")
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if remove && detach {
@@ -162,15 +165,18 @@ Flags go before IMAGE; everything after it is the command.`,
 				if err != nil {
 					return cannotRun(err)
 				}
-				wasm = img.Platform.IsWasm()
+				wasm = img.Platform.IsWasm() || (len(img.Config.Entrypoint) > 0 && strings.HasSuffix(img.Config.Entrypoint[0], ".wasm"))
 				opts = append(opts, sdk.FromImage(img.Name))
 			}
 			if len(cmdline) > 0 && cmdline[0] == "--" {
 				cmdline = cmdline[1:]
 			}
+			if entrypoint != "" {
+				opts = append(opts, sdk.Entrypoint(entrypoint))
+			}
 			if len(cmdline) > 0 {
 				opts = append(opts, sdk.Args(cmdline...))
-			} else if rootfs != "" {
+			} else if rootfs != "" && entrypoint == "" {
 				return cannotRun(usageError("run --rootfs needs a COMMAND"))
 			}
 			opts = append(opts, sdk.WithContainerLabels(map[string]string{runLabel: "true"}))

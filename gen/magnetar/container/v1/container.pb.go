@@ -336,8 +336,10 @@ func (*Container_RootfsPath) isContainer_Source() {}
 // ProcessSpec describes a process to run in a container.
 type ProcessSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Command and arguments. For a container created from an image, empty
-	// means the image's entrypoint and command.
+	// Arguments, as Kubernetes' args and Docker's CMD: for a container created
+	// from an image they replace the image's command and follow its
+	// entrypoint (or `entrypoint` when set); empty keeps the image's command.
+	// Without an image the process runs `entrypoint` followed by `args`.
 	Args []string `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
 	// Environment variables as "KEY=value". For a container created from an
 	// image they are added to, and override, the image's environment.
@@ -354,7 +356,10 @@ type ProcessSpec struct {
 	// process reads end of file from standard input.
 	OpenStdin bool `protobuf:"varint,6,opt,name=open_stdin,json=openStdin,proto3" json:"open_stdin,omitempty"`
 	// Initial terminal size; only with terminal.
-	ConsoleSize   *ConsoleSize `protobuf:"bytes,7,opt,name=console_size,json=consoleSize,proto3" json:"console_size,omitempty"`
+	ConsoleSize *ConsoleSize `protobuf:"bytes,7,opt,name=console_size,json=consoleSize,proto3" json:"console_size,omitempty"`
+	// Entrypoint, as Kubernetes' command and Docker's --entrypoint: replaces
+	// the image's entrypoint, and then the image's command is not used.
+	Entrypoint    []string `protobuf:"bytes,8,rep,name=entrypoint,proto3" json:"entrypoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -434,6 +439,13 @@ func (x *ProcessSpec) GetOpenStdin() bool {
 func (x *ProcessSpec) GetConsoleSize() *ConsoleSize {
 	if x != nil {
 		return x.ConsoleSize
+	}
+	return nil
+}
+
+func (x *ProcessSpec) GetEntrypoint() []string {
+	if x != nil {
+		return x.Entrypoint
 	}
 	return nil
 }
@@ -2856,7 +2868,7 @@ const file_magnetar_container_v1_container_proto_rawDesc = "" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
-	"\x06source\"\xf8\x01\n" +
+	"\x06source\"\x98\x02\n" +
 	"\vProcessSpec\x12\x12\n" +
 	"\x04args\x18\x01 \x03(\tR\x04args\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
@@ -2865,7 +2877,10 @@ const file_magnetar_container_v1_container_proto_rawDesc = "" +
 	"\bterminal\x18\x05 \x01(\bR\bterminal\x12\x1d\n" +
 	"\n" +
 	"open_stdin\x18\x06 \x01(\bR\topenStdin\x12E\n" +
-	"\fconsole_size\x18\a \x01(\v2\".magnetar.container.v1.ConsoleSizeR\vconsoleSize\"S\n" +
+	"\fconsole_size\x18\a \x01(\v2\".magnetar.container.v1.ConsoleSizeR\vconsoleSize\x12\x1e\n" +
+	"\n" +
+	"entrypoint\x18\b \x03(\tR\n" +
+	"entrypoint\"S\n" +
 	"\x04User\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12'\n" +

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/sandboxer/backend/internal/cgstats"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
@@ -49,41 +50,15 @@ func cgroupStats(cgx any) (*backend.Stats, error) {
 		if err != nil {
 			return nil, err
 		}
-		s := &backend.Stats{Timestamp: now, Raw: st}
-		if st.CPU != nil {
-			s.CPUUsageNanos = st.CPU.UsageUsec * 1000
-		}
-		if st.Memory != nil {
-			s.MemoryUsageBytes, s.MemoryLimitBytes = st.Memory.Usage, st.Memory.UsageLimit
-			s.MemoryWorkingBytes = st.Memory.Usage - min(st.Memory.Usage, st.Memory.InactiveFile)
-		}
-		if st.Pids != nil {
-			s.Pids = st.Pids.Current
-		}
-		return s, nil
+		return cgstats.FromV2(st, now), nil
 	case cgroup1.Cgroup:
-		return cgroup1Stats(cg, now)
+		st, err := cg.Stat(cgroup1.IgnoreNotExist)
+		if err != nil {
+			return nil, err
+		}
+		return cgstats.FromV1(st, now), nil
 	}
 	return nil, fmt.Errorf("container has no cgroup: %w", errdefs.ErrNotFound)
-}
-
-func cgroup1Stats(cg cgroup1.Cgroup, now time.Time) (*backend.Stats, error) {
-	st, err := cg.Stat(cgroup1.IgnoreNotExist)
-	if err != nil {
-		return nil, err
-	}
-	s := &backend.Stats{Timestamp: now, Raw: st}
-	if st.CPU != nil && st.CPU.Usage != nil {
-		s.CPUUsageNanos = st.CPU.Usage.Total
-	}
-	if st.Memory != nil && st.Memory.Usage != nil {
-		s.MemoryUsageBytes, s.MemoryLimitBytes = st.Memory.Usage.Usage, st.Memory.Usage.Limit
-		s.MemoryWorkingBytes = st.Memory.Usage.Usage - min(st.Memory.Usage.Usage, st.Memory.TotalInactiveFile)
-	}
-	if st.Pids != nil {
-		s.Pids = st.Pids.Current
-	}
-	return s, nil
 }
 
 // oomWatch reports OOM kills in one container's memory cgroup.

@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/magnetar-io/magnetar/sandboxer/backend/internal/cgstats"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
@@ -195,35 +196,13 @@ func (c *cgroup) stats() (*backend.Stats, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cgroup stats: %w", err)
 		}
-		s := &backend.Stats{Timestamp: now, Raw: st}
-		if st.CPU != nil {
-			s.CPUUsageNanos = st.CPU.UsageUsec * 1000
-		}
-		if st.Memory != nil {
-			s.MemoryUsageBytes, s.MemoryLimitBytes = st.Memory.Usage, st.Memory.UsageLimit
-			s.MemoryWorkingBytes = st.Memory.Usage - min(st.Memory.Usage, st.Memory.InactiveFile)
-		}
-		if st.Pids != nil {
-			s.Pids = st.Pids.Current
-		}
-		return s, nil
+		return cgstats.FromV2(st, now), nil
 	}
 	st, err := c.v1.Stat(cgroup1.IgnoreNotExist)
 	if err != nil {
 		return nil, fmt.Errorf("cgroup stats: %w", err)
 	}
-	s := &backend.Stats{Timestamp: now, Raw: st}
-	if st.CPU != nil && st.CPU.Usage != nil {
-		s.CPUUsageNanos = st.CPU.Usage.Total
-	}
-	if st.Memory != nil && st.Memory.Usage != nil {
-		s.MemoryUsageBytes, s.MemoryLimitBytes = st.Memory.Usage.Usage, st.Memory.Usage.Limit
-		s.MemoryWorkingBytes = st.Memory.Usage.Usage - min(st.Memory.Usage.Usage, st.Memory.TotalInactiveFile)
-	}
-	if st.Pids != nil {
-		s.Pids = st.Pids.Current
-	}
-	return s, nil
+	return cgstats.FromV1(st, now), nil
 }
 
 // cgroupPath turns a spec's cgroupsPath into a cgroupfs path: a path as

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"strings"
 
 	"github.com/magnetar-io/magnetar/sdk"
 )
@@ -27,14 +28,16 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	out, status, err := ctr.CombinedOutput(ctx)
+	// stdout and stderr are separate streams: read them apart.
+	var stdout, stderr strings.Builder
+	status, err := ctr.Attach(ctx, &stdout, &stderr)
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("%sexit code %d\n", out, status.Code)
+	fmt.Printf("stdout: %sstderr: %sexit code %d\n", stdout.String(), stderr.String(), status.Code)
 	// Output:
-	// hello from demo
-	// oops
+	// stdout: hello from demo
+	// stderr: oops
 	// exit code 3
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/internal/ociimage"
 )
@@ -65,4 +66,22 @@ func BusyboxBundle(t testing.TB, dir, script string) *specs.Spec {
 		t.Fatal(err)
 	}
 	return spec
+}
+
+// RequireOverlay skips the test unless an overlay file system can be
+// mounted in a temporary directory (it cannot on overlayfs itself, for
+// example). Containers made from images need one.
+func RequireOverlay(t testing.TB) {
+	t.Helper()
+	d := t.TempDir()
+	for _, s := range []string{"l", "u", "w", "m"} {
+		if err := os.Mkdir(filepath.Join(d, s), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts := "lowerdir=" + filepath.Join(d, "l") + ",upperdir=" + filepath.Join(d, "u") + ",workdir=" + filepath.Join(d, "w")
+	if err := unix.Mount("overlay", filepath.Join(d, "m"), "overlay", 0, opts); err != nil {
+		t.Skipf("overlay mounts do not work here: %v", err)
+	}
+	_ = unix.Unmount(filepath.Join(d, "m"), unix.MNT_DETACH)
 }

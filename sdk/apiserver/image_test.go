@@ -14,7 +14,6 @@ import (
 
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
-	"golang.org/x/sys/unix"
 
 	containerv1 "github.com/magnetar-io/magnetar/gen/magnetar/container/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/container/v1/containerv1connect"
@@ -39,22 +38,7 @@ type imageClients struct {
 	stateDir string
 }
 
-// requireOverlay skips the test unless an overlay can be mounted in a
-// temporary directory (not on overlayfs itself, for example).
-func requireOverlay(t *testing.T) {
-	t.Helper()
-	d := t.TempDir()
-	for _, s := range []string{"l", "u", "w", "m"} {
-		if err := os.Mkdir(filepath.Join(d, s), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	opts := "lowerdir=" + filepath.Join(d, "l") + ",upperdir=" + filepath.Join(d, "u") + ",workdir=" + filepath.Join(d, "w")
-	if err := unix.Mount("overlay", filepath.Join(d, "m"), "overlay", 0, opts); err != nil {
-		t.Skipf("overlay mounts do not work here: %v", err)
-	}
-	_ = unix.Unmount(filepath.Join(d, "m"), unix.MNT_DETACH)
-}
+func requireOverlay(t *testing.T) { testutil.RequireOverlay(t) }
 
 // serveImages runs the API with a runc backend and an image store, over
 // Connect on a unix socket.

@@ -12,7 +12,9 @@ import (
 	"github.com/magnetar-io/magnetar/internal/agentmux"
 )
 
-type agent struct{ agentv1.TTRPCAgentServiceService }
+type agent struct {
+	agentv1.TTRPCAgentServiceService
+}
 
 func (agent) Health(context.Context, *agentv1.HealthRequest) (*agentv1.HealthResponse, error) {
 	return &agentv1.HealthResponse{Version: "test"}, nil

@@ -526,22 +526,9 @@ func stopCmd() *command {
 			fs.DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait after SIGTERM before SIGKILL")
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
-			if len(args) == 0 {
-				return usageError("stop needs at least one CONTAINER")
-			}
-			c, err := e.dial(ctx)
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, id := range args {
-				if err := stopContainer(ctx, c, id, timeout); err != nil {
-					errs = append(errs, fmt.Errorf("stop %s: %w", id, err))
-					continue
-				}
-				fmt.Fprintln(e.Stdout, id)
-			}
-			return errors.Join(errs...)
+			return forEach(ctx, e, args, "stop needs at least one CONTAINER", "stop", func(c *sdk.Client, id string) error {
+				return stopContainer(ctx, c, id, timeout)
+			})
 		},
 	}
 }
@@ -585,22 +572,9 @@ its last container.`,
 			fs.BoolVar(&force, "force", false, "kill running containers first")
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
-			if len(args) == 0 {
-				return usageError("rm needs at least one CONTAINER")
-			}
-			c, err := e.dial(ctx)
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, id := range args {
-				if err := removeContainer(ctx, c, id, force); err != nil {
-					errs = append(errs, fmt.Errorf("remove %s: %w", id, err))
-					continue
-				}
-				fmt.Fprintln(e.Stdout, id)
-			}
-			return errors.Join(errs...)
+			return forEach(ctx, e, args, "rm needs at least one CONTAINER", "remove", func(c *sdk.Client, id string) error {
+				return removeContainer(ctx, c, id, force)
+			})
 		},
 	}
 }

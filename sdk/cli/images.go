@@ -78,22 +78,9 @@ sandboxer, on its host. Progress goes to standard error.`,
 		examples:     []string{"magnetar images rm busybox:1.36", "magnetar images rm sha256:4bcff6..."},
 		interspersed: true,
 		run: func(ctx context.Context, e *env, args []string) error {
-			if len(args) == 0 {
-				return usageError("images rm needs at least one REF")
-			}
-			c, err := e.dial(ctx)
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, ref := range args {
-				if err := c.RemoveImage(ctx, ref); err != nil {
-					errs = append(errs, fmt.Errorf("remove %s: %w", ref, err))
-					continue
-				}
-				fmt.Fprintln(e.Stdout, ref)
-			}
-			return errors.Join(errs...)
+			return forEach(ctx, e, args, "images rm needs at least one REF", "remove", func(c *sdk.Client, ref string) error {
+				return c.RemoveImage(ctx, ref)
+			})
 		},
 	}
 	return &command{
@@ -231,8 +218,22 @@ func sandboxCmd() *command {
 }
 
 func eachSandbox(ctx context.Context, e *env, ids []string, fn func(*sdk.Sandbox) error) error {
+	return forEach(ctx, e, ids, "needs at least one sandbox ID", "", func(c *sdk.Client, id string) error {
+		sb, err := c.Sandbox(ctx, id)
+		if err != nil {
+			return err
+		}
+		return fn(sb)
+	})
+}
+
+// forEach dials the sandboxer and applies fn to each of ids, printing the
+// IDs it succeeded for; the errors of the others are joined, each prefixed
+// with verb (if any) and its ID. With no ids it is a usage error saying
+// need.
+func forEach(ctx context.Context, e *env, ids []string, need, verb string, fn func(c *sdk.Client, id string) error) error {
 	if len(ids) == 0 {
-		return usageError("needs at least one sandbox ID")
+		return usageError(need)
 	}
 	c, err := e.dial(ctx)
 	if err != nil {
@@ -240,12 +241,8 @@ func eachSandbox(ctx context.Context, e *env, ids []string, fn func(*sdk.Sandbox
 	}
 	var errs []error
 	for _, id := range ids {
-		sb, err := c.Sandbox(ctx, id)
-		if err == nil {
-			err = fn(sb)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", id, err))
+		if err := fn(c, id); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", strings.TrimSpace(verb+" "+id), err))
 			continue
 		}
 		fmt.Fprintln(e.Stdout, id)

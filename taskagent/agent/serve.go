@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/containerd/ttrpc"
+	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
+	"github.com/magnetar-io/magnetar/internal/agentmux"
+)
+
+// Serve serves the host on the virtio-serial port until ctx is done. Each
+// time the port reads EOF (no host connected, or the host went away) it is
+// reopened and a new session served.
+func (a *Agent) Serve(ctx context.Context) error {
+	backoff := 10 * time.Millisecond
+	for {
+		path, err := waitPort(ctx, a.opts.PortsDir, a.opts.DevDir, a.opts.PortName)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		err = a.serveOnce(ctx, path)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// A session that lasted is a host that went away: reconnect at
+		// once. Quick EOFs mean nobody is connected: back off a little.
+		if time.Since(start) > time.Second {
+			backoff = 10 * time.Millisecond
+			a.log().Info("host session ended", "error", err)
+		} else {
+			a.log().Debug("port session ended", "error", err)
+			backoff = min(backoff*2, 200*time.Millisecond)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// serveOnce serves one agentmux session on the port at path.
+func (a *Agent) serveOnce(ctx context.Context, path string) error {
+	f, err := openPort(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	l, err := agentmux.Listen(f)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		return fmt.Errorf("ttrpc server: %w", err)
+	}
+	defer srv.Close()
+	a.Register(srv)
+	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
+	defer stop()
+	err = srv.Serve(ctx, l)
+	if errors.Is(err, ttrpc.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// openPort opens the port and waits until the host end is connected (or
+// has sent data). Right after open the guest kernel reports "host not
+// connected" until QEMU answers the port-open message, and a read then
+// returns EOF at once; starting a session before that would only end it.
+// The port stays open while waiting, which is what lets QEMU report the
+// host's state.
+func openPort(ctx context.Context, path string) (*os.File, error) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open port: %w", err)
+	}
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		_, err := unix.Poll(fds, 0)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			unix.Close(fd)
+			return nil, fmt.Errorf("poll port: %w", err)
+		}
+		// virtio_console reports POLLHUP while the host is not
+		// connected (and POLLIN too, as a read would not block).
+		if err == nil && fds[0].Revents&unix.POLLHUP == 0 {
+			return os.NewFile(uintptr(fd), path), nil // pollable: reads go through the Go poller
+		}
+		select {
+		case <-ctx.Done():
+			unix.Close(fd)
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Register registers the agent's services on srv: AgentService and, when
+// the in-guest runtime started, containerd's Task API v3.
+func (a *Agent) Register(srv *ttrpc.Server) {
+	agentv1.RegisterTTRPCAgentServiceService(srv, &service{a: a})
+	if a.tasks != nil {
+		a.tasks.register(srv)
+	}
+}

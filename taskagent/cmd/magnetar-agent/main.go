@@ -1,0 +1,16 @@
+// Command magnetar-agent is the task agent of Magnetar's microVM sandboxes.
+// It runs as the guest's init (/init in the initramfs built by
+// hack/build-guest.sh): it prepares the guest and serves the host over the
+// virtio-serial port named "agent". See docs/guest.md.
+package main
+
+import (
+	"context"
+	"os"
+
+	"github.com/magnetar-io/magnetar/taskagent/agent"
+)
+
+func main() {
+	os.Exit(agent.Main(context.Background()))
+}

@@ -45,8 +45,12 @@ test-unit: ## Run unit and component tests with -race (root-only tests skip with
 test-e2e: deps tools build ## Run end-to-end tests through a private containerd (root)
 	MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 20m -v $(GOTEST_FLAGS) ./test/e2e/...
 
+.PHONY: test-vm
+test-vm: deps guest ## Boot the microVM guest under QEMU and talk to its agent (root)
+	MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./sandboxer/backend/vm/...
+
 .PHONY: test
-test: deps tools build check-generate lint test-unit test-e2e ## Run every test (installs what it needs; needs root)
+test: deps tools build check-generate lint test-unit test-e2e test-vm ## Run every test (installs what it needs; needs root)
 
 .PHONY: bench
 bench: deps tools build ## Run benchmarks

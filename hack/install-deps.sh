@@ -9,6 +9,8 @@
 #   iptables iproute2 kmod       networking (ip link for the CNI bridge, modprobe)
 #   util-linux mount             unshare/nsenter, mount (private mount namespace)
 #   procps                       ps/pgrep in the demos
+#   qemu-system-x86              the microVM kind's hypervisor (boot tests)
+#   cpio xz-utils                building the microVM guest image (make guest)
 set -euo pipefail
 
 PACKAGES=(
@@ -21,6 +23,9 @@ PACKAGES=(
 	util-linux
 	mount
 	procps
+	qemu-system-x86
+	cpio
+	xz-utils
 )
 
 missing=()

@@ -87,28 +87,30 @@ func (e *env) removePod(t testing.TB, p *pod) {
 	}
 }
 
-// createContainer creates and starts a busybox container running script.
+// startContainer creates and starts a busybox container running script.
 func (e *env) startContainer(t testing.TB, p *pod, name, script string) string {
 	t.Helper()
-	ctx := ctxT(t)
-	resp, err := e.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{
-		PodSandboxId: p.id,
-		Config: &runtime.ContainerConfig{
-			Metadata: &runtime.ContainerMetadata{Name: name},
-			Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
-			Command:  []string{"sh", "-c", script},
-			LogPath:  name + ".log",
-			Linux: &runtime.LinuxContainerConfig{SecurityContext: &runtime.LinuxContainerSecurityContext{
-				NamespaceOptions: p.cfg.Linux.SecurityContext.NamespaceOptions,
-			}},
-		},
-		SandboxConfig: p.cfg,
+	return e.start(t, p, &runtime.ContainerConfig{
+		Metadata: &runtime.ContainerMetadata{Name: name},
+		Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
+		Command:  []string{"sh", "-c", script},
+		LogPath:  name + ".log",
+		Linux: &runtime.LinuxContainerConfig{SecurityContext: &runtime.LinuxContainerSecurityContext{
+			NamespaceOptions: p.cfg.Linux.GetSecurityContext().GetNamespaceOptions(),
+		}},
 	})
+}
+
+// start creates and starts a container of pod p and returns its ID.
+func (e *env) start(t testing.TB, p *pod, cfg *runtime.ContainerConfig) string {
+	t.Helper()
+	ctx := ctxT(t)
+	resp, err := e.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{PodSandboxId: p.id, Config: cfg, SandboxConfig: p.cfg})
 	if err != nil {
-		t.Fatalf("CreateContainer %s: %v", name, err)
+		t.Fatalf("CreateContainer %s: %v", cfg.GetMetadata().GetName(), err)
 	}
 	if _, err := e.rt.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: resp.ContainerId}); err != nil {
-		t.Fatalf("StartContainer %s: %v", name, err)
+		t.Fatalf("StartContainer %s: %v", cfg.GetMetadata().GetName(), err)
 	}
 	return resp.ContainerId
 }

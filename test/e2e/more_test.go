@@ -26,30 +26,16 @@ import (
 	"github.com/magnetar-io/magnetar/internal/harness"
 )
 
-// startLimited starts a container with a memory limit.
+// startLimited starts a busybox container with a memory limit.
 func (e *env) startLimited(t *testing.T, p *pod, name, script string, memory int64) string {
 	t.Helper()
-	ctx := ctxT(t)
-	resp, err := e.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{
-		PodSandboxId: p.id,
-		Config: &runtime.ContainerConfig{
-			Metadata: &runtime.ContainerMetadata{Name: name},
-			Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
-			Command:  []string{"sh", "-c", script},
-			LogPath:  name + ".log",
-			Linux: &runtime.LinuxContainerConfig{
-				Resources: &runtime.LinuxContainerResources{MemoryLimitInBytes: memory},
-			},
-		},
-		SandboxConfig: p.cfg,
+	return e.start(t, p, &runtime.ContainerConfig{
+		Metadata: &runtime.ContainerMetadata{Name: name},
+		Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
+		Command:  []string{"sh", "-c", script},
+		LogPath:  name + ".log",
+		Linux:    &runtime.LinuxContainerConfig{Resources: &runtime.LinuxContainerResources{MemoryLimitInBytes: memory}},
 	})
-	if err != nil {
-		t.Fatalf("CreateContainer %s: %v", name, err)
-	}
-	if _, err := e.rt.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: resp.ContainerId}); err != nil {
-		t.Fatalf("StartContainer %s: %v", name, err)
-	}
-	return resp.ContainerId
 }
 
 func TestOOMKillReported(t *testing.T) {

@@ -69,25 +69,13 @@ func (e *env) importHelloWasm(t testing.TB) {
 
 func (e *env) startWasm(t testing.TB, p *pod, name string, args ...string) string {
 	t.Helper()
-	ctx := ctxT(t)
-	resp, err := e.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{
-		PodSandboxId: p.id,
-		Config: &runtime.ContainerConfig{
-			Metadata: &runtime.ContainerMetadata{Name: name},
-			Image:    &runtime.ImageSpec{Image: helloWasmImage},
-			Args:     args,
-			Envs:     []*runtime.KeyValue{{Key: "GREETING", Value: []byte("hi from CRI")}},
-			LogPath:  name + ".log",
-		},
-		SandboxConfig: p.cfg,
+	return e.start(t, p, &runtime.ContainerConfig{
+		Metadata: &runtime.ContainerMetadata{Name: name},
+		Image:    &runtime.ImageSpec{Image: helloWasmImage},
+		Args:     args,
+		Envs:     []*runtime.KeyValue{{Key: "GREETING", Value: []byte("hi from CRI")}},
+		LogPath:  name + ".log",
 	})
-	if err != nil {
-		t.Fatalf("CreateContainer %s: %v", name, err)
-	}
-	if _, err := e.rt.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: resp.ContainerId}); err != nil {
-		t.Fatalf("StartContainer %s: %v", name, err)
-	}
-	return resp.ContainerId
 }
 
 func TestWasmPod(t *testing.T) {

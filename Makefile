@@ -42,7 +42,7 @@ test-unit: ## Run unit and component tests with -race (root-only tests skip with
 	$(GO) test -race -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /test/e2e)
 
 .PHONY: test-e2e
-test-e2e: deps tools build ## Run end-to-end tests through a private containerd (root)
+test-e2e: deps tools build guest ## Run end-to-end tests through a private containerd (root)
 	MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 20m -v $(GOTEST_FLAGS) ./test/e2e/...
 
 .PHONY: test-vm

@@ -53,7 +53,7 @@ const (
 )
 
 // MagnetarHandlers are the CRI runtime handlers served by the sandboxer.
-var MagnetarHandlers = []string{"magnetar-runc", "magnetar-wasm", "magnetar-vm"}
+var MagnetarHandlers = []string{"magnetar-runc", "magnetar-wasm", "magnetar-vm", "magnetar-gvisor"}
 
 // Socket path limits: sun_path is 108 bytes with the terminating NUL, and
 // containerd names shim sockets <socket_dir>/<64 hex digits>.

@@ -39,6 +39,8 @@ const (
 //	[backends.runc]
 //	  binary = "/usr/sbin/runc"
 //	  root = "/run/magnetar/runc"
+//	[backends.vm]
+//	  guest_dir = "/usr/lib/magnetar/guest"
 //	[backends.wasm]
 //	  root = "/var/lib/magnetar/wasm"
 //	  default_memory_limit = 268435456
@@ -89,6 +91,27 @@ type BackendsConfig struct {
 	Runc RuncConfig `toml:"runc"`
 	// Wasm configures the "wasm" kind.
 	Wasm WasmConfig `toml:"wasm"`
+	// VM configures the "vm" kind.
+	VM VMConfig `toml:"vm"`
+}
+
+// DefaultGuestDir is where the vm kind looks for its guest image.
+const DefaultGuestDir = "/usr/lib/magnetar/guest"
+
+// VMConfig configures the "vm" kind (microVMs under QEMU).
+type VMConfig struct {
+	// GuestDir holds vmlinux and initramfs.cpio.gz ("make guest" builds
+	// them into .tmp/guest). Default /usr/lib/magnetar/guest. The kind is
+	// offered but unavailable when they are missing.
+	GuestDir string `toml:"guest_dir"`
+	// Kernel and Initrd override the files of GuestDir.
+	Kernel string `toml:"kernel"`
+	Initrd string `toml:"initrd"`
+	// QEMU is the qemu-system-x86_64 binary; default from PATH.
+	QEMU string `toml:"qemu"`
+	// VCPUs and MemoryMiB size each VM; 0 means the driver's defaults.
+	VCPUs     int `toml:"vcpus"`
+	MemoryMiB int `toml:"memory_mib"`
 }
 
 // WasmConfig configures the "wasm" kind.

@@ -28,6 +28,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
+	"github.com/magnetar-io/magnetar/sandboxer/backend/vm"
+	"github.com/magnetar-io/magnetar/sandboxer/backend/vm/qemu"
 	"github.com/magnetar-io/magnetar/sandboxer/backend/wasm"
 	"github.com/magnetar-io/magnetar/sandboxer/containerd"
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
@@ -79,7 +81,11 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 			retErr = errors.Join(retErr, fmt.Errorf("close wasm backend: %w", err))
 		}
 	}()
-	return run(ctx, cfg, log, []backend.Backend{rb, wb})
+	vb, err := vmBackend(cfg.Backends.VM)
+	if err != nil {
+		return fmt.Errorf("open vm backend: %w", err)
+	}
+	return run(ctx, cfg, log, []backend.Backend{rb, wb, vb})
 }
 
 // run is Run with the backends given.
@@ -318,4 +324,23 @@ func logAPICalls(log hclog.Logger) connect.ServerInterceptor {
 			return err
 		}
 	}
+}
+
+// vmBackend builds the vm kind from its config.
+func vmBackend(c VMConfig) (backend.Backend, error) {
+	dir := c.GuestDir
+	if dir == "" {
+		dir = DefaultGuestDir
+	}
+	kernel, initrd := c.Kernel, c.Initrd
+	if kernel == "" {
+		kernel = filepath.Join(dir, "vmlinux")
+	}
+	if initrd == "" {
+		initrd = filepath.Join(dir, "initramfs.cpio.gz")
+	}
+	return vm.New(vm.Config{
+		Driver: qemu.New(qemu.Options{Binary: c.QEMU}),
+		Kernel: kernel, Initrd: initrd, VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB,
+	})
 }

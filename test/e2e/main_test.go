@@ -43,6 +43,7 @@ func (e *env) startSandboxer() error {
 		"--run-dir", e.runDir,
 		"--containerd-ttrpc-address", e.ctrd.TTRPCAddress(),
 		"--log-level", "debug",
+		"--vm-guest-dir", e.guestDir(),
 	)
 	e.sandboxer.Stdout = &syncWriter{w: e.sbLog}
 	e.sandboxer.Stderr = e.sandboxer.Stdout
@@ -198,4 +199,16 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// guestDir is where `make guest` puts the microVM guest image.
+func (e *env) guestDir() string {
+	if d := os.Getenv("MAGNETAR_GUEST_DIR"); d != "" {
+		return d
+	}
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(root, ".tmp", "guest")
 }

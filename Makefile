@@ -60,6 +60,10 @@ bench: deps tools build ## Run benchmarks
 demo: deps build examples ## Run the main demo: Wasm and runc containers in direct mode (no containerd)
 	BIN=$(BIN) EXAMPLES=$(EXAMPLES_DIR) $(ROOT)/hack/demo.sh
 
+.PHONY: demo-vm
+demo-vm: deps build examples guest ## Run the main demo plus busybox in a microVM, with its boot timings
+	BIN=$(BIN) EXAMPLES=$(EXAMPLES_DIR) VM=1 $(ROOT)/hack/demo.sh
+
 .PHONY: demo-containerd
 demo-containerd: deps tools build ## Run a busybox pod through a private containerd with handler magnetar-runc
 	BIN=$(BIN) $(ROOT)/hack/demo-containerd.sh

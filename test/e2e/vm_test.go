@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -52,5 +56,45 @@ func TestVMPod(t *testing.T) {
 	}
 	if st := e.waitExited(t, long); st.ExitCode == 0 {
 		t.Errorf("stopped container exit code = 0, want a signal status")
+	}
+}
+
+// TestVMDeathReported kills a pod's QEMU: containerd must see the pod
+// exit (Controller.Wait returns) and report it NOTREADY, and removing the
+// pod leaves no QEMU behind.
+func TestVMDeathReported(t *testing.T) {
+	e := setup(t)
+	e.requireGuest(t)
+	p := e.runPodWith(t, "magnetar-vm", false)
+	sb, err := e.api().GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := int(sb.GetSandbox().GetPid())
+	if pid <= 0 {
+		t.Fatalf("vm sandbox reports no QEMU pid: %v", sb.GetSandbox())
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill QEMU %d: %v", pid, err)
+	}
+	state := runtime.PodSandboxState_SANDBOX_READY
+	for range 300 {
+		ps, err := e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if state = ps.Status.State; state == runtime.PodSandboxState_SANDBOX_NOTREADY {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if state != runtime.PodSandboxState_SANDBOX_NOTREADY {
+		t.Fatalf("pod state after QEMU was killed = %s, want NOTREADY", state)
+	}
+	e.removePod(t, p)
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		if data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(data), ") Z ") {
+			t.Errorf("QEMU %d still exists after the pod was removed", pid)
+		}
 	}
 }

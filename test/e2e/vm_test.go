@@ -98,3 +98,19 @@ func TestVMDeathReported(t *testing.T) {
 		}
 	}
 }
+
+// TestVMContainersShareLocalhost: two containers of one VM pod reach each
+// other over localhost inside the guest.
+func TestVMContainersShareLocalhost(t *testing.T) {
+	e := setup(t)
+	e.requireGuest(t)
+	p := e.runPodWith(t, "magnetar-vm", false)
+	e.startContainer(t, p, "server", "nc -l -p 8080")
+	client := e.startContainer(t, p, "client", "for i in $(seq 1 100); do echo ping-in-the-vm | nc 127.0.0.1 8080 && exit 0; sleep 0.2; done; exit 1")
+	if st := e.waitExited(t, client); st.ExitCode != 0 {
+		t.Fatalf("client exit code = %d, want 0", st.ExitCode)
+	}
+	if got := e.logOf(t, p, "server", "ping-in-the-vm"); !strings.Contains(got, "ping-in-the-vm") {
+		t.Errorf("server log = %q, want the client's message", got)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
+	"github.com/magnetar-io/magnetar/internal/harness"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -112,5 +113,28 @@ func TestVMContainersShareLocalhost(t *testing.T) {
 	}
 	if got := e.logOf(t, p, "server", "ping-in-the-vm"); !strings.Contains(got, "ping-in-the-vm") {
 		t.Errorf("server log = %q, want the client's message", got)
+	}
+}
+
+// TestVMVolume: a file a VM container writes through a volume (a host
+// directory, shared into the guest) appears on the host.
+func TestVMVolume(t *testing.T) {
+	e := setup(t)
+	e.requireGuest(t)
+	p := e.runPodWith(t, "magnetar-vm", false)
+	vol := t.TempDir()
+	cid := e.start(t, p, &runtime.ContainerConfig{
+		Metadata: &runtime.ContainerMetadata{Name: "writer"},
+		Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
+		Command:  []string{"sh", "-c", "echo written in the vm > /data/out.txt"},
+		LogPath:  "writer.log",
+		Mounts:   []*runtime.Mount{{ContainerPath: "/data", HostPath: vol}},
+	})
+	if st := e.waitExited(t, cid); st.ExitCode != 0 {
+		t.Fatalf("writer exit code = %d, log %q", st.ExitCode, e.logOf(t, p, "writer", "-"))
+	}
+	data, err := os.ReadFile(filepath.Join(vol, "out.txt"))
+	if err != nil || string(data) != "written in the vm\n" {
+		t.Errorf("file on the host = %q, %v; want the container's line", data, err)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	gorunc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/sandboxer/backend/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
@@ -185,19 +186,8 @@ func (b *Backend) watch(pid int, p process.Process) {
 		if err != nil || !reaped {
 			return // closing: the container keeps running
 		}
-		p.SetExited(waitCode(ws))
+		p.SetExited(int(exitcode.Of(ws)))
 	})
-}
-
-// waitCode is a shell-style exit code: the status, or 128+signal.
-func waitCode(ws unix.WaitStatus) int {
-	switch {
-	case ws.Exited():
-		return ws.ExitStatus()
-	case ws.Signaled():
-		return 128 + int(ws.Signal())
-	}
-	return 255
 }
 
 // exitStatus converts a process's exit to the backend's type.

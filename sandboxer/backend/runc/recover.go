@@ -14,6 +14,7 @@ import (
 	gorunc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/sandboxer/backend/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
@@ -84,10 +85,10 @@ func (r *recovered) Wait(ctx context.Context) (backend.ExitStatus, error) {
 		if n > 0 {
 			// Still our child (the same process recovered it)? Then reap
 			// it and know its status; else init reaps it.
-			code := uint32(255)
+			code := uint32(exitcode.Unknown)
 			var ws unix.WaitStatus
 			if wpid, err := unix.Wait4(r.pid, &ws, unix.WNOHANG, nil); err == nil && wpid == r.pid {
-				code = uint32(waitCode(ws))
+				code = exitcode.Of(ws)
 			}
 			return backend.ExitStatus{Code: code, ExitedAt: time.Now().UTC()}, nil
 		}

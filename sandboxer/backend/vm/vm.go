@@ -35,7 +35,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
-	"github.com/containerd/fifo"
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -46,6 +45,7 @@ import (
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
 	typesv1 "github.com/magnetar-io/magnetar/gen/magnetar/types/v1"
 	"github.com/magnetar-io/magnetar/internal/agentmux"
+	"github.com/magnetar-io/magnetar/sandboxer/backend/internal/hoststdio"
 	"github.com/magnetar-io/magnetar/sandboxer/backend/vm/hypervisor"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
@@ -878,7 +878,7 @@ func (p *proc) tail(src, dst string) {
 		}
 		cancel()
 	}()
-	w, err := openOutput(ctx, dst)
+	w, err := hoststdio.OpenOutput(ctx, dst)
 	cancel()
 	if err != nil {
 		return
@@ -918,32 +918,4 @@ func (p *proc) tail(src, dst string) {
 		case <-time.After(tailPoll):
 		}
 	}
-}
-
-// openOutput opens a host stdio path for writing: a FIFO (waiting for its
-// reader, like containerd's shims), or a file that is appended to.
-func openOutput(ctx context.Context, name string) (io.WriteCloser, error) {
-	p := name
-	isFile := false
-	if i := strings.Index(name, "://"); i >= 0 {
-		switch name[:i] {
-		case "fifo":
-			p = name[i+3:]
-		case "file":
-			p, isFile = name[i+3:], true
-		default:
-			return nil, fmt.Errorf("stdio %q: %w", name, errdefs.ErrNotImplemented)
-		}
-	}
-	st, err := os.Stat(p)
-	if isFile || errors.Is(err, os.ErrNotExist) || (err == nil && st.Mode()&os.ModeNamedPipe == 0) {
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return nil, err
-		}
-		return os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return fifo.OpenFifo(ctx, p, syscall.O_WRONLY, 0)
 }

@@ -19,6 +19,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/sandboxer/backend/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
@@ -610,21 +611,10 @@ func (b *Backend) watch(c *container, pid, fd int) {
 		}
 		st := c.recordedExit()
 		if child {
-			st.Code = waitCode(ws)
+			st.Code = exitcode.Of(ws)
 		}
 		c.runnerExited(st)
 	})
-}
-
-// waitCode is a shell-style exit code: the status, or 128+signal.
-func waitCode(ws unix.WaitStatus) uint32 {
-	switch {
-	case ws.Exited():
-		return uint32(ws.ExitStatus())
-	case ws.Signaled():
-		return 128 + uint32(ws.Signal())
-	}
-	return 255
 }
 
 // cleanupOrphan kills and removes what is left of a container only known

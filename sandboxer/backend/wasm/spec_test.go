@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/magnetar-io/magnetar/sandboxer/backend/internal/hoststdio"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -130,12 +131,12 @@ func TestStdioPath(t *testing.T) {
 		{"fifo:///run/x/stdout", "/run/x/stdout", false},
 		{"file:///var/log/x.log", "/var/log/x.log", true},
 	} {
-		got, isFile, err := stdioPath(tc.in)
+		got, isFile, err := hoststdio.Path(tc.in)
 		if err != nil || got != tc.want || isFile != tc.isFile {
-			t.Errorf("stdioPath(%q) = %q, %v, %v", tc.in, got, isFile, err)
+			t.Errorf("hoststdio.Path(%q) = %q, %v, %v", tc.in, got, isFile, err)
 		}
 	}
-	if _, _, err := stdioPath("binary:///usr/bin/logger"); !errdefs.IsNotImplemented(err) {
+	if _, _, err := hoststdio.Path("binary:///usr/bin/logger"); !errdefs.IsNotImplemented(err) {
 		t.Errorf("binary:// err = %v, want not implemented", err)
 	}
 }

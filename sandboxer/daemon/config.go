@@ -41,6 +41,10 @@ const (
 //	  root = "/run/magnetar/runc"
 //	[backends.vm]
 //	  guest_dir = "/usr/lib/magnetar/guest"
+//	  vcpus = 1
+//	  memory_mib = 256
+//	  max_vcpus = 4
+//	  memory_overhead_mib = 128
 //	[backends.wasm]
 //	  root = "/var/lib/magnetar/wasm"
 //	  default_memory_limit = 268435456
@@ -109,9 +113,16 @@ type VMConfig struct {
 	Initrd string `toml:"initrd"`
 	// QEMU is the qemu-system-x86_64 binary; default from PATH.
 	QEMU string `toml:"qemu"`
-	// VCPUs and MemoryMiB size each VM; 0 means the driver's defaults.
-	VCPUs     int `toml:"vcpus"`
-	MemoryMiB int `toml:"memory_mib"`
+	// VM sizing. A VM gets ceil(CPU quota / period) vCPUs and its memory
+	// limit plus MemoryOverheadMiB from the pod's resources (CRI's
+	// LinuxPodSandboxConfig.resources); VCPUs and MemoryMiB are used when
+	// the pod sets no CPU quota or memory limit (0: 1 vCPU, 256 MiB).
+	// MaxVCPUs bounds the vCPUs (0: the host's CPUs); MemoryOverheadMiB
+	// defaults to 128.
+	VCPUs             int `toml:"vcpus"`
+	MemoryMiB         int `toml:"memory_mib"`
+	MaxVCPUs          int `toml:"max_vcpus"`
+	MemoryOverheadMiB int `toml:"memory_overhead_mib"`
 }
 
 // WasmConfig configures the "wasm" kind.
@@ -208,6 +219,12 @@ func (c Config) Validate() error {
 	}
 	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
 		errs = append(errs, fmt.Errorf("log_level %q is not one of trace, debug, info, warn, error", c.LogLevel))
+	}
+	vm := c.Backends.VM
+	for name, v := range map[string]int{"vcpus": vm.VCPUs, "memory_mib": vm.MemoryMiB, "max_vcpus": vm.MaxVCPUs, "memory_overhead_mib": vm.MemoryOverheadMiB} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("backends.vm.%s %d must not be negative", name, v))
+		}
 	}
 	for h, k := range c.Containerd.Handlers {
 		if h == "" || k == "" {

@@ -23,13 +23,19 @@ log_level = "debug"
     magnetar = "runc"
 [backends.runc]
   binary = "/usr/sbin/runc"
+[backends.vm]
+  vcpus = 2
+  memory_mib = 512
+  max_vcpus = 4
+  memory_overhead_mib = 96
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.StateDir != "/var/lib/m" || cfg.RunDir != DefaultRunDir || cfg.Listen != DefaultListen || cfg.DefaultKind != "runc" ||
 		cfg.Containerd.TTRPCAddress != "/run/containerd/containerd.sock.ttrpc" || cfg.Containerd.Handlers["magnetar"] != "runc" ||
-		cfg.Backends.Runc.Binary != "/usr/sbin/runc" || cfg.LogLevel != "debug" {
+		cfg.Backends.Runc.Binary != "/usr/sbin/runc" || cfg.LogLevel != "debug" ||
+		cfg.Backends.VM != (VMConfig{VCPUs: 2, MemoryMiB: 512, MaxVCPUs: 4, MemoryOverheadMiB: 96}) {
 		t.Errorf("config: %+v", cfg)
 	}
 
@@ -40,6 +46,7 @@ log_level = "debug"
 		"bad log level":  "log_level = \"loud\"\n",
 		"empty kind":     "[containerd.handlers]\nx = \"\"\n",
 		"not toml":       "version = = 1",
+		"negative vcpus": "[backends.vm]\nmax_vcpus = -1\n",
 	} {
 		if _, err := ParseConfig([]byte(doc)); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)

@@ -341,6 +341,7 @@ func vmBackend(c VMConfig) (backend.Backend, error) {
 	}
 	return vm.New(vm.Config{
 		Driver: qemu.New(qemu.Options{Binary: c.QEMU}),
-		Kernel: kernel, Initrd: initrd, VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB,
+		Kernel: kernel, Initrd: initrd,
+		VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, MaxVCPUs: c.MaxVCPUs, MemoryOverheadMiB: c.MemoryOverheadMiB,
 	})
 }

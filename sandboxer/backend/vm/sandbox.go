@@ -34,6 +34,11 @@ import (
 
 type sandboxState struct {
 	VMDir string `json:"vm_dir,omitempty"`
+	// CgroupPath is the VMM's cgroup; VCPUs and MemoryMiB the VM's size
+	// (0: the driver's defaults), fixed at Start.
+	CgroupPath string `json:"cgroup_path,omitempty"`
+	VCPUs      int    `json:"vcpus,omitempty"`
+	MemoryMiB  int    `json:"memory_mib,omitempty"`
 }
 
 type sandbox struct {
@@ -50,6 +55,9 @@ type sandbox struct {
 	agent agentv1.TTRPCAgentServiceClient
 	task  taskapi.TTRPCTaskService
 	ctrs  map[string]*container
+	// ended holds, after a recovery, how the containers that ran before
+	// the restart ended (recover.go).
+	ended map[string]endedContainer
 
 	// gone is closed when the VM process exited; exit is how.
 	gone chan struct{}
@@ -81,7 +89,7 @@ func (s *sandbox) vmDir() string {
 func (s *sandbox) hvConfig() hypervisor.Config {
 	return hypervisor.Config{
 		ID: s.cfg.ID, Dir: s.st.VMDir, Kernel: s.b.cfg.Kernel, Initrd: s.b.cfg.Initrd,
-		VCPUs: s.b.cfg.VCPUs, MemoryMiB: s.b.cfg.MemoryMiB,
+		VCPUs: s.st.VCPUs, MemoryMiB: s.st.MemoryMiB, CgroupPath: s.st.CgroupPath,
 		Shares: []hypervisor.Share{{HostPath: s.shared, Tag: shareTag}},
 	}
 }
@@ -121,6 +129,14 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	if err := os.MkdirAll(s.st.VMDir, 0o700); err != nil {
 		return backend.StartInfo{}, err
 	}
+	cg, err := vmCgroupPath(s.cfg.CgroupParent, s.cfg.ID)
+	if err != nil {
+		return backend.StartInfo{}, err
+	}
+	sz := s.b.cfg.size(s.cfg.Resources)
+	s.mu.Lock()
+	s.st.CgroupPath, s.st.VCPUs, s.st.MemoryMiB = cg, sz.VCPUs, sz.MemoryMiB
+	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, s.b.cfg.BootTimeout)
 	defer cancel()
 	info := map[string]string{"network": "none"}
@@ -142,6 +158,7 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 		}
 	}()
 	info["vm_start"] = time.Since(t0).String()
+	info["cgroup"] = cg
 	for k, val := range v.Info() {
 		if k == "accel" || k == "accel_reason" || k == "console_log" {
 			info[k] = val

@@ -9,13 +9,16 @@
 // its bind mounts, and regular files that collect its output in the guest;
 // the host copies their growth into the stdio FIFOs containerd gave it.
 //
+// After a sandboxer restart a sandbox re-attaches to its VM and agent and
+// serves new containers; the containers that ran before are killed in the
+// guest (containerd has reported them dead), see recover.go.
+//
 // Not done yet: networking (the VM has no NIC: "network: none"), stdin and
-// terminals, stats, and re-attaching to containers after a restart.
+// terminals, stats.
 package vm
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -49,9 +52,17 @@ type Config struct {
 	Driver hypervisor.Hypervisor
 	// Kernel and Initrd are the guest image ("make guest").
 	Kernel, Initrd string
-	// VCPUs and MemoryMiB size each VM (driver defaults when 0).
-	VCPUs     int
-	MemoryMiB int
+	// Sizing (sizing.go). A VM gets ceil(CPU quota / period) vCPUs and
+	// memory limit + MemoryOverheadMiB of memory from its sandbox's
+	// resources (CRI: the pod's, the sum of its containers'); VCPUs and
+	// MemoryMiB are the defaults when those are not set (driver defaults,
+	// 1 vCPU and 256 MiB, when 0). MaxVCPUs bounds the vCPUs (default:
+	// the host's CPUs); MemoryOverheadMiB defaults to
+	// [DefaultMemoryOverheadMiB].
+	VCPUs             int
+	MemoryMiB         int
+	MaxVCPUs          int
+	MemoryOverheadMiB int
 	// BootTimeout bounds VM start to a configured agent (default 2m).
 	BootTimeout time.Duration
 }
@@ -104,24 +115,8 @@ func (b *Backend) Create(ctx context.Context, cfg backend.SandboxConfig) (backen
 	return newSandbox(b, cfg), nil
 }
 
-// Recover re-attaches to the VM of a sandbox (when the driver can) so that
-// it can be stopped and deleted; its containers are not recovered.
+// Recover re-attaches to the VM of a sandbox started by an earlier run of
+// the sandboxer; see recover.go.
 func (b *Backend) Recover(ctx context.Context, cfg backend.SandboxConfig, state []byte) (backend.Sandbox, error) {
-	s := newSandbox(b, cfg)
-	if len(state) > 0 {
-		if err := json.Unmarshal(state, &s.st); err != nil {
-			return nil, fmt.Errorf("decode vm sandbox state: %w", err)
-		}
-	}
-	r, ok := b.cfg.Driver.(hypervisor.Recoverer)
-	if !ok || s.st.VMDir == "" {
-		return nil, fmt.Errorf("recover vm sandbox %s: %w", cfg.ID, errdefs.ErrNotImplemented)
-	}
-	v, err := r.Recover(ctx, s.hvConfig())
-	if err != nil {
-		return nil, fmt.Errorf("recover vm sandbox %s: %w", cfg.ID, err)
-	}
-	s.vm = v
-	go s.waitVM()
-	return s, nil
+	return b.recoverSandbox(ctx, cfg, state)
 }

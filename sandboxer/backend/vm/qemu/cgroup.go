@@ -55,3 +55,29 @@ func rmIf(created bool, f func() error) func() error {
 	}
 	return f
 }
+
+// cgroupRemover returns a function that removes the cgroup at path if it
+// exists (for a VM re-attached after a restart, whose cgroup this driver
+// created in an earlier run).
+func cgroupRemover(path string) func() error {
+	return func() error {
+		if cgroups.Mode() == cgroups.Unified {
+			if _, err := os.Stat(filepath.Join(unifiedMountpoint, path)); errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			m, err := cgroupsv2.Load(path, cgroupsv2.WithMountpoint(unifiedMountpoint))
+			if err != nil {
+				return fmt.Errorf("cgroup %s: %w", path, err)
+			}
+			return m.Delete()
+		}
+		cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+		if errors.Is(err, cgroup1.ErrCgroupDeleted) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("cgroup %s: %w", path, err)
+		}
+		return cg.Delete()
+	}
+}

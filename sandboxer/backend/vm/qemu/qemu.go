@@ -175,7 +175,12 @@ func (d *Driver) Start(ctx context.Context, cfg hypervisor.Config) (_ hypervisor
 // Recover re-attaches to a QEMU started by an earlier run with the same
 // cfg.Dir: it reads the pid file, checks that the process is that VM's
 // QEMU and watches it with a pidfd. Its exit code cannot be collected
-// (it is not our child): Wait reports [hypervisor.UnknownExitCode].
+// (it is not our child): Wait reports [hypervisor.UnknownExitCode]. When
+// the VM exits, its host files and cfg.CgroupPath (if set) are removed,
+// as after [Driver.Start].
+//
+// If that QEMU is no longer running, Recover removes what it left (host
+// files, cgroup) and returns a VM that has already exited.
 func (d *Driver) Recover(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -186,6 +191,9 @@ func (d *Driver) Recover(ctx context.Context, cfg hypervisor.Config) (hypervisor
 	}
 	f := vmFiles(cfg.Dir)
 	b, err := os.ReadFile(f.pid)
+	if errors.Is(err, os.ErrNotExist) {
+		return d.exitedVM(cfg, choice), nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("qemu: recover %s: %w", cfg.ID, err)
 	}
@@ -195,12 +203,27 @@ func (d *Driver) Recover(ctx context.Context, cfg hypervisor.Config) (hypervisor
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil || !bytes.Contains(cmdline, []byte(f.qmp)) {
-		return nil, fmt.Errorf("qemu: recover %s: pid %d is not this VM's QEMU", cfg.ID, pid)
+		// Gone (or the pid was reused): the VM is not running.
+		return d.exitedVM(cfg, choice), nil
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
 	v := newVM(cfg, choice, d.stopTimeout, pid, args)
+	if cfg.CgroupPath != "" {
+		v.setCgroupCleanup(cgroupRemover(cfg.CgroupPath))
+	}
 	if err := v.watchPidfd(); err != nil {
 		return nil, fmt.Errorf("qemu: recover %s: %w", cfg.ID, err)
 	}
 	return v, nil
+}
+
+// exitedVM returns a VM whose QEMU is gone, after removing its files and
+// cgroup.
+func (d *Driver) exitedVM(cfg hypervisor.Config, choice hypervisor.AccelChoice) *vm {
+	v := newVM(cfg, choice, d.stopTimeout, 0, nil)
+	if cfg.CgroupPath != "" {
+		v.setCgroupCleanup(cgroupRemover(cfg.CgroupPath))
+	}
+	v.exited(hypervisor.ExitStatus{Code: hypervisor.UnknownExitCode, ExitedAt: time.Now()})
+	return v
 }

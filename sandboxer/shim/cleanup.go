@@ -18,7 +18,9 @@ const RuntimeFile = "magnetar-runtime.json"
 
 // Runtime is the content of [RuntimeFile].
 type Runtime struct {
-	// Kind is the sandbox kind; only "runc" needs cleanup here.
+	// Kind is the sandbox kind; only "runc" needs cleanup here (the vm
+	// kind's containers run in the guest, out of the shim's reach: the
+	// restarted sandboxer ends them when it reconnects to the agent).
 	Kind string `json:"kind"`
 	// ID is the container ID (checked against containerd's -id).
 	ID string `json:"id"`

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -28,9 +29,9 @@ func placeInCgroup(path string, pid int) (remove func() error, err error) {
 			return nil, fmt.Errorf("cgroup %s: %w", path, err)
 		}
 		if err := m.AddProc(uint64(pid)); err != nil {
-			return rmIf(created, m.Delete), fmt.Errorf("cgroup %s: add pid %d: %w", path, pid, err)
+			return rmIf(created, path), fmt.Errorf("cgroup %s: add pid %d: %w", path, pid, err)
 		}
-		return rmIf(created, m.Delete), nil
+		return rmIf(created, path), nil
 	}
 	// Legacy or hybrid (cgroup v1 controllers; the v2 tree of a hybrid
 	// host holds no useful controller and is left alone).
@@ -44,40 +45,55 @@ func placeInCgroup(path string, pid int) (remove func() error, err error) {
 		created = true
 	}
 	if err := cg.AddProc(uint64(pid)); err != nil {
-		return rmIf(created, cg.Delete), fmt.Errorf("cgroup %s: add pid %d: %w", path, pid, err)
+		return rmIf(created, path), fmt.Errorf("cgroup %s: add pid %d: %w", path, pid, err)
 	}
-	return rmIf(created, cg.Delete), nil
+	return rmIf(created, path), nil
 }
 
-func rmIf(created bool, f func() error) func() error {
+func rmIf(created bool, path string) func() error {
 	if !created {
 		return nil
 	}
-	return f
+	return cgroupRemover(path)
 }
 
 // cgroupRemover returns a function that removes the cgroup at path if it
-// exists (for a VM re-attached after a restart, whose cgroup this driver
-// created in an earlier run).
+// still exists. It retries for a moment: right after the last process
+// exited the kernel may still refuse (EBUSY), and another remover (the
+// watcher of an earlier run's VM object) may be removing it at the same
+// time.
 func cgroupRemover(path string) func() error {
 	return func() error {
-		if cgroups.Mode() == cgroups.Unified {
-			if _, err := os.Stat(filepath.Join(unifiedMountpoint, path)); errors.Is(err, os.ErrNotExist) {
+		var err error
+		for range 20 {
+			if err = removeCgroup(path); err == nil {
 				return nil
 			}
-			m, err := cgroupsv2.Load(path, cgroupsv2.WithMountpoint(unifiedMountpoint))
-			if err != nil {
-				return fmt.Errorf("cgroup %s: %w", path, err)
-			}
-			return m.Delete()
+			time.Sleep(50 * time.Millisecond)
 		}
-		cg, err := cgroup1.Load(cgroup1.StaticPath(path))
-		if errors.Is(err, cgroup1.ErrCgroupDeleted) {
+		return err
+	}
+}
+
+// removeCgroup removes the cgroup at path, if it exists, in every
+// hierarchy.
+func removeCgroup(path string) error {
+	if cgroups.Mode() == cgroups.Unified {
+		if _, err := os.Stat(filepath.Join(unifiedMountpoint, path)); errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
+		m, err := cgroupsv2.Load(path, cgroupsv2.WithMountpoint(unifiedMountpoint))
 		if err != nil {
 			return fmt.Errorf("cgroup %s: %w", path, err)
 		}
-		return cg.Delete()
+		return m.Delete()
 	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	if errors.Is(err, cgroup1.ErrCgroupDeleted) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	return cg.Delete()
 }

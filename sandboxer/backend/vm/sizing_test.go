@@ -1,11 +1,15 @@
 package vm
 
 import (
+	"context"
 	"runtime"
 	"testing"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/magnetar-io/magnetar/sandboxer/backend/vm/qemu"
+	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
 func cpuRes(quota int64, period uint64) *specs.LinuxResources {
@@ -81,5 +85,15 @@ func TestVMCgroupPath(t *testing.T) {
 		if got, err := vmCgroupPath(tc.parent, tc.id); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("vmCgroupPath(%q, %q) = %q, %v; want InvalidArgument", tc.parent, tc.id, got, err)
 		}
+	}
+}
+
+func TestCreateRejectsBadCgroupParent(t *testing.T) {
+	b, err := New(Config{Driver: qemu.New(qemu.Options{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Create(context.Background(), backend.SandboxConfig{ID: "sb1", Dir: t.TempDir(), CgroupParent: "/kubepods/../x"}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("Create with a bad cgroup parent: %v, want InvalidArgument", err)
 	}
 }

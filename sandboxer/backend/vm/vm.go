@@ -112,6 +112,9 @@ func (b *Backend) Check(ctx context.Context) error {
 
 // Create prepares a sandbox; Start boots it.
 func (b *Backend) Create(ctx context.Context, cfg backend.SandboxConfig) (backend.Sandbox, error) {
+	if _, err := vmCgroupPath(cfg.CgroupParent, cfg.ID); err != nil {
+		return nil, err
+	}
 	return newSandbox(b, cfg), nil
 }
 

@@ -11,12 +11,23 @@ import { Code, ConnectError } from "@connectrpc/connect";
  * without `force`, `Code.Unimplemented` for a capability the kind lacks and
  * `Code.Unavailable` when the sandboxer cannot be reached. Test the code,
  * never the message.
+ *
+ * Its `name` stays "ConnectError": Connect's own `instanceof ConnectError`
+ * check (which also recognizes errors of other copies of the library) goes
+ * by that name, and `ConnectError.from` must keep the code.
  */
 export class MagnetarError extends ConnectError {
   constructor(message: string, code: Code, cause?: unknown, metadata?: Headers) {
     super(message, code, metadata, undefined, cause);
     Object.setPrototypeOf(this, new.target.prototype);
-    this.name = "MagnetarError";
+  }
+
+  /**
+   * `err instanceof MagnetarError` is the ordinary prototype check (the
+   * inherited one of ConnectError would accept any ConnectError).
+   */
+  static override [Symbol.hasInstance](v: unknown): boolean {
+    return Function.prototype[Symbol.hasInstance].call(this, v);
   }
 
   /** Converts any thrown value into a MagnetarError, keeping its code. */

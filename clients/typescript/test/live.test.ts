@@ -2,16 +2,22 @@
 // client over its unix socket, with the Connect protocol and with gRPC, and
 // through a URL (a loopback TCP port forwarded to the socket).
 import assert from "node:assert/strict";
+import * as fs from "node:fs";
 import * as net from "node:net";
+import * as path from "node:path";
+import * as tls from "node:tls";
+import { fileURLToPath } from "node:url";
 import { after, before, describe, test } from "node:test";
 import {
   Code,
   ConnectError,
+  EventType,
   MagnetarError,
   SandboxState,
   dial,
   isNotFound,
   type DialOptions,
+  type sandboxv1,
   type MagnetarClient,
   type OutputChunk,
 } from "../src/index.js";
@@ -36,6 +42,53 @@ const variants: { name: string; options: DialOptions }[] = [
   { name: "grpc", options: { protocol: "grpc" } },
   { name: "connect-http1.1", options: { protocol: "connect", httpVersion: "1.1" } },
 ];
+
+// A self-signed certificate for 127.0.0.1 (test/testdata, valid until 2126).
+const testdata = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "test", "testdata");
+
+/**
+ * Listens on a loopback port and forwards every connection to the
+ * sandboxer's unix socket (the sandboxer serves only its socket): plain TCP,
+ * or TLS terminated here (ALPN h2 or http/1.1; the sandboxer speaks both in
+ * clear text).
+ */
+async function forwarder(socket: string, useTLS: boolean): Promise<{ url: string; close(): Promise<void> }> {
+  const conns = new Set<net.Socket>();
+  const onConn = (down: net.Socket) => {
+    const up = net.connect(socket);
+    conns.add(down).add(up);
+    down.pipe(up).pipe(down);
+    const drop = () => {
+      down.destroy();
+      up.destroy();
+      conns.delete(down);
+      conns.delete(up);
+    };
+    down.on("error", drop).on("close", drop);
+    up.on("error", drop).on("close", drop);
+  };
+  const server = useTLS
+    ? tls.createServer(
+        {
+          key: fs.readFileSync(path.join(testdata, "key.pem")),
+          cert: fs.readFileSync(path.join(testdata, "cert.pem")),
+          ALPNProtocols: ["h2", "http/1.1"],
+        },
+        onConn,
+      )
+    : net.createServer(onConn);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  return {
+    url: `${useTLS ? "https" : "http"}://127.0.0.1:${port}`,
+    async close() {
+      for (const c of conns) {
+        c.destroy();
+      }
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
 
 const text = (chunks: OutputChunk[], stream: "stdout" | "stderr") =>
   Buffer.concat(chunks.filter((c) => c.stream === stream).map((c) => c.data)).toString("utf8");
@@ -172,6 +225,38 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
         await sb.delete({ force: true });
       });
 
+      test("streams a sandbox's events", { timeout }, async () => {
+        const id = `events-${variant.name}`;
+        const seen: sandboxv1.Event[] = [];
+        const ac = new AbortController();
+        const watching = (async () => {
+          try {
+            for await (const ev of client.events({ sandboxIds: [id] }, { signal: ac.signal })) {
+              seen.push(ev);
+              if (ev.type === EventType.SANDBOX_DELETED) {
+                return;
+              }
+            }
+          } catch (err) {
+            if (!ac.signal.aborted) {
+              throw err;
+            }
+          }
+        })();
+        try {
+          const sb = await client.createSandbox("wasm", { id, labels });
+          await (await sb.run({ image: helloWasmImage })).wait();
+          await sb.delete({ force: true });
+          await watching; // ends at SANDBOX_DELETED
+        } finally {
+          ac.abort();
+          await watching.catch(() => {});
+        }
+        assert.ok(seen.length > 0);
+        assert.ok(seen.every((ev) => ev.sandboxId === id), JSON.stringify(seen.map((ev) => ev.sandboxId)));
+        assert.equal(seen.at(-1)?.type, EventType.SANDBOX_DELETED);
+      });
+
       test("deletes a sandbox and it is gone", { timeout }, async () => {
         const sb = await client.createSandbox("runc", { labels: { ...labels, gone: "yes" } });
         const ctr = await sb.run({ image: busyboxImage, args: ["sleep", "600"] });
@@ -188,47 +273,47 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
     });
   }
 
-  test("dials a URL (http://, insecure) over Connect and gRPC", { timeout }, async () => {
-    // The sandboxer serves only its unix socket: forward a loopback port to it.
-    const conns = new Set<net.Socket>();
-    const proxy = net.createServer((down) => {
-      const up = net.connect(daemon.socket);
-      conns.add(down).add(up);
-      down.pipe(up).pipe(down);
-      const drop = () => {
-        down.destroy();
-        up.destroy();
-        conns.delete(down);
-        conns.delete(up);
-      };
-      down.on("error", drop).on("close", drop);
-      up.on("error", drop).on("close", drop);
-    });
-    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
-    try {
-      const { port } = proxy.address() as net.AddressInfo;
-      for (const protocol of ["connect", "grpc"] as const) {
-        const c = dial(`http://127.0.0.1:${port}`, { protocol, insecure: true });
-        try {
-          const kinds = (await c.kinds()).map((k) => k.name);
-          assert.ok(kinds.includes("wasm"), kinds.join(", "));
-          const sb = await c.createSandbox("wasm", { labels: { "magnetar.test/variant": `url-${protocol}` } });
-          const res = await (await sb.run({ image: helloWasmImage, args: ["via", "tcp"] })).collect();
-          assert.match(res.stdout, /^args: via tcp$/m);
-          assert.equal(res.code, 0);
-          await sb.delete({ force: true });
-          await assert.rejects(c.sandbox(sb.id), (err: unknown) => isNotFound(err));
-        } finally {
-          c.close();
+  for (const scheme of ["http", "https"] as const) {
+    test(`dials an ${scheme}:// URL over Connect (HTTP/2 and 1.1) and gRPC`, { timeout }, async () => {
+      const fwd = await forwarder(daemon.socket, scheme === "https");
+      const ca = fs.readFileSync(path.join(testdata, "cert.pem"));
+      try {
+        const variants: DialOptions[] = [
+          { protocol: "connect" },
+          { protocol: "grpc" },
+          { protocol: "connect", httpVersion: "1.1" },
+        ];
+        for (const v of variants) {
+          const opts: DialOptions = scheme === "https" ? { ...v, tls: { ca } } : { ...v, insecure: true };
+          const name = `${scheme}-${v.protocol}-${v.httpVersion ?? "2"}`;
+          const c = dial(fwd.url, opts);
+          try {
+            const kinds = (await c.kinds()).map((k) => k.name);
+            assert.ok(kinds.includes("wasm"), kinds.join(", "));
+            const sb = await c.createSandbox("wasm", { labels: { "magnetar.test/variant": name } });
+            const res = await (await sb.run({ image: helloWasmImage, args: ["via", name] })).collect();
+            assert.match(res.stdout, new RegExp(`^args: via ${name}$`, "m"));
+            assert.equal(res.code, 0);
+            await sb.delete({ force: true });
+            await assert.rejects(c.sandbox(sb.id), (err: unknown) => isNotFound(err));
+          } finally {
+            c.close();
+          }
         }
+        if (scheme === "https") {
+          // Without the test CA the server's certificate is not trusted.
+          const c = dial(fwd.url);
+          try {
+            await assert.rejects(c.kinds(), (err: unknown) => err instanceof MagnetarError);
+          } finally {
+            c.close();
+          }
+        }
+      } finally {
+        await fwd.close();
       }
-    } finally {
-      for (const s of conns) {
-        s.destroy();
-      }
-      await new Promise((resolve) => proxy.close(resolve));
-    }
-  });
+    });
+  }
 
   test("leaves no sandbox behind", { timeout }, async () => {
     const c = dial(daemon.socket);

@@ -6,7 +6,9 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import * as tls from "node:tls";
+import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { after, before, describe, test } from "node:test";
 import {
   Code,
@@ -314,6 +316,25 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
       }
     });
   }
+
+  test("the README's example runs", { timeout }, async () => {
+    // The example imports "@magnetar-io/client": a file inside this package
+    // resolves that to the package itself (dist/, built by npm test).
+    const pkg = path.resolve(testdata, "..", "..");
+    const readme = fs.readFileSync(path.join(pkg, "README.md"), "utf8");
+    const m = /`example\.mjs`:\n\n```js\n([\s\S]*?)```/.exec(readme);
+    assert.ok(m, "no example.mjs block in README.md");
+    const file = path.join(pkg, "build-test", "readme-example.mjs");
+    fs.writeFileSync(file, m[1]);
+    const { stdout } = await promisify(execFile)(process.execPath, [file], {
+      env: { ...process.env, MAGNETAR_ADDRESS: `unix://${daemon.socket}` },
+    });
+    assert.match(stdout, /^wasm available$/m);
+    assert.match(stdout, /^args: from typescript$/m);
+    assert.match(stdout, /^SHOUT THIS$/m);
+    assert.match(stdout, /^exit code 0$/m);
+    assert.match(stdout, /^no such sandbox$/m);
+  });
 
   test("leaves no sandbox behind", { timeout }, async () => {
     const c = dial(daemon.socket);

@@ -1,0 +1,347 @@
+// Live tests: a real magnetar-sandboxer (direct mode) driven through the
+// client over its unix socket, with the Connect protocol and with gRPC, and
+// through a URL (a loopback TCP port forwarded to the socket).
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import * as tls from "node:tls";
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { after, before, describe, test } from "node:test";
+import {
+  Code,
+  ConnectError,
+  EventType,
+  MagnetarError,
+  SandboxState,
+  dial,
+  isNotFound,
+  type DialOptions,
+  type sandboxv1,
+  type MagnetarClient,
+  type OutputChunk,
+} from "../src/index.js";
+import {
+  busyboxArchive,
+  busyboxImage,
+  helloWasmArchive,
+  helloWasmImage,
+  liveSkipReason,
+  startSandboxer,
+  type Sandboxer,
+} from "./sandboxer.js";
+
+const skip = liveSkipReason();
+// Generous: VM-less, but the machine is shared and may be slow.
+const timeout = 300_000;
+
+// Each protocol gets its own labels so that listings of one suite do not
+// see the other's sandboxes.
+const variants: { name: string; options: DialOptions }[] = [
+  { name: "connect", options: { protocol: "connect" } },
+  { name: "grpc", options: { protocol: "grpc" } },
+  { name: "connect-http1.1", options: { protocol: "connect", httpVersion: "1.1" } },
+];
+
+// A self-signed certificate for 127.0.0.1 (test/testdata, valid until 2126).
+const testdata = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "test", "testdata");
+
+/**
+ * Listens on a loopback port and forwards every connection to the
+ * sandboxer's unix socket (the sandboxer serves only its socket): plain TCP,
+ * or TLS terminated here (ALPN h2 or http/1.1; the sandboxer speaks both in
+ * clear text).
+ */
+async function forwarder(socket: string, useTLS: boolean): Promise<{ url: string; close(): Promise<void> }> {
+  const conns = new Set<net.Socket>();
+  const onConn = (down: net.Socket) => {
+    const up = net.connect(socket);
+    conns.add(down).add(up);
+    down.pipe(up).pipe(down);
+    const drop = () => {
+      down.destroy();
+      up.destroy();
+      conns.delete(down);
+      conns.delete(up);
+    };
+    down.on("error", drop).on("close", drop);
+    up.on("error", drop).on("close", drop);
+  };
+  const server = useTLS
+    ? tls.createServer(
+        {
+          key: fs.readFileSync(path.join(testdata, "key.pem")),
+          cert: fs.readFileSync(path.join(testdata, "cert.pem")),
+          ALPNProtocols: ["h2", "http/1.1"],
+        },
+        onConn,
+      )
+    : net.createServer(onConn);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  return {
+    url: `${useTLS ? "https" : "http"}://127.0.0.1:${port}`,
+    async close() {
+      for (const c of conns) {
+        c.destroy();
+      }
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+const text = (chunks: OutputChunk[], stream: "stdout" | "stderr") =>
+  Buffer.concat(chunks.filter((c) => c.stream === stream).map((c) => c.data)).toString("utf8");
+
+describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
+  let daemon: Sandboxer;
+
+  before(async () => {
+    daemon = await startSandboxer();
+    const c = dial(daemon.socket);
+    try {
+      const phases = new Set<number>();
+      const wasm = await c.importImage(helloWasmArchive, (p) => phases.add(p.phase));
+      assert.deepEqual(wasm.map((i) => i.name), [helloWasmImage]);
+      const busybox = await c.importImage(busyboxArchive);
+      assert.deepEqual(busybox.map((i) => i.name), [busyboxImage]);
+      assert.ok(phases.size > 0, "import reported no progress");
+      const names = (await c.images()).map((i) => i.name).sort();
+      assert.deepEqual(names, [busyboxImage, helloWasmImage].sort());
+    } finally {
+      c.close();
+    }
+  }, { timeout });
+
+  after(async () => {
+    await daemon?.stop();
+  }, { timeout });
+
+  for (const variant of variants) {
+    describe(variant.name, () => {
+      let client: MagnetarClient;
+      const labels = { "magnetar.test/variant": variant.name };
+      before(() => {
+        client = dial(daemon.socket, variant.options);
+      });
+      after(() => client?.close());
+
+      test("lists the kinds", { timeout }, async () => {
+        const kinds = new Map((await client.kinds()).map((k) => [k.name, k]));
+        for (const name of ["runc", "wasm"]) {
+          const k = kinds.get(name);
+          assert.ok(k, `kind ${name} missing from ${[...kinds.keys()].join(", ")}`);
+          assert.equal(k.available, true, `${name}: ${k.unavailableReason}`);
+        }
+        assert.equal(kinds.get("wasm")?.capabilities?.stdin, true);
+      });
+
+      test("runs a Wasm container: output stream, stdin, exit code", { timeout }, async () => {
+        const sb = await client.createSandbox("wasm", { labels });
+        assert.equal(sb.kind, "wasm");
+        assert.equal(sb.state, SandboxState.READY);
+        const ctr = await sb.run({
+          image: helloWasmImage,
+          args: ["-echo", "-exit", "3", "from", variant.name],
+          env: { GREETING: "hi" },
+          stdin: true,
+        });
+        assert.equal(ctr.sandboxId, sb.id);
+        assert.equal(await ctr.writeStdin("shout this\n"), 11);
+        await ctr.writeStdin("and this\n", { eof: true });
+
+        const chunks: OutputChunk[] = [];
+        for await (const chunk of ctr.output()) {
+          chunks.push(chunk);
+        }
+        const stdout = text(chunks, "stdout");
+        assert.match(stdout, /^Hello from WebAssembly! \(wasip1\/wasm\)$/m);
+        assert.match(stdout, new RegExp(`^args: from ${variant.name}$`, "m"));
+        assert.match(stdout, /^GREETING=hi$/m);
+        assert.match(stdout, /^SHOUT THIS\nAND THIS$/m);
+        assert.equal(text(chunks, "stderr"), "exiting with 3\n");
+        assert.equal((await ctr.wait()).code, 3);
+
+        // Output is kept: a second reader sees it all again.
+        const again = await ctr.collect();
+        assert.equal(again.stdout, stdout);
+        assert.equal(again.code, 3);
+        await sb.delete({ force: true });
+      });
+
+      test("runs a runc container and an exec in it", { timeout }, async () => {
+        await using sb = await client.createSandbox("runc", { labels, hostname: "ts-client" });
+        const ctr = await sb.run({
+          image: busyboxImage,
+          args: ["sh", "-c", 'read line; echo "got:$line"; echo oops >&2; cat; exit 7'],
+          stdin: true,
+        });
+        await ctr.writeStdin("first line\n");
+        const exec = await ctr.exec({ args: ["sh", "-c", "echo exec:$(hostname)"], execId: "probe" });
+        assert.equal(exec.execId, "probe");
+        const probe = await exec.collect();
+        assert.deepEqual([probe.stdout, probe.stderr, probe.code], ["exec:ts-client\n", "", 0]);
+
+        await ctr.writeStdin("rest\n");
+        await ctr.closeStdin();
+        const res = await ctr.collect();
+        assert.equal(res.stdout, "got:first line\nrest\n");
+        assert.equal(res.stderr, "oops\n");
+        assert.equal(res.code, 7);
+        assert.equal((await ctr.delete()).code, 7);
+      });
+
+      test("reports errors with their codes", { timeout }, async () => {
+        await assert.rejects(client.sandbox("no-such-sandbox"), (err: unknown) => {
+          assert.ok(err instanceof MagnetarError);
+          assert.ok(err instanceof ConnectError);
+          assert.equal(err.code, Code.NotFound);
+          return true;
+        });
+        await assert.rejects(client.createSandbox("runc", { id: "../escape" }), (err: unknown) => {
+          assert.ok(err instanceof MagnetarError);
+          assert.equal(err.code, Code.InvalidArgument);
+          return true;
+        });
+        // The generated clients throw plain ConnectErrors with the same code.
+        await assert.rejects(client.containerService.getContainer({ containerId: "nope" }), (err: unknown) => {
+          assert.ok(err instanceof ConnectError);
+          assert.equal(err.code, Code.NotFound);
+          return true;
+        });
+        // A running sandbox is not deleted without force; stdin needs stdin: true.
+        const sb = await client.createSandbox("wasm", { labels });
+        const ctr = await sb.run({ image: helloWasmImage, args: ["-sleep", "60s"] });
+        await assert.rejects(ctr.writeStdin("x"), (err: unknown) => {
+          assert.equal((err as MagnetarError).code, Code.FailedPrecondition);
+          return true;
+        });
+        await assert.rejects(ctr.delete(), (err: unknown) => {
+          assert.equal((err as MagnetarError).code, Code.FailedPrecondition);
+          return true;
+        });
+        await ctr.signal("SIGKILL");
+        assert.notEqual((await ctr.wait()).code, 0);
+        await sb.delete({ force: true });
+      });
+
+      test("streams a sandbox's events", { timeout }, async () => {
+        const id = `events-${variant.name}`;
+        const seen: sandboxv1.Event[] = [];
+        const ac = new AbortController();
+        const watching = (async () => {
+          try {
+            for await (const ev of client.events({ sandboxIds: [id] }, { signal: ac.signal })) {
+              seen.push(ev);
+              if (ev.type === EventType.SANDBOX_DELETED) {
+                return;
+              }
+            }
+          } catch (err) {
+            if (!ac.signal.aborted) {
+              throw err;
+            }
+          }
+        })();
+        try {
+          const sb = await client.createSandbox("wasm", { id, labels });
+          await (await sb.run({ image: helloWasmImage })).wait();
+          await sb.delete({ force: true });
+          await watching; // ends at SANDBOX_DELETED
+        } finally {
+          ac.abort();
+          await watching.catch(() => {});
+        }
+        assert.ok(seen.length > 0);
+        assert.ok(seen.every((ev) => ev.sandboxId === id), JSON.stringify(seen.map((ev) => ev.sandboxId)));
+        assert.equal(seen.at(-1)?.type, EventType.SANDBOX_DELETED);
+      });
+
+      test("deletes a sandbox and it is gone", { timeout }, async () => {
+        const sb = await client.createSandbox("runc", { labels: { ...labels, gone: "yes" } });
+        const ctr = await sb.run({ image: busyboxImage, args: ["sleep", "600"] });
+        const listed = await client.sandboxes({ labels: { ...labels, gone: "yes" } });
+        assert.deepEqual(listed.map((s) => s.id), [sb.id]);
+        assert.deepEqual((await sb.containers()).map((c) => c.id), [ctr.id]);
+
+        await sb.delete({ force: true });
+        await assert.rejects(client.sandbox(sb.id), (err: unknown) => isNotFound(err));
+        await assert.rejects(client.container(ctr.id), (err: unknown) => isNotFound(err));
+        assert.deepEqual(await client.sandboxes({ labels: { ...labels, gone: "yes" } }), []);
+        await assert.rejects(client.containers({ sandboxId: sb.id }), (err: unknown) => isNotFound(err));
+      });
+    });
+  }
+
+  for (const scheme of ["http", "https"] as const) {
+    test(`dials an ${scheme}:// URL over Connect (HTTP/2 and 1.1) and gRPC`, { timeout }, async () => {
+      const fwd = await forwarder(daemon.socket, scheme === "https");
+      const ca = fs.readFileSync(path.join(testdata, "cert.pem"));
+      try {
+        const variants: DialOptions[] = [
+          { protocol: "connect" },
+          { protocol: "grpc" },
+          { protocol: "connect", httpVersion: "1.1" },
+        ];
+        for (const v of variants) {
+          const opts: DialOptions = scheme === "https" ? { ...v, tls: { ca } } : { ...v, insecure: true };
+          const name = `${scheme}-${v.protocol}-${v.httpVersion ?? "2"}`;
+          const c = dial(fwd.url, opts);
+          try {
+            const kinds = (await c.kinds()).map((k) => k.name);
+            assert.ok(kinds.includes("wasm"), kinds.join(", "));
+            const sb = await c.createSandbox("wasm", { labels: { "magnetar.test/variant": name } });
+            const res = await (await sb.run({ image: helloWasmImage, args: ["via", name] })).collect();
+            assert.match(res.stdout, new RegExp(`^args: via ${name}$`, "m"));
+            assert.equal(res.code, 0);
+            await sb.delete({ force: true });
+            await assert.rejects(c.sandbox(sb.id), (err: unknown) => isNotFound(err));
+          } finally {
+            c.close();
+          }
+        }
+        if (scheme === "https") {
+          // Without the test CA the server's certificate is not trusted.
+          const c = dial(fwd.url);
+          try {
+            await assert.rejects(c.kinds(), (err: unknown) => err instanceof MagnetarError);
+          } finally {
+            c.close();
+          }
+        }
+      } finally {
+        await fwd.close();
+      }
+    });
+  }
+
+  test("the README's example runs", { timeout }, async () => {
+    // The example imports "@magnetar-io/client": a file inside this package
+    // resolves that to the package itself (dist/, built by npm test).
+    const pkg = path.resolve(testdata, "..", "..");
+    const readme = fs.readFileSync(path.join(pkg, "README.md"), "utf8");
+    const m = /`example\.mjs`:\n\n```js\n([\s\S]*?)```/.exec(readme);
+    assert.ok(m, "no example.mjs block in README.md");
+    const file = path.join(pkg, "build-test", "readme-example.mjs");
+    fs.writeFileSync(file, m[1]);
+    const { stdout } = await promisify(execFile)(process.execPath, [file], {
+      env: { ...process.env, MAGNETAR_ADDRESS: `unix://${daemon.socket}` },
+    });
+    assert.match(stdout, /^wasm available$/m);
+    assert.match(stdout, /^args: from typescript$/m);
+    assert.match(stdout, /^SHOUT THIS$/m);
+    assert.match(stdout, /^exit code 0$/m);
+    assert.match(stdout, /^no such sandbox$/m);
+  });
+
+  test("leaves no sandbox behind", { timeout }, async () => {
+    const c = dial(daemon.socket);
+    try {
+      assert.deepEqual((await c.sandboxes()).map((s) => s.id), []);
+    } finally {
+      c.close();
+    }
+  });
+});

@@ -50,7 +50,10 @@ test-vm: deps guest ## Boot the microVM guest under QEMU and talk to its agent (
 	MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./sandboxer/backend/vm/...
 
 .PHONY: test
-test: deps tools build check-generate lint test-unit test-e2e test-vm ## Run every test (installs what it needs; needs root)
+test: deps tools build check-generate lint test-unit test-e2e test-vm test-clients ## Run every test (installs what it needs; needs root)
+
+.PHONY: test-clients
+test-clients: $(CLIENT_TESTS) ## Test the generated clients (TypeScript, Python) against a live sandboxer (root)
 
 .PHONY: bench
 bench: deps tools build ## Run benchmarks

@@ -9,6 +9,8 @@ TS_CLIENT_DIR := $(ROOT)/clients/typescript
 TS_CLIENT_DEPS := $(TS_CLIENT_DIR)/node_modules/.package-lock.json
 
 CLIENT_GEN_DIRS += clients/typescript/src/gen
+CLIENT_GENERATE += generate-typescript
+CLIENT_TESTS    += test-typescript
 
 $(TS_CLIENT_DEPS): $(TS_CLIENT_DIR)/package.json $(TS_CLIENT_DIR)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm is required for the TypeScript client (Node.js >= 20)" >&2; exit 1; }

@@ -5,7 +5,9 @@
 # directives and run by buf.gen.yaml through `go tool`.
 
 BUF          := $(ROOT)/node_modules/.bin/buf
-PROTO_DIRS   := proto gen third_party
+# The client makefiles (mk/client-*.mk, included before this one) add their
+# generated directories, generate targets and test targets.
+PROTO_DIRS   := proto gen third_party $(CLIENT_GEN_DIRS)
 BUF_AGAINST  ?= .git\#branch=main,subdir=proto
 
 # npm ci only when the lock file changed (npm keeps the tarballs' old mtimes,
@@ -23,8 +25,10 @@ buf: $(BUF) ## Install the pinned Buf CLI into node_modules/
 vendor-protos: ## Copy containerd's .proto files (go.mod version) into third_party/
 	$(ROOT)/hack/vendor-protos.sh
 
-.PHONY: generate
-generate: $(BUF) vendor-protos ## Regenerate gen/ from proto/ with Buf
+.PHONY: generate generate-go
+generate: generate-go $(CLIENT_GENERATE) ## Regenerate gen/ and the clients' generated code from proto/ with Buf
+
+generate-go: $(BUF) vendor-protos ## Regenerate gen/ (Go, Connect, ttrpc) from proto/ with Buf
 	cd $(ROOT) && $(BUF) format -w proto
 	cd $(ROOT) && $(BUF) generate
 
@@ -38,7 +42,7 @@ breaking-proto: $(BUF) ## Check proto/ for breaking changes against BUF_AGAINST 
 	cd $(ROOT) && $(BUF) breaking proto --against '$(BUF_AGAINST)'
 
 .PHONY: check-generate
-check-generate: generate ## Fail if `make generate` changes proto/, gen/ or third_party/
+check-generate: generate ## Fail if `make generate` changes proto/, gen/, third_party/ or the clients' generated code
 	@cd $(ROOT) && changes="$$(git status --porcelain --untracked-files=all -- $(PROTO_DIRS))"; \
 	if [[ -n "$$changes" ]]; then \
 		echo "generated files are out of date; run 'make generate' and commit:" >&2; \

@@ -78,14 +78,8 @@ type Config struct {
 	ClockSyncInterval  time.Duration
 }
 
-// Backend is the vm sandbox kind.
-type Backend struct{ cfg Config }
-
-// New returns the vm backend.
-func New(cfg Config) (*Backend, error) {
-	if cfg.Driver == nil {
-		return nil, fmt.Errorf("vm backend: no hypervisor driver: %w", errdefs.ErrInvalidArgument)
-	}
+// withDefaults fills the zero fields with their defaults.
+func (cfg Config) withDefaults() Config {
 	if cfg.BootTimeout <= 0 {
 		cfg.BootTimeout = 2 * time.Minute
 	}
@@ -104,7 +98,18 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.ClockSyncInterval <= 0 {
 		cfg.ClockSyncInterval = 10 * time.Minute
 	}
-	return &Backend{cfg: cfg}, nil
+	return cfg
+}
+
+// Backend is the vm sandbox kind.
+type Backend struct{ cfg Config }
+
+// New returns the vm backend.
+func New(cfg Config) (*Backend, error) {
+	if cfg.Driver == nil {
+		return nil, fmt.Errorf("vm backend: no hypervisor driver: %w", errdefs.ErrInvalidArgument)
+	}
+	return &Backend{cfg: cfg.withDefaults()}, nil
 }
 
 // Info describes the kind.

@@ -60,7 +60,9 @@ func (s *sandbox) startMonitors() {
 	}
 	m.wg.Go(func() { hc.run(ctx) })
 	m.wg.Go(func() { s.runEvents(ctx) })
-	m.wg.Go(func() { s.runClock(ctx, newClockDetector(readClocks, clockJumpThreshold, cfg.ClockSyncInterval), cfg.ClockCheckInterval) })
+	m.wg.Go(func() {
+		s.runClock(ctx, newClockDetector(readClocks, clockJumpThreshold, cfg.ClockSyncInterval), cfg.ClockCheckInterval)
+	})
 }
 
 // stopMonitors ends the sandbox's goroutines and waits for them. It may be

@@ -13,8 +13,10 @@ import (
 )
 
 const (
-	// logRingSize is how many agent log lines a sandbox keeps.
+	// logRingSize is how many agent log lines a sandbox keeps, and
+	// maxLogLine how many bytes of each (the guest is not trusted).
 	logRingSize = 32
+	maxLogLine  = 1024
 	// eventsRetry is the pause before the event stream is reopened.
 	eventsRetry = time.Second
 )
@@ -79,6 +81,12 @@ func formatLogLine(at time.Time, l *agentv1.LogLine) string {
 	attrs := l.GetAttrs()
 	for _, k := range slices.Sorted(maps.Keys(attrs)) {
 		fmt.Fprintf(&b, " %s=%q", k, attrs[k])
+		if b.Len() > maxLogLine {
+			break
+		}
+	}
+	if b.Len() > maxLogLine {
+		return strings.ToValidUTF8(b.String()[:maxLogLine], "") + "…"
 	}
 	return b.String()
 }

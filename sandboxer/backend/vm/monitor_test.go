@@ -336,6 +336,13 @@ func TestEventsStream(t *testing.T) {
 	}
 }
 
+func TestLogLineBounded(t *testing.T) {
+	l := formatLogLine(time.Now(), &agentv1.LogLine{Level: 8, Message: strings.Repeat("x", 1<<20), Attrs: map[string]string{"a": "b"}})
+	if len(l) > maxLogLine+len("…") || !strings.HasSuffix(l, "…") {
+		t.Fatalf("log line of %d bytes, want at most %d", len(l), maxLogLine)
+	}
+}
+
 func TestLogRingBounded(t *testing.T) {
 	r := logRing{max: 3}
 	for i := range 5 {

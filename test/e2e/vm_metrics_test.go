@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,6 +26,26 @@ func TestVMMetricsAndOOM(t *testing.T) {
 	hog := e.startLimited(t, p, "hog", `x=a; while true; do x="$x$x"; done`, 32<<20)
 	if st := e.waitExited(t, hog); st.ExitCode != 137 || st.Reason != "OOMKilled" {
 		t.Errorf("OOM container in the VM: exit %d reason %q; want 137 OOMKilled", st.ExitCode, st.Reason)
+	}
+	// The reason can also come from the exit status plus the guest
+	// cgroup's oom_kill counter (CRI reads the task's metrics): check that
+	// the guest's OOM event itself reached containerd as /tasks/oom.
+	logFile := filepath.Join(e.ctrd.BaseDir(), "logs", "containerd.log")
+	var sawOOM bool
+	for range 200 {
+		data, _ := os.ReadFile(logFile)
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "TaskOOM event") && strings.Contains(l, hog) {
+				sawOOM = true
+			}
+		}
+		if sawOOM {
+			break
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if !sawOOM {
+		t.Errorf("no TaskOOM event for %s in %s", hog, logFile)
 	}
 
 	cid := e.startLimited(t, p, "limited", "while true; do sleep 1; done", 64<<20)

@@ -131,9 +131,15 @@ func Main(ctx context.Context) int {
 		defer close(done)
 		a.reaper.Run(ctx)
 	}()
+	fwd := make(chan struct{})
+	go func() { // owned: stopped by cancel, waited for below
+		defer close(fwd)
+		a.forwardTaskEvents(ctx)
+	}()
 	err := a.Serve(ctx)
 	cancel()
 	<-done
+	<-fwd
 	log.Error("agent stopped", "error", err)
 	if pid1 {
 		a.opts.PowerOff()

@@ -4,9 +4,12 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
-	"google.golang.org/protobuf/types/known/timestamppb"
+	"github.com/magnetar-io/magnetar/sdk/engine"
 )
 
 // eventHub queues guest events for the Events stream. Events that happen
@@ -105,4 +108,40 @@ func (t *teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (t *teeHandler) WithGroup(name string) slog.Handler {
 	return &teeHandler{Handler: t.Handler.WithGroup(name), hub: t.hub, level: t.level, attrs: t.attrs}
+}
+
+// forwardTaskEvents queues the in-guest engine's OOM events as OOMEvent
+// for the host until ctx ends. Process exits are not forwarded: the host
+// learns them from the Task API's Wait. It returns at once when the Task
+// API did not start.
+func (a *Agent) forwardTaskEvents(ctx context.Context) {
+	if a.tasks == nil {
+		return
+	}
+	for {
+		evs := a.tasks.eng.Subscribe(ctx)
+		for ev := range evs {
+			if ev.Topic != engine.TopicTaskOOM {
+				continue
+			}
+			a.events.publish(oomEvent(ev))
+		}
+		// The channel closes when ctx ends or when this subscriber fell
+		// behind (then events were lost, but later ones still count).
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// oomEvent converts an engine OOM event.
+func oomEvent(ev engine.Event) *agentv1.EventsResponse {
+	ts := ev.Timestamp
+	if ts.IsZero() {
+		ts = time.Now()
+	}
+	return &agentv1.EventsResponse{
+		Timestamp: timestamppb.New(ts),
+		Event:     &agentv1.EventsResponse_Oom{Oom: &agentv1.OOMEvent{ContainerId: ev.ContainerID}},
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,11 +33,57 @@ func (s *service) Health(ctx context.Context, _ *agentv1.HealthRequest) (*agentv
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	return &agentv1.HealthResponse{
+	resp := &agentv1.HealthResponse{
 		Version:  Version,
 		Uptime:   durationpb.New(time.Since(s.a.started)),
 		BootTime: timestamppb.New(bt),
-	}, nil
+	}
+	// Memory and load are best effort: a guest without them is still
+	// healthy.
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		resp.MemTotalBytes, resp.MemAvailableBytes = parseMeminfo(b)
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		resp.Load1, resp.Load5, resp.Load15 = parseLoadavg(b)
+	}
+	return resp, nil
+}
+
+// parseMeminfo returns MemTotal and MemAvailable of /proc/meminfo in
+// bytes (0 when missing).
+func parseMeminfo(b []byte) (total, avail uint64) {
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		v, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		if len(f) > 2 && f[2] == "kB" {
+			v *= 1024
+		}
+		switch f[0] {
+		case "MemTotal:":
+			total = v
+		case "MemAvailable:":
+			avail = v
+		}
+	}
+	return total, avail
+}
+
+// parseLoadavg returns the three load averages of /proc/loadavg.
+func parseLoadavg(b []byte) (l1, l5, l15 float64) {
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return 0, 0, 0
+	}
+	l1, _ = strconv.ParseFloat(f[0], 64)
+	l5, _ = strconv.ParseFloat(f[1], 64)
+	l15, _ = strconv.ParseFloat(f[2], 64)
+	return l1, l5, l15
 }
 
 func (s *service) Setup(ctx context.Context, req *agentv1.SetupRequest) (*agentv1.SetupResponse, error) {

@@ -85,6 +85,7 @@ func (b *Backend) recoverSandbox(ctx context.Context, cfg backend.SandboxConfig,
 	s.mu.Lock()
 	s.ended = ended
 	s.mu.Unlock()
+	s.startMonitors()
 	return s, nil
 }
 

@@ -58,6 +58,8 @@ type sandbox struct {
 	// ended holds, after a recovery, how the containers that ran before
 	// the restart ended (recover.go).
 	ended map[string]endedContainer
+	// mon holds the goroutines watching the running guest (health.go).
+	mon *monitors
 
 	// gone is closed when the VM process exited; exit is how.
 	gone chan struct{}
@@ -72,6 +74,7 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig) *sandbox {
 	return &sandbox{
 		b: b, cfg: cfg, shared: filepath.Join(cfg.Dir, "shared"),
 		ctrs: map[string]*container{}, gone: make(chan struct{}), life: life, cancel: cancel,
+		mon: newMonitors(),
 	}
 }
 
@@ -184,6 +187,7 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	}
 	info["setup"] = time.Since(t2).String()
 	info["boot_total"] = time.Since(t0).String()
+	s.startMonitors()
 	return backend.StartInfo{Pid: uint32(v.Pid()), Info: info}, nil
 }
 
@@ -282,6 +286,7 @@ func (s *sandbox) Wait(ctx context.Context) (backend.ExitStatus, error) {
 // Stop asks the agent to shut the guest down, then stops the VM (killing
 // it if it did not power off in time).
 func (s *sandbox) Stop(ctx context.Context, timeout time.Duration) error {
+	s.stopMonitors()
 	s.mu.Lock()
 	v, agent := s.vm, s.agent
 	s.mu.Unlock()

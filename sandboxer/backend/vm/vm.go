@@ -9,12 +9,19 @@
 // its bind mounts, and regular files that collect its output in the guest;
 // the host copies their growth into the stdio FIFOs containerd gave it.
 //
+// While a sandbox runs, goroutines it owns stream guest events (OOM kills
+// reach the EventSink), ping the agent (a VM whose agent stops answering is
+// killed) and keep the guest clock in sync (see health.go, events.go,
+// clock.go). Container stats, pids, pause and resource updates are
+// forwarded to the guest's Task API (container_ops.go); sandbox stats
+// combine the QEMU process's host usage with guest memory (stats.go).
+//
 // After a sandboxer restart a sandbox re-attaches to its VM and agent and
 // serves new containers; the containers that ran before are killed in the
 // guest (containerd has reported them dead), see recover.go.
 //
 // Not done yet: networking (the VM has no NIC: "network: none"), stdin and
-// terminals, stats.
+// terminals.
 package vm
 
 import (
@@ -65,6 +72,44 @@ type Config struct {
 	MemoryOverheadMiB int
 	// BootTimeout bounds VM start to a configured agent (default 2m).
 	BootTimeout time.Duration
+
+	// HealthInterval is how often a running sandbox pings the guest
+	// agent (default 10s); HealthTimeout bounds one ping (default 30s:
+	// QEMU TCG on a loaded host is slow). After HealthFailures
+	// consecutive failed pings (default 3) the VM is considered dead and
+	// killed, so that Wait returns.
+	HealthInterval time.Duration
+	HealthTimeout  time.Duration
+	HealthFailures int
+	// ClockCheckInterval is how often the host looks for a suspend or a
+	// wall-clock jump to resync the guest clock after (default 5s);
+	// ClockSyncInterval is how often the guest clock is synced anyway
+	// (default 10m).
+	ClockCheckInterval time.Duration
+	ClockSyncInterval  time.Duration
+}
+
+// withDefaults fills the zero fields with their defaults.
+func (cfg Config) withDefaults() Config {
+	if cfg.BootTimeout <= 0 {
+		cfg.BootTimeout = 2 * time.Minute
+	}
+	if cfg.HealthInterval <= 0 {
+		cfg.HealthInterval = 10 * time.Second
+	}
+	if cfg.HealthTimeout <= 0 {
+		cfg.HealthTimeout = 30 * time.Second
+	}
+	if cfg.HealthFailures <= 0 {
+		cfg.HealthFailures = 3
+	}
+	if cfg.ClockCheckInterval <= 0 {
+		cfg.ClockCheckInterval = 5 * time.Second
+	}
+	if cfg.ClockSyncInterval <= 0 {
+		cfg.ClockSyncInterval = 10 * time.Minute
+	}
+	return cfg
 }
 
 // Backend is the vm sandbox kind.
@@ -75,10 +120,7 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Driver == nil {
 		return nil, fmt.Errorf("vm backend: no hypervisor driver: %w", errdefs.ErrInvalidArgument)
 	}
-	if cfg.BootTimeout <= 0 {
-		cfg.BootTimeout = 2 * time.Minute
-	}
-	return &Backend{cfg: cfg}, nil
+	return &Backend{cfg: cfg.withDefaults()}, nil
 }
 
 // Info describes the kind.
@@ -87,7 +129,7 @@ func (b *Backend) Info() backend.Info {
 		Kind:         Kind,
 		Description:  "a microVM per sandbox (" + b.cfg.Driver.Name() + "), containers run by the guest agent",
 		Isolation:    backend.IsolationVM,
-		Capabilities: backend.Capabilities{Exec: true},
+		Capabilities: backend.Capabilities{Exec: true, OOMEvents: true, UpdateResources: true, Stats: true, Pause: true},
 	}
 }
 

@@ -164,9 +164,12 @@ func TestSandboxLifecycle(t *testing.T) {
 	if _, err := os.Stat(stateDir + "/sandboxes/" + sb); !os.IsNotExist(err) {
 		t.Errorf("sandbox dir left: %v", err)
 	}
+	// Other VMs (other tests, other processes) may run at the same time:
+	// look only for this one's work dir, found by its QEMU pid.
 	entries, _ := os.ReadDir(shortVMRoot)
 	for _, en := range entries {
-		if _, err := os.Stat(filepath.Join(shortVMRoot, en.Name(), "qemu.pid")); err == nil {
+		pid, err := os.ReadFile(filepath.Join(shortVMRoot, en.Name(), "qemu.pid"))
+		if err == nil && strings.TrimSpace(string(pid)) == strconv.Itoa(int(st.Pid)) {
 			t.Errorf("vm dir %s left", en.Name())
 		}
 	}

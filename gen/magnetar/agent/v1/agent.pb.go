@@ -428,7 +428,17 @@ type HealthResponse struct {
 	// Time since the agent started.
 	Uptime *durationpb.Duration `protobuf:"bytes,2,opt,name=uptime,proto3" json:"uptime,omitempty"`
 	// When the guest kernel booted, by the guest clock.
-	BootTime      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=boot_time,json=bootTime,proto3" json:"boot_time,omitempty"`
+	BootTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=boot_time,json=bootTime,proto3" json:"boot_time,omitempty"`
+	// Guest memory from /proc/meminfo: MemTotal in bytes.
+	MemTotalBytes uint64 `protobuf:"varint,4,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
+	// Guest memory from /proc/meminfo: MemAvailable in bytes.
+	MemAvailableBytes uint64 `protobuf:"varint,5,opt,name=mem_available_bytes,json=memAvailableBytes,proto3" json:"mem_available_bytes,omitempty"`
+	// Guest load averages over 1, 5 and 15 minutes (/proc/loadavg).
+	Load1 float64 `protobuf:"fixed64,6,opt,name=load1,proto3" json:"load1,omitempty"`
+	// Load average over 5 minutes.
+	Load5 float64 `protobuf:"fixed64,7,opt,name=load5,proto3" json:"load5,omitempty"`
+	// Load average over 15 minutes.
+	Load15        float64 `protobuf:"fixed64,8,opt,name=load15,proto3" json:"load15,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -482,6 +492,41 @@ func (x *HealthResponse) GetBootTime() *timestamppb.Timestamp {
 		return x.BootTime
 	}
 	return nil
+}
+
+func (x *HealthResponse) GetMemTotalBytes() uint64 {
+	if x != nil {
+		return x.MemTotalBytes
+	}
+	return 0
+}
+
+func (x *HealthResponse) GetMemAvailableBytes() uint64 {
+	if x != nil {
+		return x.MemAvailableBytes
+	}
+	return 0
+}
+
+func (x *HealthResponse) GetLoad1() float64 {
+	if x != nil {
+		return x.Load1
+	}
+	return 0
+}
+
+func (x *HealthResponse) GetLoad5() float64 {
+	if x != nil {
+		return x.Load5
+	}
+	return 0
+}
+
+func (x *HealthResponse) GetLoad15() float64 {
+	if x != nil {
+		return x.Load15
+	}
+	return 0
 }
 
 // EventsRequest is the request of AgentService.Events.
@@ -1036,11 +1081,16 @@ const file_magnetar_agent_v1_agent_proto_rawDesc = "" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
 	"\x06device\x18\x03 \x01(\tR\x06device\x12\x16\n" +
 	"\x06source\x18\x04 \x01(\tR\x06source\"\x0f\n" +
-	"\rHealthRequest\"\x96\x01\n" +
+	"\rHealthRequest\"\xb2\x02\n" +
 	"\x0eHealthResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x121\n" +
 	"\x06uptime\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\x127\n" +
-	"\tboot_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bbootTime\"\x0f\n" +
+	"\tboot_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bbootTime\x12&\n" +
+	"\x0fmem_total_bytes\x18\x04 \x01(\x04R\rmemTotalBytes\x12.\n" +
+	"\x13mem_available_bytes\x18\x05 \x01(\x04R\x11memAvailableBytes\x12\x14\n" +
+	"\x05load1\x18\x06 \x01(\x01R\x05load1\x12\x14\n" +
+	"\x05load5\x18\a \x01(\x01R\x05load5\x12\x16\n" +
+	"\x06load15\x18\b \x01(\x01R\x06load15\"\x0f\n" +
 	"\rEventsRequest\"\xfe\x01\n" +
 	"\x0eEventsResponse\x128\n" +
 	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12/\n" +

@@ -235,6 +235,15 @@ func (c *Controller) Status(ctx context.Context, req *sandboxapi.ControllerStatu
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	if req.GetVerbose() && st.State == engine.SandboxReady {
+		// What the sandbox reports about itself now; best effort: a
+		// sandbox that cannot tell still has a status.
+		if live, err := c.eng.SandboxLiveInfo(ctx, st.ID); err == nil {
+			for k, v := range live {
+				info["magnetar.live."+k] = v
+			}
+		}
+	}
 	resp := &sandboxapi.ControllerStatusResponse{
 		SandboxID: st.ID,
 		Pid:       st.Pid,

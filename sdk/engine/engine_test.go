@@ -254,3 +254,24 @@ func TestValidation(t *testing.T) {
 		t.Errorf("missing container: %v", err)
 	}
 }
+
+func (s *fakeSandbox) SandboxStats(context.Context) (*backend.Stats, map[string]string, error) {
+	return &backend.Stats{MemoryUsageBytes: 4096}, map[string]string{"guest_mem_available": "123"}, nil
+}
+
+func TestSandboxLiveInfo(t *testing.T) {
+	e := newEngine(t, &fake{}, t.TempDir())
+	ready(t, e, "live")
+	ctx := context.Background()
+	info, err := e.SandboxLiveInfo(ctx, "live")
+	if err != nil || info["guest_mem_available"] != "123" {
+		t.Fatalf("live info = %v, %v", info, err)
+	}
+	st, err := e.SandboxStats(ctx, "live")
+	if err != nil || st.MemoryUsageBytes != 4096 {
+		t.Fatalf("sandbox stats = %+v, %v; want the backend's own", st, err)
+	}
+	if _, err := e.SandboxLiveInfo(ctx, "nope"); !errdefs.IsNotFound(err) {
+		t.Fatalf("unknown sandbox: %v, want not found", err)
+	}
+}

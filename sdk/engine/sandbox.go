@@ -377,6 +377,25 @@ func (e *Engine) SandboxStats(ctx context.Context, id string) (*backend.Stats, e
 	return sum, nil
 }
 
+// SandboxLiveInfo returns the details a running sandbox reports about
+// itself now (guest memory, health checks, ... for a VM), or nil when its
+// kind reports none.
+func (e *Engine) SandboxLiveInfo(ctx context.Context, id string) (map[string]string, error) {
+	sb, err := e.get(id)
+	if err != nil {
+		return nil, err
+	}
+	sb.mu.Lock()
+	impl := sb.impl
+	sb.mu.Unlock()
+	st, ok := impl.(backend.SandboxStater)
+	if !ok {
+		return nil, nil
+	}
+	_, info, err := st.SandboxStats(ctx)
+	return info, err
+}
+
 // ListSandboxes returns every sandbox, sorted by ID.
 func (e *Engine) ListSandboxes(ctx context.Context) []SandboxStatus {
 	e.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/hashicorp/go-hclog"
@@ -45,6 +46,10 @@ const (
 //	  memory_mib = 256
 //	  max_vcpus = 4
 //	  memory_overhead_mib = 128
+//	  boot_timeout = "2m"
+//	  health_interval = "10s"
+//	  health_timeout = "30s"
+//	  health_failures = 3
 //	[backends.wasm]
 //	  root = "/var/lib/magnetar/wasm"
 //	  default_memory_limit = 268435456
@@ -123,6 +128,31 @@ type VMConfig struct {
 	MemoryMiB         int `toml:"memory_mib"`
 	MaxVCPUs          int `toml:"max_vcpus"`
 	MemoryOverheadMiB int `toml:"memory_overhead_mib"`
+	// BootTimeout bounds a VM's start up to a configured agent (default
+	// 2m). A running VM's agent is pinged every HealthInterval (default
+	// 10s), each ping bounded by HealthTimeout (default 30s); after
+	// HealthFailures failed pings in a row (default 3) the VM is killed and
+	// its pod reported exited.
+	BootTimeout    Duration `toml:"boot_timeout"`
+	HealthInterval Duration `toml:"health_interval"`
+	HealthTimeout  Duration `toml:"health_timeout"`
+	HealthFailures int      `toml:"health_failures"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("10s").
+type Duration time.Duration
+
+// UnmarshalText parses a duration string; it must not be negative.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %s must not be negative", b)
+	}
+	*d = Duration(v)
+	return nil
 }
 
 // WasmConfig configures the "wasm" kind.
@@ -221,7 +251,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log_level %q is not one of trace, debug, info, warn, error", c.LogLevel))
 	}
 	vm := c.Backends.VM
-	for name, v := range map[string]int{"vcpus": vm.VCPUs, "memory_mib": vm.MemoryMiB, "max_vcpus": vm.MaxVCPUs, "memory_overhead_mib": vm.MemoryOverheadMiB} {
+	for name, v := range map[string]int{"vcpus": vm.VCPUs, "memory_mib": vm.MemoryMiB, "max_vcpus": vm.MaxVCPUs, "memory_overhead_mib": vm.MemoryOverheadMiB, "health_failures": vm.HealthFailures} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("backends.vm.%s %d must not be negative", name, v))
 		}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -28,6 +29,9 @@ log_level = "debug"
   memory_mib = 512
   max_vcpus = 4
   memory_overhead_mib = 96
+  boot_timeout = "90s"
+  health_interval = "5s"
+  health_failures = 2
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +39,8 @@ log_level = "debug"
 	if cfg.StateDir != "/var/lib/m" || cfg.RunDir != DefaultRunDir || cfg.Listen != DefaultListen || cfg.DefaultKind != "runc" ||
 		cfg.Containerd.TTRPCAddress != "/run/containerd/containerd.sock.ttrpc" || cfg.Containerd.Handlers["magnetar"] != "runc" ||
 		cfg.Backends.Runc.Binary != "/usr/sbin/runc" || cfg.LogLevel != "debug" ||
-		cfg.Backends.VM != (VMConfig{VCPUs: 2, MemoryMiB: 512, MaxVCPUs: 4, MemoryOverheadMiB: 96}) {
+		cfg.Backends.VM != (VMConfig{VCPUs: 2, MemoryMiB: 512, MaxVCPUs: 4, MemoryOverheadMiB: 96,
+			BootTimeout: Duration(90 * time.Second), HealthInterval: Duration(5 * time.Second), HealthFailures: 2}) {
 		t.Errorf("config: %+v", cfg)
 	}
 
@@ -47,6 +52,9 @@ log_level = "debug"
 		"empty kind":     "[containerd.handlers]\nx = \"\"\n",
 		"not toml":       "version = = 1",
 		"negative vcpus": "[backends.vm]\nmax_vcpus = -1\n",
+		"bad duration":   "[backends.vm]\nhealth_interval = \"often\"\n",
+		"neg duration":   "[backends.vm]\nboot_timeout = \"-1s\"\n",
+		"neg failures":   "[backends.vm]\nhealth_failures = -1\n",
 	} {
 		if _, err := ParseConfig([]byte(doc)); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)

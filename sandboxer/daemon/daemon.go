@@ -343,5 +343,8 @@ func vmBackend(c VMConfig) (backend.Backend, error) {
 		Driver: qemu.New(qemu.Options{Binary: c.QEMU}),
 		Kernel: kernel, Initrd: initrd,
 		VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, MaxVCPUs: c.MaxVCPUs, MemoryOverheadMiB: c.MemoryOverheadMiB,
+		BootTimeout:    time.Duration(c.BootTimeout),
+		HealthInterval: time.Duration(c.HealthInterval), HealthTimeout: time.Duration(c.HealthTimeout),
+		HealthFailures: c.HealthFailures,
 	})
 }

@@ -9,8 +9,9 @@
 // its bind mounts, and regular files that collect its output in the guest;
 // the host copies their growth into the stdio FIFOs containerd gave it.
 //
-// Not done yet: networking (the VM has no NIC: "network: none"), stdin and
-// terminals, stats, and re-attaching to containers after a restart.
+// The pod's CNI interfaces are bridged into the guest through taps in the
+// pod netns (network.go). Not done yet: stdin and terminals, stats, and
+// re-attaching to containers after a restart.
 package vm
 
 import (

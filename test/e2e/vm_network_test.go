@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -23,6 +24,13 @@ func (e *env) podIP(t *testing.T, p *pod) string {
 		t.Fatalf("pod %s has no IP: %v", p.id, ps.GetStatus())
 	}
 	return ip
+}
+
+// inNetNS runs a command in the network namespace at path, a bind mount
+// in containerd's private mount namespace.
+func (e *env) inNetNS(path string, args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(e.ctrd.Pid()), "-m", "--", "nsenter", "--net=" + path}, args...)...).CombinedOutput()
+	return string(out), err
 }
 
 // sendScript sends msg to ip:8080 until a server takes it.
@@ -53,6 +61,13 @@ func TestVMPodNetwork(t *testing.T) {
 	}
 	if got := sb.GetSandbox().GetInfo()["network"]; !strings.HasPrefix(got, "tap0 <-> eth0 "+vmIP+"/") {
 		t.Errorf("sandbox info network = %q, want tap0 <-> eth0 %s/<prefix>", got, vmIP)
+	}
+
+	if out, err := e.inNetNS(netns, "ip", "-o", "link", "show", "type", "tun"); err != nil || !strings.Contains(out, "tap0") {
+		t.Errorf("no tap0 in the pod netns %s: %v\n%s", netns, err, out)
+	}
+	if out, err := e.inNetNS(netns, "tc", "filter", "show", "dev", "eth0", "ingress"); err != nil || !strings.Contains(out, "Egress Redirect to device tap0") {
+		t.Errorf("no redirect from eth0 to tap0 in the pod netns: %v\n%s", err, out)
 	}
 
 	srvRunc := e.startContainer(t, runcPod, "srv-runc", "nc -l -p 8080")
@@ -93,10 +108,10 @@ func TestVMPodNetwork(t *testing.T) {
 	}
 	e.removePod(t, vmPod)
 	if _, err := os.Stat(netns); err == nil {
-		out, err := exec.Command("nsenter", "--net="+netns, "ip", "-o", "link", "show", "type", "tun").CombinedOutput()
-		if err == nil && strings.TrimSpace(string(out)) != "" {
+		out, err := e.inNetNS(netns, "ip", "-o", "link", "show", "type", "tun")
+		if err == nil && strings.TrimSpace(out) != "" {
 			t.Errorf("a tap remains in the pod netns %s after removal:\n%s", netns, out)
-		} else if err != nil && !strings.Contains(string(out), "No such file") && !strings.Contains(string(out), "Invalid argument") {
+		} else if err != nil && !strings.Contains(out, "No such file") && !strings.Contains(out, "Invalid argument") {
 			t.Errorf("inspect netns %s: %v\n%s", netns, err, out)
 		}
 	}

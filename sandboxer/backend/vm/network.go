@@ -78,15 +78,25 @@ func (p *podNetwork) closeFiles() {
 // tapName is the name of the i-th tap in the pod namespace.
 func tapName(i int) string { return "tap" + strconv.Itoa(i) }
 
-// isCNIInterface reports whether l is an interface to hand to the guest:
-// up or not, any link with an Ethernet address except loopback and taps
-// (ours, or anything else's).
+// isCNIInterface reports whether l may be an interface to hand to the
+// guest: a link with a non-zero Ethernet address, except loopback and taps
+// (ours, or anything else's). Whether it has addresses is checked too
+// (see setupPodNetwork): that leaves out the fallback devices some tunnel
+// modules put in every namespace (gretap0, erspan0).
 func isCNIInterface(l netlink.Link) bool {
 	a := l.Attrs()
 	if a.Flags&net.FlagLoopback != 0 || l.Type() == "tuntap" || l.Type() == "loopback" {
 		return false
 	}
-	return len(a.HardwareAddr) == 6
+	if len(a.HardwareAddr) != 6 {
+		return false
+	}
+	for _, b := range a.HardwareAddr {
+		if b != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // guestAddrs keeps the addresses the guest should own: global ones, no
@@ -227,6 +237,9 @@ func setupPodNetwork(nsPath string) (_ *podNetwork, retErr error) {
 				return fmt.Errorf("addresses of %s: %w", a.Name, err)
 			}
 			nic := podNIC{Name: a.Name, MAC: a.HardwareAddr, MTU: a.MTU, Addrs: guestAddrs(addrs)}
+			if len(nic.Addrs) == 0 {
+				continue // not configured by CNI
+			}
 			tap, f, err := bridgeToTap(l, tapName(len(nics)))
 			if tap != "" {
 				pn.state.Links = append(pn.state.Links, netLink{Tap: tap, Peer: a.Name})

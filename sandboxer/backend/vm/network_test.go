@@ -34,6 +34,7 @@ func TestIsCNIInterface(t *testing.T) {
 		"loopback": {&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo", Flags: net.FlagLoopback, HardwareAddr: make(net.HardwareAddr, 6)}}, false},
 		"tap":      {&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "tap0", HardwareAddr: mac}}, false},
 		"no mac":   {&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "tun0"}}, false},
+		"zero mac": {&netlink.Gretap{LinkAttrs: netlink.LinkAttrs{Name: "gretap0", HardwareAddr: make(net.HardwareAddr, 6)}}, false},
 	} {
 		if got := isCNIInterface(tc.l); got != tc.want {
 			t.Errorf("%s: isCNIInterface = %v, want %v", name, got, tc.want)
@@ -219,13 +220,17 @@ func TestPodNetworkTeardownHeldTap(t *testing.T) {
 	run(t, "ip", "netns", "add", ns)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	run(t, "ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
+	run(t, "ip", "-n", ns, "addr", "add", "10.232.0.2/24", "dev", "eth0")
+	run(t, "ip", "-n", ns, "addr", "add", "10.232.0.3/24", "dev", "peer0")
+	// not configured: no tap for it
+	run(t, "ip", "-n", ns, "link", "add", "spare0", "type", "veth", "peer", "name", "spare1")
 	pn, err := setupPodNetwork("/var/run/netns/" + ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pn.closeFiles()
-	// peer0 is a CNI-looking interface too: both get a tap.
-	if len(pn.state.Links) != 2 {
+	// peer0 is a CNI-looking interface too: both get a tap, spare0 and spare1 none.
+	if len(pn.state.Links) != 2 || strings.Contains(pn.state.Links[0].Peer+pn.state.Links[1].Peer, "spare") {
 		t.Fatalf("links = %+v, want two", pn.state.Links)
 	}
 	if err := teardownPodNetwork(&pn.state); err != nil {

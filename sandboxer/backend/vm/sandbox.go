@@ -39,6 +39,8 @@ type sandboxState struct {
 	CgroupPath string `json:"cgroup_path,omitempty"`
 	VCPUs      int    `json:"vcpus,omitempty"`
 	MemoryMiB  int    `json:"memory_mib,omitempty"`
+	// Net is the pod network to tear down (see network.go).
+	Net *netState `json:"net,omitempty"`
 }
 
 type sandbox struct {
@@ -143,8 +145,27 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	ctx, cancel := context.WithTimeout(ctx, s.b.cfg.BootTimeout)
 	defer cancel()
 	info := map[string]string{"network": "none"}
+	pn := &podNetwork{}
+	if s.cfg.NetNSPath != "" {
+		var err error
+		if pn, err = setupPodNetwork(s.cfg.NetNSPath); err != nil {
+			return backend.StartInfo{}, err
+		}
+		s.mu.Lock()
+		s.st.Net = &pn.state
+		s.mu.Unlock()
+		info["network"] = pn.desc
+		defer func() { // runs after the VM is stopped below
+			if retErr != nil {
+				_ = teardownPodNetwork(&pn.state)
+			}
+		}()
+	}
 	t0 := time.Now()
-	v, err := s.b.cfg.Driver.Start(ctx, s.hvConfig())
+	hc := s.hvConfig()
+	hc.Taps = pn.taps
+	v, err := s.b.cfg.Driver.Start(ctx, hc)
+	pn.closeFiles() // QEMU has its own copies
 	if err != nil {
 		return backend.StartInfo{}, fmt.Errorf("start vm: %w", err)
 	}
@@ -174,10 +195,12 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	info["agent_ready"] = time.Since(t1).String()
 	t2 := time.Now()
 	req := &agentv1.SetupRequest{
-		SandboxId: s.cfg.ID,
-		Hostname:  s.cfg.Hostname,
-		HostTime:  timestamppb.Now(),
-		Mounts:    []*types.Mount{{Type: "9p", Source: shareTag, Target: guestShared}},
+		SandboxId:  s.cfg.ID,
+		Hostname:   s.cfg.Hostname,
+		HostTime:   timestamppb.Now(),
+		Mounts:     []*types.Mount{{Type: "9p", Source: shareTag, Target: guestShared}},
+		Interfaces: pn.ifaces,
+		Routes:     pn.routes,
 	}
 	if d := s.cfg.DNS; len(d.Servers)+len(d.Searches)+len(d.Options) > 0 {
 		req.Dns = &typesv1.DNSConfig{Servers: d.Servers, Searches: d.Searches, Options: d.Options}
@@ -339,6 +362,9 @@ func (s *sandbox) Delete(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	if err := teardownPodNetwork(s.st.Net); err != nil {
+		errs = append(errs, err)
+	}
 	if err := os.RemoveAll(s.shared); err != nil {
 		errs = append(errs, err)
 	}

@@ -20,8 +20,10 @@
 // serves new containers; the containers that ran before are killed in the
 // guest (containerd has reported them dead), see recover.go.
 //
-// Not done yet: networking (the VM has no NIC: "network: none"), stdin and
-// terminals.
+// The pod's CNI interfaces are bridged into the guest through taps in the
+// pod netns (network.go).
+//
+// Not done yet: stdin and terminals.
 package vm
 
 import (

@@ -66,6 +66,35 @@ type oomWatch struct {
 	stop chan struct{}
 	file *os.File // cgroup v1 eventfd; nil on v2
 	once sync.Once
+	// v2 (memory.events is polled): the file, the oom_kill count last
+	// seen and the callback; check compares and reports.
+	mu     sync.Mutex
+	events string
+	last   uint64
+	onOOM  func()
+}
+
+// flush reports an OOM kill the poller has not seen yet (cgroup v2). It is
+// called before the container's cgroup is removed: a process killed right
+// before its container is deleted would otherwise go unreported.
+func (w *oomWatch) flush() {
+	if w == nil || w.events == "" {
+		return
+	}
+	w.check()
+}
+
+func (w *oomWatch) check() {
+	w.mu.Lock()
+	n := oomKills(w.events)
+	seen := n > w.last
+	if n > w.last {
+		w.last = n
+	}
+	w.mu.Unlock()
+	if seen {
+		w.onOOM()
+	}
 }
 
 func (w *oomWatch) close() {
@@ -90,8 +119,9 @@ func (b *Backend) watchOOM(pid int, onOOM func()) *oomWatch {
 		if err != nil {
 			return nil
 		}
-		events := filepath.Join("/sys/fs/cgroup", path, "memory.events")
-		b.wg.Go(func() { pollOOMv2(events, w.stop, b.stop, onOOM) })
+		w.events = filepath.Join("/sys/fs/cgroup", path, "memory.events")
+		w.last, w.onOOM = oomKills(w.events), onOOM
+		b.wg.Go(func() { w.poll(b.stop) })
 		return w
 	}
 	cg, err := cgroup1.Load(cgroup1.PidPath(pid), cgroup1.WithHiearchy(cgroup1.SingleSubsystem(cgroup1.Default, cgroup1.Memory)))
@@ -130,23 +160,20 @@ func (b *Backend) watchOOM(pid int, onOOM func()) *oomWatch {
 	return w
 }
 
-func pollOOMv2(path string, stop, bstop <-chan struct{}, onOOM func()) {
-	last := oomKills(path)
+// poll checks memory.events every second until the watch or the backend
+// stops.
+func (w *oomWatch) poll(bstop <-chan struct{}) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
-		case <-stop:
+		case <-w.stop:
 			return
 		case <-bstop:
 			return
 		case <-t.C:
 		}
-		n := oomKills(path)
-		if n > last {
-			onOOM()
-		}
-		last = n
+		w.check()
 	}
 }
 

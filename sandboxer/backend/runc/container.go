@@ -229,6 +229,9 @@ func (p *proc) CloseStdin(ctx context.Context) error {
 }
 
 func (p *proc) Delete(ctx context.Context) error {
+	if p.init {
+		p.c.oom.flush() // before runc removes the cgroup
+	}
 	err := p.p.Delete(ctx)
 	if !p.init {
 		p.c.mu.Lock()

@@ -38,23 +38,23 @@ const helloInterval = 50 * time.Millisecond
 
 func record(tag, nonce []byte) []byte { return append(append([]byte{}, tag...), nonce...) }
 
-// deadliner is a connection whose reads can be interrupted.
-type deadliner interface{ SetReadDeadline(time.Time) error }
+// deadliner is a connection whose reads and writes can be interrupted.
+type deadliner interface{ SetDeadline(time.Time) error }
 
 // Handshake runs the host's side of the handshake on a new connection to
 // the agent's port; on success a [NewClient] session can start over conn.
-// It fails when ctx ends (conn must then be a net.Conn, whose reads a
-// deadline interrupts, or be closed by the caller).
+// It fails when ctx ends (conn must then be a net.Conn, which a deadline
+// interrupts, or be closed by the caller).
 func Handshake(ctx context.Context, conn io.ReadWriter) error {
 	nonce := make([]byte, tagLen)
 	if _, err := rand.Read(nonce); err != nil {
 		return err
 	}
 	if d, ok := conn.(deadliner); ok {
-		stop := context.AfterFunc(ctx, func() { _ = d.SetReadDeadline(time.Now()) })
+		stop := context.AfterFunc(ctx, func() { _ = d.SetDeadline(time.Now()) })
 		defer func() {
 			if stop() {
-				_ = d.SetReadDeadline(time.Time{})
+				_ = d.SetDeadline(time.Time{})
 			}
 		}()
 	}
@@ -81,6 +81,9 @@ func Handshake(ctx context.Context, conn io.ReadWriter) error {
 	}()
 	err := scanFor(conn, record(tagAck, nonce))
 	close(quit)
+	if d, ok := conn.(deadliner); ok && err != nil {
+		_ = d.SetDeadline(time.Now()) // a hello blocked in Write must not hang us
+	}
 	wg.Wait()
 	if err == nil {
 		err = werr

@@ -2,9 +2,14 @@
 // that links the sandboxer to a microVM's task agent: a virtio-serial port
 // where the host has no vsock. It uses yamux (hashicorp/yamux, the
 // multiplexer of Nomad and Consul): the host opens streams, the agent
-// accepts them, and every stream is an independent net.Conn carrying one
-// ttrpc connection (containerd's task client, the streaming service, the
-// sandboxer's agent client).
+// accepts them. Every stream starts with a one-byte kind: a ttrpc stream
+// carries one ttrpc connection (containerd's task client, the sandboxer's
+// agent client); a stdio stream carries one standard stream of a process
+// in the guest (see [StdioHeader]).
+//
+// Before yamux starts, the two ends shake hands (see [Handshake] and
+// [Accept]) so that a host that reconnects at once never has its first
+// frames eaten by the agent's previous session.
 //
 // The agent side must cope with the port reading EOF while no host is
 // connected (a virtio-serial quirk); it reopens the port and serves a new
@@ -12,6 +17,7 @@
 package agentmux
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -32,7 +38,8 @@ func config() *yamux.Config {
 // Client is the host end: it opens streams to the agent.
 type Client struct{ s *yamux.Session }
 
-// NewClient starts a session over conn (the host side of the port).
+// NewClient starts a session over conn (the host side of the port). The
+// caller shakes hands first ([Handshake]) when the agent expects it.
 func NewClient(conn io.ReadWriteCloser) (*Client, error) {
 	s, err := yamux.Client(conn, config())
 	if err != nil {
@@ -41,13 +48,49 @@ func NewClient(conn io.ReadWriteCloser) (*Client, error) {
 	return &Client{s: s}, nil
 }
 
-// Dial opens a new stream to the agent.
+// Dial opens a new ttrpc stream to the agent.
 func (c *Client) Dial() (net.Conn, error) {
 	st, err := c.s.OpenStream()
 	if err != nil {
 		return nil, fmt.Errorf("agentmux open stream: %w", err)
 	}
+	if _, err := st.Write([]byte{byte(kindTTRPC)}); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("agentmux open stream: %w", err)
+	}
 	return st, nil
+}
+
+// DialStdio opens a stdio stream: the agent makes a FIFO in the guest for
+// h and bridges it to the stream. It returns the stream and the guest
+// path of the FIFO, to be passed to the guest's Task API. Closing the
+// stream (a half close: [net.Conn] Close on a yamux stream sends FIN) ends
+// a stdin stream's input; the agent closes an output stream once the
+// process's writers are all gone.
+func (c *Client) DialStdio(ctx context.Context, h StdioHeader) (net.Conn, string, error) {
+	hdr, err := h.encode()
+	if err != nil {
+		return nil, "", err
+	}
+	st, err := c.s.OpenStream()
+	if err != nil {
+		return nil, "", fmt.Errorf("agentmux open stdio stream: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Now()) })
+	path, err := func() (string, error) {
+		if _, err := st.Write(append([]byte{byte(kindStdio)}, hdr...)); err != nil {
+			return "", err
+		}
+		return readReply(st)
+	}()
+	if !stop() {
+		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	if err != nil {
+		st.Close()
+		return nil, "", fmt.Errorf("agentmux stdio stream %s: %w", h, err)
+	}
+	return st, path, nil
 }
 
 // Done is closed when the session ends (the VM or the agent went away).
@@ -55,13 +98,3 @@ func (c *Client) Done() <-chan struct{} { return c.s.CloseChan() }
 
 // Close ends the session and every stream.
 func (c *Client) Close() error { return c.s.Close() }
-
-// Listen returns the agent end: a net.Listener whose Accept returns the
-// streams the host opens over conn. Closing it ends the session.
-func Listen(conn io.ReadWriteCloser) (net.Listener, error) {
-	s, err := yamux.Server(conn, config())
-	if err != nil {
-		return nil, fmt.Errorf("agentmux server: %w", err)
-	}
-	return s, nil
-}

@@ -46,17 +46,28 @@ func (a *Agent) Serve(ctx context.Context) error {
 	}
 }
 
-// serveOnce serves one agentmux session on the port at path.
+// serveOnce serves one agentmux session on the port at path: it waits for
+// a host's handshake (skipping what a previous session left on the port),
+// then serves ttrpc streams with the agent's services and stdio streams
+// with FIFOs for the Task API.
 func (a *Agent) serveOnce(ctx context.Context, path string) error {
 	f, err := openPort(ctx, path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	l, err := agentmux.Listen(f)
+	stop := context.AfterFunc(ctx, func() { _ = f.Close() })
+	defer stop()
+	conn, err := agentmux.Accept(f)
 	if err != nil {
 		return err
 	}
+	bridge := &stdioBridge{dir: stdioDir}
+	l, err := agentmux.Listen(conn, bridge.serve)
+	if err != nil {
+		return err
+	}
+	defer l.Wait()
 	defer l.Close()
 	srv, err := ttrpc.NewServer()
 	if err != nil {
@@ -64,8 +75,8 @@ func (a *Agent) serveOnce(ctx context.Context, path string) error {
 	}
 	defer srv.Close()
 	a.Register(srv)
-	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
-	defer stop()
+	stopL := context.AfterFunc(ctx, func() { _ = l.Close() })
+	defer stopL()
 	err = srv.Serve(ctx, l)
 	if errors.Is(err, ttrpc.ErrServerClosed) {
 		return nil

@@ -34,3 +34,6 @@ func (busybox) Process(script string) *specs.Process {
 func (busybox) Bundle(t *testing.T, dir, script string) *specs.Spec {
 	return testutil.BusyboxBundle(t, dir, script)
 }
+
+// HasShell: busybox has sh, cat, tty and stty.
+func (busybox) HasShell() bool { return true }

@@ -35,9 +35,6 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if cfg.Spec == nil {
 		return nil, fmt.Errorf("container %q has no OCI spec: %w", cfg.ID, errdefs.ErrInvalidArgument)
 	}
-	if err := checkStdio(cfg.Stdio); err != nil {
-		return nil, err
-	}
 	tc, err := s.taskClient()
 	if err != nil {
 		return nil, err
@@ -65,17 +62,19 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 		return nil, fmt.Errorf("write OCI spec: %w", err)
 	}
 	c := &container{s: s, id: cfg.ID, dir: dir, execs: map[string]*proc{}}
-	p, err := c.newProc("", "", cfg.Stdio)
+	p, err := c.newProc(ctx, "", cfg.Stdio)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := tc.Create(s.ns(ctx), &taskapi.CreateTaskRequest{
-		ID: cfg.ID, Bundle: s.guestPath(dir),
-		Stdout: p.guestOut, Stderr: p.guestErr,
+		ID: cfg.ID, Bundle: s.guestPath(dir), Terminal: cfg.Stdio.Terminal,
+		Stdin: p.guestIn, Stdout: p.guestOut, Stderr: p.guestErr,
 	})
 	if err != nil {
+		p.closeIO()
 		return nil, fmt.Errorf("create container %q in the guest: %w", cfg.ID, errgrpc.ToNative(err))
 	}
+	p.startInput()
 	p.pid = resp.GetPid()
 	c.init = p
 	s.mu.Lock()
@@ -170,23 +169,10 @@ func isBind(m specs.Mount) bool {
 	return false
 }
 
-func checkStdio(s backend.Stdio) error {
-	if s.Stdin != "" {
-		return fmt.Errorf("stdin for vm sandboxes: %w", errdefs.ErrNotImplemented)
-	}
-	if s.Terminal {
-		return fmt.Errorf("terminals for vm sandboxes: %w", errdefs.ErrNotImplemented)
-	}
-	return nil
-}
-
 func (c *container) Init() backend.Process { return c.init }
 
 // Exec adds a process in the guest.
 func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.Process, error) {
-	if err := checkStdio(cfg.Stdio); err != nil {
-		return nil, err
-	}
 	tc, err := c.s.taskClient()
 	if err != nil {
 		return nil, err
@@ -195,17 +181,19 @@ func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.P
 	if err != nil {
 		return nil, err
 	}
-	p, err := c.newProc(cfg.ID, "exec-"+cfg.ID+".", cfg.Stdio)
+	p, err := c.newProc(ctx, cfg.ID, cfg.Stdio)
 	if err != nil {
 		return nil, err
 	}
 	if _, err := tc.Exec(c.s.ns(ctx), &taskapi.ExecProcessRequest{
-		ID: c.id, ExecID: cfg.ID, Stdout: p.guestOut, Stderr: p.guestErr,
+		ID: c.id, ExecID: cfg.ID, Terminal: cfg.Stdio.Terminal,
+		Stdin: p.guestIn, Stdout: p.guestOut, Stderr: p.guestErr,
 		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: data},
 	}); err != nil {
-		p.removeFiles()
+		p.closeIO()
 		return nil, fmt.Errorf("exec in container %q: %w", c.id, errgrpc.ToNative(err))
 	}
+	p.startInput()
 	c.mu.Lock()
 	c.execs[cfg.ID] = p
 	c.mu.Unlock()
@@ -214,7 +202,7 @@ func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.P
 
 // Delete unmounts and removes the container's shared directory.
 func (c *container) Delete(ctx context.Context) error {
-	c.stopTails()
+	c.closeIO()
 	c.s.mu.Lock()
 	delete(c.s.ctrs, c.id)
 	c.s.mu.Unlock()
@@ -224,7 +212,8 @@ func (c *container) Delete(ctx context.Context) error {
 	return os.RemoveAll(c.dir)
 }
 
-func (c *container) stopTails() {
+// closeIO ends the stdio copies of the container's processes.
+func (c *container) closeIO() {
 	c.mu.Lock()
 	ps := []*proc{c.init}
 	for _, p := range c.execs {
@@ -233,7 +222,7 @@ func (c *container) stopTails() {
 	c.mu.Unlock()
 	for _, p := range ps {
 		if p != nil {
-			p.stopTails()
+			p.closeIO()
 		}
 	}
 }

@@ -2,11 +2,10 @@ package vm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -14,66 +13,214 @@ import (
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/internal/agentmux"
 	"github.com/magnetar-io/magnetar/sandboxer/backend/internal/hoststdio"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
-// proc is a process in the guest.
+// outputDrainTimeout bounds how long an exit waits for the process's
+// output to reach the host after the guest reported it: output that a
+// leftover child keeps open does not hold the exit forever (containerd's
+// shims wait 2 s for their copies the same way).
+const outputDrainTimeout = 5 * time.Second
+
+// proc is a process in the guest. Its standard streams are agentmux
+// stdio streams: the agent bridges each to a FIFO in the guest that the
+// guest's Task API gets, and the host copies between the streams and the
+// caller's stdio.
 type proc struct {
-	c      *container
-	execID string
+	c        *container
+	execID   string
+	terminal bool
 
-	// hostOut/hostErr are the files in the shared dir the guest writes
-	// (empty: none); guestOut/guestErr their guest paths; dstOut/dstErr
-	// the caller's stdio.
-	hostOut, hostErr   string
-	guestOut, guestErr string
-	dstOut, dstErr     string
-
-	pid       uint32
-	startOnce sync.Once
-	exited    chan struct{}
-	exit      backend.ExitStatus
-	tails     sync.WaitGroup
-	stop      chan struct{}
-	stopOnce  sync.Once
+	// guestIn/guestOut/guestErr are the guest FIFOs ("" for none).
+	guestIn, guestOut, guestErr string
+	// in is the stdin stream; inR the caller's stdin and inHeld the
+	// write end held until CloseStdin (nil for a plain file).
+	in            net.Conn
+	inR, inHeld   *os.File
+	closeInOnce   sync.Once
+	outs          []net.Conn
+	abort         chan struct{} // closed to give up the copies
+	abortOnce     sync.Once
+	copies        sync.WaitGroup // output copies
+	inCopy        sync.WaitGroup
+	closeOnce     sync.Once
+	startInOnce   sync.Once
+	pid           uint32
+	startOnce     sync.Once
+	exited        chan struct{}
+	exit          backend.ExitStatus
+	outputDrained chan struct{}
 }
 
-func (c *container) newProc(execID, prefix string, stdio backend.Stdio) (*proc, error) {
-	p := &proc{c: c, execID: execID, exited: make(chan struct{}), stop: make(chan struct{}), dstOut: stdio.Stdout, dstErr: stdio.Stderr}
-	if stdio.Stdout != "" {
-		p.hostOut = filepath.Join(c.dir, prefix+"stdout")
-	}
-	if stdio.Stderr != "" {
-		p.hostErr = filepath.Join(c.dir, prefix+"stderr")
-	}
-	for _, f := range []string{p.hostOut, p.hostErr} {
-		if f == "" {
-			continue
+// newProc opens the stdio streams of a process about to be created and
+// starts copying its output; the caller passes the guest paths to the
+// Task API, then calls startInput (or closeIO on failure).
+func (c *container) newProc(ctx context.Context, execID string, stdio backend.Stdio) (_ *proc, retErr error) {
+	p := &proc{c: c, execID: execID, terminal: stdio.Terminal, exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{})}
+	defer func() {
+		if retErr != nil {
+			p.closeIO()
 		}
-		if err := os.WriteFile(f, nil, 0o666); err != nil {
+	}()
+	mc, err := c.s.muxClient()
+	if err != nil {
+		return nil, err
+	}
+	dial := func(st agentmux.Stream) (net.Conn, string, error) {
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return mc.DialStdio(dctx, agentmux.StdioHeader{Container: c.id, Exec: execID, Stream: st})
+	}
+	if stdio.Stdin != "" {
+		r, held, err := hoststdio.OpenInput(stdio.Stdin)
+		if err != nil {
+			return nil, fmt.Errorf("open stdin: %w", err)
+		}
+		p.inHeld = held
+		if p.inR, err = pollable(r); err != nil {
+			return nil, err
+		}
+		if p.in, p.guestIn, err = dial(agentmux.Stdin); err != nil {
 			return nil, err
 		}
 	}
-	if p.hostOut != "" {
-		p.guestOut = c.s.guestPath(p.hostOut)
+	for _, o := range []struct {
+		dst   string
+		st    agentmux.Stream
+		guest *string
+	}{{stdio.Stdout, agentmux.Stdout, &p.guestOut}, {stdio.Stderr, agentmux.Stderr, &p.guestErr}} {
+		if o.dst == "" || (o.st == agentmux.Stderr && stdio.Terminal) {
+			continue // a terminal's output is all on stdout
+		}
+		conn, path, err := dial(o.st)
+		if err != nil {
+			return nil, err
+		}
+		*o.guest = path
+		p.outs = append(p.outs, conn)
+		p.copies.Add(1)
+		go p.copyOut(conn, o.dst)
 	}
-	if p.hostErr != "" {
-		p.guestErr = c.s.guestPath(p.hostErr)
-	}
+	go func() {
+		p.copies.Wait()
+		close(p.outputDrained)
+	}()
 	return p, nil
 }
 
-func (p *proc) removeFiles() {
-	for _, f := range []string{p.hostOut, p.hostErr} {
-		if f != "" {
-			_ = os.Remove(f)
+// pollable reopens a FIFO end in non-blocking mode, so that Close ends a
+// read blocked in it.
+func pollable(f *os.File) (*os.File, error) {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	nfd := -1
+	cerr := sc.Control(func(fd uintptr) { nfd, err = unix.Dup(int(fd)) })
+	f.Close()
+	if cerr != nil {
+		return nil, cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	unix.CloseOnExec(nfd)
+	if err := unix.SetNonblock(nfd, true); err != nil {
+		unix.Close(nfd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(nfd), f.Name()), nil
+}
+
+// copyOut copies a stream into the caller's output until the agent ends
+// it (every writer in the guest is gone). When the caller's end fails or
+// never opens, the stream is still drained so the guest never blocks.
+func (p *proc) copyOut(conn net.Conn, dst string) {
+	defer p.copies.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // gives up waiting for a reader on abort
+		defer wg.Done()
+		select {
+		case <-p.abort:
+			cancel()
+		case <-ctx.Done():
 		}
+	}()
+	w, err := hoststdio.OpenOutput(ctx, dst)
+	cancel()
+	wg.Wait()
+	if err == nil {
+		_, err = io.Copy(w, conn)
+		w.Close()
+	}
+	if err != nil {
+		_, _ = io.Copy(io.Discard, conn)
 	}
 }
 
-// Start starts the process in the guest and begins copying its output.
+// startInput starts copying the caller's stdin to the guest once the
+// process exists there (so that the agent's FIFO has a reader).
+func (p *proc) startInput() {
+	if p.in == nil {
+		return
+	}
+	p.startInOnce.Do(func() {
+		p.inCopy.Add(1)
+		go func() {
+			defer p.inCopy.Done()
+			_, _ = io.Copy(p.in, p.inR)
+			_ = p.in.Close() // FIN: the agent closes its end of the guest FIFO
+		}()
+	})
+}
+
+// abortIO gives up the copies: streams stop blocking, and an output
+// FIFO without a reader is no longer waited for.
+func (p *proc) abortIO() {
+	p.abortOnce.Do(func() {
+		close(p.abort)
+		for _, c := range append([]net.Conn{p.in}, p.outs...) {
+			if c != nil {
+				_ = c.SetDeadline(time.Now())
+			}
+		}
+	})
+}
+
+// closeIO ends the copies and closes the streams and the caller's stdin.
+func (p *proc) closeIO() {
+	p.closeOnce.Do(func() {
+		p.abortIO()
+		p.closeIn()
+		if p.inR != nil {
+			p.inR.Close() // ends a read blocked in it
+		}
+		p.inCopy.Wait()
+		p.copies.Wait()
+		for _, c := range append([]net.Conn{p.in}, p.outs...) {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+}
+
+func (p *proc) closeIn() {
+	p.closeInOnce.Do(func() {
+		if p.inHeld != nil {
+			p.inHeld.Close()
+		}
+	})
+}
+
+// Start starts the process in the guest.
 func (p *proc) Start(ctx context.Context) (uint32, error) {
 	tc, err := p.c.s.taskClient()
 	if err != nil {
@@ -84,25 +231,16 @@ func (p *proc) Start(ctx context.Context) (uint32, error) {
 		return 0, fmt.Errorf("start %s/%s in the guest: %w", p.c.id, p.execID, errgrpc.ToNative(err))
 	}
 	p.pid = resp.GetPid()
-	p.startOnce.Do(func() {
-		if p.hostOut != "" {
-			p.tails.Add(1)
-			go p.tail(p.hostOut, p.dstOut)
-		}
-		if p.hostErr != "" {
-			p.tails.Add(1)
-			go p.tail(p.hostErr, p.dstErr)
-		}
-		go p.watch(tc)
-	})
+	p.startOnce.Do(func() { go p.watch(tc) })
 	return p.pid, nil
 }
 
 // Pid is the guest pid (known after create for the init).
 func (p *proc) Pid() uint32 { return p.pid }
 
-// watch waits for the exit in the guest. If the VM goes away first the
-// process is reported killed.
+// watch waits for the exit in the guest, then for the output to reach
+// the host: the exit is reported after the output, as containerd
+// expects. If the VM goes away first the process is reported killed.
 func (p *proc) watch(tc taskapi.TTRPCTaskService) {
 	s := p.c.s
 	resp, err := tc.Wait(s.ns(s.life), &taskapi.WaitRequest{ID: p.c.id, ExecID: p.execID})
@@ -111,6 +249,14 @@ func (p *proc) watch(tc taskapi.TTRPCTaskService) {
 	} else {
 		p.exit = backend.ExitStatus{Code: resp.GetExitStatus(), ExitedAt: resp.GetExitedAt().AsTime()}
 	}
+	t := time.NewTimer(outputDrainTimeout)
+	select {
+	case <-p.outputDrained:
+	case <-t.C:
+		p.abortIO()
+		<-p.outputDrained
+	}
+	t.Stop()
 	close(p.exited)
 }
 
@@ -134,14 +280,45 @@ func (p *proc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
 	return nil
 }
 
+// ResizePTY forwards a terminal's size to the guest.
 func (p *proc) ResizePTY(ctx context.Context, width, height uint32) error {
-	return fmt.Errorf("terminals for vm sandboxes: %w", errdefs.ErrNotImplemented)
+	if !p.terminal {
+		return fmt.Errorf("%s/%s has no terminal: %w", p.c.id, p.execID, errdefs.ErrFailedPrecondition)
+	}
+	tc, err := p.c.s.taskClient()
+	if err != nil {
+		return err
+	}
+	if _, err := tc.ResizePty(p.c.s.ns(ctx), &taskapi.ResizePtyRequest{ID: p.c.id, ExecID: p.execID, Width: width, Height: height}); err != nil {
+		return fmt.Errorf("resize terminal of %s/%s in the guest: %w", p.c.id, p.execID, errgrpc.ToNative(err))
+	}
+	return nil
 }
 
-func (p *proc) CloseStdin(ctx context.Context) error { return nil }
+// CloseStdin closes the held write end of the caller's stdin, so that the
+// copy to the guest ends (and the agent closes its end of the guest FIFO)
+// once the caller's writers are gone, and forwards CloseIO to the guest's
+// Task API, which closes the write end it holds. The process reads end of
+// file after the last byte copied.
+func (p *proc) CloseStdin(ctx context.Context) error {
+	if p.in == nil {
+		return nil
+	}
+	p.closeIn()
+	tc, err := p.c.s.taskClient()
+	if err != nil {
+		return err
+	}
+	if _, err := tc.CloseIO(p.c.s.ns(ctx), &taskapi.CloseIORequest{ID: p.c.id, ExecID: p.execID, Stdin: true}); err != nil {
+		if err = errgrpc.ToNative(err); !errdefs.IsNotFound(err) {
+			return fmt.Errorf("close stdin of %s/%s in the guest: %w", p.c.id, p.execID, err)
+		}
+	}
+	return nil
+}
 
 // Delete deletes the process in the guest (for the init: the container)
-// and ends the copies of its output.
+// and ends the copies of its stdio.
 func (p *proc) Delete(ctx context.Context) error {
 	var err error
 	if tc, terr := p.c.s.taskClient(); terr == nil {
@@ -151,79 +328,11 @@ func (p *proc) Delete(ctx context.Context) error {
 			}
 		}
 	}
-	p.stopTails()
+	p.closeIO()
 	if p.execID != "" {
-		p.removeFiles()
 		p.c.mu.Lock()
 		delete(p.c.execs, p.execID)
 		p.c.mu.Unlock()
 	}
 	return err
-}
-
-// stopTails lets the output copies finish (they end shortly after the
-// exit), forcing them after a few seconds.
-func (p *proc) stopTails() {
-	done := make(chan struct{})
-	go func() { p.tails.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(3 * time.Second):
-		p.stopOnce.Do(func() { close(p.stop) })
-		<-done
-	}
-}
-
-// tail copies the growth of src into dst until the process exited and
-// src stopped growing for tailQuiet.
-func (p *proc) tail(src, dst string) {
-	defer p.tails.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	go func() {
-		select {
-		case <-p.stop:
-		case <-ctx.Done():
-		}
-		cancel()
-	}()
-	w, err := hoststdio.OpenOutput(ctx, dst)
-	cancel()
-	if err != nil {
-		return
-	}
-	defer w.Close()
-	f, err := os.Open(src)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	buf := make([]byte, 64*1024)
-	var quietSince time.Time
-	for {
-		n, err := f.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
-			}
-			quietSince = time.Time{}
-			continue
-		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return
-		}
-		select {
-		case <-p.exited:
-			if quietSince.IsZero() {
-				quietSince = time.Now()
-			} else if time.Since(quietSince) >= tailQuiet {
-				return
-			}
-		default:
-		}
-		select {
-		case <-p.stop:
-			return
-		case <-time.After(tailPoll):
-		}
-	}
 }

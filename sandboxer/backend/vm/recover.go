@@ -165,8 +165,10 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 		return nil, e.err
 	}
 	c := &container{s: s, id: cfg.ID, dir: filepath.Join(s.shared, cfg.ID), execs: map[string]*proc{}}
-	p := &proc{c: c, pid: pid, exited: make(chan struct{}), stop: make(chan struct{}), exit: e.exit}
+	// No stdio: its streams ended with the earlier agent session.
+	p := &proc{c: c, pid: pid, exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{}), exit: e.exit}
 	close(p.exited)
+	close(p.outputDrained)
 	c.init = p
 	s.ctrs[cfg.ID] = c
 	return c, nil

@@ -215,8 +215,9 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 }
 
 // connect dials the agent and calls Health until it answers, then opens
-// the task stream. A failed attempt is followed by a fresh session after a
-// pause (see docs/guest.md, "EOF / reconnect").
+// the task stream. A failed attempt is followed at once by a fresh
+// session: the handshake keeps it apart from the old one (see
+// docs/guest.md, "EOF / reconnect").
 func (s *sandbox) connect(ctx context.Context) error {
 	var last error
 	for {
@@ -233,7 +234,7 @@ func (s *sandbox) connect(ctx context.Context) error {
 		case <-ctx.Done():
 			return fmt.Errorf("agent not ready: %w (last error: %v)", ctx.Err(), last)
 		case <-s.gone:
-		case <-time.After(time.Second):
+		case <-time.After(50 * time.Millisecond): // no busy loop
 		}
 	}
 }
@@ -241,6 +242,13 @@ func (s *sandbox) connect(ctx context.Context) error {
 func (s *sandbox) connectOnce(ctx context.Context) error {
 	conn, err := s.vm.AgentConn(ctx)
 	if err != nil {
+		return err
+	}
+	hctx, hcancel := context.WithTimeout(ctx, 30*time.Second)
+	err = agentmux.Handshake(hctx, conn)
+	hcancel()
+	if err != nil {
+		conn.Close()
 		return err
 	}
 	mc, err := agentmux.NewClient(conn)
@@ -356,7 +364,7 @@ func (s *sandbox) Delete(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, c := range ctrs {
-		c.stopTails()
+		c.closeIO()
 	}
 	if err := unmountUnder(s.shared); err != nil {
 		return err
@@ -403,6 +411,16 @@ func (s *sandbox) State() ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return json.Marshal(s.st)
+}
+
+// muxClient is the session to the agent, for stdio streams.
+func (s *sandbox) muxClient() (*agentmux.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mux == nil || s.isGone() {
+		return nil, fmt.Errorf("sandbox %s: vm not running: %w", s.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
+	return s.mux, nil
 }
 
 func (s *sandbox) taskClient() (taskapi.TTRPCTaskService, error) {

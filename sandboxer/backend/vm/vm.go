@@ -5,9 +5,11 @@
 // The host shares one directory per sandbox with the guest over 9p
 // ("shared", mounted at /run/magnetar/shared in the guest by Setup). Each
 // container gets <shared>/<cid>/ with its rewritten config.json, its rootfs
-// (mounted on the host, seen by the guest through 9p), the host sources of
-// its bind mounts, and regular files that collect its output in the guest;
-// the host copies their growth into the stdio FIFOs containerd gave it.
+// (mounted on the host, seen by the guest through 9p) and the host sources
+// of its bind mounts. Standard streams (stdin, stdout, stderr, or a
+// terminal) travel as agentmux stdio streams next to the ttrpc ones: the
+// agent bridges each to a FIFO in the guest that the guest's Task API
+// gets, the host to the stdio containerd gave it.
 //
 // While a sandbox runs, goroutines it owns stream guest events (OOM kills
 // reach the EventSink), ping the agent (a VM whose agent stops answering is
@@ -22,8 +24,6 @@
 //
 // The pod's CNI interfaces are bridged into the guest through taps in the
 // pod netns (network.go).
-//
-// Not done yet: stdin and terminals.
 package vm
 
 import (
@@ -49,10 +49,6 @@ const (
 	// socket paths too long.
 	shortVMRoot = "/run/magnetar/vm"
 	maxSockPath = 100
-	// tailQuiet is how long an output file must stop growing after its
-	// process exited before its copy ends.
-	tailQuiet = 250 * time.Millisecond
-	tailPoll  = 50 * time.Millisecond
 )
 
 // Config configures the vm backend.
@@ -131,7 +127,7 @@ func (b *Backend) Info() backend.Info {
 		Kind:         Kind,
 		Description:  "a microVM per sandbox (" + b.cfg.Driver.Name() + "), containers run by the guest agent",
 		Isolation:    backend.IsolationVM,
-		Capabilities: backend.Capabilities{Exec: true, OOMEvents: true, UpdateResources: true, Stats: true, Pause: true},
+		Capabilities: backend.Capabilities{Exec: true, Stdin: true, Terminal: true, OOMEvents: true, UpdateResources: true, Stats: true, Pause: true},
 	}
 }
 

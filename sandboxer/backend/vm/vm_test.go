@@ -174,3 +174,6 @@ func TestSandboxLifecycle(t *testing.T) {
 		}
 	}
 }
+
+// HasShell: busybox has sh, cat, tty and stty.
+func (busybox) HasShell() bool { return true }

@@ -8,6 +8,7 @@ package backendtest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -34,6 +35,14 @@ type Workload interface {
 	Bundle(t *testing.T, dir, script string) *specs.Spec
 	// Process returns a process spec for exec running script.
 	Process(script string) *specs.Process
+}
+
+// ShellWorkload is a Workload whose scripts run in a POSIX shell with
+// cat, tty and stty (busybox): the stdin and terminal cases need them.
+type ShellWorkload interface {
+	Workload
+	// HasShell reports whether the shell and tools are there.
+	HasShell() bool
 }
 
 var seq atomic.Int64
@@ -182,6 +191,96 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend, w Workload
 		}
 		if ps, _ := e.State(context.Background(), sb, id, ""); ps.State != engine.ProcessStopped {
 			t.Errorf("container after sandbox stop: %s, want stopped", ps.State)
+		}
+	})
+
+	t.Run("StdinAndTerminal", func(t *testing.T) {
+		e, sb, _ := setup(t)
+		if sw, ok := w.(ShellWorkload); !ok || !sw.HasShell() || !info.Capabilities.Stdin {
+			t.Skip("kind has no stdin or the workload no shell")
+		}
+		ctx := context.Background()
+		start := func(t *testing.T, script string, stdio backend.Stdio) (string, *os.File) {
+			t.Helper()
+			dir := t.TempDir()
+			id := uniqueID("c")
+			if err := syscall.Mkfifo(stdio.Stdin, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			spec := w.Bundle(t, dir, script)
+			if stdio.Terminal {
+				spec.Process.Terminal = true
+				data, err := json.Marshal(spec)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := e.CreateContainer(ctx, sb, engine.ContainerSpec{ID: id, Bundle: dir, Spec: spec, Stdio: stdio}); err != nil {
+				t.Fatalf("create container: %v", err)
+			}
+			// The backend holds the FIFO open from create on, so
+			// this open does not wait.
+			in, err := os.OpenFile(stdio.Stdin, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { in.Close() })
+			if _, err := e.Start(ctx, sb, id, ""); err != nil {
+				t.Fatalf("start container: %v", err)
+			}
+			return id, in
+		}
+
+		// Stdin: everything written arrives, then end of file after
+		// CloseStdin.
+		out := newCapture(t, t.TempDir(), "stdout")
+		id, in := start(t, "cat; echo '<eof>'; exit 4", backend.Stdio{Stdin: filepath.Join(t.TempDir(), "stdin"), Stdout: out.path})
+		data := strings.Repeat("0123456789abcdef", 8192) // 128 KiB: more than a pipe holds
+		if _, err := io.WriteString(in, data+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		in.Close()
+		if err := e.CloseStdin(ctx, sb, id, ""); err != nil {
+			t.Fatalf("close stdin: %v", err)
+		}
+		if st := wait(t, e, sb, id, ""); st.Code != 4 {
+			t.Errorf("exit code = %d, want 4", st.Code)
+		}
+		// The exit is reported after the output: no waiting here.
+		if got := out.String(); got != data+"\n<eof>\n" {
+			t.Errorf("stdout has %d bytes ending %q, want %d bytes and <eof>", len(got), got[max(0, len(got)-20):], len(data)+7)
+		}
+		if _, err := e.Delete(ctx, sb, id, ""); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+
+		if !info.Capabilities.Terminal {
+			return
+		}
+		// A terminal: stdin and stdout are the pty, which takes its size
+		// from ResizePTY.
+		tout := newCapture(t, t.TempDir(), "tty")
+		id, in = start(t, "read line; stty size; tty; echo got $line", backend.Stdio{Stdin: filepath.Join(t.TempDir(), "stdin"), Stdout: tout.path, Terminal: true})
+		if err := e.ResizePTY(ctx, sb, id, "", 100, 30); err != nil {
+			t.Fatalf("resize: %v", err)
+		}
+		if _, err := io.WriteString(in, "hello\n"); err != nil {
+			t.Fatal(err)
+		}
+		if st := wait(t, e, sb, id, ""); st.Code != 0 {
+			t.Errorf("exit code = %d, want 0", st.Code)
+		}
+		got := tout.String()
+		for _, want := range []string{"30 100", "/dev/pts/", "got hello"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("terminal output %q lacks %q", got, want)
+			}
+		}
+		if _, err := e.Delete(ctx, sb, id, ""); err != nil {
+			t.Fatalf("delete: %v", err)
 		}
 	})
 

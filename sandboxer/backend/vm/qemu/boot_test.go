@@ -94,6 +94,11 @@ func healthOnce(ctx context.Context, v hypervisor.VM) (*agentv1.HealthResponse, 
 		return nil, err
 	}
 	defer conn.Close()
+	hctx, hcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer hcancel()
+	if err := agentmux.Handshake(hctx, conn); err != nil {
+		return nil, err
+	}
 	mc, err := agentmux.NewClient(conn)
 	if err != nil {
 		return nil, err

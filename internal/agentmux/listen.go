@@ -1,0 +1,127 @@
+package agentmux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// StdioHandler serves one stdio stream on the agent. It must answer with
+// [ReplyStdio] first, and return when it is done with conn, at the latest
+// soon after ctx is done (the session ended). It owns conn.
+type StdioHandler func(ctx context.Context, conn net.Conn, h StdioHeader)
+
+// headerTimeout bounds how long a new stream may take to say what it is.
+const headerTimeout = 30 * time.Second
+
+// Listener is the agent end of a session: Accept returns the host's ttrpc
+// streams; stdio streams go to the handler given to [Listen].
+type Listener struct {
+	s       *yamux.Session
+	handler StdioHandler
+	conns   chan net.Conn
+	done    chan struct{}
+	ctx     context.Context // done with the session, for the handlers
+	cancel  context.CancelFunc
+	once    sync.Once
+	wg      sync.WaitGroup // the accept loop, header readers and handlers
+}
+
+// Listen returns the agent end of a session over conn. stdio serves the
+// stdio streams (nil refuses them). The caller closes the listener and
+// then waits for it ([Listener.Wait]).
+func Listen(conn io.ReadWriteCloser, stdio StdioHandler) (*Listener, error) {
+	s, err := yamux.Server(conn, config())
+	if err != nil {
+		return nil, fmt.Errorf("agentmux server: %w", err)
+	}
+	l := &Listener{s: s, handler: stdio, conns: make(chan net.Conn), done: make(chan struct{})}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l.wg.Add(1)
+	go l.acceptLoop()
+	return l, nil
+}
+
+func (l *Listener) acceptLoop() {
+	defer l.wg.Done()
+	for {
+		st, err := l.s.AcceptStream()
+		if err != nil {
+			_ = l.Close()
+			return
+		}
+		l.wg.Add(1)
+		go l.dispatch(st)
+	}
+}
+
+// dispatch reads a stream's kind (and header) and hands it on.
+func (l *Listener) dispatch(st *yamux.Stream) {
+	defer l.wg.Done()
+	_ = st.SetReadDeadline(time.Now().Add(headerTimeout))
+	var kind [1]byte
+	if _, err := io.ReadFull(st, kind[:]); err != nil {
+		st.Close()
+		return
+	}
+	switch streamKind(kind[0]) {
+	case kindTTRPC:
+		_ = st.SetReadDeadline(time.Time{})
+		select {
+		case l.conns <- st:
+		case <-l.done:
+			st.Close()
+		}
+	case kindStdio:
+		h, err := readHeader(st)
+		_ = st.SetReadDeadline(time.Time{})
+		if err == nil && l.handler == nil {
+			err = errors.New("stdio streams not served")
+		}
+		if err != nil {
+			_ = ReplyStdio(st, "", err)
+			st.Close()
+			return
+		}
+		l.handler(l.ctx, st, h)
+	default:
+		st.Close()
+	}
+}
+
+// Accept returns the next ttrpc stream.
+func (l *Listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close ends the session (and so every stream); [Listener.Wait] waits for
+// the stdio handlers to return.
+func (l *Listener) Close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.done)
+		l.cancel()
+		err = l.s.Close()
+	})
+	return err
+}
+
+// Wait waits until the session is closed and every stdio handler returned.
+func (l *Listener) Wait() {
+	<-l.done
+	l.wg.Wait()
+}
+
+// Addr is the session's address.
+func (l *Listener) Addr() net.Addr { return l.s.Addr() }

@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/magnetar-io/magnetar/internal/harness"
+)
+
+// TestVMStdio drives the standard streams of a VM pod's containers
+// through CRI, as users do with crictl: exec with stdin (to end of file),
+// exec with a terminal, and attach to a container reading its stdin. One
+// VM for all.
+func TestVMStdio(t *testing.T) {
+	e := setup(t)
+	e.requireGuest(t)
+	if _, err := exec.LookPath("script"); err != nil {
+		skipOrFail(t, "script (bsdutils) is needed to give crictl a terminal: %v", err)
+	}
+	p := e.runPodWith(t, "magnetar-vm", false)
+	bin, _ := harness.DefaultBinDir()
+	crictl := filepath.Join(bin, "crictl")
+	cid := e.startContainer(t, p, "sleeper", "sleep 600")
+
+	// exec -i: stdin reaches the process, then end of file.
+	data := strings.Repeat("magnetar-stdin\n", 20000) // 300000 bytes
+	cmd := exec.CommandContext(ctxT(t), crictl, "--config", e.ctrd.CrictlConfig(), "exec", "-i", cid, "wc", "-c")
+	cmd.Stdin = strings.NewReader(data)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("crictl exec -i wc -c: %v\n%s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); got != fmt.Sprint(len(data)) {
+		t.Errorf("wc -c in the VM counted %q bytes, want %d", got, len(data))
+	}
+	cmd = exec.CommandContext(ctxT(t), crictl, "--config", e.ctrd.CrictlConfig(), "exec", "-i", cid, "cat")
+	cmd.Stdin = strings.NewReader("hello through stdin\n")
+	out, err = cmd.CombinedOutput()
+	if err != nil || string(out) != "hello through stdin\n" {
+		t.Errorf("crictl exec -i cat = %q, %v; want the input back", out, err)
+	}
+
+	// exec -it: a pty in the guest; script gives crictl a terminal, as a
+	// user's shell would.
+	cmd = exec.CommandContext(ctxT(t), "script", "-qec",
+		fmt.Sprintf("%s --config %s exec -it %s sh -c 'tty; test -t 0 && echo stdin-is-a-tty'", crictl, e.ctrd.CrictlConfig(), cid), "/dev/null")
+	out, err = cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("crictl exec -it: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "stdin-is-a-tty") {
+		t.Errorf("exec with a terminal printed %q; want a /dev/pts/N and stdin-is-a-tty", out)
+	}
+	out, err = e.ctrd.Crictl(ctxT(t), "exec", cid, "sh", "-c", "tty || true")
+	if err != nil || !strings.Contains(string(out), "not a tty") {
+		t.Errorf("exec without a terminal: %q, %v; want 'not a tty'", out, err)
+	}
+
+	// attach: stdin of a running container, output in its CRI log.
+	ctx := ctxT(t)
+	resp, err := e.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{
+		PodSandboxId: p.id,
+		Config: &runtime.ContainerConfig{
+			Metadata: &runtime.ContainerMetadata{Name: "attach"},
+			Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
+			Command:  []string{"sh", "-c", "while read line; do echo got:$line; done"},
+			LogPath:  "attach.log",
+			Stdin:    true,
+		},
+		SandboxConfig: p.cfg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.rt.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: resp.ContainerId}); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.CommandContext(ctx, crictl, "--config", e.ctrd.CrictlConfig(), "attach", "-i", resp.ContainerId)
+	cmd.Stdin = strings.NewReader("hello-attach\n")
+	out, _ = cmd.CombinedOutput() // ends when stdin closes
+	if got := e.logOf(t, p, "attach", "got:hello-attach"); !strings.Contains(got, "got:hello-attach") {
+		t.Errorf("attached stdin did not reach the container: log %q, crictl %q", got, out)
+	}
+}

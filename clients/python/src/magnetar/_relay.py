@@ -89,12 +89,31 @@ class UnixRelay:
                     upstream.close()
                     return
                 self._conns.update((conn, upstream))
+                self._threads = [t for t in self._threads if t.is_alive()]
+                done = [0]  # pumps of this pair that finished, under self._lock
                 for src, dst in ((conn, upstream), (upstream, conn)):
-                    t = threading.Thread(target=self._pump, args=(src, dst), name="magnetar-relay-pump", daemon=True)
+                    t = threading.Thread(
+                        target=self._pump, args=(src, dst, done), name="magnetar-relay-pump", daemon=True
+                    )
                     self._threads.append(t)
                     t.start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, done: list[int]) -> None:
+        try:
+            self._copy(src, dst)
+        finally:
+            # The second pump of a pair to finish closes both sockets.
+            with self._lock:
+                done[0] += 1
+                if done[0] < 2:
+                    return
+                self._conns.discard(src)
+                self._conns.discard(dst)
+            src.close()
+            dst.close()
+
+    @staticmethod
+    def _copy(src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(_BUF)

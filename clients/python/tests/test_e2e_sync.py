@@ -93,3 +93,23 @@ def test_errors(client: magnetar.Client, daemon: Daemon) -> None:
     with pytest.raises(ConnectError) as ce:
         client.sandboxes.get_sandbox(sandbox_pb2.GetSandboxRequest(sandbox_id="no-such-sandbox"))
     assert ce.value.code == magnetar.Code.NOT_FOUND
+
+
+def test_readme_example(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent
+    tar = Path(os.environ.get("MAGNETAR_EXAMPLES", here.parents[1] / ".tmp" / "examples")) / "hello-wasm.oci.tar"
+    args = [sys.executable, str(here / "examples" / "hello.py"), daemon.address, str(tar)]
+    if protocol == magnetar.Protocol.GRPC:
+        args.insert(2, "--grpc")
+    env = dict(os.environ, PYTHONPATH=str(here / "src"))
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "kinds: " in res.stdout and "wasm" in res.stdout
+    assert "Hello from WebAssembly!" in res.stdout
+    assert "SHOUT THIS" in res.stdout
+    assert res.stdout.rstrip().endswith("exit code: 0")

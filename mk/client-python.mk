@@ -15,7 +15,7 @@ CLIENT_GEN_DIRS += $(PY_GEN_DIRS)
 $(PY_VENV)/.stamp: $(PY_DIR)/requirements-gen.txt $(PY_DIR)/requirements-dev.txt
 	@command -v $(PYTHON3) >/dev/null || { echo "$(PYTHON3) (>= 3.11) is required" >&2; exit 1; }
 	rm -rf $(PY_VENV)
-	$(PYTHON3) -m venv $(PY_VENV)
+	$(PYTHON3) -m venv $(PY_VENV) || { echo "$(PYTHON3) -m venv failed (on Debian's python3: apt-get install python3-venv)" >&2; exit 1; }
 	$(PY_VENV)/bin/pip install --quiet --disable-pip-version-check \
 		-r $(PY_DIR)/requirements-gen.txt -r $(PY_DIR)/requirements-dev.txt
 	@touch $@
@@ -29,6 +29,7 @@ generate-python: $(BUF) $(PY_VENV)/.stamp ## Regenerate the Python client's stub
 	cd $(ROOT) && $(BUF) generate --template buf.gen.python.yaml
 
 .PHONY: test-python
-test-python: build examples $(PY_VENV)/.stamp ## Run the Python client's tests against a live sandboxer (root)
+test-python: build examples $(PY_VENV)/.stamp ## Type-check the Python client and run its tests against a live sandboxer (root)
+	cd $(PY_DIR) && $(PY_VENV)/bin/mypy
 	cd $(PY_DIR) && MAGNETAR_BIN=$(BIN) MAGNETAR_EXAMPLES=$(EXAMPLES_DIR) \
 		$(PY_VENV)/bin/python -m pytest -v -p no:cacheprovider

@@ -113,3 +113,23 @@ def test_readme_example(daemon: Daemon, protocol: magnetar.Protocol) -> None:
     assert "Hello from WebAssembly!" in res.stdout
     assert "SHOUT THIS" in res.stdout
     assert res.stdout.rstrip().endswith("exit code: 0")
+
+
+def test_timeout_spares_output_and_wait(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    from connectrpc.errors import ConnectError
+
+    from magnetar.container.v1 import container_pb2
+
+    with magnetar.Client(daemon.address, protocol=protocol, timeout=5) as client:
+        with client.create_sandbox("wasm") as sb:
+            c = sb.run(daemon.wasm_image, args=["-sleep", "8s"])
+            # The generated stubs carry the client's timeout...
+            with pytest.raises(ConnectError) as ei:
+                client.containers.wait_process(container_pb2.WaitProcessRequest(container_id=c.id))
+            assert ei.value.code == magnetar.Code.DEADLINE_EXCEEDED
+            # ...the thin layer's output and wait last as long as the process.
+            out = b"".join(chunk.data for chunk in c.output())
+            assert b"Hello from WebAssembly!" in out
+            assert c.exit_code == 0
+            assert c.wait() == 0
+            sb.delete(force=True)  # the with block tolerates an already deleted sandbox

@@ -34,7 +34,7 @@ from magnetar._common import (
 )
 from magnetar._relay import UnixRelay
 from magnetar.container.v1 import container_connect, container_pb2
-from magnetar.errors import MagnetarError, from_connect
+from magnetar.errors import MagnetarError, NotFoundError, from_connect
 from magnetar.image.v1 import image_connect, image_pb2
 from magnetar.sandbox.v1 import sandbox_connect, sandbox_pb2
 
@@ -56,7 +56,8 @@ class AsyncClient:
     ``address`` is ``unix:///path/to/api.sock`` (the default is
     :data:`magnetar.DEFAULT_ADDRESS`) or ``http://host:port``. ``protocol``
     selects Connect (default) or gRPC; both run over cleartext HTTP/2.
-    ``timeout`` (seconds) bounds each unary call.
+    ``timeout`` (seconds) bounds each call, except the ones that last as long
+    as a process or an import (output, wait, import_image).
 
     The generated stubs are available as :attr:`sandboxes`,
     :attr:`containers` and :attr:`images` for calls the thin layer doesn't
@@ -92,10 +93,15 @@ class AsyncClient:
         """The generated ContainerService client."""
         self.images = image_connect.ImageServiceClient(url, **kw)  # type: ignore[arg-type]
         """The generated ImageService client."""
+        # Streams and WaitProcess last as long as the process or the import:
+        # the thin layer sends them without the timeout.
+        kw["timeout_ms"] = None
+        self._containers_long = container_connect.ContainerServiceClient(url, **kw)  # type: ignore[arg-type]
+        self._images_long = image_connect.ImageServiceClient(url, **kw)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         """Closes the connections (and the unix socket relay)."""
-        for c in (self.sandboxes, self.containers, self.images):
+        for c in (self.sandboxes, self.containers, self.images, self._containers_long, self._images_long):
             await c.close()
         await self._transport.aclose()
         if self._relay is not None:
@@ -121,7 +127,7 @@ class AsyncClient:
         path on the sandboxer's host; returns the imported images."""
         images: list[image_pb2.Image] = []
         with _api():
-            async for res in self.images.import_image(image_pb2.ImportImageRequest(path=path, unpack=True)):
+            async for res in self._images_long.import_image(image_pb2.ImportImageRequest(path=path, unpack=True)):
                 if res.HasField("images"):
                     images.extend(res.images.images)
         return images
@@ -187,7 +193,10 @@ class AsyncSandbox:
     async def __aexit__(
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
-        await self.delete(force=True)
+        try:
+            await self.delete(force=True)
+        except NotFoundError:
+            pass  # already deleted
 
     async def run(
         self,
@@ -266,7 +275,10 @@ class AsyncContainer:
     async def __aexit__(
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
-        await self.delete(force=True)
+        try:
+            await self.delete(force=True)
+        except NotFoundError:
+            pass  # already deleted
 
     async def output(self) -> AsyncIterator[Output]:
         """Streams stdout and stderr until the process exits (then
@@ -274,7 +286,7 @@ class AsyncContainer:
         replayed on the first call."""
         req = container_pb2.AttachOutputRequest(container_id=self.id)
         with _api():
-            async for res in self._client.containers.attach_output(req):
+            async for res in self._client._containers_long.attach_output(req):
                 if res.HasField("output"):
                     yield Output(output_stream_name(res.output.stream), res.output.data)
                 elif res.HasField("exit"):
@@ -296,7 +308,7 @@ class AsyncContainer:
     async def wait(self) -> int:
         """Waits for the process to exit and returns its exit status."""
         with _api():
-            res = await self._client.containers.wait_process(
+            res = await self._client._containers_long.wait_process(
                 container_pb2.WaitProcessRequest(container_id=self.id)
             )
         self.exit_code = res.exit_status

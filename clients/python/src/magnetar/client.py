@@ -34,7 +34,7 @@ from magnetar._common import (
 )
 from magnetar._relay import UnixRelay
 from magnetar.container.v1 import container_connect, container_pb2
-from magnetar.errors import MagnetarError, from_connect
+from magnetar.errors import MagnetarError, NotFoundError, from_connect
 from magnetar.image.v1 import image_connect, image_pb2
 from magnetar.sandbox.v1 import sandbox_connect, sandbox_pb2
 
@@ -55,7 +55,8 @@ class Client:
     ``address`` is ``unix:///path/to/api.sock`` (the default is
     :data:`magnetar.DEFAULT_ADDRESS`) or ``http://host:port``. ``protocol``
     selects Connect (default) or gRPC; both run over cleartext HTTP/2.
-    ``timeout`` (seconds) bounds each unary call.
+    ``timeout`` (seconds) bounds each call, except the ones that last as long
+    as a process or an import (output, wait, import_image).
 
     The generated stubs are available as :attr:`sandboxes`,
     :attr:`containers` and :attr:`images` for calls the thin layer doesn't
@@ -91,10 +92,15 @@ class Client:
         """The generated ContainerService client."""
         self.images = image_connect.ImageServiceClientSync(url, **kw)  # type: ignore[arg-type]
         """The generated ImageService client."""
+        # Streams and WaitProcess last as long as the process or the import:
+        # the thin layer sends them without the timeout.
+        kw["timeout_ms"] = None
+        self._containers_long = container_connect.ContainerServiceClientSync(url, **kw)  # type: ignore[arg-type]
+        self._images_long = image_connect.ImageServiceClientSync(url, **kw)  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Closes the connections (and the unix socket relay)."""
-        for c in (self.sandboxes, self.containers, self.images):
+        for c in (self.sandboxes, self.containers, self.images, self._containers_long, self._images_long):
             c.close()
         self._transport.close()
         if self._relay is not None:
@@ -120,7 +126,7 @@ class Client:
         path on the sandboxer's host; returns the imported images."""
         images: list[image_pb2.Image] = []
         with _api():
-            for res in self.images.import_image(image_pb2.ImportImageRequest(path=path, unpack=True)):
+            for res in self._images_long.import_image(image_pb2.ImportImageRequest(path=path, unpack=True)):
                 if res.HasField("images"):
                     images.extend(res.images.images)
         return images
@@ -186,7 +192,10 @@ class Sandbox:
     def __exit__(
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
-        self.delete(force=True)
+        try:
+            self.delete(force=True)
+        except NotFoundError:
+            pass  # already deleted
 
     def run(
         self,
@@ -263,7 +272,10 @@ class Container:
     def __exit__(
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
-        self.delete(force=True)
+        try:
+            self.delete(force=True)
+        except NotFoundError:
+            pass  # already deleted
 
     def output(self) -> Iterator[Output]:
         """Streams stdout and stderr until the process exits (then
@@ -271,7 +283,7 @@ class Container:
         replayed on the first call."""
         req = container_pb2.AttachOutputRequest(container_id=self.id)
         with _api():
-            for res in self._client.containers.attach_output(req):
+            for res in self._client._containers_long.attach_output(req):
                 if res.HasField("output"):
                     yield Output(output_stream_name(res.output.stream), res.output.data)
                 elif res.HasField("exit"):
@@ -293,7 +305,7 @@ class Container:
     def wait(self) -> int:
         """Waits for the process to exit and returns its exit status."""
         with _api():
-            res = self._client.containers.wait_process(
+            res = self._client._containers_long.wait_process(
                 container_pb2.WaitProcessRequest(container_id=self.id)
             )
         self.exit_code = res.exit_status

@@ -23,8 +23,10 @@ $(PY_VENV)/.stamp: $(PY_DIR)/requirements-gen.txt $(PY_DIR)/requirements-dev.txt
 .PHONY: venv-python
 venv-python: $(PY_VENV)/.stamp ## Install the Python client's pinned tools and deps into clients/python/.venv
 
+# The prerequisite spells out $(BUF): this file is read before mk/proto.mk
+# defines it (prerequisites expand at read time, recipes later).
 .PHONY: generate-python
-generate-python: $(BUF) $(PY_VENV)/.stamp ## Regenerate the Python client's stubs (clients/python/src/magnetar/*/v1)
+generate-python: $(ROOT)/node_modules/.bin/buf $(PY_VENV)/.stamp ## Regenerate the Python client's stubs (clients/python/src/magnetar/*/v1)
 	cd $(ROOT) && rm -rf $(PY_GEN_DIRS)
 	cd $(ROOT) && $(BUF) generate --template buf.gen.python.yaml
 

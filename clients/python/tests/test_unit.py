@@ -111,3 +111,12 @@ def test_relay_refuses_other_users() -> None:
         finally:
             relay.close()
             srv.close()
+
+
+def test_missing_socket_is_unavailable() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        with pytest.raises(magnetar.UnavailableError) as ei:
+            magnetar.Client(f"unix://{d}/missing.sock")
+        assert ei.value.code == magnetar.Code.UNAVAILABLE and "missing.sock" in str(ei.value)
+        with pytest.raises(magnetar.UnavailableError):
+            magnetar.AsyncClient(d)  # a directory, not a socket

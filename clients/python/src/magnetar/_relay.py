@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import threading
 
 _BUF = 64 * 1024
@@ -46,6 +47,8 @@ class UnixRelay:
     """
 
     def __init__(self, path: str) -> None:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise OSError(f"{path}: not a unix socket")
         self._path = path
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()

@@ -34,7 +34,7 @@ from magnetar._common import (
 )
 from magnetar._relay import UnixRelay
 from magnetar.container.v1 import container_connect, container_pb2
-from magnetar.errors import MagnetarError, NotFoundError, from_connect
+from magnetar.errors import Code, MagnetarError, NotFoundError, UnavailableError, from_connect
 from magnetar.image.v1 import image_connect, image_pb2
 from magnetar.sandbox.v1 import sandbox_connect, sandbox_pb2
 
@@ -75,7 +75,11 @@ class AsyncClient:
         path, url = parse_address(address)
         self._relay: UnixRelay | None = None
         if path is not None:
-            self._relay = UnixRelay(path)
+            # Like the Go SDK: check that the socket exists, connect on the first call.
+            try:
+                self._relay = UnixRelay(path)
+            except OSError as e:
+                raise UnavailableError(Code.UNAVAILABLE, f"sandboxer API socket {path}: {e.strerror or e}") from e
             url = self._relay.url
         assert url is not None
         self._transport = HTTPTransport(http_version=HTTPVersion.HTTP2)

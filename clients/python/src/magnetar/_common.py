@@ -1,0 +1,104 @@
+"""Parts shared by the sync and async clients: addresses and result types."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from connectrpc.protocol import ProtocolType
+
+from magnetar.container.v1 import container_pb2
+from magnetar.sandbox.v1 import sandbox_pb2
+
+DEFAULT_ADDRESS = "unix:///run/magnetar/api.sock"
+"""The API socket of a sandboxer started with its defaults."""
+
+MAX_MESSAGE_BYTES = 16 << 20
+"""The largest response message read (as the daemon and the Go SDK)."""
+
+
+class Protocol(str, Enum):
+    """The wire protocol: Connect (default) or gRPC, both over HTTP/2."""
+
+    CONNECT = "connect"
+    GRPC = "grpc"
+
+    def to_connectrpc(self) -> ProtocolType:
+        return ProtocolType.CONNECT if self is Protocol.CONNECT else ProtocolType.GRPC
+
+
+def parse_address(address: str) -> tuple[str | None, str | None]:
+    """Splits an address into (unix socket path, http base URL); one is None.
+
+    Accepted: ``unix:///abs/path``, ``unix:/abs/path``, ``/abs/path`` and
+    ``http://host:port``. ``https://`` is refused: the sandboxer serves
+    cleartext HTTP/2 on a local socket only.
+    """
+    if address.startswith("unix://"):
+        path = address[len("unix://") :]
+    elif address.startswith("unix:"):
+        path = address[len("unix:") :]
+    elif address.startswith("/"):
+        path = address
+    elif re.match(r"^http://[^/]+/?$", address):
+        return None, address.rstrip("/")
+    else:
+        raise ValueError(f"address {address!r}: want unix:///path/to/api.sock or http://host:port")
+    if not os.path.isabs(path):
+        raise ValueError(f"address {address!r}: the unix socket path must be absolute")
+    return path, None
+
+
+def output_stream_name(stream: int) -> str:
+    """``stdout`` or ``stderr`` for an OutputStream enum value."""
+    return "stderr" if stream == container_pb2.OUTPUT_STREAM_STDERR else "stdout"
+
+
+@dataclass(frozen=True)
+class Output:
+    """A chunk of a process's output."""
+
+    stream: str
+    """``stdout`` or ``stderr`` (``stdout`` for a terminal)."""
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A sandbox kind (backend) of the sandboxer."""
+
+    name: str
+    description: str
+    available: bool
+    unavailable_reason: str
+    capabilities: sandbox_pb2.KindCapabilities = field(repr=False)
+
+    @staticmethod
+    def from_proto(k: sandbox_pb2.Kind) -> Kind:
+        return Kind(k.name, k.description, k.available, k.unavailable_reason, k.capabilities)
+
+
+def container_request(
+    sandbox_id: str,
+    image: str,
+    args: list[str] | None,
+    env: dict[str, str] | None,
+    stdin: bool,
+    tty: bool,
+    container_id: str,
+    cwd: str,
+) -> container_pb2.CreateContainerRequest:
+    return container_pb2.CreateContainerRequest(
+        sandbox_id=sandbox_id,
+        container_id=container_id,
+        image=image,
+        process=container_pb2.ProcessSpec(
+            args=list(args or []),
+            env=[f"{k}={v}" for k, v in (env or {}).items()],
+            cwd=cwd,
+            terminal=tty,
+            open_stdin=stdin,
+        ),
+    )

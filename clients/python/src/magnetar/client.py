@@ -1,0 +1,330 @@
+"""The synchronous Magnetar client.
+
+Example::
+
+    import magnetar
+
+    with magnetar.Client("unix:///run/magnetar/api.sock") as client:
+        with client.create_sandbox("wasm") as sandbox:
+            c = sandbox.run("docker.io/magnetar/hello-wasm:latest", args=["hi"])
+            for chunk in c.output():
+                print(chunk.stream, chunk.data.decode(), end="")
+            print("exit", c.exit_code)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+
+from connectrpc.errors import ConnectError
+from google.protobuf import duration_pb2
+from pyqwest import HTTPVersion, SyncClient, SyncHTTPTransport
+
+from magnetar._common import (
+    DEFAULT_ADDRESS,
+    MAX_MESSAGE_BYTES,
+    Kind,
+    Output,
+    Protocol,
+    container_request,
+    output_stream_name,
+    parse_address,
+)
+from magnetar._relay import UnixRelay
+from magnetar.container.v1 import container_connect, container_pb2
+from magnetar.errors import Code, MagnetarError, NotFoundError, UnavailableError, from_connect
+from magnetar.image.v1 import image_connect, image_pb2
+from magnetar.sandbox.v1 import sandbox_connect, sandbox_pb2
+
+__all__ = ["Client", "Sandbox", "Container"]
+
+
+@contextmanager
+def _api() -> Iterator[None]:
+    try:
+        yield
+    except ConnectError as e:
+        raise from_connect(e) from e
+
+
+class Client:
+    """A synchronous client of a sandboxer's API.
+
+    ``address`` is ``unix:///path/to/api.sock`` (the default is
+    :data:`magnetar.DEFAULT_ADDRESS`) or ``http://host:port``. ``protocol``
+    selects Connect (default) or gRPC; both run over cleartext HTTP/2.
+    ``timeout`` (seconds) bounds each call, except the ones that last as long
+    as a process or an import (output, wait, import_image).
+
+    The generated stubs are available as :attr:`sandboxes`,
+    :attr:`containers` and :attr:`images` for calls the thin layer doesn't
+    wrap. Use the client as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        protocol: Protocol | str = Protocol.CONNECT,
+        timeout: float | None = None,
+    ) -> None:
+        proto = Protocol(protocol)
+        path, url = parse_address(address)
+        self._relay: UnixRelay | None = None
+        if path is not None:
+            # Like the Go SDK: check that the socket exists, connect on the first call.
+            try:
+                self._relay = UnixRelay(path)
+            except OSError as e:
+                raise UnavailableError(Code.UNAVAILABLE, f"sandboxer API socket {path}: {e.strerror or e}") from e
+            url = self._relay.url
+        assert url is not None
+        self._transport = SyncHTTPTransport(http_version=HTTPVersion.HTTP2)
+        http = SyncClient(self._transport)
+        kw = dict(
+            protocol=proto.to_connectrpc(),
+            http_client=http,
+            read_max_bytes=MAX_MESSAGE_BYTES,
+            timeout_ms=None if timeout is None else int(timeout * 1000),
+        )
+        self.protocol = proto
+        self.sandboxes = sandbox_connect.SandboxServiceClientSync(url, **kw)  # type: ignore[arg-type]
+        """The generated SandboxService client."""
+        self.containers = container_connect.ContainerServiceClientSync(url, **kw)  # type: ignore[arg-type]
+        """The generated ContainerService client."""
+        self.images = image_connect.ImageServiceClientSync(url, **kw)  # type: ignore[arg-type]
+        """The generated ImageService client."""
+        # Streams and WaitProcess last as long as the process or the import:
+        # the thin layer sends them without the timeout.
+        kw["timeout_ms"] = None
+        self._containers_long = container_connect.ContainerServiceClientSync(url, **kw)  # type: ignore[arg-type]
+        self._images_long = image_connect.ImageServiceClientSync(url, **kw)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Closes the connections (and the unix socket relay)."""
+        for c in (self.sandboxes, self.containers, self.images, self._containers_long, self._images_long):
+            c.close()
+        self._transport.close()
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def kinds(self) -> list[Kind]:
+        """The sandbox kinds of the sandboxer, available or not."""
+        with _api():
+            res = self.sandboxes.list_kinds(sandbox_pb2.ListKindsRequest())
+        return [Kind.from_proto(k) for k in res.kinds]
+
+    def import_image(self, path: str) -> list[image_pb2.Image]:
+        """Imports an OCI archive, OCI layout or docker-save archive from a
+        path on the sandboxer's host; returns the imported images."""
+        images: list[image_pb2.Image] = []
+        with _api():
+            for res in self._images_long.import_image(image_pb2.ImportImageRequest(path=path, unpack=True)):
+                if res.HasField("images"):
+                    images.extend(res.images.images)
+        return images
+
+    def create_sandbox(
+        self,
+        kind: str,
+        *,
+        sandbox_id: str = "",
+        labels: dict[str, str] | None = None,
+        hostname: str = "",
+    ) -> Sandbox:
+        """Creates and starts a sandbox of ``kind`` (see :meth:`kinds`).
+
+        Used as a context manager, the sandbox is deleted (forcibly) on exit.
+        If starting fails, the created sandbox is deleted again.
+        """
+        req = sandbox_pb2.CreateSandboxRequest(
+            sandbox_id=sandbox_id, kind=kind, labels=labels or {}, hostname=hostname
+        )
+        with _api():
+            created = self.sandboxes.create_sandbox(req)
+        sid = created.sandbox.id
+        try:
+            with _api():
+                started = self.sandboxes.start_sandbox(sandbox_pb2.StartSandboxRequest(sandbox_id=sid))
+        except MagnetarError:
+            try:
+                self.sandboxes.delete_sandbox(sandbox_pb2.DeleteSandboxRequest(sandbox_id=sid, force=True))
+            except ConnectError:
+                pass
+            raise
+        return Sandbox(self, started.sandbox)
+
+    def sandbox(self, sandbox_id: str) -> Sandbox:
+        """The existing sandbox ``sandbox_id``."""
+        with _api():
+            res = self.sandboxes.get_sandbox(sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id))
+        return Sandbox(self, res.sandbox)
+
+    def list_sandboxes(self) -> list[sandbox_pb2.Sandbox]:
+        """All sandboxes of the sandboxer."""
+        with _api():
+            return list(self.sandboxes.list_sandboxes(sandbox_pb2.ListSandboxesRequest()).sandboxes)
+
+
+class Sandbox:
+    """A sandbox; a context manager that deletes it on exit."""
+
+    def __init__(self, client: Client, proto: sandbox_pb2.Sandbox) -> None:
+        self._client = client
+        self.id: str = proto.id
+        self.kind: str = proto.kind
+        self.proto = proto
+        """The sandbox as last returned by the API."""
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r}, kind={self.kind!r})"
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        try:
+            self.delete(force=True)
+        except NotFoundError:
+            pass  # already deleted
+
+    def run(
+        self,
+        image: str,
+        *,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+        tty: bool = False,
+        container_id: str = "",
+        cwd: str = "",
+    ) -> Container:
+        """Creates and starts a container from ``image`` (a reference in the
+        sandboxer's image store). ``args`` replace the image's command;
+        ``stdin=True`` keeps stdin open for :meth:`Container.write_stdin`.
+        Output is buffered by the sandboxer until :meth:`Container.output`."""
+        req = container_request(self.id, image, args, env, stdin, tty, container_id, cwd)
+        with _api():
+            created = self._client.containers.create_container(req)
+        c = Container(self._client, created.container)
+        try:
+            with _api():
+                self._client.containers.start_container(
+                    container_pb2.StartContainerRequest(container_id=c.id)
+                )
+        except MagnetarError:
+            try:
+                c.delete(force=True)
+            except MagnetarError:
+                pass
+            raise
+        return c
+
+    def refresh(self) -> sandbox_pb2.Sandbox:
+        """Reloads and returns the sandbox's state."""
+        with _api():
+            self.proto = self._client.sandboxes.get_sandbox(
+                sandbox_pb2.GetSandboxRequest(sandbox_id=self.id)
+            ).sandbox
+        return self.proto
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stops the sandbox and its containers (signal, then kill after ``timeout`` seconds)."""
+        req = sandbox_pb2.StopSandboxRequest(sandbox_id=self.id)
+        if timeout is not None:
+            req.timeout.CopyFrom(duration_pb2.Duration(seconds=int(timeout), nanos=int(timeout % 1 * 1e9)))
+        with _api():
+            self.proto = self._client.sandboxes.stop_sandbox(req).sandbox
+
+    def delete(self, *, force: bool = False) -> None:
+        """Deletes the sandbox; ``force`` also stops it and its containers."""
+        with _api():
+            self._client.sandboxes.delete_sandbox(
+                sandbox_pb2.DeleteSandboxRequest(sandbox_id=self.id, force=force)
+            )
+
+
+class Container:
+    """A container's init process: stream its output, write its stdin, wait for it."""
+
+    def __init__(self, client: Client, proto: container_pb2.Container) -> None:
+        self._client = client
+        self.id: str = proto.id
+        self.sandbox_id: str = proto.sandbox_id
+        self.exit_code: int | None = None
+        """The exit status, once :meth:`output` reached the end or :meth:`wait` returned."""
+
+    def __repr__(self) -> str:
+        return f"Container(id={self.id!r}, sandbox_id={self.sandbox_id!r})"
+
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        try:
+            self.delete(force=True)
+        except NotFoundError:
+            pass  # already deleted
+
+    def output(self) -> Iterator[Output]:
+        """Streams stdout and stderr until the process exits (then
+        :attr:`exit_code` is set). Output since the container's creation is
+        replayed on the first call."""
+        req = container_pb2.AttachOutputRequest(container_id=self.id)
+        with _api():
+            for res in self._client._containers_long.attach_output(req):
+                if res.HasField("output"):
+                    yield Output(output_stream_name(res.output.stream), res.output.data)
+                elif res.HasField("exit"):
+                    self.exit_code = res.exit.exit_status
+
+    def write_stdin(self, data: bytes, *, eof: bool = False) -> None:
+        """Writes ``data`` to the process's stdin (needs ``stdin=True``);
+        ``eof`` closes stdin after it."""
+        with _api():
+            self._client.containers.write_stdin(
+                container_pb2.WriteStdinRequest(container_id=self.id, data=data, eof=eof)
+            )
+
+    def close_stdin(self) -> None:
+        """Closes the process's stdin."""
+        with _api():
+            self._client.containers.close_stdin(container_pb2.CloseStdinRequest(container_id=self.id))
+
+    def wait(self) -> int:
+        """Waits for the process to exit and returns its exit status."""
+        with _api():
+            res = self._client._containers_long.wait_process(
+                container_pb2.WaitProcessRequest(container_id=self.id)
+            )
+        self.exit_code = res.exit_status
+        return res.exit_status
+
+    def kill(self, signal: int = 9) -> None:
+        """Sends ``signal`` to the process."""
+        with _api():
+            self._client.containers.signal_process(
+                container_pb2.SignalProcessRequest(container_id=self.id, signal=signal)
+            )
+
+    def delete(self, *, force: bool = False) -> None:
+        """Deletes the container; ``force`` kills it first if it runs."""
+        with _api():
+            self._client.containers.delete_container(
+                container_pb2.DeleteContainerRequest(container_id=self.id, force=force)
+            )

@@ -1,0 +1,60 @@
+"""End-to-end tests of the asyncio client against a live sandboxer, over Connect and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import magnetar
+from conftest import Daemon
+
+
+async def _collect(c: magnetar.AsyncContainer) -> tuple[str, str]:
+    out, err = b"", b""
+    async for chunk in c.output():
+        if chunk.stream == "stderr":
+            err += chunk.data
+        else:
+            out += chunk.data
+    return out.decode(), err.decode()
+
+
+@pytest.mark.asyncio
+async def test_async_wasm_and_runc(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    async with magnetar.AsyncClient(daemon.address, protocol=protocol, timeout=120) as client:
+        kinds = {k.name: k for k in await client.kinds()}
+        assert kinds["wasm"].available and kinds["runc"].available
+
+        async with await client.create_sandbox("wasm") as wasm, await client.create_sandbox("runc") as runc:
+            # Two containers in two kinds, streamed concurrently.
+            w = await wasm.run(daemon.wasm_image, args=["-echo"], stdin=True)
+            r = await runc.run(daemon.busybox_image, args=["sh", "-c", "cat; echo done >&2; exit 5"], stdin=True)
+            await w.write_stdin(b"async\n", eof=True)
+            await r.write_stdin(b"from runc\n")
+            await r.close_stdin()
+            (wout, _), (rout, rerr) = await asyncio.gather(_collect(w), _collect(r))
+            assert "ASYNC\n" in wout and w.exit_code == 0
+            assert rout == "from runc\n" and rerr == "done\n" and r.exit_code == 5
+            assert await r.wait() == 5
+            ids = {wasm.id, runc.id}
+            assert ids <= {s.id for s in await client.list_sandboxes()}
+        assert not ids & {s.id for s in await client.list_sandboxes()}
+        with pytest.raises(magnetar.NotFoundError):
+            await client.sandbox(wasm.id)
+
+
+@pytest.mark.asyncio
+async def test_async_errors(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    async with magnetar.AsyncClient(daemon.address, protocol=protocol) as client:
+        with pytest.raises(magnetar.InvalidArgumentError) as ei:
+            await client.create_sandbox("runc", sandbox_id="bad/id")
+        assert ei.value.code == magnetar.Code.INVALID_ARGUMENT
+        with pytest.raises(magnetar.NotFoundError):
+            await client.sandbox("no-such-sandbox")
+        async with await client.create_sandbox("wasm") as sb:
+            c = await sb.run(daemon.wasm_image, args=["-sleep", "60s"])
+            with pytest.raises(magnetar.FailedPreconditionError):
+                await c.delete()  # still running, no force
+            await c.kill()
+            assert await c.wait() != 0

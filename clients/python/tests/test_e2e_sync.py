@@ -1,0 +1,135 @@
+"""End-to-end tests of the sync client against a live sandboxer, over Connect and gRPC."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+import magnetar
+from conftest import Daemon
+from magnetar.sandbox.v1 import sandbox_pb2
+
+
+def _collect(c: magnetar.Container) -> tuple[str, str]:
+    out, err = b"", b""
+    for chunk in c.output():
+        if chunk.stream == "stderr":
+            err += chunk.data
+        else:
+            out += chunk.data
+    return out.decode(), err.decode()
+
+
+def test_kinds(client: magnetar.Client) -> None:
+    kinds = {k.name: k for k in client.kinds()}
+    assert kinds["wasm"].available, kinds["wasm"].unavailable_reason
+    assert kinds["runc"].available, kinds["runc"].unavailable_reason
+    assert "vm" in kinds
+
+
+def test_wasm_run_output_and_exit(client: magnetar.Client, daemon: Daemon) -> None:
+    with client.create_sandbox("wasm") as sb:
+        assert sb.kind == "wasm"
+        assert sb.proto.state == sandbox_pb2.SANDBOX_STATE_READY
+        c = sb.run(daemon.wasm_image, args=["-exit", "3", "from", "python"], env={"GREETING": "hi"})
+        out, err = _collect(c)
+        assert "Hello from WebAssembly!" in out
+        assert "args: from python" in out
+        assert "GREETING=hi" in out
+        assert "exiting with 3" in err
+        assert c.exit_code == 3
+        assert c.wait() == 3
+        c.delete()
+    with pytest.raises(magnetar.NotFoundError):
+        client.sandbox(sb.id)
+
+
+def test_wasm_stdin(client: magnetar.Client, daemon: Daemon) -> None:
+    with client.create_sandbox("wasm") as sb:
+        c = sb.run(daemon.wasm_image, args=["-echo"], stdin=True)
+        c.write_stdin(b"hello\n")
+        c.write_stdin(b"magnetar\n", eof=True)
+        out, _ = _collect(c)
+        assert "HELLO\nMAGNETAR\n" in out
+        assert c.exit_code == 0
+
+
+def test_runc_run_stdio(client: magnetar.Client, daemon: Daemon) -> None:
+    sid = f"py-{uuid.uuid4().hex[:8]}"
+    with client.create_sandbox("runc", sandbox_id=sid, labels={"test": "python"}) as sb:
+        assert sb.id == sid
+        assert [s.id for s in client.list_sandboxes() if s.id == sid] == [sid]
+        with sb.run(daemon.busybox_image, args=["sh", "-c", "read l; echo got $l; echo oops >&2; exit 7"], stdin=True) as c:
+            c.write_stdin(b"ping\n")
+            c.close_stdin()
+            out, err = _collect(c)
+            assert out == "got ping\n"
+            assert err == "oops\n"
+            assert c.exit_code == 7
+            assert c.wait() == 7
+    assert sid not in [s.id for s in client.list_sandboxes()]
+    with pytest.raises(magnetar.NotFoundError) as ei:
+        client.sandbox(sid)
+    assert ei.value.code == magnetar.Code.NOT_FOUND
+
+
+def test_errors(client: magnetar.Client, daemon: Daemon) -> None:
+    with pytest.raises(magnetar.InvalidArgumentError) as ei:
+        client.create_sandbox("wasm", sandbox_id="../escape")
+    assert ei.value.code == magnetar.Code.INVALID_ARGUMENT
+    with pytest.raises(magnetar.NotFoundError):
+        client.sandbox("no-such-sandbox")
+    with pytest.raises(magnetar.MagnetarError):
+        client.create_sandbox("no-such-kind")
+    with client.create_sandbox("wasm") as sb:
+        with pytest.raises(magnetar.AlreadyExistsError):
+            client.create_sandbox("wasm", sandbox_id=sb.id)
+        with pytest.raises(magnetar.NotFoundError):
+            sb.run("example.com/no/such:image")
+    # The generated stubs are usable directly and raise the runtime's error.
+    from connectrpc.errors import ConnectError
+
+    with pytest.raises(ConnectError) as ce:
+        client.sandboxes.get_sandbox(sandbox_pb2.GetSandboxRequest(sandbox_id="no-such-sandbox"))
+    assert ce.value.code == magnetar.Code.NOT_FOUND
+
+
+def test_readme_example(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent
+    tar = Path(os.environ.get("MAGNETAR_EXAMPLES", here.parents[1] / ".tmp" / "examples")) / "hello-wasm.oci.tar"
+    args = [sys.executable, str(here / "examples" / "hello.py"), daemon.address, str(tar)]
+    if protocol == magnetar.Protocol.GRPC:
+        args.insert(2, "--grpc")
+    env = dict(os.environ, PYTHONPATH=str(here / "src"))
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "kinds: " in res.stdout and "wasm" in res.stdout
+    assert "Hello from WebAssembly!" in res.stdout
+    assert "SHOUT THIS" in res.stdout
+    assert res.stdout.rstrip().endswith("exit code: 0")
+
+
+def test_timeout_spares_output_and_wait(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    from connectrpc.errors import ConnectError
+
+    from magnetar.container.v1 import container_pb2
+
+    with magnetar.Client(daemon.address, protocol=protocol, timeout=5) as client:
+        with client.create_sandbox("wasm") as sb:
+            c = sb.run(daemon.wasm_image, args=["-sleep", "8s"])
+            # The generated stubs carry the client's timeout...
+            with pytest.raises(ConnectError) as ei:
+                client.containers.wait_process(container_pb2.WaitProcessRequest(container_id=c.id))
+            assert ei.value.code == magnetar.Code.DEADLINE_EXCEEDED
+            # ...the thin layer's output and wait last as long as the process.
+            out = b"".join(chunk.data for chunk in c.output())
+            assert b"Hello from WebAssembly!" in out
+            assert c.exit_code == 0
+            assert c.wait() == 0
+            sb.delete(force=True)  # the with block tolerates an already deleted sandbox

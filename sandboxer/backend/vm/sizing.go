@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/magnetar-io/magnetar/sandboxer/backend/internal/cgpath"
+
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -81,7 +83,7 @@ func vmCgroupPath(parent, id string) (string, error) {
 		if len(parts) != 3 || strings.Contains(parent, "/") {
 			return "", fmt.Errorf("cgroup parent %q: %w", parent, errdefs.ErrInvalidArgument)
 		}
-		slice, err := expandSlice(parts[0])
+		slice, err := cgpath.ExpandSlice(parts[0])
 		if err != nil {
 			return "", err
 		}
@@ -97,7 +99,7 @@ func vmCgroupPath(parent, id string) (string, error) {
 		}
 		return path.Join(slice, name, cgroupName(id)), nil
 	case strings.HasSuffix(parent, ".slice") && !strings.Contains(parent, "/"):
-		slice, err := expandSlice(parent)
+		slice, err := cgpath.ExpandSlice(parent)
 		if err != nil {
 			return "", err
 		}
@@ -109,21 +111,4 @@ func vmCgroupPath(parent, id string) (string, error) {
 		}
 	}
 	return path.Join("/", parent, cgroupName(id)), nil
-}
-
-// expandSlice turns "a-b-c.slice" into "/a.slice/a-b.slice/a-b-c.slice".
-func expandSlice(slice string) (string, error) {
-	if slice == "" || slice == "-.slice" {
-		return "/", nil
-	}
-	name, ok := strings.CutSuffix(slice, ".slice")
-	if !ok || name == "" || strings.Contains(name, "/") || strings.HasPrefix(name, "-") || strings.HasSuffix(name, "-") || strings.Contains(name, "--") {
-		return "", fmt.Errorf("invalid systemd slice %q: %w", slice, errdefs.ErrInvalidArgument)
-	}
-	out, prefix := "", ""
-	for _, comp := range strings.Split(name, "-") {
-		out += "/" + prefix + comp + ".slice"
-		prefix += comp + "-"
-	}
-	return out, nil
 }

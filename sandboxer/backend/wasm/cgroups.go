@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/magnetar-io/magnetar/sandboxer/backend/internal/cgpath"
+
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
 	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
@@ -214,7 +216,7 @@ func cgroupPath(specPath, fallback string) (string, error) {
 		return fallback, nil
 	}
 	if parts := strings.Split(specPath, ":"); len(parts) == 3 && !strings.Contains(specPath, "/") {
-		slice, err := expandSlice(parts[0])
+		slice, err := cgpath.ExpandSlice(parts[0])
 		if err != nil {
 			return "", err
 		}
@@ -235,21 +237,4 @@ func cgroupPath(specPath, fallback string) (string, error) {
 		return "", fmt.Errorf("cgroups path %q is the root cgroup: %w", specPath, errdefs.ErrInvalidArgument)
 	}
 	return p, nil
-}
-
-// expandSlice turns "a-b-c.slice" into "/a.slice/a-b.slice/a-b-c.slice".
-func expandSlice(slice string) (string, error) {
-	if slice == "" || slice == "-.slice" {
-		return "/", nil
-	}
-	name, ok := strings.CutSuffix(slice, ".slice")
-	if !ok || name == "" || strings.Contains(name, "/") || strings.HasPrefix(name, "-") || strings.HasSuffix(name, "-") || strings.Contains(name, "--") {
-		return "", fmt.Errorf("invalid systemd slice %q: %w", slice, errdefs.ErrInvalidArgument)
-	}
-	out, prefix := "", ""
-	for _, comp := range strings.Split(name, "-") {
-		out += "/" + prefix + comp + ".slice"
-		prefix += comp + "-"
-	}
-	return out, nil
 }

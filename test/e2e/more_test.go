@@ -128,7 +128,13 @@ func TestExecWithTTY(t *testing.T) {
 
 func TestAttach(t *testing.T) {
 	e := setup(t)
-	p := e.runPod(t, false)
+	e.checkAttach(t, e.runPod(t, false))
+}
+
+// checkAttach runs a container that echoes its stdin in pod p, attaches to
+// it with crictl and checks that a line sent reaches its CRI log.
+func (e *env) checkAttach(t *testing.T, p *pod) {
+	t.Helper()
 	ctx := ctxT(t)
 	resp, err := e.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{
 		PodSandboxId: p.id,

@@ -12,9 +12,13 @@ import io.magnetar.image.v1.Image;
 import io.magnetar.sandbox.v1.Kind;
 import io.magnetar.sandbox.v1.SandboxState;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import java.util.stream.Collectors;
 import org.junit.jupiter.api.AfterAll;
@@ -186,6 +190,46 @@ class LiveTest {
 
   @Test
   @Order(6)
+  void dialsAnHttpUrl() throws Exception {
+    try (Forwarder fwd = new Forwarder(daemon.socket);
+        MagnetarClient c = MagnetarClient.dial(fwd.url());
+        Sandbox sb = c.createSandbox("wasm", new SandboxOptions().labels(LABELS))) {
+      assertTrue(c.kinds().stream().anyMatch(k -> k.getName().equals("wasm")));
+      Process.Result res = sb.run(new ContainerOptions().image(Sandboxer.HELLO_WASM).args("via", "http")).collect();
+      assertMatches("^args: via http$", res.stdout());
+      assertEquals(0, res.code());
+      sb.delete(true);
+      assertTrue(assertThrows(MagnetarException.class, () -> c.sandbox(sb.id())).isNotFound());
+    }
+  }
+
+  @Test
+  @Order(7)
+  void theReadmeExampleRuns() throws Exception {
+    String readme = Files.readString(Path.of("README.md"));
+    Matcher m = Pattern.compile("`Example\\.java`:\n\n```java\n(.*?)```", Pattern.DOTALL).matcher(readme);
+    assertTrue(m.find(), "no Example.java block in README.md");
+    Path file = Path.of("target", "readme-example", "Example.java");
+    Files.createDirectories(file.getParent());
+    Files.writeString(file, m.group(1));
+    String cp = System.getProperty("surefire.test.class.path", System.getProperty("java.class.path"));
+    ProcessBuilder pb = new ProcessBuilder(
+        Path.of(System.getProperty("java.home"), "bin", "java").toString(), "-cp", cp, file.toString())
+        .redirectErrorStream(true);
+    pb.environment().put("MAGNETAR_ADDRESS", "unix://" + daemon.socket);
+    java.lang.Process p = pb.start();
+    String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+    assertTrue(p.waitFor(300, TimeUnit.SECONDS), "example still running:\n" + out);
+    assertEquals(0, p.exitValue(), out);
+    assertMatches("^wasm available$", out);
+    assertMatches("^args: from java$", out);
+    assertMatches("^SHOUT THIS$", out);
+    assertMatches("^exit code 0$", out);
+    assertMatches("^no such sandbox$", out);
+  }
+
+  @Test
+  @Order(8)
   void leavesNoSandboxBehind() {
     assertEquals(List.of(), client.sandboxes(Map.of()).stream().map(Sandbox::id).toList());
   }

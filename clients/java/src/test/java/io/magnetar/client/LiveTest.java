@@ -158,7 +158,10 @@ class LiveTest {
         () -> client.createSandbox("runc", new SandboxOptions().id("../escape")));
     assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
     e = assertThrows(MagnetarException.class, () -> client.createSandbox("no-such-kind", new SandboxOptions()));
-    assertNotEquals(Status.Code.OK, e.code());
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+    // Checked locally, before any call.
+    e = assertThrows(MagnetarException.class, () -> client.createSandbox("", new SandboxOptions()));
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
 
     // A running container is not deleted without force; stdin needs stdin(true).
     try (Sandbox sb = client.createSandbox("wasm", new SandboxOptions().labels(LABELS))) {

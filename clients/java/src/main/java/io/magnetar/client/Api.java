@@ -30,6 +30,9 @@ final class Api {
   static final MethodDescriptor<ListSandboxesRequest, ListSandboxesResponse> LIST_SANDBOXES =
       Rpc.method(SANDBOX, "ListSandboxes", ListSandboxesRequest.getDefaultInstance(), ListSandboxesResponse.getDefaultInstance());
 
+  static final MethodDescriptor<WatchEventsRequest, WatchEventsResponse> WATCH_EVENTS =
+      Rpc.method(SANDBOX, "WatchEvents", WatchEventsRequest.getDefaultInstance(), WatchEventsResponse.getDefaultInstance());
+
   static final MethodDescriptor<CreateContainerRequest, CreateContainerResponse> CREATE_CONTAINER =
       Rpc.method(CONTAINER, "CreateContainer", CreateContainerRequest.getDefaultInstance(), CreateContainerResponse.getDefaultInstance());
   static final MethodDescriptor<StartContainerRequest, StartContainerResponse> START_CONTAINER =

@@ -22,6 +22,7 @@ import io.magnetar.sandbox.v1.Kind;
 import io.magnetar.sandbox.v1.ListKindsRequest;
 import io.magnetar.sandbox.v1.ListSandboxesRequest;
 import io.magnetar.sandbox.v1.StartSandboxRequest;
+import io.magnetar.sandbox.v1.WatchEventsRequest;
 import java.net.URI;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -182,6 +183,14 @@ public final class MagnetarClient implements AutoCloseable {
       out.add(new Sandbox(this, s));
     }
     return out;
+  }
+
+  /**
+   * Watches the events of the given sandboxes (all sandboxes if none are
+   * given) from now on. Close the returned stream to stop.
+   */
+  public Events events(String... sandboxIds) {
+    return new Events(this, WatchEventsRequest.newBuilder().addAllSandboxIds(List.of(sandboxIds)).build());
   }
 
   /** Returns the container with the given ID (NOT_FOUND if there is none). */

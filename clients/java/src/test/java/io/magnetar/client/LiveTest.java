@@ -9,15 +9,19 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.grpc.Status;
 import io.magnetar.image.v1.Image;
+import io.magnetar.sandbox.v1.Event;
+import io.magnetar.sandbox.v1.EventType;
 import io.magnetar.sandbox.v1.Kind;
 import io.magnetar.sandbox.v1.SandboxState;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicReference;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import java.util.stream.Collectors;
@@ -177,6 +181,42 @@ class LiveTest {
 
   @Test
   @Order(5)
+  void streamsASandboxsEvents() throws Exception {
+    String id = "events-java";
+    List<Event> seen = Collections.synchronizedList(new ArrayList<>());
+    AtomicReference<Throwable> failure = new AtomicReference<>();
+    try (Events events = client.events(id)) {
+      Thread watcher = new Thread(() -> {
+        try {
+          for (Event ev : events) {
+            seen.add(ev);
+            if (ev.getType() == EventType.EVENT_TYPE_SANDBOX_DELETED) {
+              return;
+            }
+          }
+        } catch (Throwable t) {
+          failure.set(t);
+        }
+      }, "events-watcher");
+      watcher.start();
+      try {
+        try (Sandbox sb = client.createSandbox("wasm", new SandboxOptions().id(id).labels(LABELS))) {
+          sb.run(new ContainerOptions().image(Sandboxer.HELLO_WASM)).waitExit();
+        }
+        watcher.join(TimeUnit.SECONDS.toMillis(300)); // ends at SANDBOX_DELETED
+      } finally {
+        events.close();
+        watcher.join();
+      }
+    }
+    assertEquals(null, failure.get());
+    assertFalse(seen.isEmpty());
+    assertTrue(seen.stream().allMatch(ev -> ev.getSandboxId().equals(id)), seen.toString());
+    assertEquals(EventType.EVENT_TYPE_SANDBOX_DELETED, seen.get(seen.size() - 1).getType());
+  }
+
+  @Test
+  @Order(6)
   void deletesASandboxAndItIsGone() {
     Map<String, String> labels = Map.of("magnetar.test/client", "java", "gone", "yes");
     Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(labels));
@@ -192,7 +232,7 @@ class LiveTest {
   }
 
   @Test
-  @Order(6)
+  @Order(7)
   void dialsAnHttpUrl() throws Exception {
     try (Forwarder fwd = new Forwarder(daemon.socket);
         MagnetarClient c = MagnetarClient.dial(fwd.url());
@@ -207,7 +247,7 @@ class LiveTest {
   }
 
   @Test
-  @Order(7)
+  @Order(8)
   void theReadmeExampleRuns() throws Exception {
     String readme = Files.readString(Path.of("README.md"));
     Matcher m = Pattern.compile("`Example\\.java`:\n\n```java\n(.*?)```", Pattern.DOTALL).matcher(readme);
@@ -232,7 +272,7 @@ class LiveTest {
   }
 
   @Test
-  @Order(8)
+  @Order(9)
   void leavesNoSandboxBehind() {
     assertEquals(List.of(), client.sandboxes(Map.of()).stream().map(Sandbox::id).toList());
   }

@@ -25,6 +25,7 @@ import io.magnetar.sandbox.v1.StartSandboxRequest;
 import io.magnetar.sandbox.v1.WatchEventsRequest;
 import java.net.URI;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.List;
@@ -46,9 +47,11 @@ import java.util.function.Consumer;
  */
 public final class MagnetarClient implements AutoCloseable {
   private final ManagedChannel channel;
+  private final Duration timeout;
 
-  private MagnetarClient(ManagedChannel channel) {
+  private MagnetarClient(ManagedChannel channel, Duration timeout) {
     this.channel = channel;
+    this.timeout = timeout;
   }
 
   /**
@@ -67,12 +70,30 @@ public final class MagnetarClient implements AutoCloseable {
    * URL (for example {@code TlsChannelCredentials.newBuilder().trustManager(caFile)}).
    */
   public static MagnetarClient dial(String target, ChannelCredentials tls) {
-    return new MagnetarClient(Grpc.newChannelBuilder(grpcTarget(target), credentials(target, tls)).build());
+    return new MagnetarClient(Grpc.newChannelBuilder(grpcTarget(target), credentials(target, tls)).build(), null);
   }
 
   /** Uses an existing channel (closed by {@link #close()}). */
   public static MagnetarClient of(ManagedChannel channel) {
-    return new MagnetarClient(channel);
+    return new MagnetarClient(channel, null);
+  }
+
+  /**
+   * A client on the same channel whose calls (and the handles it returns)
+   * fail with DEADLINE_EXCEEDED after timeout; output and event streams are
+   * not limited. Closing either client closes the shared channel. Without
+   * a timeout, calls wait as long as they take (interrupting the calling
+   * thread cancels a call).
+   */
+  public MagnetarClient withTimeout(Duration timeout) {
+    if (timeout.isNegative()) {
+      throw MagnetarException.invalidArgument("negative timeout");
+    }
+    return new MagnetarClient(channel, timeout);
+  }
+
+  private CallOptions callOptions() {
+    return timeout == null ? CallOptions.DEFAULT : CallOptions.DEFAULT.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
   }
 
   /** The grpc-java target name for a dial target. */
@@ -121,7 +142,7 @@ public final class MagnetarClient implements AutoCloseable {
 
   <Q, R> R call(MethodDescriptor<Q, R> m, Q req) {
     try {
-      return ClientCalls.blockingUnaryCall(channel, m, CallOptions.DEFAULT, req);
+      return ClientCalls.blockingUnaryCall(channel, m, callOptions(), req);
     } catch (StatusRuntimeException e) {
       throw MagnetarException.wrap(e);
     }
@@ -129,7 +150,7 @@ public final class MagnetarClient implements AutoCloseable {
 
   <Q, R> Iterator<R> stream(MethodDescriptor<Q, R> m, Q req) {
     try {
-      return ClientCalls.blockingServerStreamingCall(channel, m, CallOptions.DEFAULT, req);
+      return ClientCalls.blockingServerStreamingCall(channel, m, callOptions(), req);
     } catch (StatusRuntimeException e) {
       throw MagnetarException.wrap(e);
     }

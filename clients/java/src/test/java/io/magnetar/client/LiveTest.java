@@ -16,6 +16,7 @@ import io.magnetar.sandbox.v1.SandboxState;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
@@ -163,6 +164,10 @@ class LiveTest {
     assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
     e = assertThrows(MagnetarException.class, () -> client.createSandbox("no-such-kind", new SandboxOptions()));
     assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+    // Deadlines: an expired one fails, a generous one does not.
+    e = assertThrows(MagnetarException.class, () -> client.withTimeout(Duration.ZERO).kinds());
+    assertEquals(Status.Code.DEADLINE_EXCEEDED, e.code());
+    assertFalse(client.withTimeout(Duration.ofMinutes(5)).kinds().isEmpty());
     // Checked locally, before any call.
     e = assertThrows(MagnetarException.class, () -> client.createSandbox("", new SandboxOptions()));
     assertEquals(Status.Code.INVALID_ARGUMENT, e.code());

@@ -53,7 +53,7 @@ test-vm: deps guest ## Boot the microVM guest under QEMU and talk to its agent (
 test: deps tools build check-generate lint test-unit test-e2e test-vm test-clients ## Run every test (installs what it needs; needs root)
 
 .PHONY: test-clients
-test-clients: $(CLIENT_TESTS) ## Test the generated clients (TypeScript, Python) against a live sandboxer (root)
+test-clients: $(CLIENT_TESTS) ## Test the generated clients (TypeScript, Python, Java) against a live sandboxer (root)
 
 .PHONY: bench
 bench: deps tools build ## Run benchmarks

@@ -11,6 +11,12 @@
 #   procps                       ps/pgrep in the demos
 #   qemu-system-x86              the microVM kind's hypervisor (boot tests)
 #   cpio xz-utils                building the microVM guest image (make guest)
+#
+# The client suites need toolchains that machines often have from elsewhere
+# (Node.js from nodesource, Python from pyenv, a Temurin JDK): their Debian
+# packages are added only when the command is missing from PATH:
+#   npm → nodejs npm · mvn → maven openjdk-17-jdk-headless · python3 with
+#   venv → python3 python3-venv
 set -euo pipefail
 
 PACKAGES=(
@@ -27,6 +33,10 @@ PACKAGES=(
 	cpio
 	xz-utils
 )
+
+command -v npm >/dev/null || PACKAGES+=(nodejs npm)
+command -v mvn >/dev/null || PACKAGES+=(maven openjdk-17-jdk-headless)
+{ command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; } || PACKAGES+=(python3 python3-venv)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

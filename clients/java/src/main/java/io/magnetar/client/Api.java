@@ -1,0 +1,63 @@
+package io.magnetar.client;
+
+import com.google.protobuf.Descriptors.ServiceDescriptor;
+import io.grpc.MethodDescriptor;
+import io.magnetar.container.v1.*;
+import io.magnetar.image.v1.*;
+import io.magnetar.sandbox.v1.*;
+
+/** The methods of Magnetar's services that the client calls. */
+final class Api {
+  private Api() {}
+
+  private static final ServiceDescriptor SANDBOX =
+      SandboxProto.getDescriptor().findServiceByName("SandboxService");
+  private static final ServiceDescriptor CONTAINER =
+      ContainerProto.getDescriptor().findServiceByName("ContainerService");
+  private static final ServiceDescriptor IMAGE =
+      ImageProto.getDescriptor().findServiceByName("ImageService");
+
+  static final MethodDescriptor<ListKindsRequest, ListKindsResponse> LIST_KINDS =
+      Rpc.method(SANDBOX, "ListKinds", ListKindsRequest.getDefaultInstance(), ListKindsResponse.getDefaultInstance());
+  static final MethodDescriptor<CreateSandboxRequest, CreateSandboxResponse> CREATE_SANDBOX =
+      Rpc.method(SANDBOX, "CreateSandbox", CreateSandboxRequest.getDefaultInstance(), CreateSandboxResponse.getDefaultInstance());
+  static final MethodDescriptor<StartSandboxRequest, StartSandboxResponse> START_SANDBOX =
+      Rpc.method(SANDBOX, "StartSandbox", StartSandboxRequest.getDefaultInstance(), StartSandboxResponse.getDefaultInstance());
+  static final MethodDescriptor<DeleteSandboxRequest, DeleteSandboxResponse> DELETE_SANDBOX =
+      Rpc.method(SANDBOX, "DeleteSandbox", DeleteSandboxRequest.getDefaultInstance(), DeleteSandboxResponse.getDefaultInstance());
+  static final MethodDescriptor<GetSandboxRequest, GetSandboxResponse> GET_SANDBOX =
+      Rpc.method(SANDBOX, "GetSandbox", GetSandboxRequest.getDefaultInstance(), GetSandboxResponse.getDefaultInstance());
+  static final MethodDescriptor<ListSandboxesRequest, ListSandboxesResponse> LIST_SANDBOXES =
+      Rpc.method(SANDBOX, "ListSandboxes", ListSandboxesRequest.getDefaultInstance(), ListSandboxesResponse.getDefaultInstance());
+
+  static final MethodDescriptor<WatchEventsRequest, WatchEventsResponse> WATCH_EVENTS =
+      Rpc.method(SANDBOX, "WatchEvents", WatchEventsRequest.getDefaultInstance(), WatchEventsResponse.getDefaultInstance());
+
+  static final MethodDescriptor<CreateContainerRequest, CreateContainerResponse> CREATE_CONTAINER =
+      Rpc.method(CONTAINER, "CreateContainer", CreateContainerRequest.getDefaultInstance(), CreateContainerResponse.getDefaultInstance());
+  static final MethodDescriptor<StartContainerRequest, StartContainerResponse> START_CONTAINER =
+      Rpc.method(CONTAINER, "StartContainer", StartContainerRequest.getDefaultInstance(), StartContainerResponse.getDefaultInstance());
+  static final MethodDescriptor<GetContainerRequest, GetContainerResponse> GET_CONTAINER =
+      Rpc.method(CONTAINER, "GetContainer", GetContainerRequest.getDefaultInstance(), GetContainerResponse.getDefaultInstance());
+  static final MethodDescriptor<ListContainersRequest, ListContainersResponse> LIST_CONTAINERS =
+      Rpc.method(CONTAINER, "ListContainers", ListContainersRequest.getDefaultInstance(), ListContainersResponse.getDefaultInstance());
+  static final MethodDescriptor<DeleteContainerRequest, DeleteContainerResponse> DELETE_CONTAINER =
+      Rpc.method(CONTAINER, "DeleteContainer", DeleteContainerRequest.getDefaultInstance(), DeleteContainerResponse.getDefaultInstance());
+  static final MethodDescriptor<ExecProcessRequest, ExecProcessResponse> EXEC_PROCESS =
+      Rpc.method(CONTAINER, "ExecProcess", ExecProcessRequest.getDefaultInstance(), ExecProcessResponse.getDefaultInstance());
+  static final MethodDescriptor<SignalProcessRequest, SignalProcessResponse> SIGNAL_PROCESS =
+      Rpc.method(CONTAINER, "SignalProcess", SignalProcessRequest.getDefaultInstance(), SignalProcessResponse.getDefaultInstance());
+  static final MethodDescriptor<WaitProcessRequest, WaitProcessResponse> WAIT_PROCESS =
+      Rpc.method(CONTAINER, "WaitProcess", WaitProcessRequest.getDefaultInstance(), WaitProcessResponse.getDefaultInstance());
+  static final MethodDescriptor<WriteStdinRequest, WriteStdinResponse> WRITE_STDIN =
+      Rpc.method(CONTAINER, "WriteStdin", WriteStdinRequest.getDefaultInstance(), WriteStdinResponse.getDefaultInstance());
+  static final MethodDescriptor<CloseStdinRequest, CloseStdinResponse> CLOSE_STDIN =
+      Rpc.method(CONTAINER, "CloseStdin", CloseStdinRequest.getDefaultInstance(), CloseStdinResponse.getDefaultInstance());
+  static final MethodDescriptor<AttachOutputRequest, AttachOutputResponse> ATTACH_OUTPUT =
+      Rpc.method(CONTAINER, "AttachOutput", AttachOutputRequest.getDefaultInstance(), AttachOutputResponse.getDefaultInstance());
+
+  static final MethodDescriptor<ImportImageRequest, ImportImageResponse> IMPORT_IMAGE =
+      Rpc.method(IMAGE, "ImportImage", ImportImageRequest.getDefaultInstance(), ImportImageResponse.getDefaultInstance());
+  static final MethodDescriptor<ListImagesRequest, ListImagesResponse> LIST_IMAGES =
+      Rpc.method(IMAGE, "ListImages", ListImagesRequest.getDefaultInstance(), ListImagesResponse.getDefaultInstance());
+}

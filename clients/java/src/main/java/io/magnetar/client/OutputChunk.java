@@ -1,0 +1,4 @@
+package io.magnetar.client;
+
+/** A piece of a process's output: stdout, or stderr if stderr is true. */
+public record OutputChunk(boolean stderr, byte[] data) {}

@@ -1,0 +1,284 @@
+package io.magnetar.client;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.grpc.Status;
+import io.magnetar.image.v1.Image;
+import io.magnetar.sandbox.v1.Event;
+import io.magnetar.sandbox.v1.EventType;
+import io.magnetar.sandbox.v1.Kind;
+import io.magnetar.sandbox.v1.SandboxState;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import java.util.stream.Collectors;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.MethodOrderer;
+import org.junit.jupiter.api.Order;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestInstance;
+import org.junit.jupiter.api.TestMethodOrder;
+
+/** Live tests: a real magnetar-sandboxer (direct mode) driven over its unix socket. */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+@TestMethodOrder(MethodOrderer.OrderAnnotation.class)
+class LiveTest {
+  private static final Map<String, String> LABELS = Map.of("magnetar.test/client", "java");
+
+  private Sandboxer daemon;
+  private MagnetarClient client;
+
+  @BeforeAll
+  void start() throws Exception {
+    String skip = Sandboxer.skipReason();
+    Assumptions.assumeTrue(skip == null, skip);
+    daemon = new Sandboxer();
+    client = MagnetarClient.dial(daemon.socket.toString());
+    List<Integer> phases = new ArrayList<>();
+    List<Image> wasm = client.importImage(Sandboxer.HELLO_WASM_ARCHIVE, p -> phases.add(p.getPhaseValue()));
+    assertEquals(List.of(Sandboxer.HELLO_WASM), wasm.stream().map(Image::getName).toList());
+    assertFalse(phases.isEmpty(), "import reported no progress");
+    List<Image> busybox = client.importImage(Sandboxer.BUSYBOX_ARCHIVE, null);
+    assertEquals(List.of(Sandboxer.BUSYBOX), busybox.stream().map(Image::getName).toList());
+    assertEquals(List.of(Sandboxer.BUSYBOX, Sandboxer.HELLO_WASM),
+        client.images().stream().map(Image::getName).sorted().toList());
+  }
+
+  @AfterAll
+  void stop() throws Exception {
+    if (client != null) {
+      client.close();
+    }
+    if (daemon != null) {
+      daemon.close();
+    }
+  }
+
+  private static String text(List<OutputChunk> chunks, boolean stderr) {
+    StringBuilder sb = new StringBuilder();
+    for (OutputChunk c : chunks) {
+      if (c.stderr() == stderr) {
+        sb.append(new String(c.data(), StandardCharsets.UTF_8));
+      }
+    }
+    return sb.toString();
+  }
+
+  private static void assertMatches(String regex, String text) {
+    assertTrue(Pattern.compile(regex, Pattern.MULTILINE).matcher(text).find(), "no /" + regex + "/ in:\n" + text);
+  }
+
+  @Test
+  @Order(1)
+  void listsTheKinds() {
+    Map<String, Kind> kinds = client.kinds().stream().collect(Collectors.toMap(Kind::getName, k -> k));
+    for (String name : List.of("runc", "wasm")) {
+      Kind k = kinds.get(name);
+      assertNotNull(k, "kind " + name + " missing from " + kinds.keySet());
+      assertTrue(k.getAvailable(), name + ": " + k.getUnavailableReason());
+    }
+    assertTrue(kinds.get("wasm").getCapabilities().getStdin());
+  }
+
+  @Test
+  @Order(2)
+  void runsAWasmContainer() {
+    try (Sandbox sb = client.createSandbox("wasm", new SandboxOptions().labels(LABELS))) {
+      assertEquals("wasm", sb.kind());
+      assertEquals(SandboxState.SANDBOX_STATE_READY, sb.state());
+      Container ctr = sb.run(new ContainerOptions()
+          .image(Sandboxer.HELLO_WASM)
+          .args("-echo", "-exit", "3", "from", "java")
+          .env(Map.of("GREETING", "hi"))
+          .stdin(true));
+      assertEquals(sb.id(), ctr.sandboxId());
+      assertEquals(11, ctr.writeStdin("shout this\n"));
+      ctr.writeStdin("and this\n".getBytes(StandardCharsets.UTF_8), true);
+
+      List<OutputChunk> chunks = new ArrayList<>();
+      Integer exit;
+      try (Output out = ctr.output()) {
+        out.forEach(chunks::add);
+        exit = out.exitStatus();
+      }
+      String stdout = text(chunks, false);
+      assertMatches("^Hello from WebAssembly! \\(wasip1/wasm\\)$", stdout);
+      assertMatches("^args: from java$", stdout);
+      assertMatches("^GREETING=hi$", stdout);
+      assertMatches("^SHOUT THIS\nAND THIS$", stdout);
+      assertEquals("exiting with 3\n", text(chunks, true));
+      assertEquals(3, exit);
+      assertEquals(3, ctr.waitExit());
+
+      // Output is kept: a second reader sees it all again.
+      Process.Result again = ctr.collect();
+      assertEquals(stdout, again.stdout());
+      assertEquals(3, again.code());
+    }
+  }
+
+  @Test
+  @Order(3)
+  void runsARuncContainerAndAnExec() {
+    try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS).hostname("java-client"))) {
+      Container ctr = sb.run(new ContainerOptions()
+          .image(Sandboxer.BUSYBOX)
+          .args("sh", "-c", "read line; echo \"got:$line\"; echo oops >&2; cat; exit 7")
+          .stdin(true));
+      ctr.writeStdin("first line\n");
+      Process exec = ctr.exec("probe", List.of("sh", "-c", "echo exec:$(hostname)"));
+      assertEquals("probe", exec.execId());
+      assertEquals(new Process.Result("exec:java-client\n", "", 0), exec.collect());
+
+      ctr.writeStdin("rest\n");
+      ctr.closeStdin();
+      assertEquals(new Process.Result("got:first line\nrest\n", "oops\n", 7), ctr.collect());
+      assertEquals(7, ctr.delete(false));
+    }
+  }
+
+  @Test
+  @Order(4)
+  void reportsErrorsWithTheirCodes() {
+    MagnetarException e = assertThrows(MagnetarException.class, () -> client.sandbox("no-such-sandbox"));
+    assertEquals(Status.Code.NOT_FOUND, e.code());
+    assertTrue(e.isNotFound());
+    e = assertThrows(MagnetarException.class,
+        () -> client.createSandbox("runc", new SandboxOptions().id("../escape")));
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+    e = assertThrows(MagnetarException.class, () -> client.createSandbox("no-such-kind", new SandboxOptions()));
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+    // Deadlines: an expired one fails, a generous one does not.
+    e = assertThrows(MagnetarException.class, () -> client.withTimeout(Duration.ZERO).kinds());
+    assertEquals(Status.Code.DEADLINE_EXCEEDED, e.code());
+    assertFalse(client.withTimeout(Duration.ofMinutes(5)).kinds().isEmpty());
+    // Checked locally, before any call.
+    e = assertThrows(MagnetarException.class, () -> client.createSandbox("", new SandboxOptions()));
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+
+    // A running container is not deleted without force; stdin needs stdin(true).
+    try (Sandbox sb = client.createSandbox("wasm", new SandboxOptions().labels(LABELS))) {
+      Container ctr = sb.run(new ContainerOptions().image(Sandboxer.HELLO_WASM).args("-sleep", "60s"));
+      e = assertThrows(MagnetarException.class, () -> ctr.writeStdin("x"));
+      assertEquals(Status.Code.FAILED_PRECONDITION, e.code());
+      e = assertThrows(MagnetarException.class, () -> ctr.delete(false));
+      assertEquals(Status.Code.FAILED_PRECONDITION, e.code());
+      ctr.signal(9);
+      assertNotEquals(0, ctr.waitExit());
+    }
+  }
+
+  @Test
+  @Order(5)
+  void streamsASandboxsEvents() throws Exception {
+    String id = "events-java";
+    List<Event> seen = Collections.synchronizedList(new ArrayList<>());
+    AtomicReference<Throwable> failure = new AtomicReference<>();
+    try (Events events = client.events(id)) {
+      Thread watcher = new Thread(() -> {
+        try {
+          for (Event ev : events) {
+            seen.add(ev);
+            if (ev.getType() == EventType.EVENT_TYPE_SANDBOX_DELETED) {
+              return;
+            }
+          }
+        } catch (Throwable t) {
+          failure.set(t);
+        }
+      }, "events-watcher");
+      watcher.start();
+      try {
+        try (Sandbox sb = client.createSandbox("wasm", new SandboxOptions().id(id).labels(LABELS))) {
+          sb.run(new ContainerOptions().image(Sandboxer.HELLO_WASM)).waitExit();
+        }
+        watcher.join(TimeUnit.SECONDS.toMillis(300)); // ends at SANDBOX_DELETED
+      } finally {
+        events.close();
+        watcher.join();
+      }
+    }
+    assertEquals(null, failure.get());
+    assertFalse(seen.isEmpty());
+    assertTrue(seen.stream().allMatch(ev -> ev.getSandboxId().equals(id)), seen.toString());
+    assertEquals(EventType.EVENT_TYPE_SANDBOX_DELETED, seen.get(seen.size() - 1).getType());
+  }
+
+  @Test
+  @Order(6)
+  void deletesASandboxAndItIsGone() {
+    Map<String, String> labels = Map.of("magnetar.test/client", "java", "gone", "yes");
+    Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(labels));
+    Container ctr = sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX).args("sleep", "600"));
+    assertEquals(List.of(sb.id()), client.sandboxes(labels).stream().map(Sandbox::id).toList());
+    assertEquals(List.of(ctr.id()), sb.containers().stream().map(Container::id).toList());
+
+    sb.delete(true);
+    assertEquals(Status.Code.NOT_FOUND, assertThrows(MagnetarException.class, () -> client.sandbox(sb.id())).code());
+    assertEquals(Status.Code.NOT_FOUND, assertThrows(MagnetarException.class, () -> client.container(ctr.id())).code());
+    assertEquals(List.of(), client.sandboxes(labels));
+    sb.close(); // already gone: quiet
+  }
+
+  @Test
+  @Order(7)
+  void dialsAnHttpUrl() throws Exception {
+    try (Forwarder fwd = new Forwarder(daemon.socket);
+        MagnetarClient c = MagnetarClient.dial(fwd.url());
+        Sandbox sb = c.createSandbox("wasm", new SandboxOptions().labels(LABELS))) {
+      assertTrue(c.kinds().stream().anyMatch(k -> k.getName().equals("wasm")));
+      Process.Result res = sb.run(new ContainerOptions().image(Sandboxer.HELLO_WASM).args("via", "http")).collect();
+      assertMatches("^args: via http$", res.stdout());
+      assertEquals(0, res.code());
+      sb.delete(true);
+      assertTrue(assertThrows(MagnetarException.class, () -> c.sandbox(sb.id())).isNotFound());
+    }
+  }
+
+  @Test
+  @Order(8)
+  void theReadmeExampleRuns() throws Exception {
+    String readme = Files.readString(Path.of("README.md"));
+    Matcher m = Pattern.compile("`Example\\.java`:\n\n```java\n(.*?)```", Pattern.DOTALL).matcher(readme);
+    assertTrue(m.find(), "no Example.java block in README.md");
+    Path file = Path.of("target", "readme-example", "Example.java");
+    Files.createDirectories(file.getParent());
+    Files.writeString(file, m.group(1));
+    String cp = System.getProperty("surefire.test.class.path", System.getProperty("java.class.path"));
+    ProcessBuilder pb = new ProcessBuilder(
+        Path.of(System.getProperty("java.home"), "bin", "java").toString(), "-cp", cp, file.toString())
+        .redirectErrorStream(true);
+    pb.environment().put("MAGNETAR_ADDRESS", "unix://" + daemon.socket);
+    java.lang.Process p = pb.start();
+    String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+    assertTrue(p.waitFor(300, TimeUnit.SECONDS), "example still running:\n" + out);
+    assertEquals(0, p.exitValue(), out);
+    assertMatches("^wasm available$", out);
+    assertMatches("^args: from java$", out);
+    assertMatches("^SHOUT THIS$", out);
+    assertMatches("^exit code 0$", out);
+    assertMatches("^no such sandbox$", out);
+  }
+
+  @Test
+  @Order(9)
+  void leavesNoSandboxBehind() {
+    assertEquals(List.of(), client.sandboxes(Map.of()).stream().map(Sandbox::id).toList());
+  }
+}

@@ -32,7 +32,8 @@ import (
 
 // Config configures a [Controller].
 type Config struct {
-	// RunDir holds the per-sandbox Task API sockets, in RunDir/t. Required;
+	// RunDir holds the per-sandbox Task API sockets, in RunDir/t, and the
+	// FIFOs of streamed stdio (io_type "streaming"), in RunDir/s. Required;
 	// keep it short (unix socket paths are limited to 107 bytes).
 	RunDir string
 	// Handlers maps CRI runtime handler names to sandbox kinds. A handler

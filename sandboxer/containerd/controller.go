@@ -38,7 +38,8 @@ type Config struct {
 	RunDir string
 	// Handlers maps CRI runtime handler names to sandbox kinds. A handler
 	// that is not listed and starts with "magnetar-" runs the kind named by
-	// the rest ("magnetar-runc" → "runc"); other handlers fall back to the
+	// the rest, without a trailing "-streaming" ("magnetar-runc" and
+	// "magnetar-runc-streaming" → "runc"); other handlers fall back to the
 	// pod's "magnetar.io/kind" annotation, then to DefaultKind.
 	Handlers map[string]string
 	// DefaultKind is the kind of sandboxes for which nothing else names

@@ -18,6 +18,7 @@ import (
 	transferstreaming "github.com/containerd/containerd/v2/core/transfer/streaming"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
@@ -255,5 +256,57 @@ func TestStreamRejects(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Dir(stdio.Stdout)); !os.IsNotExist(err) {
 		t.Errorf("stream dir still there: %v", err)
+	}
+}
+
+// TestTaskServerServesStreaming: the per-sandbox task socket serves the
+// Streaming service; stale stream FIFOs of an earlier daemon are removed
+// when the server starts, and a sandbox's FIFOs go when it stops.
+func TestTaskServerServesStreaming(t *testing.T) {
+	runDir, err := os.MkdirTemp("", "mts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(runDir)
+	stale := filepath.Join(StreamDir(runDir, "sb1"), "old")
+	if err := os.MkdirAll(stale, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ts := newTaskServers(nil, runDir, "test", hclog.NewNullLogger())
+	addr, err := ts.start("sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale stream dir survived the server start: %v", err)
+	}
+	conn, err := net.Dial("unix", strings.TrimPrefix(addr, "ttrpc+unix://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := proxy.NewStreamCreator(client).Create(ctx, "c-stdout")
+	if err != nil {
+		t.Fatalf("open a stream on the task socket: %v", err)
+	}
+	out := transferstreaming.ReadByteStream(ctx, s)
+	// Stopping the sandbox's server ends its open streams.
+	if err := ts.stop("sb1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(out); err != nil {
+		t.Errorf("stream after stop: %v, want EOF", err)
+	}
+	if err := os.MkdirAll(stale, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.stop("sb1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(StreamDir(runDir, "sb1")); !os.IsNotExist(err) {
+		t.Errorf("stream dir survived stopping the sandbox: %v", err)
 	}
 }

@@ -120,6 +120,10 @@ func (ts *taskServers) start(id string) (_ string, retErr error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("remove stale task socket: %w", err)
 	}
+	// Stream FIFOs of an earlier daemon have no bridge any more.
+	if err := os.RemoveAll(StreamDir(ts.runDir, id)); err != nil {
+		return "", fmt.Errorf("remove stale stream FIFOs: %w", err)
+	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return "", fmt.Errorf("listen on task socket: %w", err)
@@ -203,6 +207,10 @@ func (ts *taskServers) stop(id string) error {
 	delete(ts.servers, id)
 	ts.mu.Unlock()
 	if !ok {
+		// Stream FIFOs left by an earlier daemon go with the sandbox.
+		if err := os.RemoveAll(StreamDir(ts.runDir, id)); err != nil {
+			return fmt.Errorf("remove stream FIFOs: %w", err)
+		}
 		return nil
 	}
 	return t.close()

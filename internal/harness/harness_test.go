@@ -45,6 +45,13 @@ func TestRenderConfig(t *testing.T) {
 			t.Errorf("config lacks %q:\n%s", want, cfg)
 		}
 	}
+	for _, h := range StreamingHandlers {
+		want := fmt.Sprintf("runtimes.%q]\n        runtime_type = %q\n        sandboxer = \"magnetar\"\n"+
+			"        disable_pause_image_pull = true\n        io_type = 'streaming'\n", h, RuntimeType)
+		if !strings.Contains(cfg, want) {
+			t.Errorf("config lacks streaming handler %s:\n%s", h, cfg)
+		}
+	}
 	for _, h := range MagnetarHandlers {
 		want := fmt.Sprintf("runtimes.%q]\n        runtime_type = %q\n        sandboxer = \"magnetar\"\n"+
 			"        disable_pause_image_pull = true\n        runtime_path = \"/x/containerd-shim-magnetar-v2\"\n", h, RuntimeType)

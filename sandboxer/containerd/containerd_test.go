@@ -34,6 +34,8 @@ func TestResolveKind(t *testing.T) {
 		handler, annotation, want string
 	}{
 		{"magnetar-wasm", "", "wasm"},
+		{"magnetar-runc-streaming", "", "runc"},
+		{"magnetar--streaming", "", "-streaming"},
 		{"gold", "", "firecracker"},
 		{"magnetar-wasm", "gvisor", "wasm"}, // the handler wins
 		{"", "gvisor", "gvisor"},

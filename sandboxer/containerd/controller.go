@@ -32,12 +32,14 @@ import (
 
 // Config configures a [Controller].
 type Config struct {
-	// RunDir holds the per-sandbox Task API sockets, in RunDir/t. Required;
+	// RunDir holds the per-sandbox Task API sockets, in RunDir/t, and the
+	// FIFOs of streamed stdio (io_type "streaming"), in RunDir/s. Required;
 	// keep it short (unix socket paths are limited to 107 bytes).
 	RunDir string
 	// Handlers maps CRI runtime handler names to sandbox kinds. A handler
 	// that is not listed and starts with "magnetar-" runs the kind named by
-	// the rest ("magnetar-runc" → "runc"); other handlers fall back to the
+	// the rest, without a trailing "-streaming" ("magnetar-runc" and
+	// "magnetar-runc-streaming" → "runc"); other handlers fall back to the
 	// pod's "magnetar.io/kind" annotation, then to DefaultKind.
 	Handlers map[string]string
 	// DefaultKind is the kind of sandboxes for which nothing else names

@@ -26,6 +26,10 @@ const (
 	// sandbox kind when the handler is not in [Config.Handlers]:
 	// "magnetar-runc" runs kind "runc".
 	HandlerPrefix = "magnetar-"
+	// StreamingSuffix is stripped too, after HandlerPrefix: handlers for
+	// containerd's `streaming` io type ("magnetar-runc-streaming") run the
+	// same kinds as the FIFO ones.
+	StreamingSuffix = "-streaming"
 
 	// podSandboxConfigType is the proto name of CRI's PodSandboxConfig,
 	// which CRI passes as the Create options.
@@ -91,6 +95,9 @@ func (r kindResolver) resolve(handler string, annotations map[string]string) (ki
 			return k, fmt.Sprintf("runtime handler %q (configured)", handler), nil
 		}
 		if k, ok := strings.CutPrefix(handler, HandlerPrefix); ok && k != "" {
+			if base, ok := strings.CutSuffix(k, StreamingSuffix); ok && base != "" {
+				k = base
+			}
 			return k, fmt.Sprintf("runtime handler %q", handler), nil
 		}
 	}

@@ -42,6 +42,10 @@ type TaskService struct {
 	sandboxID string
 	version   string
 
+	// streams bridges containerd's `streaming` io type; nil when the
+	// service is not served on a socket with a Streaming service.
+	streams *streamIO
+
 	// closing is closed by Close; blocked Waits return then.
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -84,14 +88,19 @@ func (s *TaskService) Create(ctx context.Context, req *taskapi.CreateTaskRequest
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	stdio, err := s.streams.open(ctx, req.GetID(), "", backend.Stdio{Stdin: req.GetStdin(), Stdout: req.GetStdout(), Stderr: req.GetStderr(), Terminal: req.GetTerminal()})
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	st, err := s.eng.CreateContainer(ctx, s.sandboxID, engine.ContainerSpec{
 		ID:     req.GetID(),
 		Bundle: req.GetBundle(),
 		Rootfs: mount.FromProto(req.GetRootfs()),
 		Spec:   spec,
-		Stdio:  backend.Stdio{Stdin: req.GetStdin(), Stdout: req.GetStdout(), Stderr: req.GetStderr(), Terminal: req.GetTerminal()},
+		Stdio:  stdio,
 	})
 	if err != nil {
+		_ = s.streams.remove(req.GetID(), "", false)
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &taskapi.CreateTaskResponse{Pid: st.Pid}, nil
@@ -142,6 +151,9 @@ func (s *TaskService) State(ctx context.Context, req *taskapi.StateRequest) (*ta
 	id := st.ContainerID
 	if st.ExecID != "" {
 		id = st.ExecID
+	}
+	if orig, ok := s.streams.stdio(req.GetID(), req.GetExecID()); ok {
+		st.Stdio.Stdin, st.Stdio.Stdout, st.Stdio.Stderr = orig.Stdin, orig.Stdout, orig.Stderr
 	}
 	return &taskapi.StateResponse{
 		ID:         id,
@@ -202,6 +214,11 @@ func (s *TaskService) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	// The process is gone: its output has ended or ends now; containerd
+	// gets all of it before Delete returns.
+	if err := s.streams.remove(req.GetID(), req.GetExecID(), true); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	return &taskapi.DeleteResponse{Pid: st.Pid, ExitStatus: st.ExitCode, ExitedAt: timestamppb.New(st.ExitedAt)}, nil
 }
 
@@ -214,13 +231,21 @@ func (s *TaskService) Exec(ctx context.Context, req *taskapi.ExecProcessRequest)
 	if err := json.Unmarshal(req.GetSpec().GetValue(), &proc); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q: decode process spec: %v: %w", req.GetExecID(), err, errdefs.ErrInvalidArgument))
 	}
-	_, err := s.eng.Exec(ctx, s.sandboxID, engine.ExecSpec{
+	if req.GetExecID() == "" {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec: exec id is required: %w", errdefs.ErrInvalidArgument))
+	}
+	stdio, err := s.streams.open(ctx, req.GetID(), req.GetExecID(), backend.Stdio{Stdin: req.GetStdin(), Stdout: req.GetStdout(), Stderr: req.GetStderr(), Terminal: req.GetTerminal()})
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	_, err = s.eng.Exec(ctx, s.sandboxID, engine.ExecSpec{
 		ContainerID: req.GetID(),
 		ExecID:      req.GetExecID(),
 		Process:     &proc,
-		Stdio:       backend.Stdio{Stdin: req.GetStdin(), Stdout: req.GetStdout(), Stderr: req.GetStderr(), Terminal: req.GetTerminal()},
+		Stdio:       stdio,
 	})
 	if err != nil {
+		_ = s.streams.remove(req.GetID(), req.GetExecID(), false)
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &emptypb.Empty{}, nil

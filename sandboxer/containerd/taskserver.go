@@ -13,6 +13,7 @@ import (
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	streamingapi "github.com/containerd/containerd/api/services/streaming/v1"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
@@ -42,6 +43,13 @@ func TaskSocketPath(runDir, id string) string {
 	return filepath.Join(runDir, "t", hex.EncodeToString(sum[:8])+".sock")
 }
 
+// StreamDir is where the FIFOs bridging the streams of sandbox id's
+// processes live.
+func StreamDir(runDir, id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return filepath.Join(runDir, "s", hex.EncodeToString(sum[:8]))
+}
+
 // taskServers runs one ttrpc Task API server per sandbox.
 type taskServers struct {
 	eng     *engine.Engine
@@ -60,6 +68,9 @@ type taskServer struct {
 	path string
 	svc  *TaskService
 	srv  *ttrpc.Server
+	// streams serves containerd's Streaming service for the `streaming`
+	// io type next to the Task API.
+	streams *streamRegistry
 	// served is closed when Serve has returned.
 	served chan struct{}
 
@@ -109,6 +120,10 @@ func (ts *taskServers) start(id string) (_ string, retErr error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("remove stale task socket: %w", err)
 	}
+	// Stream FIFOs of an earlier daemon have no bridge any more.
+	if err := os.RemoveAll(StreamDir(ts.runDir, id)); err != nil {
+		return "", fmt.Errorf("remove stale stream FIFOs: %w", err)
+	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return "", fmt.Errorf("listen on task socket: %w", err)
@@ -122,12 +137,14 @@ func (ts *taskServers) start(id string) (_ string, retErr error) {
 	if err := os.Chmod(path, 0o600); err != nil {
 		return "", fmt.Errorf("chmod task socket: %w", err)
 	}
-	t := &taskServer{id: id, path: path, svc: NewTaskService(ts.eng, id, ts.version), served: make(chan struct{})}
+	t := &taskServer{id: id, path: path, svc: NewTaskService(ts.eng, id, ts.version), streams: newStreamRegistry(), served: make(chan struct{})}
+	t.svc.streams = newStreamIO(t.streams, path, StreamDir(ts.runDir, id))
 	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(t.intercept(ts.log)))
 	if err != nil {
 		return "", fmt.Errorf("create task server: %w", err)
 	}
 	taskapi.RegisterTTRPCTaskService(srv, t.svc)
+	streamingapi.RegisterTTRPCStreamingService(srv, t.streams)
 	t.srv = srv
 	ts.servers[id] = t
 	go func() {
@@ -168,7 +185,9 @@ func (t *taskServer) close() error {
 	t.closed = true
 	t.mu.Unlock()
 	t.svc.Close()
+	t.streams.close()
 	t.calls.Wait()
+	streamErr := t.svc.streams.closeAll()
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	if err := t.srv.Shutdown(ctx); err != nil {
@@ -176,9 +195,9 @@ func (t *taskServer) close() error {
 	}
 	<-t.served
 	if err := os.Remove(t.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove task socket: %w", err)
+		return errors.Join(streamErr, fmt.Errorf("remove task socket: %w", err))
 	}
-	return nil
+	return streamErr
 }
 
 // stop stops the Task API server of sandbox id, if there is one.
@@ -188,6 +207,10 @@ func (ts *taskServers) stop(id string) error {
 	delete(ts.servers, id)
 	ts.mu.Unlock()
 	if !ok {
+		// Stream FIFOs left by an earlier daemon go with the sandbox.
+		if err := os.RemoveAll(StreamDir(ts.runDir, id)); err != nil {
+			return fmt.Errorf("remove stream FIFOs: %w", err)
+		}
 		return nil
 	}
 	return t.close()

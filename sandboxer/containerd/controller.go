@@ -109,6 +109,14 @@ func (c *Controller) Recover(ctx context.Context) error {
 
 // Close stops every Task API server and ends blocked Waits. Sandboxes and
 // containers keep running.
+// ExitHold is a [Forwarder.Hold]: a process whose stdio are containerd
+// streams has its exit event held until its output has been sent, as the
+// runc shim publishes an exit only after the output reached its FIFOs (CRI
+// stops reading a task's streams once it handled the exit).
+func (c *Controller) ExitHold(ev engine.Event) <-chan struct{} {
+	return c.tasks.outputDone(ev.SandboxID, ev.ContainerID, ev.ExecID)
+}
+
 func (c *Controller) Close() error {
 	c.closeOnce.Do(func() { close(c.closing) })
 	return c.tasks.closeAll()

@@ -44,6 +44,18 @@ type Forwarder struct {
 	backoff, maxBackoff time.Duration
 	// callTimeout bounds one Forward call.
 	callTimeout time.Duration
+
+	// Hold, when set, may return a channel that a task exit event waits
+	// for (at most holdTimeout) before it is sent; later events wait
+	// behind it, so their order is kept.
+	Hold        func(engine.Event) <-chan struct{}
+	holdTimeout time.Duration
+}
+
+// queued is an envelope waiting to be sent, and what it waits for first.
+type queued struct {
+	env  *types.Envelope
+	hold <-chan struct{}
 }
 
 // NewForwarder returns a forwarder to containerd's ttrpc socket at address
@@ -56,7 +68,7 @@ func NewForwarder(address string, log hclog.Logger) *Forwarder {
 		address: address, log: log,
 		queue: 2048, attempts: 6,
 		backoff: 100 * time.Millisecond, maxBackoff: 5 * time.Second,
-		callTimeout: 5 * time.Second,
+		callTimeout: 5 * time.Second, holdTimeout: 2 * time.Second,
 	}
 }
 
@@ -66,7 +78,7 @@ func NewForwarder(address string, log hclog.Logger) *Forwarder {
 // ends.
 func (f *Forwarder) Run(ctx context.Context, src EventSource) error {
 	ctx, cancel := context.WithCancel(ctx)
-	queue := make(chan *types.Envelope, f.queue)
+	queue := make(chan queued, f.queue)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
@@ -83,8 +95,12 @@ func (f *Forwarder) Run(ctx context.Context, src EventSource) error {
 			if env == nil {
 				continue // not a task event
 			}
+			q := queued{env: env}
+			if f.Hold != nil && ev.Topic == engine.TopicTaskExit {
+				q.hold = f.Hold(ev)
+			}
 			select {
-			case queue <- env:
+			case queue <- q:
 			default:
 				f.log.Error("event queue full, dropping event", "topic", env.Topic, "namespace", env.Namespace)
 			}
@@ -102,15 +118,24 @@ func (f *Forwarder) Run(ctx context.Context, src EventSource) error {
 }
 
 // send forwards queued envelopes in order until ctx ends.
-func (f *Forwarder) send(ctx context.Context, queue <-chan *types.Envelope) {
+func (f *Forwarder) send(ctx context.Context, queue <-chan queued) {
 	c := &eventsClient{address: f.address}
 	defer c.close()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case env := <-queue:
-			f.forward(ctx, c, env)
+		case q := <-queue:
+			if q.hold != nil {
+				t := time.NewTimer(f.holdTimeout)
+				select {
+				case <-q.hold:
+				case <-t.C:
+				case <-ctx.Done():
+				}
+				t.Stop()
+			}
+			f.forward(ctx, c, q.env)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/fifo"
+	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -193,16 +194,38 @@ func (s *serverStream) Send(a typeurl.Any) error {
 		return io.EOF
 	default:
 	}
-	return s.srv.Send(typeurl.MarshalProto(a))
+	err := s.srv.Send(typeurl.MarshalProto(a))
+	if errors.Is(err, ttrpc.ErrClosed) || errors.Is(err, ttrpc.ErrStreamClosed) {
+		// containerd closed the connection: what it sent before may
+		// still be buffered for Recv, which containerd's stream readers
+		// only keep reading after a failed send when it says EOF.
+		return io.EOF
+	}
+	return err
 }
 
+// recvCanceledRetries is how often Recv retries after the call's context
+// was cancelled, to drain messages still buffered (see Recv).
+const recvCanceledRetries = 64
+
 // Recv receives a message from containerd.
+//
+// CRI closes its connection right after the last message of a stream (its
+// stdin's end of file), and ttrpc then cancels the call's context; its
+// RecvMsg picks at random between a message still buffered and the
+// cancellation. So a cancellation is retried: buffered messages (and the
+// end of the stream, when containerd sent it) win within a few tries, and
+// only a stream with nothing left reports the cancellation every time.
 func (s *serverStream) Recv() (typeurl.Any, error) {
-	a, err := s.srv.Recv()
-	if err != nil {
-		return nil, err
+	for try := 0; ; try++ {
+		a, err := s.srv.Recv()
+		if err == nil {
+			return (*anypb.Any)(a), nil
+		}
+		if !errors.Is(err, context.Canceled) || try >= recvCanceledRetries {
+			return nil, err
+		}
 	}
-	return (*anypb.Any)(a), nil
 }
 
 // Close ends the stream: the handler returns and containerd reads EOF.
@@ -234,6 +257,9 @@ type procStreams struct {
 	wg     sync.WaitGroup
 	// out is closed when every output stream has been sent and closed.
 	out chan struct{}
+	// in is closed when the stdin stream ended and all it carried was
+	// written to the process's stdin FIFO; nil without a stdin stream.
+	in chan struct{}
 	// orig is the stdio containerd asked for, reported back by State.
 	orig backend.Stdio
 }
@@ -336,7 +362,9 @@ func (sio *streamIO) open(ctx context.Context, containerID, execID string, stdio
 				return stdio, fmt.Errorf("create stdin fifo: %w", err)
 			}
 			out.Stdin = path
+			p.in = make(chan struct{})
 			p.wg.Go(func() {
+				defer close(p.in)
 				defer ss.Close()
 				defer w.Close()
 				r := transferstreaming.ReceiveStream(bctx, ss)
@@ -403,6 +431,38 @@ func (sio *streamIO) stdio(containerID, execID string) (backend.Stdio, bool) {
 		return backend.Stdio{}, false
 	}
 	return p.orig, true
+}
+
+// stdinDone returns a channel closed once the process's stdin stream has
+// been written to it in full, or nil when its stdin is not a stream.
+// containerd closes a streamed stdin (CloseIO) as soon as it has sent the
+// last bytes, which may still be on their way through the bridge.
+func (sio *streamIO) stdinDone(containerID, execID string) <-chan struct{} {
+	if sio == nil {
+		return nil
+	}
+	sio.mu.Lock()
+	defer sio.mu.Unlock()
+	p, ok := sio.procs[procKey(containerID, execID)]
+	if !ok || p.in == nil {
+		return nil
+	}
+	return p.in
+}
+
+// outputDone returns a channel closed once every output stream of the
+// process has been sent, or nil when it has no output streams.
+func (sio *streamIO) outputDone(containerID, execID string) <-chan struct{} {
+	if sio == nil {
+		return nil
+	}
+	sio.mu.Lock()
+	defer sio.mu.Unlock()
+	p, ok := sio.procs[procKey(containerID, execID)]
+	if !ok || p.cancel == nil {
+		return nil
+	}
+	return p.out
 }
 
 // remove tears down a process's bridge and removes its FIFOs. With drain

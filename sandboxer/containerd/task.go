@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
@@ -196,8 +197,23 @@ func (s *TaskService) Wait(ctx context.Context, req *taskapi.WaitRequest) (*task
 		}
 		return nil, errgrpc.ToGRPC(err)
 	}
+	if out := s.streams.outputDone(req.GetID(), req.GetExecID()); out != nil {
+		// Streamed output first: CRI stops reading the streams once it
+		// learned the exit (see Controller.ExitHold).
+		t := time.NewTimer(exitOutputWait)
+		select {
+		case <-out:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
 	return &taskapi.WaitResponse{ExitStatus: st.Code, ExitedAt: timestamppb.New(st.ExitedAt)}, nil
 }
+
+// exitOutputWait bounds how long an exit waits for streamed output, as the
+// runc shim bounds its wait for output copies.
+const exitOutputWait = 2 * time.Second
 
 // Kill signals a process, or with All every process of the container.
 func (s *TaskService) Kill(ctx context.Context, req *taskapi.KillRequest) (*emptypb.Empty, error) {
@@ -266,6 +282,16 @@ func (s *TaskService) CloseIO(ctx context.Context, req *taskapi.CloseIORequest) 
 			return nil, errgrpc.ToGRPC(err)
 		}
 		return &emptypb.Empty{}, nil
+	}
+	if in := s.streams.stdinDone(req.GetID(), req.GetExecID()); in != nil {
+		// Let the streamed stdin reach the process before its end does.
+		t := time.NewTimer(streamClaimTimeout)
+		select {
+		case <-in:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
 	}
 	if err := s.eng.CloseStdin(ctx, s.sandboxID, req.GetID(), req.GetExecID()); err != nil {
 		return nil, errgrpc.ToGRPC(err)

@@ -99,6 +99,17 @@ func (ts *taskServers) running(id string) bool {
 	return ok
 }
 
+// outputDone is the outputDone of sandbox id's streams (nil: none).
+func (ts *taskServers) outputDone(id, containerID, execID string) <-chan struct{} {
+	ts.mu.Lock()
+	t, ok := ts.servers[id]
+	ts.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return t.svc.streams.outputDone(containerID, execID)
+}
+
 // start serves the Task API of sandbox id, unless it already is, and
 // returns its address.
 func (ts *taskServers) start(id string) (_ string, retErr error) {

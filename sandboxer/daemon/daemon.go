@@ -155,6 +155,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	defer cancel()
 	if addr := cfg.Containerd.TTRPCAddress; addr != "" {
 		fwd := containerd.NewForwarder(addr, log.Named("events"))
+		fwd.Hold = ctrl.ExitHold
 		wg.Go(func() { _ = fwd.Run(ctx, eng) })
 	} else {
 		log.Warn("containerd.ttrpc_address is not set: task events are not forwarded to containerd")

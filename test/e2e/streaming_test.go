@@ -144,6 +144,13 @@ func TestStreamingVM(t *testing.T) {
 	if ex.ExitCode != 5 || strings.TrimSpace(string(ex.Stdout)) != "exec-out" || strings.TrimSpace(string(ex.Stderr)) != "exec-err" {
 		t.Errorf("ExecSync = code %d stdout %q stderr %q; want 5, exec-out, exec-err", ex.ExitCode, ex.Stdout, ex.Stderr)
 	}
+	// stdin over a stream, through the guest agent, to end of file.
+	bin, _ := harness.DefaultBinDir()
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "crictl"), "--config", e.ctrd.CrictlConfig(), "exec", "-i", long, "wc", "-c")
+	cmd.Stdin = strings.NewReader(strings.Repeat("x", 50000))
+	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "50000" {
+		t.Errorf("crictl exec -i wc -c in the VM = %q, %v; want 50000", out, err)
+	}
 	e.removePod(t, p)
 	if ents, _ := os.ReadDir(filepath.Join(e.runDir, "s")); len(ents) != 0 {
 		t.Errorf("stream dirs left after the pod was removed: %v", ents)

@@ -289,3 +289,68 @@ func TestForwarderRetries(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 }
+
+// TestForwarderHoldsExit: an exit event whose Hold channel is open waits
+// for it (later events wait behind it), then goes out in order.
+func TestForwarderHoldsExit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "containerd.sock.ttrpc")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordEvents{}
+	ttrpcevents.RegisterTTRPCEventsService(srv, rec)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(context.Background(), l)
+	}()
+	defer func() {
+		_ = srv.Close()
+		<-served
+	}()
+
+	release := make(chan struct{})
+	src := chanSource{ch: make(chan engine.Event)}
+	f := NewForwarder(path, nil)
+	f.holdTimeout = time.Minute
+	f.Hold = func(ev engine.Event) <-chan struct{} {
+		if ev.ContainerID == "streamed" {
+			return release
+		}
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx, src) }()
+	src.ch <- engine.Event{Topic: engine.TopicTaskExit, Namespace: "k8s.io", ContainerID: "plain"}
+	src.ch <- engine.Event{Topic: engine.TopicTaskExit, Namespace: "k8s.io", ContainerID: "streamed"}
+	src.ch <- engine.Event{Topic: engine.TopicTaskDelete, Namespace: "k8s.io", ContainerID: "plain"}
+
+	waitTopics := func(n int) string {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(rec.topics()) < n && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		return strings.Join(rec.topics(), " ")
+	}
+	if got := waitTopics(1); got != "/tasks/exit" {
+		t.Fatalf("before the release: forwarded %q, want only the first exit", got)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := strings.Join(rec.topics(), " "); got != "/tasks/exit" {
+		t.Fatalf("held exit went out early: %q", got)
+	}
+	close(release)
+	if got := waitTopics(3); got != "/tasks/exit /tasks/exit /tasks/delete" {
+		t.Errorf("after the release: forwarded %q", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}

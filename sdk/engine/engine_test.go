@@ -275,3 +275,36 @@ func TestSandboxLiveInfo(t *testing.T) {
 		t.Fatalf("unknown sandbox: %v, want not found", err)
 	}
 }
+
+// TestDeleteSandboxUnmountsFirst: a mount a backend left in the sandbox's
+// directory (a bind of a host volume) is unmounted, not emptied, when the
+// sandbox is deleted.
+func TestDeleteSandboxUnmountsFirst(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mounts)")
+	}
+	stateDir := t.TempDir()
+	e := newEngine(t, &fake{}, stateDir)
+	ready(t, e, "vol")
+	volume := t.TempDir()
+	if err := os.WriteFile(filepath.Join(volume, "data"), []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(stateDir, "sandboxes", "vol", "left-behind")
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount(volume, target, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(target, syscall.MNT_DETACH) })
+	if err := e.DeleteSandbox(context.Background(), "vol"); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(filepath.Join(volume, "data")); err != nil || string(data) != "keep" {
+		t.Errorf("volume content after delete: %q, %v", data, err)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "sandboxes", "vol")); !os.IsNotExist(err) {
+		t.Errorf("sandbox dir left: %v", err)
+	}
+}

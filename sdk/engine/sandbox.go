@@ -10,6 +10,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/mount"
+	"golang.org/x/sys/unix"
+
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -449,6 +452,12 @@ func (e *Engine) DeleteSandbox(ctx context.Context, id string) error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete sandbox %q: %w", id, err)
+	}
+	// A backend that could not be recovered (impl nil) or that left a
+	// mount behind must not let RemoveAll reach through it into a host
+	// volume.
+	if err := mount.UnmountRecursive(sb.dir, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("delete sandbox %q: unmount what is left under its directory: %w", id, err)
 	}
 	if err := os.RemoveAll(sb.dir); err != nil {
 		return fmt.Errorf("delete sandbox %q state: %w", id, err)

@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -50,7 +51,15 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 			}
 		}
 	}()
-	spec, err := s.prepare(cfg, dir)
+	// The guest can write to the shared directory (9p): everything below
+	// dir is created and mounted on through a handle that cannot be led
+	// out of dir by links the guest plants.
+	root, err := openRootNoFollow(dir)
+	if err != nil {
+		return nil, fmt.Errorf("container dir: %w", err)
+	}
+	defer root.Close()
+	spec, err := s.prepare(cfg, dir, root)
 	if err != nil {
 		return nil, err
 	}
@@ -58,7 +67,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+	if err := writeNew(root, "config.json", data, 0o600); err != nil {
 		return nil, fmt.Errorf("write OCI spec: %w", err)
 	}
 	c := &container{s: s, id: cfg.ID, dir: dir, execs: map[string]*proc{}}
@@ -84,16 +93,17 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 }
 
 // prepare mounts the rootfs at dir/rootfs and the sources of bind mounts
-// under dir/mounts, and returns the spec rewritten for the guest.
-func (s *sandbox) prepare(cfg backend.ContainerConfig, dir string) (*specs.Spec, error) {
+// under dir/mounts (through root, which is dir), and returns the spec
+// rewritten for the guest. Bind mounts marked "ro" are read-only on the
+// host too, so that the guest cannot write to them whatever it runs.
+func (s *sandbox) prepare(cfg backend.ContainerConfig, dir string, root *os.Root) (*specs.Spec, error) {
 	spec := *cfg.Spec
-	rootfs := filepath.Join(dir, "rootfs")
-	if err := os.Mkdir(rootfs, 0o711); err != nil {
+	if err := root.Mkdir("rootfs", 0o711); err != nil {
 		return nil, err
 	}
 	readonly := false
 	if len(cfg.Rootfs) > 0 {
-		if err := mount.All(cfg.Rootfs, rootfs); err != nil {
+		if err := mountAt(root, "rootfs", func(target string) error { return mount.All(cfg.Rootfs, target) }); err != nil {
 			return nil, fmt.Errorf("mount rootfs of container %q: %w", cfg.ID, err)
 		}
 	} else {
@@ -104,7 +114,7 @@ func (s *sandbox) prepare(cfg backend.ContainerConfig, dir string) (*specs.Spec,
 		if !filepath.IsAbs(src) {
 			src = filepath.Join(cfg.Bundle, src)
 		}
-		if err := unix.Mount(src, rootfs, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		if err := mountAt(root, "rootfs", bindTo(src)); err != nil {
 			return nil, fmt.Errorf("bind rootfs %s of container %q: %w", src, cfg.ID, err)
 		}
 	}
@@ -136,25 +146,84 @@ func (s *sandbox) prepare(cfg backend.ContainerConfig, dir string) (*specs.Spec,
 		if err != nil {
 			return nil, fmt.Errorf("bind source %s of container %q: %w", m.Source, cfg.ID, err)
 		}
-		target := filepath.Join(dir, "mounts", fmt.Sprint(i))
-		if err := os.MkdirAll(filepath.Dir(target), 0o711); err != nil {
+		if err := root.MkdirAll("mounts", 0o711); err != nil {
 			return nil, err
 		}
+		name := filepath.Join("mounts", fmt.Sprint(i))
 		if fi.IsDir() {
-			err = os.Mkdir(target, 0o755)
+			err = root.Mkdir(name, 0o755)
 		} else {
-			err = os.WriteFile(target, nil, 0o644)
+			err = writeNew(root, name, nil, 0o644)
 		}
 		if err != nil {
 			return nil, err
 		}
-		if err := unix.Mount(m.Source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		if err := mountAt(root, name, bindTo(m.Source)); err != nil {
 			return nil, fmt.Errorf("share bind source %s of container %q: %w", m.Source, cfg.ID, err)
 		}
-		mounts[i].Source = s.guestPath(target)
+		// Opened again through root, name is now the mount's root.
+		if hasOption(m, "ro") {
+			if err := mountAt(root, name, remountReadOnly); err != nil {
+				return nil, fmt.Errorf("make bind source %s of container %q read-only: %w", m.Source, cfg.ID, err)
+			}
+		}
+		mounts[i].Source = s.guestPath(filepath.Join(dir, name))
 	}
 	spec.Mounts = mounts
 	return &spec, nil
+}
+
+// openRootNoFollow opens dir, refusing a symbolic link in its place.
+func openRootNoFollow(dir string) (*os.Root, error) {
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	return os.OpenRoot(fmt.Sprintf("/proc/self/fd/%d", fd))
+}
+
+// writeNew creates name in root (it must not exist) with data.
+func writeNew(root *os.Root, name string, data []byte, perm os.FileMode) error {
+	f, err := root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, perm)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	return errors.Join(err, f.Close())
+}
+
+// mountAt calls mnt with a path naming root's name as opened through root
+// (/proc/self/fd/N), so that the mount lands there even if the guest
+// replaced a path component meanwhile.
+func mountAt(root *os.Root, name string, mnt func(target string) error) error {
+	f, err := root.Open(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return mnt(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+}
+
+// bindTo returns a mountAt function that bind-mounts src (recursively).
+func bindTo(src string) func(target string) error {
+	return func(target string) error {
+		return unix.Mount(src, target, "", unix.MS_BIND|unix.MS_REC, "")
+	}
+}
+
+// remountReadOnly makes the bind mount at target read-only.
+func remountReadOnly(target string) error {
+	return unix.Mount("", target, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, "")
+}
+
+func hasOption(m specs.Mount, opt string) bool {
+	for _, o := range m.Options {
+		if o == opt {
+			return true
+		}
+	}
+	return false
 }
 
 func isBind(m specs.Mount) bool {

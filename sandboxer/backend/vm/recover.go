@@ -80,7 +80,16 @@ func (b *Backend) recoverSandbox(ctx context.Context, cfg backend.SandboxConfig,
 	}
 	ended, err := s.endContainers(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("recover vm sandbox %s: %w", cfg.ID, err)
+		// The earlier containers could not be ended: stop the VM rather
+		// than leave them running unseen; the sandbox is reported exited
+		// and its Delete still unmounts and removes what it holds.
+		s.closeAgent()
+		sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer c()
+		if serr := v.Stop(sctx, true); serr != nil {
+			return nil, fmt.Errorf("recover vm sandbox %s: %v; stop vm: %w", cfg.ID, err, serr)
+		}
+		return s, nil
 	}
 	s.mu.Lock()
 	s.ended = ended

@@ -56,6 +56,9 @@ type Forwarder struct {
 type queued struct {
 	env  *types.Envelope
 	hold <-chan struct{}
+	// until bounds the hold from when the event was queued, so that the
+	// holds of several queued exits overlap instead of adding up.
+	until time.Time
 }
 
 // NewForwarder returns a forwarder to containerd's ttrpc socket at address
@@ -97,7 +100,7 @@ func (f *Forwarder) Run(ctx context.Context, src EventSource) error {
 			}
 			q := queued{env: env}
 			if f.Hold != nil && ev.Topic == engine.TopicTaskExit {
-				q.hold = f.Hold(ev)
+				q.hold, q.until = f.Hold(ev), time.Now().Add(f.holdTimeout)
 			}
 			select {
 			case queue <- q:
@@ -127,7 +130,7 @@ func (f *Forwarder) send(ctx context.Context, queue <-chan queued) {
 			return
 		case q := <-queue:
 			if q.hold != nil {
-				t := time.NewTimer(f.holdTimeout)
+				t := time.NewTimer(time.Until(q.until))
 				select {
 				case <-q.hold:
 				case <-t.C:

@@ -482,6 +482,28 @@ func (sio *streamIO) remove(containerID, execID string, drain bool) error {
 	return p.close(drain)
 }
 
+// removeExecs tears down the bridges of every exec of containerID.
+func (sio *streamIO) removeExecs(containerID string) error {
+	if sio == nil {
+		return nil
+	}
+	prefix := procKey(containerID, "")
+	sio.mu.Lock()
+	var ps []*procStreams
+	for k, p := range sio.procs {
+		if strings.HasPrefix(k, prefix) && k != prefix {
+			ps = append(ps, p)
+			delete(sio.procs, k)
+		}
+	}
+	sio.mu.Unlock()
+	var errs []error
+	for _, p := range ps {
+		errs = append(errs, p.close(false))
+	}
+	return errors.Join(errs...)
+}
+
 func (p *procStreams) close(drain bool) error {
 	if p.cancel != nil {
 		if drain {

@@ -228,12 +228,22 @@ func (s *TaskService) Kill(ctx context.Context, req *taskapi.KillRequest) (*empt
 func (s *TaskService) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
 	st, err := s.eng.Delete(ctx, s.sandboxID, req.GetID(), req.GetExecID())
 	if err != nil {
+		if errdefs.IsNotFound(err) {
+			// Deleted with its container already: its streams go too.
+			_ = s.streams.remove(req.GetID(), req.GetExecID(), false)
+		}
 		return nil, errgrpc.ToGRPC(err)
 	}
 	// The process is gone: its output has ended or ends now; containerd
-	// gets all of it before Delete returns.
+	// gets all of it before Delete returns. A container's init takes its
+	// execs' streams with it (the engine deleted those execs).
 	if err := s.streams.remove(req.GetID(), req.GetExecID(), true); err != nil {
 		return nil, errgrpc.ToGRPC(err)
+	}
+	if req.GetExecID() == "" {
+		if err := s.streams.removeExecs(req.GetID()); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
 	}
 	return &taskapi.DeleteResponse{Pid: st.Pid, ExitStatus: st.ExitCode, ExitedAt: timestamppb.New(st.ExitedAt)}, nil
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
+	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -81,6 +83,9 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	})
 	if err != nil {
 		p.closeIO()
+		// The guest may have created it anyway (a deadline that ran out
+		// while it worked): do not leave it there without its rootfs.
+		s.forgetInGuest(tc, cfg.ID, "")
 		return nil, fmt.Errorf("create container %q in the guest: %w", cfg.ID, errgrpc.ToNative(err))
 	}
 	p.startInput()
@@ -90,6 +95,15 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	s.ctrs[cfg.ID] = c
 	s.mu.Unlock()
 	return c, nil
+}
+
+// forgetInGuest kills and deletes, best effort and with a context of its
+// own, a container (execID "") or exec whose creation the host gave up on.
+func (s *sandbox) forgetInGuest(tc taskapi.TTRPCTaskService, id, execID string) {
+	ctx, cancel := context.WithTimeout(s.ns(context.Background()), 10*time.Second)
+	defer cancel()
+	_, _ = tc.Kill(ctx, &taskapi.KillRequest{ID: id, ExecID: execID, Signal: uint32(syscall.SIGKILL), All: execID == ""})
+	_, _ = tc.Delete(ctx, &taskapi.DeleteRequest{ID: id, ExecID: execID})
 }
 
 // prepare mounts the rootfs at dir/rootfs and the sources of bind mounts
@@ -260,6 +274,7 @@ func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.P
 		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: data},
 	}); err != nil {
 		p.closeIO()
+		c.s.forgetInGuest(tc, c.id, cfg.ID)
 		return nil, fmt.Errorf("exec in container %q: %w", c.id, errgrpc.ToNative(err))
 	}
 	p.startInput()

@@ -329,7 +329,7 @@ func (s *sandbox) Stop(ctx context.Context, timeout time.Duration) error {
 	}
 	if !s.isGone() && agent != nil {
 		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		_, err := agent.Shutdown(actx, &agentv1.ShutdownRequest{GracePeriod: durationpb.New(time.Second)})
+		_, err := agent.Shutdown(actx, &agentv1.ShutdownRequest{GracePeriod: durationpb.New(timeout)})
 		cancel()
 		if err == nil {
 			t := time.NewTimer(timeout + 2*time.Second)

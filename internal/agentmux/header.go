@@ -26,6 +26,7 @@ const (
 	Stderr Stream = 2
 )
 
+// String names the stream: stdin, stdout or stderr.
 func (s Stream) String() string {
 	switch s {
 	case Stdin:
@@ -50,6 +51,7 @@ type StdioHeader struct {
 	Stream          Stream
 }
 
+// String is container/exec/stream, for errors and logs.
 func (h StdioHeader) String() string {
 	return fmt.Sprintf("%s/%s/%s", h.Container, h.Exec, h.Stream)
 }

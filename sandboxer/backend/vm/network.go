@@ -177,33 +177,41 @@ func describeNetwork(links []netLink, nics []podNIC) string {
 	return strings.Join(parts, ", ")
 }
 
-// inNetNS runs fn on a locked OS thread switched into the network namespace
-// at path. If the thread cannot be switched back it stays locked, so the Go
-// runtime ends it instead of reusing it.
+// inNetNS runs fn on a goroutine of its own, locked to an OS thread
+// switched into the network namespace at path. If that thread cannot be
+// switched back, the goroutine exits still locked, so the Go runtime ends
+// the thread instead of reusing it; the caller's thread never changes
+// namespace.
 func inNetNS(path string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("current netns: %w", err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", path, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return errors.Join(ferr, fmt.Errorf("return from netns %s: %w", path, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		errc <- func() error {
+			orig, err := netns.Get()
+			if err != nil {
+				runtime.UnlockOSThread()
+				return fmt.Errorf("current netns: %w", err)
+			}
+			defer orig.Close()
+			target, err := netns.GetFromPath(path)
+			if err != nil {
+				runtime.UnlockOSThread()
+				return fmt.Errorf("open netns %s: %w", path, err)
+			}
+			defer target.Close()
+			if err := netns.Set(target); err != nil {
+				runtime.UnlockOSThread()
+				return fmt.Errorf("enter netns %s: %w", path, err)
+			}
+			ferr := fn()
+			if err := netns.Set(orig); err != nil {
+				return errors.Join(ferr, fmt.Errorf("return from netns %s: %w", path, err))
+			}
+			runtime.UnlockOSThread()
+			return ferr
+		}()
+	}()
+	return <-errc
 }
 
 // setupPodNetwork bridges every CNI interface of the namespace at nsPath to

@@ -255,8 +255,9 @@ type procStreams struct {
 	dir    string
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	// out is closed when every output stream has been sent and closed.
-	out chan struct{}
+	// out is closed when every output stream has been sent and closed;
+	// settled streamSettle after that.
+	out, settled chan struct{}
 	// in is closed when the stdin stream ended and all it carried was
 	// written to the process's stdin FIFO; nil without a stdin stream.
 	in chan struct{}
@@ -313,7 +314,7 @@ func (sio *streamIO) open(ctx context.Context, containerID, execID string, stdio
 	}
 	key := procKey(containerID, execID)
 	sum := sha256.Sum256([]byte(key))
-	p := &procStreams{dir: filepath.Join(sio.dir, hex.EncodeToString(sum[:12])), out: make(chan struct{}), orig: stdio}
+	p := &procStreams{dir: filepath.Join(sio.dir, hex.EncodeToString(sum[:12])), out: make(chan struct{}), settled: make(chan struct{}), orig: stdio}
 	sio.mu.Lock()
 	if _, ok := sio.procs[key]; ok {
 		sio.mu.Unlock()
@@ -397,9 +398,22 @@ func (sio *streamIO) open(ctx context.Context, containerID, execID string, stdio
 	p.wg.Go(func() {
 		outs.Wait()
 		close(p.out)
+		t := time.NewTimer(streamSettle)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-bctx.Done():
+		}
+		close(p.settled)
 	})
 	return out, nil
 }
+
+// streamSettle is how long an exit is held after the output was sent, so
+// that containerd reads what is still buffered on its side: on Delete its
+// client cancels the stream readers of an exited task before they reached
+// the end (the FIFO io type has no such window).
+const streamSettle = 250 * time.Millisecond
 
 // copyUntil copies r to w until r ends or ctx is cancelled.
 func copyUntil(ctx context.Context, w io.Writer, r io.Reader) {
@@ -451,7 +465,8 @@ func (sio *streamIO) stdinDone(containerID, execID string) <-chan struct{} {
 }
 
 // outputDone returns a channel closed once every output stream of the
-// process has been sent, or nil when it has no output streams.
+// process has been sent and has had streamSettle to be read, or nil when
+// it has no output streams.
 func (sio *streamIO) outputDone(containerID, execID string) <-chan struct{} {
 	if sio == nil {
 		return nil
@@ -462,7 +477,7 @@ func (sio *streamIO) outputDone(containerID, execID string) <-chan struct{} {
 	if !ok || p.cancel == nil {
 		return nil
 	}
-	return p.out
+	return p.settled
 }
 
 // remove tears down a process's bridge and removes its FIFOs. With drain

@@ -157,7 +157,24 @@ func (p *proc) copyOut(conn net.Conn, dst string) {
 	cancel()
 	wg.Wait()
 	if err == nil {
+		// Pollable, so that an abort also ends a write to a reader
+		// that is there but does not read.
+		w, err = pollable(w)
+	}
+	if err == nil {
+		done := make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-p.abort:
+				_ = w.SetWriteDeadline(time.Now())
+			case <-done:
+			}
+		}()
 		_, err = io.Copy(w, conn)
+		close(done)
+		wg.Wait()
 		w.Close()
 	}
 	if err != nil {

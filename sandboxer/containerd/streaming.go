@@ -346,8 +346,22 @@ func (sio *streamIO) open(ctx context.Context, containerID, execID string, stdio
 		}
 		streams[i] = ss
 	}
+	// Streams not yet handed to a bridge goroutine are closed if a later
+	// step fails, so that containerd's side of them ends too.
+	var handed [3]bool
+	defer func() {
+		if retErr != nil {
+			for i, ss := range streams {
+				if ss != nil && !handed[i] {
+					_ = ss.Close()
+				}
+			}
+		}
+	}()
 	bctx, cancel := context.WithCancel(context.Background())
+	sio.mu.Lock()
 	p.cancel = cancel
+	sio.mu.Unlock()
 	out := stdio
 	var outs sync.WaitGroup
 	names := [3]string{"stdin", "stdout", "stderr"}
@@ -363,9 +377,13 @@ func (sio *streamIO) open(ctx context.Context, containerID, execID string, stdio
 				return stdio, fmt.Errorf("create stdin fifo: %w", err)
 			}
 			out.Stdin = path
-			p.in = make(chan struct{})
+			in := make(chan struct{})
+			sio.mu.Lock()
+			p.in = in
+			sio.mu.Unlock()
+			handed[i] = true
 			p.wg.Go(func() {
-				defer close(p.in)
+				defer close(in)
 				defer ss.Close()
 				defer w.Close()
 				r := transferstreaming.ReceiveStream(bctx, ss)
@@ -384,6 +402,7 @@ func (sio *streamIO) open(ctx context.Context, containerID, execID string, stdio
 			out.Stderr = path
 		}
 		outs.Add(1)
+		handed[i] = true
 		p.wg.Go(func() {
 			defer outs.Done()
 			defer r.Close()

@@ -236,6 +236,32 @@ func (r *recordEvents) topics() []string {
 	return out
 }
 
+// serveEvents serves a recording events service at path (as containerd
+// does) until the test ends.
+func serveEvents(t *testing.T, path string) *recordEvents {
+	t.Helper()
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordEvents{}
+	ttrpcevents.RegisterTTRPCEventsService(srv, rec)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(context.Background(), l)
+	}()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		<-served
+	})
+	return rec
+}
+
 // TestForwarderRetries: events published while containerd is away arrive,
 // in order, once it comes up.
 func TestForwarderRetries(t *testing.T) {
@@ -252,25 +278,7 @@ func TestForwarderRetries(t *testing.T) {
 	src.ch <- engine.Event{Topic: engine.TopicTaskOOM, Namespace: "k8s.io", ContainerID: "c"}
 	time.Sleep(100 * time.Millisecond) // a few failed attempts
 
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ttrpc.NewServer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := &recordEvents{}
-	ttrpcevents.RegisterTTRPCEventsService(srv, rec)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(context.Background(), l)
-	}()
-	defer func() {
-		_ = srv.Close()
-		<-served
-	}()
+	rec := serveEvents(t, path)
 
 	deadline := time.Now().Add(10 * time.Second)
 	for len(rec.topics()) < 2 && time.Now().Before(deadline) {
@@ -294,25 +302,7 @@ func TestForwarderRetries(t *testing.T) {
 // for it (later events wait behind it), then goes out in order.
 func TestForwarderHoldsExit(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "containerd.sock.ttrpc")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ttrpc.NewServer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := &recordEvents{}
-	ttrpcevents.RegisterTTRPCEventsService(srv, rec)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(context.Background(), l)
-	}()
-	defer func() {
-		_ = srv.Close()
-		<-served
-	}()
+	rec := serveEvents(t, path)
 
 	release := make(chan struct{})
 	src := chanSource{ch: make(chan engine.Event)}

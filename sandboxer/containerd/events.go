@@ -71,7 +71,7 @@ func NewForwarder(address string, log hclog.Logger) *Forwarder {
 		address: address, log: log,
 		queue: 2048, attempts: 6,
 		backoff: 100 * time.Millisecond, maxBackoff: 5 * time.Second,
-		callTimeout: 5 * time.Second, holdTimeout: 2 * time.Second,
+		callTimeout: 5 * time.Second, holdTimeout: exitOutputWait,
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // env is the shared containerd + sandboxer for all tests of the package.
@@ -88,27 +89,19 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("MAGNETAR_E2E_REQUIRED") == "1" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
 // setup starts containerd and the sandboxer once.
 func setup(t testing.TB) *env {
 	t.Helper()
 	binDir, err := harness.DefaultBinDir()
 	if err != nil {
-		skipOrFail(t, "%v", err)
+		testutil.SkipOrFail(t, "%v", err)
 	}
 	if err := harness.CheckPrerequisites(binDir); err != nil {
-		skipOrFail(t, "e2e prerequisites: %v", err)
+		testutil.SkipOrFail(t, "e2e prerequisites: %v", err)
 	}
 	for _, b := range []string{"magnetar-sandboxer", "containerd-shim-magnetar-v2"} {
 		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
-			skipOrFail(t, "%s not built (make build): %v", b, err)
+			testutil.SkipOrFail(t, "%s not built (make build): %v", b, err)
 		}
 	}
 	setupOnce.Do(func() { shared, setupErr = start(binDir) })

@@ -24,6 +24,7 @@ import (
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1/sandboxv1connect"
 	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // startLimited starts a busybox container with a memory limit.
@@ -103,7 +104,7 @@ func TestUpdateResourcesAndStats(t *testing.T) {
 func TestExecWithTTY(t *testing.T) {
 	e := setup(t)
 	if _, err := exec.LookPath("script"); err != nil {
-		skipOrFail(t, "script (bsdutils) is needed to give crictl a terminal: %v", err)
+		testutil.SkipOrFail(t, "script (bsdutils) is needed to give crictl a terminal: %v", err)
 	}
 	p := e.runPod(t, false)
 	cid := e.startContainer(t, p, "tty", "sleep 600")

@@ -75,29 +75,7 @@ func TestStreamingIO(t *testing.T) {
 	}
 
 	// attach: stdin of a container created with Stdin reaches it.
-	resp, err := e.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{
-		PodSandboxId: p.id,
-		Config: &runtime.ContainerConfig{
-			Metadata: &runtime.ContainerMetadata{Name: "attach"},
-			Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
-			Command:  []string{"sh", "-c", "while read line; do echo got:$line; done"},
-			LogPath:  "attach.log",
-			Stdin:    true,
-		},
-		SandboxConfig: p.cfg,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.rt.StartContainer(ctx, &runtime.StartContainerRequest{ContainerId: resp.ContainerId}); err != nil {
-		t.Fatal(err)
-	}
-	cmd = exec.CommandContext(ctx, crictl, "--config", e.ctrd.CrictlConfig(), "attach", "-i", resp.ContainerId)
-	cmd.Stdin = strings.NewReader("hello-attach\n")
-	out, _ = cmd.CombinedOutput() // ends when stdin closes
-	if got := e.logOf(t, p, "attach", "got:hello-attach"); !strings.Contains(got, "got:hello-attach") {
-		t.Errorf("attached stdin did not reach the container: log %q, crictl %q", got, out)
-	}
+	e.checkAttach(t, p)
 
 	// Exit code, and the last output before the exit is in the log.
 	exitID := e.startContainer(t, p, "exiter", "seq 1 5000; echo bye; exit 42")

@@ -163,17 +163,7 @@ func TestVMSandboxerRestart(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill QEMU %d: %v", pid, err)
 	}
-	state := runtime.PodSandboxState_SANDBOX_READY
-	for range 600 {
-		ps, err := e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if state = ps.Status.State; state == runtime.PodSandboxState_SANDBOX_NOTREADY {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	state := e.waitPodNotReady(t, p, 60*time.Second)
 	if state != runtime.PodSandboxState_SANDBOX_NOTREADY {
 		t.Errorf("pod state after QEMU was killed = %s, want NOTREADY", state)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // TestVMStdio drives the standard streams of a VM pod's containers
@@ -18,7 +19,7 @@ func TestVMStdio(t *testing.T) {
 	e := setup(t)
 	e.requireGuest(t)
 	if _, err := exec.LookPath("script"); err != nil {
-		skipOrFail(t, "script (bsdutils) is needed to give crictl a terminal: %v", err)
+		testutil.SkipOrFail(t, "script (bsdutils) is needed to give crictl a terminal: %v", err)
 	}
 	p := e.runPodWith(t, "magnetar-vm", false)
 	bin, _ := harness.DefaultBinDir()

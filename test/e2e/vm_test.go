@@ -12,6 +12,7 @@ import (
 
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -20,11 +21,11 @@ import (
 func (e *env) requireGuest(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		skipOrFail(t, "no qemu-system-x86_64 in PATH (make deps)")
+		testutil.SkipOrFail(t, "no qemu-system-x86_64 in PATH (make deps)")
 	}
 	for _, f := range []string{"vmlinux", "initramfs.cpio.gz"} {
 		if _, err := os.Stat(filepath.Join(e.guestDir(), f)); err != nil {
-			skipOrFail(t, "guest image missing: run make guest")
+			testutil.SkipOrFail(t, "guest image missing: run make guest")
 		}
 	}
 }
@@ -78,17 +79,7 @@ func TestVMDeathReported(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill QEMU %d: %v", pid, err)
 	}
-	state := runtime.PodSandboxState_SANDBOX_READY
-	for range 300 {
-		ps, err := e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if state = ps.Status.State; state == runtime.PodSandboxState_SANDBOX_NOTREADY {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	state := e.waitPodNotReady(t, p, 30*time.Second)
 	if state != runtime.PodSandboxState_SANDBOX_NOTREADY {
 		t.Fatalf("pod state after QEMU was killed = %s, want NOTREADY", state)
 	}
@@ -137,4 +128,21 @@ func TestVMVolume(t *testing.T) {
 	if err != nil || string(data) != "written in the vm\n" {
 		t.Errorf("file on the host = %q, %v; want the container's line", data, err)
 	}
+}
+
+// waitPodNotReady polls CRI until pod p is NOTREADY or timeout passes, and
+// returns the last state seen.
+func (e *env) waitPodNotReady(t *testing.T, p *pod, timeout time.Duration) runtime.PodSandboxState {
+	t.Helper()
+	state := runtime.PodSandboxState_SANDBOX_READY
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		ps, err := e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if state = ps.Status.State; state == runtime.PodSandboxState_SANDBOX_NOTREADY {
+			break
+		}
+	}
+	return state
 }

@@ -3,9 +3,7 @@ package vm
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -26,43 +24,11 @@ import (
 // test can boot the guest: root, QEMU, busybox and the image of make guest.
 func requireBoot(t *testing.T) (kernel, initrd string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("boots VMs: not in -short")
-	}
-	missing := func(format string, args ...any) {
-		t.Helper()
-		msg := fmt.Sprintf(format, args...)
-		if os.Getenv("MAGNETAR_E2E_REQUIRED") == "1" {
-			t.Fatal(msg + " (MAGNETAR_E2E_REQUIRED=1)")
-		}
-		t.Skip(msg)
-	}
+	kernel, initrd = testutil.GuestImage(t)
 	if os.Geteuid() != 0 {
-		missing("needs root (mounts)")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		missing("no qemu-system-x86_64 in PATH")
+		testutil.SkipOrFail(t, "needs root (mounts)")
 	}
 	testutil.RequireRunc(t) // busybox-static for the bundles
-	dir := os.Getenv("MAGNETAR_GUEST_DIR")
-	if dir == "" {
-		wd, _ := os.Getwd()
-		for d := wd; ; d = filepath.Dir(d) {
-			if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-				dir = filepath.Join(d, ".tmp", "guest")
-				break
-			}
-			if filepath.Dir(d) == d {
-				missing("no go.mod above %s", wd)
-			}
-		}
-	}
-	kernel, initrd = filepath.Join(dir, "vmlinux"), filepath.Join(dir, "initramfs.cpio.gz")
-	for _, p := range []string{kernel, initrd} {
-		if _, err := os.Stat(p); err != nil {
-			missing("guest image missing (%v): run make guest", err)
-		}
-	}
 	return kernel, initrd
 }
 

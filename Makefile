@@ -47,7 +47,7 @@ test-e2e: deps tools build guest ## Run end-to-end tests through a private conta
 
 .PHONY: test-vm
 test-vm: deps guest ## Boot the microVM guest under QEMU and talk to its agent (root)
-	MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./sandboxer/backend/vm/...
+	MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./sdk/kinds/vm/...
 
 .PHONY: test
 test: deps tools build check-generate lint test-unit test-e2e test-vm test-clients ## Run every test (installs what it needs; needs root)

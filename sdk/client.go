@@ -31,7 +31,7 @@ const DefaultAddress = "unix:///run/magnetar/api.sock"
 const maxMessageSize = 16 << 20
 
 // Client talks to Magnetar's API, either a daemon's ([Dial]) or one
-// embedded in this process ([NewEmbedded]). It is safe for concurrent use.
+// embedded in this process (package embedded). It is safe for concurrent use.
 type Client struct {
 	sandboxes  sandboxv1connect.SandboxServiceClient
 	containers containerv1connect.ContainerServiceClient
@@ -196,21 +196,24 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	if o.grpc {
 		topts = append(topts, connecthttp.WithGRPC())
 	}
-	c := newClient(connect.NewClient(connecthttp.NewTransport(hc, baseURL, topts...)))
-	c.closeFn = func() error {
+	return NewClient(connect.NewClient(connecthttp.NewTransport(hc, baseURL, topts...)), func() error {
 		if tr != nil {
 			tr.CloseIdleConnections()
 		}
 		return nil
-	}
-	return c, nil
+	}), nil
 }
 
-func newClient(cc *connect.Client) *Client {
+// NewClient returns a client that calls Magnetar's API through cc, a
+// Connect client of any transport; closeFn, when not nil, runs once on
+// [Client.Close]. [Dial] and the embedded package's New build theirs with
+// it.
+func NewClient(cc *connect.Client, closeFn func() error) *Client {
 	return &Client{
 		sandboxes:  sandboxv1connect.NewSandboxServiceClient(cc),
 		containers: containerv1connect.NewContainerServiceClient(cc),
 		images:     imagev1connect.NewImageServiceClient(cc),
+		closeFn:    closeFn,
 	}
 }
 

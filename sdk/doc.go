@@ -11,17 +11,21 @@
 // protocol or, with [WithGRPC], gRPC. Sandboxes belong to the daemon: they
 // keep running when the [Client] is closed.
 //
-// [NewEmbedded] runs the sandboxer's engine and API server inside the
-// calling process, through an in-process transport: no socket, no daemon,
-// no serialization. The process then owns the sandboxes: [Client.Close]
-// deletes them and closes the engine and the backends. Programs that
-// embed the wasm kind must call [RunnerMain] first thing in main (see
-// there).
+// New of package [github.com/magnetar-io/magnetar/sdk/embedded] runs the
+// sandboxer's engine and API server inside the calling process, through an
+// in-process transport: no socket, no daemon, no serialization. The
+// process then owns the sandboxes: [Client.Close] deletes them and closes
+// the engine and the backends. Programs that embed the wasm kind must call
+// embedded.RunnerMain first thing in main.
+//
+// This package itself links no engine and no sandbox kind: it builds on
+// every platform Go supports (a Mac included) and pulls in only the
+// Connect runtime, protobuf and the generated API.
 //
 // Both modes expose the same API, so a program written against one runs
 // against the other:
 //
-//	c, err := sdk.Dial(ctx, "unix:///run/magnetar/api.sock") // or sdk.NewEmbedded(ctx)
+//	c, err := sdk.Dial(ctx, "unix:///run/magnetar/api.sock") // or embedded.New(ctx)
 //	if err != nil { ... }
 //	defer c.Close()
 //	sb, err := c.CreateSandbox(ctx, "runc")

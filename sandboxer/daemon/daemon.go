@@ -27,15 +27,15 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
-	"github.com/magnetar-io/magnetar/sandboxer/backend/vm"
-	"github.com/magnetar-io/magnetar/sandboxer/backend/vm/qemu"
-	"github.com/magnetar-io/magnetar/sandboxer/backend/wasm"
-	"github.com/magnetar-io/magnetar/sandboxer/containerd"
+	"github.com/magnetar-io/magnetar/sandboxer/controller"
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 	"github.com/magnetar-io/magnetar/sdk/image"
+	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/qemu"
+	"github.com/magnetar-io/magnetar/sdk/kinds/wasm"
 )
 
 // MaxMessageSize bounds gRPC messages in both directions, as containerd's
@@ -112,7 +112,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 		}
 	}
 
-	ctrl, err := containerd.NewController(eng, containerd.Config{
+	ctrl, err := controller.New(eng, controller.Config{
 		RunDir:      cfg.RunDir,
 		Handlers:    cfg.Containerd.Handlers,
 		DefaultKind: cfg.DefaultKind,
@@ -154,7 +154,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if addr := cfg.Containerd.TTRPCAddress; addr != "" {
-		fwd := containerd.NewForwarder(addr, log.Named("events"))
+		fwd := controller.NewForwarder(addr, log.Named("events"))
 		fwd.Hold = ctrl.ExitHold
 		wg.Go(func() { _ = fwd.Run(ctx, eng) })
 	} else {

@@ -10,24 +10,9 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
 )
-
-// RuntimeFile is the file in a task's bundle where a Magnetar backend
-// records how to remove the container without the sandboxer.
-const RuntimeFile = "magnetar-runtime.json"
-
-// Runtime is the content of [RuntimeFile].
-type Runtime struct {
-	// Kind is the sandbox kind; only "runc" needs cleanup here (the vm
-	// kind's containers run in the guest, out of the shim's reach: the
-	// restarted sandboxer ends them when it reconnects to the agent).
-	Kind string `json:"kind"`
-	// ID is the container ID (checked against containerd's -id).
-	ID string `json:"id"`
-	// Binary and Root are the runc binary and its --root.
-	Binary string `json:"binary"`
-	Root   string `json:"root"`
-}
 
 // cleanup kills and deletes what is left of a container whose bundle
 // records a runtime, and unmounts its rootfs. A bundle without the file
@@ -40,16 +25,16 @@ func cleanup(id, bundle string) error {
 		}
 		bundle = wd
 	}
-	data, err := os.ReadFile(filepath.Join(bundle, RuntimeFile))
+	data, err := os.ReadFile(filepath.Join(bundle, shimrecord.File))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	var rt Runtime
+	var rt shimrecord.Runtime
 	if err := json.Unmarshal(data, &rt); err != nil {
-		return fmt.Errorf("read %s: %w", RuntimeFile, err)
+		return fmt.Errorf("read %s: %w", shimrecord.File, err)
 	}
 	if rt.Kind != "runc" || rt.ID == "" {
 		return nil

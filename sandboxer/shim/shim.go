@@ -12,7 +12,7 @@
 // normal task delete (nothing is left then), and when magnetar-sandboxer
 // went away, after which containerd reports the task as exited with 137.
 // So that this report is true, delete kills what is left of the container
-// with the runtime recorded in the bundle (see [RuntimeFile]).
+// with the runtime recorded in the bundle (see [shimrecord.File]).
 package shim
 
 import (

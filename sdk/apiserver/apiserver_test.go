@@ -19,10 +19,10 @@ import (
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1/sandboxv1connect"
 	"github.com/magnetar-io/magnetar/internal/testutil"
-	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
+	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
 )
 
 type clients struct {

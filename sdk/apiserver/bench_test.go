@@ -15,10 +15,10 @@ import (
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1/sandboxv1connect"
 	"github.com/magnetar-io/magnetar/internal/testutil/wasmtest"
-	"github.com/magnetar-io/magnetar/sandboxer/backend/wasm"
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
+	"github.com/magnetar-io/magnetar/sdk/kinds/wasm"
 )
 
 func TestMain(m *testing.M) {

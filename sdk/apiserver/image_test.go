@@ -23,11 +23,11 @@ import (
 	"github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1/sandboxv1connect"
 	"github.com/magnetar-io/magnetar/internal/ociimage"
 	"github.com/magnetar-io/magnetar/internal/testutil"
-	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 	"github.com/magnetar-io/magnetar/sdk/image"
+	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
 )
 
 type imageClients struct {

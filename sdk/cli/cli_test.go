@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/magnetar-io/magnetar/internal/testutil"
-	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
 	"github.com/magnetar-io/magnetar/sdk"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/cli"
 	"github.com/magnetar-io/magnetar/sdk/internal/apitest"
+	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
 )
 
 type result struct {

@@ -11,7 +11,8 @@ import (
 
 	"github.com/containerd/ttrpc"
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
-	"github.com/magnetar-io/magnetar/internal/agentmux"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
+	"github.com/magnetar-io/magnetar/sdk/taskservice"
 )
 
 // Serve serves the host on the virtio-serial port until ctx is done. Each
@@ -69,7 +70,7 @@ func (a *Agent) serveOnce(ctx context.Context, path string) error {
 	}
 	defer l.Wait()
 	defer l.Close()
-	srv, err := ttrpc.NewServer()
+	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(taskservice.UnaryServerInterceptor()))
 	if err != nil {
 		return fmt.Errorf("ttrpc server: %w", err)
 	}

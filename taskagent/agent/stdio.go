@@ -13,7 +13,7 @@ import (
 
 	"github.com/containerd/fifo"
 
-	"github.com/magnetar-io/magnetar/internal/agentmux"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
 )
 
 // stdioDir holds the FIFOs of the processes' standard streams in the

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/magnetar-io/magnetar/internal/agentmux"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
 )
 
 // stdioSession serves a bridge over an in-memory port and returns the

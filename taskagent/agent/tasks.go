@@ -9,10 +9,10 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
-	"github.com/magnetar-io/magnetar/sandboxer/backend/runc"
-	"github.com/magnetar-io/magnetar/sandboxer/containerd"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
+	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
+	"github.com/magnetar-io/magnetar/sdk/taskservice"
 )
 
 // PodSandboxID is the engine sandbox that holds the pod's containers in
@@ -31,7 +31,7 @@ const (
 // backend, and containerd's Task API v3 on top of it.
 type tasks struct {
 	eng *engine.Engine
-	svc *containerd.TaskService
+	svc *taskservice.Service
 }
 
 // startTasks opens the runc backend and the engine. The guest's network
@@ -46,7 +46,7 @@ func startTasks(ctx context.Context) (*tasks, error) {
 		_ = rb.Close()
 		return nil, fmt.Errorf("engine: %w", err)
 	}
-	return &tasks{eng: eng, svc: containerd.NewTaskService(eng, PodSandboxID, Version)}, nil
+	return &tasks{eng: eng, svc: taskservice.New(eng, PodSandboxID, Version)}, nil
 }
 
 // register adds the Task API to srv.

@@ -7,8 +7,8 @@ import (
 	"context"
 	"os"
 
-	"github.com/magnetar-io/magnetar/sandboxer/backend/wasm"
 	"github.com/magnetar-io/magnetar/sandboxer/daemon"
+	"github.com/magnetar-io/magnetar/sdk/kinds/wasm"
 )
 
 func main() {

@@ -1,0 +1,254 @@
+package controller
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	streamingapi "github.com/containerd/containerd/api/services/streaming/v1"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/magnetar-io/magnetar/sdk/engine"
+	"github.com/magnetar-io/magnetar/sdk/taskservice"
+)
+
+// TaskAPIVersion is the Task API version the sandboxer serves; containerd
+// needs at least 3 to use a sandbox's task address instead of exec'ing a
+// shim.
+const TaskAPIVersion = 3
+
+// maxUnixPath is the longest usable unix socket path on Linux (108 bytes
+// including the terminating NUL).
+const maxUnixPath = 107
+
+// shutdownGrace is how long a closing task server waits for calls in
+// flight before it drops its connections.
+const shutdownGrace = 2 * time.Second
+
+// errShuttingDown refuses calls that arrive once a task server closes.
+var errShuttingDown = fmt.Errorf("task server is shutting down: %w", errdefs.ErrUnavailable)
+
+// TaskSocketPath is where the Task API socket of sandbox id lives: a short,
+// stable name derived from the ID, so that the address stays valid across
+// restarts of the daemon.
+func TaskSocketPath(runDir, id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return filepath.Join(runDir, "t", hex.EncodeToString(sum[:8])+".sock")
+}
+
+// StreamDir is where the FIFOs bridging the streams of sandbox id's
+// processes live.
+func StreamDir(runDir, id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return filepath.Join(runDir, "s", hex.EncodeToString(sum[:8]))
+}
+
+// taskServers runs one ttrpc Task API server per sandbox.
+type taskServers struct {
+	eng     *engine.Engine
+	runDir  string
+	version string
+	log     hclog.Logger
+
+	mu      sync.Mutex
+	closed  bool
+	servers map[string]*taskServer
+}
+
+// taskServer is the Task API server of one sandbox.
+type taskServer struct {
+	id   string
+	path string
+	svc  *taskservice.Service
+	sio  *streamIO
+	srv  *ttrpc.Server
+	// streams serves containerd's Streaming service for the `streaming`
+	// io type next to the Task API.
+	streams *streamRegistry
+	// served is closed when Serve has returned.
+	served chan struct{}
+
+	// mu guards closed; calls counts calls in flight, which Close waits
+	// for after it has released the blocked ones.
+	mu     sync.Mutex
+	closed bool
+	calls  sync.WaitGroup
+}
+
+func newTaskServers(eng *engine.Engine, runDir, version string, log hclog.Logger) *taskServers {
+	return &taskServers{eng: eng, runDir: runDir, version: version, log: log, servers: map[string]*taskServer{}}
+}
+
+// address returns the Task API address of sandbox id, as containerd
+// expects it in the Start and Status responses.
+func (ts *taskServers) address(id string) string {
+	return "ttrpc+unix://" + TaskSocketPath(ts.runDir, id)
+}
+
+// running reports whether sandbox id's Task API is served.
+func (ts *taskServers) running(id string) bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	_, ok := ts.servers[id]
+	return ok
+}
+
+// outputDone is the outputDone of sandbox id's streams (nil: none).
+func (ts *taskServers) outputDone(id, containerID, execID string) <-chan struct{} {
+	ts.mu.Lock()
+	t, ok := ts.servers[id]
+	ts.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return t.sio.OutputDone(containerID, execID)
+}
+
+// start serves the Task API of sandbox id, unless it already is, and
+// returns its address.
+func (ts *taskServers) start(id string) (_ string, retErr error) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.closed {
+		return "", fmt.Errorf("sandboxer is shutting down: %w", errdefs.ErrUnavailable)
+	}
+	if _, ok := ts.servers[id]; ok {
+		return ts.address(id), nil
+	}
+	path := TaskSocketPath(ts.runDir, id)
+	if len(path) > maxUnixPath {
+		return "", fmt.Errorf("task socket path %s is longer than %d bytes; use a shorter run_dir: %w", path, maxUnixPath, errdefs.ErrFailedPrecondition)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", fmt.Errorf("create task socket dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("remove stale task socket: %w", err)
+	}
+	// Stream FIFOs of an earlier daemon have no bridge any more.
+	if err := os.RemoveAll(StreamDir(ts.runDir, id)); err != nil {
+		return "", fmt.Errorf("remove stale stream FIFOs: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return "", fmt.Errorf("listen on task socket: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = l.Close()
+			_ = os.Remove(path)
+		}
+	}()
+	if err := os.Chmod(path, 0o600); err != nil {
+		return "", fmt.Errorf("chmod task socket: %w", err)
+	}
+	t := &taskServer{id: id, path: path, streams: newStreamRegistry(), served: make(chan struct{})}
+	t.sio = newStreamIO(t.streams, path, StreamDir(ts.runDir, id))
+	t.svc = taskservice.New(ts.eng, id, ts.version, taskservice.WithStdioBridge(t.sio))
+	srv, err := ttrpc.NewServer(ttrpc.WithChainUnaryServerInterceptor(taskservice.UnaryServerInterceptor(), t.intercept(ts.log)))
+	if err != nil {
+		return "", fmt.Errorf("create task server: %w", err)
+	}
+	taskapi.RegisterTTRPCTaskService(srv, t.svc)
+	streamingapi.RegisterTTRPCStreamingService(srv, t.streams)
+	t.srv = srv
+	ts.servers[id] = t
+	go func() {
+		defer close(t.served)
+		err := srv.Serve(context.Background(), l)
+		if err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
+			ts.log.Error("task server stopped", "sandbox_id", id, "error", err)
+		}
+	}()
+	return ts.address(id), nil
+}
+
+// intercept tracks calls in flight, refuses new ones once the server is
+// closing, and logs each call at debug level.
+func (t *taskServer) intercept(log hclog.Logger) ttrpc.UnaryServerInterceptor {
+	return func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
+		t.mu.Lock()
+		if t.closed {
+			t.mu.Unlock()
+			return nil, errShuttingDown
+		}
+		t.calls.Add(1)
+		t.mu.Unlock()
+		defer t.calls.Done()
+		start := time.Now()
+		resp, err := method(ctx, unmarshal)
+		if log.IsDebug() {
+			log.Debug("task api", "method", info.FullMethod, "sandbox_id", t.id, "duration", time.Since(start), "error", err)
+		}
+		return resp, err
+	}
+}
+
+// close stops serving: blocked Waits return Unavailable, calls in flight
+// finish, connections are dropped and the socket is removed.
+func (t *taskServer) close() error {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	t.svc.Close()
+	t.streams.close()
+	t.calls.Wait()
+	streamErr := t.sio.closeAll()
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := t.srv.Shutdown(ctx); err != nil {
+		_ = t.srv.Close()
+	}
+	<-t.served
+	if err := os.Remove(t.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return errors.Join(streamErr, fmt.Errorf("remove task socket: %w", err))
+	}
+	return streamErr
+}
+
+// stop stops the Task API server of sandbox id, if there is one.
+func (ts *taskServers) stop(id string) error {
+	ts.mu.Lock()
+	t, ok := ts.servers[id]
+	delete(ts.servers, id)
+	ts.mu.Unlock()
+	if !ok {
+		// Stream FIFOs left by an earlier daemon go with the sandbox.
+		if err := os.RemoveAll(StreamDir(ts.runDir, id)); err != nil {
+			return fmt.Errorf("remove stream FIFOs: %w", err)
+		}
+		return nil
+	}
+	return t.close()
+}
+
+// closeAll stops every server and refuses new ones.
+func (ts *taskServers) closeAll() error {
+	ts.mu.Lock()
+	ts.closed = true
+	servers := ts.servers
+	ts.servers = map[string]*taskServer{}
+	ts.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(servers))
+	for _, t := range servers {
+		wg.Go(func() { errs <- t.close() })
+	}
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}

@@ -1,0 +1,199 @@
+// Package embedded runs Magnetar's engine, API server and image store in
+// the calling process, with no daemon, and returns an [sdk.Client] of them.
+// It links the runc and wasm kinds (Linux only); programs that only talk
+// to a sandboxer use [sdk.Dial] and do not import this package.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connectinprocess"
+	"github.com/containerd/errdefs"
+
+	"github.com/magnetar-io/magnetar/sdk"
+	"github.com/magnetar-io/magnetar/sdk/apiserver"
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/engine"
+	"github.com/magnetar-io/magnetar/sdk/image"
+	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
+	"github.com/magnetar-io/magnetar/sdk/kinds/wasm"
+)
+
+// runnerHooked records that the program called [RunnerMain], so that the
+// wasm kind may re-execute it.
+var runnerHooked atomic.Bool
+
+// RunnerMain must be called first thing in the main function (or TestMain)
+// of every program that embeds the wasm kind with [New]:
+//
+//	func main() {
+//		if embedded.RunnerMain() {
+//			return
+//		}
+//		...
+//	}
+//
+// The wasm kind runs each container in a copy of the program's own
+// executable, started with a marker in its environment; in such a copy,
+// RunnerMain runs the container's module and exits with its status. In
+// the program itself it returns false at once. [New] includes the
+// wasm kind in its default set only when RunnerMain was called.
+func RunnerMain() bool {
+	runnerHooked.Store(true)
+	return wasm.RunnerMain()
+}
+
+// Option configures [New].
+type Option func(*options) error
+
+type options struct {
+	stateDir    string
+	backends    []backend.Backend
+	stopTimeout time.Duration
+}
+
+// WithStateDir keeps the engine's state (sandboxes, containers, the image
+// store under dir/images) in dir, which is created if needed. Default: a
+// new temporary directory, removed by [sdk.Client.Close].
+func WithStateDir(dir string) Option {
+	return func(o *options) error {
+		if dir == "" {
+			return fmt.Errorf("WithStateDir: empty directory: %w", errdefs.ErrInvalidArgument)
+		}
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return fmt.Errorf("WithStateDir: %w", err)
+		}
+		o.stateDir = abs
+		return nil
+	}
+}
+
+// WithBackends sets the sandbox kinds. The caller keeps ownership of the
+// backends and closes them after [sdk.Client.Close]. Default: runc, when
+// running as root with runc in PATH, and wasm, when the program calls
+// [RunnerMain]; both with their state under the state dir.
+func WithBackends(backends ...backend.Backend) Option {
+	return func(o *options) error {
+		for _, b := range backends {
+			if b == nil {
+				return fmt.Errorf("WithBackends: nil backend: %w", errdefs.ErrInvalidArgument)
+			}
+		}
+		o.backends = backends
+		return nil
+	}
+}
+
+// WithStopTimeout sets how long stopping a sandbox or container waits
+// after SIGTERM before it kills, when the caller gives no timeout.
+// Default: 10s.
+func WithStopTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("WithStopTimeout: %v is not positive: %w", d, errdefs.ErrInvalidArgument)
+		}
+		o.stopTimeout = d
+		return nil
+	}
+}
+
+// New runs Magnetar's engine, API server and image store in this
+// process and returns a client of them, connected through an in-process
+// transport (no socket, no daemon). The client owns everything:
+// [sdk.Client.Close] deletes the sandboxes, closes the engine, the image store
+// and the default backends, and removes a temporary state dir.
+//
+// Only one runc backend can be open per process (it makes the process the
+// subreaper of the containers), so only one embedded client at a time can
+// have the default runc kind.
+func New(ctx context.Context, opts ...Option) (_ *sdk.Client, retErr error) {
+	var o options
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	var cleanups []func() error
+	defer func() {
+		if retErr != nil {
+			for i := len(cleanups) - 1; i >= 0; i-- {
+				_ = cleanups[i]()
+			}
+		}
+	}()
+	if o.stateDir == "" {
+		dir, err := os.MkdirTemp("", "magnetar-embedded-")
+		if err != nil {
+			return nil, fmt.Errorf("create state dir: %w", err)
+		}
+		o.stateDir = dir
+		cleanups = append(cleanups, func() error { return os.RemoveAll(dir) })
+	} else if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+
+	backends := o.backends
+	if backends == nil {
+		if os.Geteuid() == 0 {
+			if _, err := exec.LookPath("runc"); err == nil {
+				rb, err := runc.New(runc.Config{Root: filepath.Join(o.stateDir, "runc")})
+				if err != nil {
+					return nil, fmt.Errorf("open the runc kind: %w", err)
+				}
+				cleanups = append(cleanups, rb.Close)
+				backends = append(backends, rb)
+			}
+		}
+		if runnerHooked.Load() {
+			wb, err := wasm.New(wasm.Config{Root: filepath.Join(o.stateDir, "wasm")})
+			if err != nil {
+				return nil, fmt.Errorf("open the wasm kind: %w", err)
+			}
+			cleanups = append(cleanups, wb.Close)
+			backends = append(backends, wb)
+		}
+	}
+
+	eng, err := engine.New(ctx, engine.Config{StateDir: o.stateDir, Backends: backends, StopTimeout: o.stopTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("open engine: %w", err)
+	}
+	cleanups = append(cleanups, eng.Close)
+	images, err := image.Open(filepath.Join(o.stateDir, "images"))
+	if err != nil {
+		return nil, fmt.Errorf("open image store: %w", err)
+	}
+	cleanups = append(cleanups, images.Close)
+	api := apiserver.New(eng, apiserver.WithImageStore(images))
+	cleanups = append(cleanups, api.Close)
+	// Cleanups run in reverse: the sandboxes go first.
+	cleanups = append(cleanups, func() error {
+		var errs []error
+		for _, sb := range eng.ListSandboxes(context.Background()) {
+			if err := eng.DeleteSandbox(context.Background(), sb.ID); err != nil && !errdefs.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("delete sandbox %s: %w", sb.ID, err))
+			}
+		}
+		return errors.Join(errs...)
+	})
+
+	srv := connect.NewServer()
+	api.Register(srv)
+	all := cleanups
+	return sdk.NewClient(connect.NewClient(connectinprocess.New(srv)), func() error {
+		var errs []error
+		for i := len(all) - 1; i >= 0; i-- {
+			errs = append(errs, all[i]())
+		}
+		return errors.Join(errs...)
+	}), nil
+}

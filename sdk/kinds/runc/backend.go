@@ -1,0 +1,200 @@
+// Package runc implements the "runc" sandbox kind: containers run with the
+// host's runc, in the pod's network namespace, sharing IPC and UTS
+// namespaces that the sandbox holds as bind-mounted namespace files. There
+// is no pause container and no process per pod: the sandboxer itself is the
+// child subreaper that collects container exits.
+//
+// Process handling (stdio FIFOs, terminals, exec, kill, exit states) reuses
+// containerd's own runc shim packages, so behaviour matches
+// containerd-shim-runc-v2.
+package runc
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
+	shimrunc "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
+	"github.com/containerd/containerd/v2/pkg/stdio"
+	"github.com/containerd/errdefs"
+	gorunc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+)
+
+// Kind is the name of this sandbox kind.
+const Kind = "runc"
+
+// Config configures the runc backend.
+type Config struct {
+	// Binary is the runc binary; default "runc" from PATH.
+	Binary string
+	// Root is runc's state root (--root); one subdirectory per namespace
+	// is used. Default /run/magnetar/runc.
+	Root string
+}
+
+// Backend is the runc sandbox kind. Only one may be open per process: it
+// makes the process a child subreaper, so that container processes (which
+// runc leaves behind as orphans) become its children.
+//
+// It reaps only the container processes it knows, each through a pidfd, so
+// other children of the process (started with os/exec) keep their exit
+// statuses.
+type Backend struct {
+	cfg      Config
+	platform stdio.Platform
+
+	stop      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	wg        sync.WaitGroup
+}
+
+var (
+	openMu sync.Mutex
+	open   bool
+)
+
+// New opens the runc backend.
+func New(cfg Config) (_ *Backend, retErr error) {
+	if cfg.Binary == "" {
+		cfg.Binary = "runc"
+	}
+	// An absolute path also works for containerd-shim-magnetar-v2, which
+	// runs with containerd's PATH.
+	if p, err := exec.LookPath(cfg.Binary); err == nil {
+		if abs, err := filepath.Abs(p); err == nil {
+			cfg.Binary = abs
+		}
+	}
+	if cfg.Root == "" {
+		cfg.Root = "/run/magnetar/runc"
+	}
+	openMu.Lock()
+	defer openMu.Unlock()
+	if open {
+		return nil, fmt.Errorf("a runc backend is already open in this process: %w", errdefs.ErrAlreadyExists)
+	}
+	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
+		return nil, fmt.Errorf("create runc root: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return nil, fmt.Errorf("become child subreaper: %w", err)
+	}
+	platform, err := shimrunc.NewPlatform()
+	if err != nil {
+		return nil, err
+	}
+	open = true
+	return &Backend{cfg: cfg, platform: platform, stop: make(chan struct{})}, nil
+}
+
+// Close stops reaping. Containers keep running. Close is idempotent.
+func (b *Backend) Close() error {
+	b.closeOnce.Do(func() {
+		close(b.stop)
+		b.wg.Wait()
+		b.closeErr = b.platform.Close()
+		openMu.Lock()
+		open = false
+		openMu.Unlock()
+	})
+	return b.closeErr
+}
+
+// Info describes the runc kind.
+func (b *Backend) Info() backend.Info {
+	return backend.Info{
+		Kind:        Kind,
+		Description: "Linux containers run by runc: namespaces and cgroups, shared kernel",
+		Isolation:   backend.IsolationProcess,
+		Capabilities: backend.Capabilities{
+			Exec: true, Terminal: true, Stdin: true, OOMEvents: true,
+			UpdateResources: true, Stats: true, Pause: true,
+		},
+	}
+}
+
+// Check verifies that runc runs.
+func (b *Backend) Check(ctx context.Context) error {
+	if _, err := exec.LookPath(b.cfg.Binary); err != nil {
+		return fmt.Errorf("runc binary %q not found: %w", b.cfg.Binary, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// Create prepares a runc sandbox.
+func (b *Backend) Create(ctx context.Context, cfg backend.SandboxConfig) (backend.Sandbox, error) {
+	return newSandbox(ctx, b, cfg, nil)
+}
+
+// Recover re-attaches to a sandbox of an earlier run.
+func (b *Backend) Recover(ctx context.Context, cfg backend.SandboxConfig, state []byte) (backend.Sandbox, error) {
+	return newSandbox(ctx, b, cfg, state)
+}
+
+func (b *Backend) runtime(namespace, bundle string) *gorunc.Runc {
+	return process.NewRunc(b.cfg.Root, bundle, namespace, b.cfg.Binary, false)
+}
+
+// watch reaps pid, a child of this process, when it exits and tells p.
+// The wait goes through a pidfd in Go's poller, so it ends with Close too.
+func (b *Backend) watch(pid int, p process.Process) {
+	if pid <= 0 {
+		return
+	}
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		// Gone already and reaped: nothing can tell its status any more.
+		p.SetExited(255)
+		return
+	}
+	f := os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid))
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		p.SetExited(255)
+		return
+	}
+	done := make(chan struct{})
+	b.wg.Go(func() { // unblock the wait on Close
+		select {
+		case <-b.stop:
+			f.Close()
+		case <-done:
+		}
+	})
+	b.wg.Go(func() {
+		defer close(done)
+		defer f.Close()
+		var ws unix.WaitStatus
+		reaped := false
+		err := rc.Read(func(uintptr) bool {
+			// The pidfd is readable once the process exited.
+			wpid, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+			reaped = wpid == pid || err != nil
+			return reaped
+		})
+		if err != nil || !reaped {
+			return // closing: the container keeps running
+		}
+		p.SetExited(int(exitcode.Of(ws)))
+	})
+}
+
+// exitStatus converts a process's exit to the backend's type.
+func exitStatus(p process.Process) backend.ExitStatus {
+	at := p.ExitedAt()
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return backend.ExitStatus{Code: uint32(p.ExitStatus()), ExitedAt: at.UTC()}
+}

@@ -1,0 +1,146 @@
+// Package hypervisor is the small contract between Magnetar's microVM
+// backend and a virtual machine monitor (QEMU today; Cloud Hypervisor,
+// Firecracker and StratoVirt later, see docs/hypervisors.md).
+//
+// A [Hypervisor] checks the host and starts a [VM] from a [Config]. The VM
+// process is owned by the driver and outlives the context of the request
+// that started it: contexts only bound how long a call waits. Optional
+// capabilities are separate interfaces ([Recoverer]) found with a type
+// assertion.
+//
+// The package also decides the accelerator ([ChooseAccel]): KVM only when
+// it really runs a stock guest, TCG otherwise.
+package hypervisor
+
+import (
+	"context"
+	"net"
+	"os"
+	"syscall"
+	"time"
+)
+
+// Hypervisor is one kind of VMM.
+type Hypervisor interface {
+	// Name is the driver's short name ("qemu").
+	Name() string
+	// Check reports whether the VMM can run here; the error says why not
+	// (binary missing, unusable version, ...).
+	Check(ctx context.Context) error
+	// Start launches a VM. It returns once the guest has been told to run
+	// (its kernel is booting); it does not wait for the agent. ctx bounds
+	// the start only, never the VM's life.
+	Start(ctx context.Context, cfg Config) (VM, error)
+}
+
+// VM is a running virtual machine.
+type VM interface {
+	// Pid is the VMM process id on the host.
+	Pid() int
+	// Wait blocks until the VMM process has exited (on its own, killed, or
+	// through Stop) and returns how; it returns ctx.Err() if ctx ends first.
+	Wait(ctx context.Context) (ExitStatus, error)
+	// Stop ends the VM. Without force it asks the VMM to quit cleanly and
+	// kills it when that does not work within the driver's stop timeout or
+	// before ctx ends; with force it kills it at once. Stop returns after
+	// the process has exited and the driver's host files (sockets, pid
+	// file, a cgroup it created) are gone. Stopping a stopped VM is a no-op.
+	Stop(ctx context.Context, force bool) error
+	// AgentConn connects to the host end of the guest agent's channel (a
+	// byte stream, multiplexed with sdk/kinds/vm/agentmux by the caller),
+	// retrying until it exists or ctx ends. Only one connection is served
+	// at a time: close the previous one before asking again.
+	AgentConn(ctx context.Context) (net.Conn, error)
+	// Info describes the VM for logs and status: accelerator and why,
+	// paths of the console log and sockets, the command line, ...
+	Info() map[string]string
+}
+
+// Recoverer is implemented by hypervisors that can re-attach to a VM
+// started by an earlier run of the sandboxer, found through cfg.Dir.
+type Recoverer interface {
+	Recover(ctx context.Context, cfg Config) (VM, error)
+}
+
+// ExitStatus is how the VMM process ended.
+type ExitStatus struct {
+	// Code is the exit code, or 128+signal when killed by a signal, or
+	// [UnknownExitCode] when the process was not our child (recovered).
+	Code int
+	// Signal is the signal that killed the process, or 0.
+	Signal syscall.Signal
+	// ExitedAt is when the exit was observed.
+	ExitedAt time.Time
+}
+
+// UnknownExitCode is the [ExitStatus.Code] of a VMM whose status could not
+// be collected because another process was its parent.
+const UnknownExitCode = 255
+
+// Accel is an accelerator preference or choice.
+type Accel string
+
+// Accelerators.
+const (
+	// AccelAuto picks KVM when it really runs a guest, else TCG.
+	AccelAuto Accel = "auto"
+	// AccelKVM uses hardware virtualisation (/dev/kvm).
+	AccelKVM Accel = "kvm"
+	// AccelTCG uses QEMU's software emulator.
+	AccelTCG Accel = "tcg"
+)
+
+// Config describes one VM. Paths are host paths.
+type Config struct {
+	// ID names the VM (the sandbox id); it appears in the VMM's name.
+	ID string
+	// Dir is the VM's private work directory: sockets, pid file and
+	// console log go there. It must exist; keep it short, unix socket
+	// paths are limited to 107 bytes.
+	Dir string
+	// Kernel is an uncompressed vmlinux with the PVH note (direct boot).
+	Kernel string
+	// Initrd is the initramfs, or empty.
+	Initrd string
+	// KernelArgs are appended to the driver's kernel command line.
+	KernelArgs []string
+	// VCPUs is the number of virtual CPUs (default 1).
+	VCPUs int
+	// MemoryMiB is the guest memory in MiB (default 256).
+	MemoryMiB int
+	// Shares are host directories exported to the guest over 9p.
+	Shares []Share
+	// Taps are network interfaces given to the guest.
+	Taps []Tap
+	// CgroupPath is the cgroup (path from the hierarchy root, e.g.
+	// "/magnetar/pod1") the VMM is placed in before the guest runs. A
+	// cgroup that does not exist is created, and removed when the VM
+	// exits. Empty leaves the VMM in the sandboxer's cgroup.
+	CgroupPath string
+	// Accel is the accelerator preference (default [AccelAuto]).
+	Accel Accel
+}
+
+// Share is a host directory exported to the guest with 9p.
+type Share struct {
+	// HostPath is the directory to share.
+	HostPath string
+	// Tag is the 9p mount tag the guest mounts (mount -t 9p TAG dir).
+	Tag string
+	// ReadOnly makes the share read-only.
+	ReadOnly bool
+}
+
+// Tap is a network interface for the guest, backed by a host tap device.
+type Tap struct {
+	// Name is the tap device; the VMM opens it by name in its own network
+	// namespace. Ignored when File is set.
+	Name string
+	// File is an open tap (e.g. opened inside the pod's network namespace);
+	// the VMM inherits it. The caller keeps ownership and closes it after
+	// Start returns.
+	File *os.File
+	// MAC is the guest NIC's address, "52:54:00:12:34:56" (empty: VMM
+	// default).
+	MAC string
+}

@@ -1,0 +1,355 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hoststdio"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
+)
+
+// outputDrainTimeout bounds how long an exit waits for the process's
+// output to reach the host after the guest reported it: output that a
+// leftover child keeps open does not hold the exit forever (containerd's
+// shims wait 2 s for their copies the same way).
+const outputDrainTimeout = 5 * time.Second
+
+// proc is a process in the guest. Its standard streams are agentmux
+// stdio streams: the agent bridges each to a FIFO in the guest that the
+// guest's Task API gets, and the host copies between the streams and the
+// caller's stdio.
+type proc struct {
+	c        *container
+	execID   string
+	terminal bool
+
+	// guestIn/guestOut/guestErr are the guest FIFOs ("" for none).
+	guestIn, guestOut, guestErr string
+	// in is the stdin stream; inR the caller's stdin and inHeld the
+	// write end held until CloseStdin (nil for a plain file).
+	in            net.Conn
+	inR, inHeld   *os.File
+	closeInOnce   sync.Once
+	outs          []net.Conn
+	abort         chan struct{} // closed to give up the copies
+	abortOnce     sync.Once
+	copies        sync.WaitGroup // output copies
+	inCopy        sync.WaitGroup
+	closeOnce     sync.Once
+	startInOnce   sync.Once
+	pid           uint32
+	startOnce     sync.Once
+	exited        chan struct{}
+	exit          backend.ExitStatus
+	outputDrained chan struct{}
+}
+
+// newProc opens the stdio streams of a process about to be created and
+// starts copying its output; the caller passes the guest paths to the
+// Task API, then calls startInput (or closeIO on failure).
+func (c *container) newProc(ctx context.Context, execID string, stdio backend.Stdio) (_ *proc, retErr error) {
+	p := &proc{c: c, execID: execID, terminal: stdio.Terminal, exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{})}
+	defer func() {
+		if retErr != nil {
+			p.closeIO()
+		}
+	}()
+	mc, err := c.s.muxClient()
+	if err != nil {
+		return nil, err
+	}
+	dial := func(st agentmux.Stream) (net.Conn, string, error) {
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return mc.DialStdio(dctx, agentmux.StdioHeader{Container: c.id, Exec: execID, Stream: st})
+	}
+	if stdio.Stdin != "" {
+		r, held, err := hoststdio.OpenInput(stdio.Stdin)
+		if err != nil {
+			return nil, fmt.Errorf("open stdin: %w", err)
+		}
+		p.inHeld = held
+		if p.inR, err = pollable(r); err != nil {
+			return nil, err
+		}
+		if p.in, p.guestIn, err = dial(agentmux.Stdin); err != nil {
+			return nil, err
+		}
+	}
+	for _, o := range []struct {
+		dst   string
+		st    agentmux.Stream
+		guest *string
+	}{{stdio.Stdout, agentmux.Stdout, &p.guestOut}, {stdio.Stderr, agentmux.Stderr, &p.guestErr}} {
+		if o.dst == "" || (o.st == agentmux.Stderr && stdio.Terminal) {
+			continue // a terminal's output is all on stdout
+		}
+		conn, path, err := dial(o.st)
+		if err != nil {
+			return nil, err
+		}
+		*o.guest = path
+		p.outs = append(p.outs, conn)
+		p.copies.Add(1)
+		go p.copyOut(conn, o.dst)
+	}
+	go func() {
+		p.copies.Wait()
+		close(p.outputDrained)
+	}()
+	return p, nil
+}
+
+// pollable reopens a FIFO end in non-blocking mode, so that Close ends a
+// read blocked in it.
+func pollable(f *os.File) (*os.File, error) {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	nfd := -1
+	cerr := sc.Control(func(fd uintptr) { nfd, err = unix.Dup(int(fd)) })
+	f.Close()
+	if cerr != nil {
+		return nil, cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	unix.CloseOnExec(nfd)
+	if err := unix.SetNonblock(nfd, true); err != nil {
+		unix.Close(nfd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(nfd), f.Name()), nil
+}
+
+// copyOut copies a stream into the caller's output until the agent ends
+// it (every writer in the guest is gone). When the caller's end fails or
+// never opens, the stream is still drained so the guest never blocks.
+func (p *proc) copyOut(conn net.Conn, dst string) {
+	defer p.copies.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // gives up waiting for a reader on abort
+		defer wg.Done()
+		select {
+		case <-p.abort:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	w, err := hoststdio.OpenOutput(ctx, dst)
+	cancel()
+	wg.Wait()
+	if err == nil {
+		// Pollable, so that an abort also ends a write to a reader
+		// that is there but does not read.
+		w, err = pollable(w)
+	}
+	if err == nil {
+		done := make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-p.abort:
+				_ = w.SetWriteDeadline(time.Now())
+			case <-done:
+			}
+		}()
+		_, err = io.Copy(w, conn)
+		close(done)
+		wg.Wait()
+		w.Close()
+	}
+	if err != nil {
+		_, _ = io.Copy(io.Discard, conn)
+	}
+}
+
+// startInput starts copying the caller's stdin to the guest once the
+// process exists there (so that the agent's FIFO has a reader).
+func (p *proc) startInput() {
+	if p.in == nil {
+		return
+	}
+	p.startInOnce.Do(func() {
+		p.inCopy.Add(1)
+		go func() {
+			defer p.inCopy.Done()
+			_, _ = io.Copy(p.in, p.inR)
+			_ = p.in.Close() // FIN: the agent closes its end of the guest FIFO
+		}()
+	})
+}
+
+// abortIO gives up the copies: streams stop blocking, and an output
+// FIFO without a reader is no longer waited for.
+func (p *proc) abortIO() {
+	p.abortOnce.Do(func() {
+		close(p.abort)
+		for _, c := range append([]net.Conn{p.in}, p.outs...) {
+			if c != nil {
+				_ = c.SetDeadline(time.Now())
+			}
+		}
+	})
+}
+
+// closeIO ends the copies and closes the streams and the caller's stdin.
+func (p *proc) closeIO() {
+	p.closeOnce.Do(func() {
+		p.abortIO()
+		p.closeIn()
+		if p.inR != nil {
+			p.inR.Close() // ends a read blocked in it
+		}
+		p.inCopy.Wait()
+		p.copies.Wait()
+		for _, c := range append([]net.Conn{p.in}, p.outs...) {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+}
+
+func (p *proc) closeIn() {
+	p.closeInOnce.Do(func() {
+		if p.inHeld != nil {
+			p.inHeld.Close()
+		}
+	})
+}
+
+// Start starts the process in the guest.
+func (p *proc) Start(ctx context.Context) (uint32, error) {
+	tc, err := p.c.s.taskClient()
+	if err != nil {
+		return 0, err
+	}
+	resp, err := tc.Start(p.c.s.ns(ctx), &taskapi.StartRequest{ID: p.c.id, ExecID: p.execID})
+	if err != nil {
+		return 0, fmt.Errorf("start %s/%s in the guest: %w", p.c.id, p.execID, errgrpc.ToNative(err))
+	}
+	p.pid = resp.GetPid()
+	p.startOnce.Do(func() { go p.watch(tc) })
+	return p.pid, nil
+}
+
+// Pid is the guest pid (known after create for the init).
+func (p *proc) Pid() uint32 { return p.pid }
+
+// watch waits for the exit in the guest, then for the output to reach
+// the host: the exit is reported after the output, as containerd
+// expects. If the VM goes away first the process is reported killed.
+func (p *proc) watch(tc taskapi.TTRPCTaskService) {
+	s := p.c.s
+	resp, err := tc.Wait(s.ns(s.life), &taskapi.WaitRequest{ID: p.c.id, ExecID: p.execID})
+	if err != nil {
+		p.exit = backend.ExitStatus{Code: 128 + uint32(syscall.SIGKILL), ExitedAt: time.Now().UTC()}
+	} else {
+		p.exit = backend.ExitStatus{Code: resp.GetExitStatus(), ExitedAt: resp.GetExitedAt().AsTime()}
+	}
+	t := time.NewTimer(outputDrainTimeout)
+	select {
+	case <-p.outputDrained:
+	case <-t.C:
+		p.abortIO()
+		<-p.outputDrained
+	}
+	t.Stop()
+	close(p.exited)
+}
+
+func (p *proc) Wait(ctx context.Context) (backend.ExitStatus, error) {
+	select {
+	case <-p.exited:
+		return p.exit, nil
+	case <-ctx.Done():
+		return backend.ExitStatus{}, ctx.Err()
+	}
+}
+
+func (p *proc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
+	tc, err := p.c.s.taskClient()
+	if err != nil {
+		return fmt.Errorf("kill %s/%s: %v: %w", p.c.id, p.execID, err, errdefs.ErrNotFound)
+	}
+	if _, err := tc.Kill(p.c.s.ns(ctx), &taskapi.KillRequest{ID: p.c.id, ExecID: p.execID, Signal: uint32(sig), All: all}); err != nil {
+		return fmt.Errorf("kill %s/%s in the guest: %w", p.c.id, p.execID, errgrpc.ToNative(err))
+	}
+	return nil
+}
+
+// ResizePTY forwards a terminal's size to the guest.
+func (p *proc) ResizePTY(ctx context.Context, width, height uint32) error {
+	if !p.terminal {
+		return fmt.Errorf("%s/%s has no terminal: %w", p.c.id, p.execID, errdefs.ErrFailedPrecondition)
+	}
+	tc, err := p.c.s.taskClient()
+	if err != nil {
+		return err
+	}
+	if _, err := tc.ResizePty(p.c.s.ns(ctx), &taskapi.ResizePtyRequest{ID: p.c.id, ExecID: p.execID, Width: width, Height: height}); err != nil {
+		return fmt.Errorf("resize terminal of %s/%s in the guest: %w", p.c.id, p.execID, errgrpc.ToNative(err))
+	}
+	return nil
+}
+
+// CloseStdin closes the held write end of the caller's stdin, so that the
+// copy to the guest ends (and the agent closes its end of the guest FIFO)
+// once the caller's writers are gone, and forwards CloseIO to the guest's
+// Task API, which closes the write end it holds. The process reads end of
+// file after the last byte copied.
+func (p *proc) CloseStdin(ctx context.Context) error {
+	if p.in == nil {
+		return nil
+	}
+	p.closeIn()
+	tc, err := p.c.s.taskClient()
+	if err != nil {
+		return err
+	}
+	if _, err := tc.CloseIO(p.c.s.ns(ctx), &taskapi.CloseIORequest{ID: p.c.id, ExecID: p.execID, Stdin: true}); err != nil {
+		if err = errgrpc.ToNative(err); !errdefs.IsNotFound(err) {
+			return fmt.Errorf("close stdin of %s/%s in the guest: %w", p.c.id, p.execID, err)
+		}
+	}
+	return nil
+}
+
+// Delete deletes the process in the guest (for the init: the container)
+// and ends the copies of its stdio.
+func (p *proc) Delete(ctx context.Context) error {
+	var err error
+	if tc, terr := p.c.s.taskClient(); terr == nil {
+		if _, derr := tc.Delete(p.c.s.ns(ctx), &taskapi.DeleteRequest{ID: p.c.id, ExecID: p.execID}); derr != nil {
+			if derr = errgrpc.ToNative(derr); !errdefs.IsNotFound(derr) {
+				err = fmt.Errorf("delete %s/%s in the guest: %w", p.c.id, p.execID, derr)
+			}
+		}
+	}
+	p.closeIO()
+	if p.execID != "" {
+		p.c.mu.Lock()
+		delete(p.c.execs, p.execID)
+		p.c.mu.Unlock()
+	}
+	return err
+}

@@ -1,0 +1,184 @@
+package vm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/hypervisor"
+)
+
+// endWait bounds the wait for a container killed during a recovery.
+const endWait = 30 * time.Second
+
+// endedContainer is how a container that ran in the guest before a
+// sandboxer restart ended: its exit status, or why it could not be ended.
+type endedContainer struct {
+	exit backend.ExitStatus
+	err  error
+}
+
+var _ backend.ContainerRecoverer = (*sandbox)(nil)
+
+// recoverSandbox re-attaches to the VM of a sandbox started by an earlier
+// run: to the QEMU process (through the driver's [hypervisor.Recoverer]),
+// then to the guest agent with a new session on its serial socket, so that
+// the sandbox is again fully usable (Wait, new containers, exec, Stop).
+//
+// containerd 2.4 reports the containers of a restarted sandboxer dead (it
+// runs the shim's delete when the task connection closes, which answers
+// 137). So that no container keeps running unseen in the guest, every
+// container found in the sandbox's shared directory is killed (SIGKILL to
+// all its processes) and deleted in the guest; [sandbox.RecoverContainer]
+// then hands the engine containers that have exited, with their status.
+//
+// If the VM is gone, the sandbox is returned exited (Wait returns at once)
+// so that it can be deleted. If its agent does not answer within the boot
+// timeout, the VM is stopped: a VM that cannot run containers is reported
+// exited rather than left READY.
+func (b *Backend) recoverSandbox(ctx context.Context, cfg backend.SandboxConfig, state []byte) (backend.Sandbox, error) {
+	s := newSandbox(b, cfg)
+	if len(state) > 0 {
+		if err := json.Unmarshal(state, &s.st); err != nil {
+			return nil, fmt.Errorf("decode vm sandbox state: %w", err)
+		}
+	}
+	r, ok := b.cfg.Driver.(hypervisor.Recoverer)
+	if !ok || s.st.VMDir == "" {
+		return nil, fmt.Errorf("recover vm sandbox %s: %w", cfg.ID, errdefs.ErrNotImplemented)
+	}
+	v, err := r.Recover(ctx, s.hvConfig())
+	if err != nil {
+		return nil, fmt.Errorf("recover vm sandbox %s: %w", cfg.ID, err)
+	}
+	s.vm = v
+	go s.waitVM()
+	if s.isGone() {
+		return s, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, b.cfg.BootTimeout)
+	defer cancel()
+	if err := s.connect(cctx); err != nil {
+		s.closeAgent()
+		sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer c()
+		if serr := v.Stop(sctx, true); serr != nil {
+			return nil, fmt.Errorf("recover vm sandbox %s: agent: %v; stop vm: %w", cfg.ID, err, serr)
+		}
+		return s, nil
+	}
+	ended, err := s.endContainers(ctx)
+	if err != nil {
+		// The earlier containers could not be ended: stop the VM rather
+		// than leave them running unseen; the sandbox is reported exited
+		// and its Delete still unmounts and removes what it holds.
+		s.closeAgent()
+		sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer c()
+		if serr := v.Stop(sctx, true); serr != nil {
+			return nil, fmt.Errorf("recover vm sandbox %s: %v; stop vm: %w", cfg.ID, err, serr)
+		}
+		return s, nil
+	}
+	s.mu.Lock()
+	s.ended = ended
+	s.mu.Unlock()
+	s.startMonitors()
+	return s, nil
+}
+
+// endContainers kills and deletes in the guest every container that has a
+// directory under the shared directory, and returns how each ended.
+func (s *sandbox) endContainers(ctx context.Context) (map[string]endedContainer, error) {
+	ents, err := os.ReadDir(s.shared)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	tc, err := s.taskClient()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]endedContainer{}
+	for _, e := range ents {
+		if e.IsDir() {
+			out[e.Name()] = s.endContainer(ctx, tc, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// endContainer kills container id in the guest (if it still runs), waits
+// for it and deletes it there.
+func (s *sandbox) endContainer(ctx context.Context, tc taskapi.TTRPCTaskService, id string) endedContainer {
+	ctx = s.ns(ctx)
+	st, err := tc.State(ctx, &taskapi.StateRequest{ID: id})
+	if err != nil {
+		if err = errgrpc.ToNative(err); errdefs.IsNotFound(err) {
+			// Never created in the guest, or already deleted there.
+			return endedContainer{exit: backend.ExitStatus{Code: 255, ExitedAt: time.Now().UTC()}}
+		}
+		return endedContainer{err: fmt.Errorf("state of container %q in the guest: %w", id, err)}
+	}
+	res := endedContainer{exit: backend.ExitStatus{Code: st.GetExitStatus(), ExitedAt: st.GetExitedAt().AsTime()}}
+	if st.GetStatus() != task.Status_STOPPED {
+		if _, err := tc.Kill(ctx, &taskapi.KillRequest{ID: id, Signal: uint32(syscall.SIGKILL), All: true}); err != nil {
+			if err = errgrpc.ToNative(err); !errdefs.IsNotFound(err) {
+				return endedContainer{err: fmt.Errorf("kill container %q in the guest: %w", id, err)}
+			}
+		}
+		wctx, cancel := context.WithTimeout(ctx, endWait)
+		w, err := tc.Wait(wctx, &taskapi.WaitRequest{ID: id})
+		cancel()
+		if err != nil {
+			return endedContainer{err: fmt.Errorf("wait for killed container %q in the guest: %w", id, errgrpc.ToNative(err))}
+		}
+		res.exit = backend.ExitStatus{Code: w.GetExitStatus(), ExitedAt: w.GetExitedAt().AsTime()}
+	}
+	if _, err := tc.Delete(ctx, &taskapi.DeleteRequest{ID: id}); err != nil {
+		if err = errgrpc.ToNative(err); !errdefs.IsNotFound(err) {
+			return endedContainer{err: fmt.Errorf("delete container %q in the guest: %w", id, err)}
+		}
+	}
+	return res
+}
+
+// RecoverContainer returns a container that ran before a sandboxer
+// restart. It has exited (the recovery ended it in the guest, see
+// [Backend.Recover]) and can only be waited for and deleted, which
+// unmounts its rootfs and removes its shared directory.
+func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerConfig, pid uint32) (backend.Container, error) {
+	if cfg.ID == "" || filepath.Base(cfg.ID) != cfg.ID || cfg.ID == "." || cfg.ID == ".." {
+		return nil, fmt.Errorf("container id %q: %w", cfg.ID, errdefs.ErrInvalidArgument)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.ended[cfg.ID]
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("container %q of vm sandbox %s: %w", cfg.ID, s.cfg.ID, errdefs.ErrNotFound)
+	case e.err != nil:
+		return nil, e.err
+	}
+	c := &container{s: s, id: cfg.ID, dir: filepath.Join(s.shared, cfg.ID), execs: map[string]*proc{}}
+	// No stdio: its streams ended with the earlier agent session.
+	p := &proc{c: c, pid: pid, exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{}), exit: e.exit}
+	close(p.exited)
+	close(p.outputDrained)
+	c.init = p
+	s.ctrs[cfg.ID] = c
+	return c, nil
+}

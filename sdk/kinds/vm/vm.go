@@ -1,0 +1,165 @@
+// Package vm implements the "vm" sandbox kind: one microVM per sandbox,
+// started through a [hypervisor.Hypervisor], whose guest agent
+// (taskagent/agent) runs the containers with containerd's Task API v3.
+//
+// The host shares one directory per sandbox with the guest over 9p
+// ("shared", mounted at /run/magnetar/shared in the guest by Setup). Each
+// container gets <shared>/<cid>/ with its rewritten config.json, its rootfs
+// (mounted on the host, seen by the guest through 9p) and the host sources
+// of its bind mounts. Standard streams (stdin, stdout, stderr, or a
+// terminal) travel as agentmux stdio streams next to the ttrpc ones: the
+// agent bridges each to a FIFO in the guest that the guest's Task API
+// gets, the host to the stdio containerd gave it.
+//
+// While a sandbox runs, goroutines it owns stream guest events (OOM kills
+// reach the EventSink), ping the agent (a VM whose agent stops answering is
+// killed) and keep the guest clock in sync (see health.go, events.go,
+// clock.go). Container stats, pids, pause and resource updates are
+// forwarded to the guest's Task API (container_ops.go); sandbox stats
+// combine the QEMU process's host usage with guest memory (stats.go).
+//
+// After a sandboxer restart a sandbox re-attaches to its VM and agent and
+// serves new containers; the containers that ran before are killed in the
+// guest (containerd has reported them dead), see recover.go.
+//
+// The pod's CNI interfaces are bridged into the guest through taps in the
+// pod netns (network.go).
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/hypervisor"
+)
+
+// Kind is the name of this sandbox kind.
+const Kind = "vm"
+
+const (
+	shareTag    = "shared"
+	guestShared = "/run/magnetar/shared"
+	// shortVMRoot holds VM work dirs when <sandbox dir>/vm would make unix
+	// socket paths too long.
+	shortVMRoot = "/run/magnetar/vm"
+	maxSockPath = 100
+)
+
+// Config configures the vm backend.
+type Config struct {
+	// Driver starts the VMs (qemu.New(...)).
+	Driver hypervisor.Hypervisor
+	// Kernel and Initrd are the guest image ("make guest").
+	Kernel, Initrd string
+	// Sizing (sizing.go). A VM gets ceil(CPU quota / period) vCPUs and
+	// memory limit + MemoryOverheadMiB of memory from its sandbox's
+	// resources (CRI: the pod's, the sum of its containers'); VCPUs and
+	// MemoryMiB are the defaults when those are not set (driver defaults,
+	// 1 vCPU and 256 MiB, when 0). MaxVCPUs bounds the vCPUs (default:
+	// the host's CPUs); MemoryOverheadMiB defaults to
+	// [DefaultMemoryOverheadMiB].
+	VCPUs             int
+	MemoryMiB         int
+	MaxVCPUs          int
+	MemoryOverheadMiB int
+	// BootTimeout bounds VM start to a configured agent (default 2m).
+	BootTimeout time.Duration
+
+	// HealthInterval is how often a running sandbox pings the guest
+	// agent (default 10s); HealthTimeout bounds one ping (default 30s:
+	// QEMU TCG on a loaded host is slow). After HealthFailures
+	// consecutive failed pings (default 3) the VM is considered dead and
+	// killed, so that Wait returns.
+	HealthInterval time.Duration
+	HealthTimeout  time.Duration
+	HealthFailures int
+	// ClockCheckInterval is how often the host looks for a suspend or a
+	// wall-clock jump to resync the guest clock after (default 5s);
+	// ClockSyncInterval is how often the guest clock is synced anyway
+	// (default 10m).
+	ClockCheckInterval time.Duration
+	ClockSyncInterval  time.Duration
+}
+
+// withDefaults fills the zero fields with their defaults.
+func (cfg Config) withDefaults() Config {
+	if cfg.BootTimeout <= 0 {
+		cfg.BootTimeout = 2 * time.Minute
+	}
+	if cfg.HealthInterval <= 0 {
+		cfg.HealthInterval = 10 * time.Second
+	}
+	if cfg.HealthTimeout <= 0 {
+		cfg.HealthTimeout = 30 * time.Second
+	}
+	if cfg.HealthFailures <= 0 {
+		cfg.HealthFailures = 3
+	}
+	if cfg.ClockCheckInterval <= 0 {
+		cfg.ClockCheckInterval = 5 * time.Second
+	}
+	if cfg.ClockSyncInterval <= 0 {
+		cfg.ClockSyncInterval = 10 * time.Minute
+	}
+	return cfg
+}
+
+// Backend is the vm sandbox kind.
+type Backend struct{ cfg Config }
+
+// New returns the vm backend.
+func New(cfg Config) (*Backend, error) {
+	if cfg.Driver == nil {
+		return nil, fmt.Errorf("vm backend: no hypervisor driver: %w", errdefs.ErrInvalidArgument)
+	}
+	return &Backend{cfg: cfg.withDefaults()}, nil
+}
+
+// Info describes the kind.
+func (b *Backend) Info() backend.Info {
+	return backend.Info{
+		Kind:         Kind,
+		Description:  "a microVM per sandbox (" + b.cfg.Driver.Name() + "), containers run by the guest agent",
+		Isolation:    backend.IsolationVM,
+		Capabilities: backend.Capabilities{Exec: true, Stdin: true, Terminal: true, OOMEvents: true, UpdateResources: true, Stats: true, Pause: true},
+	}
+}
+
+// Check reports whether the hypervisor and the guest image are usable.
+func (b *Backend) Check(ctx context.Context) error {
+	if err := b.cfg.Driver.Check(ctx); err != nil {
+		return err
+	}
+	for _, p := range []string{b.cfg.Kernel, b.cfg.Initrd} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("guest image: %w", err)
+		}
+	}
+	if b.cfg.Kernel == "" {
+		return errors.New("guest image: no kernel configured")
+	}
+	return nil
+}
+
+// Create prepares a sandbox; Start boots it.
+func (b *Backend) Create(ctx context.Context, cfg backend.SandboxConfig) (backend.Sandbox, error) {
+	if _, err := vmCgroupPath(cfg.CgroupParent, cfg.ID); err != nil {
+		return nil, err
+	}
+	return newSandbox(b, cfg), nil
+}
+
+// Recover re-attaches to the VM of a sandbox started by an earlier run of
+// the sandboxer; see recover.go.
+func (b *Backend) Recover(ctx context.Context, cfg backend.SandboxConfig, state []byte) (backend.Sandbox, error) {
+	return b.recoverSandbox(ctx, cfg, state)
+}

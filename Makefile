@@ -29,6 +29,25 @@ build: ## Build Magnetar's binaries into .tmp/bin
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/containerd-shim-magnetar-v2 ./sandboxer/cmd/containerd-shim-magnetar-v2
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/magnetar ./sdk/cmd/magnetar
 
+# The client, the CLI and the magnetar program are portable (docs/design.md,
+# test/layering): they are compiled for macOS on every test run.
+CROSS_PKGS := ./sdk ./sdk/cli ./sdk/cmd/magnetar
+
+.PHONY: cross-build
+cross-build: ## Compile the Go client, the CLI and the magnetar program for macOS (arm64, amd64)
+	@for arch in arm64 amd64; do \
+		echo "GOOS=darwin GOARCH=$$arch go build $(CROSS_PKGS)"; \
+		GOOS=darwin GOARCH=$$arch CGO_ENABLED=0 $(GO) build -o /dev/null $(CROSS_PKGS) || exit 1; \
+	done
+
+.PHONY: deps-client
+deps-client: ## Print how many packages a program using only the Go client links (kept small: test/layering)
+	@for p in ./sdk ./sdk/cmd/magnetar ./sdk/embedded ./taskagent/cmd/magnetar-agent ./sandboxer/cmd/magnetar-sandboxer; do \
+		printf '%-36s %4s non-standard packages (%s in all)\n' "$$p" \
+			"$$($(GO) list -deps -f '{{if not .Standard}}{{.ImportPath}}{{end}}' $$p | grep -c .)" \
+			"$$($(GO) list -deps $$p | grep -c .)"; \
+	done
+
 .PHONY: vet
 vet: ## Run go vet and check formatting
 	$(GO) vet ./...
@@ -50,7 +69,7 @@ test-vm: deps guest ## Boot the microVM guest under QEMU and talk to its agent (
 	MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./sdk/kinds/vm/...
 
 .PHONY: test
-test: deps tools build check-generate lint test-unit test-e2e test-vm test-clients ## Run every test (installs what it needs; needs root)
+test: deps tools build cross-build deps-client check-generate lint test-unit test-e2e test-vm test-clients ## Run every test (installs what it needs; needs root)
 
 .PHONY: test-clients
 test-clients: $(CLIENT_TESTS) ## Test the generated clients (TypeScript, Python, Java) against a live sandboxer (root)

@@ -32,7 +32,8 @@ import (
 var runnerHooked atomic.Bool
 
 // RunnerMain must be called first thing in the main function (or TestMain)
-// of every program that embeds the wasm kind with [New]:
+// of every program that embeds the wasm kind with [New], or runs pods whose
+// containers share a PID namespace in the runc kind:
 //
 //	func main() {
 //		if embedded.RunnerMain() {
@@ -45,10 +46,12 @@ var runnerHooked atomic.Bool
 // executable, started with a marker in its environment; in such a copy,
 // RunnerMain runs the container's module and exits with its status. In
 // the program itself it returns false at once. [New] includes the
-// wasm kind in its default set only when RunnerMain was called.
+// wasm kind in its default set only when RunnerMain was called. The runc
+// kind likewise starts a copy as the init of a pod's shared PID namespace
+// (see runc.PodInitMain).
 func RunnerMain() bool {
 	runnerHooked.Store(true)
-	return wasm.RunnerMain()
+	return wasm.RunnerMain() || runc.PodInitMain()
 }
 
 // Option configures [New].

@@ -8,13 +8,15 @@ import (
 	"os"
 
 	"github.com/magnetar-io/magnetar/sandboxer/daemon"
+	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
 	"github.com/magnetar-io/magnetar/sdk/kinds/wasm"
 )
 
 func main() {
 	// The wasm kind runs each module in a child that re-executes this
-	// binary; in that child, RunnerMain runs the module and never returns.
-	if wasm.RunnerMain() {
+	// binary, and the runc kind a pod's PID namespace init; in those
+	// children these run and never return.
+	if wasm.RunnerMain() || runc.PodInitMain() {
 		return
 	}
 	os.Exit(daemon.Main(context.Background(), os.Args[1:], os.Stderr))

@@ -39,6 +39,10 @@ type Config struct {
 	// Root is runc's state root (--root); one subdirectory per namespace
 	// is used. Default /run/magnetar/runc.
 	Root string
+	// PodInit is the executable started as the init of a pod's shared PID
+	// namespace: a program whose main calls [PodInitMain] first. Default:
+	// this program (/proc/self/exe).
+	PodInit string
 }
 
 // Backend is the runc sandbox kind. Only one may be open per process: it
@@ -139,6 +143,14 @@ func (b *Backend) Create(ctx context.Context, cfg backend.SandboxConfig) (backen
 // Recover re-attaches to a sandbox of an earlier run.
 func (b *Backend) Recover(ctx context.Context, cfg backend.SandboxConfig, state []byte) (backend.Sandbox, error) {
 	return newSandbox(ctx, b, cfg, state)
+}
+
+// podInitExe is the executable of pod inits.
+func (b *Backend) podInitExe() string {
+	if b.cfg.PodInit != "" {
+		return b.cfg.PodInit
+	}
+	return "/proc/self/exe"
 }
 
 func (b *Backend) runtime(namespace, bundle string) *gorunc.Runc {

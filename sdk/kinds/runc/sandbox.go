@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -26,6 +27,9 @@ type sandboxState struct {
 	UTSNS string `json:"utsns,omitempty"`
 	// NetNS is set when the sandbox made its own network namespace.
 	NetNS string `json:"netns,omitempty"`
+	// PodInit is the init holding the pod's shared PID namespace, started
+	// with the first container that joins it (nil: none).
+	PodInit *podInitProc `json:"podInit,omitempty"`
 }
 
 type sandbox struct {
@@ -37,6 +41,11 @@ type sandbox struct {
 	ctrs    map[string]*container
 	stopped chan struct{}
 	once    sync.Once
+	// podInitCmd is the pod init this process started (nil when there is
+	// none, or it was started before a restart); podInitDone is closed
+	// once it was reaped.
+	podInitCmd  *exec.Cmd
+	podInitDone chan struct{}
 }
 
 func newSandbox(ctx context.Context, b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, error) {
@@ -173,13 +182,16 @@ func (s *sandbox) Stop(ctx context.Context, timeout time.Duration) error {
 		}
 	}
 	s.once.Do(func() { close(s.stopped) })
+	if err := s.endPodInit(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
-// Delete releases the namespaces.
+// Delete ends the pod's PID namespace init and releases the namespaces.
 func (s *sandbox) Delete(ctx context.Context) error {
 	s.once.Do(func() { close(s.stopped) })
-	return s.releaseNamespaces()
+	return errors.Join(s.endPodInit(), s.releaseNamespaces())
 }
 
 // State returns the persisted state.
@@ -227,9 +239,13 @@ func (s *sandbox) joinPod(spec *specs.Spec) error {
 			}
 			ns.Path = st.UTSNS
 		case specs.PIDNamespace:
-			// A shared pod PID namespace is the one of the pod's first
-			// running container; the first container gets a new one.
-			ns.Path = s.firstPidNS()
+			// The pod's PID namespace is held by an init of its own,
+			// started with the first container that joins it.
+			path, err := s.podPidNS()
+			if err != nil {
+				return err
+			}
+			ns.Path = path
 		default:
 			return fmt.Errorf("sharing the pod's %s namespace is not supported by the runc kind: %w", ns.Type, errdefs.ErrNotImplemented)
 		}
@@ -239,17 +255,60 @@ func (s *sandbox) joinPod(spec *specs.Spec) error {
 	return nil
 }
 
-func (s *sandbox) firstPidNS() string {
+// podPidNS returns the pod's shared PID namespace, starting its init when
+// there is none yet.
+func (s *sandbox) podPidNS() (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, c := range s.ctrs {
-		if pid := c.init.Pid(); pid > 0 {
-			if _, err := os.Stat(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil {
-				return fmt.Sprintf("/proc/%d/ns/pid", pid)
-			}
+	if p := s.st.PodInit; p != nil {
+		if p.alive() {
+			return p.nsPath(), nil
+		}
+		return "", fmt.Errorf("the pod's PID namespace init %d has exited: %w", p.Pid, errdefs.ErrFailedPrecondition)
+	}
+	select {
+	case <-s.stopped:
+		return "", fmt.Errorf("sandbox %q is stopped: %w", s.cfg.ID, errdefs.ErrFailedPrecondition)
+	default:
+	}
+	cmd, p, err := startPodInit(s.b.podInitExe())
+	if err != nil {
+		return "", err
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	s.st.PodInit, s.podInitCmd, s.podInitDone = &p, cmd, done
+	return p.nsPath(), nil
+}
+
+// endPodInit ends the pod's PID namespace init, if any, and with it every
+// process left in the namespace.
+func (s *sandbox) endPodInit() error {
+	s.mu.Lock()
+	p, cmd, done := s.st.PodInit, s.podInitCmd, s.podInitDone
+	s.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	if err := p.kill(cmd); err != nil {
+		return err
+	}
+	if done != nil {
+		t := time.NewTimer(podInitKillWait)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			return fmt.Errorf("pod init %d still runs %v after SIGKILL: %w", p.Pid, podInitKillWait, errdefs.ErrUnavailable)
 		}
 	}
-	return ""
+	s.mu.Lock()
+	s.st.PodInit, s.podInitCmd, s.podInitDone = nil, nil, nil
+	s.mu.Unlock()
+	return nil
 }
 
 // loopbackUp brings up "lo" in the calling thread's network namespace.

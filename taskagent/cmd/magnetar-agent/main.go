@@ -8,9 +8,15 @@ import (
 	"context"
 	"os"
 
+	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
 	"github.com/magnetar-io/magnetar/taskagent/agent"
 )
 
 func main() {
+	// A pod whose containers share a PID namespace gets an init of its
+	// own: this binary, re-executed.
+	if runc.PodInitMain() {
+		return
+	}
 	os.Exit(agent.Main(context.Background()))
 }

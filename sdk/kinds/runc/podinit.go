@@ -1,0 +1,188 @@
+package runc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+)
+
+// podInitEnv marks a process started as the init of a pod's PID namespace.
+const podInitEnv = "MAGNETAR_POD_INIT"
+
+// podInitHooked records that the program called [PodInitMain], so that it
+// can be re-executed as a pod's init.
+var podInitHooked atomic.Bool
+
+// PodInitMain runs the init of a pod's shared PID namespace when the
+// process was started as one by this package (PID 1 of a new PID namespace,
+// with MAGNETAR_POD_INIT=1 in its environment): it then reaps the pod's
+// orphans until it is killed, and never returns. Otherwise it returns false
+// at once.
+//
+// A pod whose containers share one PID namespace (Kubernetes'
+// shareProcessNamespace) gets a namespace of its own, held by this minimal
+// init rather than by its first container: one container's exit then never
+// ends the others. Every program that opens a runc [Backend] must call it
+// first thing in main, as it calls the wasm kind's RunnerMain:
+//
+//	func main() {
+//		if runc.PodInitMain() {
+//			return
+//		}
+//		...
+//	}
+//
+// Without it, creating a container that joins its pod's PID namespace fails
+// with FailedPrecondition.
+func PodInitMain() bool {
+	podInitHooked.Store(true)
+	if os.Getenv(podInitEnv) != "1" || os.Getpid() != 1 {
+		return false
+	}
+	podInit()
+	return true
+}
+
+// podInit is PID 1 of a pod's PID namespace: it reaps every process that
+// ends up its child and ignores every signal it can (the kernel ignores
+// signals that a PID namespace's init has no handler for when they come
+// from inside the namespace; the sandboxer ends it with SIGKILL).
+func podInit() {
+	os.Unsetenv(podInitEnv)
+	_ = os.Chdir("/")
+	sigc := make(chan os.Signal, 32)
+	signal.Notify(sigc, unix.SIGCHLD)
+	signal.Ignore(unix.SIGHUP, unix.SIGINT, unix.SIGTERM, unix.SIGQUIT, unix.SIGPIPE, unix.SIGUSR1, unix.SIGUSR2)
+	for range sigc {
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
+
+// podInitProc is a running pod init, as the sandbox records it.
+type podInitProc struct {
+	// Pid is the init's pid in the sandboxer's PID namespace.
+	Pid int `json:"pid"`
+	// StartTime is its start time in clock ticks after boot (field 22 of
+	// /proc/<pid>/stat), which tells it from a later process of that pid.
+	StartTime uint64 `json:"startTime"`
+}
+
+// startPodInit starts a pod init in a new PID namespace. The caller reaps
+// it through the returned command.
+func startPodInit(exe string) (*exec.Cmd, podInitProc, error) {
+	if !podInitHooked.Load() {
+		return nil, podInitProc{}, fmt.Errorf("a pod that shares its PID namespace needs an init: the program must call runc.PodInitMain first thing in main: %w", errdefs.ErrFailedPrecondition)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = []string{podInitEnv + "=1", "GOMAXPROCS=1", "GOGC=off"}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID, Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, podInitProc{}, fmt.Errorf("start the pod's PID namespace init: %w", err)
+	}
+	st, err := procStartTime(cmd.Process.Pid)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, podInitProc{}, fmt.Errorf("pod init: %w", err)
+	}
+	return cmd, podInitProc{Pid: cmd.Process.Pid, StartTime: st}, nil
+}
+
+// procStartTime reads a process's start time (clock ticks after boot).
+func procStartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: the
+	// fields after it start behind the last ')'.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	fields := bytes.Fields(data[i+1:])
+	// fields[0] is field 3 (state); start time is field 22.
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(fields))
+	}
+	return strconv.ParseUint(string(fields[19]), 10, 64)
+}
+
+// alive reports whether the recorded init still runs (and is the same
+// process).
+func (p podInitProc) alive() bool {
+	if p.Pid <= 0 {
+		return false
+	}
+	st, err := procStartTime(p.Pid)
+	return err == nil && st == p.StartTime
+}
+
+// nsPath is the init's PID namespace, as containers join it.
+func (p podInitProc) nsPath() string { return fmt.Sprintf("/proc/%d/ns/pid", p.Pid) }
+
+// podInitKillWait bounds how long ending a pod init waits for it to go.
+const podInitKillWait = 10 * time.Second
+
+// kill ends the init (and with it every process left in its namespace)
+// and waits until it is gone. cmd is the init's command when this process
+// started it (it is reaped then); nil after a restart, when another
+// process reaps it.
+func (p podInitProc) kill(cmd *exec.Cmd) error {
+	if cmd != nil {
+		if err := cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return fmt.Errorf("kill the pod init %d: %w", p.Pid, err)
+		}
+		// cmd.Wait runs on the goroutine that started it.
+		return nil
+	}
+	if !p.alive() {
+		return nil
+	}
+	fd, err := unix.PidfdOpen(p.Pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open the pod init %d: %w", p.Pid, err)
+	}
+	defer unix.Close(fd)
+	// Checked again through the pidfd: the pid cannot be reused now.
+	if !p.alive() {
+		return nil
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("kill the pod init %d: %w", p.Pid, err)
+	}
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	deadline := time.Now().Add(podInitKillWait)
+	for {
+		n, err := unix.Poll(fds, int(time.Until(deadline).Milliseconds()))
+		if n > 0 {
+			return nil
+		}
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("wait for the pod init %d: %w", p.Pid, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pod init %d still runs %v after SIGKILL: %w", p.Pid, podInitKillWait, errdefs.ErrUnavailable)
+		}
+	}
+}

@@ -41,8 +41,8 @@ func (e *env) runPod(t testing.TB, hostNetwork bool) *pod {
 	return e.runPodWith(t, handler, hostNetwork)
 }
 
-// runPodWith runs a pod with runtime handler rh.
-func (e *env) runPodWith(t testing.TB, rh string, hostNetwork bool) *pod {
+// runPodWith runs a pod with runtime handler rh; opts change its config.
+func (e *env) runPodWith(t testing.TB, rh string, hostNetwork bool, opts ...func(*runtime.PodSandboxConfig)) *pod {
 	t.Helper()
 	n := podSeq.Add(1)
 	name := fmt.Sprintf("%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), n)
@@ -62,6 +62,9 @@ func (e *env) runPodWith(t testing.TB, rh string, hostNetwork bool) *pod {
 	}
 	if !hostNetwork {
 		cfg.Hostname = name
+	}
+	for _, o := range opts {
+		o(cfg)
 	}
 	if err := os.MkdirAll(cfg.LogDirectory, 0o755); err != nil {
 		t.Fatal(err)

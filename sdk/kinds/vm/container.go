@@ -140,9 +140,16 @@ func (s *sandbox) prepare(cfg backend.ContainerConfig, dir string, root *os.Root
 		lin := *spec.Linux
 		lin.Namespaces = nil
 		for _, n := range spec.Linux.Namespaces {
-			if n.Path == "" {
+			switch {
+			case n.Path == "":
 				lin.Namespaces = append(lin.Namespaces, n)
+			case n.Type == specs.PIDNamespace:
+				// The pod's shared PID namespace: in the guest, the runc
+				// kind holds it with an init of its own (the path names the
+				// sandbox, which has no process there).
+				lin.Namespaces = append(lin.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: "/proc/0/ns/pid"})
 			}
+			// Other pod namespaces (network, IPC, UTS) are the guest's.
 		}
 		// The host's cgroup path (often systemd "slice:prefix:name")
 		// means nothing in the guest; runc picks its default.

@@ -145,7 +145,9 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
-		grpc.ChainUnaryInterceptor(logCalls(log.Named("controller"))),
+		// The controller returns errdefs errors: the last interceptor maps
+		// them to status codes, which logCalls then sees.
+		grpc.ChainUnaryInterceptor(logCalls(log.Named("controller")), controller.UnaryServerInterceptor()),
 	)
 	sandboxapi.RegisterControllerServer(srv, ctrl)
 

@@ -51,6 +51,9 @@ type Config struct {
 	// Logger receives errors of the task servers and, at debug level, one
 	// line per Task API call. Default: discard.
 	Logger hclog.Logger
+	// TaskSockets places the task sockets; default: listen on their public
+	// paths under RunDir/t.
+	TaskSockets TaskSockets
 }
 
 // Controller implements containerd's Sandbox Controller service
@@ -88,7 +91,7 @@ func New(eng *engine.Engine, cfg Config) (*Controller, error) {
 		eng:     eng,
 		kinds:   kindResolver{handlers: maps.Clone(cfg.Handlers), defaultKind: cfg.DefaultKind},
 		log:     log,
-		tasks:   newTaskServers(eng, cfg.RunDir, cfg.Version, log),
+		tasks:   newTaskServers(eng, cfg.RunDir, cfg.Version, log, cfg.TaskSockets),
 		closing: make(chan struct{}),
 	}, nil
 }
@@ -108,8 +111,6 @@ func (c *Controller) Recover(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Close stops every Task API server and ends blocked Waits. Sandboxes and
-// containers keep running.
 // ExitHold is a [Forwarder.Hold]: a process whose stdio are containerd
 // streams has its exit event held until its output has been sent, as the
 // runc shim publishes an exit only after the output reached its FIFOs (CRI
@@ -118,9 +119,20 @@ func (c *Controller) ExitHold(ev engine.Event) <-chan struct{} {
 	return c.tasks.outputDone(ev.SandboxID, ev.ContainerID, ev.ExecID)
 }
 
+// Close stops every Task API server and ends blocked Waits. Sandboxes and
+// containers keep running.
 func (c *Controller) Close() error {
 	c.closeOnce.Do(func() { close(c.closing) })
 	return c.tasks.closeAll()
+}
+
+// Detach stops serving the Task API without answering calls in flight and
+// without releasing the task sockets: the way a worker leaves under a
+// supervisor, which holds containerd's connections and hands the calls to
+// the next worker. Blocked Controller Waits end (containerd retries them).
+func (c *Controller) Detach() {
+	c.closeOnce.Do(func() { close(c.closing) })
+	c.tasks.detachAll()
 }
 
 // Create creates a sandbox. Its kind comes from the CRI runtime handler, the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -234,4 +235,51 @@ func closeFDs(fds []int) {
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
+}
+
+// TaskSockets places task sockets under the supervisor: the supervisor
+// serves each public path and relays it to a socket of the worker's in
+// backendDir (same file name). It satisfies controller.TaskSockets.
+func (c *Client) TaskSockets(backendDir string) *TaskSockets {
+	return &TaskSockets{c: c, dir: backendDir}
+}
+
+// TaskSockets is the worker's side of the relayed task sockets.
+type TaskSockets struct {
+	c   *Client
+	dir string
+}
+
+// Listen listens on the backend socket for public and has the supervisor
+// relay public to it.
+func (t *TaskSockets) Listen(public string) (net.Listener, error) {
+	if err := os.MkdirAll(t.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create backend socket dir: %w", err)
+	}
+	backend := t.backend(public)
+	if err := os.Remove(backend); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale backend socket: %w", err)
+	}
+	l, err := listenUnix(backend)
+	if err != nil {
+		return nil, fmt.Errorf("listen on backend socket: %w", err)
+	}
+	if err := t.c.Relay(public, backend); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Release makes the supervisor close public and its connections.
+func (t *TaskSockets) Release(public string) error {
+	err := t.c.Unrelay(public)
+	if rerr := os.Remove(t.backend(public)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+		err = rerr
+	}
+	return err
+}
+
+func (t *TaskSockets) backend(public string) string {
+	return filepath.Join(t.dir, filepath.Base(public))
 }

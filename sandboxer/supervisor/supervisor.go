@@ -35,6 +35,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -214,6 +215,9 @@ func (s *supervisor) start() (*worker, error) {
 	p, err := os.StartProcess(s.cfg.Exe, append([]string{s.cfg.Exe}, s.cfg.Args...), &os.ProcAttr{
 		Env:   env,
 		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, theirs},
+		// A worker without its supervisor serves nothing containerd can
+		// reach: it stops (detaching) when the supervisor dies.
+		Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM},
 	})
 	if err != nil {
 		ctl.Close()

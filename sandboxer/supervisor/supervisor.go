@@ -273,7 +273,11 @@ func (s *supervisor) serve(w *worker) {
 		}
 		var req request
 		if err := json.Unmarshal(buf[:n], &req); err != nil {
-			s.log.Error("bad control message from the worker", "error", err)
+			// Only our own worker holds the other end: garbage means it
+			// is broken. Its requests fail from now on; it is replaced
+			// when it exits.
+			s.log.Error("bad control message from the worker: closing its control channel", "pid", w.pid, "error", err)
+			w.ctl.Close()
 			return
 		}
 		// Answered one by one except exit queries, which may wait.

@@ -216,7 +216,7 @@ func copyFile(src, dst string) error {
 
 // Shell is a backendtest.Workload for the wasm kind: bundles run minish
 // (internal/testdata/wasm/minish), which understands the suite's
-// `;`-separated echo, exit, sleep, cat and `tr a-z A-Z` scripts.
+// `;`-separated echo, exit, sleep, cat, tick and `tr a-z A-Z` scripts.
 type Shell struct {
 	// Module is the built minish module (see [Build]).
 	Module string
@@ -226,6 +226,9 @@ type Shell struct {
 func (s Shell) Process(script string) *specs.Process {
 	return &specs.Process{Args: []string{ShellModule, "-c", script}, Cwd: "/", Env: []string{"PATH=/bin"}}
 }
+
+// Tick runs minish's tick, a line every tenth of a second.
+func (s Shell) Tick() string { return "tick" }
 
 // Bundle writes a bundle into dir whose process runs script with minish.
 func (s Shell) Bundle(t *testing.T, dir, script string) *specs.Spec {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/containerd/fifo"
+
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // capture is a FIFO whose writes are collected, like containerd's CRI
@@ -32,14 +34,8 @@ func (c *capture) String() string {
 // Output is in the FIFO when the exit is reported, but this side's copy
 // of it may still be under way.
 func (c *capture) until(want string, timeout time.Duration) string {
-	deadline := time.Now().Add(timeout)
-	for {
-		got := c.String()
-		if strings.Contains(got, want) || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(timeout, func() bool { return strings.Contains(c.String(), want) })
+	return c.String()
 }
 
 func (c *capture) Write(p []byte) (int, error) {

@@ -116,10 +116,9 @@ func (b *Backend) Info() backend.Info {
 		Kind:        Kind,
 		Description: "Linux containers run by runc: namespaces and cgroups, shared kernel",
 		Isolation:   backend.IsolationProcess,
-		Capabilities: backend.Capabilities{
+		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{
 			Exec: true, Terminal: true, Stdin: true, OOMEvents: true,
-			UpdateResources: true, Stats: true, Pause: true,
-		},
+		}),
 	}
 }
 

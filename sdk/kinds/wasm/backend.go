@@ -151,9 +151,9 @@ func (b *Backend) Info() backend.Info {
 		Kind:        Kind,
 		Description: "WebAssembly (WASI preview 1) modules run by wazero, one cgroup-bounded runner process per container",
 		Isolation:   backend.IsolationWasm,
-		Capabilities: backend.Capabilities{
-			Stdin: true, OOMEvents: true, UpdateResources: true, Stats: true, Pause: true,
-		},
+		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{
+			Stdin: true, OOMEvents: true,
+		}),
 	}
 }
 

@@ -36,6 +36,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/backend/backendfake"
 )
 
 // testConfig is a config with every path in a fresh temp dir.
@@ -205,6 +206,9 @@ func writeBundle(t *testing.T) string {
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Mkdir(filepath.Join(dir, "rootfs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	return dir
 }
 
@@ -216,7 +220,7 @@ func wantCode(t *testing.T, what string, err error, code codes.Code) {
 }
 
 func TestControllerRoundTrip(t *testing.T) {
-	fb := newFakeBackend(t, "fake")
+	fb := backendfake.New(backendfake.Config{})
 	client, _ := startDaemon(t, testConfig(t), fb)
 	ctx := k8sCtx(t)
 	const id = "0123456789abcdef"
@@ -224,7 +228,11 @@ func TestControllerRoundTrip(t *testing.T) {
 	if _, err := client.Create(ctx, createRequest(t, id, "magnetar-fake", testPod())); err != nil {
 		t.Fatalf("Create: %v", err)
 	}
-	got := fb.lastCreated(t)
+	created := fb.Created()
+	if len(created) == 0 {
+		t.Fatal("no sandbox was created")
+	}
+	got := created[len(created)-1]
 	if got.Namespace != "k8s.io" || got.Hostname != "pod-a" || got.NetNSPath != "/var/run/netns/cni-test" || got.CgroupParent != "/kubepods/pod-uid" {
 		t.Errorf("sandbox config: %+v", got)
 	}
@@ -250,7 +258,7 @@ func TestControllerRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	if start.GetVersion() != 3 || start.GetPid() != 4242 || start.GetLabels()["name"] != "pod_ns_uid_0" || start.GetCreatedAt() == nil {
+	if start.GetVersion() != 3 || start.GetPid() != backendfake.SandboxPid || start.GetLabels()["name"] != "pod_ns_uid_0" || start.GetCreatedAt() == nil {
 		t.Errorf("start response: %v", start)
 	}
 
@@ -268,7 +276,7 @@ func TestControllerRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.GetState() != "SANDBOX_READY" || st.GetAddress() != start.GetAddress() || st.GetVersion() != 3 || st.GetPid() != 4242 {
+	if st.GetState() != "SANDBOX_READY" || st.GetAddress() != start.GetAddress() || st.GetVersion() != 3 || st.GetPid() != backendfake.SandboxPid {
 		t.Errorf("status: %v", st)
 	}
 	if st.GetInfo()["magnetar.kind"] != "fake" || st.GetInfo()["fake.started"] != "yes" {
@@ -277,7 +285,7 @@ func TestControllerRoundTrip(t *testing.T) {
 	var info struct {
 		Pid uint32 `json:"pid"`
 	}
-	if err := json.Unmarshal([]byte(st.GetInfo()["info"]), &info); err != nil || info.Pid != 4242 {
+	if err := json.Unmarshal([]byte(st.GetInfo()["info"]), &info); err != nil || info.Pid != backendfake.SandboxPid {
 		t.Errorf("verbose info %q: %v", st.GetInfo()["info"], err)
 	}
 
@@ -354,7 +362,7 @@ func TestControllerRoundTrip(t *testing.T) {
 }
 
 func TestTaskLifecycle(t *testing.T) {
-	fb := newFakeBackend(t, "fake")
+	fb := backendfake.New(backendfake.Config{})
 	client, _ := startDaemon(t, testConfig(t), fb)
 	ctx := k8sCtx(t)
 	const id = "sb-task"
@@ -456,7 +464,7 @@ func TestTaskLifecycle(t *testing.T) {
 }
 
 func TestControllerBadInput(t *testing.T) {
-	client, _ := startDaemon(t, testConfig(t), newFakeBackend(t, "fake"))
+	client, _ := startDaemon(t, testConfig(t), backendfake.New(backendfake.Config{}))
 	ctx := k8sCtx(t)
 
 	_, err := client.Create(ctx, createRequest(t, "../x", "magnetar-fake", testPod()))
@@ -517,7 +525,7 @@ func TestDefaultKindAndHandlerMap(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.DefaultKind = "fake"
 	cfg.Containerd.Handlers = map[string]string{"gold": "fake"}
-	client, _ := startDaemon(t, cfg, newFakeBackend(t, "fake"))
+	client, _ := startDaemon(t, cfg, backendfake.New(backendfake.Config{}))
 	ctx := k8sCtx(t)
 	for _, h := range []string{"", "gold", "unmapped"} {
 		if _, err := client.Create(ctx, createRequest(t, "sb-"+h+"x", h, testPod())); err != nil {
@@ -563,7 +571,7 @@ func TestEventForwarding(t *testing.T) {
 	addr, events := serveFakeEvents(t)
 	cfg := testConfig(t)
 	cfg.Containerd.TTRPCAddress = "unix://" + addr
-	client, _ := startDaemon(t, cfg, newFakeBackend(t, "fake"))
+	client, _ := startDaemon(t, cfg, backendfake.New(backendfake.Config{}))
 	ctx := k8sCtx(t)
 	const id = "sb-events"
 	if _, err := client.Create(ctx, createRequest(t, id, "magnetar-fake", testPod())); err != nil {
@@ -616,7 +624,7 @@ func TestEventForwarding(t *testing.T) {
 
 func TestRestartKeepsTaskAddress(t *testing.T) {
 	cfg := testConfig(t)
-	client, stop := startDaemon(t, cfg, newFakeBackend(t, "fake"))
+	client, stop := startDaemon(t, cfg, backendfake.New(backendfake.Config{}))
 	ctx := k8sCtx(t)
 	const id = "sb-restart"
 	if _, err := client.Create(ctx, createRequest(t, id, "magnetar-fake", testPod())); err != nil {
@@ -642,7 +650,7 @@ func TestRestartKeepsTaskAddress(t *testing.T) {
 		t.Fatal("Wait did not return when the daemon stopped")
 	}
 
-	fb := newFakeBackend(t, "fake")
+	fb := backendfake.New(backendfake.Config{})
 	client, _ = startDaemon(t, cfg, fb)
 	st, err := client.Status(ctx, &sandboxapi.ControllerStatusRequest{SandboxID: id})
 	if err != nil {
@@ -651,8 +659,8 @@ func TestRestartKeepsTaskAddress(t *testing.T) {
 	if st.GetState() != "SANDBOX_READY" || st.GetAddress() != start.GetAddress() {
 		t.Errorf("after restart: state %s address %q, want READY at %q", st.GetState(), st.GetAddress(), start.GetAddress())
 	}
-	if len(fb.recovered) != 1 || fb.recovered[0] != id {
-		t.Errorf("recovered %v", fb.recovered)
+	if rec := fb.Recovered(); len(rec) != 1 || rec[0] != id {
+		t.Errorf("recovered %v", rec)
 	}
 	if _, err := dialTask(t, st.GetAddress()).Connect(ctx, &taskapi.ConnectRequest{}); err != nil {
 		t.Errorf("Task.Connect after restart: %v", err)

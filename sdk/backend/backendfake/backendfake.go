@@ -23,6 +23,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -283,6 +285,9 @@ func (s *sandbox) CreateContainer(_ context.Context, cfg backend.ContainerConfig
 		return nil, fmt.Errorf("fake sandbox %q stopped: %w", s.id, errdefs.ErrFailedPrecondition)
 	default:
 	}
+	if err := checkRootfs(cfg); err != nil {
+		return nil, fmt.Errorf("fake container %q: %w", cfg.ID, err)
+	}
 	c := &container{s: s, id: cfg.ID, procs: map[*process]bool{}}
 	if r := cfg.Spec.Linux; r != nil && r.Resources != nil && r.Resources.Memory != nil && r.Resources.Memory.Limit != nil {
 		c.memLimit = uint64(max(*r.Resources.Memory.Limit, 0))
@@ -325,4 +330,28 @@ func (s *sandbox) SandboxStats(ctx context.Context) (*backend.Stats, map[string]
 		total.Pids += st.Pids
 	}
 	return total, map[string]string{"fake.containers": fmt.Sprint(len(ctrs))}, nil
+}
+
+// checkRootfs fails, as a real kind would, when the container's root file
+// system is missing: a bind mount's source or the spec's root directory.
+func checkRootfs(cfg backend.ContainerConfig) error {
+	for _, m := range cfg.Rootfs {
+		if m.Type != "bind" && !slices.Contains(m.Options, "bind") && !slices.Contains(m.Options, "rbind") {
+			continue
+		}
+		if _, err := os.Stat(m.Source); err != nil {
+			return fmt.Errorf("rootfs mount source: %w: %w", err, errdefs.ErrNotFound)
+		}
+	}
+	if len(cfg.Rootfs) > 0 || cfg.Spec.Root == nil || cfg.Spec.Root.Path == "" {
+		return nil
+	}
+	root := cfg.Spec.Root.Path
+	if !filepath.IsAbs(root) {
+		root = filepath.Join(cfg.Bundle, root)
+	}
+	if _, err := os.Stat(root); err != nil {
+		return fmt.Errorf("root file system: %w: %w", err, errdefs.ErrNotFound)
+	}
+	return nil
 }

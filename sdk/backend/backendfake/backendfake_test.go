@@ -33,6 +33,9 @@ func (workload) Process(script string) *specs.Process {
 
 func (w workload) Bundle(t *testing.T, dir, script string) *specs.Spec {
 	spec := &specs.Spec{Version: specs.Version, Process: w.Process(script), Root: &specs.Root{Path: "rootfs"}}
+	if err := os.Mkdir(filepath.Join(dir, "rootfs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	data, err := json.Marshal(spec)
 	if err != nil {
 		t.Fatal(err)

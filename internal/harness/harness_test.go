@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 func TestRenderConfig(t *testing.T) {
@@ -135,23 +137,18 @@ func (s *syncBuffer) String() string {
 // with MAGNETAR_E2E_REQUIRED=1 (make test-e2e) it fails instead.
 func requireHarness(t *testing.T) string {
 	t.Helper()
-	skip := t.Skip
-	if os.Getenv("MAGNETAR_E2E_REQUIRED") == "1" {
-		skip = t.Fatal
-	}
 	if testing.Short() {
 		t.Skip("starts a real containerd; skipped with -short")
 	}
 	binDir, err := DefaultBinDir()
 	if err != nil {
-		skip(err)
+		testutil.SkipOrFail(t, "%v", err)
 	}
 	if err := CheckPrerequisites(binDir); err != nil {
-		skip(fmt.Sprintf("%v\n(as root: `make deps tools`, then `go test ./internal/harness/`)", err))
+		testutil.SkipOrFail(t, "%v\n(as root: `make deps tools`, then `go test ./internal/harness/`)", err)
 	}
-	if _, err := exec.LookPath("go"); err != nil {
-		skip("the go command is needed to build the pause image")
-	}
+	_, err = exec.LookPath("go")
+	testutil.Require(t, err == nil, "the go command is needed to build the pause image")
 	return binDir
 }
 

@@ -2,11 +2,12 @@ package testutil
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/magnetar-io/magnetar/internal/testutil/prereq"
 )
 
 // SkipOrFail skips the test with the message, or fails it when
@@ -15,16 +16,8 @@ import (
 // runc, overlay, QEMU, the guest image, ...) goes through it or [Require].
 func SkipOrFail(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if Required() {
-		t.Fatal(msg + " (MAGNETAR_E2E_REQUIRED=1)")
-	}
-	t.Skip(msg)
+	prereq.SkipOrFail(t, format, args...)
 }
-
-// Required reports whether missing prerequisites fail tests instead of
-// skipping them (MAGNETAR_E2E_REQUIRED=1).
-func Required() bool { return os.Getenv("MAGNETAR_E2E_REQUIRED") == "1" }
 
 // Require skips the test (see [SkipOrFail]) unless ok; what names the
 // missing prerequisite ("needs root (mounts)", "no runsc in PATH", ...).

@@ -25,6 +25,8 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/magnetar-io/magnetar/internal/testutil/prereq"
 )
 
 // ShellModule is the in-rootfs path where [Shell] puts minish.
@@ -42,7 +44,7 @@ func Build(t testing.TB, name string) string {
 	t.Helper()
 	p, err := build(name)
 	if errors.Is(err, exec.ErrNotFound) {
-		t.Skipf("building wasm test module %s: no go toolchain: %v", name, err)
+		prereq.SkipOrFail(t, "building wasm test module %s: no go toolchain: %v", name, err)
 	}
 	if err != nil {
 		t.Fatalf("build wasm test module %s: %v", name, err)

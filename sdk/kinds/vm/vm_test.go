@@ -25,9 +25,7 @@ import (
 func requireBoot(t *testing.T) (kernel, initrd string) {
 	t.Helper()
 	kernel, initrd = testutil.GuestImage(t)
-	if os.Geteuid() != 0 {
-		testutil.SkipOrFail(t, "needs root (mounts)")
-	}
+	testutil.RequireRoot(t, "mounts")
 	testutil.RequireRunc(t) // busybox-static for the bundles
 	return kernel, initrd
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/fifo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/internal/testutil/wasmtest"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/backend/backendtest"
@@ -36,9 +37,7 @@ func TestMain(m *testing.M) {
 // cgroup and mount namespace.
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the wasm kind needs root (cgroups, mount namespaces): run these tests as root")
-	}
+	testutil.RequireRoot(t, "the wasm kind: cgroups, mount namespaces")
 }
 
 func newBackend(t testing.TB, cfg wasm.Config) *wasm.Backend {

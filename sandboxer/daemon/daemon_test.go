@@ -35,6 +35,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/backend/backendfake"
 )
@@ -75,22 +76,18 @@ func startDaemon(t *testing.T, cfg Config, backends ...backend.Backend) (sandbox
 	}
 	t.Cleanup(stop)
 
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		if c, err := net.Dial("unix", cfg.Listen); err == nil {
 			c.Close()
-			break
+			return true
 		}
 		select {
 		case err := <-done:
 			t.Fatalf("daemon exited: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("daemon socket never came up")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	}, "daemon socket never came up")
 	return clientFor(t, cfg), stop
 }
 
@@ -641,6 +638,7 @@ func TestRestartKeepsTaskAddress(t *testing.T) {
 		_, err := client.Wait(ctx, &sandboxapi.ControllerWaitRequest{SandboxID: id})
 		waitErr <- err
 	}()
+	// No signal says the Wait reached the daemon: give it the time to.
 	time.Sleep(100 * time.Millisecond)
 	stop()
 	select {

@@ -113,21 +113,17 @@ func TestRuncThroughContainerdAPIs(t *testing.T) {
 // dialDaemon waits for the daemon's socket and returns a client.
 func dialDaemon(t *testing.T, cfg Config, done <-chan error) sandboxapi.ControllerClient {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		if _, err := os.Stat(cfg.Listen); err == nil {
-			break
+			return true
 		}
 		select {
 		case err := <-done:
 			t.Fatalf("daemon exited: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("daemon socket never came up")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	}, "daemon socket never came up")
 	return clientFor(t, cfg)
 }
 

@@ -17,6 +17,7 @@ import (
 
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 const handler = "magnetar-runc"
@@ -118,20 +119,16 @@ func (e *env) start(t testing.TB, p *pod, cfg *runtime.ContainerConfig) string {
 // waitExited polls until the container exited and returns its status.
 func (e *env) waitExited(t testing.TB, id string) *runtime.ContainerStatus {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	var st *runtime.ContainerStatus
+	testutil.Eventually(t, 60*time.Second, func() bool {
 		resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: id})
 		if err != nil {
 			t.Fatalf("ContainerStatus: %v", err)
 		}
-		if resp.Status.State == runtime.ContainerState_CONTAINER_EXITED {
-			return resp.Status
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("container %s still %s after 60s", id, resp.Status.State)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		st = resp.Status
+		return st.State == runtime.ContainerState_CONTAINER_EXITED
+	}, "container %s has not exited", id)
+	return st
 }
 
 // logOf returns the CRI log of a container, waiting for want to appear.
@@ -139,13 +136,10 @@ func (e *env) logOf(t *testing.T, p *pod, name, want string) string {
 	t.Helper()
 	path := filepath.Join(p.cfg.LogDirectory, name+".log")
 	var data []byte
-	for range 100 {
+	testutil.Poll(10*time.Second, func() bool {
 		data, _ = os.ReadFile(path)
-		if strings.Contains(string(data), want) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return strings.Contains(string(data), want)
+	})
 	return string(data)
 }
 

@@ -171,16 +171,10 @@ func (e *env) close() {
 }
 
 func waitSocket(path string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not appear in %s", path, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if testutil.Poll(timeout, func() bool { _, err := os.Stat(path); return err == nil }) {
+		return nil
 	}
+	return fmt.Errorf("%s did not appear in %s", path, timeout)
 }
 
 type syncWriter struct {

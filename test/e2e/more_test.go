@@ -70,32 +70,26 @@ func TestUpdateResourcesAndStats(t *testing.T) {
 		t.Errorf("memory limit seen in the container = %q, want %d", got, 96<<20)
 	}
 	var stats *runtime.ContainerStats
-	for range 50 { // CRI collects stats asynchronously
+	testutil.Poll(10*time.Second, func() bool { // CRI collects stats asynchronously
 		resp, err := e.rt.ContainerStats(ctx, &runtime.ContainerStatsRequest{ContainerId: cid})
 		if err != nil {
 			t.Fatalf("ContainerStats: %v", err)
 		}
 		stats = resp.Stats
-		if stats.GetMemory().GetWorkingSetBytes().GetValue() > 0 && stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() > 0 {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return stats.GetMemory().GetWorkingSetBytes().GetValue() > 0 && stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() > 0
+	})
 	if stats.GetMemory().GetWorkingSetBytes().GetValue() == 0 || stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 {
 		t.Errorf("container stats have no usage: %v", stats)
 	}
 	var pst *runtime.PodSandboxStats
-	for range 50 {
+	testutil.Poll(10*time.Second, func() bool {
 		resp, err := e.rt.PodSandboxStats(ctx, &runtime.PodSandboxStatsRequest{PodSandboxId: p.id})
 		if err != nil {
 			t.Fatalf("PodSandboxStats: %v", err)
 		}
 		pst = resp.Stats
-		if pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() > 0 {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() > 0
+	})
 	if pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() == 0 {
 		t.Errorf("pod stats (Controller.Metrics) have no memory usage: %v", pst)
 	}
@@ -240,12 +234,7 @@ func TestSandboxerRestart(t *testing.T) {
 	if st.ExitCode != 137 && st.ExitCode != 255 {
 		t.Errorf("container after the sandboxer restart: exit %d, want 137 or 255", st.ExitCode)
 	}
-	for range 50 {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testutil.Poll(5*time.Second, func() bool { _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); return err != nil })
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 		t.Errorf("container process %d reported exited but still runs", pid)
 	}

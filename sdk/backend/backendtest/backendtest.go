@@ -155,19 +155,19 @@ func (s *suite) setup(t *testing.T) *env {
 
 // run creates and starts a container running script with its stdout
 // captured.
-func (x *env) run(t *testing.T, script string) (string, *capture) {
+func (x *env) run(t *testing.T, script string) (string, *testutil.Capture) {
 	t.Helper()
 	return x.runIn(t, x.sb, script)
 }
 
-func (x *env) runIn(t *testing.T, sb, script string) (string, *capture) {
+func (x *env) runIn(t *testing.T, sb, script string) (string, *testutil.Capture) {
 	t.Helper()
 	dir := t.TempDir()
 	id := uniqueID("c")
 	spec := x.w.Bundle(t, dir, script)
-	out := newCapture(t, t.TempDir(), "stdout")
+	out := testutil.NewCapture(t, t.TempDir(), "stdout")
 	if _, err := x.e.CreateContainer(context.Background(), sb, engine.ContainerSpec{
-		ID: id, Bundle: dir, Spec: spec, Stdio: backend.Stdio{Stdout: out.path},
+		ID: id, Bundle: dir, Spec: spec, Stdio: backend.Stdio{Stdout: out.Path()},
 	}); err != nil {
 		t.Fatalf("create container: %v", err)
 	}
@@ -178,11 +178,11 @@ func (x *env) runIn(t *testing.T, sb, script string) (string, *capture) {
 }
 
 // exec adds a process running script to container id and starts it.
-func (x *env) exec(t *testing.T, id, execID, script string) *capture {
+func (x *env) exec(t *testing.T, id, execID, script string) *testutil.Capture {
 	t.Helper()
-	out := newCapture(t, t.TempDir(), "exec")
+	out := testutil.NewCapture(t, t.TempDir(), "exec")
 	if _, err := x.e.Exec(context.Background(), x.sb, engine.ExecSpec{
-		ContainerID: id, ExecID: execID, Process: x.w.Process(script), Stdio: backend.Stdio{Stdout: out.path},
+		ContainerID: id, ExecID: execID, Process: x.w.Process(script), Stdio: backend.Stdio{Stdout: out.Path()},
 	}); err != nil {
 		t.Fatalf("exec: %v", err)
 	}

@@ -80,7 +80,7 @@ func checkOutputAndExitCode(t *testing.T, s *suite) {
 	if st.ExitedAt.IsZero() {
 		t.Error("exited_at not set")
 	}
-	if got := out.until("hello from conformance", outputTimeout); !strings.Contains(got, "hello from conformance") {
+	if got := out.Until("hello from conformance", outputTimeout); !strings.Contains(got, "hello from conformance") {
 		t.Errorf("stdout = %q", got)
 	}
 	ps, err := x.e.State(ctx, x.sb, id, "")
@@ -122,7 +122,7 @@ func checkExec(t *testing.T, s *suite) {
 	if st.Code != 7 {
 		t.Errorf("exec exit code = %d, want 7", st.Code)
 	}
-	if got := out.until("from exec", outputTimeout); !strings.Contains(got, "from exec") {
+	if got := out.Until("from exec", outputTimeout); !strings.Contains(got, "from exec") {
 		t.Errorf("exec stdout = %q", got)
 	}
 	if _, err := x.e.Delete(ctx, x.sb, id, "probe"); err != nil {
@@ -181,8 +181,8 @@ func checkStdin(t *testing.T, s *suite) {
 		t.Skip("kind has no stdin")
 	}
 	ctx := context.Background()
-	out := newCapture(t, t.TempDir(), "stdout")
-	id, in := x.startWithStdin(t, "cat; echo EOF-MARK; exit 4", backend.Stdio{Stdin: filepath.Join(t.TempDir(), "stdin"), Stdout: out.path})
+	out := testutil.NewCapture(t, t.TempDir(), "stdout")
+	id, in := x.startWithStdin(t, "cat; echo EOF-MARK; exit 4", backend.Stdio{Stdin: filepath.Join(t.TempDir(), "stdin"), Stdout: out.Path()})
 	data := strings.Repeat("0123456789abcdef", 8192) // 128 KiB: more than a pipe holds
 	if _, err := io.WriteString(in, data+"\n"); err != nil {
 		t.Fatal(err)
@@ -194,7 +194,7 @@ func checkStdin(t *testing.T, s *suite) {
 	if st := x.wait(t, id, ""); st.Code != 4 {
 		t.Errorf("exit code = %d, want 4", st.Code)
 	}
-	if got := out.until("EOF-MARK\n", outputTimeout); got != data+"\nEOF-MARK\n" {
+	if got := out.Until("EOF-MARK\n", outputTimeout); got != data+"\nEOF-MARK\n" {
 		t.Errorf("stdout has %d bytes ending %q, want %d bytes and EOF-MARK", len(got), got[max(0, len(got)-20):], len(data)+10)
 	}
 	if _, err := x.e.Delete(ctx, x.sb, id, ""); err != nil {
@@ -210,8 +210,8 @@ func checkTerminal(t *testing.T, s *suite) {
 		t.Skip("kind has no terminal or the workload no shell")
 	}
 	ctx := context.Background()
-	out := newCapture(t, t.TempDir(), "tty")
-	id, in := x.startWithStdin(t, "read line; stty size; tty; echo got $line", backend.Stdio{Stdin: filepath.Join(t.TempDir(), "stdin"), Stdout: out.path, Terminal: true})
+	out := testutil.NewCapture(t, t.TempDir(), "tty")
+	id, in := x.startWithStdin(t, "read line; stty size; tty; echo got $line", backend.Stdio{Stdin: filepath.Join(t.TempDir(), "stdin"), Stdout: out.Path(), Terminal: true})
 	if err := x.e.ResizePTY(ctx, x.sb, id, "", 100, 30); err != nil {
 		t.Fatalf("resize: %v", err)
 	}
@@ -221,7 +221,7 @@ func checkTerminal(t *testing.T, s *suite) {
 	if st := x.wait(t, id, ""); st.Code != 0 {
 		t.Errorf("exit code = %d, want 0", st.Code)
 	}
-	got := out.until("got hello", outputTimeout)
+	got := out.Until("got hello", outputTimeout)
 	for _, want := range []string{"30 100", "/dev/pts/", "got hello"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("terminal output %q lacks %q", got, want)

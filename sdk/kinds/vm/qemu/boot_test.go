@@ -234,12 +234,10 @@ func TestRecoverWaitsForExit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	// The pid file appears once QEMU has initialised.
-	for {
-		if _, err := os.Stat(filepath.Join(cfg.Dir, PidFile)); err == nil || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(cfg.Dir, PidFile))
+		return err == nil
+	})
 	r, err := New(Options{}).Recover(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

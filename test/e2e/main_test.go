@@ -22,6 +22,7 @@ import (
 
 // env is the shared containerd + sandboxer for all tests of the package.
 type env struct {
+	base      string // the run's directory, removed by close
 	ctrd      *harness.Containerd
 	rt        runtime.RuntimeServiceClient
 	img       runtime.ImageServiceClient
@@ -117,7 +118,7 @@ func start(binDir string) (_ *env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{stateDir: filepath.Join(base, "sbstate"), runDir: filepath.Join(base, "sbrun"), logDir: filepath.Join(base, "logs")}
+	e := &env{base: base, stateDir: filepath.Join(base, "sbstate"), runDir: filepath.Join(base, "sbrun"), logDir: filepath.Join(base, "logs")}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -167,6 +168,10 @@ func (e *env) close() {
 	}
 	if os.Getenv("MAGNETAR_E2E_LOGS") == "1" && e.sbLog != nil {
 		fmt.Fprintf(os.Stderr, "--- sandboxer log ---\n%s\n", e.sbLog)
+	}
+	// Leave nothing in /tmp.
+	if err := harness.RemoveTree(e.base); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 	}
 }
 

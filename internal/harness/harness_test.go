@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -115,24 +114,6 @@ func TestUnescapeMount(t *testing.T) {
 	}
 }
 
-// syncBuffer collects containerd's log for failure reports.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // requireHarness skips unless the machine can run a private containerd;
 // with MAGNETAR_E2E_REQUIRED=1 (make test-e2e) it fails instead.
 func requireHarness(t *testing.T) string {
@@ -160,7 +141,7 @@ func TestRuncPod(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	var log syncBuffer
+	var log testutil.Buffer // containerd's log, for failure reports
 	c, err := Start(ctx, Options{BinDir: binDir, LogWriter: &log})
 	if err != nil {
 		t.Fatal(err)

@@ -1,12 +1,10 @@
 package testutil
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,9 +15,8 @@ import (
 // Capture is a FIFO whose writes are collected, like containerd's CRI log
 // FIFOs: give its Path to a process as stdout or stderr.
 type Capture struct {
+	Buffer
 	path string
-	mu   sync.Mutex
-	buf  bytes.Buffer
 }
 
 // NewCapture creates a FIFO named name in dir and copies everything
@@ -45,20 +42,6 @@ func NewCapture(t testing.TB, dir, name string) *Capture {
 
 // Path is the FIFO's path.
 func (c *Capture) Path() string { return c.path }
-
-// Write adds to what was captured.
-func (c *Capture) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.Write(p)
-}
-
-// String returns what was captured so far.
-func (c *Capture) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.String()
-}
 
 // Until returns what was captured once it contains want, or after timeout
 // (see [Poll]). Output is in the FIFO when an exit is reported, but this

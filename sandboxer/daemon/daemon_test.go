@@ -75,7 +75,13 @@ func startDaemon(t *testing.T, cfg Config, backends ...backend.Backend) (sandbox
 		})
 	}
 	t.Cleanup(stop)
+	return dialDaemon(t, cfg, done), stop
+}
 
+// dialDaemon waits until the daemon's socket accepts connections (failing
+// the test if the daemon exits first) and returns a client.
+func dialDaemon(t *testing.T, cfg Config, done <-chan error) sandboxapi.ControllerClient {
+	t.Helper()
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		if c, err := net.Dial("unix", cfg.Listen); err == nil {
 			c.Close()
@@ -88,7 +94,7 @@ func startDaemon(t *testing.T, cfg Config, backends ...backend.Backend) (sandbox
 		}
 		return false
 	}, "daemon socket never came up")
-	return clientFor(t, cfg), stop
+	return clientFor(t, cfg)
 }
 
 // clientFor checks the daemon's socket and connects to it as containerd's

@@ -110,23 +110,6 @@ func TestRuncThroughContainerdAPIs(t *testing.T) {
 	}
 }
 
-// dialDaemon waits for the daemon's socket and returns a client.
-func dialDaemon(t *testing.T, cfg Config, done <-chan error) sandboxapi.ControllerClient {
-	t.Helper()
-	testutil.Eventually(t, 10*time.Second, func() bool {
-		if _, err := os.Stat(cfg.Listen); err == nil {
-			return true
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("daemon exited: %v", err)
-		default:
-		}
-		return false
-	}, "daemon socket never came up")
-	return clientFor(t, cfg)
-}
-
 // busyboxBundle writes a bundle whose rootfs is the host's static busybox
 // and whose process runs script.
 func busyboxBundle(t *testing.T, script string) string {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -29,7 +28,7 @@ type env struct {
 	stateDir  string
 	runDir    string
 	sandboxer *exec.Cmd
-	sbLog     *bytes.Buffer
+	sbLog     *testutil.Buffer
 	sbDone    chan struct{}
 	logDir    string
 	binDir    string
@@ -47,7 +46,7 @@ func (e *env) startSandboxer() error {
 		"--log-level", "debug",
 		"--vm-guest-dir", e.guestDir(),
 	)
-	e.sandboxer.Stdout = &syncWriter{w: e.sbLog}
+	e.sandboxer.Stdout = e.sbLog
 	e.sandboxer.Stderr = e.sandboxer.Stdout
 	if err := e.sandboxer.Start(); err != nil {
 		return err
@@ -124,17 +123,17 @@ func start(binDir string) (_ *env, err error) {
 			e.close()
 		}
 	}()
-	ctrdLog := &bytes.Buffer{}
+	ctrdLog := &testutil.Buffer{}
 	e.ctrd, err = harness.Start(ctx, harness.Options{
 		BinDir:    binDir,
 		ShimPath:  filepath.Join(binDir, "containerd-shim-magnetar-v2"),
-		LogWriter: &syncWriter{w: ctrdLog},
+		LogWriter: ctrdLog,
 	})
 	if err != nil {
 		return nil, err
 	}
 	e.binDir = binDir
-	e.sbLog = &bytes.Buffer{}
+	e.sbLog = &testutil.Buffer{}
 	if err := e.startSandboxer(); err != nil {
 		return nil, err
 	}
@@ -180,17 +179,6 @@ func waitSocket(path string, timeout time.Duration) error {
 		return nil
 	}
 	return fmt.Errorf("%s did not appear in %s", path, timeout)
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }
 
 // guestDir is where `make guest` puts the microVM guest image.

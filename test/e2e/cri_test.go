@@ -217,11 +217,7 @@ func TestRemoveLeavesNothing(t *testing.T) {
 	e := setup(t)
 	p := e.runPod(t, false)
 	cid := e.startContainer(t, p, "sleeper", "sleep 600")
-	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: cid, Verbose: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := infoPid(t, resp.Info["info"])
+	pid := e.containerPid(t, cid)
 	sb, err := e.api().GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
 	if err != nil {
 		t.Fatal(err)
@@ -358,6 +354,17 @@ func assertNoPodProcesses(t *testing.T) {
 			t.Errorf("unexpected per-pod process %s: %q", ent.Name(), args)
 		}
 	}
+}
+
+// containerPid is the host pid of container cid's init, from CRI's verbose
+// status.
+func (e *env) containerPid(t *testing.T, cid string) int {
+	t.Helper()
+	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: cid, Verbose: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return infoPid(t, resp.Info["info"])
 }
 
 func infoPid(t *testing.T, info string) int {

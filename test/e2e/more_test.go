@@ -102,23 +102,7 @@ func TestExecWithTTY(t *testing.T) {
 	}
 	p := e.runPod(t, false)
 	cid := e.startContainer(t, p, "tty", "sleep 600")
-	// script gives crictl a pseudo-terminal, as a user's shell would.
-	bin, _ := harness.DefaultBinDir()
-	crictl := filepath.Join(bin, "crictl")
-	cmd := exec.CommandContext(ctxT(t), "script", "-qec",
-		fmt.Sprintf("%s --config %s exec -it %s sh -c 'tty; test -t 0 && echo stdin-is-a-tty'", crictl, e.ctrd.CrictlConfig(), cid), "/dev/null")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("crictl exec -it: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "stdin-is-a-tty") {
-		t.Errorf("exec with a terminal printed %q; want a /dev/pts/N and stdin-is-a-tty", out)
-	}
-	// Without -t there is no terminal.
-	out, err = e.ctrd.Crictl(ctxT(t), "exec", cid, "sh", "-c", "tty || true")
-	if err != nil || !strings.Contains(string(out), "not a tty") {
-		t.Errorf("exec without a terminal: %q, %v; want 'not a tty'", out, err)
-	}
+	e.checkExecTerminal(t, cid)
 }
 
 func TestAttach(t *testing.T) {
@@ -217,11 +201,7 @@ func TestSandboxerRestart(t *testing.T) {
 	e := setup(t)
 	p := e.runPod(t, false)
 	cid := e.startContainer(t, p, "survivor", "sleep 600")
-	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: cid, Verbose: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := infoPid(t, resp.Info["info"])
+	pid := e.containerPid(t, cid)
 
 	e.stopSandboxer()
 	if err := e.startSandboxer(); err != nil {
@@ -279,4 +259,26 @@ func (e *env) api() sandboxv1connect.SandboxServiceClient {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
 	return sandboxv1connect.NewSandboxServiceClient(connect.NewClient(connecthttp.NewTransport(hc, "http://magnetar")))
+}
+
+// checkExecTerminal: crictl exec -it gives the process a pty as its stdin
+// (script gives crictl a pseudo-terminal, as a user's shell would), and
+// without -t there is none.
+func (e *env) checkExecTerminal(t *testing.T, cid string) {
+	t.Helper()
+	bin, _ := harness.DefaultBinDir()
+	crictl := filepath.Join(bin, "crictl")
+	cmd := exec.CommandContext(ctxT(t), "script", "-qec",
+		fmt.Sprintf("%s --config %s exec -it %s sh -c 'tty; test -t 0 && echo stdin-is-a-tty'", crictl, e.ctrd.CrictlConfig(), cid), "/dev/null")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("crictl exec -it: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "stdin-is-a-tty") {
+		t.Errorf("exec with a terminal printed %q; want a /dev/pts/N and stdin-is-a-tty", out)
+	}
+	out, err = e.ctrd.Crictl(ctxT(t), "exec", cid, "sh", "-c", "tty || true")
+	if err != nil || !strings.Contains(string(out), "not a tty") {
+		t.Errorf("exec without a terminal: %q, %v; want 'not a tty'", out, err)
+	}
 }

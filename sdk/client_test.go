@@ -38,7 +38,7 @@ func dial(t *testing.T, sock string, opts ...sdk.Option) *sdk.Client {
 }
 
 func TestDialSandboxLifecycle(t *testing.T) {
-	sock := apitest.Serve(t, apitest.Stub())
+	sock := apitest.Serve(t, apitest.Stub{})
 	for name, opts := range protocols {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -76,7 +76,7 @@ func TestDialSandboxLifecycle(t *testing.T) {
 }
 
 func TestErrorClasses(t *testing.T) {
-	sock := apitest.Serve(t, apitest.Stub())
+	sock := apitest.Serve(t, apitest.Stub{})
 	for name, opts := range protocols {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
@@ -124,7 +124,7 @@ func TestErrorClasses(t *testing.T) {
 
 func TestDialAddresses(t *testing.T) {
 	ctx := context.Background()
-	sock := apitest.Serve(t, apitest.Stub())
+	sock := apitest.Serve(t, apitest.Stub{})
 	if c, err := sdk.Dial(ctx, sock); err != nil { // a bare path
 		t.Errorf("Dial(%s) = %v", sock, err)
 	} else if _, err := c.Kinds(ctx); err != nil {

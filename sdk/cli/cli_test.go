@@ -37,7 +37,7 @@ func run(t *testing.T, sock, stdin string, args ...string) result {
 }
 
 func TestKinds(t *testing.T) {
-	sock := apitest.Serve(t, apitest.Stub())
+	sock := apitest.Serve(t, apitest.Stub{})
 	r := run(t, sock, "", "kinds")
 	if r.code != 0 || !strings.Contains(r.stdout, "KIND") || !strings.Contains(r.stdout, "stub") || !strings.Contains(r.stdout, "yes") {
 		t.Errorf("kinds = %+v", r)
@@ -101,7 +101,7 @@ func TestUsage(t *testing.T) {
 }
 
 func TestSandboxCommands(t *testing.T) {
-	sock := apitest.Serve(t, apitest.Stub())
+	sock := apitest.Serve(t, apitest.Stub{})
 	if r := run(t, sock, "", "sandbox", "create", "--kind", "stub", "--id", "pod1", "--label", "app=web"); r.code != 0 || r.stdout != "pod1\n" {
 		t.Fatalf("sandbox create = %+v", r)
 	}

@@ -18,7 +18,7 @@ import (
 func TestEmbeddedWithBackends(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	c, err := embedded.New(ctx, embedded.WithStateDir(dir), embedded.WithBackends(apitest.Stub()))
+	c, err := embedded.New(ctx, embedded.WithStateDir(dir), embedded.WithBackends(apitest.Stub{}))
 	if err != nil {
 		t.Fatal(err)
 	}

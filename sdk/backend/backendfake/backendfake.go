@@ -156,12 +156,11 @@ func (b *Backend) Create(_ context.Context, cfg backend.SandboxConfig) (backend.
 	if err := b.usable(); err != nil {
 		return nil, err
 	}
+	// The engine keeps IDs unique; one left by an engine that went away
+	// without deleting it is replaced.
 	h := b.cfg.Host
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, dup := h.sandboxes[cfg.ID]; dup {
-		return nil, fmt.Errorf("fake sandbox %q: %w", cfg.ID, errdefs.ErrAlreadyExists)
-	}
 	s := b.newSandbox(cfg.ID)
 	h.sandboxes[cfg.ID] = s
 	b.mu.Lock()

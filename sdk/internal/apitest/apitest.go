@@ -99,8 +99,27 @@ func BusyboxArchive(t testing.TB, name string) string {
 // StubKind is the kind name of [Stub].
 const StubKind = "stub"
 
-// Stub returns a sandbox kind for tests that need no root: a
-// [backendfake.Backend] named StubKind.
-func Stub() *backendfake.Backend {
+// Stub is a sandbox kind for tests that need no root: the in-memory
+// backendfake under the name StubKind. The zero value is ready to use;
+// every Stub runs its sandboxes on one fake host.
+type Stub struct{}
+
+var stub = sync.OnceValue(func() *backendfake.Backend {
 	return backendfake.New(backendfake.Config{Kind: StubKind})
+})
+
+// Info describes the stub kind.
+func (Stub) Info() backend.Info { return stub().Info() }
+
+// Check always succeeds.
+func (Stub) Check(ctx context.Context) error { return stub().Check(ctx) }
+
+// Create makes a fake sandbox.
+func (Stub) Create(ctx context.Context, cfg backend.SandboxConfig) (backend.Sandbox, error) {
+	return stub().Create(ctx, cfg)
+}
+
+// Recover re-attaches to a fake sandbox.
+func (Stub) Recover(ctx context.Context, cfg backend.SandboxConfig, state []byte) (backend.Sandbox, error) {
+	return stub().Recover(ctx, cfg, state)
 }

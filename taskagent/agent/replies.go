@@ -81,12 +81,13 @@ func (l *replyListener) Accept() (net.Conn, error) {
 	return &replyConn{Conn: c, r: l.r}, nil
 }
 
-// replyConn follows the ttrpc frames written to it (ttrpc writes from one
-// goroutine per connection) and counts each response once it is written.
+// replyConn follows the ttrpc frames written to it and counts each
+// response once it is written.
 type replyConn struct {
 	net.Conn
 	r *replies
 
+	mu   sync.Mutex // ttrpc writes from one goroutine; this makes sure
 	hdr  [ttrpcHeaderLen]byte
 	have int    // header bytes collected of the frame being written
 	left uint32 // payload bytes of that frame still to come
@@ -94,11 +95,15 @@ type replyConn struct {
 }
 
 func (c *replyConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n, err := c.Conn.Write(p)
 	c.follow(p[:n])
 	return n, err
 }
 
+// follow reads the frames in p, the continuation of what was written;
+// c.mu is held.
 func (c *replyConn) follow(p []byte) {
 	for len(p) > 0 {
 		if c.have < ttrpcHeaderLen {

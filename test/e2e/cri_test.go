@@ -120,14 +120,16 @@ func (e *env) start(t testing.TB, p *pod, cfg *runtime.ContainerConfig) string {
 func (e *env) waitExited(t testing.TB, id string) *runtime.ContainerStatus {
 	t.Helper()
 	var st *runtime.ContainerStatus
-	testutil.Eventually(t, 60*time.Second, func() bool {
+	if !testutil.Poll(60*time.Second, func() bool {
 		resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: id})
 		if err != nil {
 			t.Fatalf("ContainerStatus: %v", err)
 		}
 		st = resp.Status
 		return st.State == runtime.ContainerState_CONTAINER_EXITED
-	}, "container %s has not exited", id)
+	}) {
+		t.Fatalf("container %s still %s after 60s", id, st.State)
+	}
 	return st
 }
 

@@ -295,7 +295,9 @@ func checkPauseResume(t *testing.T, s *suite) {
 	id, out := x.run(t, script)
 	lines := func() int { return strings.Count(out.String(), "\n") }
 	if ticks {
-		testutil.Eventually(t, outputTimeout, func() bool { return lines() >= 2 }, "no ticks before pause: %q", out.String())
+		if !testutil.Poll(outputTimeout, func() bool { return lines() >= 2 }) {
+			t.Fatalf("no ticks before pause: %q", out.String())
+		}
 	}
 	if err := x.e.Pause(ctx, x.sb, id); err != nil {
 		t.Fatalf("pause: %v", err)
@@ -320,7 +322,9 @@ func checkPauseResume(t *testing.T, s *suite) {
 	}
 	if ticks {
 		n := lines()
-		testutil.Eventually(t, outputTimeout, func() bool { return lines() >= n+2 }, "resumed container prints nothing: %q", out.String())
+		if !testutil.Poll(outputTimeout, func() bool { return lines() >= n+2 }) {
+			t.Errorf("resumed container prints nothing more: %q", out.String())
+		}
 	}
 	if err := x.e.Kill(ctx, x.sb, id, "", syscall.SIGKILL, false); err != nil {
 		t.Fatalf("kill: %v", err)

@@ -446,14 +446,23 @@ func (c *Containerd) cleanup(ctx context.Context) error {
 		if dir == "" || (dir == c.sockDir && !c.ownSockDir) {
 			continue
 		}
-		if err := unmountUnder(dir); err != nil {
-			errs = append(errs, err)
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			errs = append(errs, fmt.Errorf("harness: remove %s: %w", dir, err))
-		}
+		errs = append(errs, RemoveTree(dir))
 	}
 	return errors.Join(errs...)
+}
+
+// RemoveTree unmounts every mount point at or below dir (lazily, deepest
+// first), then removes dir, so that the removal cannot reach through a
+// mount into what it shows. A test's directory left with a sandbox's
+// mounts in it goes this way.
+func RemoveTree(dir string) error {
+	if err := unmountUnder(dir); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("harness: remove %s: %w", dir, err)
+	}
+	return nil
 }
 
 // podCgroupParent returns the cgroup parent of pod id; ok is false if id

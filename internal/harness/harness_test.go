@@ -11,10 +11,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 func TestRenderConfig(t *testing.T) {
@@ -113,45 +114,22 @@ func TestUnescapeMount(t *testing.T) {
 	}
 }
 
-// syncBuffer collects containerd's log for failure reports.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // requireHarness skips unless the machine can run a private containerd;
 // with MAGNETAR_E2E_REQUIRED=1 (make test-e2e) it fails instead.
 func requireHarness(t *testing.T) string {
 	t.Helper()
-	skip := t.Skip
-	if os.Getenv("MAGNETAR_E2E_REQUIRED") == "1" {
-		skip = t.Fatal
-	}
 	if testing.Short() {
 		t.Skip("starts a real containerd; skipped with -short")
 	}
 	binDir, err := DefaultBinDir()
 	if err != nil {
-		skip(err)
+		testutil.SkipOrFail(t, "%v", err)
 	}
 	if err := CheckPrerequisites(binDir); err != nil {
-		skip(fmt.Sprintf("%v\n(as root: `make deps tools`, then `go test ./internal/harness/`)", err))
+		testutil.SkipOrFail(t, "%v\n(as root: `make deps tools`, then `go test ./internal/harness/`)", err)
 	}
-	if _, err := exec.LookPath("go"); err != nil {
-		skip("the go command is needed to build the pause image")
-	}
+	_, err = exec.LookPath("go")
+	testutil.Require(t, err == nil, "the go command is needed to build the pause image")
 	return binDir
 }
 
@@ -163,7 +141,7 @@ func TestRuncPod(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	var log syncBuffer
+	var log testutil.Buffer // containerd's log, for failure reports
 	c, err := Start(ctx, Options{BinDir: binDir, LogWriter: &log})
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/magnetar-io/magnetar/internal/testutil/prereq"
 )
 
 // entry is the part of a tar header the tests compare.
@@ -404,7 +406,7 @@ func TestRefName(t *testing.T) {
 func requireBusybox(t *testing.T) {
 	t.Helper()
 	if err := checkStatic(DefaultBusybox); err != nil {
-		t.Skipf("no static busybox (run `make deps`): %v", err)
+		prereq.SkipOrFail(t, "no static busybox (run `make deps`): %v", err)
 	}
 }
 

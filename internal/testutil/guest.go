@@ -2,23 +2,37 @@ package testutil
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/magnetar-io/magnetar/internal/testutil/prereq"
 )
 
 // SkipOrFail skips the test with the message, or fails it when
 // MAGNETAR_E2E_REQUIRED=1 (CI), so that missing prerequisites cannot
-// silently skip what must run.
+// silently skip what must run. Every skip for a missing prerequisite (root,
+// runc, overlay, QEMU, the guest image, ...) goes through it or [Require].
 func SkipOrFail(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("MAGNETAR_E2E_REQUIRED") == "1" {
-		t.Fatal(msg + " (MAGNETAR_E2E_REQUIRED=1)")
+	prereq.SkipOrFail(t, format, args...)
+}
+
+// Require skips the test (see [SkipOrFail]) unless ok; what names the
+// missing prerequisite ("needs root (mounts)", "no runsc in PATH", ...).
+func Require(t testing.TB, ok bool, format string, args ...any) {
+	t.Helper()
+	if !ok {
+		SkipOrFail(t, format, args...)
 	}
-	t.Skip(msg)
+}
+
+// RequireRoot skips the test (see [SkipOrFail]) unless it runs as root;
+// why says what root is needed for.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	Require(t, os.Geteuid() == 0, "needs root (%s)", why)
 }
 
 // GuestImage returns the microVM guest image (kernel and initramfs of

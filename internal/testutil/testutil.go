@@ -19,19 +19,28 @@ import (
 	"github.com/magnetar-io/magnetar/internal/ociimage"
 )
 
-// RequireRunc skips the test unless it runs as root with runc and Debian's
-// static busybox installed (`make deps`).
+// RequireRunc skips the test (see [SkipOrFail]) unless it runs as root
+// with runc and Debian's static busybox installed (`make deps`).
 func RequireRunc(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for runc")
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("runc not installed (make deps)")
-	}
-	if _, err := os.Stat(ociimage.DefaultBusybox); err != nil {
-		t.Skip("busybox-static not installed (make deps)")
-	}
+	RequireRoot(t, "runc")
+	RequireBinary(t, "runc")
+	RequireBusybox(t)
+}
+
+// RequireBinary skips the test (see [SkipOrFail]) unless name is in PATH.
+func RequireBinary(t testing.TB, name string) {
+	t.Helper()
+	_, err := exec.LookPath(name)
+	Require(t, err == nil, "%s not installed (make deps): %v", name, err)
+}
+
+// RequireBusybox skips the test (see [SkipOrFail]) unless Debian's static
+// busybox is installed (`make deps`).
+func RequireBusybox(t testing.TB) {
+	t.Helper()
+	_, err := os.Stat(ociimage.DefaultBusybox)
+	Require(t, err == nil, "busybox-static not installed (make deps): %v", err)
 }
 
 // BusyboxRootfs builds a busybox root file system in dir and returns dir.
@@ -68,7 +77,7 @@ func BusyboxBundle(t testing.TB, dir, script string) *specs.Spec {
 	return spec
 }
 
-// RequireOverlay skips the test unless an overlay file system can be
+// RequireOverlay skips the test (see [SkipOrFail]) unless an overlay file system can be
 // mounted in a temporary directory (it cannot on overlayfs itself, for
 // example). Containers made from images need one.
 func RequireOverlay(t testing.TB) {
@@ -81,7 +90,7 @@ func RequireOverlay(t testing.TB) {
 	}
 	opts := "lowerdir=" + filepath.Join(d, "l") + ",upperdir=" + filepath.Join(d, "u") + ",workdir=" + filepath.Join(d, "w")
 	if err := unix.Mount("overlay", filepath.Join(d, "m"), "overlay", 0, opts); err != nil {
-		t.Skipf("overlay mounts do not work here: %v", err)
+		SkipOrFail(t, "overlay mounts do not work here: %v", err)
 	}
 	_ = unix.Unmount(filepath.Join(d, "m"), unix.MNT_DETACH)
 }

@@ -26,7 +26,8 @@ func Poll(timeout time.Duration, cond func() bool) bool {
 }
 
 // Eventually fails the test with the message unless cond returns true
-// within timeout (see [Poll]).
+// within timeout (see [Poll]). The message's arguments are evaluated
+// before the wait: for what cond saw last, use Poll and fail yourself.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
 	t.Helper()
 	if !Poll(timeout, cond) {

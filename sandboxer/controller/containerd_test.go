@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 )
 
@@ -240,10 +241,7 @@ func TestForwarderRetries(t *testing.T) {
 
 	rec := serveEvents(t, path)
 
-	deadline := time.Now().Add(10 * time.Second)
-	for len(rec.topics()) < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(10*time.Second, func() bool { return len(rec.topics()) >= 2 })
 	if got := strings.Join(rec.topics(), " "); got != "/tasks/start /tasks/oom" {
 		t.Errorf("forwarded %q", got)
 	}
@@ -282,16 +280,13 @@ func TestForwarderHoldsExit(t *testing.T) {
 	src.ch <- engine.Event{Topic: engine.TopicTaskDelete, Namespace: "k8s.io", ContainerID: "plain"}
 
 	waitTopics := func(n int) string {
-		deadline := time.Now().Add(10 * time.Second)
-		for len(rec.topics()) < n && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testutil.Poll(10*time.Second, func() bool { return len(rec.topics()) >= n })
 		return strings.Join(rec.topics(), " ")
 	}
 	if got := waitTopics(1); got != "/tasks/exit" {
 		t.Fatalf("before the release: forwarded %q, want only the first exit", got)
 	}
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // the observation: the held exit stays held
 	if got := strings.Join(rec.topics(), " "); got != "/tasks/exit" {
 		t.Fatalf("held exit went out early: %q", got)
 	}

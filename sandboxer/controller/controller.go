@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/magnetar-io/magnetar/internal/ctxutil"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 	"github.com/magnetar-io/magnetar/sdk/taskservice"
 )
@@ -224,15 +225,8 @@ func (c *Controller) Stop(ctx context.Context, req *sandboxapi.ControllerStopReq
 // Wait blocks until the sandbox has exited. When the daemon shuts down, it
 // returns Unavailable, which containerd retries.
 func (c *Controller) Wait(ctx context.Context, req *sandboxapi.ControllerWaitRequest) (*sandboxapi.ControllerWaitResponse, error) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(context.Canceled)
-	go func() {
-		select {
-		case <-c.closing:
-			cancel(fmt.Errorf("sandboxer is shutting down: %w", errdefs.ErrUnavailable))
-		case <-ctx.Done():
-		}
-	}()
+	ctx, cancel := ctxutil.UntilClosed(ctx, c.closing, fmt.Errorf("sandboxer is shutting down: %w", errdefs.ErrUnavailable))
+	defer cancel()
 	st, err := c.eng.WaitSandbox(ctx, req.GetSandboxID())
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil && errdefs.IsUnavailable(cause) {

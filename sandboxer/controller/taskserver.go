@@ -108,9 +108,9 @@ type taskServer struct {
 	path     string
 	sockets  TaskSockets
 	listener *trackingListener
-	svc     *taskservice.Service
-	sio     *streamIO
-	srv     *ttrpc.Server
+	svc      *taskservice.Service
+	sio      *streamIO
+	srv      *ttrpc.Server
 	// streams serves containerd's Streaming service for the `streaming`
 	// io type next to the Task API.
 	streams *streamRegistry

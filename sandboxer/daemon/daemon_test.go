@@ -35,7 +35,9 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/backend/backendfake"
 )
 
 // testConfig is a config with every path in a fresh temp dir.
@@ -73,24 +75,26 @@ func startDaemon(t *testing.T, cfg Config, backends ...backend.Backend) (sandbox
 		})
 	}
 	t.Cleanup(stop)
+	return dialDaemon(t, cfg, done), stop
+}
 
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+// dialDaemon waits until the daemon's socket accepts connections (failing
+// the test if the daemon exits first) and returns a client.
+func dialDaemon(t *testing.T, cfg Config, done <-chan error) sandboxapi.ControllerClient {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		if c, err := net.Dial("unix", cfg.Listen); err == nil {
 			c.Close()
-			break
+			return true
 		}
 		select {
 		case err := <-done:
 			t.Fatalf("daemon exited: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("daemon socket never came up")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return clientFor(t, cfg), stop
+		return false
+	}, "daemon socket never came up")
+	return clientFor(t, cfg)
 }
 
 // clientFor checks the daemon's socket and connects to it as containerd's
@@ -205,6 +209,9 @@ func writeBundle(t *testing.T) string {
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Mkdir(filepath.Join(dir, "rootfs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	return dir
 }
 
@@ -216,7 +223,7 @@ func wantCode(t *testing.T, what string, err error, code codes.Code) {
 }
 
 func TestControllerRoundTrip(t *testing.T) {
-	fb := newFakeBackend(t, "fake")
+	fb := backendfake.New(backendfake.Config{})
 	client, _ := startDaemon(t, testConfig(t), fb)
 	ctx := k8sCtx(t)
 	const id = "0123456789abcdef"
@@ -224,7 +231,11 @@ func TestControllerRoundTrip(t *testing.T) {
 	if _, err := client.Create(ctx, createRequest(t, id, "magnetar-fake", testPod())); err != nil {
 		t.Fatalf("Create: %v", err)
 	}
-	got := fb.lastCreated(t)
+	created := fb.Created()
+	if len(created) == 0 {
+		t.Fatal("no sandbox was created")
+	}
+	got := created[len(created)-1]
 	if got.Namespace != "k8s.io" || got.Hostname != "pod-a" || got.NetNSPath != "/var/run/netns/cni-test" || got.CgroupParent != "/kubepods/pod-uid" {
 		t.Errorf("sandbox config: %+v", got)
 	}
@@ -250,7 +261,7 @@ func TestControllerRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	if start.GetVersion() != 3 || start.GetPid() != 4242 || start.GetLabels()["name"] != "pod_ns_uid_0" || start.GetCreatedAt() == nil {
+	if start.GetVersion() != 3 || start.GetPid() != backendfake.SandboxPid || start.GetLabels()["name"] != "pod_ns_uid_0" || start.GetCreatedAt() == nil {
 		t.Errorf("start response: %v", start)
 	}
 
@@ -268,7 +279,7 @@ func TestControllerRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.GetState() != "SANDBOX_READY" || st.GetAddress() != start.GetAddress() || st.GetVersion() != 3 || st.GetPid() != 4242 {
+	if st.GetState() != "SANDBOX_READY" || st.GetAddress() != start.GetAddress() || st.GetVersion() != 3 || st.GetPid() != backendfake.SandboxPid {
 		t.Errorf("status: %v", st)
 	}
 	if st.GetInfo()["magnetar.kind"] != "fake" || st.GetInfo()["fake.started"] != "yes" {
@@ -277,7 +288,7 @@ func TestControllerRoundTrip(t *testing.T) {
 	var info struct {
 		Pid uint32 `json:"pid"`
 	}
-	if err := json.Unmarshal([]byte(st.GetInfo()["info"]), &info); err != nil || info.Pid != 4242 {
+	if err := json.Unmarshal([]byte(st.GetInfo()["info"]), &info); err != nil || info.Pid != backendfake.SandboxPid {
 		t.Errorf("verbose info %q: %v", st.GetInfo()["info"], err)
 	}
 
@@ -354,7 +365,7 @@ func TestControllerRoundTrip(t *testing.T) {
 }
 
 func TestTaskLifecycle(t *testing.T) {
-	fb := newFakeBackend(t, "fake")
+	fb := backendfake.New(backendfake.Config{})
 	client, _ := startDaemon(t, testConfig(t), fb)
 	ctx := k8sCtx(t)
 	const id = "sb-task"
@@ -456,7 +467,7 @@ func TestTaskLifecycle(t *testing.T) {
 }
 
 func TestControllerBadInput(t *testing.T) {
-	client, _ := startDaemon(t, testConfig(t), newFakeBackend(t, "fake"))
+	client, _ := startDaemon(t, testConfig(t), backendfake.New(backendfake.Config{}))
 	ctx := k8sCtx(t)
 
 	_, err := client.Create(ctx, createRequest(t, "../x", "magnetar-fake", testPod()))
@@ -517,7 +528,7 @@ func TestDefaultKindAndHandlerMap(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.DefaultKind = "fake"
 	cfg.Containerd.Handlers = map[string]string{"gold": "fake"}
-	client, _ := startDaemon(t, cfg, newFakeBackend(t, "fake"))
+	client, _ := startDaemon(t, cfg, backendfake.New(backendfake.Config{}))
 	ctx := k8sCtx(t)
 	for _, h := range []string{"", "gold", "unmapped"} {
 		if _, err := client.Create(ctx, createRequest(t, "sb-"+h+"x", h, testPod())); err != nil {
@@ -563,7 +574,7 @@ func TestEventForwarding(t *testing.T) {
 	addr, events := serveFakeEvents(t)
 	cfg := testConfig(t)
 	cfg.Containerd.TTRPCAddress = "unix://" + addr
-	client, _ := startDaemon(t, cfg, newFakeBackend(t, "fake"))
+	client, _ := startDaemon(t, cfg, backendfake.New(backendfake.Config{}))
 	ctx := k8sCtx(t)
 	const id = "sb-events"
 	if _, err := client.Create(ctx, createRequest(t, id, "magnetar-fake", testPod())); err != nil {
@@ -616,7 +627,7 @@ func TestEventForwarding(t *testing.T) {
 
 func TestRestartKeepsTaskAddress(t *testing.T) {
 	cfg := testConfig(t)
-	client, stop := startDaemon(t, cfg, newFakeBackend(t, "fake"))
+	client, stop := startDaemon(t, cfg, backendfake.New(backendfake.Config{}))
 	ctx := k8sCtx(t)
 	const id = "sb-restart"
 	if _, err := client.Create(ctx, createRequest(t, id, "magnetar-fake", testPod())); err != nil {
@@ -633,6 +644,7 @@ func TestRestartKeepsTaskAddress(t *testing.T) {
 		_, err := client.Wait(ctx, &sandboxapi.ControllerWaitRequest{SandboxID: id})
 		waitErr <- err
 	}()
+	// No signal says the Wait reached the daemon: give it the time to.
 	time.Sleep(100 * time.Millisecond)
 	stop()
 	select {
@@ -642,7 +654,7 @@ func TestRestartKeepsTaskAddress(t *testing.T) {
 		t.Fatal("Wait did not return when the daemon stopped")
 	}
 
-	fb := newFakeBackend(t, "fake")
+	fb := backendfake.New(backendfake.Config{})
 	client, _ = startDaemon(t, cfg, fb)
 	st, err := client.Status(ctx, &sandboxapi.ControllerStatusRequest{SandboxID: id})
 	if err != nil {
@@ -651,8 +663,8 @@ func TestRestartKeepsTaskAddress(t *testing.T) {
 	if st.GetState() != "SANDBOX_READY" || st.GetAddress() != start.GetAddress() {
 		t.Errorf("after restart: state %s address %q, want READY at %q", st.GetState(), st.GetAddress(), start.GetAddress())
 	}
-	if len(fb.recovered) != 1 || fb.recovered[0] != id {
-		t.Errorf("recovered %v", fb.recovered)
+	if rec := fb.Recovered(); len(rec) != 1 || rec[0] != id {
+		t.Errorf("recovered %v", rec)
 	}
 	if _, err := dialTask(t, st.GetAddress()).Connect(ctx, &taskapi.ConnectRequest{}); err != nil {
 		t.Errorf("Task.Connect after restart: %v", err)

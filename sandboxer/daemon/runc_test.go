@@ -110,27 +110,6 @@ func TestRuncThroughContainerdAPIs(t *testing.T) {
 	}
 }
 
-// dialDaemon waits for the daemon's socket and returns a client.
-func dialDaemon(t *testing.T, cfg Config, done <-chan error) sandboxapi.ControllerClient {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(cfg.Listen); err == nil {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("daemon exited: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("daemon socket never came up")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return clientFor(t, cfg)
-}
-
 // busyboxBundle writes a bundle whose rootfs is the host's static busybox
 // and whose process runs script.
 func busyboxBundle(t *testing.T, script string) string {

@@ -14,6 +14,7 @@ import (
 	"github.com/magnetar-io/magnetar/gen/magnetar/container/v1/containerv1connect"
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1/sandboxv1connect"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/internal/testutil/wasmtest"
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -34,9 +35,7 @@ func TestMain(m *testing.M) {
 // StartContainer and WaitProcess of a module that exits at once, with the
 // compilation cache warm.
 func BenchmarkWasmContainerStartAPI(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("the wasm kind needs root")
-	}
+	testutil.RequireRoot(b, "the wasm kind")
 	module := wasmtest.Build(b, "minish")
 	rootfs := filepath.Join(b.TempDir(), "rootfs")
 	if err := os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755); err != nil {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/magnetar-io/magnetar/internal/ociimage"
+	"github.com/magnetar-io/magnetar/internal/testutil/prereq"
 	"github.com/magnetar-io/magnetar/sdk/embedded"
 )
 
@@ -41,6 +42,11 @@ func TestMain(m *testing.M) {
 	}
 	var skips []string
 	skip := func(name, why string) {
+		if prereq.Required() {
+			fmt.Fprintf(os.Stderr, "cannot run %s: %s (MAGNETAR_E2E_REQUIRED=1)\n", name, why)
+			os.RemoveAll(tmp)
+			os.Exit(1)
+		}
 		fmt.Fprintf(os.Stderr, "skipping %s: %s\n", name, why)
 		skips = append(skips, name)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/magnetar-io/magnetar/internal/ctxutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
@@ -136,22 +137,11 @@ func (e *Engine) Kinds(ctx context.Context) []KindInfo {
 // background runs fn in a goroutine owned by the engine, with a context that
 // ends when the engine closes.
 func (e *Engine) background(fn func(ctx context.Context)) {
-	ctx, cancel := context.WithCancel(context.Background())
-	e.wg.Add(2)
-	done := make(chan struct{})
-	go func() {
-		defer e.wg.Done()
-		select {
-		case <-e.closing:
-		case <-done:
-		}
-		cancel()
-	}()
-	go func() {
-		defer e.wg.Done()
-		defer close(done)
+	ctx, cancel := ctxutil.UntilClosed(context.Background(), e.closing, nil)
+	e.wg.Go(func() {
+		defer cancel()
 		fn(ctx)
-	}()
+	})
 }
 
 func (e *Engine) sandboxDir(id string) string {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -12,95 +11,13 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/backend/backendfake"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 )
 
-// fake is an in-memory backend: processes run until signalled.
-type fake struct {
-	mu         sync.Mutex
-	recovered  []string
-	ignoreTERM bool
-}
-
-func (f *fake) Info() backend.Info {
-	return backend.Info{Kind: "fake", Description: "in-memory", Isolation: backend.IsolationProcess}
-}
-func (f *fake) Check(context.Context) error { return nil }
-func (f *fake) Create(_ context.Context, cfg backend.SandboxConfig) (backend.Sandbox, error) {
-	return &fakeSandbox{f: f, stopped: make(chan struct{})}, nil
-}
-func (f *fake) Recover(_ context.Context, cfg backend.SandboxConfig, state []byte) (backend.Sandbox, error) {
-	f.mu.Lock()
-	f.recovered = append(f.recovered, cfg.ID+"="+string(state))
-	f.mu.Unlock()
-	return &fakeSandbox{f: f, stopped: make(chan struct{})}, nil
-}
-
-type fakeSandbox struct {
-	f       *fake
-	stopped chan struct{}
-	once    sync.Once
-}
-
-func (s *fakeSandbox) Start(context.Context) (backend.StartInfo, error) {
-	return backend.StartInfo{Pid: 0, Info: map[string]string{"phase": "started"}}, nil
-}
-func (s *fakeSandbox) Wait(ctx context.Context) (backend.ExitStatus, error) {
-	select {
-	case <-s.stopped:
-		return backend.ExitStatus{}, nil
-	case <-ctx.Done():
-		return backend.ExitStatus{}, ctx.Err()
-	}
-}
-func (s *fakeSandbox) Stop(context.Context, time.Duration) error {
-	s.once.Do(func() { close(s.stopped) })
-	return nil
-}
-func (s *fakeSandbox) Delete(context.Context) error { return nil }
-func (s *fakeSandbox) State() ([]byte, error)       { return []byte("state-v1"), nil }
-func (s *fakeSandbox) CreateContainer(_ context.Context, cfg backend.ContainerConfig) (backend.Container, error) {
-	return &fakeContainer{init: newFakeProc(s.f)}, nil
-}
-
-type fakeContainer struct{ init *fakeProc }
-
-func (c *fakeContainer) Init() backend.Process { return c.init }
-func (c *fakeContainer) Exec(context.Context, backend.ExecConfig) (backend.Process, error) {
-	return newFakeProc(c.init.f), nil
-}
-func (c *fakeContainer) Delete(context.Context) error { return nil }
-
-type fakeProc struct {
-	f    *fake
-	exit chan uint32
-	once sync.Once
-}
-
-func newFakeProc(f *fake) *fakeProc { return &fakeProc{f: f, exit: make(chan uint32, 1)} }
-
-func (p *fakeProc) Start(context.Context) (uint32, error) { return 4242, nil }
-func (p *fakeProc) Kill(_ context.Context, sig syscall.Signal, _ bool) error {
-	if sig == syscall.SIGTERM && p.f.ignoreTERM {
-		return nil
-	}
-	p.once.Do(func() { p.exit <- 128 + uint32(sig) })
-	return nil
-}
-func (p *fakeProc) Wait(ctx context.Context) (backend.ExitStatus, error) {
-	select {
-	case code := <-p.exit:
-		return backend.ExitStatus{Code: code, ExitedAt: time.Now()}, nil
-	case <-ctx.Done():
-		return backend.ExitStatus{}, ctx.Err()
-	}
-}
-func (p *fakeProc) ResizePTY(context.Context, uint32, uint32) error { return nil }
-func (p *fakeProc) CloseStdin(context.Context) error                { return nil }
-func (p *fakeProc) Delete(context.Context) error                    { return nil }
-
-func newEngine(t *testing.T, f *fake, dir string) *engine.Engine {
+func newEngine(t *testing.T, f *backendfake.Backend, dir string) *engine.Engine {
 	t.Helper()
 	e, err := engine.New(context.Background(), engine.Config{StateDir: dir, Backends: []backend.Backend{f}, StopTimeout: 200 * time.Millisecond})
 	if err != nil {
@@ -113,7 +30,7 @@ func newEngine(t *testing.T, f *fake, dir string) *engine.Engine {
 func ready(t *testing.T, e *engine.Engine, id string) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: id, Kind: "fake", Labels: map[string]string{"app": "x"}}); err != nil {
+	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: id, Kind: backendfake.Kind, Labels: map[string]string{"app": "x"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.StartSandbox(ctx, id); err != nil {
@@ -131,12 +48,12 @@ func container(t *testing.T, e *engine.Engine, sb, id string) {
 func TestLifecycleAndEvents(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	e := newEngine(t, &fake{}, t.TempDir())
+	e := newEngine(t, backendfake.New(backendfake.Config{}), t.TempDir())
 	events := e.Subscribe(ctx)
 	ready(t, e, "sb1")
 	container(t, e, "sb1", "c1")
 	st, err := e.Start(ctx, "sb1", "c1", "")
-	if err != nil || st.Pid != 4242 || st.State != engine.ProcessRunning {
+	if err != nil || st.Pid < backendfake.MinPid || st.State != engine.ProcessRunning {
 		t.Fatalf("start = %+v, %v", st, err)
 	}
 	if _, err := e.Delete(ctx, "sb1", "c1", ""); !errdefs.IsFailedPrecondition(err) {
@@ -173,7 +90,7 @@ func TestLifecycleAndEvents(t *testing.T) {
 }
 
 func TestStopEscalatesToKill(t *testing.T) {
-	e := newEngine(t, &fake{ignoreTERM: true}, t.TempDir())
+	e := newEngine(t, backendfake.New(backendfake.Config{IgnoreSIGTERM: true}), t.TempDir())
 	ready(t, e, "sb")
 	container(t, e, "sb", "stubborn")
 	if _, err := e.Start(context.Background(), "sb", "stubborn", ""); err != nil {
@@ -194,7 +111,7 @@ func TestStopEscalatesToKill(t *testing.T) {
 
 func TestRecoverFromStateDir(t *testing.T) {
 	dir := t.TempDir()
-	f := &fake{}
+	f := backendfake.New(backendfake.Config{})
 	e1, err := engine.New(context.Background(), engine.Config{StateDir: dir, Backends: []backend.Backend{f}})
 	if err != nil {
 		t.Fatal(err)
@@ -207,14 +124,14 @@ func TestRecoverFromStateDir(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	f2 := &fake{}
+	f2 := backendfake.New(backendfake.Config{})
 	e2 := newEngine(t, f2, dir)
 	st, err := e2.Sandbox(context.Background(), "keep")
 	if err != nil || st.State != engine.SandboxReady || st.Labels["app"] != "x" || len(st.Containers) != 1 {
 		t.Fatalf("recovered = %+v, %v", st, err)
 	}
-	if len(f2.recovered) != 1 || f2.recovered[0] != "keep=state-v1" {
-		t.Errorf("backend recovered %v, want keep with its saved state", f2.recovered)
+	if rec := f2.Recovered(); len(rec) != 1 || rec[0] != "keep" {
+		t.Errorf("backend recovered %v, want keep (from its saved state)", rec)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "sandboxes", "half-made")); !os.IsNotExist(err) {
 		t.Errorf("half-made sandbox dir not removed: %v", err)
@@ -225,10 +142,10 @@ func TestRecoverFromStateDir(t *testing.T) {
 }
 
 func TestValidation(t *testing.T) {
-	e := newEngine(t, &fake{}, t.TempDir())
+	e := newEngine(t, backendfake.New(backendfake.Config{}), t.TempDir())
 	ctx := context.Background()
 	for _, id := range []string{"", "../x", "a/b", ".", "..", "-lead", string(make([]byte, 200))} {
-		if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: id, Kind: "fake"}); !errdefs.IsInvalidArgument(err) {
+		if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: id, Kind: backendfake.Kind}); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("id %q: %v, want invalid argument", id, err)
 		}
 	}
@@ -236,7 +153,7 @@ func TestValidation(t *testing.T) {
 		t.Errorf("unknown kind: %v", err)
 	}
 	ready(t, e, "ok")
-	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: "ok", Kind: "fake"}); !errdefs.IsAlreadyExists(err) {
+	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: "ok", Kind: backendfake.Kind}); !errdefs.IsAlreadyExists(err) {
 		t.Errorf("duplicate: %v", err)
 	}
 	container(t, e, "ok", "c")
@@ -255,20 +172,16 @@ func TestValidation(t *testing.T) {
 	}
 }
 
-func (s *fakeSandbox) SandboxStats(context.Context) (*backend.Stats, map[string]string, error) {
-	return &backend.Stats{MemoryUsageBytes: 4096}, map[string]string{"guest_mem_available": "123"}, nil
-}
-
 func TestSandboxLiveInfo(t *testing.T) {
-	e := newEngine(t, &fake{}, t.TempDir())
+	e := newEngine(t, backendfake.New(backendfake.Config{}), t.TempDir())
 	ready(t, e, "live")
 	ctx := context.Background()
 	info, err := e.SandboxLiveInfo(ctx, "live")
-	if err != nil || info["guest_mem_available"] != "123" {
+	if err != nil || info["fake.containers"] != "0" {
 		t.Fatalf("live info = %v, %v", info, err)
 	}
 	st, err := e.SandboxStats(ctx, "live")
-	if err != nil || st.MemoryUsageBytes != 4096 {
+	if err != nil || st.MemoryUsageBytes != backendfake.SandboxMemory {
 		t.Fatalf("sandbox stats = %+v, %v; want the backend's own", st, err)
 	}
 	if _, err := e.SandboxLiveInfo(ctx, "nope"); !errdefs.IsNotFound(err) {
@@ -280,11 +193,9 @@ func TestSandboxLiveInfo(t *testing.T) {
 // directory (a bind of a host volume) is unmounted, not emptied, when the
 // sandbox is deleted.
 func TestDeleteSandboxUnmountsFirst(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (mounts)")
-	}
+	testutil.RequireRoot(t, "mounts")
 	stateDir := t.TempDir()
-	e := newEngine(t, &fake{}, stateDir)
+	e := newEngine(t, backendfake.New(backendfake.Config{}), stateDir)
 	ready(t, e, "vol")
 	volume := t.TempDir()
 	if err := os.WriteFile(filepath.Join(volume, "data"), []byte("keep"), 0o644); err != nil {

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/magnetar-io/magnetar/internal/ctxutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 )
@@ -85,15 +86,7 @@ func (s *Service) Close() {
 // untilClosed returns a context that also ends when s closes, with
 // errShuttingDown as its cause.
 func (s *Service) untilClosed(ctx context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	go func() {
-		select {
-		case <-s.closing:
-			cancel(errShuttingDown)
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, func() { cancel(context.Canceled) }
+	return ctxutil.UntilClosed(ctx, s.closing, errShuttingDown)
 }
 
 // Create creates a container from the OCI bundle at req.Bundle.

@@ -72,6 +72,8 @@ type Agent struct {
 	// tasks is the in-guest runtime behind the Task API; nil when it
 	// could not start (then only AgentService is served).
 	tasks *tasks
+	// replies counts the answers written to the host.
+	replies replies
 }
 
 // New returns an agent that logs to log at the level held by level (which

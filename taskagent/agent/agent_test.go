@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
 	typesv1 "github.com/magnetar-io/magnetar/gen/magnetar/types/v1"
-	"golang.org/x/sys/unix"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 func TestParseModuleOrder(t *testing.T) {
@@ -98,7 +100,7 @@ func TestFindPort(t *testing.T) {
 func TestWaitPort(t *testing.T) {
 	sys, dev := t.TempDir(), t.TempDir()
 	go func() {
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // the port appears while waitPort waits
 		writeFile(t, filepath.Join(dev, "vport1p1"), "")
 		writeFile(t, filepath.Join(sys, "vport1p1", "name"), "agent\n")
 	}()
@@ -152,19 +154,17 @@ func TestReaperSparesOwned(t *testing.T) {
 	}
 	strayPid := stray.Process.Pid
 	start := time.Now()
-	deadline := time.Now().Add(5 * time.Second)
-	reaped := false
-	for !reaped && time.Now().Before(deadline) {
+	reaped := testutil.Poll(5*time.Second, func() bool {
 		for _, p := range r.ReapOnce() {
 			if p == owned.Process.Pid {
 				t.Fatal("reaped an owned process")
 			}
 			if p == strayPid {
-				reaped = true
+				return true
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	})
 	if !reaped {
 		t.Fatal("stray zombie not reaped")
 	}

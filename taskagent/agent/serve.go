@@ -78,7 +78,7 @@ func (a *Agent) serveOnce(ctx context.Context, path string) error {
 	a.Register(srv)
 	stopL := context.AfterFunc(ctx, func() { _ = l.Close() })
 	defer stopL()
-	err = srv.Serve(ctx, l)
+	err = srv.Serve(ctx, a.replies.listener(l))
 	if errors.Is(err, ttrpc.ErrServerClosed) {
 		return nil
 	}

@@ -130,16 +130,22 @@ func (s *service) Shutdown(ctx context.Context, req *agentv1.ShutdownRequest) (*
 	grace := req.GetGracePeriod().AsDuration()
 	s.shutOnce.Do(func() {
 		s.a.log().Info("shutting down", "grace", grace)
-		// The answer goes out before the VM powers off; the VM ending
-		// ends this goroutine.
-		go s.a.shutdown(grace)
+		// The answer goes out before the VM powers off: shutdown waits
+		// for a response written after this one was asked for. The VM
+		// ending ends that goroutine.
+		go s.a.shutdown(grace, s.a.replies.count())
 	})
 	return &agentv1.ShutdownResponse{}, nil
 }
 
-// shutdown stops every process, syncs and powers the VM off.
-func (a *Agent) shutdown(grace time.Duration) {
-	time.Sleep(50 * time.Millisecond) // let the response reach the host
+// shutdown stops every process, syncs and powers the VM off, once the
+// answer to Shutdown was written: a response beyond the answered ones,
+// or a second at most (an answer that cannot be written must not keep the
+// VM up).
+func (a *Agent) shutdown(grace time.Duration, answered uint64) {
+	if !a.replies.waitBeyond(answered, time.Second) {
+		a.log().Warn("no answer to Shutdown went out within a second; powering off anyway")
+	}
 	if os.Getpid() == 1 {
 		if grace > 0 {
 			_ = unix.Kill(-1, unix.SIGTERM) // every process but PID 1

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
 )
 
@@ -113,15 +114,10 @@ func TestStdioBridge(t *testing.T) {
 		t.Errorf("process read %q, want input", s)
 	}
 	// Both streams are done: the agent removes the FIFOs.
-	for range 200 {
-		ents, _ := os.ReadDir(dir)
-		if len(ents) == 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+	var ents []os.DirEntry
+	if !testutil.Poll(2*time.Second, func() bool { ents, _ = os.ReadDir(dir); return len(ents) == 0 }) {
+		t.Errorf("FIFOs left: %v", ents)
 	}
-	ents, _ := os.ReadDir(dir)
-	t.Errorf("FIFOs left: %v", ents)
 }
 
 // TestStdioBridgeSessionEnd: a stream whose process never opened its

@@ -73,15 +73,6 @@ func (e *env) waitNewWorker(t *testing.T, old int, p *pod) int {
 	return pid
 }
 
-func (e *env) containerPid(t *testing.T, id string) int {
-	t.Helper()
-	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: id, Verbose: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return infoPid(t, resp.Info["info"])
-}
-
 func (e *env) requireRunning(t *testing.T, id string) {
 	t.Helper()
 	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: id})

@@ -17,6 +17,7 @@ import (
 
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 const handler = "magnetar-runc"
@@ -121,20 +122,18 @@ func (e *env) start(t testing.TB, p *pod, cfg *runtime.ContainerConfig) string {
 // waitExited polls until the container exited and returns its status.
 func (e *env) waitExited(t testing.TB, id string) *runtime.ContainerStatus {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	var st *runtime.ContainerStatus
+	if !testutil.Poll(60*time.Second, func() bool {
 		resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: id})
 		if err != nil {
 			t.Fatalf("ContainerStatus: %v", err)
 		}
-		if resp.Status.State == runtime.ContainerState_CONTAINER_EXITED {
-			return resp.Status
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("container %s still %s after 60s", id, resp.Status.State)
-		}
-		time.Sleep(100 * time.Millisecond)
+		st = resp.Status
+		return st.State == runtime.ContainerState_CONTAINER_EXITED
+	}) {
+		t.Fatalf("container %s still %s after 60s", id, st.State)
 	}
+	return st
 }
 
 // logOf returns the CRI log of a container, waiting for want to appear.
@@ -142,13 +141,10 @@ func (e *env) logOf(t *testing.T, p *pod, name, want string) string {
 	t.Helper()
 	path := filepath.Join(p.cfg.LogDirectory, name+".log")
 	var data []byte
-	for range 100 {
+	testutil.Poll(10*time.Second, func() bool {
 		data, _ = os.ReadFile(path)
-		if strings.Contains(string(data), want) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return strings.Contains(string(data), want)
+	})
 	return string(data)
 }
 
@@ -226,11 +222,7 @@ func TestRemoveLeavesNothing(t *testing.T) {
 	e := setup(t)
 	p := e.runPod(t, false)
 	cid := e.startContainer(t, p, "sleeper", "sleep 600")
-	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: cid, Verbose: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := infoPid(t, resp.Info["info"])
+	pid := e.containerPid(t, cid)
 	sb, err := e.api().GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
 	if err != nil {
 		t.Fatal(err)
@@ -367,6 +359,17 @@ func assertNoPodProcesses(t *testing.T) {
 			t.Errorf("unexpected per-pod process %s: %q", ent.Name(), args)
 		}
 	}
+}
+
+// containerPid is the host pid of container cid's init, from CRI's verbose
+// status.
+func (e *env) containerPid(t *testing.T, cid string) int {
+	t.Helper()
+	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: cid, Verbose: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return infoPid(t, resp.Info["info"])
 }
 
 func infoPid(t *testing.T, info string) int {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -22,13 +21,14 @@ import (
 
 // env is the shared containerd + sandboxer for all tests of the package.
 type env struct {
+	base      string // the run's directory, removed by close
 	ctrd      *harness.Containerd
 	rt        runtime.RuntimeServiceClient
 	img       runtime.ImageServiceClient
 	stateDir  string
 	runDir    string
 	sandboxer *exec.Cmd
-	sbLog     *bytes.Buffer
+	sbLog     *testutil.Buffer
 	sbDone    chan struct{}
 	logDir    string
 	binDir    string
@@ -46,7 +46,7 @@ func (e *env) startSandboxer() error {
 		"--log-level", "debug",
 		"--vm-guest-dir", e.guestDir(),
 	)
-	e.sandboxer.Stdout = &syncWriter{w: e.sbLog}
+	e.sandboxer.Stdout = e.sbLog
 	e.sandboxer.Stderr = e.sandboxer.Stdout
 	if err := e.sandboxer.Start(); err != nil {
 		return err
@@ -117,23 +117,23 @@ func start(binDir string) (_ *env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{stateDir: filepath.Join(base, "sbstate"), runDir: filepath.Join(base, "sbrun"), logDir: filepath.Join(base, "logs")}
+	e := &env{base: base, stateDir: filepath.Join(base, "sbstate"), runDir: filepath.Join(base, "sbrun"), logDir: filepath.Join(base, "logs")}
 	defer func() {
 		if err != nil {
 			e.close()
 		}
 	}()
-	ctrdLog := &bytes.Buffer{}
+	ctrdLog := &testutil.Buffer{}
 	e.ctrd, err = harness.Start(ctx, harness.Options{
 		BinDir:    binDir,
 		ShimPath:  filepath.Join(binDir, "containerd-shim-magnetar-v2"),
-		LogWriter: &syncWriter{w: ctrdLog},
+		LogWriter: ctrdLog,
 	})
 	if err != nil {
 		return nil, err
 	}
 	e.binDir = binDir
-	e.sbLog = &bytes.Buffer{}
+	e.sbLog = &testutil.Buffer{}
 	if err := e.startSandboxer(); err != nil {
 		return nil, err
 	}
@@ -168,30 +168,17 @@ func (e *env) close() {
 	if os.Getenv("MAGNETAR_E2E_LOGS") == "1" && e.sbLog != nil {
 		fmt.Fprintf(os.Stderr, "--- sandboxer log ---\n%s\n", e.sbLog)
 	}
-}
-
-func waitSocket(path string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not appear in %s", path, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
+	// Leave nothing in /tmp.
+	if err := harness.RemoveTree(e.base); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 	}
 }
 
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
+func waitSocket(path string, timeout time.Duration) error {
+	if testutil.Poll(timeout, func() bool { _, err := os.Stat(path); return err == nil }) {
+		return nil
+	}
+	return fmt.Errorf("%s did not appear in %s", path, timeout)
 }
 
 // guestDir is where `make guest` puts the microVM guest image.

@@ -70,32 +70,26 @@ func TestUpdateResourcesAndStats(t *testing.T) {
 		t.Errorf("memory limit seen in the container = %q, want %d", got, 96<<20)
 	}
 	var stats *runtime.ContainerStats
-	for range 50 { // CRI collects stats asynchronously
+	testutil.Poll(10*time.Second, func() bool { // CRI collects stats asynchronously
 		resp, err := e.rt.ContainerStats(ctx, &runtime.ContainerStatsRequest{ContainerId: cid})
 		if err != nil {
 			t.Fatalf("ContainerStats: %v", err)
 		}
 		stats = resp.Stats
-		if stats.GetMemory().GetWorkingSetBytes().GetValue() > 0 && stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() > 0 {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return stats.GetMemory().GetWorkingSetBytes().GetValue() > 0 && stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() > 0
+	})
 	if stats.GetMemory().GetWorkingSetBytes().GetValue() == 0 || stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 {
 		t.Errorf("container stats have no usage: %v", stats)
 	}
 	var pst *runtime.PodSandboxStats
-	for range 50 {
+	testutil.Poll(10*time.Second, func() bool {
 		resp, err := e.rt.PodSandboxStats(ctx, &runtime.PodSandboxStatsRequest{PodSandboxId: p.id})
 		if err != nil {
 			t.Fatalf("PodSandboxStats: %v", err)
 		}
 		pst = resp.Stats
-		if pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() > 0 {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() > 0
+	})
 	if pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() == 0 {
 		t.Errorf("pod stats (Controller.Metrics) have no memory usage: %v", pst)
 	}
@@ -108,23 +102,7 @@ func TestExecWithTTY(t *testing.T) {
 	}
 	p := e.runPod(t, false)
 	cid := e.startContainer(t, p, "tty", "sleep 600")
-	// script gives crictl a pseudo-terminal, as a user's shell would.
-	bin, _ := harness.DefaultBinDir()
-	crictl := filepath.Join(bin, "crictl")
-	cmd := exec.CommandContext(ctxT(t), "script", "-qec",
-		fmt.Sprintf("%s --config %s exec -it %s sh -c 'tty; test -t 0 && echo stdin-is-a-tty'", crictl, e.ctrd.CrictlConfig(), cid), "/dev/null")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("crictl exec -it: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "stdin-is-a-tty") {
-		t.Errorf("exec with a terminal printed %q; want a /dev/pts/N and stdin-is-a-tty", out)
-	}
-	// Without -t there is no terminal.
-	out, err = e.ctrd.Crictl(ctxT(t), "exec", cid, "sh", "-c", "tty || true")
-	if err != nil || !strings.Contains(string(out), "not a tty") {
-		t.Errorf("exec without a terminal: %q, %v; want 'not a tty'", out, err)
-	}
+	e.checkExecTerminal(t, cid)
 }
 
 func TestAttach(t *testing.T) {
@@ -223,11 +201,7 @@ func TestSandboxerRestart(t *testing.T) {
 	e := setup(t)
 	p := e.runPod(t, false)
 	cid := e.startContainer(t, p, "survivor", "sleep 600")
-	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: cid, Verbose: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := infoPid(t, resp.Info["info"])
+	pid := e.containerPid(t, cid)
 
 	e.stopSandboxer()
 	if err := e.startSandboxer(); err != nil {
@@ -240,12 +214,7 @@ func TestSandboxerRestart(t *testing.T) {
 	if st.ExitCode != 137 && st.ExitCode != 255 {
 		t.Errorf("container after the sandboxer restart: exit %d, want 137 or 255", st.ExitCode)
 	}
-	for range 50 {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testutil.Poll(5*time.Second, func() bool { _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); return err != nil })
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 		t.Errorf("container process %d reported exited but still runs", pid)
 	}
@@ -290,4 +259,26 @@ func (e *env) api() sandboxv1connect.SandboxServiceClient {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
 	return sandboxv1connect.NewSandboxServiceClient(connect.NewClient(connecthttp.NewTransport(hc, "http://magnetar")))
+}
+
+// checkExecTerminal: crictl exec -it gives the process a pty as its stdin
+// (script gives crictl a pseudo-terminal, as a user's shell would), and
+// without -t there is none.
+func (e *env) checkExecTerminal(t *testing.T, cid string) {
+	t.Helper()
+	bin, _ := harness.DefaultBinDir()
+	crictl := filepath.Join(bin, "crictl")
+	cmd := exec.CommandContext(ctxT(t), "script", "-qec",
+		fmt.Sprintf("%s --config %s exec -it %s sh -c 'tty; test -t 0 && echo stdin-is-a-tty'", crictl, e.ctrd.CrictlConfig(), cid), "/dev/null")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("crictl exec -it: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "stdin-is-a-tty") {
+		t.Errorf("exec with a terminal printed %q; want a /dev/pts/N and stdin-is-a-tty", out)
+	}
+	out, err = e.ctrd.Crictl(ctxT(t), "exec", cid, "sh", "-c", "tty || true")
+	if err != nil || !strings.Contains(string(out), "not a tty") {
+		t.Errorf("exec without a terminal: %q, %v; want 'not a tty'", out, err)
+	}
 }

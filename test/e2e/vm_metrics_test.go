@@ -11,6 +11,8 @@ import (
 	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // TestVMMetricsAndOOM checks through containerd's CRI what a VM pod
@@ -32,18 +34,15 @@ func TestVMMetricsAndOOM(t *testing.T) {
 	// the guest's OOM event itself reached containerd as /tasks/oom.
 	logFile := filepath.Join(e.ctrd.BaseDir(), "logs", "containerd.log")
 	var sawOOM bool
-	for range 200 {
+	testutil.Poll(60*time.Second, func() bool {
 		data, _ := os.ReadFile(logFile)
 		for _, l := range strings.Split(string(data), "\n") {
 			if strings.Contains(l, "TaskOOM event") && strings.Contains(l, hog) {
 				sawOOM = true
 			}
 		}
-		if sawOOM {
-			break
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+		return sawOOM
+	})
 	if !sawOOM {
 		t.Errorf("no TaskOOM event for %s in %s", hog, logFile)
 	}
@@ -68,34 +67,28 @@ func TestVMMetricsAndOOM(t *testing.T) {
 	// crictl stats (CRI ContainerStats, collected from the guest's
 	// cgroup through the Task API's Stats).
 	var mem, cpu uint64
-	for range 100 {
+	testutil.Poll(30*time.Second, func() bool {
 		out, err := e.ctrd.Crictl(ctx, "stats", "-o", "json", "--id", cid)
 		if err != nil {
 			t.Fatalf("crictl stats: %v\n%s", err, out)
 		}
 		mem, cpu = crictlStats(t, out)
-		if mem > 0 && cpu > 0 {
-			break
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+		return mem > 0 && cpu > 0
+	})
 	if mem == 0 || cpu == 0 {
 		t.Errorf("crictl stats of a VM container: working set %d, cpu %d; want nonzero", mem, cpu)
 	}
 
 	// Pod stats (Controller.Metrics: QEMU's host usage).
 	var pst *runtime.PodSandboxStats
-	for range 100 {
+	testutil.Poll(30*time.Second, func() bool {
 		resp, err := e.rt.PodSandboxStats(ctx, &runtime.PodSandboxStatsRequest{PodSandboxId: p.id})
 		if err != nil {
 			t.Fatalf("PodSandboxStats: %v", err)
 		}
 		pst = resp.Stats
-		if pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() > 0 && pst.GetLinux().GetCpu().GetUsageCoreNanoSeconds().GetValue() > 0 {
-			break
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+		return pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() > 0 && pst.GetLinux().GetCpu().GetUsageCoreNanoSeconds().GetValue() > 0
+	})
 	if pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() == 0 || pst.GetLinux().GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 {
 		t.Errorf("VM pod stats have no usage: %v", pst)
 	}

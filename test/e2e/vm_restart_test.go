@@ -15,6 +15,7 @@ import (
 
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // cgroupLines returns the v1 controller lines (or the v2 line) of
@@ -171,15 +172,13 @@ func TestVMSandboxerRestart(t *testing.T) {
 	}
 
 	e.removePod(t, p)
-	for range 100 {
+	testutil.Poll(10*time.Second, func() bool {
 		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-			break
+			return true
 		}
-		if data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); strings.Contains(string(data), ") Z ") {
-			break // killed, waiting for its reaper
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return strings.Contains(string(data), ") Z ") // killed, waiting for its reaper
+	})
 	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(data), ") Z ") {
 		t.Errorf("QEMU %d still runs after the pod was removed", pid)
 	}

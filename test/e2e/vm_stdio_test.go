@@ -44,21 +44,8 @@ func TestVMStdio(t *testing.T) {
 		t.Errorf("crictl exec -i cat = %q, %v; want the input back", out, err)
 	}
 
-	// exec -it: a pty in the guest; script gives crictl a terminal, as a
-	// user's shell would.
-	cmd = exec.CommandContext(ctxT(t), "script", "-qec",
-		fmt.Sprintf("%s --config %s exec -it %s sh -c 'tty; test -t 0 && echo stdin-is-a-tty'", crictl, e.ctrd.CrictlConfig(), cid), "/dev/null")
-	out, err = cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("crictl exec -it: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "stdin-is-a-tty") {
-		t.Errorf("exec with a terminal printed %q; want a /dev/pts/N and stdin-is-a-tty", out)
-	}
-	out, err = e.ctrd.Crictl(ctxT(t), "exec", cid, "sh", "-c", "tty || true")
-	if err != nil || !strings.Contains(string(out), "not a tty") {
-		t.Errorf("exec without a terminal: %q, %v; want 'not a tty'", out, err)
-	}
+	// exec -it: a pty in the guest.
+	e.checkExecTerminal(t, cid)
 
 	// attach: stdin of a running container, output in its CRI log.
 	e.checkAttach(t, p)

@@ -10,10 +10,11 @@ import (
 	"testing"
 	"time"
 
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/internal/harness"
 	"github.com/magnetar-io/magnetar/internal/testutil"
-	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // requireGuest skips (or fails with MAGNETAR_E2E_REQUIRED=1) unless QEMU
@@ -135,14 +136,13 @@ func TestVMVolume(t *testing.T) {
 func (e *env) waitPodNotReady(t *testing.T, p *pod, timeout time.Duration) runtime.PodSandboxState {
 	t.Helper()
 	state := runtime.PodSandboxState_SANDBOX_READY
-	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	testutil.Poll(timeout, func() bool {
 		ps, err := e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if state = ps.Status.State; state == runtime.PodSandboxState_SANDBOX_NOTREADY {
-			break
-		}
-	}
+		state = ps.Status.State
+		return state == runtime.PodSandboxState_SANDBOX_NOTREADY
+	})
 	return state
 }

@@ -25,6 +25,8 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/magnetar-io/magnetar/internal/testutil/prereq"
 )
 
 // ShellModule is the in-rootfs path where [Shell] puts minish.
@@ -42,7 +44,7 @@ func Build(t testing.TB, name string) string {
 	t.Helper()
 	p, err := build(name)
 	if errors.Is(err, exec.ErrNotFound) {
-		t.Skipf("building wasm test module %s: no go toolchain: %v", name, err)
+		prereq.SkipOrFail(t, "building wasm test module %s: no go toolchain: %v", name, err)
 	}
 	if err != nil {
 		t.Fatalf("build wasm test module %s: %v", name, err)
@@ -216,7 +218,7 @@ func copyFile(src, dst string) error {
 
 // Shell is a backendtest.Workload for the wasm kind: bundles run minish
 // (internal/testdata/wasm/minish), which understands the suite's
-// `;`-separated echo, exit, sleep, cat and `tr a-z A-Z` scripts.
+// `;`-separated echo, exit, sleep, cat, tick and `tr a-z A-Z` scripts.
 type Shell struct {
 	// Module is the built minish module (see [Build]).
 	Module string
@@ -226,6 +228,9 @@ type Shell struct {
 func (s Shell) Process(script string) *specs.Process {
 	return &specs.Process{Args: []string{ShellModule, "-c", script}, Cwd: "/", Env: []string{"PATH=/bin"}}
 }
+
+// Tick runs minish's tick, a line every tenth of a second.
+func (s Shell) Tick() string { return "tick" }
 
 // Bundle writes a bundle into dir whose process runs script with minish.
 func (s Shell) Bundle(t *testing.T, dir, script string) *specs.Spec {

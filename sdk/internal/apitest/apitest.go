@@ -1,13 +1,12 @@
 // Package apitest runs Magnetar's API (sdk/engine + sdk/apiserver) on a unix
 // socket for the tests of the Go SDK and the magnetar CLI, like the
-// sandboxer daemon serves it, and offers a stub sandbox kind for tests that
-// need no root.
+// sandboxer daemon serves it, and offers a stub sandbox kind (the in-memory
+// backendfake) for tests that need no root.
 package apitest
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -18,11 +17,11 @@ import (
 
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
-	"github.com/containerd/errdefs"
 
 	"github.com/magnetar-io/magnetar/internal/ociimage"
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/backend/backendfake"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 	"github.com/magnetar-io/magnetar/sdk/image"
 )
@@ -100,56 +99,27 @@ func BusyboxArchive(t testing.TB, name string) string {
 // StubKind is the kind name of [Stub].
 const StubKind = "stub"
 
-// Stub is a sandbox kind whose sandboxes start and stop but run no
-// containers (CreateContainer fails with NOT_IMPLEMENTED). It needs no
-// privileges.
+// Stub is a sandbox kind for tests that need no root: the in-memory
+// backendfake under the name StubKind. The zero value is ready to use;
+// every Stub runs its sandboxes on one fake host.
 type Stub struct{}
 
+var stub = sync.OnceValue(func() *backendfake.Backend {
+	return backendfake.New(backendfake.Config{Kind: StubKind})
+})
+
 // Info describes the stub kind.
-func (Stub) Info() backend.Info {
-	return backend.Info{Kind: StubKind, Description: "test stub: sandboxes without containers", Isolation: backend.IsolationProcess}
-}
+func (Stub) Info() backend.Info { return stub().Info() }
 
 // Check always succeeds.
-func (Stub) Check(context.Context) error { return nil }
+func (Stub) Check(ctx context.Context) error { return stub().Check(ctx) }
 
-// Create returns a stub sandbox.
-func (Stub) Create(context.Context, backend.SandboxConfig) (backend.Sandbox, error) {
-	return &stubSandbox{done: make(chan struct{})}, nil
+// Create makes a fake sandbox.
+func (Stub) Create(ctx context.Context, cfg backend.SandboxConfig) (backend.Sandbox, error) {
+	return stub().Create(ctx, cfg)
 }
 
-// Recover returns a stub sandbox.
-func (Stub) Recover(context.Context, backend.SandboxConfig, []byte) (backend.Sandbox, error) {
-	return &stubSandbox{done: make(chan struct{})}, nil
+// Recover re-attaches to a fake sandbox.
+func (Stub) Recover(ctx context.Context, cfg backend.SandboxConfig, state []byte) (backend.Sandbox, error) {
+	return stub().Recover(ctx, cfg, state)
 }
-
-type stubSandbox struct {
-	once sync.Once
-	done chan struct{}
-}
-
-func (s *stubSandbox) Start(context.Context) (backend.StartInfo, error) {
-	return backend.StartInfo{}, nil
-}
-
-func (s *stubSandbox) Wait(ctx context.Context) (backend.ExitStatus, error) {
-	select {
-	case <-s.done:
-		return backend.ExitStatus{ExitedAt: time.Now()}, nil
-	case <-ctx.Done():
-		return backend.ExitStatus{}, ctx.Err()
-	}
-}
-
-func (s *stubSandbox) Stop(context.Context, time.Duration) error {
-	s.once.Do(func() { close(s.done) })
-	return nil
-}
-
-func (s *stubSandbox) Delete(ctx context.Context) error { return s.Stop(ctx, 0) }
-
-func (s *stubSandbox) CreateContainer(context.Context, backend.ContainerConfig) (backend.Container, error) {
-	return nil, fmt.Errorf("the stub kind runs no containers: %w", errdefs.ErrNotImplemented)
-}
-
-func (s *stubSandbox) State() ([]byte, error) { return nil, nil }

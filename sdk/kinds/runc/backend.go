@@ -27,6 +27,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
 )
 
 // Kind is the name of this sandbox kind.
@@ -62,7 +63,9 @@ type Backend struct {
 	cfg      Config
 	platform stdio.Platform
 
-	stop      chan struct{}
+	// life ends with Close; the exit and OOM watches end with it.
+	life      context.Context
+	endLife   context.CancelFunc
 	closeOnce sync.Once
 	closeErr  error
 	wg        sync.WaitGroup
@@ -104,13 +107,15 @@ func New(cfg Config) (_ *Backend, retErr error) {
 		return nil, err
 	}
 	open = true
-	return &Backend{cfg: cfg, platform: platform, stop: make(chan struct{})}, nil
+	b := &Backend{cfg: cfg, platform: platform}
+	b.life, b.endLife = context.WithCancel(context.Background())
+	return b, nil
 }
 
 // Close stops reaping. Containers keep running. Close is idempotent.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
-		close(b.stop)
+		b.endLife()
 		b.wg.Wait()
 		b.closeErr = b.platform.Close()
 		openMu.Lock()
@@ -126,10 +131,9 @@ func (b *Backend) Info() backend.Info {
 		Kind:        Kind,
 		Description: "Linux containers run by runc: namespaces and cgroups, shared kernel",
 		Isolation:   backend.IsolationProcess,
-		Capabilities: backend.Capabilities{
+		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{
 			Exec: true, Terminal: true, Stdin: true, OOMEvents: true,
-			UpdateResources: true, Stats: true, Pause: true,
-		},
+		}),
 	}
 }
 
@@ -164,47 +168,27 @@ func (b *Backend) runtime(namespace, bundle string) *gorunc.Runc {
 }
 
 // watch reaps pid, a child of this process, when it exits and tells p.
-// The wait goes through a pidfd in Go's poller, so it ends with Close too.
+// The wait (see package pidfd) ends with Close too.
 func (b *Backend) watch(pid int, p process.Process) {
 	if pid <= 0 {
 		return
 	}
-	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		// Gone already and reaped: nothing can tell its status any more.
-		p.SetExited(255)
+		p.SetExited(exitcode.Unknown)
 		return
 	}
-	f := os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid))
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		p.SetExited(255)
-		return
-	}
-	done := make(chan struct{})
-	b.wg.Go(func() { // unblock the wait on Close
-		select {
-		case <-b.stop:
-			f.Close()
-		case <-done:
-		}
-	})
 	b.wg.Go(func() {
-		defer close(done)
-		defer f.Close()
-		var ws unix.WaitStatus
-		reaped := false
-		err := rc.Read(func(uintptr) bool {
-			// The pidfd is readable once the process exited.
-			wpid, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
-			reaped = wpid == pid || err != nil
-			return reaped
-		})
-		if err != nil || !reaped {
+		ex, err := pidfd.Wait(b.life, pid, fd)
+		if err != nil {
 			return // closing: the container keeps running
 		}
-		p.SetExited(int(exitcode.Of(ws)))
+		code := exitcode.Unknown
+		if ex.Child {
+			code = int(exitcode.Of(ex.Status))
+		}
+		p.SetExited(code)
 	})
 }
 

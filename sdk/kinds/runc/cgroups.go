@@ -121,7 +121,7 @@ func (b *Backend) watchOOM(pid int, onOOM func()) *oomWatch {
 		}
 		w.events = filepath.Join("/sys/fs/cgroup", path, "memory.events")
 		w.last, w.onOOM = oomKills(w.events), onOOM
-		b.wg.Go(func() { w.poll(b.stop) })
+		b.wg.Go(func() { w.poll(b.life.Done()) })
 		return w
 	}
 	cg, err := cgroup1.Load(cgroup1.PidPath(pid), cgroup1.WithHiearchy(cgroup1.SingleSubsystem(cgroup1.Default, cgroup1.Memory)))
@@ -152,7 +152,7 @@ func (b *Backend) watchOOM(pid int, onOOM func()) *oomWatch {
 	})
 	b.wg.Go(func() { // close on backend stop too
 		select {
-		case <-b.stop:
+		case <-b.life.Done():
 			w.close()
 		case <-w.stop:
 		}

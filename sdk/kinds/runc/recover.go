@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
 )
 
 // RecoverContainer re-attaches to a container after a sandboxer restart.
@@ -81,7 +81,9 @@ func (r *recovered) Kill(ctx context.Context, sig syscall.Signal, all bool) erro
 	return nil
 }
 
-// Wait polls the init's pidfd until it exits.
+// Wait waits for the init to exit (see package pidfd). Still our child
+// (the same process recovered it)? Then its status is known; else init
+// reaps it.
 func (r *recovered) Wait(ctx context.Context) (backend.ExitStatus, error) {
 	fd, err := unix.PidfdOpen(r.pid, 0)
 	if errors.Is(err, unix.ESRCH) {
@@ -90,27 +92,14 @@ func (r *recovered) Wait(ctx context.Context) (backend.ExitStatus, error) {
 	if err != nil {
 		return backend.ExitStatus{}, err
 	}
-	f := os.NewFile(uintptr(fd), "pidfd")
-	defer f.Close()
-	for {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, 500)
-		if n > 0 {
-			// Still our child (the same process recovered it)? Then reap
-			// it and know its status; else init reaps it.
-			var ws unix.WaitStatus
-			if wpid, err := unix.Wait4(r.pid, &ws, unix.WNOHANG, nil); err == nil && wpid == r.pid {
-				return backend.ExitStatus{Code: exitcode.Of(ws), ExitedAt: time.Now().UTC()}, nil
-			}
-			return r.lostExit(), nil
-		}
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			return backend.ExitStatus{}, err
-		}
-		if ctx.Err() != nil {
-			return backend.ExitStatus{}, ctx.Err()
-		}
+	ex, err := pidfd.Wait(ctx, r.pid, fd)
+	if err != nil {
+		return backend.ExitStatus{}, err
 	}
+	if ex.Child {
+		return backend.ExitStatus{Code: exitcode.Of(ex.Status), ExitedAt: time.Now().UTC()}, nil
+	}
+	return r.lostExit(), nil
 }
 
 func (r *recovered) ResizePTY(ctx context.Context, w, h uint32) error {

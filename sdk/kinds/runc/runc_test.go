@@ -37,3 +37,6 @@ func (busybox) Bundle(t *testing.T, dir, script string) *specs.Spec {
 
 // HasShell: busybox has sh, cat, tty and stty.
 func (busybox) HasShell() bool { return true }
+
+// Tick prints a line every tenth of a second.
+func (busybox) Tick() string { return "while :; do echo tick; sleep 0.1; done" }

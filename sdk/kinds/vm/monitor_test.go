@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
@@ -262,10 +263,7 @@ func TestHealthCheckerHealthyAgent(t *testing.T) {
 	f := &fakeAgent{}
 	f.mode.Store("ok")
 	dead, stop := runChecker(t, f, 10*time.Second)
-	deadline := time.Now().Add(time.Minute)
-	for f.health.Load() < 20 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(time.Minute, func() bool { return f.health.Load() >= 20 })
 	// Now break it: the healthy answers must not have counted.
 	f.mode.Store("fail")
 	before := f.health.Load()
@@ -433,15 +431,12 @@ func TestMonitors(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); s.runClock(ctx, d, 10*time.Millisecond) }()
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // the observation: five ticks without a jump
 	if n := f.syncs.Load(); n != 0 {
 		t.Fatalf("%d syncs without a reason", n)
 	}
 	fc.advance(time.Minute, 0, time.Minute)
-	deadline := time.Now().Add(time.Minute)
-	for f.syncs.Load() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(time.Minute, func() bool { return f.syncs.Load() != 0 })
 	cancel()
 	<-done
 	if n := f.syncs.Load(); n != 1 {
@@ -456,28 +451,20 @@ func TestMonitors(t *testing.T) {
 
 	// Health: the full monitor set, then the agent breaks.
 	s.startMonitors()
-	deadline = time.Now().Add(time.Minute)
-	for {
+	testutil.Poll(time.Minute, func() bool {
 		info = map[string]string{}
 		s.mon.describe(info)
-		if info["guest_mem_total_bytes"] != "" || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return info["guest_mem_total_bytes"] != ""
+	})
 	if info["guest_mem_total_bytes"] != fmt.Sprint(256<<20) || info["guest_load"] != "0.50 0.00 0.00" {
 		t.Errorf("guest info = %v", info)
 	}
 	f.mode.Store("fail")
-	deadline = time.Now().Add(time.Minute)
-	for {
+	testutil.Poll(time.Minute, func() bool {
 		info = map[string]string{}
 		s.mon.describe(info)
-		if info["health"] != "" || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return info["health"] != ""
+	})
 	if !strings.Contains(info["health"], "dead: agent failed 2 health checks") {
 		t.Errorf("health = %q", info["health"])
 	}

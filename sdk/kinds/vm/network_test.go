@@ -12,6 +12,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 func mustCIDR(t *testing.T, s string) *net.IPNet {
@@ -107,13 +109,9 @@ func run(t *testing.T, args ...string) string {
 // sent to the pod address comes out of the tap's fd) and the guest
 // configuration, then checks that teardown leaves no tap and no qdisc.
 func TestPodNetworkSetupTeardown(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root (netns, veth, tap)")
-	}
+	testutil.RequireRoot(t, "netns, veth, tap")
 	for _, bin := range []string{"ip", "tc"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("no %s", bin)
-		}
+		testutil.RequireBinary(t, bin)
 	}
 	suffix := fmt.Sprintf("%d", os.Getpid()%100000)
 	ns, host := "mgnet-"+suffix, "mgv"+suffix
@@ -213,9 +211,7 @@ func TestPodNetworkSetupTeardown(t *testing.T) {
 // TestPodNetworkTeardownHeldTap: teardown deletes a tap that is
 // still held open (the VMM not yet gone) too.
 func TestPodNetworkTeardownHeldTap(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root (netns, veth, tap)")
-	}
+	testutil.RequireRoot(t, "netns, veth, tap")
 	ns := fmt.Sprintf("mgnet2-%d", os.Getpid()%100000)
 	run(t, "ip", "netns", "add", ns)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })

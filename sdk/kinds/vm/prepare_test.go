@@ -11,6 +11,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
@@ -19,9 +20,7 @@ import (
 // the host too, and links planted in the directory (by a guest, which can
 // write to the share) never lead a mount or a write outside it.
 func TestPrepareShares(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (mounts)")
-	}
+	testutil.RequireRoot(t, "mounts")
 	base := t.TempDir()
 	s := newSandbox(nil, backend.SandboxConfig{ID: "p", Dir: filepath.Join(base, "sb")})
 	defer s.cancel()

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/internal/ctxutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hoststdio"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
@@ -142,39 +143,19 @@ func pollable(f *os.File) (*os.File, error) {
 // never opens, the stream is still drained so the guest never blocks.
 func (p *proc) copyOut(conn net.Conn, dst string) {
 	defer p.copies.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // gives up waiting for a reader on abort
-		defer wg.Done()
-		select {
-		case <-p.abort:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	// An abort ends the wait for a reader and a write to one that does
+	// not read.
+	ctx, cancel := ctxutil.UntilClosed(context.Background(), p.abort, nil)
+	defer cancel()
 	w, err := hoststdio.OpenOutput(ctx, dst)
-	cancel()
-	wg.Wait()
 	if err == nil {
-		// Pollable, so that an abort also ends a write to a reader
-		// that is there but does not read.
+		// Pollable, so that the write deadline below works.
 		w, err = pollable(w)
 	}
 	if err == nil {
-		done := make(chan struct{})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case <-p.abort:
-				_ = w.SetWriteDeadline(time.Now())
-			case <-done:
-			}
-		}()
+		stop := context.AfterFunc(ctx, func() { _ = w.SetWriteDeadline(time.Now()) })
 		_, err = io.Copy(w, conn)
-		close(done)
-		wg.Wait()
+		stop()
 		w.Close()
 	}
 	if err != nil {

@@ -163,10 +163,10 @@ func TestRecoverReconnects(t *testing.T) {
 	}
 
 	// A new container runs through the recovered sandbox.
-	out := newFifo(t, "out")
+	out := testutil.NewCapture(t, t.TempDir(), "out")
 	nb := t.TempDir()
 	c2, err := s2.CreateContainer(ctx, backend.ContainerConfig{ID: "new", Bundle: nb,
-		Spec: testutil.BusyboxBundle(t, nb, "echo after-recover; hostname"), Stdio: backend.Stdio{Stdout: out.path}})
+		Spec: testutil.BusyboxBundle(t, nb, "echo after-recover; hostname"), Stdio: backend.Stdio{Stdout: out.Path()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ func TestRecoverReconnects(t *testing.T) {
 	if ws, err := c2.Init().Wait(wctx); err != nil || ws.Code != 0 {
 		t.Errorf("new container: %+v, %v; want exit 0", ws, err)
 	}
-	if got := out.eventually("recovered"); !strings.Contains(got, "after-recover") || !strings.Contains(got, "recovered") {
+	if got := out.Until("recovered", 5*time.Second); !strings.Contains(got, "after-recover") || !strings.Contains(got, "recovered") {
 		t.Errorf("new container's output %q, want after-recover and the pod's hostname", got)
 	}
 	if err := c2.Init().Delete(ctx); err != nil {
@@ -196,12 +196,7 @@ func TestRecoverReconnects(t *testing.T) {
 	if err := s2.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for range 100 {
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.Poll(5*time.Second, func() bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) })
 	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("QEMU %d still exists after delete: %v", pid, err)
 	}

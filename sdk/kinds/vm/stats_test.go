@@ -2,7 +2,6 @@ package vm
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -14,14 +13,14 @@ import (
 	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
 	cg2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // TestHostUsageOwnCgroup: a process in a cgroup of its own (as QEMU in
 // the pod's cgroup) is measured by that cgroup.
 func TestHostUsageOwnCgroup(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (cgroups)")
-	}
+	testutil.RequireRoot(t, "cgroups")
 	cmd := exec.Command("sleep", "600")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -32,20 +31,20 @@ func TestHostUsageOwnCgroup(t *testing.T) {
 	if cgroups.Mode() == cgroups.Unified {
 		m, err := cgroupsv2.NewManager("/sys/fs/cgroup", path, &cgroupsv2.Resources{})
 		if err != nil {
-			t.Skipf("cannot create a cgroup here: %v", err)
+			testutil.SkipOrFail(t, "cannot create a cgroup here: %v", err)
 		}
 		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); _ = m.Delete() }()
 		if err := m.AddProc(uint64(pid)); err != nil {
-			t.Skipf("cannot move a process: %v", err)
+			testutil.SkipOrFail(t, "cannot move a process: %v", err)
 		}
 	} else {
 		cg, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{})
 		if err != nil {
-			t.Skipf("cannot create a cgroup here: %v", err)
+			testutil.SkipOrFail(t, "cannot create a cgroup here: %v", err)
 		}
 		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); _ = cg.Delete() }()
 		if err := cg.AddProc(uint64(pid)); err != nil {
-			t.Skipf("cannot move a process: %v", err)
+			testutil.SkipOrFail(t, "cannot move a process: %v", err)
 		}
 	}
 	st, src, err := hostUsage(pid, time.Now())

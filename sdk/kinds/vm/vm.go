@@ -127,7 +127,7 @@ func (b *Backend) Info() backend.Info {
 		Kind:         Kind,
 		Description:  "a microVM per sandbox (" + b.cfg.Driver.Name() + "), containers run by the guest agent",
 		Isolation:    backend.IsolationVM,
-		Capabilities: backend.Capabilities{Exec: true, Stdin: true, Terminal: true, OOMEvents: true, UpdateResources: true, Stats: true, Pause: true},
+		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{Exec: true, Stdin: true, Terminal: true, OOMEvents: true}),
 	}
 }
 

@@ -25,9 +25,7 @@ import (
 func requireBoot(t *testing.T) (kernel, initrd string) {
 	t.Helper()
 	kernel, initrd = testutil.GuestImage(t)
-	if os.Geteuid() != 0 {
-		testutil.SkipOrFail(t, "needs root (mounts)")
-	}
+	testutil.RequireRoot(t, "mounts")
 	testutil.RequireRunc(t) // busybox-static for the bundles
 	return kernel, initrd
 }
@@ -92,10 +90,10 @@ func TestSandboxLifecycle(t *testing.T) {
 
 	dir := t.TempDir()
 	spec := testutil.BusyboxBundle(t, dir, "hostname; echo to-stderr >&2; exit 5")
-	out := newFifo(t, "out")
-	errOut := newFifo(t, "err")
+	out := testutil.NewCapture(t, t.TempDir(), "out")
+	errOut := testutil.NewCapture(t, t.TempDir(), "err")
 	if _, err := e.CreateContainer(ctx, sb, engine.ContainerSpec{ID: "c1", Bundle: dir, Spec: spec,
-		Stdio: backend.Stdio{Stdout: out.path, Stderr: errOut.path}}); err != nil {
+		Stdio: backend.Stdio{Stdout: out.Path(), Stderr: errOut.Path()}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Start(ctx, sb, "c1", ""); err != nil {
@@ -107,10 +105,10 @@ func TestSandboxLifecycle(t *testing.T) {
 	if err != nil || ws.Code != 5 {
 		t.Fatalf("wait = %+v, %v; want 5", ws, err)
 	}
-	if got := out.eventually("vmtest"); !strings.Contains(got, "vmtest") {
+	if got := out.Until("vmtest", 5*time.Second); !strings.Contains(got, "vmtest") {
 		t.Errorf("stdout %q, want the pod hostname", got)
 	}
-	if got := errOut.eventually("to-stderr"); !strings.Contains(got, "to-stderr") {
+	if got := errOut.Until("to-stderr", 5*time.Second); !strings.Contains(got, "to-stderr") {
 		t.Errorf("stderr %q", got)
 	}
 	if _, err := e.Delete(ctx, sb, "c1", ""); err != nil {
@@ -143,3 +141,6 @@ func TestSandboxLifecycle(t *testing.T) {
 
 // HasShell: busybox has sh, cat, tty and stty.
 func (busybox) HasShell() bool { return true }
+
+// Tick prints a line every tenth of a second.
+func (busybox) Tick() string { return "while :; do echo tick; sleep 0.1; done" }

@@ -103,7 +103,9 @@ type Backend struct {
 	cfg      Config
 	cacheDir string
 
-	stop      chan struct{}
+	// life ends with Close; the runner watches end with it.
+	life      context.Context
+	endLife   context.CancelFunc
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 }
@@ -129,7 +131,9 @@ func New(cfg Config) (*Backend, error) {
 	if err := os.MkdirAll(cacheDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create wasm compilation cache: %w", err)
 	}
-	return &Backend{cfg: cfg, cacheDir: cacheDir, stop: make(chan struct{})}, nil
+	b := &Backend{cfg: cfg, cacheDir: cacheDir}
+	b.life, b.endLife = context.WithCancel(context.Background())
+	return b, nil
 }
 
 // CacheDir is the directory of the shared compilation cache.
@@ -139,7 +143,7 @@ func (b *Backend) CacheDir() string { return b.cacheDir }
 // re-attach to them. Close is idempotent.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
-		close(b.stop)
+		b.endLife()
 		b.wg.Wait()
 	})
 	return nil
@@ -151,9 +155,9 @@ func (b *Backend) Info() backend.Info {
 		Kind:        Kind,
 		Description: "WebAssembly (WASI preview 1) modules run by wazero, one cgroup-bounded runner process per container",
 		Isolation:   backend.IsolationWasm,
-		Capabilities: backend.Capabilities{
-			Stdin: true, OOMEvents: true, UpdateResources: true, Stats: true, Pause: true,
-		},
+		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{
+			Stdin: true, OOMEvents: true,
+		}),
 	}
 }
 

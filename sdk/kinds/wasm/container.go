@@ -21,6 +21,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
 )
 
 // containerState is what a container persists in its state directory, so
@@ -571,47 +572,20 @@ func (p initProc) Delete(ctx context.Context) error {
 	return nil
 }
 
-// watch waits for the runner pid through the pidfd fd (non-blocking, owned
-// by the watch) in Go's poller and records its exit. A runner that is this
+// watch waits for the runner pid through the pidfd fd (owned by the
+// watch; see package pidfd) and records its exit. A runner that is this
 // process's child is reaped for its status; another one (re-attached after
 // a restart) reports the code from its exit file. Close ends the watch and
 // leaves the runner running.
 func (b *Backend) watch(c *container, pid, fd int) {
-	f := os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid))
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return
-	}
-	done := make(chan struct{})
 	b.wg.Go(func() {
-		select {
-		case <-b.stop:
-			f.Close()
-		case <-done:
-		}
-	})
-	b.wg.Go(func() {
-		defer close(done)
-		defer f.Close()
-		var ws unix.WaitStatus
-		exited, child := false, false
-		err := rc.Read(func(fd uintptr) bool {
-			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			if n, err := unix.Poll(pfd, 0); err != nil || n == 0 {
-				return false // still running
-			}
-			exited = true
-			wpid, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
-			child = err == nil && wpid == pid
-			return true
-		})
-		if err != nil || !exited {
+		ex, err := pidfd.Wait(b.life, pid, fd)
+		if err != nil {
 			return // closing: the runner keeps running
 		}
 		st := c.recordedExit()
-		if child {
-			st.Code = exitcode.Of(ws)
+		if ex.Child {
+			st.Code = exitcode.Of(ex.Status)
 		}
 		c.runnerExited(st)
 	})

@@ -6,8 +6,9 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hoststdio"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hoststdio"
 )
 
 func TestModulePath(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/fifo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/internal/testutil/wasmtest"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/backend/backendtest"
@@ -36,9 +37,7 @@ func TestMain(m *testing.M) {
 // cgroup and mount namespace.
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the wasm kind needs root (cgroups, mount namespaces): run these tests as root")
-	}
+	testutil.RequireRoot(t, "the wasm kind: cgroups, mount namespaces")
 }
 
 func newBackend(t testing.TB, cfg wasm.Config) *wasm.Backend {
@@ -242,10 +241,7 @@ func (h *harness) warm(module, path, started string) {
 	spec := wasmtest.Bundle(h.t, dir, module, path)
 	io, out := fileStdio(h.t)
 	h.run(sb, sb, dir, spec, io)
-	deadline := time.Now().Add(3 * time.Minute)
-	for !strings.Contains(out(), started) && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.Poll(3*time.Minute, func() bool { return strings.Contains(out(), started) })
 	if err := h.e.Kill(context.Background(), sb, sb, "", syscall.SIGKILL, false); err != nil {
 		h.t.Logf("kill warm-up: %v", err)
 	}
@@ -253,15 +249,7 @@ func (h *harness) warm(module, path, started string) {
 }
 
 // eventually polls cond for a few seconds.
-func eventually(cond func() bool) bool {
-	for range 200 {
-		if cond() {
-			return true
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return cond()
-}
+func eventually(cond func() bool) bool { return testutil.Poll(10*time.Second, cond) }
 
 func lastLines(s string, n int) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
@@ -291,7 +279,7 @@ func TestStdinAndCloseStdin(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close()
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // the observation: no end of file in this while
 	if ps, _ := h.e.State(ctx, sb, "tr", ""); ps.State != engine.ProcessRunning {
 		t.Errorf("module stopped before CloseStdin: %+v", ps)
 	}

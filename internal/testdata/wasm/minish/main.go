@@ -6,6 +6,7 @@
 //	exit N          exit with status N
 //	sleep N         sleep N seconds (fractions allowed)
 //	cat             copy stdin to stdout
+//	tick            print "tick" every tenth of a second, forever
 //	tr a-z A-Z      copy stdin to stdout in upper case
 //	env             print the environment
 //	pwd             print the working directory
@@ -68,6 +69,11 @@ func run(f []string) int {
 			time.Sleep(time.Duration(s * float64(time.Second)))
 		}
 		return 0
+	case "tick":
+		for {
+			fmt.Println("tick")
+			time.Sleep(100 * time.Millisecond)
+		}
 	case "cat":
 		if _, err := io.Copy(os.Stdout, os.Stdin); err != nil {
 			fmt.Fprintln(os.Stderr, "cat:", err)

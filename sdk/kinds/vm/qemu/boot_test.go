@@ -30,17 +30,19 @@ func requireBoot(t *testing.T) (kernel, initrd string) {
 // connection until it answers or ctx ends.
 func health(ctx context.Context, t *testing.T, v hypervisor.VM) *agentv1.HealthResponse {
 	t.Helper()
-	var last error
-	for ctx.Err() == nil {
-		resp, err := healthOnce(ctx, v)
-		if err == nil {
-			return resp
-		}
-		last = err
-		time.Sleep(100 * time.Millisecond)
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(time.Minute)
 	}
-	t.Fatalf("agent did not answer Health: %v (last error %v)", ctx.Err(), last)
-	return nil
+	var resp *agentv1.HealthResponse
+	var last error
+	if !testutil.Poll(time.Until(deadline), func() bool {
+		resp, last = healthOnce(ctx, v)
+		return last == nil
+	}) {
+		t.Fatalf("agent did not answer Health: %v (last error %v)", ctx.Err(), last)
+	}
+	return resp
 }
 
 func healthOnce(ctx context.Context, v hypervisor.VM) (*agentv1.HealthResponse, error) {
@@ -234,12 +236,10 @@ func TestRecoverWaitsForExit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	// The pid file appears once QEMU has initialised.
-	for {
-		if _, err := os.Stat(filepath.Join(cfg.Dir, PidFile)); err == nil || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(cfg.Dir, PidFile))
+		return err == nil
+	})
 	r, err := New(Options{}).Recover(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/hypervisor"
 )
 
@@ -73,14 +74,10 @@ func (v *vm) watchPidfd() error {
 		return fmt.Errorf("pidfd_open %d: %w", v.pid, err)
 	}
 	go func() {
-		defer unix.Close(fd)
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			_, err := unix.Poll(fds, -1)
-			if err == nil || !errors.Is(err, unix.EINTR) {
-				break
-			}
-		}
+		// Not our child (or reaped by the Cmd that started it): the
+		// status stays unknown. A failed wait is taken for the exit, as
+		// before.
+		_, _ = pidfd.WaitNoReap(context.Background(), v.pid, fd)
 		v.exited(hypervisor.ExitStatus{Code: hypervisor.UnknownExitCode, ExitedAt: time.Now()})
 	}()
 	return nil

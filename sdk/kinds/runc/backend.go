@@ -4,9 +4,12 @@
 // is no pause container and no process per pod: the sandboxer itself is the
 // child subreaper that collects container exits.
 //
-// Process handling (stdio FIFOs, terminals, exec, kill, exit states) reuses
-// containerd's own runc shim packages, so behaviour matches
-// containerd-shim-runc-v2.
+// Processes are driven through runc as containerd-shim-runc-v2 drives them
+// (the same states, runc calls, errors and exit codes), but their stdio
+// FIFOs are passed to runc as they are, with no pipe or copy in this
+// process, so that a container keeps running and its output keeps flowing
+// when the sandboxer goes away: see [FIFOHolder]. Terminals are copied by
+// containerd's console copy here.
 package runc
 
 import (
@@ -16,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	shimrunc "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
@@ -43,6 +45,11 @@ type Config struct {
 	// namespace: a program whose main calls [PodInitMain] first. Default:
 	// this program (/proc/self/exe).
 	PodInit string
+	// FIFOHolder holds the ends of the processes' stdio FIFOs that keep
+	// them working while containerd is away: an output FIFO's read end
+	// and a stdin FIFO's write end (until CloseStdin). Default
+	// LocalFIFOHolder: this process holds them.
+	FIFOHolder FIFOHolder
 }
 
 // Backend is the runc sandbox kind. Only one may be open per process: it
@@ -82,6 +89,9 @@ func New(cfg Config) (_ *Backend, retErr error) {
 	if cfg.Root == "" {
 		cfg.Root = "/run/magnetar/runc"
 	}
+	if cfg.FIFOHolder == nil {
+		cfg.FIFOHolder = LocalFIFOHolder{}
+	}
 	openMu.Lock()
 	defer openMu.Unlock()
 	if open {
@@ -101,7 +111,8 @@ func New(cfg Config) (_ *Backend, retErr error) {
 	return &Backend{cfg: cfg, platform: platform, stop: make(chan struct{})}, nil
 }
 
-// Close stops reaping. Containers keep running. Close is idempotent.
+// Close stops reaping and the terminals' copies. Containers keep running,
+// and so does their stdio where it is not a terminal. Close is idempotent.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		close(b.stop)
@@ -157,9 +168,12 @@ func (b *Backend) runtime(namespace, bundle string) *gorunc.Runc {
 	return process.NewRunc(b.cfg.Root, bundle, namespace, b.cfg.Binary, false)
 }
 
+// exiter is told a process's exit status.
+type exiter interface{ SetExited(status int) }
+
 // watch reaps pid, a child of this process, when it exits and tells p.
 // The wait goes through a pidfd in Go's poller, so it ends with Close too.
-func (b *Backend) watch(pid int, p process.Process) {
+func (b *Backend) watch(pid int, p exiter) {
 	if pid <= 0 {
 		return
 	}
@@ -200,13 +214,4 @@ func (b *Backend) watch(pid int, p process.Process) {
 		}
 		p.SetExited(int(exitcode.Of(ws)))
 	})
-}
-
-// exitStatus converts a process's exit to the backend's type.
-func exitStatus(p process.Process) backend.ExitStatus {
-	at := p.ExitedAt()
-	if at.IsZero() {
-		at = time.Now()
-	}
-	return backend.ExitStatus{Code: uint32(p.ExitStatus()), ExitedAt: at.UTC()}
 }

@@ -20,8 +20,12 @@ import (
 
 // RecoverContainer re-attaches to a container after a sandboxer restart.
 // Its init was reparented away from this process, so its exit is observed
-// through a pidfd and its exit code is unknown (reported as 255); its stdio
-// copies are gone. It can still be signalled, waited for and deleted.
+// through a pidfd and its exit code is unknown (reported as 255). Its
+// stdio FIFOs never depended on this process (see FIFOHolder): the read
+// ends of its output FIFOs are held again until it is deleted; its stdin
+// is not (CloseStdin may have come before the restart). A terminal's copy
+// is gone with the process that made it. The container can be signalled,
+// waited for and deleted.
 func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerConfig, pid uint32) (backend.Container, error) {
 	rt := s.b.runtime(s.cfg.Namespace, cfg.Bundle)
 	// containerd may remove the bundle (and with it runc's log file) while
@@ -34,7 +38,8 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
-	return &recovered{id: cfg.ID, rt: rt, pid: int(pid), rootfs: rootfs}, nil
+	release := holdOutputs(s.b.cfg.FIFOHolder, nullStdio(cfg.Stdio))
+	return &recovered{id: cfg.ID, rt: rt, pid: int(pid), rootfs: rootfs, releaseIO: release}, nil
 }
 
 type recovered struct {
@@ -42,6 +47,8 @@ type recovered struct {
 	rt     *gorunc.Runc
 	pid    int
 	rootfs string
+	// releaseIO releases the held read ends of the output FIFOs.
+	releaseIO func() error
 }
 
 func (r *recovered) Init() backend.Process { return recoveredInit{r} }
@@ -55,7 +62,11 @@ func (r *recovered) Delete(ctx context.Context) error { return nil }
 // recoveredInit is the init process of a recovered container.
 type recoveredInit struct{ *recovered }
 
-func (r recoveredInit) Delete(ctx context.Context) error { return r.deleteRuntime(ctx) }
+func (r recoveredInit) Delete(ctx context.Context) error {
+	err := r.deleteRuntime(ctx)
+	_ = r.releaseIO()
+	return err
+}
 
 func (r *recovered) Start(ctx context.Context) (uint32, error) {
 	return 0, fmt.Errorf("container %q was already started: %w", r.id, errdefs.ErrFailedPrecondition)

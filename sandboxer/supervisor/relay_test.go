@@ -16,10 +16,10 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
-// worker is a fake task service standing for one sandboxer worker: Wait
+// fakeWorker is a fake task service standing for one sandboxer fakeWorker: Wait
 // returns exitCode once exit is closed, Kill blocks until the test ends,
 // State answers at once with its name.
-type worker struct {
+type fakeWorker struct {
 	taskapi.TTRPCTaskService // unimplemented methods panic: never called
 	name                     string
 	exitCode                 uint32
@@ -29,7 +29,7 @@ type worker struct {
 	waitOnce                 sync.Once
 }
 
-func (w *worker) Wait(ctx context.Context, req *taskapi.WaitRequest) (*taskapi.WaitResponse, error) {
+func (w *fakeWorker) Wait(ctx context.Context, req *taskapi.WaitRequest) (*taskapi.WaitResponse, error) {
 	w.waitOnce.Do(func() { close(w.waiting) })
 	select {
 	case <-w.exit:
@@ -39,21 +39,21 @@ func (w *worker) Wait(ctx context.Context, req *taskapi.WaitRequest) (*taskapi.W
 	}
 }
 
-func (w *worker) Kill(ctx context.Context, req *taskapi.KillRequest) (*emptypb.Empty, error) {
+func (w *fakeWorker) Kill(ctx context.Context, req *taskapi.KillRequest) (*emptypb.Empty, error) {
 	close(w.killed)
 	<-ctx.Done()
 	return nil, ctx.Err()
 }
 
-func (w *worker) State(ctx context.Context, req *taskapi.StateRequest) (*taskapi.StateResponse, error) {
+func (w *fakeWorker) State(ctx context.Context, req *taskapi.StateRequest) (*taskapi.StateResponse, error) {
 	if req.ID == "missing" {
 		return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
 	}
 	return &taskapi.StateResponse{ID: w.name}, nil
 }
 
-// serveWorker serves w on a backend socket in dir.
-func serveWorker(t *testing.T, dir string, w *worker) (string, *ttrpc.Server) {
+// serveFakeWorker serves w on a backend socket in dir.
+func serveFakeWorker(t *testing.T, dir string, w *fakeWorker) (string, *ttrpc.Server) {
 	t.Helper()
 	path := filepath.Join(dir, w.name+".sock")
 	ln, err := net.Listen("unix", path)
@@ -70,14 +70,14 @@ func serveWorker(t *testing.T, dir string, w *worker) (string, *ttrpc.Server) {
 	return path, srv
 }
 
-func newWorker(name string, code uint32) *worker {
-	return &worker{name: name, exitCode: code, exit: make(chan struct{}), killed: make(chan struct{}), waiting: make(chan struct{})}
+func newFakeWorker(name string, code uint32) *fakeWorker {
+	return &fakeWorker{name: name, exitCode: code, exit: make(chan struct{}), killed: make(chan struct{}), waiting: make(chan struct{})}
 }
 
 // TestRelayOutlivesWorker: containerd's connection to a task socket stays
-// open while the worker behind it goes away and a new one takes over; a
-// Wait in flight is answered by the new worker, a Kill in flight fails
-// with Unavailable, and a call made while no worker serves waits for the
+// open while the fakeWorker behind it goes away and a new one takes over; a
+// Wait in flight is answered by the new fakeWorker, a Kill in flight fails
+// with Unavailable, and a call made while no fakeWorker serves waits for the
 // next one.
 func TestRelayOutlivesWorker(t *testing.T) {
 	dir := t.TempDir()
@@ -87,8 +87,8 @@ func TestRelayOutlivesWorker(t *testing.T) {
 	}
 	defer relay.Close()
 
-	w1 := newWorker("w1", 1)
-	back1, srv1 := serveWorker(t, dir, w1)
+	w1 := newFakeWorker("w1", 1)
+	back1, srv1 := serveFakeWorker(t, dir, w1)
 	relay.SetBackend(back1)
 
 	conn, err := net.Dial("unix", filepath.Join(dir, "task.sock"))
@@ -125,12 +125,12 @@ func TestRelayOutlivesWorker(t *testing.T) {
 	<-w1.killed
 	<-w1.waiting
 
-	// The worker goes away (a crash closes its connections likewise).
+	// The fakeWorker goes away (a crash closes its connections likewise).
 	srv1.Close()
 	if err := <-killc; errgrpc.ToNative(err) == nil || !errdefs.IsUnavailable(errgrpc.ToNative(err)) {
-		t.Fatalf("Kill in flight when the worker went away = %v, want Unavailable", err)
+		t.Fatalf("Kill in flight when the fakeWorker went away = %v, want Unavailable", err)
 	}
-	// A call while no worker serves waits for the next one.
+	// A call while no fakeWorker serves waits for the next one.
 	statec := make(chan string, 1)
 	go func() {
 		st, err := tasks.State(ctx, &taskapi.StateRequest{ID: "c1"})
@@ -140,15 +140,15 @@ func TestRelayOutlivesWorker(t *testing.T) {
 		statec <- st.GetID()
 	}()
 
-	w2 := newWorker("w2", 42)
-	back2, _ := serveWorker(t, dir, w2)
+	w2 := newFakeWorker("w2", 42)
+	back2, _ := serveFakeWorker(t, dir, w2)
 	close(w2.exit)
 	relay.SetBackend(back2)
 	if got := <-statec; got != "w2" {
 		t.Errorf("State made during the gap answered by %q, want w2", got)
 	}
 	if resp := <-waitc; resp.GetExitStatus() != 42 {
-		t.Errorf("Wait across the restart = %v, want exit 42 from the new worker", resp)
+		t.Errorf("Wait across the restart = %v, want exit 42 from the new fakeWorker", resp)
 	}
 	if closed.Load() {
 		t.Error("the client's connection closed")
@@ -159,7 +159,7 @@ func TestRelayOutlivesWorker(t *testing.T) {
 }
 
 // TestRelayClose: closing the relay closes client connections and removes
-// the socket; a client that goes away closes its worker connection.
+// the socket; a client that goes away closes its fakeWorker connection.
 func TestRelayClose(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "task.sock")
@@ -167,8 +167,8 @@ func TestRelayClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWorker("w", 0)
-	back, _ := serveWorker(t, dir, w)
+	w := newFakeWorker("w", 0)
+	back, _ := serveFakeWorker(t, dir, w)
 	relay.SetBackend(back)
 	conn, err := net.Dial("unix", path)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	shimrunc "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
@@ -45,6 +46,12 @@ type Config struct {
 	// namespace: a program whose main calls [PodInitMain] first. Default:
 	// this program (/proc/self/exe).
 	PodInit string
+	// OrphanExit, when set, tells how a container process ended that this
+	// process could not reap (it was orphaned while no sandboxer ran and
+	// another process, e.g. the sandboxer's supervisor, reaped it): its
+	// exit code (128+signal for a signal) and time, and whether it is
+	// known. Without it such exits are reported as 255.
+	OrphanExit func(pid int) (code uint32, at time.Time, ok bool)
 	// FIFOHolder holds the ends of the processes' stdio FIFOs that keep
 	// them working while containerd is away: an output FIFO's read end
 	// and a stdin FIFO's write end (until CloseStdin). Default

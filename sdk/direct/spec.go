@@ -1,4 +1,4 @@
-package apiserver
+package direct
 
 import (
 	"context"
@@ -12,8 +12,6 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	containerv1 "github.com/magnetar-io/magnetar/gen/magnetar/container/v1"
-	typesv1 "github.com/magnetar-io/magnetar/gen/magnetar/types/v1"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 	"github.com/magnetar-io/magnetar/sdk/image"
 )
@@ -45,31 +43,31 @@ const bundleRootfs = "rootfs"
 // else the image's working directory, else "/"; the user is the request's,
 // else the image's, resolved against the image's /etc/passwd and
 // /etc/group.
-func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, cgroupParent, id string, req *containerv1.CreateContainerRequest, img *imageRootfs) (*specs.Spec, error) {
-	if raw := req.GetOciSpecJson(); len(raw) > 0 {
+func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, cgroupParent, id string, req *ContainerRequest, img *imageRootfs) (*specs.Spec, error) {
+	if raw := req.OCISpecJSON; len(raw) > 0 {
 		var spec specs.Spec
 		if err := json.Unmarshal(raw, &spec); err != nil {
 			return nil, fmt.Errorf("oci_spec_json: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
 		if img != nil {
-			spec.Root = &specs.Root{Path: bundleRootfs, Readonly: req.GetReadonlyRootfs()}
+			spec.Root = &specs.Root{Path: bundleRootfs, Readonly: req.ReadonlyRootfs}
 		}
 		return &spec, nil
 	}
-	proc := req.GetProcess()
-	args := commandLine(proc.GetEntrypoint(), proc.GetArgs(), img)
+	proc := req.Process
+	args := commandLine(proc.Entrypoint, proc.Args, img)
 	if len(args) == 0 {
 		if img != nil {
-			return nil, fmt.Errorf("image %q has neither entrypoint nor cmd; process.args must not be empty: %w", req.GetImage(), errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("image %q has neither entrypoint nor cmd; process.args must not be empty: %w", req.Image, errdefs.ErrInvalidArgument)
 		}
 		return nil, fmt.Errorf("process.args must not be empty: %w", errdefs.ErrInvalidArgument)
 	}
-	rootfs := req.GetRootfsPath()
+	rootfs := req.RootfsPath
 	switch {
 	case img != nil:
 		rootfs = bundleRootfs
-	case req.GetImage() != "":
-		return nil, fmt.Errorf("image %q was not resolved: %w", req.GetImage(), errdefs.ErrFailedPrecondition)
+	case req.Image != "":
+		return nil, fmt.Errorf("image %q was not resolved: %w", req.Image, errdefs.ErrFailedPrecondition)
 	case rootfs == "":
 		return nil, fmt.Errorf("rootfs_path or image is required: %w", errdefs.ErrInvalidArgument)
 	case !filepath.IsAbs(rootfs) || filepath.Clean(rootfs) != rootfs:
@@ -84,29 +82,29 @@ func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, c
 	if img != nil {
 		opts = append(opts, oci.WithEnv(img.config.Env))
 	}
-	opts = append(opts, oci.WithEnv(proc.GetEnv()))
+	opts = append(opts, oci.WithEnv(proc.Env))
 	switch {
-	case proc.GetCwd() != "":
-		opts = append(opts, oci.WithProcessCwd(proc.GetCwd()))
+	case proc.Cwd != "":
+		opts = append(opts, oci.WithProcessCwd(proc.Cwd))
 	case img != nil && img.config.WorkingDir != "":
 		opts = append(opts, oci.WithProcessCwd(filepath.Join("/", img.config.WorkingDir)))
 	}
-	if req.GetReadonlyRootfs() {
+	if req.ReadonlyRootfs {
 		opts = append(opts, oci.WithRootFSReadonly())
 	}
-	if proc.GetTerminal() {
+	if proc.Terminal {
 		opts = append(opts, oci.WithTTY)
-		if cs := proc.GetConsoleSize(); cs != nil {
-			opts = append(opts, oci.WithTTYSize(int(cs.GetWidth()), int(cs.GetHeight())))
+		if cs := proc.ConsoleSize; cs != nil {
+			opts = append(opts, oci.WithTTYSize(int(cs.Width), int(cs.Height)))
 		}
 	}
 	spec, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: id}, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("generate OCI spec: %w", err)
 	}
-	switch u := proc.GetUser(); {
+	switch u := proc.User; {
 	case u != nil:
-		spec.Process.User = specs.User{UID: u.GetUid(), GID: u.GetGid(), AdditionalGids: u.GetAdditionalGids()}
+		spec.Process.User = specs.User{UID: u.UID, GID: u.GID, AdditionalGids: u.AdditionalGids}
 	case img != nil && img.config.User != "":
 		iu, err := image.ResolveUser(img.dir, img.config.User)
 		if err != nil {
@@ -136,22 +134,22 @@ func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, c
 		cgroupParent = "/magnetar"
 	}
 	spec.Linux.CgroupsPath = filepath.Join(cgroupParent, id)
-	spec.Linux.Resources = mergeResources(spec.Linux.Resources, req.GetResources())
-	for _, m := range req.GetMounts() {
-		if !filepath.IsAbs(m.GetDestination()) {
-			return nil, fmt.Errorf("mount destination %q must be absolute: %w", m.GetDestination(), errdefs.ErrInvalidArgument)
+	spec.Linux.Resources = mergeResources(spec.Linux.Resources, req.Resources)
+	for _, m := range req.Mounts {
+		if !filepath.IsAbs(m.Destination) {
+			return nil, fmt.Errorf("mount destination %q must be absolute: %w", m.Destination, errdefs.ErrInvalidArgument)
 		}
-		typ, options := m.GetType(), m.GetOptions()
+		typ, options := m.Type, m.Options
 		if typ == "" {
 			typ = "bind"
 		}
 		if typ == "bind" && len(options) == 0 {
 			options = []string{"rbind"}
 		}
-		if m.GetReadonly() {
+		if m.Readonly {
 			options = append(options, "ro")
 		}
-		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: m.GetDestination(), Type: typ, Source: m.GetSource(), Options: options})
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: m.Destination, Type: typ, Source: m.Source, Options: options})
 	}
 	return spec, nil
 }
@@ -166,43 +164,67 @@ func nsFile(t specs.LinuxNamespaceType) string {
 	return string(t)
 }
 
+// Resources are the resources of a sandbox or a container; nil fields are
+// not set. The units are those of the OCI runtime spec's LinuxResources.
+type Resources struct {
+	// CPUShares is the relative CPU weight (cgroup v1 cpu.shares).
+	CPUShares *uint64
+	// CPUQuota is the CPU time in microseconds the group may use in each
+	// CPUPeriod; -1 means unlimited.
+	CPUQuota *int64
+	// CPUPeriod is the CPU accounting period in microseconds.
+	CPUPeriod *uint64
+	// CpusetCPUs and CpusetMems are the CPUs and memory nodes, in cpuset
+	// list format.
+	CpusetCPUs *string
+	CpusetMems *string
+	// MemoryLimit is the memory limit in bytes; -1 means unlimited.
+	MemoryLimit *int64
+	// MemorySwapLimit is the limit of memory plus swap in bytes; -1 means
+	// unlimited swap.
+	MemorySwapLimit *int64
+	// PidsLimit is the maximum number of processes; -1 or 0 means
+	// unlimited.
+	PidsLimit *int64
+}
+
 // mergeResources applies the set fields of r to res.
-func mergeResources(res *specs.LinuxResources, r *typesv1.Resources) *specs.LinuxResources {
+func mergeResources(res *specs.LinuxResources, r *Resources) *specs.LinuxResources {
 	if r == nil {
 		return res
 	}
 	if res == nil {
 		res = &specs.LinuxResources{}
 	}
-	if r.CpuShares != nil || r.CpuQuotaUs != nil || r.CpuPeriodUs != nil || r.CpusetCpus != nil || r.CpusetMems != nil {
+	if r.CPUShares != nil || r.CPUQuota != nil || r.CPUPeriod != nil || r.CpusetCPUs != nil || r.CpusetMems != nil {
 		if res.CPU == nil {
 			res.CPU = &specs.LinuxCPU{}
 		}
-		if r.CpuShares != nil {
-			res.CPU.Shares = r.CpuShares
+		if r.CPUShares != nil {
+			res.CPU.Shares = r.CPUShares
 		}
-		if r.CpuQuotaUs != nil {
-			res.CPU.Quota = r.CpuQuotaUs
+		if r.CPUQuota != nil {
+			res.CPU.Quota = r.CPUQuota
 		}
-		if r.CpuPeriodUs != nil {
-			res.CPU.Period = r.CpuPeriodUs
+		if r.CPUPeriod != nil {
+			res.CPU.Period = r.CPUPeriod
 		}
-		if r.CpusetCpus != nil {
-			res.CPU.Cpus = r.GetCpusetCpus()
+		if r.CpusetCPUs != nil {
+			res.CPU.Cpus = *r.CpusetCPUs
 		}
 		if r.CpusetMems != nil {
-			res.CPU.Mems = r.GetCpusetMems()
+			res.CPU.Mems = *r.CpusetMems
 		}
 	}
-	if r.MemoryLimitBytes != nil || r.MemorySwapLimitBytes != nil {
+	if r.MemoryLimit != nil || r.MemorySwapLimit != nil {
 		if res.Memory == nil {
 			res.Memory = &specs.LinuxMemory{}
 		}
-		if r.MemoryLimitBytes != nil {
-			res.Memory.Limit = r.MemoryLimitBytes
+		if r.MemoryLimit != nil {
+			res.Memory.Limit = r.MemoryLimit
 		}
-		if r.MemorySwapLimitBytes != nil {
-			res.Memory.Swap = r.MemorySwapLimitBytes
+		if r.MemorySwapLimit != nil {
+			res.Memory.Swap = r.MemorySwapLimit
 		}
 	}
 	if r.PidsLimit != nil {

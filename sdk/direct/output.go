@@ -1,4 +1,4 @@
-package apiserver
+package direct
 
 import (
 	"context"
@@ -10,9 +10,19 @@ import (
 // clients that attach late; older output is dropped first.
 const outputBufferLimit = 4 << 20
 
-type chunk struct {
-	stream int // 1 stdout, 2 stderr
-	data   []byte
+// Stream is an output stream of a process.
+type Stream int
+
+// Output streams; the numbers are those of the API's OutputStream.
+const (
+	Stdout Stream = 1
+	Stderr Stream = 2
+)
+
+// Chunk is a piece of a process's output.
+type Chunk struct {
+	Stream Stream
+	Data   []byte
 }
 
 // outputLog keeps a process's output from its creation on, so that a
@@ -20,7 +30,7 @@ type chunk struct {
 // outputBufferLimit), and fans new output out to attached clients.
 type outputLog struct {
 	mu      sync.Mutex
-	chunks  []chunk
+	chunks  []Chunk
 	first   int // sequence number of chunks[0]
 	size    int
 	open    int // streams still being copied
@@ -36,13 +46,13 @@ func (l *outputLog) notify() {
 	l.changed = make(chan struct{})
 }
 
-func (l *outputLog) append(stream int, data []byte) {
+func (l *outputLog) append(stream Stream, data []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.chunks = append(l.chunks, chunk{stream: stream, data: data})
+	l.chunks = append(l.chunks, Chunk{Stream: stream, Data: data})
 	l.size += len(data)
 	for l.size > outputBufferLimit && len(l.chunks) > 1 {
-		l.size -= len(l.chunks[0].data)
+		l.size -= len(l.chunks[0].Data)
 		l.chunks = l.chunks[1:]
 		l.first++
 	}
@@ -57,7 +67,7 @@ func (l *outputLog) closeStream() {
 }
 
 // copyFrom appends everything read from r until EOF.
-func (l *outputLog) copyFrom(stream int, r io.Reader) {
+func (l *outputLog) copyFrom(stream Stream, r io.Reader) {
 	defer l.closeStream()
 	buf := make([]byte, 32<<10)
 	for {
@@ -73,14 +83,14 @@ func (l *outputLog) copyFrom(stream int, r io.Reader) {
 
 // follow calls send for every chunk from the start of the retained output
 // until all streams closed, or ctx ends.
-func (l *outputLog) follow(ctx context.Context, send func(chunk) error) error {
+func (l *outputLog) follow(ctx context.Context, send func(Chunk) error) error {
 	next := 0
 	for {
 		l.mu.Lock()
 		if next < l.first {
 			next = l.first
 		}
-		pending := append([]chunk(nil), l.chunks[next-l.first:]...)
+		pending := append([]Chunk(nil), l.chunks[next-l.first:]...)
 		next += len(pending)
 		done := l.open <= 0
 		changed := l.changed

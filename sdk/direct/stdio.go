@@ -1,4 +1,4 @@
-package apiserver
+package direct
 
 import (
 	"context"
@@ -29,7 +29,7 @@ type procIO struct {
 
 // newProcIO creates the FIFOs for a process in dir and starts copying its
 // output. prefix distinguishes exec'd processes from the init.
-func (s *Server) newProcIO(dir, prefix string, openStdin, terminal bool) (_ *procIO, retErr error) {
+func (s *Service) newProcIO(dir, prefix string, openStdin, terminal bool) (_ *procIO, retErr error) {
 	p := &procIO{}
 	defer func() {
 		if retErr != nil {
@@ -39,15 +39,15 @@ func (s *Server) newProcIO(dir, prefix string, openStdin, terminal bool) (_ *pro
 	ctx := context.Background()
 	streams := []struct {
 		name string
-		id   int
+		id   Stream
 		dst  *string
-	}{{"stdout", 1, &p.stdio.Stdout}}
+	}{{"stdout", Stdout, &p.stdio.Stdout}}
 	if !terminal {
 		streams = append(streams, struct {
 			name string
-			id   int
+			id   Stream
 			dst  *string
-		}{"stderr", 2, &p.stdio.Stderr})
+		}{"stderr", Stderr, &p.stdio.Stderr})
 	}
 	p.stdio.Terminal = terminal
 	p.output = newOutputLog(len(streams))

@@ -107,9 +107,9 @@ type taskServer struct {
 	id      string
 	path    string
 	sockets TaskSockets
-	svc  *taskservice.Service
-	sio  *streamIO
-	srv  *ttrpc.Server
+	svc     *taskservice.Service
+	sio     *streamIO
+	srv     *ttrpc.Server
 	// streams serves containerd's Streaming service for the `streaming`
 	// io type next to the Task API.
 	streams *streamRegistry

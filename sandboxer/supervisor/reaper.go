@@ -71,6 +71,10 @@ func (r *reaper) watch(pid int) <-chan exit {
 }
 
 func (r *reaper) reap() {
+	// The lock is held from wait4 to the record, so that exitOf never
+	// sees a pid that is neither a zombie nor recorded.
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
@@ -78,7 +82,6 @@ func (r *reaper) reap() {
 			return
 		}
 		e := exit{Code: exitCode(ws), At: time.Now().UTC()}
-		r.mu.Lock()
 		if pid == r.workerPid && r.workerExit != nil {
 			r.workerExit <- e
 			r.workerPid, r.workerExit = 0, nil
@@ -93,7 +96,6 @@ func (r *reaper) reap() {
 			}
 			r.cond.Broadcast()
 		}
-		r.mu.Unlock()
 	}
 }
 

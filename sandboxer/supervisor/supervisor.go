@@ -35,6 +35,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -214,6 +215,9 @@ func (s *supervisor) start() (*worker, error) {
 	p, err := os.StartProcess(s.cfg.Exe, append([]string{s.cfg.Exe}, s.cfg.Args...), &os.ProcAttr{
 		Env:   env,
 		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, theirs},
+		// A worker without its supervisor serves nothing containerd can
+		// reach: it stops (detaching) when the supervisor dies.
+		Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM},
 	})
 	if err != nil {
 		ctl.Close()
@@ -269,7 +273,11 @@ func (s *supervisor) serve(w *worker) {
 		}
 		var req request
 		if err := json.Unmarshal(buf[:n], &req); err != nil {
-			s.log.Error("bad control message from the worker", "error", err)
+			// Only our own worker holds the other end: garbage means it
+			// is broken. Its requests fail from now on; it is replaced
+			// when it exits.
+			s.log.Error("bad control message from the worker: closing its control channel", "pid", w.pid, "error", err)
+			w.ctl.Close()
 			return
 		}
 		// Answered one by one except exit queries, which may wait.

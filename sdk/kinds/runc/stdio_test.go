@@ -125,22 +125,6 @@ func (r *lineReader) numbers(t *testing.T) []int {
 	return out
 }
 
-// eventually polls cond every 20ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		case <-tick.C:
-		}
-	}
-}
-
 // fdsOn counts this process's descriptors open on the file at path for
 // reading or writing (not O_PATH handles, which containerd's fifo package
 // keeps too).
@@ -269,7 +253,7 @@ func TestOutputSurvivesTheSandboxer(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := int(pid32)
-	eventually(t, 10*time.Second, "5 lines", func() bool { return len(r.numbers(t)) >= 5 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return len(r.numbers(t)) >= 5 }, "5 lines of output")
 
 	// The container's stdout is the FIFO itself.
 	st, err := os.Stat(fmt.Sprintf("/proc/%d/fd/1", pid))
@@ -297,15 +281,15 @@ func TestOutputSurvivesTheSandboxer(t *testing.T) {
 	seen := len(r.numbers(t))
 	r.close()
 	heldFd := holder.held(fifo)[0]
-	eventually(t, 10*time.Second, "output written while no one reads", func() bool {
+	testutil.Eventually(t, 10*time.Second, func() bool {
 		n, err := unix.IoctlGetInt(heldFd, unix.TIOCINQ) // FIONREAD
 		return err == nil && n >= 30
-	})
+	}, "output written while no one reads")
 	counterRuns(t, pid)
 
 	// containerd is back: the output goes on where it stopped.
 	r.open(t)
-	eventually(t, 10*time.Second, "20 more lines", func() bool { return len(r.numbers(t)) >= seen+20 })
+	testutil.Eventually(t, 10*time.Second, func() bool { return len(r.numbers(t)) >= seen+20 }, "20 more lines")
 	for i, n := range r.numbers(t) {
 		if n != i {
 			t.Fatalf("line %d is %d: output lost or reordered: %v", i, n, r.numbers(t))
@@ -331,6 +315,6 @@ func TestOutputSurvivesTheSandboxer(t *testing.T) {
 			t.Errorf("without a reader the container ended with %v, want its counter killed by SIGPIPE (exit 141)", ws)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("the container still runs with no reader on its stdout")
+		t.Fatal("the counter still runs with no reader on its stdout")
 	}
 }

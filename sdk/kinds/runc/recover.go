@@ -23,8 +23,9 @@ import (
 // through a pidfd; its exit code comes from [Config.OrphanExit] (the
 // supervisor that reaped it), else it is unknown (reported as 255). Its
 // stdio FIFOs never depended on this process (see FIFOHolder): the read
-// ends of its output FIFOs are held again until it is deleted; its stdin
-// is not (CloseStdin may have come before the restart). A terminal's copy
+// ends of its output FIFOs that containerd still reads are held again
+// until it is deleted; its stdin is not (CloseStdin may have come before
+// the restart). A terminal's copy
 // is gone with the process that made it. The container can be signalled,
 // waited for and deleted.
 func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerConfig, pid uint32) (backend.Container, error) {

@@ -301,8 +301,11 @@ func (p *procIO) openOutput(h FIFOHolder, path string) (*os.File, error) {
 }
 
 // holdOutputs holds the read ends of the output FIFOs of a process that
-// already runs (a container recovered after a restart). FIFOs that are
-// gone are skipped. The result releases them.
+// already runs (a container recovered after a restart), where someone
+// still reads them (containerd). A FIFO that is gone, or whose reader went
+// with the previous sandboxer (a streamed-stdio bridge), is left alone: a
+// held read end there would make the container block once the FIFO is
+// full instead of failing to write. The result releases the holds.
 func holdOutputs(h FIFOHolder, s backend.Stdio) func() error {
 	var releases []func() error
 	if !s.Terminal {
@@ -310,9 +313,16 @@ func holdOutputs(h FIFOHolder, s backend.Stdio) func() error {
 			if path == "" || (i == 1 && path == s.Stdout) || !isFifo(path) {
 				continue
 			}
+			// Opening for writing without waiting succeeds only if
+			// the FIFO has a reader.
+			probe, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+			if err != nil {
+				continue
+			}
 			if release, err := h.Hold(path, unix.O_RDONLY|unix.O_NONBLOCK); err == nil {
 				releases = append(releases, release)
 			}
+			unix.Close(probe)
 		}
 	}
 	var once sync.Once

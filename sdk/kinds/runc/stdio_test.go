@@ -318,3 +318,75 @@ func TestOutputSurvivesTheSandboxer(t *testing.T) {
 		t.Fatal("the counter still runs with no reader on its stdout")
 	}
 }
+
+// TestStdoutAndStderrOnOnePath: one FIFO as both stdout and stderr (as
+// for combined output) gets both streams, and a plain file is appended to.
+func TestStdoutAndStderrOnOnePath(t *testing.T) {
+	testutil.RequireRunc(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b, err := runc.New(runc.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	sb, err := b.Create(ctx, backend.SandboxConfig{ID: "onepath", Namespace: "test", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := sb.Delete(context.Background()); err != nil {
+			t.Errorf("delete sandbox: %v", err)
+		}
+	}()
+	run := func(id string, stdio backend.Stdio) {
+		t.Helper()
+		bundle := t.TempDir()
+		spec := testutil.BusyboxBundle(t, bundle, "echo out; echo err >&2")
+		c, err := sb.CreateContainer(ctx, backend.ContainerConfig{ID: id, Bundle: bundle, Spec: spec, Stdio: stdio})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Init().Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := c.Init().Wait(ctx); err != nil || st.Code != 0 {
+			t.Fatalf("wait: %+v, %v", st, err)
+		}
+		if err := c.Init().Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	fifoPath := filepath.Join(t.TempDir(), "combined")
+	if err := unix.Mkfifo(fifoPath, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := &lineReader{path: fifoPath}
+	r.open(t)
+	run("combined", backend.Stdio{Stdout: fifoPath, Stderr: fifoPath})
+	select {
+	case <-r.done: // every writer is gone: end of file
+	case <-time.After(30 * time.Second):
+		t.Fatal("no end of file on the combined FIFO")
+	}
+	r.close()
+	if got := r.buf.String(); got != "out\nerr\n" {
+		t.Errorf("combined output = %q, want out and err", got)
+	}
+
+	file := filepath.Join(t.TempDir(), "log")
+	if err := os.WriteFile(file, []byte("before\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run("file", backend.Stdio{Stdout: file, Stderr: file})
+	if got, _ := os.ReadFile(file); string(got) != "before\nout\nerr\n" {
+		t.Errorf("file output = %q, want it appended", got)
+	}
+}

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -49,7 +50,9 @@ type Relay struct {
 	backend string // "" while no worker serves it
 	conns   map[*relayConn]struct{}
 	closed  bool
-	wg      sync.WaitGroup
+	// paused: new requests wait for the next worker (see Drain).
+	paused bool
+	wg     sync.WaitGroup
 }
 
 // NewRelay listens on path (mode 0600; a stale socket file is replaced).
@@ -92,7 +95,7 @@ func (r *Relay) accept() {
 		if err != nil {
 			return // closed
 		}
-		rc := &relayConn{r: r, client: c, pending: map[uint32]*pending{}}
+		rc := &relayConn{r: r, client: c, pending: map[uint32]*pending{}, answered: make(chan struct{})}
 		r.mu.Lock()
 		if r.closed {
 			r.mu.Unlock()
@@ -115,6 +118,7 @@ func (r *Relay) accept() {
 func (r *Relay) SetBackend(path string) {
 	r.mu.Lock()
 	r.backend = path
+	r.paused = false
 	conns := make([]*relayConn, 0, len(r.conns))
 	for c := range r.conns {
 		conns = append(conns, c)
@@ -123,6 +127,34 @@ func (r *Relay) SetBackend(path string) {
 	for _, c := range conns {
 		c.connect(path)
 	}
+}
+
+// Drain prepares a planned handover to a new worker: requests that arrive
+// from now on wait for the next worker, and Drain returns once the
+// current worker has answered every call it has that would not be
+// replayed (everything but Wait and the other read-only calls), or when
+// ctx ends.
+func (r *Relay) Drain(ctx context.Context) error {
+	r.pause()
+	r.mu.Lock()
+	conns := make([]*relayConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		if err := c.drained(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pause makes new requests wait for the next worker.
+func (r *Relay) pause() {
+	r.mu.Lock()
+	r.paused = true
+	r.mu.Unlock()
 }
 
 // ClearBackend records that the worker no longer serves this socket (it
@@ -184,6 +216,32 @@ type relayConn struct {
 	gen     int // counts backend connections, so a late loss is ignored
 	pending map[uint32]*pending
 	closed  bool
+	// answered is signalled whenever a response arrives (see drained).
+	answered chan struct{}
+}
+
+// drained waits until no call the worker has would be lost with it.
+func (c *relayConn) drained(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		busy := false
+		for _, p := range c.pending {
+			if p.sent && (p.stream || !replaySafe[p.method]) {
+				busy = true
+				break
+			}
+		}
+		ch := c.answered
+		c.mu.Unlock()
+		if !busy || ch == nil {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // writeClient sends a frame to the client.
@@ -223,7 +281,10 @@ func (c *relayConn) clientLoop() {
 			}
 			p := &pending{f: f, method: m, stream: f.flags()&flagRemoteOpen != 0}
 			c.pending[sid] = p
-			if c.back != nil {
+			c.r.mu.Lock()
+			paused := c.r.paused
+			c.r.mu.Unlock()
+			if c.back != nil && !paused {
 				p.sent = c.writeBack(f)
 			}
 		case typeData:
@@ -297,6 +358,8 @@ func (c *relayConn) backLoop(back net.Conn, gen int) {
 		if f.typ() == typeResponse {
 			c.mu.Lock()
 			delete(c.pending, f.streamID())
+			close(c.answered)
+			c.answered = make(chan struct{})
 			c.mu.Unlock()
 		}
 		c.writeClient(f)

@@ -27,6 +27,7 @@ type fakeWorker struct {
 	killed                   chan struct{} // closed when Kill arrived
 	waiting                  chan struct{} // closed when a Wait arrived
 	waitOnce                 sync.Once
+	killHook                 chan struct{} // when set, Kill returns once it is closed
 }
 
 func (w *fakeWorker) Wait(ctx context.Context, req *taskapi.WaitRequest) (*taskapi.WaitResponse, error) {
@@ -41,6 +42,14 @@ func (w *fakeWorker) Wait(ctx context.Context, req *taskapi.WaitRequest) (*taska
 
 func (w *fakeWorker) Kill(ctx context.Context, req *taskapi.KillRequest) (*emptypb.Empty, error) {
 	close(w.killed)
+	if w.killHook != nil {
+		select {
+		case <-w.killHook:
+			return &emptypb.Empty{}, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	<-ctx.Done()
 	return nil, ctx.Err()
 }
@@ -190,5 +199,82 @@ func TestRelayClose(t *testing.T) {
 	}
 	if _, err := net.Dial("unix", path); err == nil {
 		t.Error("socket still accepts after Close")
+	}
+}
+
+// TestRelayDrain: during a planned handover, a Kill in flight is answered
+// by the old worker (Drain waits for it), a call made meanwhile waits for
+// the new worker, and a Wait in flight moves to the new worker.
+func TestRelayDrain(t *testing.T) {
+	dir := t.TempDir()
+	relay, err := NewRelay(filepath.Join(dir, "task.sock"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	w1 := newFakeWorker("w1", 1)
+	release := make(chan struct{})
+	w1.killHook = release
+	back1, srv1 := serveFakeWorker(t, dir, w1)
+	relay.SetBackend(back1)
+	conn, err := net.Dial("unix", filepath.Join(dir, "task.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	tasks := taskapi.NewTTRPCTaskClient(client)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	waitc := make(chan uint32, 1)
+	go func() {
+		resp, err := tasks.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
+		if err != nil {
+			t.Errorf("Wait across the handover: %v", err)
+		}
+		waitc <- resp.GetExitStatus()
+	}()
+	killc := make(chan error, 1)
+	go func() {
+		_, err := tasks.Kill(ctx, &taskapi.KillRequest{ID: "c1", Signal: 15})
+		killc <- err
+	}()
+	<-w1.killed
+	<-w1.waiting
+	relay.pause() // what Drain does first, here before the State below
+	drained := make(chan error, 1)
+	go func() { drained <- relay.Drain(ctx) }()
+	statec := make(chan string, 1)
+	go func() {
+		st, err := tasks.State(ctx, &taskapi.StateRequest{ID: "c1"})
+		if err != nil {
+			t.Errorf("State during the handover: %v", err)
+		}
+		statec <- st.GetID()
+	}()
+	select {
+	case err := <-drained:
+		t.Fatalf("Drain returned (%v) while a Kill was in flight", err)
+	case <-time.After(50 * time.Millisecond): // observation window: Drain must still wait
+	}
+	close(release)
+	if err := <-killc; err != nil {
+		t.Fatalf("Kill in flight during a drain = %v, want answered by the old worker", err)
+	}
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	relay.ClearBackend()
+	srv1.Close()
+	w2 := newFakeWorker("w2", 9)
+	close(w2.exit)
+	back2, _ := serveFakeWorker(t, dir, w2)
+	relay.SetBackend(back2)
+	if got := <-statec; got != "w2" {
+		t.Errorf("State made during the handover answered by %q, want the new worker", got)
+	}
+	if got := <-waitc; got != 9 {
+		t.Errorf("Wait across the handover = %d, want 9 from the new worker", got)
 	}
 }

@@ -141,6 +141,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 				continue
 			}
 			log.Info("upgrading: stopping the worker", "pid", w.pid)
+			s.drain()
 			s.stop(w)
 			delay = minRestartDelay
 		case <-ctx.Done():
@@ -162,6 +163,7 @@ func (s *supervisor) serveUntil(ctx context.Context, w *worker, hup <-chan os.Si
 				continue
 			}
 			s.log.Info("upgrading: stopping the worker", "pid", w.pid)
+			s.drain()
 			s.stop(w)
 			return true
 		case e := <-w.exit:
@@ -229,6 +231,26 @@ func (s *supervisor) start() (*worker, error) {
 	go s.serve(w)
 	s.log.Info("worker started", "pid", w.pid, "exe", s.cfg.Exe)
 	return w, nil
+}
+
+// drain holds new task calls for the next worker and waits (up to
+// StopTimeout) until the worker has answered the calls that cannot be
+// replayed, so that a live upgrade fails none.
+func (s *supervisor) drain() {
+	s.mu.Lock()
+	relays := make([]*Relay, 0, len(s.relays))
+	for _, r := range s.relays {
+		relays = append(relays, r)
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StopTimeout)
+	defer cancel()
+	for _, r := range relays {
+		if err := r.Drain(ctx); err != nil {
+			s.log.Warn("calls still in flight when the worker stops", "socket", r.path, "error", err)
+			return
+		}
+	}
 }
 
 // stop ends a worker gracefully (SIGTERM), or kills it after StopTimeout.

@@ -40,14 +40,17 @@ import (
 // through the FIFOHolder.
 
 // FIFOHolder keeps ends of a process's stdio FIFOs open on behalf of the
-// runc kind (see the package documentation of stdio above). The runc kind
-// never reads from or writes to what it holds: holding is all there is, so
-// the ends may live in another process, such as a supervisor that outlives
-// the sandboxer.
+// runc kind: an output FIFO's read end for the process's life, a stdin
+// FIFO's write end until CloseStdin (see the comment at the top of
+// stdio.go). The runc kind never reads from or writes to what it holds:
+// holding is all there is, so the ends may live in another process, such
+// as a supervisor that outlives the sandboxer.
 type FIFOHolder interface {
 	// Hold opens the FIFO at path with flag (unix.O_RDONLY or
-	// unix.O_WRONLY, with unix.O_NONBLOCK: the open must not wait) and
-	// keeps it open until release is called. release is called once.
+	// unix.O_WRONLY, with unix.O_NONBLOCK: the open must not wait; the
+	// runc kind asks for a write end only while it has the FIFO open for
+	// reading, so that it does not fail with ENXIO) and keeps it open
+	// until release is called. release is called at most once.
 	Hold(path string, flag int) (release func() error, err error)
 }
 

@@ -4,9 +4,12 @@
 // is no pause container and no process per pod: the sandboxer itself is the
 // child subreaper that collects container exits.
 //
-// Process handling (stdio FIFOs, terminals, exec, kill, exit states) reuses
-// containerd's own runc shim packages, so behaviour matches
-// containerd-shim-runc-v2.
+// Processes are driven through runc as containerd-shim-runc-v2 drives them
+// (the same states, runc calls, errors and exit codes), but their stdio
+// FIFOs are passed to runc as they are, with no pipe or copy in this
+// process, so that a container keeps running and its output keeps flowing
+// when the sandboxer goes away: see [FIFOHolder]. Terminals are copied by
+// containerd's console copy here.
 package runc
 
 import (
@@ -50,6 +53,11 @@ type Config struct {
 	// exit code (128+signal for a signal) and time, and whether it is
 	// known. Without it such exits are reported as 255.
 	OrphanExit func(pid int) (code uint32, at time.Time, ok bool)
+	// FIFOHolder holds the ends of the processes' stdio FIFOs that keep
+	// them working while containerd is away: an output FIFO's read end
+	// and a stdin FIFO's write end (until CloseStdin). Default
+	// LocalFIFOHolder: this process holds them.
+	FIFOHolder FIFOHolder
 }
 
 // Backend is the runc sandbox kind. Only one may be open per process: it
@@ -91,6 +99,9 @@ func New(cfg Config) (_ *Backend, retErr error) {
 	if cfg.Root == "" {
 		cfg.Root = "/run/magnetar/runc"
 	}
+	if cfg.FIFOHolder == nil {
+		cfg.FIFOHolder = LocalFIFOHolder{}
+	}
 	openMu.Lock()
 	defer openMu.Unlock()
 	if open {
@@ -112,7 +123,8 @@ func New(cfg Config) (_ *Backend, retErr error) {
 	return b, nil
 }
 
-// Close stops reaping. Containers keep running. Close is idempotent.
+// Close stops reaping and the terminals' copies. Containers keep running,
+// and so does their stdio where it is not a terminal. Close is idempotent.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.endLife()
@@ -167,9 +179,12 @@ func (b *Backend) runtime(namespace, bundle string) *gorunc.Runc {
 	return process.NewRunc(b.cfg.Root, bundle, namespace, b.cfg.Binary, false)
 }
 
+// exiter is told a process's exit status.
+type exiter interface{ SetExited(status int) }
+
 // watch reaps pid, a child of this process, when it exits and tells p.
 // The wait (see package pidfd) ends with Close too.
-func (b *Backend) watch(pid int, p process.Process) {
+func (b *Backend) watch(pid int, p exiter) {
 	if pid <= 0 {
 		return
 	}
@@ -190,13 +205,4 @@ func (b *Backend) watch(pid int, p process.Process) {
 		}
 		p.SetExited(code)
 	})
-}
-
-// exitStatus converts a process's exit to the backend's type.
-func exitStatus(p process.Process) backend.ExitStatus {
-	at := p.ExitedAt()
-	if at.IsZero() {
-		at = time.Now()
-	}
-	return backend.ExitStatus{Code: uint32(p.ExitStatus()), ExitedAt: at.UTC()}
 }

@@ -10,13 +10,10 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/containerd/console"
-	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/core/mount"
-	"github.com/containerd/containerd/v2/pkg/stdio"
 	"github.com/containerd/errdefs"
+	gorunc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
@@ -26,12 +23,14 @@ type container struct {
 	s      *sandbox
 	id     string
 	bundle string
-	init   *process.Init
+	rootfs string // where the rootfs is mounted ("" if not by us)
+	rt     *gorunc.Runc
+	init   *proc
 	oom    *oomWatch
 	cg     any // cgroup1.Cgroup or *cgroupsv2.Manager; nil if unknown
 
 	mu    sync.Mutex
-	execs map[string]process.Process
+	execs map[string]*proc
 }
 
 // CreateContainer mounts the rootfs, points the spec at the pod's
@@ -73,23 +72,15 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := shimrecord.Write(cfg.Bundle, shimrecord.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
 		return nil, err
 	}
-	init := process.New(cfg.ID, rt, stdio.Stdio{
-		Stdin: cfg.Stdio.Stdin, Stdout: cfg.Stdio.Stdout, Stderr: cfg.Stdio.Stderr, Terminal: cfg.Stdio.Terminal,
-	})
-	init.Bundle = cfg.Bundle
-	init.Platform = s.b.platform
-	init.Rootfs = rootfs
-	init.WorkDir = filepath.Join(cfg.Bundle, "work")
-	if err := init.Create(ctx, &process.CreateConfig{
-		ID: cfg.ID, Bundle: cfg.Bundle, Runtime: s.b.cfg.Binary, Terminal: cfg.Stdio.Terminal,
-		Stdin: cfg.Stdio.Stdin, Stdout: cfg.Stdio.Stdout, Stderr: cfg.Stdio.Stderr,
-	}); err != nil {
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, rt: rt, execs: map[string]*proc{}}
+	c.init = newProc(c, cfg.ID, true, cfg.Stdio)
+	if err := c.init.create(ctx); err != nil {
 		return nil, fmt.Errorf("create container %q: %w", cfg.ID, err)
 	}
-	s.b.watch(init.Pid(), init)
-	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, init: init, execs: map[string]process.Process{}}
-	c.cg, _ = loadCgroup(init.Pid())
-	c.oom = s.b.watchOOM(init.Pid(), func() {
+	init := c.init
+	s.b.watch(init.pid, init)
+	c.cg, _ = loadCgroup(init.pid)
+	c.oom = s.b.watchOOM(init.pid, func() {
 		if s.cfg.Events != nil {
 			s.cfg.Events.OOM(s.cfg.ID, cfg.ID)
 		}
@@ -100,25 +91,22 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	return c, nil
 }
 
-func (c *container) Init() backend.Process { return &proc{c: c, p: c.init, init: true} }
+func (c *container) Init() backend.Process { return c.init }
 
 func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.Process, error) {
-	data, err := json.Marshal(cfg.Process)
-	if err != nil {
-		return nil, err
+	if cfg.Process == nil {
+		return nil, fmt.Errorf("exec %q in container %q has no process spec: %w", cfg.ID, c.id, errdefs.ErrInvalidArgument)
 	}
-	cfg.Stdio = nullStdio(cfg.Stdio)
-	p, err := c.init.Exec(ctx, c.bundle, &process.ExecConfig{
-		ID: cfg.ID, Terminal: cfg.Stdio.Terminal, Stdin: cfg.Stdio.Stdin, Stdout: cfg.Stdio.Stdout, Stderr: cfg.Stdio.Stderr,
-		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: data},
-	})
-	if err != nil {
+	if err := c.init.canExec(); err != nil {
 		return nil, fmt.Errorf("exec in container %q: %w", c.id, err)
 	}
+	p := newProc(c, cfg.ID, false, nullStdio(cfg.Stdio))
+	p.spec = *cfg.Process
+	p.spec.Terminal = cfg.Stdio.Terminal
 	c.mu.Lock()
 	c.execs[cfg.ID] = p
 	c.mu.Unlock()
-	return &proc{c: c, p: p}, nil
+	return p, nil
 }
 
 func (c *container) Delete(ctx context.Context) error {
@@ -130,7 +118,7 @@ func (c *container) Delete(ctx context.Context) error {
 }
 
 func (c *container) killAll(ctx context.Context) error {
-	err := c.init.Kill(ctx, uint32(syscall.SIGKILL), true)
+	err := c.init.Kill(ctx, syscall.SIGKILL, true)
 	if err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
 		return err
 	}
@@ -139,12 +127,12 @@ func (c *container) killAll(ctx context.Context) error {
 
 // Update changes the container's cgroup limits.
 func (c *container) Update(ctx context.Context, res *specs.LinuxResources) error {
-	return c.init.Runtime().Update(ctx, c.id, res)
+	return c.init.update(ctx, res)
 }
 
 // Pids lists the container's processes.
 func (c *container) Pids(ctx context.Context) ([]backend.ProcessInfo, error) {
-	pids, err := c.init.Runtime().Ps(ctx, c.id)
+	pids, err := c.rt.Ps(ctx, c.id)
 	if err != nil {
 		return nil, fmt.Errorf("list processes of %q: %w", c.id, err)
 	}
@@ -156,10 +144,10 @@ func (c *container) Pids(ctx context.Context) ([]backend.ProcessInfo, error) {
 }
 
 // Pause freezes the container.
-func (c *container) Pause(ctx context.Context) error { return c.init.Pause(ctx) }
+func (c *container) Pause(ctx context.Context) error { return c.init.pause(ctx) }
 
 // Resume thaws the container.
-func (c *container) Resume(ctx context.Context) error { return c.init.Resume(ctx) }
+func (c *container) Resume(ctx context.Context) error { return c.init.resume(ctx) }
 
 // Stats reads the container's cgroup.
 func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
@@ -169,69 +157,8 @@ func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
 	return cgroupStats(c.cg)
 }
 
-// proc adapts containerd's runc process to backend.Process.
-type proc struct {
-	c    *container
-	p    process.Process
-	init bool
-}
-
-func (p *proc) Start(ctx context.Context) (uint32, error) {
-	if p.init {
-		if err := p.p.Start(ctx); err != nil {
-			return 0, err
-		}
-		return uint32(p.p.Pid()), nil
-	}
-	if err := p.p.Start(ctx); err != nil {
-		return 0, err
-	}
-	// An exec'd process that already exited is a zombie until watched.
-	pid := p.p.Pid()
-	p.c.s.b.watch(pid, p.p)
-	return uint32(pid), nil
-}
-
-// Pid is the process's host pid (the init's exists after create).
-func (p *proc) Pid() uint32 { return uint32(p.p.Pid()) }
-
-func (p *proc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
-	return p.p.Kill(ctx, uint32(sig), all)
-}
-
-func (p *proc) Wait(ctx context.Context) (backend.ExitStatus, error) {
-	if err := p.p.Wait(ctx); err != nil {
-		return backend.ExitStatus{}, err
-	}
-	return exitStatus(p.p), nil
-}
-
-func (p *proc) ResizePTY(ctx context.Context, width, height uint32) error {
-	return p.p.Resize(console.WinSize{Width: uint16(width), Height: uint16(height)})
-}
-
-func (p *proc) CloseStdin(ctx context.Context) error {
-	if s := p.p.Stdin(); s != nil {
-		return s.Close()
-	}
-	return nil
-}
-
-func (p *proc) Delete(ctx context.Context) error {
-	if p.init {
-		p.c.oom.flush() // before runc removes the cgroup
-	}
-	err := p.p.Delete(ctx)
-	if !p.init {
-		p.c.mu.Lock()
-		delete(p.c.execs, p.p.ID())
-		p.c.mu.Unlock()
-	}
-	return err
-}
-
-// nullStdio sends a missing stdout or stderr to /dev/null: containerd's
-// process I/O handles all three streams or none.
+// nullStdio sends a missing stdout or stderr to /dev/null, as containerd's
+// process I/O does: it handles all three streams or none.
 func nullStdio(s backend.Stdio) backend.Stdio {
 	if s.Stdin == "" && s.Stdout == "" && s.Stderr == "" {
 		return s

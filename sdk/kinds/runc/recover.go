@@ -22,8 +22,12 @@ import (
 // Its init was reparented away from this process, so its exit is observed
 // through a pidfd; its exit code comes from [Config.OrphanExit] (the
 // supervisor that reaped it), else it is unknown (reported as 255). Its
-// stdio copies are gone. It can still be signalled, waited for and
-// deleted.
+// stdio FIFOs never depended on this process (see FIFOHolder): the read
+// ends of its output FIFOs that containerd still reads are held again
+// until it is deleted; its stdin is not (CloseStdin may have come before
+// the restart). A terminal's copy
+// is gone with the process that made it. The container can be signalled,
+// waited for and deleted.
 func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerConfig, pid uint32) (backend.Container, error) {
 	rt := s.b.runtime(s.cfg.Namespace, cfg.Bundle)
 	// containerd may remove the bundle (and with it runc's log file) while
@@ -36,7 +40,8 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
-	return &recovered{id: cfg.ID, rt: rt, pid: int(pid), rootfs: rootfs, orphanExit: s.b.cfg.OrphanExit}, nil
+	release := holdOutputs(s.b.cfg.FIFOHolder, nullStdio(cfg.Stdio))
+	return &recovered{id: cfg.ID, rt: rt, pid: int(pid), rootfs: rootfs, orphanExit: s.b.cfg.OrphanExit, releaseIO: release}, nil
 }
 
 type recovered struct {
@@ -45,6 +50,8 @@ type recovered struct {
 	pid        int
 	rootfs     string
 	orphanExit func(pid int) (uint32, time.Time, bool)
+	// releaseIO releases the held read ends of the output FIFOs.
+	releaseIO func() error
 }
 
 // lostExit is the exit of a recovered init that this process cannot reap.
@@ -68,7 +75,11 @@ func (r *recovered) Delete(ctx context.Context) error { return nil }
 // recoveredInit is the init process of a recovered container.
 type recoveredInit struct{ *recovered }
 
-func (r recoveredInit) Delete(ctx context.Context) error { return r.deleteRuntime(ctx) }
+func (r recoveredInit) Delete(ctx context.Context) error {
+	err := r.deleteRuntime(ctx)
+	_ = r.releaseIO()
+	return err
+}
 
 func (r *recovered) Start(ctx context.Context) (uint32, error) {
 	return 0, fmt.Errorf("container %q was already started: %w", r.id, errdefs.ErrFailedPrecondition)

@@ -52,7 +52,7 @@ install_runsc() {
 	have="$(dpkg-query -W -f='${db:Status-Abbrev} ${Version}' runsc 2>/dev/null || true)"
 	if [[ "$have" == ii* ]]; then
 		# 20240729 and newer know systrap; older ones are upgraded below.
-		local v="${have#* }"; v="${v#0.0~}"; v="${v%%.*}"
+		local v="${have##* }"; v="${v#0.0~}"; v="${v%%.*}"
 		if [[ "$v" =~ ^[0-9]{8}$ ]] && ((v >= 20230000)); then
 			return 0
 		fi

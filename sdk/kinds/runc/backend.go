@@ -26,7 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
 )
 
 // Kind is the name of this sandbox kind.
@@ -160,46 +160,7 @@ func (b *Backend) runtime(namespace, bundle string) *gorunc.Runc {
 // watch reaps pid, a child of this process, when it exits and tells p.
 // The wait goes through a pidfd in Go's poller, so it ends with Close too.
 func (b *Backend) watch(pid int, p process.Process) {
-	if pid <= 0 {
-		return
-	}
-	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
-	if err != nil {
-		// Gone already and reaped: nothing can tell its status any more.
-		p.SetExited(255)
-		return
-	}
-	f := os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid))
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		p.SetExited(255)
-		return
-	}
-	done := make(chan struct{})
-	b.wg.Go(func() { // unblock the wait on Close
-		select {
-		case <-b.stop:
-			f.Close()
-		case <-done:
-		}
-	})
-	b.wg.Go(func() {
-		defer close(done)
-		defer f.Close()
-		var ws unix.WaitStatus
-		reaped := false
-		err := rc.Read(func(uintptr) bool {
-			// The pidfd is readable once the process exited.
-			wpid, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
-			reaped = wpid == pid || err != nil
-			return reaped
-		})
-		if err != nil || !reaped {
-			return // closing: the container keeps running
-		}
-		p.SetExited(int(exitcode.Of(ws)))
-	})
+	reaper.Watch(b.stop, &b.wg, pid, p.SetExited)
 }
 
 // exitStatus converts a process's exit to the backend's type.

@@ -42,7 +42,7 @@ type initProc struct {
 	stdin  io.Closer
 	// stdinDone is closed when the copy of stdin ended (nil: none).
 	stdinDone chan struct{}
-	wg     sync.WaitGroup // output copies
+	wg        sync.WaitGroup // output copies
 
 	mu      sync.Mutex
 	started bool

@@ -59,13 +59,13 @@ type sandbox struct {
 	cfg backend.SandboxConfig
 	rt  *gorunc.Runc
 
-	mu      sync.Mutex
-	st      sandboxState
-	ctrs    map[string]*container
+	mu   sync.Mutex
+	st   sandboxState
+	ctrs map[string]*container
 	// recovered are containers re-attached after a restart.
 	recovered []string
 	// gofers are the gofer pids being reaped.
-	gofers map[int]bool
+	gofers  map[int]bool
 	stopped chan struct{} // closed by Stop, Delete or the sandbox's exit
 	once    sync.Once
 }
@@ -254,7 +254,7 @@ func (s *sandbox) writeRootBundle(dir string) error {
 func (s *sandbox) cgroupsPath() string {
 	p := s.cfg.CgroupParent
 	if p == "" || strings.HasSuffix(p, ".slice") || !strings.HasPrefix(p, "/") {
-		p = "/magnetar-gvisor"
+		p = defaultCgroupParent
 	}
 	return filepath.Join(p, "gvisor-"+s.cfg.ID)
 }
@@ -425,7 +425,22 @@ func (s *sandbox) destroy(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	removeDefaultCgroupParent()
 	return errors.Join(errs...)
+}
+
+// defaultCgroupParent holds the cgroups of sandboxes whose pod names no
+// cgroupfs parent.
+const defaultCgroupParent = "/magnetar-gvisor"
+
+// removeDefaultCgroupParent removes the default parent cgroup in every
+// hierarchy once it is empty (rmdir fails while a sandbox uses it).
+func removeDefaultCgroupParent() {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", defaultCgroupParent))
+	dirs = append(dirs, filepath.Join("/sys/fs/cgroup", defaultCgroupParent))
+	for _, d := range dirs {
+		_ = unix.Rmdir(d)
+	}
 }
 
 // notExist reports whether a runsc error says the container is gone.

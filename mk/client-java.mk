@@ -1,32 +1,25 @@
-# Java client (clients/java, Maven artifact io.magnetar:magnetar-client):
-# generation from proto/ with Buf and protoc's builtin java generator, and its
-# tests against a live magnetar-sandboxer. protoc is downloaded from Maven
-# Central (pinned version, checked against its SHA-256) into .tmp/java; the
-# Maven dependencies are pinned in clients/java/pom.xml.
+# Java client (clients/java, Maven artifact io.magnetar:magnetar-client) and
+# its tests against a live magnetar-sandboxer. Its messages are generated
+# from proto/ by the Maven build itself (io.github.ascopes:protobuf-maven-plugin
+# with protoc from Maven Central, both pinned in clients/java/pom.xml) into
+# clients/java/target; nothing generated is committed, so the Java client
+# takes no part in `make generate` / `make check-generate`.
 
 JAVA_CLIENT_DIR  := $(ROOT)/clients/java
-JAVA_PROTOC_VER  := 4.33.4
-JAVA_PROTOC_SHA  := 72e5311d8f2faaea1fcb15d5475ac5f5742ec6dbba8491bb473fc060e4e29e8f
-JAVA_PROTOC      := $(TMP)/java/protoc-$(JAVA_PROTOC_VER)
 MVN              ?= mvn
 
-CLIENT_GEN_DIRS += clients/java/src/gen
-CLIENT_GENERATE += generate-java
 CLIENT_TESTS    += test-java
 
-$(JAVA_PROTOC):
-	@mkdir -p $(dir $@)
-	curl -sSfL -o $@.part https://repo1.maven.org/maven2/com/google/protobuf/protoc/$(JAVA_PROTOC_VER)/protoc-$(JAVA_PROTOC_VER)-linux-x86_64.exe
-	echo "$(JAVA_PROTOC_SHA)  $@.part" | sha256sum -c --quiet
-	chmod +x $@.part && mv $@.part $@
+.PHONY: java-prereqs
+java-prereqs:
+	@command -v $(MVN) >/dev/null || { echo "Maven and a JDK >= 17 are required for the Java client" >&2; exit 1; }
 
-# buf.gen.java.yaml names protoc by this fixed path.
+# Every Maven build does this; the target is for IDEs and for looking at the
+# generated code.
 .PHONY: generate-java
-generate-java: $(ROOT)/node_modules/.bin/buf $(JAVA_PROTOC) ## Regenerate clients/java/src/gen from proto/
-	ln -sf $(notdir $(JAVA_PROTOC)) $(TMP)/java/protoc
-	cd $(ROOT) && $(BUF) generate --template buf.gen.java.yaml
+generate-java: java-prereqs ## Generate the Java client's messages from proto/ into clients/java/target (not committed)
+	cd $(JAVA_CLIENT_DIR) && $(MVN) -q -B generate-sources
 
 .PHONY: test-java
-test-java: build examples ## Test the Java client against a live magnetar-sandboxer (root)
-	@command -v $(MVN) >/dev/null || { echo "Maven and a JDK >= 17 are required for the Java client" >&2; exit 1; }
+test-java: build examples java-prereqs ## Test the Java client against a live magnetar-sandboxer (root)
 	cd $(JAVA_CLIENT_DIR) && MAGNETAR_BIN=$(BIN) MAGNETAR_EXAMPLES=$(EXAMPLES_DIR) MAGNETAR_E2E_REQUIRED=1 $(MVN) -q -B test

@@ -3,7 +3,8 @@
 // [proxy_plugins] entry of type "sandbox"), one Task API v3 ttrpc server per
 // sandbox (the address returned by Start), and forwards task events to
 // containerd's events service. Requests are converted to the engine's
-// domain types here, and errors to gRPC status codes only here.
+// domain types here; the controller returns errdefs errors, which
+// [UnaryServerInterceptor] maps to gRPC status codes.
 package controller
 
 import (
@@ -22,7 +23,6 @@ import (
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -51,6 +51,9 @@ type Config struct {
 	// Logger receives errors of the task servers and, at debug level, one
 	// line per Task API call. Default: discard.
 	Logger hclog.Logger
+	// TaskSockets places the task sockets; default: listen on their public
+	// paths under RunDir/t.
+	TaskSockets TaskSockets
 }
 
 // Controller implements containerd's Sandbox Controller service
@@ -88,7 +91,7 @@ func New(eng *engine.Engine, cfg Config) (*Controller, error) {
 		eng:     eng,
 		kinds:   kindResolver{handlers: maps.Clone(cfg.Handlers), defaultKind: cfg.DefaultKind},
 		log:     log,
-		tasks:   newTaskServers(eng, cfg.RunDir, cfg.Version, log),
+		tasks:   newTaskServers(eng, cfg.RunDir, cfg.Version, log, cfg.TaskSockets),
 		closing: make(chan struct{}),
 	}, nil
 }
@@ -108,8 +111,6 @@ func (c *Controller) Recover(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Close stops every Task API server and ends blocked Waits. Sandboxes and
-// containers keep running.
 // ExitHold is a [Forwarder.Hold]: a process whose stdio are containerd
 // streams has its exit event held until its output has been sent, as the
 // runc shim publishes an exit only after the output reached its FIFOs (CRI
@@ -118,9 +119,20 @@ func (c *Controller) ExitHold(ev engine.Event) <-chan struct{} {
 	return c.tasks.outputDone(ev.SandboxID, ev.ContainerID, ev.ExecID)
 }
 
+// Close stops every Task API server and ends blocked Waits. Sandboxes and
+// containers keep running.
 func (c *Controller) Close() error {
 	c.closeOnce.Do(func() { close(c.closing) })
 	return c.tasks.closeAll()
+}
+
+// Detach stops serving the Task API without answering calls in flight and
+// without releasing the task sockets: the way a worker leaves under a
+// supervisor, which holds containerd's connections and hands the calls to
+// the next worker. Blocked Controller Waits end (containerd retries them).
+func (c *Controller) Detach() {
+	c.closeOnce.Do(func() { close(c.closing) })
+	c.tasks.detachAll()
 }
 
 // Create creates a sandbox. Its kind comes from the CRI runtime handler, the
@@ -128,20 +140,20 @@ func (c *Controller) Close() error {
 func (c *Controller) Create(ctx context.Context, req *sandboxapi.ControllerCreateRequest) (*sandboxapi.ControllerCreateResponse, error) {
 	ns, err := namespace(ctx)
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	if err := engine.ValidateID("sandbox", req.GetSandboxID()); err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	spec, from, err := c.kinds.sandboxSpec(req, ns)
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	if _, err := c.eng.CreateSandbox(ctx, spec); err != nil {
 		if errdefs.IsInvalidArgument(err) {
 			err = fmt.Errorf("sandbox kind %q from %s: %w", spec.Kind, from, err)
 		}
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	return &sandboxapi.ControllerCreateResponse{SandboxID: req.GetSandboxID()}, nil
 }
@@ -163,13 +175,13 @@ func namespace(ctx context.Context) (string, error) {
 func (c *Controller) Start(ctx context.Context, req *sandboxapi.ControllerStartRequest) (_ *sandboxapi.ControllerStartResponse, retErr error) {
 	id := req.GetSandboxID()
 	if _, err := c.eng.Sandbox(ctx, id); err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	// Serve the Task API first: if that fails, nothing was started.
 	wasServing := c.tasks.running(id)
 	address, err := c.tasks.start(id)
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	st, err := c.eng.StartSandbox(ctx, id)
 	if err != nil {
@@ -178,7 +190,7 @@ func (c *Controller) Start(ctx context.Context, req *sandboxapi.ControllerStartR
 				c.log.Warn("stop task server", "sandbox_id", id, "error", serr)
 			}
 		}
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	return &sandboxapi.ControllerStartResponse{
 		SandboxID: id,
@@ -193,7 +205,7 @@ func (c *Controller) Start(ctx context.Context, req *sandboxapi.ControllerStartR
 // Platform reports the platform containers of the sandbox run on.
 func (c *Controller) Platform(ctx context.Context, req *sandboxapi.ControllerPlatformRequest) (*sandboxapi.ControllerPlatformResponse, error) {
 	if _, err := c.eng.Sandbox(ctx, req.GetSandboxID()); err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	return &sandboxapi.ControllerPlatformResponse{Platform: &types.Platform{OS: goruntime.GOOS, Architecture: goruntime.GOARCH}}, nil
 }
@@ -204,7 +216,7 @@ func (c *Controller) Platform(ctx context.Context, req *sandboxapi.ControllerPla
 func (c *Controller) Stop(ctx context.Context, req *sandboxapi.ControllerStopRequest) (*sandboxapi.ControllerStopResponse, error) {
 	timeout := time.Duration(req.GetTimeoutSecs()) * time.Second
 	if err := c.eng.StopSandbox(ctx, req.GetSandboxID(), timeout); err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	return &sandboxapi.ControllerStopResponse{}, nil
 }
@@ -226,7 +238,7 @@ func (c *Controller) Wait(ctx context.Context, req *sandboxapi.ControllerWaitReq
 		if cause := context.Cause(ctx); cause != nil && errdefs.IsUnavailable(cause) {
 			err = cause
 		}
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	return &sandboxapi.ControllerWaitResponse{ExitStatus: st.Code, ExitedAt: timestamppb.New(st.ExitedAt)}, nil
 }
@@ -236,7 +248,7 @@ func (c *Controller) Wait(ctx context.Context, req *sandboxapi.ControllerWaitReq
 func (c *Controller) Status(ctx context.Context, req *sandboxapi.ControllerStatusRequest) (*sandboxapi.ControllerStatusResponse, error) {
 	st, err := c.eng.Sandbox(ctx, req.GetSandboxID())
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	state := runtimeapi.PodSandboxState_SANDBOX_NOTREADY.String()
 	if st.State == engine.SandboxReady {
@@ -244,7 +256,7 @@ func (c *Controller) Status(ctx context.Context, req *sandboxapi.ControllerStatu
 	}
 	info, err := statusInfo(st, req.GetVerbose())
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	if req.GetVerbose() && st.State == engine.SandboxReady {
 		// What the sandbox reports about itself now; best effort: a
@@ -313,7 +325,7 @@ func (c *Controller) Shutdown(ctx context.Context, req *sandboxapi.ControllerShu
 			// the sandbox.
 			_ = c.tasks.stop(id)
 		}
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	if err := c.tasks.stop(id); err != nil {
 		c.log.Warn("stop task server", "sandbox_id", id, "error", err)
@@ -326,11 +338,11 @@ func (c *Controller) Shutdown(ctx context.Context, req *sandboxapi.ControllerShu
 func (c *Controller) Metrics(ctx context.Context, req *sandboxapi.ControllerMetricsRequest) (*sandboxapi.ControllerMetricsResponse, error) {
 	st, err := c.eng.SandboxStats(ctx, req.GetSandboxID())
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	data, err := taskservice.MetricsAny(st)
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	ts := st.Timestamp
 	if ts.IsZero() {
@@ -357,7 +369,7 @@ func (c *Controller) Update(ctx context.Context, req *sandboxapi.ControllerUpdat
 		}
 	}
 	if _, err := c.eng.UpdateSandbox(ctx, req.GetSandboxID(), labels, nil); err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	return &sandboxapi.ControllerUpdateResponse{}, nil
 }

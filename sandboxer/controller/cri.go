@@ -159,6 +159,7 @@ func (r kindResolver) sandboxSpec(req *sandboxapi.ControllerCreateRequest, names
 		if dns := cfg.GetDnsConfig(); dns != nil {
 			spec.DNS = backend.DNSConfig{Servers: dns.GetServers(), Searches: dns.GetSearches(), Options: dns.GetOptions()}
 		}
+		spec.HostPID = linux.GetSecurityContext().GetNamespaceOptions().GetPid() == runtimeapi.NamespaceMode_NODE
 		spec.CgroupParent = linux.GetCgroupParent()
 		spec.Resources = linuxResources(linux.GetResources())
 	}

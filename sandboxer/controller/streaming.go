@@ -19,7 +19,6 @@ import (
 	"github.com/containerd/containerd/v2/core/streaming"
 	transferstreaming "github.com/containerd/containerd/v2/core/transfer/streaming"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/fifo"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
@@ -27,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/taskservice"
 )
 
 // streamClaimTimeout bounds how long Create/Exec wait for containerd to
@@ -81,20 +81,25 @@ func validStreamID(id string) error {
 // it, acknowledges, and holds the call open until the stream is closed by
 // its user, the connection ends, or the task server closes.
 func (r *streamRegistry) Stream(ctx context.Context, srv streamingapi.TTRPCStreaming_StreamServer) error {
+	// The task server's unary interceptor does not see streams.
+	return taskservice.StreamError(r.stream(ctx, srv))
+}
+
+func (r *streamRegistry) stream(ctx context.Context, srv streamingapi.TTRPCStreaming_StreamServer) error {
 	a, err := srv.Recv()
 	if err != nil {
 		return err
 	}
 	var init streamingapi.StreamInit
 	if err := typeurl.UnmarshalTo(a, &init); err != nil {
-		return errgrpc.ToGRPC(fmt.Errorf("first stream message must be a StreamInit: %v: %w", err, errdefs.ErrInvalidArgument))
+		return fmt.Errorf("first stream message must be a StreamInit: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	if err := validStreamID(init.ID); err != nil {
-		return errgrpc.ToGRPC(err)
+		return err
 	}
 	ss := &serverStream{srv: srv, done: make(chan struct{})}
 	if err := r.register(init.ID, ss); err != nil {
-		return errgrpc.ToGRPC(err)
+		return err
 	}
 	defer r.unregister(init.ID, ss)
 	ack, err := typeurl.MarshalAny(&emptypb.Empty{})

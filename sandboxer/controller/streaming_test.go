@@ -272,7 +272,7 @@ func TestTaskServerServesStreaming(t *testing.T) {
 	if err := os.MkdirAll(stale, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	ts := newTaskServers(nil, runDir, "test", hclog.NewNullLogger())
+	ts := newTaskServers(nil, runDir, "test", hclog.NewNullLogger(), nil)
 	addr, err := ts.start("sb1")
 	if err != nil {
 		t.Fatal(err)

@@ -53,12 +53,49 @@ func StreamDir(runDir, id string) string {
 	return filepath.Join(runDir, "s", hex.EncodeToString(sum[:8]))
 }
 
+// TaskSockets places the task sockets: where a sandbox's Task API server
+// listens when containerd dials the socket at a public path. The default
+// listens on the public path itself; under a supervisor, the supervisor
+// serves the public path and relays to a listener of the worker's.
+type TaskSockets interface {
+	// Listen returns the listener for the task socket at public.
+	Listen(public string) (net.Listener, error)
+	// Release stops serving public: containerd's connections to it close.
+	Release(public string) error
+}
+
+// directSockets listens on the public paths themselves.
+type directSockets struct{}
+
+func (directSockets) Listen(public string) (net.Listener, error) {
+	if err := os.Remove(public); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale task socket: %w", err)
+	}
+	l, err := net.Listen("unix", public)
+	if err != nil {
+		return nil, fmt.Errorf("listen on task socket: %w", err)
+	}
+	if err := os.Chmod(public, 0o600); err != nil {
+		_ = l.Close()
+		return nil, fmt.Errorf("chmod task socket: %w", err)
+	}
+	return l, nil
+}
+
+func (directSockets) Release(public string) error {
+	if err := os.Remove(public); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove task socket: %w", err)
+	}
+	return nil
+}
+
 // taskServers runs one ttrpc Task API server per sandbox.
 type taskServers struct {
 	eng     *engine.Engine
 	runDir  string
 	version string
 	log     hclog.Logger
+	sockets TaskSockets
 
 	mu      sync.Mutex
 	closed  bool
@@ -67,11 +104,12 @@ type taskServers struct {
 
 // taskServer is the Task API server of one sandbox.
 type taskServer struct {
-	id   string
-	path string
-	svc  *taskservice.Service
-	sio  *streamIO
-	srv  *ttrpc.Server
+	id      string
+	path    string
+	sockets TaskSockets
+	svc     *taskservice.Service
+	sio     *streamIO
+	srv     *ttrpc.Server
 	// streams serves containerd's Streaming service for the `streaming`
 	// io type next to the Task API.
 	streams *streamRegistry
@@ -85,8 +123,11 @@ type taskServer struct {
 	calls  sync.WaitGroup
 }
 
-func newTaskServers(eng *engine.Engine, runDir, version string, log hclog.Logger) *taskServers {
-	return &taskServers{eng: eng, runDir: runDir, version: version, log: log, servers: map[string]*taskServer{}}
+func newTaskServers(eng *engine.Engine, runDir, version string, log hclog.Logger, sockets TaskSockets) *taskServers {
+	if sockets == nil {
+		sockets = directSockets{}
+	}
+	return &taskServers{eng: eng, runDir: runDir, version: version, log: log, sockets: sockets, servers: map[string]*taskServer{}}
 }
 
 // address returns the Task API address of sandbox id, as containerd
@@ -132,27 +173,21 @@ func (ts *taskServers) start(id string) (_ string, retErr error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", fmt.Errorf("create task socket dir: %w", err)
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("remove stale task socket: %w", err)
-	}
 	// Stream FIFOs of an earlier daemon have no bridge any more.
 	if err := os.RemoveAll(StreamDir(ts.runDir, id)); err != nil {
 		return "", fmt.Errorf("remove stale stream FIFOs: %w", err)
 	}
-	l, err := net.Listen("unix", path)
+	l, err := ts.sockets.Listen(path)
 	if err != nil {
-		return "", fmt.Errorf("listen on task socket: %w", err)
+		return "", err
 	}
 	defer func() {
 		if retErr != nil {
 			_ = l.Close()
-			_ = os.Remove(path)
+			_ = ts.sockets.Release(path)
 		}
 	}()
-	if err := os.Chmod(path, 0o600); err != nil {
-		return "", fmt.Errorf("chmod task socket: %w", err)
-	}
-	t := &taskServer{id: id, path: path, streams: newStreamRegistry(), served: make(chan struct{})}
+	t := &taskServer{id: id, path: path, sockets: ts.sockets, streams: newStreamRegistry(), served: make(chan struct{})}
 	t.sio = newStreamIO(t.streams, path, StreamDir(ts.runDir, id))
 	t.svc = taskservice.New(ts.eng, id, ts.version, taskservice.WithStdioBridge(t.sio))
 	srv, err := ttrpc.NewServer(ttrpc.WithChainUnaryServerInterceptor(taskservice.UnaryServerInterceptor(), t.intercept(ts.log)))
@@ -210,10 +245,23 @@ func (t *taskServer) close() error {
 		_ = t.srv.Close()
 	}
 	<-t.served
-	if err := os.Remove(t.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return errors.Join(streamErr, fmt.Errorf("remove task socket: %w", err))
-	}
-	return streamErr
+	return errors.Join(streamErr, t.sockets.Release(t.path))
+}
+
+// detach stops serving without answering anything: connections are
+// dropped at once, so that calls in flight (blocked Waits among them) get
+// no reply from this process. Used when the sandboxer exits under a
+// supervisor, which keeps containerd's connections to the public socket
+// and sends those calls to the next worker.
+func (t *taskServer) detach() {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	_ = t.srv.Close()
+	<-t.served
+	t.svc.Close()
+	t.streams.close()
+	_ = t.sio.closeAll()
 }
 
 // stop stops the Task API server of sandbox id, if there is one.
@@ -230,6 +278,21 @@ func (ts *taskServers) stop(id string) error {
 		return nil
 	}
 	return t.close()
+}
+
+// detachAll detaches every server (see taskServer.detach) and refuses new
+// ones.
+func (ts *taskServers) detachAll() {
+	ts.mu.Lock()
+	ts.closed = true
+	servers := ts.servers
+	ts.servers = map[string]*taskServer{}
+	ts.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, t := range servers {
+		wg.Go(t.detach)
+	}
+	wg.Wait()
 }
 
 // closeAll stops every server and refuses new ones.

@@ -11,6 +11,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/hashicorp/go-hclog"
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/magnetar-io/magnetar/sandboxer/supervisor"
 )
 
 // ConfigVersion is the config file version this daemon reads.
@@ -81,6 +83,15 @@ type Config struct {
 	Containerd ContainerdConfig `toml:"containerd"`
 	// Backends configures the sandbox kinds.
 	Backends BackendsConfig `toml:"backends"`
+	// NoSupervisor runs the daemon as a single process. By default a small
+	// supervisor process holds the sockets and containerd's task
+	// connections and restarts the daemon proper (the worker) when it
+	// dies, so that a crash or an upgrade does not end containers (see
+	// docs/design.md, "Restart").
+	NoSupervisor bool `toml:"no_supervisor"`
+
+	// sup is the supervisor of a worker (nil without one).
+	sup *supervisor.Client
 }
 
 // ContainerdConfig configures the link to containerd.

@@ -59,7 +59,19 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 	if root == "" {
 		root = filepath.Join(cfg.RunDir, "runc")
 	}
-	rb, err := runc.New(runc.Config{Binary: cfg.Backends.Runc.Binary, Root: root})
+	rcfg := runc.Config{Binary: cfg.Backends.Runc.Binary, Root: root}
+	if cfg.sup != nil {
+		// Containers whose sandboxer died are reaped by the supervisor:
+		// it knows how they ended.
+		rcfg.OrphanExit = func(pid int) (uint32, time.Time, bool) {
+			code, at, ok, err := cfg.sup.ExitOf(pid)
+			if err != nil {
+				log.Warn("ask the supervisor for an exit status", "pid", pid, "error", err)
+			}
+			return uint32(code), at, ok
+		}
+	}
+	rb, err := runc.New(rcfg)
 	if err != nil {
 		return fmt.Errorf("open runc backend: %w", err)
 	}
@@ -112,20 +124,30 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 		}
 	}
 
-	ctrl, err := controller.New(eng, controller.Config{
+	ccfg := controller.Config{
 		RunDir:      cfg.RunDir,
 		Handlers:    cfg.Containerd.Handlers,
 		DefaultKind: cfg.DefaultKind,
 		Version:     Version(),
 		Logger:      log.Named("task"),
-	})
+	}
+	if cfg.sup != nil {
+		ccfg.TaskSockets = cfg.sup.TaskSockets(filepath.Join(cfg.RunDir, "w"))
+	}
+	ctrl, err := controller.New(eng, ccfg)
 	if err != nil {
 		return err
 	}
 	// Closing the controller ends blocked Waits (so that the graceful stop
-	// below can finish) and stops the Task API servers.
+	// below can finish) and stops the Task API servers. Under a supervisor
+	// the worker detaches instead: the supervisor keeps containerd's task
+	// connections and hands the calls in flight to the next worker.
+	stopTasks := ctrl.Close
+	if cfg.sup != nil {
+		stopTasks = func() error { ctrl.Detach(); return nil }
+	}
 	defer func() {
-		if err := ctrl.Close(); err != nil {
+		if err := stopTasks(); err != nil {
 			retErr = errors.Join(retErr, fmt.Errorf("close task servers: %w", err))
 		}
 	}()
@@ -133,19 +155,17 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 		log.Error("serve task API of recovered sandboxes", "error", err)
 	}
 
-	l, err := listen(cfg.Listen)
+	l, err := cfg.listen(cfg.Listen)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := os.Remove(cfg.Listen); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			log.Warn("remove socket", "path", cfg.Listen, "error", err)
-		}
-	}()
+	defer cfg.removeSocket(cfg.Listen, log)
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
-		grpc.ChainUnaryInterceptor(logCalls(log.Named("controller"))),
+		// The controller returns errdefs errors: the last interceptor maps
+		// them to status codes, which logCalls then sees.
+		grpc.ChainUnaryInterceptor(logCalls(log.Named("controller")), controller.UnaryServerInterceptor()),
 	)
 	sandboxapi.RegisterControllerServer(srv, ctrl)
 
@@ -173,7 +193,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("open image store: %w", err)
 		}
 		defer images.Close()
-		stopAPI, err := serveAPI(eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images))
+		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images))
 		if err != nil {
 			srv.Stop()
 			cancel()
@@ -191,12 +211,32 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 		cancel()
 		return fmt.Errorf("serve: %w", err)
 	}
-	if err := ctrl.Close(); err != nil {
+	if err := stopTasks(); err != nil {
 		log.Warn("close task servers", "error", err)
 	}
 	stopGracefully(srv, gracefulStopTimeout)
 	<-served
 	return nil
+}
+
+// listen opens a listening socket, through the supervisor when there is
+// one (it holds the socket across workers).
+func (c Config) listen(path string) (net.Listener, error) {
+	if c.sup != nil {
+		return c.sup.Listen(path)
+	}
+	return listen(path)
+}
+
+// removeSocket removes a socket the daemon listened on, unless the
+// supervisor holds it.
+func (c Config) removeSocket(path string, log hclog.Logger) {
+	if c.sup != nil {
+		return
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.Warn("remove socket", "path", path, "error", err)
+	}
 }
 
 // listen opens the Controller socket: stale sockets are removed, other
@@ -276,8 +316,8 @@ func Version() string {
 // serveAPI serves Magnetar's own API (Connect, gRPC and gRPC-Web over HTTP/1.1
 // and cleartext HTTP/2) on a 0600 unix socket. The returned function stops
 // it and waits for it.
-func serveAPI(eng *engine.Engine, path string, log hclog.Logger, wg *sync.WaitGroup, opts ...apiserver.Option) (func(), error) {
-	l, err := listen(path)
+func serveAPI(cfg Config, eng *engine.Engine, path string, log hclog.Logger, wg *sync.WaitGroup, opts ...apiserver.Option) (func(), error) {
+	l, err := cfg.listen(path)
 	if err != nil {
 		return nil, err
 	}
@@ -305,9 +345,7 @@ func serveAPI(eng *engine.Engine, path string, log hclog.Logger, wg *sync.WaitGr
 			_ = hs.Close()
 		}
 		_ = api.Close()
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			log.Warn("remove socket", "path", path, "error", err)
-		}
+		cfg.removeSocket(path, log)
 	}, nil
 }
 

@@ -8,15 +8,22 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/sandboxer/supervisor"
 )
 
 // Main is the magnetar-sandboxer command: it parses args (without the
 // program name), loads the config file and runs the daemon until SIGINT or
 // SIGTERM. It returns the process exit code.
 func Main(ctx context.Context, args []string, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "upgrade" {
+		return upgradeMain(args[1:], stderr)
+	}
 	fs := flag.NewFlagSet("magnetar-sandboxer", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -29,6 +36,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		logLevel   = fs.String("log-level", "", "trace, debug, info, warn or error (default "+DefaultLogLevel+")")
 		ttrpcAddr  = fs.String("containerd-ttrpc-address", "", "containerd's ttrpc socket, for task events")
 		version    = fs.Bool("version", false, "print the version and exit")
+		noSup      = fs.Bool("no-supervisor", false, "run as a single process, without the supervisor that keeps containers and connections across crashes and upgrades")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -61,10 +69,19 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 			*o.field = *o.flag
 		}
 	}
+	if *noSup {
+		cfg.NoSupervisor = true
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "magnetar-sandboxer: %v\n", err)
 		return 2
 	}
+	sup, err := supervisor.Connect()
+	if err != nil {
+		fmt.Fprintf(stderr, "magnetar-sandboxer: %v\n", err)
+		return 2
+	}
+	cfg.sup = sup
 
 	log := hclog.New(&hclog.LoggerOptions{
 		Name:   "magnetar-sandboxer",
@@ -74,9 +91,77 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	routeContainerdLogs(log.Named("containerd"))
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if sup == nil {
+		// The process that owns the state dir: the supervisor, or the
+		// daemon when it runs alone. A second one is refused.
+		unlock, err := lockStateDir(cfg.StateDir)
+		if err != nil {
+			log.Error("cannot start", "error", err)
+			return 1
+		}
+		defer unlock()
+	}
+	if sup == nil && !cfg.NoSupervisor {
+		exe, err := os.Executable()
+		if err != nil {
+			log.Error("find own executable", "error", err)
+			return 1
+		}
+		if err := supervisor.Run(ctx, supervisor.Config{Exe: exe, Args: args, PIDFile: PIDFile(cfg.RunDir)}, log.Named("supervisor")); err != nil {
+			log.Error("supervisor failed", "error", err)
+			return 1
+		}
+		return 0
+	}
 	if err := Run(ctx, cfg, log); err != nil {
 		log.Error("sandboxer failed", "error", err)
 		return 1
 	}
 	return 0
+}
+
+// PIDFile is where the supervisor of a daemon with run directory runDir
+// writes its pid.
+func PIDFile(runDir string) string { return filepath.Join(runDir, "sandboxer.pid") }
+
+// upgradeMain is `magnetar-sandboxer upgrade`: it asks the running
+// supervisor to replace its worker with the binary now installed.
+func upgradeMain(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("magnetar-sandboxer upgrade", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	runDir := fs.String("run-dir", DefaultRunDir, "runtime directory of the daemon to upgrade")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	pid, err := supervisor.Upgrade(PIDFile(*runDir))
+	if err != nil {
+		fmt.Fprintf(stderr, "magnetar-sandboxer upgrade: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "magnetar-sandboxer upgrade: asked supervisor %d to start the new binary (see its log)\n", pid)
+	return 0
+}
+
+// lockStateDir takes an exclusive lock on the state dir, so that a second
+// sandboxer on it is refused with a clear error and changes nothing.
+func lockStateDir(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, "sandboxer.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another magnetar-sandboxer serves state dir %s (lock %s is held)", dir, path)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
 }

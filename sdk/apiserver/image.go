@@ -2,25 +2,13 @@ package apiserver
 
 import (
 	"context"
-	"fmt"
-	"path/filepath"
 	"sync"
-
-	"github.com/containerd/errdefs"
 
 	imagev1 "github.com/magnetar-io/magnetar/gen/magnetar/image/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/image/v1/imagev1connect"
+	"github.com/magnetar-io/magnetar/sdk/direct"
 	"github.com/magnetar-io/magnetar/sdk/image"
 )
-
-// imageStore returns the image store, or FAILED_PRECONDITION when the
-// server has none.
-func (s *Server) imageStore() (*image.Store, error) {
-	if s.images == nil {
-		return nil, fmt.Errorf("this server has no image store: %w", errdefs.ErrFailedPrecondition)
-	}
-	return s.images, nil
-}
 
 // toImage converts an image of the store.
 func toImage(img image.Image) *imagev1.Image {
@@ -84,31 +72,13 @@ func (ps *progressSink) stop() {
 // ImportImage imports images from a path on the server's host, streaming
 // progress and then the imported images.
 func (s *Server) ImportImage(ctx context.Context, req *imagev1.ImportImageRequest, stream imagev1connect.ImageServiceImportImageServerStream) error {
-	st, err := s.imageStore()
-	if err != nil {
-		return toConnect(err)
-	}
-	p := req.GetPath()
-	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
-		return toConnect(fmt.Errorf("path %q must be an absolute, clean path: %w", p, errdefs.ErrInvalidArgument))
-	}
-	if err := stream.SendHeaders(); err != nil {
-		return err
-	}
 	sink := &progressSink{send: func(p *imagev1.Progress) error {
 		return stream.Send(&imagev1.ImportImageResponse{Payload: &imagev1.ImportImageResponse_Progress{Progress: p}})
 	}}
 	defer sink.stop()
-	imgs, err := st.Import(ctx, p, image.WithProgress(sink.report))
+	imgs, err := s.d.ImportImage(ctx, req.GetPath(), direct.ImageOptions{Unpack: req.GetUnpack(), Started: stream.SendHeaders, Progress: sink.report})
 	if err != nil {
-		return toConnect(err)
-	}
-	if req.GetUnpack() {
-		for _, img := range imgs {
-			if _, err := st.Rootfs(ctx, img.Digest, sink.report); err != nil {
-				return toConnect(err)
-			}
-		}
+		return err
 	}
 	sink.stop()
 	return stream.Send(&imagev1.ImportImageResponse{Payload: &imagev1.ImportImageResponse_Images{
@@ -119,32 +89,15 @@ func (s *Server) ImportImage(ctx context.Context, req *imagev1.ImportImageReques
 // PullImage pulls an image from its registry, streaming progress and then
 // the image.
 func (s *Server) PullImage(ctx context.Context, req *imagev1.PullImageRequest, stream imagev1connect.ImageServicePullImageServerStream) error {
-	st, err := s.imageStore()
-	if err != nil {
-		return toConnect(err)
-	}
-	if _, err := image.NormalizeRef(req.GetRef()); err != nil {
-		return toConnect(err)
-	}
-	if err := stream.SendHeaders(); err != nil {
-		return err
-	}
 	sink := &progressSink{send: func(p *imagev1.Progress) error {
 		return stream.Send(&imagev1.PullImageResponse{Payload: &imagev1.PullImageResponse_Progress{Progress: p}})
 	}}
 	defer sink.stop()
-	opts := []image.Option{image.WithProgress(sink.report)}
-	if req.GetInsecure() {
-		opts = append(opts, image.WithInsecure())
-	}
-	img, err := st.Pull(ctx, req.GetRef(), opts...)
+	img, err := s.d.PullImage(ctx, req.GetRef(), direct.ImageOptions{
+		Unpack: req.GetUnpack(), Insecure: req.GetInsecure(), Started: stream.SendHeaders, Progress: sink.report,
+	})
 	if err != nil {
-		return toConnect(err)
-	}
-	if req.GetUnpack() {
-		if _, err := st.Rootfs(ctx, img.Digest, sink.report); err != nil {
-			return toConnect(err)
-		}
+		return err
 	}
 	sink.stop()
 	return stream.Send(&imagev1.PullImageResponse{Payload: &imagev1.PullImageResponse_Image{Image: toImage(img)}})
@@ -152,26 +105,18 @@ func (s *Server) PullImage(ctx context.Context, req *imagev1.PullImageRequest, s
 
 // ListImages lists the store's images.
 func (s *Server) ListImages(ctx context.Context, req *imagev1.ListImagesRequest) (*imagev1.ListImagesResponse, error) {
-	st, err := s.imageStore()
+	imgs, err := s.d.ListImages(ctx)
 	if err != nil {
-		return nil, toConnect(err)
-	}
-	imgs, err := st.List(ctx)
-	if err != nil {
-		return nil, toConnect(err)
+		return nil, err
 	}
 	return &imagev1.ListImagesResponse{Images: toImages(imgs)}, nil
 }
 
 // GetImage returns one image.
 func (s *Server) GetImage(ctx context.Context, req *imagev1.GetImageRequest) (*imagev1.GetImageResponse, error) {
-	st, err := s.imageStore()
+	img, err := s.d.Image(ctx, req.GetRef())
 	if err != nil {
-		return nil, toConnect(err)
-	}
-	img, err := st.Get(ctx, req.GetRef())
-	if err != nil {
-		return nil, toConnect(err)
+		return nil, err
 	}
 	return &imagev1.GetImageResponse{Image: toImage(img)}, nil
 }
@@ -179,67 +124,8 @@ func (s *Server) GetImage(ctx context.Context, req *imagev1.GetImageRequest) (*i
 // RemoveImage removes an image. Uses registered by containers that no
 // longer exist (deleted with their sandbox, say) are released first.
 func (s *Server) RemoveImage(ctx context.Context, req *imagev1.RemoveImageRequest) (*imagev1.RemoveImageResponse, error) {
-	st, err := s.imageStore()
-	if err != nil {
-		return nil, toConnect(err)
-	}
-	s.imageMu.Lock()
-	defer s.imageMu.Unlock()
-	if err := s.releaseStaleImageUses(ctx, st); err != nil {
-		return nil, toConnect(err)
-	}
-	if err := st.Remove(ctx, req.GetRef()); err != nil {
-		return nil, toConnect(err)
+	if err := s.d.RemoveImage(ctx, req.GetRef()); err != nil {
+		return nil, err
 	}
 	return &imagev1.RemoveImageResponse{}, nil
-}
-
-// releaseStaleImageUses releases the image uses of containers the engine
-// no longer has, except those being created right now. The caller holds
-// s.imageMu.
-func (s *Server) releaseStaleImageUses(ctx context.Context, st *image.Store) error {
-	for _, h := range st.Holders(ctx) {
-		if s.creating[h] {
-			continue
-		}
-		if _, err := s.e.SandboxOf(ctx, h); errdefs.IsNotFound(err) || errdefs.IsInvalidArgument(err) {
-			if err := st.Release(ctx, h); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// useImage registers container id as a user of image ref's root file
-// system and returns the image. Until doneCreating, the use counts as
-// fresh: RemoveImage does not take it for a leftover.
-func (s *Server) useImage(ctx context.Context, ref, id string) (image.Image, error) {
-	st, err := s.imageStore()
-	if err != nil {
-		return image.Image{}, err
-	}
-	img, err := st.Get(ctx, ref)
-	if err != nil {
-		return image.Image{}, err
-	}
-	s.imageMu.Lock()
-	defer s.imageMu.Unlock()
-	// Pin the digest just read, not whatever ref names by now.
-	if err := st.Use(ctx, img.Digest, id); err != nil {
-		return image.Image{}, err
-	}
-	s.creating[id] = true
-	return img, nil
-}
-
-// doneCreating ends the creation of container id; if it failed, its image
-// use is released.
-func (s *Server) doneCreating(ctx context.Context, id string, failed bool) {
-	s.imageMu.Lock()
-	defer s.imageMu.Unlock()
-	delete(s.creating, id)
-	if failed && s.images != nil {
-		_ = s.images.Release(ctx, id)
-	}
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -34,8 +33,6 @@ type imageClients struct {
 	sb  sandboxv1connect.SandboxServiceClient
 	ctr containerv1connect.ContainerServiceClient
 	img imagev1connect.ImageServiceClient
-	// stateDir is the engine's state directory.
-	stateDir string
 }
 
 func requireOverlay(t *testing.T) { testutil.RequireOverlay(t) }
@@ -87,30 +84,8 @@ func serveImages(t *testing.T) imageClients {
 	c := connect.NewClient(connecthttp.NewTransport(h1, "http://magnetar"))
 	return imageClients{
 		sb: sandboxv1connect.NewSandboxServiceClient(c), ctr: containerv1connect.NewContainerServiceClient(c),
-		img: imagev1connect.NewImageServiceClient(c), stateDir: stateDir,
+		img: imagev1connect.NewImageServiceClient(c),
 	}
-}
-
-// containerMounts returns the mount points of this mount namespace below
-// dir that belong to containers (not to sandboxes' namespaces).
-func containerMounts(t *testing.T, dir string) []string {
-	t.Helper()
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, line := range strings.Split(string(data), "\n") {
-		// "... mount-point options [optional fields] - fstype source ..."
-		f := strings.Fields(line)
-		if len(f) <= 4 || !strings.HasPrefix(f[4], dir) || !strings.Contains(f[4], "/containers/") {
-			continue
-		}
-		_, after, _ := strings.Cut(line, " - ")
-		fstype, _, _ := strings.Cut(after, " ")
-		out = append(out, fstype+" "+f[4])
-	}
-	return out
 }
 
 // runOutput attaches to a container's output until it exits.
@@ -144,7 +119,10 @@ func runOutput(t *testing.T, ctx context.Context, c containerv1connect.Container
 	return out.String(), exit.GetExitStatus()
 }
 
-func TestContainerFromImage(t *testing.T) {
+// TestImageServiceOverAPI checks the image service's messages and codes,
+// and a container from an image over the API; what such containers get
+// (overlay roots, image defaults, image uses) is tested in sdk/direct.
+func TestImageServiceOverAPI(t *testing.T) {
 	c := serveImages(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -235,95 +213,19 @@ func TestContainerFromImage(t *testing.T) {
 	if cr.GetContainer().GetImage() != "bbtest:1" || strings.Join(cr.GetContainer().GetProcess().GetArgs(), " ") != "/bin/sh -c "+bb.Config.Cmd[0] {
 		t.Errorf("created %v", cr.GetContainer())
 	}
-	if m := containerMounts(t, c.stateDir); len(m) != 1 || !strings.HasPrefix(m[0], "overlay ") || !strings.Contains(m[0], id) {
-		t.Errorf("mounts under the state dir = %v, want the container's overlay", m)
-	}
 	out, code := runOutput(t, ctx, c.ctr, id)
 	if out != "hello request\n/etc\n1\n1\nwritten\n" || code != 3 {
 		t.Errorf("output %q, exit %d; want the image's command as daemon in /etc, exit 3", out, code)
 	}
 
-	// Request args replace the image's cmd and follow its entrypoint
-	// (/bin/sh -c); a read-only root.
-	ro, err := c.ctr.CreateContainer(ctx, &containerv1.CreateContainerRequest{
-		SandboxId: sbID, Source: &containerv1.CreateContainerRequest_Image{Image: "docker.io/library/bbtest:1"}, ReadonlyRootfs: true,
-		Process: &containerv1.ProcessSpec{Args: []string{"touch /x 2>/dev/null || echo read-only; cat /tmp/f 2>/dev/null || echo fresh"}},
-	})
-	if err != nil {
-		t.Fatalf("CreateContainer read-only: %v", err)
-	}
-	if out, code := runOutput(t, ctx, c.ctr, ro.GetContainer().GetId()); out != "read-only\nfresh\n" || code != 0 {
-		t.Errorf("read-only container: output %q, exit %d", out, code)
-	}
-
-	// An entrypoint replaces the image's and drops its cmd.
-	ep, err := c.ctr.CreateContainer(ctx, &containerv1.CreateContainerRequest{
-		SandboxId: sbID, Source: &containerv1.CreateContainerRequest_Image{Image: "docker.io/library/bbtest:1"},
-		Process: &containerv1.ProcessSpec{Entrypoint: []string{"echo"}, Args: []string{"from", "entrypoint"}},
-	})
-	if err != nil {
-		t.Fatalf("CreateContainer with entrypoint: %v", err)
-	}
-	if out, code := runOutput(t, ctx, c.ctr, ep.GetContainer().GetId()); out != "from entrypoint\n" || code != 0 {
-		t.Errorf("entrypoint container: output %q, exit %d", out, code)
-	}
-	if _, err := c.ctr.DeleteContainer(ctx, &containerv1.DeleteContainerRequest{ContainerId: ep.GetContainer().GetId()}); err != nil {
-		t.Fatalf("DeleteContainer: %v", err)
-	}
-
 	if _, err := c.img.RemoveImage(ctx, &imagev1.RemoveImageRequest{Ref: "bbtest:1"}); connect.CodeOf(err) != connect.CodeFailedPrecondition {
 		t.Errorf("RemoveImage of an image in use = %v, want FailedPrecondition", err)
 	}
-	for _, cid := range []string{id, ro.GetContainer().GetId()} {
-		if _, err := c.ctr.DeleteContainer(ctx, &containerv1.DeleteContainerRequest{ContainerId: cid}); err != nil {
-			t.Fatalf("DeleteContainer: %v", err)
-		}
-	}
-	if m := containerMounts(t, c.stateDir); len(m) != 0 {
-		t.Errorf("mounts left after DeleteContainer: %v", m)
-	}
-	if matches, _ := filepath.Glob(filepath.Join(c.stateDir, "*", "*", "containers", id)); len(matches) != 0 {
-		t.Errorf("container dir left: %v", matches)
+	if _, err := c.ctr.DeleteContainer(ctx, &containerv1.DeleteContainerRequest{ContainerId: id}); err != nil {
+		t.Fatalf("DeleteContainer: %v", err)
 	}
 	if _, err := c.img.RemoveImage(ctx, &imagev1.RemoveImageRequest{Ref: "bbtest:1"}); err != nil {
-		t.Errorf("RemoveImage after the containers are gone = %v", err)
-	}
-
-	// A container deleted with its sandbox leaves a use behind, which
-	// RemoveImage releases.
-	drain(t, ctx, c.img, archive)
-	cr, err = c.ctr.CreateContainer(ctx, &containerv1.CreateContainerRequest{
-		SandboxId: sbID, Source: &containerv1.CreateContainerRequest_Image{Image: "bbtest:1"},
-	})
-	if err != nil {
-		t.Fatalf("CreateContainer: %v", err)
-	}
-	if _, err := c.sb.DeleteSandbox(ctx, &sandboxv1.DeleteSandboxRequest{SandboxId: sbID, Force: true}); err != nil {
-		t.Fatal(err)
-	}
-	if m := containerMounts(t, c.stateDir); len(m) != 0 {
-		t.Errorf("mounts left after DeleteSandbox: %v", m)
-	}
-	if _, err := c.img.RemoveImage(ctx, &imagev1.RemoveImageRequest{Ref: "bbtest:1"}); err != nil {
-		t.Errorf("RemoveImage after the sandbox is gone = %v", err)
-	}
-}
-
-// drain imports archive and waits for the end of the stream.
-func drain(t *testing.T, ctx context.Context, c imagev1connect.ImageServiceClient, archive string) {
-	t.Helper()
-	stream, err := c.ImportImage(ctx, &imagev1.ImportImageRequest{Path: archive})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		_, err := stream.Receive()
-		if errors.Is(err, io.EOF) {
-			return
-		}
-		if err != nil {
-			t.Fatalf("ImportImage: %v", err)
-		}
+		t.Errorf("RemoveImage after the container is gone = %v", err)
 	}
 }
 

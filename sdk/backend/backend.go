@@ -176,6 +176,10 @@ type SandboxConfig struct {
 	// PrivateNetwork asks for a new network namespace with only loopback.
 	NetNSPath      string
 	PrivateNetwork bool
+	// HostPID: containers that join the pod's PID namespace run in the
+	// host's (Kubernetes' hostPID); otherwise the pod has a PID namespace
+	// of its own, shared by those containers.
+	HostPID bool
 	// DNS configures the pod's resolv.conf where the backend writes one.
 	DNS DNSConfig
 	// CgroupParent is the cgroup the pod's cgroups live under.

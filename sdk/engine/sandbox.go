@@ -45,11 +45,14 @@ type SandboxSpec struct {
 	// namespace of its own with only loopback; otherwise an empty
 	// NetNSPath means the host's network.
 	PrivateNetwork bool
-	CgroupParent   string
-	DNS            backend.DNSConfig
-	Resources      *specs.LinuxResources
-	Labels         map[string]string
-	Annotations    map[string]string
+	// HostPID runs the sandbox's containers that join its PID namespace in
+	// the host's (Kubernetes' hostPID; a VM's own in a microVM).
+	HostPID      bool
+	CgroupParent string
+	DNS          backend.DNSConfig
+	Resources    *specs.LinuxResources
+	Labels       map[string]string
+	Annotations  map[string]string
 }
 
 // SandboxStatus is a snapshot of a sandbox.
@@ -112,6 +115,7 @@ func (s *sandbox) backendConfig() backend.SandboxConfig {
 		Hostname:       s.rec.Hostname,
 		NetNSPath:      s.rec.NetNSPath,
 		PrivateNetwork: s.rec.PrivateNetwork,
+		HostPID:        s.rec.HostPID,
 		DNS:            s.rec.DNS,
 		CgroupParent:   s.rec.CgroupParent,
 		Labels:         s.rec.Labels,
@@ -176,7 +180,7 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 	}
 	rec := &sandboxRecord{
 		Version: 1, ID: spec.ID, Kind: spec.Kind, Namespace: spec.Namespace,
-		Hostname: spec.Hostname, NetNSPath: spec.NetNSPath, PrivateNetwork: spec.PrivateNetwork, CgroupParent: spec.CgroupParent, DNS: spec.DNS,
+		Hostname: spec.Hostname, NetNSPath: spec.NetNSPath, PrivateNetwork: spec.PrivateNetwork, HostPID: spec.HostPID, CgroupParent: spec.CgroupParent, DNS: spec.DNS,
 		Labels: maps.Clone(spec.Labels), Annotations: maps.Clone(spec.Annotations),
 		State: SandboxCreated, CreatedAt: time.Now().UTC(),
 	}

@@ -26,6 +26,7 @@ type sandboxRecord struct {
 	Hostname       string                      `json:"hostname,omitempty"`
 	NetNSPath      string                      `json:"netnsPath,omitempty"`
 	PrivateNetwork bool                        `json:"privateNetwork,omitempty"`
+	HostPID        bool                        `json:"hostPID,omitempty"`
 	CgroupParent   string                      `json:"cgroupParent,omitempty"`
 	DNS            backend.DNSConfig           `json:"dns"`
 	Labels         map[string]string           `json:"labels,omitempty"`

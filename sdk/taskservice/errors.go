@@ -16,3 +16,11 @@ func UnaryServerInterceptor() ttrpc.UnaryServerInterceptor {
 		return resp, errgrpc.ToGRPC(err)
 	}
 }
+
+// StreamError maps the error a ttrpc stream method returns the way
+// UnaryServerInterceptor maps those of unary methods. ttrpc (v1.2) has a
+// StreamServerInterceptor type but no server option to install one, so a
+// stream method returns through StreamError once, where its body ends.
+func StreamError(err error) error {
+	return errgrpc.ToGRPC(err)
+}

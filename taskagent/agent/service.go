@@ -11,11 +11,12 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/containerd/errdefs/pkg/errgrpc"
-	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
+	"github.com/magnetar-io/magnetar/sdk/taskservice"
 )
 
 // service implements agentv1.TTRPCAgentServiceService.
@@ -31,7 +32,7 @@ var _ agentv1.TTRPCAgentServiceService = (*service)(nil)
 func (s *service) Health(ctx context.Context, _ *agentv1.HealthRequest) (*agentv1.HealthResponse, error) {
 	bt, err := bootTime()
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	resp := &agentv1.HealthResponse{
 		Version:  Version,
@@ -88,14 +89,20 @@ func parseLoadavg(b []byte) (l1, l5, l15 float64) {
 
 func (s *service) Setup(ctx context.Context, req *agentv1.SetupRequest) (*agentv1.SetupResponse, error) {
 	if err := s.a.Setup(ctx, req); err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	return &agentv1.SetupResponse{}, nil
 }
 
+// Events streams the agent's events. The unary interceptor of the agent's
+// server does not see streams: their errors are mapped here.
 func (s *service) Events(ctx context.Context, _ *agentv1.EventsRequest, stream agentv1.TTRPCAgentService_EventsServer) error {
+	return taskservice.StreamError(s.events(ctx, stream))
+}
+
+func (s *service) events(ctx context.Context, stream agentv1.TTRPCAgentService_EventsServer) error {
 	if !s.eventsMu.TryLock() {
-		return errgrpc.ToGRPC(fmt.Errorf("an events stream is already open: %w", errdefs.ErrAlreadyExists))
+		return fmt.Errorf("an events stream is already open: %w", errdefs.ErrAlreadyExists)
 	}
 	defer s.eventsMu.Unlock()
 	for {
@@ -113,7 +120,7 @@ func (s *service) Events(ctx context.Context, _ *agentv1.EventsRequest, stream a
 func (s *service) SyncClock(ctx context.Context, req *agentv1.SyncClockRequest) (*agentv1.SyncClockResponse, error) {
 	before := time.Now()
 	if err := setClock(req.GetHostTime()); err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
 	s.a.log().Debug("clock synced", "drift", req.GetHostTime().AsTime().Sub(before))
 	return &agentv1.SyncClockResponse{GuestTime: timestamppb.New(before)}, nil

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -45,5 +47,20 @@ func TestSharedPIDNamespace(t *testing.T) {
 				t.Errorf("long container after the short one exited: %v, %v; want running", resp.GetStatus().GetState(), err)
 			}
 		})
+	}
+}
+
+// TestHostPIDPod: a hostPID pod's containers run in the host's PID
+// namespace (they see this test's process), and no pod init is started.
+func TestHostPIDPod(t *testing.T) {
+	e := setup(t)
+	p := e.runPodWith(t, handler, false, func(cfg *runtime.PodSandboxConfig) {
+		cfg.Linux.SecurityContext.NamespaceOptions.Pid = runtime.NamespaceMode_NODE
+	})
+	cid := e.startContainer(t, p, "hostpid", "exec sleep 600")
+	self := strconv.Itoa(os.Getpid())
+	ex, err := e.rt.ExecSync(ctxT(t), &runtime.ExecSyncRequest{ContainerId: cid, Cmd: []string{"sh", "-c", "test -d /proc/" + self + " && echo sees-host"}, Timeout: 60})
+	if err != nil || ex.ExitCode != 0 || !strings.Contains(string(ex.Stdout), "sees-host") {
+		t.Errorf("a hostPID container does not see host process %s: %v (exit %d, %s%s)", self, err, ex.GetExitCode(), ex.GetStdout(), ex.GetStderr())
 	}
 }

@@ -71,7 +71,9 @@ func TestVMSandboxerRestart(t *testing.T) {
 		Linux: &runtime.LinuxPodSandboxConfig{
 			CgroupParent: "/magnetar-e2e",
 			SecurityContext: &runtime.LinuxSandboxSecurityContext{
-				NamespaceOptions: &runtime.NamespaceOption{Network: runtime.NamespaceMode_POD, Pid: runtime.NamespaceMode_CONTAINER, Ipc: runtime.NamespaceMode_POD},
+				// hostPID: containers that ask for the node's PID namespace
+				// run in the guest's own (where the agent is PID 1).
+				NamespaceOptions: &runtime.NamespaceOption{Network: runtime.NamespaceMode_POD, Pid: runtime.NamespaceMode_NODE, Ipc: runtime.NamespaceMode_POD},
 			},
 			// The sum of the containers' resources: 1.5 CPUs, 128 MiB.
 			Resources: &runtime.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 150000, MemoryLimitInBytes: 128 << 20},

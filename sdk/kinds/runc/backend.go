@@ -43,6 +43,12 @@ type Config struct {
 	// namespace: a program whose main calls [PodInitMain] first. Default:
 	// this program (/proc/self/exe).
 	PodInit string
+	// OrphanExit, when set, tells how a container process ended that this
+	// process could not reap (it was orphaned while no sandboxer ran and
+	// another process, e.g. the sandboxer's supervisor, reaped it): its
+	// exit code (128+signal for a signal) and time, and whether it is
+	// known. Without it such exits are reported as 255.
+	OrphanExit func(pid int) (code uint32, at time.Time, ok bool)
 }
 
 // Backend is the runc sandbox kind. Only one may be open per process: it

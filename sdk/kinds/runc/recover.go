@@ -20,8 +20,10 @@ import (
 
 // RecoverContainer re-attaches to a container after a sandboxer restart.
 // Its init was reparented away from this process, so its exit is observed
-// through a pidfd and its exit code is unknown (reported as 255); its stdio
-// copies are gone. It can still be signalled, waited for and deleted.
+// through a pidfd; its exit code comes from [Config.OrphanExit] (the
+// supervisor that reaped it), else it is unknown (reported as 255). Its
+// stdio copies are gone. It can still be signalled, waited for and
+// deleted.
 func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerConfig, pid uint32) (backend.Container, error) {
 	rt := s.b.runtime(s.cfg.Namespace, cfg.Bundle)
 	// containerd may remove the bundle (and with it runc's log file) while
@@ -34,14 +36,25 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
-	return &recovered{id: cfg.ID, rt: rt, pid: int(pid), rootfs: rootfs}, nil
+	return &recovered{id: cfg.ID, rt: rt, pid: int(pid), rootfs: rootfs, orphanExit: s.b.cfg.OrphanExit}, nil
 }
 
 type recovered struct {
-	id     string
-	rt     *gorunc.Runc
-	pid    int
-	rootfs string
+	id         string
+	rt         *gorunc.Runc
+	pid        int
+	rootfs     string
+	orphanExit func(pid int) (uint32, time.Time, bool)
+}
+
+// lostExit is the exit of a recovered init that this process cannot reap.
+func (r *recovered) lostExit() backend.ExitStatus {
+	if r.orphanExit != nil {
+		if code, at, ok := r.orphanExit(r.pid); ok {
+			return backend.ExitStatus{Code: code, ExitedAt: at}
+		}
+	}
+	return backend.ExitStatus{Code: uint32(exitcode.Unknown), ExitedAt: time.Now().UTC()}
 }
 
 func (r *recovered) Init() backend.Process { return recoveredInit{r} }
@@ -72,7 +85,7 @@ func (r *recovered) Kill(ctx context.Context, sig syscall.Signal, all bool) erro
 func (r *recovered) Wait(ctx context.Context) (backend.ExitStatus, error) {
 	fd, err := unix.PidfdOpen(r.pid, 0)
 	if errors.Is(err, unix.ESRCH) {
-		return backend.ExitStatus{Code: 255, ExitedAt: time.Now().UTC()}, nil
+		return r.lostExit(), nil
 	}
 	if err != nil {
 		return backend.ExitStatus{}, err
@@ -85,12 +98,11 @@ func (r *recovered) Wait(ctx context.Context) (backend.ExitStatus, error) {
 		if n > 0 {
 			// Still our child (the same process recovered it)? Then reap
 			// it and know its status; else init reaps it.
-			code := uint32(exitcode.Unknown)
 			var ws unix.WaitStatus
 			if wpid, err := unix.Wait4(r.pid, &ws, unix.WNOHANG, nil); err == nil && wpid == r.pid {
-				code = exitcode.Of(ws)
+				return backend.ExitStatus{Code: exitcode.Of(ws), ExitedAt: time.Now().UTC()}, nil
 			}
-			return backend.ExitStatus{Code: code, ExitedAt: time.Now().UTC()}, nil
+			return r.lostExit(), nil
 		}
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			return backend.ExitStatus{}, err

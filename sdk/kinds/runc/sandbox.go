@@ -239,6 +239,9 @@ func (s *sandbox) joinPod(spec *specs.Spec) error {
 			}
 			ns.Path = st.UTSNS
 		case specs.PIDNamespace:
+			if s.cfg.HostPID {
+				continue // the host's PID namespace
+			}
 			// The pod's PID namespace is held by an init of its own,
 			// started with the first container that joins it.
 			path, err := s.podPidNS()

@@ -143,10 +143,11 @@ func (s *sandbox) prepare(cfg backend.ContainerConfig, dir string, root *os.Root
 			switch {
 			case n.Path == "":
 				lin.Namespaces = append(lin.Namespaces, n)
-			case n.Type == specs.PIDNamespace:
+			case n.Type == specs.PIDNamespace && !s.cfg.HostPID:
 				// The pod's shared PID namespace: in the guest, the runc
 				// kind holds it with an init of its own (the path names the
-				// sandbox, which has no process there).
+				// sandbox, which has no process there). A hostPID pod's
+				// containers run in the guest's own PID namespace.
 				lin.Namespaces = append(lin.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: "/proc/0/ns/pid"})
 			}
 			// Other pod namespaces (network, IPC, UTS) are the guest's.

@@ -1,0 +1,417 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+)
+
+// replaySafe are the methods whose requests the relay sends again to a new
+// worker when the one that had them went away before answering: they
+// change nothing, so answering them twice is harmless, and the long-running
+// ones among them (Wait) must outlive a restart for containerd to learn of
+// exits at all. Any other request that a lost worker had received is
+// answered Unavailable; a request no worker had received yet is sent to
+// the next one, whatever its method.
+var replaySafe = map[string]bool{
+	"/containerd.task.v3.Task/State":    true,
+	"/containerd.task.v3.Task/Wait":     true,
+	"/containerd.task.v3.Task/Pids":     true,
+	"/containerd.task.v3.Task/Stats":    true,
+	"/containerd.task.v3.Task/Connect":  true,
+	"/containerd.task.v3.Task/Shutdown": true,
+}
+
+// maxQueued bounds the requests one connection may have waiting for a
+// worker; past it the relay answers new ones Unavailable.
+const maxQueued = 1024
+
+// Relay serves a ttrpc socket (a pod's task socket) on behalf of the
+// worker: it owns the listening socket and every connection accepted on
+// it, and relays whole ttrpc frames between each connection and a
+// connection of its own to the worker's backend socket. When the worker
+// goes away the client connections stay open; requests wait for the next
+// worker (see [replaySafe] for those the lost worker had received), and
+// [Relay.SetBackend] connects them to it.
+type Relay struct {
+	path string
+	ln   net.Listener
+	log  hclog.Logger
+
+	mu      sync.Mutex
+	backend string // "" while no worker serves it
+	conns   map[*relayConn]struct{}
+	closed  bool
+	// paused: new requests wait for the next worker (see Drain).
+	paused bool
+	wg     sync.WaitGroup
+}
+
+// NewRelay listens on path (mode 0600; a stale socket file is replaced).
+func NewRelay(path string, log hclog.Logger) (*Relay, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	ln, err := listenUnix(path)
+	if err != nil {
+		return nil, err
+	}
+	return newRelay(path, ln, log), nil
+}
+
+func newRelay(path string, ln net.Listener, log hclog.Logger) *Relay {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	r := &Relay{path: path, ln: ln, log: log, conns: map[*relayConn]struct{}{}}
+	r.wg.Go(r.accept)
+	return r
+}
+
+// listenUnix listens on a unix socket readable by its owner only.
+func listenUnix(path string) (net.Listener, error) {
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+func (r *Relay) accept() {
+	for {
+		c, err := r.ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		rc := &relayConn{r: r, client: c, pending: map[uint32]*pending{}, answered: make(chan struct{})}
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			c.Close()
+			return
+		}
+		r.conns[rc] = struct{}{}
+		backend := r.backend
+		r.mu.Unlock()
+		if backend != "" {
+			rc.connect(backend)
+		}
+		r.wg.Go(rc.clientLoop)
+	}
+}
+
+// SetBackend tells the relay where the worker now serves this socket and
+// connects every client connection to it, sending first what waited for a
+// worker.
+func (r *Relay) SetBackend(path string) {
+	r.mu.Lock()
+	r.backend = path
+	r.paused = false
+	conns := make([]*relayConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.connect(path)
+	}
+}
+
+// Drain prepares a planned handover to a new worker: requests that arrive
+// from now on wait for the next worker, and Drain returns once the
+// current worker has answered every call it has that would not be
+// replayed (everything but Wait and the other read-only calls), or when
+// ctx ends.
+func (r *Relay) Drain(ctx context.Context) error {
+	r.pause()
+	r.mu.Lock()
+	conns := make([]*relayConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		if err := c.drained(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pause makes new requests wait for the next worker.
+func (r *Relay) pause() {
+	r.mu.Lock()
+	r.paused = true
+	r.mu.Unlock()
+}
+
+// ClearBackend records that the worker no longer serves this socket (it
+// exited): requests wait for the next one.
+func (r *Relay) ClearBackend() {
+	r.mu.Lock()
+	r.backend = ""
+	conns := make([]*relayConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		if c.back != nil {
+			c.back.Close() // its loop reports the loss
+		}
+		c.mu.Unlock()
+	}
+}
+
+// Close stops listening, closes every connection and removes the socket.
+func (r *Relay) Close() error {
+	r.mu.Lock()
+	r.closed = true
+	conns := make([]*relayConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	err := r.ln.Close()
+	for _, c := range conns {
+		c.close()
+	}
+	r.wg.Wait()
+	if rerr := os.Remove(r.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// pending is a request frame that has no response yet.
+type pending struct {
+	f      frame
+	method string
+	stream bool // a streaming call (not replayable)
+	sent   bool // a worker received it
+}
+
+// relayConn is one client connection and its link to the worker.
+type relayConn struct {
+	r      *Relay
+	client net.Conn
+
+	cw sync.Mutex // serializes writes to the client
+
+	mu      sync.Mutex // guards back, gen, pending and writes to back
+	back    net.Conn
+	gen     int // counts backend connections, so a late loss is ignored
+	pending map[uint32]*pending
+	closed  bool
+	// answered is signalled whenever a response arrives (see drained).
+	answered chan struct{}
+}
+
+// drained waits until no call the worker has would be lost with it.
+func (c *relayConn) drained(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		busy := false
+		for _, p := range c.pending {
+			if p.sent && (p.stream || !replaySafe[p.method]) {
+				busy = true
+				break
+			}
+		}
+		ch := c.answered
+		c.mu.Unlock()
+		if !busy || ch == nil {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// writeClient sends a frame to the client.
+func (c *relayConn) writeClient(f frame) {
+	c.cw.Lock()
+	defer c.cw.Unlock()
+	if _, err := c.client.Write(f); err != nil {
+		c.client.Close()
+	}
+}
+
+// clientLoop forwards the client's frames to the worker, or keeps them
+// for the next one.
+func (c *relayConn) clientLoop() {
+	defer c.close()
+	for {
+		f, err := readFrame(c.client)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				c.r.log.Debug("task relay: client connection ends", "socket", c.r.path, "error", err)
+			}
+			return
+		}
+		var reject frame
+		c.mu.Lock()
+		sid := f.streamID()
+		switch f.typ() {
+		case typeRequest:
+			m, err := f.method()
+			if err != nil {
+				reject = errorResponse(sid, codes.InvalidArgument, err.Error())
+				break
+			}
+			if c.back == nil && len(c.pending) >= maxQueued {
+				reject = errorResponse(sid, codes.Unavailable, "the sandboxer is restarting and has too many requests waiting")
+				break
+			}
+			p := &pending{f: f, method: m, stream: f.flags()&flagRemoteOpen != 0}
+			c.pending[sid] = p
+			c.r.mu.Lock()
+			paused := c.r.paused
+			c.r.mu.Unlock()
+			if c.back != nil && !paused {
+				p.sent = c.writeBack(f)
+			}
+		case typeData:
+			// Data of a streaming call reaches only the worker that has
+			// the call; a new worker does not, and the call has ended.
+			if p := c.pending[sid]; p != nil && p.sent && c.back != nil {
+				c.writeBack(f)
+			}
+		}
+		c.mu.Unlock()
+		if reject != nil {
+			c.writeClient(reject)
+		}
+	}
+}
+
+// writeBack sends a frame to the worker; the caller holds c.mu. A failed
+// write is reported by the backend loop.
+func (c *relayConn) writeBack(f frame) bool {
+	_, err := c.back.Write(f)
+	return err == nil
+}
+
+// connect links the connection to a worker's backend socket and sends it
+// the requests that wait, in the order the client sent them (ttrpc stream
+// IDs only grow on a connection).
+func (c *relayConn) connect(path string) {
+	back, err := net.Dial("unix", path)
+	if err != nil {
+		c.r.log.Error("task relay: cannot reach the worker", "socket", c.r.path, "backend", path, "error", err)
+		return
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		back.Close()
+		return
+	}
+	if c.back != nil {
+		c.back.Close()
+	}
+	c.back = back
+	c.gen++
+	gen := c.gen
+	sids := make([]uint32, 0, len(c.pending))
+	for sid, p := range c.pending {
+		if !p.sent {
+			sids = append(sids, sid)
+		}
+	}
+	slices.Sort(sids)
+	for _, sid := range sids {
+		if !c.writeBack(c.pending[sid].f) {
+			break
+		}
+		c.pending[sid].sent = true
+	}
+	c.mu.Unlock()
+	c.r.wg.Go(func() { c.backLoop(back, gen) })
+}
+
+// backLoop forwards the worker's frames to the client until the worker's
+// connection ends.
+func (c *relayConn) backLoop(back net.Conn, gen int) {
+	for {
+		f, err := readFrame(back)
+		if err != nil {
+			c.lost(gen)
+			return
+		}
+		if f.typ() == typeResponse {
+			c.mu.Lock()
+			delete(c.pending, f.streamID())
+			close(c.answered)
+			c.answered = make(chan struct{})
+			c.mu.Unlock()
+		}
+		c.writeClient(f)
+	}
+}
+
+// lost handles the end of backend connection gen: requests the worker had
+// received are sent again to the next worker when that is safe, and
+// answered Unavailable otherwise.
+func (c *relayConn) lost(gen int) {
+	c.mu.Lock()
+	if gen != c.gen || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	if c.back != nil {
+		c.back.Close()
+		c.back = nil
+	}
+	var failed []uint32
+	for sid, p := range c.pending {
+		if !p.sent {
+			continue
+		}
+		if !p.stream && replaySafe[p.method] {
+			p.sent = false
+			continue
+		}
+		failed = append(failed, sid)
+		delete(c.pending, sid)
+	}
+	c.mu.Unlock()
+	slices.Sort(failed)
+	for _, sid := range failed {
+		c.writeClient(errorResponse(sid, codes.Unavailable, "the sandboxer restarted while handling this call"))
+	}
+}
+
+func (c *relayConn) close() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	if c.back != nil {
+		c.back.Close()
+		c.back = nil
+	}
+	c.mu.Unlock()
+	c.client.Close()
+	c.r.mu.Lock()
+	delete(c.r.conns, c)
+	c.r.mu.Unlock()
+}

@@ -1,0 +1,205 @@
+package direct
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/engine"
+)
+
+// Namespace is the containerd-style namespace of sandboxes made through
+// Magnetar's API.
+const Namespace = "magnetar"
+
+// NetworkMode is how a sandbox is networked.
+type NetworkMode int
+
+// Network modes. The numbers are those of the API's NetworkMode; a value
+// not listed here gives the sandbox neither a private network nor a
+// network namespace.
+const (
+	// NetworkDefault is NetworkNone.
+	NetworkDefault NetworkMode = iota
+	// NetworkNone is a new network namespace with only a loopback
+	// interface.
+	NetworkNone
+	// NetworkHost is the host's network namespace.
+	NetworkHost
+	// NetworkNetNS is an existing network namespace, Network.NetNSPath.
+	NetworkNetNS
+)
+
+// Network is the network of a sandbox.
+type Network struct {
+	Mode NetworkMode
+	// NetNSPath is the network namespace of NetworkNetNS.
+	NetNSPath string
+}
+
+// SandboxRequest describes a sandbox to create.
+type SandboxRequest struct {
+	// ID is the sandbox's ID; with none, one is generated.
+	ID string
+	// Kind is the sandbox kind; required.
+	Kind string
+	// Hostname defaults to the first 12 characters of the ID for a
+	// sandbox with its own network; the host network keeps the host's.
+	Hostname     string
+	CgroupParent string
+	Labels       map[string]string
+	Annotations  map[string]string
+	// Resources, if set, are the sandbox's resources.
+	Resources *Resources
+	DNS       backend.DNSConfig
+	Network   Network
+}
+
+// CreateSandbox creates a sandbox.
+func (s *Service) CreateSandbox(ctx context.Context, req SandboxRequest) (engine.SandboxStatus, error) {
+	id := req.ID
+	if id == "" {
+		id = newID()
+	}
+	spec := engine.SandboxSpec{
+		ID: id, Kind: req.Kind, Namespace: Namespace, Hostname: req.Hostname,
+		CgroupParent: req.CgroupParent, Labels: req.Labels, Annotations: req.Annotations,
+		Resources: mergeResources(nil, req.Resources),
+		DNS:       req.DNS,
+	}
+	switch n := req.Network; n.Mode {
+	case NetworkDefault, NetworkNone:
+		spec.PrivateNetwork = true
+	case NetworkHost:
+		spec.Hostname = ""
+	case NetworkNetNS:
+		if n.NetNSPath == "" {
+			return engine.SandboxStatus{}, fmt.Errorf("network mode NETNS needs netns_path: %w", errdefs.ErrInvalidArgument)
+		}
+		spec.NetNSPath = n.NetNSPath
+	}
+	if spec.Kind == "" {
+		return engine.SandboxStatus{}, fmt.Errorf("kind is required: %w", errdefs.ErrInvalidArgument)
+	}
+	if spec.Hostname == "" && (spec.PrivateNetwork || spec.NetNSPath != "") {
+		// Like Docker: a sandbox with its own UTS namespace is named after
+		// its ID rather than inheriting the host's name.
+		spec.Hostname = id[:min(12, len(id))]
+	}
+	return s.e.CreateSandbox(ctx, spec)
+}
+
+// StartSandbox starts a created sandbox.
+func (s *Service) StartSandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
+	return s.e.StartSandbox(ctx, id)
+}
+
+// StopSandbox stops a sandbox and its containers, giving them timeout to
+// exit, and returns its state afterwards.
+func (s *Service) StopSandbox(ctx context.Context, id string, timeout time.Duration) (engine.SandboxStatus, error) {
+	if err := s.e.StopSandbox(ctx, id, timeout); err != nil {
+		return engine.SandboxStatus{}, err
+	}
+	return s.e.Sandbox(ctx, id)
+}
+
+// DeleteSandbox removes a sandbox. A ready sandbox is only removed with
+// force.
+func (s *Service) DeleteSandbox(ctx context.Context, id string, force bool) error {
+	st, err := s.e.Sandbox(ctx, id)
+	if err != nil {
+		return err
+	}
+	if st.State == engine.SandboxReady && !force {
+		return fmt.Errorf("sandbox %q is running; stop it first or delete with force: %w", st.ID, errdefs.ErrFailedPrecondition)
+	}
+	if err := s.e.DeleteSandbox(ctx, st.ID); err != nil {
+		return err
+	}
+	for _, cid := range st.Containers {
+		s.forgetContainer(cid)
+	}
+	return nil
+}
+
+// Sandbox returns one sandbox.
+func (s *Service) Sandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
+	return s.e.Sandbox(ctx, id)
+}
+
+// SandboxFilter selects sandboxes; empty fields match everything.
+type SandboxFilter struct {
+	// Kinds are the kinds of the sandboxes, any of them.
+	Kinds []string
+	// States are the states of the sandboxes, any of them.
+	States []engine.SandboxState
+	// Labels must all be among the sandboxes' labels.
+	Labels map[string]string
+}
+
+// ListSandboxes returns the sandboxes matching every field of f.
+func (s *Service) ListSandboxes(ctx context.Context, f SandboxFilter) []engine.SandboxStatus {
+	var out []engine.SandboxStatus
+	for _, st := range s.e.ListSandboxes(ctx) {
+		if len(f.Kinds) > 0 && !slices.Contains(f.Kinds, st.Kind) {
+			continue
+		}
+		if len(f.States) > 0 && !slices.Contains(f.States, st.State) {
+			continue
+		}
+		if !matchLabels(st.Labels, f.Labels) {
+			continue
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func matchLabels(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Kinds lists the sandbox kinds and whether they run here.
+func (s *Service) Kinds(ctx context.Context) []engine.KindInfo {
+	return s.e.Kinds(ctx)
+}
+
+// EventFilter selects events; empty fields match everything.
+type EventFilter struct {
+	// SandboxIDs are the sandboxes of the events, any of them.
+	SandboxIDs []string
+	// Topics are the topics of the events (engine.Topic...), any of
+	// them.
+	Topics []string
+}
+
+// WatchEvents calls fn with the engine's events matching f, in order,
+// until ctx ends (nil) or fn fails (its error). The ExecID of an event of
+// a container's init process is empty. A watcher that falls behind is
+// dropped: errdefs.ErrUnavailable.
+func (s *Service) WatchEvents(ctx context.Context, f EventFilter, fn func(engine.Event) error) error {
+	for ev := range s.e.Subscribe(ctx) {
+		if (len(f.SandboxIDs) > 0 && !slices.Contains(f.SandboxIDs, ev.SandboxID)) || (len(f.Topics) > 0 && !slices.Contains(f.Topics, ev.Topic)) {
+			continue
+		}
+		if ev.ExecID == ev.ContainerID {
+			ev.ExecID = ""
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("event stream fell behind and was dropped: %w", errdefs.ErrUnavailable)
+}

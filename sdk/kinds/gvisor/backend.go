@@ -17,6 +17,7 @@ package gvisor
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -296,7 +297,7 @@ func detect(cfg Config) (platform, reason string, version int, err error) {
 		why = append(why, "no /dev/kvm")
 	} else if !known[PlatformKVM] {
 		why = append(why, "runsc has no kvm platform")
-	} else if err := probe(cfg, PlatformKVM); err != nil {
+	} else if err := cachedProbe(cfg, strings.TrimSpace(string(out)), PlatformKVM); err != nil {
 		why = append(why, "kvm probe failed: "+err.Error())
 	} else {
 		return PlatformKVM, "kvm probe ran a sandbox", version, nil
@@ -355,4 +356,42 @@ func probe(cfg Config, p string) error {
 		return errors.New(msg)
 	}
 	return nil
+}
+
+// probeRecord is a probe's result kept in the runsc root, valid for the
+// same runsc, kernel and boot.
+type probeRecord struct {
+	Runsc, Kernel, Boot, Platform string
+	OK                            bool
+	Error                         string
+}
+
+// cachedProbe is probe, its result kept in cfg.Root for the same runsc,
+// kernel and boot (a hanging platform costs its whole timeout once per
+// boot, not at every start).
+func cachedProbe(cfg Config, runscVersion, p string) error {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	want := probeRecord{Runsc: runscVersion, Kernel: unix.ByteSliceToString(uts.Release[:]), Boot: strings.TrimSpace(string(boot)), Platform: p}
+	file := filepath.Join(cfg.Root, "probe-"+p+".json")
+	if data, err := os.ReadFile(file); err == nil {
+		var got probeRecord
+		if json.Unmarshal(data, &got) == nil && got.Runsc == want.Runsc && got.Kernel == want.Kernel && got.Boot == want.Boot && got.Platform == p {
+			if got.OK {
+				return nil
+			}
+			return errors.New(got.Error + " (cached for this boot)")
+		}
+	}
+	err := probe(cfg, p)
+	rec := want
+	rec.OK = err == nil
+	if err != nil {
+		rec.Error = err.Error()
+	}
+	if data, jerr := json.Marshal(rec); jerr == nil {
+		_ = os.WriteFile(file, data, 0o600)
+	}
+	return err
 }

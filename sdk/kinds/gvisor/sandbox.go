@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -139,7 +140,7 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	s.mu.Unlock()
 	s.watchSandbox(pid)
 	s.reapGofer(s.cfg.ID)
-	if err := s.runsc(ctx, "start", s.cfg.ID); err != nil {
+	if err := s.startRoot(ctx); err != nil {
 		return backend.StartInfo{}, fmt.Errorf("start gVisor sandbox %q: %w", s.cfg.ID, err)
 	}
 	_, reason := s.b.Platform()
@@ -148,6 +149,41 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 		info["platform_reason"] = reason
 	}
 	return backend.StartInfo{Pid: uint32(pid), Info: info}, nil
+}
+
+// netCheckFixed is the first runsc release whose check "is this the root
+// network namespace?" works on kernels that have
+// /proc/sys/net/core/rmem_default in every network namespace (6.x):
+// older ones refuse every pod network namespace there.
+const netCheckFixed = 20240801
+
+// startRoot runs `runsc start` for the root container. With an older
+// runsc and the pod's network, it runs in a private mount namespace where
+// /proc/sys/net is hidden, so that runsc's check of the network namespace
+// passes (it only tests that rmem_default is absent).
+func (s *sandbox) startRoot(ctx context.Context) error {
+	if s.st.Network != networkSandbox || s.b.version >= netCheckFixed {
+		return s.runsc(ctx, "start", s.cfg.ID)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		// The thread keeps the private mount namespace and is never
+		// given back to the scheduler: it exits with this goroutine.
+		runtime.LockOSThread()
+		errc <- func() error {
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				return fmt.Errorf("private mount namespace for runsc start: %w", err)
+			}
+			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+				return fmt.Errorf("private mount namespace for runsc start: %w", err)
+			}
+			if err := unix.Mount("tmpfs", "/proc/sys/net", "tmpfs", unix.MS_RDONLY, "size=4k"); err != nil {
+				return fmt.Errorf("hide /proc/sys/net from runsc start: %w", err)
+			}
+			return s.runsc(ctx, "start", s.cfg.ID)
+		}()
+	}()
+	return <-errc
 }
 
 // runsc runs a runsc command of the sandbox that should end promptly; its

@@ -78,7 +78,7 @@ func TestGVisorPod(t *testing.T) {
 	}
 
 	cid := e.startContainer(t, p, "hello", "echo hello from gvisor; hostname; sleep 600")
-	if got := e.logOf(t, p, "hello", "hello from gvisor"); !strings.Contains(got, "hello from gvisor") || !strings.Contains(got, p.cfg.Hostname) {
+	if got := e.logOf(t, p, "hello", p.cfg.Hostname); !strings.Contains(got, "hello from gvisor") || !strings.Contains(got, p.cfg.Hostname) {
 		t.Errorf("container log = %q, want the greeting and hostname %q", got, p.cfg.Hostname)
 	}
 	ex, err := e.rt.ExecSync(ctxT(t), &runtime.ExecSyncRequest{ContainerId: cid, Cmd: []string{"sh", "-c", "echo exec-out; echo exec-err >&2; exit 5"}, Timeout: 30})

@@ -269,7 +269,9 @@ func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stats of %q: %w", c.id, err)
 	}
-	out := &backend.Stats{Timestamp: time.Now().UTC(), Raw: st}
+	// No Raw: runsc's stats are no cgroups message; the summary numbers
+	// are encoded as one for CRI.
+	out := &backend.Stats{Timestamp: time.Now().UTC()}
 	out.CPUUsageNanos = st.Cpu.Usage.Total
 	out.MemoryUsageBytes = st.Memory.Usage.Usage
 	out.MemoryLimitBytes = st.Memory.Usage.Limit

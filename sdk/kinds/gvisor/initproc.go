@@ -248,7 +248,11 @@ func (p *initProc) Kill(ctx context.Context, sig syscall.Signal, all bool) error
 	started := p.started
 	p.mu.Unlock()
 	if !started {
-		return fmt.Errorf("container %q is not started: %w", p.c.id, errdefs.ErrFailedPrecondition)
+		// Created but not (or not successfully) started: nothing runs
+		// in the sandbox yet, so the signal ends it, as it ends a runc
+		// container's waiting init. Delete removes it from runsc.
+		go p.setExited(128 + int(sig))
+		return nil
 	}
 	select {
 	case <-p.exited:

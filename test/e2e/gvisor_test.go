@@ -335,3 +335,50 @@ func TestGVisorRemoveLeavesNothing(t *testing.T) {
 		t.Errorf("pod status after removal: %v, want NotFound", err)
 	}
 }
+
+// TestGVisorSharedPIDNamespace: a shareProcessNamespace pod's containers
+// share the root container's PID namespace in the sandbox (its init is
+// Magnetar's own), so the first container's exit leaves the others running.
+func TestGVisorSharedPIDNamespace(t *testing.T) {
+	e := setup(t)
+	p := e.gvisorPod(t, false, sharePID)
+	short := e.startContainer(t, p, "short", "until pidof sleep >/dev/null; do sleep 0.1; done; echo saw the sleeper; exit 3")
+	long := e.startContainer(t, p, "long", "exec sleep 600")
+	if st := e.waitExited(t, short); st.ExitCode != 3 {
+		t.Fatalf("short container: exit %d, want 3 (log: %q)", st.ExitCode, e.logOf(t, p, "short", "saw the sleeper"))
+	}
+	ex, err := e.rt.ExecSync(ctxT(t), &runtime.ExecSyncRequest{ContainerId: long, Cmd: []string{"sh", "-c", "pidof sleep"}, Timeout: 60})
+	if err != nil || ex.ExitCode != 0 || strings.TrimSpace(string(ex.Stdout)) == "1" {
+		t.Fatalf("exec in the long container: %v (exit %d, %q %s); want the sleeper, not PID 1", err, ex.GetExitCode(), ex.GetStdout(), ex.GetStderr())
+	}
+	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: long})
+	if err != nil || resp.Status.State != runtime.ContainerState_CONTAINER_RUNNING {
+		t.Errorf("long container after the short one exited: %v, %v; want running", resp.GetStatus().GetState(), err)
+	}
+}
+
+// TestGVisorStreaming: the streaming io type on a gvisor pod (logs, exec
+// with stdin, exit codes).
+func TestGVisorStreaming(t *testing.T) {
+	e := setup(t)
+	requireRunsc(t)
+	p := e.runPodWith(t, gvisorHandler+"-streaming", false)
+	cid := e.startContainer(t, p, "hello", "echo hello-streaming; echo to-stderr >&2; sleep 600")
+	if got := e.logOf(t, p, "hello", "to-stderr"); !strings.Contains(got, "hello-streaming") || !strings.Contains(got, "to-stderr") {
+		t.Errorf("container log = %q, want stdout and stderr lines", got)
+	}
+	if fifos, _ := filepath.Glob(filepath.Join(e.runDir, "s", "*", "*", "stdout")); len(fifos) == 0 {
+		t.Errorf("no stream FIFOs under %s/s: the container's stdio was not streamed", e.runDir)
+	}
+	bin, _ := harness.DefaultBinDir()
+	cmd := exec.CommandContext(ctxT(t), filepath.Join(bin, "crictl"), "--config", e.ctrd.CrictlConfig(), "exec", "-i", cid, "sh", "-c", "wc -c; echo done")
+	cmd.Stdin = strings.NewReader(strings.Repeat("x", 100000))
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "100000") || !strings.Contains(string(out), "done") {
+		t.Errorf("crictl exec -i = %q, %v; want 100000 bytes counted, then done", out, err)
+	}
+	exitID := e.startContainer(t, p, "exiter", "echo bye; exit 42")
+	if st := e.waitExited(t, exitID); st.ExitCode != 42 {
+		t.Errorf("exit code = %d, want 42", st.ExitCode)
+	}
+}

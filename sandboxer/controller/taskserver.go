@@ -104,9 +104,10 @@ type taskServers struct {
 
 // taskServer is the Task API server of one sandbox.
 type taskServer struct {
-	id      string
-	path    string
-	sockets TaskSockets
+	id       string
+	path     string
+	sockets  TaskSockets
+	listener *trackingListener
 	svc     *taskservice.Service
 	sio     *streamIO
 	srv     *ttrpc.Server
@@ -177,17 +178,18 @@ func (ts *taskServers) start(id string) (_ string, retErr error) {
 	if err := os.RemoveAll(StreamDir(ts.runDir, id)); err != nil {
 		return "", fmt.Errorf("remove stale stream FIFOs: %w", err)
 	}
-	l, err := ts.sockets.Listen(path)
+	sl, err := ts.sockets.Listen(path)
 	if err != nil {
 		return "", err
 	}
+	l := &trackingListener{Listener: sl, conns: map[net.Conn]struct{}{}}
 	defer func() {
 		if retErr != nil {
 			_ = l.Close()
 			_ = ts.sockets.Release(path)
 		}
 	}()
-	t := &taskServer{id: id, path: path, sockets: ts.sockets, streams: newStreamRegistry(), served: make(chan struct{})}
+	t := &taskServer{id: id, path: path, sockets: ts.sockets, listener: l, streams: newStreamRegistry(), served: make(chan struct{})}
 	t.sio = newStreamIO(t.streams, path, StreamDir(ts.runDir, id))
 	t.svc = taskservice.New(ts.eng, id, ts.version, taskservice.WithStdioBridge(t.sio))
 	srv, err := ttrpc.NewServer(ttrpc.WithChainUnaryServerInterceptor(taskservice.UnaryServerInterceptor(), t.intercept(ts.log)))
@@ -257,6 +259,10 @@ func (t *taskServer) detach() {
 	t.mu.Lock()
 	t.closed = true
 	t.mu.Unlock()
+	// ttrpc's Close leaves connections with calls in flight open: drop
+	// them first, so that no answer (Waits ending Unavailable below)
+	// reaches the supervisor.
+	t.listener.closeConns()
 	_ = t.srv.Close()
 	<-t.served
 	t.svc.Close()
@@ -314,4 +320,58 @@ func (ts *taskServers) closeAll() error {
 		all = append(all, err)
 	}
 	return errors.Join(all...)
+}
+
+// trackingListener remembers the connections it accepted, so that they can
+// be dropped at once (see taskServer.detach).
+type trackingListener struct {
+	net.Listener
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	tc := &trackedConn{Conn: c, l: l}
+	l.conns[tc] = struct{}{}
+	return tc, nil
+}
+
+// closeConns closes the listener and every connection it accepted.
+func (l *trackingListener) closeConns() {
+	l.mu.Lock()
+	l.closed = true
+	conns := l.conns
+	l.conns = map[net.Conn]struct{}{}
+	l.mu.Unlock()
+	_ = l.Listener.Close()
+	for c := range conns {
+		_ = c.(*trackedConn).Conn.Close()
+	}
+}
+
+// trackedConn leaves its listener's set when closed.
+type trackedConn struct {
+	net.Conn
+	l    *trackingListener
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
 }

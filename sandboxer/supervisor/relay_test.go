@@ -61,8 +61,10 @@ func (w *fakeWorker) State(ctx context.Context, req *taskapi.StateRequest) (*tas
 	return &taskapi.StateResponse{ID: w.name}, nil
 }
 
-// serveFakeWorker serves w on a backend socket in dir.
-func serveFakeWorker(t *testing.T, dir string, w *fakeWorker) (string, *ttrpc.Server) {
+// serveFakeWorker serves w on a backend socket in dir and returns the
+// socket and a function that ends it as a crash would: every connection
+// closes at once (ttrpc's Close keeps busy connections open).
+func serveFakeWorker(t *testing.T, dir string, w *fakeWorker) (string, func()) {
 	t.Helper()
 	path := filepath.Join(dir, w.name+".sock")
 	ln, err := net.Listen("unix", path)
@@ -74,9 +76,34 @@ func serveFakeWorker(t *testing.T, dir string, w *fakeWorker) (string, *ttrpc.Se
 		t.Fatal(err)
 	}
 	taskapi.RegisterTTRPCTaskService(srv, w)
-	go srv.Serve(context.Background(), ln)
-	t.Cleanup(func() { srv.Close() })
-	return path, srv
+	var mu sync.Mutex
+	var conns []net.Conn
+	go srv.Serve(context.Background(), &acceptHook{ln, func(c net.Conn) { mu.Lock(); conns = append(conns, c); mu.Unlock() }})
+	crash := func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		srv.Close()
+	}
+	t.Cleanup(crash)
+	return path, crash
+}
+
+// acceptHook reports every accepted connection.
+type acceptHook struct {
+	net.Listener
+	hook func(net.Conn)
+}
+
+func (l *acceptHook) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.hook(c)
+	}
+	return c, err
 }
 
 func newFakeWorker(name string, code uint32) *fakeWorker {
@@ -97,7 +124,7 @@ func TestRelayOutlivesWorker(t *testing.T) {
 	defer relay.Close()
 
 	w1 := newFakeWorker("w1", 1)
-	back1, srv1 := serveFakeWorker(t, dir, w1)
+	back1, crash1 := serveFakeWorker(t, dir, w1)
 	relay.SetBackend(back1)
 
 	conn, err := net.Dial("unix", filepath.Join(dir, "task.sock"))
@@ -135,7 +162,7 @@ func TestRelayOutlivesWorker(t *testing.T) {
 	<-w1.waiting
 
 	// The fakeWorker goes away (a crash closes its connections likewise).
-	srv1.Close()
+	crash1()
 	if err := <-killc; errgrpc.ToNative(err) == nil || !errdefs.IsUnavailable(errgrpc.ToNative(err)) {
 		t.Fatalf("Kill in flight when the fakeWorker went away = %v, want Unavailable", err)
 	}
@@ -215,7 +242,7 @@ func TestRelayDrain(t *testing.T) {
 	w1 := newFakeWorker("w1", 1)
 	release := make(chan struct{})
 	w1.killHook = release
-	back1, srv1 := serveFakeWorker(t, dir, w1)
+	back1, crash1 := serveFakeWorker(t, dir, w1)
 	relay.SetBackend(back1)
 	conn, err := net.Dial("unix", filepath.Join(dir, "task.sock"))
 	if err != nil {
@@ -266,7 +293,7 @@ func TestRelayDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	relay.ClearBackend()
-	srv1.Close()
+	crash1()
 	w2 := newFakeWorker("w2", 9)
 	close(w2.exit)
 	back2, _ := serveFakeWorker(t, dir, w2)

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -380,5 +381,40 @@ func TestGVisorStreaming(t *testing.T) {
 	exitID := e.startContainer(t, p, "exiter", "echo bye; exit 42")
 	if st := e.waitExited(t, exitID); st.ExitCode != 42 {
 		t.Errorf("exit code = %d, want 42", st.ExitCode)
+	}
+}
+
+// TestGVisorWorkerCrash kills the sandboxer's worker (kill -9) under a
+// running gvisor pod: the new worker re-attaches to the runsc sandbox and
+// its containers by runsc's state: a running container keeps running and
+// is stopped through runsc afterwards (its exit seen by runsc wait), and
+// the pod serves new containers and is removed cleanly.
+func TestGVisorWorkerCrash(t *testing.T) {
+	e := setup(t)
+	p := e.gvisorPod(t, false)
+	survivor := e.startContainer(t, p, "survivor", "exec sleep 600")
+	old := e.workerPid(t)
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	e.waitNewWorker(t, old, p)
+	e.requireRunning(t, survivor)
+	if procs := runscProcesses(p.id); len(procs) == 0 {
+		t.Fatalf("the pod's runsc sandbox is gone after the worker crash")
+	}
+	if _, err := e.rt.StopContainer(ctxT(t), &runtime.StopContainerRequest{ContainerId: survivor, Timeout: 1}); err != nil {
+		t.Fatalf("StopContainer: %v", err)
+	}
+	if st := e.waitExited(t, survivor); st.ExitCode != 137 && st.ExitCode != 143 {
+		t.Errorf("re-attached container stopped: exit %d, want 137 or 143", st.ExitCode)
+	}
+	next := e.startContainer(t, p, "after-crash", "echo served after the crash")
+	e.waitExited(t, next)
+	if got := e.logOf(t, p, "after-crash", "served after the crash"); !strings.Contains(got, "served after the crash") {
+		t.Errorf("container started after the crash logged %q", got)
+	}
+	e.removePod(t, p)
+	if procs := runscProcesses(p.id); len(procs) > 0 {
+		t.Errorf("runsc processes of the removed pod remain: %q", procs)
 	}
 }

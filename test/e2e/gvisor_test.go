@@ -418,3 +418,33 @@ func TestGVisorWorkerCrash(t *testing.T) {
 		t.Errorf("runsc processes of the removed pod remain: %q", procs)
 	}
 }
+
+// TestGVisorSandboxDeathReported: a runsc sandbox process that dies (a
+// crash of the sentry) is reported: the pod becomes NOTREADY, its
+// container exited, and removing the pod leaves no runsc process.
+func TestGVisorSandboxDeathReported(t *testing.T) {
+	e := setup(t)
+	p := e.gvisorPod(t, false)
+	cid := e.startContainer(t, p, "victim", "exec sleep 600")
+	sb, err := e.api().GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := int(sb.GetSandbox().GetPid())
+	if pid <= 0 {
+		t.Fatalf("gvisor sandbox reports no runsc sandbox pid: %v", sb.GetSandbox())
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the runsc sandbox %d: %v", pid, err)
+	}
+	if state := e.waitPodNotReady(t, p, 30*time.Second); state != runtime.PodSandboxState_SANDBOX_NOTREADY {
+		t.Fatalf("pod state after the sandbox was killed = %s, want NOTREADY", state)
+	}
+	if st := e.waitExited(t, cid); st.ExitCode == 0 {
+		t.Errorf("container of the killed sandbox: exit %d, want a failure", st.ExitCode)
+	}
+	e.removePod(t, p)
+	if procs := runscProcesses(p.id); len(procs) > 0 {
+		t.Errorf("runsc processes of the removed pod remain: %q", procs)
+	}
+}

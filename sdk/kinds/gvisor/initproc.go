@@ -46,6 +46,9 @@ type initProc struct {
 
 	mu      sync.Mutex
 	started bool
+	// startFailed: runsc start failed, the sentry may hold the container's
+	// stdio and rootfs files until the sandbox ends.
+	startFailed bool
 	exited  chan struct{}
 	code    int
 	at      time.Time
@@ -195,6 +198,9 @@ func (p *initProc) Start(ctx context.Context) (uint32, error) {
 		}
 	}
 	if err != nil {
+		// A gofer may have started: reap it, or runsc delete waits for it.
+		s.reapGofer(p.c.id)
+		p.startFailed = true
 		if p.socket != nil {
 			p.socket.Close()
 		}
@@ -221,14 +227,19 @@ func (p *initProc) Start(ctx context.Context) (uint32, error) {
 // setExited records the init's exit; the output copies get a moment to
 // drain so that Wait's callers find the output complete.
 func (p *initProc) setExited(code int) {
-	done := make(chan struct{})
-	go func() { p.wg.Wait(); close(done) }()
-	t := time.NewTimer(2 * time.Second)
-	select {
-	case <-done:
-	case <-t.C:
+	p.mu.Lock()
+	drain := p.started
+	p.mu.Unlock()
+	if drain {
+		done := make(chan struct{})
+		go func() { p.wg.Wait(); close(done) }()
+		t := time.NewTimer(2 * time.Second)
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		t.Stop()
 	}
-	t.Stop()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	select {
@@ -251,7 +262,7 @@ func (p *initProc) Kill(ctx context.Context, sig syscall.Signal, all bool) error
 		// Created but not (or not successfully) started: nothing runs
 		// in the sandbox yet, so the signal ends it, as it ends a runc
 		// container's waiting init. Delete removes it from runsc.
-		go p.setExited(128 + int(sig))
+		p.setExited(128 + int(sig))
 		return nil
 	}
 	select {
@@ -332,8 +343,17 @@ func (p *initProc) Delete(ctx context.Context) error {
 		err = nil
 	}
 	p.closeIO()
-	if p.rootfs != "" {
-		err = errors.Join(err, mount.UnmountRecursive(p.rootfs, 0))
+	p.mu.Lock()
+	failed := p.startFailed
+	p.mu.Unlock()
+	if p.rootfs != "" && failed {
+		err = errors.Join(err, mount.UnmountRecursive(p.rootfs, unix.MNT_DETACH))
+	} else if p.rootfs != "" {
+		if uerr := mount.UnmountRecursive(p.rootfs, 0); uerr != nil {
+			// The sentry can still hold files of a container whose start
+			// failed (directfs): detach the mount, it goes with them.
+			err = errors.Join(err, mount.UnmountRecursive(p.rootfs, unix.MNT_DETACH))
+		}
 	}
 	return err
 }

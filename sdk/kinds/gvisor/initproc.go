@@ -49,10 +49,10 @@ type initProc struct {
 	// startFailed: runsc start failed, the sentry may hold the container's
 	// stdio and rootfs files until the sandbox ends.
 	startFailed bool
-	exited  chan struct{}
-	code    int
-	at      time.Time
-	deleted bool
+	exited      chan struct{}
+	code        int
+	at          time.Time
+	deleted     bool
 }
 
 // newInitProc prepares the stdio of a subcontainer's init before `runsc

@@ -448,3 +448,27 @@ func TestGVisorSandboxDeathReported(t *testing.T) {
 		t.Errorf("runsc processes of the removed pod remain: %q", procs)
 	}
 }
+
+// TestGVisorPodMemoryLimit: the pod's memory limit bounds its gVisor
+// sandbox (runsc sizes the sentry's memory from it): a container growing
+// past it fails its allocations and exits non-zero (busybox sh: 1)
+// instead of being OOM-killed, and the pod keeps serving.
+func TestGVisorPodMemoryLimit(t *testing.T) {
+	e := setup(t)
+	p := e.gvisorPod(t, false, func(cfg *runtime.PodSandboxConfig) {
+		cfg.Linux.Resources = &runtime.LinuxContainerResources{MemoryLimitInBytes: 128 << 20}
+	})
+	cid := e.startContainer(t, p, "hog", `x=a; while true; do x="$x$x"; done`)
+	if st := e.waitExited(t, cid); st.ExitCode == 0 {
+		t.Errorf("memory hog: exit %d reason %q; want a failure", st.ExitCode, st.Reason)
+	}
+	ps, err := e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
+	if err != nil || ps.Status.State != runtime.PodSandboxState_SANDBOX_READY {
+		t.Fatalf("pod after the hog: %v, %v; want ready", ps.GetStatus().GetState(), err)
+	}
+	next := e.startContainer(t, p, "after", "echo still serving")
+	e.waitExited(t, next)
+	if got := e.logOf(t, p, "after", "still serving"); !strings.Contains(got, "still serving") {
+		t.Errorf("container after the hog logged %q", got)
+	}
+}

@@ -32,6 +32,7 @@ type env struct {
 	sbDone    chan struct{}
 	logDir    string
 	binDir    string
+	base      string // the temporary directory of all the above, removed by close
 }
 
 // startSandboxer starts magnetar-sandboxer. It joins containerd's private
@@ -117,7 +118,7 @@ func start(binDir string) (_ *env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{stateDir: filepath.Join(base, "sbstate"), runDir: filepath.Join(base, "sbrun"), logDir: filepath.Join(base, "logs")}
+	e := &env{base: base, stateDir: filepath.Join(base, "sbstate"), runDir: filepath.Join(base, "sbrun"), logDir: filepath.Join(base, "logs")}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -167,6 +168,12 @@ func (e *env) close() {
 	}
 	if os.Getenv("MAGNETAR_E2E_LOGS") == "1" && e.sbLog != nil {
 		fmt.Fprintf(os.Stderr, "--- sandboxer log ---\n%s\n", e.sbLog)
+	}
+	// Tests leave nothing in /tmp.
+	if e.base != "" {
+		if err := os.RemoveAll(e.base); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: remove %s: %v\n", e.base, err)
+		}
 	}
 }
 

@@ -196,9 +196,9 @@ func TestGVisorVolume(t *testing.T) {
 	}
 }
 
-// TestGVisorStats: container stats come from runsc events --stats, pod
-// stats from the sandbox's cgroup; a resource update is refused clearly
-// (runsc has no update command).
+// TestGVisorStats: container stats come from runsc events --stats, and
+// pod stats (Controller.Metrics) have usage too; a resource update is
+// refused clearly (runsc has no update command).
 func TestGVisorStats(t *testing.T) {
 	e := setup(t)
 	p := e.gvisorPod(t, false)
@@ -214,6 +214,17 @@ func TestGVisorStats(t *testing.T) {
 		return stats.GetMemory().GetWorkingSetBytes().GetValue() > 0 && stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() > 0
 	}) {
 		t.Errorf("container stats have no usage: %v", stats)
+	}
+	var pst *runtime.PodSandboxStats
+	if !testutil.Poll(20*time.Second, func() bool {
+		resp, err := e.rt.PodSandboxStats(ctx, &runtime.PodSandboxStatsRequest{PodSandboxId: p.id})
+		if err != nil {
+			t.Fatalf("PodSandboxStats: %v", err)
+		}
+		pst = resp.Stats
+		return pst.GetLinux().GetMemory().GetWorkingSetBytes().GetValue() > 0
+	}) {
+		t.Errorf("pod stats (Controller.Metrics) have no memory usage: %v", pst)
 	}
 	_, err := e.rt.UpdateContainerResources(ctx, &runtime.UpdateContainerResourcesRequest{
 		ContainerId: cid, Linux: &runtime.LinuxContainerResources{MemoryLimitInBytes: 96 << 20},

@@ -58,6 +58,9 @@ const MinVersion = 20221219
 // DefaultProbeTimeout bounds the probe of the kvm platform.
 const DefaultProbeTimeout = 5 * time.Second
 
+// DefaultCommandTimeout bounds runsc commands (see Config.CommandTimeout).
+const DefaultCommandTimeout = 60 * time.Second
+
 // Config configures the gvisor backend.
 type Config struct {
 	// Binary is the runsc binary; default "runsc" from PATH.
@@ -71,6 +74,10 @@ type Config struct {
 	Platform string
 	// ProbeTimeout bounds the kvm probe (default DefaultProbeTimeout).
 	ProbeTimeout time.Duration
+	// CommandTimeout bounds every runsc command that should end promptly
+	// (all but wait): a hung runsc fails the call instead of hanging the
+	// sandboxer. Default DefaultCommandTimeout.
+	CommandTimeout time.Duration
 	// PodInit is the executable run as the root container of every sandbox
 	// (bind-mounted read-only into an empty root file system): a program
 	// whose main calls [PodInitMain] first. Default: this program
@@ -133,6 +140,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.ProbeTimeout <= 0 {
 		cfg.ProbeTimeout = DefaultProbeTimeout
+	}
+	if cfg.CommandTimeout <= 0 {
+		cfg.CommandTimeout = DefaultCommandTimeout
 	}
 	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
 		return nil, fmt.Errorf("create runsc root: %w", err)

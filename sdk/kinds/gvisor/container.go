@@ -125,7 +125,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	c.shell.Bundle = cfg.Bundle
 	c.shell.Platform = s.b.platform
 	c.shell.WorkDir = filepath.Join(cfg.Bundle, "work")
-	cctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	cctx, cancel := context.WithTimeout(ctx, s.b.cfg.CommandTimeout)
 	defer cancel()
 	ip, err := newInitProc(cctx, c, cfg.Stdio, rootfs)
 	if err != nil {
@@ -249,21 +249,21 @@ func (c *container) Pids(ctx context.Context) ([]backend.ProcessInfo, error) {
 
 // Pause freezes the container (runsc pause).
 func (c *container) Pause(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.s.b.cfg.CommandTimeout)
 	defer cancel()
 	return c.rt.Pause(ctx, c.id)
 }
 
 // Resume thaws the container.
 func (c *container) Resume(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.s.b.cfg.CommandTimeout)
 	defer cancel()
 	return c.rt.Resume(ctx, c.id)
 }
 
 // Stats asks the sandbox for the container's usage (runsc events --stats).
 func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
-	ctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.s.b.cfg.CommandTimeout)
 	defer cancel()
 	st, err := c.rt.Stats(ctx, c.id)
 	if err != nil {
@@ -290,7 +290,7 @@ type proc struct {
 }
 
 func (p *proc) Start(ctx context.Context) (uint32, error) {
-	ctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
 	defer cancel()
 	if err := p.p.Start(ctx); err != nil {
 		return 0, err
@@ -332,7 +332,7 @@ func (p *proc) CloseStdin(ctx context.Context) error {
 }
 
 func (p *proc) Delete(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
 	defer cancel()
 	err := p.p.Delete(ctx)
 	p.c.mu.Lock()

@@ -158,7 +158,7 @@ func (p *initProc) Start(ctx context.Context) (uint32, error) {
 	if p.started {
 		return 0, fmt.Errorf("container %q was already started: %w", p.c.id, errdefs.ErrFailedPrecondition)
 	}
-	ctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
 	defer cancel()
 	s := p.c.s
 	cmd := exec.CommandContext(ctx, s.b.cfg.Binary, append(globalArgs(p.c.rt), "start", p.c.id)...)
@@ -270,7 +270,7 @@ func (p *initProc) Kill(ctx context.Context, sig syscall.Signal, all bool) error
 		return fmt.Errorf("container %q has exited: %w", p.c.id, errdefs.ErrNotFound)
 	default:
 	}
-	ctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
 	defer cancel()
 	if err := p.c.rt.Kill(ctx, p.c.id, int(sig), &gorunc.KillOpts{All: all}); err != nil {
 		select {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -126,5 +127,48 @@ func TestPauseAndStats(t *testing.T) {
 	}
 	if err := c.Init().Delete(ctx); err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("delete: %v", err)
+	}
+}
+
+// TestHungRunscIsBounded: a runsc that hangs (here: a wrapper whose
+// "start" never returns) fails the sandbox's start after CommandTimeout
+// instead of hanging, and leaves no runsc process or state behind.
+func TestHungRunscIsBounded(t *testing.T) {
+	testutil.RequireRunsc(t)
+	real, err := exec.LookPath("runsc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(t.TempDir(), "runsc")
+	script := "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = start ] && exec sleep 3600; done\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	b, err := gvisor.New(gvisor.Config{Binary: wrapper, Root: root, Platform: gvisor.PlatformPtrace, CommandTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx := context.Background()
+	id := "hung-" + filepath.Base(t.TempDir())
+	sb, err := b.Create(ctx, backend.SandboxConfig{ID: id, Namespace: "test", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = sb.Start(ctx)
+	if err == nil || !errdefs.IsUnavailable(err) || time.Since(start) > 30*time.Second {
+		t.Fatalf("start with a hung runsc: %v after %v; want Unavailable after about 2s", err, time.Since(start))
+	}
+	if err := sb.Delete(ctx); err != nil {
+		t.Errorf("delete: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(root, "test", "*"+id+"*"))
+	if len(left) > 0 {
+		t.Errorf("runsc state left: %q", left)
+	}
+	if out, _ := exec.Command("pgrep", "-f", id).Output(); len(out) > 0 {
+		t.Errorf("processes of the sandbox left: %s", out)
 	}
 }

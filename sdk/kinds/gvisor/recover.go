@@ -24,7 +24,7 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	// containerd may remove the bundle (and the log in it) while we are
 	// away: log to runsc's stderr instead.
 	rt.Log = ""
-	sctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	sctx, cancel := context.WithTimeout(ctx, s.b.cfg.CommandTimeout)
 	defer cancel()
 	if _, err := rt.State(sctx, cfg.ID); err != nil {
 		return nil, fmt.Errorf("runsc state of %q: %v: %w", cfg.ID, err, errdefs.ErrNotFound)
@@ -94,7 +94,7 @@ func (r recoveredInit) Start(ctx context.Context) (uint32, error) {
 }
 
 func (r recoveredInit) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
-	ctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	ctx, cancel := context.WithTimeout(ctx, r.s.b.cfg.CommandTimeout)
 	defer cancel()
 	if err := r.rt.Kill(ctx, r.id, int(sig), &gorunc.KillOpts{All: all}); err != nil {
 		return fmt.Errorf("kill %q: %v: %w", r.id, err, errdefs.ErrNotFound)

@@ -39,9 +39,6 @@ const (
 	networkNone    = "none"    // loopback only
 )
 
-// runscTimeout bounds every runsc command that should return promptly (a
-// hung runsc must not hang the sandboxer).
-const runscTimeout = 60 * time.Second
 
 // initPath is where the root container's init is bind-mounted.
 const initPath = "/magnetar-init"
@@ -195,7 +192,7 @@ func (s *sandbox) runsc(ctx context.Context, args ...string) error {
 // runscWith runs a runsc command with rt's flags; runsc's output goes to a
 // temporary file in dir.
 func (s *sandbox) runscWith(ctx context.Context, rt *gorunc.Runc, dir string, args ...string) error {
-	ctx, cancel := context.WithTimeout(ctx, runscTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.b.cfg.CommandTimeout)
 	defer cancel()
 	f, err := os.CreateTemp(dir, ".runsc-out-")
 	if err != nil {
@@ -212,7 +209,7 @@ func (s *sandbox) runscWith(ctx context.Context, rt *gorunc.Runc, dir string, ar
 	if err := cmd.Run(); err != nil {
 		msg, _ := os.ReadFile(f.Name())
 		if ctx.Err() != nil {
-			return fmt.Errorf("runsc %s: no answer within %v: %w", args[0], runscTimeout, errdefs.ErrUnavailable)
+			return fmt.Errorf("runsc %s: no answer within %v: %w", args[0], s.b.cfg.CommandTimeout, errdefs.ErrUnavailable)
 		}
 		return fmt.Errorf("runsc %s: %v: %s", args[0], err, strings.TrimSpace(string(msg)))
 	}

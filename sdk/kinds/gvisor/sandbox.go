@@ -39,7 +39,6 @@ const (
 	networkNone    = "none"    // loopback only
 )
 
-
 // initPath is where the root container's init is bind-mounted.
 const initPath = "/magnetar-init"
 

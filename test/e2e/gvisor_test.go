@@ -23,7 +23,7 @@ const gvisorHandler = "magnetar-gvisor"
 
 // requireRunsc skips (fails under MAGNETAR_E2E_REQUIRED=1) unless runsc is
 // installed.
-func requireRunsc(t *testing.T) {
+func requireRunsc(t testing.TB) {
 	t.Helper()
 	if _, err := exec.LookPath("runsc"); err != nil {
 		testutil.SkipOrFail(t, "runsc not installed (hack/install-deps.sh): %v", err)

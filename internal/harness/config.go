@@ -10,7 +10,7 @@ import (
 // StreamingHandlers are CRI runtime handlers served by the sandboxer with
 // containerd's `streaming` io type (io_type = "streaming"); the sandboxer
 // strips the "-streaming" suffix to get the kind.
-var StreamingHandlers = []string{"magnetar-runc-streaming", "magnetar-vm-streaming"}
+var StreamingHandlers = []string{"magnetar-runc-streaming", "magnetar-vm-streaming", "magnetar-gvisor-streaming"}
 
 // configData fills configTemplate. All paths are absolute.
 type configData struct {

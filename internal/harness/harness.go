@@ -55,6 +55,11 @@ const (
 // MagnetarHandlers are the CRI runtime handlers served by the sandboxer.
 var MagnetarHandlers = []string{"magnetar-runc", "magnetar-wasm", "magnetar-vm", "magnetar-gvisor"}
 
+// UnknownKindHandler is declared in containerd for the sandboxer like
+// MagnetarHandlers, but names a kind the sandboxer does not have (for tests
+// of that error).
+const UnknownKindHandler = "magnetar-nosuch"
+
 // Socket path limits: sun_path is 108 bytes with the terminating NUL, and
 // containerd names shim sockets <socket_dir>/<64 hex digits>.
 const (
@@ -225,7 +230,7 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, err error) {
 		CDIDir:          c.path("cdi"),
 		Runc:            runc,
 		RuncRoot:        c.path("state/runc"),
-		Handlers:        MagnetarHandlers,
+		Handlers:        append(slices.Clone(MagnetarHandlers), UnknownKindHandler),
 		RuntimeType:     RuntimeType,
 		Sandboxer:       SandboxerName,
 		ShimPath:        opts.ShimPath,

@@ -43,6 +43,21 @@ func RequireBusybox(t testing.TB) {
 	Require(t, err == nil, "busybox-static not installed (make deps): %v", err)
 }
 
+// RequireRunsc skips the test unless it runs as root with gVisor's runsc
+// and Debian's static busybox installed (`make deps`).
+func RequireRunsc(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for runsc")
+	}
+	if _, err := exec.LookPath("runsc"); err != nil {
+		t.Skip("runsc not installed (make deps)")
+	}
+	if _, err := os.Stat(ociimage.DefaultBusybox); err != nil {
+		t.Skip("busybox-static not installed (make deps)")
+	}
+}
+
 // BusyboxRootfs builds a busybox root file system in dir and returns dir.
 func BusyboxRootfs(t testing.TB, dir string) string {
 	t.Helper()

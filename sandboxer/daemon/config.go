@@ -52,6 +52,10 @@ const (
 //	  health_interval = "10s"
 //	  health_timeout = "30s"
 //	  health_failures = 3
+//	[backends.gvisor]
+//	  binary = "/usr/bin/runsc"
+//	  root = "/run/magnetar/runsc"
+//	  platform = "systrap"
 //	[backends.wasm]
 //	  root = "/var/lib/magnetar/wasm"
 //	  default_memory_limit = 268435456
@@ -113,6 +117,20 @@ type BackendsConfig struct {
 	Wasm WasmConfig `toml:"wasm"`
 	// VM configures the "vm" kind.
 	VM VMConfig `toml:"vm"`
+	// GVisor configures the "gvisor" kind.
+	GVisor GVisorConfig `toml:"gvisor"`
+}
+
+// GVisorConfig configures the "gvisor" kind (gVisor's runsc).
+type GVisorConfig struct {
+	// Binary is the runsc binary. Default "runsc" from PATH.
+	Binary string `toml:"binary"`
+	// Root is runsc's state directory (runsc --root). Default RunDir/runsc.
+	Root string `toml:"root"`
+	// Platform is runsc's platform: kvm, systrap or ptrace. Empty (the
+	// default) chooses: kvm where a bounded probe runs a sandbox on it,
+	// else systrap where runsc has it, else ptrace.
+	Platform string `toml:"platform"`
 }
 
 // DefaultGuestDir is where the vm kind looks for its guest image.
@@ -266,6 +284,11 @@ func (c Config) Validate() error {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("backends.vm.%s %d must not be negative", name, v))
 		}
+	}
+	switch c.Backends.GVisor.Platform {
+	case "", "kvm", "systrap", "ptrace":
+	default:
+		errs = append(errs, fmt.Errorf("backends.gvisor.platform %q is not one of kvm, systrap, ptrace (or empty to choose)", c.Backends.GVisor.Platform))
 	}
 	for h, k := range c.Containerd.Handlers {
 		if h == "" || k == "" {

@@ -45,16 +45,17 @@ log_level = "debug"
 	}
 
 	for name, doc := range map[string]string{
-		"unknown field":  "version = 1\nstate_dri = \"/x\"\n",
-		"future version": "version = 2\n",
-		"relative path":  "run_dir = \"run\"\n",
-		"bad log level":  "log_level = \"loud\"\n",
-		"empty kind":     "[containerd.handlers]\nx = \"\"\n",
-		"not toml":       "version = = 1",
-		"negative vcpus": "[backends.vm]\nmax_vcpus = -1\n",
-		"bad duration":   "[backends.vm]\nhealth_interval = \"often\"\n",
-		"neg duration":   "[backends.vm]\nboot_timeout = \"-1s\"\n",
-		"neg failures":   "[backends.vm]\nhealth_failures = -1\n",
+		"unknown field":   "version = 1\nstate_dri = \"/x\"\n",
+		"future version":  "version = 2\n",
+		"relative path":   "run_dir = \"run\"\n",
+		"bad log level":   "log_level = \"loud\"\n",
+		"empty kind":      "[containerd.handlers]\nx = \"\"\n",
+		"not toml":        "version = = 1",
+		"negative vcpus":  "[backends.vm]\nmax_vcpus = -1\n",
+		"bad duration":    "[backends.vm]\nhealth_interval = \"often\"\n",
+		"neg duration":    "[backends.vm]\nboot_timeout = \"-1s\"\n",
+		"neg failures":    "[backends.vm]\nhealth_failures = -1\n",
+		"gvisor platform": "[backends.gvisor]\nplatform = \"kvmm\"\n",
 	} {
 		if _, err := ParseConfig([]byte(doc)); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)
@@ -83,6 +84,10 @@ func TestMainFlags(t *testing.T) {
 	}
 	if code := Main(context.Background(), []string{"--log-level", "loud"}, &out); code != 2 {
 		t.Errorf("bad log level flag: exit %d", code)
+	}
+	out.Reset()
+	if code := Main(context.Background(), []string{"--gvisor-platform", "warp"}, &out); code != 2 || !strings.Contains(out.String(), `backends.gvisor.platform "warp"`) {
+		t.Errorf("unknown gvisor platform: exit %d, %q", code, out.String())
 	}
 }
 

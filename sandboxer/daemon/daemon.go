@@ -32,6 +32,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 	"github.com/magnetar-io/magnetar/sdk/image"
+	"github.com/magnetar-io/magnetar/sdk/kinds/gvisor"
 	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/qemu"
@@ -97,7 +98,21 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 	if err != nil {
 		return fmt.Errorf("open vm backend: %w", err)
 	}
-	return run(ctx, cfg, log, []backend.Backend{rb, wb, vb})
+	gcfg := cfg.Backends.GVisor
+	if gcfg.Root == "" {
+		gcfg.Root = filepath.Join(cfg.RunDir, "runsc")
+	}
+	gvlog := log.Named("gvisor")
+	gb, err := gvisor.New(gvisor.Config{Binary: gcfg.Binary, Root: gcfg.Root, Platform: gcfg.Platform, Log: gvlog.Info})
+	if err != nil {
+		return fmt.Errorf("open gvisor backend: %w", err)
+	}
+	defer func() {
+		if err := gb.Close(); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("close gvisor backend: %w", err))
+		}
+	}()
+	return run(ctx, cfg, log, []backend.Backend{rb, wb, vb, gb})
 }
 
 // run is Run with the backends given.

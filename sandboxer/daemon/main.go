@@ -30,6 +30,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		configPath = fs.String("config", "", "config file (TOML, version = 1); defaults apply without one")
 		listen     = fs.String("listen", "", "unix socket for containerd's sandbox controller (default "+DefaultListen+")")
 		apiListen  = fs.String("api-listen", "", "unix socket for Magnetar's API, or - for none (default <run-dir>/api.sock)")
+		gvPlatform = fs.String("gvisor-platform", "", "runsc platform of the gvisor kind: kvm, systrap or ptrace (default: chosen by probing)")
 		guestDir   = fs.String("vm-guest-dir", "", "directory with the microVM guest's vmlinux and initramfs.cpio.gz (default "+DefaultGuestDir+")")
 		stateDir   = fs.String("state-dir", "", "state directory (default "+DefaultStateDir+")")
 		runDir     = fs.String("run-dir", "", "runtime directory for sockets (default "+DefaultRunDir+")")
@@ -63,7 +64,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	for _, o := range []struct{ flag, field *string }{
 		{listen, &cfg.Listen}, {apiListen, &cfg.APIListen}, {stateDir, &cfg.StateDir}, {runDir, &cfg.RunDir},
-		{logLevel, &cfg.LogLevel}, {guestDir, &cfg.Backends.VM.GuestDir}, {ttrpcAddr, &cfg.Containerd.TTRPCAddress},
+		{logLevel, &cfg.LogLevel}, {guestDir, &cfg.Backends.VM.GuestDir}, {gvPlatform, &cfg.Backends.GVisor.Platform}, {ttrpcAddr, &cfg.Containerd.TTRPCAddress},
 	} {
 		if *o.flag != "" {
 			*o.field = *o.flag

@@ -36,7 +36,7 @@ func cleanup(id, bundle string) error {
 	if err := json.Unmarshal(data, &rt); err != nil {
 		return fmt.Errorf("read %s: %w", shimrecord.File, err)
 	}
-	if rt.Kind != "runc" || rt.ID == "" {
+	if (rt.Kind != "runc" && rt.Kind != "gvisor") || rt.ID == "" {
 		return nil
 	}
 	if id != "" && id != rt.ID {

@@ -23,6 +23,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 	"github.com/magnetar-io/magnetar/sdk/image"
+	"github.com/magnetar-io/magnetar/sdk/kinds/gvisor"
 	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
 	"github.com/magnetar-io/magnetar/sdk/kinds/wasm"
 )
@@ -48,7 +49,10 @@ var runnerHooked atomic.Bool
 // the program itself it returns false at once. [New] includes the
 // wasm kind in its default set only when RunnerMain was called. The runc
 // kind likewise starts a copy as the init of a pod's shared PID namespace
-// (see runc.PodInitMain).
+// (see runc.PodInitMain), and the gvisor kind as the root container of
+// each gVisor sandbox (gvisor.PodInitMain, the same function); New
+// includes the gvisor kind (as root, with runsc installed) only when
+// RunnerMain was called.
 func RunnerMain() bool {
 	runnerHooked.Store(true)
 	return wasm.RunnerMain() || runc.PodInitMain()
@@ -154,6 +158,16 @@ func New(ctx context.Context, opts ...Option) (_ *sdk.Client, retErr error) {
 				}
 				cleanups = append(cleanups, rb.Close)
 				backends = append(backends, rb)
+			}
+			if _, err := exec.LookPath("runsc"); err == nil && runnerHooked.Load() {
+				// A gVisor sandbox's root container is a copy of the
+				// program (gvisor.PodInitMain, called by RunnerMain).
+				gb, err := gvisor.New(gvisor.Config{Root: filepath.Join(o.stateDir, "runsc")})
+				if err != nil {
+					return nil, fmt.Errorf("open the gvisor kind: %w", err)
+				}
+				cleanups = append(cleanups, gb.Close)
+				backends = append(backends, gb)
 			}
 		}
 		if runnerHooked.Load() {

@@ -72,6 +72,9 @@ type process struct {
 	pid   uint32
 	exit  backend.ExitStatus
 	done  chan struct{}
+	// watched is set once the exit is being watched (after Start, or a
+	// kill of a process that was never started).
+	watched bool
 }
 
 type container struct {
@@ -303,8 +306,15 @@ func (e *Engine) Start(ctx context.Context, sandboxID, cid, execID string) (Proc
 	return p.status(), nil
 }
 
-// watchProcess records the exit of p in the background.
+// watchProcess records the exit of p in the background (once).
 func (e *Engine) watchProcess(sb *sandbox, p *process) {
+	p.mu.Lock()
+	watched := p.watched
+	p.watched = true
+	p.mu.Unlock()
+	if watched {
+		return
+	}
 	e.background(func(ctx context.Context) {
 		st, err := p.impl.Wait(ctx)
 		if err != nil {
@@ -406,7 +416,7 @@ func (e *Engine) State(ctx context.Context, sandboxID, cid, execID string) (Proc
 
 // Kill signals a process; all signals every process of the container.
 func (e *Engine) Kill(ctx context.Context, sandboxID, cid, execID string, sig syscall.Signal, all bool) error {
-	_, _, p, err := e.process(sandboxID, cid, execID)
+	sb, _, p, err := e.process(sandboxID, cid, execID)
 	if err != nil {
 		return err
 	}
@@ -414,7 +424,16 @@ func (e *Engine) Kill(ctx context.Context, sandboxID, cid, execID string, sig sy
 	if st == ProcessStopped && !all {
 		return fmt.Errorf("process %q of container %q has exited: %w", execID, cid, errdefs.ErrNotFound)
 	}
-	return p.impl.Kill(ctx, sig, all)
+	if err := p.impl.Kill(ctx, sig, all); err != nil {
+		return err
+	}
+	if st == ProcessCreated {
+		// Never started (or its start failed): its exit is watched from
+		// now on, so that Wait returns (containerd kills and waits for a
+		// task whose start failed).
+		e.watchProcess(sb, p)
+	}
+	return nil
 }
 
 // Wait blocks until a process has exited, or ctx ends.

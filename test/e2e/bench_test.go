@@ -36,3 +36,17 @@ func BenchmarkWasmContainerStart(b *testing.B) {
 		e.waitExited(b, e.startWasm(b, p, fmt.Sprintf("bench-%d", i)))
 	}
 }
+
+// BenchmarkGVisorPodStart is BenchmarkPodStart with the magnetar-gvisor
+// handler: the runsc sandbox (root container) and one subcontainer.
+func BenchmarkGVisorPodStart(b *testing.B) {
+	e := setup(b)
+	requireRunsc(b)
+	for b.Loop() {
+		p := e.runPodWith(b, gvisorHandler, false)
+		e.startContainer(b, p, "bench", "sleep 600")
+		b.StopTimer()
+		_, _ = e.rt.StopPodSandbox(ctxT(b), &runtime.StopPodSandboxRequest{PodSandboxId: p.id})
+		b.StartTimer()
+	}
+}

@@ -283,7 +283,7 @@ func TestBadInput(t *testing.T) {
 		Config: &runtime.PodSandboxConfig{
 			Metadata: &runtime.PodSandboxMetadata{Name: "badkind", Namespace: "e2e", Uid: "badkind-uid"},
 		},
-		RuntimeHandler: "magnetar-gvisor", // declared in containerd, not (yet) a kind of the sandboxer
+		RuntimeHandler: harness.UnknownKindHandler, // declared in containerd, not a kind of the sandboxer
 	})
 	if err == nil {
 		t.Error("RunPodSandbox with an unimplemented kind succeeded")

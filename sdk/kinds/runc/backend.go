@@ -29,8 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
 )
 
 // Kind is the name of this sandbox kind.
@@ -183,26 +182,7 @@ func (b *Backend) runtime(namespace, bundle string) *gorunc.Runc {
 type exiter interface{ SetExited(status int) }
 
 // watch reaps pid, a child of this process, when it exits and tells p.
-// The wait (see package pidfd) ends with Close too.
+// The wait (see package reaper) ends with Close too.
 func (b *Backend) watch(pid int, p exiter) {
-	if pid <= 0 {
-		return
-	}
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		// Gone already and reaped: nothing can tell its status any more.
-		p.SetExited(exitcode.Unknown)
-		return
-	}
-	b.wg.Go(func() {
-		ex, err := pidfd.Wait(b.life, pid, fd)
-		if err != nil {
-			return // closing: the container keeps running
-		}
-		code := exitcode.Unknown
-		if ex.Child {
-			code = int(exitcode.Of(ex.Status))
-		}
-		p.SetExited(code)
-	})
+	reaper.Watch(b.life.Done(), &b.wg, pid, p.SetExited)
 }

@@ -6,22 +6,15 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"strconv"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podinit"
 )
-
-// podInitEnv marks a process started as the init of a pod's PID namespace.
-const podInitEnv = "MAGNETAR_POD_INIT"
-
-// podInitHooked records that the program called [PodInitMain], so that it
-// can be re-executed as a pod's init.
-var podInitHooked atomic.Bool
 
 // PodInitMain runs the init of a pod's shared PID namespace when the
 // process was started as one by this package (PID 1 of a new PID namespace,
@@ -43,36 +36,9 @@ var podInitHooked atomic.Bool
 //	}
 //
 // Without it, creating a container that joins its pod's PID namespace fails
-// with FailedPrecondition.
-func PodInitMain() bool {
-	podInitHooked.Store(true)
-	if os.Getenv(podInitEnv) != "1" || os.Getpid() != 1 {
-		return false
-	}
-	podInit()
-	return true
-}
-
-// podInit is PID 1 of a pod's PID namespace: it reaps every process that
-// ends up its child and ignores every signal it can (the kernel ignores
-// signals that a PID namespace's init has no handler for when they come
-// from inside the namespace; the sandboxer ends it with SIGKILL).
-func podInit() {
-	os.Unsetenv(podInitEnv)
-	_ = os.Chdir("/")
-	sigc := make(chan os.Signal, 32)
-	signal.Notify(sigc, unix.SIGCHLD)
-	signal.Ignore(unix.SIGHUP, unix.SIGINT, unix.SIGTERM, unix.SIGQUIT, unix.SIGPIPE, unix.SIGUSR1, unix.SIGUSR2)
-	for range sigc {
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if pid <= 0 || err != nil {
-				break
-			}
-		}
-	}
-}
+// with FailedPrecondition. The gvisor kind's sandboxes run the same init
+// (gvisor.PodInitMain is the same function).
+func PodInitMain() bool { return podinit.Main() }
 
 // podInitProc is a running pod init, as the sandbox records it.
 type podInitProc struct {
@@ -86,11 +52,11 @@ type podInitProc struct {
 // startPodInit starts a pod init in a new PID namespace. The caller reaps
 // it through the returned command.
 func startPodInit(exe string) (*exec.Cmd, podInitProc, error) {
-	if !podInitHooked.Load() {
+	if !podinit.Hooked() {
 		return nil, podInitProc{}, fmt.Errorf("a pod that shares its PID namespace needs an init: the program must call runc.PodInitMain first thing in main: %w", errdefs.ErrFailedPrecondition)
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = []string{podInitEnv + "=1", "GOMAXPROCS=1", "GOGC=off"}
+	cmd.Env = []string{podinit.Env + "=1", "GOMAXPROCS=1", "GOGC=off"}
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID, Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -17,7 +17,8 @@ const File = "magnetar-runtime.json"
 
 // Runtime is the content of [File].
 type Runtime struct {
-	// Kind is the sandbox kind; only "runc" needs cleanup by the shim (the
+	// Kind is the sandbox kind; only "runc" and "gvisor" (whose Binary is
+	// runsc) need cleanup by the shim (the
 	// vm kind's containers run in the guest, out of the shim's reach: the
 	// restarted sandboxer ends them when it reconnects to the agent).
 	Kind string `json:"kind"`

@@ -1,0 +1,344 @@
+package gvisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/console"
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/pkg/stdio"
+	"github.com/containerd/errdefs"
+	gorunc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
+	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
+)
+
+type container struct {
+	s      *sandbox
+	id     string
+	bundle string
+	// init is the container's init; shell is containerd's runc process
+	// for the same container, never created or started, that runs execs
+	// (`runsc exec` takes its stdio and console socket as runc's does).
+	init  *initProc
+	shell *process.Init
+	rt    *gorunc.Runc
+
+	mu       sync.Mutex
+	execs    map[string]process.Process
+	waitStop context.CancelFunc // ends the `runsc wait` of the init
+}
+
+// procNS matches the namespace paths CRI builds from the sandbox pid.
+var procNS = regexp.MustCompile(`^/proc/(\d+)/ns/[a-z]+$`)
+
+// containerSpec is spec made a subcontainer of this sandbox: runsc places
+// it by the CRI annotations, and runs it in the sandbox's namespaces (the
+// paths CRI wrote do not apply inside gVisor). A pod-level PID namespace
+// (shareProcessNamespace) is the root container's.
+func (s *sandbox) containerSpec(spec specs.Spec) specs.Spec {
+	ann := maps.Clone(spec.Annotations)
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	ann[annContainerType] = "container"
+	ann[annSandboxID] = s.cfg.ID
+	spec.Annotations = ann
+	if spec.Linux == nil {
+		return spec
+	}
+	l := *spec.Linux
+	var nss []specs.LinuxNamespace
+	for _, ns := range l.Namespaces {
+		if ns.Path != "" && procNS.MatchString(ns.Path) {
+			if ns.Type == specs.PIDNamespace {
+				ns.Path = fmt.Sprintf("/proc/%d/ns/pid", s.st.Pid)
+			} else {
+				ns.Path = ""
+			}
+		}
+		if ns.Type == specs.NetworkNamespace || ns.Type == specs.UserNamespace || ns.Type == specs.CgroupNamespace {
+			continue // the sandbox's network; no user or cgroup namespace inside
+		}
+		nss = append(nss, ns)
+	}
+	l.Namespaces = nss
+	spec.Linux = &l
+	return spec
+}
+
+// CreateContainer mounts the rootfs and runs `runsc create` for a
+// subcontainer of the sandbox.
+func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConfig) (_ backend.Container, retErr error) {
+	if cfg.Spec == nil {
+		return nil, fmt.Errorf("container %q has no OCI spec: %w", cfg.ID, errdefs.ErrInvalidArgument)
+	}
+	if !s.alive() {
+		return nil, fmt.Errorf("gVisor sandbox %q is stopped: %w", s.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
+	spec := s.containerSpec(*cfg.Spec)
+	data, err := json.Marshal(&spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Bundle, "config.json"), data, 0o600); err != nil {
+		return nil, fmt.Errorf("write OCI spec: %w", err)
+	}
+	rootfs := ""
+	if len(cfg.Rootfs) > 0 {
+		rootfs = filepath.Join(cfg.Bundle, "rootfs")
+		if err := os.Mkdir(rootfs, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, err
+		}
+		if err := mount.All(cfg.Rootfs, rootfs); err != nil {
+			return nil, fmt.Errorf("mount rootfs of container %q: %w", cfg.ID, err)
+		}
+		defer func() {
+			if retErr != nil {
+				_ = mount.UnmountRecursive(rootfs, 0)
+			}
+		}()
+	}
+	cfg.Stdio = nullStdio(cfg.Stdio)
+	rt := s.runtime(cfg.Bundle)
+	if err := shimrecord.Write(cfg.Bundle, shimrecord.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
+		return nil, err
+	}
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, execs: map[string]process.Process{}}
+	c.shell = process.New(cfg.ID, rt, stdio.Stdio{})
+	c.shell.Bundle = cfg.Bundle
+	c.shell.Platform = s.b.platform
+	c.shell.WorkDir = filepath.Join(cfg.Bundle, "work")
+	cctx, cancel := context.WithTimeout(ctx, s.b.cfg.CommandTimeout)
+	defer cancel()
+	ip, err := newInitProc(cctx, c, cfg.Stdio, rootfs)
+	if err != nil {
+		return nil, err
+	}
+	ip.pid = s.st.Pid
+	c.init = ip
+	args := append([]string{"create", "--bundle", cfg.Bundle, "--pid-file", filepath.Join(cfg.Bundle, "init.pid")}, ip.createArgs()...)
+	if err := s.runscWith(cctx, rt, cfg.Bundle, append(args, cfg.ID)...); err != nil {
+		ip.closeIO()
+		_ = s.runsc(context.Background(), "delete", "--force", cfg.ID)
+		return nil, fmt.Errorf("create container %q in gVisor sandbox %q: %w", cfg.ID, s.cfg.ID, err)
+	}
+	s.reapGofer(cfg.ID)
+	s.mu.Lock()
+	s.ctrs[cfg.ID] = c
+	s.mu.Unlock()
+	return c, nil
+}
+
+func (c *container) Init() backend.Process { return c.init }
+
+func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.Process, error) {
+	data, err := json.Marshal(cfg.Process)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Stdio = nullStdio(cfg.Stdio)
+	p, err := c.shell.Exec(ctx, c.bundle, &process.ExecConfig{
+		ID: cfg.ID, Terminal: cfg.Stdio.Terminal, Stdin: cfg.Stdio.Stdin, Stdout: cfg.Stdio.Stdout, Stderr: cfg.Stdio.Stderr,
+		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: data},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("exec in container %q: %w", c.id, err)
+	}
+	c.mu.Lock()
+	c.execs[cfg.ID] = p
+	c.mu.Unlock()
+	return &proc{c: c, p: p}, nil
+}
+
+func (c *container) Delete(ctx context.Context) error {
+	c.mu.Lock()
+	if c.waitStop != nil {
+		c.waitStop()
+	}
+	c.mu.Unlock()
+	c.s.mu.Lock()
+	delete(c.s.ctrs, c.id)
+	c.s.mu.Unlock()
+	return nil
+}
+
+func (c *container) killAll(ctx context.Context) error {
+	err := c.init.Kill(ctx, syscall.SIGKILL, true)
+	if err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
+		return err
+	}
+	return nil
+}
+
+// waitInit runs `runsc wait` for the container's init (the pid runsc
+// reports is the sandbox's, not the container's) and records its exit.
+func (c *container) waitInit() {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.mu.Lock()
+	c.waitStop = cancel
+	c.mu.Unlock()
+	go func() {
+		defer cancel()
+		code, err := runscWait(ctx, c.s.b.cfg.Binary, globalArgs(c.rt), c.id)
+		if ctx.Err() != nil {
+			return // deleted or closing
+		}
+		if err != nil {
+			code = exitcode.Unknown
+			if !c.s.alive() {
+				code = 128 + int(syscall.SIGKILL)
+			}
+		}
+		c.init.setExited(code)
+	}()
+	go func() { // end the wait with the backend
+		select {
+		case <-c.s.b.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// runscWait runs `runsc wait id` and returns the exit code it reports.
+func runscWait(ctx context.Context, binary string, global []string, id string) (int, error) {
+	cmd := exec.CommandContext(ctx, binary, append(global, "wait", id)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("runsc wait %s: %w", id, err)
+	}
+	var res struct {
+		ExitStatus int `json:"exitStatus"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return 0, fmt.Errorf("runsc wait %s: %q: %w", id, out, err)
+	}
+	return res.ExitStatus, nil
+}
+
+// Pause freezes the container (runsc pause).
+func (c *container) Pause(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.s.b.cfg.CommandTimeout)
+	defer cancel()
+	return c.rt.Pause(ctx, c.id)
+}
+
+// Resume thaws the container.
+func (c *container) Resume(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.s.b.cfg.CommandTimeout)
+	defer cancel()
+	return c.rt.Resume(ctx, c.id)
+}
+
+// Stats asks the sandbox for the container's usage (runsc events --stats).
+func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.s.b.cfg.CommandTimeout)
+	defer cancel()
+	st, err := c.rt.Stats(ctx, c.id)
+	if err != nil {
+		return nil, fmt.Errorf("stats of %q: %w", c.id, err)
+	}
+	// No Raw: runsc's stats are no cgroups message; the summary numbers
+	// are encoded as one for CRI.
+	out := &backend.Stats{Timestamp: time.Now().UTC()}
+	out.CPUUsageNanos = st.Cpu.Usage.Total
+	out.MemoryUsageBytes = st.Memory.Usage.Usage
+	out.MemoryLimitBytes = st.Memory.Usage.Limit
+	out.MemoryWorkingBytes = st.Memory.Usage.Usage
+	if inactive, ok := st.Memory.Raw["total_inactive_file"]; ok && inactive < out.MemoryWorkingBytes {
+		out.MemoryWorkingBytes -= inactive
+	}
+	out.Pids = st.Pids.Current
+	return out, nil
+}
+
+// proc adapts containerd's runc exec process to backend.Process.
+type proc struct {
+	c *container
+	p process.Process
+}
+
+func (p *proc) Start(ctx context.Context) (uint32, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
+	defer cancel()
+	if err := p.p.Start(ctx); err != nil {
+		return 0, err
+	}
+	// An exec'd process is a `runsc exec` that waits for the process in
+	// the sandbox and exits with its status.
+	pid := p.p.Pid()
+	reaper.Watch(p.c.s.b.stop, &p.c.s.b.wg, pid, p.p.SetExited)
+	return uint32(pid), nil
+}
+
+// Pid is the host pid of the `runsc exec` process.
+func (p *proc) Pid() uint32 { return uint32(p.p.Pid()) }
+
+func (p *proc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
+	return p.p.Kill(ctx, uint32(sig), all)
+}
+
+func (p *proc) Wait(ctx context.Context) (backend.ExitStatus, error) {
+	if err := p.p.Wait(ctx); err != nil {
+		return backend.ExitStatus{}, err
+	}
+	at := p.p.ExitedAt()
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return backend.ExitStatus{Code: uint32(p.p.ExitStatus()), ExitedAt: at.UTC()}, nil
+}
+
+func (p *proc) ResizePTY(ctx context.Context, width, height uint32) error {
+	return p.p.Resize(console.WinSize{Width: uint16(width), Height: uint16(height)})
+}
+
+func (p *proc) CloseStdin(ctx context.Context) error {
+	if s := p.p.Stdin(); s != nil {
+		return s.Close()
+	}
+	return nil
+}
+
+func (p *proc) Delete(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
+	defer cancel()
+	err := p.p.Delete(ctx)
+	p.c.mu.Lock()
+	delete(p.c.execs, p.p.ID())
+	p.c.mu.Unlock()
+	return err
+}
+
+// nullStdio sends a missing stdout or stderr to /dev/null: containerd's
+// process I/O handles all three streams or none.
+func nullStdio(s backend.Stdio) backend.Stdio {
+	if s.Stdin == "" && s.Stdout == "" && s.Stderr == "" {
+		return s
+	}
+	if s.Stdout == "" {
+		s.Stdout = os.DevNull
+	}
+	if s.Stderr == "" && !s.Terminal {
+		s.Stderr = os.DevNull
+	}
+	return s
+}

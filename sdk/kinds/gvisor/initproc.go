@@ -1,0 +1,395 @@
+package gvisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/console"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/fifo"
+	gorunc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/sdk/backend"
+)
+
+// initProc is a subcontainer's init. It is not containerd's runc
+// process.Init because runsc differs from runc for subcontainers: their
+// stdio is the one of `runsc start` (not of `runsc create`), their
+// terminal's master comes through the console socket at start, and their
+// exit is known from `runsc wait` (the pid runsc reports is the
+// sandbox's).
+type initProc struct {
+	c        *container
+	stdio    backend.Stdio
+	rootfs   string
+	pid      int
+	terminal bool
+
+	rio    gorunc.IO       // pipes to the container (no terminal)
+	socket *gorunc.Socket  // console socket (terminal)
+	con    console.Console // the terminal's master, copied by the platform
+	stdin  io.Closer
+	// stdinDone is closed when the copy of stdin ended (nil: none).
+	stdinDone chan struct{}
+	wg        sync.WaitGroup // output copies
+
+	mu      sync.Mutex
+	started bool
+	// startFailed: runsc start failed, the sentry may hold the container's
+	// stdio and rootfs files until the sandbox ends.
+	startFailed bool
+	exited      chan struct{}
+	code        int
+	at          time.Time
+	deleted     bool
+}
+
+// newInitProc prepares the stdio of a subcontainer's init before `runsc
+// create`: the console socket for a terminal, else pipes copied to the
+// stdio paths (FIFOs or files). The caller passes create the socket.
+func newInitProc(ctx context.Context, c *container, stdio backend.Stdio, rootfs string) (_ *initProc, retErr error) {
+	p := &initProc{c: c, stdio: stdio, rootfs: rootfs, terminal: stdio.Terminal, exited: make(chan struct{})}
+	defer func() {
+		if retErr != nil {
+			p.closeIO()
+		}
+	}()
+	if p.terminal {
+		s, err := gorunc.NewTempConsoleSocket()
+		if err != nil {
+			return nil, fmt.Errorf("console socket: %w", err)
+		}
+		p.socket = s
+		if stdio.Stdin != "" {
+			// Held from create on, as containerd's shim does, so that
+			// the writer's open does not wait for start.
+			in, err := fifo.OpenFifo(context.Background(), stdio.Stdin, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+			if err != nil {
+				return nil, fmt.Errorf("open stdin %s: %w", stdio.Stdin, err)
+			}
+			p.stdin = in
+		}
+		return p, nil
+	}
+	if stdio.Stdin == "" && stdio.Stdout == "" && stdio.Stderr == "" {
+		return p, nil
+	}
+	rio, err := gorunc.NewPipeIO(0, 0, func(o *gorunc.IOOption) {
+		o.OpenStdin = stdio.Stdin != ""
+		o.OpenStdout = stdio.Stdout != ""
+		o.OpenStderr = stdio.Stderr != ""
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.rio = rio
+	for _, o := range []struct {
+		path string
+		r    io.Reader
+	}{{stdio.Stdout, rio.Stdout()}, {stdio.Stderr, rio.Stderr()}} {
+		if o.path == "" {
+			continue
+		}
+		w, err := openOutput(ctx, o.path)
+		if err != nil {
+			return nil, err
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			_, _ = io.Copy(w, o.r)
+			w.Close()
+		}()
+	}
+	if stdio.Stdin != "" {
+		in, err := fifo.OpenFifo(context.Background(), stdio.Stdin, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open stdin %s: %w", stdio.Stdin, err)
+		}
+		p.stdin = in
+		p.stdinDone = make(chan struct{})
+		go func() {
+			defer close(p.stdinDone)
+			_, _ = io.Copy(rio.Stdin(), in)
+			rio.Stdin().Close()
+			in.Close()
+		}()
+	}
+	return p, nil
+}
+
+// openOutput opens a stdout or stderr path: a FIFO (containerd's) or a
+// file.
+func openOutput(ctx context.Context, path string) (io.WriteCloser, error) {
+	ok, err := fifo.IsFifo(path)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		return fifo.OpenFifo(ctx, path, unix.O_WRONLY, 0)
+	}
+	return os.OpenFile(path, unix.O_WRONLY|unix.O_APPEND, 0)
+}
+
+// createArgs are the stdio flags of `runsc create`.
+func (p *initProc) createArgs() []string {
+	if p.socket != nil {
+		return []string{"--console-socket", p.socket.Path()}
+	}
+	return nil
+}
+
+// Start runs `runsc start` with the container's stdio, then waits for the
+// init's exit with `runsc wait`.
+func (p *initProc) Start(ctx context.Context) (uint32, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started {
+		return 0, fmt.Errorf("container %q was already started: %w", p.c.id, errdefs.ErrFailedPrecondition)
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
+	defer cancel()
+	s := p.c.s
+	cmd := exec.CommandContext(ctx, s.b.cfg.Binary, append(globalArgs(p.c.rt), "start", p.c.id)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL}
+	cmd.WaitDelay = time.Second
+	if p.rio != nil {
+		p.rio.Set(cmd)
+	}
+	var conc chan error
+	if p.socket != nil {
+		conc = make(chan error, 1)
+		go func() {
+			con, err := p.socket.ReceiveMaster()
+			if err == nil {
+				p.con, err = s.b.platform.CopyConsole(context.Background(), con, p.c.id, p.stdio.Stdin, p.stdio.Stdout, p.stdio.Stderr, &p.wg)
+			}
+			conc <- err
+		}()
+	}
+	out, err := os.CreateTemp(p.c.bundle, ".runsc-start-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(out.Name())
+	defer out.Close()
+	if cmd.Stdout == nil {
+		cmd.Stdout = out
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = out
+	}
+	err = cmd.Run()
+	if p.rio != nil {
+		// The sandbox holds the container's ends now.
+		if c, ok := p.rio.(interface{ CloseAfterStart() error }); ok {
+			_ = c.CloseAfterStart()
+		}
+	}
+	if err != nil {
+		// A gofer may have started: reap it, or runsc delete waits for it.
+		s.reapGofer(p.c.id)
+		p.startFailed = true
+		if p.socket != nil {
+			p.socket.Close()
+		}
+		msg, _ := os.ReadFile(out.Name())
+		return 0, fmt.Errorf("runsc start %s: %v: %s%s", p.c.id, err, msg, lastLogLine(p.c.rt.Log))
+	}
+	if conc != nil {
+		select {
+		case err := <-conc:
+			if err != nil {
+				return 0, fmt.Errorf("terminal of %s: %w", p.c.id, err)
+			}
+		case <-ctx.Done():
+			p.socket.Close()
+			return 0, fmt.Errorf("terminal of %s: runsc sent no master: %w", p.c.id, ctx.Err())
+		}
+	}
+	p.started = true
+	s.reapGofer(p.c.id)
+	p.c.waitInit()
+	return uint32(p.pid), nil
+}
+
+// setExited records the init's exit; the output copies get a moment to
+// drain so that Wait's callers find the output complete.
+func (p *initProc) setExited(code int) {
+	p.mu.Lock()
+	drain := p.started
+	p.mu.Unlock()
+	if drain {
+		done := make(chan struct{})
+		go func() { p.wg.Wait(); close(done) }()
+		t := time.NewTimer(2 * time.Second)
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	p.code, p.at = code, time.Now().UTC()
+	if p.con != nil {
+		_ = p.c.s.b.platform.ShutdownConsole(context.Background(), p.con)
+	}
+	close(p.exited)
+}
+
+func (p *initProc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
+	p.mu.Lock()
+	started := p.started
+	p.mu.Unlock()
+	if !started {
+		// Created but not (or not successfully) started: nothing runs
+		// in the sandbox yet, so the signal ends it, as it ends a runc
+		// container's waiting init. Delete removes it from runsc.
+		p.setExited(128 + int(sig))
+		return nil
+	}
+	select {
+	case <-p.exited:
+		return fmt.Errorf("container %q has exited: %w", p.c.id, errdefs.ErrNotFound)
+	default:
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
+	defer cancel()
+	if err := p.c.rt.Kill(ctx, p.c.id, int(sig), &gorunc.KillOpts{All: all}); err != nil {
+		select {
+		case <-p.exited:
+			return fmt.Errorf("container %q has exited: %w", p.c.id, errdefs.ErrNotFound)
+		default:
+		}
+		return fmt.Errorf("kill %q: %w", p.c.id, err)
+	}
+	return nil
+}
+
+func (p *initProc) Wait(ctx context.Context) (backend.ExitStatus, error) {
+	select {
+	case <-p.exited:
+		return backend.ExitStatus{Code: uint32(p.code), ExitedAt: p.at}, nil
+	case <-ctx.Done():
+		return backend.ExitStatus{}, ctx.Err()
+	}
+}
+
+func (p *initProc) ResizePTY(ctx context.Context, width, height uint32) error {
+	p.mu.Lock()
+	con := p.con
+	p.mu.Unlock()
+	if con == nil {
+		return fmt.Errorf("container %q has no terminal: %w", p.c.id, errdefs.ErrFailedPrecondition)
+	}
+	return con.Resize(console.WinSize{Width: uint16(width), Height: uint16(height)})
+}
+
+// CloseStdin ends the container's stdin. What the writer sent before it
+// closed its end is copied first (for up to stdinDrain).
+func (p *initProc) CloseStdin(ctx context.Context) error {
+	if p.stdinDone != nil {
+		t := time.NewTimer(stdinDrain)
+		select {
+		case <-p.stdinDone:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	if p.stdin != nil {
+		p.stdin.Close()
+	}
+	if p.rio != nil && p.stdio.Stdin != "" {
+		if err := p.rio.Stdin().Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+			return err
+		}
+	}
+	return nil
+}
+
+// stdinDrain bounds how long CloseStdin lets the copy of stdin finish.
+const stdinDrain = 2 * time.Second
+
+// Delete removes the subcontainer from runsc and releases its stdio and
+// rootfs.
+func (p *initProc) Delete(ctx context.Context) error {
+	p.mu.Lock()
+	if p.deleted {
+		p.mu.Unlock()
+		return nil
+	}
+	p.deleted = true
+	p.mu.Unlock()
+	err := p.c.s.runsc(ctx, "delete", "--force", p.c.id)
+	if err != nil && notExist(err) {
+		err = nil
+	}
+	p.closeIO()
+	p.mu.Lock()
+	failed := p.startFailed
+	p.mu.Unlock()
+	if p.rootfs != "" && failed {
+		err = errors.Join(err, mount.UnmountRecursive(p.rootfs, unix.MNT_DETACH))
+	} else if p.rootfs != "" {
+		if uerr := mount.UnmountRecursive(p.rootfs, 0); uerr != nil {
+			// The sentry can still hold files of a container whose start
+			// failed (directfs): detach the mount, it goes with them.
+			err = errors.Join(err, mount.UnmountRecursive(p.rootfs, unix.MNT_DETACH))
+		}
+	}
+	return err
+}
+
+func (p *initProc) closeIO() {
+	if p.rio != nil {
+		p.rio.Close()
+	}
+	if p.stdin != nil {
+		p.stdin.Close()
+	}
+	if p.socket != nil {
+		p.socket.Close()
+	}
+	if p.con != nil {
+		p.con.Close()
+	}
+}
+
+// Pid is the sandbox's pid: runsc has no host process per container.
+func (p *initProc) Pid() uint32 { return uint32(p.pid) }
+
+// lastLogLine is the last message in runsc's JSON log, as ": msg" (or "").
+func lastLogLine(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		var l struct {
+			Msg string `json:"msg"`
+		}
+		if json.Unmarshal([]byte(lines[i]), &l) == nil && l.Msg != "" {
+			return ": " + l.Msg
+		}
+	}
+	return ""
+}

@@ -1,0 +1,174 @@
+package gvisor_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/magnetar-io/magnetar/internal/testutil"
+	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/gvisor"
+)
+
+func TestUnknownPlatform(t *testing.T) {
+	_, err := gvisor.New(gvisor.Config{Root: t.TempDir(), Platform: "warp"})
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), `"warp"`) {
+		t.Fatalf("New with an unknown platform: %v, want InvalidArgument naming it", err)
+	}
+}
+
+// run starts a sandbox of b with cfg, runs script in one container and
+// returns its output, the container and the sandbox (deleted at cleanup).
+func run(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script string) (string, backend.Container, backend.Sandbox) {
+	t.Helper()
+	ctx := context.Background()
+	cfg.ID = filepath.Base(t.TempDir())
+	cfg.Namespace = "test"
+	cfg.Dir = t.TempDir()
+	sb, err := b.Create(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := sb.Start(ctx)
+	if err != nil {
+		t.Fatalf("start sandbox: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = sb.Stop(context.Background(), time.Second)
+		if err := sb.Delete(context.Background()); err != nil {
+			t.Errorf("delete sandbox: %v", err)
+		}
+	})
+	if p, _ := b.Platform(); info.Info["platform"] != p || info.Pid == 0 {
+		t.Errorf("start info = %+v, want the platform %s and the sandbox pid", info, p)
+	}
+	dir := t.TempDir()
+	spec := testutil.BusyboxBundle(t, dir, script)
+	out := filepath.Join(t.TempDir(), "out")
+	if err := os.WriteFile(out, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := sb.CreateContainer(ctx, backend.ContainerConfig{ID: "c-" + cfg.ID, Bundle: dir, Spec: spec, Stdio: backend.Stdio{Stdout: out, Stderr: out}})
+	if err != nil {
+		t.Fatalf("create container: %v", err)
+	}
+	if _, err := c.Init().Start(ctx); err != nil {
+		t.Fatalf("start container: %v", err)
+	}
+	return out, c, sb
+}
+
+// TestPrivateNetworkIsLoopbackOnly: a direct-mode sandbox without a
+// network (runsc --network=none) has loopback only.
+func TestPrivateNetworkIsLoopbackOnly(t *testing.T) {
+	testutil.RequireRunsc(t)
+	b, err := gvisor.New(gvisor.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	out, c, _ := run(t, b, backend.SandboxConfig{PrivateNetwork: true, Hostname: "private"}, "cat /proc/net/dev; hostname")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if st, err := c.Init().Wait(ctx); err != nil || st.Code != 0 {
+		t.Fatalf("wait: %+v, %v", st, err)
+	}
+	data, _ := os.ReadFile(out)
+	var ifaces []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if i := strings.Index(l, ":"); i > 0 && !strings.Contains(l, "|") {
+			ifaces = append(ifaces, strings.TrimSpace(l[:i]))
+		}
+	}
+	if len(ifaces) != 1 || ifaces[0] != "lo" || !strings.Contains(string(data), "private") {
+		t.Errorf("interfaces %q in %q; want lo only and the hostname", ifaces, data)
+	}
+}
+
+// TestPauseAndStats: pause and resume (runsc pause/resume) and stats
+// (runsc events --stats) of a running container, on a configured platform.
+func TestPauseAndStats(t *testing.T) {
+	testutil.RequireRunsc(t)
+	b, err := gvisor.New(gvisor.Config{Root: t.TempDir(), Platform: gvisor.PlatformPtrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	if p, reason := b.Platform(); p != gvisor.PlatformPtrace || reason != "configured" {
+		t.Fatalf("platform %q (%s), want ptrace, configured", p, reason)
+	}
+	_, c, _ := run(t, b, backend.SandboxConfig{}, "while true; do x=$((x+1)); done")
+	ctx := context.Background()
+	st, err := c.(backend.Stater).Stats(ctx)
+	if err != nil || st.CPUUsageNanos == 0 || st.MemoryUsageBytes == 0 {
+		t.Fatalf("stats = %+v, %v; want CPU and memory usage", st, err)
+	}
+	pauser := c.(backend.Pauser)
+	if err := pauser.Pause(ctx); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	if err := pauser.Resume(ctx); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if err := c.Init().Kill(ctx, 9, true); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if st, err := c.Init().Wait(wctx); err != nil || st.Code != 137 {
+		t.Errorf("wait after kill: %+v, %v; want 137", st, err)
+	}
+	if err := c.Init().Delete(ctx); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("delete: %v", err)
+	}
+}
+
+// TestHungRunscIsBounded: a runsc that hangs (here: a wrapper whose
+// "start" never returns) fails the sandbox's start after CommandTimeout
+// instead of hanging, and leaves no runsc process or state behind.
+func TestHungRunscIsBounded(t *testing.T) {
+	testutil.RequireRunsc(t)
+	real, err := exec.LookPath("runsc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(t.TempDir(), "runsc")
+	script := "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = start ] && exec sleep 3600; done\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	b, err := gvisor.New(gvisor.Config{Binary: wrapper, Root: root, Platform: gvisor.PlatformPtrace, CommandTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx := context.Background()
+	id := "hung-" + filepath.Base(t.TempDir())
+	sb, err := b.Create(ctx, backend.SandboxConfig{ID: id, Namespace: "test", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = sb.Start(ctx)
+	if err == nil || !errdefs.IsUnavailable(err) || time.Since(start) > 30*time.Second {
+		t.Fatalf("start with a hung runsc: %v after %v; want Unavailable after about 2s", err, time.Since(start))
+	}
+	if err := sb.Delete(ctx); err != nil {
+		t.Errorf("delete: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(root, "test", "*"+id+"*"))
+	if len(left) > 0 {
+		t.Errorf("runsc state left: %q", left)
+	}
+	if out, _ := exec.Command("pgrep", "-f", id).Output(); len(out) > 0 {
+		t.Errorf("processes of the sandbox left: %s", out)
+	}
+}

@@ -92,7 +92,8 @@ func layer(t *testing.T, entries ...entry) ociimage.Layer {
 func ggcrLayer(t *testing.T, entries ...entry) v1.Layer {
 	t.Helper()
 	raw := tarOf(t, entries...)
-	l, err := tarball.LayerFromReader(bytes.NewReader(raw))
+	// LayerFromReader would buffer raw in a file under $TMPDIR and leave it.
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -349,6 +349,8 @@ func probe(cfg Config, p string) error {
 		defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 	}
 	cmd := exec.CommandContext(ctx, cfg.Binary, "--root", root, "--platform="+p, "--network=none", "--ignore-cgroups", "do", "true")
+	// runsc do writes its spec under $TMPDIR (runsc-do*): keep it in root.
+	cmd.Env = append(os.Environ(), "TMPDIR="+root)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
 	cmd.WaitDelay = time.Second

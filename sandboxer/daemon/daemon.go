@@ -217,6 +217,11 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 		defer stopAPI()
 	}
 
+	if cfg.sup != nil {
+		if err := cfg.sup.Ready(); err != nil {
+			log.Warn("tell the supervisor this worker serves", "error", err)
+		}
+	}
 	select {
 	case <-ctx.Done():
 		log.Info("stopping")

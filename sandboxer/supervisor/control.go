@@ -49,6 +49,7 @@ const (
 	opRelay   = "relay"   // serve Path through a relay to Backend
 	opUnrelay = "unrelay" // stop serving Path
 	opExit    = "exit"    // the exit status of an orphan the supervisor reaped
+	opReady   = "ready"   // the worker serves (recovery done)
 )
 
 // Client is a worker's end of the control channel to its supervisor. It is
@@ -212,6 +213,14 @@ func (c *Client) ExitOf(pid int) (code int, at time.Time, ok bool, err error) {
 		return 0, time.Time{}, false, err
 	}
 	return r.resp.Code, r.resp.At, r.resp.Exited, nil
+}
+
+// Ready tells the supervisor that this worker serves: it recovered the
+// sandboxes and listens. A worker that was ready and then dies is
+// restarted without crash-loop backoff.
+func (c *Client) Ready() error {
+	_, err := c.call(request{Op: opReady})
+	return err
 }
 
 // Close closes the control channel.

@@ -35,6 +35,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -119,7 +120,8 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if time.Since(started) > stableAfter {
+			if w.ready.Load() || time.Since(started) > stableAfter {
+				// It served: not a crash loop.
 				delay = minRestartDelay
 			}
 			log.Error("worker died; starting a new one", "pid", w.pid, "exit_code", e.Code, "ran", time.Since(started).Round(time.Millisecond), "restart_in", delay)
@@ -191,10 +193,12 @@ func (s *supervisor) check() error {
 
 // worker is a running worker process.
 type worker struct {
-	pid  int
-	exit <-chan exit
-	ctl  *net.UnixConn
-	done chan struct{} // closed when its control loop ended
+	pid     int
+	started time.Time
+	exit    <-chan exit
+	ctl     *net.UnixConn
+	done    chan struct{} // closed when its control loop ended
+	ready   atomic.Bool   // it said it serves (opReady)
 }
 
 // start starts a worker with a fresh control channel.
@@ -226,7 +230,7 @@ func (s *supervisor) start() (*worker, error) {
 		return nil, fmt.Errorf("start worker %s: %w", s.cfg.Exe, err)
 	}
 	// The reaper reaps it; os.Process must not.
-	w := &worker{pid: p.Pid, exit: s.reaper.watch(p.Pid), ctl: ctl, done: make(chan struct{})}
+	w := &worker{pid: p.Pid, started: time.Now(), exit: s.reaper.watch(p.Pid), ctl: ctl, done: make(chan struct{})}
 	_ = p.Release()
 	go s.serve(w)
 	s.log.Info("worker started", "pid", w.pid, "exe", s.cfg.Exe)
@@ -331,6 +335,9 @@ func (s *supervisor) answer(w *worker, req request) {
 		if err := s.unrelay(req.Path); err != nil {
 			resp.Err = err.Error()
 		}
+	case opReady:
+		w.ready.Store(true)
+		s.log.Info("worker ready", "pid", w.pid, "after", time.Since(w.started).Round(time.Millisecond))
 	case opExit:
 		if e, ok := s.reaper.exitOf(req.Pid, exitQueryWait); ok {
 			resp.Exited, resp.Code, resp.At = true, e.Code, e.At

@@ -161,51 +161,77 @@ func (e *Engine) get(id string) (*sandbox, error) {
 	return sb, nil
 }
 
-// recover loads every sandbox record from the state dir.
+// recoverParallel bounds how many sandboxes recover at once: recovery
+// waits on runtimes and guests (runc, runsc, a VM's agent), so a restart
+// with many pods should not take them one after another.
+const recoverParallel = 16
+
+// recover loads every sandbox record from the state dir, re-attaching to
+// up to recoverParallel sandboxes at once.
 func (e *Engine) recover(ctx context.Context) error {
 	entries, err := os.ReadDir(filepath.Join(e.stateDir, "sandboxes"))
 	if err != nil {
 		return fmt.Errorf("read state dir: %w", err)
 	}
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, recoverParallel)
+	)
 	for _, ent := range entries {
 		if !ent.IsDir() || ValidateID("sandbox", ent.Name()) != nil {
 			continue
 		}
-		dir := e.sandboxDir(ent.Name())
-		rec, err := readRecord(dir)
-		if errors.Is(err, os.ErrNotExist) {
-			// Creation crashed before the first record was written: nothing
-			// of it can be running.
-			if err := os.RemoveAll(dir); err != nil {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			sb, err := e.recoverSandbox(ctx, ent.Name())
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
 				errs = append(errs, err)
 			}
-			continue
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		sb := newSandbox(e, rec, dir)
-		if b, ok := e.backends[rec.Kind]; ok {
-			impl, err := b.Recover(ctx, sb.backendConfig(), rec.BackendState)
-			if err == nil {
-				sb.impl = impl
-				sb.recoverContainers(ctx)
-			} else {
-				sb.recoverErr = err
-				rec.State = SandboxUnknown
+			if sb != nil {
+				e.sandboxes[sb.rec.ID] = sb
 			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// recoverSandbox loads the record of sandbox id and re-attaches to it
+// through its backend (nil: nothing of it remains).
+func (e *Engine) recoverSandbox(ctx context.Context, id string) (*sandbox, error) {
+	dir := e.sandboxDir(id)
+	rec, err := readRecord(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		// Creation crashed before the first record was written: nothing
+		// of it can be running.
+		return nil, os.RemoveAll(dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	sb := newSandbox(e, rec, dir)
+	if b, ok := e.backends[rec.Kind]; ok {
+		impl, err := b.Recover(ctx, sb.backendConfig(), rec.BackendState)
+		if err == nil {
+			sb.impl = impl
+			sb.recoverContainers(ctx)
 		} else {
-			sb.recoverErr = fmt.Errorf("sandbox kind %q is not configured: %w", rec.Kind, errdefs.ErrNotImplemented)
+			sb.recoverErr = err
 			rec.State = SandboxUnknown
 		}
-		e.sandboxes[rec.ID] = sb
-		if rec.State == SandboxReady && sb.impl != nil {
-			sb.watch()
-		} else if rec.State != SandboxReady {
-			sb.markDone()
-		}
+	} else {
+		sb.recoverErr = fmt.Errorf("sandbox kind %q is not configured: %w", rec.Kind, errdefs.ErrNotImplemented)
+		rec.State = SandboxUnknown
 	}
-	return errors.Join(errs...)
+	if rec.State == SandboxReady && sb.impl != nil {
+		sb.watch()
+	} else if rec.State != SandboxReady {
+		sb.markDone()
+	}
+	return sb, nil
 }

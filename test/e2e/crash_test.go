@@ -19,7 +19,7 @@ import (
 
 // workerPid returns the pid of the sandboxer's worker: the child of the
 // supervisor (the process the harness started).
-func (e *env) workerPid(t *testing.T) int {
+func (e *env) workerPid(t testing.TB) int {
 	t.Helper()
 	pid, children := e.findWorker(t)
 	if pid == 0 {
@@ -30,7 +30,7 @@ func (e *env) workerPid(t *testing.T) int {
 
 // findWorker returns the worker's pid (0: none now) and the supervisor's
 // children.
-func (e *env) findWorker(t *testing.T) (int, string) {
+func (e *env) findWorker(t testing.TB) (int, string) {
 	t.Helper()
 	sup := e.sandboxer.Process.Pid
 	// Each thread lists the children it forked.
@@ -73,7 +73,7 @@ func (e *env) waitNewWorker(t *testing.T, old int, p *pod) int {
 	return pid
 }
 
-func (e *env) requireRunning(t *testing.T, id string) {
+func (e *env) requireRunning(t testing.TB, id string) {
 	t.Helper()
 	resp, err := e.rt.ContainerStatus(ctxT(t), &runtime.ContainerStatusRequest{ContainerId: id})
 	if err != nil || resp.Status.State != runtime.ContainerState_CONTAINER_RUNNING {
@@ -126,6 +126,11 @@ func TestSandboxerCrashKeepsContainers(t *testing.T) {
 	e.waitNewWorker(t, old, p)
 
 	e.requireRunning(t, survivor)
+	// The recovered container's cgroup is read again (CRI stats go through
+	// the pod's task socket to the new worker).
+	if st, err := e.rt.ContainerStats(ctxT(t), &runtime.ContainerStatsRequest{ContainerId: survivor}); err != nil || st.GetStats().GetMemory().GetWorkingSetBytes().GetValue() == 0 {
+		t.Errorf("stats of the recovered container: %v, %v", st.GetStats().GetMemory(), err)
+	}
 	if got := e.containerPid(t, survivor); got != survivorPid || !alive(survivorPid) {
 		t.Errorf("surviving container: pid %d (alive %v), want %d still running", got, alive(survivorPid), survivorPid)
 	}

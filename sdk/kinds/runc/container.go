@@ -132,9 +132,14 @@ func (c *container) Update(ctx context.Context, res *specs.LinuxResources) error
 
 // Pids lists the container's processes.
 func (c *container) Pids(ctx context.Context) ([]backend.ProcessInfo, error) {
-	pids, err := c.rt.Ps(ctx, c.id)
+	return pidsOf(ctx, c.rt, c.id)
+}
+
+// pidsOf lists the processes of runc container id.
+func pidsOf(ctx context.Context, rt *gorunc.Runc, id string) ([]backend.ProcessInfo, error) {
+	pids, err := rt.Ps(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("list processes of %q: %w", c.id, err)
+		return nil, fmt.Errorf("list processes of %q: %w", id, err)
 	}
 	out := make([]backend.ProcessInfo, 0, len(pids))
 	for _, p := range pids {

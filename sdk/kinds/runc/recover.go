@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -33,7 +35,10 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	// containerd may remove the bundle (and with it runc's log file) while
 	// we are away: log to runc's stderr instead.
 	rt.Log, rt.LogFormat = "", ""
-	if _, err := rt.State(ctx, cfg.ID); err != nil {
+	// runc keeps a container's state in <root>/<id>/state.json: reading
+	// that it exists costs nothing, where `runc state` per container would
+	// make a restart with many pods slow (its pid is watched below).
+	if _, err := os.Stat(filepath.Join(rt.Root, cfg.ID, "state.json")); err != nil {
 		return nil, fmt.Errorf("runc state of %q: %v: %w", cfg.ID, err, errdefs.ErrNotFound)
 	}
 	rootfs := ""
@@ -41,7 +46,8 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
 	release := holdOutputs(s.b.cfg.FIFOHolder, nullStdio(cfg.Stdio))
-	return &recovered{id: cfg.ID, rt: rt, pid: int(pid), rootfs: rootfs, orphanExit: s.b.cfg.OrphanExit, releaseIO: release}, nil
+	cg, _ := loadCgroup(int(pid)) // nil once it exited: Stats says NotFound
+	return &recovered{id: cfg.ID, rt: rt, pid: int(pid), rootfs: rootfs, cg: cg, orphanExit: s.b.cfg.OrphanExit, releaseIO: release}, nil
 }
 
 type recovered struct {
@@ -49,6 +55,7 @@ type recovered struct {
 	rt         *gorunc.Runc
 	pid        int
 	rootfs     string
+	cg         any // see loadCgroup
 	orphanExit func(pid int) (uint32, time.Time, bool)
 	// releaseIO releases the held read ends of the output FIFOs.
 	releaseIO func() error
@@ -118,6 +125,44 @@ func (r *recovered) ResizePTY(ctx context.Context, w, h uint32) error {
 }
 
 func (r *recovered) CloseStdin(ctx context.Context) error { return nil }
+
+// Stats reads the container's cgroup, as for a container this process
+// created.
+func (r *recovered) Stats(ctx context.Context) (*backend.Stats, error) {
+	if r.cg == nil {
+		return nil, fmt.Errorf("cgroup of container %q is unknown: %w", r.id, errdefs.ErrNotFound)
+	}
+	return cgroupStats(r.cg)
+}
+
+// Pids lists the container's processes.
+func (r *recovered) Pids(ctx context.Context) ([]backend.ProcessInfo, error) {
+	return pidsOf(ctx, r.rt, r.id)
+}
+
+// Update changes the container's cgroup limits.
+func (r *recovered) Update(ctx context.Context, res *specs.LinuxResources) error {
+	if err := r.rt.Update(ctx, r.id, res); err != nil {
+		return fmt.Errorf("update %q: %w", r.id, err)
+	}
+	return nil
+}
+
+// Pause freezes the container.
+func (r *recovered) Pause(ctx context.Context) error {
+	if err := r.rt.Pause(ctx, r.id); err != nil {
+		return fmt.Errorf("pause %q: %v: %w", r.id, err, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// Resume thaws the container.
+func (r *recovered) Resume(ctx context.Context) error {
+	if err := r.rt.Resume(ctx, r.id); err != nil {
+		return fmt.Errorf("resume %q: %v: %w", r.id, err, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
 
 // deleteRuntime removes the runc container and unmounts its rootfs.
 func (r *recovered) deleteRuntime(ctx context.Context) error {

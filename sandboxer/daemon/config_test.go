@@ -108,17 +108,17 @@ func TestListenRefusesNonSocket(t *testing.T) {
 // with a clear error; once the first lets go, the dir can be taken.
 func TestLockStateDir(t *testing.T) {
 	dir := t.TempDir()
-	unlock, err := lockStateDir(dir)
+	lock, err := lockStateDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := lockStateDir(dir); err == nil || !strings.Contains(err.Error(), "another magnetar-sandboxer serves state dir") {
 		t.Fatalf("second lock = %v, want refused", err)
 	}
-	unlock()
-	unlock2, err := lockStateDir(dir)
+	lock.Close()
+	lock2, err := lockStateDir(dir)
 	if err != nil {
 		t.Fatalf("lock after unlock: %v", err)
 	}
-	unlock2()
+	lock2.Close()
 }

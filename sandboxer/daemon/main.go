@@ -38,6 +38,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		ttrpcAddr  = fs.String("containerd-ttrpc-address", "", "containerd's ttrpc socket, for task events")
 		version    = fs.Bool("version", false, "print the version and exit")
 		noSup      = fs.Bool("no-supervisor", false, "run as a single process, without the supervisor that keeps containers and connections across crashes and upgrades")
+		handoverV  = fs.Bool("handover-version", false, "print the version of the supervisor state this binary takes over in a live upgrade, and exit")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -51,6 +52,10 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	if *version {
 		fmt.Fprintf(stderr, "magnetar-sandboxer %s\n", Version())
+		return 0
+	}
+	if *handoverV {
+		fmt.Println(supervisor.HandoverVersion)
 		return 0
 	}
 
@@ -92,15 +97,27 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	routeContainerdLogs(log.Named("containerd"))
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A supervisor re-executed by a live upgrade takes over its
+	// predecessor's state, the state dir's lock included.
+	handover, err := supervisor.TakeHandover()
+	if err != nil {
+		log.Error("cannot take over the previous supervisor", "error", err)
+		return 1
+	}
+	var lock *os.File
 	if sup == nil {
 		// The process that owns the state dir: the supervisor, or the
 		// daemon when it runs alone. A second one is refused.
-		unlock, err := lockStateDir(cfg.StateDir)
-		if err != nil {
-			log.Error("cannot start", "error", err)
-			return 1
+		if handover != nil {
+			lock = handover.File(stateLock)
 		}
-		defer unlock()
+		if lock == nil {
+			if lock, err = lockStateDir(cfg.StateDir); err != nil {
+				log.Error("cannot start", "error", err)
+				return 1
+			}
+		}
+		defer lock.Close()
 	}
 	if sup == nil && !cfg.NoSupervisor {
 		exe, err := os.Executable()
@@ -108,7 +125,8 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 			log.Error("find own executable", "error", err)
 			return 1
 		}
-		if err := supervisor.Run(ctx, supervisor.Config{Exe: exe, Args: args, PIDFile: PIDFile(cfg.RunDir)}, log.Named("supervisor")); err != nil {
+		scfg := supervisor.Config{Exe: exe, Args: args, PIDFile: PIDFile(cfg.RunDir), Keep: map[string]*os.File{stateLock: lock}, Handover: handover}
+		if err := supervisor.Run(ctx, scfg, log.Named("supervisor")); err != nil {
 			log.Error("supervisor failed", "error", err)
 			return 1
 		}
@@ -120,6 +138,10 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	return 0
 }
+
+// stateLock names the state dir's lock among the files a live upgrade
+// hands to the new supervisor.
+const stateLock = "state-lock"
 
 // PIDFile is where the supervisor of a daemon with run directory runDir
 // writes its pid.
@@ -148,7 +170,7 @@ func upgradeMain(args []string, stderr io.Writer) int {
 
 // lockStateDir takes an exclusive lock on the state dir, so that a second
 // sandboxer on it is refused with a clear error and changes nothing.
-func lockStateDir(dir string) (func(), error) {
+func lockStateDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -164,5 +186,5 @@ func lockStateDir(dir string) (func(), error) {
 		}
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
-	return func() { f.Close() }, nil
+	return f, nil
 }

@@ -1,7 +1,9 @@
 package supervisor
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 
@@ -74,4 +76,45 @@ func errorResponse(sid uint32, code codes.Code, msg string) frame {
 	f[8] = typeResponse
 	copy(f[headerLen:], payload)
 	return f
+}
+
+// frameReader reads whole frames from r and keeps the bytes of a frame it
+// has begun to read: when a read is interrupted (a handover sets a read
+// deadline), buf holds them, so that no byte of the stream is lost when
+// the connection goes to the next supervisor.
+type frameReader struct {
+	r     io.Reader
+	buf   []byte // bytes read and not yet returned as a frame
+	chunk []byte // read buffer
+}
+
+// next returns the next whole frame.
+func (fr *frameReader) next() (frame, error) {
+	if fr.chunk == nil {
+		fr.chunk = make([]byte, 32<<10)
+	}
+	for {
+		if len(fr.buf) >= headerLen {
+			n := binary.BigEndian.Uint32(fr.buf[:4])
+			if n > maxPayload {
+				return nil, fmt.Errorf("ttrpc message of %d bytes exceeds the limit of %d", n, maxPayload)
+			}
+			if total := headerLen + int(n); len(fr.buf) >= total {
+				f := frame(bytes.Clone(fr.buf[:total]))
+				fr.buf = fr.buf[total:]
+				if len(fr.buf) == 0 {
+					fr.buf = nil
+				}
+				return f, nil
+			}
+		}
+		k, err := fr.r.Read(fr.chunk)
+		fr.buf = append(fr.buf, fr.chunk[:k]...)
+		if err != nil {
+			if errors.Is(err, io.EOF) && len(fr.buf) > 0 {
+				err = fmt.Errorf("read ttrpc message: %w", io.ErrUnexpectedEOF)
+			}
+			return nil, err
+		}
+	}
 }

@@ -129,6 +129,36 @@ func isZombieChild(pid int) bool {
 	return err == nil && info.Signo == int32(unix.SIGCHLD)
 }
 
+// records returns the exit statuses kept, oldest first (for a handover).
+func (r *reaper) records() []exitRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]exitRecord, 0, len(r.order))
+	for _, pid := range r.order {
+		e := r.exits[pid]
+		out = append(out, exitRecord{Pid: pid, Code: e.Code, At: e.At})
+	}
+	return out
+}
+
+// restore adds exit statuses handed over by a previous supervisor.
+func (r *reaper) restore(recs []exitRecord) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, x := range recs {
+		if _, ok := r.exits[x.Pid]; ok {
+			continue // reaped here since: newer
+		}
+		r.order = append(r.order, x.Pid)
+		r.exits[x.Pid] = exit{Code: x.Code, At: x.At}
+	}
+	for len(r.order) > maxExits {
+		delete(r.exits, r.order[0])
+		r.order = r.order[1:]
+	}
+	r.cond.Broadcast()
+}
+
 func (r *reaper) close() {
 	close(r.stop)
 	<-r.done

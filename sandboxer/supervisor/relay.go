@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
@@ -52,7 +53,10 @@ type Relay struct {
 	closed  bool
 	// paused: new requests wait for the next worker (see Drain).
 	paused bool
-	wg     sync.WaitGroup
+	// handingOver: the relay's loops stop without closing anything, for a
+	// re-executed supervisor to take its descriptors (see handover.go).
+	handingOver bool
+	wg          sync.WaitGroup
 }
 
 // NewRelay listens on path (mode 0600; a stale socket file is replaced).
@@ -93,23 +97,41 @@ func (r *Relay) accept() {
 	for {
 		c, err := r.ln.Accept()
 		if err != nil {
-			return // closed
+			return // closed, or handing over
 		}
-		rc := &relayConn{r: r, client: c, pending: map[uint32]*pending{}, answered: make(chan struct{})}
 		r.mu.Lock()
-		if r.closed {
+		if r.handingOver {
+			// Accepted as the handover began: it goes with the others.
 			r.mu.Unlock()
-			c.Close()
-			return
+			_ = c.(*net.UnixConn).SetReadDeadline(time.Now())
+		} else {
+			r.mu.Unlock()
 		}
-		r.conns[rc] = struct{}{}
-		backend := r.backend
-		r.mu.Unlock()
-		if backend != "" {
-			rc.connect(backend)
-		}
-		r.wg.Go(rc.clientLoop)
+		r.add(c, nil, nil)
 	}
+}
+
+// add serves client connection c; partial holds bytes of its next frame
+// already read and pending its requests waiting for a worker (both from a
+// handover).
+func (r *Relay) add(c net.Conn, partial []byte, pend map[uint32]*pending) {
+	if pend == nil {
+		pend = map[uint32]*pending{}
+	}
+	rc := &relayConn{r: r, client: c, in: frameReader{r: c, buf: partial}, pending: pend, answered: make(chan struct{})}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		c.Close()
+		return
+	}
+	r.conns[rc] = struct{}{}
+	backend := r.backend
+	r.mu.Unlock()
+	if backend != "" {
+		rc.connect(backend)
+	}
+	r.wg.Go(rc.clientLoop)
 }
 
 // SetBackend tells the relay where the worker now serves this socket and
@@ -208,6 +230,7 @@ type pending struct {
 type relayConn struct {
 	r      *Relay
 	client net.Conn
+	in     frameReader // the client's frames
 
 	cw sync.Mutex // serializes writes to the client
 
@@ -256,10 +279,16 @@ func (c *relayConn) writeClient(f frame) {
 // clientLoop forwards the client's frames to the worker, or keeps them
 // for the next one.
 func (c *relayConn) clientLoop() {
-	defer c.close()
 	for {
-		f, err := readFrame(c.client)
+		f, err := c.in.next()
 		if err != nil {
+			c.r.mu.Lock()
+			handingOver := c.r.handingOver
+			c.r.mu.Unlock()
+			if handingOver {
+				return // the connection goes to the next supervisor as it is
+			}
+			c.close()
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				c.r.log.Debug("task relay: client connection ends", "socket", c.r.path, "error", err)
 			}

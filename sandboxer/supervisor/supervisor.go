@@ -56,6 +56,12 @@ type Config struct {
 	// StopTimeout bounds how long a stopping worker may take before it is
 	// killed. Default 30s.
 	StopTimeout time.Duration
+	// Keep are files that a live upgrade hands to the new supervisor
+	// (see [Handover.File]), e.g. the state directory's lock.
+	Keep map[string]*os.File
+	// Handover is the state handed over by the supervisor this process
+	// was before a live upgrade ([TakeHandover]); nil for a fresh start.
+	Handover *Handover
 }
 
 // Restart backoff after worker crashes.
@@ -100,8 +106,15 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 		defer os.Remove(cfg.PIDFile)
 	}
 	s := &supervisor{cfg: cfg, log: log, reaper: newReaper(), listeners: map[string]*net.UnixListener{}, relays: map[string]*Relay{}}
-	defer s.reaper.close()
+	defer func() { s.reaper.close() }() // reexec may replace it
 	defer s.closeAll()
+	if h := cfg.Handover; h != nil {
+		if err := s.resume(h); err != nil {
+			// What could not be taken over is lost; the rest is served.
+			log.Error("take over the previous supervisor's state", "error", err)
+		}
+		log.Info("supervisor upgraded: took over its predecessor's sockets", "listeners", len(h.Listeners), "task_sockets", len(h.Relays))
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, unix.SIGHUP)
@@ -143,8 +156,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 				continue
 			}
 			log.Info("upgrading: stopping the worker", "pid", w.pid)
-			s.drain()
-			s.stop(w)
+			s.upgrade(w)
 			delay = minRestartDelay
 		case <-ctx.Done():
 			log.Info("stopping the worker", "pid", w.pid)
@@ -165,8 +177,7 @@ func (s *supervisor) serveUntil(ctx context.Context, w *worker, hup <-chan os.Si
 				continue
 			}
 			s.log.Info("upgrading: stopping the worker", "pid", w.pid)
-			s.drain()
-			s.stop(w)
+			s.upgrade(w)
 			return true
 		case e := <-w.exit:
 			s.gone(w)
@@ -176,6 +187,28 @@ func (s *supervisor) serveUntil(ctx context.Context, w *worker, hup <-chan os.Si
 			s.stop(w)
 			return false
 		}
+	}
+}
+
+// upgrade replaces the worker w, and the supervisor itself when the new
+// binary takes its state (same [HandoverVersion]): calls in flight are
+// drained, the worker stops, and the supervisor re-executes the new
+// binary, which starts the new worker. Without a handover (another
+// version, or a failed exec) the supervisor stays and the caller starts
+// the new worker.
+func (s *supervisor) upgrade(w *worker) {
+	v, verr := handoverVersionOf(s.cfg.Exe)
+	s.drain()
+	s.stop(w)
+	switch {
+	case verr != nil:
+		s.log.Warn("the new binary does not say which supervisor state it takes: upgrading the worker only", "error", verr)
+	case v != HandoverVersion:
+		s.log.Warn("the new binary takes another supervisor state: upgrading the worker only", "its_version", v, "ours", HandoverVersion)
+	default:
+		s.log.Info("re-executing the supervisor", "exe", s.cfg.Exe)
+		err := s.reexec() // returns only on failure
+		s.log.Error("the supervisor could not re-execute itself; it stays and starts the new worker", "error", err)
 	}
 }
 

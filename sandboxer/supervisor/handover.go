@@ -1,0 +1,390 @@
+package supervisor
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A live upgrade replaces the supervisor too: after the worker stopped,
+// the supervisor re-executes itself with the binary now installed
+// (execve keeps its pid, so containers and the processes it adopted stay
+// its children) and hands its state to the new program: the listeners,
+// every relayed task socket with its client connections (the bytes of a
+// frame they had begun to send, and the requests that wait for a worker),
+// the orphans' exit statuses and the files in [Config.Keep]. Descriptors
+// pass through the exec itself; the state is JSON in a memfd named by
+// [EnvHandover].
+
+// HandoverVersion is the version of the state a supervisor hands over. A
+// binary that reports another one (`--handover-version`) gets the worker
+// only: the supervisor stays as it is.
+const HandoverVersion = 1
+
+// EnvHandover names the environment variable that gives a re-executed
+// supervisor the descriptor of its predecessor's state.
+const EnvHandover = "MAGNETAR_SUPERVISOR_HANDOVER"
+
+// maxHandover bounds the state read back.
+const maxHandover = 256 << 20
+
+// Handover is the state a supervisor hands to the program it re-executes
+// (see [TakeHandover]); pass it to [Run] as Config.Handover.
+type Handover struct {
+	Version   int            `json:"version"`
+	Listeners map[string]int `json:"listeners"` // socket path -> descriptor
+	Relays    []relayState   `json:"relays"`
+	Exits     []exitRecord   `json:"exits"`
+	Files     map[string]int `json:"files"` // Config.Keep
+}
+
+type relayState struct {
+	Path     string      `json:"path"`
+	Listener int         `json:"listener"`
+	Conns    []connState `json:"conns"`
+}
+
+type connState struct {
+	FD int `json:"fd"`
+	// Partial holds the bytes of a frame the client had begun to send.
+	Partial []byte `json:"partial,omitempty"`
+	// Pending are request frames waiting for a worker, in stream order.
+	Pending [][]byte `json:"pending,omitempty"`
+}
+
+type exitRecord struct {
+	Pid  int       `json:"pid"`
+	Code int       `json:"code"`
+	At   time.Time `json:"at"`
+}
+
+// TakeHandover returns the state the previous supervisor of this process
+// handed over, or nil when the process was not re-executed by one. Its
+// descriptors are close-on-exec again (no worker inherits them).
+func TakeHandover() (*Handover, error) {
+	v := os.Getenv(EnvHandover)
+	if v == "" {
+		return nil, nil
+	}
+	os.Unsetenv(EnvHandover)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("%s=%q is not a descriptor", EnvHandover, v)
+	}
+	f := os.NewFile(uintptr(fd), "handover")
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxHandover))
+	if err != nil {
+		return nil, fmt.Errorf("read the supervisor's handover: %w", err)
+	}
+	var h Handover
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, fmt.Errorf("decode the supervisor's handover: %w", err)
+	}
+	if h.Version != HandoverVersion {
+		return nil, fmt.Errorf("supervisor handover version %d, this binary takes %d", h.Version, HandoverVersion)
+	}
+	for _, fd := range h.fds() {
+		if fd < 3 {
+			return nil, fmt.Errorf("supervisor handover names descriptor %d", fd)
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+			return nil, fmt.Errorf("supervisor handover: descriptor %d: %w", fd, err)
+		}
+	}
+	return &h, nil
+}
+
+// File returns the file kept under name across the re-exec (see
+// Config.Keep), or nil. It can be taken once.
+func (h *Handover) File(name string) *os.File {
+	fd, ok := h.Files[name]
+	if !ok {
+		return nil
+	}
+	delete(h.Files, name)
+	return os.NewFile(uintptr(fd), name)
+}
+
+// fds lists every descriptor the state names.
+func (h *Handover) fds() []int {
+	var out []int
+	for _, fd := range h.Listeners {
+		out = append(out, fd)
+	}
+	for _, r := range h.Relays {
+		out = append(out, r.Listener)
+		for _, c := range r.Conns {
+			out = append(out, c.FD)
+		}
+	}
+	for _, fd := range h.Files {
+		out = append(out, fd)
+	}
+	return out
+}
+
+// handoverVersionOf asks the binary exe which handover version it takes.
+func handoverVersionOf(exe string) (int, error) {
+	out, err := exec.Command(exe, "--handover-version").Output()
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(out)))
+}
+
+// reexec hands the supervisor's state over and executes the binary at
+// cfg.Exe in its place. The worker must be stopped. It returns only when
+// the exec failed, after taking its state back: the supervisor goes on.
+func (s *supervisor) reexec() error {
+	h, err := s.handOver()
+	if err == nil {
+		err = execWith(s.cfg.Exe, s.cfg.Args, h)
+	}
+	// Still here: carry on with the same state. resume takes (closes) the
+	// descriptors of h; the kept files are still in cfg.Keep.
+	for _, fd := range h.Files {
+		unix.Close(fd)
+	}
+	h.Files = nil
+	s.reaper = newReaper()
+	return errors.Join(err, s.resume(h))
+}
+
+// dupOf duplicates the descriptor of c; the duplicate is not
+// close-on-exec, so an exec keeps it.
+func dupOf(c syscall.Conn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.Dup(int(fd)) }); err != nil {
+		return -1, err
+	}
+	return nfd, derr
+}
+
+// handOver stops the relays and the reaper and collects the state, with
+// every descriptor a duplicate that an exec keeps. The objects it took
+// them from are closed without removing their sockets.
+func (s *supervisor) handOver() (*Handover, error) {
+	h := &Handover{Version: HandoverVersion, Listeners: map[string]int{}, Files: map[string]int{}}
+	var errs []error
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for path, l := range s.listeners {
+		fd, err := dupOf(l)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listener %s: %w", path, err))
+			continue
+		}
+		h.Listeners[path] = fd
+		l.SetUnlinkOnClose(false)
+		l.Close()
+	}
+	for path, r := range s.relays {
+		st, err := r.handOver()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("relay %s: %w", path, err))
+		}
+		if st.Listener >= 0 {
+			h.Relays = append(h.Relays, st)
+		}
+	}
+	for name, f := range s.cfg.Keep {
+		fd, err := unix.Dup(int(f.Fd()))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("file %s: %w", name, err))
+			continue
+		}
+		h.Files[name] = fd
+	}
+	s.reaper.close()
+	h.Exits = s.reaper.records()
+	s.listeners, s.relays = map[string]*net.UnixListener{}, map[string]*Relay{}
+	return h, errors.Join(errs...)
+}
+
+// execWith executes exe with args in place of this process, handing it h.
+func execWith(exe string, args []string, h *Handover) error {
+	data, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.MemfdCreate("magnetar-handover", 0) // inherited by the exec
+	if err != nil {
+		return fmt.Errorf("memfd for the handover: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "handover")
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, EnvHandover+"=") || strings.HasPrefix(kv, EnvFD+"=")
+	})
+	env = append(env, EnvHandover+"="+strconv.Itoa(fd))
+	return fmt.Errorf("exec %s: %w", exe, syscall.Exec(exe, append([]string{exe}, args...), env))
+}
+
+// resume takes over the state h handed over (by a previous program of
+// this process, or by reexec when its exec failed).
+func (s *supervisor) resume(h *Handover) error {
+	var errs []error
+	s.reaper.restore(h.Exits)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for path, fd := range h.Listeners {
+		l, err := fileListener(fd, path)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.listeners[path] = l
+	}
+	for _, st := range h.Relays {
+		l, err := fileListener(st.Listener, st.Path)
+		if err != nil {
+			errs = append(errs, err)
+			for _, c := range st.Conns {
+				unix.Close(c.FD)
+			}
+			continue
+		}
+		r := newRelay(st.Path, l, s.log.Named("relay"))
+		s.relays[st.Path] = r
+		for _, cs := range st.Conns {
+			if err := r.adopt(cs); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// fileListener makes a listener of descriptor fd (closed), listening on
+// path; closing it removes the socket, as for one made here.
+func fileListener(fd int, path string) (*net.UnixListener, error) {
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s from the handover: %w", path, err)
+	}
+	ul, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("listener %s from the handover is a %T", path, l)
+	}
+	ul.SetUnlinkOnClose(true)
+	return ul, nil
+}
+
+// handOver stops the relay's loops without closing its connections and
+// returns its state, with duplicates of its descriptors (Listener -1: it
+// has none). The worker must be gone (no backend connection).
+func (r *Relay) handOver() (relayState, error) {
+	r.mu.Lock()
+	r.handingOver = true
+	conns := make([]*relayConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	ul := r.ln.(*net.UnixListener)
+	_ = ul.SetDeadline(time.Now())
+	for _, c := range conns {
+		_ = c.client.SetReadDeadline(time.Now())
+		c.mu.Lock()
+		if c.back != nil {
+			c.back.Close()
+		}
+		c.mu.Unlock()
+	}
+	r.wg.Wait() // accept, client and backend loops have ended
+
+	st := relayState{Path: r.path, Listener: -1}
+	var errs []error
+	fd, err := dupOf(ul)
+	if err != nil {
+		return st, err
+	}
+	st.Listener = fd
+	ul.SetUnlinkOnClose(false)
+	ul.Close()
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.conns {
+		sc, ok := c.client.(syscall.Conn)
+		if !ok {
+			errs = append(errs, fmt.Errorf("client connection is a %T", c.client))
+			continue
+		}
+		fd, err := dupOf(sc)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cs := connState{FD: fd, Partial: c.in.buf}
+		c.mu.Lock()
+		sids := make([]uint32, 0, len(c.pending))
+		for sid, p := range c.pending {
+			if !p.sent { // the others were answered when the worker went
+				sids = append(sids, sid)
+			}
+		}
+		slices.Sort(sids)
+		for _, sid := range sids {
+			cs.Pending = append(cs.Pending, c.pending[sid].f)
+		}
+		c.closed = true
+		c.mu.Unlock()
+		c.client.Close()
+		st.Conns = append(st.Conns, cs)
+	}
+	r.conns = map[*relayConn]struct{}{}
+	r.closed = true
+	return st, errors.Join(errs...)
+}
+
+// adopt serves a client connection handed over in cs.
+func (r *Relay) adopt(cs connState) error {
+	f := os.NewFile(uintptr(cs.FD), "task connection")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return fmt.Errorf("task connection from the handover: %w", err)
+	}
+	pend := map[uint32]*pending{}
+	for _, raw := range cs.Pending {
+		fr := frame(raw)
+		if len(fr) < headerLen || fr.typ() != typeRequest {
+			c.Close()
+			return errors.New("task connection from the handover: a waiting request is not a request frame")
+		}
+		m, err := fr.method()
+		if err != nil {
+			c.Close()
+			return err
+		}
+		pend[fr.streamID()] = &pending{f: fr, method: m, stream: fr.flags()&flagRemoteOpen != 0}
+	}
+	r.add(c, cs.Partial, pend)
+	return nil
+}

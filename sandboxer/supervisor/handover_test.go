@@ -1,0 +1,219 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/ttrpc"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+)
+
+// stateRequest is a whole ttrpc request frame for Task.State on stream sid.
+func stateRequest(t *testing.T, sid uint32, id string) []byte {
+	t.Helper()
+	payload, err := proto.Marshal(&taskapi.StateRequest{ID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := proto.Marshal(&ttrpc.Request{Service: "containerd.task.v3.Task", Method: "State", Payload: payload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := make([]byte, headerLen+len(req))
+	binary.BigEndian.PutUint32(f[:4], uint32(len(req)))
+	binary.BigEndian.PutUint32(f[4:8], sid)
+	f[8] = typeRequest
+	copy(f[headerLen:], req)
+	return f
+}
+
+func newTestSupervisor() *supervisor {
+	return &supervisor{log: hclog.NewNullLogger(), reaper: newReaper(), listeners: map[string]*net.UnixListener{}, relays: map[string]*Relay{}}
+}
+
+// TestHandoverKeepsConnections hands a supervisor's state to another one
+// (what a re-exec does, in one process): containerd's task connection
+// stays open with its Wait in flight, which the next worker answers; a
+// frame the client had half sent when the handover came is completed and
+// answered; the listener keeps its socket; the orphans' exit statuses
+// carry over; the old objects removed no socket.
+func TestHandoverKeepsConnections(t *testing.T) {
+	dir := t.TempDir()
+	task := filepath.Join(dir, "task.sock")
+	api := filepath.Join(dir, "api.sock")
+	s := newTestSupervisor()
+	w1 := newFakeWorker("w1", 1)
+	b1, crash1 := serveFakeWorker(t, dir, w1)
+	if err := s.relay(task, b1); err != nil {
+		t.Fatal(err)
+	}
+	lf, err := s.listener(api)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lf.Close()
+	s.reaper.restore([]exitRecord{{Pid: 1 << 30, Code: 7, At: time.Now().UTC()}})
+
+	conn, err := net.Dial("unix", task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := taskapi.NewTTRPCTaskClient(ttrpc.NewClient(conn))
+	waited := make(chan *taskapi.WaitResponse, 1)
+	go func() {
+		r, err := client.Wait(context.Background(), &taskapi.WaitRequest{ID: "c"})
+		if err != nil {
+			t.Errorf("Wait across the handover: %v", err)
+		}
+		waited <- r
+	}()
+	<-w1.waiting
+	crash1() // the worker stops before a handover
+	s.relays[task].ClearBackend()
+
+	raw, err := net.Dial("unix", task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	req := stateRequest(t, 1, "x")
+	if _, err := raw.Write(req[:headerLen+3]); err != nil { // half a frame
+		t.Fatal(err)
+	}
+	// The relay may or may not have read them when the handover begins:
+	// either way they reach the next one (TestFrameReaderKeepsPartial).
+
+	h, err := s.handOver()
+	if err != nil {
+		t.Fatalf("handOver: %v", err)
+	}
+	if _, err := os.Stat(task); err != nil {
+		t.Fatalf("task socket removed by the handover: %v", err)
+	}
+	if _, err := os.Stat(api); err != nil {
+		t.Fatalf("listener socket removed by the handover: %v", err)
+	}
+	// Through JSON, as across an exec.
+	data, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h2 Handover
+	if err := json.Unmarshal(data, &h2); err != nil {
+		t.Fatal(err)
+	}
+	s2 := newTestSupervisor()
+	defer s2.reaper.close()
+	defer s2.closeAll()
+	if err := s2.resume(&h2); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+
+	if _, err := raw.Write(req[headerLen+3:]); err != nil {
+		t.Fatal(err)
+	}
+	w2 := newFakeWorker("w2", 3)
+	close(w2.exit)
+	b2, _ := serveFakeWorker(t, dir, w2)
+	s2.relays[task].SetBackend(b2)
+
+	select {
+	case r := <-waited:
+		if r.GetExitStatus() != 3 {
+			t.Errorf("Wait answered %v, want the next worker's exit 3", r)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the Wait in flight was not answered after the handover")
+	}
+	_ = raw.SetReadDeadline(time.Now().Add(time.Minute))
+	f, err := readFrame(raw)
+	if err != nil {
+		t.Fatalf("response to the frame sent across the handover: %v", err)
+	}
+	var resp ttrpc.Response
+	var st taskapi.StateResponse
+	if err := proto.Unmarshal(f[headerLen:], &resp); err != nil || proto.Unmarshal(resp.Payload, &st) != nil || st.ID != "w2" {
+		t.Errorf("State across the handover: %v %v (%v)", &resp, &st, err)
+	}
+	if c, err := net.Dial("unix", api); err != nil {
+		t.Errorf("listener after the handover: %v", err)
+	} else {
+		c.Close()
+	}
+	if e, ok := s2.reaper.exitOf(1<<30, 0); !ok || e.Code != 7 {
+		t.Errorf("orphan's exit after the handover: %v %v", e, ok)
+	}
+}
+
+// TestFrameReaderKeepsPartial: a read interrupted in the middle of a
+// frame (as a handover interrupts them) keeps the bytes read, and a reader
+// given them completes the frame.
+func TestFrameReaderKeepsPartial(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	req := stateRequest(t, 5, "partial")
+	fr := frameReader{r: a}
+	got := make(chan error, 1)
+	go func() { _, err := fr.next(); got <- err }()
+	if _, err := b.Write(req[:headerLen+4]); err != nil { // returns once read
+		t.Fatal(err)
+	}
+	_ = a.SetReadDeadline(time.Now())
+	if err := <-got; err == nil {
+		t.Fatal("next returned a frame from half of one")
+	}
+	if len(fr.buf) != headerLen+4 {
+		t.Fatalf("kept %d bytes of the half frame, want %d", len(fr.buf), headerLen+4)
+	}
+	_ = a.SetReadDeadline(time.Time{})
+	next := frameReader{r: a, buf: fr.buf}
+	go func() { _, _ = b.Write(req[headerLen+4:]) }()
+	f, err := next.next()
+	if err != nil || string(f) != string(req) {
+		t.Fatalf("frame completed after the handover: %v, %q", err, f)
+	}
+}
+
+// TestTakeHandoverBadInput: a handover that is not JSON, of another
+// version or naming standard descriptors is refused with a clear error.
+func TestTakeHandoverBadInput(t *testing.T) {
+	for name, body := range map[string]string{
+		"garbage":       "{not json",
+		"other version": `{"version":99}`,
+		"stdin as fd":   `{"version":1,"listeners":{"/x.sock":0}}`,
+	} {
+		fd, err := unix.MemfdCreate("test", unix.MFD_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := unix.Write(fd, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := unix.Seek(fd, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv(EnvHandover, strconv.Itoa(fd))
+		h, err := TakeHandover()
+		if err == nil || h != nil {
+			t.Errorf("%s: TakeHandover = %v, %v; want an error", name, h, err)
+		} else if !strings.Contains(err.Error(), "handover") {
+			t.Errorf("%s: error %q does not say what failed", name, err)
+		}
+	}
+	t.Setenv(EnvHandover, "nope")
+	if _, err := TakeHandover(); err == nil {
+		t.Error("a handover variable that is no descriptor was accepted")
+	}
+}

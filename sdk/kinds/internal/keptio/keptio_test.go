@@ -5,69 +5,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/containerd/console"
 	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/sdk/backend/backendfake"
 )
-
-// memStore is a backend.FDStore in this process: it keeps copies.
-type memStore struct {
-	mu  sync.Mutex
-	fds map[string]int
-}
-
-func newMemStore() *memStore { return &memStore{fds: map[string]int{}} }
-
-func (m *memStore) Store(name string, f *os.File) error {
-	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if old, ok := m.fds[name]; ok {
-		unix.Close(old)
-	}
-	m.fds[name] = fd
-	return nil
-}
-
-func (m *memStore) Take(name string) *os.File {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	fd, ok := m.fds[name]
-	if !ok {
-		return nil
-	}
-	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil
-	}
-	return os.NewFile(uintptr(nfd), name)
-}
-
-func (m *memStore) Remove(name string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if fd, ok := m.fds[name]; ok {
-		unix.Close(fd)
-		delete(m.fds, name)
-	}
-	return nil
-}
-
-func (m *memStore) names() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []string
-	for n := range m.fds {
-		out = append(out, n)
-	}
-	return out
-}
 
 func fifo(t *testing.T, dir, name string) string {
 	t.Helper()
@@ -109,7 +54,8 @@ func TestTerminalSurvivesDetach(t *testing.T) {
 	if c, err := console.ConsoleFromFile(slave); err == nil {
 		_ = c.SetRaw() // no echo of the input read below
 	}
-	store := newMemStore()
+	store := backendfake.NewFDStore()
+	defer store.Close()
 	mf := os.NewFile(master.Fd(), "master")
 	term, err := StartTerminal(NewSet(store, "k/c1"), mf, stdin, stdout)
 	if err != nil {
@@ -174,7 +120,7 @@ func TestTerminalSurvivesDetach(t *testing.T) {
 	if err := term.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if n := store.names(); len(n) != 0 {
+	if n := store.Names(); len(n) != 0 {
 		t.Fatalf("store keeps %v after Close", n)
 	}
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -147,33 +146,6 @@ func TestSandboxerCrashKeepsContainers(t *testing.T) {
 	e.removePod(t, p)
 	if _, err := os.Stat(filepath.Join(e.stateDir, "sandboxes", p.id)); !os.IsNotExist(err) {
 		t.Errorf("state of the pod remains after removal: %v", err)
-	}
-}
-
-// TestSandboxerLiveUpgrade replaces the worker through
-// `magnetar-sandboxer upgrade`: the container keeps running and the pod
-// serves new containers from the new worker.
-func TestSandboxerLiveUpgrade(t *testing.T) {
-	e := setup(t)
-	p := e.runPod(t, false)
-	survivor := e.startContainer(t, p, "survivor", "exec sleep 600")
-	pid := e.containerPid(t, survivor)
-	old := e.workerPid(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, filepath.Join(e.binDir, "magnetar-sandboxer"), "upgrade", "--run-dir", e.runDir).CombinedOutput()
-	if err != nil {
-		t.Fatalf("magnetar-sandboxer upgrade: %v\n%s", err, out)
-	}
-	e.waitNewWorker(t, old, p)
-	e.requireRunning(t, survivor)
-	if !alive(pid) {
-		t.Errorf("container process %d ended with the upgrade", pid)
-	}
-	next := e.startContainer(t, p, "after-upgrade", "echo served after the upgrade")
-	e.waitExited(t, next)
-	if got := e.logOf(t, p, "after-upgrade", "served after the upgrade"); !strings.Contains(got, "served after the upgrade") {
-		t.Errorf("container started after the upgrade logged %q", got)
 	}
 }
 

@@ -5,7 +5,7 @@
 // whose entrypoint is /hello.wasm, the layout runwasi and Kuasar's wasm
 // sandboxer accept.
 //
-//	hello-wasm [-echo] [-exit N] [-sleep D] [args...]
+//	hello-wasm [-echo] [-exit N] [-sleep D] [-count D] [args...]
 package main
 
 import (
@@ -22,6 +22,7 @@ func main() {
 	echo := flag.Bool("echo", false, "copy stdin to stdout, upper-cased")
 	exit := flag.Int("exit", 0, "exit with this code")
 	sleep := flag.Duration("sleep", 0, "sleep this long before exiting")
+	count := flag.Duration("count", 0, "print 0, 1, 2, ... one a line at this interval, forever")
 	flag.Parse()
 
 	fmt.Printf("Hello from WebAssembly! (%s/%s)\n", runtime.GOOS, runtime.GOARCH)
@@ -39,6 +40,10 @@ func main() {
 		for sc.Scan() {
 			fmt.Println(strings.ToUpper(sc.Text()))
 		}
+	}
+	for i := 0; *count > 0; i++ {
+		fmt.Println(i)
+		time.Sleep(*count)
 	}
 	if *sleep > 0 {
 		time.Sleep(*sleep)

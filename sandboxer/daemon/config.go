@@ -96,6 +96,8 @@ type Config struct {
 
 	// sup is the supervisor of a worker (nil without one).
 	sup *supervisor.Client
+	// fdstore is the supervisor's descriptor store (nil without one).
+	fdstore *supervisor.FDStore
 }
 
 // ContainerdConfig configures the link to containerd.

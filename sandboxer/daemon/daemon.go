@@ -62,6 +62,14 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 	}
 	rcfg := runc.Config{Binary: cfg.Backends.Runc.Binary, Root: root}
 	if cfg.sup != nil {
+		// What the containers' stdio needs beyond this worker (held FIFO
+		// ends, terminals) is kept by the supervisor.
+		store, err := cfg.sup.FDStore()
+		if err != nil {
+			return fmt.Errorf("fetch the supervisor's descriptors: %w", err)
+		}
+		cfg.fdstore = store
+		rcfg.FDStore = store
 		// Containers whose sandboxer died are reaped by the supervisor:
 		// it knows how they ended.
 		rcfg.OrphanExit = func(pid int) (uint32, time.Time, bool) {
@@ -103,7 +111,11 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 		gcfg.Root = filepath.Join(cfg.RunDir, "runsc")
 	}
 	gvlog := log.Named("gvisor")
-	gb, err := gvisor.New(gvisor.Config{Binary: gcfg.Binary, Root: gcfg.Root, Platform: gcfg.Platform, Log: gvlog.Info})
+	gvc := gvisor.Config{Binary: gcfg.Binary, Root: gcfg.Root, Platform: gcfg.Platform, Log: gvlog.Info}
+	if cfg.fdstore != nil {
+		gvc.FDStore = cfg.fdstore
+	}
+	gb, err := gvisor.New(gvc)
 	if err != nil {
 		return fmt.Errorf("open gvisor backend: %w", err)
 	}
@@ -125,6 +137,14 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	eng, err := engine.New(ctx, engine.Config{StateDir: cfg.StateDir, Backends: backends})
 	if err != nil {
 		return fmt.Errorf("open engine: %w", err)
+	}
+	if cfg.fdstore != nil {
+		// Recovery took back what the containers still use; the rest
+		// belonged to processes that are gone.
+		swept, err := cfg.fdstore.Sweep()
+		if len(swept) > 0 || err != nil {
+			log.Info("released descriptors of processes gone", "count", len(swept), "error", err)
+		}
 	}
 	defer func() {
 		if err := eng.Close(); err != nil {

@@ -31,6 +31,10 @@ type request struct {
 	Backend string `json:"backend,omitempty"`
 	// Pid is the process asked about (exit).
 	Pid int `json:"pid,omitempty"`
+	// Name names a stored descriptor (fdstore, fdremove).
+	Name string `json:"name,omitempty"`
+	// After is where a listing of the stored descriptors resumes (fdlist).
+	After string `json:"after,omitempty"`
 }
 
 // response answers a request; a listen response carries the listener's
@@ -41,6 +45,10 @@ type response struct {
 	Exited bool      `json:"exited,omitempty"`
 	Code   int       `json:"code,omitempty"`
 	At     time.Time `json:"at,omitzero"`
+	// Names are the stored descriptors sent with an fdlist answer, in
+	// order; More tells that others follow.
+	Names []string `json:"names,omitempty"`
+	More  bool     `json:"more,omitempty"`
 }
 
 // Operations of the control channel.
@@ -100,7 +108,7 @@ func Connect() (*Client, error) {
 
 func (c *Client) read() {
 	buf := make([]byte, maxControlMessage)
-	oob := make([]byte, unix.CmsgSpace(4*4))
+	oob := make([]byte, unix.CmsgSpace(4*fdListPage))
 	for {
 		n, oobn, _, _, err := c.conn.ReadMsgUnix(buf, oob)
 		if err == nil && n == 0 {
@@ -139,7 +147,11 @@ func (c *Client) fail(err error) {
 }
 
 // call sends a request and waits for its reply.
-func (c *Client) call(req request) (reply, error) {
+func (c *Client) call(req request) (reply, error) { return c.callFDs(req, nil) }
+
+// callFDs sends a request with copies of the descriptors fds and waits for
+// its reply.
+func (c *Client) callFDs(req request, fds []int) (reply, error) {
 	ch := make(chan reply, 1)
 	c.mu.Lock()
 	if c.err != nil {
@@ -154,8 +166,12 @@ func (c *Client) call(req request) (reply, error) {
 	if err != nil {
 		return reply{}, err
 	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
 	c.wmu.Lock()
-	_, _, err = c.conn.WriteMsgUnix(data, nil, nil)
+	_, _, err = c.conn.WriteMsgUnix(data, oob, nil)
 	c.wmu.Unlock()
 	if err != nil {
 		return reply{}, fmt.Errorf("supervisor: %w", err)

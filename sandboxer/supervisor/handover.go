@@ -23,7 +23,8 @@ import (
 // its children) and hands its state to the new program: the listeners,
 // every relayed task socket with its client connections (the bytes of a
 // frame they had begun to send, and the requests that wait for a worker),
-// the orphans' exit statuses and the files in [Config.Keep]. Descriptors
+// the orphans' exit statuses, the worker's descriptor store and the files
+// in [Config.Keep]. Descriptors
 // pass through the exec itself; the state is JSON in a memfd named by
 // [EnvHandover].
 
@@ -46,7 +47,8 @@ type Handover struct {
 	Listeners map[string]int `json:"listeners"` // socket path -> descriptor
 	Relays    []relayState   `json:"relays"`
 	Exits     []exitRecord   `json:"exits"`
-	Files     map[string]int `json:"files"` // Config.Keep
+	Files     map[string]int `json:"files"`  // Config.Keep
+	Stored    []storedFD     `json:"stored"` // the worker's descriptor store
 }
 
 type relayState struct {
@@ -132,6 +134,9 @@ func (h *Handover) fds() []int {
 	for _, fd := range h.Files {
 		out = append(out, fd)
 	}
+	for _, e := range h.Stored {
+		out = append(out, e.FD)
+	}
 	return out
 }
 
@@ -211,6 +216,12 @@ func (s *supervisor) handOver() (*Handover, error) {
 		}
 		h.Files[name] = fd
 	}
+	// The store's own descriptors go across the exec (it owns them).
+	h.Stored = s.fds.entries()
+	for _, e := range h.Stored {
+		_, _ = unix.FcntlInt(uintptr(e.FD), unix.F_SETFD, 0)
+	}
+	s.fds = newFDStore(s.cfg.FDStoreMax)
 	s.reaper.close()
 	h.Exits = s.reaper.records()
 	s.listeners, s.relays = map[string]*net.UnixListener{}, map[string]*Relay{}
@@ -247,6 +258,8 @@ func execWith(exe string, args []string, h *Handover) error {
 func (s *supervisor) resume(h *Handover) error {
 	var errs []error
 	s.reaper.restore(h.Exits)
+	s.fds.closeAll()
+	s.fds = newFDStoreFrom(s.cfg.FDStoreMax, h.Stored)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for path, fd := range h.Listeners {

@@ -39,7 +39,7 @@ func stateRequest(t *testing.T, sid uint32, id string) []byte {
 }
 
 func newTestSupervisor() *supervisor {
-	return &supervisor{log: hclog.NewNullLogger(), reaper: newReaper(), listeners: map[string]*net.UnixListener{}, relays: map[string]*Relay{}}
+	return &supervisor{log: hclog.NewNullLogger(), reaper: newReaper(), fds: newFDStore(0), listeners: map[string]*net.UnixListener{}, relays: map[string]*Relay{}}
 }
 
 // TestHandoverKeepsConnections hands a supervisor's state to another one
@@ -64,6 +64,14 @@ func TestHandoverKeepsConnections(t *testing.T) {
 	}
 	lf.Close()
 	s.reaper.restore([]exitRecord{{Pid: 1 << 30, Code: 7, At: time.Now().UTC()}})
+	var pipe [2]int
+	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pipe[0])
+	if err := s.fds.store("pty/c", pipe[1]); err != nil { // the store owns it
+		t.Fatal(err)
+	}
 
 	conn, err := net.Dial("unix", task)
 	if err != nil {
@@ -116,6 +124,7 @@ func TestHandoverKeepsConnections(t *testing.T) {
 	s2 := newTestSupervisor()
 	defer s2.reaper.close()
 	defer s2.closeAll()
+	defer s2.fds.closeAll()
 	if err := s2.resume(&h2); err != nil {
 		t.Fatalf("resume: %v", err)
 	}
@@ -153,6 +162,18 @@ func TestHandoverKeepsConnections(t *testing.T) {
 	}
 	if e, ok := s2.reaper.exitOf(1<<30, 0); !ok || e.Code != 7 {
 		t.Errorf("orphan's exit after the handover: %v %v", e, ok)
+	}
+	// The stored descriptor is the same pipe.
+	ents := s2.fds.entries()
+	if len(ents) != 1 || ents[0].Name != "pty/c" {
+		t.Fatalf("descriptor store after the handover: %v", ents)
+	}
+	if _, err := unix.Write(ents[0].FD, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	var b [1]byte
+	if n, err := unix.Read(pipe[0], b[:]); n != 1 || err != nil || b[0] != 'x' {
+		t.Errorf("stored descriptor after the handover is not the pipe: %d %v", n, err)
 	}
 }
 

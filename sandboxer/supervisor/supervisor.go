@@ -62,6 +62,9 @@ type Config struct {
 	// Handover is the state handed over by the supervisor this process
 	// was before a live upgrade ([TakeHandover]); nil for a fresh start.
 	Handover *Handover
+	// FDStoreMax bounds the descriptors the worker may store (see
+	// fdstore.go). Default DefaultFDStoreMax.
+	FDStoreMax int
 }
 
 // Restart backoff after worker crashes.
@@ -80,6 +83,7 @@ type supervisor struct {
 	cfg    Config
 	log    hclog.Logger
 	reaper *reaper
+	fds    *fdStore
 
 	mu        sync.Mutex
 	listeners map[string]*net.UnixListener
@@ -105,8 +109,9 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 		}
 		defer os.Remove(cfg.PIDFile)
 	}
-	s := &supervisor{cfg: cfg, log: log, reaper: newReaper(), listeners: map[string]*net.UnixListener{}, relays: map[string]*Relay{}}
+	s := &supervisor{cfg: cfg, log: log, reaper: newReaper(), fds: newFDStore(cfg.FDStoreMax), listeners: map[string]*net.UnixListener{}, relays: map[string]*Relay{}}
 	defer func() { s.reaper.close() }() // reexec may replace it
+	defer func() { s.fds.closeAll() }() // and the store
 	defer s.closeAll()
 	if h := cfg.Handover; h != nil {
 		if err := s.resume(h); err != nil {
@@ -325,32 +330,48 @@ func (s *supervisor) gone(w *worker) {
 func (s *supervisor) serve(w *worker) {
 	defer close(w.done)
 	buf := make([]byte, maxControlMessage)
+	oob := make([]byte, unix.CmsgSpace(4*maxFDsIn))
 	for {
-		n, _, _, _, err := w.ctl.ReadMsgUnix(buf, nil)
+		n, oobn, flags, _, err := w.ctl.ReadMsgUnix(buf, oob)
+		fds := parseFDs(oob[:oobn])
 		if err != nil || n == 0 {
+			closeFDs(fds)
 			return
 		}
 		var req request
-		if err := json.Unmarshal(buf[:n], &req); err != nil {
+		err = json.Unmarshal(buf[:n], &req)
+		if err == nil && flags&(unix.MSG_CTRUNC|unix.MSG_TRUNC) != 0 {
+			err = fmt.Errorf("message truncated (more than %d bytes or %d descriptors)", maxControlMessage, maxFDsIn)
+		}
+		if err != nil {
 			// Only our own worker holds the other end: garbage means it
 			// is broken. Its requests fail from now on; it is replaced
 			// when it exits.
+			closeFDs(fds)
 			s.log.Error("bad control message from the worker: closing its control channel", "pid", w.pid, "error", err)
 			w.ctl.Close()
 			return
 		}
-		// Answered one by one except exit queries, which may wait.
-		if req.Op == opExit {
+		switch {
+		case isFDStoreOp(req.Op):
+			resp, out := s.fds.handle(req, fds)
+			s.send(w, req.Op, resp, out)
+			closeFDs(out)
+		case len(fds) > 0:
+			closeFDs(fds)
+			s.send(w, req.Op, response{ID: req.ID, Err: fmt.Sprintf("%s takes no descriptor, got %d", req.Op, len(fds))}, nil)
+		case req.Op == opExit:
+			// Answered one by one except exit queries, which may wait.
 			go s.answer(w, req)
-			continue
+		default:
+			s.answer(w, req)
 		}
-		s.answer(w, req)
 	}
 }
 
 func (s *supervisor) answer(w *worker, req request) {
 	resp := response{ID: req.ID}
-	var fd int = -1
+	var fds []int
 	switch req.Op {
 	case opListen:
 		f, err := s.listener(req.Path)
@@ -359,7 +380,7 @@ func (s *supervisor) answer(w *worker, req request) {
 			break
 		}
 		defer f.Close()
-		fd = int(f.Fd())
+		fds = []int{int(f.Fd())}
 	case opRelay:
 		if err := s.relay(req.Path, req.Backend); err != nil {
 			resp.Err = err.Error()
@@ -378,16 +399,21 @@ func (s *supervisor) answer(w *worker, req request) {
 	default:
 		resp.Err = fmt.Sprintf("unknown operation %q", req.Op)
 	}
+	s.send(w, req.Op, resp, fds)
+}
+
+// send answers the worker with resp and copies of the descriptors fds.
+func (s *supervisor) send(w *worker, op string, resp response, fds []int) {
 	data, err := json.Marshal(resp)
 	if err != nil {
 		return
 	}
 	var oob []byte
-	if fd >= 0 {
-		oob = unix.UnixRights(fd)
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
 	}
 	if _, _, err := w.ctl.WriteMsgUnix(data, oob, nil); err != nil && !errors.Is(err, net.ErrClosed) {
-		s.log.Warn("answer the worker", "op", req.Op, "error", err)
+		s.log.Warn("answer the worker", "op", op, "error", err)
 	}
 }
 

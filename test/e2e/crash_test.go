@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -152,56 +151,6 @@ func TestSandboxerCrashKeepsContainers(t *testing.T) {
 	e.removePod(t, p)
 	if _, err := os.Stat(filepath.Join(e.stateDir, "sandboxes", p.id)); !os.IsNotExist(err) {
 		t.Errorf("state of the pod remains after removal: %v", err)
-	}
-}
-
-// TestSandboxerLiveUpgrade replaces the worker through
-// `magnetar-sandboxer upgrade`: the container keeps running and the pod
-// serves new containers from the new worker.
-func TestSandboxerLiveUpgrade(t *testing.T) {
-	e := setup(t)
-	exits := e.watchTaskExits(t)
-	p := e.runPod(t, false)
-	survivor := e.startContainer(t, p, "survivor", "exec sleep 600")
-	pid := e.containerPid(t, survivor)
-	old := e.workerPid(t)
-	// Install a "new" binary (a copy: a new file at the same path), so
-	// that the running supervisor's executable is the replaced one.
-	sup := e.sandboxer.Process.Pid
-	installCopy(t, filepath.Join(e.binDir, "magnetar-sandboxer"))
-	if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", sup)); !strings.HasSuffix(exe, " (deleted)") {
-		t.Fatalf("supervisor's executable after installing a new binary: %q", exe)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, filepath.Join(e.binDir, "magnetar-sandboxer"), "upgrade", "--run-dir", e.runDir).CombinedOutput()
-	if err != nil {
-		t.Fatalf("magnetar-sandboxer upgrade: %v\n%s", err, out)
-	}
-	e.waitNewWorker(t, old, p)
-	e.requireRunning(t, survivor)
-	if !alive(pid) {
-		t.Errorf("container process %d ended with the upgrade", pid)
-	}
-	// The supervisor re-executed itself: same process, new binary.
-	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", sup)); err != nil || strings.HasSuffix(exe, " (deleted)") {
-		t.Errorf("supervisor %d after the upgrade runs %q (%v), want the new binary", sup, exe, err)
-	}
-	next := e.startContainer(t, p, "after-upgrade", "echo served after the upgrade")
-	e.waitExited(t, next)
-	if got := e.logOf(t, p, "after-upgrade", "served after the upgrade"); !strings.Contains(got, "served after the upgrade") {
-		t.Errorf("container started after the upgrade logged %q", got)
-	}
-	// containerd's task connection and its Wait for the survivor went
-	// through the supervisor's exec: its exit is the one reported.
-	if code, ok := exits.exited(survivor); ok {
-		t.Errorf("containerd published an exit (%d) of a running container during the upgrade", code)
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if st := e.waitExited(t, survivor); st.ExitCode != 137 {
-		t.Errorf("container killed after the upgrade: exit %d, want 137", st.ExitCode)
 	}
 }
 

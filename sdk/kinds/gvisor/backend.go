@@ -85,6 +85,12 @@ type Config struct {
 	PodInit string
 	// Log receives the platform choice and its reason (may be nil).
 	Log func(msg string, keyvals ...any)
+	// FDStore, when set, keeps the descriptors of the containers' stdio
+	// copies (pipes, FIFO ends, a terminal's pty master) beyond this
+	// process's life, so that the next process resumes the copies after
+	// a restart (see package keptio). Without it the copies end with
+	// this process.
+	FDStore backend.FDStore
 }
 
 // PodInitMain runs the init of a gVisor sandbox's root container when the
@@ -117,6 +123,30 @@ type Backend struct {
 	closeOnce sync.Once
 	closeErr  error
 	wg        sync.WaitGroup
+
+	// kept are the stdio copies (keptio.Streams or Terminal), detached by
+	// Close.
+	keptMu sync.Mutex
+	kept   map[detacher]struct{}
+}
+
+// detacher is a stdio copy kept in the FDStore.
+type detacher interface {
+	Detach()
+	Close() error
+}
+
+func (b *Backend) addKept(d detacher) {
+	b.keptMu.Lock()
+	b.kept[d] = struct{}{}
+	b.keptMu.Unlock()
+}
+
+func (b *Backend) closeKept(d detacher) error {
+	b.keptMu.Lock()
+	delete(b.kept, d)
+	b.keptMu.Unlock()
+	return d.Close()
 }
 
 // New opens the gvisor backend. It fails on a bad configuration (an
@@ -147,7 +177,7 @@ func New(cfg Config) (*Backend, error) {
 	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
 		return nil, fmt.Errorf("create runsc root: %w", err)
 	}
-	b := &Backend{cfg: cfg, stop: make(chan struct{})}
+	b := &Backend{cfg: cfg, stop: make(chan struct{}), kept: map[detacher]struct{}{}}
 	b.runscPlatform, b.reason, b.version, b.checkErr = choosePlatform(cfg)
 	if b.cfg.Log != nil {
 		if b.checkErr != nil {
@@ -167,11 +197,19 @@ func New(cfg Config) (*Backend, error) {
 	return b, nil
 }
 
-// Close stops reaping. Sandboxes keep running. Close is idempotent.
+// Close stops reaping and the stdio copies (the next process resumes them
+// when an FDStore keeps them). Sandboxes keep running. Close is
+// idempotent.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		close(b.stop)
 		b.wg.Wait()
+		b.keptMu.Lock()
+		for d := range b.kept {
+			d.Detach()
+			delete(b.kept, d)
+		}
+		b.keptMu.Unlock()
 		b.closeErr = b.platform.Close()
 	})
 	return b.closeErr

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -252,10 +253,19 @@ func (c *container) Resume(ctx context.Context) error {
 func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.s.b.cfg.CommandTimeout)
 	defer cancel()
-	st, err := c.rt.Stats(ctx, c.id)
+	// Not go-runc's Stats: its process monitor may close the output pipe
+	// before it is read when runsc exits at once.
+	cmd := exec.CommandContext(ctx, c.s.b.cfg.Binary, append(globalArgs(c.rt), "events", "--stats", c.id)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	data, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("stats of %q: %w", c.id, err)
+		return nil, fmt.Errorf("stats of %q: runsc events --stats: %w: %s", c.id, err, exitStderr(err))
 	}
+	var ev gorunc.Event
+	if err := json.Unmarshal(data, &ev); err != nil || ev.Stats == nil {
+		return nil, fmt.Errorf("stats of %q: runsc events --stats printed %q: %v", c.id, data, err)
+	}
+	st := ev.Stats
 	// No Raw: runsc's stats are no cgroups message; the summary numbers
 	// are encoded as one for CRI.
 	out := &backend.Stats{Timestamp: time.Now().UTC()}
@@ -341,4 +351,13 @@ func nullStdio(s backend.Stdio) backend.Stdio {
 		s.Stderr = os.DevNull
 	}
 	return s
+}
+
+// exitStderr is the standard error of a command that failed.
+func exitStderr(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return strings.TrimSpace(string(ee.Stderr))
+	}
+	return ""
 }

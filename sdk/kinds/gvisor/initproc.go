@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/console"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
 )
 
 // initProc is a subcontainer's init. It is not containerd's runc
@@ -36,13 +36,13 @@ type initProc struct {
 	pid      int
 	terminal bool
 
-	rio    gorunc.IO       // pipes to the container (no terminal)
-	socket *gorunc.Socket  // console socket (terminal)
-	con    console.Console // the terminal's master, copied by the platform
-	stdin  io.Closer
-	// stdinDone is closed when the copy of stdin ended (nil: none).
-	stdinDone chan struct{}
-	wg        sync.WaitGroup // output copies
+	rio    gorunc.IO      // pipes to the container (no terminal)
+	socket *gorunc.Socket // console socket (terminal)
+	// streams copy the pipes, tty the terminal's master, with their
+	// descriptors kept in the backend's FDStore (see package keptio).
+	streams *keptio.Streams
+	tty     *keptio.Terminal
+	stdin   io.Closer // a terminal's stdin FIFO, held from create to start
 
 	mu      sync.Mutex
 	started bool
@@ -94,52 +94,38 @@ func newInitProc(ctx context.Context, c *container, stdio backend.Stdio, rootfs 
 		return nil, err
 	}
 	p.rio = rio
+	p.streams = keptio.NewStreams(p.keptSet())
 	for _, o := range []struct {
-		path string
-		r    io.Reader
-	}{{stdio.Stdout, rio.Stdout()}, {stdio.Stderr, rio.Stderr()}} {
+		stream, path string
+		r            io.Reader
+	}{{"stdout", stdio.Stdout, rio.Stdout()}, {"stderr", stdio.Stderr, rio.Stderr()}} {
 		if o.path == "" {
 			continue
 		}
-		w, err := openOutput(ctx, o.path)
-		if err != nil {
-			return nil, err
+		f, ok := o.r.(*os.File)
+		if !ok {
+			return nil, fmt.Errorf("%s pipe is a %T", o.stream, o.r)
 		}
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			_, _ = io.Copy(w, o.r)
-			w.Close()
-		}()
+		if err := p.streams.Output(o.stream, f, o.path); err != nil {
+			return nil, fmt.Errorf("open %s %s: %w", o.stream, o.path, err)
+		}
 	}
 	if stdio.Stdin != "" {
-		in, err := fifo.OpenFifo(context.Background(), stdio.Stdin, unix.O_RDONLY|unix.O_NONBLOCK, 0)
-		if err != nil {
+		f, ok := rio.Stdin().(*os.File)
+		if !ok {
+			return nil, fmt.Errorf("stdin pipe is a %T", rio.Stdin())
+		}
+		if err := p.streams.Input(f, stdio.Stdin); err != nil {
 			return nil, fmt.Errorf("open stdin %s: %w", stdio.Stdin, err)
 		}
-		p.stdin = in
-		p.stdinDone = make(chan struct{})
-		go func() {
-			defer close(p.stdinDone)
-			_, _ = io.Copy(rio.Stdin(), in)
-			rio.Stdin().Close()
-			in.Close()
-		}()
 	}
+	p.c.s.b.addKept(p.streams)
 	return p, nil
 }
 
-// openOutput opens a stdout or stderr path: a FIFO (containerd's) or a
-// file.
-func openOutput(ctx context.Context, path string) (io.WriteCloser, error) {
-	ok, err := fifo.IsFifo(path)
-	if err != nil {
-		return nil, err
-	}
-	if ok {
-		return fifo.OpenFifo(ctx, path, unix.O_WRONLY, 0)
-	}
-	return os.OpenFile(path, unix.O_WRONLY|unix.O_APPEND, 0)
+// keptSet is where the backend's FDStore keeps the init's stdio.
+func (p *initProc) keptSet() *keptio.Set {
+	return keptio.NewSet(p.c.s.b.cfg.FDStore, "gvisor/"+p.c.s.cfg.ID+"/"+p.c.id)
 }
 
 // createArgs are the stdio flags of `runsc create`.
@@ -173,7 +159,19 @@ func (p *initProc) Start(ctx context.Context) (uint32, error) {
 		go func() {
 			con, err := p.socket.ReceiveMaster()
 			if err == nil {
-				p.con, err = s.b.platform.CopyConsole(context.Background(), con, p.c.id, p.stdio.Stdin, p.stdio.Stdout, p.stdio.Stderr, &p.wg)
+				var fd int
+				fd, err = unix.FcntlInt(con.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+				con.Close()
+				if err == nil {
+					p.tty, err = keptio.StartTerminal(p.keptSet(), os.NewFile(uintptr(fd), "pty master"), p.stdio.Stdin, p.stdio.Stdout)
+				}
+				if err == nil {
+					s.b.addKept(p.tty)
+					if p.stdin != nil { // the terminal holds its own
+						p.stdin.Close()
+						p.stdin = nil
+					}
+				}
 			}
 			conc <- err
 		}()
@@ -231,14 +229,12 @@ func (p *initProc) setExited(code int) {
 	drain := p.started
 	p.mu.Unlock()
 	if drain {
-		done := make(chan struct{})
-		go func() { p.wg.Wait(); close(done) }()
-		t := time.NewTimer(2 * time.Second)
-		select {
-		case <-done:
-		case <-t.C:
+		if p.streams != nil {
+			p.streams.Drained(2 * time.Second)
 		}
-		t.Stop()
+		if p.tty != nil {
+			p.tty.Exited(2 * time.Second)
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -248,9 +244,6 @@ func (p *initProc) setExited(code int) {
 	default:
 	}
 	p.code, p.at = code, time.Now().UTC()
-	if p.con != nil {
-		_ = p.c.s.b.platform.ShutdownConsole(context.Background(), p.con)
-	}
 	close(p.exited)
 }
 
@@ -294,39 +287,25 @@ func (p *initProc) Wait(ctx context.Context) (backend.ExitStatus, error) {
 
 func (p *initProc) ResizePTY(ctx context.Context, width, height uint32) error {
 	p.mu.Lock()
-	con := p.con
+	tty := p.tty
 	p.mu.Unlock()
-	if con == nil {
+	if tty == nil {
 		return fmt.Errorf("container %q has no terminal: %w", p.c.id, errdefs.ErrFailedPrecondition)
 	}
-	return con.Resize(console.WinSize{Width: uint16(width), Height: uint16(height)})
+	return tty.Resize(width, height)
 }
 
-// CloseStdin ends the container's stdin. What the writer sent before it
-// closed its end is copied first (for up to stdinDrain).
+// CloseStdin lets go of the held write end of the stdin FIFO: the
+// container reads end of file once containerd's writer is closed too.
 func (p *initProc) CloseStdin(ctx context.Context) error {
-	if p.stdinDone != nil {
-		t := time.NewTimer(stdinDrain)
-		select {
-		case <-p.stdinDone:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
-	}
-	if p.stdin != nil {
-		p.stdin.Close()
-	}
-	if p.rio != nil && p.stdio.Stdin != "" {
-		if err := p.rio.Stdin().Close(); err != nil && !errors.Is(err, os.ErrClosed) {
-			return err
-		}
+	switch {
+	case p.tty != nil:
+		return p.tty.CloseStdin()
+	case p.streams != nil:
+		return p.streams.CloseInput()
 	}
 	return nil
 }
-
-// stdinDrain bounds how long CloseStdin lets the copy of stdin finish.
-const stdinDrain = 2 * time.Second
 
 // Delete removes the subcontainer from runsc and releases its stdio and
 // rootfs.
@@ -368,8 +347,11 @@ func (p *initProc) closeIO() {
 	if p.socket != nil {
 		p.socket.Close()
 	}
-	if p.con != nil {
-		p.con.Close()
+	if p.streams != nil {
+		_ = p.c.s.b.closeKept(p.streams)
+	}
+	if p.tty != nil {
+		_ = p.c.s.b.closeKept(p.tty)
 	}
 }
 

@@ -8,17 +8,22 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/pkg/stdio"
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
 )
 
 // RecoverContainer re-attaches to a subcontainer after a sandboxer restart,
-// by runsc's state: it can be signalled, waited for (`runsc wait`) and
-// deleted; its stdio copies are gone, and exec into it is not offered.
+// by runsc's state: it can be signalled, waited for (`runsc wait`),
+// exec'd into, paused, resumed and deleted. Its stdio copies (pipes or a
+// terminal) resume from what the backend's FDStore kept; without a store
+// they are gone.
 func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerConfig, pid uint32) (backend.Container, error) {
 	rt := s.runtime(cfg.Bundle)
 	// containerd may remove the bundle (and the log in it) while we are
@@ -36,7 +41,32 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
-	r := &recovered{s: s, id: cfg.ID, rt: rt, pid: pid, rootfs: rootfs, done: make(chan struct{})}
+	ctr := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, execs: map[string]process.Process{}}
+	ctr.shell = process.New(cfg.ID, rt, stdio.Stdio{})
+	ctr.shell.Bundle = cfg.Bundle
+	ctr.shell.Platform = s.b.platform
+	ctr.shell.WorkDir = filepath.Join(cfg.Bundle, "work")
+	r := &recovered{container: ctr, pid: pid, rootfs: rootfs, done: make(chan struct{})}
+	if s.b.cfg.FDStore != nil {
+		ip := &initProc{c: ctr}
+		if cfg.Stdio.Terminal {
+			tty, err := keptio.ResumeTerminal(ip.keptSet())
+			if err != nil {
+				return nil, fmt.Errorf("resume terminal of %q: %w", cfg.ID, err)
+			}
+			if tty != nil {
+				r.tty = tty
+				s.b.addKept(tty)
+			}
+		} else {
+			r.streams = keptio.NewStreams(ip.keptSet())
+			if err := r.streams.Resume(); err != nil {
+				_ = r.streams.Close()
+				return nil, fmt.Errorf("resume stdio of %q: %w", cfg.ID, err)
+			}
+			s.b.addKept(r.streams)
+		}
+	}
 	ctx, r.stop = context.WithCancel(context.Background())
 	go func() {
 		select {
@@ -53,6 +83,12 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 		if err != nil {
 			code = exitcode.Unknown
 		}
+		if r.streams != nil {
+			r.streams.Drained(2 * time.Second)
+		}
+		if r.tty != nil {
+			r.tty.Exited(2 * time.Second)
+		}
 		r.code, r.at = uint32(code), time.Now().UTC()
 		close(r.done)
 	}()
@@ -62,13 +98,16 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	return r, nil
 }
 
+// recovered is a container re-attached after a restart: exec, pause,
+// resume and stats as for one this process created, its init watched by
+// `runsc wait`.
 type recovered struct {
-	s      *sandbox
-	id     string
-	rt     *gorunc.Runc
-	pid    uint32
-	rootfs string
-	stop   context.CancelFunc
+	*container
+	pid     uint32
+	rootfs  string
+	stop    context.CancelFunc
+	streams *keptio.Streams
+	tty     *keptio.Terminal
 
 	done chan struct{}
 	code uint32
@@ -76,10 +115,6 @@ type recovered struct {
 }
 
 func (r *recovered) Init() backend.Process { return recoveredInit{r} }
-
-func (r *recovered) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.Process, error) {
-	return nil, fmt.Errorf("exec into a container recovered after a restart: %w", errdefs.ErrNotImplemented)
-}
 
 func (r *recovered) Delete(ctx context.Context) error {
 	r.stop()
@@ -112,16 +147,33 @@ func (r recoveredInit) Wait(ctx context.Context) (backend.ExitStatus, error) {
 }
 
 func (r recoveredInit) ResizePTY(ctx context.Context, w, h uint32) error {
-	return fmt.Errorf("terminal of a recovered container: %w", errdefs.ErrNotImplemented)
+	if r.tty == nil {
+		return fmt.Errorf("container %q has no terminal (or it was lost in a restart): %w", r.id, errdefs.ErrFailedPrecondition)
+	}
+	return r.tty.Resize(w, h)
 }
 
-func (r recoveredInit) CloseStdin(ctx context.Context) error { return nil }
+func (r recoveredInit) CloseStdin(ctx context.Context) error {
+	switch {
+	case r.tty != nil:
+		return r.tty.CloseStdin()
+	case r.streams != nil:
+		return r.streams.CloseInput()
+	}
+	return nil
+}
 
 // Delete removes the runsc container and unmounts its rootfs.
 func (r recoveredInit) Delete(ctx context.Context) error {
 	err := r.s.runsc(ctx, "delete", "--force", r.id)
 	if err != nil && notExist(err) {
 		err = nil
+	}
+	if r.streams != nil {
+		err = errors.Join(err, r.s.b.closeKept(r.streams))
+	}
+	if r.tty != nil {
+		err = errors.Join(err, r.s.b.closeKept(r.tty))
 	}
 	if r.rootfs != "" {
 		err = errors.Join(err, mount.UnmountRecursive(r.rootfs, 0))

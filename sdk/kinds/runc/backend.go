@@ -8,8 +8,9 @@
 // (the same states, runc calls, errors and exit codes), but their stdio
 // FIFOs are passed to runc as they are, with no pipe or copy in this
 // process, so that a container keeps running and its output keeps flowing
-// when the sandboxer goes away: see [FIFOHolder]. Terminals are copied by
-// containerd's console copy here.
+// when the sandboxer goes away: see [FIFOHolder]. Terminals are copied
+// here, with their descriptors kept in [Config.FDStore] so that the next
+// sandboxer resumes the copies.
 package runc
 
 import (
@@ -29,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
 )
 
@@ -55,8 +57,16 @@ type Config struct {
 	// FIFOHolder holds the ends of the processes' stdio FIFOs that keep
 	// them working while containerd is away: an output FIFO's read end
 	// and a stdin FIFO's write end (until CloseStdin). Default
-	// LocalFIFOHolder: this process holds them.
+	// LocalFIFOHolder: this process holds them, or, with an FDStore, the
+	// store does.
 	FIFOHolder FIFOHolder
+	// FDStore, when set, keeps what the processes' stdio needs beyond
+	// this process's life (see package keptio): the held FIFO ends (unless
+	// FIFOHolder is set) and a terminal's pty master and FIFO ends, so
+	// that after a restart the next process takes them back, resumes the
+	// terminal's copies, and holds a recovered container's stdin until
+	// CloseStdin.
+	FDStore backend.FDStore
 }
 
 // Backend is the runc sandbox kind. Only one may be open per process: it
@@ -76,6 +86,10 @@ type Backend struct {
 	closeOnce sync.Once
 	closeErr  error
 	wg        sync.WaitGroup
+
+	// ttys are the terminals being copied, detached by Close.
+	ttyMu sync.Mutex
+	ttys  map[*keptio.Terminal]struct{}
 }
 
 var (
@@ -100,6 +114,9 @@ func New(cfg Config) (_ *Backend, retErr error) {
 	}
 	if cfg.FIFOHolder == nil {
 		cfg.FIFOHolder = LocalFIFOHolder{}
+		if cfg.FDStore != nil {
+			cfg.FIFOHolder = newStoreHolder(cfg.FDStore)
+		}
 	}
 	openMu.Lock()
 	defer openMu.Unlock()
@@ -117,17 +134,24 @@ func New(cfg Config) (_ *Backend, retErr error) {
 		return nil, err
 	}
 	open = true
-	b := &Backend{cfg: cfg, platform: platform}
+	b := &Backend{cfg: cfg, platform: platform, ttys: map[*keptio.Terminal]struct{}{}}
 	b.life, b.endLife = context.WithCancel(context.Background())
 	return b, nil
 }
 
 // Close stops reaping and the terminals' copies. Containers keep running,
-// and so does their stdio where it is not a terminal. Close is idempotent.
+// and so does their stdio; a terminal's copy resumes in the next process
+// when an FDStore keeps it. Close is idempotent.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.endLife()
 		b.wg.Wait()
+		b.ttyMu.Lock()
+		for t := range b.ttys {
+			t.Detach()
+			delete(b.ttys, t)
+		}
+		b.ttyMu.Unlock()
 		b.closeErr = b.platform.Close()
 		openMu.Lock()
 		open = false
@@ -176,6 +200,21 @@ func (b *Backend) podInitExe() string {
 
 func (b *Backend) runtime(namespace, bundle string) *gorunc.Runc {
 	return process.NewRunc(b.cfg.Root, bundle, namespace, b.cfg.Binary, false)
+}
+
+// addTTY registers a terminal for Close.
+func (b *Backend) addTTY(t *keptio.Terminal) {
+	b.ttyMu.Lock()
+	b.ttys[t] = struct{}{}
+	b.ttyMu.Unlock()
+}
+
+// closeTTY releases a terminal.
+func (b *Backend) closeTTY(t *keptio.Terminal) error {
+	b.ttyMu.Lock()
+	delete(b.ttys, t)
+	b.ttyMu.Unlock()
+	return t.Close()
 }
 
 // exiter is told a process's exit status.

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
 )
 
 // procState is where a process is in its life, as containerd's runc shim
@@ -53,8 +54,9 @@ type proc struct {
 	stdio backend.Stdio
 
 	io      *procIO
-	console console.Console // a terminal's pty master, copied here
-	wg      sync.WaitGroup  // the console copy
+	tty     *keptio.Terminal // a terminal copied here (see keptTerminal)
+	console console.Console  // else a terminal copied by containerd's console copy
+	wg      sync.WaitGroup   // the console copy
 
 	// mu serializes the state changes, as in containerd: runc calls are
 	// made under it, so an exit seen during Start is recorded after it.
@@ -137,14 +139,38 @@ func (p *proc) create(ctx context.Context) (retErr error) {
 	return nil
 }
 
+// ttyName is where the store keeps the process's terminal.
+func (p *proc) ttyName() string {
+	name := "runc/tty/" + p.c.s.cfg.Namespace + "/" + p.c.id
+	if !p.init {
+		name += "/exec/" + p.id
+	}
+	return name
+}
+
 // copyConsole receives the pty master from runc and copies it to and from
-// the FIFOs (containerd's console copy).
+// the FIFOs.
 func (p *proc) copyConsole(ctx context.Context, socket *gorunc.Socket) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	master, err := socket.ReceiveMaster()
 	if err != nil {
 		return fmt.Errorf("failed to retrieve console master: %w", err)
+	}
+	b := p.c.s.b
+	if keptTerminal(p.stdio) {
+		fd, err := unix.FcntlInt(master.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		master.Close()
+		if err != nil {
+			return fmt.Errorf("console master: %w", err)
+		}
+		tty, err := keptio.StartTerminal(keptio.NewSet(b.cfg.FDStore, p.ttyName()), os.NewFile(uintptr(fd), "pty master"), p.stdio.Stdin, p.stdio.Stdout)
+		if err != nil {
+			return fmt.Errorf("failed to start console copy: %w", err)
+		}
+		b.addTTY(tty)
+		p.tty = tty
+		return nil
 	}
 	cons, err := p.c.s.b.platform.CopyConsole(ctx, master, p.id, p.stdio.Stdin, p.stdio.Stdout, p.stdio.Stderr, &p.wg)
 	if err != nil {
@@ -276,6 +302,10 @@ func (p *proc) SetExited(status int) {
 	if p.console != nil {
 		_ = p.c.s.b.platform.ShutdownConsole(context.Background(), p.console)
 	}
+	if p.tty != nil {
+		tty := p.tty
+		p.wg.Go(func() { tty.Exited(2 * time.Second) })
+	}
 	close(p.done)
 	if paused {
 		// A container frozen with its init gone: thaw what is left.
@@ -306,6 +336,8 @@ func (p *proc) ResizePTY(ctx context.Context, width, height uint32) error {
 		return errors.New("cannot resize a deleted process")
 	case !p.init && p.state == stateStopped:
 		return errors.New("cannot resize a stopped container")
+	case p.tty != nil:
+		return p.tty.Resize(width, height)
 	case p.console == nil:
 		return nil
 	}
@@ -315,9 +347,13 @@ func (p *proc) ResizePTY(ctx context.Context, width, height uint32) error {
 // CloseStdin releases the held write end of the stdin FIFO.
 func (p *proc) CloseStdin(ctx context.Context) error {
 	p.mu.Lock()
-	pio := p.io
+	pio, tty := p.io, p.tty
 	p.mu.Unlock()
-	return pio.closeStdin()
+	err := pio.closeStdin()
+	if tty != nil {
+		err = errors.Join(err, tty.CloseStdin())
+	}
+	return err
 }
 
 // Delete releases the process: the init's `runc delete` and rootfs
@@ -351,6 +387,11 @@ func (p *proc) Delete(ctx context.Context) error {
 	}
 	if cerr := p.io.Close(); cerr != nil {
 		log.G(ctx).WithError(cerr).Warnf("release stdio of process %s", p.id)
+	}
+	if p.tty != nil {
+		if cerr := p.c.s.b.closeTTY(p.tty); cerr != nil {
+			log.G(ctx).WithError(cerr).Warnf("release terminal of process %s", p.id)
+		}
 	}
 	if p.init {
 		if err2 := mount.UnmountRecursive(p.c.rootfs, 0); err2 != nil {

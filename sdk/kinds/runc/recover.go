@@ -2,176 +2,108 @@ package runc
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"syscall"
-	"time"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
-	gorunc "github.com/containerd/go-runc"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
 )
 
-// RecoverContainer re-attaches to a container after a sandboxer restart.
-// Its init was reparented away from this process, so its exit is observed
-// through a pidfd; its exit code comes from [Config.OrphanExit] (the
-// supervisor that reaped it), else it is unknown (reported as 255). Its
-// stdio FIFOs never depended on this process (see FIFOHolder): the read
-// ends of its output FIFOs that containerd still reads are held again
-// until it is deleted; its stdin is not (CloseStdin may have come before
-// the restart). A terminal's copy
-// is gone with the process that made it. The container can be signalled,
-// waited for and deleted.
+// RecoverContainer re-attaches to a container after a sandboxer restart:
+// it is a container like one this process created, in the state runc
+// reports, so that it can be started (if it was only created), signalled,
+// paused, updated, exec'd into and deleted. Its init was reparented away
+// from this process, so its exit is observed through a pidfd; its exit
+// code comes from [Config.OrphanExit] (the supervisor that reaped it),
+// else it is unknown (reported as 255). Its stdio FIFOs never depended on
+// this process (see FIFOHolder); the FIFO ends held for it are held again
+// (see recoverIO), and a terminal kept in [Config.FDStore] is taken back
+// and its copies resumed. Without a store a terminal's copy is gone with
+// the process that made it.
 func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerConfig, pid uint32) (backend.Container, error) {
 	rt := s.b.runtime(s.cfg.Namespace, cfg.Bundle)
 	// containerd may remove the bundle (and with it runc's log file) while
 	// we are away: log to runc's stderr instead.
 	rt.Log, rt.LogFormat = "", ""
-	// runc keeps a container's state in <root>/<id>/state.json: reading
-	// that it exists costs nothing, where `runc state` per container would
-	// make a restart with many pods slow (its pid is watched below).
-	if _, err := os.Stat(filepath.Join(rt.Root, cfg.ID, "state.json")); err != nil {
+	st, err := rt.State(ctx, cfg.ID)
+	if err != nil {
 		return nil, fmt.Errorf("runc state of %q: %v: %w", cfg.ID, err, errdefs.ErrNotFound)
 	}
 	rootfs := ""
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
-	release := holdOutputs(s.b.cfg.FIFOHolder, nullStdio(cfg.Stdio))
-	cg, _ := loadCgroup(int(pid)) // nil once it exited: Stats says NotFound
-	return &recovered{id: cfg.ID, rt: rt, pid: int(pid), rootfs: rootfs, cg: cg, orphanExit: s.b.cfg.OrphanExit, releaseIO: release}, nil
-}
-
-type recovered struct {
-	id         string
-	rt         *gorunc.Runc
-	pid        int
-	rootfs     string
-	cg         any // see loadCgroup
-	orphanExit func(pid int) (uint32, time.Time, bool)
-	// releaseIO releases the held read ends of the output FIFOs.
-	releaseIO func() error
-}
-
-// lostExit is the exit of a recovered init that this process cannot reap.
-func (r *recovered) lostExit() backend.ExitStatus {
-	if r.orphanExit != nil {
-		if code, at, ok := r.orphanExit(r.pid); ok {
-			return backend.ExitStatus{Code: code, ExitedAt: at}
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, rt: rt, execs: map[string]*proc{}}
+	p := newProc(c, cfg.ID, true, nullStdio(cfg.Stdio))
+	p.pid = int(pid)
+	switch st.Status {
+	case "created":
+		p.state = stateCreated
+	case "paused":
+		p.state = statePaused
+	default: // running, or stopped: the watch reports the exit
+		p.state = stateRunning
+	}
+	p.io = recoverIO(s.b.cfg.FIFOHolder, p.stdio)
+	if keptTerminal(p.stdio) && s.b.cfg.FDStore != nil {
+		tty, err := keptio.ResumeTerminal(keptio.NewSet(s.b.cfg.FDStore, p.ttyName()))
+		if err != nil {
+			_ = p.io.Close()
+			return nil, fmt.Errorf("resume terminal of %q: %w", cfg.ID, err)
+		}
+		if tty != nil {
+			s.b.addTTY(tty)
+			p.tty = tty
 		}
 	}
-	return backend.ExitStatus{Code: uint32(exitcode.Unknown), ExitedAt: time.Now().UTC()}
+	c.init = p
+	c.cg, _ = loadCgroup(p.pid)
+	c.oom = s.b.watchOOM(p.pid, func() {
+		if s.cfg.Events != nil {
+			s.cfg.Events.OOM(s.cfg.ID, cfg.ID)
+		}
+	})
+	s.b.watchRecovered(p)
+	s.mu.Lock()
+	s.ctrs[cfg.ID] = c
+	s.mu.Unlock()
+	return c, nil
 }
 
-func (r *recovered) Init() backend.Process { return recoveredInit{r} }
-
-func (r *recovered) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.Process, error) {
-	return nil, fmt.Errorf("exec into a container recovered after a restart: %w", errdefs.ErrNotImplemented)
-}
-
-func (r *recovered) Delete(ctx context.Context) error { return nil }
-
-// recoveredInit is the init process of a recovered container.
-type recoveredInit struct{ *recovered }
-
-func (r recoveredInit) Delete(ctx context.Context) error {
-	err := r.deleteRuntime(ctx)
-	_ = r.releaseIO()
-	return err
-}
-
-func (r *recovered) Start(ctx context.Context) (uint32, error) {
-	return 0, fmt.Errorf("container %q was already started: %w", r.id, errdefs.ErrFailedPrecondition)
-}
-
-func (r *recovered) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
-	if err := r.rt.Kill(ctx, r.id, int(sig), &gorunc.KillOpts{All: all}); err != nil {
-		return fmt.Errorf("kill %q: %v: %w", r.id, err, errdefs.ErrNotFound)
-	}
-	return nil
-}
-
-// Wait waits for the init to exit (see package pidfd). Still our child
-// (the same process recovered it)? Then its status is known; else init
-// reaps it.
-func (r *recovered) Wait(ctx context.Context) (backend.ExitStatus, error) {
-	fd, err := unix.PidfdOpen(r.pid, 0)
-	if errors.Is(err, unix.ESRCH) {
-		return r.lostExit(), nil
-	}
+// watchRecovered waits for the exit of a recovered init through a pidfd:
+// still this process's child (the same process recovered it), its status
+// is known; else its exit code comes from lostExit.
+func (b *Backend) watchRecovered(p *proc) {
+	fd, err := unix.PidfdOpen(p.pid, 0)
 	if err != nil {
-		return backend.ExitStatus{}, err
+		p.SetExited(int(b.lostExit(p.pid)))
+		return
 	}
-	ex, err := pidfd.Wait(ctx, r.pid, fd)
-	if err != nil {
-		return backend.ExitStatus{}, err
-	}
-	if ex.Child {
-		return backend.ExitStatus{Code: exitcode.Of(ex.Status), ExitedAt: time.Now().UTC()}, nil
-	}
-	return r.lostExit(), nil
+	b.wg.Go(func() {
+		ex, err := pidfd.Wait(b.life, p.pid, fd)
+		if err != nil {
+			return // closing: the container keeps running
+		}
+		if ex.Child {
+			p.SetExited(int(exitcode.Of(ex.Status)))
+			return
+		}
+		p.SetExited(int(b.lostExit(p.pid)))
+	})
 }
 
-func (r *recovered) ResizePTY(ctx context.Context, w, h uint32) error {
-	return fmt.Errorf("terminal of a recovered container: %w", errdefs.ErrNotImplemented)
-}
-
-func (r *recovered) CloseStdin(ctx context.Context) error { return nil }
-
-// Stats reads the container's cgroup, as for a container this process
-// created.
-func (r *recovered) Stats(ctx context.Context) (*backend.Stats, error) {
-	if r.cg == nil {
-		return nil, fmt.Errorf("cgroup of container %q is unknown: %w", r.id, errdefs.ErrNotFound)
+// lostExit is the exit code of a recovered init that this process cannot
+// reap.
+func (b *Backend) lostExit(pid int) uint32 {
+	if b.cfg.OrphanExit != nil {
+		if code, _, ok := b.cfg.OrphanExit(pid); ok {
+			return code
+		}
 	}
-	return cgroupStats(r.cg)
-}
-
-// Pids lists the container's processes.
-func (r *recovered) Pids(ctx context.Context) ([]backend.ProcessInfo, error) {
-	return pidsOf(ctx, r.rt, r.id)
-}
-
-// Update changes the container's cgroup limits.
-func (r *recovered) Update(ctx context.Context, res *specs.LinuxResources) error {
-	if err := r.rt.Update(ctx, r.id, res); err != nil {
-		return fmt.Errorf("update %q: %w", r.id, err)
-	}
-	return nil
-}
-
-// Pause freezes the container.
-func (r *recovered) Pause(ctx context.Context) error {
-	if err := r.rt.Pause(ctx, r.id); err != nil {
-		return fmt.Errorf("pause %q: %v: %w", r.id, err, errdefs.ErrFailedPrecondition)
-	}
-	return nil
-}
-
-// Resume thaws the container.
-func (r *recovered) Resume(ctx context.Context) error {
-	if err := r.rt.Resume(ctx, r.id); err != nil {
-		return fmt.Errorf("resume %q: %v: %w", r.id, err, errdefs.ErrFailedPrecondition)
-	}
-	return nil
-}
-
-// deleteRuntime removes the runc container and unmounts its rootfs.
-func (r *recovered) deleteRuntime(ctx context.Context) error {
-	var err error
-	if _, serr := r.rt.State(ctx, r.id); serr == nil { // else already removed
-		err = r.rt.Delete(ctx, r.id, &gorunc.DeleteOpts{Force: true})
-	}
-	if r.rootfs != "" {
-		err = errors.Join(err, mount.UnmountRecursive(r.rootfs, 0))
-	}
-	return err
+	return uint32(exitcode.Unknown)
 }

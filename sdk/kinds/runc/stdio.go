@@ -35,9 +35,11 @@ import (
 //     closed too, whatever containerd does with its own end meanwhile.
 //
 // Terminals are the exception: the pty master has to be copied to and
-// from the FIFOs, which containerd's console copy does in this process. A
-// terminal's streams end with this process; only its stdin hold goes
-// through the FIFOHolder.
+// from the FIFOs, which this process does (package keptio), keeping the
+// master and the FIFO ends in Config.FDStore so that the next process
+// resumes the copies; without a store they end with this process. (A
+// terminal whose output goes to a logging binary is copied by containerd's
+// console copy and ends with this process.)
 
 // FIFOHolder keeps ends of a process's stdio FIFOs open on behalf of the
 // runc kind: an output FIFO's read end for the process's life, a stdin
@@ -70,6 +72,102 @@ func (LocalFIFOHolder) Hold(path string, flag int) (func() error, error) {
 		once.Do(func() { cerr = unix.Close(fd) })
 		return cerr
 	}, nil
+}
+
+// storeHolder is the FIFOHolder of a backend with an FDStore: the held
+// ends live in the store, named after the FIFO and the direction, so that
+// the next process adopts them (see Adopt) instead of opening new ones.
+type storeHolder struct {
+	store backend.FDStore
+
+	mu   sync.Mutex
+	refs map[string]int
+}
+
+func newStoreHolder(store backend.FDStore) *storeHolder {
+	return &storeHolder{store: store, refs: map[string]int{}}
+}
+
+func holdName(path string, flag int) string {
+	if flag&unix.O_ACCMODE == unix.O_WRONLY {
+		return "runc/hold/w" + path
+	}
+	return "runc/hold/r" + path
+}
+
+// Hold opens path and keeps it in the store (or adopts what an earlier
+// process kept there).
+func (h *storeHolder) Hold(path string, flag int) (func() error, error) {
+	name := holdName(path, flag)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.refs[name] == 0 {
+		if f := h.store.Take(name); f != nil {
+			f.Close() // the store's copy is the hold
+		} else {
+			fd, err := unix.Open(path, flag|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return nil, &os.PathError{Op: "open", Path: path, Err: err}
+			}
+			f := os.NewFile(uintptr(fd), path)
+			err = h.store.Store(name, f)
+			f.Close()
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	h.refs[name]++
+	return h.releaser(name), nil
+}
+
+// Adopt takes over a hold an earlier process kept, if there is one.
+func (h *storeHolder) Adopt(path string, flag int) (func() error, bool) {
+	name := holdName(path, flag)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.refs[name] == 0 {
+		f := h.store.Take(name)
+		if f == nil {
+			return nil, false
+		}
+		f.Close()
+	}
+	h.refs[name]++
+	return h.releaser(name), true
+}
+
+func (h *storeHolder) releaser(name string) func() error {
+	var once sync.Once
+	var err error
+	return func() error {
+		once.Do(func() {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if h.refs[name]--; h.refs[name] <= 0 {
+				delete(h.refs, name)
+				err = h.store.Remove(name)
+			}
+		})
+		return err
+	}
+}
+
+// adopter is a FIFOHolder that can take over the holds of an earlier
+// process.
+type adopter interface {
+	Adopt(path string, flag int) (release func() error, ok bool)
+}
+
+// keptTerminal tells whether a terminal's copy is this package's (its
+// output is a FIFO or file), not containerd's console copy (a logging
+// binary).
+func keptTerminal(s backend.Stdio) bool {
+	if !s.Terminal {
+		return false
+	}
+	u, err := url.Parse(s.Stdout)
+	return err != nil || u.Scheme == "" || u.Scheme == "fifo" || u.Scheme == "file"
 }
 
 // procIO is the host side of a process's standard streams. It is the
@@ -191,6 +289,9 @@ func openIO(ctx context.Context, h FIFOHolder, s backend.Stdio, id, ns string) (
 		p.stdout, p.stderr = f, f
 		return p, nil
 	}
+	if keptTerminal(s) {
+		return p, nil // the terminal keeps its FIFO ends itself
+	}
 	if s.Stdin != "" {
 		in, err := p.openStdin(h, s.Stdin)
 		if err != nil {
@@ -303,41 +404,49 @@ func (p *procIO) openOutput(h FIFOHolder, path string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), path), nil
 }
 
-// holdOutputs holds the read ends of the output FIFOs of a process that
-// already runs (a container recovered after a restart), where someone
-// still reads them (containerd). A FIFO that is gone, or whose reader went
-// with the previous sandboxer (a streamed-stdio bridge), is left alone: a
-// held read end there would make the container block once the FIFO is
-// full instead of failing to write. The result releases the holds.
-func holdOutputs(h FIFOHolder, s backend.Stdio) func() error {
-	var releases []func() error
-	if !s.Terminal {
-		for i, path := range []string{s.Stdout, s.Stderr} {
-			if path == "" || (i == 1 && path == s.Stdout) || !isFifo(path) {
+// recoverIO holds again the FIFO ends of a process that already runs (a
+// container recovered after a restart). A holder that kept them (an
+// FDStore's) hands them over: the output FIFOs' read ends and the stdin
+// FIFO's write end, which it keeps until CloseStdin. Otherwise the read
+// ends of the output FIFOs are held anew where someone still reads them
+// (containerd); a FIFO that is gone, or whose reader went with the
+// previous sandboxer (a streamed-stdio bridge), is left alone: a held read
+// end there would make the container block once the FIFO is full instead
+// of failing to write. Stdin is not held anew: CloseStdin may have come
+// before the restart.
+func recoverIO(h FIFOHolder, s backend.Stdio) *procIO {
+	p := &procIO{}
+	if s.Terminal {
+		return p
+	}
+	ad, _ := h.(adopter)
+	for i, path := range []string{s.Stdout, s.Stderr} {
+		if path == "" || (i == 1 && path == s.Stdout) || !isFifo(path) {
+			continue
+		}
+		if ad != nil {
+			if release, ok := ad.Adopt(path, unix.O_RDONLY|unix.O_NONBLOCK); ok {
+				p.outHolds = append(p.outHolds, release)
 				continue
 			}
-			// Opening for writing without waiting succeeds only if
-			// the FIFO has a reader.
-			probe, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-			if err != nil {
-				continue
-			}
-			if release, err := h.Hold(path, unix.O_RDONLY|unix.O_NONBLOCK); err == nil {
-				releases = append(releases, release)
-			}
-			unix.Close(probe)
+		}
+		// Opening for writing without waiting succeeds only if the FIFO
+		// has a reader.
+		probe, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		if release, err := h.Hold(path, unix.O_RDONLY|unix.O_NONBLOCK); err == nil {
+			p.outHolds = append(p.outHolds, release)
+		}
+		unix.Close(probe)
+	}
+	if ad != nil && s.Stdin != "" {
+		if release, ok := ad.Adopt(s.Stdin, unix.O_WRONLY|unix.O_NONBLOCK); ok {
+			p.inHold = release
 		}
 	}
-	var once sync.Once
-	return func() error {
-		var err error
-		once.Do(func() {
-			for _, release := range releases {
-				err = errors.Join(err, release())
-			}
-		})
-		return err
-	}
+	return p
 }
 
 func isFifo(path string) bool {

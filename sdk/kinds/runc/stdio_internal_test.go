@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/backend/backendfake"
 )
 
 // countingHolder counts the ends it holds.
@@ -20,6 +21,9 @@ func (h *countingHolder) Hold(path string, flag int) (func() error, error) {
 	h.held[path]++
 	return func() error { h.held[path]--; return release() }, nil
 }
+
+// holdOutputs holds what recoverIO holds; the result releases it.
+func holdOutputs(h FIFOHolder, s backend.Stdio) func() error { return recoverIO(h, s).Close }
 
 // TestHoldOutputsOnRecovery: a recovered container's output FIFOs are held
 // again only where someone still reads them; stdout and stderr on one
@@ -66,4 +70,63 @@ func TestHoldOutputsOnRecovery(t *testing.T) {
 		}
 	}
 	_, _ = release(), release2()
+}
+
+// TestStoreHolderHandsOver: the holds of a backend with an FDStore live in
+// the store; the next process adopts them on recovery, the stdin hold
+// included (until CloseStdin), and releasing them empties the store.
+func TestStoreHolderHandsOver(t *testing.T) {
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "in"), filepath.Join(dir, "out")
+	for _, p := range []string{in, out} {
+		if err := unix.Mkfifo(p, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store := backendfake.NewFDStore()
+	defer store.Close()
+	h := newStoreHolder(store)
+	reader, err := unix.Open(in, unix.O_RDONLY|unix.O_NONBLOCK, 0) // the container's stdin
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(reader)
+	relIn, err := h.Hold(in, unix.O_WRONLY|unix.O_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relOut, err := h.Hold(out, unix.O_RDONLY|unix.O_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relOut2, err := h.Hold(out, unix.O_RDONLY|unix.O_NONBLOCK) // a second hold of one FIFO
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := store.Names(); len(got) != 2 {
+		t.Fatalf("store holds %v, want the stdin and stdout holds", got)
+	}
+	_ = relOut2()
+	if got := store.Names(); len(got) != 2 {
+		t.Fatalf("one of two holds released: store holds %v", got)
+	}
+	_, _ = relIn, relOut // the process goes away without releasing
+
+	next := newStoreHolder(store)
+	pio := recoverIO(next, backend.Stdio{Stdin: in, Stdout: out, Stderr: out})
+	if pio.inHold == nil || len(pio.outHolds) != 1 {
+		t.Fatalf("recovered holds: stdin %v, outputs %d; want both adopted", pio.inHold != nil, len(pio.outHolds))
+	}
+	if err := pio.closeStdin(); err != nil {
+		t.Fatal(err)
+	}
+	if got := store.Names(); len(got) != 1 || got[0] != holdName(out, unix.O_RDONLY) {
+		t.Fatalf("after CloseStdin the store holds %v", got)
+	}
+	if err := pio.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := store.Names(); len(got) != 0 {
+		t.Fatalf("after Close the store holds %v", got)
+	}
 }

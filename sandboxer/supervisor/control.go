@@ -31,6 +31,15 @@ type request struct {
 	Backend string `json:"backend,omitempty"`
 	// Pid is the process asked about (exit).
 	Pid int `json:"pid,omitempty"`
+	// Stream bridges of the relayed socket Path (see streamops.go): Dir
+	// is where their FIFOs go (streams), After pages a listing (streams),
+	// Bridges are made (bridge), IDs name bridges (bridgewait, unbridge),
+	// and TimeoutMS bounds a wait (bridgewait).
+	Dir       string   `json:"dir,omitempty"`
+	After     string   `json:"after,omitempty"`
+	Bridges   []Bridge `json:"bridges,omitempty"`
+	IDs       []string `json:"ids,omitempty"`
+	TimeoutMS int64    `json:"timeout_ms,omitempty"`
 }
 
 // response answers a request; a listen response carries the listener's
@@ -41,6 +50,10 @@ type response struct {
 	Exited bool      `json:"exited,omitempty"`
 	Code   int       `json:"code,omitempty"`
 	At     time.Time `json:"at,omitzero"`
+	// Bridges are listed or made stream bridges; Done reports that a
+	// bridgewait ended before its timeout.
+	Bridges []Bridge `json:"bridges,omitempty"`
+	Done    bool     `json:"done,omitempty"`
 }
 
 // Operations of the control channel.

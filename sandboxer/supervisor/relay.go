@@ -52,7 +52,10 @@ type Relay struct {
 	closed  bool
 	// paused: new requests wait for the next worker (see Drain).
 	paused bool
-	wg     sync.WaitGroup
+	// hub answers containerd's Streaming calls (nil: the worker does;
+	// see EnableStreams).
+	hub *streamHub
+	wg  sync.WaitGroup
 }
 
 // NewRelay listens on path (mode 0600; a stale socket file is replaced).
@@ -184,12 +187,18 @@ func (r *Relay) Close() error {
 	for c := range r.conns {
 		conns = append(conns, c)
 	}
+	hub := r.hub
 	r.mu.Unlock()
 	err := r.ln.Close()
 	for _, c := range conns {
 		c.close()
 	}
 	r.wg.Wait()
+	if hub != nil {
+		if herr := hub.close(); herr != nil && err == nil {
+			err = herr
+		}
+	}
 	if rerr := os.Remove(r.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
 		err = rerr
 	}
@@ -218,6 +227,8 @@ type relayConn struct {
 	closed  bool
 	// answered is signalled whenever a response arrives (see drained).
 	answered chan struct{}
+	// local are the Streaming calls the relay answers itself.
+	local map[uint32]*sstream
 }
 
 // drained waits until no call the worker has would be lost with it.
@@ -264,6 +275,9 @@ func (c *relayConn) clientLoop() {
 				c.r.log.Debug("task relay: client connection ends", "socket", c.r.path, "error", err)
 			}
 			return
+		}
+		if c.streamFrame(f) {
+			continue
 		}
 		var reject frame
 		c.mu.Lock()
@@ -411,6 +425,7 @@ func (c *relayConn) close() {
 	}
 	c.mu.Unlock()
 	c.client.Close()
+	c.closeStreams()
 	c.r.mu.Lock()
 	delete(c.r.conns, c)
 	c.r.mu.Unlock()

@@ -302,8 +302,8 @@ func (s *supervisor) serve(w *worker) {
 			w.ctl.Close()
 			return
 		}
-		// Answered one by one except exit queries, which may wait.
-		if req.Op == opExit {
+		// Answered one by one except those that may wait.
+		if req.Op == opExit || waitingStreamOp(req.Op) {
 			go s.answer(w, req)
 			continue
 		}
@@ -336,7 +336,9 @@ func (s *supervisor) answer(w *worker, req request) {
 			resp.Exited, resp.Code, resp.At = true, e.Code, e.At
 		}
 	default:
-		resp.Err = fmt.Sprintf("unknown operation %q", req.Op)
+		if !s.answerStreams(req, &resp) {
+			resp.Err = fmt.Sprintf("unknown operation %q", req.Op)
+		}
 	}
 	data, err := json.Marshal(resp)
 	if err != nil {

@@ -172,10 +172,14 @@ func (r *Relay) ClearBackend() {
 	r.mu.Unlock()
 	for _, c := range conns {
 		c.mu.Lock()
+		var failed []uint32
 		if c.back != nil {
-			c.back.Close() // its loop reports the loss
+			// Handled here, not only when its loop notices, so that
+			// the next SetBackend replays what the worker had.
+			failed = c.lostLocked()
 		}
 		c.mu.Unlock()
+		c.failAll(failed)
 	}
 }
 
@@ -337,8 +341,11 @@ func (c *relayConn) connect(path string) {
 		back.Close()
 		return
 	}
+	var failed []uint32
 	if c.back != nil {
-		c.back.Close()
+		// The connection it replaces is lost now, not when its loop
+		// notices: what that worker had must be replayed to this one.
+		failed = c.lostLocked()
 	}
 	c.back = back
 	c.gen++
@@ -357,6 +364,7 @@ func (c *relayConn) connect(path string) {
 		c.pending[sid].sent = true
 	}
 	c.mu.Unlock()
+	c.failAll(failed)
 	c.r.wg.Go(func() { c.backLoop(back, gen) })
 }
 
@@ -389,6 +397,15 @@ func (c *relayConn) lost(gen int) {
 		c.mu.Unlock()
 		return
 	}
+	failed := c.lostLocked()
+	c.mu.Unlock()
+	c.failAll(failed)
+}
+
+// lostLocked drops the backend connection (the caller holds c.mu): the
+// requests it had are marked for the next worker when safe to replay and
+// returned otherwise, to be failed (failAll) once c.mu is released.
+func (c *relayConn) lostLocked() []uint32 {
 	if c.back != nil {
 		c.back.Close()
 		c.back = nil
@@ -405,7 +422,11 @@ func (c *relayConn) lost(gen int) {
 		failed = append(failed, sid)
 		delete(c.pending, sid)
 	}
-	c.mu.Unlock()
+	return failed
+}
+
+// failAll answers the requests lost with a worker Unavailable.
+func (c *relayConn) failAll(failed []uint32) {
 	slices.Sort(failed)
 	for _, sid := range failed {
 		c.writeClient(errorResponse(sid, codes.Unavailable, "the sandboxer restarted while handling this call"))

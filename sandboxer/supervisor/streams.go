@@ -415,7 +415,7 @@ func (b *bridge) grant(s *sstream, n int32) {
 func (b *bridge) deliver(s *sstream, data []byte) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.s != s || b.Out || b.eos {
+	if b.s != s || b.Out {
 		return true // not the stream that feeds the FIFO: dropped
 	}
 	if b.queued+len(data) > maxInputQueued {

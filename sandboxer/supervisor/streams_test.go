@@ -221,7 +221,7 @@ func TestStreamBridges(t *testing.T) {
 		data, _ := io.ReadAll(f)
 		got <- data
 	}()
-	payload := bytes.Repeat([]byte("0123456789"), 30000)
+	payload := bytes.Repeat([]byte("0123456789"), 10000)
 	wc := transferstreaming.WriteByteStream(ctx, in)
 	if _, err := wc.Write(payload); err != nil {
 		t.Fatal(err)

@@ -38,11 +38,13 @@ type streamHost struct {
 	h *supervisor.StreamHost
 }
 
+// Bridges implements controller.StreamHost.
 func (s streamHost) Bridges() ([]controller.StreamBridge, error) {
 	bs, err := s.h.Bridges()
 	return fromSupervisor(bs), err
 }
 
+// Bridge implements controller.StreamHost.
 func (s streamHost) Bridge(bs []controller.StreamBridge) ([]controller.StreamBridge, error) {
 	in := make([]supervisor.Bridge, 0, len(bs))
 	for _, b := range bs {
@@ -52,10 +54,12 @@ func (s streamHost) Bridge(bs []controller.StreamBridge) ([]controller.StreamBri
 	return fromSupervisor(made), err
 }
 
+// Wait implements controller.StreamHost.
 func (s streamHost) Wait(ids []string, timeout time.Duration) (bool, error) {
 	return s.h.Wait(ids, timeout)
 }
 
+// Unbridge implements controller.StreamHost.
 func (s streamHost) Unbridge(ids []string) error { return s.h.Unbridge(ids) }
 
 func fromSupervisor(bs []supervisor.Bridge) []controller.StreamBridge {

@@ -38,8 +38,9 @@ const streamClaimTimeout = 30 * time.Second
 // reach containerd.
 const drainTimeout = 10 * time.Second
 
-// maxStreamIDLen bounds a stream ID.
-const maxStreamIDLen = 256
+// maxStreamIDLen bounds a stream ID: under a supervisor it names a FIFO
+// (NAME_MAX).
+const maxStreamIDLen = 255
 
 // streamRegistry holds the streams containerd opened on a sandbox's task
 // socket (containerd.services.streaming.v1.Streaming) until a Create or
@@ -71,8 +72,8 @@ func validStreamID(id string) error {
 			return fmt.Errorf("stream id %q has a character other than [A-Za-z0-9._-]: %w", id, errdefs.ErrInvalidArgument)
 		}
 	}
-	if strings.Contains(id, "..") {
-		return fmt.Errorf("stream id %q contains \"..\": %w", id, errdefs.ErrInvalidArgument)
+	if id == "." || strings.Contains(id, "..") {
+		return fmt.Errorf("stream id %q is \".\" or contains \"..\": %w", id, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
@@ -276,6 +277,12 @@ func procKey(containerID, execID string) string { return containerID + "\x00" + 
 // FIFO or file path), or an error when it is a stream URI that does not
 // name this sandbox's task socket.
 func (sio *streamIO) streamID(s string) (string, error) {
+	return parseStreamURI(sio.socket, s)
+}
+
+// parseStreamURI returns the stream ID of stdio URI s on the task socket
+// at socket ("" when s is a path).
+func parseStreamURI(socket, s string) (string, error) {
 	if !strings.Contains(s, "://") {
 		return "", nil
 	}
@@ -287,8 +294,8 @@ func (sio *streamIO) streamID(s string) (string, error) {
 	if id == "" {
 		return "", fmt.Errorf("stdio %q: only FIFO paths and stream URIs with a streaming_id are supported: %w", s, errdefs.ErrInvalidArgument)
 	}
-	if u.Scheme != "ttrpc+unix" || filepath.Clean(u.Host+u.Path) != sio.socket {
-		return "", fmt.Errorf("stdio %q: streams must be opened on this sandbox's task socket ttrpc+unix://%s: %w", s, sio.socket, errdefs.ErrInvalidArgument)
+	if u.Scheme != "ttrpc+unix" || filepath.Clean(u.Host+u.Path) != socket {
+		return "", fmt.Errorf("stdio %q: streams must be opened on this sandbox's task socket ttrpc+unix://%s: %w", s, socket, errdefs.ErrInvalidArgument)
 	}
 	if err := validStreamID(id); err != nil {
 		return "", err

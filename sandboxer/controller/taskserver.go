@@ -109,7 +109,7 @@ type taskServer struct {
 	sockets  TaskSockets
 	listener *trackingListener
 	svc      *taskservice.Service
-	sio      *streamIO
+	sio      stdioBridge
 	srv      *ttrpc.Server
 	// streams serves containerd's Streaming service for the `streaming`
 	// io type next to the Task API.
@@ -174,10 +174,6 @@ func (ts *taskServers) start(id string) (_ string, retErr error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", fmt.Errorf("create task socket dir: %w", err)
 	}
-	// Stream FIFOs of an earlier daemon have no bridge any more.
-	if err := os.RemoveAll(StreamDir(ts.runDir, id)); err != nil {
-		return "", fmt.Errorf("remove stale stream FIFOs: %w", err)
-	}
 	sl, err := ts.sockets.Listen(path)
 	if err != nil {
 		return "", err
@@ -190,7 +186,11 @@ func (ts *taskServers) start(id string) (_ string, retErr error) {
 		}
 	}()
 	t := &taskServer{id: id, path: path, sockets: ts.sockets, listener: l, streams: newStreamRegistry(), served: make(chan struct{})}
-	t.sio = newStreamIO(t.streams, path, StreamDir(ts.runDir, id))
+	sio, err := ts.streamBridge(id, path, t.streams)
+	if err != nil {
+		return "", err
+	}
+	t.sio = sio
 	t.svc = taskservice.New(ts.eng, id, ts.version, taskservice.WithStdioBridge(t.sio))
 	srv, err := ttrpc.NewServer(ttrpc.WithChainUnaryServerInterceptor(taskservice.UnaryServerInterceptor(), t.intercept(ts.log)))
 	if err != nil {
@@ -208,6 +208,34 @@ func (ts *taskServers) start(id string) (_ string, retErr error) {
 		}
 	}()
 	return ts.address(id), nil
+}
+
+// streamBridge returns what bridges the streamed stdio of sandbox id,
+// whose task socket is path: the task sockets' StreamHost when they have
+// one (the supervisor: the streams outlive this process), else the task
+// server itself with reg.
+func (ts *taskServers) streamBridge(id, path string, reg *streamRegistry) (stdioBridge, error) {
+	dir := StreamDir(ts.runDir, id)
+	if ss, ok := ts.sockets.(StreamSockets); ok {
+		host, err := ss.Streams(path, dir)
+		switch {
+		case err == nil:
+			h := newHostedStreams(host, path)
+			if err := h.recover(); err != nil {
+				return nil, err
+			}
+			return h, nil
+		case errdefs.IsNotImplemented(err):
+			ts.log.Warn("the supervisor does not bridge streams (an older one): streamed stdio ends with this worker", "sandbox_id", id, "error", err)
+		default:
+			return nil, fmt.Errorf("bridge streams of the task socket: %w", err)
+		}
+	}
+	// Stream FIFOs of an earlier daemon have no bridge any more.
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("remove stale stream FIFOs: %w", err)
+	}
+	return newStreamIO(reg, path, dir), nil
 }
 
 // intercept tracks calls in flight, refuses new ones once the server is

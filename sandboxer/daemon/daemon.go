@@ -167,7 +167,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 		Logger:      log.Named("task"),
 	}
 	if cfg.sup != nil {
-		ccfg.TaskSockets = cfg.sup.TaskSockets(filepath.Join(cfg.RunDir, "w"))
+		ccfg.TaskSockets = supervisedSockets{cfg.sup.TaskSockets(filepath.Join(cfg.RunDir, "w"))}
 	}
 	ctrl, err := controller.New(eng, ccfg)
 	if err != nil {

@@ -33,8 +33,16 @@ type request struct {
 	Pid int `json:"pid,omitempty"`
 	// Name names a stored descriptor (fdstore, fdremove).
 	Name string `json:"name,omitempty"`
-	// After is where a listing of the stored descriptors resumes (fdlist).
+	// After is where a listing resumes (fdlist, streams).
 	After string `json:"after,omitempty"`
+	// Stream bridges of the relayed socket Path (see streamops.go): Dir
+	// is where their FIFOs go (streams), Bridges are made (bridge), IDs
+	// name bridges (bridgewait, unbridge), and TimeoutMS bounds a wait
+	// (bridgewait).
+	Dir       string   `json:"dir,omitempty"`
+	Bridges   []Bridge `json:"bridges,omitempty"`
+	IDs       []string `json:"ids,omitempty"`
+	TimeoutMS int64    `json:"timeout_ms,omitempty"`
 }
 
 // response answers a request; a listen response carries the listener's
@@ -49,6 +57,10 @@ type response struct {
 	// order; More tells that others follow.
 	Names []string `json:"names,omitempty"`
 	More  bool     `json:"more,omitempty"`
+	// Bridges are listed or made stream bridges; Done reports that a
+	// bridgewait ended before its timeout.
+	Bridges []Bridge `json:"bridges,omitempty"`
+	Done    bool     `json:"done,omitempty"`
 }
 
 // Operations of the control channel.

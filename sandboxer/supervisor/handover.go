@@ -55,6 +55,9 @@ type relayState struct {
 	Path     string      `json:"path"`
 	Listener int         `json:"listener"`
 	Conns    []connState `json:"conns"`
+	// StreamDir: the relay answers Streaming calls (none open), bridging
+	// them under this directory (see EnableStreams).
+	StreamDir string `json:"stream_dir,omitempty"`
 }
 
 type connState struct {
@@ -154,6 +157,9 @@ func handoverVersionOf(exe string) (int, error) {
 // the exec failed, after taking its state back: the supervisor goes on.
 func (s *supervisor) reexec() error {
 	h, err := s.handOver()
+	if errors.Is(err, errStreamsOpen) {
+		return err // nothing was handed over
+	}
 	if err == nil {
 		err = execWith(s.cfg.Exe, s.cfg.Args, h)
 	}
@@ -181,6 +187,10 @@ func dupOf(c syscall.Conn) (int, error) {
 	return nfd, derr
 }
 
+// errStreamsOpen refuses a handover while streams are bridged: their
+// state (credit, bytes in flight) lives in the supervisor's memory.
+var errStreamsOpen = errors.New("streamed stdio is bridged through the supervisor")
+
 // handOver stops the relays and the reaper and collects the state, with
 // every descriptor a duplicate that an exec keeps. The objects it took
 // them from are closed without removing their sockets.
@@ -189,6 +199,17 @@ func (s *supervisor) handOver() (*Handover, error) {
 	var errs []error
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, r := range s.relays {
+		r.stopLoops()
+	}
+	for _, r := range s.relays {
+		if r.streamsOpen() {
+			for _, r := range s.relays {
+				r.restartLoops()
+			}
+			return nil, errStreamsOpen
+		}
+	}
 	for path, l := range s.listeners {
 		fd, err := dupOf(l)
 		if err != nil {
@@ -281,6 +302,11 @@ func (s *supervisor) resume(h *Handover) error {
 		}
 		r := newRelay(st.Path, l, s.log.Named("relay"))
 		s.relays[st.Path] = r
+		if st.StreamDir != "" {
+			if err := r.EnableStreams(st.StreamDir); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		for _, cs := range st.Conns {
 			if err := r.adopt(cs); err != nil {
 				errs = append(errs, err)
@@ -308,10 +334,9 @@ func fileListener(fd int, path string) (*net.UnixListener, error) {
 	return ul, nil
 }
 
-// handOver stops the relay's loops without closing its connections and
-// returns its state, with duplicates of its descriptors (Listener -1: it
-// has none). The worker must be gone (no backend connection).
-func (r *Relay) handOver() (relayState, error) {
+// stopLoops stops the relay's accept, client and backend loops without
+// closing anything: reads end at a deadline, keeping what they read.
+func (r *Relay) stopLoops() {
 	r.mu.Lock()
 	r.handingOver = true
 	conns := make([]*relayConn, 0, len(r.conns))
@@ -319,8 +344,7 @@ func (r *Relay) handOver() (relayState, error) {
 		conns = append(conns, c)
 	}
 	r.mu.Unlock()
-	ul := r.ln.(*net.UnixListener)
-	_ = ul.SetDeadline(time.Now())
+	_ = r.ln.(*net.UnixListener).SetDeadline(time.Now())
 	for _, c := range conns {
 		_ = c.client.SetReadDeadline(time.Now())
 		c.mu.Lock()
@@ -330,8 +354,69 @@ func (r *Relay) handOver() (relayState, error) {
 		c.mu.Unlock()
 	}
 	r.wg.Wait() // accept, client and backend loops have ended
+}
 
+// restartLoops undoes stopLoops.
+func (r *Relay) restartLoops() {
+	r.mu.Lock()
+	r.handingOver = false
+	conns := make([]*relayConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	backend := r.backend
+	r.mu.Unlock()
+	_ = r.ln.(*net.UnixListener).SetDeadline(time.Time{})
+	r.wg.Go(r.accept)
+	for _, c := range conns {
+		_ = c.client.SetReadDeadline(time.Time{})
+		if backend != "" {
+			c.connect(backend)
+		}
+		r.wg.Go(c.clientLoop)
+	}
+}
+
+// streamsOpen reports whether the relay bridges streams (or has one that
+// waits for a bridge).
+func (r *Relay) streamsOpen() bool {
+	r.mu.Lock()
+	hub := r.hub
+	conns := make([]*relayConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	if hub != nil {
+		hub.mu.Lock()
+		n := len(hub.bridges) + len(hub.waiting)
+		hub.mu.Unlock()
+		if n > 0 {
+			return true
+		}
+	}
+	for _, c := range conns {
+		c.mu.Lock()
+		n := len(c.local)
+		c.mu.Unlock()
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// handOver returns the relay's state (its loops stopped by stopLoops),
+// with duplicates of its descriptors (Listener -1: it has none), and
+// closes its own without removing the socket.
+func (r *Relay) handOver() (relayState, error) {
+	ul := r.ln.(*net.UnixListener)
 	st := relayState{Path: r.path, Listener: -1}
+	r.mu.Lock()
+	if r.hub != nil {
+		st.StreamDir = r.hub.dir
+	}
+	r.mu.Unlock()
 	var errs []error
 	fd, err := dupOf(ul)
 	if err != nil {

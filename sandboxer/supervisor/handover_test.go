@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -237,4 +238,51 @@ func TestTakeHandoverBadInput(t *testing.T) {
 	if _, err := TakeHandover(); err == nil {
 		t.Error("a handover variable that is no descriptor was accepted")
 	}
+}
+
+// TestHandoverRefusedWithOpenStreams: while a stream is bridged through
+// the supervisor the handover is refused and nothing changes: the
+// connection made before keeps being served.
+func TestHandoverRefusedWithOpenStreams(t *testing.T) {
+	dir := t.TempDir()
+	task := filepath.Join(dir, "task.sock")
+	s := newTestSupervisor()
+	defer s.reaper.close()
+	defer s.closeAll()
+	w := newFakeWorker("w", 0)
+	b, _ := serveFakeWorker(t, dir, w)
+	if err := s.relay(task, b); err != nil {
+		t.Fatal(err)
+	}
+	r := s.relays[task]
+	if err := r.EnableStreams(filepath.Join(dir, "s")); err != nil {
+		t.Fatal(err)
+	}
+	r.hub.mu.Lock()
+	r.hub.waiting["stdout"] = &sstream{} // a stream waiting for its bridge
+	r.hub.mu.Unlock()
+	conn, err := net.Dial("unix", task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := taskapi.NewTTRPCTaskClient(ttrpc.NewClient(conn))
+	defer conn.Close()
+	if _, err := client.State(context.Background(), &taskapi.StateRequest{ID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := s.handOver(); !errors.Is(err, errStreamsOpen) || h != nil {
+		t.Fatalf("handOver with a stream open = %v, %v; want refused", h, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := client.State(ctx, &taskapi.StateRequest{ID: "b"})
+	if err != nil || st.ID != "w" {
+		t.Fatalf("the connection after a refused handover: %v, %v", st, err)
+	}
+	if len(s.relays) != 1 {
+		t.Errorf("relays after a refused handover: %d", len(s.relays))
+	}
+	r.hub.mu.Lock()
+	delete(r.hub.waiting, "stdout") // a stand-in, not a stream to end
+	r.hub.mu.Unlock()
 }

@@ -56,7 +56,10 @@ type Relay struct {
 	// handingOver: the relay's loops stop without closing anything, for a
 	// re-executed supervisor to take its descriptors (see handover.go).
 	handingOver bool
-	wg          sync.WaitGroup
+	// hub answers containerd's Streaming calls (nil: the worker does;
+	// see EnableStreams).
+	hub *streamHub
+	wg  sync.WaitGroup
 }
 
 // NewRelay listens on path (mode 0600; a stale socket file is replaced).
@@ -191,10 +194,14 @@ func (r *Relay) ClearBackend() {
 	r.mu.Unlock()
 	for _, c := range conns {
 		c.mu.Lock()
+		var failed []uint32
 		if c.back != nil {
-			c.back.Close() // its loop reports the loss
+			// Handled here, not only when its loop notices, so that
+			// the next SetBackend replays what the worker had.
+			failed = c.lostLocked()
 		}
 		c.mu.Unlock()
+		c.failAll(failed)
 	}
 }
 
@@ -206,12 +213,18 @@ func (r *Relay) Close() error {
 	for c := range r.conns {
 		conns = append(conns, c)
 	}
+	hub := r.hub
 	r.mu.Unlock()
 	err := r.ln.Close()
 	for _, c := range conns {
 		c.close()
 	}
 	r.wg.Wait()
+	if hub != nil {
+		if herr := hub.close(); herr != nil && err == nil {
+			err = herr
+		}
+	}
 	if rerr := os.Remove(r.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
 		err = rerr
 	}
@@ -241,6 +254,8 @@ type relayConn struct {
 	closed  bool
 	// answered is signalled whenever a response arrives (see drained).
 	answered chan struct{}
+	// local are the Streaming calls the relay answers itself.
+	local map[uint32]*sstream
 }
 
 // drained waits until no call the worker has would be lost with it.
@@ -293,6 +308,9 @@ func (c *relayConn) clientLoop() {
 				c.r.log.Debug("task relay: client connection ends", "socket", c.r.path, "error", err)
 			}
 			return
+		}
+		if c.streamFrame(f) {
+			continue
 		}
 		var reject frame
 		c.mu.Lock()
@@ -352,8 +370,11 @@ func (c *relayConn) connect(path string) {
 		back.Close()
 		return
 	}
+	var failed []uint32
 	if c.back != nil {
-		c.back.Close()
+		// The connection it replaces is lost now, not when its loop
+		// notices: what that worker had must be replayed to this one.
+		failed = c.lostLocked()
 	}
 	c.back = back
 	c.gen++
@@ -372,6 +393,7 @@ func (c *relayConn) connect(path string) {
 		c.pending[sid].sent = true
 	}
 	c.mu.Unlock()
+	c.failAll(failed)
 	c.r.wg.Go(func() { c.backLoop(back, gen) })
 }
 
@@ -404,6 +426,15 @@ func (c *relayConn) lost(gen int) {
 		c.mu.Unlock()
 		return
 	}
+	failed := c.lostLocked()
+	c.mu.Unlock()
+	c.failAll(failed)
+}
+
+// lostLocked drops the backend connection (the caller holds c.mu): the
+// requests it had are marked for the next worker when safe to replay and
+// returned otherwise, to be failed (failAll) once c.mu is released.
+func (c *relayConn) lostLocked() []uint32 {
 	if c.back != nil {
 		c.back.Close()
 		c.back = nil
@@ -420,7 +451,11 @@ func (c *relayConn) lost(gen int) {
 		failed = append(failed, sid)
 		delete(c.pending, sid)
 	}
-	c.mu.Unlock()
+	return failed
+}
+
+// failAll answers the requests lost with a worker Unavailable.
+func (c *relayConn) failAll(failed []uint32) {
 	slices.Sort(failed)
 	for _, sid := range failed {
 		c.writeClient(errorResponse(sid, codes.Unavailable, "the sandboxer restarted while handling this call"))
@@ -440,6 +475,7 @@ func (c *relayConn) close() {
 	}
 	c.mu.Unlock()
 	c.client.Close()
+	c.closeStreams()
 	c.r.mu.Lock()
 	delete(c.r.conns, c)
 	c.r.mu.Unlock()

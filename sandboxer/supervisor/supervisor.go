@@ -213,6 +213,10 @@ func (s *supervisor) upgrade(w *worker) {
 	default:
 		s.log.Info("re-executing the supervisor", "exe", s.cfg.Exe)
 		err := s.reexec() // returns only on failure
+		if errors.Is(err, errStreamsOpen) {
+			s.log.Warn("streamed stdio is bridged through the supervisor: it stays as it is and starts the new worker")
+			return
+		}
 		s.log.Error("the supervisor could not re-execute itself; it stays and starts the new worker", "error", err)
 	}
 }
@@ -360,8 +364,8 @@ func (s *supervisor) serve(w *worker) {
 		case len(fds) > 0:
 			closeFDs(fds)
 			s.send(w, req.Op, response{ID: req.ID, Err: fmt.Sprintf("%s takes no descriptor, got %d", req.Op, len(fds))}, nil)
-		case req.Op == opExit:
-			// Answered one by one except exit queries, which may wait.
+		case req.Op == opExit || waitingStreamOp(req.Op):
+			// Answered one by one except those that may wait.
 			go s.answer(w, req)
 		default:
 			s.answer(w, req)
@@ -397,7 +401,9 @@ func (s *supervisor) answer(w *worker, req request) {
 			resp.Exited, resp.Code, resp.At = true, e.Code, e.At
 		}
 	default:
-		resp.Err = fmt.Sprintf("unknown operation %q", req.Op)
+		if !s.answerStreams(req, &resp) {
+			resp.Err = fmt.Sprintf("unknown operation %q", req.Op)
+		}
 	}
 	s.send(w, req.Op, resp, fds)
 }

@@ -29,9 +29,9 @@ func TestStreamingIO(t *testing.T) {
 	if got := e.logOf(t, p, "hello", "to-stderr"); !strings.Contains(got, "hello-streaming") || !strings.Contains(got, "to-stderr") {
 		t.Errorf("container log = %q, want stdout and stderr lines", got)
 	}
-	// The stdio really is streamed: the sandboxer bridges the streams
-	// to FIFOs of its own, under <run dir>/s/<sandbox>/<process>/.
-	if fifos, _ := filepath.Glob(filepath.Join(e.runDir, "s", "*", "*", "stdout")); len(fifos) == 0 {
+	// The stdio really is streamed: the sandboxer's supervisor bridges
+	// the streams to FIFOs of its own, <run dir>/s/<sandbox>/<stream ID>.
+	if fifos, _ := filepath.Glob(filepath.Join(e.runDir, "s", "*", cid+"-stdout")); len(fifos) == 0 {
 		t.Errorf("no stream FIFOs under %s/s: the container's stdio was not streamed", e.runDir)
 	}
 	out, err := e.ctrd.Crictl(ctx, "logs", cid)

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -93,18 +94,8 @@ func (s *fdStore) entries() []storedFD {
 	for n, fd := range s.fds {
 		out = append(out, storedFD{Name: n, FD: fd})
 	}
-	slices.SortFunc(out, func(a, b storedFD) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b storedFD) int { return strings.Compare(a.Name, b.Name) })
 	return out
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // checkFDName accepts the names the store keeps: 1 to maxFDName bytes of

@@ -19,8 +19,6 @@ import (
 	transferstreaming "github.com/containerd/containerd/v2/core/transfer/streaming"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
-	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/internal/testutil"
 )
@@ -29,31 +27,9 @@ import (
 // the worker's client of it.
 func controlPair(t *testing.T) *Client {
 	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := func(fd int) *net.UnixConn {
-		f := os.NewFile(uintptr(fd), "control")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c.(*net.UnixConn)
-	}
-	s := &supervisor{log: hclog.NewNullLogger(), listeners: map[string]*net.UnixListener{}, relays: map[string]*Relay{}}
-	w := &worker{ctl: conn(fds[0]), done: make(chan struct{})}
-	go s.serve(w)
-	c := &Client{conn: conn(fds[1]), waiting: map[int]chan reply{}}
-	go c.read()
-	t.Cleanup(func() {
-		c.Close()
-		w.ctl.Close()
-		<-w.done
-		s.closeAll()
-	})
-	return c
+	ch := newChannel(t, nil)
+	t.Cleanup(ch.s.closeAll)
+	return ch.c
 }
 
 // dialStream opens stream id on the task socket as containerd's CRI does

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -31,6 +32,13 @@ const outputDrainTimeout = 5 * time.Second
 // stdio streams: the agent bridges each to a FIFO in the guest that the
 // guest's Task API gets, and the host copies between the streams and the
 // caller's stdio.
+//
+// Output is delivered once, in order, across sandboxer restarts: the host
+// writes each chunk it receives to the caller's FIFO, then records the
+// stream's new offset in an offset file (stdio.go), then acknowledges it
+// to the agent, which keeps what is not acknowledged. A new worker
+// resumes the stream from the recorded offset. A crash between the write
+// and the record repeats that one chunk; no byte is lost.
 type proc struct {
 	c        *container
 	execID   string
@@ -44,7 +52,8 @@ type proc struct {
 	inR, inHeld   *os.File
 	closeInOnce   sync.Once
 	outs          []net.Conn
-	abort         chan struct{} // closed to give up the copies
+	recs          []*offsetRecord // the output streams' offset files
+	abort         chan struct{}   // closed to give up the copies
 	abortOnce     sync.Once
 	copies        sync.WaitGroup // output copies
 	inCopy        sync.WaitGroup
@@ -67,6 +76,10 @@ func (c *container) newProc(ctx context.Context, execID string, stdio backend.St
 			p.closeIO()
 		}
 	}()
+	// The IDs name the guest's FIFOs and the host's offset files.
+	if err := (agentmux.StdioHeader{Container: c.id, Exec: execID}).Validate(); err != nil {
+		return nil, fmt.Errorf("process %s/%s: %v: %w", c.id, execID, err, errdefs.ErrInvalidArgument)
+	}
 	mc, err := c.s.muxClient()
 	if err != nil {
 		return nil, err
@@ -97,20 +110,35 @@ func (c *container) newProc(ctx context.Context, execID string, stdio backend.St
 		if o.dst == "" || (o.st == agentmux.Stderr && stdio.Terminal) {
 			continue // a terminal's output is all on stdout
 		}
+		rec, err := createOffsetRecord(c.offsetPath(execID, o.st))
+		if err != nil {
+			return nil, fmt.Errorf("%s offset record: %w", o.st, err)
+		}
+		p.recs = append(p.recs, rec)
 		conn, path, err := dial(o.st)
 		if err != nil {
 			return nil, err
 		}
 		*o.guest = path
-		p.outs = append(p.outs, conn)
-		p.copies.Add(1)
-		go p.copyOut(conn, o.dst)
+		p.startOutput(conn, o.dst, rec, 0)
 	}
+	p.watchOutput()
+	return p, nil
+}
+
+// startOutput starts copying an output stream from offset pos.
+func (p *proc) startOutput(conn net.Conn, dst string, rec *offsetRecord, pos uint64) {
+	p.outs = append(p.outs, conn)
+	p.copies.Add(1)
+	go p.copyOut(conn, dst, rec, pos)
+}
+
+// watchOutput closes outputDrained once every output copy ended.
+func (p *proc) watchOutput() {
 	go func() {
 		p.copies.Wait()
 		close(p.outputDrained)
 	}()
-	return p, nil
 }
 
 // pollable reopens a FIFO end in non-blocking mode, so that Close ends a
@@ -139,9 +167,11 @@ func pollable(f *os.File) (*os.File, error) {
 }
 
 // copyOut copies a stream into the caller's output until the agent ends
-// it (every writer in the guest is gone). When the caller's end fails or
-// never opens, the stream is still drained so the guest never blocks.
-func (p *proc) copyOut(conn net.Conn, dst string) {
+// it (every writer in the guest is gone). Each chunk is written, then its
+// end offset recorded in rec, then acknowledged to the agent (see
+// [proc]). When the caller's end fails or never opens, the stream is
+// still drained and acknowledged so the guest never blocks.
+func (p *proc) copyOut(conn net.Conn, dst string, rec *offsetRecord, pos uint64) {
 	defer p.copies.Done()
 	// An abort ends the wait for a reader and a write to one that does
 	// not read.
@@ -154,12 +184,30 @@ func (p *proc) copyOut(conn net.Conn, dst string) {
 	}
 	if err == nil {
 		stop := context.AfterFunc(ctx, func() { _ = w.SetWriteDeadline(time.Now()) })
-		_, err = io.Copy(w, conn)
-		stop()
-		w.Close()
+		defer stop()
+	} else {
+		w = nil
 	}
-	if err != nil {
-		_, _ = io.Copy(io.Discard, conn)
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := conn.Read(buf)
+		if n > 0 {
+			if w != nil {
+				if _, err := w.Write(buf[:n]); err != nil {
+					w.Close()
+					w = nil // the caller's end is gone: drain from now on
+				}
+			}
+			pos += uint64(n)
+			_ = rec.store(pos)
+			_ = agentmux.WriteAck(conn, pos)
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	if w != nil {
+		w.Close()
 	}
 }
 
@@ -193,8 +241,20 @@ func (p *proc) abortIO() {
 }
 
 // closeIO ends the copies and closes the streams and the caller's stdin.
-func (p *proc) closeIO() {
+// The agent is told that the host is done with the output streams, so
+// that it drops what it holds of them.
+func (p *proc) closeIO() { p.shutIO(true) }
+
+// shutIO is closeIO; release false leaves the output streams to the
+// agent (for a later session to resume).
+func (p *proc) shutIO(release bool) {
 	p.closeOnce.Do(func() {
+		for _, c := range p.outs {
+			if release {
+				_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+				_ = agentmux.WriteAck(c, agentmux.AckRelease)
+			}
+		}
 		p.abortIO()
 		p.closeIn()
 		if p.inR != nil {
@@ -206,6 +266,9 @@ func (p *proc) closeIO() {
 			if c != nil {
 				c.Close()
 			}
+		}
+		for _, r := range p.recs {
+			r.Close()
 		}
 	})
 }
@@ -331,6 +394,11 @@ func (p *proc) Delete(ctx context.Context) error {
 		p.c.mu.Lock()
 		delete(p.c.execs, p.execID)
 		p.c.mu.Unlock()
+		for _, st := range []agentmux.Stream{agentmux.Stdout, agentmux.Stderr} {
+			if rerr := os.Remove(p.c.offsetPath(p.execID, st)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
+		}
 	}
 	return err
 }

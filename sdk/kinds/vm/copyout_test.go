@@ -31,7 +31,7 @@ func TestCopyOutAbort(t *testing.T) {
 	p := &proc{abort: make(chan struct{})}
 	hostEnd, guestEnd := net.Pipe()
 	p.copies.Add(1)
-	go p.copyOut(hostEnd, fifo, nil, 0)
+	go p.copyOut(hostEnd, agentmux.Stdout, fifo, nil, 0)
 	go func() { // more than a pipe buffer holds
 		buf := make([]byte, 32<<10)
 		for range 16 {
@@ -84,7 +84,7 @@ func TestCopyOutRecordsAndAcks(t *testing.T) {
 	p := &proc{abort: make(chan struct{})}
 	hostEnd, guestEnd := net.Pipe()
 	p.copies.Add(1)
-	go p.copyOut(hostEnd, fifo, rec, 100)
+	go p.copyOut(hostEnd, agentmux.Stdout, fifo, rec, 100)
 	var acks []uint64
 	for _, chunk := range []string{"hello ", "resumed ", "world"} {
 		if _, err := guestEnd.Write([]byte(chunk)); err != nil {

@@ -2,6 +2,8 @@ package vm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +22,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hoststdio"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/hypervisor"
 )
 
 // outputDrainTimeout bounds how long an exit waits for the process's
@@ -50,6 +53,7 @@ type proc struct {
 	// write end held until CloseStdin (nil for a plain file).
 	in            net.Conn
 	inR, inHeld   *os.File
+	inHold        bool // the VMM holds a duplicate of inR
 	closeInOnce   sync.Once
 	outs          []net.Conn
 	recs          []*offsetRecord // the output streams' offset files
@@ -98,6 +102,7 @@ func (c *container) newProc(ctx context.Context, execID string, stdio backend.St
 		if p.inR, err = pollable(r); err != nil {
 			return nil, err
 		}
+		p.inHold = p.holdFIFO(agentmux.Stdin, p.inR)
 		if p.in, p.guestIn, err = dial(agentmux.Stdin); err != nil {
 			return nil, err
 		}
@@ -120,17 +125,62 @@ func (c *container) newProc(ctx context.Context, execID string, stdio backend.St
 			return nil, err
 		}
 		*o.guest = path
-		p.startOutput(conn, o.dst, rec, 0)
+		p.startOutput(conn, o.st, o.dst, rec, 0)
 	}
 	p.watchOutput()
 	return p, nil
 }
 
 // startOutput starts copying an output stream from offset pos.
-func (p *proc) startOutput(conn net.Conn, dst string, rec *offsetRecord, pos uint64) {
+func (p *proc) startOutput(conn net.Conn, st agentmux.Stream, dst string, rec *offsetRecord, pos uint64) {
 	p.outs = append(p.outs, conn)
 	p.copies.Add(1)
-	go p.copyOut(conn, dst, rec, pos)
+	go p.copyOut(conn, st, dst, rec, pos)
+}
+
+// fdName names, in the VMM, the held FIFO end of one of p's streams.
+func (p *proc) fdName(st agentmux.Stream) string {
+	h := sha256.Sum256([]byte(p.c.id + "\x00" + p.execID + "\x00" + st.String()))
+	return "mgnt-" + hex.EncodeToString(h[:8])
+}
+
+// fdHolder is the sandbox's VMM as an FDHolder, or nil.
+func (p *proc) fdHolder() hypervisor.FDHolder {
+	if p.c == nil || p.c.s == nil {
+		return nil
+	}
+	p.c.s.mu.Lock()
+	v := p.c.s.vm
+	p.c.s.mu.Unlock()
+	h, _ := v.(hypervisor.FDHolder)
+	return h
+}
+
+// holdFIFO has the VMM hold f, an end of a stdio FIFO of the caller's,
+// so that the FIFO keeps it while no sandboxer runs: an output FIFO keeps
+// a writer (containerd's reader does not see end of file when the worker
+// dies), a stdin FIFO a reader (containerd's writes wait in it instead of
+// failing). Best effort: without it a restart ends the caller's copy.
+func (p *proc) holdFIFO(st agentmux.Stream, f *os.File) bool {
+	h := p.fdHolder()
+	if h == nil {
+		return false
+	}
+	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return h.HoldFD(ctx, p.fdName(st), f) == nil
+}
+
+// releaseFIFO releases what the VMM holds for stream st.
+func (p *proc) releaseFIFO(st agentmux.Stream) {
+	if h := p.fdHolder(); h != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = h.ReleaseFD(ctx, p.fdName(st))
+	}
 }
 
 // watchOutput closes outputDrained once every output copy ended.
@@ -171,7 +221,11 @@ func pollable(f *os.File) (*os.File, error) {
 // end offset recorded in rec, then acknowledged to the agent (see
 // [proc]). When the caller's end fails or never opens, the stream is
 // still drained and acknowledged so the guest never blocks.
-func (p *proc) copyOut(conn net.Conn, dst string, rec *offsetRecord, pos uint64) {
+//
+// The VMM holds a duplicate of the caller's FIFO end while the copy runs
+// (see holdFIFO), released once the stream ended, so that the caller
+// reads end of file after the last byte.
+func (p *proc) copyOut(conn net.Conn, st agentmux.Stream, dst string, rec *offsetRecord, pos uint64) {
 	defer p.copies.Done()
 	// An abort ends the wait for a reader and a write to one that does
 	// not read.
@@ -185,6 +239,9 @@ func (p *proc) copyOut(conn net.Conn, dst string, rec *offsetRecord, pos uint64)
 	if err == nil {
 		stop := context.AfterFunc(ctx, func() { _ = w.SetWriteDeadline(time.Now()) })
 		defer stop()
+		if p.holdFIFO(st, w) {
+			defer p.releaseFIFO(st)
+		}
 	} else {
 		w = nil
 	}
@@ -254,6 +311,9 @@ func (p *proc) shutIO(release bool) {
 				_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 				_ = agentmux.WriteAck(c, agentmux.AckRelease)
 			}
+		}
+		if release && p.inHold {
+			p.releaseFIFO(agentmux.Stdin)
 		}
 		p.abortIO()
 		p.closeIn()

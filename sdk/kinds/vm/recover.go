@@ -192,12 +192,18 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 }
 
 // exitedContainer registers container id, which has exited with exit: it
-// has no stdio (its streams ended with the earlier agent session).
+// has no stdio (its streams ended with the earlier agent session, or
+// could not be resumed).
 func (s *sandbox) exitedContainer(id string, pid uint32, exit backend.ExitStatus) *container {
 	c := &container{s: s, id: id, dir: filepath.Join(s.shared, id), execs: map[string]*proc{}}
 	p := &proc{c: c, pid: pid, exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{}), exit: exit}
 	close(p.exited)
 	close(p.outputDrained)
+	// The ends of the caller's FIFOs that the VMM held for the earlier
+	// worker go: the caller's copies see end of file.
+	for _, st := range []agentmux.Stream{agentmux.Stdin, agentmux.Stdout, agentmux.Stderr} {
+		p.releaseFIFO(st)
+	}
 	c.init = p
 	s.mu.Lock()
 	s.ctrs[id] = c
@@ -270,7 +276,10 @@ func (p *proc) resumeIO(ctx context.Context, stdio backend.Stdio, running bool) 
 		}
 		conn, err := resume(o.st, off)
 		if errors.Is(err, agentmux.ErrStdioGone) {
-			rec.Close() // delivered to the end
+			// Delivered to the end: the caller reads end of file once
+			// the end the VMM holds for the earlier worker is closed.
+			rec.Close()
+			p.releaseFIFO(o.st)
 			continue
 		}
 		if err != nil {
@@ -278,13 +287,14 @@ func (p *proc) resumeIO(ctx context.Context, stdio backend.Stdio, running bool) 
 			return err
 		}
 		p.recs = append(p.recs, rec)
-		p.startOutput(conn, o.dst, rec, off)
+		p.startOutput(conn, o.st, o.dst, rec, off)
 	}
 	if stdio.Stdin == "" || !running {
 		return nil
 	}
 	conn, err := resume(agentmux.Stdin, 0)
 	if errors.Is(err, agentmux.ErrStdioGone) {
+		p.releaseFIFO(agentmux.Stdin)
 		return nil // closed before the restart
 	}
 	if err != nil {
@@ -299,6 +309,7 @@ func (p *proc) resumeIO(ctx context.Context, stdio backend.Stdio, running bool) 
 	if p.inR, err = pollable(r); err != nil {
 		return err
 	}
+	p.inHold = p.holdFIFO(agentmux.Stdin, p.inR) // replaces the earlier worker's
 	p.startInput()
 	return nil
 }

@@ -289,7 +289,11 @@ func (p *proc) resumeIO(ctx context.Context, stdio backend.Stdio, running bool) 
 		p.recs = append(p.recs, rec)
 		p.startOutput(conn, o.st, o.dst, rec, off)
 	}
-	if stdio.Stdin == "" || !running {
+	if stdio.Stdin == "" {
+		return nil
+	}
+	if !running {
+		p.releaseFIFO(agentmux.Stdin) // no more input for it
 		return nil
 	}
 	conn, err := resume(agentmux.Stdin, 0)

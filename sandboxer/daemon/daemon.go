@@ -102,7 +102,10 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 			retErr = errors.Join(retErr, fmt.Errorf("close wasm backend: %w", err))
 		}
 	}()
-	vb, err := vmBackend(cfg.Backends.VM)
+	// A worker restarted under its supervisor resumes the VM pods'
+	// containers; after a full restart containerd has reported them
+	// exited, and the vm kind ends them.
+	vb, err := vmBackend(cfg.Backends.VM, cfg.sup != nil && cfg.sup.Restarted())
 	if err != nil {
 		return fmt.Errorf("open vm backend: %w", err)
 	}
@@ -406,7 +409,7 @@ func logAPICalls(log hclog.Logger) connect.ServerInterceptor {
 }
 
 // vmBackend builds the vm kind from its config.
-func vmBackend(c VMConfig) (backend.Backend, error) {
+func vmBackend(c VMConfig, resume bool) (backend.Backend, error) {
 	dir := c.GuestDir
 	if dir == "" {
 		dir = DefaultGuestDir
@@ -424,6 +427,7 @@ func vmBackend(c VMConfig) (backend.Backend, error) {
 		VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, MaxVCPUs: c.MaxVCPUs, MemoryOverheadMiB: c.MemoryOverheadMiB,
 		BootTimeout:    time.Duration(c.BootTimeout),
 		HealthInterval: time.Duration(c.HealthInterval), HealthTimeout: time.Duration(c.HealthTimeout),
-		HealthFailures: c.HealthFailures,
+		HealthFailures:   c.HealthFailures,
+		ResumeContainers: resume,
 	})
 }

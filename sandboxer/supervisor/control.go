@@ -18,6 +18,12 @@ import (
 // descriptor of its control channel to the supervisor.
 const EnvFD = "MAGNETAR_SUPERVISOR_FD"
 
+// EnvRestarted names the environment variable that tells a worker that it
+// is not its supervisor's first: the supervisor held containerd's task
+// connections while no worker ran, so containerd took no container for
+// dead ([Client.Restarted]).
+const EnvRestarted = "MAGNETAR_SUPERVISOR_RESTARTED"
+
 // maxControlMessage bounds one control message.
 const maxControlMessage = 64 << 10
 
@@ -76,6 +82,8 @@ const (
 // safe for concurrent use.
 type Client struct {
 	conn *net.UnixConn
+	// restarted: see [Client.Restarted].
+	restarted bool
 
 	wmu     sync.Mutex
 	mu      sync.Mutex
@@ -97,6 +105,8 @@ func Connect() (*Client, error) {
 		return nil, nil
 	}
 	os.Unsetenv(EnvFD) // not for the processes the worker starts
+	restarted := os.Getenv(EnvRestarted) == "1"
+	os.Unsetenv(EnvRestarted)
 	fd, err := strconv.Atoi(v)
 	if err != nil || fd < 3 {
 		return nil, fmt.Errorf("%s=%q is not a file descriptor", EnvFD, v)
@@ -113,7 +123,7 @@ func Connect() (*Client, error) {
 		c.Close()
 		return nil, fmt.Errorf("supervisor control channel is a %T, not a unix socket", c)
 	}
-	cl := &Client{conn: uc, waiting: map[int]chan reply{}}
+	cl := &Client{conn: uc, restarted: restarted, waiting: map[int]chan reply{}}
 	go cl.read()
 	return cl, nil
 }
@@ -250,6 +260,14 @@ func (c *Client) Ready() error {
 	_, err := c.call(request{Op: opReady})
 	return err
 }
+
+// Restarted reports whether this worker follows an earlier one of the
+// same supervisor (after a crash or a live upgrade). containerd's task
+// connections then outlived the earlier worker, so the containers it ran
+// are still running for containerd and are to be resumed; the first
+// worker of a supervisor follows a full restart, after which containerd
+// has reported them exited.
+func (c *Client) Restarted() bool { return c.restarted }
 
 // Close closes the control channel.
 func (c *Client) Close() error { return c.conn.Close() }

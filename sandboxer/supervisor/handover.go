@@ -278,6 +278,9 @@ func execWith(exe string, args []string, h *Handover) error {
 // this process, or by reexec when its exec failed).
 func (s *supervisor) resume(h *Handover) error {
 	var errs []error
+	// The next worker follows the one stopped for the handover: what it
+	// ran is still running for containerd (see Client.Restarted).
+	s.workers = max(s.workers, 1)
 	s.reaper.restore(h.Exits)
 	s.fds.closeAll()
 	s.fds = newFDStoreFrom(s.cfg.FDStoreMax, h.Stored)

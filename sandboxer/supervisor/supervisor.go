@@ -88,6 +88,8 @@ type supervisor struct {
 	mu        sync.Mutex
 	listeners map[string]*net.UnixListener
 	relays    map[string]*Relay
+	// workers counts the workers started (by start, one at a time).
+	workers int
 }
 
 // Run supervises the worker until ctx ends (SIGTERM/SIGINT to the
@@ -260,6 +262,11 @@ func (s *supervisor) start() (*worker, error) {
 	}
 	ctl := c.(*net.UnixConn)
 	env := append(os.Environ(), EnvFD+"=3")
+	if s.workers > 0 {
+		// containerd's task connections were held through the previous
+		// worker's end: the new one resumes what it left running.
+		env = append(env, EnvRestarted+"=1")
+	}
 	p, err := os.StartProcess(s.cfg.Exe, append([]string{s.cfg.Exe}, s.cfg.Args...), &os.ProcAttr{
 		Env:   env,
 		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, theirs},
@@ -271,6 +278,7 @@ func (s *supervisor) start() (*worker, error) {
 		ctl.Close()
 		return nil, fmt.Errorf("start worker %s: %w", s.cfg.Exe, err)
 	}
+	s.workers++
 	// The reaper reaps it; os.Process must not.
 	w := &worker{pid: p.Pid, started: time.Now(), exit: s.reaper.watch(p.Pid), ctl: ctl, done: make(chan struct{})}
 	_ = p.Release()

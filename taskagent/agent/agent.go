@@ -35,6 +35,9 @@ type Options struct {
 	// EtcDir is where Setup writes hostname, hosts and resolv.conf
 	// (default /etc).
 	EtcDir string
+	// StdioDir holds the FIFOs of the processes' standard streams
+	// (default /run/magnetar/stdio).
+	StdioDir string
 	// PowerOff ends the VM after Shutdown; the default syncs and calls
 	// reboot(2).
 	PowerOff func()
@@ -56,6 +59,9 @@ func (o *Options) defaults() {
 	if o.EtcDir == "" {
 		o.EtcDir = "/etc"
 	}
+	if o.StdioDir == "" {
+		o.StdioDir = stdioDir
+	}
 	if o.PowerOff == nil {
 		o.PowerOff = powerOff
 	}
@@ -74,6 +80,8 @@ type Agent struct {
 	tasks *tasks
 	// replies counts the answers written to the host.
 	replies replies
+	// stdio holds the processes' standard streams across host sessions.
+	stdio *stdioBridge
 }
 
 // New returns an agent that logs to log at the level held by level (which
@@ -83,7 +91,7 @@ func New(opts Options, log *slog.Logger, level *slog.LevelVar, events *eventHub)
 	if events == nil {
 		events = newEventHub(256)
 	}
-	a := &Agent{opts: opts, level: level, events: events, reaper: NewReaper("/proc", DefaultReapGrace), started: time.Now()}
+	a := &Agent{opts: opts, level: level, events: events, reaper: NewReaper("/proc", DefaultReapGrace), started: time.Now(), stdio: newStdioBridge(opts.StdioDir)}
 	a.logp.Store(log)
 	return a
 }

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/ttrpc"
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
@@ -50,7 +51,8 @@ func (a *Agent) Serve(ctx context.Context) error {
 // serveOnce serves one agentmux session on the port at path: it waits for
 // a host's handshake (skipping what a previous session left on the port),
 // then serves ttrpc streams with the agent's services and stdio streams
-// with FIFOs for the Task API.
+// with FIFOs for the Task API. The stdio bridge outlives the session: the
+// processes keep their FIFOs, and a next session resumes their streams.
 func (a *Agent) serveOnce(ctx context.Context, path string) error {
 	f, err := openPort(ctx, path)
 	if err != nil {
@@ -63,14 +65,13 @@ func (a *Agent) serveOnce(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	bridge := &stdioBridge{dir: stdioDir}
-	l, err := agentmux.Listen(conn, bridge.serve)
+	l, err := agentmux.Listen(conn, a.stdio.serve)
 	if err != nil {
 		return err
 	}
 	defer l.Wait()
 	defer l.Close()
-	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(taskservice.UnaryServerInterceptor()))
+	srv, err := ttrpc.NewServer(ttrpc.WithChainUnaryServerInterceptor(taskservice.UnaryServerInterceptor(), a.stdio.releaseOnDelete))
 	if err != nil {
 		return fmt.Errorf("ttrpc server: %w", err)
 	}
@@ -124,4 +125,28 @@ func (a *Agent) Register(srv *ttrpc.Server) {
 	if a.tasks != nil {
 		a.tasks.register(srv)
 	}
+}
+
+// taskDelete is the Task API's Delete method.
+const taskDelete = "/containerd.task.v3.Task/Delete"
+
+// releaseOnDelete is a ttrpc interceptor: once the Task API deleted a
+// process (a container: with its execs), the bridge releases its stdio
+// streams, which a host that went away may have left behind.
+func (b *stdioBridge) releaseOnDelete(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
+	if info.FullMethod != taskDelete {
+		return method(ctx, unmarshal)
+	}
+	var req *taskapi.DeleteRequest
+	resp, err := method(ctx, func(v any) error {
+		err := unmarshal(v)
+		if r, ok := v.(*taskapi.DeleteRequest); ok && err == nil {
+			req = r
+		}
+		return err
+	})
+	if err == nil && req != nil {
+		b.releaseProcess(req.GetID(), req.GetExecID())
+	}
+	return resp, err
 }

@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
 	"strings"
@@ -54,13 +56,22 @@ func cgroupLeft(path string) []string {
 	return left
 }
 
-// TestVMSandboxerRestart restarts magnetar-sandboxer under a running VM
-// pod sized from its resources. The restarted sandboxer reconnects to the
-// VM's agent: the pod stays READY with the same QEMU, the container that
-// ran before is reported exited and no longer runs in the guest, a new
-// container runs and logs, and Controller.Wait still reports the VM's
-// death. QEMU runs in a child of the pod's cgroup parent; removing the pod
-// leaves no QEMU, cgroup or state.
+// TestVMSandboxerRestart restarts magnetar-sandboxer's worker three
+// ways under one running VM pod (sized from its resources; QEMU in a child
+// of the pod's cgroup parent), reusing the pod so that only one VM boots:
+//
+//   - kill -9 of the worker, with a container exiting during the gap: the
+//     containers keep running in the guest, containerd sees no TaskExit,
+//     a counter printed every 100 ms reaches the CRI log with no gap and
+//     no duplicate, exec and attach work on the recovered containers, and
+//     the container that exited during the gap reports its own exit code;
+//   - a live upgrade (magnetar-sandboxer upgrade): the same;
+//   - a full restart (the supervisor stopped and started): containerd
+//     reports the containers exited, and the new worker ends them in the
+//     guest so that none runs unseen.
+//
+// The pod keeps its QEMU throughout; Controller.Wait still reports the
+// VM's death, and removing the pod leaves no QEMU, cgroup, mount or state.
 func TestVMSandboxerRestart(t *testing.T) {
 	e := setup(t)
 	e.requireGuest(t)
@@ -110,64 +121,122 @@ func TestVMSandboxerRestart(t *testing.T) {
 		t.Errorf("QEMU not sized from 1.5 CPUs and 128 MiB (+128 MiB overhead): want -smp %d and -m 256M in %q", wantCPUs, args)
 	}
 
-	survivor := e.startContainer(t, p, "survivor", "echo before restart; sleep 600")
-	if got := e.logOf(t, p, "survivor", "before restart"); !strings.Contains(got, "before restart") {
-		t.Fatalf("survivor did not start: log %q", got)
+	// containerd's task events, to show that it saw no container exit.
+	events := e.watchEvents(t)
+
+	nsOpts := p.cfg.Linux.GetSecurityContext().GetNamespaceOptions()
+	const counterScript = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done"
+	counter := e.startContainer(t, p, "counter", counterScript)
+	echo := e.start(t, p, &runtime.ContainerConfig{
+		Metadata: &runtime.ContainerMetadata{Name: "echo"},
+		Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
+		Command:  []string{"sh", "-c", "while read line; do echo got:$line; done"},
+		LogPath:  "echo.log",
+		Stdin:    true,
+		Linux:    &runtime.LinuxContainerConfig{SecurityContext: &runtime.LinuxContainerSecurityContext{NamespaceOptions: nsOpts}},
+	})
+	// gapper exits with 7 once the host creates go in its volume (a host
+	// directory shared into the guest), after saying so with done.
+	vol := t.TempDir()
+	gapper := e.start(t, p, &runtime.ContainerConfig{
+		Metadata: &runtime.ContainerMetadata{Name: "gapper"},
+		Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
+		Command:  []string{"sh", "-c", "while [ ! -e /x/go ]; do sleep 0.1; done; touch /x/done; exit 7"},
+		LogPath:  "gapper.log",
+		Mounts:   []*runtime.Mount{{ContainerPath: "/x", HostPath: vol}},
+		Linux:    &runtime.LinuxContainerConfig{SecurityContext: &runtime.LinuxContainerSecurityContext{NamespaceOptions: nsOpts}},
+	})
+	log := filepath.Join(p.cfg.LogDirectory, "counter.log")
+	testutil.Eventually(t, 60*time.Second, func() bool { return len(counterLines(t, log)) >= 5 }, "the counter's first lines in its log")
+
+	// (a) kill -9 of the worker. The supervisor is held still so that the
+	// gap lasts while gapper exits in the guest.
+	sup := e.sandboxer.Process.Pid
+	old := e.workerPid(t)
+	if err := syscall.Kill(sup, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(sup, syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, func() bool { return !alive(old) }, "the worker is gone")
+	if err := os.WriteFile(filepath.Join(vol, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 60*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(vol, "done"))
+		return err == nil
+	}, "gapper exiting in the guest while no worker runs")
+	resume()
+	old = e.waitNewWorker(t, old, p)
+	e.checkResumed(t, p, log, counter, echo, "after-crash")
+	if st := e.waitExited(t, gapper); st.ExitCode != 7 {
+		t.Errorf("container that exited during the gap: exit %d, want its own 7", st.ExitCode)
 	}
 
+	// (b) live upgrade.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, filepath.Join(e.binDir, "magnetar-sandboxer"), "upgrade", "--run-dir", e.runDir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("magnetar-sandboxer upgrade: %v\n%s", err, out)
+	}
+	e.waitNewWorker(t, old, p)
+	e.checkResumed(t, p, log, counter, echo, "after-upgrade")
+	for _, id := range []string{counter, echo} {
+		if ev := events.exitsOf(id); len(ev) > 0 {
+			t.Errorf("containerd saw container %s exit across the restarts: %q", id, ev)
+		}
+	}
+	sb, err = e.api().GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
+	if err != nil || int(sb.GetSandbox().GetPid()) != pid {
+		t.Errorf("QEMU pid after the restarts: %v, %v; want %d", sb.GetSandbox().GetPid(), err, pid)
+	}
+
+	// (c) a full restart: containerd reports the containers exited (255
+	// when its task Wait failed, 137 from the shim's delete); the new
+	// worker ends them in the guest.
 	e.stopSandboxer()
 	if err := e.startSandboxer(); err != nil {
 		t.Fatal(err)
 	}
-	// containerd reports the container of the dead task connection
-	// exited (255 when its task Wait failed, 137 from the shim's delete);
-	// the restarted sandboxer killed it in the guest when it reconnected.
-	if st := e.waitExited(t, survivor); st.ExitCode != 137 && st.ExitCode != 255 {
-		t.Errorf("container after the sandboxer restart: exit %d, want 137 or 255", st.ExitCode)
+	if st := e.waitExited(t, counter); st.ExitCode != 137 && st.ExitCode != 255 {
+		t.Errorf("container after a full restart: exit %d, want 137 or 255", st.ExitCode)
+	}
+	if ev := events.exitsOf(counter); len(ev) == 0 {
+		t.Errorf("containerd's events show no exit of %s after the full restart: the event watch sees nothing", counter)
 	}
 	ps, err := e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
 	if err != nil || ps.Status.State != runtime.PodSandboxState_SANDBOX_READY {
-		t.Fatalf("pod after the sandboxer restart: %v, %v; want ready", ps.GetStatus().GetState(), err)
+		t.Fatalf("pod after the full restart: %v, %v; want ready", ps.GetStatus().GetState(), err)
 	}
-	sb, err = e.api().GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
-	if err != nil || int(sb.GetSandbox().GetPid()) != pid {
-		t.Errorf("QEMU pid after the restart: %v, %v; want %d", sb.GetSandbox().GetPid(), err, pid)
-	}
-	if err := syscall.Kill(pid, 0); err != nil {
-		t.Fatalf("QEMU %d after the restart: %v", pid, err)
-	}
-
 	// A new container runs in the guest's PID namespace: ps shows every
-	// process of the guest, and the survivor is not among them.
-	next := e.start(t, p, &runtime.ContainerConfig{
-		Metadata: &runtime.ContainerMetadata{Name: "after-restart"},
-		Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
-		Command:  []string{"sh", "-c", "echo served after restart; ps -o pid,args; echo ps-done"},
-		LogPath:  "after-restart.log",
-		Linux: &runtime.LinuxContainerConfig{SecurityContext: &runtime.LinuxContainerSecurityContext{
-			NamespaceOptions: &runtime.NamespaceOption{Network: runtime.NamespaceMode_POD, Pid: runtime.NamespaceMode_NODE, Ipc: runtime.NamespaceMode_POD},
-		}},
-	})
+	// process of the guest, and the counter is not among them.
+	next := e.startContainer(t, p, "after-restart", "echo served after restart; ps -o pid,args; echo ps-done")
 	if st := e.waitExited(t, next); st.ExitCode != 0 {
-		t.Errorf("container started after the restart: exit %d", st.ExitCode)
+		t.Errorf("container started after the full restart: exit %d", st.ExitCode)
 	}
 	got := e.logOf(t, p, "after-restart", "ps-done")
-	if !strings.Contains(got, "served after restart") || !strings.Contains(got, "ps-done") {
-		t.Errorf("container started after the restart logged %q", got)
+	if !strings.Contains(got, "served after restart") || !strings.Contains(got, " 1 /init") {
+		t.Errorf("container started after the full restart logged %q (want the agent as pid 1)", got)
 	}
-	if !strings.Contains(got, " 1 /init") {
-		t.Errorf("ps in the guest's PID namespace does not show the agent as pid 1:\n%s", got)
-	}
-	if strings.Contains(got, "sleep 600") {
-		t.Errorf("the container from before the restart still runs in the guest:\n%s", got)
+	if strings.Contains(got, "while :") || strings.Contains(got, "read line") {
+		t.Errorf("a container from before the full restart still runs in the guest:\n%s", got)
 	}
 
 	// Controller.Wait (re-issued by containerd) reports the VM's death.
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill QEMU %d: %v", pid, err)
 	}
-	state := e.waitPodNotReady(t, p, 60*time.Second)
-	if state != runtime.PodSandboxState_SANDBOX_NOTREADY {
+	if state := e.waitPodNotReady(t, p, 60*time.Second); state != runtime.PodSandboxState_SANDBOX_NOTREADY {
 		t.Errorf("pod state after QEMU was killed = %s, want NOTREADY", state)
 	}
 
@@ -188,4 +257,72 @@ func TestVMSandboxerRestart(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.stateDir, "sandboxes", p.id)); !os.IsNotExist(err) {
 		t.Errorf("state of the pod remains after removal: %v", err)
 	}
+	if mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", e.ctrd.Pid())); err == nil && strings.Contains(string(mi), p.id) {
+		t.Errorf("mounts of the pod remain after removal:\n%s", mi)
+	}
+}
+
+// checkResumed checks the pod's containers after a worker restart: both
+// still run, the counter keeps printing with every number once and in
+// order, exec into it works, and a line attached to echo's stdin reaches
+// its log.
+func (e *env) checkResumed(t *testing.T, p *pod, log, counter, echo, tag string) {
+	t.Helper()
+	e.requireRunning(t, counter)
+	e.requireRunning(t, echo)
+	before := len(counterLines(t, log))
+	testutil.Eventually(t, 60*time.Second, func() bool { return len(counterLines(t, log)) >= before+20 }, "20 more lines of the counter %s", tag)
+	for i, n := range counterLines(t, log) {
+		if n != i {
+			t.Fatalf("%s: counter log line %d is %d: output lost or repeated: %v", tag, i, n, counterLines(t, log))
+		}
+	}
+	ex, err := e.rt.ExecSync(ctxT(t), &runtime.ExecSyncRequest{ContainerId: counter, Cmd: []string{"sh", "-c", "echo exec-" + tag + "; exit 4"}, Timeout: 60})
+	if err != nil {
+		t.Fatalf("%s: ExecSync: %v", tag, err)
+	}
+	if ex.ExitCode != 4 || !strings.Contains(string(ex.Stdout), "exec-"+tag) {
+		t.Errorf("%s: ExecSync = code %d stdout %q; want 4 and exec-%s", tag, ex.ExitCode, ex.Stdout, tag)
+	}
+	bin, _ := harness.DefaultBinDir()
+	cmd := exec.CommandContext(ctxT(t), filepath.Join(bin, "crictl"), "--config", e.ctrd.CrictlConfig(), "attach", "-i", echo)
+	cmd.Stdin = strings.NewReader("hello-" + tag + "\n")
+	out, _ := cmd.CombinedOutput() // ends when stdin closes
+	if got := e.logOf(t, p, "echo", "got:hello-"+tag); !strings.Contains(got, "got:hello-"+tag) {
+		t.Errorf("%s: attached stdin did not reach the recovered container: log %q, crictl %q", tag, got, out)
+	}
+}
+
+// taskEvents collects containerd's events (ctr events) while a test runs.
+type taskEvents struct{ buf *testutil.Buffer }
+
+// watchEvents starts collecting containerd's events until the test ends.
+func (e *env) watchEvents(t *testing.T) *taskEvents {
+	t.Helper()
+	bin, _ := harness.DefaultBinDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "ctr"), "--address", e.ctrd.Address(), "events")
+	buf := &testutil.Buffer{}
+	cmd.Stdout = buf
+	cmd.Stderr = buf
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("ctr events: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+	})
+	return &taskEvents{buf: buf}
+}
+
+// exitsOf returns the TaskExit events of container id's init process.
+func (ev *taskEvents) exitsOf(id string) []string {
+	var out []string
+	for _, l := range strings.Split(ev.buf.String(), "\n") {
+		if strings.Contains(l, "/tasks/exit") && strings.Contains(l, `"id":"`+id+`"`) {
+			out = append(out, l)
+		}
+	}
+	return out
 }

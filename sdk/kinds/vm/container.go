@@ -301,6 +301,9 @@ func (c *container) Delete(ctx context.Context) error {
 	if err := unmountUnder(c.dir); err != nil {
 		return err
 	}
+	if err := os.RemoveAll(filepath.Join(c.s.cfg.Dir, offsetsDir, c.id)); err != nil {
+		return err
+	}
 	return os.RemoveAll(c.dir)
 }
 

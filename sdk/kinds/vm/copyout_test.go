@@ -1,6 +1,8 @@
 package vm
 
 import (
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -8,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
 )
 
 // TestCopyOutAbort: a caller whose output FIFO is open but never read
@@ -27,7 +31,7 @@ func TestCopyOutAbort(t *testing.T) {
 	p := &proc{abort: make(chan struct{})}
 	hostEnd, guestEnd := net.Pipe()
 	p.copies.Add(1)
-	go p.copyOut(hostEnd, fifo)
+	go p.copyOut(hostEnd, agentmux.Stdout, fifo, nil, 0)
 	go func() { // more than a pipe buffer holds
 		buf := make([]byte, 32<<10)
 		for range 16 {
@@ -47,4 +51,65 @@ func TestCopyOutAbort(t *testing.T) {
 		t.Fatal("output copy still blocked on a FIFO nobody reads after abort")
 	}
 	_ = os.Remove(fifo)
+}
+
+// TestCopyOutRecordsAndAcks: each chunk the host copies to the caller's
+// FIFO is then recorded in the stream's offset file and acknowledged to
+// the agent, starting from the offset the copy resumes at.
+func TestCopyOutRecordsAndAcks(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "stdout")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := createOffsetRecord(filepath.Join(dir, "offsets", "init.stdout"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rec.Close()
+	if err := rec.store(100); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan string, 1)
+	go func() {
+		f, err := os.Open(fifo)
+		if err != nil {
+			read <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(f)
+		f.Close()
+		read <- string(b)
+	}()
+	p := &proc{abort: make(chan struct{})}
+	hostEnd, guestEnd := net.Pipe()
+	p.copies.Add(1)
+	go p.copyOut(hostEnd, agentmux.Stdout, fifo, rec, 100)
+	var acks []uint64
+	for _, chunk := range []string{"hello ", "resumed ", "world"} {
+		if _, err := guestEnd.Write([]byte(chunk)); err != nil {
+			t.Fatal(err)
+		}
+		off, err := agentmux.ReadAck(guestEnd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks = append(acks, off)
+	}
+	guestEnd.Close()
+	p.copies.Wait()
+	if got := <-read; got != "hello resumed world" {
+		t.Errorf("caller read %q", got)
+	}
+	if fmt.Sprint(acks) != "[106 114 119]" {
+		t.Errorf("acks %v, want [106 114 119]", acks)
+	}
+	r2, off, err := openOffsetRecord(filepath.Join(dir, "offsets", "init.stdout"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Close()
+	if off != 119 {
+		t.Errorf("recorded offset %d, want 119", off)
+	}
 }

@@ -2,6 +2,9 @@ package vm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +22,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hoststdio"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/hypervisor"
 )
 
 // outputDrainTimeout bounds how long an exit waits for the process's
@@ -31,6 +35,13 @@ const outputDrainTimeout = 5 * time.Second
 // stdio streams: the agent bridges each to a FIFO in the guest that the
 // guest's Task API gets, and the host copies between the streams and the
 // caller's stdio.
+//
+// Output is delivered once, in order, across sandboxer restarts: the host
+// writes each chunk it receives to the caller's FIFO, then records the
+// stream's new offset in an offset file (stdio.go), then acknowledges it
+// to the agent, which keeps what is not acknowledged. A new worker
+// resumes the stream from the recorded offset. A crash between the write
+// and the record repeats that one chunk; no byte is lost.
 type proc struct {
 	c        *container
 	execID   string
@@ -42,9 +53,11 @@ type proc struct {
 	// write end held until CloseStdin (nil for a plain file).
 	in            net.Conn
 	inR, inHeld   *os.File
+	inHold        bool // the VMM holds a duplicate of inR
 	closeInOnce   sync.Once
 	outs          []net.Conn
-	abort         chan struct{} // closed to give up the copies
+	recs          []*offsetRecord // the output streams' offset files
+	abort         chan struct{}   // closed to give up the copies
 	abortOnce     sync.Once
 	copies        sync.WaitGroup // output copies
 	inCopy        sync.WaitGroup
@@ -67,6 +80,10 @@ func (c *container) newProc(ctx context.Context, execID string, stdio backend.St
 			p.closeIO()
 		}
 	}()
+	// The IDs name the guest's FIFOs and the host's offset files.
+	if err := (agentmux.StdioHeader{Container: c.id, Exec: execID}).Validate(); err != nil {
+		return nil, fmt.Errorf("process %s/%s: %v: %w", c.id, execID, err, errdefs.ErrInvalidArgument)
+	}
 	mc, err := c.s.muxClient()
 	if err != nil {
 		return nil, err
@@ -85,6 +102,7 @@ func (c *container) newProc(ctx context.Context, execID string, stdio backend.St
 		if p.inR, err = pollable(r); err != nil {
 			return nil, err
 		}
+		p.inHold = p.holdFIFO(agentmux.Stdin, p.inR)
 		if p.in, p.guestIn, err = dial(agentmux.Stdin); err != nil {
 			return nil, err
 		}
@@ -97,20 +115,80 @@ func (c *container) newProc(ctx context.Context, execID string, stdio backend.St
 		if o.dst == "" || (o.st == agentmux.Stderr && stdio.Terminal) {
 			continue // a terminal's output is all on stdout
 		}
+		rec, err := createOffsetRecord(c.offsetPath(execID, o.st))
+		if err != nil {
+			return nil, fmt.Errorf("%s offset record: %w", o.st, err)
+		}
+		p.recs = append(p.recs, rec)
 		conn, path, err := dial(o.st)
 		if err != nil {
 			return nil, err
 		}
 		*o.guest = path
-		p.outs = append(p.outs, conn)
-		p.copies.Add(1)
-		go p.copyOut(conn, o.dst)
+		p.startOutput(conn, o.st, o.dst, rec, 0)
 	}
+	p.watchOutput()
+	return p, nil
+}
+
+// startOutput starts copying an output stream from offset pos.
+func (p *proc) startOutput(conn net.Conn, st agentmux.Stream, dst string, rec *offsetRecord, pos uint64) {
+	p.outs = append(p.outs, conn)
+	p.copies.Add(1)
+	go p.copyOut(conn, st, dst, rec, pos)
+}
+
+// fdName names, in the VMM, the held FIFO end of one of p's streams.
+func (p *proc) fdName(st agentmux.Stream) string {
+	h := sha256.Sum256([]byte(p.c.id + "\x00" + p.execID + "\x00" + st.String()))
+	return "mgnt-" + hex.EncodeToString(h[:8])
+}
+
+// fdHolder is the sandbox's VMM as an FDHolder, or nil.
+func (p *proc) fdHolder() hypervisor.FDHolder {
+	if p.c == nil || p.c.s == nil {
+		return nil
+	}
+	p.c.s.mu.Lock()
+	v := p.c.s.vm
+	p.c.s.mu.Unlock()
+	h, _ := v.(hypervisor.FDHolder)
+	return h
+}
+
+// holdFIFO has the VMM hold f, an end of a stdio FIFO of the caller's,
+// so that the FIFO keeps it while no sandboxer runs: an output FIFO keeps
+// a writer (containerd's reader does not see end of file when the worker
+// dies), a stdin FIFO a reader (containerd's writes wait in it instead of
+// failing). Best effort: without it a restart ends the caller's copy.
+func (p *proc) holdFIFO(st agentmux.Stream, f *os.File) bool {
+	h := p.fdHolder()
+	if h == nil {
+		return false
+	}
+	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return h.HoldFD(ctx, p.fdName(st), f) == nil
+}
+
+// releaseFIFO releases what the VMM holds for stream st.
+func (p *proc) releaseFIFO(st agentmux.Stream) {
+	if h := p.fdHolder(); h != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = h.ReleaseFD(ctx, p.fdName(st))
+	}
+}
+
+// watchOutput closes outputDrained once every output copy ended.
+func (p *proc) watchOutput() {
 	go func() {
 		p.copies.Wait()
 		close(p.outputDrained)
 	}()
-	return p, nil
 }
 
 // pollable reopens a FIFO end in non-blocking mode, so that Close ends a
@@ -139,9 +217,15 @@ func pollable(f *os.File) (*os.File, error) {
 }
 
 // copyOut copies a stream into the caller's output until the agent ends
-// it (every writer in the guest is gone). When the caller's end fails or
-// never opens, the stream is still drained so the guest never blocks.
-func (p *proc) copyOut(conn net.Conn, dst string) {
+// it (every writer in the guest is gone). Each chunk is written, then its
+// end offset recorded in rec, then acknowledged to the agent (see
+// [proc]). When the caller's end fails or never opens, the stream is
+// still drained and acknowledged so the guest never blocks.
+//
+// The VMM holds a duplicate of the caller's FIFO end while the copy runs
+// (see holdFIFO), released once the stream ended, so that the caller
+// reads end of file after the last byte.
+func (p *proc) copyOut(conn net.Conn, st agentmux.Stream, dst string, rec *offsetRecord, pos uint64) {
 	defer p.copies.Done()
 	// An abort ends the wait for a reader and a write to one that does
 	// not read.
@@ -154,12 +238,33 @@ func (p *proc) copyOut(conn net.Conn, dst string) {
 	}
 	if err == nil {
 		stop := context.AfterFunc(ctx, func() { _ = w.SetWriteDeadline(time.Now()) })
-		_, err = io.Copy(w, conn)
-		stop()
-		w.Close()
+		defer stop()
+		if p.holdFIFO(st, w) {
+			defer p.releaseFIFO(st)
+		}
+	} else {
+		w = nil
 	}
-	if err != nil {
-		_, _ = io.Copy(io.Discard, conn)
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := conn.Read(buf)
+		if n > 0 {
+			if w != nil {
+				if _, err := w.Write(buf[:n]); err != nil {
+					w.Close()
+					w = nil // the caller's end is gone: drain from now on
+				}
+			}
+			pos += uint64(n)
+			_ = rec.store(pos)
+			_ = agentmux.WriteAck(conn, pos)
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	if w != nil {
+		w.Close()
 	}
 }
 
@@ -193,8 +298,23 @@ func (p *proc) abortIO() {
 }
 
 // closeIO ends the copies and closes the streams and the caller's stdin.
-func (p *proc) closeIO() {
+// The agent is told that the host is done with the output streams, so
+// that it drops what it holds of them.
+func (p *proc) closeIO() { p.shutIO(true) }
+
+// shutIO is closeIO; release false leaves the output streams to the
+// agent (for a later session to resume).
+func (p *proc) shutIO(release bool) {
 	p.closeOnce.Do(func() {
+		for _, c := range p.outs {
+			if release {
+				_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+				_ = agentmux.WriteAck(c, agentmux.AckRelease)
+			}
+		}
+		if release && p.inHold {
+			p.releaseFIFO(agentmux.Stdin)
+		}
 		p.abortIO()
 		p.closeIn()
 		if p.inR != nil {
@@ -206,6 +326,9 @@ func (p *proc) closeIO() {
 			if c != nil {
 				c.Close()
 			}
+		}
+		for _, r := range p.recs {
+			r.Close()
 		}
 	})
 }
@@ -331,6 +454,11 @@ func (p *proc) Delete(ctx context.Context) error {
 		p.c.mu.Lock()
 		delete(p.c.execs, p.execID)
 		p.c.mu.Unlock()
+		for _, st := range []agentmux.Stream{agentmux.Stdout, agentmux.Stderr} {
+			if rerr := os.Remove(p.c.offsetPath(p.execID, st)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
+		}
 	}
 	return err
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -16,6 +17,8 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hoststdio"
+	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/hypervisor"
 )
 
@@ -36,12 +39,16 @@ var _ backend.ContainerRecoverer = (*sandbox)(nil)
 // then to the guest agent with a new session on its serial socket, so that
 // the sandbox is again fully usable (Wait, new containers, exec, Stop).
 //
-// containerd 2.4 reports the containers of a restarted sandboxer dead (it
-// runs the shim's delete when the task connection closes, which answers
-// 137). So that no container keeps running unseen in the guest, every
-// container found in the sandbox's shared directory is killed (SIGKILL to
-// all its processes) and deleted in the guest; [sandbox.RecoverContainer]
-// then hands the engine containers that have exited, with their status.
+// With [Config.ResumeContainers] (the task connections outlived the
+// restart), the containers keep running: [sandbox.RecoverContainer]
+// resumes each one's stdio streams and waits for it in the guest.
+// Otherwise containerd 2.4 has reported the containers of the restarted
+// sandboxer dead (it runs the shim's delete when the task connection
+// closes, which answers 137); so that no container keeps running unseen in
+// the guest, every container found in the sandbox's shared directory is
+// killed (SIGKILL to all its processes) and deleted in the guest, and
+// [sandbox.RecoverContainer] then hands the engine containers that have
+// exited, with their status.
 //
 // If the VM is gone, the sandbox is returned exited (Wait returns at once)
 // so that it can be deleted. If its agent does not answer within the boot
@@ -76,6 +83,10 @@ func (b *Backend) recoverSandbox(ctx context.Context, cfg backend.SandboxConfig,
 		if serr := v.Stop(sctx, true); serr != nil {
 			return nil, fmt.Errorf("recover vm sandbox %s: agent: %v; stop vm: %w", cfg.ID, err, serr)
 		}
+		return s, nil
+	}
+	if b.cfg.ResumeContainers {
+		s.startMonitors()
 		return s, nil
 	}
 	ended, err := s.endContainers(ctx)
@@ -157,28 +168,152 @@ func (s *sandbox) endContainer(ctx context.Context, tc taskapi.TTRPCTaskService,
 }
 
 // RecoverContainer returns a container that ran before a sandboxer
-// restart. It has exited (the recovery ended it in the guest, see
-// [Backend.Recover]) and can only be waited for and deleted, which
-// unmounts its rootfs and removes its shared directory.
+// restart. With [Config.ResumeContainers] it is resumed (see
+// resumeContainer); otherwise it has exited (the recovery ended it in the
+// guest, see [Backend.Recover]) and can only be waited for and deleted,
+// which unmounts its rootfs and removes its shared directory.
 func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerConfig, pid uint32) (backend.Container, error) {
 	if cfg.ID == "" || filepath.Base(cfg.ID) != cfg.ID || cfg.ID == "." || cfg.ID == ".." {
 		return nil, fmt.Errorf("container id %q: %w", cfg.ID, errdefs.ErrInvalidArgument)
 	}
+	if s.b.cfg.ResumeContainers {
+		return s.resumeContainer(ctx, cfg)
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	e, ok := s.ended[cfg.ID]
+	s.mu.Unlock()
 	switch {
 	case !ok:
 		return nil, fmt.Errorf("container %q of vm sandbox %s: %w", cfg.ID, s.cfg.ID, errdefs.ErrNotFound)
 	case e.err != nil:
 		return nil, e.err
 	}
-	c := &container{s: s, id: cfg.ID, dir: filepath.Join(s.shared, cfg.ID), execs: map[string]*proc{}}
-	// No stdio: its streams ended with the earlier agent session.
-	p := &proc{c: c, pid: pid, exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{}), exit: e.exit}
+	return s.exitedContainer(cfg.ID, pid, e.exit), nil
+}
+
+// exitedContainer registers container id, which has exited with exit: it
+// has no stdio (its streams ended with the earlier agent session, or
+// could not be resumed).
+func (s *sandbox) exitedContainer(id string, pid uint32, exit backend.ExitStatus) *container {
+	c := &container{s: s, id: id, dir: filepath.Join(s.shared, id), execs: map[string]*proc{}}
+	p := &proc{c: c, pid: pid, exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{}), exit: exit}
 	close(p.exited)
 	close(p.outputDrained)
+	// The ends of the caller's FIFOs that the VMM held for the earlier
+	// worker go: the caller's copies see end of file.
+	for _, st := range []agentmux.Stream{agentmux.Stdin, agentmux.Stdout, agentmux.Stderr} {
+		p.releaseFIFO(st)
+	}
 	c.init = p
+	s.mu.Lock()
+	s.ctrs[id] = c
+	s.mu.Unlock()
+	return c
+}
+
+// resumeContainer re-attaches to a container that kept running in the
+// guest while no worker was attached: its output streams resume from the
+// offsets the host recorded (the agent held what was not acknowledged),
+// its stdin stream is attached again to the caller's FIFO, and it is
+// waited for in the guest, which kept its exit status if it exited
+// meanwhile. It can then be signalled, exec'd into, attached to and
+// deleted like any other. A container the guest no longer knows is
+// reported exited (255); one whose streams cannot be resumed (an agent
+// without resumable streams) is ended as without ResumeContainers.
+func (s *sandbox) resumeContainer(ctx context.Context, cfg backend.ContainerConfig) (backend.Container, error) {
+	tc, err := s.taskClient()
+	if err != nil {
+		return nil, err
+	}
+	st, err := tc.State(s.ns(ctx), &taskapi.StateRequest{ID: cfg.ID})
+	if err != nil {
+		if err = errgrpc.ToNative(err); errdefs.IsNotFound(err) {
+			return s.exitedContainer(cfg.ID, 0, backend.ExitStatus{Code: 255, ExitedAt: time.Now().UTC()}), nil
+		}
+		return nil, fmt.Errorf("state of container %q in the guest: %w", cfg.ID, err)
+	}
+	c := &container{s: s, id: cfg.ID, dir: filepath.Join(s.shared, cfg.ID), execs: map[string]*proc{}}
+	p := &proc{c: c, terminal: cfg.Stdio.Terminal, pid: st.GetPid(), exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{})}
+	if err := p.resumeIO(ctx, cfg.Stdio, st.GetStatus() != task.Status_STOPPED); err != nil {
+		p.shutIO(false)
+		e := s.endContainer(ctx, tc, cfg.ID)
+		if e.err != nil {
+			return nil, fmt.Errorf("resume stdio of container %q: %v; end it: %w", cfg.ID, err, e.err)
+		}
+		return s.exitedContainer(cfg.ID, st.GetPid(), e.exit), nil
+	}
+	p.watchOutput()
+	p.startOnce.Do(func() { go p.watch(tc) })
+	c.init = p
+	s.mu.Lock()
 	s.ctrs[cfg.ID] = c
+	s.mu.Unlock()
 	return c, nil
+}
+
+// resumeIO resumes the stdio streams of the init process of a recovered
+// container (running: whether it still runs, so that its stdin matters).
+func (p *proc) resumeIO(ctx context.Context, stdio backend.Stdio, running bool) error {
+	mc, err := p.c.s.muxClient()
+	if err != nil {
+		return err
+	}
+	resume := func(st agentmux.Stream, off uint64) (net.Conn, error) {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return mc.ResumeStdio(rctx, agentmux.StdioHeader{Container: p.c.id, Stream: st}, off)
+	}
+	for _, o := range []struct {
+		dst string
+		st  agentmux.Stream
+	}{{stdio.Stdout, agentmux.Stdout}, {stdio.Stderr, agentmux.Stderr}} {
+		if o.dst == "" || (o.st == agentmux.Stderr && stdio.Terminal) {
+			continue
+		}
+		rec, off, err := openOffsetRecord(p.c.offsetPath("", o.st))
+		if err != nil {
+			return fmt.Errorf("%s offset: %w", o.st, err)
+		}
+		conn, err := resume(o.st, off)
+		if errors.Is(err, agentmux.ErrStdioGone) {
+			// Delivered to the end: the caller reads end of file once
+			// the end the VMM holds for the earlier worker is closed.
+			rec.Close()
+			p.releaseFIFO(o.st)
+			continue
+		}
+		if err != nil {
+			rec.Close()
+			return err
+		}
+		p.recs = append(p.recs, rec)
+		p.startOutput(conn, o.st, o.dst, rec, off)
+	}
+	if stdio.Stdin == "" {
+		return nil
+	}
+	if !running {
+		p.releaseFIFO(agentmux.Stdin) // no more input for it
+		return nil
+	}
+	conn, err := resume(agentmux.Stdin, 0)
+	if errors.Is(err, agentmux.ErrStdioGone) {
+		p.releaseFIFO(agentmux.Stdin)
+		return nil // closed before the restart
+	}
+	if err != nil {
+		return err
+	}
+	p.in = conn
+	r, held, err := hoststdio.OpenInput(stdio.Stdin)
+	if err != nil {
+		return fmt.Errorf("open stdin: %w", err)
+	}
+	p.inHeld = held
+	if p.inR, err = pollable(r); err != nil {
+		return err
+	}
+	p.inHold = p.holdFIFO(agentmux.Stdin, p.inR) // replaces the earlier worker's
+	p.startInput()
+	return nil
 }

@@ -85,6 +85,15 @@ type Config struct {
 	// (default 10m).
 	ClockCheckInterval time.Duration
 	ClockSyncInterval  time.Duration
+
+	// ResumeContainers makes a recovery resume the containers that ran
+	// in the guest: they keep running, their output streams continue
+	// where the host stopped, and their exits are reported. Set it when
+	// the caller that held the containers' task connections kept them
+	// (a sandboxer worker restarted under its supervisor). When false, a
+	// recovery ends them (containerd took their closed task connections
+	// for dead shims and reported them exited): see recover.go.
+	ResumeContainers bool
 }
 
 // withDefaults fills the zero fields with their defaults.

@@ -5,7 +5,10 @@
 // accepts them. Every stream starts with a one-byte kind: a ttrpc stream
 // carries one ttrpc connection (containerd's task client, the sandboxer's
 // agent client); a stdio stream carries one standard stream of a process
-// in the guest (see [StdioHeader]).
+// in the guest (see [StdioHeader]). Stdio streams survive the session:
+// the agent keeps the process's FIFOs and its unacknowledged output, and
+// a new session resumes them ([Client.ResumeStdio]), so that a sandboxer
+// restart loses no output.
 //
 // Before yamux starts, the two ends shake hands (see [Handshake] and
 // [Accept]) so that a host that reconnects at once never has its first
@@ -18,6 +21,7 @@ package agentmux
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -61,24 +65,50 @@ func (c *Client) Dial() (net.Conn, error) {
 	return st, nil
 }
 
-// DialStdio opens a stdio stream: the agent makes a FIFO in the guest for
-// h and bridges it to the stream. It returns the stream and the guest
-// path of the FIFO, to be passed to the guest's Task API. Closing the
-// stream (a half close: [net.Conn] Close on a yamux stream sends FIN) ends
-// a stdin stream's input; the agent closes an output stream once the
-// process's writers are all gone.
+// DialStdio opens a resumable stdio stream: the agent makes a FIFO in the
+// guest for h and bridges it to the stream. It returns the stream and the
+// guest path of the FIFO, to be passed to the guest's Task API.
+//
+// On an output stream the host acknowledges what it delivered
+// ([WriteAck]); the agent keeps the bytes not yet acknowledged (and, once
+// it holds its bound, leaves the rest in the process's pipe) so that a
+// later session can resume the stream where the host stopped
+// ([Client.ResumeStdio]). The agent half-closes an output stream after
+// its last byte, once the process's writers are all gone. Closing a stdin
+// stream (a half close: [net.Conn] Close on a yamux stream sends FIN)
+// ends the process's input; a session that ends does not. Sending
+// [AckRelease] on an output stream ends it for good.
 func (c *Client) DialStdio(ctx context.Context, h StdioHeader) (net.Conn, string, error) {
 	hdr, err := h.encode()
 	if err != nil {
 		return nil, "", err
 	}
+	return c.openStdio(ctx, h, append([]byte{byte(kindStdioOpen)}, hdr...))
+}
+
+// ResumeStdio re-attaches a stream opened with [Client.DialStdio] by an
+// earlier session. For an output stream, off is how many of its bytes the
+// host has delivered: the stream carries the bytes from there on. It
+// returns [ErrStdioGone] when the agent no longer has the stream.
+func (c *Client) ResumeStdio(ctx context.Context, h StdioHeader, off uint64) (net.Conn, error) {
+	hdr, err := h.encode()
+	if err != nil {
+		return nil, err
+	}
+	var o [8]byte
+	binary.BigEndian.PutUint64(o[:], off)
+	st, _, err := c.openStdio(ctx, h, append(append([]byte{byte(kindStdioResume)}, hdr...), o[:]...))
+	return st, err
+}
+
+func (c *Client) openStdio(ctx context.Context, h StdioHeader, req []byte) (net.Conn, string, error) {
 	st, err := c.s.OpenStream()
 	if err != nil {
 		return nil, "", fmt.Errorf("agentmux open stdio stream: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Now()) })
 	path, err := func() (string, error) {
-		if _, err := st.Write(append([]byte{byte(kindStdio)}, hdr...)); err != nil {
+		if _, err := st.Write(req); err != nil {
 			return "", err
 		}
 		return readReply(st)

@@ -3,6 +3,8 @@ package agentmux_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -229,11 +231,15 @@ func TestHandshakeHonoursContext(t *testing.T) {
 func TestStdioStreams(t *testing.T) {
 	a, h := net.Pipe()
 	var served sync.WaitGroup
-	handler := func(ctx context.Context, conn net.Conn, hd agentmux.StdioHeader) {
+	handler := func(ctx context.Context, conn net.Conn, req agentmux.StdioRequest) {
 		served.Add(1)
 		defer served.Done()
 		defer conn.Close()
-		if err := agentmux.ReplyStdio(conn, "/fifo/"+hd.String(), nil); err != nil {
+		if req.Mode != agentmux.StdioOpen {
+			_ = agentmux.ReplyStdio(conn, "", fmt.Errorf("mode %d", req.Mode))
+			return
+		}
+		if err := agentmux.ReplyStdio(conn, "/fifo/"+req.String(), nil); err != nil {
 			return
 		}
 		b, _ := io.ReadAll(conn)
@@ -294,6 +300,80 @@ func TestStdioRefusedWithoutHandler(t *testing.T) {
 	}
 	c.Close()
 	h.Close()
+	a.Close()
+	<-done
+}
+
+// TestStdioResume: a resume request carries its offset to the handler;
+// the handler's ErrStdioGone reaches the host as ErrStdioGone; on the
+// agent a read tells the host's close (io.EOF) from the session's end
+// (ErrSessionClosed); acknowledgements round-trip.
+func TestStdioResume(t *testing.T) {
+	a, h := net.Pipe()
+	type seen struct {
+		req     agentmux.StdioRequest
+		acks    []uint64
+		readErr error
+	}
+	got := make(chan seen, 4)
+	handler := func(ctx context.Context, conn net.Conn, req agentmux.StdioRequest) {
+		defer conn.Close()
+		if req.Container == "gone" {
+			_ = agentmux.ReplyStdio(conn, "", fmt.Errorf("%s: %w", req.StdioHeader, agentmux.ErrStdioGone))
+			return
+		}
+		if err := agentmux.ReplyStdio(conn, "/fifo", nil); err != nil {
+			return
+		}
+		s := seen{req: req}
+		for {
+			off, err := agentmux.ReadAck(conn)
+			if err != nil {
+				s.readErr = err
+				break
+			}
+			s.acks = append(s.acks, off)
+		}
+		got <- s
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = serveAgent(a, handler)
+	}()
+	c := dialHost(t, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.ResumeStdio(ctx, agentmux.StdioHeader{Container: "gone", Stream: agentmux.Stdout}, 5); !errors.Is(err, agentmux.ErrStdioGone) {
+		t.Errorf("resume of a gone stream = %v, want ErrStdioGone", err)
+	}
+	st, err := c.ResumeStdio(ctx, agentmux.StdioHeader{Container: "c", Exec: "e", Stream: agentmux.Stderr}, 1<<40+3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []uint64{7, 1 << 40, agentmux.AckRelease} {
+		if err := agentmux.WriteAck(st, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close() // the host's close: io.EOF on the agent
+	s := <-got
+	if s.req.Mode != agentmux.StdioResume || s.req.Offset != 1<<40+3 || s.req.Container != "c" || s.req.Exec != "e" || s.req.Stream != agentmux.Stderr {
+		t.Errorf("request = %+v", s.req)
+	}
+	if fmt.Sprint(s.acks) != fmt.Sprint([]uint64{7, 1 << 40, agentmux.AckRelease}) || !errors.Is(s.readErr, io.EOF) {
+		t.Errorf("acks %v, end %v; want 7, 2^40, release, then io.EOF", s.acks, s.readErr)
+	}
+
+	// A session that ends: ErrSessionClosed.
+	if _, _, err := c.DialStdio(ctx, agentmux.StdioHeader{Container: "c", Stream: agentmux.Stdout}); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	h.Close()
+	if s := <-got; s.req.Mode != agentmux.StdioOpen || !errors.Is(s.readErr, agentmux.ErrSessionClosed) {
+		t.Errorf("stream of an ended session: mode %d, read %v; want open, ErrSessionClosed", s.req.Mode, s.readErr)
+	}
 	a.Close()
 	<-done
 }

@@ -13,8 +13,41 @@ type streamKind byte
 
 const (
 	kindTTRPC streamKind = 'T'
+	// kindStdio is a stdio stream without acknowledgements, ended with
+	// its session (what hosts before resumable streams open).
 	kindStdio streamKind = 'S'
+	// kindStdioOpen opens a resumable stdio stream; kindStdioResume
+	// re-attaches one from an offset (see [StdioMode]).
+	kindStdioOpen   streamKind = 'O'
+	kindStdioResume streamKind = 'R'
 )
+
+// StdioMode is how a stdio stream was asked for.
+type StdioMode byte
+
+const (
+	// StdioLegacy is a stream of a host that does not acknowledge
+	// output: what is sent counts as delivered, and the stream and its
+	// FIFO end with the session.
+	StdioLegacy StdioMode = iota
+	// StdioOpen opens a resumable stream: the agent makes the FIFO and
+	// keeps it (and, for output, the bytes not yet acknowledged) across
+	// sessions until the host releases it, the output ends and is all
+	// acknowledged, or the process is deleted.
+	StdioOpen
+	// StdioResume re-attaches a stream opened earlier (by a previous
+	// session) from [StdioRequest.Offset].
+	StdioResume
+)
+
+// StdioRequest is what a stdio stream asks the agent for.
+type StdioRequest struct {
+	StdioHeader
+	Mode StdioMode
+	// Offset is, for StdioResume of an output stream, how many bytes of
+	// the stream the host has delivered: the agent sends from there.
+	Offset uint64
+}
 
 // Stream names a standard stream.
 type Stream byte
@@ -105,12 +138,28 @@ func readHeader(r io.Reader) (StdioHeader, error) {
 	return h, h.Validate()
 }
 
+// Reply statuses of a stdio stream.
+const (
+	replyOK   = 0
+	replyErr  = 1
+	replyGone = 2
+)
+
+// ErrStdioGone is returned by [Client.ResumeStdio] when the agent no
+// longer has the stream: it was released, or its output ended and was
+// all acknowledged, or its process was deleted.
+var ErrStdioGone = errors.New("agentmux: stdio stream gone")
+
 // ReplyStdio answers a stdio stream's header: the guest path of its FIFO,
-// or why there is none. The agent's [StdioHandler] calls it first.
+// or why there is none ([ErrStdioGone] for a stream to resume that no
+// longer exists). The agent's [StdioHandler] calls it first.
 func ReplyStdio(w io.Writer, path string, err error) error {
-	status, msg := byte(0), path
-	if err != nil {
-		status, msg = 1, err.Error()
+	status, msg := byte(replyOK), path
+	switch {
+	case errors.Is(err, ErrStdioGone):
+		status, msg = replyGone, err.Error()
+	case err != nil:
+		status, msg = replyErr, err.Error()
 	}
 	if len(msg) > 0xffff {
 		msg = msg[:0xffff]
@@ -130,8 +179,39 @@ func readReply(r io.Reader) (string, error) {
 	if _, err := io.ReadFull(r, msg); err != nil {
 		return "", err
 	}
-	if b[0] != 0 {
-		return "", fmt.Errorf("agent: %s", msg)
+	switch b[0] {
+	case replyOK:
+		return string(msg), nil
+	case replyGone:
+		return "", ErrStdioGone
 	}
-	return string(msg), nil
+	return "", fmt.Errorf("agent: %s", msg)
+}
+
+// Acknowledgements go from the host to the agent on a resumable output
+// stream, each an 8-byte big-endian offset: the host has delivered every
+// byte of the stream before it (written it to the caller's FIFO and
+// recorded the offset), so the agent may drop them. [AckRelease] instead
+// tells the agent that the host is done with the stream.
+const ackLen = 8
+
+// AckRelease, sent as an acknowledgement, releases a stream: the agent
+// drops what it holds of it and closes its FIFO.
+const AckRelease = ^uint64(0)
+
+// WriteAck sends an acknowledgement of offset off (or [AckRelease]).
+func WriteAck(w io.Writer, off uint64) error {
+	var b [ackLen]byte
+	binary.BigEndian.PutUint64(b[:], off)
+	_, err := w.Write(b[:])
+	return err
+}
+
+// ReadAck reads the next acknowledgement.
+func ReadAck(r io.Reader) (uint64, error) {
+	var b [ackLen]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(b[:]), nil
 }

@@ -2,6 +2,7 @@ package agentmux
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -14,8 +15,14 @@ import (
 
 // StdioHandler serves one stdio stream on the agent. It must answer with
 // [ReplyStdio] first, and return when it is done with conn, at the latest
-// soon after ctx is done (the session ended). It owns conn.
-type StdioHandler func(ctx context.Context, conn net.Conn, h StdioHeader)
+// soon after ctx is done (the session ended). It owns conn. A read from
+// conn fails with [ErrSessionClosed] rather than io.EOF when the session
+// ended (the host went away) rather than the host closing the stream.
+type StdioHandler func(ctx context.Context, conn net.Conn, req StdioRequest)
+
+// ErrSessionClosed is what a stdio stream's Read returns on the agent
+// once its session has ended.
+var ErrSessionClosed = errors.New("agentmux: session closed")
 
 // headerTimeout bounds how long a new stream may take to say what it is.
 const headerTimeout = 30 * time.Second
@@ -78,8 +85,8 @@ func (l *Listener) dispatch(st *yamux.Stream) {
 		case <-l.done:
 			st.Close()
 		}
-	case kindStdio:
-		h, err := readHeader(st)
+	case kindStdio, kindStdioOpen, kindStdioResume:
+		req, err := readRequest(st, streamKind(kind[0]))
 		_ = st.SetReadDeadline(time.Time{})
 		if err == nil && l.handler == nil {
 			err = errors.New("stdio streams not served")
@@ -89,7 +96,7 @@ func (l *Listener) dispatch(st *yamux.Stream) {
 			st.Close()
 			return
 		}
-		l.handler(l.ctx, st, h)
+		l.handler(l.ctx, &sessionConn{Stream: st, s: l.s}, req)
 	default:
 		st.Close()
 	}
@@ -125,3 +132,42 @@ func (l *Listener) Wait() {
 
 // Addr is the session's address.
 func (l *Listener) Addr() net.Addr { return l.s.Addr() }
+
+// readRequest reads a stdio stream's header (and offset, to resume).
+func readRequest(r io.Reader, k streamKind) (StdioRequest, error) {
+	h, err := readHeader(r)
+	if err != nil {
+		return StdioRequest{}, err
+	}
+	req := StdioRequest{StdioHeader: h}
+	switch k {
+	case kindStdio:
+		req.Mode = StdioLegacy
+	case kindStdioOpen:
+		req.Mode = StdioOpen
+	case kindStdioResume:
+		req.Mode = StdioResume
+		var b [8]byte
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			return StdioRequest{}, err
+		}
+		req.Offset = binary.BigEndian.Uint64(b[:])
+	}
+	return req, nil
+}
+
+// sessionConn tells a stream its host closed (io.EOF) from one whose
+// session ended (ErrSessionClosed): yamux reports both as end of file.
+// yamux marks the session shut down before it closes its streams.
+type sessionConn struct {
+	*yamux.Stream
+	s *yamux.Session
+}
+
+func (c *sessionConn) Read(p []byte) (int, error) {
+	n, err := c.Stream.Read(p)
+	if errors.Is(err, io.EOF) && c.s.IsClosed() {
+		err = ErrSessionClosed
+	}
+	return n, err
+}

@@ -62,6 +62,20 @@ type Recoverer interface {
 	Recover(ctx context.Context, cfg Config) (VM, error)
 }
 
+// FDHolder is implemented by VMs whose VMM can keep file descriptors open
+// on the sandboxer's behalf: they stay open for as long as the VMM runs
+// (or until released), across restarts of the sandboxer. The vm kind
+// holds the ends of containerd's stdio FIFOs that keep them usable while
+// no sandboxer runs.
+type FDHolder interface {
+	// HoldFD keeps a duplicate of f open under name, replacing (and
+	// closing) what an earlier call held under the same name.
+	HoldFD(ctx context.Context, name string, f *os.File) error
+	// ReleaseFD closes what is held under name; a name not held is not an
+	// error.
+	ReleaseFD(ctx context.Context, name string) error
+}
+
 // ExitStatus is how the VMM process ended.
 type ExitStatus struct {
 	// Code is the exit code, or 128+signal when killed by a signal, or

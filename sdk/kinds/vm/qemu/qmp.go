@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // qmp is one QMP session: QEMU's JSON control protocol on a unix socket.
@@ -52,6 +55,12 @@ func dialQMP(ctx context.Context, path string, exited <-chan struct{}) (*qmp, er
 // execute runs one command and returns its "return" value; asynchronous
 // events read meanwhile are skipped.
 func (q *qmp) execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.executeWithFile(ctx, cmd, args, nil)
+}
+
+// executeWithFile is execute, passing f along with the command (as
+// SCM_RIGHTS ancillary data) when f is not nil.
+func (q *qmp) executeWithFile(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = q.conn.SetDeadline(dl)
 	}
@@ -63,7 +72,26 @@ func (q *qmp) execute(ctx context.Context, cmd string, args any) (json.RawMessag
 	if err != nil {
 		return nil, err
 	}
-	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+	if f == nil {
+		_, err = q.conn.Write(append(b, '\n'))
+	} else {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("qmp %s: cannot pass a file over a %T", cmd, q.conn)
+		}
+		// Through SyscallConn, not Fd, which would make f blocking.
+		sc, serr := f.SyscallConn()
+		if serr != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, serr)
+		}
+		cerr := sc.Control(func(fd uintptr) {
+			_, _, err = uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(int(fd)), nil)
+		})
+		if cerr != nil {
+			err = cerr
+		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
 	for {

@@ -183,6 +183,34 @@ func (v *vm) qmp(ctx context.Context) (*qmp, error) {
 	return dialQMP(ctx, v.files.qmp, v.done)
 }
 
+var _ hypervisor.FDHolder = (*vm)(nil)
+
+// HoldFD hands QEMU a duplicate of f (QMP getfd, SCM_RIGHTS): QEMU keeps
+// it in its monitor, across QMP sessions, until closefd or its exit.
+func (v *vm) HoldFD(ctx context.Context, name string, f *os.File) error {
+	q, err := v.qmp(ctx)
+	if err != nil {
+		return err
+	}
+	defer q.close()
+	_, err = q.executeWithFile(ctx, "getfd", map[string]any{"fdname": name}, f)
+	return err
+}
+
+// ReleaseFD closes what QEMU holds under name (QMP closefd).
+func (v *vm) ReleaseFD(ctx context.Context, name string) error {
+	q, err := v.qmp(ctx)
+	if err != nil {
+		return err
+	}
+	defer q.close()
+	_, err = q.execute(ctx, "closefd", map[string]any{"fdname": name})
+	if err != nil && strings.Contains(err.Error(), "not found") {
+		return nil
+	}
+	return err
+}
+
 // AgentConn dials the agent socket.
 func (v *vm) AgentConn(ctx context.Context) (net.Conn, error) {
 	conn, err := dialRetry(ctx, v.files.agent, v.done)

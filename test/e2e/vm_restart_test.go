@@ -122,7 +122,7 @@ func TestVMSandboxerRestart(t *testing.T) {
 	}
 
 	// containerd's task events, to show that it saw no container exit.
-	events := e.watchEvents(t)
+	events := e.watchTaskExits(t)
 
 	nsOpts := p.cfg.Linux.GetSecurityContext().GetNamespaceOptions()
 	const counterScript = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done"
@@ -147,7 +147,7 @@ func TestVMSandboxerRestart(t *testing.T) {
 		Linux:    &runtime.LinuxContainerConfig{SecurityContext: &runtime.LinuxContainerSecurityContext{NamespaceOptions: nsOpts}},
 	})
 	log := filepath.Join(p.cfg.LogDirectory, "counter.log")
-	testutil.Eventually(t, 60*time.Second, func() bool { return len(counterLines(t, log)) >= 5 }, "the counter's first lines in its log")
+	testutil.Eventually(t, 60*time.Second, func() bool { return len(seqLines(t, log, "")) >= 5 }, "the counter's first lines in its log")
 
 	// (a) kill -9 of the worker. The supervisor is held still so that the
 	// gap lasts while gapper exits in the guest.
@@ -192,8 +192,8 @@ func TestVMSandboxerRestart(t *testing.T) {
 	e.waitNewWorker(t, old, p)
 	e.checkResumed(t, p, log, counter, echo, "after-upgrade")
 	for _, id := range []string{counter, echo} {
-		if ev := events.exitsOf(id); len(ev) > 0 {
-			t.Errorf("containerd saw container %s exit across the restarts: %q", id, ev)
+		if code, ok := events.exited(id); ok {
+			t.Errorf("containerd saw container %s exit (%d) across the restarts", id, code)
 		}
 	}
 	sb, err = e.api().GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: p.id})
@@ -211,7 +211,7 @@ func TestVMSandboxerRestart(t *testing.T) {
 	if st := e.waitExited(t, counter); st.ExitCode != 137 && st.ExitCode != 255 {
 		t.Errorf("container after a full restart: exit %d, want 137 or 255", st.ExitCode)
 	}
-	if ev := events.exitsOf(counter); len(ev) == 0 {
+	if _, ok := events.exited(counter); !ok {
 		t.Errorf("containerd's events show no exit of %s after the full restart: the event watch sees nothing", counter)
 	}
 	ps, err := e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
@@ -270,11 +270,11 @@ func (e *env) checkResumed(t *testing.T, p *pod, log, counter, echo, tag string)
 	t.Helper()
 	e.requireRunning(t, counter)
 	e.requireRunning(t, echo)
-	before := len(counterLines(t, log))
-	testutil.Eventually(t, 60*time.Second, func() bool { return len(counterLines(t, log)) >= before+20 }, "20 more lines of the counter %s", tag)
-	for i, n := range counterLines(t, log) {
+	before := len(seqLines(t, log, ""))
+	testutil.Eventually(t, 60*time.Second, func() bool { return len(seqLines(t, log, "")) >= before+20 }, "20 more lines of the counter %s", tag)
+	for i, n := range seqLines(t, log, "") {
 		if n != i {
-			t.Fatalf("%s: counter log line %d is %d: output lost or repeated: %v", tag, i, n, counterLines(t, log))
+			t.Fatalf("%s: counter log line %d is %d: output lost or repeated: %v", tag, i, n, seqLines(t, log, ""))
 		}
 	}
 	ex, err := e.rt.ExecSync(ctxT(t), &runtime.ExecSyncRequest{ContainerId: counter, Cmd: []string{"sh", "-c", "echo exec-" + tag + "; exit 4"}, Timeout: 60})
@@ -291,38 +291,4 @@ func (e *env) checkResumed(t *testing.T, p *pod, log, counter, echo, tag string)
 	if got := e.logOf(t, p, "echo", "got:hello-"+tag); !strings.Contains(got, "got:hello-"+tag) {
 		t.Errorf("%s: attached stdin did not reach the recovered container: log %q, crictl %q", tag, got, out)
 	}
-}
-
-// taskEvents collects containerd's events (ctr events) while a test runs.
-type taskEvents struct{ buf *testutil.Buffer }
-
-// watchEvents starts collecting containerd's events until the test ends.
-func (e *env) watchEvents(t *testing.T) *taskEvents {
-	t.Helper()
-	bin, _ := harness.DefaultBinDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "ctr"), "--address", e.ctrd.Address(), "events")
-	buf := &testutil.Buffer{}
-	cmd.Stdout = buf
-	cmd.Stderr = buf
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("ctr events: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-	})
-	return &taskEvents{buf: buf}
-}
-
-// exitsOf returns the TaskExit events of container id's init process.
-func (ev *taskEvents) exitsOf(id string) []string {
-	var out []string
-	for _, l := range strings.Split(ev.buf.String(), "\n") {
-		if strings.Contains(l, "/tasks/exit") && strings.Contains(l, `"id":"`+id+`"`) {
-			out = append(out, l)
-		}
-	}
-	return out
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -43,6 +44,8 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := s.joinPod(&spec); err != nil {
 		return nil, err
 	}
+	spec.Mounts = slices.Clone(spec.Mounts)
+	s.withResolvConf(&spec)
 	data, err := json.Marshal(&spec)
 	if err != nil {
 		return nil, err

@@ -17,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
 )
 
@@ -45,7 +46,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 		return nil, err
 	}
 	spec.Mounts = slices.Clone(spec.Mounts)
-	s.withResolvConf(&spec)
+	podfiles.AddResolvConf(&spec, s.cfg.Dir)
 	data, err := json.Marshal(&spec)
 	if err != nil {
 		return nil, err

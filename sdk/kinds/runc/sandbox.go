@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 )
 
 // sandboxState is what a runc sandbox persists.
@@ -96,7 +97,7 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 			_ = s.releaseNamespaces()
 		}
 	}()
-	if err := writeResolvConf(filepath.Join(s.cfg.Dir, resolvConfName), s.cfg.DNS); err != nil {
+	if err := podfiles.WriteResolvConf(s.cfg.Dir, s.cfg.DNS); err != nil {
 		return backend.StartInfo{}, err
 	}
 	if err := holdNamespaces(nsDir, flags, s.cfg.Hostname, s.cfg.NetNSPath, sysctls); err != nil {
@@ -215,74 +216,6 @@ func setSysctls(flags int, netns string, sysctls []backend.Sysctl) error {
 		}
 	}
 	return nil
-}
-
-// resolvConfName is the pod's resolv.conf in the sandbox directory.
-const resolvConfName = "resolv.conf"
-
-// writeResolvConf writes the pod's resolv.conf crash-safely: dns rendered,
-// or the host's /etc/resolv.conf when dns is empty (as containerd does for
-// its pause-container pods).
-func writeResolvConf(path string, dns backend.DNSConfig) error {
-	data := dns.ResolvConf()
-	if dns.IsZero() {
-		var err error
-		if data, err = os.ReadFile("/etc/resolv.conf"); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("read the host's resolv.conf: %w", err)
-		}
-	}
-	return writeFileAtomic(path, data, 0o644)
-}
-
-// writeFileAtomic writes data to path through a synced temporary file
-// renamed into place.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
-}
-
-// withResolvConf gives the container the pod's resolv.conf as
-// /etc/resolv.conf (read-only with a read-only root), unless the spec
-// mounts one itself. CRI leaves that to sandboxers other than its own.
-func (s *sandbox) withResolvConf(spec *specs.Spec) {
-	for _, m := range spec.Mounts {
-		if filepath.Clean(m.Destination) == "/etc/resolv.conf" {
-			return
-		}
-	}
-	src := filepath.Join(s.cfg.Dir, resolvConfName)
-	if _, err := os.Stat(src); err != nil {
-		return // a sandbox started before pods had one
-	}
-	opts := []string{"rbind", "rprivate"}
-	if spec.Root != nil && spec.Root.Readonly {
-		opts = append(opts, "ro")
-	}
-	spec.Mounts = append(spec.Mounts, specs.Mount{
-		Destination: "/etc/resolv.conf",
-		Type:        "bind",
-		Source:      src,
-		Options:     opts,
-	})
 }
 
 // Wait blocks until Stop.

@@ -111,6 +111,11 @@ func globalArgs(rt *gorunc.Runc) []string {
 // Start creates and starts the sandbox's root container: the pod init
 // (this program re-executed) in an empty, read-only root file system.
 func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error) {
+	// gVisor's kernel keeps its own System V IPC objects: it cannot share
+	// the host's.
+	if s.cfg.HostIPC {
+		return backend.StartInfo{}, fmt.Errorf("a gVisor pod cannot share the host's IPC namespace (hostIPC): %w", errdefs.ErrInvalidArgument)
+	}
 	if err := podfiles.WriteResolvConf(s.cfg.Dir, s.cfg.DNS); err != nil {
 		return backend.StartInfo{}, err
 	}

@@ -116,6 +116,12 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	if s.cfg.HostIPC {
 		return backend.StartInfo{}, fmt.Errorf("a gVisor pod cannot share the host's IPC namespace (hostIPC): %w", errdefs.ErrInvalidArgument)
 	}
+	if len(s.cfg.Sysctls) > 0 {
+		if _, err := backend.ParseSysctls(s.cfg.Sysctls); err != nil {
+			return backend.StartInfo{}, err
+		}
+		return backend.StartInfo{}, fmt.Errorf("pod sysctls are not yet set in the gVisor sandbox by the gvisor kind: %w", errdefs.ErrNotImplemented)
+	}
 	if err := podfiles.WriteResolvConf(s.cfg.Dir, s.cfg.DNS); err != nil {
 		return backend.StartInfo{}, err
 	}

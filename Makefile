@@ -58,18 +58,22 @@ lint: vet lint-proto ## Lint Go and protobuf
 
 .PHONY: test-unit
 test-unit: ## Run unit and component tests with -race (root-only tests skip without root)
-	$(GO) test -race -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /test/e2e)
+	$(GO) test -race -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v -e /test/e2e -e /test/critest)
 
 .PHONY: test-e2e
 test-e2e: deps tools build guest ## Run end-to-end tests through a private containerd (root)
 	MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 20m -v $(GOTEST_FLAGS) ./test/e2e/...
+
+.PHONY: test-critest
+test-critest: deps tools build guest ## Run cri-tools' critest against stock runc and every Magnetar handler (root; test/critest/expectations.toml)
+	MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 30m -v $(GOTEST_FLAGS) ./test/critest/
 
 .PHONY: test-vm
 test-vm: deps guest ## Boot the microVM guest under QEMU and talk to its agent (root)
 	MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./sdk/kinds/vm/...
 
 .PHONY: test
-test: deps tools build cross-build deps-client check-generate lint test-unit test-e2e test-vm test-clients ## Run every test (installs what it needs; needs root)
+test: deps tools build cross-build deps-client check-generate lint test-unit test-e2e test-critest test-vm test-clients ## Run every test (installs what it needs; needs root)
 
 .PHONY: test-clients
 test-clients: $(CLIENT_TESTS) ## Test the generated clients (TypeScript, Python, Java) against a live sandboxer (root)

@@ -134,24 +134,34 @@ func tomlString(s string) (string, error) {
 // cniConflist is the CNI network: an isolated bridge without an address on
 // the host side (no gateway, no masquerading, no route off the host), IPv4
 // host-local IPAM keeping its leases under the base directory. containerd
-// adds the loopback network itself (go-cni WithLoNetwork).
-func cniConflist(name, bridge, subnet, ipamDir string) ([]byte, error) {
+// adds the loopback network itself (go-cni WithLoNetwork). reachable gives
+// the bridge the subnet's first address on the host side and adds the
+// portmap plugin (host ports); pods still get no default route.
+func cniConflist(name, bridge, subnet, ipamDir string, reachable bool) ([]byte, error) {
+	plugins := []any{map[string]any{
+		"type":             "bridge",
+		"bridge":           bridge,
+		"isGateway":        reachable,
+		"isDefaultGateway": false,
+		"ipMasq":           false,
+		"hairpinMode":      false,
+		"ipam": map[string]any{
+			"type":    "host-local",
+			"dataDir": ipamDir,
+			"ranges":  [][]map[string]string{{{"subnet": subnet}}},
+		},
+	}}
+	if reachable {
+		plugins = append(plugins, map[string]any{
+			"type":         "portmap",
+			"capabilities": map[string]bool{"portMappings": true},
+			"snat":         true,
+		})
+	}
 	conf := map[string]any{
 		"cniVersion": "1.0.0",
 		"name":       name,
-		"plugins": []any{map[string]any{
-			"type":             "bridge",
-			"bridge":           bridge,
-			"isGateway":        false,
-			"isDefaultGateway": false,
-			"ipMasq":           false,
-			"hairpinMode":      false,
-			"ipam": map[string]any{
-				"type":    "host-local",
-				"dataDir": ipamDir,
-				"ranges":  [][]map[string]string{{{"subnet": subnet}}},
-			},
-		}},
+		"plugins":    plugins,
 	}
 	return json.MarshalIndent(conf, "", "  ")
 }

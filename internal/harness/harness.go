@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -100,6 +101,22 @@ type Options struct {
 	// at Stop are found without this; list here those of pods the caller
 	// removes itself. Other new cgroups are left alone: the host is shared.
 	CgroupParents []string
+	// Registry is a plain-HTTP registry ("127.0.0.1:port", see
+	// StartRegistry) every pull goes to. Empty sends every pull to a
+	// closed port: pulls fail and only imported images exist.
+	Registry string
+	// SharedDir, if set, is an existing directory whose mounts propagate
+	// both ways between the host and containerd's mount namespace (a
+	// shared bind mount of itself), as on a node without a private
+	// namespace: host paths below it can be mounted into containers with
+	// HOST_TO_CONTAINER or BIDIRECTIONAL propagation. Every other mount
+	// stays private.
+	SharedDir string
+	// ReachablePods gives the host an address on the pods' bridge (the
+	// first of the subnet, CNI's isGateway) and maps host ports to pods
+	// (the CNI portmap plugin), as on a Kubernetes node. Pods still get no
+	// route off the host and no masquerading.
+	ReachablePods bool
 }
 
 // Containerd is a running private containerd. Its methods are safe for
@@ -112,6 +129,8 @@ type Containerd struct {
 	bridge        string
 	subnet        string
 	crictlConfig  string
+
+	sharedDir string // Options.SharedDir, bind-mounted on itself ("" if none)
 
 	cmd     *exec.Cmd     // nil until containerd was started
 	done    chan struct{} // closed when cmd.Wait returned
@@ -193,6 +212,12 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, err error) {
 	if len(c.sandboxer) > maxSocketPath {
 		return nil, fmt.Errorf("harness: sandboxer socket path %q is longer than %d bytes", c.sandboxer, maxSocketPath)
 	}
+	if opts.Registry != "" {
+		host, _, err := net.SplitHostPort(opts.Registry)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			return nil, fmt.Errorf("harness: registry %q is not a loopback host:port", opts.Registry)
+		}
+	}
 	if opts.ShimPath != "" {
 		if opts.ShimPath, err = filepath.Abs(opts.ShimPath); err != nil {
 			return nil, err
@@ -213,6 +238,11 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, err error) {
 		return nil, err
 	}
 
+	if opts.SharedDir != "" {
+		if err := c.shareDir(opts.SharedDir); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.createBridge(ctx); err != nil {
 		return nil, err
 	}
@@ -244,7 +274,7 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, err error) {
 	if err != nil {
 		return nil, err
 	}
-	conflist, err := cniConflist("magnetar-"+c.bridge, c.bridge, c.subnet, c.path("cni/ipam"))
+	conflist, err := cniConflist("magnetar-"+c.bridge, c.bridge, c.subnet, c.path("cni/ipam"), opts.ReachablePods)
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +284,7 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, err error) {
 	files := map[string]string{
 		"config.toml":                    string(cfg),
 		"cni/net.d/10-magnetar.conflist": string(conflist),
-		"certs.d/_default/hosts.toml":    "# Route every pull to a closed port: tests never reach a registry.\nserver = \"http://127.0.0.1:1\"\n",
+		"certs.d/_default/hosts.toml":    hostsTOML(opts.Registry),
 		"crictl.yaml":                    crictlYAML,
 	}
 	for name, content := range files {
@@ -279,6 +309,16 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, err error) {
 	}
 	c.mntNS = ns
 	return c, nil
+}
+
+// hostsTOML is the registry configuration for every host name: all pulls
+// go to registry (plain HTTP on the loopback) or, without one, to a closed
+// port. Tests never reach a registry off the machine.
+func hostsTOML(registry string) string {
+	if registry == "" {
+		return "# Route every pull to a closed port: tests never reach a registry.\nserver = \"http://127.0.0.1:1\"\n"
+	}
+	return fmt.Sprintf("# Route every pull to the harness's local registry (StartRegistry).\nserver = %q\n", "http://"+registry)
 }
 
 // startProcess runs containerd in a private mount namespace with /var/lib
@@ -306,6 +346,20 @@ func (c *Containerd) startProcess(opts Options) error {
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--",
 		"/bin/sh", "-c", `mount --bind "$1" /var/lib && exec "$2" --config "$3"`, "sh",
 		c.path("varlib"), filepath.Join(c.binDir, "containerd"), c.path("config.toml"))
+	if c.sharedDir != "" {
+		// Keep the shared directory in the host's peer group: make every
+		// other mount private one by one (mountinfo's field 5, octal
+		// escapes undone by printf %b) instead of recursively.
+		cmd = exec.Command("unshare", "--mount", "--propagation", "unchanged", "--",
+			"/bin/sh", "-c", `set -e
+awk '{print $5}' /proc/self/mountinfo | while read -r m; do
+	m="$(printf '%b' "$m")"
+	[ "$m" = "$4" ] || mount --make-private "$m"
+done
+mount --bind "$1" /var/lib
+exec "$2" --config "$3"`, "sh",
+			c.path("varlib"), filepath.Join(c.binDir, "containerd"), c.path("config.toml"), c.sharedDir)
+	}
 	cmd.Dir = c.base
 	cmd.Env = env
 	cmd.Stdout = out
@@ -442,6 +496,11 @@ func (c *Containerd) cleanup(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if c.sharedDir != "" {
+		if err := syscall.Unmount(c.sharedDir, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+			errs = append(errs, fmt.Errorf("harness: unmount %s: %w", c.sharedDir, err))
+		}
+	}
 	if c.bridge != "" {
 		if err := deleteLink(ctx, c.bridge); err != nil {
 			errs = append(errs, err)
@@ -552,6 +611,25 @@ func (c *Containerd) createBridge(ctx context.Context) error {
 		return nil
 	}
 	return errors.New("harness: no free bridge name after 20 attempts")
+}
+
+// shareDir bind-mounts dir on itself and makes it a shared mount.
+func (c *Containerd) shareDir(dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("harness: shared directory %s is not a directory (%v)", dir, err)
+	}
+	if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("harness: bind %s: %w", dir, err)
+	}
+	c.sharedDir = dir
+	if err := syscall.Mount("", dir, "", syscall.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("harness: make %s shared: %w", dir, err)
+	}
+	return nil
 }
 
 func deleteLink(ctx context.Context, name string) error {

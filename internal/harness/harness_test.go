@@ -72,7 +72,7 @@ func TestRenderConfig(t *testing.T) {
 }
 
 func TestCNIConflist(t *testing.T) {
-	out, err := cniConflist("magnetar-mgh0001", "mgh0001", "10.64.1.0/24", "/b/cni/ipam")
+	out, err := cniConflist("magnetar-mgh0001", "mgh0001", "10.64.1.0/24", "/b/cni/ipam", false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,34 +41,49 @@ func (c *Containerd) ImportBusybox(ctx context.Context) error {
 // as PauseImage, the sandbox image of the stock runc handler.
 func (c *Containerd) ImportPause(ctx context.Context) error {
 	archive, err := c.cachedArchive(ctx, "pause.tar", func(tmp string) (ociimage.Image, error) {
-		root, err := ModuleRoot()
-		if err != nil {
-			return ociimage.Image{}, err
-		}
-		rootfs := filepath.Join(tmp, "rootfs")
-		if err := os.Mkdir(rootfs, 0o755); err != nil {
-			return ociimage.Image{}, err
-		}
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(rootfs, "pause"), pausePackage)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return ociimage.Image{}, fmt.Errorf("build %s: %w\n%s", pausePackage, err, out)
-		}
-		layer, err := ociimage.BuildLayer(ctx, rootfs)
-		if err != nil {
-			return ociimage.Image{}, err
-		}
-		return ociimage.Image{
-			Name:   PauseImage,
-			Config: ociimage.Config{Entrypoint: []string{"/pause"}, User: "65535:65535"},
-			Layers: []ociimage.Layer{layer},
-		}, nil
+		return pauseImage(ctx, tmp, PauseImage)
 	})
 	if err != nil {
 		return err
 	}
 	return c.ImportImage(ctx, archive)
+}
+
+// pauseImage builds the stand-in pause image named name in the scratch
+// directory tmp.
+func pauseImage(ctx context.Context, tmp, name string) (ociimage.Image, error) {
+	rootfs := filepath.Join(tmp, "pause-rootfs")
+	if err := os.Mkdir(rootfs, 0o755); err != nil {
+		return ociimage.Image{}, err
+	}
+	if err := buildProgram(ctx, pausePackage, filepath.Join(rootfs, "pause")); err != nil {
+		return ociimage.Image{}, err
+	}
+	layer, err := ociimage.BuildLayer(ctx, rootfs)
+	if err != nil {
+		return ociimage.Image{}, err
+	}
+	return ociimage.Image{
+		Name:   name,
+		Config: ociimage.Config{Entrypoint: []string{"/pause"}, User: "65535:65535"},
+		Layers: []ociimage.Layer{layer},
+	}, nil
+}
+
+// buildProgram compiles the main package pkg of this module into out,
+// static and stripped, with the go command from PATH in the module root.
+func buildProgram(ctx context.Context, pkg, out string) error {
+	root, err := ModuleRoot()
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %w\n%s", pkg, err, out)
+	}
+	return nil
 }
 
 // cachedArchive returns <base>/images/<name>, building it with build (given

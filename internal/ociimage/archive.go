@@ -253,3 +253,18 @@ func refName(name string) string {
 	}
 	return name
 }
+
+// Blobs returns img's manifest descriptor (with its platform) and every blob
+// a registry serves for it, the manifest included, keyed by digest. The
+// output is deterministic, as for WriteArchive.
+func Blobs(img Image) (ocispec.Descriptor, map[digest.Digest][]byte, error) {
+	manifest, parts, err := imageBlobs(img)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, fmt.Errorf("ociimage: image %s: %w", img.Name, err)
+	}
+	blobs := make(map[digest.Digest][]byte, len(parts))
+	for _, b := range parts {
+		blobs[b.desc.Digest] = b.data
+	}
+	return manifest.desc, blobs, nil
+}

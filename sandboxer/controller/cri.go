@@ -160,6 +160,8 @@ func (r kindResolver) sandboxSpec(req *sandboxapi.ControllerCreateRequest, names
 			spec.DNS = backend.DNSConfig{Servers: dns.GetServers(), Searches: dns.GetSearches(), Options: dns.GetOptions()}
 		}
 		spec.HostPID = linux.GetSecurityContext().GetNamespaceOptions().GetPid() == runtimeapi.NamespaceMode_NODE
+		spec.HostIPC = linux.GetSecurityContext().GetNamespaceOptions().GetIpc() == runtimeapi.NamespaceMode_NODE
+		spec.Sysctls = maps.Clone(linux.GetSysctls())
 		spec.CgroupParent = linux.GetCgroupParent()
 		spec.Resources = linuxResources(linux.GetResources())
 	}

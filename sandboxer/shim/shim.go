@@ -143,8 +143,12 @@ func info(stdin io.Reader) *types.RuntimeInfo {
 		}
 	}
 	// Conservative features: no user namespaces or idmapped mounts are
-	// promised, so CRI does not enable them for this runtime.
-	feat, err := json.Marshal(&features.Features{OCIVersionMin: "1.0.0", OCIVersionMax: specs.Version})
+	// promised, so CRI does not enable them for this runtime. Recursive
+	// read-only bind mounts ("rro", which CRI uses only where the kernel
+	// has mount_setattr) are honoured by every kind: runc and the guest's
+	// runc apply them, the gvisor kind hands them to runsc as read-only
+	// mounts of a sandbox that cannot mount below them.
+	feat, err := json.Marshal(&features.Features{OCIVersionMin: "1.0.0", OCIVersionMax: specs.Version, MountOptions: []string{"rro"}})
 	if err == nil {
 		ri.Features = &anypb.Any{TypeUrl: featuresTypeURL, Value: feat}
 	}

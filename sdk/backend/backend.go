@@ -194,6 +194,15 @@ type SandboxConfig struct {
 	// host's (Kubernetes' hostPID); otherwise the pod has a PID namespace
 	// of its own, shared by those containers.
 	HostPID bool
+	// HostIPC: the pod's containers run in the host's IPC namespace
+	// (Kubernetes' hostIPC); otherwise the pod has an IPC namespace of its
+	// own. Kinds that cannot share the host's refuse it.
+	HostIPC bool
+	// Sysctls are kernel parameters ("kernel.shm_rmid_forced",
+	// "net.ipv4.ip_forward", ...) to set in the pod's namespaces before its
+	// containers start. Kinds refuse those the pod's namespaces do not
+	// scope (they would change the host).
+	Sysctls map[string]string
 	// DNS configures the pod's resolv.conf where the backend writes one.
 	DNS DNSConfig
 	// CgroupParent is the cgroup the pod's cgroups live under.

@@ -47,7 +47,13 @@ type SandboxSpec struct {
 	PrivateNetwork bool
 	// HostPID runs the sandbox's containers that join its PID namespace in
 	// the host's (Kubernetes' hostPID; a VM's own in a microVM).
-	HostPID      bool
+	HostPID bool
+	// HostIPC runs the sandbox's containers in the host's IPC namespace
+	// (Kubernetes' hostIPC).
+	HostIPC bool
+	// Sysctls are set in the sandbox's namespaces (Kubernetes' pod
+	// sysctls); only namespaced ones are accepted.
+	Sysctls      map[string]string
 	CgroupParent string
 	DNS          backend.DNSConfig
 	Resources    *specs.LinuxResources
@@ -116,6 +122,8 @@ func (s *sandbox) backendConfig() backend.SandboxConfig {
 		NetNSPath:      s.rec.NetNSPath,
 		PrivateNetwork: s.rec.PrivateNetwork,
 		HostPID:        s.rec.HostPID,
+		HostIPC:        s.rec.HostIPC,
+		Sysctls:        s.rec.Sysctls,
 		DNS:            s.rec.DNS,
 		CgroupParent:   s.rec.CgroupParent,
 		Labels:         s.rec.Labels,
@@ -180,7 +188,7 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 	}
 	rec := &sandboxRecord{
 		Version: 1, ID: spec.ID, Kind: spec.Kind, Namespace: spec.Namespace,
-		Hostname: spec.Hostname, NetNSPath: spec.NetNSPath, PrivateNetwork: spec.PrivateNetwork, HostPID: spec.HostPID, CgroupParent: spec.CgroupParent, DNS: spec.DNS,
+		Hostname: spec.Hostname, NetNSPath: spec.NetNSPath, PrivateNetwork: spec.PrivateNetwork, HostPID: spec.HostPID, HostIPC: spec.HostIPC, Sysctls: maps.Clone(spec.Sysctls), CgroupParent: spec.CgroupParent, DNS: spec.DNS,
 		Labels: maps.Clone(spec.Labels), Annotations: maps.Clone(spec.Annotations),
 		State: SandboxCreated, CreatedAt: time.Now().UTC(),
 	}

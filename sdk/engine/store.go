@@ -27,6 +27,8 @@ type sandboxRecord struct {
 	NetNSPath      string                      `json:"netnsPath,omitempty"`
 	PrivateNetwork bool                        `json:"privateNetwork,omitempty"`
 	HostPID        bool                        `json:"hostPID,omitempty"`
+	HostIPC        bool                        `json:"hostIPC,omitempty"`
+	Sysctls        map[string]string           `json:"sysctls,omitempty"`
 	CgroupParent   string                      `json:"cgroupParent,omitempty"`
 	DNS            backend.DNSConfig           `json:"dns"`
 	Labels         map[string]string           `json:"labels,omitempty"`

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
 )
@@ -61,6 +63,8 @@ func (s *sandbox) containerSpec(spec specs.Spec) specs.Spec {
 	ann[annContainerType] = "container"
 	ann[annSandboxID] = s.cfg.ID
 	spec.Annotations = ann
+	spec.Mounts = slices.Clone(spec.Mounts)
+	podfiles.AddResolvConf(&spec, s.cfg.Dir)
 	if spec.Linux == nil {
 		return spec
 	}

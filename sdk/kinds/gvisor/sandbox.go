@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podinit"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
 )
@@ -110,6 +111,20 @@ func globalArgs(rt *gorunc.Runc) []string {
 // Start creates and starts the sandbox's root container: the pod init
 // (this program re-executed) in an empty, read-only root file system.
 func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error) {
+	// gVisor's kernel keeps its own System V IPC objects: it cannot share
+	// the host's.
+	if s.cfg.HostIPC {
+		return backend.StartInfo{}, fmt.Errorf("a gVisor pod cannot share the host's IPC namespace (hostIPC): %w", errdefs.ErrInvalidArgument)
+	}
+	if len(s.cfg.Sysctls) > 0 {
+		if _, err := backend.ParseSysctls(s.cfg.Sysctls); err != nil {
+			return backend.StartInfo{}, err
+		}
+		return backend.StartInfo{}, fmt.Errorf("pod sysctls are not yet set in the gVisor sandbox by the gvisor kind: %w", errdefs.ErrNotImplemented)
+	}
+	if err := podfiles.WriteResolvConf(s.cfg.Dir, s.cfg.DNS); err != nil {
+		return backend.StartInfo{}, err
+	}
 	dir := filepath.Join(s.cfg.Dir, "root")
 	if err := s.writeRootBundle(dir); err != nil {
 		return backend.StartInfo{}, err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -16,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
 )
 
@@ -43,6 +45,8 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := s.joinPod(&spec); err != nil {
 		return nil, err
 	}
+	spec.Mounts = slices.Clone(spec.Mounts)
+	podfiles.AddResolvConf(&spec, s.cfg.Dir)
 	data, err := json.Marshal(&spec)
 	if err != nil {
 		return nil, err

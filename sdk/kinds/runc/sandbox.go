@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 )
 
 // sandboxState is what a runc sandbox persists.
@@ -58,16 +59,33 @@ func newSandbox(ctx context.Context, b *Backend, cfg backend.SandboxConfig, stat
 	return s, nil
 }
 
-// Start creates the pod's IPC and (unless it uses the host network) UTS
-// namespaces. They are held by bind mounts, not by a process.
+// Start creates the pod's IPC (unless it uses the host's) and UTS (unless
+// it uses the host network) namespaces, held by bind mounts, not by a
+// process; sets the pod's sysctls in its namespaces; and writes the pod's
+// resolv.conf, which every container gets as /etc/resolv.conf.
 func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error) {
+	ownNet := s.cfg.NetNSPath == "" && s.cfg.PrivateNetwork
+	hostNet := s.cfg.NetNSPath == "" && !ownNet
+	hostUTS := hostNet
+	sysctls, err := backend.ParseSysctls(s.cfg.Sysctls)
+	if err != nil {
+		return backend.StartInfo{}, err
+	}
+	for _, sc := range sysctls {
+		if host := sc.Namespace == backend.SysctlIPC && s.cfg.HostIPC || sc.Namespace == backend.SysctlNet && hostNet ||
+			sc.Namespace == backend.SysctlUTS && hostUTS; host {
+			return backend.StartInfo{}, fmt.Errorf("sysctl %q: the pod uses the host's %s namespace, setting it would change the host: %w",
+				sc.Key, sc.Namespace, errdefs.ErrInvalidArgument)
+		}
+	}
 	nsDir := filepath.Join(s.cfg.Dir, "ns")
 	if err := os.MkdirAll(nsDir, 0o700); err != nil {
 		return backend.StartInfo{}, err
 	}
-	flags := unix.CLONE_NEWIPC
-	ownNet := s.cfg.NetNSPath == "" && s.cfg.PrivateNetwork
-	hostUTS := s.cfg.NetNSPath == "" && !ownNet
+	flags := 0
+	if !s.cfg.HostIPC {
+		flags |= unix.CLONE_NEWIPC
+	}
 	if !hostUTS {
 		flags |= unix.CLONE_NEWUTS
 	}
@@ -79,11 +97,16 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 			_ = s.releaseNamespaces()
 		}
 	}()
-	if err := holdNamespaces(nsDir, flags, s.cfg.Hostname); err != nil {
+	if err := podfiles.WriteResolvConf(s.cfg.Dir, s.cfg.DNS); err != nil {
+		return backend.StartInfo{}, err
+	}
+	if err := holdNamespaces(nsDir, flags, s.cfg.Hostname, s.cfg.NetNSPath, sysctls); err != nil {
 		return backend.StartInfo{}, err
 	}
 	s.mu.Lock()
-	s.st.IPCNS = filepath.Join(nsDir, "ipc")
+	if !s.cfg.HostIPC {
+		s.st.IPCNS = filepath.Join(nsDir, "ipc")
+	}
 	if !hostUTS {
 		s.st.UTSNS = filepath.Join(nsDir, "uts")
 	}
@@ -95,10 +118,12 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 }
 
 // holdNamespaces creates new namespaces on a locked OS thread, sets the
-// hostname in a new UTS namespace, and bind-mounts the namespace files into
-// dir. The thread is never returned to the Go scheduler: it exits with the
+// hostname in a new UTS namespace, bind-mounts the namespace files into
+// dir, and sets sysctls in the namespaces (joining netns, the pod's
+// network namespace, for net.* ones when it did not create one). The
+// thread is never returned to the Go scheduler: it exits with the
 // goroutine, so no other goroutine runs in those namespaces.
-func holdNamespaces(dir string, flags int, hostname string) error {
+func holdNamespaces(dir string, flags int, hostname, netns string, sysctls []backend.Sysctl) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -136,7 +161,7 @@ func holdNamespaces(dir string, flags int, hostname string) error {
 					return fmt.Errorf("bind %s namespace: %w", ns.name, err)
 				}
 			}
-			return nil
+			return setSysctls(flags, netns, sysctls)
 		}()
 	}()
 	return <-errc
@@ -154,6 +179,43 @@ func (s *sandbox) releaseNamespaces() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// setSysctls writes sysctls from the calling (locked, disposable) thread,
+// whose IPC, UTS and network namespaces are the pod's: /proc/sys resolves
+// namespaced entries through the writing thread's namespaces. It joins the
+// network namespace netns first when the thread did not create one.
+func setSysctls(flags int, netns string, sysctls []backend.Sysctl) error {
+	joined := flags&unix.CLONE_NEWNET != 0
+	for _, sc := range sysctls {
+		if sc.Namespace == backend.SysctlNet && !joined {
+			if netns == "" {
+				return fmt.Errorf("sysctl %q: the pod has no network namespace of its own: %w", sc.Key, errdefs.ErrInvalidArgument)
+			}
+			fd, err := unix.Open(netns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("sysctl %q: open the pod's network namespace: %w", sc.Key, err)
+			}
+			err = unix.Setns(fd, unix.CLONE_NEWNET)
+			unix.Close(fd)
+			if err != nil {
+				return fmt.Errorf("sysctl %q: join the pod's network namespace: %w", sc.Key, err)
+			}
+			joined = true
+		}
+		f, err := os.OpenFile(filepath.Join("/proc/sys", sc.Path), os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			return fmt.Errorf("sysctl %q: %w", sc.Key, err)
+		}
+		_, err = f.WriteString(sc.Value)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("sysctl %q=%q: %w", sc.Key, sc.Value, err)
+		}
+	}
+	return nil
 }
 
 // Wait blocks until Stop.
@@ -232,6 +294,9 @@ func (s *sandbox) joinPod(spec *specs.Spec) error {
 				continue // host network
 			}
 		case specs.IPCNamespace:
+			if st.IPCNS == "" {
+				continue // the host's IPC namespace
+			}
 			ns.Path = st.IPCNS
 		case specs.UTSNamespace:
 			if st.UTSNS == "" {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 )
 
 type container struct {
@@ -112,6 +114,9 @@ func (s *sandbox) forgetInGuest(tc taskapi.TTRPCTaskService, id, execID string) 
 // host too, so that the guest cannot write to them whatever it runs.
 func (s *sandbox) prepare(cfg backend.ContainerConfig, dir string, root *os.Root) (*specs.Spec, error) {
 	spec := *cfg.Spec
+	// The pod's resolv.conf, shared into the guest like any bind mount.
+	spec.Mounts = slices.Clone(spec.Mounts)
+	podfiles.AddResolvConf(&spec, s.cfg.Dir)
 	if err := root.Mkdir("rootfs", 0o711); err != nil {
 		return nil, err
 	}

@@ -28,6 +28,7 @@ import (
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
 	typesv1 "github.com/magnetar-io/magnetar/gen/magnetar/types/v1"
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/hypervisor"
 )
@@ -127,7 +128,21 @@ func (s *sandbox) isGone() bool {
 
 // Start boots the VM, waits for its agent and sets the guest up.
 func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error) {
+	// The guest kernel is the pod's: it has no way into the host's IPC
+	// namespace, and pod sysctls are not carried into the guest yet.
+	if s.cfg.HostIPC {
+		return backend.StartInfo{}, fmt.Errorf("a microVM pod cannot share the host's IPC namespace (hostIPC): %w", errdefs.ErrInvalidArgument)
+	}
+	if len(s.cfg.Sysctls) > 0 {
+		if _, err := backend.ParseSysctls(s.cfg.Sysctls); err != nil {
+			return backend.StartInfo{}, err
+		}
+		return backend.StartInfo{}, fmt.Errorf("pod sysctls are not yet set in the microVM guest by the vm kind: %w", errdefs.ErrNotImplemented)
+	}
 	if err := os.MkdirAll(s.shared, 0o711); err != nil {
+		return backend.StartInfo{}, err
+	}
+	if err := podfiles.WriteResolvConf(s.cfg.Dir, s.cfg.DNS); err != nil {
 		return backend.StartInfo{}, err
 	}
 	s.st.VMDir = s.vmDir()

@@ -113,3 +113,32 @@ func TestCopyOutRecordsAndAcks(t *testing.T) {
 		t.Errorf("recorded offset %d, want 119", off)
 	}
 }
+
+// TestReopenOwnsItsFile: the end handed to the VMM is a new open file, so
+// that the VMM making it blocking leaves the host's pollable end alone.
+func TestReopenOwnsItsFile(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "stdin")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rfd, err := unix.Open(fifo, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := os.NewFile(uintptr(rfd), fifo)
+	defer r.Close()
+	own, err := reopen(r, unix.O_RDONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	sc, _ := own.SyscallConn()
+	_ = sc.Control(func(fd uintptr) { _ = unix.SetNonblock(int(fd), false) }) // as QEMU does
+	fl, err := unix.FcntlInt(uintptr(rfd), unix.F_GETFL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fl&unix.O_NONBLOCK == 0 {
+		t.Error("the host's end turned blocking with the reopened one")
+	}
+}

@@ -169,9 +169,42 @@ func (p *proc) holdFIFO(st agentmux.Stream, f *os.File) bool {
 	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
 		return false
 	}
+	// QEMU makes a descriptor it receives blocking, which would change
+	// f's open file (shared by duplicates) under the Go poller: it gets
+	// one of its own, opened anew.
+	flag := unix.O_WRONLY
+	if st == agentmux.Stdin {
+		flag = unix.O_RDONLY
+	}
+	own, err := reopen(f, flag)
+	if err != nil {
+		return false
+	}
+	defer own.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return h.HoldFD(ctx, p.fdName(st), f) == nil
+	return h.HoldFD(ctx, p.fdName(st), own) == nil
+}
+
+// reopen opens the FIFO that f is an end of again, as a new open file,
+// with flag (without waiting: the caller holds an end, so a writer finds
+// a reader).
+func reopen(f *os.File, flag int) (*os.File, error) {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	nfd := -1
+	cerr := sc.Control(func(fd uintptr) {
+		nfd, err = unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), flag|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	})
+	if cerr != nil {
+		return nil, cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(nfd), f.Name()), nil
 }
 
 // releaseFIFO releases what the VMM holds for stream st.

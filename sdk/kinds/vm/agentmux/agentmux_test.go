@@ -316,6 +316,9 @@ func TestStdioResume(t *testing.T) {
 		readErr error
 	}
 	got := make(chan seen, 4)
+	// replied: a handler's reply was sent whole (yamux may report a write
+	// that raced with the session's end as failed although it arrived).
+	replied := make(chan struct{}, 4)
 	handler := func(ctx context.Context, conn net.Conn, req agentmux.StdioRequest) {
 		defer conn.Close()
 		if req.Container == "gone" {
@@ -325,6 +328,7 @@ func TestStdioResume(t *testing.T) {
 		if err := agentmux.ReplyStdio(conn, "/fifo", nil); err != nil {
 			return
 		}
+		replied <- struct{}{}
 		s := seen{req: req}
 		for {
 			off, err := agentmux.ReadAck(conn)
@@ -369,6 +373,8 @@ func TestStdioResume(t *testing.T) {
 	if _, _, err := c.DialStdio(ctx, agentmux.StdioHeader{Container: "c", Stream: agentmux.Stdout}); err != nil {
 		t.Fatal(err)
 	}
+	<-replied // the resumed stream's
+	<-replied // this one's
 	c.Close()
 	h.Close()
 	if s := <-got; s.req.Mode != agentmux.StdioOpen || !errors.Is(s.readErr, agentmux.ErrSessionClosed) {

@@ -379,7 +379,7 @@ func TestGVisorStreaming(t *testing.T) {
 	if got := e.logOf(t, p, "hello", "to-stderr"); !strings.Contains(got, "hello-streaming") || !strings.Contains(got, "to-stderr") {
 		t.Errorf("container log = %q, want stdout and stderr lines", got)
 	}
-	if fifos, _ := filepath.Glob(filepath.Join(e.runDir, "s", "*", "*", "stdout")); len(fifos) == 0 {
+	if fifos, _ := filepath.Glob(filepath.Join(e.runDir, "s", "*", cid+"-stdout")); len(fifos) == 0 {
 		t.Errorf("no stream FIFOs under %s/s: the container's stdio was not streamed", e.runDir)
 	}
 	bin, _ := harness.DefaultBinDir()

@@ -205,14 +205,14 @@ func (s *Server) WatchEvents(ctx context.Context, req *sandboxv1.WatchEventsRequ
 		// A type without a topic matches no event.
 		Topics: convertAll(req.GetTypes(), eventTopics, sandboxv1.EventType.String),
 	}
-	return s.d.WatchEvents(ctx, f, func(ev engine.Event) error {
+	return s.d.WatchEvents(ctx, f, req.AfterSequence, func(ev engine.Event) error {
 		typ, ok := eventTypes[ev.Topic]
 		if !ok {
 			return nil
 		}
 		return stream.Send(&sandboxv1.WatchEventsResponse{Event: &sandboxv1.Event{
 			Type: typ, Topic: ev.Topic, Timestamp: ts(ev.Timestamp), SandboxId: ev.SandboxID, ContainerId: ev.ContainerID,
-			ExecId: ev.ExecID, Pid: ev.Pid, ExitStatus: ev.ExitCode, ExitedAt: ts(ev.ExitedAt),
+			ExecId: ev.ExecID, Pid: ev.Pid, ExitStatus: ev.ExitCode, ExitedAt: ts(ev.ExitedAt), Sequence: ev.Seq,
 		}})
 	})
 }

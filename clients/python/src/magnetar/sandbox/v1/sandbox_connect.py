@@ -91,8 +91,16 @@ class SandboxService(Protocol):
     def watch_events(self, request: WatchEventsRequest, ctx: RequestContext[WatchEventsRequest, WatchEventsResponse], /) -> AsyncIterator[WatchEventsResponse]:
         """
         WatchEvents streams sandbox, container and process lifecycle events as
-        they happen, until the client cancels the call. Past events are not
-        replayed.
+        they happen, until the client cancels the call. Each event has a
+        sequence number, increasing by one per event of the sandboxer (across
+        its restarts), and the newest events are kept on disk in a bounded log:
+        a request with after_sequence first replays the kept events that came
+        after it, so a client whose stream broke (for example while the
+        sandboxer restarted) resumes with the last sequence it received and
+        loses no event. A sequence older than the log fails with OUT_OF_RANGE,
+        one newer than the newest event with INVALID_ARGUMENT (the state was
+        reset). Without after_sequence, past events are not replayed. While the
+        sandboxer shuts down for a restart, streams end with UNAVAILABLE.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -408,8 +416,16 @@ class SandboxServiceClient(ConnectClient):
     ) -> AsyncIterator[WatchEventsResponse]:
         """
         WatchEvents streams sandbox, container and process lifecycle events as
-        they happen, until the client cancels the call. Past events are not
-        replayed.
+        they happen, until the client cancels the call. Each event has a
+        sequence number, increasing by one per event of the sandboxer (across
+        its restarts), and the newest events are kept on disk in a bounded log:
+        a request with after_sequence first replays the kept events that came
+        after it, so a client whose stream broke (for example while the
+        sandboxer restarted) resumes with the last sequence it received and
+        loses no event. A sequence older than the log fails with OUT_OF_RANGE,
+        one newer than the newest event with INVALID_ARGUMENT (the state was
+        reset). Without after_sequence, past events are not replayed. While the
+        sandboxer shuts down for a restart, streams end with UNAVAILABLE.
         """
         return self.execute_server_stream(
             request=request,
@@ -505,8 +521,16 @@ class SandboxServiceSync(Protocol):
     def watch_events(self, request: WatchEventsRequest, ctx: RequestContext[WatchEventsRequest, WatchEventsResponse], /) -> Iterator[WatchEventsResponse]:
         """
         WatchEvents streams sandbox, container and process lifecycle events as
-        they happen, until the client cancels the call. Past events are not
-        replayed.
+        they happen, until the client cancels the call. Each event has a
+        sequence number, increasing by one per event of the sandboxer (across
+        its restarts), and the newest events are kept on disk in a bounded log:
+        a request with after_sequence first replays the kept events that came
+        after it, so a client whose stream broke (for example while the
+        sandboxer restarted) resumes with the last sequence it received and
+        loses no event. A sequence older than the log fails with OUT_OF_RANGE,
+        one newer than the newest event with INVALID_ARGUMENT (the state was
+        reset). Without after_sequence, past events are not replayed. While the
+        sandboxer shuts down for a restart, streams end with UNAVAILABLE.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -820,8 +844,16 @@ class SandboxServiceClientSync(ConnectClientSync):
     ) -> Iterator[WatchEventsResponse]:
         """
         WatchEvents streams sandbox, container and process lifecycle events as
-        they happen, until the client cancels the call. Past events are not
-        replayed.
+        they happen, until the client cancels the call. Each event has a
+        sequence number, increasing by one per event of the sandboxer (across
+        its restarts), and the newest events are kept on disk in a bounded log:
+        a request with after_sequence first replays the kept events that came
+        after it, so a client whose stream broke (for example while the
+        sandboxer restarted) resumes with the last sequence it received and
+        loses no event. A sequence older than the log fails with OUT_OF_RANGE,
+        one newer than the newest event with INVALID_ARGUMENT (the state was
+        reset). Without after_sequence, past events are not replayed. While the
+        sandboxer shuts down for a restart, streams end with UNAVAILABLE.
         """
         return self.execute_server_stream(
             request=request,

@@ -40,8 +40,9 @@ type procIO struct {
 	stdio backend.Stdio
 	ring  *ring
 
-	// readers are the read ends of the output FIFOs; exited is set once
-	// the process exited, stopped when the copies are to stop.
+	// readers are the read ends of the output FIFOs (under rmu); exited
+	// is set once the process exited, stopped when the copies are to stop.
+	rmu     sync.Mutex
 	readers []*os.File
 	exited  atomic.Bool
 	stopped atomic.Bool
@@ -153,7 +154,9 @@ func (p *procIO) startCopies() error {
 			return &os.PathError{Op: "open", Path: path, Err: err}
 		}
 		f := os.NewFile(uintptr(fd), path)
+		p.rmu.Lock()
 		p.readers = append(p.readers, f)
+		p.rmu.Unlock()
 		p.ring.streamStarted()
 		stream := streams[i]
 		p.wg.Go(func() {
@@ -227,6 +230,8 @@ func (p *procIO) copy(stream Stream, f *os.File) error {
 
 // wake makes the copies look at the FIFOs and the flags again.
 func (p *procIO) wake() {
+	p.rmu.Lock()
+	defer p.rmu.Unlock()
 	for _, f := range p.readers {
 		_ = f.SetReadDeadline(time.Now())
 	}
@@ -278,10 +283,12 @@ func (p *procIO) close() {
 	p.stopped.Store(true)
 	p.wake()
 	p.wg.Wait()
+	p.rmu.Lock()
 	for _, r := range p.readers {
 		r.Close()
 	}
 	p.readers = nil
+	p.rmu.Unlock()
 	if p.ring != nil {
 		p.ring.close()
 	}

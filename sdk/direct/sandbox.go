@@ -182,6 +182,12 @@ type EventFilter struct {
 	Topics []string
 }
 
+// LastEventSeq returns the sequence number of the newest event (0 before
+// the first).
+func (s *Service) LastEventSeq() uint64 {
+	return s.e.LastEventSeq()
+}
+
 // WatchEvents calls fn with the engine's events matching f, in order,
 // until ctx ends (nil) or fn fails (its error). The ExecID of an event of
 // a container's init process is empty. With after set, the kept events

@@ -128,6 +128,12 @@ func (e *Engine) SubscribeAfter(ctx context.Context) (<-chan Event, uint64) {
 	return e.events.subscribe(ctx)
 }
 
+// LastEventSeq returns the sequence number of the newest event (0 before
+// the first).
+func (e *Engine) LastEventSeq() uint64 {
+	return e.events.log.lastSeq()
+}
+
 // EventsAfter returns the kept events whose sequence number is greater
 // than after and at most upTo, oldest first, at most max of them. An
 // after older than the log (the events that followed it are gone) is

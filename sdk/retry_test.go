@@ -243,4 +243,3 @@ func TestEventsResumeAfterSequence(t *testing.T) {
 		t.Fatalf("EventsAfter request %v", f.watches[0])
 	}
 }
-

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -59,9 +60,19 @@ func retryable(spec connect.Spec) bool {
 }
 
 // unavailable tells whether err means the sandboxer could not be reached
-// or went away during the call.
+// or went away during the call: Unavailable, from the sandboxer (it shuts
+// down) or from the transport, or a broken stream (a connection that ended
+// in the middle of a message: the worker died) that the client's transport
+// reports itself as Internal or Unknown.
 func unavailable(err error) bool {
-	return connect.CodeOf(err) == connect.CodeUnavailable || errdefs.IsUnavailable(err)
+	if connect.CodeOf(err) == connect.CodeUnavailable || errdefs.IsUnavailable(err) {
+		return true
+	}
+	var ce *connect.Error
+	if !errors.As(err, &ce) || ce.IsRemote() {
+		return false
+	}
+	return ce.Code() == connect.CodeInternal || ce.Code() == connect.CodeUnknown
 }
 
 // backoff paces the attempts of one outage: wait sleeps before the next

@@ -141,8 +141,11 @@ type SandboxServiceClient interface {
 	// sandboxer restarted) resumes with the last sequence it received and
 	// loses no event. A sequence older than the log fails with OUT_OF_RANGE,
 	// one newer than the newest event with INVALID_ARGUMENT (the state was
-	// reset). Without after_sequence, past events are not replayed. While the
-	// sandboxer shuts down for a restart, streams end with UNAVAILABLE.
+	// reset). Without after_sequence, past events are not replayed; the
+	// response header Magnetar-Event-Sequence then carries the sequence of the
+	// newest event when the stream started, to resume from should it break
+	// before its first event. While the sandboxer shuts down for a restart,
+	// streams end with UNAVAILABLE.
 	WatchEvents(context.Context, *v1.WatchEventsRequest) (SandboxServiceWatchEventsClientStream, error)
 	// ListKinds returns the sandbox kinds (backends) this sandboxer knows, with
 	// their availability on this host and their capabilities.
@@ -206,8 +209,11 @@ type SandboxServiceHandler interface {
 	// sandboxer restarted) resumes with the last sequence it received and
 	// loses no event. A sequence older than the log fails with OUT_OF_RANGE,
 	// one newer than the newest event with INVALID_ARGUMENT (the state was
-	// reset). Without after_sequence, past events are not replayed. While the
-	// sandboxer shuts down for a restart, streams end with UNAVAILABLE.
+	// reset). Without after_sequence, past events are not replayed; the
+	// response header Magnetar-Event-Sequence then carries the sequence of the
+	// newest event when the stream started, to resume from should it break
+	// before its first event. While the sandboxer shuts down for a restart,
+	// streams end with UNAVAILABLE.
 	WatchEvents(context.Context, *v1.WatchEventsRequest, SandboxServiceWatchEventsServerStream) error
 	// ListKinds returns the sandbox kinds (backends) this sandboxer knows, with
 	// their availability on this host and their capabilities.

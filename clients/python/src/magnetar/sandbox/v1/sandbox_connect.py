@@ -99,8 +99,11 @@ class SandboxService(Protocol):
         sandboxer restarted) resumes with the last sequence it received and
         loses no event. A sequence older than the log fails with OUT_OF_RANGE,
         one newer than the newest event with INVALID_ARGUMENT (the state was
-        reset). Without after_sequence, past events are not replayed. While the
-        sandboxer shuts down for a restart, streams end with UNAVAILABLE.
+        reset). Without after_sequence, past events are not replayed; the
+        response header Magnetar-Event-Sequence then carries the sequence of the
+        newest event when the stream started, to resume from should it break
+        before its first event. While the sandboxer shuts down for a restart,
+        streams end with UNAVAILABLE.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -424,8 +427,11 @@ class SandboxServiceClient(ConnectClient):
         sandboxer restarted) resumes with the last sequence it received and
         loses no event. A sequence older than the log fails with OUT_OF_RANGE,
         one newer than the newest event with INVALID_ARGUMENT (the state was
-        reset). Without after_sequence, past events are not replayed. While the
-        sandboxer shuts down for a restart, streams end with UNAVAILABLE.
+        reset). Without after_sequence, past events are not replayed; the
+        response header Magnetar-Event-Sequence then carries the sequence of the
+        newest event when the stream started, to resume from should it break
+        before its first event. While the sandboxer shuts down for a restart,
+        streams end with UNAVAILABLE.
         """
         return self.execute_server_stream(
             request=request,
@@ -529,8 +535,11 @@ class SandboxServiceSync(Protocol):
         sandboxer restarted) resumes with the last sequence it received and
         loses no event. A sequence older than the log fails with OUT_OF_RANGE,
         one newer than the newest event with INVALID_ARGUMENT (the state was
-        reset). Without after_sequence, past events are not replayed. While the
-        sandboxer shuts down for a restart, streams end with UNAVAILABLE.
+        reset). Without after_sequence, past events are not replayed; the
+        response header Magnetar-Event-Sequence then carries the sequence of the
+        newest event when the stream started, to resume from should it break
+        before its first event. While the sandboxer shuts down for a restart,
+        streams end with UNAVAILABLE.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -852,8 +861,11 @@ class SandboxServiceClientSync(ConnectClientSync):
         sandboxer restarted) resumes with the last sequence it received and
         loses no event. A sequence older than the log fails with OUT_OF_RANGE,
         one newer than the newest event with INVALID_ARGUMENT (the state was
-        reset). Without after_sequence, past events are not replayed. While the
-        sandboxer shuts down for a restart, streams end with UNAVAILABLE.
+        reset). Without after_sequence, past events are not replayed; the
+        response header Magnetar-Event-Sequence then carries the sequence of the
+        newest event when the stream started, to resume from should it break
+        before its first event. While the sandboxer shuts down for a restart,
+        streams end with UNAVAILABLE.
         """
         return self.execute_server_stream(
             request=request,

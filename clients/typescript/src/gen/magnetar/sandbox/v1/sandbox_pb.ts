@@ -1131,8 +1131,11 @@ export const SandboxService: GenService<{
    * sandboxer restarted) resumes with the last sequence it received and
    * loses no event. A sequence older than the log fails with OUT_OF_RANGE,
    * one newer than the newest event with INVALID_ARGUMENT (the state was
-   * reset). Without after_sequence, past events are not replayed. While the
-   * sandboxer shuts down for a restart, streams end with UNAVAILABLE.
+   * reset). Without after_sequence, past events are not replayed; the
+   * response header Magnetar-Event-Sequence then carries the sequence of the
+   * newest event when the stream started, to resume from should it break
+   * before its first event. While the sandboxer shuts down for a restart,
+   * streams end with UNAVAILABLE.
    *
    * @generated from rpc magnetar.sandbox.v1.SandboxService.WatchEvents
    */

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
@@ -37,6 +38,10 @@ type Client struct {
 	containers containerv1connect.ContainerServiceClient
 	images     imagev1connect.ImageServiceClient
 
+	// retry is how long streams are resumed while the sandboxer is
+	// unavailable (0: not at all).
+	retry time.Duration
+
 	// closeFn releases what the client opened; run once by Close.
 	closeFn   func() error
 	closeOnce sync.Once
@@ -51,6 +56,8 @@ type options struct {
 	insecure   bool
 	grpc       bool
 	httpClient *http.Client
+	retry      time.Duration
+	retrySet   bool
 }
 
 // WithTLSConfig sets the TLS configuration for https:// addresses.
@@ -110,6 +117,12 @@ func WithHTTPClient(hc *http.Client) Option {
 // The protocol is Connect unless [WithGRPC] is given. Dial checks that a
 // unix socket exists but does not connect: the first call does. ctx bounds
 // the checks only.
+//
+// The client rides out restarts of the sandboxer (see [WithRetryTimeout]):
+// calls that change nothing are retried while it is unavailable, and the
+// streams of [Process.Output], [Process.Attach] and [Client.Events] resume
+// where they broke off, from the last output offset or event sequence
+// number received, so no byte or event is lost or repeated.
 func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	var o options
 	for _, opt := range opts {
@@ -196,12 +209,18 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	if o.grpc {
 		topts = append(topts, connecthttp.WithGRPC())
 	}
-	return NewClient(connect.NewClient(connecthttp.NewTransport(hc, baseURL, topts...)), func() error {
+	retry := DefaultRetryTimeout
+	if o.retrySet {
+		retry = o.retry
+	}
+	c := NewClient(connect.NewClient(connecthttp.NewTransport(hc, baseURL, topts...), retryInterceptor(retry)), func() error {
 		if tr != nil {
 			tr.CloseIdleConnections()
 		}
 		return nil
-	}), nil
+	})
+	c.retry = retry
+	return c, nil
 }
 
 // NewClient returns a client that calls Magnetar's API through cc, a

@@ -54,6 +54,10 @@ type OutputChunk struct {
 	Stream Stream
 	// Data holds the bytes.
 	Data []byte
+	// Offset is where Data starts in the process's output: how many bytes
+	// the process wrote before, to both streams. The next chunk starts at
+	// Offset+len(Data); [Process.OutputFrom] resumes from there.
+	Offset int64
 }
 
 // process is the part of [Container] and [Process] that drives one
@@ -149,28 +153,56 @@ func (w *stdinWriter) Close() error {
 }
 
 // Output streams the process's output: first what the sandboxer kept of
-// it (everything since the process was created, up to a limit, for the
-// first caller), then live output until the process exits. Stopping the
+// it (on disk, the newest 1 MiB or so by default, since the process was
+// created), then live output until the process exits. Stopping the
 // iteration early, or ending ctx, stops the stream. An error ends the
-// sequence.
+// sequence. While the sandboxer restarts, the stream resumes by itself
+// from the last offset received (see [WithRetryTimeout]).
 func (p process) Output(ctx context.Context) iter.Seq2[OutputChunk, error] {
+	return p.OutputFrom(ctx, -1)
+}
+
+// OutputFrom is Output from offset (see OutputChunk.Offset; a negative one
+// is the oldest byte kept). Output no longer kept fails with
+// errdefs.ErrOutOfRange.
+func (p process) OutputFrom(ctx context.Context, offset int64) iter.Seq2[OutputChunk, error] {
 	return func(yield func(OutputChunk, error) bool) {
-		_, err := p.follow(ctx, func(c OutputChunk) bool { return yield(c, nil) })
+		_, err := p.follow(ctx, offset, func(c OutputChunk) bool { return yield(c, nil) })
 		if err != nil {
 			yield(OutputChunk{}, err)
 		}
 	}
 }
 
-// errStopped ends follow when the consumer stops.
-var errStopped = errors.New("stopped by the consumer")
-
-// follow calls fn for every output chunk until the exit message, which it
-// returns; fn returning false stops early (ExitStatus then unset, err nil).
-func (p process) follow(ctx context.Context, fn func(OutputChunk) bool) (*ExitStatus, error) {
+// follow calls fn for every output chunk from offset from (the oldest
+// kept if negative) until the exit message, which it returns; fn
+// returning false stops early (ExitStatus then unset, err nil). A stream
+// that breaks because the sandboxer is unavailable is opened again from
+// the offset reached, within the client's retry budget.
+func (p process) follow(ctx context.Context, from int64, fn func(OutputChunk) bool) (*ExitStatus, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := p.client.containers.AttachOutput(ctx, &containerv1.AttachOutputRequest{ContainerId: p.containerID, ExecId: p.execID})
+	b := newBackoff(p.client.retry)
+	for {
+		st, err := p.followOnce(ctx, &from, b, fn)
+		if err == nil || !unavailable(err) || ctx.Err() != nil {
+			return st, err
+		}
+		if err := b.wait(ctx, err); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// followOnce is one AttachOutput stream of follow; from advances with
+// each chunk.
+func (p process) followOnce(ctx context.Context, from *int64, b *backoff, fn func(OutputChunk) bool) (*ExitStatus, error) {
+	req := &containerv1.AttachOutputRequest{ContainerId: p.containerID, ExecId: p.execID}
+	if *from >= 0 {
+		off := uint64(*from)
+		req.StartOffset = &off
+	}
+	stream, err := p.client.containers.AttachOutput(ctx, req)
 	if err != nil {
 		return nil, fromAPI(err)
 	}
@@ -183,8 +215,11 @@ func (p process) follow(ctx context.Context, fn func(OutputChunk) bool) (*ExitSt
 		if err != nil {
 			return nil, fromAPI(err)
 		}
+		b.reset()
 		if out := msg.GetOutput(); out != nil {
-			if !fn(OutputChunk{Stream: Stream(out.GetStream()), Data: out.GetData()}) {
+			c := OutputChunk{Stream: Stream(out.GetStream()), Data: out.GetData(), Offset: int64(out.GetOffset())}
+			*from = c.Offset + int64(len(c.Data))
+			if !fn(c) {
 				return nil, nil
 			}
 		}
@@ -206,7 +241,7 @@ func (p process) Attach(ctx context.Context, stdout, stderr io.Writer) (ExitStat
 		stderr = io.Discard
 	}
 	var werr error
-	st, err := p.follow(ctx, func(c OutputChunk) bool {
+	st, err := p.follow(ctx, -1, func(c OutputChunk) bool {
 		w := stdout
 		if c.Stream == Stderr {
 			w = stderr

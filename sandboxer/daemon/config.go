@@ -33,6 +33,7 @@ const (
 //	run_dir = "/run/magnetar"
 //	listen = "/run/magnetar/sandboxer.sock"
 //	api_listen = "/run/magnetar/api.sock"
+//	api_output_ring_bytes = 1048576
 //	default_kind = "runc"
 //	log_level = "info"
 //	[containerd]
@@ -77,6 +78,10 @@ type Config struct {
 	// (magnetar.sandbox.v1, magnetar.container.v1) over Connect, gRPC and
 	// gRPC-Web. Default <run_dir>/api.sock; "-" disables it.
 	APIListen string `toml:"api_listen"`
+	// APIOutputRingBytes is how many bytes of output the API keeps on
+	// disk per process of the containers it makes (a ring, in the
+	// sandbox's state dir). Default 1 MiB; at least 128 KiB.
+	APIOutputRingBytes int64 `toml:"api_output_ring_bytes"`
 	// DefaultKind is the sandbox kind used when neither the runtime handler
 	// nor the pod's magnetar.io/kind annotation names one. Empty refuses
 	// such pods.
@@ -277,6 +282,9 @@ func (c Config) Validate() error {
 	}
 	if api := c.apiSocket(); api != "" && (!filepath.IsAbs(api) || len(api) > 107) {
 		errs = append(errs, fmt.Errorf("api_listen %q must be an absolute unix socket path of at most 107 bytes, or \"-\"", c.APIListen))
+	}
+	if c.APIOutputRingBytes != 0 && c.APIOutputRingBytes < 128<<10 {
+		errs = append(errs, fmt.Errorf("api_output_ring_bytes %d must be at least %d (128 KiB), or 0 for the default", c.APIOutputRingBytes, 128<<10))
 	}
 	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
 		errs = append(errs, fmt.Errorf("log_level %q is not one of trace, debug, info, warn, error", c.LogLevel))

@@ -2,6 +2,10 @@ package apiserver
 
 import (
 	"context"
+	"fmt"
+	"math"
+
+	"github.com/containerd/errdefs"
 
 	containerv1 "github.com/magnetar-io/magnetar/gen/magnetar/container/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/container/v1/containerv1connect"
@@ -167,7 +171,8 @@ func (s *Server) CloseStdin(ctx context.Context, req *containerv1.CloseStdinRequ
 	return &containerv1.CloseStdinResponse{}, nil
 }
 
-// AttachOutput streams a process's output from its start, then its exit.
+// AttachOutput streams a process's output from start_offset (or the
+// oldest byte kept), then its exit.
 func (s *Server) AttachOutput(ctx context.Context, req *containerv1.AttachOutputRequest, stream containerv1connect.ContainerServiceAttachOutputServerStream) error {
 	out, err := s.d.Output(ctx, req.GetContainerId(), req.GetExecId())
 	if err != nil {
@@ -176,9 +181,16 @@ func (s *Server) AttachOutput(ctx context.Context, req *containerv1.AttachOutput
 	if err := stream.SendHeaders(); err != nil {
 		return err
 	}
-	st, err := out.Follow(ctx, func(c direct.Chunk) error {
+	from := int64(-1)
+	if req.StartOffset != nil {
+		if req.GetStartOffset() > math.MaxInt64 {
+			return fmt.Errorf("start_offset %d is too large: %w", req.GetStartOffset(), errdefs.ErrInvalidArgument)
+		}
+		from = int64(req.GetStartOffset())
+	}
+	st, err := out.Follow(ctx, from, func(c direct.Chunk) error {
 		return stream.Send(&containerv1.AttachOutputResponse{Payload: &containerv1.AttachOutputResponse_Output{
-			Output: &containerv1.OutputChunk{Stream: outputStreams[c.Stream], Data: c.Data},
+			Output: &containerv1.OutputChunk{Stream: outputStreams[c.Stream], Data: c.Data, Offset: uint64(c.Offset)},
 		}})
 	})
 	if err != nil {

@@ -2,8 +2,10 @@ package apiserver
 
 import (
 	"context"
+	"strconv"
 	"time"
 
+	"connectrpc.com/connect/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
@@ -195,8 +197,25 @@ var (
 	eventTopics = invert(eventTypes)
 )
 
+// EventSequenceHeader is the response header of WatchEvents that carries
+// the sequence number the stream starts after: after_sequence, or the
+// newest event's when the request has none. A client whose stream breaks
+// before its first event resumes from it.
+const EventSequenceHeader = "Magnetar-Event-Sequence"
+
 // WatchEvents streams events until the client goes away.
 func (s *Server) WatchEvents(ctx context.Context, req *sandboxv1.WatchEventsRequest, stream sandboxv1connect.SandboxServiceWatchEventsServerStream) error {
+	after := req.AfterSequence
+	if after == nil {
+		// Live events only: from the newest event now on, which the
+		// client learns from the header to resume from should the
+		// stream break before its first event.
+		last := s.d.LastEventSeq()
+		after = &last
+	}
+	if info, ok := connect.CallInfoForServerContext(ctx); ok {
+		info.ResponseHeader().Set(EventSequenceHeader, strconv.FormatUint(*after, 10))
+	}
 	if err := stream.SendHeaders(); err != nil {
 		return err
 	}
@@ -205,14 +224,14 @@ func (s *Server) WatchEvents(ctx context.Context, req *sandboxv1.WatchEventsRequ
 		// A type without a topic matches no event.
 		Topics: convertAll(req.GetTypes(), eventTopics, sandboxv1.EventType.String),
 	}
-	return s.d.WatchEvents(ctx, f, func(ev engine.Event) error {
+	return s.d.WatchEvents(ctx, f, after, func(ev engine.Event) error {
 		typ, ok := eventTypes[ev.Topic]
 		if !ok {
 			return nil
 		}
 		return stream.Send(&sandboxv1.WatchEventsResponse{Event: &sandboxv1.Event{
 			Type: typ, Topic: ev.Topic, Timestamp: ts(ev.Timestamp), SandboxId: ev.SandboxID, ContainerId: ev.ContainerID,
-			ExecId: ev.ExecID, Pid: ev.Pid, ExitStatus: ev.ExitCode, ExitedAt: ts(ev.ExitedAt),
+			ExecId: ev.ExecID, Pid: ev.Pid, ExitStatus: ev.ExitCode, ExitedAt: ts(ev.ExitedAt), Sequence: ev.Seq,
 		}})
 	})
 }

@@ -53,6 +53,13 @@ func WithImageStore(st *image.Store) Option {
 	return func(s *Server) { s.directOpts = append(s.directOpts, direct.WithImageStore(st)) }
 }
 
+// WithOutputRingSize sets how many bytes of output are kept on disk per
+// process of the containers made through the API (see
+// [direct.WithOutputRingSize]); 0 keeps the default.
+func WithOutputRingSize(n int64) Option {
+	return func(s *Server) { s.directOpts = append(s.directOpts, direct.WithOutputRingSize(n)) }
+}
+
 // New returns a server over e. Close it to stop its background copying.
 func New(e *engine.Engine, opts ...Option) *Server {
 	s := &Server{}

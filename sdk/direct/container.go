@@ -259,6 +259,7 @@ func (s *Service) CreateContainer(ctx context.Context, req ContainerRequest) (_ 
 	if err != nil {
 		return Container{}, err
 	}
+	s.watchExit(sbst.ID, id, "", pio)
 	return s.toContainer(ctx, st), nil
 }
 
@@ -453,7 +454,7 @@ func (s *Service) Exec(ctx context.Context, req ExecRequest) (_ engine.ProcessSt
 	if cs := p.ConsoleSize; cs != nil && proc.Terminal {
 		proc.ConsoleSize = &specs.Box{Width: uint(cs.Width), Height: uint(cs.Height)}
 	}
-	pio, err := s.newProcIO(dir, "exec-"+execID+"-", p.OpenStdin, proc.Terminal)
+	pio, err := s.newProcIO(dir, execID, p.OpenStdin, proc.Terminal)
 	if err != nil {
 		return engine.ProcessStatus{}, err
 	}
@@ -469,6 +470,7 @@ func (s *Service) Exec(ctx context.Context, req ExecRequest) (_ engine.ProcessSt
 	if _, err := s.e.Exec(ctx, sb, engine.ExecSpec{ContainerID: id, ExecID: execID, Process: &proc, Stdio: pio.stdio}); err != nil {
 		return engine.ProcessStatus{}, err
 	}
+	s.watchExit(sb, id, execID, pio)
 	st, err := s.e.Start(ctx, sb, id, execID)
 	if err != nil {
 		_, _ = s.e.Delete(ctx, sb, id, execID)
@@ -572,7 +574,7 @@ func (s *Service) CloseStdin(ctx context.Context, containerID, execID string) er
 type Output struct {
 	s                           *Service
 	sandboxID, containerID, eid string
-	log                         *outputLog
+	ring                        *ring
 }
 
 // Output returns the output of a process, the init for an empty execID.
@@ -585,15 +587,30 @@ func (s *Service) Output(ctx context.Context, containerID, execID string) (*Outp
 	if p == nil {
 		return nil, fmt.Errorf("process %q of container %q has no output kept by this server: %w", execID, containerID, errdefs.ErrNotFound)
 	}
-	return &Output{s: s, sandboxID: sb, containerID: containerID, eid: execID, log: p.output}, nil
+	return &Output{s: s, sandboxID: sb, containerID: containerID, eid: execID, ring: p.ring}, nil
 }
 
-// Follow calls send with the process's output from its start (as much as
-// is kept) until its output streams close, then waits for the process to
-// exit and returns how it exited. It stops at the first error of send,
-// and returns it, or when ctx ends.
-func (o *Output) Follow(ctx context.Context, send func(Chunk) error) (backend.ExitStatus, error) {
-	if err := o.log.follow(ctx, send); err != nil {
+// Bounds returns the offsets of the oldest byte of output kept and of the
+// byte after the newest.
+func (o *Output) Bounds() (start, end int64) {
+	return o.ring.bounds()
+}
+
+// Follow calls send with the process's output from offset from (from the
+// oldest byte kept for a negative one) until its output streams close,
+// then waits for the process to exit and returns how it exited. Offsets
+// count the bytes of both streams from the process's first one; each
+// chunk carries its own. An offset whose output is no longer kept (the
+// ring keeps the newest [DefaultOutputRingSize] bytes or so) fails with
+// errdefs.ErrOutOfRange, as does a follower that falls that far behind.
+// It stops at the first error of send, and returns it, or when ctx ends;
+// when the service closes, it fails with errdefs.ErrUnavailable (the next
+// service goes on from the same offsets).
+func (o *Output) Follow(ctx context.Context, from int64, send func(Chunk) error) (backend.ExitStatus, error) {
+	if err := o.ring.follow(ctx.Done(), from, send); err != nil {
+		return backend.ExitStatus{}, err
+	}
+	if err := ctx.Err(); err != nil {
 		return backend.ExitStatus{}, err
 	}
 	return o.s.e.Wait(ctx, o.sandboxID, o.containerID, o.eid)

@@ -8,13 +8,22 @@
 //
 // Containers made through it get an engine-managed bundle: the OCI spec is
 // generated from the request, and their stdio goes through FIFOs whose
-// output the service keeps for clients that attach later. Containers
+// output the service keeps on disk, in a bounded ring per process, for
+// clients that attach later or resume from an offset (also after a restart
+// of the sandboxer: a new service over the same state dir takes the rings
+// and FIFOs over). Containers
 // created from an image get a writable overlay over the image's unpacked
 // root file system (see [Service.CreateContainer]).
 package direct
 
 import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"sync"
+
+	"github.com/containerd/errdefs"
 
 	"github.com/magnetar-io/magnetar/sdk/engine"
 	"github.com/magnetar-io/magnetar/sdk/image"
@@ -35,8 +44,13 @@ type Service struct {
 	mu    sync.Mutex
 	procs map[procKey]*procIO
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	// ringSize is how many bytes of output each process keeps.
+	ringSize int64
+
+	// ctx ends when the service closes.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 type procKey struct{ container, exec string }
@@ -52,24 +66,87 @@ func WithImageStore(st *image.Store) Option {
 	return func(s *Service) { s.images = st }
 }
 
-// New returns a service over e. Close it to stop its background copying.
+// WithOutputRingSize sets how many bytes of output the service keeps on
+// disk per process (both streams together; about that many: between half
+// and all of it). Default [DefaultOutputRingSize]; at least 128 KiB.
+func WithOutputRingSize(n int64) Option {
+	return func(s *Service) {
+		if n > 0 {
+			s.ringSize = n
+		}
+	}
+}
+
+// New returns a service over e. It takes over the output of the
+// containers an earlier service made in e's state dir (a restart): their
+// rings, and their output FIFOs where the process may still write. Close
+// it to stop its background copying.
 func New(e *engine.Engine, opts ...Option) *Service {
-	s := &Service{e: e, procs: map[procKey]*procIO{}, creating: map[string]bool{}, stop: make(chan struct{})}
+	s := &Service{e: e, procs: map[procKey]*procIO{}, creating: map[string]bool{}, ringSize: DefaultOutputRingSize}
 	for _, o := range opts {
 		o(s)
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.recoverOutputs()
 	return s
 }
 
+// recoverOutputs takes over the output of the containers made through the
+// API (they have a meta.json) that e recovered. A process the engine does
+// not know any more (exec'd processes do not survive a restart of the
+// engine) has no output served.
+func (s *Service) recoverOutputs() {
+	ctx := s.ctx
+	for _, sb := range s.e.ListSandboxes(ctx) {
+		sts, err := s.e.Containers(ctx, sb.ID)
+		if err != nil {
+			continue
+		}
+		for _, st := range sts {
+			dir, err := s.e.ContainerDir(ctx, sb.ID, st.ContainerID)
+			if err != nil {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(dir, metaFile)); err != nil {
+				continue
+			}
+			if _, err := os.Stat(ringDir(dir, "")); errors.Is(err, os.ErrNotExist) {
+				continue // made by a version without rings
+			}
+			p, err := s.recoverProcIO(dir, "", st.Stdio)
+			if err != nil {
+				continue
+			}
+			s.procs[procKey{st.ContainerID, ""}] = p
+			if st.State == engine.ProcessStopped {
+				p.markExited()
+			} else {
+				s.watchExit(sb.ID, st.ContainerID, "", p)
+			}
+		}
+	}
+}
+
+// watchExit tells p's copies when its process exits.
+func (s *Service) watchExit(sandboxID, containerID, execID string, p *procIO) {
+	s.wg.Go(func() {
+		if _, err := s.e.Wait(s.ctx, sandboxID, containerID, execID); err == nil || errdefs.IsNotFound(err) {
+			p.markExited()
+		}
+	})
+}
+
 // Close stops copying output and closes stdin pipes. Containers keep
-// running.
+// running; their output waits in the FIFOs for the next service.
 func (s *Service) Close() error {
-	close(s.stop)
+	s.cancel()
 	s.mu.Lock()
-	for _, p := range s.procs {
+	procs := s.procs
+	s.procs = map[procKey]*procIO{}
+	s.mu.Unlock()
+	for _, p := range procs {
 		p.close()
 	}
-	s.mu.Unlock()
 	s.wg.Wait()
 	return nil
 }

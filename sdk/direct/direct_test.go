@@ -84,7 +84,7 @@ func follow(t *testing.T, ctx context.Context, s *direct.Service, id, execID str
 		t.Fatalf("Output: %v", err)
 	}
 	var o, e strings.Builder
-	exit, err := out.Follow(ctx, func(c direct.Chunk) error {
+	exit, err := out.Follow(ctx, -1, func(c direct.Chunk) error {
 		if c.Stream == direct.Stderr {
 			e.Write(c.Data)
 		} else {

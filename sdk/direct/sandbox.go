@@ -182,24 +182,85 @@ type EventFilter struct {
 	Topics []string
 }
 
+// LastEventSeq returns the sequence number of the newest event (0 before
+// the first).
+func (s *Service) LastEventSeq() uint64 {
+	return s.e.LastEventSeq()
+}
+
 // WatchEvents calls fn with the engine's events matching f, in order,
 // until ctx ends (nil) or fn fails (its error). The ExecID of an event of
-// a container's init process is empty. A watcher that falls behind is
-// dropped: errdefs.ErrUnavailable.
-func (s *Service) WatchEvents(ctx context.Context, f EventFilter, fn func(engine.Event) error) error {
-	for ev := range s.e.Subscribe(ctx) {
+// a container's init process is empty. With after set, the kept events
+// whose sequence number (Event.Seq) is greater come first
+// (errdefs.ErrOutOfRange if some of them are no longer kept,
+// errdefs.ErrInvalidArgument for a sequence number beyond the newest
+// event); without, only events from now on. A watcher that falls behind
+// goes on from the event log, or fails with errdefs.ErrOutOfRange once
+// the log no longer has what it missed. When the engine closes (the
+// sandboxer shuts down), it fails with errdefs.ErrUnavailable: the client
+// resumes after the last event it got.
+func (s *Service) WatchEvents(ctx context.Context, f EventFilter, after *uint64, fn func(engine.Event) error) error {
+	send := func(ev engine.Event) error {
 		if (len(f.SandboxIDs) > 0 && !slices.Contains(f.SandboxIDs, ev.SandboxID)) || (len(f.Topics) > 0 && !slices.Contains(f.Topics, ev.Topic)) {
-			continue
+			return nil
 		}
 		if ev.ExecID == ev.ContainerID {
 			ev.ExecID = ""
 		}
-		if err := fn(ev); err != nil {
+		return fn(ev)
+	}
+	var last uint64
+	replay := after != nil
+	if replay {
+		last = *after
+	}
+	for {
+		subCtx, cancel := context.WithCancel(ctx)
+		ch, cut := s.e.SubscribeAfter(subCtx)
+		if !replay {
+			last, replay = cut, true
+		}
+		err := func() error {
+			defer cancel()
+			// What the log has up to where the subscription starts.
+			for last < cut {
+				evs, err := s.e.EventsAfter(last, cut, 256)
+				if err != nil {
+					return err
+				}
+				if len(evs) == 0 {
+					return fmt.Errorf("event log ends before event %d: %w", cut, errdefs.ErrDataLoss)
+				}
+				for _, ev := range evs {
+					if err := send(ev); err != nil {
+						return err
+					}
+					last = ev.Seq
+				}
+			}
+			for ev := range ch {
+				if ev.Seq <= last {
+					continue
+				}
+				if err := send(ev); err != nil {
+					return err
+				}
+				last = ev.Seq
+			}
+			return nil
+		}()
+		if err != nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-s.ctx.Done():
+			return fmt.Errorf("the sandboxer is shutting down; resume after event %d: %w", last, errdefs.ErrUnavailable)
+		default:
+		}
+		// The subscription fell behind and was dropped, or the engine
+		// closed: go on from the log (which tells which).
+		if _, err := s.e.EventsAfter(last, last, 1); err != nil {
 			return err
 		}
 	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return fmt.Errorf("event stream fell behind and was dropped: %w", errdefs.ErrUnavailable)
 }

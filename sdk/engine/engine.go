@@ -34,6 +34,10 @@ type Config struct {
 	// SIGTERM before it kills them, when the caller gives no timeout.
 	// Default 10s.
 	StopTimeout time.Duration
+	// EventLogSize is how many bytes of the newest events the engine
+	// keeps on disk, in <StateDir>/events, for watchers that resume
+	// ([Engine.EventsAfter]). Default [DefaultEventLogSize].
+	EventLogSize int64
 }
 
 // Engine runs sandboxes. It is safe for concurrent use.
@@ -69,11 +73,15 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "sandboxes"), 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
+	evlog, err := openEventLog(filepath.Join(dir, eventLogDir), cfg.EventLogSize)
+	if err != nil {
+		return nil, fmt.Errorf("open event log: %w", err)
+	}
 	e := &Engine{
 		stateDir:    dir,
 		backends:    map[string]backend.Backend{},
 		stopTimeout: cfg.StopTimeout,
-		events:      newBus(),
+		events:      newBus(evlog),
 		sandboxes:   map[string]*sandbox{},
 		closing:     make(chan struct{}),
 	}
@@ -87,6 +95,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	sort.Strings(e.kinds)
 	if err := e.recover(ctx); err != nil {
+		evlog.close()
 		return nil, err
 	}
 	return e, nil
@@ -108,7 +117,30 @@ func (e *Engine) Close() error {
 // Subscribe returns the engine's events until ctx ends. A subscriber that
 // falls more than a thousand events behind is dropped (its channel closes).
 func (e *Engine) Subscribe(ctx context.Context) <-chan Event {
+	ch, _ := e.events.subscribe(ctx)
+	return ch
+}
+
+// SubscribeAfter is Subscribe that also returns the sequence number of
+// the last event before the first the channel gets: the events up to it
+// are read with [Engine.EventsAfter].
+func (e *Engine) SubscribeAfter(ctx context.Context) (<-chan Event, uint64) {
 	return e.events.subscribe(ctx)
+}
+
+// LastEventSeq returns the sequence number of the newest event (0 before
+// the first).
+func (e *Engine) LastEventSeq() uint64 {
+	return e.events.log.lastSeq()
+}
+
+// EventsAfter returns the kept events whose sequence number is greater
+// than after and at most upTo, oldest first, at most max of them. An
+// after older than the log (the events that followed it are gone) is
+// errdefs.ErrOutOfRange; one newer than the newest event
+// errdefs.ErrInvalidArgument.
+func (e *Engine) EventsAfter(after, upTo uint64, max int) ([]Event, error) {
+	return e.events.log.read(after, upTo, max)
 }
 
 // KindInfo is a sandbox kind and whether it can run here.

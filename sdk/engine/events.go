@@ -26,25 +26,29 @@ const (
 
 // Event is something that happened to a sandbox, container or process.
 type Event struct {
-	Topic     string
-	Timestamp time.Time
+	// Seq is the event's sequence number: one more than the engine's
+	// previous event's, across restarts of the engine on the same state
+	// dir (the event log keeps it).
+	Seq       uint64    `json:"seq"`
+	Topic     string    `json:"topic"`
+	Timestamp time.Time `json:"timestamp"`
 	// Namespace is the sandbox's containerd namespace.
-	Namespace   string
-	SandboxID   string
-	ContainerID string
+	Namespace   string `json:"namespace,omitempty"`
+	SandboxID   string `json:"sandboxId"`
+	ContainerID string `json:"containerId,omitempty"`
 	// ExecID is set for exec'd processes; empty for a container's init
 	// (containerd's TaskExit.ID is the container ID then).
-	ExecID string
-	Pid    uint32
+	ExecID string `json:"execId,omitempty"`
+	Pid    uint32 `json:"pid,omitempty"`
 	// ExitCode and ExitedAt are set for exit events.
-	ExitCode uint32
-	ExitedAt time.Time
+	ExitCode uint32    `json:"exitCode,omitempty"`
+	ExitedAt time.Time `json:"exitedAt,omitzero"`
 	// Bundle, Stdio and Terminal are set for task create events.
-	Bundle   string
-	Stdin    string
-	Stdout   string
-	Stderr   string
-	Terminal bool
+	Bundle   string `json:"bundle,omitempty"`
+	Stdin    string `json:"stdin,omitempty"`
+	Stdout   string `json:"stdout,omitempty"`
+	Stderr   string `json:"stderr,omitempty"`
+	Terminal bool   `json:"terminal,omitempty"`
 }
 
 // subscriberBuffer is how many events a slow subscriber may lag behind
@@ -56,16 +60,29 @@ const subscriberBuffer = 1024
 type bus struct {
 	mu   sync.Mutex
 	subs map[chan Event]struct{}
+	// log numbers and keeps the events (nil: numbered from 1, not kept).
+	log    *eventLog
+	last   uint64
+	closed bool
 }
 
-func newBus() *bus { return &bus{subs: map[chan Event]struct{}{}} }
+func newBus(log *eventLog) *bus { return &bus{subs: map[chan Event]struct{}{}, log: log} }
 
+// publish numbers ev, writes it to the log and sends it to the
+// subscribers, in this order, so that a subscriber never sees an event
+// the log does not have.
 func (b *bus) publish(ev Event) {
 	if ev.Timestamp.IsZero() {
 		ev.Timestamp = time.Now().UTC()
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.log != nil {
+		b.log.append(&ev)
+	} else {
+		b.last++
+		ev.Seq = b.last
+	}
 	for ch := range b.subs {
 		select {
 		case ch <- ev:
@@ -77,10 +94,20 @@ func (b *bus) publish(ev Event) {
 }
 
 // subscribe returns a channel of events, closed when ctx ends or when the
-// subscriber falls too far behind.
-func (b *bus) subscribe(ctx context.Context) <-chan Event {
+// subscriber falls too far behind, and the sequence number of the last
+// event before the first it gets.
+func (b *bus) subscribe(ctx context.Context) (<-chan Event, uint64) {
 	ch := make(chan Event, subscriberBuffer)
 	b.mu.Lock()
+	last := b.last
+	if b.log != nil {
+		last = b.log.lastSeq()
+	}
+	if b.closed {
+		close(ch)
+		b.mu.Unlock()
+		return ch, last
+	}
 	b.subs[ch] = struct{}{}
 	b.mu.Unlock()
 	context.AfterFunc(ctx, func() {
@@ -91,7 +118,7 @@ func (b *bus) subscribe(ctx context.Context) <-chan Event {
 			close(ch)
 		}
 	})
-	return ch
+	return ch, last
 }
 
 func (b *bus) closeAll() {
@@ -100,5 +127,9 @@ func (b *bus) closeAll() {
 	for ch := range b.subs {
 		delete(b.subs, ch)
 		close(ch)
+	}
+	b.closed = true
+	if b.log != nil {
+		b.log.close()
 	}
 }

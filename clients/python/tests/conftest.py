@@ -34,6 +34,31 @@ class Daemon:
     socket: str
     wasm_image: str
     busybox_image: str
+    binary: str
+    run_dir: str
+    supervisor_pid: int
+
+    def worker_pid(self) -> int:
+        """The pid of the supervisor's worker (0: none now)."""
+        for f in Path(f"/proc/{self.supervisor_pid}/task").glob("*/children"):
+            for pid in f.read_text().split():
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"magnetar-sandboxer\x00--state-dir\x00" in cmd:
+                    return int(pid)
+        return 0
+
+    def new_worker(self, old: int, timeout: float = 60) -> int:
+        """Waits for a worker other than ``old``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.worker_pid()
+            if pid not in (0, old):
+                return pid
+            time.sleep(0.05)
+        raise AssertionError(f"no new worker after {old} within {timeout} s")
 
 
 def _unavailable(msg: str) -> None:
@@ -83,7 +108,7 @@ def daemon() -> Iterator[Daemon]:
         with magnetar.Client(address) as client:
             wasm = client.import_image(str(wasm_tar))
             busybox = client.import_image(str(busybox_tar))
-        yield Daemon(address, str(sock), wasm[0].name, busybox[0].name)
+        yield Daemon(address, str(sock), wasm[0].name, busybox[0].name, str(sandboxer), str(work / "run"), proc.pid)
         # Everything the tests created must be gone already.
         with magnetar.Client(address) as client:
             left = client.list_sandboxes()

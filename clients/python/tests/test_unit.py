@@ -120,3 +120,142 @@ def test_missing_socket_is_unavailable() -> None:
         assert ei.value.code == magnetar.Code.UNAVAILABLE and "missing.sock" in str(ei.value)
         with pytest.raises(magnetar.UnavailableError):
             magnetar.AsyncClient(d)  # a directory, not a socket
+
+
+# Retries and stream resumption (magnetar._resume), against fake streams.
+
+from collections.abc import Iterator  # noqa: E402
+
+from magnetar._resume import Backoff, follow_output, retry, watch_events  # noqa: E402
+from magnetar.container.v1 import container_pb2  # noqa: E402
+from magnetar.sandbox.v1 import sandbox_pb2  # noqa: E402
+
+_UNAVAILABLE = ConnectError(magnetar.Code.UNAVAILABLE, "worker restarting")
+
+
+def _chunk(data: bytes, offset: int) -> container_pb2.AttachOutputResponse:
+    return container_pb2.AttachOutputResponse(
+        output=container_pb2.OutputChunk(stream=container_pb2.OUTPUT_STREAM_STDOUT, data=data, offset=offset)
+    )
+
+
+def test_retry_only_unavailable_and_bounded() -> None:
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise _UNAVAILABLE
+        return "ok"
+
+    sleeps: list[float] = []
+    assert retry(10, flaky, sleeps.append) == "ok" and len(calls) == 3
+    assert sleeps == [0.05, 0.1]
+
+    def not_found() -> str:
+        calls.append(1)
+        raise ConnectError(magnetar.Code.NOT_FOUND, "gone")
+
+    calls.clear()
+    with pytest.raises(ConnectError):
+        retry(10, not_found, sleeps.append)
+    assert len(calls) == 1
+
+    # The budget bounds an outage; 0 turns retries off.
+    now = [0.0]
+    b = Backoff(1.0, clock=lambda: now[0])
+    delays = []
+    while (d := b.next_delay()) is not None:
+        delays.append(d)
+        now[0] += d
+    assert delays == [0.05, 0.1, 0.2, 0.4] and sum(delays) <= 1.0
+    assert Backoff(0).next_delay() is None
+
+
+def test_output_resumes_from_next_offset() -> None:
+    requests: list[container_pb2.AttachOutputRequest] = []
+
+    def attach(req: container_pb2.AttachOutputRequest) -> Iterator[container_pb2.AttachOutputResponse]:
+        requests.append(req)
+        if len(requests) == 1:
+            yield _chunk(b"ab", 0)
+            yield _chunk(b"cd", 2)
+            raise _UNAVAILABLE
+        if len(requests) == 2:
+            raise ConnectError(magnetar.Code.INTERNAL, "incomplete envelope")  # a broken connection
+        yield _chunk(b"ef", 4)
+        yield container_pb2.AttachOutputResponse(exit=container_pb2.ProcessExit(exit_status=7))
+
+    exits: list[int] = []
+    got = list(follow_output(attach, "c", "", None, 10, exits.append, sleep=lambda _: None))
+    assert b"".join(o.data for o in got) == b"abcdef" and [o.offset for o in got] == [0, 2, 4]
+    assert exits == [7]
+    assert not requests[0].HasField("start_offset")
+    assert [r.start_offset for r in requests[1:]] == [4, 4]
+
+
+def test_output_does_not_resume_other_errors() -> None:
+    def attach(req: container_pb2.AttachOutputRequest) -> Iterator[container_pb2.AttachOutputResponse]:
+        raise ConnectError(magnetar.Code.OUT_OF_RANGE, "no longer kept")
+        yield  # a generator
+
+    with pytest.raises(ConnectError) as ei:
+        list(follow_output(attach, "c", "", 3, 10, lambda _: None, sleep=lambda _: None))
+    assert ei.value.code == magnetar.Code.OUT_OF_RANGE
+
+
+def test_events_resume_after_last_sequence() -> None:
+    requests: list[sandbox_pb2.WatchEventsRequest] = []
+
+    def watch(req: sandbox_pb2.WatchEventsRequest) -> Iterator[sandbox_pb2.WatchEventsResponse]:
+        requests.append(req)
+        start = req.after_sequence if req.HasField("after_sequence") else 10
+        for seq in range(start + 1, 15):
+            if len(requests) == 1 and seq == 13:
+                raise _UNAVAILABLE
+            yield sandbox_pb2.WatchEventsResponse(event=sandbox_pb2.Event(sandbox_id="sb", sequence=seq))
+
+    got = []
+    for ev in watch_events(watch, ["sb"], 10, 10, sleep=lambda _: None):
+        got.append(ev.sequence)
+        if ev.sequence == 14:
+            break
+    assert got == [11, 12, 13, 14]
+    assert [r.after_sequence for r in requests] == [10, 12]
+    assert list(requests[0].sandbox_ids) == ["sb"]
+
+
+@pytest.mark.asyncio
+async def test_async_output_and_events_resume() -> None:
+    from collections.abc import AsyncIterator
+
+    from magnetar._resume import follow_output_async, watch_events_async
+
+    reqs: list[container_pb2.AttachOutputRequest] = []
+
+    async def attach(req: container_pb2.AttachOutputRequest) -> AsyncIterator[container_pb2.AttachOutputResponse]:
+        reqs.append(req)
+        if len(reqs) == 1:
+            yield _chunk(b"ab", 0)
+            raise _UNAVAILABLE
+        yield _chunk(b"cd", 2)
+        yield container_pb2.AttachOutputResponse(exit=container_pb2.ProcessExit(exit_status=3))
+
+    exits: list[int] = []
+    got = [o async for o in follow_output_async(attach, "c", "", None, 10, exits.append)]
+    assert b"".join(o.data for o in got) == b"abcd" and exits == [3] and reqs[1].start_offset == 2
+
+    wreqs: list[sandbox_pb2.WatchEventsRequest] = []
+
+    async def watch(req: sandbox_pb2.WatchEventsRequest) -> AsyncIterator[sandbox_pb2.WatchEventsResponse]:
+        wreqs.append(req)
+        yield sandbox_pb2.WatchEventsResponse(event=sandbox_pb2.Event(sequence=req.after_sequence + 1))
+        if len(wreqs) == 1:
+            raise _UNAVAILABLE
+
+    seqs = []
+    async for ev in watch_events_async(watch, [], 0, 10):
+        seqs.append(ev.sequence)
+        if len(seqs) == 2:
+            break
+    assert seqs == [1, 2] and [r.after_sequence for r in wreqs] == [0, 1]

@@ -29,6 +29,7 @@ import type { ResourcesSchema } from "./gen/magnetar/types/v1/types_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { dialTransport, type DialOptions } from "./dial.js";
 import { MagnetarError, invalidArgument, wrapped } from "./errors.js";
+import { DEFAULT_RETRY_TIMEOUT_MS, followOutput, watchEvents } from "./resume.js";
 
 /** Resource limits (cgroup) of a sandbox or container, as in the API. */
 export type Resources = MessageInitShape<typeof ResourcesSchema>;
@@ -138,6 +139,12 @@ export interface OutputChunk {
   stream: StreamName;
   /** The bytes, as the process wrote them. */
   data: Uint8Array;
+  /**
+   * Where data starts in the process's output (bytes of both streams
+   * before it); `output({ startOffset: offset + data.length })` goes on
+   * after it.
+   */
+  offset: number;
 }
 
 /** How a process ended. */
@@ -210,17 +217,25 @@ export class MagnetarClient implements AsyncDisposable {
   readonly containerService: Client<typeof ContainerService>;
   /** The generated client of magnetar.image.v1.ImageService. */
   readonly imageService: Client<typeof ImageService>;
+  /**
+   * How long (ms) output and event streams are resumed while the sandboxer
+   * is unavailable (it restarts); 0: not at all. {@link dial} also retries
+   * the calls that change nothing for as long (see DialOptions.retryTimeoutMs).
+   */
+  readonly retryTimeoutMs: number;
   readonly #close: () => void;
 
   /**
    * Wraps a transport. close, if given, is called by {@link close}; use
-   * {@link dial} to get one made for an address.
+   * {@link dial} to get one made for an address. retryTimeoutMs bounds the
+   * resumption of streams (default 0 here: none; {@link dial} passes its own).
    */
-  constructor(transport: Transport, close: () => void = () => {}) {
+  constructor(transport: Transport, close: () => void = () => {}, retryTimeoutMs = 0) {
     this.sandboxService = createClient(SandboxService, transport);
     this.containerService = createClient(ContainerService, transport);
     this.imageService = createClient(ImageService, transport);
     this.#close = close;
+    this.retryTimeoutMs = retryTimeoutMs;
   }
 
   /** Closes the client's connections. Calls in flight fail. */
@@ -316,21 +331,32 @@ export class MagnetarClient implements AsyncDisposable {
 
   /**
    * Streams the sandboxer's events (sandboxes, containers, processes) until
-   * the call is aborted (options.signal) or the server ends it.
+   * the call is aborted (options.signal) or the server ends it: with
+   * filter.after (an {@link Event.sequence}; 0n for every event kept), first
+   * the events the sandboxer kept after it, otherwise only new ones. Across
+   * a restart of the sandboxer the stream resumes after the last event
+   * received, losing and repeating none (within
+   * {@link MagnetarClient.retryTimeoutMs}).
    */
   async *events(
-    filter: { sandboxIds?: string[]; types?: EventType[] } = {},
+    filter: { sandboxIds?: string[]; types?: EventType[]; after?: bigint } = {},
     options?: CallOptions,
   ): AsyncGenerator<Event, void, undefined> {
     try {
-      for await (const res of this.sandboxService.watchEvents(
-        { sandboxIds: filter.sandboxIds ?? [], types: filter.types ?? [] },
-        options,
-      )) {
-        if (res.event !== undefined) {
-          yield res.event;
-        }
-      }
+      yield* watchEvents(
+        (req, onHeader) =>
+          this.sandboxService.watchEvents(req, {
+            ...options,
+            onHeader: (h) => {
+              onHeader(h);
+              options?.onHeader?.(h);
+            },
+          }),
+        filter,
+        filter.after,
+        this.retryTimeoutMs,
+        options?.signal,
+      );
     } catch (err) {
       throw MagnetarError.wrap(err);
     }
@@ -408,7 +434,7 @@ export class MagnetarClient implements AsyncDisposable {
  */
 export function dial(address: string, options?: DialOptions): MagnetarClient {
   const { transport, close } = dialTransport(address, options);
-  return new MagnetarClient(transport, close);
+  return new MagnetarClient(transport, close, options?.retryTimeoutMs ?? DEFAULT_RETRY_TIMEOUT_MS);
 }
 
 /**
@@ -561,21 +587,29 @@ export class Process {
   }
 
   /**
-   * Yields the process's output from its start, then ends when the
-   * process has exited (then {@link wait} returns at once). Abort with
+   * Yields the process's output from startOffset (see
+   * {@link OutputChunk.offset}) or from the oldest byte the sandboxer kept
+   * (on disk, the newest 1 MiB or so, since the process was created), then
+   * ends when the process has exited (then {@link wait} returns at once).
+   * Across a restart of the sandboxer the stream resumes from the next
+   * offset (within {@link MagnetarClient.retryTimeoutMs}). Abort with
    * options.signal.
    */
-  async *output(options?: CallOptions): AsyncGenerator<OutputChunk, ExitStatus | undefined, undefined> {
+  async *output(options?: CallOptions & { startOffset?: number }): AsyncGenerator<OutputChunk, ExitStatus | undefined, undefined> {
     try {
-      for await (const res of this.client.containerService.attachOutput(
-        { containerId: this.containerId, execId: this.execId },
-        options,
+      for await (const item of followOutput(
+        (req) => this.client.containerService.attachOutput(req, options),
+        this.containerId,
+        this.execId,
+        options?.startOffset,
+        this.client.retryTimeoutMs,
+        options?.signal,
       )) {
-        if (res.payload.case === "output") {
-          const chunk = res.payload.value;
-          yield { stream: chunk.stream === OutputStream.STDERR ? "stderr" : "stdout", data: chunk.data };
-        } else if (res.payload.case === "exit") {
-          return { code: res.payload.value.exitStatus, exitedAt: dateOf(res.payload.value.exitedAt) };
+        if (item.kind === "output") {
+          yield { stream: item.stream === OutputStream.STDERR ? "stderr" : "stdout", data: item.data, offset: item.offset };
+        } else if (item.response.payload.case === "exit") {
+          const ex = item.response.payload.value;
+          return { code: ex.exitStatus, exitedAt: dateOf(ex.exitedAt) };
         }
       }
     } catch (err) {

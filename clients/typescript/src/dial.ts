@@ -12,6 +12,7 @@ import {
   createGrpcTransport,
 } from "@connectrpc/connect-node";
 import { MagnetarError, invalidArgument } from "./errors.js";
+import { DEFAULT_RETRY_TIMEOUT_MS, retryInterceptor } from "./resume.js";
 
 /** The API socket of a sandboxer started with its default configuration. */
 export const DEFAULT_ADDRESS = "unix:///run/magnetar/api.sock";
@@ -39,6 +40,14 @@ export interface DialOptions {
   interceptors?: Interceptor[];
   /** A timeout applied to every call that does not set its own. Default: none. */
   defaultTimeoutMs?: number;
+  /**
+   * How long (ms) calls that change nothing (getting and listing things,
+   * waiting for a process, closing its stdin, resizing its terminal) are
+   * retried, and output and event streams resumed, while the sandboxer is
+   * unavailable (it restarts: a crash of its worker, a live upgrade), with a
+   * backoff from 50 ms doubling up to 1 s. 0 turns that off. Default 30000.
+   */
+  retryTimeoutMs?: number;
 }
 
 /** A transport to the sandboxer and the function that releases its connections. */
@@ -138,7 +147,7 @@ export function dialTransport(address: string, options: DialOptions = {}): Diale
 
   const common = {
     baseUrl,
-    interceptors: options.interceptors,
+    interceptors: [...(options.interceptors ?? []), retryInterceptor(options.retryTimeoutMs ?? DEFAULT_RETRY_TIMEOUT_MS)],
     defaultTimeoutMs: options.defaultTimeoutMs,
   };
 

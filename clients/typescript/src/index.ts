@@ -29,6 +29,7 @@ export {
   type SandboxOptions,
   type StreamName,
 } from "./client.js";
+export { Backoff, DEFAULT_RETRY_TIMEOUT_MS, retryInterceptor } from "./resume.js";
 export { DEFAULT_ADDRESS, dialTransport, type DialOptions, type DialedTransport } from "./dial.js";
 export {
   MagnetarError,

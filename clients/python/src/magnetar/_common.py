@@ -63,6 +63,9 @@ class Output:
     stream: str
     """``stdout`` or ``stderr`` (``stdout`` for a terminal)."""
     data: bytes
+    offset: int = 0
+    """Where ``data`` starts in the process's output (bytes of both streams
+    before it); ``output(start_offset=offset + len(data))`` goes on after it."""
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ from magnetar._common import (
     Output,
     Protocol,
     container_request,
-    output_stream_name,
     parse_address,
 )
 from magnetar._relay import UnixRelay
+from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output_async, retry_async, watch_events_async
 from magnetar.container.v1 import container_connect, container_pb2
 from magnetar.errors import Code, MagnetarError, NotFoundError, UnavailableError, from_connect
 from magnetar.image.v1 import image_connect, image_pb2
@@ -59,6 +59,13 @@ class AsyncClient:
     ``timeout`` (seconds) bounds each call, except the ones that last as long
     as a process or an import (output, wait, import_image).
 
+    The client rides out restarts of the sandboxer (a crash of its worker, a
+    live upgrade): calls that change nothing (kinds, sandbox, list_sandboxes,
+    refresh, wait, close_stdin) are retried while it answers ``UNAVAILABLE``,
+    with a backoff from 50 ms doubling up to 1 s, for at most
+    ``retry_timeout`` seconds (default 30; 0: never), and :meth:`events` and
+    ``output`` resume where they broke off, losing and repeating nothing.
+
     The generated stubs are available as :attr:`sandboxes`,
     :attr:`containers` and :attr:`images` for calls the thin layer doesn't
     wrap. Use the client as a context manager or call :meth:`close`.
@@ -70,8 +77,13 @@ class AsyncClient:
         *,
         protocol: Protocol | str = Protocol.CONNECT,
         timeout: float | None = None,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
     ) -> None:
         proto = Protocol(protocol)
+        self.retry_timeout = retry_timeout
+        """Seconds calls that change nothing are retried, and output and
+        event streams resumed, while the sandboxer is unavailable (it
+        restarts); 0 turns that off."""
         path, url = parse_address(address)
         self._relay: UnixRelay | None = None
         if path is not None:
@@ -101,11 +113,19 @@ class AsyncClient:
         # the thin layer sends them without the timeout.
         kw["timeout_ms"] = None
         self._containers_long = container_connect.ContainerServiceClient(url, **kw)  # type: ignore[arg-type]
+        self._long_sandboxes = sandbox_connect.SandboxServiceClient(url, **kw)  # type: ignore[arg-type]
         self._images_long = image_connect.ImageServiceClient(url, **kw)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         """Closes the connections (and the unix socket relay)."""
-        for c in (self.sandboxes, self.containers, self.images, self._containers_long, self._images_long):
+        for c in (
+            self.sandboxes,
+            self.containers,
+            self.images,
+            self._containers_long,
+            self._long_sandboxes,
+            self._images_long,
+        ):
             await c.close()
         await self._transport.aclose()
         if self._relay is not None:
@@ -123,7 +143,7 @@ class AsyncClient:
     async def kinds(self) -> list[Kind]:
         """The sandbox kinds of the sandboxer, available or not."""
         with _api():
-            res = await self.sandboxes.list_kinds(sandbox_pb2.ListKindsRequest())
+            res = await retry_async(self.retry_timeout, lambda: self.sandboxes.list_kinds(sandbox_pb2.ListKindsRequest()))
         return [Kind.from_proto(k) for k in res.kinds]
 
     async def import_image(self, path: str) -> list[image_pb2.Image]:
@@ -169,14 +189,30 @@ class AsyncClient:
     async def sandbox(self, sandbox_id: str) -> AsyncSandbox:
         """The existing sandbox ``sandbox_id``."""
         with _api():
-            res = await self.sandboxes.get_sandbox(sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id))
+            req = sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id)
+            res = await retry_async(self.retry_timeout, lambda: self.sandboxes.get_sandbox(req))
         return AsyncSandbox(self, res.sandbox)
 
     async def list_sandboxes(self) -> list[sandbox_pb2.Sandbox]:
         """All sandboxes of the sandboxer."""
         with _api():
-            return list((await self.sandboxes.list_sandboxes(sandbox_pb2.ListSandboxesRequest())).sandboxes)
+            res = await retry_async(self.retry_timeout, lambda: self.sandboxes.list_sandboxes(sandbox_pb2.ListSandboxesRequest()))
+            return list(res.sandboxes)
 
+
+    async def events(
+        self, sandbox_ids: list[str] | None = None, *, after: int | None = None
+    ) -> AsyncIterator[sandbox_pb2.Event]:
+        """Streams lifecycle events (of ``sandbox_ids`` only, if given) until
+        the caller stops: with ``after`` (a :attr:`Event.sequence`; 0 for every
+        event kept), first the events the sandboxer kept after it, otherwise
+        only new ones. The stream resumes by itself after the last event
+        received across a restart of the sandboxer."""
+        with _api():
+            async for ev in watch_events_async(
+                self._long_sandboxes.watch_events, list(sandbox_ids or []), after, self.retry_timeout
+            ):
+                yield ev
 
 class AsyncSandbox:
     """A sandbox; a context manager that deletes it on exit."""
@@ -237,9 +273,8 @@ class AsyncSandbox:
     async def refresh(self) -> sandbox_pb2.Sandbox:
         """Reloads and returns the sandbox's state."""
         with _api():
-            res = await self._client.sandboxes.get_sandbox(
-                sandbox_pb2.GetSandboxRequest(sandbox_id=self.id)
-            )
+            req = sandbox_pb2.GetSandboxRequest(sandbox_id=self.id)
+            res = await retry_async(self._client.retry_timeout, lambda: self._client.sandboxes.get_sandbox(req))
         self.proto = res.sandbox
         return self.proto
 
@@ -284,17 +319,21 @@ class AsyncContainer:
         except NotFoundError:
             pass  # already deleted
 
-    async def output(self) -> AsyncIterator[Output]:
+    async def output(self, start_offset: int | None = None) -> AsyncIterator[Output]:
         """Streams stdout and stderr until the process exits (then
-        :attr:`exit_code` is set). Output since the container's creation is
-        replayed on the first call."""
-        req = container_pb2.AttachOutputRequest(container_id=self.id)
+        :attr:`exit_code` is set): from ``start_offset`` (see
+        :attr:`Output.offset`) or from the oldest byte the sandboxer kept (on
+        disk, the newest 1 MiB or so, since the container's creation). The
+        stream resumes by itself across a restart of the sandboxer."""
+
+        def done(code: int) -> None:
+            self.exit_code = code
+
         with _api():
-            async for res in self._client._containers_long.attach_output(req):
-                if res.HasField("output"):
-                    yield Output(output_stream_name(res.output.stream), res.output.data)
-                elif res.HasField("exit"):
-                    self.exit_code = res.exit.exit_status
+            async for out in follow_output_async(
+                self._client._containers_long.attach_output, self.id, "", start_offset, self._client.retry_timeout, done
+            ):
+                yield out
 
     async def write_stdin(self, data: bytes, *, eof: bool = False) -> None:
         """Writes ``data`` to the process's stdin (needs ``stdin=True``);
@@ -307,14 +346,14 @@ class AsyncContainer:
     async def close_stdin(self) -> None:
         """Closes the process's stdin."""
         with _api():
-            await self._client.containers.close_stdin(container_pb2.CloseStdinRequest(container_id=self.id))
+            req = container_pb2.CloseStdinRequest(container_id=self.id)
+            await retry_async(self._client.retry_timeout, lambda: self._client.containers.close_stdin(req))
 
     async def wait(self) -> int:
         """Waits for the process to exit and returns its exit status."""
         with _api():
-            res = await self._client._containers_long.wait_process(
-                container_pb2.WaitProcessRequest(container_id=self.id)
-            )
+            req = container_pb2.WaitProcessRequest(container_id=self.id)
+            res = await retry_async(self._client.retry_timeout, lambda: self._client._containers_long.wait_process(req))
         self.exit_code = res.exit_status
         return res.exit_status
 

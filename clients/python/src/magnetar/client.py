@@ -29,10 +29,10 @@ from magnetar._common import (
     Output,
     Protocol,
     container_request,
-    output_stream_name,
     parse_address,
 )
 from magnetar._relay import UnixRelay
+from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output, retry, watch_events
 from magnetar.container.v1 import container_connect, container_pb2
 from magnetar.errors import Code, MagnetarError, NotFoundError, UnavailableError, from_connect
 from magnetar.image.v1 import image_connect, image_pb2
@@ -58,6 +58,13 @@ class Client:
     ``timeout`` (seconds) bounds each call, except the ones that last as long
     as a process or an import (output, wait, import_image).
 
+    The client rides out restarts of the sandboxer (a crash of its worker, a
+    live upgrade): calls that change nothing (kinds, sandbox, list_sandboxes,
+    refresh, wait, close_stdin) are retried while it answers ``UNAVAILABLE``,
+    with a backoff from 50 ms doubling up to 1 s, for at most
+    ``retry_timeout`` seconds (default 30; 0: never), and :meth:`events` and
+    ``output`` resume where they broke off, losing and repeating nothing.
+
     The generated stubs are available as :attr:`sandboxes`,
     :attr:`containers` and :attr:`images` for calls the thin layer doesn't
     wrap. Use the client as a context manager or call :meth:`close`.
@@ -69,8 +76,13 @@ class Client:
         *,
         protocol: Protocol | str = Protocol.CONNECT,
         timeout: float | None = None,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
     ) -> None:
         proto = Protocol(protocol)
+        self.retry_timeout = retry_timeout
+        """Seconds calls that change nothing are retried, and output and
+        event streams resumed, while the sandboxer is unavailable (it
+        restarts); 0 turns that off."""
         path, url = parse_address(address)
         self._relay: UnixRelay | None = None
         if path is not None:
@@ -100,11 +112,19 @@ class Client:
         # the thin layer sends them without the timeout.
         kw["timeout_ms"] = None
         self._containers_long = container_connect.ContainerServiceClientSync(url, **kw)  # type: ignore[arg-type]
+        self._long_sandboxes = sandbox_connect.SandboxServiceClientSync(url, **kw)  # type: ignore[arg-type]
         self._images_long = image_connect.ImageServiceClientSync(url, **kw)  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Closes the connections (and the unix socket relay)."""
-        for c in (self.sandboxes, self.containers, self.images, self._containers_long, self._images_long):
+        for c in (
+            self.sandboxes,
+            self.containers,
+            self.images,
+            self._containers_long,
+            self._long_sandboxes,
+            self._images_long,
+        ):
             c.close()
         self._transport.close()
         if self._relay is not None:
@@ -122,7 +142,7 @@ class Client:
     def kinds(self) -> list[Kind]:
         """The sandbox kinds of the sandboxer, available or not."""
         with _api():
-            res = self.sandboxes.list_kinds(sandbox_pb2.ListKindsRequest())
+            res = retry(self.retry_timeout, lambda: self.sandboxes.list_kinds(sandbox_pb2.ListKindsRequest()))
         return [Kind.from_proto(k) for k in res.kinds]
 
     def import_image(self, path: str) -> list[image_pb2.Image]:
@@ -168,14 +188,25 @@ class Client:
     def sandbox(self, sandbox_id: str) -> Sandbox:
         """The existing sandbox ``sandbox_id``."""
         with _api():
-            res = self.sandboxes.get_sandbox(sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id))
+            req = sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id)
+            res = retry(self.retry_timeout, lambda: self.sandboxes.get_sandbox(req))
         return Sandbox(self, res.sandbox)
 
     def list_sandboxes(self) -> list[sandbox_pb2.Sandbox]:
         """All sandboxes of the sandboxer."""
         with _api():
-            return list(self.sandboxes.list_sandboxes(sandbox_pb2.ListSandboxesRequest()).sandboxes)
+            res = retry(self.retry_timeout, lambda: self.sandboxes.list_sandboxes(sandbox_pb2.ListSandboxesRequest()))
+            return list(res.sandboxes)
 
+
+    def events(self, sandbox_ids: list[str] | None = None, *, after: int | None = None) -> Iterator[sandbox_pb2.Event]:
+        """Streams lifecycle events (of ``sandbox_ids`` only, if given) until
+        the caller stops: with ``after`` (a :attr:`Event.sequence`; 0 for every
+        event kept), first the events the sandboxer kept after it, otherwise
+        only new ones. The stream resumes by itself after the last event
+        received across a restart of the sandboxer."""
+        with _api():
+            yield from watch_events(self._long_sandboxes.watch_events, list(sandbox_ids or []), after, self.retry_timeout)
 
 class Sandbox:
     """A sandbox; a context manager that deletes it on exit."""
@@ -236,9 +267,8 @@ class Sandbox:
     def refresh(self) -> sandbox_pb2.Sandbox:
         """Reloads and returns the sandbox's state."""
         with _api():
-            self.proto = self._client.sandboxes.get_sandbox(
-                sandbox_pb2.GetSandboxRequest(sandbox_id=self.id)
-            ).sandbox
+            req = sandbox_pb2.GetSandboxRequest(sandbox_id=self.id)
+            self.proto = retry(self._client.retry_timeout, lambda: self._client.sandboxes.get_sandbox(req)).sandbox
         return self.proto
 
     def stop(self, timeout: float | None = None) -> None:
@@ -281,17 +311,20 @@ class Container:
         except NotFoundError:
             pass  # already deleted
 
-    def output(self) -> Iterator[Output]:
+    def output(self, start_offset: int | None = None) -> Iterator[Output]:
         """Streams stdout and stderr until the process exits (then
-        :attr:`exit_code` is set). Output since the container's creation is
-        replayed on the first call."""
-        req = container_pb2.AttachOutputRequest(container_id=self.id)
+        :attr:`exit_code` is set): from ``start_offset`` (see
+        :attr:`Output.offset`) or from the oldest byte the sandboxer kept (on
+        disk, the newest 1 MiB or so, since the container's creation). The
+        stream resumes by itself across a restart of the sandboxer."""
+
+        def done(code: int) -> None:
+            self.exit_code = code
+
         with _api():
-            for res in self._client._containers_long.attach_output(req):
-                if res.HasField("output"):
-                    yield Output(output_stream_name(res.output.stream), res.output.data)
-                elif res.HasField("exit"):
-                    self.exit_code = res.exit.exit_status
+            yield from follow_output(
+                self._client._containers_long.attach_output, self.id, "", start_offset, self._client.retry_timeout, done
+            )
 
     def write_stdin(self, data: bytes, *, eof: bool = False) -> None:
         """Writes ``data`` to the process's stdin (needs ``stdin=True``);
@@ -304,14 +337,14 @@ class Container:
     def close_stdin(self) -> None:
         """Closes the process's stdin."""
         with _api():
-            self._client.containers.close_stdin(container_pb2.CloseStdinRequest(container_id=self.id))
+            req = container_pb2.CloseStdinRequest(container_id=self.id)
+            retry(self._client.retry_timeout, lambda: self._client.containers.close_stdin(req))
 
     def wait(self) -> int:
         """Waits for the process to exit and returns its exit status."""
         with _api():
-            res = self._client._containers_long.wait_process(
-                container_pb2.WaitProcessRequest(container_id=self.id)
-            )
+            req = container_pb2.WaitProcessRequest(container_id=self.id)
+            res = retry(self._client.retry_timeout, lambda: self._client._containers_long.wait_process(req))
         self.exit_code = res.exit_status
         return res.exit_status
 

@@ -1936,7 +1936,11 @@ type AttachOutputRequest struct {
 	// ID of the container.
 	ContainerId string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	// ID of the exec process; empty for the container's init process.
-	ExecId        string `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	ExecId string `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	// Offset of the first byte to send, counted in bytes of both streams from
+	// the process's first byte of output (see OutputChunk.offset). Unset: the
+	// oldest byte kept.
+	StartOffset   *uint64 `protobuf:"varint,3,opt,name=start_offset,json=startOffset,proto3,oneof" json:"start_offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1983,6 +1987,13 @@ func (x *AttachOutputRequest) GetExecId() string {
 		return x.ExecId
 	}
 	return ""
+}
+
+func (x *AttachOutputRequest) GetStartOffset() uint64 {
+	if x != nil && x.StartOffset != nil {
+		return *x.StartOffset
+	}
+	return 0
 }
 
 // AttachOutputResponse is one message of the ContainerService.AttachOutput
@@ -2079,7 +2090,11 @@ type OutputChunk struct {
 	// The stream the bytes were written to.
 	Stream OutputStream `protobuf:"varint,1,opt,name=stream,proto3,enum=magnetar.container.v1.OutputStream" json:"stream,omitempty"`
 	// The bytes, not necessarily whole lines or valid UTF-8.
-	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// Offset of the first byte of data in the process's output: the number
+	// of bytes the process wrote before it, to both streams. The next chunk
+	// starts at offset plus the length of data.
+	Offset        uint64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2126,6 +2141,13 @@ func (x *OutputChunk) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *OutputChunk) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
 }
 
 // ProcessExit reports the end of a process.
@@ -2979,17 +3001,20 @@ const file_magnetar_container_v1_container_proto_rawDesc = "" +
 	"\x11CloseStdinRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\x14\n" +
-	"\x12CloseStdinResponse\"Q\n" +
+	"\x12CloseStdinResponse\"\x8a\x01\n" +
 	"\x13AttachOutputRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\x99\x01\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12&\n" +
+	"\fstart_offset\x18\x03 \x01(\x04H\x00R\vstartOffset\x88\x01\x01B\x0f\n" +
+	"\r_start_offset\"\x99\x01\n" +
 	"\x14AttachOutputResponse\x12<\n" +
 	"\x06output\x18\x01 \x01(\v2\".magnetar.container.v1.OutputChunkH\x00R\x06output\x128\n" +
 	"\x04exit\x18\x02 \x01(\v2\".magnetar.container.v1.ProcessExitH\x00R\x04exitB\t\n" +
-	"\apayload\"^\n" +
+	"\apayload\"v\n" +
 	"\vOutputChunk\x12;\n" +
 	"\x06stream\x18\x01 \x01(\x0e2#.magnetar.container.v1.OutputStreamR\x06stream\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"g\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\"g\n" +
 	"\vProcessExit\x12\x1f\n" +
 	"\vexit_status\x18\x01 \x01(\rR\n" +
 	"exitStatus\x127\n" +
@@ -3219,6 +3244,7 @@ func file_magnetar_container_v1_container_proto_init() {
 		(*CreateContainerRequest_Image)(nil),
 		(*CreateContainerRequest_RootfsPath)(nil),
 	}
+	file_magnetar_container_v1_container_proto_msgTypes[27].OneofWrappers = []any{}
 	file_magnetar_container_v1_container_proto_msgTypes[28].OneofWrappers = []any{
 		(*AttachOutputResponse_Output)(nil),
 		(*AttachOutputResponse_Exit)(nil),

@@ -1183,7 +1183,10 @@ type WatchEventsRequest struct {
 	// Empty means every sandbox.
 	SandboxIds []string `protobuf:"bytes,1,rep,name=sandbox_ids,json=sandboxIds,proto3" json:"sandbox_ids,omitempty"`
 	// Only events of these types. Empty means every type.
-	Types         []EventType `protobuf:"varint,2,rep,packed,name=types,proto3,enum=magnetar.sandbox.v1.EventType" json:"types,omitempty"`
+	Types []EventType `protobuf:"varint,2,rep,packed,name=types,proto3,enum=magnetar.sandbox.v1.EventType" json:"types,omitempty"`
+	// Replay the kept events whose sequence is greater than this one before
+	// the live ones (0: every event kept). Unset: live events only.
+	AfterSequence *uint64 `protobuf:"varint,3,opt,name=after_sequence,json=afterSequence,proto3,oneof" json:"after_sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1230,6 +1233,13 @@ func (x *WatchEventsRequest) GetTypes() []EventType {
 		return x.Types
 	}
 	return nil
+}
+
+func (x *WatchEventsRequest) GetAfterSequence() uint64 {
+	if x != nil && x.AfterSequence != nil {
+		return *x.AfterSequence
+	}
+	return 0
 }
 
 // WatchEventsResponse is one message of the SandboxService.WatchEvents
@@ -1305,7 +1315,11 @@ type Event struct {
 	// if the process was killed.
 	ExitStatus uint32 `protobuf:"varint,8,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
 	// When the process or sandbox exited, set with exit_status.
-	ExitedAt      *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=exited_at,json=exitedAt,proto3" json:"exited_at,omitempty"`
+	ExitedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=exited_at,json=exitedAt,proto3" json:"exited_at,omitempty"`
+	// Sequence number of the event: one more than the sandboxer's previous
+	// event (events filtered out of a stream leave gaps). Pass it as
+	// WatchEventsRequest.after_sequence to resume after this event.
+	Sequence      uint64 `protobuf:"varint,10,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1401,6 +1415,13 @@ func (x *Event) GetExitedAt() *timestamppb.Timestamp {
 		return x.ExitedAt
 	}
 	return nil
+}
+
+func (x *Event) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
 }
 
 // Kind describes a sandbox kind (backend) and whether it can be used here.
@@ -1766,13 +1787,15 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
 	"\x15ListSandboxesResponse\x12:\n" +
-	"\tsandboxes\x18\x01 \x03(\v2\x1c.magnetar.sandbox.v1.SandboxR\tsandboxes\"k\n" +
+	"\tsandboxes\x18\x01 \x03(\v2\x1c.magnetar.sandbox.v1.SandboxR\tsandboxes\"\xaa\x01\n" +
 	"\x12WatchEventsRequest\x12\x1f\n" +
 	"\vsandbox_ids\x18\x01 \x03(\tR\n" +
 	"sandboxIds\x124\n" +
-	"\x05types\x18\x02 \x03(\x0e2\x1e.magnetar.sandbox.v1.EventTypeR\x05types\"G\n" +
+	"\x05types\x18\x02 \x03(\x0e2\x1e.magnetar.sandbox.v1.EventTypeR\x05types\x12*\n" +
+	"\x0eafter_sequence\x18\x03 \x01(\x04H\x00R\rafterSequence\x88\x01\x01B\x11\n" +
+	"\x0f_after_sequence\"G\n" +
 	"\x13WatchEventsResponse\x120\n" +
-	"\x05event\x18\x01 \x01(\v2\x1a.magnetar.sandbox.v1.EventR\x05event\"\xd2\x02\n" +
+	"\x05event\x18\x01 \x01(\v2\x1a.magnetar.sandbox.v1.EventR\x05event\"\xee\x02\n" +
 	"\x05Event\x122\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1e.magnetar.sandbox.v1.EventTypeR\x04type\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x128\n" +
@@ -1784,7 +1807,9 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x03pid\x18\a \x01(\rR\x03pid\x12\x1f\n" +
 	"\vexit_status\x18\b \x01(\rR\n" +
 	"exitStatus\x127\n" +
-	"\texited_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\"\xd4\x01\n" +
+	"\texited_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\x12\x1a\n" +
+	"\bsequence\x18\n" +
+	" \x01(\x04R\bsequence\"\xd4\x01\n" +
 	"\x04Kind\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1c\n" +
@@ -1955,6 +1980,7 @@ func file_magnetar_sandbox_v1_sandbox_proto_init() {
 	if File_magnetar_sandbox_v1_sandbox_proto != nil {
 		return
 	}
+	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

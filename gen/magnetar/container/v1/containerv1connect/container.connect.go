@@ -221,10 +221,18 @@ type ContainerServiceClient interface {
 	// then one final message with its exit status, then ends.
 	//
 	// The server reads a process's output from the moment the process is
-	// created and keeps it (up to a configured limit) until the first
-	// AttachOutput call for that process, so no output is lost between
-	// CreateContainer or ExecProcess and AttachOutput. Later or concurrent
-	// callers receive output from the moment they attach.
+	// created and keeps the newest of it on disk, in a bounded ring per
+	// process (1 MiB by default), also across restarts of the sandboxer, so no
+	// output is lost between CreateContainer or ExecProcess and AttachOutput.
+	// Every caller receives the output from start_offset, or from the oldest
+	// byte kept. Each chunk carries its offset: a client whose stream broke
+	// (for example while the sandboxer restarted) calls again with
+	// start_offset set to the offset of its last chunk plus its length and
+	// gets exactly the bytes that follow. An offset whose bytes are no longer
+	// kept fails with OUT_OF_RANGE, as does a stream whose client falls more
+	// than half the ring behind; one beyond the output's end with
+	// INVALID_ARGUMENT. While the sandboxer shuts down for a restart, streams
+	// end with UNAVAILABLE.
 	AttachOutput(context.Context, *v1.AttachOutputRequest) (ContainerServiceAttachOutputClientStream, error)
 	// ContainerStats returns the current resource usage of a container.
 	ContainerStats(context.Context, *v1.ContainerStatsRequest) (*v1.ContainerStatsResponse, error)
@@ -299,10 +307,18 @@ type ContainerServiceHandler interface {
 	// then one final message with its exit status, then ends.
 	//
 	// The server reads a process's output from the moment the process is
-	// created and keeps it (up to a configured limit) until the first
-	// AttachOutput call for that process, so no output is lost between
-	// CreateContainer or ExecProcess and AttachOutput. Later or concurrent
-	// callers receive output from the moment they attach.
+	// created and keeps the newest of it on disk, in a bounded ring per
+	// process (1 MiB by default), also across restarts of the sandboxer, so no
+	// output is lost between CreateContainer or ExecProcess and AttachOutput.
+	// Every caller receives the output from start_offset, or from the oldest
+	// byte kept. Each chunk carries its offset: a client whose stream broke
+	// (for example while the sandboxer restarted) calls again with
+	// start_offset set to the offset of its last chunk plus its length and
+	// gets exactly the bytes that follow. An offset whose bytes are no longer
+	// kept fails with OUT_OF_RANGE, as does a stream whose client falls more
+	// than half the ring behind; one beyond the output's end with
+	// INVALID_ARGUMENT. While the sandboxer shuts down for a restart, streams
+	// end with UNAVAILABLE.
 	AttachOutput(context.Context, *v1.AttachOutputRequest, ContainerServiceAttachOutputServerStream) error
 	// ContainerStats returns the current resource usage of a container.
 	ContainerStats(context.Context, *v1.ContainerStatsRequest) (*v1.ContainerStatsResponse, error)

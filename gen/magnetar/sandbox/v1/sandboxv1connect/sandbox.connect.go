@@ -133,8 +133,19 @@ type SandboxServiceClient interface {
 	// ListSandboxes returns the sandboxes that match all of the given filters.
 	ListSandboxes(context.Context, *v1.ListSandboxesRequest) (*v1.ListSandboxesResponse, error)
 	// WatchEvents streams sandbox, container and process lifecycle events as
-	// they happen, until the client cancels the call. Past events are not
-	// replayed.
+	// they happen, until the client cancels the call. Each event has a
+	// sequence number, increasing by one per event of the sandboxer (across
+	// its restarts), and the newest events are kept on disk in a bounded log:
+	// a request with after_sequence first replays the kept events that came
+	// after it, so a client whose stream broke (for example while the
+	// sandboxer restarted) resumes with the last sequence it received and
+	// loses no event. A sequence older than the log fails with OUT_OF_RANGE,
+	// one newer than the newest event with INVALID_ARGUMENT (the state was
+	// reset). Without after_sequence, past events are not replayed; the
+	// response header Magnetar-Event-Sequence then carries the sequence of the
+	// newest event when the stream started, to resume from should it break
+	// before its first event. While the sandboxer shuts down for a restart,
+	// streams end with UNAVAILABLE.
 	WatchEvents(context.Context, *v1.WatchEventsRequest) (SandboxServiceWatchEventsClientStream, error)
 	// ListKinds returns the sandbox kinds (backends) this sandboxer knows, with
 	// their availability on this host and their capabilities.
@@ -190,8 +201,19 @@ type SandboxServiceHandler interface {
 	// ListSandboxes returns the sandboxes that match all of the given filters.
 	ListSandboxes(context.Context, *v1.ListSandboxesRequest) (*v1.ListSandboxesResponse, error)
 	// WatchEvents streams sandbox, container and process lifecycle events as
-	// they happen, until the client cancels the call. Past events are not
-	// replayed.
+	// they happen, until the client cancels the call. Each event has a
+	// sequence number, increasing by one per event of the sandboxer (across
+	// its restarts), and the newest events are kept on disk in a bounded log:
+	// a request with after_sequence first replays the kept events that came
+	// after it, so a client whose stream broke (for example while the
+	// sandboxer restarted) resumes with the last sequence it received and
+	// loses no event. A sequence older than the log fails with OUT_OF_RANGE,
+	// one newer than the newest event with INVALID_ARGUMENT (the state was
+	// reset). Without after_sequence, past events are not replayed; the
+	// response header Magnetar-Event-Sequence then carries the sequence of the
+	// newest event when the stream started, to resume from should it break
+	// before its first event. While the sandboxer shuts down for a restart,
+	// streams end with UNAVAILABLE.
 	WatchEvents(context.Context, *v1.WatchEventsRequest, SandboxServiceWatchEventsServerStream) error
 	// ListKinds returns the sandbox kinds (backends) this sandboxer knows, with
 	// their availability on this host and their capabilities.

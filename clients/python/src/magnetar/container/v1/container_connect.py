@@ -132,10 +132,18 @@ class ContainerService(Protocol):
         then one final message with its exit status, then ends.
 
         The server reads a process's output from the moment the process is
-        created and keeps it (up to a configured limit) until the first
-        AttachOutput call for that process, so no output is lost between
-        CreateContainer or ExecProcess and AttachOutput. Later or concurrent
-        callers receive output from the moment they attach.
+        created and keeps the newest of it on disk, in a bounded ring per
+        process (1 MiB by default), also across restarts of the sandboxer, so no
+        output is lost between CreateContainer or ExecProcess and AttachOutput.
+        Every caller receives the output from start_offset, or from the oldest
+        byte kept. Each chunk carries its offset: a client whose stream broke
+        (for example while the sandboxer restarted) calls again with
+        start_offset set to the offset of its last chunk plus its length and
+        gets exactly the bytes that follow. An offset whose bytes are no longer
+        kept fails with OUT_OF_RANGE, as does a stream whose client falls more
+        than half the ring behind; one beyond the output's end with
+        INVALID_ARGUMENT. While the sandboxer shuts down for a restart, streams
+        end with UNAVAILABLE.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -665,10 +673,18 @@ class ContainerServiceClient(ConnectClient):
         then one final message with its exit status, then ends.
 
         The server reads a process's output from the moment the process is
-        created and keeps it (up to a configured limit) until the first
-        AttachOutput call for that process, so no output is lost between
-        CreateContainer or ExecProcess and AttachOutput. Later or concurrent
-        callers receive output from the moment they attach.
+        created and keeps the newest of it on disk, in a bounded ring per
+        process (1 MiB by default), also across restarts of the sandboxer, so no
+        output is lost between CreateContainer or ExecProcess and AttachOutput.
+        Every caller receives the output from start_offset, or from the oldest
+        byte kept. Each chunk carries its offset: a client whose stream broke
+        (for example while the sandboxer restarted) calls again with
+        start_offset set to the offset of its last chunk plus its length and
+        gets exactly the bytes that follow. An offset whose bytes are no longer
+        kept fails with OUT_OF_RANGE, as does a stream whose client falls more
+        than half the ring behind; one beyond the output's end with
+        INVALID_ARGUMENT. While the sandboxer shuts down for a restart, streams
+        end with UNAVAILABLE.
         """
         return self.execute_server_stream(
             request=request,
@@ -852,10 +868,18 @@ class ContainerServiceSync(Protocol):
         then one final message with its exit status, then ends.
 
         The server reads a process's output from the moment the process is
-        created and keeps it (up to a configured limit) until the first
-        AttachOutput call for that process, so no output is lost between
-        CreateContainer or ExecProcess and AttachOutput. Later or concurrent
-        callers receive output from the moment they attach.
+        created and keeps the newest of it on disk, in a bounded ring per
+        process (1 MiB by default), also across restarts of the sandboxer, so no
+        output is lost between CreateContainer or ExecProcess and AttachOutput.
+        Every caller receives the output from start_offset, or from the oldest
+        byte kept. Each chunk carries its offset: a client whose stream broke
+        (for example while the sandboxer restarted) calls again with
+        start_offset set to the offset of its last chunk plus its length and
+        gets exactly the bytes that follow. An offset whose bytes are no longer
+        kept fails with OUT_OF_RANGE, as does a stream whose client falls more
+        than half the ring behind; one beyond the output's end with
+        INVALID_ARGUMENT. While the sandboxer shuts down for a restart, streams
+        end with UNAVAILABLE.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1383,10 +1407,18 @@ class ContainerServiceClientSync(ConnectClientSync):
         then one final message with its exit status, then ends.
 
         The server reads a process's output from the moment the process is
-        created and keeps it (up to a configured limit) until the first
-        AttachOutput call for that process, so no output is lost between
-        CreateContainer or ExecProcess and AttachOutput. Later or concurrent
-        callers receive output from the moment they attach.
+        created and keeps the newest of it on disk, in a bounded ring per
+        process (1 MiB by default), also across restarts of the sandboxer, so no
+        output is lost between CreateContainer or ExecProcess and AttachOutput.
+        Every caller receives the output from start_offset, or from the oldest
+        byte kept. Each chunk carries its offset: a client whose stream broke
+        (for example while the sandboxer restarted) calls again with
+        start_offset set to the offset of its last chunk plus its length and
+        gets exactly the bytes that follow. An offset whose bytes are no longer
+        kept fails with OUT_OF_RANGE, as does a stream whose client falls more
+        than half the ring behind; one beyond the output's end with
+        INVALID_ARGUMENT. While the sandboxer shuts down for a restart, streams
+        end with UNAVAILABLE.
         """
         return self.execute_server_stream(
             request=request,

@@ -333,12 +333,14 @@ class CloseStdinResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class AttachOutputRequest(_message.Message):
-    __slots__ = ("container_id", "exec_id")
+    __slots__ = ("container_id", "exec_id", "start_offset")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    START_OFFSET_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     exec_id: str
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ...) -> None: ...
+    start_offset: int
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., start_offset: _Optional[int] = ...) -> None: ...
 
 class AttachOutputResponse(_message.Message):
     __slots__ = ("output", "exit")
@@ -349,12 +351,14 @@ class AttachOutputResponse(_message.Message):
     def __init__(self, output: _Optional[_Union[OutputChunk, _Mapping]] = ..., exit: _Optional[_Union[ProcessExit, _Mapping]] = ...) -> None: ...
 
 class OutputChunk(_message.Message):
-    __slots__ = ("stream", "data")
+    __slots__ = ("stream", "data", "offset")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     stream: OutputStream
     data: bytes
-    def __init__(self, stream: _Optional[_Union[OutputStream, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    offset: int
+    def __init__(self, stream: _Optional[_Union[OutputStream, str]] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ProcessExit(_message.Message):
     __slots__ = ("exit_status", "exited_at")

@@ -91,8 +91,19 @@ class SandboxService(Protocol):
     def watch_events(self, request: WatchEventsRequest, ctx: RequestContext[WatchEventsRequest, WatchEventsResponse], /) -> AsyncIterator[WatchEventsResponse]:
         """
         WatchEvents streams sandbox, container and process lifecycle events as
-        they happen, until the client cancels the call. Past events are not
-        replayed.
+        they happen, until the client cancels the call. Each event has a
+        sequence number, increasing by one per event of the sandboxer (across
+        its restarts), and the newest events are kept on disk in a bounded log:
+        a request with after_sequence first replays the kept events that came
+        after it, so a client whose stream broke (for example while the
+        sandboxer restarted) resumes with the last sequence it received and
+        loses no event. A sequence older than the log fails with OUT_OF_RANGE,
+        one newer than the newest event with INVALID_ARGUMENT (the state was
+        reset). Without after_sequence, past events are not replayed; the
+        response header Magnetar-Event-Sequence then carries the sequence of the
+        newest event when the stream started, to resume from should it break
+        before its first event. While the sandboxer shuts down for a restart,
+        streams end with UNAVAILABLE.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -408,8 +419,19 @@ class SandboxServiceClient(ConnectClient):
     ) -> AsyncIterator[WatchEventsResponse]:
         """
         WatchEvents streams sandbox, container and process lifecycle events as
-        they happen, until the client cancels the call. Past events are not
-        replayed.
+        they happen, until the client cancels the call. Each event has a
+        sequence number, increasing by one per event of the sandboxer (across
+        its restarts), and the newest events are kept on disk in a bounded log:
+        a request with after_sequence first replays the kept events that came
+        after it, so a client whose stream broke (for example while the
+        sandboxer restarted) resumes with the last sequence it received and
+        loses no event. A sequence older than the log fails with OUT_OF_RANGE,
+        one newer than the newest event with INVALID_ARGUMENT (the state was
+        reset). Without after_sequence, past events are not replayed; the
+        response header Magnetar-Event-Sequence then carries the sequence of the
+        newest event when the stream started, to resume from should it break
+        before its first event. While the sandboxer shuts down for a restart,
+        streams end with UNAVAILABLE.
         """
         return self.execute_server_stream(
             request=request,
@@ -505,8 +527,19 @@ class SandboxServiceSync(Protocol):
     def watch_events(self, request: WatchEventsRequest, ctx: RequestContext[WatchEventsRequest, WatchEventsResponse], /) -> Iterator[WatchEventsResponse]:
         """
         WatchEvents streams sandbox, container and process lifecycle events as
-        they happen, until the client cancels the call. Past events are not
-        replayed.
+        they happen, until the client cancels the call. Each event has a
+        sequence number, increasing by one per event of the sandboxer (across
+        its restarts), and the newest events are kept on disk in a bounded log:
+        a request with after_sequence first replays the kept events that came
+        after it, so a client whose stream broke (for example while the
+        sandboxer restarted) resumes with the last sequence it received and
+        loses no event. A sequence older than the log fails with OUT_OF_RANGE,
+        one newer than the newest event with INVALID_ARGUMENT (the state was
+        reset). Without after_sequence, past events are not replayed; the
+        response header Magnetar-Event-Sequence then carries the sequence of the
+        newest event when the stream started, to resume from should it break
+        before its first event. While the sandboxer shuts down for a restart,
+        streams end with UNAVAILABLE.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -820,8 +853,19 @@ class SandboxServiceClientSync(ConnectClientSync):
     ) -> Iterator[WatchEventsResponse]:
         """
         WatchEvents streams sandbox, container and process lifecycle events as
-        they happen, until the client cancels the call. Past events are not
-        replayed.
+        they happen, until the client cancels the call. Each event has a
+        sequence number, increasing by one per event of the sandboxer (across
+        its restarts), and the newest events are kept on disk in a bounded log:
+        a request with after_sequence first replays the kept events that came
+        after it, so a client whose stream broke (for example while the
+        sandboxer restarted) resumes with the last sequence it received and
+        loses no event. A sequence older than the log fails with OUT_OF_RANGE,
+        one newer than the newest event with INVALID_ARGUMENT (the state was
+        reset). Without after_sequence, past events are not replayed; the
+        response header Magnetar-Event-Sequence then carries the sequence of the
+        newest event when the stream started, to resume from should it break
+        before its first event. While the sandboxer shuts down for a restart,
+        streams end with UNAVAILABLE.
         """
         return self.execute_server_stream(
             request=request,

@@ -249,12 +249,14 @@ class ListSandboxesResponse(_message.Message):
     def __init__(self, sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
-    __slots__ = ("sandbox_ids", "types")
+    __slots__ = ("sandbox_ids", "types", "after_sequence")
     SANDBOX_IDS_FIELD_NUMBER: _ClassVar[int]
     TYPES_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     sandbox_ids: _containers.RepeatedScalarFieldContainer[str]
     types: _containers.RepeatedScalarFieldContainer[EventType]
-    def __init__(self, sandbox_ids: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[_Union[EventType, str]]] = ...) -> None: ...
+    after_sequence: int
+    def __init__(self, sandbox_ids: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[_Union[EventType, str]]] = ..., after_sequence: _Optional[int] = ...) -> None: ...
 
 class WatchEventsResponse(_message.Message):
     __slots__ = ("event",)
@@ -263,7 +265,7 @@ class WatchEventsResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("type", "topic", "timestamp", "sandbox_id", "container_id", "exec_id", "pid", "exit_status", "exited_at")
+    __slots__ = ("type", "topic", "timestamp", "sandbox_id", "container_id", "exec_id", "pid", "exit_status", "exited_at", "sequence")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +275,7 @@ class Event(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
     EXITED_AT_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     type: EventType
     topic: str
     timestamp: _timestamp_pb2.Timestamp
@@ -282,7 +285,8 @@ class Event(_message.Message):
     pid: int
     exit_status: int
     exited_at: _timestamp_pb2.Timestamp
-    def __init__(self, type: _Optional[_Union[EventType, str]] = ..., topic: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sandbox_id: _Optional[str] = ..., container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., pid: _Optional[int] = ..., exit_status: _Optional[int] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    sequence: int
+    def __init__(self, type: _Optional[_Union[EventType, str]] = ..., topic: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sandbox_id: _Optional[str] = ..., container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., pid: _Optional[int] = ..., exit_status: _Optional[int] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class Kind(_message.Message):
     __slots__ = ("name", "description", "available", "unavailable_reason", "capabilities")

@@ -48,10 +48,12 @@ import java.util.function.Consumer;
 public final class MagnetarClient implements AutoCloseable {
   private final ManagedChannel channel;
   private final Duration timeout;
+  private final Duration retryTimeout;
 
-  private MagnetarClient(ManagedChannel channel, Duration timeout) {
+  private MagnetarClient(ManagedChannel channel, Duration timeout, Duration retryTimeout) {
     this.channel = channel;
     this.timeout = timeout;
+    this.retryTimeout = retryTimeout;
   }
 
   /**
@@ -70,12 +72,13 @@ public final class MagnetarClient implements AutoCloseable {
    * URL (for example {@code TlsChannelCredentials.newBuilder().trustManager(caFile)}).
    */
   public static MagnetarClient dial(String target, ChannelCredentials tls) {
-    return new MagnetarClient(Grpc.newChannelBuilder(grpcTarget(target), credentials(target, tls)).build(), null);
+    return new MagnetarClient(Grpc.newChannelBuilder(grpcTarget(target), credentials(target, tls)).build(), null,
+        Retry.DEFAULT_TIMEOUT);
   }
 
   /** Uses an existing channel (closed by {@link #close()}). */
   public static MagnetarClient of(ManagedChannel channel) {
-    return new MagnetarClient(channel, null);
+    return new MagnetarClient(channel, null, Retry.DEFAULT_TIMEOUT);
   }
 
   /**
@@ -89,7 +92,27 @@ public final class MagnetarClient implements AutoCloseable {
     if (timeout.isNegative()) {
       throw MagnetarException.invalidArgument("negative timeout");
     }
-    return new MagnetarClient(channel, timeout);
+    return new MagnetarClient(channel, timeout, retryTimeout);
+  }
+
+  /**
+   * A client on the same channel that retries calls that change nothing
+   * (getting and listing sandboxes, containers, images and kinds, waiting for
+   * a process, closing its stdin), and resumes output and event streams from
+   * where they broke off, for at most retryTimeout per outage while the
+   * sandboxer is unavailable (it restarts: a crash of its worker, a live
+   * upgrade), with a backoff from 50 ms doubling up to 1 s. Zero turns that
+   * off. The default is 30 seconds.
+   */
+  public MagnetarClient withRetryTimeout(Duration retryTimeout) {
+    if (retryTimeout.isNegative()) {
+      throw MagnetarException.invalidArgument("negative retry timeout");
+    }
+    return new MagnetarClient(channel, timeout, retryTimeout);
+  }
+
+  Duration retryTimeout() {
+    return retryTimeout;
   }
 
   private CallOptions callOptions() {
@@ -142,6 +165,9 @@ public final class MagnetarClient implements AutoCloseable {
 
   <Q, R> R call(MethodDescriptor<Q, R> m, Q req) {
     try {
+      if (m.isSafe() || m == Api.WAIT_PROCESS || m == Api.CLOSE_STDIN) {
+        return Retry.call(retryTimeout, () -> ClientCalls.blockingUnaryCall(channel, m, callOptions(), req));
+      }
       return ClientCalls.blockingUnaryCall(channel, m, callOptions(), req);
     } catch (StatusRuntimeException e) {
       throw MagnetarException.wrap(e);
@@ -212,6 +238,17 @@ public final class MagnetarClient implements AutoCloseable {
    */
   public Events events(String... sandboxIds) {
     return new Events(this, WatchEventsRequest.newBuilder().addAllSandboxIds(List.of(sandboxIds)).build());
+  }
+
+  /**
+   * Watches the events of the given sandboxes (all if none are given): first
+   * those the sandboxer kept after sequence number after ({@code
+   * Event.getSequence()}; 0 for every event kept), then new ones. Events no
+   * longer kept fail with OUT_OF_RANGE.
+   */
+  public Events eventsAfter(long after, String... sandboxIds) {
+    return new Events(this, WatchEventsRequest.newBuilder().addAllSandboxIds(List.of(sandboxIds))
+        .setAfterSequence(after).build());
   }
 
   /** Returns the container with the given ID (NOT_FOUND if there is none). */

@@ -2,6 +2,7 @@ package io.magnetar.client;
 
 import io.grpc.CallOptions;
 import io.grpc.ClientCall;
+import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.grpc.stub.ClientCalls;
 import io.magnetar.container.v1.AttachOutputRequest;
@@ -9,27 +10,94 @@ import io.magnetar.container.v1.AttachOutputResponse;
 import io.magnetar.container.v1.OutputStream;
 import java.util.Iterator;
 import java.util.NoSuchElementException;
+import java.util.function.Function;
 
 /**
- * A process's output stream (one AttachOutput call): iterate it once, and
- * close it (try-with-resources) to stop early. Iteration throws
- * {@link MagnetarException} on errors.
+ * A process's output stream: iterate it once, and close it
+ * (try-with-resources) to stop early. Iteration throws
+ * {@link MagnetarException} on errors. While the sandboxer restarts, the
+ * stream is opened again from the offset after the last chunk received (see
+ * {@link MagnetarClient#withRetryTimeout}), so no byte is lost or repeated.
  */
 public final class Output implements Iterable<OutputChunk>, AutoCloseable {
-  private final ClientCall<AttachOutputRequest, AttachOutputResponse> call;
-  private final Iterator<AttachOutputResponse> responses;
+  /** Opens one AttachOutput call. */
+  interface Opener extends Function<AttachOutputRequest, Call> {}
+
+  /** One AttachOutput call: its responses and how to cancel it. */
+  record Call(Iterator<AttachOutputResponse> responses, Runnable cancel) {}
+
+  private final Opener open;
+  private final AttachOutputRequest base;
+  private final Retry.Backoff backoff;
+  private Long offset;
+  private Call call;
   private OutputChunk next;
   private Integer exitStatus;
   private boolean iterated;
+  private volatile boolean closed;
 
   Output(MagnetarClient client, AttachOutputRequest req) {
-    call = client.channel().newCall(Api.ATTACH_OUTPUT, CallOptions.DEFAULT);
-    responses = ClientCalls.blockingServerStreamingCall(call, req);
+    this(req2 -> {
+      ClientCall<AttachOutputRequest, AttachOutputResponse> c =
+          client.channel().newCall(Api.ATTACH_OUTPUT, CallOptions.DEFAULT);
+      return new Call(ClientCalls.blockingServerStreamingCall(c, req2), () -> c.cancel("output closed", null));
+    }, req, new Retry.Backoff(client.retryTimeout()));
+  }
+
+  Output(Opener open, AttachOutputRequest req, Retry.Backoff backoff) {
+    this.open = open;
+    this.base = req;
+    this.backoff = backoff;
+    this.offset = req.hasStartOffset() ? req.getStartOffset() : null;
   }
 
   /** The exit status the stream ended with, or null before its end. */
   public Integer exitStatus() {
     return exitStatus;
+  }
+
+  private AttachOutputRequest request() {
+    AttachOutputRequest.Builder b = base.toBuilder();
+    if (offset != null) {
+      b.setStartOffset(offset);
+    }
+    return b.build();
+  }
+
+  /** Reads the next chunk into next; false at the end (the exit). */
+  private boolean advance() {
+    while (next == null && exitStatus == null) {
+      try {
+        if (call == null) {
+          call = open.apply(request());
+        }
+        if (!call.responses().hasNext()) {
+          call = null;
+          throw new StatusRuntimeException(Status.UNAVAILABLE.withDescription("output stream ended without an exit status"));
+        }
+        AttachOutputResponse res = call.responses().next();
+        backoff.reset();
+        if (res.hasOutput()) {
+          var o = res.getOutput();
+          offset = o.getOffset() + o.getData().size();
+          next = new OutputChunk(o.getStream() == OutputStream.OUTPUT_STREAM_STDERR, o.getData().toByteArray(),
+              o.getOffset());
+        } else if (res.hasExit()) {
+          exitStatus = res.getExit().getExitStatus();
+        }
+      } catch (StatusRuntimeException e) {
+        call = null;
+        if (closed && e.getStatus().getCode() == Status.Code.CANCELLED) {
+          return false;
+        }
+        try {
+          backoff.pause(e, true);
+        } catch (StatusRuntimeException failed) {
+          throw MagnetarException.wrap(failed);
+        }
+      }
+    }
+    return next != null;
   }
 
   @Override
@@ -41,20 +109,7 @@ public final class Output implements Iterable<OutputChunk>, AutoCloseable {
     return new Iterator<>() {
       @Override
       public boolean hasNext() {
-        try {
-          while (next == null && responses.hasNext()) {
-            AttachOutputResponse res = responses.next();
-            if (res.hasOutput()) {
-              next = new OutputChunk(res.getOutput().getStream() == OutputStream.OUTPUT_STREAM_STDERR,
-                  res.getOutput().getData().toByteArray());
-            } else if (res.hasExit()) {
-              exitStatus = res.getExit().getExitStatus();
-            }
-          }
-        } catch (StatusRuntimeException e) {
-          throw MagnetarException.wrap(e);
-        }
-        return next != null;
+        return advance();
       }
 
       @Override
@@ -72,6 +127,10 @@ public final class Output implements Iterable<OutputChunk>, AutoCloseable {
   /** Cancels the stream (nothing if it has ended). */
   @Override
   public void close() {
-    call.cancel("output closed", null);
+    closed = true;
+    Call c = call;
+    if (c != null) {
+      c.cancel().run();
+    }
   }
 }

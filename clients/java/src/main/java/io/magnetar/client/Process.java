@@ -36,11 +36,22 @@ public class Process {
   }
 
   /**
-   * The process's output from its start; the iteration ends when the process
-   * has exited. Close it to stop reading early.
+   * The process's output from the oldest byte the sandboxer kept (on disk,
+   * the newest 1 MiB or so, since the process was created); the iteration
+   * ends when the process has exited. Close it to stop reading early.
    */
   public Output output() {
     return new Output(client, AttachOutputRequest.newBuilder().setContainerId(containerId).setExecId(execId).build());
+  }
+
+  /**
+   * The process's output from offset ({@link OutputChunk#offset()}); the
+   * iteration ends when the process has exited. Output the sandboxer no
+   * longer keeps fails with OUT_OF_RANGE.
+   */
+  public Output output(long offset) {
+    return new Output(client, AttachOutputRequest.newBuilder().setContainerId(containerId).setExecId(execId)
+        .setStartOffset(offset).build());
   }
 
   /** Waits for the process to exit and returns its exit status. */

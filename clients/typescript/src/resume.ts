@@ -1,0 +1,227 @@
+// Riding out restarts of the sandboxer: retries of calls that change
+// nothing, and output and event streams that resume where they broke off.
+//
+// While the sandboxer's worker restarts (a crash, a live upgrade), its API
+// socket stays open (the supervisor holds it): new connections wait, calls
+// in flight fail with Unavailable or end in the middle of a stream. The
+// helpers here retry with a backoff from 50 ms doubling up to 1 s, for at
+// most the client's retry timeout per outage, and resume AttachOutput from
+// the offset after the last byte received and WatchEvents after the last
+// sequence number received.
+import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { AttachOutputRequestSchema, AttachOutputResponse } from "./gen/magnetar/container/v1/container_pb.js";
+import type { Event, WatchEventsRequestSchema, WatchEventsResponse } from "./gen/magnetar/sandbox/v1/sandbox_pb.js";
+
+type AttachOutputRequest = MessageInitShape<typeof AttachOutputRequestSchema>;
+type WatchEventsRequest = MessageInitShape<typeof WatchEventsRequestSchema>;
+
+/** How long a client keeps retrying, or resuming a stream, per outage (ms). */
+export const DEFAULT_RETRY_TIMEOUT_MS = 30_000;
+
+/** WatchEvents' response header: the sequence number the stream starts after. */
+export const EVENT_SEQUENCE_HEADER = "magnetar-event-sequence";
+
+const FIRST_MS = 50;
+const MAX_MS = 1000;
+
+// Calls without side-effect marking in the API whose repetition changes nothing.
+const IDEMPOTENT = new Set([
+  "magnetar.container.v1.ContainerService.WaitProcess",
+  "magnetar.container.v1.ContainerService.CloseStdin",
+  "magnetar.container.v1.ContainerService.ResizePty",
+]);
+
+/**
+ * Whether err means the sandboxer was unavailable: Unavailable, and for a
+ * stream (whose calls change nothing) a connection that broke in the middle
+ * of a response, which the transport reports as Internal or Unknown.
+ */
+export function transient(err: unknown, stream = false): boolean {
+  const code = ConnectError.from(err).code;
+  return code === Code.Unavailable || (stream && (code === Code.Internal || code === Code.Unknown));
+}
+
+/** Paces the attempts of one outage within budgetMs. */
+export class Backoff {
+  #start: number | undefined;
+  #delay = FIRST_MS;
+
+  constructor(
+    readonly budgetMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** The pause before the next attempt (ms), or undefined once the budget is spent. */
+  next(): number | undefined {
+    if (this.budgetMs <= 0) {
+      return undefined;
+    }
+    const now = this.now();
+    if (this.#start === undefined) {
+      this.#start = now;
+      this.#delay = FIRST_MS;
+    }
+    if (now + this.#delay - this.#start > this.budgetMs) {
+      return undefined;
+    }
+    const d = this.#delay;
+    this.#delay = Math.min(2 * this.#delay, MAX_MS);
+    return d;
+  }
+
+  /** Progress was made: the next failure starts a new outage. */
+  reset(): void {
+    this.#start = undefined;
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const t = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/**
+ * An interceptor that retries the unary calls that change nothing (those
+ * the API marks free of side effects, and WaitProcess, CloseStdin,
+ * ResizePty) while they fail with Unavailable, within budgetMs per call.
+ */
+export function retryInterceptor(budgetMs: number): Interceptor {
+  return (next) => async (req) => {
+    if (req.stream || budgetMs <= 0) {
+      return next(req);
+    }
+    const m = req.method;
+    if (m.idempotency === MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN && !IDEMPOTENT.has(`${m.parent.typeName}.${m.name}`)) {
+      return next(req);
+    }
+    const b = new Backoff(budgetMs);
+    for (;;) {
+      try {
+        return await next(req);
+      } catch (err) {
+        const d = transient(err) ? b.next() : undefined;
+        if (d === undefined) {
+          throw err;
+        }
+        await sleep(d, req.signal);
+      }
+    }
+  };
+}
+
+/** Opens one AttachOutput stream. */
+export type AttachFn = (req: AttachOutputRequest) => AsyncIterable<AttachOutputResponse>;
+
+/** A chunk of output with its offset, or the exit. */
+export type OutputItem =
+  | { kind: "output"; stream: number; data: Uint8Array; offset: number }
+  | { kind: "exit"; response: AttachOutputResponse };
+
+/**
+ * Yields a process's output from startOffset (the oldest byte kept if
+ * undefined) until its exit (the last item), opening the stream again from
+ * the next offset when it breaks while the sandboxer is unavailable.
+ */
+export async function* followOutput(
+  attach: AttachFn,
+  containerId: string,
+  execId: string,
+  startOffset: number | undefined,
+  budgetMs: number,
+  signal?: AbortSignal,
+): AsyncGenerator<OutputItem, void, undefined> {
+  let offset = startOffset;
+  const b = new Backoff(budgetMs);
+  for (;;) {
+    try {
+      const req: AttachOutputRequest = { containerId, execId };
+      if (offset !== undefined) {
+        req.startOffset = BigInt(offset);
+      }
+      for await (const res of attach(req)) {
+        b.reset();
+        if (res.payload.case === "output") {
+          const c = res.payload.value;
+          const at = Number(c.offset);
+          offset = at + c.data.length;
+          yield { kind: "output", stream: c.stream, data: c.data, offset: at };
+        } else if (res.payload.case === "exit") {
+          yield { kind: "exit", response: res };
+          return;
+        }
+      }
+      throw new ConnectError("output stream ended without an exit status", Code.Unavailable);
+    } catch (err) {
+      const d = transient(err, true) ? b.next() : undefined;
+      if (d === undefined) {
+        throw err;
+      }
+      await sleep(d, signal);
+    }
+  }
+}
+
+/** Opens one WatchEvents stream; onHeader sees its response headers. */
+export type WatchFn = (req: WatchEventsRequest, onHeader: (h: Headers) => void) => AsyncIterable<WatchEventsResponse>;
+
+/**
+ * Yields events (after sequence `after` if set, live ones otherwise),
+ * opening the stream again after the last one seen when it breaks while the
+ * sandboxer is unavailable.
+ */
+export async function* watchEvents(
+  watch: WatchFn,
+  filter: { sandboxIds?: string[]; types?: number[] },
+  after: bigint | undefined,
+  budgetMs: number,
+  signal?: AbortSignal,
+): AsyncGenerator<Event, void, undefined> {
+  const b = new Backoff(budgetMs);
+  const onHeader = (h: Headers) => {
+    // A live stream starts after the newest event: resume from there
+    // should it break before its first event.
+    const v = h.get(EVENT_SEQUENCE_HEADER);
+    if (after === undefined && v !== null && /^[0-9]+$/.test(v)) {
+      after = BigInt(v);
+    }
+  };
+  for (;;) {
+    try {
+      const req: WatchEventsRequest = { sandboxIds: filter.sandboxIds ?? [], types: filter.types ?? [] };
+      if (after !== undefined) {
+        req.afterSequence = after;
+      }
+      for await (const res of watch(req, onHeader)) {
+        b.reset();
+        const ev = res.event;
+        if (ev === undefined || (after !== undefined && ev.sequence <= after)) {
+          continue;
+        }
+        after = ev.sequence;
+        yield ev;
+      }
+      throw new ConnectError("event stream ended", Code.Unavailable);
+    } catch (err) {
+      const d = transient(err, true) ? b.next() : undefined;
+      if (d === undefined) {
+        throw err;
+      }
+      await sleep(d, signal);
+    }
+  }
+}

@@ -1,0 +1,268 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/testutil"
+	"github.com/magnetar-io/magnetar/sdk"
+)
+
+// apiSandboxer is a magnetar-sandboxer of its own (supervisor and worker)
+// serving Magnetar's API in direct mode, without containerd.
+type apiSandboxer struct {
+	bin, dir, runDir string
+	cmd              *exec.Cmd
+	log              *testutil.Buffer
+	done             chan struct{}
+}
+
+func startAPISandboxer(t *testing.T) *apiSandboxer {
+	t.Helper()
+	binDir, err := harness.DefaultBinDir()
+	if err != nil {
+		testutil.SkipOrFail(t, "%v", err)
+	}
+	bin := filepath.Join(binDir, "magnetar-sandboxer")
+	if _, err := os.Stat(bin); err != nil {
+		testutil.SkipOrFail(t, "magnetar-sandboxer not built (make build): %v", err)
+	}
+	testutil.RequireRunc(t)
+	// Short: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "mgn-api-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &apiSandboxer{bin: bin, dir: dir, runDir: filepath.Join(dir, "run"), log: &testutil.Buffer{}, done: make(chan struct{})}
+	s.cmd = exec.Command(bin, "--listen", filepath.Join(s.runDir, "sandboxer.sock"),
+		"--state-dir", filepath.Join(dir, "state"), "--run-dir", s.runDir, "--log-level", "debug")
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.cmd.Wait(); close(s.done) }()
+	t.Cleanup(func() {
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.done:
+		case <-time.After(30 * time.Second):
+			_ = s.cmd.Process.Kill()
+			<-s.done
+		}
+		if t.Failed() {
+			t.Logf("sandboxer log:\n%s", s.log)
+		}
+		if err := harness.RemoveTree(dir); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := waitSocket(filepath.Join(s.runDir, "api.sock"), 30*time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, s.log)
+	}
+	return s
+}
+
+// worker returns the pid of the supervisor's worker (0: none now).
+func (s *apiSandboxer) worker() int {
+	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", s.cmd.Process.Pid))
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		for _, field := range strings.Fields(string(data)) {
+			pid, err := strconv.Atoi(field)
+			if err != nil {
+				continue
+			}
+			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), "magnetar-sandboxer\x00--listen\x00") {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+// newWorker waits for a worker other than old.
+func (s *apiSandboxer) newWorker(t *testing.T, old int) int {
+	t.Helper()
+	var pid int
+	testutil.Eventually(t, time.Minute, func() bool { pid = s.worker(); return pid != 0 && pid != old }, "a new worker after %d", old)
+	return pid
+}
+
+// TestAPIStreamsSurviveRestart runs a container printing a counter through
+// the Go SDK with an Output stream and an Events stream open, then kills
+// the sandboxer's worker (kill -9) and live-upgrades it (`magnetar-sandboxer
+// upgrade`): the streams resume by themselves, the output has every number
+// once and in order, and the events are those the sandboxer kept, each
+// once, in order, the container's exit included.
+func TestAPIStreamsSurviveRestart(t *testing.T) {
+	s := startAPISandboxer(t)
+	rootfs := testutil.BusyboxRootfs(t, filepath.Join(s.dir, "rootfs"))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := sdk.Dial(ctx, "unix://"+filepath.Join(s.runDir, "api.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sb, err := c.CreateSandbox(ctx, "runc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sb.Delete(context.Background(), sdk.Force()) }()
+
+	// Events of the sandbox, from before the container on.
+	evctx, evcancel := context.WithCancel(ctx)
+	defer evcancel()
+	var (
+		mu     sync.Mutex
+		events []sdk.Event
+		evErr  error
+	)
+	evStarted := make(chan struct{})
+	evDone := make(chan struct{})
+	go func() {
+		defer close(evDone)
+		once := sync.OnceFunc(func() { close(evStarted) })
+		defer once()
+		for ev, err := range c.Events(evctx, sdk.InSandbox(sb.ID)) {
+			once()
+			mu.Lock()
+			if err != nil {
+				evErr = err
+			} else {
+				events = append(events, ev)
+			}
+			mu.Unlock()
+			if err != nil || ev.Type == "process-exited" {
+				return
+			}
+		}
+	}()
+
+	ctr, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.Args("sh", "-c", "trap 'exit 7' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Output: every chunk, each starting where the previous ended.
+	var (
+		out    bytes.Buffer
+		outErr error
+	)
+	outDone := make(chan struct{})
+	go func() {
+		defer close(outDone)
+		var next int64
+		for ch, err := range ctr.Output(ctx) {
+			if err != nil {
+				mu.Lock()
+				outErr = err
+				mu.Unlock()
+				return
+			}
+			if ch.Offset != next {
+				outErr = fmt.Errorf("chunk at offset %d, want %d", ch.Offset, next)
+				return
+			}
+			next += int64(len(ch.Data))
+			mu.Lock()
+			out.Write(ch.Data)
+			mu.Unlock()
+		}
+	}()
+	lines := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return bytes.Count(out.Bytes(), []byte("\n"))
+	}
+	<-evStarted
+	testutil.Eventually(t, 30*time.Second, func() bool { return lines() >= 20 }, "20 lines of output")
+
+	// kill -9 of the worker.
+	old := s.worker()
+	if old == 0 {
+		t.Fatalf("no worker\n%s", s.log)
+	}
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// A call that changes nothing, made during the gap, is answered.
+	if got, err := c.Container(ctx, ctr.ID); err != nil || got.State != sdk.ContainerRunning {
+		t.Fatalf("Container during the restart: %+v, %v", got, err)
+	}
+	old = s.newWorker(t, old)
+	n := lines()
+	testutil.Eventually(t, 30*time.Second, func() bool { return lines() >= n+20 }, "output after the crash")
+
+	// Live upgrade.
+	if out, err := exec.CommandContext(ctx, s.bin, "upgrade", "--run-dir", s.runDir).CombinedOutput(); err != nil {
+		t.Fatalf("magnetar-sandboxer upgrade: %v\n%s", err, out)
+	}
+	s.newWorker(t, old)
+	n = lines()
+	testutil.Eventually(t, 30*time.Second, func() bool { return lines() >= n+20 }, "output after the upgrade")
+
+	// The container ends: the output stream ends with its exit, the event
+	// stream sees it.
+	if err := ctr.Signal(ctx, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-outDone
+	if outErr != nil {
+		t.Fatalf("Output: %v", outErr)
+	}
+	if exit, err := ctr.Wait(ctx); err != nil || exit.Code != 7 {
+		t.Fatalf("Wait = %+v, %v", exit, err)
+	}
+	select {
+	case <-evDone:
+	case <-ctx.Done():
+		t.Fatal("no process-exited event")
+	}
+	if evErr != nil {
+		t.Fatalf("Events: %v", evErr)
+	}
+	for i, l := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
+		if l != strconv.Itoa(i) {
+			t.Fatalf("output line %d is %q: bytes lost or repeated across the restarts", i, l)
+		}
+	}
+	// What the stream delivered is what the sandboxer kept: replayed from
+	// before the first event, filtered alike.
+	var kept []sdk.Event
+	for ev, err := range c.EventsAfter(ctx, events[0].Sequence-1, sdk.InSandbox(sb.ID)) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, ev)
+		if ev.Sequence == events[len(events)-1].Sequence {
+			break
+		}
+	}
+	if len(kept) != len(events) {
+		t.Fatalf("live stream had %d events, the log %d:\nlive %+v\nkept %+v", len(events), len(kept), events, kept)
+	}
+	var types []string
+	for i := range events {
+		if events[i].Sequence != kept[i].Sequence || events[i].Type != kept[i].Type || (i > 0 && events[i].Sequence <= events[i-1].Sequence) {
+			t.Fatalf("event %d: live %+v, kept %+v", i, events[i], kept[i])
+		}
+		types = append(types, events[i].Type)
+	}
+	if want := "container-created container-started process-exited"; !strings.HasSuffix(strings.Join(types, " "), want) {
+		t.Errorf("event types %v, want them to end with %s", types, want)
+	}
+	if last := events[len(events)-1]; last.ExitStatus != 7 || last.ContainerID != ctr.ID {
+		t.Errorf("exit event %+v, want exit 7 of %s", last, ctr.ID)
+	}
+}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
-	"github.com/google/renameio/v2"
+	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -146,7 +146,7 @@ func writeMeta(dir string, m containerMeta) error {
 	if err != nil {
 		return err
 	}
-	return renameio.WriteFile(filepath.Join(dir, metaFile), data, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, metaFile), data, 0o600)
 }
 
 func (s *Service) toContainer(ctx context.Context, st engine.ProcessStatus) Container {

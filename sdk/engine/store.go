@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
-	"github.com/google/renameio/v2"
+	"github.com/magnetar-io/magnetar/internal/atomicfile"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
@@ -60,7 +60,7 @@ func writeRecord(dir string, rec *sandboxRecord) error {
 	if err != nil {
 		return fmt.Errorf("encode sandbox record: %w", err)
 	}
-	if err := renameio.WriteFile(filepath.Join(dir, recordFile), data, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, recordFile), data, 0o600); err != nil {
 		return fmt.Errorf("write sandbox record: %w", err)
 	}
 	return nil

@@ -334,6 +334,7 @@ func (e *Engine) watchProcess(sb *sandbox, p *process) {
 			Pid: p.status().Pid, ExitCode: st.Code, ExitedAt: st.ExitedAt,
 		})
 		close(p.done)
+		sb.noteExit()
 	})
 }
 

@@ -41,6 +41,8 @@ type sandboxRecord struct {
 	ExitedAt       time.Time                   `json:"exitedAt,omitzero"`
 	ExitCode       uint32                      `json:"exitCode"`
 	BackendState   []byte                      `json:"backendState,omitempty"`
+	Deadline       time.Time                   `json:"deadline,omitzero"`
+	IdleTimeout    time.Duration               `json:"idleTimeout,omitempty"`
 	Containers     map[string]*containerRecord `json:"containers,omitempty"`
 }
 

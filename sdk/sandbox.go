@@ -57,6 +57,12 @@ type Sandbox struct {
 	TaskAddress string `json:"taskAddress,omitempty"`
 	// Info holds backend-specific details for humans.
 	Info map[string]string `json:"info,omitempty"`
+	// ExpiresAt is when the sandbox's deadline ends it (zero: no deadline;
+	// see [WithTimeoutAfter] and [Sandbox.SetTimeout]).
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+	// IdleTimeout ends the sandbox once it has been idle this long (0:
+	// never; see [WithIdleTimeout]).
+	IdleTimeout time.Duration `json:"idleTimeout,omitempty"`
 
 	client *Client
 }
@@ -68,7 +74,8 @@ func (c *Client) sandboxFromProto(p *sandboxv1.Sandbox) *Sandbox {
 		Labels: p.GetLabels(), Annotations: p.GetAnnotations(),
 		CreatedAt: timeOf(p.GetCreatedAt()), StartedAt: timeOf(p.GetStartedAt()), ExitedAt: timeOf(p.GetExitedAt()),
 		ExitStatus: p.GetExitStatus(), PID: p.GetPid(), NetNSPath: p.GetNetnsPath(), TaskAddress: p.GetTaskAddress(),
-		Info:   p.GetInfo(),
+		Info:      p.GetInfo(),
+		ExpiresAt: timeOf(p.GetExpiresAt()), IdleTimeout: p.GetIdleTimeout().AsDuration(),
 		client: c,
 	}
 }
@@ -250,6 +257,50 @@ func WithResources(res Resources) SandboxOption {
 		r.Resources = res.proto()
 		return nil
 	}
+}
+
+// WithTimeoutAfter gives the sandbox a deadline d after its creation: it
+// is then stopped and deleted (an event of type "sandbox-expired" comes
+// first), whatever runs in it. [Sandbox.SetTimeout] moves it. Default: no
+// deadline.
+func WithTimeoutAfter(d time.Duration) SandboxOption {
+	return func(o *sandboxOptions) error {
+		if d < 0 {
+			return fmt.Errorf("WithTimeoutAfter: negative duration %v: %w", d, errdefs.ErrInvalidArgument)
+		}
+		o.req.Timeout = durationpb.New(d)
+		return nil
+	}
+}
+
+// WithIdleTimeout ends the sandbox (stopped and deleted, after a
+// "sandbox-expired" event) once it has been idle for d: no call about it
+// or its containers, and no process running in it. Default: never.
+func WithIdleTimeout(d time.Duration) SandboxOption {
+	return func(o *sandboxOptions) error {
+		if d < 0 {
+			return fmt.Errorf("WithIdleTimeout: negative duration %v: %w", d, errdefs.ErrInvalidArgument)
+		}
+		o.req.IdleTimeout = durationpb.New(d)
+		return nil
+	}
+}
+
+// SetTimeout replaces the sandbox's lifetime: it ends timeout from now (0:
+// no deadline) or once idle for idle (0: never). The sandbox's snapshot
+// is refreshed.
+func (s *Sandbox) SetTimeout(ctx context.Context, timeout, idle time.Duration) error {
+	if timeout < 0 || idle < 0 {
+		return fmt.Errorf("SetTimeout: negative duration: %w", errdefs.ErrInvalidArgument)
+	}
+	res, err := s.client.sandboxes.SetSandboxTimeout(ctx, &sandboxv1.SetSandboxTimeoutRequest{
+		SandboxId: s.ID, Timeout: durationpb.New(timeout), IdleTimeout: durationpb.New(idle),
+	})
+	if err != nil {
+		return fromAPI(err)
+	}
+	*s = *s.client.sandboxFromProto(res.GetSandbox())
+	return nil
 }
 
 // CreateSandbox creates a sandbox of the given kind (see [Client.Kinds])

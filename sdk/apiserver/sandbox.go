@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect/v2"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
@@ -65,6 +66,12 @@ func (s *Server) toSandbox(st engine.SandboxStatus) *sandboxv1.Sandbox {
 		CreatedAt: ts(st.CreatedAt), StartedAt: ts(st.StartedAt), ExitedAt: ts(st.ExitedAt), ExitStatus: st.ExitCode,
 		Pid: st.Pid, NetnsPath: st.NetNSPath, Info: st.Info,
 	}
+	if !st.Lifetime.Deadline.IsZero() {
+		out.ExpiresAt = timestamppb.New(st.Lifetime.Deadline)
+	}
+	if st.Lifetime.IdleTimeout > 0 {
+		out.IdleTimeout = durationpb.New(st.Lifetime.IdleTimeout)
+	}
 	if s.taskAddress != nil {
 		out.TaskAddress = s.taskAddress(st.ID)
 	}
@@ -90,12 +97,23 @@ func (s *Server) CreateSandbox(ctx context.Context, req *sandboxv1.CreateSandbox
 		Resources: toResources(req.GetResources()),
 		DNS:       backend.DNSConfig{Servers: req.GetDns().GetServers(), Searches: req.GetDns().GetSearches(), Options: req.GetDns().GetOptions()},
 		// direct's modes have the API's numbers.
-		Network: direct.Network{Mode: direct.NetworkMode(req.GetNetwork().GetMode()), NetNSPath: req.GetNetwork().GetNetnsPath()},
+		Network:     direct.Network{Mode: direct.NetworkMode(req.GetNetwork().GetMode()), NetNSPath: req.GetNetwork().GetNetnsPath()},
+		Timeout:     req.GetTimeout().AsDuration(),
+		IdleTimeout: req.GetIdleTimeout().AsDuration(),
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &sandboxv1.CreateSandboxResponse{Sandbox: s.toSandbox(st)}, nil
+}
+
+// SetSandboxTimeout replaces a sandbox's lifetime.
+func (s *Server) SetSandboxTimeout(ctx context.Context, req *sandboxv1.SetSandboxTimeoutRequest) (*sandboxv1.SetSandboxTimeoutResponse, error) {
+	st, err := s.d.SetTimeout(ctx, req.GetSandboxId(), req.GetTimeout().AsDuration(), req.GetIdleTimeout().AsDuration())
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxv1.SetSandboxTimeoutResponse{Sandbox: s.toSandbox(st)}, nil
 }
 
 // StartSandbox starts a created sandbox.
@@ -183,16 +201,17 @@ func isolation(i backend.Isolation) sandboxv1.IsolationLevel {
 
 var (
 	eventTypes = map[string]sandboxv1.EventType{
-		engine.TopicSandboxCreate: sandboxv1.EventType_EVENT_TYPE_SANDBOX_CREATED,
-		engine.TopicSandboxStart:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_STARTED,
-		engine.TopicSandboxExit:   sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXITED,
-		engine.TopicSandboxDelete: sandboxv1.EventType_EVENT_TYPE_SANDBOX_DELETED,
-		engine.TopicTaskCreate:    sandboxv1.EventType_EVENT_TYPE_CONTAINER_CREATED,
-		engine.TopicTaskStart:     sandboxv1.EventType_EVENT_TYPE_CONTAINER_STARTED,
-		engine.TopicTaskDelete:    sandboxv1.EventType_EVENT_TYPE_CONTAINER_DELETED,
-		engine.TopicExecStarted:   sandboxv1.EventType_EVENT_TYPE_PROCESS_STARTED,
-		engine.TopicTaskExit:      sandboxv1.EventType_EVENT_TYPE_PROCESS_EXITED,
-		engine.TopicTaskOOM:       sandboxv1.EventType_EVENT_TYPE_PROCESS_OOM,
+		engine.TopicSandboxCreate:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_CREATED,
+		engine.TopicSandboxStart:   sandboxv1.EventType_EVENT_TYPE_SANDBOX_STARTED,
+		engine.TopicSandboxExit:    sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXITED,
+		engine.TopicSandboxDelete:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_DELETED,
+		engine.TopicTaskCreate:     sandboxv1.EventType_EVENT_TYPE_CONTAINER_CREATED,
+		engine.TopicTaskStart:      sandboxv1.EventType_EVENT_TYPE_CONTAINER_STARTED,
+		engine.TopicTaskDelete:     sandboxv1.EventType_EVENT_TYPE_CONTAINER_DELETED,
+		engine.TopicExecStarted:    sandboxv1.EventType_EVENT_TYPE_PROCESS_STARTED,
+		engine.TopicTaskExit:       sandboxv1.EventType_EVENT_TYPE_PROCESS_EXITED,
+		engine.TopicTaskOOM:        sandboxv1.EventType_EVENT_TYPE_PROCESS_OOM,
+		engine.TopicSandboxExpired: sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXPIRED,
 	}
 	eventTopics = invert(eventTypes)
 )
@@ -231,7 +250,7 @@ func (s *Server) WatchEvents(ctx context.Context, req *sandboxv1.WatchEventsRequ
 		}
 		return stream.Send(&sandboxv1.WatchEventsResponse{Event: &sandboxv1.Event{
 			Type: typ, Topic: ev.Topic, Timestamp: ts(ev.Timestamp), SandboxId: ev.SandboxID, ContainerId: ev.ContainerID,
-			ExecId: ev.ExecID, Pid: ev.Pid, ExitStatus: ev.ExitCode, ExitedAt: ts(ev.ExitedAt), Sequence: ev.Seq,
+			ExecId: ev.ExecID, Pid: ev.Pid, ExitStatus: ev.ExitCode, ExitedAt: ts(ev.ExitedAt), Sequence: ev.Seq, Reason: ev.Reason,
 		}})
 	})
 }

@@ -132,6 +132,42 @@ func TestSandboxCommands(t *testing.T) {
 	}
 }
 
+func TestSandboxTimeouts(t *testing.T) {
+	sock := apitest.Serve(t, apitest.Stub{})
+	if r := run(t, sock, "", "sandbox", "create", "--kind", "stub", "--id", "pod1", "--timeout", "1h", "--idle-timeout", "10m"); r.code != 0 {
+		t.Fatalf("sandbox create --timeout = %+v", r)
+	}
+	inspect := func() sdk.Sandbox {
+		t.Helper()
+		r := run(t, sock, "", "ps", "--sandboxes", "-o", "json")
+		var sbs []sdk.Sandbox
+		if err := json.Unmarshal([]byte(r.stdout), &sbs); err != nil || len(sbs) != 1 {
+			t.Fatalf("ps --sandboxes -o json = %+v (%v)", r, err)
+		}
+		return sbs[0]
+	}
+	if sb := inspect(); sb.IdleTimeout != 10*time.Minute || time.Until(sb.ExpiresAt) < 59*time.Minute {
+		t.Errorf("created: expires at %v, idle timeout %v; want in an hour, 10m", sb.ExpiresAt, sb.IdleTimeout)
+	}
+	for _, bad := range [][]string{{"pod1", "soon"}, {"pod1", "--", "-5s"}, {"pod1"}} {
+		if r := run(t, sock, "", append([]string{"sandbox", "timeout"}, bad...)...); r.code == 0 || !strings.Contains(r.stderr, "sandbox") {
+			t.Errorf("sandbox timeout %q = %+v, want a usage error", bad, r)
+		}
+	}
+	if sb := inspect(); sb.IdleTimeout != 10*time.Minute || sb.ExpiresAt.IsZero() {
+		t.Errorf("refused timeouts changed the sandbox: %+v", sb)
+	}
+	if r := run(t, sock, "", "sandbox", "timeout", "pod1", "0"); r.code != 0 {
+		t.Fatalf("sandbox timeout pod1 0 = %+v", r)
+	}
+	if sb := inspect(); !sb.ExpiresAt.IsZero() || sb.IdleTimeout != 0 {
+		t.Errorf("after clearing: expires at %v, idle timeout %v; want neither", sb.ExpiresAt, sb.IdleTimeout)
+	}
+	if r := run(t, sock, "", "sandbox", "timeout", "nothing", "1m"); r.code != 1 || !strings.Contains(r.stderr, "nothing") {
+		t.Errorf("sandbox timeout of an unknown sandbox = %+v", r)
+	}
+}
+
 func serveRunc(t *testing.T) string {
 	t.Helper()
 	testutil.RequireRunc(t)

@@ -163,7 +163,13 @@ func (s *Service) locate(ctx context.Context, id string) (string, error) {
 	if id == "" {
 		return "", fmt.Errorf("container_id is required: %w", errdefs.ErrInvalidArgument)
 	}
-	return s.e.SandboxOf(ctx, id)
+	sb, err := s.e.SandboxOf(ctx, id)
+	if err == nil {
+		// Every call about a container is activity of its sandbox (see
+		// SandboxRequest.IdleTimeout).
+		s.e.Touch(sb)
+	}
+	return sb, err
 }
 
 // CreateContainer builds a bundle and creates the container.

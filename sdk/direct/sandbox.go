@@ -57,6 +57,12 @@ type SandboxRequest struct {
 	Resources *Resources
 	DNS       backend.DNSConfig
 	Network   Network
+	// Timeout, if positive, ends the sandbox this long after its creation
+	// (stopped and deleted, see [Service.SetTimeout]).
+	Timeout time.Duration
+	// IdleTimeout, if positive, ends the sandbox once it has been idle
+	// this long: no call about it or its containers, and no process.
+	IdleTimeout time.Duration
 }
 
 // CreateSandbox creates a sandbox.
@@ -71,6 +77,11 @@ func (s *Service) CreateSandbox(ctx context.Context, req SandboxRequest) (engine
 		Resources: mergeResources(nil, req.Resources),
 		DNS:       req.DNS,
 	}
+	lt, err := lifetime(req.Timeout, req.IdleTimeout)
+	if err != nil {
+		return engine.SandboxStatus{}, err
+	}
+	spec.Lifetime = lt
 	switch n := req.Network; n.Mode {
 	case NetworkDefault, NetworkNone:
 		spec.PrivateNetwork = true
@@ -93,14 +104,41 @@ func (s *Service) CreateSandbox(ctx context.Context, req SandboxRequest) (engine
 	return s.e.CreateSandbox(ctx, spec)
 }
 
+// lifetime turns durations counted from now into an engine lifetime.
+func lifetime(timeout, idle time.Duration) (engine.Lifetime, error) {
+	if timeout < 0 || idle < 0 {
+		return engine.Lifetime{}, fmt.Errorf("timeout %v and idle timeout %v must not be negative: %w", timeout, idle, errdefs.ErrInvalidArgument)
+	}
+	var l engine.Lifetime
+	if timeout > 0 {
+		l.Deadline = time.Now().Add(timeout)
+	}
+	l.IdleTimeout = idle
+	return l, nil
+}
+
+// SetTimeout replaces a sandbox's lifetime: it ends timeout from now (0:
+// no deadline) or after idle without activity (0: never). At its end the
+// sandbox is stopped and deleted, after an [engine.TopicSandboxExpired]
+// event.
+func (s *Service) SetTimeout(ctx context.Context, id string, timeout, idle time.Duration) (engine.SandboxStatus, error) {
+	l, err := lifetime(timeout, idle)
+	if err != nil {
+		return engine.SandboxStatus{}, err
+	}
+	return s.e.SetLifetime(ctx, id, l)
+}
+
 // StartSandbox starts a created sandbox.
 func (s *Service) StartSandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
+	s.e.Touch(id)
 	return s.e.StartSandbox(ctx, id)
 }
 
 // StopSandbox stops a sandbox and its containers, giving them timeout to
 // exit, and returns its state afterwards.
 func (s *Service) StopSandbox(ctx context.Context, id string, timeout time.Duration) (engine.SandboxStatus, error) {
+	s.e.Touch(id)
 	if err := s.e.StopSandbox(ctx, id, timeout); err != nil {
 		return engine.SandboxStatus{}, err
 	}
@@ -128,6 +166,7 @@ func (s *Service) DeleteSandbox(ctx context.Context, id string, force bool) erro
 
 // Sandbox returns one sandbox.
 func (s *Service) Sandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
+	s.e.Touch(id)
 	return s.e.Sandbox(ctx, id)
 }
 

@@ -15,6 +15,7 @@ type TTRPCSandboxServiceService interface {
 	GetSandbox(context.Context, *GetSandboxRequest) (*GetSandboxResponse, error)
 	ListSandboxes(context.Context, *ListSandboxesRequest) (*ListSandboxesResponse, error)
 	WatchEvents(context.Context, *WatchEventsRequest, TTRPCSandboxService_WatchEventsServer) error
+	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
 
@@ -76,6 +77,13 @@ func RegisterTTRPCSandboxServiceService(srv *ttrpc.Server, svc TTRPCSandboxServi
 				}
 				return svc.ListSandboxes(ctx, &req)
 			},
+			"SetSandboxTimeout": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SetSandboxTimeoutRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetSandboxTimeout(ctx, &req)
+			},
 			"ListKinds": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListKindsRequest
 				if err := unmarshal(&req); err != nil {
@@ -108,6 +116,7 @@ type TTRPCSandboxServiceClient interface {
 	GetSandbox(context.Context, *GetSandboxRequest) (*GetSandboxResponse, error)
 	ListSandboxes(context.Context, *ListSandboxesRequest) (*ListSandboxesResponse, error)
 	WatchEvents(context.Context, *WatchEventsRequest) (TTRPCSandboxService_WatchEventsClient, error)
+	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
 
@@ -196,6 +205,14 @@ func (x *ttrpcsandboxserviceWatchEventsClient) Recv() (*WatchEventsResponse, err
 		return nil, err
 	}
 	return m, nil
+}
+
+func (c *ttrpcsandboxserviceClient) SetSandboxTimeout(ctx context.Context, req *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error) {
+	var resp SetSandboxTimeoutResponse
+	if err := c.client.Call(ctx, "magnetar.sandbox.v1.SandboxService", "SetSandboxTimeout", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
 }
 
 func (c *ttrpcsandboxserviceClient) ListKinds(ctx context.Context, req *ListKindsRequest) (*ListKindsResponse, error) {

@@ -45,6 +45,9 @@ const (
 	SandboxServiceListSandboxesProcedure = "/magnetar.sandbox.v1.SandboxService/ListSandboxes"
 	// SandboxServiceWatchEventsProcedure is the procedure name of the SandboxService's WatchEvents RPC.
 	SandboxServiceWatchEventsProcedure = "/magnetar.sandbox.v1.SandboxService/WatchEvents"
+	// SandboxServiceSetSandboxTimeoutProcedure is the procedure name of the SandboxService's
+	// SetSandboxTimeout RPC.
+	SandboxServiceSetSandboxTimeoutProcedure = "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout"
 	// SandboxServiceListKindsProcedure is the procedure name of the SandboxService's ListKinds RPC.
 	SandboxServiceListKindsProcedure = "/magnetar.sandbox.v1.SandboxService/ListKinds"
 )
@@ -101,6 +104,13 @@ var (
 			Procedure:  SandboxServiceWatchEventsProcedure,
 		}
 	})
+	sandboxServiceSetSandboxTimeoutSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("SetSandboxTimeout"),
+			Procedure:  SandboxServiceSetSandboxTimeoutProcedure,
+		}
+	})
 	sandboxServiceListKindsSpec = sync.OnceValue(func() connect.Spec {
 		return connect.Spec{
 			StreamType:       connect.StreamTypeUnary,
@@ -147,6 +157,13 @@ type SandboxServiceClient interface {
 	// before its first event. While the sandboxer shuts down for a restart,
 	// streams end with UNAVAILABLE.
 	WatchEvents(context.Context, *v1.WatchEventsRequest) (SandboxServiceWatchEventsClientStream, error)
+	// SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+	// from now) and its idle timeout. At the end of its lifetime a sandbox is
+	// stopped (its containers get 10 s after SIGTERM) and deleted, after an
+	// EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+	// sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+	// INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+	SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error)
 	// ListKinds returns the sandbox kinds (backends) this sandboxer knows, with
 	// their availability on this host and their capabilities.
 	ListKinds(context.Context, *v1.ListKindsRequest) (*v1.ListKindsResponse, error)
@@ -215,6 +232,13 @@ type SandboxServiceHandler interface {
 	// before its first event. While the sandboxer shuts down for a restart,
 	// streams end with UNAVAILABLE.
 	WatchEvents(context.Context, *v1.WatchEventsRequest, SandboxServiceWatchEventsServerStream) error
+	// SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+	// from now) and its idle timeout. At the end of its lifetime a sandbox is
+	// stopped (its containers get 10 s after SIGTERM) and deleted, after an
+	// EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+	// sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+	// INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+	SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error)
 	// ListKinds returns the sandbox kinds (backends) this sandboxer knows, with
 	// their availability on this host and their capabilities.
 	ListKinds(context.Context, *v1.ListKindsRequest) (*v1.ListKindsResponse, error)
@@ -232,6 +256,7 @@ func RegisterSandboxServiceHandler(server *connect.Server, svc SandboxServiceHan
 		connect.Method{Spec: sandboxServiceGetSandboxSpec(), Handler: adapter.getSandbox},
 		connect.Method{Spec: sandboxServiceListSandboxesSpec(), Handler: adapter.listSandboxes},
 		connect.Method{Spec: sandboxServiceWatchEventsSpec(), Handler: adapter.watchEvents},
+		connect.Method{Spec: sandboxServiceSetSandboxTimeoutSpec(), Handler: adapter.setSandboxTimeout},
 		connect.Method{Spec: sandboxServiceListKindsSpec(), Handler: adapter.listKinds},
 	)
 }
@@ -281,6 +306,10 @@ func (UnimplementedSandboxServiceHandler) ListSandboxes(context.Context, *v1.Lis
 
 func (UnimplementedSandboxServiceHandler) WatchEvents(context.Context, *v1.WatchEventsRequest, SandboxServiceWatchEventsServerStream) error {
 	return connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.WatchEvents is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.SetSandboxTimeout is not implemented")
 }
 
 func (UnimplementedSandboxServiceHandler) ListKinds(context.Context, *v1.ListKindsRequest) (*v1.ListKindsResponse, error) {
@@ -345,6 +374,14 @@ func (c *sandboxServiceClient) WatchEvents(ctx context.Context, req *v1.WatchEve
 		return SandboxServiceWatchEventsClientStream{}, err
 	}
 	return SandboxServiceWatchEventsClientStream{stream: stream}, nil
+}
+
+func (c *sandboxServiceClient) SetSandboxTimeout(ctx context.Context, req *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
+	var res v1.SetSandboxTimeoutResponse
+	if err := c.client.CallUnary(ctx, sandboxServiceSetSandboxTimeoutSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
 }
 
 func (c *sandboxServiceClient) ListKinds(ctx context.Context, req *v1.ListKindsRequest) (*v1.ListKindsResponse, error) {
@@ -435,6 +472,18 @@ func (h sandboxServiceHandler) watchEvents(ctx context.Context, _ connect.Spec, 
 		return err
 	}
 	return h.svc.WatchEvents(ctx, &req, SandboxServiceWatchEventsServerStream{stream: stream})
+}
+
+func (h sandboxServiceHandler) setSandboxTimeout(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.SetSandboxTimeoutRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.SetSandboxTimeout(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
 }
 
 func (h sandboxServiceHandler) listKinds(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {

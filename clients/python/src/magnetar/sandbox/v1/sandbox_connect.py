@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, GetSandboxRequest, GetSandboxResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse
+from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, GetSandboxRequest, GetSandboxResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, SetSandboxTimeoutRequest, SetSandboxTimeoutResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -104,6 +104,17 @@ class SandboxService(Protocol):
         newest event when the stream started, to resume from should it break
         before its first event. While the sandboxer shuts down for a restart,
         streams end with UNAVAILABLE.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def set_sandbox_timeout(self, request: SetSandboxTimeoutRequest, ctx: RequestContext[SetSandboxTimeoutRequest, SetSandboxTimeoutResponse], /) -> SetSandboxTimeoutResponse:
+        """
+        SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+        from now) and its idle timeout. At the end of its lifetime a sandbox is
+        stopped (its containers get 10 s after SIGTERM) and deleted, after an
+        EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+        sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+        INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -204,6 +215,17 @@ class SandboxServiceASGIApplication(ConnectASGIApplication[SandboxService]):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=svc.watch_events,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout": Endpoint.unary(
+                    method=MethodInfo(
+                        name="SetSandboxTimeout",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=SetSandboxTimeoutRequest,
+                        output=SetSandboxTimeoutResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.set_sandbox_timeout,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/ListKinds": Endpoint.unary(
                     method=MethodInfo(
@@ -446,6 +468,34 @@ class SandboxServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def set_sandbox_timeout(
+        self,
+        request: SetSandboxTimeoutRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SetSandboxTimeoutResponse:
+        """
+        SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+        from now) and its idle timeout. At the end of its lifetime a sandbox is
+        stopped (its containers get 10 s after SIGTERM) and deleted, after an
+        EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+        sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+        INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetSandboxTimeout",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=SetSandboxTimeoutRequest,
+                output=SetSandboxTimeoutResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def list_kinds(
         self,
         request: ListKindsRequest,
@@ -540,6 +590,17 @@ class SandboxServiceSync(Protocol):
         newest event when the stream started, to resume from should it break
         before its first event. While the sandboxer shuts down for a restart,
         streams end with UNAVAILABLE.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def set_sandbox_timeout(self, request: SetSandboxTimeoutRequest, ctx: RequestContext[SetSandboxTimeoutRequest, SetSandboxTimeoutResponse], /) -> SetSandboxTimeoutResponse:
+        """
+        SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+        from now) and its idle timeout. At the end of its lifetime a sandbox is
+        stopped (its containers get 10 s after SIGTERM) and deleted, after an
+        EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+        sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+        INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -638,6 +699,17 @@ class SandboxServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=service.watch_events,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="SetSandboxTimeout",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=SetSandboxTimeoutRequest,
+                        output=SetSandboxTimeoutResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.set_sandbox_timeout,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/ListKinds": EndpointSync.unary(
                     method=MethodInfo(
@@ -876,6 +948,34 @@ class SandboxServiceClientSync(ConnectClientSync):
                 output=WatchEventsResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def set_sandbox_timeout(
+        self,
+        request: SetSandboxTimeoutRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SetSandboxTimeoutResponse:
+        """
+        SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+        from now) and its idle timeout. At the end of its lifetime a sandbox is
+        stopped (its containers get 10 s after SIGTERM) and deleted, after an
+        EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+        sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+        INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetSandboxTimeout",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=SetSandboxTimeoutRequest,
+                output=SetSandboxTimeoutResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

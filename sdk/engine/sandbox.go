@@ -83,6 +83,9 @@ type SandboxStatus struct {
 	Containers   []string
 	// Lifetime is when the sandbox ends by itself (see [Lifetime]).
 	Lifetime Lifetime
+	// Paused is set while the sandbox is paused (see
+	// [Engine.PauseSandbox]); its State stays SandboxReady.
+	Paused bool
 	// Err is why the sandbox could not be recovered, for SandboxUnknown.
 	Err error
 }
@@ -164,7 +167,7 @@ func (s *sandbox) status() SandboxStatus {
 		NetNSPath: r.NetNSPath, HostNetwork: r.NetNSPath == "" && !r.PrivateNetwork, CgroupParent: r.CgroupParent,
 		Labels: maps.Clone(r.Labels), Annotations: maps.Clone(r.Annotations), Info: maps.Clone(r.Info),
 		CreatedAt: r.CreatedAt, StartedAt: r.StartedAt, ExitedAt: r.ExitedAt, ExitCode: r.ExitCode,
-		Containers: ids, Lifetime: s.lifetime(), Err: s.recoverErr,
+		Containers: ids, Lifetime: s.lifetime(), Paused: r.Paused, Err: s.recoverErr,
 	}
 }
 
@@ -331,6 +334,9 @@ func (e *Engine) StopSandbox(ctx context.Context, id string, timeout time.Durati
 	}
 	sb.lifecycle.Lock()
 	defer sb.lifecycle.Unlock()
+	// A paused sandbox is thawed first, so that its containers can handle
+	// SIGTERM.
+	_ = e.resumeSandboxLocked(ctx, sb)
 	sb.mu.Lock()
 	state, impl := sb.rec.State, sb.impl
 	ctrs := slices.Collect(maps.Values(sb.containers))

@@ -20,7 +20,8 @@ type Event struct {
 	// Type is what happened: "sandbox-created", "sandbox-started",
 	// "sandbox-exited", "sandbox-deleted", "container-created",
 	// "container-started", "container-deleted", "process-started",
-	// "process-exited", "process-oom" or "sandbox-expired".
+	// "process-exited", "process-oom", "sandbox-expired", "sandbox-paused"
+	// or "sandbox-resumed".
 	Type string `json:"type"`
 	// Topic is the containerd topic of the same event, for example
 	// "/tasks/exit".

@@ -55,6 +55,9 @@ var idempotentProcedures = map[string]bool{
 	containerv1connect.ContainerServiceResizePtyProcedure:   true,
 	// Sets a lifetime counted from the call: again is the same.
 	sandboxv1connect.SandboxServiceSetSandboxTimeoutProcedure: true,
+	// Pausing a paused sandbox, or resuming a running one, changes nothing.
+	sandboxv1connect.SandboxServicePauseSandboxProcedure:  true,
+	sandboxv1connect.SandboxServiceResumeSandboxProcedure: true,
 }
 
 func retryable(spec connect.Spec) bool {

@@ -27,6 +27,9 @@ const (
 	// SandboxUnknown: the sandboxer cannot tell, for example after a
 	// restart when the backend does not answer.
 	SandboxUnknown SandboxState = "unknown"
+	// SandboxPaused: ready, with every container frozen (see
+	// [Sandbox.Pause]).
+	SandboxPaused SandboxState = "paused"
 )
 
 // Sandbox is a snapshot of a sandbox, taken when it was returned, and a
@@ -284,6 +287,28 @@ func WithIdleTimeout(d time.Duration) SandboxOption {
 		o.req.IdleTimeout = durationpb.New(d)
 		return nil
 	}
+}
+
+// Pause freezes every running container of the sandbox: its processes
+// use no CPU until [Sandbox.Resume], and nothing new runs in it
+// meanwhile. The snapshot is refreshed (State [SandboxPaused]).
+func (s *Sandbox) Pause(ctx context.Context) error {
+	res, err := s.client.sandboxes.PauseSandbox(ctx, &sandboxv1.PauseSandboxRequest{SandboxId: s.ID})
+	if err != nil {
+		return fromAPI(err)
+	}
+	*s = *s.client.sandboxFromProto(res.GetSandbox())
+	return nil
+}
+
+// Resume thaws what [Sandbox.Pause] froze. The snapshot is refreshed.
+func (s *Sandbox) Resume(ctx context.Context) error {
+	res, err := s.client.sandboxes.ResumeSandbox(ctx, &sandboxv1.ResumeSandboxRequest{SandboxId: s.ID})
+	if err != nil {
+		return fromAPI(err)
+	}
+	*s = *s.client.sandboxFromProto(res.GetSandbox())
+	return nil
 }
 
 // SetTimeout replaces the sandbox's lifetime: it ends timeout from now (0:

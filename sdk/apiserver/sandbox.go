@@ -56,13 +56,14 @@ var (
 		engine.SandboxReady:   sandboxv1.SandboxState_SANDBOX_STATE_READY,
 		engine.SandboxStopped: sandboxv1.SandboxState_SANDBOX_STATE_STOPPED,
 		engine.SandboxUnknown: sandboxv1.SandboxState_SANDBOX_STATE_UNKNOWN,
+		direct.SandboxPaused:  sandboxv1.SandboxState_SANDBOX_STATE_PAUSED,
 	}
 	engineSandboxStates = invert(sandboxStates)
 )
 
 func (s *Server) toSandbox(st engine.SandboxStatus) *sandboxv1.Sandbox {
 	out := &sandboxv1.Sandbox{
-		Id: st.ID, Kind: st.Kind, State: sandboxStates[st.State], Labels: st.Labels, Annotations: st.Annotations,
+		Id: st.ID, Kind: st.Kind, State: sandboxStates[direct.EffectiveState(st)], Labels: st.Labels, Annotations: st.Annotations,
 		CreatedAt: ts(st.CreatedAt), StartedAt: ts(st.StartedAt), ExitedAt: ts(st.ExitedAt), ExitStatus: st.ExitCode,
 		Pid: st.Pid, NetnsPath: st.NetNSPath, Info: st.Info,
 	}
@@ -105,6 +106,24 @@ func (s *Server) CreateSandbox(ctx context.Context, req *sandboxv1.CreateSandbox
 		return nil, err
 	}
 	return &sandboxv1.CreateSandboxResponse{Sandbox: s.toSandbox(st)}, nil
+}
+
+// PauseSandbox freezes a sandbox's containers.
+func (s *Server) PauseSandbox(ctx context.Context, req *sandboxv1.PauseSandboxRequest) (*sandboxv1.PauseSandboxResponse, error) {
+	st, err := s.d.PauseSandbox(ctx, req.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxv1.PauseSandboxResponse{Sandbox: s.toSandbox(st)}, nil
+}
+
+// ResumeSandbox thaws a paused sandbox.
+func (s *Server) ResumeSandbox(ctx context.Context, req *sandboxv1.ResumeSandboxRequest) (*sandboxv1.ResumeSandboxResponse, error) {
+	st, err := s.d.ResumeSandbox(ctx, req.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxv1.ResumeSandboxResponse{Sandbox: s.toSandbox(st)}, nil
 }
 
 // SetSandboxTimeout replaces a sandbox's lifetime.
@@ -212,6 +231,8 @@ var (
 		engine.TopicTaskExit:       sandboxv1.EventType_EVENT_TYPE_PROCESS_EXITED,
 		engine.TopicTaskOOM:        sandboxv1.EventType_EVENT_TYPE_PROCESS_OOM,
 		engine.TopicSandboxExpired: sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXPIRED,
+		engine.TopicSandboxPaused:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_PAUSED,
+		engine.TopicSandboxResumed: sandboxv1.EventType_EVENT_TYPE_SANDBOX_RESUMED,
 	}
 	eventTopics = invert(eventTypes)
 )

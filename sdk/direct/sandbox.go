@@ -129,6 +129,50 @@ func (s *Service) SetTimeout(ctx context.Context, id string, timeout, idle time.
 	return s.e.SetLifetime(ctx, id, l)
 }
 
+// SandboxPaused is the state ListSandboxes filters on for a paused
+// sandbox: the engine reports it ready with Paused set.
+const SandboxPaused engine.SandboxState = "paused"
+
+// EffectiveState is st's state as the API shows it: SandboxPaused for a
+// paused ready sandbox.
+func EffectiveState(st engine.SandboxStatus) engine.SandboxState {
+	if st.Paused && st.State == engine.SandboxReady {
+		return SandboxPaused
+	}
+	return st.State
+}
+
+// PauseSandbox freezes every running container of a sandbox made through
+// this API (see [engine.Engine.PauseSandbox]); a pod of containerd's is
+// paused through containerd, which would otherwise not know.
+func (s *Service) PauseSandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
+	if err := s.ownSandbox(ctx, id); err != nil {
+		return engine.SandboxStatus{}, err
+	}
+	return s.e.PauseSandbox(ctx, id)
+}
+
+// ResumeSandbox thaws what PauseSandbox froze.
+func (s *Service) ResumeSandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
+	if err := s.ownSandbox(ctx, id); err != nil {
+		return engine.SandboxStatus{}, err
+	}
+	return s.e.ResumeSandbox(ctx, id)
+}
+
+// ownSandbox checks that sandbox id was made through this API.
+func (s *Service) ownSandbox(ctx context.Context, id string) error {
+	s.e.Touch(id)
+	st, err := s.e.Sandbox(ctx, id)
+	if err != nil {
+		return err
+	}
+	if st.Namespace != Namespace {
+		return fmt.Errorf("sandbox %q belongs to containerd (namespace %s): pause its containers through containerd: %w", id, st.Namespace, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
 // StartSandbox starts a created sandbox.
 func (s *Service) StartSandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
 	s.e.Touch(id)
@@ -187,7 +231,7 @@ func (s *Service) ListSandboxes(ctx context.Context, f SandboxFilter) []engine.S
 		if len(f.Kinds) > 0 && !slices.Contains(f.Kinds, st.Kind) {
 			continue
 		}
-		if len(f.States) > 0 && !slices.Contains(f.States, st.State) {
+		if len(f.States) > 0 && !slices.Contains(f.States, EffectiveState(st)) {
 			continue
 		}
 		if !matchLabels(st.Labels, f.Labels) {

@@ -43,6 +43,8 @@ const (
 	// The sandboxer cannot tell the state, for example after a restart when
 	// the backend does not answer. Retry later, stop or delete the sandbox.
 	SandboxState_SANDBOX_STATE_UNKNOWN SandboxState = 4
+	// The sandbox is ready but its containers are frozen (see PauseSandbox).
+	SandboxState_SANDBOX_STATE_PAUSED SandboxState = 5
 )
 
 // Enum value maps for SandboxState.
@@ -53,6 +55,7 @@ var (
 		2: "SANDBOX_STATE_READY",
 		3: "SANDBOX_STATE_STOPPED",
 		4: "SANDBOX_STATE_UNKNOWN",
+		5: "SANDBOX_STATE_PAUSED",
 	}
 	SandboxState_value = map[string]int32{
 		"SANDBOX_STATE_UNSPECIFIED": 0,
@@ -60,6 +63,7 @@ var (
 		"SANDBOX_STATE_READY":       2,
 		"SANDBOX_STATE_STOPPED":     3,
 		"SANDBOX_STATE_UNKNOWN":     4,
+		"SANDBOX_STATE_PAUSED":      5,
 	}
 )
 
@@ -240,6 +244,10 @@ const (
 	// A sandbox's lifetime ended (see SetSandboxTimeout); reason says which
 	// limit ("deadline" or "idle"). It is then stopped and deleted.
 	EventType_EVENT_TYPE_SANDBOX_EXPIRED EventType = 11
+	// A sandbox was paused.
+	EventType_EVENT_TYPE_SANDBOX_PAUSED EventType = 12
+	// A paused sandbox was resumed.
+	EventType_EVENT_TYPE_SANDBOX_RESUMED EventType = 13
 )
 
 // Enum value maps for EventType.
@@ -257,6 +265,8 @@ var (
 		9:  "EVENT_TYPE_PROCESS_EXITED",
 		10: "EVENT_TYPE_PROCESS_OOM",
 		11: "EVENT_TYPE_SANDBOX_EXPIRED",
+		12: "EVENT_TYPE_SANDBOX_PAUSED",
+		13: "EVENT_TYPE_SANDBOX_RESUMED",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":       0,
@@ -271,6 +281,8 @@ var (
 		"EVENT_TYPE_PROCESS_EXITED":    9,
 		"EVENT_TYPE_PROCESS_OOM":       10,
 		"EVENT_TYPE_SANDBOX_EXPIRED":   11,
+		"EVENT_TYPE_SANDBOX_PAUSED":    12,
+		"EVENT_TYPE_SANDBOX_RESUMED":   13,
 	}
 )
 
@@ -1219,6 +1231,190 @@ func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
 	return nil
 }
 
+// PauseSandboxRequest is the request of SandboxService.PauseSandbox.
+type PauseSandboxRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox to pause.
+	SandboxId     string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSandboxRequest) Reset() {
+	*x = PauseSandboxRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSandboxRequest) ProtoMessage() {}
+
+func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSandboxRequest.ProtoReflect.Descriptor instead.
+func (*PauseSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PauseSandboxRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+// PauseSandboxResponse is the response of SandboxService.PauseSandbox.
+type PauseSandboxResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox, in state SANDBOX_STATE_PAUSED.
+	Sandbox       *Sandbox `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSandboxResponse) Reset() {
+	*x = PauseSandboxResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSandboxResponse) ProtoMessage() {}
+
+func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSandboxResponse.ProtoReflect.Descriptor instead.
+func (*PauseSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PauseSandboxResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+// ResumeSandboxRequest is the request of SandboxService.ResumeSandbox.
+type ResumeSandboxRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox to resume.
+	SandboxId     string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSandboxRequest) Reset() {
+	*x = ResumeSandboxRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSandboxRequest) ProtoMessage() {}
+
+func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSandboxRequest.ProtoReflect.Descriptor instead.
+func (*ResumeSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ResumeSandboxRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+// ResumeSandboxResponse is the response of SandboxService.ResumeSandbox.
+type ResumeSandboxResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox, in state SANDBOX_STATE_READY.
+	Sandbox       *Sandbox `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSandboxResponse) Reset() {
+	*x = ResumeSandboxResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSandboxResponse) ProtoMessage() {}
+
+func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSandboxResponse.ProtoReflect.Descriptor instead.
+func (*ResumeSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ResumeSandboxResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
 // SetSandboxTimeoutRequest is the request of
 // SandboxService.SetSandboxTimeout.
 type SetSandboxTimeoutRequest struct {
@@ -1236,7 +1432,7 @@ type SetSandboxTimeoutRequest struct {
 
 func (x *SetSandboxTimeoutRequest) Reset() {
 	*x = SetSandboxTimeoutRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1444,7 @@ func (x *SetSandboxTimeoutRequest) String() string {
 func (*SetSandboxTimeoutRequest) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1457,7 @@ func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{14}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetSandboxTimeoutRequest) GetSandboxId() string {
@@ -1297,7 +1493,7 @@ type SetSandboxTimeoutResponse struct {
 
 func (x *SetSandboxTimeoutResponse) Reset() {
 	*x = SetSandboxTimeoutResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1505,7 @@ func (x *SetSandboxTimeoutResponse) String() string {
 func (*SetSandboxTimeoutResponse) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1518,7 @@ func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{15}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetSandboxTimeoutResponse) GetSandbox() *Sandbox {
@@ -1350,7 +1546,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1558,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1571,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{16}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchEventsRequest) GetSandboxIds() []string {
@@ -1411,7 +1607,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1619,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1632,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{17}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -1485,7 +1681,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1497,7 +1693,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1510,7 +1706,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Event) GetType() EventType {
@@ -1610,7 +1806,7 @@ type Kind struct {
 
 func (x *Kind) Reset() {
 	*x = Kind{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1818,7 @@ func (x *Kind) String() string {
 func (*Kind) ProtoMessage() {}
 
 func (x *Kind) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1831,7 @@ func (x *Kind) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kind.ProtoReflect.Descriptor instead.
 func (*Kind) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Kind) GetName() string {
@@ -1700,7 +1896,7 @@ type KindCapabilities struct {
 
 func (x *KindCapabilities) Reset() {
 	*x = KindCapabilities{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1908,7 @@ func (x *KindCapabilities) String() string {
 func (*KindCapabilities) ProtoMessage() {}
 
 func (x *KindCapabilities) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1921,7 @@ func (x *KindCapabilities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindCapabilities.ProtoReflect.Descriptor instead.
 func (*KindCapabilities) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KindCapabilities) GetExec() bool {
@@ -1793,7 +1989,7 @@ type ListKindsRequest struct {
 
 func (x *ListKindsRequest) Reset() {
 	*x = ListKindsRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +2001,7 @@ func (x *ListKindsRequest) String() string {
 func (*ListKindsRequest) ProtoMessage() {}
 
 func (x *ListKindsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +2014,7 @@ func (x *ListKindsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKindsRequest.ProtoReflect.Descriptor instead.
 func (*ListKindsRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{21}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
 }
 
 // ListKindsResponse is the response of SandboxService.ListKinds.
@@ -1833,7 +2029,7 @@ type ListKindsResponse struct {
 
 func (x *ListKindsResponse) Reset() {
 	*x = ListKindsResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +2041,7 @@ func (x *ListKindsResponse) String() string {
 func (*ListKindsResponse) ProtoMessage() {}
 
 func (x *ListKindsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +2054,7 @@ func (x *ListKindsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKindsResponse.ProtoReflect.Descriptor instead.
 func (*ListKindsResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{22}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListKindsResponse) GetKinds() []*Kind {
@@ -1959,7 +2155,17 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
 	"\x15ListSandboxesResponse\x12:\n" +
-	"\tsandboxes\x18\x01 \x03(\v2\x1c.magnetar.sandbox.v1.SandboxR\tsandboxes\"\xac\x01\n" +
+	"\tsandboxes\x18\x01 \x03(\v2\x1c.magnetar.sandbox.v1.SandboxR\tsandboxes\"4\n" +
+	"\x13PauseSandboxRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"N\n" +
+	"\x14PauseSandboxResponse\x126\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1c.magnetar.sandbox.v1.SandboxR\asandbox\"5\n" +
+	"\x14ResumeSandboxRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"O\n" +
+	"\x15ResumeSandboxResponse\x126\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1c.magnetar.sandbox.v1.SandboxR\asandbox\"\xac\x01\n" +
 	"\x18SetSandboxTimeoutRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n" +
@@ -2008,13 +2214,14 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x0fisolation_level\x18\b \x01(\x0e2#.magnetar.sandbox.v1.IsolationLevelR\x0eisolationLevel\"\x12\n" +
 	"\x10ListKindsRequest\"D\n" +
 	"\x11ListKindsResponse\x12/\n" +
-	"\x05kinds\x18\x01 \x03(\v2\x19.magnetar.sandbox.v1.KindR\x05kinds*\x97\x01\n" +
+	"\x05kinds\x18\x01 \x03(\v2\x19.magnetar.sandbox.v1.KindR\x05kinds*\xb1\x01\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SANDBOX_STATE_CREATED\x10\x01\x12\x17\n" +
 	"\x13SANDBOX_STATE_READY\x10\x02\x12\x19\n" +
 	"\x15SANDBOX_STATE_STOPPED\x10\x03\x12\x19\n" +
-	"\x15SANDBOX_STATE_UNKNOWN\x10\x04*q\n" +
+	"\x15SANDBOX_STATE_UNKNOWN\x10\x04\x12\x18\n" +
+	"\x14SANDBOX_STATE_PAUSED\x10\x05*q\n" +
 	"\vNetworkMode\x12\x1c\n" +
 	"\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11NETWORK_MODE_NONE\x10\x01\x12\x15\n" +
@@ -2025,7 +2232,7 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x19ISOLATION_LEVEL_CONTAINER\x10\x01\x12\x18\n" +
 	"\x14ISOLATION_LEVEL_WASM\x10\x02\x12%\n" +
 	"!ISOLATION_LEVEL_USER_SPACE_KERNEL\x10\x03\x12#\n" +
-	"\x1fISOLATION_LEVEL_VIRTUAL_MACHINE\x10\x04*\x87\x03\n" +
+	"\x1fISOLATION_LEVEL_VIRTUAL_MACHINE\x10\x04*\xc6\x03\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aEVENT_TYPE_SANDBOX_CREATED\x10\x01\x12\x1e\n" +
@@ -2039,7 +2246,9 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x19EVENT_TYPE_PROCESS_EXITED\x10\t\x12\x1a\n" +
 	"\x16EVENT_TYPE_PROCESS_OOM\x10\n" +
 	"\x12\x1e\n" +
-	"\x1aEVENT_TYPE_SANDBOX_EXPIRED\x10\v2\xb1\a\n" +
+	"\x1aEVENT_TYPE_SANDBOX_EXPIRED\x10\v\x12\x1d\n" +
+	"\x19EVENT_TYPE_SANDBOX_PAUSED\x10\f\x12\x1e\n" +
+	"\x1aEVENT_TYPE_SANDBOX_RESUMED\x10\r2\xfe\b\n" +
 	"\x0eSandboxService\x12f\n" +
 	"\rCreateSandbox\x12).magnetar.sandbox.v1.CreateSandboxRequest\x1a*.magnetar.sandbox.v1.CreateSandboxResponse\x12c\n" +
 	"\fStartSandbox\x12(.magnetar.sandbox.v1.StartSandboxRequest\x1a).magnetar.sandbox.v1.StartSandboxResponse\x12`\n" +
@@ -2048,7 +2257,9 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\n" +
 	"GetSandbox\x12&.magnetar.sandbox.v1.GetSandboxRequest\x1a'.magnetar.sandbox.v1.GetSandboxResponse\"\x03\x90\x02\x01\x12k\n" +
 	"\rListSandboxes\x12).magnetar.sandbox.v1.ListSandboxesRequest\x1a*.magnetar.sandbox.v1.ListSandboxesResponse\"\x03\x90\x02\x01\x12b\n" +
-	"\vWatchEvents\x12'.magnetar.sandbox.v1.WatchEventsRequest\x1a(.magnetar.sandbox.v1.WatchEventsResponse0\x01\x12r\n" +
+	"\vWatchEvents\x12'.magnetar.sandbox.v1.WatchEventsRequest\x1a(.magnetar.sandbox.v1.WatchEventsResponse0\x01\x12c\n" +
+	"\fPauseSandbox\x12(.magnetar.sandbox.v1.PauseSandboxRequest\x1a).magnetar.sandbox.v1.PauseSandboxResponse\x12f\n" +
+	"\rResumeSandbox\x12).magnetar.sandbox.v1.ResumeSandboxRequest\x1a*.magnetar.sandbox.v1.ResumeSandboxResponse\x12r\n" +
 	"\x11SetSandboxTimeout\x12-.magnetar.sandbox.v1.SetSandboxTimeoutRequest\x1a..magnetar.sandbox.v1.SetSandboxTimeoutResponse\x12_\n" +
 	"\tListKinds\x12%.magnetar.sandbox.v1.ListKindsRequest\x1a&.magnetar.sandbox.v1.ListKindsResponse\"\x03\x90\x02\x01B\xd8\x01\n" +
 	"\x17com.magnetar.sandbox.v1B\fSandboxProtoP\x01ZAgithub.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1;sandboxv1\xa2\x02\x03MSX\xaa\x02\x13Magnetar.Sandbox.V1\xca\x02\x13Magnetar\\Sandbox\\V1\xe2\x02\x1fMagnetar\\Sandbox\\V1\\GPBMetadata\xea\x02\x15Magnetar::Sandbox::V1b\x06proto3"
@@ -2066,7 +2277,7 @@ func file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP() []byte {
 }
 
 var file_magnetar_sandbox_v1_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_magnetar_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_magnetar_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_magnetar_sandbox_v1_sandbox_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: magnetar.sandbox.v1.SandboxState
 	(NetworkMode)(0),                  // 1: magnetar.sandbox.v1.NetworkMode
@@ -2086,86 +2297,96 @@ var file_magnetar_sandbox_v1_sandbox_proto_goTypes = []any{
 	(*GetSandboxResponse)(nil),        // 15: magnetar.sandbox.v1.GetSandboxResponse
 	(*ListSandboxesRequest)(nil),      // 16: magnetar.sandbox.v1.ListSandboxesRequest
 	(*ListSandboxesResponse)(nil),     // 17: magnetar.sandbox.v1.ListSandboxesResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 18: magnetar.sandbox.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 19: magnetar.sandbox.v1.SetSandboxTimeoutResponse
-	(*WatchEventsRequest)(nil),        // 20: magnetar.sandbox.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),       // 21: magnetar.sandbox.v1.WatchEventsResponse
-	(*Event)(nil),                     // 22: magnetar.sandbox.v1.Event
-	(*Kind)(nil),                      // 23: magnetar.sandbox.v1.Kind
-	(*KindCapabilities)(nil),          // 24: magnetar.sandbox.v1.KindCapabilities
-	(*ListKindsRequest)(nil),          // 25: magnetar.sandbox.v1.ListKindsRequest
-	(*ListKindsResponse)(nil),         // 26: magnetar.sandbox.v1.ListKindsResponse
-	nil,                               // 27: magnetar.sandbox.v1.Sandbox.LabelsEntry
-	nil,                               // 28: magnetar.sandbox.v1.Sandbox.AnnotationsEntry
-	nil,                               // 29: magnetar.sandbox.v1.Sandbox.InfoEntry
-	nil,                               // 30: magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
-	nil,                               // 31: magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
-	nil,                               // 32: magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 33: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 34: google.protobuf.Duration
-	(*v1.DNSConfig)(nil),              // 35: magnetar.types.v1.DNSConfig
-	(*v1.Resources)(nil),              // 36: magnetar.types.v1.Resources
+	(*PauseSandboxRequest)(nil),       // 18: magnetar.sandbox.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),      // 19: magnetar.sandbox.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),      // 20: magnetar.sandbox.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),     // 21: magnetar.sandbox.v1.ResumeSandboxResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 22: magnetar.sandbox.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 23: magnetar.sandbox.v1.SetSandboxTimeoutResponse
+	(*WatchEventsRequest)(nil),        // 24: magnetar.sandbox.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),       // 25: magnetar.sandbox.v1.WatchEventsResponse
+	(*Event)(nil),                     // 26: magnetar.sandbox.v1.Event
+	(*Kind)(nil),                      // 27: magnetar.sandbox.v1.Kind
+	(*KindCapabilities)(nil),          // 28: magnetar.sandbox.v1.KindCapabilities
+	(*ListKindsRequest)(nil),          // 29: magnetar.sandbox.v1.ListKindsRequest
+	(*ListKindsResponse)(nil),         // 30: magnetar.sandbox.v1.ListKindsResponse
+	nil,                               // 31: magnetar.sandbox.v1.Sandbox.LabelsEntry
+	nil,                               // 32: magnetar.sandbox.v1.Sandbox.AnnotationsEntry
+	nil,                               // 33: magnetar.sandbox.v1.Sandbox.InfoEntry
+	nil,                               // 34: magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
+	nil,                               // 35: magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
+	nil,                               // 36: magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 37: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 38: google.protobuf.Duration
+	(*v1.DNSConfig)(nil),              // 39: magnetar.types.v1.DNSConfig
+	(*v1.Resources)(nil),              // 40: magnetar.types.v1.Resources
 }
 var file_magnetar_sandbox_v1_sandbox_proto_depIdxs = []int32{
 	0,  // 0: magnetar.sandbox.v1.Sandbox.state:type_name -> magnetar.sandbox.v1.SandboxState
-	27, // 1: magnetar.sandbox.v1.Sandbox.labels:type_name -> magnetar.sandbox.v1.Sandbox.LabelsEntry
-	28, // 2: magnetar.sandbox.v1.Sandbox.annotations:type_name -> magnetar.sandbox.v1.Sandbox.AnnotationsEntry
-	33, // 3: magnetar.sandbox.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	33, // 4: magnetar.sandbox.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
-	33, // 5: magnetar.sandbox.v1.Sandbox.exited_at:type_name -> google.protobuf.Timestamp
-	29, // 6: magnetar.sandbox.v1.Sandbox.info:type_name -> magnetar.sandbox.v1.Sandbox.InfoEntry
-	33, // 7: magnetar.sandbox.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
-	34, // 8: magnetar.sandbox.v1.Sandbox.idle_timeout:type_name -> google.protobuf.Duration
+	31, // 1: magnetar.sandbox.v1.Sandbox.labels:type_name -> magnetar.sandbox.v1.Sandbox.LabelsEntry
+	32, // 2: magnetar.sandbox.v1.Sandbox.annotations:type_name -> magnetar.sandbox.v1.Sandbox.AnnotationsEntry
+	37, // 3: magnetar.sandbox.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	37, // 4: magnetar.sandbox.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
+	37, // 5: magnetar.sandbox.v1.Sandbox.exited_at:type_name -> google.protobuf.Timestamp
+	33, // 6: magnetar.sandbox.v1.Sandbox.info:type_name -> magnetar.sandbox.v1.Sandbox.InfoEntry
+	37, // 7: magnetar.sandbox.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
+	38, // 8: magnetar.sandbox.v1.Sandbox.idle_timeout:type_name -> google.protobuf.Duration
 	1,  // 9: magnetar.sandbox.v1.NetworkConfig.mode:type_name -> magnetar.sandbox.v1.NetworkMode
-	30, // 10: magnetar.sandbox.v1.CreateSandboxRequest.labels:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
-	31, // 11: magnetar.sandbox.v1.CreateSandboxRequest.annotations:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
-	35, // 12: magnetar.sandbox.v1.CreateSandboxRequest.dns:type_name -> magnetar.types.v1.DNSConfig
+	34, // 10: magnetar.sandbox.v1.CreateSandboxRequest.labels:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
+	35, // 11: magnetar.sandbox.v1.CreateSandboxRequest.annotations:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
+	39, // 12: magnetar.sandbox.v1.CreateSandboxRequest.dns:type_name -> magnetar.types.v1.DNSConfig
 	5,  // 13: magnetar.sandbox.v1.CreateSandboxRequest.network:type_name -> magnetar.sandbox.v1.NetworkConfig
-	36, // 14: magnetar.sandbox.v1.CreateSandboxRequest.resources:type_name -> magnetar.types.v1.Resources
-	34, // 15: magnetar.sandbox.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	34, // 16: magnetar.sandbox.v1.CreateSandboxRequest.idle_timeout:type_name -> google.protobuf.Duration
+	40, // 14: magnetar.sandbox.v1.CreateSandboxRequest.resources:type_name -> magnetar.types.v1.Resources
+	38, // 15: magnetar.sandbox.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	38, // 16: magnetar.sandbox.v1.CreateSandboxRequest.idle_timeout:type_name -> google.protobuf.Duration
 	4,  // 17: magnetar.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
 	4,  // 18: magnetar.sandbox.v1.StartSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	34, // 19: magnetar.sandbox.v1.StopSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	38, // 19: magnetar.sandbox.v1.StopSandboxRequest.timeout:type_name -> google.protobuf.Duration
 	4,  // 20: magnetar.sandbox.v1.StopSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
 	4,  // 21: magnetar.sandbox.v1.GetSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	32, // 22: magnetar.sandbox.v1.ListSandboxesRequest.labels:type_name -> magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
+	36, // 22: magnetar.sandbox.v1.ListSandboxesRequest.labels:type_name -> magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
 	0,  // 23: magnetar.sandbox.v1.ListSandboxesRequest.states:type_name -> magnetar.sandbox.v1.SandboxState
 	4,  // 24: magnetar.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> magnetar.sandbox.v1.Sandbox
-	34, // 25: magnetar.sandbox.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
-	34, // 26: magnetar.sandbox.v1.SetSandboxTimeoutRequest.idle_timeout:type_name -> google.protobuf.Duration
-	4,  // 27: magnetar.sandbox.v1.SetSandboxTimeoutResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	3,  // 28: magnetar.sandbox.v1.WatchEventsRequest.types:type_name -> magnetar.sandbox.v1.EventType
-	22, // 29: magnetar.sandbox.v1.WatchEventsResponse.event:type_name -> magnetar.sandbox.v1.Event
-	3,  // 30: magnetar.sandbox.v1.Event.type:type_name -> magnetar.sandbox.v1.EventType
-	33, // 31: magnetar.sandbox.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
-	33, // 32: magnetar.sandbox.v1.Event.exited_at:type_name -> google.protobuf.Timestamp
-	24, // 33: magnetar.sandbox.v1.Kind.capabilities:type_name -> magnetar.sandbox.v1.KindCapabilities
-	2,  // 34: magnetar.sandbox.v1.KindCapabilities.isolation_level:type_name -> magnetar.sandbox.v1.IsolationLevel
-	23, // 35: magnetar.sandbox.v1.ListKindsResponse.kinds:type_name -> magnetar.sandbox.v1.Kind
-	6,  // 36: magnetar.sandbox.v1.SandboxService.CreateSandbox:input_type -> magnetar.sandbox.v1.CreateSandboxRequest
-	8,  // 37: magnetar.sandbox.v1.SandboxService.StartSandbox:input_type -> magnetar.sandbox.v1.StartSandboxRequest
-	10, // 38: magnetar.sandbox.v1.SandboxService.StopSandbox:input_type -> magnetar.sandbox.v1.StopSandboxRequest
-	12, // 39: magnetar.sandbox.v1.SandboxService.DeleteSandbox:input_type -> magnetar.sandbox.v1.DeleteSandboxRequest
-	14, // 40: magnetar.sandbox.v1.SandboxService.GetSandbox:input_type -> magnetar.sandbox.v1.GetSandboxRequest
-	16, // 41: magnetar.sandbox.v1.SandboxService.ListSandboxes:input_type -> magnetar.sandbox.v1.ListSandboxesRequest
-	20, // 42: magnetar.sandbox.v1.SandboxService.WatchEvents:input_type -> magnetar.sandbox.v1.WatchEventsRequest
-	18, // 43: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:input_type -> magnetar.sandbox.v1.SetSandboxTimeoutRequest
-	25, // 44: magnetar.sandbox.v1.SandboxService.ListKinds:input_type -> magnetar.sandbox.v1.ListKindsRequest
-	7,  // 45: magnetar.sandbox.v1.SandboxService.CreateSandbox:output_type -> magnetar.sandbox.v1.CreateSandboxResponse
-	9,  // 46: magnetar.sandbox.v1.SandboxService.StartSandbox:output_type -> magnetar.sandbox.v1.StartSandboxResponse
-	11, // 47: magnetar.sandbox.v1.SandboxService.StopSandbox:output_type -> magnetar.sandbox.v1.StopSandboxResponse
-	13, // 48: magnetar.sandbox.v1.SandboxService.DeleteSandbox:output_type -> magnetar.sandbox.v1.DeleteSandboxResponse
-	15, // 49: magnetar.sandbox.v1.SandboxService.GetSandbox:output_type -> magnetar.sandbox.v1.GetSandboxResponse
-	17, // 50: magnetar.sandbox.v1.SandboxService.ListSandboxes:output_type -> magnetar.sandbox.v1.ListSandboxesResponse
-	21, // 51: magnetar.sandbox.v1.SandboxService.WatchEvents:output_type -> magnetar.sandbox.v1.WatchEventsResponse
-	19, // 52: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:output_type -> magnetar.sandbox.v1.SetSandboxTimeoutResponse
-	26, // 53: magnetar.sandbox.v1.SandboxService.ListKinds:output_type -> magnetar.sandbox.v1.ListKindsResponse
-	45, // [45:54] is the sub-list for method output_type
-	36, // [36:45] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	4,  // 25: magnetar.sandbox.v1.PauseSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	4,  // 26: magnetar.sandbox.v1.ResumeSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	38, // 27: magnetar.sandbox.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	38, // 28: magnetar.sandbox.v1.SetSandboxTimeoutRequest.idle_timeout:type_name -> google.protobuf.Duration
+	4,  // 29: magnetar.sandbox.v1.SetSandboxTimeoutResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	3,  // 30: magnetar.sandbox.v1.WatchEventsRequest.types:type_name -> magnetar.sandbox.v1.EventType
+	26, // 31: magnetar.sandbox.v1.WatchEventsResponse.event:type_name -> magnetar.sandbox.v1.Event
+	3,  // 32: magnetar.sandbox.v1.Event.type:type_name -> magnetar.sandbox.v1.EventType
+	37, // 33: magnetar.sandbox.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
+	37, // 34: magnetar.sandbox.v1.Event.exited_at:type_name -> google.protobuf.Timestamp
+	28, // 35: magnetar.sandbox.v1.Kind.capabilities:type_name -> magnetar.sandbox.v1.KindCapabilities
+	2,  // 36: magnetar.sandbox.v1.KindCapabilities.isolation_level:type_name -> magnetar.sandbox.v1.IsolationLevel
+	27, // 37: magnetar.sandbox.v1.ListKindsResponse.kinds:type_name -> magnetar.sandbox.v1.Kind
+	6,  // 38: magnetar.sandbox.v1.SandboxService.CreateSandbox:input_type -> magnetar.sandbox.v1.CreateSandboxRequest
+	8,  // 39: magnetar.sandbox.v1.SandboxService.StartSandbox:input_type -> magnetar.sandbox.v1.StartSandboxRequest
+	10, // 40: magnetar.sandbox.v1.SandboxService.StopSandbox:input_type -> magnetar.sandbox.v1.StopSandboxRequest
+	12, // 41: magnetar.sandbox.v1.SandboxService.DeleteSandbox:input_type -> magnetar.sandbox.v1.DeleteSandboxRequest
+	14, // 42: magnetar.sandbox.v1.SandboxService.GetSandbox:input_type -> magnetar.sandbox.v1.GetSandboxRequest
+	16, // 43: magnetar.sandbox.v1.SandboxService.ListSandboxes:input_type -> magnetar.sandbox.v1.ListSandboxesRequest
+	24, // 44: magnetar.sandbox.v1.SandboxService.WatchEvents:input_type -> magnetar.sandbox.v1.WatchEventsRequest
+	18, // 45: magnetar.sandbox.v1.SandboxService.PauseSandbox:input_type -> magnetar.sandbox.v1.PauseSandboxRequest
+	20, // 46: magnetar.sandbox.v1.SandboxService.ResumeSandbox:input_type -> magnetar.sandbox.v1.ResumeSandboxRequest
+	22, // 47: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:input_type -> magnetar.sandbox.v1.SetSandboxTimeoutRequest
+	29, // 48: magnetar.sandbox.v1.SandboxService.ListKinds:input_type -> magnetar.sandbox.v1.ListKindsRequest
+	7,  // 49: magnetar.sandbox.v1.SandboxService.CreateSandbox:output_type -> magnetar.sandbox.v1.CreateSandboxResponse
+	9,  // 50: magnetar.sandbox.v1.SandboxService.StartSandbox:output_type -> magnetar.sandbox.v1.StartSandboxResponse
+	11, // 51: magnetar.sandbox.v1.SandboxService.StopSandbox:output_type -> magnetar.sandbox.v1.StopSandboxResponse
+	13, // 52: magnetar.sandbox.v1.SandboxService.DeleteSandbox:output_type -> magnetar.sandbox.v1.DeleteSandboxResponse
+	15, // 53: magnetar.sandbox.v1.SandboxService.GetSandbox:output_type -> magnetar.sandbox.v1.GetSandboxResponse
+	17, // 54: magnetar.sandbox.v1.SandboxService.ListSandboxes:output_type -> magnetar.sandbox.v1.ListSandboxesResponse
+	25, // 55: magnetar.sandbox.v1.SandboxService.WatchEvents:output_type -> magnetar.sandbox.v1.WatchEventsResponse
+	19, // 56: magnetar.sandbox.v1.SandboxService.PauseSandbox:output_type -> magnetar.sandbox.v1.PauseSandboxResponse
+	21, // 57: magnetar.sandbox.v1.SandboxService.ResumeSandbox:output_type -> magnetar.sandbox.v1.ResumeSandboxResponse
+	23, // 58: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:output_type -> magnetar.sandbox.v1.SetSandboxTimeoutResponse
+	30, // 59: magnetar.sandbox.v1.SandboxService.ListKinds:output_type -> magnetar.sandbox.v1.ListKindsResponse
+	49, // [49:60] is the sub-list for method output_type
+	38, // [38:49] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_magnetar_sandbox_v1_sandbox_proto_init() }
@@ -2173,14 +2394,14 @@ func file_magnetar_sandbox_v1_sandbox_proto_init() {
 	if File_magnetar_sandbox_v1_sandbox_proto != nil {
 		return
 	}
-	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16].OneofWrappers = []any{}
+	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_magnetar_sandbox_v1_sandbox_proto_rawDesc), len(file_magnetar_sandbox_v1_sandbox_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   29,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -15,6 +15,8 @@ type TTRPCSandboxServiceService interface {
 	GetSandbox(context.Context, *GetSandboxRequest) (*GetSandboxResponse, error)
 	ListSandboxes(context.Context, *ListSandboxesRequest) (*ListSandboxesResponse, error)
 	WatchEvents(context.Context, *WatchEventsRequest, TTRPCSandboxService_WatchEventsServer) error
+	PauseSandbox(context.Context, *PauseSandboxRequest) (*PauseSandboxResponse, error)
+	ResumeSandbox(context.Context, *ResumeSandboxRequest) (*ResumeSandboxResponse, error)
 	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
@@ -77,6 +79,20 @@ func RegisterTTRPCSandboxServiceService(srv *ttrpc.Server, svc TTRPCSandboxServi
 				}
 				return svc.ListSandboxes(ctx, &req)
 			},
+			"PauseSandbox": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req PauseSandboxRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.PauseSandbox(ctx, &req)
+			},
+			"ResumeSandbox": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ResumeSandboxRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ResumeSandbox(ctx, &req)
+			},
 			"SetSandboxTimeout": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req SetSandboxTimeoutRequest
 				if err := unmarshal(&req); err != nil {
@@ -116,6 +132,8 @@ type TTRPCSandboxServiceClient interface {
 	GetSandbox(context.Context, *GetSandboxRequest) (*GetSandboxResponse, error)
 	ListSandboxes(context.Context, *ListSandboxesRequest) (*ListSandboxesResponse, error)
 	WatchEvents(context.Context, *WatchEventsRequest) (TTRPCSandboxService_WatchEventsClient, error)
+	PauseSandbox(context.Context, *PauseSandboxRequest) (*PauseSandboxResponse, error)
+	ResumeSandbox(context.Context, *ResumeSandboxRequest) (*ResumeSandboxResponse, error)
 	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
@@ -205,6 +223,22 @@ func (x *ttrpcsandboxserviceWatchEventsClient) Recv() (*WatchEventsResponse, err
 		return nil, err
 	}
 	return m, nil
+}
+
+func (c *ttrpcsandboxserviceClient) PauseSandbox(ctx context.Context, req *PauseSandboxRequest) (*PauseSandboxResponse, error) {
+	var resp PauseSandboxResponse
+	if err := c.client.Call(ctx, "magnetar.sandbox.v1.SandboxService", "PauseSandbox", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *ttrpcsandboxserviceClient) ResumeSandbox(ctx context.Context, req *ResumeSandboxRequest) (*ResumeSandboxResponse, error) {
+	var resp ResumeSandboxResponse
+	if err := c.client.Call(ctx, "magnetar.sandbox.v1.SandboxService", "ResumeSandbox", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
 }
 
 func (c *ttrpcsandboxserviceClient) SetSandboxTimeout(ctx context.Context, req *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error) {

@@ -45,6 +45,12 @@ const (
 	SandboxServiceListSandboxesProcedure = "/magnetar.sandbox.v1.SandboxService/ListSandboxes"
 	// SandboxServiceWatchEventsProcedure is the procedure name of the SandboxService's WatchEvents RPC.
 	SandboxServiceWatchEventsProcedure = "/magnetar.sandbox.v1.SandboxService/WatchEvents"
+	// SandboxServicePauseSandboxProcedure is the procedure name of the SandboxService's PauseSandbox
+	// RPC.
+	SandboxServicePauseSandboxProcedure = "/magnetar.sandbox.v1.SandboxService/PauseSandbox"
+	// SandboxServiceResumeSandboxProcedure is the procedure name of the SandboxService's ResumeSandbox
+	// RPC.
+	SandboxServiceResumeSandboxProcedure = "/magnetar.sandbox.v1.SandboxService/ResumeSandbox"
 	// SandboxServiceSetSandboxTimeoutProcedure is the procedure name of the SandboxService's
 	// SetSandboxTimeout RPC.
 	SandboxServiceSetSandboxTimeoutProcedure = "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout"
@@ -104,6 +110,20 @@ var (
 			Procedure:  SandboxServiceWatchEventsProcedure,
 		}
 	})
+	sandboxServicePauseSandboxSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("PauseSandbox"),
+			Procedure:  SandboxServicePauseSandboxProcedure,
+		}
+	})
+	sandboxServiceResumeSandboxSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("ResumeSandbox"),
+			Procedure:  SandboxServiceResumeSandboxProcedure,
+		}
+	})
 	sandboxServiceSetSandboxTimeoutSpec = sync.OnceValue(func() connect.Spec {
 		return connect.Spec{
 			StreamType: connect.StreamTypeUnary,
@@ -157,6 +177,18 @@ type SandboxServiceClient interface {
 	// before its first event. While the sandboxer shuts down for a restart,
 	// streams end with UNAVAILABLE.
 	WatchEvents(context.Context, *v1.WatchEventsRequest) (SandboxServiceWatchEventsClientStream, error)
+	// PauseSandbox freezes every running container of a ready sandbox (a
+	// cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+	// guest's for vm): its processes use no CPU until ResumeSandbox. The
+	// sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+	// started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+	// paused sandbox changes nothing; a sandbox that is not ready fails with
+	// FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+	// Stopping or deleting a paused sandbox resumes it first.
+	PauseSandbox(context.Context, *v1.PauseSandboxRequest) (*v1.PauseSandboxResponse, error)
+	// ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+	// sandbox that is not paused changes nothing.
+	ResumeSandbox(context.Context, *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error)
 	// SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
 	// from now) and its idle timeout. At the end of its lifetime a sandbox is
 	// stopped (its containers get 10 s after SIGTERM) and deleted, after an
@@ -232,6 +264,18 @@ type SandboxServiceHandler interface {
 	// before its first event. While the sandboxer shuts down for a restart,
 	// streams end with UNAVAILABLE.
 	WatchEvents(context.Context, *v1.WatchEventsRequest, SandboxServiceWatchEventsServerStream) error
+	// PauseSandbox freezes every running container of a ready sandbox (a
+	// cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+	// guest's for vm): its processes use no CPU until ResumeSandbox. The
+	// sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+	// started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+	// paused sandbox changes nothing; a sandbox that is not ready fails with
+	// FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+	// Stopping or deleting a paused sandbox resumes it first.
+	PauseSandbox(context.Context, *v1.PauseSandboxRequest) (*v1.PauseSandboxResponse, error)
+	// ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+	// sandbox that is not paused changes nothing.
+	ResumeSandbox(context.Context, *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error)
 	// SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
 	// from now) and its idle timeout. At the end of its lifetime a sandbox is
 	// stopped (its containers get 10 s after SIGTERM) and deleted, after an
@@ -256,6 +300,8 @@ func RegisterSandboxServiceHandler(server *connect.Server, svc SandboxServiceHan
 		connect.Method{Spec: sandboxServiceGetSandboxSpec(), Handler: adapter.getSandbox},
 		connect.Method{Spec: sandboxServiceListSandboxesSpec(), Handler: adapter.listSandboxes},
 		connect.Method{Spec: sandboxServiceWatchEventsSpec(), Handler: adapter.watchEvents},
+		connect.Method{Spec: sandboxServicePauseSandboxSpec(), Handler: adapter.pauseSandbox},
+		connect.Method{Spec: sandboxServiceResumeSandboxSpec(), Handler: adapter.resumeSandbox},
 		connect.Method{Spec: sandboxServiceSetSandboxTimeoutSpec(), Handler: adapter.setSandboxTimeout},
 		connect.Method{Spec: sandboxServiceListKindsSpec(), Handler: adapter.listKinds},
 	)
@@ -306,6 +352,14 @@ func (UnimplementedSandboxServiceHandler) ListSandboxes(context.Context, *v1.Lis
 
 func (UnimplementedSandboxServiceHandler) WatchEvents(context.Context, *v1.WatchEventsRequest, SandboxServiceWatchEventsServerStream) error {
 	return connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.WatchEvents is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) PauseSandbox(context.Context, *v1.PauseSandboxRequest) (*v1.PauseSandboxResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.PauseSandbox is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) ResumeSandbox(context.Context, *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.ResumeSandbox is not implemented")
 }
 
 func (UnimplementedSandboxServiceHandler) SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
@@ -374,6 +428,22 @@ func (c *sandboxServiceClient) WatchEvents(ctx context.Context, req *v1.WatchEve
 		return SandboxServiceWatchEventsClientStream{}, err
 	}
 	return SandboxServiceWatchEventsClientStream{stream: stream}, nil
+}
+
+func (c *sandboxServiceClient) PauseSandbox(ctx context.Context, req *v1.PauseSandboxRequest) (*v1.PauseSandboxResponse, error) {
+	var res v1.PauseSandboxResponse
+	if err := c.client.CallUnary(ctx, sandboxServicePauseSandboxSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *sandboxServiceClient) ResumeSandbox(ctx context.Context, req *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error) {
+	var res v1.ResumeSandboxResponse
+	if err := c.client.CallUnary(ctx, sandboxServiceResumeSandboxSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
 }
 
 func (c *sandboxServiceClient) SetSandboxTimeout(ctx context.Context, req *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
@@ -472,6 +542,30 @@ func (h sandboxServiceHandler) watchEvents(ctx context.Context, _ connect.Spec, 
 		return err
 	}
 	return h.svc.WatchEvents(ctx, &req, SandboxServiceWatchEventsServerStream{stream: stream})
+}
+
+func (h sandboxServiceHandler) pauseSandbox(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.PauseSandboxRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.PauseSandbox(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h sandboxServiceHandler) resumeSandbox(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ResumeSandboxRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ResumeSandbox(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
 }
 
 func (h sandboxServiceHandler) setSandboxTimeout(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, GetSandboxRequest, GetSandboxResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, SetSandboxTimeoutRequest, SetSandboxTimeoutResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse
+from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, GetSandboxRequest, GetSandboxResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, PauseSandboxRequest, PauseSandboxResponse, ResumeSandboxRequest, ResumeSandboxResponse, SetSandboxTimeoutRequest, SetSandboxTimeoutResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -104,6 +104,26 @@ class SandboxService(Protocol):
         newest event when the stream started, to resume from should it break
         before its first event. While the sandboxer shuts down for a restart,
         streams end with UNAVAILABLE.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def pause_sandbox(self, request: PauseSandboxRequest, ctx: RequestContext[PauseSandboxRequest, PauseSandboxResponse], /) -> PauseSandboxResponse:
+        """
+        PauseSandbox freezes every running container of a ready sandbox (a
+        cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+        guest's for vm): its processes use no CPU until ResumeSandbox. The
+        sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+        started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+        paused sandbox changes nothing; a sandbox that is not ready fails with
+        FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+        Stopping or deleting a paused sandbox resumes it first.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def resume_sandbox(self, request: ResumeSandboxRequest, ctx: RequestContext[ResumeSandboxRequest, ResumeSandboxResponse], /) -> ResumeSandboxResponse:
+        """
+        ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+        sandbox that is not paused changes nothing.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -215,6 +235,28 @@ class SandboxServiceASGIApplication(ConnectASGIApplication[SandboxService]):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=svc.watch_events,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/PauseSandbox": Endpoint.unary(
+                    method=MethodInfo(
+                        name="PauseSandbox",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=PauseSandboxRequest,
+                        output=PauseSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.pause_sandbox,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/ResumeSandbox": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ResumeSandbox",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=ResumeSandboxRequest,
+                        output=ResumeSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.resume_sandbox,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout": Endpoint.unary(
                     method=MethodInfo(
@@ -468,6 +510,60 @@ class SandboxServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def pause_sandbox(
+        self,
+        request: PauseSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> PauseSandboxResponse:
+        """
+        PauseSandbox freezes every running container of a ready sandbox (a
+        cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+        guest's for vm): its processes use no CPU until ResumeSandbox. The
+        sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+        started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+        paused sandbox changes nothing; a sandbox that is not ready fails with
+        FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+        Stopping or deleting a paused sandbox resumes it first.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PauseSandbox",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=PauseSandboxRequest,
+                output=PauseSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def resume_sandbox(
+        self,
+        request: ResumeSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ResumeSandboxResponse:
+        """
+        ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+        sandbox that is not paused changes nothing.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ResumeSandbox",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=ResumeSandboxRequest,
+                output=ResumeSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def set_sandbox_timeout(
         self,
         request: SetSandboxTimeoutRequest,
@@ -593,6 +689,26 @@ class SandboxServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def pause_sandbox(self, request: PauseSandboxRequest, ctx: RequestContext[PauseSandboxRequest, PauseSandboxResponse], /) -> PauseSandboxResponse:
+        """
+        PauseSandbox freezes every running container of a ready sandbox (a
+        cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+        guest's for vm): its processes use no CPU until ResumeSandbox. The
+        sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+        started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+        paused sandbox changes nothing; a sandbox that is not ready fails with
+        FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+        Stopping or deleting a paused sandbox resumes it first.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def resume_sandbox(self, request: ResumeSandboxRequest, ctx: RequestContext[ResumeSandboxRequest, ResumeSandboxResponse], /) -> ResumeSandboxResponse:
+        """
+        ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+        sandbox that is not paused changes nothing.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def set_sandbox_timeout(self, request: SetSandboxTimeoutRequest, ctx: RequestContext[SetSandboxTimeoutRequest, SetSandboxTimeoutResponse], /) -> SetSandboxTimeoutResponse:
         """
         SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
@@ -699,6 +815,28 @@ class SandboxServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=service.watch_events,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/PauseSandbox": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="PauseSandbox",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=PauseSandboxRequest,
+                        output=PauseSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.pause_sandbox,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/ResumeSandbox": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ResumeSandbox",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=ResumeSandboxRequest,
+                        output=ResumeSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.resume_sandbox,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout": EndpointSync.unary(
                     method=MethodInfo(
@@ -948,6 +1086,60 @@ class SandboxServiceClientSync(ConnectClientSync):
                 output=WatchEventsResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def pause_sandbox(
+        self,
+        request: PauseSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> PauseSandboxResponse:
+        """
+        PauseSandbox freezes every running container of a ready sandbox (a
+        cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+        guest's for vm): its processes use no CPU until ResumeSandbox. The
+        sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+        started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+        paused sandbox changes nothing; a sandbox that is not ready fails with
+        FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+        Stopping or deleting a paused sandbox resumes it first.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PauseSandbox",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=PauseSandboxRequest,
+                output=PauseSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def resume_sandbox(
+        self,
+        request: ResumeSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ResumeSandboxResponse:
+        """
+        ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+        sandbox that is not paused changes nothing.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ResumeSandbox",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=ResumeSandboxRequest,
+                output=ResumeSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

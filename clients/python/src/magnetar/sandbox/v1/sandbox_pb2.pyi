@@ -19,6 +19,7 @@ class SandboxState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SANDBOX_STATE_READY: _ClassVar[SandboxState]
     SANDBOX_STATE_STOPPED: _ClassVar[SandboxState]
     SANDBOX_STATE_UNKNOWN: _ClassVar[SandboxState]
+    SANDBOX_STATE_PAUSED: _ClassVar[SandboxState]
 
 class NetworkMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -49,11 +50,14 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_PROCESS_EXITED: _ClassVar[EventType]
     EVENT_TYPE_PROCESS_OOM: _ClassVar[EventType]
     EVENT_TYPE_SANDBOX_EXPIRED: _ClassVar[EventType]
+    EVENT_TYPE_SANDBOX_PAUSED: _ClassVar[EventType]
+    EVENT_TYPE_SANDBOX_RESUMED: _ClassVar[EventType]
 SANDBOX_STATE_UNSPECIFIED: SandboxState
 SANDBOX_STATE_CREATED: SandboxState
 SANDBOX_STATE_READY: SandboxState
 SANDBOX_STATE_STOPPED: SandboxState
 SANDBOX_STATE_UNKNOWN: SandboxState
+SANDBOX_STATE_PAUSED: SandboxState
 NETWORK_MODE_UNSPECIFIED: NetworkMode
 NETWORK_MODE_NONE: NetworkMode
 NETWORK_MODE_HOST: NetworkMode
@@ -75,6 +79,8 @@ EVENT_TYPE_PROCESS_STARTED: EventType
 EVENT_TYPE_PROCESS_EXITED: EventType
 EVENT_TYPE_PROCESS_OOM: EventType
 EVENT_TYPE_SANDBOX_EXPIRED: EventType
+EVENT_TYPE_SANDBOX_PAUSED: EventType
+EVENT_TYPE_SANDBOX_RESUMED: EventType
 
 class Sandbox(_message.Message):
     __slots__ = ("id", "kind", "state", "labels", "annotations", "created_at", "started_at", "exited_at", "exit_status", "pid", "netns_path", "task_address", "info", "expires_at", "idle_timeout")
@@ -257,6 +263,30 @@ class ListSandboxesResponse(_message.Message):
     SANDBOXES_FIELD_NUMBER: _ClassVar[int]
     sandboxes: _containers.RepeatedCompositeFieldContainer[Sandbox]
     def __init__(self, sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ...) -> None: ...
+
+class PauseSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class PauseSandboxResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class ResumeSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class ResumeSandboxResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
 
 class SetSandboxTimeoutRequest(_message.Message):
     __slots__ = ("sandbox_id", "timeout", "idle_timeout")

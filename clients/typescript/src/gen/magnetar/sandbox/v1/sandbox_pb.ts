@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file magnetar/sandbox/v1/sandbox.proto.
  */
 export const file_magnetar_sandbox_v1_sandbox: GenFile = /*@__PURE__*/
-  fileDesc("CiFtYWduZXRhci9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SE21hZ25ldGFyLnNhbmRib3gudjEi1QUKB1NhbmRib3gSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIwCgVzdGF0ZRgDIAEoDjIhLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveFN0YXRlEjgKBmxhYmVscxgEIAMoCzIoLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5MYWJlbHNFbnRyeRJCCgthbm5vdGF0aW9ucxgFIAMoCzItLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5Bbm5vdGF0aW9uc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWV4aXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXhpdF9zdGF0dXMYCSABKA0SCwoDcGlkGAogASgNEhIKCm5ldG5zX3BhdGgYCyABKAkSFAoMdGFza19hZGRyZXNzGAwgASgJEjQKBGluZm8YDSADKAsyJi5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3guSW5mb0VudHJ5Ei4KCmV4cGlyZXNfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KDGlkbGVfdGltZW91dBgPIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjIKEEFubm90YXRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARorCglJbmZvRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCg1OZXR3b3JrQ29uZmlnEi4KBG1vZGUYASABKA4yIC5tYWduZXRhci5zYW5kYm94LnYxLk5ldHdvcmtNb2RlEhIKCm5ldG5zX3BhdGgYAiABKAkiygQKFENyZWF0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEa2luZBgCIAEoCRJFCgZsYWJlbHMYAyADKAsyNS5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0LkxhYmVsc0VudHJ5Ek8KC2Fubm90YXRpb25zGAQgAygLMjoubWFnbmV0YXIuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVxdWVzdC5Bbm5vdGF0aW9uc0VudHJ5EhAKCGhvc3RuYW1lGAUgASgJEikKA2RucxgGIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLkROU0NvbmZpZxIzCgduZXR3b3JrGAcgASgLMiIubWFnbmV0YXIuc2FuZGJveC52MS5OZXR3b3JrQ29uZmlnEi8KCXJlc291cmNlcxgIIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLlJlc291cmNlcxIVCg1jZ3JvdXBfcGFyZW50GAkgASgJEioKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMaWRsZV90aW1lb3V0GAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMgoQQW5ub3RhdGlvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKFUNyZWF0ZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1N0YXJ0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRTdGFydFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IlQKElN0b3BTYW5kYm94UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRAoTU3RvcFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IjkKFERlbGV0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDQoFZm9yY2UYAiABKAgiFwoVRGVsZXRlU2FuZGJveFJlc3BvbnNlIicKEUdldFNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiQwoSR2V0U2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3gizgEKFExpc3RTYW5kYm94ZXNSZXF1ZXN0EkUKBmxhYmVscxgBIAMoCzI1Lm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QuTGFiZWxzRW50cnkSDQoFa2luZHMYAiADKAkSMQoGc3RhdGVzGAMgAygOMiEubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94U3RhdGUaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJIChVMaXN0U2FuZGJveGVzUmVzcG9uc2USLwoJc2FuZGJveGVzGAEgAygLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IosBChhTZXRTYW5kYm94VGltZW91dFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KDGlkbGVfdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJKChlTZXRTYW5kYm94VGltZW91dFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giiAEKEldhdGNoRXZlbnRzUmVxdWVzdBITCgtzYW5kYm94X2lkcxgBIAMoCRItCgV0eXBlcxgCIAMoDjIeLm1hZ25ldGFyLnNhbmRib3gudjEuRXZlbnRUeXBlEhsKDmFmdGVyX3NlcXVlbmNlGAMgASgESACIAQFCEQoPX2FmdGVyX3NlcXVlbmNlIkAKE1dhdGNoRXZlbnRzUmVzcG9uc2USKQoFZXZlbnQYASABKAsyGi5tYWduZXRhci5zYW5kYm94LnYxLkV2ZW50IqECCgVFdmVudBIsCgR0eXBlGAEgASgOMh4ubWFnbmV0YXIuc2FuZGJveC52MS5FdmVudFR5cGUSDQoFdG9waWMYAiABKAkSLQoJdGltZXN0YW1wGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpzYW5kYm94X2lkGAQgASgJEhQKDGNvbnRhaW5lcl9pZBgFIAEoCRIPCgdleGVjX2lkGAYgASgJEgsKA3BpZBgHIAEoDRITCgtleGl0X3N0YXR1cxgIIAEoDRItCglleGl0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHNlcXVlbmNlGAogASgEEg4KBnJlYXNvbhgLIAEoCSKVAQoES2luZBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhEKCWF2YWlsYWJsZRgDIAEoCBIaChJ1bmF2YWlsYWJsZV9yZWFzb24YBCABKAkSOwoMY2FwYWJpbGl0aWVzGAUgASgLMiUubWFnbmV0YXIuc2FuZGJveC52MS5LaW5kQ2FwYWJpbGl0aWVzIsYBChBLaW5kQ2FwYWJpbGl0aWVzEgwKBGV4ZWMYASABKAgSCwoDdHR5GAIgASgIEg0KBXN0ZGluGAMgASgIEhIKCm9vbV9ldmVudHMYBCABKAgSGAoQdXBkYXRlX3Jlc291cmNlcxgFIAEoCBINCgVzdGF0cxgGIAEoCBINCgVwYXVzZRgHIAEoCBI8Cg9pc29sYXRpb25fbGV2ZWwYCCABKA4yIy5tYWduZXRhci5zYW5kYm94LnYxLklzb2xhdGlvbkxldmVsIhIKEExpc3RLaW5kc1JlcXVlc3QiPQoRTGlzdEtpbmRzUmVzcG9uc2USKAoFa2luZHMYASADKAsyGS5tYWduZXRhci5zYW5kYm94LnYxLktpbmQqlwEKDFNhbmRib3hTdGF0ZRIdChlTQU5EQk9YX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVU0FOREJPWF9TVEFURV9DUkVBVEVEEAESFwoTU0FOREJPWF9TVEFURV9SRUFEWRACEhkKFVNBTkRCT1hfU1RBVEVfU1RPUFBFRBADEhkKFVNBTkRCT1hfU1RBVEVfVU5LTk9XThAEKnEKC05ldHdvcmtNb2RlEhwKGE5FVFdPUktfTU9ERV9VTlNQRUNJRklFRBAAEhUKEU5FVFdPUktfTU9ERV9OT05FEAESFQoRTkVUV09SS19NT0RFX0hPU1QQAhIWChJORVRXT1JLX01PREVfTkVUTlMQAyq2AQoOSXNvbGF0aW9uTGV2ZWwSHwobSVNPTEFUSU9OX0xFVkVMX1VOU1BFQ0lGSUVEEAASHQoZSVNPTEFUSU9OX0xFVkVMX0NPTlRBSU5FUhABEhgKFElTT0xBVElPTl9MRVZFTF9XQVNNEAISJQohSVNPTEFUSU9OX0xFVkVMX1VTRVJfU1BBQ0VfS0VSTkVMEAMSIwofSVNPTEFUSU9OX0xFVkVMX1ZJUlRVQUxfTUFDSElORRAEKocDCglFdmVudFR5cGUSGgoWRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9DUkVBVEVEEAESHgoaRVZFTlRfVFlQRV9TQU5EQk9YX1NUQVJURUQQAhIdChlFVkVOVF9UWVBFX1NBTkRCT1hfRVhJVEVEEAMSHgoaRVZFTlRfVFlQRV9TQU5EQk9YX0RFTEVURUQQBBIgChxFVkVOVF9UWVBFX0NPTlRBSU5FUl9DUkVBVEVEEAUSIAocRVZFTlRfVFlQRV9DT05UQUlORVJfU1RBUlRFRBAGEiAKHEVWRU5UX1RZUEVfQ09OVEFJTkVSX0RFTEVURUQQBxIeChpFVkVOVF9UWVBFX1BST0NFU1NfU1RBUlRFRBAIEh0KGUVWRU5UX1RZUEVfUFJPQ0VTU19FWElURUQQCRIaChZFVkVOVF9UWVBFX1BST0NFU1NfT09NEAoSHgoaRVZFTlRfVFlQRV9TQU5EQk9YX0VYUElSRUQQCzKxBwoOU2FuZGJveFNlcnZpY2USZgoNQ3JlYXRlU2FuZGJveBIpLm1hZ25ldGFyLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXNwb25zZRJjCgxTdGFydFNhbmRib3gSKC5tYWduZXRhci5zYW5kYm94LnYxLlN0YXJ0U2FuZGJveFJlcXVlc3QaKS5tYWduZXRhci5zYW5kYm94LnYxLlN0YXJ0U2FuZGJveFJlc3BvbnNlEmAKC1N0b3BTYW5kYm94EicubWFnbmV0YXIuc2FuZGJveC52MS5TdG9wU2FuZGJveFJlcXVlc3QaKC5tYWduZXRhci5zYW5kYm94LnYxLlN0b3BTYW5kYm94UmVzcG9uc2USZgoNRGVsZXRlU2FuZGJveBIpLm1hZ25ldGFyLnNhbmRib3gudjEuRGVsZXRlU2FuZGJveFJlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkRlbGV0ZVNhbmRib3hSZXNwb25zZRJiCgpHZXRTYW5kYm94EiYubWFnbmV0YXIuc2FuZGJveC52MS5HZXRTYW5kYm94UmVxdWVzdBonLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFJlc3BvbnNlIgOQAgESawoNTGlzdFNhbmRib3hlcxIpLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXNwb25zZSIDkAIBEmIKC1dhdGNoRXZlbnRzEicubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaEV2ZW50c1JlcXVlc3QaKC5tYWduZXRhci5zYW5kYm94LnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwARJyChFTZXRTYW5kYm94VGltZW91dBItLm1hZ25ldGFyLnNhbmRib3gudjEuU2V0U2FuZGJveFRpbWVvdXRSZXF1ZXN0Gi4ubWFnbmV0YXIuc2FuZGJveC52MS5TZXRTYW5kYm94VGltZW91dFJlc3BvbnNlEl8KCUxpc3RLaW5kcxIlLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdEtpbmRzUmVxdWVzdBomLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdEtpbmRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_magnetar_types_v1_types]);
+  fileDesc("CiFtYWduZXRhci9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SE21hZ25ldGFyLnNhbmRib3gudjEi1QUKB1NhbmRib3gSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIwCgVzdGF0ZRgDIAEoDjIhLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveFN0YXRlEjgKBmxhYmVscxgEIAMoCzIoLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5MYWJlbHNFbnRyeRJCCgthbm5vdGF0aW9ucxgFIAMoCzItLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5Bbm5vdGF0aW9uc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWV4aXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXhpdF9zdGF0dXMYCSABKA0SCwoDcGlkGAogASgNEhIKCm5ldG5zX3BhdGgYCyABKAkSFAoMdGFza19hZGRyZXNzGAwgASgJEjQKBGluZm8YDSADKAsyJi5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3guSW5mb0VudHJ5Ei4KCmV4cGlyZXNfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KDGlkbGVfdGltZW91dBgPIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjIKEEFubm90YXRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARorCglJbmZvRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCg1OZXR3b3JrQ29uZmlnEi4KBG1vZGUYASABKA4yIC5tYWduZXRhci5zYW5kYm94LnYxLk5ldHdvcmtNb2RlEhIKCm5ldG5zX3BhdGgYAiABKAkiygQKFENyZWF0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEa2luZBgCIAEoCRJFCgZsYWJlbHMYAyADKAsyNS5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0LkxhYmVsc0VudHJ5Ek8KC2Fubm90YXRpb25zGAQgAygLMjoubWFnbmV0YXIuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVxdWVzdC5Bbm5vdGF0aW9uc0VudHJ5EhAKCGhvc3RuYW1lGAUgASgJEikKA2RucxgGIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLkROU0NvbmZpZxIzCgduZXR3b3JrGAcgASgLMiIubWFnbmV0YXIuc2FuZGJveC52MS5OZXR3b3JrQ29uZmlnEi8KCXJlc291cmNlcxgIIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLlJlc291cmNlcxIVCg1jZ3JvdXBfcGFyZW50GAkgASgJEioKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMaWRsZV90aW1lb3V0GAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMgoQQW5ub3RhdGlvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKFUNyZWF0ZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1N0YXJ0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRTdGFydFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IlQKElN0b3BTYW5kYm94UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRAoTU3RvcFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IjkKFERlbGV0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDQoFZm9yY2UYAiABKAgiFwoVRGVsZXRlU2FuZGJveFJlc3BvbnNlIicKEUdldFNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiQwoSR2V0U2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3gizgEKFExpc3RTYW5kYm94ZXNSZXF1ZXN0EkUKBmxhYmVscxgBIAMoCzI1Lm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QuTGFiZWxzRW50cnkSDQoFa2luZHMYAiADKAkSMQoGc3RhdGVzGAMgAygOMiEubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94U3RhdGUaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJIChVMaXN0U2FuZGJveGVzUmVzcG9uc2USLwoJc2FuZGJveGVzGAEgAygLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1BhdXNlU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRQYXVzZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IioKFFJlc3VtZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiRgoVUmVzdW1lU2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giiwEKGFNldFNhbmRib3hUaW1lb3V0UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMaWRsZV90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkoKGVNldFNhbmRib3hUaW1lb3V0UmVzcG9uc2USLQoHc2FuZGJveBgBIAEoCzIcLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveCKIAQoSV2F0Y2hFdmVudHNSZXF1ZXN0EhMKC3NhbmRib3hfaWRzGAEgAygJEi0KBXR5cGVzGAIgAygOMh4ubWFnbmV0YXIuc2FuZGJveC52MS5FdmVudFR5cGUSGwoOYWZ0ZXJfc2VxdWVuY2UYAyABKARIAIgBAUIRCg9fYWZ0ZXJfc2VxdWVuY2UiQAoTV2F0Y2hFdmVudHNSZXNwb25zZRIpCgVldmVudBgBIAEoCzIaLm1hZ25ldGFyLnNhbmRib3gudjEuRXZlbnQioQIKBUV2ZW50EiwKBHR5cGUYASABKA4yHi5tYWduZXRhci5zYW5kYm94LnYxLkV2ZW50VHlwZRINCgV0b3BpYxgCIAEoCRItCgl0aW1lc3RhbXAYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnNhbmRib3hfaWQYBCABKAkSFAoMY29udGFpbmVyX2lkGAUgASgJEg8KB2V4ZWNfaWQYBiABKAkSCwoDcGlkGAcgASgNEhMKC2V4aXRfc3RhdHVzGAggASgNEi0KCWV4aXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIc2VxdWVuY2UYCiABKAQSDgoGcmVhc29uGAsgASgJIpUBCgRLaW5kEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSEQoJYXZhaWxhYmxlGAMgASgIEhoKEnVuYXZhaWxhYmxlX3JlYXNvbhgEIAEoCRI7CgxjYXBhYmlsaXRpZXMYBSABKAsyJS5tYWduZXRhci5zYW5kYm94LnYxLktpbmRDYXBhYmlsaXRpZXMixgEKEEtpbmRDYXBhYmlsaXRpZXMSDAoEZXhlYxgBIAEoCBILCgN0dHkYAiABKAgSDQoFc3RkaW4YAyABKAgSEgoKb29tX2V2ZW50cxgEIAEoCBIYChB1cGRhdGVfcmVzb3VyY2VzGAUgASgIEg0KBXN0YXRzGAYgASgIEg0KBXBhdXNlGAcgASgIEjwKD2lzb2xhdGlvbl9sZXZlbBgIIAEoDjIjLm1hZ25ldGFyLnNhbmRib3gudjEuSXNvbGF0aW9uTGV2ZWwiEgoQTGlzdEtpbmRzUmVxdWVzdCI9ChFMaXN0S2luZHNSZXNwb25zZRIoCgVraW5kcxgBIAMoCzIZLm1hZ25ldGFyLnNhbmRib3gudjEuS2luZCqxAQoMU2FuZGJveFN0YXRlEh0KGVNBTkRCT1hfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVTQU5EQk9YX1NUQVRFX0NSRUFURUQQARIXChNTQU5EQk9YX1NUQVRFX1JFQURZEAISGQoVU0FOREJPWF9TVEFURV9TVE9QUEVEEAMSGQoVU0FOREJPWF9TVEFURV9VTktOT1dOEAQSGAoUU0FOREJPWF9TVEFURV9QQVVTRUQQBSpxCgtOZXR3b3JrTW9kZRIcChhORVRXT1JLX01PREVfVU5TUEVDSUZJRUQQABIVChFORVRXT1JLX01PREVfTk9ORRABEhUKEU5FVFdPUktfTU9ERV9IT1NUEAISFgoSTkVUV09SS19NT0RFX05FVE5TEAMqtgEKDklzb2xhdGlvbkxldmVsEh8KG0lTT0xBVElPTl9MRVZFTF9VTlNQRUNJRklFRBAAEh0KGUlTT0xBVElPTl9MRVZFTF9DT05UQUlORVIQARIYChRJU09MQVRJT05fTEVWRUxfV0FTTRACEiUKIUlTT0xBVElPTl9MRVZFTF9VU0VSX1NQQUNFX0tFUk5FTBADEiMKH0lTT0xBVElPTl9MRVZFTF9WSVJUVUFMX01BQ0hJTkUQBCrGAwoJRXZlbnRUeXBlEhoKFkVWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIeChpFVkVOVF9UWVBFX1NBTkRCT1hfQ1JFQVRFRBABEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9TVEFSVEVEEAISHQoZRVZFTlRfVFlQRV9TQU5EQk9YX0VYSVRFRBADEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9ERUxFVEVEEAQSIAocRVZFTlRfVFlQRV9DT05UQUlORVJfQ1JFQVRFRBAFEiAKHEVWRU5UX1RZUEVfQ09OVEFJTkVSX1NUQVJURUQQBhIgChxFVkVOVF9UWVBFX0NPTlRBSU5FUl9ERUxFVEVEEAcSHgoaRVZFTlRfVFlQRV9QUk9DRVNTX1NUQVJURUQQCBIdChlFVkVOVF9UWVBFX1BST0NFU1NfRVhJVEVEEAkSGgoWRVZFTlRfVFlQRV9QUk9DRVNTX09PTRAKEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9FWFBJUkVEEAsSHQoZRVZFTlRfVFlQRV9TQU5EQk9YX1BBVVNFRBAMEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9SRVNVTUVEEA0y/ggKDlNhbmRib3hTZXJ2aWNlEmYKDUNyZWF0ZVNhbmRib3gSKS5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVzcG9uc2USYwoMU3RhcnRTYW5kYm94EigubWFnbmV0YXIuc2FuZGJveC52MS5TdGFydFNhbmRib3hSZXF1ZXN0GikubWFnbmV0YXIuc2FuZGJveC52MS5TdGFydFNhbmRib3hSZXNwb25zZRJgCgtTdG9wU2FuZGJveBInLm1hZ25ldGFyLnNhbmRib3gudjEuU3RvcFNhbmRib3hSZXF1ZXN0GigubWFnbmV0YXIuc2FuZGJveC52MS5TdG9wU2FuZGJveFJlc3BvbnNlEmYKDURlbGV0ZVNhbmRib3gSKS5tYWduZXRhci5zYW5kYm94LnYxLkRlbGV0ZVNhbmRib3hSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5EZWxldGVTYW5kYm94UmVzcG9uc2USYgoKR2V0U2FuZGJveBImLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFJlcXVlc3QaJy5tYWduZXRhci5zYW5kYm94LnYxLkdldFNhbmRib3hSZXNwb25zZSIDkAIBEmsKDUxpc3RTYW5kYm94ZXMSKS5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2UiA5ACARJiCgtXYXRjaEV2ZW50cxInLm1hZ25ldGFyLnNhbmRib3gudjEuV2F0Y2hFdmVudHNSZXF1ZXN0GigubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAESYwoMUGF1c2VTYW5kYm94EigubWFnbmV0YXIuc2FuZGJveC52MS5QYXVzZVNhbmRib3hSZXF1ZXN0GikubWFnbmV0YXIuc2FuZGJveC52MS5QYXVzZVNhbmRib3hSZXNwb25zZRJmCg1SZXN1bWVTYW5kYm94EikubWFnbmV0YXIuc2FuZGJveC52MS5SZXN1bWVTYW5kYm94UmVxdWVzdBoqLm1hZ25ldGFyLnNhbmRib3gudjEuUmVzdW1lU2FuZGJveFJlc3BvbnNlEnIKEVNldFNhbmRib3hUaW1lb3V0Ei0ubWFnbmV0YXIuc2FuZGJveC52MS5TZXRTYW5kYm94VGltZW91dFJlcXVlc3QaLi5tYWduZXRhci5zYW5kYm94LnYxLlNldFNhbmRib3hUaW1lb3V0UmVzcG9uc2USXwoJTGlzdEtpbmRzEiUubWFnbmV0YXIuc2FuZGJveC52MS5MaXN0S2luZHNSZXF1ZXN0GiYubWFnbmV0YXIuc2FuZGJveC52MS5MaXN0S2luZHNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_magnetar_types_v1_types]);
 
 /**
  * Sandbox describes one sandbox.
@@ -534,6 +534,90 @@ export const ListSandboxesResponseSchema: GenMessage<ListSandboxesResponse> = /*
   messageDesc(file_magnetar_sandbox_v1_sandbox, 13);
 
 /**
+ * PauseSandboxRequest is the request of SandboxService.PauseSandbox.
+ *
+ * @generated from message magnetar.sandbox.v1.PauseSandboxRequest
+ */
+export type PauseSandboxRequest = Message<"magnetar.sandbox.v1.PauseSandboxRequest"> & {
+  /**
+   * ID of the sandbox to pause.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.PauseSandboxRequest.
+ * Use `create(PauseSandboxRequestSchema)` to create a new message.
+ */
+export const PauseSandboxRequestSchema: GenMessage<PauseSandboxRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 14);
+
+/**
+ * PauseSandboxResponse is the response of SandboxService.PauseSandbox.
+ *
+ * @generated from message magnetar.sandbox.v1.PauseSandboxResponse
+ */
+export type PauseSandboxResponse = Message<"magnetar.sandbox.v1.PauseSandboxResponse"> & {
+  /**
+   * The sandbox, in state SANDBOX_STATE_PAUSED.
+   *
+   * @generated from field: magnetar.sandbox.v1.Sandbox sandbox = 1;
+   */
+  sandbox?: Sandbox | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.PauseSandboxResponse.
+ * Use `create(PauseSandboxResponseSchema)` to create a new message.
+ */
+export const PauseSandboxResponseSchema: GenMessage<PauseSandboxResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 15);
+
+/**
+ * ResumeSandboxRequest is the request of SandboxService.ResumeSandbox.
+ *
+ * @generated from message magnetar.sandbox.v1.ResumeSandboxRequest
+ */
+export type ResumeSandboxRequest = Message<"magnetar.sandbox.v1.ResumeSandboxRequest"> & {
+  /**
+   * ID of the sandbox to resume.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.ResumeSandboxRequest.
+ * Use `create(ResumeSandboxRequestSchema)` to create a new message.
+ */
+export const ResumeSandboxRequestSchema: GenMessage<ResumeSandboxRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 16);
+
+/**
+ * ResumeSandboxResponse is the response of SandboxService.ResumeSandbox.
+ *
+ * @generated from message magnetar.sandbox.v1.ResumeSandboxResponse
+ */
+export type ResumeSandboxResponse = Message<"magnetar.sandbox.v1.ResumeSandboxResponse"> & {
+  /**
+   * The sandbox, in state SANDBOX_STATE_READY.
+   *
+   * @generated from field: magnetar.sandbox.v1.Sandbox sandbox = 1;
+   */
+  sandbox?: Sandbox | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.ResumeSandboxResponse.
+ * Use `create(ResumeSandboxResponseSchema)` to create a new message.
+ */
+export const ResumeSandboxResponseSchema: GenMessage<ResumeSandboxResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 17);
+
+/**
  * SetSandboxTimeoutRequest is the request of
  * SandboxService.SetSandboxTimeout.
  *
@@ -568,7 +652,7 @@ export type SetSandboxTimeoutRequest = Message<"magnetar.sandbox.v1.SetSandboxTi
  * Use `create(SetSandboxTimeoutRequestSchema)` to create a new message.
  */
 export const SetSandboxTimeoutRequestSchema: GenMessage<SetSandboxTimeoutRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 14);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 18);
 
 /**
  * SetSandboxTimeoutResponse is the response of
@@ -590,7 +674,7 @@ export type SetSandboxTimeoutResponse = Message<"magnetar.sandbox.v1.SetSandboxT
  * Use `create(SetSandboxTimeoutResponseSchema)` to create a new message.
  */
 export const SetSandboxTimeoutResponseSchema: GenMessage<SetSandboxTimeoutResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 15);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 19);
 
 /**
  * WatchEventsRequest is the request of SandboxService.WatchEvents. All
@@ -628,7 +712,7 @@ export type WatchEventsRequest = Message<"magnetar.sandbox.v1.WatchEventsRequest
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 16);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 20);
 
 /**
  * WatchEventsResponse is one message of the SandboxService.WatchEvents
@@ -650,7 +734,7 @@ export type WatchEventsResponse = Message<"magnetar.sandbox.v1.WatchEventsRespon
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 17);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 21);
 
 /**
  * Event is a sandbox, container or process lifecycle event.
@@ -749,7 +833,7 @@ export type Event = Message<"magnetar.sandbox.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 18);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 22);
 
 /**
  * Kind describes a sandbox kind (backend) and whether it can be used here.
@@ -799,7 +883,7 @@ export type Kind = Message<"magnetar.sandbox.v1.Kind"> & {
  * Use `create(KindSchema)` to create a new message.
  */
 export const KindSchema: GenMessage<Kind> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 19);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 23);
 
 /**
  * KindCapabilities lists the optional features of a kind. Calls that need a
@@ -871,7 +955,7 @@ export type KindCapabilities = Message<"magnetar.sandbox.v1.KindCapabilities"> &
  * Use `create(KindCapabilitiesSchema)` to create a new message.
  */
 export const KindCapabilitiesSchema: GenMessage<KindCapabilities> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 20);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 24);
 
 /**
  * ListKindsRequest is the request of SandboxService.ListKinds.
@@ -886,7 +970,7 @@ export type ListKindsRequest = Message<"magnetar.sandbox.v1.ListKindsRequest"> &
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 21);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 25);
 
 /**
  * ListKindsResponse is the response of SandboxService.ListKinds.
@@ -908,7 +992,7 @@ export type ListKindsResponse = Message<"magnetar.sandbox.v1.ListKindsResponse">
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 22);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 26);
 
 /**
  * SandboxState is the lifecycle state of a sandbox.
@@ -951,6 +1035,13 @@ export enum SandboxState {
    * @generated from enum value: SANDBOX_STATE_UNKNOWN = 4;
    */
   UNKNOWN = 4,
+
+  /**
+   * The sandbox is ready but its containers are frozen (see PauseSandbox).
+   *
+   * @generated from enum value: SANDBOX_STATE_PAUSED = 5;
+   */
+  PAUSED = 5,
 }
 
 /**
@@ -1141,6 +1232,20 @@ export enum EventType {
    * @generated from enum value: EVENT_TYPE_SANDBOX_EXPIRED = 11;
    */
   SANDBOX_EXPIRED = 11,
+
+  /**
+   * A sandbox was paused.
+   *
+   * @generated from enum value: EVENT_TYPE_SANDBOX_PAUSED = 12;
+   */
+  SANDBOX_PAUSED = 12,
+
+  /**
+   * A paused sandbox was resumed.
+   *
+   * @generated from enum value: EVENT_TYPE_SANDBOX_RESUMED = 13;
+   */
+  SANDBOX_RESUMED = 13,
 }
 
 /**
@@ -1248,6 +1353,34 @@ export const SandboxService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchEventsRequestSchema;
     output: typeof WatchEventsResponseSchema;
+  },
+  /**
+   * PauseSandbox freezes every running container of a ready sandbox (a
+   * cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+   * guest's for vm): its processes use no CPU until ResumeSandbox. The
+   * sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+   * started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+   * paused sandbox changes nothing; a sandbox that is not ready fails with
+   * FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+   * Stopping or deleting a paused sandbox resumes it first.
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.PauseSandbox
+   */
+  pauseSandbox: {
+    methodKind: "unary";
+    input: typeof PauseSandboxRequestSchema;
+    output: typeof PauseSandboxResponseSchema;
+  },
+  /**
+   * ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+   * sandbox that is not paused changes nothing.
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.ResumeSandbox
+   */
+  resumeSandbox: {
+    methodKind: "unary";
+    input: typeof ResumeSandboxRequestSchema;
+    output: typeof ResumeSandboxResponseSchema;
   },
   /**
    * SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted

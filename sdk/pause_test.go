@@ -80,3 +80,62 @@ func TestSandboxPauseStopsCPU(t *testing.T) {
 		t.Errorf("exec after resume: %v", err)
 	}
 }
+
+// TestSandboxUsage reads a runc sandbox's usage once and as a stream: its
+// CPU time grows under a burner, a too short interval is refused, and the
+// stream ends NOT_FOUND when the sandbox goes.
+func TestSandboxUsage(t *testing.T) {
+	sock := apitest.Serve(t, runcBackend(t))
+	rootfs := testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := dial(t, sock)
+	sb, err := c.CreateSandbox(ctx, "runc", sdk.WithID("use"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Delete(context.Background(), sdk.Force())
+	if _, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.WithContainerID("busy"), sdk.Args("sh", "-c", "while :; do :; done")); err != nil {
+		t.Fatal(err)
+	}
+	u, err := sb.Usage(ctx)
+	if err != nil || u.Timestamp.IsZero() || u.Pids == 0 || u.MemoryBytes == 0 {
+		t.Fatalf("Usage = %+v, %v", u, err)
+	}
+	var samples []sdk.Usage
+	for u, err := range sb.WatchUsage(ctx, 100*time.Millisecond) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		samples = append(samples, u)
+		if len(samples) == 3 {
+			break
+		}
+	}
+	if !samples[2].Timestamp.After(samples[0].Timestamp) || samples[2].CPU <= samples[0].CPU {
+		t.Errorf("samples do not advance: %+v", samples)
+	}
+	for _, err := range sb.WatchUsage(ctx, time.Millisecond) {
+		if !errdefs.IsInvalidArgument(err) {
+			t.Errorf("WatchUsage(1ms): %v, want invalid argument", err)
+		}
+		break
+	}
+	// The stream ends when the sandbox is deleted.
+	done := make(chan error, 1)
+	go func() {
+		for _, err := range sb.WatchUsage(ctx, 100*time.Millisecond) {
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	if err := sb.Delete(ctx, sdk.Force()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errdefs.IsNotFound(err) {
+		t.Errorf("usage stream of a deleted sandbox ended with %v, want not found", err)
+	}
+}

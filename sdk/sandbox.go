@@ -2,7 +2,10 @@ package sdk
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"iter"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -540,4 +543,72 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// Usage is what a sandbox uses, summed over its containers (for a VM: its
+// VMM on the host).
+type Usage struct {
+	// Timestamp is when it was read.
+	Timestamp time.Time `json:"timestamp"`
+	// CPU is the CPU time used by the containers that exist now.
+	CPU time.Duration `json:"cpu"`
+	// MemoryBytes is the memory in use; MemoryWorkingSetBytes the same
+	// without inactive file cache.
+	MemoryBytes           uint64 `json:"memoryBytes"`
+	MemoryWorkingSetBytes uint64 `json:"memoryWorkingSetBytes"`
+	// Pids counts processes and threads.
+	Pids uint64 `json:"pids"`
+	// DiskReadBytes and DiskWriteBytes count block device I/O.
+	DiskReadBytes  uint64 `json:"diskReadBytes"`
+	DiskWriteBytes uint64 `json:"diskWriteBytes"`
+	// NetRxBytes and NetTxBytes count the sandbox's network traffic (0 on
+	// the host's network).
+	NetRxBytes uint64 `json:"netRxBytes"`
+	NetTxBytes uint64 `json:"netTxBytes"`
+}
+
+func usageFromProto(u *sandboxv1.SandboxUsage) Usage {
+	return Usage{
+		Timestamp: timeOf(u.GetTimestamp()), CPU: time.Duration(u.GetCpuUsageNs()),
+		MemoryBytes: u.GetMemoryUsageBytes(), MemoryWorkingSetBytes: u.GetMemoryWorkingSetBytes(), Pids: u.GetPids(),
+		DiskReadBytes: u.GetDiskReadBytes(), DiskWriteBytes: u.GetDiskWriteBytes(),
+		NetRxBytes: u.GetNetRxBytes(), NetTxBytes: u.GetNetTxBytes(),
+	}
+}
+
+// Usage returns what the sandbox uses now.
+func (s *Sandbox) Usage(ctx context.Context) (Usage, error) {
+	res, err := s.client.sandboxes.GetSandboxUsage(ctx, &sandboxv1.GetSandboxUsageRequest{SandboxId: s.ID})
+	if err != nil {
+		return Usage{}, fromAPI(err)
+	}
+	return usageFromProto(res.GetUsage()), nil
+}
+
+// WatchUsage yields the sandbox's usage every interval (0: every second;
+// at least 100 ms), starting at once, until ctx ends, the consumer stops
+// or the sandbox is deleted (an error that errdefs.IsNotFound matches).
+func (s *Sandbox) WatchUsage(ctx context.Context, interval time.Duration) iter.Seq2[Usage, error] {
+	return func(yield func(Usage, error) bool) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := s.client.sandboxes.WatchSandboxUsage(ctx, &sandboxv1.WatchSandboxUsageRequest{SandboxId: s.ID, Interval: durationpb.New(interval)})
+		if err != nil {
+			yield(Usage{}, fromAPI(err))
+			return
+		}
+		defer stream.Close()
+		for {
+			msg, err := stream.Receive()
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, io.EOF) {
+					yield(Usage{}, fromAPI(err))
+				}
+				return
+			}
+			if !yield(usageFromProto(msg.GetUsage()), nil) {
+				return
+			}
+		}
+	}
 }

@@ -126,6 +126,30 @@ func (s *Server) ResumeSandbox(ctx context.Context, req *sandboxv1.ResumeSandbox
 	return &sandboxv1.ResumeSandboxResponse{Sandbox: s.toSandbox(st)}, nil
 }
 
+func toUsage(st *backend.Stats) *sandboxv1.SandboxUsage {
+	return &sandboxv1.SandboxUsage{
+		Timestamp: ts(st.Timestamp), CpuUsageNs: st.CPUUsageNanos,
+		MemoryUsageBytes: st.MemoryUsageBytes, MemoryWorkingSetBytes: st.MemoryWorkingBytes, Pids: st.Pids,
+		DiskReadBytes: st.DiskReadBytes, DiskWriteBytes: st.DiskWriteBytes, NetRxBytes: st.NetRxBytes, NetTxBytes: st.NetTxBytes,
+	}
+}
+
+// GetSandboxUsage returns a sandbox's usage.
+func (s *Server) GetSandboxUsage(ctx context.Context, req *sandboxv1.GetSandboxUsageRequest) (*sandboxv1.GetSandboxUsageResponse, error) {
+	st, err := s.d.Usage(ctx, req.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxv1.GetSandboxUsageResponse{Usage: toUsage(st)}, nil
+}
+
+// WatchSandboxUsage streams a sandbox's usage at an interval.
+func (s *Server) WatchSandboxUsage(ctx context.Context, req *sandboxv1.WatchSandboxUsageRequest, stream sandboxv1connect.SandboxServiceWatchSandboxUsageServerStream) error {
+	return s.d.WatchUsage(ctx, req.GetSandboxId(), req.GetInterval().AsDuration(), func(st *backend.Stats) error {
+		return stream.Send(&sandboxv1.WatchSandboxUsageResponse{Usage: toUsage(st)})
+	})
+}
+
 // SetSandboxTimeout replaces a sandbox's lifetime.
 func (s *Server) SetSandboxTimeout(ctx context.Context, req *sandboxv1.SetSandboxTimeoutRequest) (*sandboxv1.SetSandboxTimeoutResponse, error) {
 	st, err := s.d.SetTimeout(ctx, req.GetSandboxId(), req.GetTimeout().AsDuration(), req.GetIdleTimeout().AsDuration())

@@ -277,6 +277,14 @@ type Stats struct {
 	MemoryLimitBytes   uint64
 	MemoryWorkingBytes uint64
 	Pids               uint64
+	// DiskReadBytes and DiskWriteBytes are the bytes read from and
+	// written to block devices (cgroup io accounting; writes to a tmpfs
+	// or to memory are not counted).
+	DiskReadBytes, DiskWriteBytes uint64
+	// NetRxBytes and NetTxBytes are the bytes received and sent on the
+	// sandbox's network interfaces (set for sandboxes, not containers; 0
+	// for the host's network).
+	NetRxBytes, NetTxBytes uint64
 	// Raw carries the backend's native metrics message (for example a
 	// cgroups v1 or v2 Metrics) for callers that understand it.
 	Raw any

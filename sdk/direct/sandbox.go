@@ -173,6 +173,43 @@ func (s *Service) ownSandbox(ctx context.Context, id string) error {
 	return nil
 }
 
+// MinUsageInterval bounds how often WatchUsage samples.
+const MinUsageInterval = 100 * time.Millisecond
+
+// Usage returns what a sandbox uses now (see [engine.Engine.SandboxUsage]).
+func (s *Service) Usage(ctx context.Context, id string) (*backend.Stats, error) {
+	s.e.Touch(id)
+	return s.e.SandboxUsage(ctx, id)
+}
+
+// WatchUsage calls fn with the sandbox's usage every interval (default
+// 1 s), from now until ctx ends, fn fails or the sandbox is gone (an
+// error: not found).
+func (s *Service) WatchUsage(ctx context.Context, id string, interval time.Duration, fn func(*backend.Stats) error) error {
+	if interval == 0 {
+		interval = time.Second
+	}
+	if interval < MinUsageInterval {
+		return fmt.Errorf("usage interval %v is shorter than %v: %w", interval, MinUsageInterval, errdefs.ErrInvalidArgument)
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		st, err := s.e.SandboxUsage(ctx, id)
+		if err != nil {
+			return err
+		}
+		if err := fn(st); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
 // StartSandbox starts a created sandbox.
 func (s *Service) StartSandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
 	s.e.Touch(id)

@@ -412,6 +412,8 @@ func (e *Engine) SandboxStats(ctx context.Context, id string) (*backend.Stats, e
 		sum.MemoryUsageBytes += s.MemoryUsageBytes
 		sum.MemoryWorkingBytes += s.MemoryWorkingBytes
 		sum.Pids += s.Pids
+		sum.DiskReadBytes += s.DiskReadBytes
+		sum.DiskWriteBytes += s.DiskWriteBytes
 	}
 	return sum, nil
 }

@@ -1415,6 +1415,324 @@ func (x *ResumeSandboxResponse) GetSandbox() *Sandbox {
 	return nil
 }
 
+// SandboxUsage is what a sandbox uses, summed over its containers (for a
+// VM: its VMM on the host).
+type SandboxUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When it was read.
+	Timestamp *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	// CPU time used, in nanoseconds, by the containers that exist now.
+	CpuUsageNs uint64 `protobuf:"varint,2,opt,name=cpu_usage_ns,json=cpuUsageNs,proto3" json:"cpu_usage_ns,omitempty"`
+	// Memory in use, in bytes.
+	MemoryUsageBytes uint64 `protobuf:"varint,3,opt,name=memory_usage_bytes,json=memoryUsageBytes,proto3" json:"memory_usage_bytes,omitempty"`
+	// Memory working set, in bytes: in use without inactive file cache.
+	MemoryWorkingSetBytes uint64 `protobuf:"varint,4,opt,name=memory_working_set_bytes,json=memoryWorkingSetBytes,proto3" json:"memory_working_set_bytes,omitempty"`
+	// Processes and threads.
+	Pids uint64 `protobuf:"varint,5,opt,name=pids,proto3" json:"pids,omitempty"`
+	// Bytes read from block devices.
+	DiskReadBytes uint64 `protobuf:"varint,6,opt,name=disk_read_bytes,json=diskReadBytes,proto3" json:"disk_read_bytes,omitempty"`
+	// Bytes written to block devices (writes to tmpfs or memory-backed file
+	// systems are not counted).
+	DiskWriteBytes uint64 `protobuf:"varint,7,opt,name=disk_write_bytes,json=diskWriteBytes,proto3" json:"disk_write_bytes,omitempty"`
+	// Bytes received on the sandbox's network interfaces; 0 for a sandbox
+	// on the host's network.
+	NetRxBytes uint64 `protobuf:"varint,8,opt,name=net_rx_bytes,json=netRxBytes,proto3" json:"net_rx_bytes,omitempty"`
+	// Bytes sent on the sandbox's network interfaces; 0 for a sandbox on the
+	// host's network.
+	NetTxBytes    uint64 `protobuf:"varint,9,opt,name=net_tx_bytes,json=netTxBytes,proto3" json:"net_tx_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxUsage) Reset() {
+	*x = SandboxUsage{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxUsage) ProtoMessage() {}
+
+func (x *SandboxUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxUsage.ProtoReflect.Descriptor instead.
+func (*SandboxUsage) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SandboxUsage) GetTimestamp() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Timestamp
+	}
+	return nil
+}
+
+func (x *SandboxUsage) GetCpuUsageNs() uint64 {
+	if x != nil {
+		return x.CpuUsageNs
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetMemoryUsageBytes() uint64 {
+	if x != nil {
+		return x.MemoryUsageBytes
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetMemoryWorkingSetBytes() uint64 {
+	if x != nil {
+		return x.MemoryWorkingSetBytes
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetPids() uint64 {
+	if x != nil {
+		return x.Pids
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetDiskReadBytes() uint64 {
+	if x != nil {
+		return x.DiskReadBytes
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetDiskWriteBytes() uint64 {
+	if x != nil {
+		return x.DiskWriteBytes
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetNetRxBytes() uint64 {
+	if x != nil {
+		return x.NetRxBytes
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetNetTxBytes() uint64 {
+	if x != nil {
+		return x.NetTxBytes
+	}
+	return 0
+}
+
+// GetSandboxUsageRequest is the request of SandboxService.GetSandboxUsage.
+type GetSandboxUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox.
+	SandboxId     string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxUsageRequest) Reset() {
+	*x = GetSandboxUsageRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxUsageRequest) ProtoMessage() {}
+
+func (x *GetSandboxUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetSandboxUsageRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetSandboxUsageRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+// GetSandboxUsageResponse is the response of
+// SandboxService.GetSandboxUsage.
+type GetSandboxUsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox's usage now.
+	Usage         *SandboxUsage `protobuf:"bytes,1,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxUsageResponse) Reset() {
+	*x = GetSandboxUsageResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxUsageResponse) ProtoMessage() {}
+
+func (x *GetSandboxUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxUsageResponse.ProtoReflect.Descriptor instead.
+func (*GetSandboxUsageResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetSandboxUsageResponse) GetUsage() *SandboxUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// WatchSandboxUsageRequest is the request of
+// SandboxService.WatchSandboxUsage.
+type WatchSandboxUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox.
+	SandboxId string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// How often to sample; unset: 1 s; at least 100 ms.
+	Interval      *durationpb.Duration `protobuf:"bytes,2,opt,name=interval,proto3" json:"interval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchSandboxUsageRequest) Reset() {
+	*x = WatchSandboxUsageRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchSandboxUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchSandboxUsageRequest) ProtoMessage() {}
+
+func (x *WatchSandboxUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchSandboxUsageRequest.ProtoReflect.Descriptor instead.
+func (*WatchSandboxUsageRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *WatchSandboxUsageRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *WatchSandboxUsageRequest) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+// WatchSandboxUsageResponse is one sample of
+// SandboxService.WatchSandboxUsage.
+type WatchSandboxUsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox's usage at the sample's time.
+	Usage         *SandboxUsage `protobuf:"bytes,1,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchSandboxUsageResponse) Reset() {
+	*x = WatchSandboxUsageResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchSandboxUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchSandboxUsageResponse) ProtoMessage() {}
+
+func (x *WatchSandboxUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchSandboxUsageResponse.ProtoReflect.Descriptor instead.
+func (*WatchSandboxUsageResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *WatchSandboxUsageResponse) GetUsage() *SandboxUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 // SetSandboxTimeoutRequest is the request of
 // SandboxService.SetSandboxTimeout.
 type SetSandboxTimeoutRequest struct {
@@ -1432,7 +1750,7 @@ type SetSandboxTimeoutRequest struct {
 
 func (x *SetSandboxTimeoutRequest) Reset() {
 	*x = SetSandboxTimeoutRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1762,7 @@ func (x *SetSandboxTimeoutRequest) String() string {
 func (*SetSandboxTimeoutRequest) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1775,7 @@ func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetSandboxTimeoutRequest) GetSandboxId() string {
@@ -1493,7 +1811,7 @@ type SetSandboxTimeoutResponse struct {
 
 func (x *SetSandboxTimeoutResponse) Reset() {
 	*x = SetSandboxTimeoutResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1823,7 @@ func (x *SetSandboxTimeoutResponse) String() string {
 func (*SetSandboxTimeoutResponse) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1836,7 @@ func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetSandboxTimeoutResponse) GetSandbox() *Sandbox {
@@ -1546,7 +1864,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1876,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1889,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchEventsRequest) GetSandboxIds() []string {
@@ -1607,7 +1925,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1619,7 +1937,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1632,7 +1950,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{21}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -1681,7 +1999,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +2011,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +2024,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{22}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Event) GetType() EventType {
@@ -1806,7 +2124,7 @@ type Kind struct {
 
 func (x *Kind) Reset() {
 	*x = Kind{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1818,7 +2136,7 @@ func (x *Kind) String() string {
 func (*Kind) ProtoMessage() {}
 
 func (x *Kind) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1831,7 +2149,7 @@ func (x *Kind) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kind.ProtoReflect.Descriptor instead.
 func (*Kind) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Kind) GetName() string {
@@ -1896,7 +2214,7 @@ type KindCapabilities struct {
 
 func (x *KindCapabilities) Reset() {
 	*x = KindCapabilities{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1908,7 +2226,7 @@ func (x *KindCapabilities) String() string {
 func (*KindCapabilities) ProtoMessage() {}
 
 func (x *KindCapabilities) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1921,7 +2239,7 @@ func (x *KindCapabilities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindCapabilities.ProtoReflect.Descriptor instead.
 func (*KindCapabilities) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *KindCapabilities) GetExec() bool {
@@ -1989,7 +2307,7 @@ type ListKindsRequest struct {
 
 func (x *ListKindsRequest) Reset() {
 	*x = ListKindsRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2319,7 @@ func (x *ListKindsRequest) String() string {
 func (*ListKindsRequest) ProtoMessage() {}
 
 func (x *ListKindsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2332,7 @@ func (x *ListKindsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKindsRequest.ProtoReflect.Descriptor instead.
 func (*ListKindsRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{30}
 }
 
 // ListKindsResponse is the response of SandboxService.ListKinds.
@@ -2029,7 +2347,7 @@ type ListKindsResponse struct {
 
 func (x *ListKindsResponse) Reset() {
 	*x = ListKindsResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2359,7 @@ func (x *ListKindsResponse) String() string {
 func (*ListKindsResponse) ProtoMessage() {}
 
 func (x *ListKindsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2372,7 @@ func (x *ListKindsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKindsResponse.ProtoReflect.Descriptor instead.
 func (*ListKindsResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{26}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListKindsResponse) GetKinds() []*Kind {
@@ -2165,7 +2483,31 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"O\n" +
 	"\x15ResumeSandboxResponse\x126\n" +
-	"\asandbox\x18\x01 \x01(\v2\x1c.magnetar.sandbox.v1.SandboxR\asandbox\"\xac\x01\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1c.magnetar.sandbox.v1.SandboxR\asandbox\"\xfb\x02\n" +
+	"\fSandboxUsage\x128\n" +
+	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12 \n" +
+	"\fcpu_usage_ns\x18\x02 \x01(\x04R\n" +
+	"cpuUsageNs\x12,\n" +
+	"\x12memory_usage_bytes\x18\x03 \x01(\x04R\x10memoryUsageBytes\x127\n" +
+	"\x18memory_working_set_bytes\x18\x04 \x01(\x04R\x15memoryWorkingSetBytes\x12\x12\n" +
+	"\x04pids\x18\x05 \x01(\x04R\x04pids\x12&\n" +
+	"\x0fdisk_read_bytes\x18\x06 \x01(\x04R\rdiskReadBytes\x12(\n" +
+	"\x10disk_write_bytes\x18\a \x01(\x04R\x0ediskWriteBytes\x12 \n" +
+	"\fnet_rx_bytes\x18\b \x01(\x04R\n" +
+	"netRxBytes\x12 \n" +
+	"\fnet_tx_bytes\x18\t \x01(\x04R\n" +
+	"netTxBytes\"7\n" +
+	"\x16GetSandboxUsageRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"R\n" +
+	"\x17GetSandboxUsageResponse\x127\n" +
+	"\x05usage\x18\x01 \x01(\v2!.magnetar.sandbox.v1.SandboxUsageR\x05usage\"p\n" +
+	"\x18WatchSandboxUsageRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x125\n" +
+	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\"T\n" +
+	"\x19WatchSandboxUsageResponse\x127\n" +
+	"\x05usage\x18\x01 \x01(\v2!.magnetar.sandbox.v1.SandboxUsageR\x05usage\"\xac\x01\n" +
 	"\x18SetSandboxTimeoutRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n" +
@@ -2248,7 +2590,8 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x12\x1e\n" +
 	"\x1aEVENT_TYPE_SANDBOX_EXPIRED\x10\v\x12\x1d\n" +
 	"\x19EVENT_TYPE_SANDBOX_PAUSED\x10\f\x12\x1e\n" +
-	"\x1aEVENT_TYPE_SANDBOX_RESUMED\x10\r2\xfe\b\n" +
+	"\x1aEVENT_TYPE_SANDBOX_RESUMED\x10\r2\xe7\n" +
+	"\n" +
 	"\x0eSandboxService\x12f\n" +
 	"\rCreateSandbox\x12).magnetar.sandbox.v1.CreateSandboxRequest\x1a*.magnetar.sandbox.v1.CreateSandboxResponse\x12c\n" +
 	"\fStartSandbox\x12(.magnetar.sandbox.v1.StartSandboxRequest\x1a).magnetar.sandbox.v1.StartSandboxResponse\x12`\n" +
@@ -2259,7 +2602,9 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\rListSandboxes\x12).magnetar.sandbox.v1.ListSandboxesRequest\x1a*.magnetar.sandbox.v1.ListSandboxesResponse\"\x03\x90\x02\x01\x12b\n" +
 	"\vWatchEvents\x12'.magnetar.sandbox.v1.WatchEventsRequest\x1a(.magnetar.sandbox.v1.WatchEventsResponse0\x01\x12c\n" +
 	"\fPauseSandbox\x12(.magnetar.sandbox.v1.PauseSandboxRequest\x1a).magnetar.sandbox.v1.PauseSandboxResponse\x12f\n" +
-	"\rResumeSandbox\x12).magnetar.sandbox.v1.ResumeSandboxRequest\x1a*.magnetar.sandbox.v1.ResumeSandboxResponse\x12r\n" +
+	"\rResumeSandbox\x12).magnetar.sandbox.v1.ResumeSandboxRequest\x1a*.magnetar.sandbox.v1.ResumeSandboxResponse\x12q\n" +
+	"\x0fGetSandboxUsage\x12+.magnetar.sandbox.v1.GetSandboxUsageRequest\x1a,.magnetar.sandbox.v1.GetSandboxUsageResponse\"\x03\x90\x02\x01\x12t\n" +
+	"\x11WatchSandboxUsage\x12-.magnetar.sandbox.v1.WatchSandboxUsageRequest\x1a..magnetar.sandbox.v1.WatchSandboxUsageResponse0\x01\x12r\n" +
 	"\x11SetSandboxTimeout\x12-.magnetar.sandbox.v1.SetSandboxTimeoutRequest\x1a..magnetar.sandbox.v1.SetSandboxTimeoutResponse\x12_\n" +
 	"\tListKinds\x12%.magnetar.sandbox.v1.ListKindsRequest\x1a&.magnetar.sandbox.v1.ListKindsResponse\"\x03\x90\x02\x01B\xd8\x01\n" +
 	"\x17com.magnetar.sandbox.v1B\fSandboxProtoP\x01ZAgithub.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1;sandboxv1\xa2\x02\x03MSX\xaa\x02\x13Magnetar.Sandbox.V1\xca\x02\x13Magnetar\\Sandbox\\V1\xe2\x02\x1fMagnetar\\Sandbox\\V1\\GPBMetadata\xea\x02\x15Magnetar::Sandbox::V1b\x06proto3"
@@ -2277,7 +2622,7 @@ func file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP() []byte {
 }
 
 var file_magnetar_sandbox_v1_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_magnetar_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_magnetar_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_magnetar_sandbox_v1_sandbox_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: magnetar.sandbox.v1.SandboxState
 	(NetworkMode)(0),                  // 1: magnetar.sandbox.v1.NetworkMode
@@ -2301,92 +2646,105 @@ var file_magnetar_sandbox_v1_sandbox_proto_goTypes = []any{
 	(*PauseSandboxResponse)(nil),      // 19: magnetar.sandbox.v1.PauseSandboxResponse
 	(*ResumeSandboxRequest)(nil),      // 20: magnetar.sandbox.v1.ResumeSandboxRequest
 	(*ResumeSandboxResponse)(nil),     // 21: magnetar.sandbox.v1.ResumeSandboxResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 22: magnetar.sandbox.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 23: magnetar.sandbox.v1.SetSandboxTimeoutResponse
-	(*WatchEventsRequest)(nil),        // 24: magnetar.sandbox.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),       // 25: magnetar.sandbox.v1.WatchEventsResponse
-	(*Event)(nil),                     // 26: magnetar.sandbox.v1.Event
-	(*Kind)(nil),                      // 27: magnetar.sandbox.v1.Kind
-	(*KindCapabilities)(nil),          // 28: magnetar.sandbox.v1.KindCapabilities
-	(*ListKindsRequest)(nil),          // 29: magnetar.sandbox.v1.ListKindsRequest
-	(*ListKindsResponse)(nil),         // 30: magnetar.sandbox.v1.ListKindsResponse
-	nil,                               // 31: magnetar.sandbox.v1.Sandbox.LabelsEntry
-	nil,                               // 32: magnetar.sandbox.v1.Sandbox.AnnotationsEntry
-	nil,                               // 33: magnetar.sandbox.v1.Sandbox.InfoEntry
-	nil,                               // 34: magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
-	nil,                               // 35: magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
-	nil,                               // 36: magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 37: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 38: google.protobuf.Duration
-	(*v1.DNSConfig)(nil),              // 39: magnetar.types.v1.DNSConfig
-	(*v1.Resources)(nil),              // 40: magnetar.types.v1.Resources
+	(*SandboxUsage)(nil),              // 22: magnetar.sandbox.v1.SandboxUsage
+	(*GetSandboxUsageRequest)(nil),    // 23: magnetar.sandbox.v1.GetSandboxUsageRequest
+	(*GetSandboxUsageResponse)(nil),   // 24: magnetar.sandbox.v1.GetSandboxUsageResponse
+	(*WatchSandboxUsageRequest)(nil),  // 25: magnetar.sandbox.v1.WatchSandboxUsageRequest
+	(*WatchSandboxUsageResponse)(nil), // 26: magnetar.sandbox.v1.WatchSandboxUsageResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 27: magnetar.sandbox.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 28: magnetar.sandbox.v1.SetSandboxTimeoutResponse
+	(*WatchEventsRequest)(nil),        // 29: magnetar.sandbox.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),       // 30: magnetar.sandbox.v1.WatchEventsResponse
+	(*Event)(nil),                     // 31: magnetar.sandbox.v1.Event
+	(*Kind)(nil),                      // 32: magnetar.sandbox.v1.Kind
+	(*KindCapabilities)(nil),          // 33: magnetar.sandbox.v1.KindCapabilities
+	(*ListKindsRequest)(nil),          // 34: magnetar.sandbox.v1.ListKindsRequest
+	(*ListKindsResponse)(nil),         // 35: magnetar.sandbox.v1.ListKindsResponse
+	nil,                               // 36: magnetar.sandbox.v1.Sandbox.LabelsEntry
+	nil,                               // 37: magnetar.sandbox.v1.Sandbox.AnnotationsEntry
+	nil,                               // 38: magnetar.sandbox.v1.Sandbox.InfoEntry
+	nil,                               // 39: magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
+	nil,                               // 40: magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
+	nil,                               // 41: magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 42: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 43: google.protobuf.Duration
+	(*v1.DNSConfig)(nil),              // 44: magnetar.types.v1.DNSConfig
+	(*v1.Resources)(nil),              // 45: magnetar.types.v1.Resources
 }
 var file_magnetar_sandbox_v1_sandbox_proto_depIdxs = []int32{
 	0,  // 0: magnetar.sandbox.v1.Sandbox.state:type_name -> magnetar.sandbox.v1.SandboxState
-	31, // 1: magnetar.sandbox.v1.Sandbox.labels:type_name -> magnetar.sandbox.v1.Sandbox.LabelsEntry
-	32, // 2: magnetar.sandbox.v1.Sandbox.annotations:type_name -> magnetar.sandbox.v1.Sandbox.AnnotationsEntry
-	37, // 3: magnetar.sandbox.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	37, // 4: magnetar.sandbox.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
-	37, // 5: magnetar.sandbox.v1.Sandbox.exited_at:type_name -> google.protobuf.Timestamp
-	33, // 6: magnetar.sandbox.v1.Sandbox.info:type_name -> magnetar.sandbox.v1.Sandbox.InfoEntry
-	37, // 7: magnetar.sandbox.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
-	38, // 8: magnetar.sandbox.v1.Sandbox.idle_timeout:type_name -> google.protobuf.Duration
+	36, // 1: magnetar.sandbox.v1.Sandbox.labels:type_name -> magnetar.sandbox.v1.Sandbox.LabelsEntry
+	37, // 2: magnetar.sandbox.v1.Sandbox.annotations:type_name -> magnetar.sandbox.v1.Sandbox.AnnotationsEntry
+	42, // 3: magnetar.sandbox.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	42, // 4: magnetar.sandbox.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
+	42, // 5: magnetar.sandbox.v1.Sandbox.exited_at:type_name -> google.protobuf.Timestamp
+	38, // 6: magnetar.sandbox.v1.Sandbox.info:type_name -> magnetar.sandbox.v1.Sandbox.InfoEntry
+	42, // 7: magnetar.sandbox.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
+	43, // 8: magnetar.sandbox.v1.Sandbox.idle_timeout:type_name -> google.protobuf.Duration
 	1,  // 9: magnetar.sandbox.v1.NetworkConfig.mode:type_name -> magnetar.sandbox.v1.NetworkMode
-	34, // 10: magnetar.sandbox.v1.CreateSandboxRequest.labels:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
-	35, // 11: magnetar.sandbox.v1.CreateSandboxRequest.annotations:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
-	39, // 12: magnetar.sandbox.v1.CreateSandboxRequest.dns:type_name -> magnetar.types.v1.DNSConfig
+	39, // 10: magnetar.sandbox.v1.CreateSandboxRequest.labels:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
+	40, // 11: magnetar.sandbox.v1.CreateSandboxRequest.annotations:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
+	44, // 12: magnetar.sandbox.v1.CreateSandboxRequest.dns:type_name -> magnetar.types.v1.DNSConfig
 	5,  // 13: magnetar.sandbox.v1.CreateSandboxRequest.network:type_name -> magnetar.sandbox.v1.NetworkConfig
-	40, // 14: magnetar.sandbox.v1.CreateSandboxRequest.resources:type_name -> magnetar.types.v1.Resources
-	38, // 15: magnetar.sandbox.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	38, // 16: magnetar.sandbox.v1.CreateSandboxRequest.idle_timeout:type_name -> google.protobuf.Duration
+	45, // 14: magnetar.sandbox.v1.CreateSandboxRequest.resources:type_name -> magnetar.types.v1.Resources
+	43, // 15: magnetar.sandbox.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	43, // 16: magnetar.sandbox.v1.CreateSandboxRequest.idle_timeout:type_name -> google.protobuf.Duration
 	4,  // 17: magnetar.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
 	4,  // 18: magnetar.sandbox.v1.StartSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	38, // 19: magnetar.sandbox.v1.StopSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	43, // 19: magnetar.sandbox.v1.StopSandboxRequest.timeout:type_name -> google.protobuf.Duration
 	4,  // 20: magnetar.sandbox.v1.StopSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
 	4,  // 21: magnetar.sandbox.v1.GetSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	36, // 22: magnetar.sandbox.v1.ListSandboxesRequest.labels:type_name -> magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
+	41, // 22: magnetar.sandbox.v1.ListSandboxesRequest.labels:type_name -> magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
 	0,  // 23: magnetar.sandbox.v1.ListSandboxesRequest.states:type_name -> magnetar.sandbox.v1.SandboxState
 	4,  // 24: magnetar.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> magnetar.sandbox.v1.Sandbox
 	4,  // 25: magnetar.sandbox.v1.PauseSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
 	4,  // 26: magnetar.sandbox.v1.ResumeSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	38, // 27: magnetar.sandbox.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
-	38, // 28: magnetar.sandbox.v1.SetSandboxTimeoutRequest.idle_timeout:type_name -> google.protobuf.Duration
-	4,  // 29: magnetar.sandbox.v1.SetSandboxTimeoutResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	3,  // 30: magnetar.sandbox.v1.WatchEventsRequest.types:type_name -> magnetar.sandbox.v1.EventType
-	26, // 31: magnetar.sandbox.v1.WatchEventsResponse.event:type_name -> magnetar.sandbox.v1.Event
-	3,  // 32: magnetar.sandbox.v1.Event.type:type_name -> magnetar.sandbox.v1.EventType
-	37, // 33: magnetar.sandbox.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
-	37, // 34: magnetar.sandbox.v1.Event.exited_at:type_name -> google.protobuf.Timestamp
-	28, // 35: magnetar.sandbox.v1.Kind.capabilities:type_name -> magnetar.sandbox.v1.KindCapabilities
-	2,  // 36: magnetar.sandbox.v1.KindCapabilities.isolation_level:type_name -> magnetar.sandbox.v1.IsolationLevel
-	27, // 37: magnetar.sandbox.v1.ListKindsResponse.kinds:type_name -> magnetar.sandbox.v1.Kind
-	6,  // 38: magnetar.sandbox.v1.SandboxService.CreateSandbox:input_type -> magnetar.sandbox.v1.CreateSandboxRequest
-	8,  // 39: magnetar.sandbox.v1.SandboxService.StartSandbox:input_type -> magnetar.sandbox.v1.StartSandboxRequest
-	10, // 40: magnetar.sandbox.v1.SandboxService.StopSandbox:input_type -> magnetar.sandbox.v1.StopSandboxRequest
-	12, // 41: magnetar.sandbox.v1.SandboxService.DeleteSandbox:input_type -> magnetar.sandbox.v1.DeleteSandboxRequest
-	14, // 42: magnetar.sandbox.v1.SandboxService.GetSandbox:input_type -> magnetar.sandbox.v1.GetSandboxRequest
-	16, // 43: magnetar.sandbox.v1.SandboxService.ListSandboxes:input_type -> magnetar.sandbox.v1.ListSandboxesRequest
-	24, // 44: magnetar.sandbox.v1.SandboxService.WatchEvents:input_type -> magnetar.sandbox.v1.WatchEventsRequest
-	18, // 45: magnetar.sandbox.v1.SandboxService.PauseSandbox:input_type -> magnetar.sandbox.v1.PauseSandboxRequest
-	20, // 46: magnetar.sandbox.v1.SandboxService.ResumeSandbox:input_type -> magnetar.sandbox.v1.ResumeSandboxRequest
-	22, // 47: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:input_type -> magnetar.sandbox.v1.SetSandboxTimeoutRequest
-	29, // 48: magnetar.sandbox.v1.SandboxService.ListKinds:input_type -> magnetar.sandbox.v1.ListKindsRequest
-	7,  // 49: magnetar.sandbox.v1.SandboxService.CreateSandbox:output_type -> magnetar.sandbox.v1.CreateSandboxResponse
-	9,  // 50: magnetar.sandbox.v1.SandboxService.StartSandbox:output_type -> magnetar.sandbox.v1.StartSandboxResponse
-	11, // 51: magnetar.sandbox.v1.SandboxService.StopSandbox:output_type -> magnetar.sandbox.v1.StopSandboxResponse
-	13, // 52: magnetar.sandbox.v1.SandboxService.DeleteSandbox:output_type -> magnetar.sandbox.v1.DeleteSandboxResponse
-	15, // 53: magnetar.sandbox.v1.SandboxService.GetSandbox:output_type -> magnetar.sandbox.v1.GetSandboxResponse
-	17, // 54: magnetar.sandbox.v1.SandboxService.ListSandboxes:output_type -> magnetar.sandbox.v1.ListSandboxesResponse
-	25, // 55: magnetar.sandbox.v1.SandboxService.WatchEvents:output_type -> magnetar.sandbox.v1.WatchEventsResponse
-	19, // 56: magnetar.sandbox.v1.SandboxService.PauseSandbox:output_type -> magnetar.sandbox.v1.PauseSandboxResponse
-	21, // 57: magnetar.sandbox.v1.SandboxService.ResumeSandbox:output_type -> magnetar.sandbox.v1.ResumeSandboxResponse
-	23, // 58: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:output_type -> magnetar.sandbox.v1.SetSandboxTimeoutResponse
-	30, // 59: magnetar.sandbox.v1.SandboxService.ListKinds:output_type -> magnetar.sandbox.v1.ListKindsResponse
-	49, // [49:60] is the sub-list for method output_type
-	38, // [38:49] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	42, // 27: magnetar.sandbox.v1.SandboxUsage.timestamp:type_name -> google.protobuf.Timestamp
+	22, // 28: magnetar.sandbox.v1.GetSandboxUsageResponse.usage:type_name -> magnetar.sandbox.v1.SandboxUsage
+	43, // 29: magnetar.sandbox.v1.WatchSandboxUsageRequest.interval:type_name -> google.protobuf.Duration
+	22, // 30: magnetar.sandbox.v1.WatchSandboxUsageResponse.usage:type_name -> magnetar.sandbox.v1.SandboxUsage
+	43, // 31: magnetar.sandbox.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	43, // 32: magnetar.sandbox.v1.SetSandboxTimeoutRequest.idle_timeout:type_name -> google.protobuf.Duration
+	4,  // 33: magnetar.sandbox.v1.SetSandboxTimeoutResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	3,  // 34: magnetar.sandbox.v1.WatchEventsRequest.types:type_name -> magnetar.sandbox.v1.EventType
+	31, // 35: magnetar.sandbox.v1.WatchEventsResponse.event:type_name -> magnetar.sandbox.v1.Event
+	3,  // 36: magnetar.sandbox.v1.Event.type:type_name -> magnetar.sandbox.v1.EventType
+	42, // 37: magnetar.sandbox.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
+	42, // 38: magnetar.sandbox.v1.Event.exited_at:type_name -> google.protobuf.Timestamp
+	33, // 39: magnetar.sandbox.v1.Kind.capabilities:type_name -> magnetar.sandbox.v1.KindCapabilities
+	2,  // 40: magnetar.sandbox.v1.KindCapabilities.isolation_level:type_name -> magnetar.sandbox.v1.IsolationLevel
+	32, // 41: magnetar.sandbox.v1.ListKindsResponse.kinds:type_name -> magnetar.sandbox.v1.Kind
+	6,  // 42: magnetar.sandbox.v1.SandboxService.CreateSandbox:input_type -> magnetar.sandbox.v1.CreateSandboxRequest
+	8,  // 43: magnetar.sandbox.v1.SandboxService.StartSandbox:input_type -> magnetar.sandbox.v1.StartSandboxRequest
+	10, // 44: magnetar.sandbox.v1.SandboxService.StopSandbox:input_type -> magnetar.sandbox.v1.StopSandboxRequest
+	12, // 45: magnetar.sandbox.v1.SandboxService.DeleteSandbox:input_type -> magnetar.sandbox.v1.DeleteSandboxRequest
+	14, // 46: magnetar.sandbox.v1.SandboxService.GetSandbox:input_type -> magnetar.sandbox.v1.GetSandboxRequest
+	16, // 47: magnetar.sandbox.v1.SandboxService.ListSandboxes:input_type -> magnetar.sandbox.v1.ListSandboxesRequest
+	29, // 48: magnetar.sandbox.v1.SandboxService.WatchEvents:input_type -> magnetar.sandbox.v1.WatchEventsRequest
+	18, // 49: magnetar.sandbox.v1.SandboxService.PauseSandbox:input_type -> magnetar.sandbox.v1.PauseSandboxRequest
+	20, // 50: magnetar.sandbox.v1.SandboxService.ResumeSandbox:input_type -> magnetar.sandbox.v1.ResumeSandboxRequest
+	23, // 51: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:input_type -> magnetar.sandbox.v1.GetSandboxUsageRequest
+	25, // 52: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:input_type -> magnetar.sandbox.v1.WatchSandboxUsageRequest
+	27, // 53: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:input_type -> magnetar.sandbox.v1.SetSandboxTimeoutRequest
+	34, // 54: magnetar.sandbox.v1.SandboxService.ListKinds:input_type -> magnetar.sandbox.v1.ListKindsRequest
+	7,  // 55: magnetar.sandbox.v1.SandboxService.CreateSandbox:output_type -> magnetar.sandbox.v1.CreateSandboxResponse
+	9,  // 56: magnetar.sandbox.v1.SandboxService.StartSandbox:output_type -> magnetar.sandbox.v1.StartSandboxResponse
+	11, // 57: magnetar.sandbox.v1.SandboxService.StopSandbox:output_type -> magnetar.sandbox.v1.StopSandboxResponse
+	13, // 58: magnetar.sandbox.v1.SandboxService.DeleteSandbox:output_type -> magnetar.sandbox.v1.DeleteSandboxResponse
+	15, // 59: magnetar.sandbox.v1.SandboxService.GetSandbox:output_type -> magnetar.sandbox.v1.GetSandboxResponse
+	17, // 60: magnetar.sandbox.v1.SandboxService.ListSandboxes:output_type -> magnetar.sandbox.v1.ListSandboxesResponse
+	30, // 61: magnetar.sandbox.v1.SandboxService.WatchEvents:output_type -> magnetar.sandbox.v1.WatchEventsResponse
+	19, // 62: magnetar.sandbox.v1.SandboxService.PauseSandbox:output_type -> magnetar.sandbox.v1.PauseSandboxResponse
+	21, // 63: magnetar.sandbox.v1.SandboxService.ResumeSandbox:output_type -> magnetar.sandbox.v1.ResumeSandboxResponse
+	24, // 64: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:output_type -> magnetar.sandbox.v1.GetSandboxUsageResponse
+	26, // 65: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:output_type -> magnetar.sandbox.v1.WatchSandboxUsageResponse
+	28, // 66: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:output_type -> magnetar.sandbox.v1.SetSandboxTimeoutResponse
+	35, // 67: magnetar.sandbox.v1.SandboxService.ListKinds:output_type -> magnetar.sandbox.v1.ListKindsResponse
+	55, // [55:68] is the sub-list for method output_type
+	42, // [42:55] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_magnetar_sandbox_v1_sandbox_proto_init() }
@@ -2394,14 +2752,14 @@ func file_magnetar_sandbox_v1_sandbox_proto_init() {
 	if File_magnetar_sandbox_v1_sandbox_proto != nil {
 		return
 	}
-	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20].OneofWrappers = []any{}
+	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_magnetar_sandbox_v1_sandbox_proto_rawDesc), len(file_magnetar_sandbox_v1_sandbox_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   33,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

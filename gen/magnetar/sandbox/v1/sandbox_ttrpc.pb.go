@@ -17,6 +17,8 @@ type TTRPCSandboxServiceService interface {
 	WatchEvents(context.Context, *WatchEventsRequest, TTRPCSandboxService_WatchEventsServer) error
 	PauseSandbox(context.Context, *PauseSandboxRequest) (*PauseSandboxResponse, error)
 	ResumeSandbox(context.Context, *ResumeSandboxRequest) (*ResumeSandboxResponse, error)
+	GetSandboxUsage(context.Context, *GetSandboxUsageRequest) (*GetSandboxUsageResponse, error)
+	WatchSandboxUsage(context.Context, *WatchSandboxUsageRequest, TTRPCSandboxService_WatchSandboxUsageServer) error
 	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
@@ -31,6 +33,19 @@ type ttrpcsandboxserviceWatchEventsServer struct {
 }
 
 func (x *ttrpcsandboxserviceWatchEventsServer) Send(m *WatchEventsResponse) error {
+	return x.StreamServer.SendMsg(m)
+}
+
+type TTRPCSandboxService_WatchSandboxUsageServer interface {
+	Send(*WatchSandboxUsageResponse) error
+	ttrpc.StreamServer
+}
+
+type ttrpcsandboxserviceWatchSandboxUsageServer struct {
+	ttrpc.StreamServer
+}
+
+func (x *ttrpcsandboxserviceWatchSandboxUsageServer) Send(m *WatchSandboxUsageResponse) error {
 	return x.StreamServer.SendMsg(m)
 }
 
@@ -93,6 +108,13 @@ func RegisterTTRPCSandboxServiceService(srv *ttrpc.Server, svc TTRPCSandboxServi
 				}
 				return svc.ResumeSandbox(ctx, &req)
 			},
+			"GetSandboxUsage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req GetSandboxUsageRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.GetSandboxUsage(ctx, &req)
+			},
 			"SetSandboxTimeout": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req SetSandboxTimeoutRequest
 				if err := unmarshal(&req); err != nil {
@@ -120,6 +142,17 @@ func RegisterTTRPCSandboxServiceService(srv *ttrpc.Server, svc TTRPCSandboxServi
 				StreamingClient: false,
 				StreamingServer: true,
 			},
+			"WatchSandboxUsage": {
+				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+					m := new(WatchSandboxUsageRequest)
+					if err := stream.RecvMsg(m); err != nil {
+						return nil, err
+					}
+					return nil, svc.WatchSandboxUsage(ctx, m, &ttrpcsandboxserviceWatchSandboxUsageServer{stream})
+				},
+				StreamingClient: false,
+				StreamingServer: true,
+			},
 		},
 	})
 }
@@ -134,6 +167,8 @@ type TTRPCSandboxServiceClient interface {
 	WatchEvents(context.Context, *WatchEventsRequest) (TTRPCSandboxService_WatchEventsClient, error)
 	PauseSandbox(context.Context, *PauseSandboxRequest) (*PauseSandboxResponse, error)
 	ResumeSandbox(context.Context, *ResumeSandboxRequest) (*ResumeSandboxResponse, error)
+	GetSandboxUsage(context.Context, *GetSandboxUsageRequest) (*GetSandboxUsageResponse, error)
+	WatchSandboxUsage(context.Context, *WatchSandboxUsageRequest) (TTRPCSandboxService_WatchSandboxUsageClient, error)
 	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
@@ -239,6 +274,43 @@ func (c *ttrpcsandboxserviceClient) ResumeSandbox(ctx context.Context, req *Resu
 		return nil, err
 	}
 	return &resp, nil
+}
+
+func (c *ttrpcsandboxserviceClient) GetSandboxUsage(ctx context.Context, req *GetSandboxUsageRequest) (*GetSandboxUsageResponse, error) {
+	var resp GetSandboxUsageResponse
+	if err := c.client.Call(ctx, "magnetar.sandbox.v1.SandboxService", "GetSandboxUsage", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *ttrpcsandboxserviceClient) WatchSandboxUsage(ctx context.Context, req *WatchSandboxUsageRequest) (TTRPCSandboxService_WatchSandboxUsageClient, error) {
+	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+		StreamingClient: false,
+		StreamingServer: true,
+	}, "magnetar.sandbox.v1.SandboxService", "WatchSandboxUsage", req)
+	if err != nil {
+		return nil, err
+	}
+	x := &ttrpcsandboxserviceWatchSandboxUsageClient{stream}
+	return x, nil
+}
+
+type TTRPCSandboxService_WatchSandboxUsageClient interface {
+	Recv() (*WatchSandboxUsageResponse, error)
+	ttrpc.ClientStream
+}
+
+type ttrpcsandboxserviceWatchSandboxUsageClient struct {
+	ttrpc.ClientStream
+}
+
+func (x *ttrpcsandboxserviceWatchSandboxUsageClient) Recv() (*WatchSandboxUsageResponse, error) {
+	m := new(WatchSandboxUsageResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 func (c *ttrpcsandboxserviceClient) SetSandboxTimeout(ctx context.Context, req *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error) {

@@ -51,6 +51,12 @@ const (
 	// SandboxServiceResumeSandboxProcedure is the procedure name of the SandboxService's ResumeSandbox
 	// RPC.
 	SandboxServiceResumeSandboxProcedure = "/magnetar.sandbox.v1.SandboxService/ResumeSandbox"
+	// SandboxServiceGetSandboxUsageProcedure is the procedure name of the SandboxService's
+	// GetSandboxUsage RPC.
+	SandboxServiceGetSandboxUsageProcedure = "/magnetar.sandbox.v1.SandboxService/GetSandboxUsage"
+	// SandboxServiceWatchSandboxUsageProcedure is the procedure name of the SandboxService's
+	// WatchSandboxUsage RPC.
+	SandboxServiceWatchSandboxUsageProcedure = "/magnetar.sandbox.v1.SandboxService/WatchSandboxUsage"
 	// SandboxServiceSetSandboxTimeoutProcedure is the procedure name of the SandboxService's
 	// SetSandboxTimeout RPC.
 	SandboxServiceSetSandboxTimeoutProcedure = "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout"
@@ -124,6 +130,21 @@ var (
 			Procedure:  SandboxServiceResumeSandboxProcedure,
 		}
 	})
+	sandboxServiceGetSandboxUsageSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType:       connect.StreamTypeUnary,
+			Schema:           v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("GetSandboxUsage"),
+			Procedure:        SandboxServiceGetSandboxUsageProcedure,
+			IdempotencyLevel: connect.IdempotencyNoSideEffects,
+		}
+	})
+	sandboxServiceWatchSandboxUsageSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeServer,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("WatchSandboxUsage"),
+			Procedure:  SandboxServiceWatchSandboxUsageProcedure,
+		}
+	})
 	sandboxServiceSetSandboxTimeoutSpec = sync.OnceValue(func() connect.Spec {
 		return connect.Spec{
 			StreamType: connect.StreamTypeUnary,
@@ -189,6 +210,13 @@ type SandboxServiceClient interface {
 	// ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
 	// sandbox that is not paused changes nothing.
 	ResumeSandbox(context.Context, *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error)
+	// GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+	// processes, disk and network bytes (see SandboxUsage).
+	GetSandboxUsage(context.Context, *v1.GetSandboxUsageRequest) (*v1.GetSandboxUsageResponse, error)
+	// WatchSandboxUsage streams a sandbox's usage every interval (at least
+	// 100 ms; default 1 s), starting at once, until the client cancels or
+	// the sandbox is deleted (the stream then ends with NOT_FOUND).
+	WatchSandboxUsage(context.Context, *v1.WatchSandboxUsageRequest) (SandboxServiceWatchSandboxUsageClientStream, error)
 	// SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
 	// from now) and its idle timeout. At the end of its lifetime a sandbox is
 	// stopped (its containers get 10 s after SIGTERM) and deleted, after an
@@ -225,6 +253,27 @@ func (s SandboxServiceWatchEventsClientStream) Receive() (*v1.WatchEventsRespons
 // Close releases the stream's resources. It is idempotent and is typically deferred to clean up a
 // stream abandoned before io.EOF.
 func (s SandboxServiceWatchEventsClientStream) Close() error {
+	return s.stream.Close()
+}
+
+// SandboxServiceWatchSandboxUsageClientStream is the client stream for the SandboxService's
+// WatchSandboxUsage RPC.
+type SandboxServiceWatchSandboxUsageClientStream struct {
+	stream connect.ClientStream
+}
+
+// Receive returns the next response message from the server.
+func (s SandboxServiceWatchSandboxUsageClientStream) Receive() (*v1.WatchSandboxUsageResponse, error) {
+	var res v1.WatchSandboxUsageResponse
+	if err := s.stream.Receive(&res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Close releases the stream's resources. It is idempotent and is typically deferred to clean up a
+// stream abandoned before io.EOF.
+func (s SandboxServiceWatchSandboxUsageClientStream) Close() error {
 	return s.stream.Close()
 }
 
@@ -276,6 +325,13 @@ type SandboxServiceHandler interface {
 	// ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
 	// sandbox that is not paused changes nothing.
 	ResumeSandbox(context.Context, *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error)
+	// GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+	// processes, disk and network bytes (see SandboxUsage).
+	GetSandboxUsage(context.Context, *v1.GetSandboxUsageRequest) (*v1.GetSandboxUsageResponse, error)
+	// WatchSandboxUsage streams a sandbox's usage every interval (at least
+	// 100 ms; default 1 s), starting at once, until the client cancels or
+	// the sandbox is deleted (the stream then ends with NOT_FOUND).
+	WatchSandboxUsage(context.Context, *v1.WatchSandboxUsageRequest, SandboxServiceWatchSandboxUsageServerStream) error
 	// SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
 	// from now) and its idle timeout. At the end of its lifetime a sandbox is
 	// stopped (its containers get 10 s after SIGTERM) and deleted, after an
@@ -302,6 +358,8 @@ func RegisterSandboxServiceHandler(server *connect.Server, svc SandboxServiceHan
 		connect.Method{Spec: sandboxServiceWatchEventsSpec(), Handler: adapter.watchEvents},
 		connect.Method{Spec: sandboxServicePauseSandboxSpec(), Handler: adapter.pauseSandbox},
 		connect.Method{Spec: sandboxServiceResumeSandboxSpec(), Handler: adapter.resumeSandbox},
+		connect.Method{Spec: sandboxServiceGetSandboxUsageSpec(), Handler: adapter.getSandboxUsage},
+		connect.Method{Spec: sandboxServiceWatchSandboxUsageSpec(), Handler: adapter.watchSandboxUsage},
 		connect.Method{Spec: sandboxServiceSetSandboxTimeoutSpec(), Handler: adapter.setSandboxTimeout},
 		connect.Method{Spec: sandboxServiceListKindsSpec(), Handler: adapter.listKinds},
 	)
@@ -320,6 +378,22 @@ func (s SandboxServiceWatchEventsServerStream) SendHeaders() error {
 
 // Send sends a response message to the client.
 func (s SandboxServiceWatchEventsServerStream) Send(res *v1.WatchEventsResponse) error {
+	return s.stream.Send(res)
+}
+
+// SandboxServiceWatchSandboxUsageServerStream is the server stream for the SandboxService's
+// WatchSandboxUsage RPC.
+type SandboxServiceWatchSandboxUsageServerStream struct {
+	stream connect.ServerStream
+}
+
+// SendHeaders flushes the response headers without a message. The first Send does this implicitly.
+func (s SandboxServiceWatchSandboxUsageServerStream) SendHeaders() error {
+	return s.stream.SendHeaders()
+}
+
+// Send sends a response message to the client.
+func (s SandboxServiceWatchSandboxUsageServerStream) Send(res *v1.WatchSandboxUsageResponse) error {
 	return s.stream.Send(res)
 }
 
@@ -360,6 +434,14 @@ func (UnimplementedSandboxServiceHandler) PauseSandbox(context.Context, *v1.Paus
 
 func (UnimplementedSandboxServiceHandler) ResumeSandbox(context.Context, *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.ResumeSandbox is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) GetSandboxUsage(context.Context, *v1.GetSandboxUsageRequest) (*v1.GetSandboxUsageResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.GetSandboxUsage is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) WatchSandboxUsage(context.Context, *v1.WatchSandboxUsageRequest, SandboxServiceWatchSandboxUsageServerStream) error {
+	return connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.WatchSandboxUsage is not implemented")
 }
 
 func (UnimplementedSandboxServiceHandler) SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
@@ -444,6 +526,22 @@ func (c *sandboxServiceClient) ResumeSandbox(ctx context.Context, req *v1.Resume
 		return nil, err
 	}
 	return &res, nil
+}
+
+func (c *sandboxServiceClient) GetSandboxUsage(ctx context.Context, req *v1.GetSandboxUsageRequest) (*v1.GetSandboxUsageResponse, error) {
+	var res v1.GetSandboxUsageResponse
+	if err := c.client.CallUnary(ctx, sandboxServiceGetSandboxUsageSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *sandboxServiceClient) WatchSandboxUsage(ctx context.Context, req *v1.WatchSandboxUsageRequest) (SandboxServiceWatchSandboxUsageClientStream, error) {
+	stream, err := c.client.CallServerStream(ctx, sandboxServiceWatchSandboxUsageSpec(), req)
+	if err != nil {
+		return SandboxServiceWatchSandboxUsageClientStream{}, err
+	}
+	return SandboxServiceWatchSandboxUsageClientStream{stream: stream}, nil
 }
 
 func (c *sandboxServiceClient) SetSandboxTimeout(ctx context.Context, req *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
@@ -566,6 +664,26 @@ func (h sandboxServiceHandler) resumeSandbox(ctx context.Context, _ connect.Spec
 		return err
 	}
 	return stream.Send(res)
+}
+
+func (h sandboxServiceHandler) getSandboxUsage(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.GetSandboxUsageRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.GetSandboxUsage(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h sandboxServiceHandler) watchSandboxUsage(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.WatchSandboxUsageRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	return h.svc.WatchSandboxUsage(ctx, &req, SandboxServiceWatchSandboxUsageServerStream{stream: stream})
 }
 
 func (h sandboxServiceHandler) setSandboxTimeout(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, GetSandboxRequest, GetSandboxResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, PauseSandboxRequest, PauseSandboxResponse, ResumeSandboxRequest, ResumeSandboxResponse, SetSandboxTimeoutRequest, SetSandboxTimeoutResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse
+from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, GetSandboxRequest, GetSandboxResponse, GetSandboxUsageRequest, GetSandboxUsageResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, PauseSandboxRequest, PauseSandboxResponse, ResumeSandboxRequest, ResumeSandboxResponse, SetSandboxTimeoutRequest, SetSandboxTimeoutResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse, WatchSandboxUsageRequest, WatchSandboxUsageResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -124,6 +124,21 @@ class SandboxService(Protocol):
         """
         ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
         sandbox that is not paused changes nothing.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_sandbox_usage(self, request: GetSandboxUsageRequest, ctx: RequestContext[GetSandboxUsageRequest, GetSandboxUsageResponse], /) -> GetSandboxUsageResponse:
+        """
+        GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+        processes, disk and network bytes (see SandboxUsage).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def watch_sandbox_usage(self, request: WatchSandboxUsageRequest, ctx: RequestContext[WatchSandboxUsageRequest, WatchSandboxUsageResponse], /) -> AsyncIterator[WatchSandboxUsageResponse]:
+        """
+        WatchSandboxUsage streams a sandbox's usage every interval (at least
+        100 ms; default 1 s), starting at once, until the client cancels or
+        the sandbox is deleted (the stream then ends with NOT_FOUND).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -257,6 +272,28 @@ class SandboxServiceASGIApplication(ConnectASGIApplication[SandboxService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.resume_sandbox,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/GetSandboxUsage": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetSandboxUsage",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=GetSandboxUsageRequest,
+                        output=GetSandboxUsageResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_sandbox_usage,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/WatchSandboxUsage": Endpoint.server_stream(
+                    method=MethodInfo(
+                        name="WatchSandboxUsage",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=WatchSandboxUsageRequest,
+                        output=WatchSandboxUsageResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.SERVER_STREAM,
+                    ),
+                    function=svc.watch_sandbox_usage,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout": Endpoint.unary(
                     method=MethodInfo(
@@ -564,6 +601,57 @@ class SandboxServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def get_sandbox_usage(
+        self,
+        request: GetSandboxUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetSandboxUsageResponse:
+        """
+        GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+        processes, disk and network bytes (see SandboxUsage).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxUsage",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=GetSandboxUsageRequest,
+                output=GetSandboxUsageResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    def watch_sandbox_usage(
+        self,
+        request: WatchSandboxUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[WatchSandboxUsageResponse]:
+        """
+        WatchSandboxUsage streams a sandbox's usage every interval (at least
+        100 ms; default 1 s), starting at once, until the client cancels or
+        the sandbox is deleted (the stream then ends with NOT_FOUND).
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="WatchSandboxUsage",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=WatchSandboxUsageRequest,
+                output=WatchSandboxUsageResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def set_sandbox_timeout(
         self,
         request: SetSandboxTimeoutRequest,
@@ -709,6 +797,21 @@ class SandboxServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def get_sandbox_usage(self, request: GetSandboxUsageRequest, ctx: RequestContext[GetSandboxUsageRequest, GetSandboxUsageResponse], /) -> GetSandboxUsageResponse:
+        """
+        GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+        processes, disk and network bytes (see SandboxUsage).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def watch_sandbox_usage(self, request: WatchSandboxUsageRequest, ctx: RequestContext[WatchSandboxUsageRequest, WatchSandboxUsageResponse], /) -> Iterator[WatchSandboxUsageResponse]:
+        """
+        WatchSandboxUsage streams a sandbox's usage every interval (at least
+        100 ms; default 1 s), starting at once, until the client cancels or
+        the sandbox is deleted (the stream then ends with NOT_FOUND).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def set_sandbox_timeout(self, request: SetSandboxTimeoutRequest, ctx: RequestContext[SetSandboxTimeoutRequest, SetSandboxTimeoutResponse], /) -> SetSandboxTimeoutResponse:
         """
         SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
@@ -837,6 +940,28 @@ class SandboxServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.resume_sandbox,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/GetSandboxUsage": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetSandboxUsage",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=GetSandboxUsageRequest,
+                        output=GetSandboxUsageResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_sandbox_usage,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/WatchSandboxUsage": EndpointSync.server_stream(
+                    method=MethodInfo(
+                        name="WatchSandboxUsage",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=WatchSandboxUsageRequest,
+                        output=WatchSandboxUsageResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.SERVER_STREAM,
+                    ),
+                    function=service.watch_sandbox_usage,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout": EndpointSync.unary(
                     method=MethodInfo(
@@ -1140,6 +1265,57 @@ class SandboxServiceClientSync(ConnectClientSync):
                 output=ResumeSandboxResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_sandbox_usage(
+        self,
+        request: GetSandboxUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetSandboxUsageResponse:
+        """
+        GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+        processes, disk and network bytes (see SandboxUsage).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxUsage",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=GetSandboxUsageRequest,
+                output=GetSandboxUsageResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    def watch_sandbox_usage(
+        self,
+        request: WatchSandboxUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> Iterator[WatchSandboxUsageResponse]:
+        """
+        WatchSandboxUsage streams a sandbox's usage every interval (at least
+        100 ms; default 1 s), starting at once, until the client cancels or
+        the sandbox is deleted (the stream then ends with NOT_FOUND).
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="WatchSandboxUsage",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=WatchSandboxUsageRequest,
+                output=WatchSandboxUsageResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.SERVER_STREAM,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

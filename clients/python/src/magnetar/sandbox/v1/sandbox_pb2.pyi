@@ -288,6 +288,54 @@ class ResumeSandboxResponse(_message.Message):
     sandbox: Sandbox
     def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
 
+class SandboxUsage(_message.Message):
+    __slots__ = ("timestamp", "cpu_usage_ns", "memory_usage_bytes", "memory_working_set_bytes", "pids", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes", "net_tx_bytes")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    CPU_USAGE_NS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_WORKING_SET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    DISK_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NET_RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NET_TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    timestamp: _timestamp_pb2.Timestamp
+    cpu_usage_ns: int
+    memory_usage_bytes: int
+    memory_working_set_bytes: int
+    pids: int
+    disk_read_bytes: int
+    disk_write_bytes: int
+    net_rx_bytes: int
+    net_tx_bytes: int
+    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_usage_ns: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_working_set_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., disk_read_bytes: _Optional[int] = ..., disk_write_bytes: _Optional[int] = ..., net_rx_bytes: _Optional[int] = ..., net_tx_bytes: _Optional[int] = ...) -> None: ...
+
+class GetSandboxUsageRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class GetSandboxUsageResponse(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: SandboxUsage
+    def __init__(self, usage: _Optional[_Union[SandboxUsage, _Mapping]] = ...) -> None: ...
+
+class WatchSandboxUsageRequest(_message.Message):
+    __slots__ = ("sandbox_id", "interval")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    interval: _duration_pb2.Duration
+    def __init__(self, sandbox_id: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class WatchSandboxUsageResponse(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: SandboxUsage
+    def __init__(self, usage: _Optional[_Union[SandboxUsage, _Mapping]] = ...) -> None: ...
+
 class SetSandboxTimeoutRequest(_message.Message):
     __slots__ = ("sandbox_id", "timeout", "idle_timeout")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]

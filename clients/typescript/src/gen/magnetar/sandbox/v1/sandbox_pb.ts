@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file magnetar/sandbox/v1/sandbox.proto.
  */
 export const file_magnetar_sandbox_v1_sandbox: GenFile = /*@__PURE__*/
-  fileDesc("CiFtYWduZXRhci9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SE21hZ25ldGFyLnNhbmRib3gudjEi1QUKB1NhbmRib3gSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIwCgVzdGF0ZRgDIAEoDjIhLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveFN0YXRlEjgKBmxhYmVscxgEIAMoCzIoLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5MYWJlbHNFbnRyeRJCCgthbm5vdGF0aW9ucxgFIAMoCzItLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5Bbm5vdGF0aW9uc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWV4aXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXhpdF9zdGF0dXMYCSABKA0SCwoDcGlkGAogASgNEhIKCm5ldG5zX3BhdGgYCyABKAkSFAoMdGFza19hZGRyZXNzGAwgASgJEjQKBGluZm8YDSADKAsyJi5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3guSW5mb0VudHJ5Ei4KCmV4cGlyZXNfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KDGlkbGVfdGltZW91dBgPIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjIKEEFubm90YXRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARorCglJbmZvRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCg1OZXR3b3JrQ29uZmlnEi4KBG1vZGUYASABKA4yIC5tYWduZXRhci5zYW5kYm94LnYxLk5ldHdvcmtNb2RlEhIKCm5ldG5zX3BhdGgYAiABKAkiygQKFENyZWF0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEa2luZBgCIAEoCRJFCgZsYWJlbHMYAyADKAsyNS5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0LkxhYmVsc0VudHJ5Ek8KC2Fubm90YXRpb25zGAQgAygLMjoubWFnbmV0YXIuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVxdWVzdC5Bbm5vdGF0aW9uc0VudHJ5EhAKCGhvc3RuYW1lGAUgASgJEikKA2RucxgGIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLkROU0NvbmZpZxIzCgduZXR3b3JrGAcgASgLMiIubWFnbmV0YXIuc2FuZGJveC52MS5OZXR3b3JrQ29uZmlnEi8KCXJlc291cmNlcxgIIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLlJlc291cmNlcxIVCg1jZ3JvdXBfcGFyZW50GAkgASgJEioKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMaWRsZV90aW1lb3V0GAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMgoQQW5ub3RhdGlvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKFUNyZWF0ZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1N0YXJ0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRTdGFydFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IlQKElN0b3BTYW5kYm94UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRAoTU3RvcFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IjkKFERlbGV0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDQoFZm9yY2UYAiABKAgiFwoVRGVsZXRlU2FuZGJveFJlc3BvbnNlIicKEUdldFNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiQwoSR2V0U2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3gizgEKFExpc3RTYW5kYm94ZXNSZXF1ZXN0EkUKBmxhYmVscxgBIAMoCzI1Lm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QuTGFiZWxzRW50cnkSDQoFa2luZHMYAiADKAkSMQoGc3RhdGVzGAMgAygOMiEubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94U3RhdGUaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJIChVMaXN0U2FuZGJveGVzUmVzcG9uc2USLwoJc2FuZGJveGVzGAEgAygLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1BhdXNlU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRQYXVzZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IioKFFJlc3VtZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiRgoVUmVzdW1lU2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giiwEKGFNldFNhbmRib3hUaW1lb3V0UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMaWRsZV90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkoKGVNldFNhbmRib3hUaW1lb3V0UmVzcG9uc2USLQoHc2FuZGJveBgBIAEoCzIcLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveCKIAQoSV2F0Y2hFdmVudHNSZXF1ZXN0EhMKC3NhbmRib3hfaWRzGAEgAygJEi0KBXR5cGVzGAIgAygOMh4ubWFnbmV0YXIuc2FuZGJveC52MS5FdmVudFR5cGUSGwoOYWZ0ZXJfc2VxdWVuY2UYAyABKARIAIgBAUIRCg9fYWZ0ZXJfc2VxdWVuY2UiQAoTV2F0Y2hFdmVudHNSZXNwb25zZRIpCgVldmVudBgBIAEoCzIaLm1hZ25ldGFyLnNhbmRib3gudjEuRXZlbnQioQIKBUV2ZW50EiwKBHR5cGUYASABKA4yHi5tYWduZXRhci5zYW5kYm94LnYxLkV2ZW50VHlwZRINCgV0b3BpYxgCIAEoCRItCgl0aW1lc3RhbXAYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnNhbmRib3hfaWQYBCABKAkSFAoMY29udGFpbmVyX2lkGAUgASgJEg8KB2V4ZWNfaWQYBiABKAkSCwoDcGlkGAcgASgNEhMKC2V4aXRfc3RhdHVzGAggASgNEi0KCWV4aXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIc2VxdWVuY2UYCiABKAQSDgoGcmVhc29uGAsgASgJIpUBCgRLaW5kEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSEQoJYXZhaWxhYmxlGAMgASgIEhoKEnVuYXZhaWxhYmxlX3JlYXNvbhgEIAEoCRI7CgxjYXBhYmlsaXRpZXMYBSABKAsyJS5tYWduZXRhci5zYW5kYm94LnYxLktpbmRDYXBhYmlsaXRpZXMixgEKEEtpbmRDYXBhYmlsaXRpZXMSDAoEZXhlYxgBIAEoCBILCgN0dHkYAiABKAgSDQoFc3RkaW4YAyABKAgSEgoKb29tX2V2ZW50cxgEIAEoCBIYChB1cGRhdGVfcmVzb3VyY2VzGAUgASgIEg0KBXN0YXRzGAYgASgIEg0KBXBhdXNlGAcgASgIEjwKD2lzb2xhdGlvbl9sZXZlbBgIIAEoDjIjLm1hZ25ldGFyLnNhbmRib3gudjEuSXNvbGF0aW9uTGV2ZWwiEgoQTGlzdEtpbmRzUmVxdWVzdCI9ChFMaXN0S2luZHNSZXNwb25zZRIoCgVraW5kcxgBIAMoCzIZLm1hZ25ldGFyLnNhbmRib3gudjEuS2luZCqxAQoMU2FuZGJveFN0YXRlEh0KGVNBTkRCT1hfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVTQU5EQk9YX1NUQVRFX0NSRUFURUQQARIXChNTQU5EQk9YX1NUQVRFX1JFQURZEAISGQoVU0FOREJPWF9TVEFURV9TVE9QUEVEEAMSGQoVU0FOREJPWF9TVEFURV9VTktOT1dOEAQSGAoUU0FOREJPWF9TVEFURV9QQVVTRUQQBSpxCgtOZXR3b3JrTW9kZRIcChhORVRXT1JLX01PREVfVU5TUEVDSUZJRUQQABIVChFORVRXT1JLX01PREVfTk9ORRABEhUKEU5FVFdPUktfTU9ERV9IT1NUEAISFgoSTkVUV09SS19NT0RFX05FVE5TEAMqtgEKDklzb2xhdGlvbkxldmVsEh8KG0lTT0xBVElPTl9MRVZFTF9VTlNQRUNJRklFRBAAEh0KGUlTT0xBVElPTl9MRVZFTF9DT05UQUlORVIQARIYChRJU09MQVRJT05fTEVWRUxfV0FTTRACEiUKIUlTT0xBVElPTl9MRVZFTF9VU0VSX1NQQUNFX0tFUk5FTBADEiMKH0lTT0xBVElPTl9MRVZFTF9WSVJUVUFMX01BQ0hJTkUQBCrGAwoJRXZlbnRUeXBlEhoKFkVWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIeChpFVkVOVF9UWVBFX1NBTkRCT1hfQ1JFQVRFRBABEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9TVEFSVEVEEAISHQoZRVZFTlRfVFlQRV9TQU5EQk9YX0VYSVRFRBADEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9ERUxFVEVEEAQSIAocRVZFTlRfVFlQRV9DT05UQUlORVJfQ1JFQVRFRBAFEiAKHEVWRU5UX1RZUEVfQ09OVEFJTkVSX1NUQVJURUQQBhIgChxFVkVOVF9UWVBFX0NPTlRBSU5FUl9ERUxFVEVEEAcSHgoaRVZFTlRfVFlQRV9QUk9DRVNTX1NUQVJURUQQCBIdChlFVkVOVF9UWVBFX1BST0NFU1NfRVhJVEVEEAkSGgoWRVZFTlRfVFlQRV9QUk9DRVNTX09PTRAKEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9FWFBJUkVEEAsSHQoZRVZFTlRfVFlQRV9TQU5EQk9YX1BBVVNFRBAMEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9SRVNVTUVEEA0y/ggKDlNhbmRib3hTZXJ2aWNlEmYKDUNyZWF0ZVNhbmRib3gSKS5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVzcG9uc2USYwoMU3RhcnRTYW5kYm94EigubWFnbmV0YXIuc2FuZGJveC52MS5TdGFydFNhbmRib3hSZXF1ZXN0GikubWFnbmV0YXIuc2FuZGJveC52MS5TdGFydFNhbmRib3hSZXNwb25zZRJgCgtTdG9wU2FuZGJveBInLm1hZ25ldGFyLnNhbmRib3gudjEuU3RvcFNhbmRib3hSZXF1ZXN0GigubWFnbmV0YXIuc2FuZGJveC52MS5TdG9wU2FuZGJveFJlc3BvbnNlEmYKDURlbGV0ZVNhbmRib3gSKS5tYWduZXRhci5zYW5kYm94LnYxLkRlbGV0ZVNhbmRib3hSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5EZWxldGVTYW5kYm94UmVzcG9uc2USYgoKR2V0U2FuZGJveBImLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFJlcXVlc3QaJy5tYWduZXRhci5zYW5kYm94LnYxLkdldFNhbmRib3hSZXNwb25zZSIDkAIBEmsKDUxpc3RTYW5kYm94ZXMSKS5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2UiA5ACARJiCgtXYXRjaEV2ZW50cxInLm1hZ25ldGFyLnNhbmRib3gudjEuV2F0Y2hFdmVudHNSZXF1ZXN0GigubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAESYwoMUGF1c2VTYW5kYm94EigubWFnbmV0YXIuc2FuZGJveC52MS5QYXVzZVNhbmRib3hSZXF1ZXN0GikubWFnbmV0YXIuc2FuZGJveC52MS5QYXVzZVNhbmRib3hSZXNwb25zZRJmCg1SZXN1bWVTYW5kYm94EikubWFnbmV0YXIuc2FuZGJveC52MS5SZXN1bWVTYW5kYm94UmVxdWVzdBoqLm1hZ25ldGFyLnNhbmRib3gudjEuUmVzdW1lU2FuZGJveFJlc3BvbnNlEnIKEVNldFNhbmRib3hUaW1lb3V0Ei0ubWFnbmV0YXIuc2FuZGJveC52MS5TZXRTYW5kYm94VGltZW91dFJlcXVlc3QaLi5tYWduZXRhci5zYW5kYm94LnYxLlNldFNhbmRib3hUaW1lb3V0UmVzcG9uc2USXwoJTGlzdEtpbmRzEiUubWFnbmV0YXIuc2FuZGJveC52MS5MaXN0S2luZHNSZXF1ZXN0GiYubWFnbmV0YXIuc2FuZGJveC52MS5MaXN0S2luZHNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_magnetar_types_v1_types]);
+  fileDesc("CiFtYWduZXRhci9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SE21hZ25ldGFyLnNhbmRib3gudjEi1QUKB1NhbmRib3gSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIwCgVzdGF0ZRgDIAEoDjIhLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveFN0YXRlEjgKBmxhYmVscxgEIAMoCzIoLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5MYWJlbHNFbnRyeRJCCgthbm5vdGF0aW9ucxgFIAMoCzItLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5Bbm5vdGF0aW9uc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWV4aXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXhpdF9zdGF0dXMYCSABKA0SCwoDcGlkGAogASgNEhIKCm5ldG5zX3BhdGgYCyABKAkSFAoMdGFza19hZGRyZXNzGAwgASgJEjQKBGluZm8YDSADKAsyJi5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3guSW5mb0VudHJ5Ei4KCmV4cGlyZXNfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KDGlkbGVfdGltZW91dBgPIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjIKEEFubm90YXRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARorCglJbmZvRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCg1OZXR3b3JrQ29uZmlnEi4KBG1vZGUYASABKA4yIC5tYWduZXRhci5zYW5kYm94LnYxLk5ldHdvcmtNb2RlEhIKCm5ldG5zX3BhdGgYAiABKAkiygQKFENyZWF0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEa2luZBgCIAEoCRJFCgZsYWJlbHMYAyADKAsyNS5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0LkxhYmVsc0VudHJ5Ek8KC2Fubm90YXRpb25zGAQgAygLMjoubWFnbmV0YXIuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVxdWVzdC5Bbm5vdGF0aW9uc0VudHJ5EhAKCGhvc3RuYW1lGAUgASgJEikKA2RucxgGIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLkROU0NvbmZpZxIzCgduZXR3b3JrGAcgASgLMiIubWFnbmV0YXIuc2FuZGJveC52MS5OZXR3b3JrQ29uZmlnEi8KCXJlc291cmNlcxgIIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLlJlc291cmNlcxIVCg1jZ3JvdXBfcGFyZW50GAkgASgJEioKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMaWRsZV90aW1lb3V0GAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMgoQQW5ub3RhdGlvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKFUNyZWF0ZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1N0YXJ0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRTdGFydFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IlQKElN0b3BTYW5kYm94UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRAoTU3RvcFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IjkKFERlbGV0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDQoFZm9yY2UYAiABKAgiFwoVRGVsZXRlU2FuZGJveFJlc3BvbnNlIicKEUdldFNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiQwoSR2V0U2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3gizgEKFExpc3RTYW5kYm94ZXNSZXF1ZXN0EkUKBmxhYmVscxgBIAMoCzI1Lm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QuTGFiZWxzRW50cnkSDQoFa2luZHMYAiADKAkSMQoGc3RhdGVzGAMgAygOMiEubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94U3RhdGUaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJIChVMaXN0U2FuZGJveGVzUmVzcG9uc2USLwoJc2FuZGJveGVzGAEgAygLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1BhdXNlU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRQYXVzZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IioKFFJlc3VtZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiRgoVUmVzdW1lU2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3gi/gEKDFNhbmRib3hVc2FnZRItCgl0aW1lc3RhbXAYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGNwdV91c2FnZV9ucxgCIAEoBBIaChJtZW1vcnlfdXNhZ2VfYnl0ZXMYAyABKAQSIAoYbWVtb3J5X3dvcmtpbmdfc2V0X2J5dGVzGAQgASgEEgwKBHBpZHMYBSABKAQSFwoPZGlza19yZWFkX2J5dGVzGAYgASgEEhgKEGRpc2tfd3JpdGVfYnl0ZXMYByABKAQSFAoMbmV0X3J4X2J5dGVzGAggASgEEhQKDG5ldF90eF9ieXRlcxgJIAEoBCIsChZHZXRTYW5kYm94VXNhZ2VSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiSwoXR2V0U2FuZGJveFVzYWdlUmVzcG9uc2USMAoFdXNhZ2UYASABKAsyIS5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3hVc2FnZSJbChhXYXRjaFNhbmRib3hVc2FnZVJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIrCghpbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJNChlXYXRjaFNhbmRib3hVc2FnZVJlc3BvbnNlEjAKBXVzYWdlGAEgASgLMiEubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94VXNhZ2UiiwEKGFNldFNhbmRib3hUaW1lb3V0UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMaWRsZV90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkoKGVNldFNhbmRib3hUaW1lb3V0UmVzcG9uc2USLQoHc2FuZGJveBgBIAEoCzIcLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveCKIAQoSV2F0Y2hFdmVudHNSZXF1ZXN0EhMKC3NhbmRib3hfaWRzGAEgAygJEi0KBXR5cGVzGAIgAygOMh4ubWFnbmV0YXIuc2FuZGJveC52MS5FdmVudFR5cGUSGwoOYWZ0ZXJfc2VxdWVuY2UYAyABKARIAIgBAUIRCg9fYWZ0ZXJfc2VxdWVuY2UiQAoTV2F0Y2hFdmVudHNSZXNwb25zZRIpCgVldmVudBgBIAEoCzIaLm1hZ25ldGFyLnNhbmRib3gudjEuRXZlbnQioQIKBUV2ZW50EiwKBHR5cGUYASABKA4yHi5tYWduZXRhci5zYW5kYm94LnYxLkV2ZW50VHlwZRINCgV0b3BpYxgCIAEoCRItCgl0aW1lc3RhbXAYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnNhbmRib3hfaWQYBCABKAkSFAoMY29udGFpbmVyX2lkGAUgASgJEg8KB2V4ZWNfaWQYBiABKAkSCwoDcGlkGAcgASgNEhMKC2V4aXRfc3RhdHVzGAggASgNEi0KCWV4aXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIc2VxdWVuY2UYCiABKAQSDgoGcmVhc29uGAsgASgJIpUBCgRLaW5kEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSEQoJYXZhaWxhYmxlGAMgASgIEhoKEnVuYXZhaWxhYmxlX3JlYXNvbhgEIAEoCRI7CgxjYXBhYmlsaXRpZXMYBSABKAsyJS5tYWduZXRhci5zYW5kYm94LnYxLktpbmRDYXBhYmlsaXRpZXMixgEKEEtpbmRDYXBhYmlsaXRpZXMSDAoEZXhlYxgBIAEoCBILCgN0dHkYAiABKAgSDQoFc3RkaW4YAyABKAgSEgoKb29tX2V2ZW50cxgEIAEoCBIYChB1cGRhdGVfcmVzb3VyY2VzGAUgASgIEg0KBXN0YXRzGAYgASgIEg0KBXBhdXNlGAcgASgIEjwKD2lzb2xhdGlvbl9sZXZlbBgIIAEoDjIjLm1hZ25ldGFyLnNhbmRib3gudjEuSXNvbGF0aW9uTGV2ZWwiEgoQTGlzdEtpbmRzUmVxdWVzdCI9ChFMaXN0S2luZHNSZXNwb25zZRIoCgVraW5kcxgBIAMoCzIZLm1hZ25ldGFyLnNhbmRib3gudjEuS2luZCqxAQoMU2FuZGJveFN0YXRlEh0KGVNBTkRCT1hfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVTQU5EQk9YX1NUQVRFX0NSRUFURUQQARIXChNTQU5EQk9YX1NUQVRFX1JFQURZEAISGQoVU0FOREJPWF9TVEFURV9TVE9QUEVEEAMSGQoVU0FOREJPWF9TVEFURV9VTktOT1dOEAQSGAoUU0FOREJPWF9TVEFURV9QQVVTRUQQBSpxCgtOZXR3b3JrTW9kZRIcChhORVRXT1JLX01PREVfVU5TUEVDSUZJRUQQABIVChFORVRXT1JLX01PREVfTk9ORRABEhUKEU5FVFdPUktfTU9ERV9IT1NUEAISFgoSTkVUV09SS19NT0RFX05FVE5TEAMqtgEKDklzb2xhdGlvbkxldmVsEh8KG0lTT0xBVElPTl9MRVZFTF9VTlNQRUNJRklFRBAAEh0KGUlTT0xBVElPTl9MRVZFTF9DT05UQUlORVIQARIYChRJU09MQVRJT05fTEVWRUxfV0FTTRACEiUKIUlTT0xBVElPTl9MRVZFTF9VU0VSX1NQQUNFX0tFUk5FTBADEiMKH0lTT0xBVElPTl9MRVZFTF9WSVJUVUFMX01BQ0hJTkUQBCrGAwoJRXZlbnRUeXBlEhoKFkVWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIeChpFVkVOVF9UWVBFX1NBTkRCT1hfQ1JFQVRFRBABEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9TVEFSVEVEEAISHQoZRVZFTlRfVFlQRV9TQU5EQk9YX0VYSVRFRBADEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9ERUxFVEVEEAQSIAocRVZFTlRfVFlQRV9DT05UQUlORVJfQ1JFQVRFRBAFEiAKHEVWRU5UX1RZUEVfQ09OVEFJTkVSX1NUQVJURUQQBhIgChxFVkVOVF9UWVBFX0NPTlRBSU5FUl9ERUxFVEVEEAcSHgoaRVZFTlRfVFlQRV9QUk9DRVNTX1NUQVJURUQQCBIdChlFVkVOVF9UWVBFX1BST0NFU1NfRVhJVEVEEAkSGgoWRVZFTlRfVFlQRV9QUk9DRVNTX09PTRAKEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9FWFBJUkVEEAsSHQoZRVZFTlRfVFlQRV9TQU5EQk9YX1BBVVNFRBAMEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9SRVNVTUVEEA0y5woKDlNhbmRib3hTZXJ2aWNlEmYKDUNyZWF0ZVNhbmRib3gSKS5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVzcG9uc2USYwoMU3RhcnRTYW5kYm94EigubWFnbmV0YXIuc2FuZGJveC52MS5TdGFydFNhbmRib3hSZXF1ZXN0GikubWFnbmV0YXIuc2FuZGJveC52MS5TdGFydFNhbmRib3hSZXNwb25zZRJgCgtTdG9wU2FuZGJveBInLm1hZ25ldGFyLnNhbmRib3gudjEuU3RvcFNhbmRib3hSZXF1ZXN0GigubWFnbmV0YXIuc2FuZGJveC52MS5TdG9wU2FuZGJveFJlc3BvbnNlEmYKDURlbGV0ZVNhbmRib3gSKS5tYWduZXRhci5zYW5kYm94LnYxLkRlbGV0ZVNhbmRib3hSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5EZWxldGVTYW5kYm94UmVzcG9uc2USYgoKR2V0U2FuZGJveBImLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFJlcXVlc3QaJy5tYWduZXRhci5zYW5kYm94LnYxLkdldFNhbmRib3hSZXNwb25zZSIDkAIBEmsKDUxpc3RTYW5kYm94ZXMSKS5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2UiA5ACARJiCgtXYXRjaEV2ZW50cxInLm1hZ25ldGFyLnNhbmRib3gudjEuV2F0Y2hFdmVudHNSZXF1ZXN0GigubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAESYwoMUGF1c2VTYW5kYm94EigubWFnbmV0YXIuc2FuZGJveC52MS5QYXVzZVNhbmRib3hSZXF1ZXN0GikubWFnbmV0YXIuc2FuZGJveC52MS5QYXVzZVNhbmRib3hSZXNwb25zZRJmCg1SZXN1bWVTYW5kYm94EikubWFnbmV0YXIuc2FuZGJveC52MS5SZXN1bWVTYW5kYm94UmVxdWVzdBoqLm1hZ25ldGFyLnNhbmRib3gudjEuUmVzdW1lU2FuZGJveFJlc3BvbnNlEnEKD0dldFNhbmRib3hVc2FnZRIrLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFVzYWdlUmVxdWVzdBosLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFVzYWdlUmVzcG9uc2UiA5ACARJ0ChFXYXRjaFNhbmRib3hVc2FnZRItLm1hZ25ldGFyLnNhbmRib3gudjEuV2F0Y2hTYW5kYm94VXNhZ2VSZXF1ZXN0Gi4ubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaFNhbmRib3hVc2FnZVJlc3BvbnNlMAEScgoRU2V0U2FuZGJveFRpbWVvdXQSLS5tYWduZXRhci5zYW5kYm94LnYxLlNldFNhbmRib3hUaW1lb3V0UmVxdWVzdBouLm1hZ25ldGFyLnNhbmRib3gudjEuU2V0U2FuZGJveFRpbWVvdXRSZXNwb25zZRJfCglMaXN0S2luZHMSJS5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RLaW5kc1JlcXVlc3QaJi5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RLaW5kc1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_magnetar_types_v1_types]);
 
 /**
  * Sandbox describes one sandbox.
@@ -618,6 +618,181 @@ export const ResumeSandboxResponseSchema: GenMessage<ResumeSandboxResponse> = /*
   messageDesc(file_magnetar_sandbox_v1_sandbox, 17);
 
 /**
+ * SandboxUsage is what a sandbox uses, summed over its containers (for a
+ * VM: its VMM on the host).
+ *
+ * @generated from message magnetar.sandbox.v1.SandboxUsage
+ */
+export type SandboxUsage = Message<"magnetar.sandbox.v1.SandboxUsage"> & {
+  /**
+   * When it was read.
+   *
+   * @generated from field: google.protobuf.Timestamp timestamp = 1;
+   */
+  timestamp?: Timestamp | undefined;
+
+  /**
+   * CPU time used, in nanoseconds, by the containers that exist now.
+   *
+   * @generated from field: uint64 cpu_usage_ns = 2;
+   */
+  cpuUsageNs: bigint;
+
+  /**
+   * Memory in use, in bytes.
+   *
+   * @generated from field: uint64 memory_usage_bytes = 3;
+   */
+  memoryUsageBytes: bigint;
+
+  /**
+   * Memory working set, in bytes: in use without inactive file cache.
+   *
+   * @generated from field: uint64 memory_working_set_bytes = 4;
+   */
+  memoryWorkingSetBytes: bigint;
+
+  /**
+   * Processes and threads.
+   *
+   * @generated from field: uint64 pids = 5;
+   */
+  pids: bigint;
+
+  /**
+   * Bytes read from block devices.
+   *
+   * @generated from field: uint64 disk_read_bytes = 6;
+   */
+  diskReadBytes: bigint;
+
+  /**
+   * Bytes written to block devices (writes to tmpfs or memory-backed file
+   * systems are not counted).
+   *
+   * @generated from field: uint64 disk_write_bytes = 7;
+   */
+  diskWriteBytes: bigint;
+
+  /**
+   * Bytes received on the sandbox's network interfaces; 0 for a sandbox
+   * on the host's network.
+   *
+   * @generated from field: uint64 net_rx_bytes = 8;
+   */
+  netRxBytes: bigint;
+
+  /**
+   * Bytes sent on the sandbox's network interfaces; 0 for a sandbox on the
+   * host's network.
+   *
+   * @generated from field: uint64 net_tx_bytes = 9;
+   */
+  netTxBytes: bigint;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.SandboxUsage.
+ * Use `create(SandboxUsageSchema)` to create a new message.
+ */
+export const SandboxUsageSchema: GenMessage<SandboxUsage> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 18);
+
+/**
+ * GetSandboxUsageRequest is the request of SandboxService.GetSandboxUsage.
+ *
+ * @generated from message magnetar.sandbox.v1.GetSandboxUsageRequest
+ */
+export type GetSandboxUsageRequest = Message<"magnetar.sandbox.v1.GetSandboxUsageRequest"> & {
+  /**
+   * ID of the sandbox.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.GetSandboxUsageRequest.
+ * Use `create(GetSandboxUsageRequestSchema)` to create a new message.
+ */
+export const GetSandboxUsageRequestSchema: GenMessage<GetSandboxUsageRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 19);
+
+/**
+ * GetSandboxUsageResponse is the response of
+ * SandboxService.GetSandboxUsage.
+ *
+ * @generated from message magnetar.sandbox.v1.GetSandboxUsageResponse
+ */
+export type GetSandboxUsageResponse = Message<"magnetar.sandbox.v1.GetSandboxUsageResponse"> & {
+  /**
+   * The sandbox's usage now.
+   *
+   * @generated from field: magnetar.sandbox.v1.SandboxUsage usage = 1;
+   */
+  usage?: SandboxUsage | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.GetSandboxUsageResponse.
+ * Use `create(GetSandboxUsageResponseSchema)` to create a new message.
+ */
+export const GetSandboxUsageResponseSchema: GenMessage<GetSandboxUsageResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 20);
+
+/**
+ * WatchSandboxUsageRequest is the request of
+ * SandboxService.WatchSandboxUsage.
+ *
+ * @generated from message magnetar.sandbox.v1.WatchSandboxUsageRequest
+ */
+export type WatchSandboxUsageRequest = Message<"magnetar.sandbox.v1.WatchSandboxUsageRequest"> & {
+  /**
+   * ID of the sandbox.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+
+  /**
+   * How often to sample; unset: 1 s; at least 100 ms.
+   *
+   * @generated from field: google.protobuf.Duration interval = 2;
+   */
+  interval?: Duration | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.WatchSandboxUsageRequest.
+ * Use `create(WatchSandboxUsageRequestSchema)` to create a new message.
+ */
+export const WatchSandboxUsageRequestSchema: GenMessage<WatchSandboxUsageRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 21);
+
+/**
+ * WatchSandboxUsageResponse is one sample of
+ * SandboxService.WatchSandboxUsage.
+ *
+ * @generated from message magnetar.sandbox.v1.WatchSandboxUsageResponse
+ */
+export type WatchSandboxUsageResponse = Message<"magnetar.sandbox.v1.WatchSandboxUsageResponse"> & {
+  /**
+   * The sandbox's usage at the sample's time.
+   *
+   * @generated from field: magnetar.sandbox.v1.SandboxUsage usage = 1;
+   */
+  usage?: SandboxUsage | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.WatchSandboxUsageResponse.
+ * Use `create(WatchSandboxUsageResponseSchema)` to create a new message.
+ */
+export const WatchSandboxUsageResponseSchema: GenMessage<WatchSandboxUsageResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 22);
+
+/**
  * SetSandboxTimeoutRequest is the request of
  * SandboxService.SetSandboxTimeout.
  *
@@ -652,7 +827,7 @@ export type SetSandboxTimeoutRequest = Message<"magnetar.sandbox.v1.SetSandboxTi
  * Use `create(SetSandboxTimeoutRequestSchema)` to create a new message.
  */
 export const SetSandboxTimeoutRequestSchema: GenMessage<SetSandboxTimeoutRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 18);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 23);
 
 /**
  * SetSandboxTimeoutResponse is the response of
@@ -674,7 +849,7 @@ export type SetSandboxTimeoutResponse = Message<"magnetar.sandbox.v1.SetSandboxT
  * Use `create(SetSandboxTimeoutResponseSchema)` to create a new message.
  */
 export const SetSandboxTimeoutResponseSchema: GenMessage<SetSandboxTimeoutResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 19);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 24);
 
 /**
  * WatchEventsRequest is the request of SandboxService.WatchEvents. All
@@ -712,7 +887,7 @@ export type WatchEventsRequest = Message<"magnetar.sandbox.v1.WatchEventsRequest
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 20);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 25);
 
 /**
  * WatchEventsResponse is one message of the SandboxService.WatchEvents
@@ -734,7 +909,7 @@ export type WatchEventsResponse = Message<"magnetar.sandbox.v1.WatchEventsRespon
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 21);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 26);
 
 /**
  * Event is a sandbox, container or process lifecycle event.
@@ -833,7 +1008,7 @@ export type Event = Message<"magnetar.sandbox.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 22);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 27);
 
 /**
  * Kind describes a sandbox kind (backend) and whether it can be used here.
@@ -883,7 +1058,7 @@ export type Kind = Message<"magnetar.sandbox.v1.Kind"> & {
  * Use `create(KindSchema)` to create a new message.
  */
 export const KindSchema: GenMessage<Kind> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 23);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 28);
 
 /**
  * KindCapabilities lists the optional features of a kind. Calls that need a
@@ -955,7 +1130,7 @@ export type KindCapabilities = Message<"magnetar.sandbox.v1.KindCapabilities"> &
  * Use `create(KindCapabilitiesSchema)` to create a new message.
  */
 export const KindCapabilitiesSchema: GenMessage<KindCapabilities> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 24);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 29);
 
 /**
  * ListKindsRequest is the request of SandboxService.ListKinds.
@@ -970,7 +1145,7 @@ export type ListKindsRequest = Message<"magnetar.sandbox.v1.ListKindsRequest"> &
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 25);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 30);
 
 /**
  * ListKindsResponse is the response of SandboxService.ListKinds.
@@ -992,7 +1167,7 @@ export type ListKindsResponse = Message<"magnetar.sandbox.v1.ListKindsResponse">
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 26);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 31);
 
 /**
  * SandboxState is the lifecycle state of a sandbox.
@@ -1381,6 +1556,29 @@ export const SandboxService: GenService<{
     methodKind: "unary";
     input: typeof ResumeSandboxRequestSchema;
     output: typeof ResumeSandboxResponseSchema;
+  },
+  /**
+   * GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+   * processes, disk and network bytes (see SandboxUsage).
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.GetSandboxUsage
+   */
+  getSandboxUsage: {
+    methodKind: "unary";
+    input: typeof GetSandboxUsageRequestSchema;
+    output: typeof GetSandboxUsageResponseSchema;
+  },
+  /**
+   * WatchSandboxUsage streams a sandbox's usage every interval (at least
+   * 100 ms; default 1 s), starting at once, until the client cancels or
+   * the sandbox is deleted (the stream then ends with NOT_FOUND).
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.WatchSandboxUsage
+   */
+  watchSandboxUsage: {
+    methodKind: "server_streaming";
+    input: typeof WatchSandboxUsageRequestSchema;
+    output: typeof WatchSandboxUsageResponseSchema;
   },
   /**
    * SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted

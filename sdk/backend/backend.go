@@ -15,6 +15,7 @@ package backend
 
 import (
 	"context"
+	"net"
 	"syscall"
 	"time"
 
@@ -288,6 +289,14 @@ type Stats struct {
 	// Raw carries the backend's native metrics message (for example a
 	// cgroups v1 or v2 Metrics) for callers that understand it.
 	Raw any
+}
+
+// PortDialer is implemented by sandboxes whose ports the engine cannot
+// reach from the host in their network namespace (a VM's, a user-space
+// network stack's): DialPort connects to TCP port on the sandbox's
+// loopback.
+type PortDialer interface {
+	DialPort(ctx context.Context, port int) (net.Conn, error)
 }
 
 // ContainerRecoverer is implemented by sandboxes that can re-attach to a

@@ -3,6 +3,7 @@ package direct
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"time"
 
@@ -208,6 +209,13 @@ func (s *Service) WatchUsage(ctx context.Context, id string, interval time.Durat
 		case <-t.C:
 		}
 	}
+}
+
+// DialPort connects to a TCP port of a sandbox (see
+// [engine.Engine.DialPort]).
+func (s *Service) DialPort(ctx context.Context, id string, port int) (net.Conn, error) {
+	s.e.Touch(id)
+	return s.e.DialPort(ctx, id, port)
 }
 
 // StartSandbox starts a created sandbox.

@@ -1733,6 +1733,174 @@ func (x *WatchSandboxUsageResponse) GetUsage() *SandboxUsage {
 	return nil
 }
 
+// DialPortRequest is a message of SandboxService.DialPort from the client.
+type DialPortRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first message: which sandbox and port to connect to.
+	Target *DialPortTarget `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// Bytes for the process, in the following messages.
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DialPortRequest) Reset() {
+	*x = DialPortRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DialPortRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DialPortRequest) ProtoMessage() {}
+
+func (x *DialPortRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DialPortRequest.ProtoReflect.Descriptor instead.
+func (*DialPortRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DialPortRequest) GetTarget() *DialPortTarget {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *DialPortRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// DialPortTarget names the port DialPort connects to.
+type DialPortTarget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox.
+	SandboxId string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// TCP port, 1 to 65535.
+	Port          uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DialPortTarget) Reset() {
+	*x = DialPortTarget{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DialPortTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DialPortTarget) ProtoMessage() {}
+
+func (x *DialPortTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DialPortTarget.ProtoReflect.Descriptor instead.
+func (*DialPortTarget) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *DialPortTarget) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *DialPortTarget) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+// DialPortResponse is a message of SandboxService.DialPort from the
+// server.
+type DialPortResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes from the process; the first message carries none (connected).
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// Set on the message after the process's last bytes: it closed its side
+	// of the connection. The stream goes on until the client closed its own
+	// side (or the process stopped reading).
+	Closed        bool `protobuf:"varint,2,opt,name=closed,proto3" json:"closed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DialPortResponse) Reset() {
+	*x = DialPortResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DialPortResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DialPortResponse) ProtoMessage() {}
+
+func (x *DialPortResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DialPortResponse.ProtoReflect.Descriptor instead.
+func (*DialPortResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DialPortResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *DialPortResponse) GetClosed() bool {
+	if x != nil {
+		return x.Closed
+	}
+	return false
+}
+
 // SetSandboxTimeoutRequest is the request of
 // SandboxService.SetSandboxTimeout.
 type SetSandboxTimeoutRequest struct {
@@ -1750,7 +1918,7 @@ type SetSandboxTimeoutRequest struct {
 
 func (x *SetSandboxTimeoutRequest) Reset() {
 	*x = SetSandboxTimeoutRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +1930,7 @@ func (x *SetSandboxTimeoutRequest) String() string {
 func (*SetSandboxTimeoutRequest) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +1943,7 @@ func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetSandboxTimeoutRequest) GetSandboxId() string {
@@ -1811,7 +1979,7 @@ type SetSandboxTimeoutResponse struct {
 
 func (x *SetSandboxTimeoutResponse) Reset() {
 	*x = SetSandboxTimeoutResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +1991,7 @@ func (x *SetSandboxTimeoutResponse) String() string {
 func (*SetSandboxTimeoutResponse) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +2004,7 @@ func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetSandboxTimeoutResponse) GetSandbox() *Sandbox {
@@ -1864,7 +2032,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1876,7 +2044,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +2057,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchEventsRequest) GetSandboxIds() []string {
@@ -1925,7 +2093,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1937,7 +2105,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1950,7 +2118,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{26}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -1999,7 +2167,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2179,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2192,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{27}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Event) GetType() EventType {
@@ -2124,7 +2292,7 @@ type Kind struct {
 
 func (x *Kind) Reset() {
 	*x = Kind{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2304,7 @@ func (x *Kind) String() string {
 func (*Kind) ProtoMessage() {}
 
 func (x *Kind) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2317,7 @@ func (x *Kind) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kind.ProtoReflect.Descriptor instead.
 func (*Kind) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{28}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Kind) GetName() string {
@@ -2214,7 +2382,7 @@ type KindCapabilities struct {
 
 func (x *KindCapabilities) Reset() {
 	*x = KindCapabilities{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2226,7 +2394,7 @@ func (x *KindCapabilities) String() string {
 func (*KindCapabilities) ProtoMessage() {}
 
 func (x *KindCapabilities) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2239,7 +2407,7 @@ func (x *KindCapabilities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindCapabilities.ProtoReflect.Descriptor instead.
 func (*KindCapabilities) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{29}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *KindCapabilities) GetExec() bool {
@@ -2307,7 +2475,7 @@ type ListKindsRequest struct {
 
 func (x *ListKindsRequest) Reset() {
 	*x = ListKindsRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2487,7 @@ func (x *ListKindsRequest) String() string {
 func (*ListKindsRequest) ProtoMessage() {}
 
 func (x *ListKindsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2500,7 @@ func (x *ListKindsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKindsRequest.ProtoReflect.Descriptor instead.
 func (*ListKindsRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{30}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{33}
 }
 
 // ListKindsResponse is the response of SandboxService.ListKinds.
@@ -2347,7 +2515,7 @@ type ListKindsResponse struct {
 
 func (x *ListKindsResponse) Reset() {
 	*x = ListKindsResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2527,7 @@ func (x *ListKindsResponse) String() string {
 func (*ListKindsResponse) ProtoMessage() {}
 
 func (x *ListKindsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2540,7 @@ func (x *ListKindsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKindsResponse.ProtoReflect.Descriptor instead.
 func (*ListKindsResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{31}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListKindsResponse) GetKinds() []*Kind {
@@ -2507,7 +2675,17 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x125\n" +
 	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\"T\n" +
 	"\x19WatchSandboxUsageResponse\x127\n" +
-	"\x05usage\x18\x01 \x01(\v2!.magnetar.sandbox.v1.SandboxUsageR\x05usage\"\xac\x01\n" +
+	"\x05usage\x18\x01 \x01(\v2!.magnetar.sandbox.v1.SandboxUsageR\x05usage\"b\n" +
+	"\x0fDialPortRequest\x12;\n" +
+	"\x06target\x18\x01 \x01(\v2#.magnetar.sandbox.v1.DialPortTargetR\x06target\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"C\n" +
+	"\x0eDialPortTarget\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\">\n" +
+	"\x10DialPortResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
+	"\x06closed\x18\x02 \x01(\bR\x06closed\"\xac\x01\n" +
 	"\x18SetSandboxTimeoutRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n" +
@@ -2590,8 +2768,7 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x12\x1e\n" +
 	"\x1aEVENT_TYPE_SANDBOX_EXPIRED\x10\v\x12\x1d\n" +
 	"\x19EVENT_TYPE_SANDBOX_PAUSED\x10\f\x12\x1e\n" +
-	"\x1aEVENT_TYPE_SANDBOX_RESUMED\x10\r2\xe7\n" +
-	"\n" +
+	"\x1aEVENT_TYPE_SANDBOX_RESUMED\x10\r2\xc4\v\n" +
 	"\x0eSandboxService\x12f\n" +
 	"\rCreateSandbox\x12).magnetar.sandbox.v1.CreateSandboxRequest\x1a*.magnetar.sandbox.v1.CreateSandboxResponse\x12c\n" +
 	"\fStartSandbox\x12(.magnetar.sandbox.v1.StartSandboxRequest\x1a).magnetar.sandbox.v1.StartSandboxResponse\x12`\n" +
@@ -2604,7 +2781,8 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\fPauseSandbox\x12(.magnetar.sandbox.v1.PauseSandboxRequest\x1a).magnetar.sandbox.v1.PauseSandboxResponse\x12f\n" +
 	"\rResumeSandbox\x12).magnetar.sandbox.v1.ResumeSandboxRequest\x1a*.magnetar.sandbox.v1.ResumeSandboxResponse\x12q\n" +
 	"\x0fGetSandboxUsage\x12+.magnetar.sandbox.v1.GetSandboxUsageRequest\x1a,.magnetar.sandbox.v1.GetSandboxUsageResponse\"\x03\x90\x02\x01\x12t\n" +
-	"\x11WatchSandboxUsage\x12-.magnetar.sandbox.v1.WatchSandboxUsageRequest\x1a..magnetar.sandbox.v1.WatchSandboxUsageResponse0\x01\x12r\n" +
+	"\x11WatchSandboxUsage\x12-.magnetar.sandbox.v1.WatchSandboxUsageRequest\x1a..magnetar.sandbox.v1.WatchSandboxUsageResponse0\x01\x12[\n" +
+	"\bDialPort\x12$.magnetar.sandbox.v1.DialPortRequest\x1a%.magnetar.sandbox.v1.DialPortResponse(\x010\x01\x12r\n" +
 	"\x11SetSandboxTimeout\x12-.magnetar.sandbox.v1.SetSandboxTimeoutRequest\x1a..magnetar.sandbox.v1.SetSandboxTimeoutResponse\x12_\n" +
 	"\tListKinds\x12%.magnetar.sandbox.v1.ListKindsRequest\x1a&.magnetar.sandbox.v1.ListKindsResponse\"\x03\x90\x02\x01B\xd8\x01\n" +
 	"\x17com.magnetar.sandbox.v1B\fSandboxProtoP\x01ZAgithub.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1;sandboxv1\xa2\x02\x03MSX\xaa\x02\x13Magnetar.Sandbox.V1\xca\x02\x13Magnetar\\Sandbox\\V1\xe2\x02\x1fMagnetar\\Sandbox\\V1\\GPBMetadata\xea\x02\x15Magnetar::Sandbox::V1b\x06proto3"
@@ -2622,7 +2800,7 @@ func file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP() []byte {
 }
 
 var file_magnetar_sandbox_v1_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_magnetar_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_magnetar_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_magnetar_sandbox_v1_sandbox_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: magnetar.sandbox.v1.SandboxState
 	(NetworkMode)(0),                  // 1: magnetar.sandbox.v1.NetworkMode
@@ -2651,100 +2829,106 @@ var file_magnetar_sandbox_v1_sandbox_proto_goTypes = []any{
 	(*GetSandboxUsageResponse)(nil),   // 24: magnetar.sandbox.v1.GetSandboxUsageResponse
 	(*WatchSandboxUsageRequest)(nil),  // 25: magnetar.sandbox.v1.WatchSandboxUsageRequest
 	(*WatchSandboxUsageResponse)(nil), // 26: magnetar.sandbox.v1.WatchSandboxUsageResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 27: magnetar.sandbox.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 28: magnetar.sandbox.v1.SetSandboxTimeoutResponse
-	(*WatchEventsRequest)(nil),        // 29: magnetar.sandbox.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),       // 30: magnetar.sandbox.v1.WatchEventsResponse
-	(*Event)(nil),                     // 31: magnetar.sandbox.v1.Event
-	(*Kind)(nil),                      // 32: magnetar.sandbox.v1.Kind
-	(*KindCapabilities)(nil),          // 33: magnetar.sandbox.v1.KindCapabilities
-	(*ListKindsRequest)(nil),          // 34: magnetar.sandbox.v1.ListKindsRequest
-	(*ListKindsResponse)(nil),         // 35: magnetar.sandbox.v1.ListKindsResponse
-	nil,                               // 36: magnetar.sandbox.v1.Sandbox.LabelsEntry
-	nil,                               // 37: magnetar.sandbox.v1.Sandbox.AnnotationsEntry
-	nil,                               // 38: magnetar.sandbox.v1.Sandbox.InfoEntry
-	nil,                               // 39: magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
-	nil,                               // 40: magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
-	nil,                               // 41: magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 42: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 43: google.protobuf.Duration
-	(*v1.DNSConfig)(nil),              // 44: magnetar.types.v1.DNSConfig
-	(*v1.Resources)(nil),              // 45: magnetar.types.v1.Resources
+	(*DialPortRequest)(nil),           // 27: magnetar.sandbox.v1.DialPortRequest
+	(*DialPortTarget)(nil),            // 28: magnetar.sandbox.v1.DialPortTarget
+	(*DialPortResponse)(nil),          // 29: magnetar.sandbox.v1.DialPortResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 30: magnetar.sandbox.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 31: magnetar.sandbox.v1.SetSandboxTimeoutResponse
+	(*WatchEventsRequest)(nil),        // 32: magnetar.sandbox.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),       // 33: magnetar.sandbox.v1.WatchEventsResponse
+	(*Event)(nil),                     // 34: magnetar.sandbox.v1.Event
+	(*Kind)(nil),                      // 35: magnetar.sandbox.v1.Kind
+	(*KindCapabilities)(nil),          // 36: magnetar.sandbox.v1.KindCapabilities
+	(*ListKindsRequest)(nil),          // 37: magnetar.sandbox.v1.ListKindsRequest
+	(*ListKindsResponse)(nil),         // 38: magnetar.sandbox.v1.ListKindsResponse
+	nil,                               // 39: magnetar.sandbox.v1.Sandbox.LabelsEntry
+	nil,                               // 40: magnetar.sandbox.v1.Sandbox.AnnotationsEntry
+	nil,                               // 41: magnetar.sandbox.v1.Sandbox.InfoEntry
+	nil,                               // 42: magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
+	nil,                               // 43: magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
+	nil,                               // 44: magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 45: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 46: google.protobuf.Duration
+	(*v1.DNSConfig)(nil),              // 47: magnetar.types.v1.DNSConfig
+	(*v1.Resources)(nil),              // 48: magnetar.types.v1.Resources
 }
 var file_magnetar_sandbox_v1_sandbox_proto_depIdxs = []int32{
 	0,  // 0: magnetar.sandbox.v1.Sandbox.state:type_name -> magnetar.sandbox.v1.SandboxState
-	36, // 1: magnetar.sandbox.v1.Sandbox.labels:type_name -> magnetar.sandbox.v1.Sandbox.LabelsEntry
-	37, // 2: magnetar.sandbox.v1.Sandbox.annotations:type_name -> magnetar.sandbox.v1.Sandbox.AnnotationsEntry
-	42, // 3: magnetar.sandbox.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	42, // 4: magnetar.sandbox.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
-	42, // 5: magnetar.sandbox.v1.Sandbox.exited_at:type_name -> google.protobuf.Timestamp
-	38, // 6: magnetar.sandbox.v1.Sandbox.info:type_name -> magnetar.sandbox.v1.Sandbox.InfoEntry
-	42, // 7: magnetar.sandbox.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
-	43, // 8: magnetar.sandbox.v1.Sandbox.idle_timeout:type_name -> google.protobuf.Duration
+	39, // 1: magnetar.sandbox.v1.Sandbox.labels:type_name -> magnetar.sandbox.v1.Sandbox.LabelsEntry
+	40, // 2: magnetar.sandbox.v1.Sandbox.annotations:type_name -> magnetar.sandbox.v1.Sandbox.AnnotationsEntry
+	45, // 3: magnetar.sandbox.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	45, // 4: magnetar.sandbox.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
+	45, // 5: magnetar.sandbox.v1.Sandbox.exited_at:type_name -> google.protobuf.Timestamp
+	41, // 6: magnetar.sandbox.v1.Sandbox.info:type_name -> magnetar.sandbox.v1.Sandbox.InfoEntry
+	45, // 7: magnetar.sandbox.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
+	46, // 8: magnetar.sandbox.v1.Sandbox.idle_timeout:type_name -> google.protobuf.Duration
 	1,  // 9: magnetar.sandbox.v1.NetworkConfig.mode:type_name -> magnetar.sandbox.v1.NetworkMode
-	39, // 10: magnetar.sandbox.v1.CreateSandboxRequest.labels:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
-	40, // 11: magnetar.sandbox.v1.CreateSandboxRequest.annotations:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
-	44, // 12: magnetar.sandbox.v1.CreateSandboxRequest.dns:type_name -> magnetar.types.v1.DNSConfig
+	42, // 10: magnetar.sandbox.v1.CreateSandboxRequest.labels:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
+	43, // 11: magnetar.sandbox.v1.CreateSandboxRequest.annotations:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
+	47, // 12: magnetar.sandbox.v1.CreateSandboxRequest.dns:type_name -> magnetar.types.v1.DNSConfig
 	5,  // 13: magnetar.sandbox.v1.CreateSandboxRequest.network:type_name -> magnetar.sandbox.v1.NetworkConfig
-	45, // 14: magnetar.sandbox.v1.CreateSandboxRequest.resources:type_name -> magnetar.types.v1.Resources
-	43, // 15: magnetar.sandbox.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	43, // 16: magnetar.sandbox.v1.CreateSandboxRequest.idle_timeout:type_name -> google.protobuf.Duration
+	48, // 14: magnetar.sandbox.v1.CreateSandboxRequest.resources:type_name -> magnetar.types.v1.Resources
+	46, // 15: magnetar.sandbox.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	46, // 16: magnetar.sandbox.v1.CreateSandboxRequest.idle_timeout:type_name -> google.protobuf.Duration
 	4,  // 17: magnetar.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
 	4,  // 18: magnetar.sandbox.v1.StartSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	43, // 19: magnetar.sandbox.v1.StopSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	46, // 19: magnetar.sandbox.v1.StopSandboxRequest.timeout:type_name -> google.protobuf.Duration
 	4,  // 20: magnetar.sandbox.v1.StopSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
 	4,  // 21: magnetar.sandbox.v1.GetSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	41, // 22: magnetar.sandbox.v1.ListSandboxesRequest.labels:type_name -> magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
+	44, // 22: magnetar.sandbox.v1.ListSandboxesRequest.labels:type_name -> magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
 	0,  // 23: magnetar.sandbox.v1.ListSandboxesRequest.states:type_name -> magnetar.sandbox.v1.SandboxState
 	4,  // 24: magnetar.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> magnetar.sandbox.v1.Sandbox
 	4,  // 25: magnetar.sandbox.v1.PauseSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
 	4,  // 26: magnetar.sandbox.v1.ResumeSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	42, // 27: magnetar.sandbox.v1.SandboxUsage.timestamp:type_name -> google.protobuf.Timestamp
+	45, // 27: magnetar.sandbox.v1.SandboxUsage.timestamp:type_name -> google.protobuf.Timestamp
 	22, // 28: magnetar.sandbox.v1.GetSandboxUsageResponse.usage:type_name -> magnetar.sandbox.v1.SandboxUsage
-	43, // 29: magnetar.sandbox.v1.WatchSandboxUsageRequest.interval:type_name -> google.protobuf.Duration
+	46, // 29: magnetar.sandbox.v1.WatchSandboxUsageRequest.interval:type_name -> google.protobuf.Duration
 	22, // 30: magnetar.sandbox.v1.WatchSandboxUsageResponse.usage:type_name -> magnetar.sandbox.v1.SandboxUsage
-	43, // 31: magnetar.sandbox.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
-	43, // 32: magnetar.sandbox.v1.SetSandboxTimeoutRequest.idle_timeout:type_name -> google.protobuf.Duration
-	4,  // 33: magnetar.sandbox.v1.SetSandboxTimeoutResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	3,  // 34: magnetar.sandbox.v1.WatchEventsRequest.types:type_name -> magnetar.sandbox.v1.EventType
-	31, // 35: magnetar.sandbox.v1.WatchEventsResponse.event:type_name -> magnetar.sandbox.v1.Event
-	3,  // 36: magnetar.sandbox.v1.Event.type:type_name -> magnetar.sandbox.v1.EventType
-	42, // 37: magnetar.sandbox.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
-	42, // 38: magnetar.sandbox.v1.Event.exited_at:type_name -> google.protobuf.Timestamp
-	33, // 39: magnetar.sandbox.v1.Kind.capabilities:type_name -> magnetar.sandbox.v1.KindCapabilities
-	2,  // 40: magnetar.sandbox.v1.KindCapabilities.isolation_level:type_name -> magnetar.sandbox.v1.IsolationLevel
-	32, // 41: magnetar.sandbox.v1.ListKindsResponse.kinds:type_name -> magnetar.sandbox.v1.Kind
-	6,  // 42: magnetar.sandbox.v1.SandboxService.CreateSandbox:input_type -> magnetar.sandbox.v1.CreateSandboxRequest
-	8,  // 43: magnetar.sandbox.v1.SandboxService.StartSandbox:input_type -> magnetar.sandbox.v1.StartSandboxRequest
-	10, // 44: magnetar.sandbox.v1.SandboxService.StopSandbox:input_type -> magnetar.sandbox.v1.StopSandboxRequest
-	12, // 45: magnetar.sandbox.v1.SandboxService.DeleteSandbox:input_type -> magnetar.sandbox.v1.DeleteSandboxRequest
-	14, // 46: magnetar.sandbox.v1.SandboxService.GetSandbox:input_type -> magnetar.sandbox.v1.GetSandboxRequest
-	16, // 47: magnetar.sandbox.v1.SandboxService.ListSandboxes:input_type -> magnetar.sandbox.v1.ListSandboxesRequest
-	29, // 48: magnetar.sandbox.v1.SandboxService.WatchEvents:input_type -> magnetar.sandbox.v1.WatchEventsRequest
-	18, // 49: magnetar.sandbox.v1.SandboxService.PauseSandbox:input_type -> magnetar.sandbox.v1.PauseSandboxRequest
-	20, // 50: magnetar.sandbox.v1.SandboxService.ResumeSandbox:input_type -> magnetar.sandbox.v1.ResumeSandboxRequest
-	23, // 51: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:input_type -> magnetar.sandbox.v1.GetSandboxUsageRequest
-	25, // 52: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:input_type -> magnetar.sandbox.v1.WatchSandboxUsageRequest
-	27, // 53: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:input_type -> magnetar.sandbox.v1.SetSandboxTimeoutRequest
-	34, // 54: magnetar.sandbox.v1.SandboxService.ListKinds:input_type -> magnetar.sandbox.v1.ListKindsRequest
-	7,  // 55: magnetar.sandbox.v1.SandboxService.CreateSandbox:output_type -> magnetar.sandbox.v1.CreateSandboxResponse
-	9,  // 56: magnetar.sandbox.v1.SandboxService.StartSandbox:output_type -> magnetar.sandbox.v1.StartSandboxResponse
-	11, // 57: magnetar.sandbox.v1.SandboxService.StopSandbox:output_type -> magnetar.sandbox.v1.StopSandboxResponse
-	13, // 58: magnetar.sandbox.v1.SandboxService.DeleteSandbox:output_type -> magnetar.sandbox.v1.DeleteSandboxResponse
-	15, // 59: magnetar.sandbox.v1.SandboxService.GetSandbox:output_type -> magnetar.sandbox.v1.GetSandboxResponse
-	17, // 60: magnetar.sandbox.v1.SandboxService.ListSandboxes:output_type -> magnetar.sandbox.v1.ListSandboxesResponse
-	30, // 61: magnetar.sandbox.v1.SandboxService.WatchEvents:output_type -> magnetar.sandbox.v1.WatchEventsResponse
-	19, // 62: magnetar.sandbox.v1.SandboxService.PauseSandbox:output_type -> magnetar.sandbox.v1.PauseSandboxResponse
-	21, // 63: magnetar.sandbox.v1.SandboxService.ResumeSandbox:output_type -> magnetar.sandbox.v1.ResumeSandboxResponse
-	24, // 64: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:output_type -> magnetar.sandbox.v1.GetSandboxUsageResponse
-	26, // 65: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:output_type -> magnetar.sandbox.v1.WatchSandboxUsageResponse
-	28, // 66: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:output_type -> magnetar.sandbox.v1.SetSandboxTimeoutResponse
-	35, // 67: magnetar.sandbox.v1.SandboxService.ListKinds:output_type -> magnetar.sandbox.v1.ListKindsResponse
-	55, // [55:68] is the sub-list for method output_type
-	42, // [42:55] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	28, // 31: magnetar.sandbox.v1.DialPortRequest.target:type_name -> magnetar.sandbox.v1.DialPortTarget
+	46, // 32: magnetar.sandbox.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	46, // 33: magnetar.sandbox.v1.SetSandboxTimeoutRequest.idle_timeout:type_name -> google.protobuf.Duration
+	4,  // 34: magnetar.sandbox.v1.SetSandboxTimeoutResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	3,  // 35: magnetar.sandbox.v1.WatchEventsRequest.types:type_name -> magnetar.sandbox.v1.EventType
+	34, // 36: magnetar.sandbox.v1.WatchEventsResponse.event:type_name -> magnetar.sandbox.v1.Event
+	3,  // 37: magnetar.sandbox.v1.Event.type:type_name -> magnetar.sandbox.v1.EventType
+	45, // 38: magnetar.sandbox.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
+	45, // 39: magnetar.sandbox.v1.Event.exited_at:type_name -> google.protobuf.Timestamp
+	36, // 40: magnetar.sandbox.v1.Kind.capabilities:type_name -> magnetar.sandbox.v1.KindCapabilities
+	2,  // 41: magnetar.sandbox.v1.KindCapabilities.isolation_level:type_name -> magnetar.sandbox.v1.IsolationLevel
+	35, // 42: magnetar.sandbox.v1.ListKindsResponse.kinds:type_name -> magnetar.sandbox.v1.Kind
+	6,  // 43: magnetar.sandbox.v1.SandboxService.CreateSandbox:input_type -> magnetar.sandbox.v1.CreateSandboxRequest
+	8,  // 44: magnetar.sandbox.v1.SandboxService.StartSandbox:input_type -> magnetar.sandbox.v1.StartSandboxRequest
+	10, // 45: magnetar.sandbox.v1.SandboxService.StopSandbox:input_type -> magnetar.sandbox.v1.StopSandboxRequest
+	12, // 46: magnetar.sandbox.v1.SandboxService.DeleteSandbox:input_type -> magnetar.sandbox.v1.DeleteSandboxRequest
+	14, // 47: magnetar.sandbox.v1.SandboxService.GetSandbox:input_type -> magnetar.sandbox.v1.GetSandboxRequest
+	16, // 48: magnetar.sandbox.v1.SandboxService.ListSandboxes:input_type -> magnetar.sandbox.v1.ListSandboxesRequest
+	32, // 49: magnetar.sandbox.v1.SandboxService.WatchEvents:input_type -> magnetar.sandbox.v1.WatchEventsRequest
+	18, // 50: magnetar.sandbox.v1.SandboxService.PauseSandbox:input_type -> magnetar.sandbox.v1.PauseSandboxRequest
+	20, // 51: magnetar.sandbox.v1.SandboxService.ResumeSandbox:input_type -> magnetar.sandbox.v1.ResumeSandboxRequest
+	23, // 52: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:input_type -> magnetar.sandbox.v1.GetSandboxUsageRequest
+	25, // 53: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:input_type -> magnetar.sandbox.v1.WatchSandboxUsageRequest
+	27, // 54: magnetar.sandbox.v1.SandboxService.DialPort:input_type -> magnetar.sandbox.v1.DialPortRequest
+	30, // 55: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:input_type -> magnetar.sandbox.v1.SetSandboxTimeoutRequest
+	37, // 56: magnetar.sandbox.v1.SandboxService.ListKinds:input_type -> magnetar.sandbox.v1.ListKindsRequest
+	7,  // 57: magnetar.sandbox.v1.SandboxService.CreateSandbox:output_type -> magnetar.sandbox.v1.CreateSandboxResponse
+	9,  // 58: magnetar.sandbox.v1.SandboxService.StartSandbox:output_type -> magnetar.sandbox.v1.StartSandboxResponse
+	11, // 59: magnetar.sandbox.v1.SandboxService.StopSandbox:output_type -> magnetar.sandbox.v1.StopSandboxResponse
+	13, // 60: magnetar.sandbox.v1.SandboxService.DeleteSandbox:output_type -> magnetar.sandbox.v1.DeleteSandboxResponse
+	15, // 61: magnetar.sandbox.v1.SandboxService.GetSandbox:output_type -> magnetar.sandbox.v1.GetSandboxResponse
+	17, // 62: magnetar.sandbox.v1.SandboxService.ListSandboxes:output_type -> magnetar.sandbox.v1.ListSandboxesResponse
+	33, // 63: magnetar.sandbox.v1.SandboxService.WatchEvents:output_type -> magnetar.sandbox.v1.WatchEventsResponse
+	19, // 64: magnetar.sandbox.v1.SandboxService.PauseSandbox:output_type -> magnetar.sandbox.v1.PauseSandboxResponse
+	21, // 65: magnetar.sandbox.v1.SandboxService.ResumeSandbox:output_type -> magnetar.sandbox.v1.ResumeSandboxResponse
+	24, // 66: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:output_type -> magnetar.sandbox.v1.GetSandboxUsageResponse
+	26, // 67: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:output_type -> magnetar.sandbox.v1.WatchSandboxUsageResponse
+	29, // 68: magnetar.sandbox.v1.SandboxService.DialPort:output_type -> magnetar.sandbox.v1.DialPortResponse
+	31, // 69: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:output_type -> magnetar.sandbox.v1.SetSandboxTimeoutResponse
+	38, // 70: magnetar.sandbox.v1.SandboxService.ListKinds:output_type -> magnetar.sandbox.v1.ListKindsResponse
+	57, // [57:71] is the sub-list for method output_type
+	43, // [43:57] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_magnetar_sandbox_v1_sandbox_proto_init() }
@@ -2752,14 +2936,14 @@ func file_magnetar_sandbox_v1_sandbox_proto_init() {
 	if File_magnetar_sandbox_v1_sandbox_proto != nil {
 		return
 	}
-	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25].OneofWrappers = []any{}
+	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_magnetar_sandbox_v1_sandbox_proto_rawDesc), len(file_magnetar_sandbox_v1_sandbox_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

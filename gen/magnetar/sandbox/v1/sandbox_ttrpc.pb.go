@@ -19,6 +19,7 @@ type TTRPCSandboxServiceService interface {
 	ResumeSandbox(context.Context, *ResumeSandboxRequest) (*ResumeSandboxResponse, error)
 	GetSandboxUsage(context.Context, *GetSandboxUsageRequest) (*GetSandboxUsageResponse, error)
 	WatchSandboxUsage(context.Context, *WatchSandboxUsageRequest, TTRPCSandboxService_WatchSandboxUsageServer) error
+	DialPort(context.Context, TTRPCSandboxService_DialPortServer) error
 	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
@@ -47,6 +48,28 @@ type ttrpcsandboxserviceWatchSandboxUsageServer struct {
 
 func (x *ttrpcsandboxserviceWatchSandboxUsageServer) Send(m *WatchSandboxUsageResponse) error {
 	return x.StreamServer.SendMsg(m)
+}
+
+type TTRPCSandboxService_DialPortServer interface {
+	Send(*DialPortResponse) error
+	Recv() (*DialPortRequest, error)
+	ttrpc.StreamServer
+}
+
+type ttrpcsandboxserviceDialPortServer struct {
+	ttrpc.StreamServer
+}
+
+func (x *ttrpcsandboxserviceDialPortServer) Send(m *DialPortResponse) error {
+	return x.StreamServer.SendMsg(m)
+}
+
+func (x *ttrpcsandboxserviceDialPortServer) Recv() (*DialPortRequest, error) {
+	m := new(DialPortRequest)
+	if err := x.StreamServer.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 func RegisterTTRPCSandboxServiceService(srv *ttrpc.Server, svc TTRPCSandboxServiceService) {
@@ -153,6 +176,13 @@ func RegisterTTRPCSandboxServiceService(srv *ttrpc.Server, svc TTRPCSandboxServi
 				StreamingClient: false,
 				StreamingServer: true,
 			},
+			"DialPort": {
+				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+					return nil, svc.DialPort(ctx, &ttrpcsandboxserviceDialPortServer{stream})
+				},
+				StreamingClient: true,
+				StreamingServer: true,
+			},
 		},
 	})
 }
@@ -169,6 +199,7 @@ type TTRPCSandboxServiceClient interface {
 	ResumeSandbox(context.Context, *ResumeSandboxRequest) (*ResumeSandboxResponse, error)
 	GetSandboxUsage(context.Context, *GetSandboxUsageRequest) (*GetSandboxUsageResponse, error)
 	WatchSandboxUsage(context.Context, *WatchSandboxUsageRequest) (TTRPCSandboxService_WatchSandboxUsageClient, error)
+	DialPort(context.Context) (TTRPCSandboxService_DialPortClient, error)
 	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
@@ -307,6 +338,40 @@ type ttrpcsandboxserviceWatchSandboxUsageClient struct {
 
 func (x *ttrpcsandboxserviceWatchSandboxUsageClient) Recv() (*WatchSandboxUsageResponse, error) {
 	m := new(WatchSandboxUsageResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *ttrpcsandboxserviceClient) DialPort(ctx context.Context) (TTRPCSandboxService_DialPortClient, error) {
+	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+		StreamingClient: true,
+		StreamingServer: true,
+	}, "magnetar.sandbox.v1.SandboxService", "DialPort", nil)
+	if err != nil {
+		return nil, err
+	}
+	x := &ttrpcsandboxserviceDialPortClient{stream}
+	return x, nil
+}
+
+type TTRPCSandboxService_DialPortClient interface {
+	Send(*DialPortRequest) error
+	Recv() (*DialPortResponse, error)
+	ttrpc.ClientStream
+}
+
+type ttrpcsandboxserviceDialPortClient struct {
+	ttrpc.ClientStream
+}
+
+func (x *ttrpcsandboxserviceDialPortClient) Send(m *DialPortRequest) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *ttrpcsandboxserviceDialPortClient) Recv() (*DialPortResponse, error) {
+	m := new(DialPortResponse)
 	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}

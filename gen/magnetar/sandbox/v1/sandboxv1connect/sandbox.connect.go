@@ -57,6 +57,8 @@ const (
 	// SandboxServiceWatchSandboxUsageProcedure is the procedure name of the SandboxService's
 	// WatchSandboxUsage RPC.
 	SandboxServiceWatchSandboxUsageProcedure = "/magnetar.sandbox.v1.SandboxService/WatchSandboxUsage"
+	// SandboxServiceDialPortProcedure is the procedure name of the SandboxService's DialPort RPC.
+	SandboxServiceDialPortProcedure = "/magnetar.sandbox.v1.SandboxService/DialPort"
 	// SandboxServiceSetSandboxTimeoutProcedure is the procedure name of the SandboxService's
 	// SetSandboxTimeout RPC.
 	SandboxServiceSetSandboxTimeoutProcedure = "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout"
@@ -145,6 +147,13 @@ var (
 			Procedure:  SandboxServiceWatchSandboxUsageProcedure,
 		}
 	})
+	sandboxServiceDialPortSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeBidi,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("DialPort"),
+			Procedure:  SandboxServiceDialPortProcedure,
+		}
+	})
 	sandboxServiceSetSandboxTimeoutSpec = sync.OnceValue(func() connect.Spec {
 		return connect.Spec{
 			StreamType: connect.StreamTypeUnary,
@@ -217,6 +226,19 @@ type SandboxServiceClient interface {
 	// 100 ms; default 1 s), starting at once, until the client cancels or
 	// the sandbox is deleted (the stream then ends with NOT_FOUND).
 	WatchSandboxUsage(context.Context, *v1.WatchSandboxUsageRequest) (SandboxServiceWatchSandboxUsageClientStream, error)
+	// DialPort opens a TCP connection to a port that a process in the
+	// sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+	// carries its bytes both ways: the client's first message names the
+	// sandbox and port, the next ones carry data; the server answers with an
+	// empty first message once connected, then data. The client closing its
+	// side of the stream half-closes the connection (the process reads end
+	// of file); the process closing its side is a message with closed set,
+	// and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+	// (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+	// sandbox, UNAVAILABLE when nothing listens on the port,
+	// INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+	// cannot reach its sandbox's ports yet.
+	DialPort(context.Context) (SandboxServiceDialPortClientStream, error)
 	// SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
 	// from now) and its idle timeout. At the end of its lifetime a sandbox is
 	// stopped (its containers get 10 s after SIGTERM) and deleted, after an
@@ -277,6 +299,42 @@ func (s SandboxServiceWatchSandboxUsageClientStream) Close() error {
 	return s.stream.Close()
 }
 
+// SandboxServiceDialPortClientStream is the client stream for the SandboxService's DialPort RPC.
+type SandboxServiceDialPortClientStream struct {
+	stream connect.ClientStream
+}
+
+// SendHeaders opens the stream and flushes the request headers without a message. The first Send or
+// Receive does this implicitly.
+func (s SandboxServiceDialPortClientStream) SendHeaders() error {
+	return s.stream.SendHeaders()
+}
+
+// Send sends a request message to the server.
+func (s SandboxServiceDialPortClientStream) Send(req *v1.DialPortRequest) error {
+	return s.stream.Send(req)
+}
+
+// CloseSend closes the request side of the stream.
+func (s SandboxServiceDialPortClientStream) CloseSend() error {
+	return s.stream.CloseSend()
+}
+
+// Receive returns the next response message from the server.
+func (s SandboxServiceDialPortClientStream) Receive() (*v1.DialPortResponse, error) {
+	var res v1.DialPortResponse
+	if err := s.stream.Receive(&res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Close releases the stream's resources. It is idempotent and is typically deferred to clean up a
+// stream abandoned before io.EOF.
+func (s SandboxServiceDialPortClientStream) Close() error {
+	return s.stream.Close()
+}
+
 // SandboxServiceHandler is an implementation of the magnetar.sandbox.v1.SandboxService service.
 type SandboxServiceHandler interface {
 	// CreateSandbox prepares a sandbox of the requested kind without starting
@@ -332,6 +390,19 @@ type SandboxServiceHandler interface {
 	// 100 ms; default 1 s), starting at once, until the client cancels or
 	// the sandbox is deleted (the stream then ends with NOT_FOUND).
 	WatchSandboxUsage(context.Context, *v1.WatchSandboxUsageRequest, SandboxServiceWatchSandboxUsageServerStream) error
+	// DialPort opens a TCP connection to a port that a process in the
+	// sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+	// carries its bytes both ways: the client's first message names the
+	// sandbox and port, the next ones carry data; the server answers with an
+	// empty first message once connected, then data. The client closing its
+	// side of the stream half-closes the connection (the process reads end
+	// of file); the process closing its side is a message with closed set,
+	// and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+	// (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+	// sandbox, UNAVAILABLE when nothing listens on the port,
+	// INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+	// cannot reach its sandbox's ports yet.
+	DialPort(context.Context, SandboxServiceDialPortServerStream) error
 	// SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
 	// from now) and its idle timeout. At the end of its lifetime a sandbox is
 	// stopped (its containers get 10 s after SIGTERM) and deleted, after an
@@ -360,6 +431,7 @@ func RegisterSandboxServiceHandler(server *connect.Server, svc SandboxServiceHan
 		connect.Method{Spec: sandboxServiceResumeSandboxSpec(), Handler: adapter.resumeSandbox},
 		connect.Method{Spec: sandboxServiceGetSandboxUsageSpec(), Handler: adapter.getSandboxUsage},
 		connect.Method{Spec: sandboxServiceWatchSandboxUsageSpec(), Handler: adapter.watchSandboxUsage},
+		connect.Method{Spec: sandboxServiceDialPortSpec(), Handler: adapter.dialPort},
 		connect.Method{Spec: sandboxServiceSetSandboxTimeoutSpec(), Handler: adapter.setSandboxTimeout},
 		connect.Method{Spec: sandboxServiceListKindsSpec(), Handler: adapter.listKinds},
 	)
@@ -394,6 +466,30 @@ func (s SandboxServiceWatchSandboxUsageServerStream) SendHeaders() error {
 
 // Send sends a response message to the client.
 func (s SandboxServiceWatchSandboxUsageServerStream) Send(res *v1.WatchSandboxUsageResponse) error {
+	return s.stream.Send(res)
+}
+
+// SandboxServiceDialPortServerStream is the server stream for the SandboxService's DialPort RPC.
+type SandboxServiceDialPortServerStream struct {
+	stream connect.ServerStream
+}
+
+// Receive returns the next request message from the client.
+func (s SandboxServiceDialPortServerStream) Receive() (*v1.DialPortRequest, error) {
+	var req v1.DialPortRequest
+	if err := s.stream.Receive(&req); err != nil {
+		return nil, err
+	}
+	return &req, nil
+}
+
+// SendHeaders flushes the response headers without a message. The first Send does this implicitly.
+func (s SandboxServiceDialPortServerStream) SendHeaders() error {
+	return s.stream.SendHeaders()
+}
+
+// Send sends a response message to the client.
+func (s SandboxServiceDialPortServerStream) Send(res *v1.DialPortResponse) error {
 	return s.stream.Send(res)
 }
 
@@ -442,6 +538,10 @@ func (UnimplementedSandboxServiceHandler) GetSandboxUsage(context.Context, *v1.G
 
 func (UnimplementedSandboxServiceHandler) WatchSandboxUsage(context.Context, *v1.WatchSandboxUsageRequest, SandboxServiceWatchSandboxUsageServerStream) error {
 	return connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.WatchSandboxUsage is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) DialPort(context.Context, SandboxServiceDialPortServerStream) error {
+	return connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.DialPort is not implemented")
 }
 
 func (UnimplementedSandboxServiceHandler) SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
@@ -542,6 +642,14 @@ func (c *sandboxServiceClient) WatchSandboxUsage(ctx context.Context, req *v1.Wa
 		return SandboxServiceWatchSandboxUsageClientStream{}, err
 	}
 	return SandboxServiceWatchSandboxUsageClientStream{stream: stream}, nil
+}
+
+func (c *sandboxServiceClient) DialPort(ctx context.Context) (SandboxServiceDialPortClientStream, error) {
+	stream, err := c.client.CallClientStream(ctx, sandboxServiceDialPortSpec())
+	if err != nil {
+		return SandboxServiceDialPortClientStream{}, err
+	}
+	return SandboxServiceDialPortClientStream{stream: stream}, nil
 }
 
 func (c *sandboxServiceClient) SetSandboxTimeout(ctx context.Context, req *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
@@ -684,6 +792,10 @@ func (h sandboxServiceHandler) watchSandboxUsage(ctx context.Context, _ connect.
 		return err
 	}
 	return h.svc.WatchSandboxUsage(ctx, &req, SandboxServiceWatchSandboxUsageServerStream{stream: stream})
+}
+
+func (h sandboxServiceHandler) dialPort(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	return h.svc.DialPort(ctx, SandboxServiceDialPortServerStream{stream: stream})
 }
 
 func (h sandboxServiceHandler) setSandboxTimeout(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, GetSandboxRequest, GetSandboxResponse, GetSandboxUsageRequest, GetSandboxUsageResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, PauseSandboxRequest, PauseSandboxResponse, ResumeSandboxRequest, ResumeSandboxResponse, SetSandboxTimeoutRequest, SetSandboxTimeoutResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse, WatchSandboxUsageRequest, WatchSandboxUsageResponse
+from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, DialPortRequest, DialPortResponse, GetSandboxRequest, GetSandboxResponse, GetSandboxUsageRequest, GetSandboxUsageResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, PauseSandboxRequest, PauseSandboxResponse, ResumeSandboxRequest, ResumeSandboxResponse, SetSandboxTimeoutRequest, SetSandboxTimeoutResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse, WatchSandboxUsageRequest, WatchSandboxUsageResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -139,6 +139,23 @@ class SandboxService(Protocol):
         WatchSandboxUsage streams a sandbox's usage every interval (at least
         100 ms; default 1 s), starting at once, until the client cancels or
         the sandbox is deleted (the stream then ends with NOT_FOUND).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def dial_port(self, request: AsyncIterator[DialPortRequest], ctx: RequestContext[DialPortRequest, DialPortResponse], /) -> AsyncIterator[DialPortResponse]:
+        """
+        DialPort opens a TCP connection to a port that a process in the
+        sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+        carries its bytes both ways: the client's first message names the
+        sandbox and port, the next ones carry data; the server answers with an
+        empty first message once connected, then data. The client closing its
+        side of the stream half-closes the connection (the process reads end
+        of file); the process closing its side is a message with closed set,
+        and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+        (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+        sandbox, UNAVAILABLE when nothing listens on the port,
+        INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+        cannot reach its sandbox's ports yet.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -294,6 +311,17 @@ class SandboxServiceASGIApplication(ConnectASGIApplication[SandboxService]):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=svc.watch_sandbox_usage,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/DialPort": Endpoint.bidi_stream(
+                    method=MethodInfo(
+                        name="DialPort",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=DialPortRequest,
+                        output=DialPortResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.BIDI_STREAM,
+                    ),
+                    function=svc.dial_port,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout": Endpoint.unary(
                     method=MethodInfo(
@@ -652,6 +680,40 @@ class SandboxServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    def dial_port(
+        self,
+        request: AsyncIterator[DialPortRequest],
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[DialPortResponse]:
+        """
+        DialPort opens a TCP connection to a port that a process in the
+        sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+        carries its bytes both ways: the client's first message names the
+        sandbox and port, the next ones carry data; the server answers with an
+        empty first message once connected, then data. The client closing its
+        side of the stream half-closes the connection (the process reads end
+        of file); the process closing its side is a message with closed set,
+        and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+        (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+        sandbox, UNAVAILABLE when nothing listens on the port,
+        INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+        cannot reach its sandbox's ports yet.
+        """
+        return self.execute_bidi_stream(
+            request=request,
+            method=MethodInfo(
+                name="DialPort",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=DialPortRequest,
+                output=DialPortResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.BIDI_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def set_sandbox_timeout(
         self,
         request: SetSandboxTimeoutRequest,
@@ -812,6 +874,23 @@ class SandboxServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def dial_port(self, request: Iterator[DialPortRequest], ctx: RequestContext[DialPortRequest, DialPortResponse], /) -> Iterator[DialPortResponse]:
+        """
+        DialPort opens a TCP connection to a port that a process in the
+        sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+        carries its bytes both ways: the client's first message names the
+        sandbox and port, the next ones carry data; the server answers with an
+        empty first message once connected, then data. The client closing its
+        side of the stream half-closes the connection (the process reads end
+        of file); the process closing its side is a message with closed set,
+        and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+        (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+        sandbox, UNAVAILABLE when nothing listens on the port,
+        INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+        cannot reach its sandbox's ports yet.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def set_sandbox_timeout(self, request: SetSandboxTimeoutRequest, ctx: RequestContext[SetSandboxTimeoutRequest, SetSandboxTimeoutResponse], /) -> SetSandboxTimeoutResponse:
         """
         SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
@@ -962,6 +1041,17 @@ class SandboxServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=service.watch_sandbox_usage,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/DialPort": EndpointSync.bidi_stream(
+                    method=MethodInfo(
+                        name="DialPort",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=DialPortRequest,
+                        output=DialPortResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.BIDI_STREAM,
+                    ),
+                    function=service.dial_port,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout": EndpointSync.unary(
                     method=MethodInfo(
@@ -1316,6 +1406,40 @@ class SandboxServiceClientSync(ConnectClientSync):
                 output=WatchSandboxUsageResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def dial_port(
+        self,
+        request: Iterator[DialPortRequest],
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> Iterator[DialPortResponse]:
+        """
+        DialPort opens a TCP connection to a port that a process in the
+        sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+        carries its bytes both ways: the client's first message names the
+        sandbox and port, the next ones carry data; the server answers with an
+        empty first message once connected, then data. The client closing its
+        side of the stream half-closes the connection (the process reads end
+        of file); the process closing its side is a message with closed set,
+        and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+        (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+        sandbox, UNAVAILABLE when nothing listens on the port,
+        INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+        cannot reach its sandbox's ports yet.
+        """
+        return self.execute_bidi_stream(
+            request=request,
+            method=MethodInfo(
+                name="DialPort",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=DialPortRequest,
+                output=DialPortResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.BIDI_STREAM,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

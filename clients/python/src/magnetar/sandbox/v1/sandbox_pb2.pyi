@@ -336,6 +336,30 @@ class WatchSandboxUsageResponse(_message.Message):
     usage: SandboxUsage
     def __init__(self, usage: _Optional[_Union[SandboxUsage, _Mapping]] = ...) -> None: ...
 
+class DialPortRequest(_message.Message):
+    __slots__ = ("target", "data")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    target: DialPortTarget
+    data: bytes
+    def __init__(self, target: _Optional[_Union[DialPortTarget, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class DialPortTarget(_message.Message):
+    __slots__ = ("sandbox_id", "port")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    port: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class DialPortResponse(_message.Message):
+    __slots__ = ("data", "closed")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    closed: bool
+    def __init__(self, data: _Optional[bytes] = ..., closed: _Optional[bool] = ...) -> None: ...
+
 class SetSandboxTimeoutRequest(_message.Message):
     __slots__ = ("sandbox_id", "timeout", "idle_timeout")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]

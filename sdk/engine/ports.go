@@ -106,10 +106,11 @@ func dialInNetNS(ctx context.Context, ns *os.File, addr string) (net.Conn, error
 }
 
 // ownNetworkStack reports whether the sandbox's TCP sockets are not the
-// host kernel's (a VM's guest kernel, gVisor's netstack), so that a
-// connection made from the host in its namespace would not reach them.
+// host kernel's (a VM's guest kernel), so that a connection made from the
+// host in its namespace would not reach them. (gVisor's netstack is
+// reached through the kind's own DialPort.)
 func (s *sandbox) ownNetworkStack() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.rec.Kind == "vm" || s.rec.Kind == "gvisor"
+	return s.rec.Kind == "vm"
 }

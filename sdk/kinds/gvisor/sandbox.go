@@ -100,6 +100,12 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, 
 func (s *sandbox) runtime(dir string) *gorunc.Runc {
 	rt := s.b.runtime(s.cfg.Namespace, dir, s.st.Network)
 	rt.ExtraArgs[0] = "--platform=" + s.st.Platform
+	// The root overlay's file store goes in the sandbox's directory,
+	// removed with it: runsc's default (root:self) writes it into the
+	// container's root file system, which a caller's directory (an API
+	// rootfs_path) would keep, and refuses a second container of the
+	// sandbox from the same directory.
+	rt.ExtraArgs = append(rt.ExtraArgs, "--overlay2=root:dir="+s.cfg.Dir)
 	return rt
 }
 

@@ -28,6 +28,8 @@ const helloWatImage = "docker.io/magnetar/hello-wat:e2e"
 var (
 	watImageOnce sync.Once
 	watImageErr  error
+	pauseOnce    sync.Once
+	pauseErr     error
 )
 
 // importHelloWat assembles examples/hello-wat with wabt's wat2wasm,
@@ -116,6 +118,10 @@ func benchKinds(e *env, t testing.TB) []benchKind {
 	}
 	e.importHelloWat(t)
 	e.importHelloWasm(t)
+	pauseOnce.Do(func() { pauseErr = e.ctrd.ImportPause(context.Background()) }) // stock runc's pods
+	if pauseErr != nil {
+		t.Fatalf("pause image: %v", pauseErr)
+	}
 	return []benchKind{
 		{name: "stock-runc", handler: harness.RuncHandler, container: busybox},
 		{name: "magnetar-runc", handler: handler, container: busybox},

@@ -230,19 +230,17 @@ func (b *Backend) watchRunner(ref *runnerRef, child bool) {
 	})
 }
 
-// runnerFor returns the runner a started container's instance lives in,
-// nil when it is gone.
-func (b *Backend) runnerFor(pid int, startTime uint64, socket string) *runnerRef {
+// recoverRunner returns the runner every live instance is in: the one
+// this backend uses, else the one recorded in the root if it still runs
+// (a restart); nil when there is none.
+func (b *Backend) recoverRunner() *runnerRef {
 	b.rmu.Lock()
 	defer b.rmu.Unlock()
-	if b.runner != nil && b.runner.Pid == pid && b.runner.StartTime == startTime {
+	if b.runner.alive() {
 		return b.runner
 	}
-	ref := &runnerRef{Pid: pid, StartTime: startTime, Socket: socket}
-	if !ref.alive() {
-		return nil
-	}
-	if b.runner == nil || !b.runner.alive() {
+	ref := b.recordedRunner()
+	if ref != nil {
 		b.runner = ref
 		b.watchRunner(ref, false)
 	}

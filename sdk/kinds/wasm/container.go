@@ -35,9 +35,10 @@ type containerState struct {
 	Key string `json:"key"`
 	// Pid and StartTime (clock ticks after boot, from /proc/<pid>/stat)
 	// identify the runner once started, Socket is its control socket.
-	Pid       int    `json:"pid,omitempty"`
-	StartTime uint64 `json:"startTime,omitempty"`
-	Socket    string `json:"socket,omitempty"`
+	// Kept in memory only: the runner is the one of <Root>/runner.json.
+	Pid       int    `json:"-"`
+	StartTime uint64 `json:"-"`
+	Socket    string `json:"-"`
 }
 
 const (
@@ -186,13 +187,21 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 		return nil, fmt.Errorf("recover wasm container %q: %w", cfg.ID, err)
 	}
 	c := &container{s: s, id: cfg.ID, dir: dir, stdio: cfg.Stdio, st: *st, done: make(chan struct{})}
-	if st.Pid != 0 {
+	ref := s.b.recoverRunner()
+	switch {
+	case pid != 0 && ref != nil && ref.Pid == int(pid):
+		c.started, c.runner = true, ref
+		c.st.Pid, c.st.StartTime, c.st.Socket = ref.Pid, ref.StartTime, ref.Socket
+		s.b.watch(c, ref)
+	case pid != 0: // its runner is gone
 		c.started = true
-		if ref := s.b.runnerFor(st.Pid, st.StartTime, st.Socket); ref == nil {
-			c.setExited(c.recordedExit(), false)
-		} else {
-			c.runner = ref
-			s.b.watch(c, ref)
+		c.st.Pid = int(pid)
+		c.setExited(c.recordedExit(), false)
+	case ref != nil:
+		// Not started as far as the engine knows: an instance started just
+		// before a crash is ended, so that the container starts afresh.
+		if _, err := ref.call(ctx, &request{Op: "delete", ID: c.st.Key}); err != nil && ref.alive() {
+			return nil, fmt.Errorf("recover wasm container %q: %w", cfg.ID, err)
 		}
 	}
 	s.mu.Lock()
@@ -439,12 +448,10 @@ func (p initProc) Start(ctx context.Context) (_ uint32, retErr error) {
 	if err != nil {
 		return 0, fmt.Errorf("start container %q: %w", c.id, err)
 	}
-	// Recorded first: a restart in between finds the runner, which either
-	// knows the instance or not (then it never started).
-	c.st.Pid, c.st.StartTime, c.st.Socket = ref.Pid, ref.StartTime, ref.Socket
-	if err := writeState(c.dir, &c.st); err != nil {
-		return 0, err
-	}
+	// Not recorded here (no fsync on the way to the first output): the
+	// engine records the pid Start returns, and every live instance is in
+	// the runner of <Root>/runner.json (a runner only exits, or is
+	// replaced, once it has no instance), so RecoverContainer finds it.
 	req := &request{Op: "start", ID: c.st.Key, Start: &c.st.Runner}
 	for attempt := 0; ; attempt++ {
 		_, err = ref.call(ctx, req, sio.files[0], sio.files[1], sio.files[2])
@@ -458,16 +465,11 @@ func (p initProc) Start(ctx context.Context) (_ uint32, retErr error) {
 		if ref, err = c.s.b.replaceRunner(ref); err != nil {
 			break
 		}
-		c.st.Pid, c.st.StartTime, c.st.Socket = ref.Pid, ref.StartTime, ref.Socket
-		if err = writeState(c.dir, &c.st); err != nil {
-			break
-		}
 	}
 	if err != nil {
-		c.st.Pid, c.st.StartTime, c.st.Socket = 0, 0, ""
-		_ = writeState(c.dir, &c.st)
 		return 0, fmt.Errorf("start container %q: %w", c.id, err)
 	}
+	c.st.Pid, c.st.StartTime, c.st.Socket = ref.Pid, ref.StartTime, ref.Socket
 	sio.closeChildEnds()
 	c.started = true
 	c.sio = sio
@@ -561,12 +563,9 @@ func (b *Backend) watch(c *container, ref *runnerRef) {
 // cleanupOrphan ends and removes what is left of a container only known
 // from its state file.
 func (b *Backend) cleanupOrphan(ctx context.Context, st *containerState) error {
-	if st.Pid != 0 {
-		ref := &runnerRef{Pid: st.Pid, StartTime: st.StartTime, Socket: st.Socket}
-		if ref.alive() {
-			if _, err := ref.call(ctx, &request{Op: "delete", ID: st.Key}); err != nil && ref.alive() {
-				return err
-			}
+	if ref := b.recoverRunner(); ref != nil {
+		if _, err := ref.call(ctx, &request{Op: "delete", ID: st.Key}); err != nil && ref.alive() {
+			return err
 		}
 	}
 	if st.MountedRootfs {

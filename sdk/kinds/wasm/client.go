@@ -43,6 +43,27 @@ func (r *runnerRef) alive() bool {
 // errRunnerExiting: the runner refused a start because it is closing.
 var errRunnerExiting = errors.New("wasm runner exiting")
 
+// exited waits up to timeout for the runner to exit and reports whether
+// it did (a runner that closed its socket exits right after).
+func (r *runnerRef) exited(timeout time.Duration) bool {
+	fd, err := unix.PidfdOpen(r.Pid, 0)
+	if err != nil {
+		return true
+	}
+	defer unix.Close(fd)
+	if !r.alive() {
+		return true
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(pfd, int(timeout.Milliseconds()))
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0
+	}
+}
+
 // call sends req (with files as SCM_RIGHTS) to the runner behind ref and
 // reads its response; ctx ending closes the connection.
 func (ref *runnerRef) call(ctx context.Context, req *request, files ...*os.File) (*response, error) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +18,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
@@ -39,6 +42,11 @@ type containerState struct {
 	Pid       int    `json:"-"`
 	StartTime uint64 `json:"-"`
 	Socket    string `json:"-"`
+	// Legacy* are set in the state of a container made by a version whose
+	// containers were runner processes of their own, each in a cgroup.
+	LegacyPid       int    `json:"pid,omitempty"`
+	LegacyStartTime uint64 `json:"startTime,omitempty"`
+	LegacyCgroup    string `json:"cgroup,omitempty"`
 }
 
 const (
@@ -187,6 +195,26 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 		return nil, fmt.Errorf("recover wasm container %q: %w", cfg.ID, err)
 	}
 	c := &container{s: s, id: cfg.ID, dir: dir, stdio: cfg.Stdio, st: *st, done: make(chan struct{})}
+	if st.Key == "" {
+		// Made by a version before the shared runner: its process is
+		// ended (exit 137) and its cgroup removed; the container can only
+		// be deleted.
+		c.started = st.LegacyPid != 0
+		c.st.Key = s.instanceKey(cfg.ID)
+		if c.started {
+			killed := endLegacyRunner(st.LegacyPid, st.LegacyStartTime)
+			removeLegacyCgroup(st.LegacyCgroup, "/magnetar/"+s.cfg.ID)
+			exit := c.recordedExit()
+			if killed {
+				exit.Code = 128 + uint32(syscall.SIGKILL)
+			}
+			c.setExited(exit, false)
+		}
+		s.mu.Lock()
+		s.ctrs[cfg.ID] = c
+		s.mu.Unlock()
+		return c, nil
+	}
 	ref := s.b.recoverRunner()
 	switch {
 	case pid != 0 && ref != nil && ref.Pid == int(pid):
@@ -208,6 +236,44 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	s.ctrs[cfg.ID] = c
 	s.mu.Unlock()
 	return c, nil
+}
+
+// endLegacyRunner kills the runner process of a container of an earlier
+// version, if pid still is the process that started at startTime, and
+// waits (at most 5 s) for it to die; it reports whether it killed it.
+func endLegacyRunner(pid int, startTime uint64) bool {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	if t, err := procStartTime(pid); err != nil || t != startTime {
+		return false
+	}
+	if unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) != nil {
+		return false
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	_, _ = unix.Poll(pfd, 5000)
+	_, _ = unix.Wait4(pid, nil, unix.WNOHANG, nil)
+	return true
+}
+
+// removeLegacyCgroup removes the (empty) cgroup p of an earlier version's
+// container from every hierarchy it may be in, and its parent when that is
+// the sandbox's default parent (and empty).
+func removeLegacyCgroup(p, defaultParent string) {
+	if p == "" || !path.IsAbs(p) || path.Clean(p) != p || p == "/" {
+		return
+	}
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*")
+	dirs = append(dirs, "/sys/fs/cgroup")
+	for _, d := range dirs {
+		_ = os.Remove(filepath.Join(d, p))
+		if path.Dir(p) == defaultParent {
+			_ = os.Remove(filepath.Join(d, defaultParent))
+		}
+	}
 }
 
 // procStartTime reads when pid started (clock ticks after boot).
@@ -307,7 +373,7 @@ func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.P
 // has the runner forget it, unmounts the rootfs and removes the state dir.
 func (c *container) Delete(ctx context.Context) error {
 	c.mu.Lock()
-	ref := c.runner
+	ref, started := c.runner, c.started
 	c.mu.Unlock()
 	var errs []error
 	if ref != nil && ref.alive() {
@@ -315,17 +381,13 @@ func (c *container) Delete(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if len(errs) == 0 {
+	if len(errs) == 0 && started {
+		// The runner has forgotten the instance: its wait answers now.
 		t := time.NewTimer(10 * time.Second)
 		select {
 		case <-c.done:
 		case <-t.C:
-			c.mu.Lock()
-			started := c.started
-			c.mu.Unlock()
-			if started {
-				errs = append(errs, fmt.Errorf("instance of container %q does not stop: %w", c.id, errdefs.ErrUnavailable))
-			}
+			errs = append(errs, fmt.Errorf("instance of container %q does not stop: %w", c.id, errdefs.ErrUnavailable))
 		case <-ctx.Done():
 			errs = append(errs, ctx.Err())
 		}
@@ -454,12 +516,15 @@ func (p initProc) Start(ctx context.Context) (_ uint32, retErr error) {
 	// replaced, once it has no instance), so RecoverContainer finds it.
 	req := &request{Op: "start", ID: c.st.Key, Start: &c.st.Runner}
 	for attempt := 0; ; attempt++ {
-		_, err = ref.call(ctx, req, sio.files[0], sio.files[1], sio.files[2])
+		var resp *response
+		resp, err = ref.call(ctx, req, sio.files[0], sio.files[1], sio.files[2])
 		if err == nil || attempt > 0 || ctx.Err() != nil {
 			break
 		}
-		// The runner was exiting (idle) or died: once more in a new one.
-		if !errors.Is(err, errRunnerExiting) && ref.alive() {
+		// A runner that is exiting (idle) refuses; one that closed its
+		// socket (idle) or died does not answer, and then exits: once
+		// more in a new runner.
+		if resp != nil && !errors.Is(err, errRunnerExiting) || resp == nil && !ref.exited(2*time.Second) {
 			break
 		}
 		if ref, err = c.s.b.replaceRunner(ref); err != nil {

@@ -132,6 +132,7 @@ type runner struct {
 	unused    [][32]byte // digests of modules no instance uses, oldest first
 	idleTimer *time.Timer
 	closing   bool
+	handlers  sync.WaitGroup // requests being answered
 }
 
 // maxUnusedModules is how many compiled modules no instance uses the
@@ -192,6 +193,7 @@ func (r *runner) serve() int {
 				if r.sockPath != "" {
 					_ = os.Remove(r.sockPath)
 				}
+				r.handlers.Wait() // each gets its answer (a start: "exiting")
 				return 0
 			}
 			if errors.Is(err, net.ErrClosed) {
@@ -200,7 +202,7 @@ func (r *runner) serve() int {
 			time.Sleep(10 * time.Millisecond) // EMFILE and the like
 			continue
 		}
-		go r.handle(c)
+		r.handlers.Go(func() { r.handle(c) })
 	}
 }
 

@@ -644,6 +644,14 @@ func TestSharedRunner(t *testing.T) {
 	if socks, _ := filepath.Glob(filepath.Join(root, "*.sock")); len(socks) > 0 {
 		t.Errorf("runner sockets remain: %v", socks)
 	}
+	// The next container starts a new runner.
+	h.sandbox("shared-c")
+	dir := t.TempDir()
+	io, out := fileStdio(t)
+	h.run("shared-c", "again", dir, wasmtest.Bundle(t, dir, hello, "/hello.wasm"), io)
+	if st := h.wait("shared-c", "again", 10*time.Second); st.Code != 0 || !strings.Contains(out(), "Hello from WebAssembly (WAT)!") {
+		t.Errorf("container in a new runner: exit %d, output %q", st.Code, out())
+	}
 }
 
 // BenchmarkFirstOutput measures create+start of examples/hello-wat in a

@@ -134,6 +134,7 @@ func benchKinds(e *env, t testing.TB) []benchKind {
 // container's first line was in its CRI log.
 type phases struct {
 	runPod, create, start, output, total time.Duration
+	cid                                  string // the container
 }
 
 // runBenchPod runs a pod of kind k with its container and returns how long
@@ -155,7 +156,7 @@ func (e *env) runBenchPod(t testing.TB, k benchKind, sleep bool) (*pod, phases) 
 		t.Fatalf("StartContainer: %v", err)
 	}
 	t3 := time.Now()
-	ph.runPod, ph.create, ph.start = t1.Sub(begin), t2.Sub(t1), t3.Sub(t2)
+	ph.runPod, ph.create, ph.start, ph.cid = t1.Sub(begin), t2.Sub(t1), t3.Sub(t2), resp.ContainerId
 	log := filepath.Join(p.cfg.LogDirectory, cfg.LogPath)
 	deadline := begin.Add(time.Minute)
 	for {
@@ -223,29 +224,52 @@ func BenchmarkFirstOutput(b *testing.B) {
 // the sandboxer's processes (supervisor, worker, wasm runner) and every
 // process of the stock runc shims of this containerd, with the pods
 // running, minus the same before, divided by the number of pods. Each
-// pod's container prints a line and stays up. MAGNETAR_BENCH_PODS sets the
-// number of pods per kind (default 10).
+// pod's container prints a line and stays up. It also reports the wasm
+// runner's share ("-runner-") and a wasm module's linear memory in RAM
+// (the working set of CRI's ContainerStats). The Go heaps of containerd and the
+// sandboxer make single samples noisy (a GC in between can even make a
+// delta negative): the median over the iterations is reported.
+// Each sample is taken pssSettle after the last start (the steady state
+// of pods that run for long: the wasm runner returns the garbage of
+// instantiations to the host a second after the last start).
+// MAGNETAR_BENCH_PODS sets the number of pods per kind (default 20).
 func BenchmarkPodPSS(b *testing.B) {
 	e := setup(b)
 	kinds := benchKinds(e, b)
-	n := 10
+	n := 20
 	if v, err := strconv.Atoi(os.Getenv("MAGNETAR_BENCH_PODS")); err == nil && v > 0 {
 		n = v
 	}
 	perPod := make([][]float64, len(kinds))
+	runnerPerPod := make([][]float64, len(kinds))
+	linear := make([][]float64, len(kinds))
 	for b.Loop() {
 		for i, k := range kinds {
 			// One pod first (a wasm runner starts, images are unpacked),
 			// then n more.
 			first, _ := e.runBenchPod(b, k, true)
+			time.Sleep(pssSettle)
 			before := e.benchPSS(b)
 			pods := make([]*pod, 0, n)
+			var last phases
 			for range n {
-				p, _ := e.runBenchPod(b, k, true)
+				var p *pod
+				p, last = e.runBenchPod(b, k, true)
 				pods = append(pods, p)
 			}
+			time.Sleep(pssSettle)
 			after := e.benchPSS(b)
-			perPod[i] = append(perPod[i], float64(after-before)/float64(n))
+			if strings.Contains(k.name, "wasm") {
+				// The module's linear memory in RAM: the working set CRI
+				// reports.
+				st, err := e.rt.ContainerStats(ctxT(b), &runtime.ContainerStatsRequest{ContainerId: last.cid})
+				if err != nil {
+					b.Fatalf("ContainerStats: %v", err)
+				}
+				linear[i] = append(linear[i], float64(st.GetStats().GetMemory().GetWorkingSetBytes().GetValue())/1024)
+			}
+			perPod[i] = append(perPod[i], float64(after.total-before.total)/float64(n))
+			runnerPerPod[i] = append(runnerPerPod[i], float64(after.runner-before.runner)/float64(n))
 			b.StopTimer()
 			for _, p := range append(pods, first) {
 				e.removePod(b, p)
@@ -255,20 +279,31 @@ func BenchmarkPodPSS(b *testing.B) {
 	}
 	med := make([]float64, len(kinds))
 	for i, k := range kinds {
-		slices.Sort(perPod[i])
-		med[i] = perPod[i][len(perPod[i])/2]
+		med[i] = medianF(perPod[i])
 		b.ReportMetric(med[i], k.name+"-pss-KiB/pod")
+		if strings.Contains(k.name, "wasm") {
+			b.ReportMetric(medianF(runnerPerPod[i]), k.name+"-runner-pss-KiB/pod")
+			b.ReportMetric(medianF(linear[i]), k.name+"-linear-memory-KiB")
+		}
 	}
 	for i, k := range kinds[1:] {
 		b.ReportMetric(med[i+1]/med[0], k.name+"/stock")
 	}
 }
 
+// pssSettle is how long BenchmarkPodPSS lets the processes settle before
+// a sample (a measurement's condition, not a synchronisation).
+const pssSettle = 2 * time.Second
+
+// pss is a sum of PSS in KiB, with the wasm runner's share.
+type pss struct{ total, runner int64 }
+
 // benchPSS sums the PSS (KiB) of containerd, the sandboxer and its
 // descendants, and this containerd's shims with their descendants.
-func (e *env) benchPSS(t testing.TB) uint64 {
+func (e *env) benchPSS(t testing.TB) pss {
 	t.Helper()
 	ppid := map[int]int{}
+	runners := map[int]bool{}
 	roots := []int{e.ctrd.Pid(), e.sandboxer.Process.Pid}
 	ents, _ := os.ReadDir("/proc")
 	for _, ent := range ents {
@@ -286,9 +321,12 @@ func (e *env) benchPSS(t testing.TB) uint64 {
 			continue
 		}
 		ppid[pid], _ = strconv.Atoi(f[1])
-		if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil &&
-			strings.Contains(string(cmd), "containerd-shim") && strings.Contains(string(cmd), e.ctrd.Address()) {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(cmd), "containerd-shim") && strings.Contains(string(cmd), e.ctrd.Address()) {
 			roots = append(roots, pid)
+		}
+		if strings.HasPrefix(string(cmd), "magnetar-wasm-runner") {
+			runners[pid] = true
 		}
 	}
 	in := map[int]bool{}
@@ -303,11 +341,24 @@ func (e *env) benchPSS(t testing.TB) uint64 {
 			}
 		}
 	}
-	var total uint64
+	var sum pss
 	for pid := range in {
-		total += pssKiB(pid)
+		kib := int64(pssKiB(pid))
+		sum.total += kib
+		if runners[pid] {
+			sum.runner += kib
+		}
 	}
-	return total
+	return sum
+}
+
+func medianF(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // pssKiB is a process's proportional set size in KiB, 0 if it is gone.

@@ -415,7 +415,8 @@ func (c *container) Delete(ctx context.Context) error {
 }
 
 // Stats reports the instance's CPU time (its thread's) and its linear
-// memory against its limit.
+// memory against its limit: its size as the usage, the part of it in RAM
+// as the working set.
 func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
 	c.mu.Lock()
 	ref, started := c.runner, c.started
@@ -434,7 +435,7 @@ func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
 	}
 	st := &backend.Stats{
 		Timestamp: now, CPUUsageNanos: resp.CPUNanos,
-		MemoryUsageBytes: resp.MemoryBytes, MemoryWorkingBytes: resp.MemoryBytes,
+		MemoryUsageBytes: resp.MemoryBytes, MemoryWorkingBytes: resp.MemoryResident,
 		MemoryLimitBytes: resp.MemoryLimit,
 	}
 	c.mu.Lock()

@@ -387,7 +387,7 @@ func (inst *instance) stats() *response {
 			cpu = threadCPU(tid)
 		}
 	}
-	return &response{CPUNanos: cpu, MemoryBytes: inst.mem.size(), MemoryLimit: inst.mem.limit()}
+	return &response{CPUNanos: cpu, MemoryBytes: inst.mem.size(), MemoryResident: inst.mem.resident(), MemoryLimit: inst.mem.limit()}
 }
 
 // release frees what the instance still holds once it was deleted.

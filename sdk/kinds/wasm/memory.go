@@ -3,6 +3,7 @@ package wasm
 import (
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/tetratelabs/wazero/experimental"
 	"golang.org/x/sys/unix"
@@ -48,6 +49,33 @@ func (a *memoryAllocator) size() uint64 {
 		return 0
 	}
 	return a.mem.len.Load()
+}
+
+// resident is how much of the linear memory is in RAM (mincore), which the
+// module touched: its working set. A memory on Go's heap counts whole.
+func (a *memoryAllocator) resident() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := a.mem
+	if m == nil {
+		return 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := m.len.Load()
+	if !m.mapped || n == 0 {
+		return n
+	}
+	page := uint64(unix.Getpagesize())
+	vec := make([]byte, (n+page-1)/page)
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m.buf[0])), uintptr(n), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		return n
+	}
+	var in uint64
+	for _, v := range vec {
+		in += uint64(v & 1)
+	}
+	return in * page
 }
 
 // Allocate implements experimental.MemoryAllocator.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -131,6 +132,7 @@ type runner struct {
 	mods      map[[32]byte]*moduleEntry
 	unused    [][32]byte // digests of modules no instance uses, oldest first
 	idleTimer *time.Timer
+	trimTimer *time.Timer
 	closing   bool
 	handlers  sync.WaitGroup // requests being answered
 }
@@ -157,6 +159,23 @@ func newRunner(cacheDir string, idle time.Duration, l *net.UnixListener) *runner
 	r.armIdleLocked()
 	r.mu.Unlock()
 	return r
+}
+
+// trimDelay is how long after the last start the runner returns the
+// garbage of instantiations to the host.
+const trimDelay = time.Second
+
+// trimSoon returns freed memory to the host once starts have quietened:
+// instantiating a module leaves garbage on the runner's Go heap (decoded
+// sections, copies of data), which Go would otherwise keep for a while.
+func (r *runner) trimSoon() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.trimTimer != nil {
+		r.trimTimer.Reset(trimDelay)
+		return
+	}
+	r.trimTimer = time.AfterFunc(trimDelay, debug.FreeOSMemory)
 }
 
 // armIdleLocked starts the idle timer when no instance is left.
@@ -229,10 +248,12 @@ type response struct {
 	// OOM: the instance's memory limit refused a growth.
 	OOM      bool      `json:"oom,omitempty"`
 	ExitedAt time.Time `json:"exitedAt,omitzero"`
-	// Stats' answer.
-	CPUNanos    uint64 `json:"cpuNanos,omitempty"`
-	MemoryBytes uint64 `json:"memoryBytes,omitempty"`
-	MemoryLimit uint64 `json:"memoryLimit,omitempty"`
+	// Stats' answer: CPU time, linear memory's size, the part of it in
+	// RAM, its limit.
+	CPUNanos       uint64 `json:"cpuNanos,omitempty"`
+	MemoryBytes    uint64 `json:"memoryBytes,omitempty"`
+	MemoryResident uint64 `json:"memoryResident,omitempty"`
+	MemoryLimit    uint64 `json:"memoryLimit,omitempty"`
 	// List's answer.
 	IDs []string `json:"ids,omitempty"`
 }
@@ -372,6 +393,7 @@ func (r *runner) start(id string, cfg *runnerConfig, files []*os.File) *response
 	running := make(chan struct{})
 	go inst.run(running)
 	<-running
+	r.trimSoon()
 	return &response{}
 }
 

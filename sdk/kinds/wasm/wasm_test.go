@@ -745,3 +745,25 @@ func pssKiB(pid int) uint64 {
 	}
 	return 0
 }
+
+// TestGoModuleMemory checks the stats of a Go-built module (minish,
+// sleeping): its linear memory's size as the usage and the part of it in
+// RAM as the working set.
+func TestGoModuleMemory(t *testing.T) {
+	h := newHarness(t, wasm.Config{})
+	mod := wasmtest.Build(t, "minish")
+	sb := h.sandbox("gomem")
+	dir := t.TempDir()
+	spec := wasmtest.Shell{Module: mod}.Bundle(t, dir, "echo up; sleep 600")
+	io, out := fileStdio(t)
+	h.run(sb, "m", dir, spec, io)
+	testutil.Eventually(t, 30*time.Second, func() bool { return strings.Contains(out(), "up") }, "output")
+	st, err := h.e.Stats(context.Background(), sb, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.MemoryUsageBytes == 0 || st.MemoryWorkingBytes == 0 || st.MemoryWorkingBytes > st.MemoryUsageBytes {
+		t.Errorf("stats = %+v; want a linear memory size and a working set within it", st)
+	}
+	t.Logf("Go module (minish): linear memory %d KiB, in RAM %d KiB", st.MemoryUsageBytes>>10, st.MemoryWorkingBytes>>10)
+}

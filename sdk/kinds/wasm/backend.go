@@ -41,7 +41,9 @@
 // preempted by Go's scheduler like any goroutine and is ended at once by a
 // signal; its neighbours keep running. CPU is accounted per instance (its
 // thread's CPU time); CPU quotas and shares of a container are not
-// enforced per instance (the runner's cgroup bounds all of them).
+// enforced per instance (the runner's cgroup bounds all of them). A runner
+// hosts at most 8192 instances (one OS thread each); more are refused
+// (ResourceExhausted).
 //
 // # Signals and exit codes
 //

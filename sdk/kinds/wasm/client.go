@@ -107,8 +107,11 @@ func (ref *runnerRef) call(ctx context.Context, req *request, files ...*os.File)
 	}
 	if resp.Error != "" {
 		err := fmt.Errorf("wasm runner: %s", resp.Error)
-		if resp.NotFound {
+		switch {
+		case resp.NotFound:
 			err = fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
+		case resp.Exhausted:
+			err = fmt.Errorf("%w: %w", err, errdefs.ErrResourceExhausted)
 		}
 		return &resp, err
 	}

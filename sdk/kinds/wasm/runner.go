@@ -107,6 +107,7 @@ func runRunner() int {
 		fmt.Fprintf(os.Stderr, "wasm runner: %v\n", err)
 		return 2
 	}
+	debug.SetMaxThreads(maxInstances + 1000)
 	r := newRunner(*cacheDir, *idle, l.(*net.UnixListener))
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, syscall.SIGTERM)
@@ -140,6 +141,10 @@ type runner struct {
 // maxUnusedModules is how many compiled modules no instance uses the
 // runner keeps, for the next instance of the same module.
 const maxUnusedModules = 8
+
+// maxInstances bounds the instances of a runner: each has an OS thread,
+// and Go ends a process that exceeds its thread limit (set above this).
+const maxInstances = 8192
 
 func newRunner(cacheDir string, idle time.Duration, l *net.UnixListener) *runner {
 	ctx := context.Background()
@@ -243,6 +248,8 @@ type response struct {
 	NotFound bool   `json:"notFound,omitempty"`
 	// Exiting: the runner is closing and takes no new instance.
 	Exiting bool `json:"exiting,omitempty"`
+	// Exhausted: the runner hosts as many instances as it can.
+	Exhausted bool `json:"exhausted,omitempty"`
 	// Wait's answer.
 	Code uint32 `json:"code,omitempty"`
 	// OOM: the instance's memory limit refused a growth.
@@ -375,6 +382,13 @@ func (r *runner) start(id string, cfg *runnerConfig, files []*os.File) *response
 			f.Close()
 		}
 		return &response{Exiting: true, Error: "runner exiting"}
+	}
+	if len(r.insts) >= maxInstances {
+		r.mu.Unlock()
+		for _, f := range files {
+			f.Close()
+		}
+		return &response{Error: fmt.Sprintf("the runner hosts %d instances, its most", maxInstances), Exhausted: true}
 	}
 	if _, dup := r.insts[id]; dup {
 		r.mu.Unlock()

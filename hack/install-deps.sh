@@ -11,6 +11,7 @@
 #   procps                       ps/pgrep in the demos
 #   qemu-system-x86              the microVM kind's hypervisor (boot tests)
 #   cpio xz-utils                building the microVM guest image (make guest)
+#   wabt                         wat2wasm, for examples/hello-wat (make examples, benchmarks)
 #   runsc                        gVisor, the gvisor kind: from bookworm-backports
 #                                (20240729, has the systrap platform) when the
 #                                distribution is bookworm — the backports source
@@ -37,6 +38,7 @@ PACKAGES=(
 	qemu-system-x86
 	cpio
 	xz-utils
+	wabt
 )
 
 command -v npm >/dev/null || PACKAGES+=(nodejs npm)

@@ -23,7 +23,8 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// Wasm containers run in a child that re-executes the test binary.
+	// Wasm containers run in the wasm runner, which re-executes the test
+	// binary.
 	if wasm.RunnerMain() {
 		return
 	}

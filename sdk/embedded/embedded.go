@@ -43,10 +43,11 @@ var runnerHooked atomic.Bool
 //		...
 //	}
 //
-// The wasm kind runs each container in a copy of the program's own
-// executable, started with a marker in its environment; in such a copy,
-// RunnerMain runs the container's module and exits with its status. In
-// the program itself it returns false at once. [New] includes the
+// The wasm kind runs its containers as instances in a copy of the
+// program's own executable (one runner for all of them), started with a
+// marker in its environment; in such a copy, RunnerMain serves as that
+// runner and exits once it has had no instance for a while. In the
+// program itself it returns false at once. [New] includes the
 // wasm kind in its default set only when RunnerMain was called. The runc
 // kind likewise starts a copy as the init of a pod's shared PID namespace
 // (see runc.PodInitMain), and the gvisor kind as the root container of

@@ -17,8 +17,9 @@ const (
 )
 
 // PauseSandbox freezes every running container of a ready sandbox (the
-// kinds' freezers: a cgroup's for runc and wasm, the sandbox's for gvisor,
-// the guest's for vm), so that nothing of it runs until [Engine.ResumeSandbox].
+// kinds' freezers: a cgroup's for runc, the sandbox's for gvisor, the
+// guest's for vm; a kind without one, as wasm, refuses with
+// ErrNotImplemented), so that nothing of it runs until [Engine.ResumeSandbox].
 // While it is paused no container is created, started or exec'd into.
 // Pausing a paused sandbox changes nothing. If a container cannot be
 // frozen, those frozen so far are thawed again and the error returned.

@@ -262,3 +262,23 @@ func CacheRoot(t testing.TB) string {
 	}
 	return dir
 }
+
+// HelloWAT assembles examples/hello-wat with wabt's wat2wasm into a
+// temporary directory of t and returns the .wasm file's path. It skips the
+// test when wat2wasm is missing (fails under MAGNETAR_E2E_REQUIRED=1).
+func HelloWAT(t testing.TB) string {
+	t.Helper()
+	wat2wasm, err := exec.LookPath("wat2wasm")
+	if err != nil {
+		prereq.SkipOrFail(t, "wat2wasm (wabt, hack/install-deps.sh) assembles examples/hello-wat: %v", err)
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "hello-wat.wasm")
+	if b, err := exec.Command(wat2wasm, filepath.Join(root, "examples", "hello-wat", "hello.wat"), "-o", out).CombinedOutput(); err != nil {
+		t.Fatalf("wat2wasm: %v: %s", err, b)
+	}
+	return out
+}

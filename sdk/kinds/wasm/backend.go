@@ -1,54 +1,71 @@
 // Package wasm implements the "wasm" sandbox kind: containers whose
 // process is a WebAssembly module (WASI preview 1), run by wazero.
 //
-// # Process per container
+// # One runner, many instances
 //
-// Each container runs in its own runner process: the backend re-executes
-// the current executable (the sandboxer) with the environment variable
-// MAGNETAR_WASM_RUNNER=1, the way moby's reexec works. The program's main
-// must call [RunnerMain] first thing; in a runner it runs the module and
-// exits with the module's status, elsewhere it returns false at once. A
-// runaway module (a busy loop, a memory bomb) therefore only ever hurts its
-// own process, which the kernel bounds with a cgroup; the sandboxer and
-// other sandboxes keep running.
+// The containers of every wasm sandbox of a backend are instances in one
+// long-lived runner process: the backend re-executes the current
+// executable (the sandboxer) with the environment variable
+// MAGNETAR_WASM_RUNNER=1, the way moby's reexec works, once, and talks to
+// it over a unix socket in its root (one JSON request per connection,
+// stdio descriptors passed as SCM_RIGHTS). The program's main must call
+// [RunnerMain] first thing; in a runner it serves and exits once it has
+// had no instance for [Config.RunnerIdleExit], elsewhere it returns false
+// at once. The runner keeps one wazero CompiledModule per module digest
+// (SHA-256 of the module's bytes), shared by every instance of it, so a
+// container costs its instance (linear memory, a thread, a few KiB), not
+// a process and a copy of the machine code.
 //
-// The runner starts held: it reads its instructions, one JSON document,
-// from fd 3, and the backend writes them only after it has placed the
-// runner in the container's cgroup. So everything the runner does,
-// compiling included, is accounted and bounded. Its stdio are fds 0, 1 and
-// 2: the FIFOs (or files) the caller named, opened by the backend the way
-// containerd's shims open them. A runner survives a restart of the
-// sandboxer and is re-attached by pid through a pidfd; it writes its exit
-// code to a file in the container's state directory, so a re-attached
-// container still reports it.
+// The runner is not a child the sandboxer needs: it survives a restart of
+// the sandboxer (its own session; recorded in <Root>/runner.json and in
+// each container's state), and the next backend re-attaches to it and
+// to its instances, whose exit codes it keeps until they are deleted (and
+// also writes to an exit file in the container's state directory).
 //
-// # Resources
+// # Instances bounded one by one
 //
-// The container's cgroup is the spec's linux.cgroupsPath (CRI sets it), or
-// /magnetar/<sandbox>/<container>; cgroup v1 (also hybrid) and v2 work.
+// Each instance runs on an OS thread of its own that never serves another
+// goroutine (runtime.LockOSThread, never unlocked: the thread ends with
+// the instance). The thread unshares its file system context and mount
+// namespace, bind-mounts the container's directories into the rootfs and
+// pivots into it, so no path the module names (not "../..", not a
+// symlink) reaches the host's files or another container's.
+//
 // The memory limit (the spec's, or [Config.DefaultMemoryLimit]) bounds the
-// cgroup and also wazero's linear memory (in 64 KiB pages), so a module
-// that grows its memory fails inside wazero or, at the latest, is killed by
-// the kernel's OOM killer (exit 137 and an OOM event). CPU shares and quota
-// and the pids limit go to the cgroup.
+// instance's linear memory: it is an anonymous mapping reserved at the
+// module's maximum and committed as touched, and a memory.grow past the
+// limit fails (the module sees -1, Go's wasip1 runtime then exits with
+// "out of memory"), which is reported as an OOM event. Modules are
+// compiled so that they check for cancellation at every loop iteration
+// and function call (wazero's WithCloseOnContextDone): a busy loop is
+// preempted by Go's scheduler like any goroutine and is ended at once by a
+// signal; its neighbours keep running. CPU is accounted per instance (its
+// thread's CPU time); CPU quotas and shares of a container are not
+// enforced per instance (the runner's cgroup bounds all of them). A runner
+// hosts at most 8192 instances (one OS thread each); more are refused
+// (ResourceExhausted).
 //
 // # Signals and exit codes
 //
-// Kill signals the runner. On SIGTERM or SIGINT it cancels the module's
-// context (wazero closes a module at its next function call or loop
-// iteration), gives it a second to stop (a module blocked in a host call,
-// say a sleep, does not notice), and exits with 128+signal; SIGKILL kills
-// it (137). Otherwise the exit code is the module's proc_exit code (0 when
-// _start returns), 126 when the runner could not compile or instantiate
-// the module, 127 when the module file is missing, and 134 when the module
-// trapped; the runner explains these on the container's stderr.
+// Signals are taken as a process takes them by default: SIGCHLD, SIGURG,
+// SIGWINCH and SIGCONT change nothing, stop signals are refused, any other
+// ends the instance with 128+signal (the module is closed at its next
+// check; a sleep, a blocked read or write ends at once). Otherwise the
+// exit code is the module's proc_exit code (0 when _start returns), 126
+// when the runner could not compile or instantiate the module, 127 when
+// the module file is missing, and 134 when the module trapped; the runner
+// explains these on the container's stderr. Start returns once the
+// module is instantiated and its _start called.
 //
 // # Compilation cache
 //
 // wazero compiles a module to machine code before running it, which takes
-// seconds for a few MB of Go. Runners share an on-disk compilation cache in
-// <Root>/cache (wazero's file cache is safe for concurrent processes), so
-// only the first start of a module compiles it.
+// seconds for a few MB of Go. The runner keeps what it compiled in memory
+// for every instance of the module, and in an on-disk compilation cache
+// in <Root>/cache, so that a new runner (after an idle exit or a restart)
+// loads rather than compiles it. wazero copies a cached module into
+// executable memory of the process (it cannot map the cache file), once
+// per runner.
 //
 // # File system layout (WASI preview 1)
 //
@@ -59,13 +76,11 @@
 // (argv[0] as given), process.env (plus PWD=cwd, which Go's wasip1 port
 // uses as its working directory), the rootfs preopened at "/" and every
 // bind mount of the spec whose source is a directory preopened at its
-// destination (read-only with the "ro" option). The runner enters a private
-// mount namespace, bind-mounts those directories into the rootfs and
-// pivots into it before instantiating the module, so no path the module
-// names (not "../..", not a symlink) reaches the host's file system.
+// destination (read-only with the "ro" option).
 //
 // Not supported: terminals, exec (a module has one process), networking
-// (WASI preview 1 has no sockets), file bind mounts (/etc/hosts, ...).
+// (WASI preview 1 has no sockets), file bind mounts (/etc/hosts, ...),
+// pause.
 package wasm
 
 import (
@@ -74,8 +89,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
-	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/errdefs"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -92,10 +107,12 @@ type Config struct {
 	// DefaultMemoryLimit bounds a container's memory (cgroup and wasm
 	// linear memory) when its spec sets no limit; 0 means no limit.
 	DefaultMemoryLimit uint64
-	// Executable is the binary re-executed as the runner of each
-	// container; its main must call [RunnerMain] first. Default: the
-	// running executable.
+	// Executable is the binary re-executed as the runner; its main must
+	// call [RunnerMain] first. Default: the running executable.
 	Executable string
+	// RunnerIdleExit is how long the runner stays up without any
+	// instance before it exits. Default 10 s.
+	RunnerIdleExit time.Duration
 }
 
 // Backend is the wasm sandbox kind. Several may be open in one process.
@@ -108,12 +125,18 @@ type Backend struct {
 	endLife   context.CancelFunc
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+
+	rmu    sync.Mutex
+	runner *runnerRef // the runner new instances start in; nil: none yet
 }
 
 // New opens the wasm backend.
 func New(cfg Config) (*Backend, error) {
 	if cfg.Root == "" {
 		cfg.Root = "/var/lib/magnetar/wasm"
+	}
+	if cfg.RunnerIdleExit <= 0 {
+		cfg.RunnerIdleExit = 10 * time.Second
 	}
 	if cfg.Executable == "" {
 		exe, err := os.Executable()
@@ -139,8 +162,8 @@ func New(cfg Config) (*Backend, error) {
 // CacheDir is the directory of the shared compilation cache.
 func (b *Backend) CacheDir() string { return b.cacheDir }
 
-// Close stops watching runners; they keep running and a new backend can
-// re-attach to them. Close is idempotent.
+// Close stops watching the runner and its instances; they keep running
+// and a new backend can re-attach to them. Close is idempotent.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.endLife()
@@ -153,7 +176,7 @@ func (b *Backend) Close() error {
 func (b *Backend) Info() backend.Info {
 	return backend.Info{
 		Kind:        Kind,
-		Description: "WebAssembly (WASI preview 1) modules run by wazero, one cgroup-bounded runner process per container",
+		Description: "WebAssembly (WASI preview 1) modules run by wazero, instances of one shared runner process with compiled code shared per module",
 		Isolation:   backend.IsolationWasm,
 		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{
 			Stdin: true, OOMEvents: true,
@@ -161,14 +184,11 @@ func (b *Backend) Info() backend.Info {
 	}
 }
 
-// Check verifies that the host can run wasm containers: runners need root
-// (cgroups, a mount namespace) and the runner executable.
+// Check verifies that the host can run wasm containers: the runner needs
+// root (mount namespaces) and the runner executable.
 func (b *Backend) Check(ctx context.Context) error {
 	if os.Geteuid() != 0 {
-		return fmt.Errorf("the wasm kind needs root (cgroups, mount namespaces): %w", errdefs.ErrFailedPrecondition)
-	}
-	if cgroups.Mode() == cgroups.Unavailable {
-		return fmt.Errorf("no cgroup file system: %w", errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("the wasm kind needs root (mount namespaces): %w", errdefs.ErrFailedPrecondition)
 	}
 	if st, err := os.Stat(b.cfg.Executable); err != nil || !st.Mode().IsRegular() {
 		return fmt.Errorf("wasm runner executable %q: %v: %w", b.cfg.Executable, err, errdefs.ErrFailedPrecondition)

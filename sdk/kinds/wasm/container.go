@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,11 +18,10 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
 )
 
 // containerState is what a container persists in its state directory, so
@@ -31,15 +31,22 @@ type containerState struct {
 	Bundle string `json:"bundle"`
 	// Rootfs is the host path of the root file system; MountedRootfs
 	// says the backend mounted it there (and unmounts it on delete).
-	Rootfs        string                `json:"rootfs"`
-	MountedRootfs bool                  `json:"mountedRootfs,omitempty"`
-	Runner        runnerConfig          `json:"runner"`
-	Cgroup        string                `json:"cgroup"`
-	Resources     *specs.LinuxResources `json:"resources,omitempty"`
+	Rootfs        string       `json:"rootfs"`
+	MountedRootfs bool         `json:"mountedRootfs,omitempty"`
+	Runner        runnerConfig `json:"runner"`
+	// Key names the instance in the runner.
+	Key string `json:"key"`
 	// Pid and StartTime (clock ticks after boot, from /proc/<pid>/stat)
-	// identify the runner once started.
-	Pid       int    `json:"pid,omitempty"`
-	StartTime uint64 `json:"startTime,omitempty"`
+	// identify the runner once started, Socket is its control socket.
+	// Kept in memory only: the runner is the one of <Root>/runner.json.
+	Pid       int    `json:"-"`
+	StartTime uint64 `json:"-"`
+	Socket    string `json:"-"`
+	// Legacy* are set in the state of a container made by a version whose
+	// containers were runner processes of their own, each in a cgroup.
+	LegacyPid       int    `json:"pid,omitempty"`
+	LegacyStartTime uint64 `json:"startTime,omitempty"`
+	LegacyCgroup    string `json:"cgroup,omitempty"`
 }
 
 const (
@@ -73,24 +80,23 @@ func writeState(dir string, st *containerState) error {
 	return nil
 }
 
-// container is a wasm container. Its init process is its runner.
+// container is a wasm container. Its init process is its instance in the
+// runner.
 type container struct {
 	s     *sandbox
 	id    string
 	dir   string
-	cg    *cgroup
 	stdio backend.Stdio
 	done  chan struct{}
 
 	mu      sync.Mutex
 	st      containerState
+	runner  *runnerRef // the runner of the started instance
 	started bool
 	exited  bool
 	exit    backend.ExitStatus
-	pidfd   int // for signals; -1 when none
 	sio     *runnerStdio
 	killSig syscall.Signal
-	oomBase uint64
 }
 
 // CreateContainer mounts the rootfs, checks the module, creates the
@@ -142,17 +148,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := checkModule(st.Rootfs, module); err != nil {
 		return nil, fmt.Errorf("container %q: %w", cfg.ID, err)
 	}
-	var res *specs.LinuxResources
-	cgPath := ""
-	if spec.Linux != nil {
-		res, cgPath = spec.Linux.Resources, spec.Linux.CgroupsPath
-	}
-	st.Cgroup, err = cgroupPath(cgPath, s.defaultCgroupParent()+"/"+cfg.ID)
-	if err != nil {
-		return nil, fmt.Errorf("container %q: %w", cfg.ID, err)
-	}
 	memLimit := memoryLimit(spec, s.b.cfg.DefaultMemoryLimit)
-	st.Resources = cgroupResources(res, memLimit)
 	cwd := spec.Process.Cwd
 	if cwd == "" {
 		cwd = "/"
@@ -167,9 +163,9 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 		ReadonlyRoot:     spec.Root != nil && spec.Root.Readonly,
 		Preopens:         preopens(spec),
 		MemoryLimitPages: memoryPages(memLimit),
-		CacheDir:         s.b.cacheDir,
 		ExitFile:         filepath.Join(dir, exitFile),
 	}
+	st.Key = s.instanceKey(cfg.ID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create container state dir: %w", err)
 	}
@@ -178,19 +174,10 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 			_ = os.RemoveAll(dir)
 		}
 	}()
-	cg, err := newCgroup(st.Cgroup, st.Resources)
-	if err != nil {
-		return nil, fmt.Errorf("container %q: %w", cfg.ID, err)
-	}
-	defer func() {
-		if retErr != nil {
-			_ = cg.delete(context.WithoutCancel(ctx))
-		}
-	}()
 	if err := writeState(dir, &st); err != nil {
 		return nil, err
 	}
-	c := &container{s: s, id: cfg.ID, dir: dir, cg: cg, stdio: cfg.Stdio, st: st, pidfd: -1, done: make(chan struct{})}
+	c := &container{s: s, id: cfg.ID, dir: dir, stdio: cfg.Stdio, st: st, done: make(chan struct{})}
 	s.mu.Lock()
 	s.ctrs[cfg.ID] = c
 	s.mu.Unlock()
@@ -198,30 +185,50 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 }
 
 // RecoverContainer re-attaches to a container after a restart, from its
-// state file: a runner still alive is watched through a pidfd (its exit
-// code comes from the exit file it writes), a created one can still be
-// started, a gone one reports its recorded exit code (or 255).
+// state file: an instance in a runner still alive is waited for there (the
+// runner keeps its exit code), a created one can still be started, one
+// whose runner is gone reports its recorded exit code (or 255).
 func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerConfig, pid uint32) (backend.Container, error) {
 	dir := filepath.Join(s.containersDir(), cfg.ID)
 	st, err := readState(dir)
 	if err != nil {
 		return nil, fmt.Errorf("recover wasm container %q: %w", cfg.ID, err)
 	}
-	cg, err := loadCgroup(st.Cgroup)
-	if err != nil {
-		if cg, err = newCgroup(st.Cgroup, st.Resources); err != nil {
-			return nil, fmt.Errorf("recover wasm container %q: %w", cfg.ID, err)
+	c := &container{s: s, id: cfg.ID, dir: dir, stdio: cfg.Stdio, st: *st, done: make(chan struct{})}
+	if st.Key == "" {
+		// Made by a version before the shared runner: its process is
+		// ended (exit 137) and its cgroup removed; the container can only
+		// be deleted.
+		c.started = st.LegacyPid != 0
+		c.st.Key = s.instanceKey(cfg.ID)
+		if c.started {
+			killed := endLegacyRunner(st.LegacyPid, st.LegacyStartTime)
+			removeLegacyCgroup(st.LegacyCgroup, "/magnetar/"+s.cfg.ID)
+			exit := c.recordedExit()
+			if killed {
+				exit.Code = 128 + uint32(syscall.SIGKILL)
+			}
+			c.setExited(exit, false)
 		}
+		s.mu.Lock()
+		s.ctrs[cfg.ID] = c
+		s.mu.Unlock()
+		return c, nil
 	}
-	c := &container{s: s, id: cfg.ID, dir: dir, cg: cg, stdio: cfg.Stdio, st: *st, pidfd: -1, done: make(chan struct{})}
-	c.oomBase = cg.oomKills()
-	if st.Pid != 0 {
+	ref := s.b.recoverRunner()
+	switch {
+	case pid != 0 && ref != nil && ref.Pid == int(pid):
+		c.started, c.runner = true, ref
+		c.st.Pid, c.st.StartTime, c.st.Socket = ref.Pid, ref.StartTime, ref.Socket
+		s.b.watch(c, ref)
+	case pid != 0: // its runner is gone
 		c.started = true
-		fd, err := openRunner(st.Pid, st.StartTime)
-		if err != nil {
-			c.setExited(c.recordedExit())
-		} else if err := c.attach(fd); err != nil {
-			unix.Close(fd)
+		c.st.Pid = int(pid)
+		c.setExited(c.recordedExit(), false)
+	case ref != nil:
+		// Not started as far as the engine knows: an instance started just
+		// before a crash is ended, so that the container starts afresh.
+		if _, err := ref.call(ctx, &request{Op: "delete", ID: c.st.Key}); err != nil && ref.alive() {
 			return nil, fmt.Errorf("recover wasm container %q: %w", cfg.ID, err)
 		}
 	}
@@ -231,19 +238,42 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	return c, nil
 }
 
-// openRunner opens a pidfd of the runner pid, if it still is the process
-// that started at startTime.
-func openRunner(pid int, startTime uint64) (int, error) {
+// endLegacyRunner kills the runner process of a container of an earlier
+// version, if pid still is the process that started at startTime, and
+// waits (at most 5 s) for it to die; it reports whether it killed it.
+func endLegacyRunner(pid int, startTime uint64) bool {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		return -1, fmt.Errorf("runner %d: %w", pid, err)
+		return false
 	}
-	// Checked after opening: the pidfd then refers to this very process.
+	defer unix.Close(fd)
 	if t, err := procStartTime(pid); err != nil || t != startTime {
-		unix.Close(fd)
-		return -1, fmt.Errorf("runner %d is gone: %w", pid, errdefs.ErrNotFound)
+		return false
 	}
-	return fd, nil
+	if unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) != nil {
+		return false
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	_, _ = unix.Poll(pfd, 5000)
+	_, _ = unix.Wait4(pid, nil, unix.WNOHANG, nil)
+	return true
+}
+
+// removeLegacyCgroup removes the (empty) cgroup p of an earlier version's
+// container from every hierarchy it may be in, and its parent when that is
+// the sandbox's default parent (and empty).
+func removeLegacyCgroup(p, defaultParent string) {
+	if p == "" || !path.IsAbs(p) || path.Clean(p) != p || p == "/" {
+		return
+	}
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*")
+	dirs = append(dirs, "/sys/fs/cgroup")
+	for _, d := range dirs {
+		_ = os.Remove(filepath.Join(d, p))
+		if path.Dir(p) == defaultParent {
+			_ = os.Remove(filepath.Join(d, defaultParent))
+		}
+	}
 }
 
 // procStartTime reads when pid started (clock ticks after boot).
@@ -264,22 +294,6 @@ func procStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64) // field 22, starttime
 }
 
-// attach makes the container watch and signal the runner behind pidfd
-// fd, which it takes over.
-func (c *container) attach(fd int) error {
-	wfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	if err := unix.SetNonblock(wfd, true); err != nil {
-		unix.Close(wfd)
-		return err
-	}
-	c.pidfd = fd
-	c.s.b.watch(c, c.st.Pid, wfd)
-	return nil
-}
-
 // recordedExit is the exit status the runner wrote, else 128+the signal
 // the backend killed it with, else 255 (unknown).
 func (c *container) recordedExit() backend.ExitStatus {
@@ -298,53 +312,56 @@ func (c *container) recordedExit() backend.ExitStatus {
 	return backend.ExitStatus{Code: 255, ExitedAt: now}
 }
 
-// setExited records the runner's exit once and wakes waiters.
-func (c *container) setExited(st backend.ExitStatus) {
+// setExited records the instance's exit once (after its OOM event, if
+// oom) and wakes waiters.
+func (c *container) setExited(st backend.ExitStatus, oom bool) {
+	c.mu.Lock()
+	if c.exited {
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	if oom && c.s.cfg.Events != nil {
+		c.s.cfg.Events.OOM(c.s.cfg.ID, c.id)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.exited {
 		return
 	}
 	c.exited, c.exit = true, st
-	if c.pidfd >= 0 {
-		unix.Close(c.pidfd)
-		c.pidfd = -1
-	}
 	close(c.done)
 }
 
-// exited is called by the watcher when the runner ended: it reports an
-// OOM kill first, so that the OOM event precedes the exit.
-func (c *container) runnerExited(st backend.ExitStatus) {
-	if n := c.cg.oomKills(); n > c.oomBase && c.s.cfg.Events != nil {
-		c.s.cfg.Events.OOM(c.s.cfg.ID, c.id)
-	}
-	c.setExited(st)
-}
-
-// signal sends sig to the runner.
-func (c *container) signal(sig syscall.Signal) error {
+// signal sends sig to the instance.
+func (c *container) signal(ctx context.Context, sig syscall.Signal) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if !c.started {
+		c.mu.Unlock()
 		return fmt.Errorf("container %q is not started: %w", c.id, errdefs.ErrFailedPrecondition)
 	}
-	if c.exited || c.pidfd < 0 {
+	if c.exited || c.runner == nil {
+		c.mu.Unlock()
 		return fmt.Errorf("container %q has exited: %w", c.id, errdefs.ErrNotFound)
 	}
-	if err := unix.PidfdSendSignal(c.pidfd, sig, nil, 0); err != nil {
-		if errors.Is(err, unix.ESRCH) {
+	ref := c.runner
+	if sig == syscall.SIGKILL || c.killSig == 0 {
+		c.killSig = sig
+	}
+	c.mu.Unlock()
+	if _, err := ref.call(ctx, &request{Op: "kill", ID: c.st.Key, Signal: int(sig)}); err != nil {
+		if errdefs.IsNotFound(err) {
+			return fmt.Errorf("container %q has exited: %w", c.id, errdefs.ErrNotFound)
+		}
+		if !ref.alive() {
 			return fmt.Errorf("container %q has exited: %w", c.id, errdefs.ErrNotFound)
 		}
 		return fmt.Errorf("signal container %q: %w", c.id, err)
 	}
-	if sig == syscall.SIGKILL || c.killSig == 0 {
-		c.killSig = sig
-	}
 	return nil
 }
 
-// Init is the container's runner.
+// Init is the container's instance.
 func (c *container) Init() backend.Process { return initProc{c} }
 
 // Exec is not supported: a module is a single process.
@@ -352,20 +369,25 @@ func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.P
 	return nil, fmt.Errorf("exec into wasm container %q: %w", c.id, errdefs.ErrNotImplemented)
 }
 
-// Delete kills a runner still alive (one the engine lost track of),
-// removes the cgroup, unmounts the rootfs and removes the state dir.
+// Delete ends an instance still running (one the engine lost track of),
+// has the runner forget it, unmounts the rootfs and removes the state dir.
 func (c *container) Delete(ctx context.Context) error {
 	c.mu.Lock()
-	running := c.started && !c.exited
+	ref, started := c.runner, c.started
 	c.mu.Unlock()
 	var errs []error
-	if running {
-		_ = c.signal(syscall.SIGKILL)
+	if ref != nil && ref.alive() {
+		if _, err := ref.call(ctx, &request{Op: "delete", ID: c.st.Key}); err != nil && ref.alive() {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 && started {
+		// The runner has forgotten the instance: its wait answers now.
 		t := time.NewTimer(10 * time.Second)
 		select {
 		case <-c.done:
 		case <-t.C:
-			errs = append(errs, fmt.Errorf("runner of container %q does not die: %w", c.id, errdefs.ErrUnavailable))
+			errs = append(errs, fmt.Errorf("instance of container %q does not stop: %w", c.id, errdefs.ErrUnavailable))
 		case <-ctx.Done():
 			errs = append(errs, ctx.Err())
 		}
@@ -378,7 +400,6 @@ func (c *container) Delete(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 	if len(errs) == 0 {
-		errs = append(errs, c.cg.delete(ctx))
 		if c.st.MountedRootfs {
 			errs = append(errs, mount.UnmountRecursive(c.st.Rootfs, 0))
 		}
@@ -393,28 +414,66 @@ func (c *container) Delete(ctx context.Context) error {
 	return nil
 }
 
-// Stats reads the container's cgroup.
+// Stats reports the instance's CPU time (its thread's) and its linear
+// memory against its limit: its size as the usage, the part of it in RAM
+// as the working set.
 func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
-	return c.cg.stats()
+	c.mu.Lock()
+	ref, started := c.runner, c.started
+	c.mu.Unlock()
+	now := time.Now().UTC()
+	limit := pagesToBytes(c.st.Runner.MemoryLimitPages)
+	if !started || ref == nil {
+		return &backend.Stats{Timestamp: now, MemoryLimitBytes: limit}, nil
+	}
+	resp, err := ref.call(ctx, &request{Op: "stats", ID: c.st.Key})
+	if err != nil {
+		if errdefs.IsNotFound(err) || !ref.alive() {
+			return &backend.Stats{Timestamp: now, MemoryLimitBytes: limit}, nil
+		}
+		return nil, fmt.Errorf("stats of container %q: %w", c.id, err)
+	}
+	st := &backend.Stats{
+		Timestamp: now, CPUUsageNanos: resp.CPUNanos,
+		MemoryUsageBytes: resp.MemoryBytes, MemoryWorkingBytes: resp.MemoryResident,
+		MemoryLimitBytes: resp.MemoryLimit,
+	}
+	c.mu.Lock()
+	if !c.exited {
+		st.Pids = 1
+	}
+	c.mu.Unlock()
+	return st, nil
 }
 
-// Update changes the cgroup's limits. The module's linear memory limit was
-// fixed when it started.
+// Update changes the instance's memory limit (for its later growth); CPU
+// settings are not enforced per instance.
 func (c *container) Update(ctx context.Context, res *specs.LinuxResources) error {
-	if res == nil {
+	if res == nil || res.Memory == nil || res.Memory.Limit == nil {
 		return nil
 	}
 	var mem uint64
-	if res.Memory != nil && res.Memory.Limit != nil && *res.Memory.Limit > 0 {
+	if *res.Memory.Limit > 0 {
 		mem = uint64(*res.Memory.Limit)
 	}
-	if err := c.cg.update(cgroupResources(res, mem)); err != nil {
-		return fmt.Errorf("update cgroup of container %q: %w", c.id, err)
+	pages := memoryPages(mem)
+	c.mu.Lock()
+	ref, started := c.runner, c.started
+	c.st.Runner.MemoryLimitPages = pages
+	err := writeState(c.dir, &c.st)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if started && ref != nil {
+		if _, err := ref.call(ctx, &request{Op: "update", ID: c.st.Key, MemoryLimitPages: pages}); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("update container %q: %w", c.id, err)
+		}
 	}
 	return nil
 }
 
-// Pids lists the runner.
+// Pids lists the runner, the process the instance runs in.
 func (c *container) Pids(ctx context.Context) ([]backend.ProcessInfo, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -424,17 +483,11 @@ func (c *container) Pids(ctx context.Context) ([]backend.ProcessInfo, error) {
 	return []backend.ProcessInfo{{Pid: uint32(c.st.Pid)}}, nil
 }
 
-// Pause freezes the runner's cgroup.
-func (c *container) Pause(ctx context.Context) error { return c.cg.freeze() }
-
-// Resume thaws the runner's cgroup.
-func (c *container) Resume(ctx context.Context) error { return c.cg.thaw() }
-
 // initProc is a container's one process.
 type initProc struct{ *container }
 
-// Start starts the runner held, puts it in the cgroup, then hands it its
-// instructions.
+// Start has the runner (started on demand) instantiate the module with the
+// container's stdio, and returns once its _start runs.
 func (p initProc) Start(ctx context.Context) (_ uint32, retErr error) {
 	c := p.container
 	c.mu.Lock()
@@ -451,70 +504,44 @@ func (p initProc) Start(ctx context.Context) (_ uint32, retErr error) {
 			sio.close()
 		}
 	}()
-	instructions, err := json.Marshal(&c.st.Runner)
-	if err != nil {
-		return 0, err
-	}
 	if err := os.Remove(c.st.Runner.ExitFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return 0, err
 	}
-	cfgR, cfgW, err := os.Pipe()
+	ref, err := c.s.b.currentRunner(ctx)
 	if err != nil {
-		return 0, err
-	}
-	defer cfgW.Close()
-	proc, err := os.StartProcess(c.s.b.cfg.Executable, []string{"magnetar-wasm-runner", c.id}, &os.ProcAttr{
-		Dir:   "/",
-		Env:   []string{runnerEnv + "=1"},
-		Files: []*os.File{sio.files[0], sio.files[1], sio.files[2], cfgR},
-		// Its own session, so that signals to the sandboxer's process
-		// group miss it; its own mount namespace for its root.
-		Sys: &syscall.SysProcAttr{Setsid: true, Unshareflags: syscall.CLONE_NEWNS},
-	})
-	cfgR.Close()
-	if err != nil {
-		return 0, fmt.Errorf("start runner of container %q: %w", c.id, err)
-	}
-	sio.closeChildEnds()
-	pid := proc.Pid
-	fd, err := unix.PidfdOpen(pid, 0)
-	_ = proc.Release() // reaped by the watcher, through a pidfd
-	if err != nil {
-		_ = unix.Kill(pid, unix.SIGKILL)
-		_, _ = unix.Wait4(pid, nil, 0, nil)
-		return 0, fmt.Errorf("pidfd of runner %d: %w", pid, err)
-	}
-	abort := func(err error) (uint32, error) {
-		_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
-		_, _ = unix.Wait4(pid, nil, 0, nil)
-		unix.Close(fd)
 		return 0, fmt.Errorf("start container %q: %w", c.id, err)
 	}
-	if err := c.cg.add(pid); err != nil {
-		return abort(err)
+	// Not recorded here (no fsync on the way to the first output): the
+	// engine records the pid Start returns, and every live instance is in
+	// the runner of <Root>/runner.json (a runner only exits, or is
+	// replaced, once it has no instance), so RecoverContainer finds it.
+	req := &request{Op: "start", ID: c.st.Key, Start: &c.st.Runner}
+	for attempt := 0; ; attempt++ {
+		var resp *response
+		resp, err = ref.call(ctx, req, sio.files[0], sio.files[1], sio.files[2])
+		if err == nil || attempt > 0 || ctx.Err() != nil {
+			break
+		}
+		// A runner that is exiting (idle) refuses; one that closed its
+		// socket (idle) or died does not answer, and then exits: once
+		// more in a new runner.
+		if resp != nil && !errors.Is(err, errRunnerExiting) || resp == nil && !ref.exited(2*time.Second) {
+			break
+		}
+		if ref, err = c.s.b.replaceRunner(ref); err != nil {
+			break
+		}
 	}
-	c.oomBase = c.cg.oomKills()
-	startTime, err := procStartTime(pid)
 	if err != nil {
-		return abort(err)
+		return 0, fmt.Errorf("start container %q: %w", c.id, err)
 	}
-	c.st.Pid, c.st.StartTime = pid, startTime
-	if err := writeState(c.dir, &c.st); err != nil {
-		return abort(err)
-	}
-	if _, err := cfgW.Write(instructions); err != nil {
-		return abort(fmt.Errorf("instruct runner: %w", err))
-	}
-	if err := cfgW.Close(); err != nil {
-		return abort(err)
-	}
+	c.st.Pid, c.st.StartTime, c.st.Socket = ref.Pid, ref.StartTime, ref.Socket
+	sio.closeChildEnds()
 	c.started = true
 	c.sio = sio
-	if err := c.attach(fd); err != nil {
-		c.pidfd = -1
-		return abort(err)
-	}
-	return uint32(pid), nil
+	c.runner = ref
+	c.s.b.watch(c, ref)
+	return uint32(ref.Pid), nil
 }
 
 // Pid is the runner's pid, 0 before start.
@@ -524,14 +551,13 @@ func (p initProc) Pid() uint32 {
 	return uint32(p.st.Pid)
 }
 
-// Kill signals the runner: SIGTERM and SIGINT make it stop the module
-// (exit 128+signal), SIGKILL kills it. all changes nothing: the runner is
-// the container's only process.
+// Kill signals the instance: see the package documentation. all changes
+// nothing: the instance is the container's only process.
 func (p initProc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
-	return p.signal(sig)
+	return p.signal(ctx, sig)
 }
 
-// Wait blocks until the runner exited.
+// Wait blocks until the instance exited.
 func (p initProc) Wait(ctx context.Context) (backend.ExitStatus, error) {
 	select {
 	case <-p.done:
@@ -572,43 +598,44 @@ func (p initProc) Delete(ctx context.Context) error {
 	return nil
 }
 
-// watch waits for the runner pid through the pidfd fd (owned by the
-// watch; see package pidfd) and records its exit. A runner that is this
-// process's child is reaped for its status; another one (re-attached after
-// a restart) reports the code from its exit file. Close ends the watch and
-// leaves the runner running.
-func (b *Backend) watch(c *container, pid, fd int) {
+// watch waits in the runner for the instance's exit and records it. A
+// runner that goes away ends the wait with the recorded exit code (the
+// exit file), 128+the signal it was sent, or 255. Close ends the watch
+// and leaves the instance running.
+func (b *Backend) watch(c *container, ref *runnerRef) {
 	b.wg.Go(func() {
-		ex, err := pidfd.Wait(b.life, pid, fd)
-		if err != nil {
-			return // closing: the runner keeps running
+		for {
+			resp, err := ref.call(b.life, &request{Op: "wait", ID: c.st.Key})
+			if b.life.Err() != nil {
+				return // closing: the instance keeps running
+			}
+			if err == nil {
+				c.setExited(backend.ExitStatus{Code: resp.Code, ExitedAt: resp.ExitedAt}, resp.OOM)
+				return
+			}
+			if errdefs.IsNotFound(err) || !ref.alive() {
+				c.setExited(c.recordedExit(), false)
+				return
+			}
+			select { // a transient failure (EMFILE, say): again shortly
+			case <-b.life.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
-		st := c.recordedExit()
-		if ex.Child {
-			st.Code = exitcode.Of(ex.Status)
-		}
-		c.runnerExited(st)
 	})
 }
 
-// cleanupOrphan kills and removes what is left of a container only known
+// cleanupOrphan ends and removes what is left of a container only known
 // from its state file.
-func cleanupOrphan(ctx context.Context, st *containerState) error {
-	if st.Pid != 0 {
-		if fd, err := openRunner(st.Pid, st.StartTime); err == nil {
-			_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
-			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			_, _ = unix.Poll(pfd, 5000)
-			_, _ = unix.Wait4(st.Pid, nil, unix.WNOHANG, nil)
-			unix.Close(fd)
+func (b *Backend) cleanupOrphan(ctx context.Context, st *containerState) error {
+	if ref := b.recoverRunner(); ref != nil {
+		if _, err := ref.call(ctx, &request{Op: "delete", ID: st.Key}); err != nil && ref.alive() {
+			return err
 		}
 	}
-	var errs []error
-	if st.Cgroup != "" {
-		errs = append(errs, deleteCgroup(ctx, st.Cgroup))
-	}
 	if st.MountedRootfs {
-		errs = append(errs, mount.UnmountRecursive(st.Rootfs, 0))
+		return mount.UnmountRecursive(st.Rootfs, 0)
 	}
-	return errors.Join(errs...)
+	return nil
 }

@@ -2,10 +2,11 @@ package wasm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -16,8 +17,8 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
-// sandbox is a wasm pod: a set of containers, each its own runner. It
-// holds no process or namespace of its own.
+// sandbox is a wasm pod: a set of containers, each an instance in the
+// backend's runner. It holds no process or namespace of its own.
 type sandbox struct {
 	b   *Backend
 	cfg backend.SandboxConfig
@@ -50,11 +51,11 @@ func (s *sandbox) Wait(ctx context.Context) (backend.ExitStatus, error) {
 	}
 }
 
-// Stop kills the runners still alive; the engine has asked them to stop.
+// Stop kills the instances still alive; the engine has asked them to stop.
 func (s *sandbox) Stop(ctx context.Context, timeout time.Duration) error {
 	var errs []error
 	for _, c := range s.containers() {
-		if err := c.signal(syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
+		if err := c.signal(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
 			errs = append(errs, err)
 		}
 	}
@@ -62,8 +63,8 @@ func (s *sandbox) Stop(ctx context.Context, timeout time.Duration) error {
 	return errors.Join(errs...)
 }
 
-// Delete kills any runner left from containers this sandbox lost track of
-// (per their state files) and removes the default cgroup parent.
+// Delete ends any instance left from containers this sandbox lost track of
+// (per their state files).
 func (s *sandbox) Delete(ctx context.Context) error {
 	s.once.Do(func() { close(s.stopped) })
 	var errs []error
@@ -82,10 +83,7 @@ func (s *sandbox) Delete(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
-		errs = append(errs, cleanupOrphan(ctx, st))
-	}
-	if err := deleteCgroup(ctx, s.defaultCgroupParent()); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, s.b.cleanupOrphan(ctx, st))
 	}
 	if err := os.RemoveAll(s.containersDir()); err != nil {
 		errs = append(errs, err)
@@ -110,6 +108,9 @@ func (s *sandbox) containers() []*container {
 // containersDir holds one state directory per container.
 func (s *sandbox) containersDir() string { return filepath.Join(s.cfg.Dir, "containers") }
 
-// defaultCgroupParent is the cgroup of the sandbox's containers that have
-// no cgroups path of their own.
-func (s *sandbox) defaultCgroupParent() string { return path.Join("/magnetar", s.cfg.ID) }
+// instanceKey names a container's instance in the runner: unique per
+// sandbox directory (so per engine state dir and sandbox) and container.
+func (s *sandbox) instanceKey(id string) string {
+	sum := sha256.Sum256([]byte(s.cfg.Dir))
+	return hex.EncodeToString(sum[:8]) + "/" + id
+}

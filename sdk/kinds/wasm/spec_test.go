@@ -55,26 +55,6 @@ func TestCheckModuleStaysInRoot(t *testing.T) {
 	}
 }
 
-func TestCgroupPath(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"", "/magnetar/sb/c"},
-		{"/k8s.io/abc", "/k8s.io/abc"},
-		{"k8s.io/abc", "/k8s.io/abc"},
-		{"kubepods-besteffort-pod1.slice:cri-containerd:abc", "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-abc.scope"},
-		{"system.slice:magnetar:x", "/system.slice/magnetar-x.scope"},
-	} {
-		got, err := cgroupPath(tc.in, "/magnetar/sb/c")
-		if err != nil || got != tc.want {
-			t.Errorf("cgroupPath(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
-		}
-	}
-	for _, bad := range []string{"/", "a:b", "bad-.slice:p:n"} {
-		if _, err := cgroupPath(bad, "/x"); !errdefs.IsInvalidArgument(err) {
-			t.Errorf("cgroupPath(%q): err = %v, want invalid argument", bad, err)
-		}
-	}
-}
-
 func TestMemory(t *testing.T) {
 	if got := memoryPages(0); got != 0 {
 		t.Errorf("memoryPages(0) = %d", got)

@@ -2,8 +2,10 @@ package wasm_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -135,8 +137,9 @@ func fileStdio(t *testing.T) (backend.Stdio, func() string) {
 
 // TestRunawayIsolation runs a busy loop under a CPU quota and a memory bomb
 // under a memory limit, each in its own sandbox, next to a well-behaved
-// module: the well-behaved one finishes with its output, the bomb is
-// stopped, the busy loop stops on SIGTERM, and this process stays
+// module (all three instances of the same runner): the well-behaved one
+// finishes with its output, the bomb is stopped at its limit (with an OOM
+// event), the busy loop stops on SIGTERM, and this process stays
 // responsive throughout.
 func TestRunawayIsolation(t *testing.T) {
 	h := newHarness(t, wasm.Config{})
@@ -200,7 +203,7 @@ func TestRunawayIsolation(t *testing.T) {
 		t.Errorf("memory bomb exited 0, want a failure")
 	}
 	t.Logf("memory bomb exited %d: %q", st.Code, lastLines(bombOut(), 3))
-	if st.Code == 137 { // killed by the cgroup's OOM killer: reported
+	{ // its memory limit refused a growth: reported as an OOM
 		oom := false
 		for !oom {
 			select {
@@ -580,4 +583,187 @@ func BenchmarkContainerStart(b *testing.B) {
 	for b.Loop() {
 		runOne()
 	}
+}
+
+// TestSharedRunner runs containers of two sandboxes in one runner: they
+// share its process, a signal ends one of them only, and once every
+// sandbox is deleted the runner exits after its idle time, leaving no
+// socket behind.
+func TestSharedRunner(t *testing.T) {
+	root := t.TempDir()
+	h := newHarness(t, wasm.Config{Root: root, RunnerIdleExit: 300 * time.Millisecond})
+	hello := wasmtest.HelloWAT(t)
+	ctx := context.Background()
+	type ctr struct{ sb, id string }
+	var ctrs []ctr
+	outs := map[string]func() string{}
+	for _, sb := range []string{"shared-a", "shared-b"} {
+		h.sandbox(sb)
+		for _, n := range []string{"1", "2"} {
+			id := sb + "-" + n
+			dir := t.TempDir()
+			spec := wasmtest.Bundle(t, dir, hello, "/hello.wasm", "sleep")
+			io, out := fileStdio(t)
+			h.run(sb, id, dir, spec, io)
+			ctrs = append(ctrs, ctr{sb, id})
+			outs[id] = out
+		}
+	}
+	pid := 0
+	for _, c := range ctrs {
+		ps, err := h.e.State(ctx, c.sb, c.id, "")
+		if err != nil || ps.State != engine.ProcessRunning || ps.Pid == 0 {
+			t.Fatalf("%s: state %+v, %v; want running", c.id, ps, err)
+		}
+		if pid == 0 {
+			pid = int(ps.Pid)
+		} else if int(ps.Pid) != pid {
+			t.Errorf("%s runs in process %d, the others in %d: want one runner", c.id, ps.Pid, pid)
+		}
+		testutil.Eventually(t, 10*time.Second, func() bool { return strings.Contains(outs[c.id](), "Hello from WebAssembly (WAT)!") }, "output of %s", c.id)
+	}
+	if err := h.e.Kill(ctx, "shared-a", "shared-a-1", "", syscall.SIGKILL, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := h.wait("shared-a", "shared-a-1", 10*time.Second); st.Code != 137 {
+		t.Errorf("killed instance exited %d, want 137", st.Code)
+	}
+	for _, c := range ctrs[1:] {
+		if ps, err := h.e.State(ctx, c.sb, c.id, ""); err != nil || ps.State != engine.ProcessRunning {
+			t.Errorf("%s after its neighbour was killed: %+v, %v; want running", c.id, ps, err)
+		}
+	}
+	for _, sb := range []string{"shared-a", "shared-b"} {
+		if err := h.e.DeleteSandbox(ctx, sb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+		return os.IsNotExist(err)
+	}, "runner %d to exit once idle", pid)
+	if socks, _ := filepath.Glob(filepath.Join(root, "*.sock")); len(socks) > 0 {
+		t.Errorf("runner sockets remain: %v", socks)
+	}
+	// The next container starts a new runner.
+	h.sandbox("shared-c")
+	dir := t.TempDir()
+	io, out := fileStdio(t)
+	h.run("shared-c", "again", dir, wasmtest.Bundle(t, dir, hello, "/hello.wasm"), io)
+	if st := h.wait("shared-c", "again", 10*time.Second); st.Code != 0 || !strings.Contains(out(), "Hello from WebAssembly (WAT)!") {
+		t.Errorf("container in a new runner: exit %d, output %q", st.Code, out())
+	}
+}
+
+// BenchmarkFirstOutput measures create+start of examples/hello-wat in a
+// running runner until its output is in its stdout file (direct mode, no
+// containerd), and reports the runner's PSS per extra running instance.
+func BenchmarkFirstOutput(b *testing.B) {
+	requireRoot(b)
+	bk := newBackend(b, wasm.Config{Root: b.TempDir()})
+	hello := wasmtest.HelloWAT(b)
+	ctx := context.Background()
+	e, err := engine.New(ctx, engine.Config{StateDir: b.TempDir(), Backends: []backend.Backend{bk}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: "bench", Kind: wasm.Kind}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := e.StartSandbox(ctx, "bench"); err != nil {
+		b.Fatal(err)
+	}
+	defer e.DeleteSandbox(ctx, "bench")
+	n := 0
+	var createT, startT time.Duration
+	start := func(args ...string) (string, string) {
+		n++
+		id := fmt.Sprintf("c%d", n)
+		dir := b.TempDir()
+		spec := wasmtest.Bundle(b, dir, hello, "/hello.wasm", args...)
+		out := filepath.Join(dir, "stdout")
+		t0 := time.Now()
+		if _, err := e.CreateContainer(ctx, "bench", engine.ContainerSpec{ID: id, Bundle: dir, Spec: spec, Stdio: backend.Stdio{Stdout: out}}); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := e.Start(ctx, "bench", id, ""); err != nil {
+			b.Fatal(err)
+		}
+		createT += t1.Sub(t0)
+		startT += time.Since(t1)
+		return id, out
+	}
+	// A sleeping instance keeps the runner up; its PSS is the baseline.
+	first, _ := start("sleep")
+	ps, err := e.State(ctx, "bench", first, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	runner := int(ps.Pid)
+	for b.Loop() {
+		id, out := start()
+		for {
+			if st, err := os.Stat(out); err == nil && st.Size() > 0 {
+				break
+			}
+		}
+		b.StopTimer()
+		if _, err := e.Wait(ctx, "bench", id, ""); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.Delete(ctx, "bench", id, ""); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(createT.Microseconds())/float64(n)/1000, "create-ms")
+	b.ReportMetric(float64(startT.Microseconds())/float64(n)/1000, "start-ms")
+	const extra = 20
+	before := pssKiB(runner)
+	for range extra {
+		start("sleep")
+	}
+	after := pssKiB(runner)
+	b.ReportMetric(float64(after-before)/extra, "runner-pss-KiB/instance")
+	b.ReportMetric(float64(after), "runner-pss-KiB")
+}
+
+// pssKiB is a process's proportional set size in KiB.
+func pssKiB(pid int) uint64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "Pss:"); ok {
+			n, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// TestGoModuleMemory checks the stats of a Go-built module (minish,
+// sleeping): its linear memory's size as the usage and the part of it in
+// RAM as the working set.
+func TestGoModuleMemory(t *testing.T) {
+	h := newHarness(t, wasm.Config{})
+	mod := wasmtest.Build(t, "minish")
+	sb := h.sandbox("gomem")
+	dir := t.TempDir()
+	spec := wasmtest.Shell{Module: mod}.Bundle(t, dir, "echo up; sleep 600")
+	io, out := fileStdio(t)
+	h.run(sb, "m", dir, spec, io)
+	testutil.Eventually(t, 30*time.Second, func() bool { return strings.Contains(out(), "up") }, "output")
+	st, err := h.e.Stats(context.Background(), sb, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.MemoryUsageBytes == 0 || st.MemoryWorkingBytes == 0 || st.MemoryWorkingBytes > st.MemoryUsageBytes {
+		t.Errorf("stats = %+v; want a linear memory size and a working set within it", st)
+	}
+	t.Logf("Go module (minish): linear memory %d KiB, in RAM %d KiB", st.MemoryUsageBytes>>10, st.MemoryWorkingBytes>>10)
 }

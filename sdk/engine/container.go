@@ -607,6 +607,25 @@ func (e *Engine) Stats(ctx context.Context, sandboxID, cid string) (*backend.Sta
 	return st.Stats(ctx)
 }
 
+// HostRoot returns the host path of a container's root file system, for
+// kinds whose containers use a host directory as their root as it is
+// ([backend.HostRooter]); others fail with errdefs.ErrNotImplemented.
+func (e *Engine) HostRoot(ctx context.Context, sandboxID, cid string) (string, error) {
+	_, c, err := e.container(sandboxID, cid)
+	if err != nil {
+		return "", err
+	}
+	hr, ok := c.impl.(backend.HostRooter)
+	if !ok {
+		return "", fmt.Errorf("files of container %q: its kind keeps them where the sandboxer cannot reach them: %w", cid, errdefs.ErrNotImplemented)
+	}
+	root := hr.HostRoot()
+	if root == "" {
+		return "", fmt.Errorf("container %q has no root file system: %w", cid, errdefs.ErrNotFound)
+	}
+	return root, nil
+}
+
 // Update changes a container's resources.
 func (e *Engine) Update(ctx context.Context, sandboxID, cid string, res *specs.LinuxResources) error {
 	_, c, err := e.container(sandboxID, cid)

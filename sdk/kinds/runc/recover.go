@@ -38,7 +38,7 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
-	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, rt: rt, execs: map[string]*proc{}}
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, root: hostRoot(cfg, rootfs), rt: rt, execs: map[string]*proc{}}
 	p := newProc(c, cfg.ID, true, nullStdio(cfg.Stdio))
 	p.pid = int(pid)
 	switch st.Status {

@@ -266,6 +266,14 @@ func procStartTime(pid int) (uint64, error) {
 
 // attach makes the container watch and signal the runner behind pidfd
 // fd, which it takes over.
+// HostRoot returns the host path of the container's root file system (the
+// module's "/").
+func (c *container) HostRoot() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st.Rootfs
+}
+
 func (c *container) attach(fd int) error {
 	wfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {

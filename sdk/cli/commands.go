@@ -25,7 +25,7 @@ const runLabel = "io.magnetar.cli/run"
 func commands() []*command {
 	return []*command{
 		kindsCmd(), runCmd(), execCmd(), psCmd(), logsCmd(), stopCmd(), rmCmd(),
-		inspectCmd(), eventsCmd(), imagesCmd(), sandboxCmd(),
+		inspectCmd(), eventsCmd(), imagesCmd(), sandboxCmd(), cpCmd(), filesCmd(),
 	}
 }
 

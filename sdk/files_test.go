@@ -103,14 +103,6 @@ func hashOf(t *testing.T, r io.Reader) [32]byte {
 	return [32]byte(h.Sum(nil))
 }
 
-func TestMain(m *testing.M) {
-	// Wasm containers run in a child that re-executes the test binary.
-	if wasm.RunnerMain() {
-		return
-	}
-	os.Exit(m.Run())
-}
-
 func TestFiles(t *testing.T) {
 	for name, k := range fileKinds {
 		t.Run(name, func(t *testing.T) {

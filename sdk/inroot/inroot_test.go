@@ -131,6 +131,46 @@ func TestEscapes(t *testing.T) {
 	}
 }
 
+// TestRecursiveOpsDoNotFollowLinks: remove -r, list -r and tar of a tree
+// holding links to a host directory leave the host directory alone and
+// do not list or archive its files.
+func TestRecursiveOpsDoNotFollowLinks(t *testing.T) {
+	r, root, secret := setup(t)
+	hostDir := filepath.Dir(secret)
+	must(t, os.MkdirAll(filepath.Join(root, "tree", "sub"), 0o755))
+	must(t, os.Symlink(hostDir, filepath.Join(root, "tree", "abs")))
+	must(t, os.Symlink("../../../..", filepath.Join(root, "tree", "sub", "up")))
+	must(t, os.Symlink(hostDir, filepath.Join(root, "hostlink")))
+	entries, _, err := r.List("/tree", true, 1000)
+	must(t, err)
+	for _, e := range entries {
+		if filepath.Base(e.Path) == "secret" {
+			t.Fatalf("list -r followed a link: %s", e.Path)
+		}
+	}
+	var buf bytes.Buffer
+	must(t, r.WriteTar("/tree", &buf))
+	tr := tar.NewReader(&buf)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		must(t, err)
+		if filepath.Base(h.Name) == "secret" {
+			t.Fatalf("tar followed a link: %s", h.Name)
+		}
+	}
+	must(t, r.Remove("/tree", true))
+	must(t, r.Remove("/hostlink", true))
+	if b, err := os.ReadFile(secret); err != nil || string(b) != "HOST SECRET" {
+		t.Fatalf("host directory touched: %q, %v", b, err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "tree")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("tree left: %v", err)
+	}
+}
+
 func TestSpecialFilesNeverOpened(t *testing.T) {
 	r, root, _ := setup(t)
 	must(t, unix.Mkfifo(filepath.Join(root, "fifo"), 0o666))

@@ -24,6 +24,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/internal/apitest"
+	"github.com/magnetar-io/magnetar/sdk/kinds/gvisor"
 	"github.com/magnetar-io/magnetar/sdk/kinds/wasm"
 )
 
@@ -41,6 +42,27 @@ type fileKind struct {
 var fileKinds = map[string]fileKind{
 	"runc": {
 		backend: runcBackend,
+		rootfs: func(t *testing.T) string {
+			return testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
+		},
+		sleep: []string{"sleep", "300"},
+		write: func(p, text string) []string { return []string{"sh", "-c", "echo " + text + " > " + p} },
+		read:  func(p, _ string) []string { return []string{"cat", p} },
+		writeAndExit: func(p, text string) []string {
+			return []string{"sh", "-c", "echo " + text + " > " + p + "; exit 3"}
+		},
+	},
+	"gvisor": {
+		backend: func(t *testing.T) backend.Backend {
+			testutil.RequireRunsc(t)
+			// Host files: the container's root is its host directory.
+			b, err := gvisor.New(gvisor.Config{Root: t.TempDir(), HostFiles: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { b.Close() })
+			return b
+		},
 		rootfs: func(t *testing.T) string {
 			return testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
 		},
@@ -122,10 +144,31 @@ func TestFiles(t *testing.T) {
 			}
 			for proto, opts := range protocols {
 				t.Run(proto, func(t *testing.T) {
-					testFiles(t, k, dial(t, sock, opts...), rootfs, secret, proto)
+					testFiles(t, name, k, dial(t, sock, opts...), rootfs, secret, proto)
 				})
 			}
 		})
+	}
+}
+
+// TestFilesGVisorDefault: without HostFiles a gvisor sandbox's files are
+// behind runsc's own overlay; the service says so rather than serve the
+// host directory, which is not what the container sees.
+func TestFilesGVisorDefault(t *testing.T) {
+	testutil.RequireRunsc(t)
+	b, err := gvisor.New(gvisor.Config{Root: t.TempDir()})
+	must(t, err)
+	t.Cleanup(func() { b.Close() })
+	c := dial(t, apitest.Serve(t, b))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sb, err := c.CreateSandbox(ctx, "gvisor")
+	must(t, err)
+	defer sb.Delete(context.Background(), sdk.Force())
+	ctr, err := sb.Run(ctx, sdk.FromRootfs(testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))), sdk.Args("sleep", "300"))
+	must(t, err)
+	if _, err := ctr.Files().Stat(ctx, "/"); !errdefs.IsNotImplemented(err) {
+		t.Errorf("Stat in a gvisor sandbox without host files = %v, want NotImplemented", err)
 	}
 }
 
@@ -136,10 +179,10 @@ func must(t *testing.T, err error) {
 	}
 }
 
-func testFiles(t *testing.T, k fileKind, c *sdk.Client, rootfs, secret, proto string) {
+func testFiles(t *testing.T, kind string, k fileKind, c *sdk.Client, rootfs, secret, proto string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	sb, err := c.CreateSandbox(ctx, rootfsKind(k))
+	sb, err := c.CreateSandbox(ctx, kind)
 	must(t, err)
 	defer sb.Delete(context.Background(), sdk.Force())
 	ctr, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.Args(k.sleep...))
@@ -333,13 +376,6 @@ func testFiles(t *testing.T, k fileKind, c *sdk.Client, rootfs, secret, proto st
 	if _, err := done2.Files().Stat(ctx, "/"); !errdefs.IsNotFound(err) {
 		t.Errorf("files of a deleted container = %v", err)
 	}
-}
-
-func rootfsKind(k fileKind) string {
-	if k.sleep[0] == wasmtest.ShellModule {
-		return wasm.Kind
-	}
-	return "runc"
 }
 
 // execOut runs args in the container (runc), or in a new container of the

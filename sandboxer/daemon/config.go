@@ -142,6 +142,10 @@ type GVisorConfig struct {
 	// default) chooses: kvm where a bounded probe runs a sandbox on it,
 	// else systrap where runsc has it, else ptrace.
 	Platform string `toml:"platform"`
+	// HostFiles runs sandboxes with --overlay2=none --file-access=shared,
+	// so that Magnetar's file service reaches their containers' files
+	// (see gvisor.Config.HostFiles). Default false.
+	HostFiles bool `toml:"host_files"`
 }
 
 // DefaultGuestDir is where the vm kind looks for its guest image.

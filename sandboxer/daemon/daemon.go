@@ -114,7 +114,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 		gcfg.Root = filepath.Join(cfg.RunDir, "runsc")
 	}
 	gvlog := log.Named("gvisor")
-	gvc := gvisor.Config{Binary: gcfg.Binary, Root: gcfg.Root, Platform: gcfg.Platform, Log: gvlog.Info}
+	gvc := gvisor.Config{Binary: gcfg.Binary, Root: gcfg.Root, Platform: gcfg.Platform, HostFiles: gcfg.HostFiles, Log: gvlog.Info}
 	if cfg.fdstore != nil {
 		gvc.FDStore = cfg.fdstore
 	}

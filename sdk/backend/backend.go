@@ -123,7 +123,9 @@ type SandboxStater interface {
 // microVM's guest, gVisor's overlay in memory) do not implement it.
 type HostRooter interface {
 	// HostRoot returns the host path of the container's root file system;
-	// it stays valid until the container is deleted.
+	// it stays valid until the container is deleted. "" means that this
+	// container's files cannot be reached that way (a gvisor sandbox
+	// without host files).
 	HostRoot() string
 }
 

@@ -621,7 +621,7 @@ func (e *Engine) HostRoot(ctx context.Context, sandboxID, cid string) (string, e
 	}
 	root := hr.HostRoot()
 	if root == "" {
-		return "", fmt.Errorf("container %q has no root file system: %w", cid, errdefs.ErrNotFound)
+		return "", fmt.Errorf("files of container %q: its sandbox keeps them where the sandboxer cannot reach them: %w", cid, errdefs.ErrNotImplemented)
 	}
 	return root, nil
 }

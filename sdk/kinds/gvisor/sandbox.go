@@ -48,6 +48,9 @@ type sandboxState struct {
 	// Network and Platform are runsc's flags for this sandbox.
 	Network  string `json:"network"`
 	Platform string `json:"platform"`
+	// HostFiles: runsc runs with --overlay2=none --file-access=shared
+	// (Config.HostFiles when the sandbox was created).
+	HostFiles bool `json:"hostFiles,omitempty"`
 	// Pid is the runsc sandbox process (0 before Start).
 	Pid int `json:"pid,omitempty"`
 }
@@ -76,6 +79,7 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, 
 		}
 	} else {
 		s.st.Platform = b.runscPlatform
+		s.st.HostFiles = b.cfg.HostFiles
 		switch {
 		case cfg.NetNSPath != "":
 			s.st.Network = networkSandbox
@@ -100,6 +104,9 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, 
 func (s *sandbox) runtime(dir string) *gorunc.Runc {
 	rt := s.b.runtime(s.cfg.Namespace, dir, s.st.Network)
 	rt.ExtraArgs[0] = "--platform=" + s.st.Platform
+	if s.st.HostFiles {
+		rt.ExtraArgs = append(rt.ExtraArgs, "--overlay2=none", "--file-access=shared")
+	}
 	return rt
 }
 

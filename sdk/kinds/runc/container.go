@@ -17,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
 )
@@ -77,7 +78,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := shimrecord.Write(cfg.Bundle, shimrecord.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
 		return nil, err
 	}
-	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, root: hostRoot(cfg, rootfs), rt: rt, execs: map[string]*proc{}}
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, root: hostroot.Of(cfg, rootfs), rt: rt, execs: map[string]*proc{}}
 	c.init = newProc(c, cfg.ID, true, cfg.Stdio)
 	if err := c.init.create(ctx); err != nil {
 		return nil, fmt.Errorf("create container %q: %w", cfg.ID, err)
@@ -100,31 +101,6 @@ func (c *container) Init() backend.Process { return c.init }
 
 // HostRoot returns the host path of the container's root file system.
 func (c *container) HostRoot() string { return c.root }
-
-// hostRoot is the host path of a container's root: where its rootfs is
-// mounted, or the spec's root path (relative to the bundle); a recovered
-// container's spec is read from the bundle.
-func hostRoot(cfg backend.ContainerConfig, rootfs string) string {
-	if rootfs != "" {
-		return rootfs
-	}
-	spec := cfg.Spec
-	if spec == nil {
-		if data, err := os.ReadFile(filepath.Join(cfg.Bundle, "config.json")); err == nil {
-			spec = &specs.Spec{}
-			if json.Unmarshal(data, spec) != nil {
-				spec = nil
-			}
-		}
-	}
-	if spec != nil && spec.Root != nil && spec.Root.Path != "" {
-		if filepath.IsAbs(spec.Root.Path) {
-			return spec.Root.Path
-		}
-		return filepath.Join(cfg.Bundle, spec.Root.Path)
-	}
-	return filepath.Join(cfg.Bundle, "rootfs")
-}
 
 func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.Process, error) {
 	if cfg.Process == nil {

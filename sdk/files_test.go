@@ -363,6 +363,20 @@ func testFiles(t *testing.T, kind string, k fileKind, c *sdk.Client, rootfs, sec
 	}
 	must(t, files.Remove(ctx, dir+"/big"))
 
+	// A read-only root is read, not written.
+	ro, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.ReadonlyRootfs(), sdk.Args(k.sleep...))
+	must(t, err)
+	if _, err := ro.Files().Stat(ctx, dir+"/a/hello"); err != nil {
+		t.Errorf("Stat in a read-only root = %v", err)
+	}
+	if _, err := ro.Files().WriteFile(ctx, "/ro-"+proto, strings.NewReader("x"), sdk.WriteOptions{}); !errdefs.IsPermissionDenied(err) {
+		t.Errorf("write into a read-only root = %v, want PermissionDenied", err)
+	}
+	if err := ro.Files().RemoveAll(ctx, dir); !errdefs.IsPermissionDenied(err) {
+		t.Errorf("remove in a read-only root = %v, want PermissionDenied", err)
+	}
+	must(t, ro.Delete(ctx, sdk.Force()))
+
 	// After the container exited, until it is deleted.
 	done2, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.Args(k.writeAndExit("/exited-"+proto, "bye")...))
 	must(t, err)

@@ -122,11 +122,13 @@ type SandboxStater interface {
 // RESOLVE_IN_ROOT. Kinds whose container sees another file system (a
 // microVM's guest, gVisor's overlay in memory) do not implement it.
 type HostRooter interface {
-	// HostRoot returns the host path of the container's root file system;
-	// it stays valid until the container is deleted. "" means that this
-	// container's files cannot be reached that way (a gvisor sandbox
-	// without host files).
-	HostRoot() string
+	// HostRoot returns the host path of the container's root file system
+	// (valid until the container is deleted) and whether the container's
+	// root is read-only (its spec's root.readonly: the host directory
+	// itself is writable, and the file service refuses writes). "" means
+	// that this container's files cannot be reached that way (a gvisor
+	// sandbox without host files).
+	HostRoot() (dir string, readOnly bool)
 }
 
 // EventSink receives events a backend observes on its own, such as an OOM

@@ -46,15 +46,19 @@ type WriteOptions struct {
 	Atomic bool
 }
 
-// root opens the root file system of container id.
-func (s *Service) root(ctx context.Context, id string) (*inroot.Root, string, error) {
+// root opens the root file system of container id; write is set for the
+// calls that change it, which a read-only root refuses.
+func (s *Service) root(ctx context.Context, id string, write bool) (*inroot.Root, string, error) {
 	sb, err := s.locate(ctx, id)
 	if err != nil {
 		return nil, "", err
 	}
-	dir, err := s.e.HostRoot(ctx, sb, id)
+	dir, ro, err := s.e.HostRoot(ctx, sb, id)
 	if err != nil {
 		return nil, "", err
+	}
+	if write && ro {
+		return nil, "", fmt.Errorf("container %q has a read-only root file system: %w", id, errdefs.ErrPermissionDenied)
 	}
 	r, err := inroot.Open(dir)
 	if err != nil {
@@ -66,7 +70,7 @@ func (s *Service) root(ctx context.Context, id string) (*inroot.Root, string, er
 // StatFile describes path p in container id's root file system, without
 // following a last symbolic link.
 func (s *Service) StatFile(ctx context.Context, id, p string) (FileInfo, error) {
-	r, _, err := s.root(ctx, id)
+	r, _, err := s.root(ctx, id, false)
 	if err != nil {
 		return FileInfo{}, err
 	}
@@ -83,7 +87,7 @@ func (s *Service) ListFiles(ctx context.Context, id, p string, recursive bool, l
 	if limit == 0 {
 		limit = DefaultListLimit
 	}
-	r, _, err := s.root(ctx, id)
+	r, _, err := s.root(ctx, id, false)
 	if err != nil {
 		return nil, false, err
 	}
@@ -98,7 +102,7 @@ func (s *Service) ReadFile(ctx context.Context, id, p string, offset, length int
 	if offset < 0 || length < 0 {
 		return fmt.Errorf("offset and length must not be negative: %w", errdefs.ErrInvalidArgument)
 	}
-	r, _, err := s.root(ctx, id)
+	r, _, err := s.root(ctx, id, false)
 	if err != nil {
 		return err
 	}
@@ -165,7 +169,7 @@ func (s *Service) WriteFile(ctx context.Context, id, p string, o WriteOptions) (
 	if o.Perm > 0o7777 {
 		return nil, fmt.Errorf("permissions %o are more than 07777: %w", o.Perm, errdefs.ErrInvalidArgument)
 	}
-	r, _, err := s.root(ctx, id)
+	r, _, err := s.root(ctx, id, true)
 	if err != nil {
 		return nil, err
 	}
@@ -186,7 +190,7 @@ func (s *Service) MakeDir(ctx context.Context, id, p string, parents bool, perm 
 	if perm == 0 {
 		perm = 0o755
 	}
-	r, _, err := s.root(ctx, id)
+	r, _, err := s.root(ctx, id, true)
 	if err != nil {
 		return err
 	}
@@ -199,7 +203,7 @@ func (s *Service) MakeDir(ctx context.Context, id, p string, parents bool, perm 
 
 // RemoveFile removes p (a directory with what it holds if recursive).
 func (s *Service) RemoveFile(ctx context.Context, id, p string, recursive bool) error {
-	r, _, err := s.root(ctx, id)
+	r, _, err := s.root(ctx, id, true)
 	if err != nil {
 		return err
 	}
@@ -209,7 +213,7 @@ func (s *Service) RemoveFile(ctx context.Context, id, p string, recursive bool) 
 
 // RenameFile renames oldp to newp.
 func (s *Service) RenameFile(ctx context.Context, id, oldp, newp string) error {
-	r, _, err := s.root(ctx, id)
+	r, _, err := s.root(ctx, id, true)
 	if err != nil {
 		return err
 	}
@@ -220,7 +224,7 @@ func (s *Service) RenameFile(ctx context.Context, id, oldp, newp string) error {
 // WatchFiles watches the directory p (see [inroot.Watch]) until ctx ends,
 // the directory goes or the container is deleted.
 func (s *Service) WatchFiles(ctx context.Context, id, p string, recursive bool, started func() error, fn func([]inroot.Event, bool) error) error {
-	r, dir, err := s.root(ctx, id)
+	r, dir, err := s.root(ctx, id, false)
 	if err != nil {
 		return err
 	}
@@ -230,7 +234,7 @@ func (s *Service) WatchFiles(ctx context.Context, id, p string, recursive bool, 
 
 // DownloadTar writes the directory (or file) p as a tar archive to w.
 func (s *Service) DownloadTar(ctx context.Context, id, p string, w io.Writer) error {
-	r, _, err := s.root(ctx, id)
+	r, _, err := s.root(ctx, id, false)
 	if err != nil {
 		return err
 	}
@@ -240,7 +244,7 @@ func (s *Service) DownloadTar(ctx context.Context, id, p string, w io.Writer) er
 
 // UploadTar extracts the tar archive read from rd into the directory p.
 func (s *Service) UploadTar(ctx context.Context, id, p string, rd io.Reader) (int, int64, error) {
-	r, _, err := s.root(ctx, id)
+	r, _, err := s.root(ctx, id, true)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -43,8 +43,8 @@ type container struct {
 	init  *initProc
 	shell *process.Init
 	rt    *gorunc.Runc
-	// root is the host path of the container's root file system.
-	root string
+	// root is the container's root file system on the host.
+	root hostroot.Root
 
 	mu       sync.Mutex
 	execs    map[string]process.Process
@@ -91,16 +91,17 @@ func (s *sandbox) containerSpec(spec specs.Spec) specs.Spec {
 	return spec
 }
 
-// HostRoot returns the host path of the container's root file system when
-// the sandbox runs with [Config.HostFiles] (the container then uses it as
-// it is), else "": the file service cannot reach the container's files.
-func (c *container) HostRoot() string {
+// HostRoot returns the host path of the container's root file system (and
+// whether the container's root is read-only) when the sandbox runs with
+// [Config.HostFiles] (the container then uses it as it is), else "": the
+// file service cannot reach the container's files.
+func (c *container) HostRoot() (string, bool) {
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
 	if !c.s.st.HostFiles {
-		return ""
+		return "", false
 	}
-	return c.root
+	return c.root.Dir, c.root.ReadOnly
 }
 
 // CreateContainer mounts the rootfs and runs `runsc create` for a

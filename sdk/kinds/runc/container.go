@@ -26,8 +26,8 @@ type container struct {
 	s      *sandbox
 	id     string
 	bundle string
-	rootfs string // where the rootfs is mounted ("" if not by us)
-	root   string // host path of the container's root file system
+	rootfs string        // where the rootfs is mounted ("" if not by us)
+	root   hostroot.Root // the container's root file system on the host
 	rt     *gorunc.Runc
 	init   *proc
 	oom    *oomWatch
@@ -99,8 +99,9 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 
 func (c *container) Init() backend.Process { return c.init }
 
-// HostRoot returns the host path of the container's root file system.
-func (c *container) HostRoot() string { return c.root }
+// HostRoot returns the host path of the container's root file system and
+// whether the container's root is read-only.
+func (c *container) HostRoot() (string, bool) { return c.root.Dir, c.root.ReadOnly }
 
 func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.Process, error) {
 	if cfg.Process == nil {

@@ -267,11 +267,11 @@ func procStartTime(pid int) (uint64, error) {
 // attach makes the container watch and signal the runner behind pidfd
 // fd, which it takes over.
 // HostRoot returns the host path of the container's root file system (the
-// module's "/").
-func (c *container) HostRoot() string {
+// module's "/") and whether the module sees it read-only.
+func (c *container) HostRoot() (string, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.st.Rootfs
+	return c.st.Rootfs, c.st.Runner.ReadonlyRoot
 }
 
 func (c *container) attach(fd int) error {

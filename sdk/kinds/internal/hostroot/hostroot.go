@@ -13,14 +13,17 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
-// Of returns the host path of the root of the container cfg describes:
-// mounted, where the kind mounted its rootfs; else the spec's root path
-// (relative to the bundle). A recovered container's spec is read from the
-// bundle's config.json.
-func Of(cfg backend.ContainerConfig, mounted string) string {
-	if mounted != "" {
-		return mounted
-	}
+// Root is a container's root as [backend.HostRooter] reports it.
+type Root struct {
+	Dir      string
+	ReadOnly bool
+}
+
+// Of returns the root of the container cfg describes: its host path
+// (mounted, where the kind mounted its rootfs; else the spec's root path,
+// relative to the bundle) and whether the spec makes it read-only. A
+// recovered container's spec is read from the bundle's config.json.
+func Of(cfg backend.ContainerConfig, mounted string) Root {
 	spec := cfg.Spec
 	if spec == nil {
 		if data, err := os.ReadFile(filepath.Join(cfg.Bundle, "config.json")); err == nil {
@@ -30,11 +33,20 @@ func Of(cfg backend.ContainerConfig, mounted string) string {
 			}
 		}
 	}
-	if spec != nil && spec.Root != nil && spec.Root.Path != "" {
-		if filepath.IsAbs(spec.Root.Path) {
-			return spec.Root.Path
-		}
-		return filepath.Join(cfg.Bundle, spec.Root.Path)
+	var r Root
+	if spec != nil && spec.Root != nil {
+		r.ReadOnly = spec.Root.Readonly
 	}
-	return filepath.Join(cfg.Bundle, "rootfs")
+	switch {
+	case mounted != "":
+		r.Dir = mounted
+	case spec != nil && spec.Root != nil && spec.Root.Path != "":
+		r.Dir = spec.Root.Path
+		if !filepath.IsAbs(r.Dir) {
+			r.Dir = filepath.Join(cfg.Bundle, r.Dir)
+		}
+	default:
+		r.Dir = filepath.Join(cfg.Bundle, "rootfs")
+	}
+	return r
 }

@@ -25,14 +25,15 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/internal/apitest"
 	"github.com/magnetar-io/magnetar/sdk/kinds/gvisor"
+	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
 	"github.com/magnetar-io/magnetar/sdk/kinds/wasm"
 )
 
 // fileKind is a kind under test of the file service: a root file system
 // and how to run a script in it.
 type fileKind struct {
-	backend func(t *testing.T) backend.Backend
-	rootfs  func(t *testing.T) string
+	backend func(t testing.TB) backend.Backend
+	rootfs  func(t testing.TB) string
 	// sleep runs for long; write writes "text\n" to path; read prints path.
 	sleep        []string
 	write, read  func(path, text string) []string
@@ -41,8 +42,16 @@ type fileKind struct {
 
 var fileKinds = map[string]fileKind{
 	"runc": {
-		backend: runcBackend,
-		rootfs: func(t *testing.T) string {
+		backend: func(t testing.TB) backend.Backend {
+			testutil.RequireRunc(t)
+			b, err := runc.New(runc.Config{Root: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { b.Close() })
+			return b
+		},
+		rootfs: func(t testing.TB) string {
 			return testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
 		},
 		sleep: []string{"sleep", "300"},
@@ -53,7 +62,7 @@ var fileKinds = map[string]fileKind{
 		},
 	},
 	"gvisor": {
-		backend: func(t *testing.T) backend.Backend {
+		backend: func(t testing.TB) backend.Backend {
 			testutil.RequireRunsc(t)
 			// Host files: the container's root is its host directory.
 			b, err := gvisor.New(gvisor.Config{Root: t.TempDir(), HostFiles: true})
@@ -63,7 +72,7 @@ var fileKinds = map[string]fileKind{
 			t.Cleanup(func() { b.Close() })
 			return b
 		},
-		rootfs: func(t *testing.T) string {
+		rootfs: func(t testing.TB) string {
 			return testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
 		},
 		sleep: []string{"sleep", "300"},
@@ -74,7 +83,7 @@ var fileKinds = map[string]fileKind{
 		},
 	},
 	"wasm": {
-		backend: func(t *testing.T) backend.Backend {
+		backend: func(t testing.TB) backend.Backend {
 			testutil.RequireRoot(t, "the wasm kind: cgroups, mount namespaces")
 			b, err := wasm.New(wasm.Config{Root: wasmtest.CacheRoot(t)})
 			if err != nil {
@@ -83,7 +92,7 @@ var fileKinds = map[string]fileKind{
 			t.Cleanup(func() { b.Close() })
 			return b
 		},
-		rootfs: func(t *testing.T) string {
+		rootfs: func(t testing.TB) string {
 			module := wasmtest.Build(t, "minish")
 			rootfs := filepath.Join(t.TempDir(), "rootfs")
 			if err := os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755); err != nil {
@@ -170,6 +179,78 @@ func TestFilesGVisorDefault(t *testing.T) {
 	if _, err := ctr.Files().Stat(ctx, "/"); !errdefs.IsNotImplemented(err) {
 		t.Errorf("Stat in a gvisor sandbox without host files = %v, want NotImplemented", err)
 	}
+}
+
+// BenchmarkFiles measures the file service per kind over a unix socket
+// (Connect): 1 MiB writes and reads (throughput), and the latency of a
+// stat and of a 4 KiB read.
+func BenchmarkFiles(b *testing.B) {
+	for _, name := range []string{"runc", "wasm", "gvisor"} {
+		k := fileKinds[name]
+		b.Run(name, func(b *testing.B) {
+			c := dialTB(b, apitest.Serve(b, k.backend(b)))
+			ctx := context.Background()
+			sb, err := c.CreateSandbox(ctx, name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sb.Delete(context.Background(), sdk.Force())
+			ctr, err := sb.Run(ctx, sdk.FromRootfs(k.rootfs(b)), sdk.Args(k.sleep...))
+			if err != nil {
+				b.Fatal(err)
+			}
+			files := ctr.Files()
+			small, big := bytes.Repeat([]byte("x"), 4096), bytes.Repeat([]byte("y"), 1<<20)
+			for _, f := range []struct {
+				name string
+				data []byte
+			}{{"/small", small}, {"/big", big}} {
+				if _, err := files.WriteFile(ctx, f.name, bytes.NewReader(f.data), sdk.WriteOptions{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.Run("write-1MiB", func(b *testing.B) {
+				b.SetBytes(int64(len(big)))
+				for b.Loop() {
+					if _, err := files.WriteFile(ctx, "/w", bytes.NewReader(big), sdk.WriteOptions{}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run("read-1MiB", func(b *testing.B) {
+				b.SetBytes(int64(len(big)))
+				for b.Loop() {
+					if data, err := files.ReadFile(ctx, "/big"); err != nil || len(data) != len(big) {
+						b.Fatal(len(data), err)
+					}
+				}
+			})
+			b.Run("stat", func(b *testing.B) {
+				for b.Loop() {
+					if _, err := files.Stat(ctx, "/small"); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run("read-4KiB", func(b *testing.B) {
+				for b.Loop() {
+					if data, err := files.ReadFile(ctx, "/small"); err != nil || len(data) != len(small) {
+						b.Fatal(len(data), err)
+					}
+				}
+			})
+		})
+	}
+}
+
+func dialTB(t testing.TB, sock string) *sdk.Client {
+	t.Helper()
+	c, err := sdk.Dial(context.Background(), "unix://"+sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func must(t *testing.T, err error) {

@@ -150,7 +150,11 @@ def test_files(client: magnetar.Client, daemon: Daemon) -> None:
         files.write_file("/work/log", "a\n")
         files.write_file("/work/log", [b"b\n", b"c\n"], mode="append")
         assert files.read_file("/work/log") == b"a\nb\nc\n"
+        changes = files.watch("/work")  # in place when it returns
         files.mkdir("/work/sub/deep", parents=True)
+        change = next(changes)
+        assert (change.type, change.path, change.is_dir) == ("created", "/work/sub", True)
+        changes.close()  # type: ignore[attr-defined]
         entries, truncated = files.list("/work", recursive=True)
         assert [e.path for e in entries] == [
             "/work/big.bin", "/work/in.txt", "/work/log", "/work/sub", "/work/sub/deep",

@@ -39,6 +39,9 @@ type Client struct {
 	containers containerv1connect.ContainerServiceClient
 	images     imagev1connect.ImageServiceClient
 	files      filev1connect.FileServiceClient
+	// bidi serves the calls that stream both ways ([Sandbox.DialPort]):
+	// sandboxes, unless that one speaks HTTP/1.1.
+	bidi sandboxv1connect.SandboxServiceClient
 
 	// retry is how long streams are resumed while the sandboxer is
 	// unavailable (0: not at all).
@@ -215,12 +218,28 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	if o.retrySet {
 		retry = o.retry
 	}
+	// Bidirectional streams need HTTP/2: over plain text the Connect
+	// protocol uses HTTP/1.1, so those go through an HTTP/2 transport of
+	// their own.
+	var tr2 *http.Transport
+	var bidi *connect.Client
+	if tr != nil && !o.grpc && tlsCfg == nil {
+		tr2 = &http.Transport{DialContext: dialer, Protocols: new(http.Protocols)}
+		tr2.Protocols.SetUnencryptedHTTP2(true)
+		bidi = connect.NewClient(connecthttp.NewTransport(&http.Client{Transport: tr2}, baseURL, topts...))
+	}
 	c := NewClient(connect.NewClient(connecthttp.NewTransport(hc, baseURL, topts...), retryInterceptor(retry)), func() error {
 		if tr != nil {
 			tr.CloseIdleConnections()
 		}
+		if tr2 != nil {
+			tr2.CloseIdleConnections()
+		}
 		return nil
 	})
+	if bidi != nil {
+		c.bidi = sandboxv1connect.NewSandboxServiceClient(bidi)
+	}
 	c.retry = retry
 	return c, nil
 }
@@ -230,8 +249,10 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 // [Client.Close]. [Dial] and the embedded package's New build theirs with
 // it.
 func NewClient(cc *connect.Client, closeFn func() error) *Client {
+	sandboxes := sandboxv1connect.NewSandboxServiceClient(cc)
 	return &Client{
-		sandboxes:  sandboxv1connect.NewSandboxServiceClient(cc),
+		sandboxes:  sandboxes,
+		bidi:       sandboxes,
 		containers: containerv1connect.NewContainerServiceClient(cc),
 		images:     imagev1connect.NewImageServiceClient(cc),
 		files:      filev1connect.NewFileServiceClient(cc),

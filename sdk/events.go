@@ -20,7 +20,8 @@ type Event struct {
 	// Type is what happened: "sandbox-created", "sandbox-started",
 	// "sandbox-exited", "sandbox-deleted", "container-created",
 	// "container-started", "container-deleted", "process-started",
-	// "process-exited" or "process-oom".
+	// "process-exited", "process-oom", "sandbox-expired", "sandbox-paused"
+	// or "sandbox-resumed".
 	Type string `json:"type"`
 	// Topic is the containerd topic of the same event, for example
 	// "/tasks/exit".
@@ -39,6 +40,8 @@ type Event struct {
 	// Sequence numbers the sandboxer's events, one by one (events other
 	// filters left out leave gaps); [Client.EventsAfter] resumes after it.
 	Sequence uint64 `json:"sequence,omitempty"`
+	// Reason says why, for "sandbox-expired": "deadline" or "idle".
+	Reason string `json:"reason,omitempty"`
 }
 
 // Events streams lifecycle events as they happen (past events are not
@@ -117,7 +120,7 @@ func (c *Client) watchOnce(ctx context.Context, f filters, after **uint64, b *ba
 		if !yield(Event{
 			Type: enumName(e.GetType().String(), "EVENT_TYPE_"), Topic: e.GetTopic(), Timestamp: timeOf(e.GetTimestamp()),
 			SandboxID: e.GetSandboxId(), ContainerID: e.GetContainerId(), ExecID: e.GetExecId(), PID: e.GetPid(),
-			ExitStatus: int(e.GetExitStatus()), ExitedAt: timeOf(e.GetExitedAt()), Sequence: seq,
+			ExitStatus: int(e.GetExitStatus()), ExitedAt: timeOf(e.GetExitedAt()), Sequence: seq, Reason: e.GetReason(),
 		}, nil) {
 			return true, nil
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/magnetar-io/magnetar/gen/magnetar/container/v1/containerv1connect"
+	"github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1/sandboxv1connect"
 )
 
 // DefaultRetryTimeout is how long a client made by [Dial] keeps retrying
@@ -52,6 +53,11 @@ var idempotentProcedures = map[string]bool{
 	containerv1connect.ContainerServiceWaitProcessProcedure: true,
 	containerv1connect.ContainerServiceCloseStdinProcedure:  true,
 	containerv1connect.ContainerServiceResizePtyProcedure:   true,
+	// Sets a lifetime counted from the call: again is the same.
+	sandboxv1connect.SandboxServiceSetSandboxTimeoutProcedure: true,
+	// Pausing a paused sandbox, or resuming a running one, changes nothing.
+	sandboxv1connect.SandboxServicePauseSandboxProcedure:  true,
+	sandboxv1connect.SandboxServiceResumeSandboxProcedure: true,
 }
 
 func retryable(spec connect.Spec) bool {

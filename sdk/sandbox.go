@@ -2,7 +2,10 @@ package sdk
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"iter"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -27,6 +30,9 @@ const (
 	// SandboxUnknown: the sandboxer cannot tell, for example after a
 	// restart when the backend does not answer.
 	SandboxUnknown SandboxState = "unknown"
+	// SandboxPaused: ready, with every container frozen (see
+	// [Sandbox.Pause]).
+	SandboxPaused SandboxState = "paused"
 )
 
 // Sandbox is a snapshot of a sandbox, taken when it was returned, and a
@@ -57,6 +63,12 @@ type Sandbox struct {
 	TaskAddress string `json:"taskAddress,omitempty"`
 	// Info holds backend-specific details for humans.
 	Info map[string]string `json:"info,omitempty"`
+	// ExpiresAt is when the sandbox's deadline ends it (zero: no deadline;
+	// see [WithTimeoutAfter] and [Sandbox.SetTimeout]).
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+	// IdleTimeout ends the sandbox once it has been idle this long (0:
+	// never; see [WithIdleTimeout]).
+	IdleTimeout time.Duration `json:"idleTimeout,omitempty"`
 
 	client *Client
 }
@@ -68,7 +80,8 @@ func (c *Client) sandboxFromProto(p *sandboxv1.Sandbox) *Sandbox {
 		Labels: p.GetLabels(), Annotations: p.GetAnnotations(),
 		CreatedAt: timeOf(p.GetCreatedAt()), StartedAt: timeOf(p.GetStartedAt()), ExitedAt: timeOf(p.GetExitedAt()),
 		ExitStatus: p.GetExitStatus(), PID: p.GetPid(), NetNSPath: p.GetNetnsPath(), TaskAddress: p.GetTaskAddress(),
-		Info:   p.GetInfo(),
+		Info:      p.GetInfo(),
+		ExpiresAt: timeOf(p.GetExpiresAt()), IdleTimeout: p.GetIdleTimeout().AsDuration(),
 		client: c,
 	}
 }
@@ -250,6 +263,72 @@ func WithResources(res Resources) SandboxOption {
 		r.Resources = res.proto()
 		return nil
 	}
+}
+
+// WithTimeoutAfter gives the sandbox a deadline d after its creation: it
+// is then stopped and deleted (an event of type "sandbox-expired" comes
+// first), whatever runs in it. [Sandbox.SetTimeout] moves it. Default: no
+// deadline.
+func WithTimeoutAfter(d time.Duration) SandboxOption {
+	return func(o *sandboxOptions) error {
+		if d < 0 {
+			return fmt.Errorf("WithTimeoutAfter: negative duration %v: %w", d, errdefs.ErrInvalidArgument)
+		}
+		o.req.Timeout = durationpb.New(d)
+		return nil
+	}
+}
+
+// WithIdleTimeout ends the sandbox (stopped and deleted, after a
+// "sandbox-expired" event) once it has been idle for d: no call about it
+// or its containers, and no process running in it. Default: never.
+func WithIdleTimeout(d time.Duration) SandboxOption {
+	return func(o *sandboxOptions) error {
+		if d < 0 {
+			return fmt.Errorf("WithIdleTimeout: negative duration %v: %w", d, errdefs.ErrInvalidArgument)
+		}
+		o.req.IdleTimeout = durationpb.New(d)
+		return nil
+	}
+}
+
+// Pause freezes every running container of the sandbox: its processes
+// use no CPU until [Sandbox.Resume], and nothing new runs in it
+// meanwhile. The snapshot is refreshed (State [SandboxPaused]).
+func (s *Sandbox) Pause(ctx context.Context) error {
+	res, err := s.client.sandboxes.PauseSandbox(ctx, &sandboxv1.PauseSandboxRequest{SandboxId: s.ID})
+	if err != nil {
+		return fromAPI(err)
+	}
+	*s = *s.client.sandboxFromProto(res.GetSandbox())
+	return nil
+}
+
+// Resume thaws what [Sandbox.Pause] froze. The snapshot is refreshed.
+func (s *Sandbox) Resume(ctx context.Context) error {
+	res, err := s.client.sandboxes.ResumeSandbox(ctx, &sandboxv1.ResumeSandboxRequest{SandboxId: s.ID})
+	if err != nil {
+		return fromAPI(err)
+	}
+	*s = *s.client.sandboxFromProto(res.GetSandbox())
+	return nil
+}
+
+// SetTimeout replaces the sandbox's lifetime: it ends timeout from now (0:
+// no deadline) or once idle for idle (0: never). The sandbox's snapshot
+// is refreshed.
+func (s *Sandbox) SetTimeout(ctx context.Context, timeout, idle time.Duration) error {
+	if timeout < 0 || idle < 0 {
+		return fmt.Errorf("SetTimeout: negative duration: %w", errdefs.ErrInvalidArgument)
+	}
+	res, err := s.client.sandboxes.SetSandboxTimeout(ctx, &sandboxv1.SetSandboxTimeoutRequest{
+		SandboxId: s.ID, Timeout: durationpb.New(timeout), IdleTimeout: durationpb.New(idle),
+	})
+	if err != nil {
+		return fromAPI(err)
+	}
+	*s = *s.client.sandboxFromProto(res.GetSandbox())
+	return nil
 }
 
 // CreateSandbox creates a sandbox of the given kind (see [Client.Kinds])
@@ -464,4 +543,72 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// Usage is what a sandbox uses, summed over its containers (for a VM: its
+// VMM on the host).
+type Usage struct {
+	// Timestamp is when it was read.
+	Timestamp time.Time `json:"timestamp"`
+	// CPU is the CPU time used by the containers that exist now.
+	CPU time.Duration `json:"cpu"`
+	// MemoryBytes is the memory in use; MemoryWorkingSetBytes the same
+	// without inactive file cache.
+	MemoryBytes           uint64 `json:"memoryBytes"`
+	MemoryWorkingSetBytes uint64 `json:"memoryWorkingSetBytes"`
+	// Pids counts processes and threads.
+	Pids uint64 `json:"pids"`
+	// DiskReadBytes and DiskWriteBytes count block device I/O.
+	DiskReadBytes  uint64 `json:"diskReadBytes"`
+	DiskWriteBytes uint64 `json:"diskWriteBytes"`
+	// NetRxBytes and NetTxBytes count the sandbox's network traffic (0 on
+	// the host's network).
+	NetRxBytes uint64 `json:"netRxBytes"`
+	NetTxBytes uint64 `json:"netTxBytes"`
+}
+
+func usageFromProto(u *sandboxv1.SandboxUsage) Usage {
+	return Usage{
+		Timestamp: timeOf(u.GetTimestamp()), CPU: time.Duration(u.GetCpuUsageNs()),
+		MemoryBytes: u.GetMemoryUsageBytes(), MemoryWorkingSetBytes: u.GetMemoryWorkingSetBytes(), Pids: u.GetPids(),
+		DiskReadBytes: u.GetDiskReadBytes(), DiskWriteBytes: u.GetDiskWriteBytes(),
+		NetRxBytes: u.GetNetRxBytes(), NetTxBytes: u.GetNetTxBytes(),
+	}
+}
+
+// Usage returns what the sandbox uses now.
+func (s *Sandbox) Usage(ctx context.Context) (Usage, error) {
+	res, err := s.client.sandboxes.GetSandboxUsage(ctx, &sandboxv1.GetSandboxUsageRequest{SandboxId: s.ID})
+	if err != nil {
+		return Usage{}, fromAPI(err)
+	}
+	return usageFromProto(res.GetUsage()), nil
+}
+
+// WatchUsage yields the sandbox's usage every interval (0: every second;
+// at least 100 ms), starting at once, until ctx ends, the consumer stops
+// or the sandbox is deleted (an error that errdefs.IsNotFound matches).
+func (s *Sandbox) WatchUsage(ctx context.Context, interval time.Duration) iter.Seq2[Usage, error] {
+	return func(yield func(Usage, error) bool) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := s.client.sandboxes.WatchSandboxUsage(ctx, &sandboxv1.WatchSandboxUsageRequest{SandboxId: s.ID, Interval: durationpb.New(interval)})
+		if err != nil {
+			yield(Usage{}, fromAPI(err))
+			return
+		}
+		defer stream.Close()
+		for {
+			msg, err := stream.Receive()
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, io.EOF) {
+					yield(Usage{}, fromAPI(err))
+				}
+				return
+			}
+			if !yield(usageFromProto(msg.GetUsage()), nil) {
+				return
+			}
+		}
+	}
 }

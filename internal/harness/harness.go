@@ -137,6 +137,8 @@ type Containerd struct {
 	waitErr error         // set before done is closed
 	log     *tailBuffer
 	mntNS   string          // containerd's mount namespace, e.g. "mnt:[4026532]"
+	mntFile *os.File        // holds that namespace open, for Restart
+	opts    Options         // what Start was given, for Restart
 	cgroups map[string]bool // cgroup directories that existed at Start
 
 	cgroupParents []string // Options.CgroupParents
@@ -174,7 +176,7 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, err error) {
 		opts.StartTimeout = 30 * time.Second
 	}
 
-	c := &Containerd{binDir: opts.BinDir, log: &tailBuffer{max: 32 << 10}, cgroupParents: slices.Clone(opts.CgroupParents)}
+	c := &Containerd{binDir: opts.BinDir, log: &tailBuffer{max: 32 << 10}, cgroupParents: slices.Clone(opts.CgroupParents), opts: opts}
 	defer func() {
 		if err != nil {
 			if cerr := c.cleanup(context.WithoutCancel(ctx)); cerr != nil {
@@ -308,7 +310,48 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, err error) {
 		return nil, fmt.Errorf("harness: containerd is not in a private mount namespace (%s, %v)", ns, err)
 	}
 	c.mntNS = ns
+	// Hold the namespace, so that a restarted containerd joins it: the
+	// netns and rootfs mounts of the running pods are there.
+	if c.mntFile, err = os.Open(fmt.Sprintf("/proc/%d/ns/mnt", c.cmd.Process.Pid)); err != nil {
+		return nil, fmt.Errorf("harness: hold containerd's mount namespace: %w", err)
+	}
 	return c, nil
+}
+
+// Kill ends containerd with SIGKILL, as a crash does, and waits until it
+// is gone. Its mount namespace, shims, sandboxers and pods stay; Restart
+// starts it again.
+func (c *Containerd) Kill() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped || !c.running() {
+		return errors.New("harness: containerd is not running")
+	}
+	_ = c.cmd.Process.Kill()
+	select {
+	case <-c.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("harness: containerd (pid %d) did not exit after SIGKILL", c.cmd.Process.Pid)
+	}
+}
+
+// Restart starts containerd again after Kill, with the same configuration
+// and state, in the same mount namespace, and waits until CRI reports the
+// runtime and the network ready.
+func (c *Containerd) Restart(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped || c.running() {
+		return errors.New("harness: Restart needs a containerd ended by Kill")
+	}
+	if err := c.startProcess(c.opts); err != nil {
+		return err
+	}
+	if err := c.waitReady(ctx, c.opts.StartTimeout); err != nil {
+		return fmt.Errorf("%w\ncontainerd log (tail):\n%s", err, c.log.String())
+	}
+	return nil
 }
 
 // hostsTOML is the registry configuration for every host name: all pulls
@@ -359,6 +402,13 @@ done
 mount --bind "$1" /var/lib
 exec "$2" --config "$3"`, "sh",
 			c.path("varlib"), filepath.Join(c.binDir, "containerd"), c.path("config.toml"), c.sharedDir)
+	}
+	if c.mntFile != nil {
+		// A restart: join the first containerd's namespace, where
+		// /var/lib is bound already.
+		cmd = exec.Command("nsenter", "--mount=/proc/self/fd/3", "--",
+			filepath.Join(c.binDir, "containerd"), "--config", c.path("config.toml"))
+		cmd.ExtraFiles = []*os.File{c.mntFile}
 	}
 	cmd.Dir = c.base
 	cmd.Env = env
@@ -490,6 +540,9 @@ func (c *Containerd) cleanup(ctx context.Context) error {
 		if err := killNamespace(c.mntNS, 10*time.Second); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if c.mntFile != nil {
+		c.mntFile.Close()
 	}
 	if c.cgroups != nil {
 		if err := removeCgroups(ids, parents, c.cgroups); err != nil {

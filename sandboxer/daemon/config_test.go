@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	gorunc "github.com/containerd/go-runc"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -122,4 +123,36 @@ func TestLockStateDir(t *testing.T) {
 		t.Fatalf("lock after unlock: %v", err)
 	}
 	lock2.Close()
+}
+
+func TestScratchDirIsEmptiedAndUsed(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", "/nowhere")
+	dir := filepath.Join(t.TempDir(), "tmp")
+	// What a worker killed in the middle of a runc call leaves behind.
+	stale := filepath.Join(dir, "pty123", "pty.sock")
+	if err := os.MkdirAll(filepath.Dir(stale), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stale, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := useScratchDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) != 0 {
+		t.Fatalf("scratch dir holds %v (%v), want it empty", entries, err)
+	}
+	if got := os.Getenv("XDG_RUNTIME_DIR"); got != dir {
+		t.Fatalf("XDG_RUNTIME_DIR = %q, want %q", got, dir)
+	}
+	// go-runc's temporary console sockets now go there.
+	sock, err := gorunc.NewTempConsoleSocket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	if !strings.HasPrefix(sock.Path(), dir+"/") {
+		t.Fatalf("console socket %s is outside %s", sock.Path(), dir)
+	}
 }

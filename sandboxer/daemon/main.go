@@ -132,6 +132,10 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 		return 0
 	}
+	if err := useScratchDir(filepath.Join(cfg.RunDir, "tmp")); err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
 	if err := Run(ctx, cfg, log); err != nil {
 		log.Error("sandboxer failed", "error", err)
 		return 1
@@ -187,4 +191,21 @@ func lockStateDir(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	return f, nil
+}
+
+// useScratchDir makes dir, emptied, this process's $XDG_RUNTIME_DIR. go-runc creates a console socket's directory and an exec's
+// process spec there (else in /tmp) for the length of one runc call, and
+// removes them after it: a worker killed during the call leaves them
+// behind. Here they stay under the run dir, and the next worker (the only
+// user of the directory: workers never overlap) removes them.
+func useScratchDir(dir string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("empty %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	// The worker's children inherit it; runc (rootful), runsc, QEMU and
+	// the wasm runners do not use it.
+	return os.Setenv("XDG_RUNTIME_DIR", dir)
 }

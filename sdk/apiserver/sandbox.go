@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect/v2"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
@@ -55,15 +56,22 @@ var (
 		engine.SandboxReady:   sandboxv1.SandboxState_SANDBOX_STATE_READY,
 		engine.SandboxStopped: sandboxv1.SandboxState_SANDBOX_STATE_STOPPED,
 		engine.SandboxUnknown: sandboxv1.SandboxState_SANDBOX_STATE_UNKNOWN,
+		direct.SandboxPaused:  sandboxv1.SandboxState_SANDBOX_STATE_PAUSED,
 	}
 	engineSandboxStates = invert(sandboxStates)
 )
 
 func (s *Server) toSandbox(st engine.SandboxStatus) *sandboxv1.Sandbox {
 	out := &sandboxv1.Sandbox{
-		Id: st.ID, Kind: st.Kind, State: sandboxStates[st.State], Labels: st.Labels, Annotations: st.Annotations,
+		Id: st.ID, Kind: st.Kind, State: sandboxStates[direct.EffectiveState(st)], Labels: st.Labels, Annotations: st.Annotations,
 		CreatedAt: ts(st.CreatedAt), StartedAt: ts(st.StartedAt), ExitedAt: ts(st.ExitedAt), ExitStatus: st.ExitCode,
 		Pid: st.Pid, NetnsPath: st.NetNSPath, Info: st.Info,
+	}
+	if !st.Lifetime.Deadline.IsZero() {
+		out.ExpiresAt = timestamppb.New(st.Lifetime.Deadline)
+	}
+	if st.Lifetime.IdleTimeout > 0 {
+		out.IdleTimeout = durationpb.New(st.Lifetime.IdleTimeout)
 	}
 	if s.taskAddress != nil {
 		out.TaskAddress = s.taskAddress(st.ID)
@@ -90,12 +98,65 @@ func (s *Server) CreateSandbox(ctx context.Context, req *sandboxv1.CreateSandbox
 		Resources: toResources(req.GetResources()),
 		DNS:       backend.DNSConfig{Servers: req.GetDns().GetServers(), Searches: req.GetDns().GetSearches(), Options: req.GetDns().GetOptions()},
 		// direct's modes have the API's numbers.
-		Network: direct.Network{Mode: direct.NetworkMode(req.GetNetwork().GetMode()), NetNSPath: req.GetNetwork().GetNetnsPath()},
+		Network:     direct.Network{Mode: direct.NetworkMode(req.GetNetwork().GetMode()), NetNSPath: req.GetNetwork().GetNetnsPath()},
+		Timeout:     req.GetTimeout().AsDuration(),
+		IdleTimeout: req.GetIdleTimeout().AsDuration(),
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &sandboxv1.CreateSandboxResponse{Sandbox: s.toSandbox(st)}, nil
+}
+
+// PauseSandbox freezes a sandbox's containers.
+func (s *Server) PauseSandbox(ctx context.Context, req *sandboxv1.PauseSandboxRequest) (*sandboxv1.PauseSandboxResponse, error) {
+	st, err := s.d.PauseSandbox(ctx, req.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxv1.PauseSandboxResponse{Sandbox: s.toSandbox(st)}, nil
+}
+
+// ResumeSandbox thaws a paused sandbox.
+func (s *Server) ResumeSandbox(ctx context.Context, req *sandboxv1.ResumeSandboxRequest) (*sandboxv1.ResumeSandboxResponse, error) {
+	st, err := s.d.ResumeSandbox(ctx, req.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxv1.ResumeSandboxResponse{Sandbox: s.toSandbox(st)}, nil
+}
+
+func toUsage(st *backend.Stats) *sandboxv1.SandboxUsage {
+	return &sandboxv1.SandboxUsage{
+		Timestamp: ts(st.Timestamp), CpuUsageNs: st.CPUUsageNanos,
+		MemoryUsageBytes: st.MemoryUsageBytes, MemoryWorkingSetBytes: st.MemoryWorkingBytes, Pids: st.Pids,
+		DiskReadBytes: st.DiskReadBytes, DiskWriteBytes: st.DiskWriteBytes, NetRxBytes: st.NetRxBytes, NetTxBytes: st.NetTxBytes,
+	}
+}
+
+// GetSandboxUsage returns a sandbox's usage.
+func (s *Server) GetSandboxUsage(ctx context.Context, req *sandboxv1.GetSandboxUsageRequest) (*sandboxv1.GetSandboxUsageResponse, error) {
+	st, err := s.d.Usage(ctx, req.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxv1.GetSandboxUsageResponse{Usage: toUsage(st)}, nil
+}
+
+// WatchSandboxUsage streams a sandbox's usage at an interval.
+func (s *Server) WatchSandboxUsage(ctx context.Context, req *sandboxv1.WatchSandboxUsageRequest, stream sandboxv1connect.SandboxServiceWatchSandboxUsageServerStream) error {
+	return s.d.WatchUsage(ctx, req.GetSandboxId(), req.GetInterval().AsDuration(), func(st *backend.Stats) error {
+		return stream.Send(&sandboxv1.WatchSandboxUsageResponse{Usage: toUsage(st)})
+	})
+}
+
+// SetSandboxTimeout replaces a sandbox's lifetime.
+func (s *Server) SetSandboxTimeout(ctx context.Context, req *sandboxv1.SetSandboxTimeoutRequest) (*sandboxv1.SetSandboxTimeoutResponse, error) {
+	st, err := s.d.SetTimeout(ctx, req.GetSandboxId(), req.GetTimeout().AsDuration(), req.GetIdleTimeout().AsDuration())
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxv1.SetSandboxTimeoutResponse{Sandbox: s.toSandbox(st)}, nil
 }
 
 // StartSandbox starts a created sandbox.
@@ -183,16 +244,19 @@ func isolation(i backend.Isolation) sandboxv1.IsolationLevel {
 
 var (
 	eventTypes = map[string]sandboxv1.EventType{
-		engine.TopicSandboxCreate: sandboxv1.EventType_EVENT_TYPE_SANDBOX_CREATED,
-		engine.TopicSandboxStart:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_STARTED,
-		engine.TopicSandboxExit:   sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXITED,
-		engine.TopicSandboxDelete: sandboxv1.EventType_EVENT_TYPE_SANDBOX_DELETED,
-		engine.TopicTaskCreate:    sandboxv1.EventType_EVENT_TYPE_CONTAINER_CREATED,
-		engine.TopicTaskStart:     sandboxv1.EventType_EVENT_TYPE_CONTAINER_STARTED,
-		engine.TopicTaskDelete:    sandboxv1.EventType_EVENT_TYPE_CONTAINER_DELETED,
-		engine.TopicExecStarted:   sandboxv1.EventType_EVENT_TYPE_PROCESS_STARTED,
-		engine.TopicTaskExit:      sandboxv1.EventType_EVENT_TYPE_PROCESS_EXITED,
-		engine.TopicTaskOOM:       sandboxv1.EventType_EVENT_TYPE_PROCESS_OOM,
+		engine.TopicSandboxCreate:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_CREATED,
+		engine.TopicSandboxStart:   sandboxv1.EventType_EVENT_TYPE_SANDBOX_STARTED,
+		engine.TopicSandboxExit:    sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXITED,
+		engine.TopicSandboxDelete:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_DELETED,
+		engine.TopicTaskCreate:     sandboxv1.EventType_EVENT_TYPE_CONTAINER_CREATED,
+		engine.TopicTaskStart:      sandboxv1.EventType_EVENT_TYPE_CONTAINER_STARTED,
+		engine.TopicTaskDelete:     sandboxv1.EventType_EVENT_TYPE_CONTAINER_DELETED,
+		engine.TopicExecStarted:    sandboxv1.EventType_EVENT_TYPE_PROCESS_STARTED,
+		engine.TopicTaskExit:       sandboxv1.EventType_EVENT_TYPE_PROCESS_EXITED,
+		engine.TopicTaskOOM:        sandboxv1.EventType_EVENT_TYPE_PROCESS_OOM,
+		engine.TopicSandboxExpired: sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXPIRED,
+		engine.TopicSandboxPaused:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_PAUSED,
+		engine.TopicSandboxResumed: sandboxv1.EventType_EVENT_TYPE_SANDBOX_RESUMED,
 	}
 	eventTopics = invert(eventTypes)
 )
@@ -231,7 +295,7 @@ func (s *Server) WatchEvents(ctx context.Context, req *sandboxv1.WatchEventsRequ
 		}
 		return stream.Send(&sandboxv1.WatchEventsResponse{Event: &sandboxv1.Event{
 			Type: typ, Topic: ev.Topic, Timestamp: ts(ev.Timestamp), SandboxId: ev.SandboxID, ContainerId: ev.ContainerID,
-			ExecId: ev.ExecID, Pid: ev.Pid, ExitStatus: ev.ExitCode, ExitedAt: ts(ev.ExitedAt), Sequence: ev.Seq,
+			ExecId: ev.ExecID, Pid: ev.Pid, ExitStatus: ev.ExitCode, ExitedAt: ts(ev.ExitedAt), Sequence: ev.Seq, Reason: ev.Reason,
 		}})
 	})
 }

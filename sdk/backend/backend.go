@@ -15,6 +15,7 @@ package backend
 
 import (
 	"context"
+	"net"
 	"syscall"
 	"time"
 
@@ -293,9 +294,25 @@ type Stats struct {
 	MemoryLimitBytes   uint64
 	MemoryWorkingBytes uint64
 	Pids               uint64
+	// DiskReadBytes and DiskWriteBytes are the bytes read from and
+	// written to block devices (cgroup io accounting; writes to a tmpfs
+	// or to memory are not counted).
+	DiskReadBytes, DiskWriteBytes uint64
+	// NetRxBytes and NetTxBytes are the bytes received and sent on the
+	// sandbox's network interfaces (set for sandboxes, not containers; 0
+	// for the host's network).
+	NetRxBytes, NetTxBytes uint64
 	// Raw carries the backend's native metrics message (for example a
 	// cgroups v1 or v2 Metrics) for callers that understand it.
 	Raw any
+}
+
+// PortDialer is implemented by sandboxes whose ports the engine cannot
+// reach from the host in their network namespace (a VM's, a user-space
+// network stack's): DialPort connects to TCP port on the sandbox's
+// loopback.
+type PortDialer interface {
+	DialPort(ctx context.Context, port int) (net.Conn, error)
 }
 
 // ContainerRecoverer is implemented by sandboxes that can re-attach to a

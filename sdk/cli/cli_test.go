@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -133,6 +136,42 @@ func TestSandboxCommands(t *testing.T) {
 	}
 }
 
+func TestSandboxTimeouts(t *testing.T) {
+	sock := apitest.Serve(t, apitest.Stub{})
+	if r := run(t, sock, "", "sandbox", "create", "--kind", "stub", "--id", "pod1", "--timeout", "1h", "--idle-timeout", "10m"); r.code != 0 {
+		t.Fatalf("sandbox create --timeout = %+v", r)
+	}
+	inspect := func() sdk.Sandbox {
+		t.Helper()
+		r := run(t, sock, "", "ps", "--sandboxes", "-o", "json")
+		var sbs []sdk.Sandbox
+		if err := json.Unmarshal([]byte(r.stdout), &sbs); err != nil || len(sbs) != 1 {
+			t.Fatalf("ps --sandboxes -o json = %+v (%v)", r, err)
+		}
+		return sbs[0]
+	}
+	if sb := inspect(); sb.IdleTimeout != 10*time.Minute || time.Until(sb.ExpiresAt) < 59*time.Minute {
+		t.Errorf("created: expires at %v, idle timeout %v; want in an hour, 10m", sb.ExpiresAt, sb.IdleTimeout)
+	}
+	for _, bad := range [][]string{{"pod1", "soon"}, {"pod1", "--", "-5s"}, {"pod1"}} {
+		if r := run(t, sock, "", append([]string{"sandbox", "timeout"}, bad...)...); r.code == 0 || !strings.Contains(r.stderr, "sandbox") {
+			t.Errorf("sandbox timeout %q = %+v, want a usage error", bad, r)
+		}
+	}
+	if sb := inspect(); sb.IdleTimeout != 10*time.Minute || sb.ExpiresAt.IsZero() {
+		t.Errorf("refused timeouts changed the sandbox: %+v", sb)
+	}
+	if r := run(t, sock, "", "sandbox", "timeout", "pod1", "0"); r.code != 0 {
+		t.Fatalf("sandbox timeout pod1 0 = %+v", r)
+	}
+	if sb := inspect(); !sb.ExpiresAt.IsZero() || sb.IdleTimeout != 0 {
+		t.Errorf("after clearing: expires at %v, idle timeout %v; want neither", sb.ExpiresAt, sb.IdleTimeout)
+	}
+	if r := run(t, sock, "", "sandbox", "timeout", "nothing", "1m"); r.code != 1 || !strings.Contains(r.stderr, "nothing") {
+		t.Errorf("sandbox timeout of an unknown sandbox = %+v", r)
+	}
+}
+
 func serveRunc(t *testing.T) string {
 	t.Helper()
 	testutil.RequireRunc(t)
@@ -237,5 +276,56 @@ func TestRunImageArchive(t *testing.T) {
 	}
 	if r := run(t, sock, "", "images"); r.code != 0 || strings.Contains(r.stdout, "bbcli") {
 		t.Errorf("images after rm = %+v", r)
+	}
+}
+
+func TestPortForward(t *testing.T) {
+	sock := serveRunc(t)
+	rootfs := testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
+	if err := os.MkdirAll(filepath.Join(rootfs, "www"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "www", "index.html"), []byte("served from the sandbox\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, sock, "", "run", "-d", "--name", "web", "--rootfs", rootfs, "--", "httpd", "-f", "-p", "8080", "-h", "/www"); r.code != 0 {
+		t.Fatalf("run httpd = %+v", r)
+	}
+	if r := run(t, sock, "", "port-forward", "web", "8080:http"); r.code == 0 || !strings.Contains(r.stderr, "remote port") {
+		t.Errorf("port-forward with a bad port = %+v", r)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stdout, stderr := &testutil.Buffer{}, &testutil.Buffer{}
+	done := make(chan int, 1)
+	go func() {
+		c := &cli.CLI{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr}
+		done <- c.Run(ctx, []string{"--address", "unix://" + sock, "port-forward", "web", ":8080"})
+	}()
+	var addr string
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		_, rest, ok := strings.Cut(stdout.String(), "Forwarding ")
+		addr, _, _ = strings.Cut(rest, " ")
+		return ok && addr != ""
+	}, "port-forward listens (stderr %s)", stderr)
+	var body []byte
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/index.html")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ = io.ReadAll(resp.Body)
+		return resp.StatusCode == http.StatusOK
+	}, "a page through the forwarded port")
+	if string(body) != "served from the sandbox\n" {
+		t.Errorf("page = %q", body)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("port-forward exited with %d after its context ended (stderr %s)", code, stderr)
+	}
+	if r := run(t, sock, "", "rm", "-f", "web"); r.code != 0 {
+		t.Errorf("rm -f web = %+v", r)
 	}
 }

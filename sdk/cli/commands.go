@@ -25,7 +25,29 @@ const runLabel = "io.magnetar.cli/run"
 func commands() []*command {
 	return []*command{
 		kindsCmd(), runCmd(), execCmd(), psCmd(), logsCmd(), stopCmd(), rmCmd(),
-		inspectCmd(), eventsCmd(), imagesCmd(), sandboxCmd(), cpCmd(), filesCmd(),
+		inspectCmd(), eventsCmd(), imagesCmd(), sandboxCmd(), pauseCmd(true), pauseCmd(false), portForwardCmd(),
+		cpCmd(), filesCmd(),
+	}
+}
+
+// pauseCmd is `magnetar pause` (pause true) or `magnetar resume`.
+func pauseCmd(pause bool) *command {
+	name, summary, help := "pause", "Pause sandboxes: freeze all their containers",
+		"Freezes every running container of each sandbox: they use no CPU until 'magnetar resume', and nothing new runs in a paused sandbox."
+	if !pause {
+		name, summary, help = "resume", "Resume paused sandboxes", "Thaws the containers 'magnetar pause' froze."
+	}
+	return &command{
+		name: name, usage: name + " SANDBOX...", summary: summary, help: help,
+		examples: []string{"magnetar " + name + " pod1"}, interspersed: true,
+		run: func(ctx context.Context, e *env, args []string) error {
+			return eachSandbox(ctx, e, args, func(sb *sdk.Sandbox) error {
+				if pause {
+					return sb.Pause(ctx)
+				}
+				return sb.Resume(ctx)
+			})
+		},
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/magnetar-io/magnetar/sdk"
 )
@@ -115,6 +116,7 @@ func sandboxCmd() *command {
 		kind, id, hostname, network string
 		lbls                        stringList
 		force, quiet                bool
+		timeout, idle               time.Duration
 	)
 	ls := &command{
 		name: "ls", aliases: []string{"list", "ps"}, usage: "sandbox ls [-q]", summary: "List sandboxes (default)",
@@ -146,12 +148,20 @@ func sandboxCmd() *command {
 			fs.StringVar(&hostname, "hostname", "", "host `name` in the sandbox; default: the ID")
 			fs.StringVar(&network, "network", "none", "network `mode`: none or host")
 			fs.Var(&lbls, "label", "add a label `KEY=value` (repeatable)")
+			fs.DurationVar(&timeout, "timeout", 0, "stop and remove the sandbox this `long` after its creation (0: never)")
+			fs.DurationVar(&idle, "idle-timeout", 0, "stop and remove the sandbox once idle this `long`: no call about it and no process (0: never)")
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
 				return usageError("sandbox create takes no arguments")
 			}
 			opts := []sdk.SandboxOption{sdk.WithNetwork(sdk.Network(network))}
+			if timeout != 0 {
+				opts = append(opts, sdk.WithTimeoutAfter(timeout))
+			}
+			if idle != 0 {
+				opts = append(opts, sdk.WithIdleTimeout(idle))
+			}
 			if id != "" {
 				opts = append(opts, sdk.WithID(id))
 			}
@@ -209,11 +219,32 @@ func sandboxCmd() *command {
 			})
 		},
 	}
+	var setIdle time.Duration
+	timeoutCmd := &command{
+		name: "timeout", usage: "sandbox timeout [--idle DURATION] ID DURATION", summary: "Set a sandbox's lifetime",
+		help: `Sets when the sandbox ends: DURATION from now (0: no deadline), and with
+--idle once it has been idle that long (no call about it or its containers
+and no process; 0: never). At its end the sandbox is stopped and removed.`,
+		examples: []string{"magnetar sandbox timeout pod1 30m", "magnetar sandbox timeout --idle 5m pod1 0"}, interspersed: true,
+		flags: func(fs *flag.FlagSet) {
+			fs.DurationVar(&setIdle, "idle", 0, "idle `timeout` (0: never)")
+		},
+		run: func(ctx context.Context, e *env, args []string) error {
+			if len(args) != 2 {
+				return usageError("sandbox timeout needs a sandbox ID and a duration")
+			}
+			d, err := time.ParseDuration(args[1])
+			if err != nil || d < 0 {
+				return usageError(fmt.Sprintf("sandbox timeout: duration %q: want a Go duration such as 90s or 30m, not negative", args[1]))
+			}
+			return eachSandbox(ctx, e, args[:1], func(sb *sdk.Sandbox) error { return sb.SetTimeout(ctx, d, setIdle) })
+		},
+	}
 	return &command{
-		name: "sandbox", aliases: []string{"sandboxes", "sb"}, usage: "sandbox [ls|create|stop|rm] ...", summary: "Manage sandboxes",
+		name: "sandbox", aliases: []string{"sandboxes", "sb"}, usage: "sandbox [ls|create|stop|rm|timeout] ...", summary: "Manage sandboxes",
 		help:     "Creates, lists, stops and removes sandboxes. Without a subcommand, lists them.",
 		examples: []string{"magnetar sandbox create --kind runc --id pod1", "magnetar run --sandbox pod1 busybox:1.36 echo hi", "magnetar sandbox rm -f pod1"},
-		sub:      []*command{ls, create, stop, rm},
+		sub:      []*command{ls, create, stop, rm, timeoutCmd},
 	}
 }
 

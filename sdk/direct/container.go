@@ -15,7 +15,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
-	"github.com/google/renameio/v2"
+	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -146,7 +146,7 @@ func writeMeta(dir string, m containerMeta) error {
 	if err != nil {
 		return err
 	}
-	return renameio.WriteFile(filepath.Join(dir, metaFile), data, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, metaFile), data, 0o600)
 }
 
 func (s *Service) toContainer(ctx context.Context, st engine.ProcessStatus) Container {
@@ -163,7 +163,13 @@ func (s *Service) locate(ctx context.Context, id string) (string, error) {
 	if id == "" {
 		return "", fmt.Errorf("container_id is required: %w", errdefs.ErrInvalidArgument)
 	}
-	return s.e.SandboxOf(ctx, id)
+	sb, err := s.e.SandboxOf(ctx, id)
+	if err == nil {
+		// Every call about a container is activity of its sandbox (see
+		// SandboxRequest.IdleTimeout).
+		s.e.Touch(sb)
+	}
+	return sb, err
 }
 
 // CreateContainer builds a bundle and creates the container.

@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -90,7 +91,32 @@ func New(e *engine.Engine, opts ...Option) *Service {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.recoverOutputs()
+	s.wg.Go(s.forgetDeleted)
 	return s
+}
+
+// forgetDeleted drops the stdio state of processes the engine deleted
+// without this service: those of a sandbox whose lifetime ended, or
+// deleted through CRI.
+func (s *Service) forgetDeleted() {
+	for s.ctx.Err() == nil {
+		// A subscriber that falls behind is dropped: subscribe again.
+		for ev := range s.e.Subscribe(s.ctx) {
+			if ev.Topic != engine.TopicTaskDelete {
+				continue
+			}
+			if ev.ExecID == "" {
+				s.forgetContainer(ev.ContainerID)
+			} else {
+				s.forget(procKey{ev.ContainerID, ev.ExecID})
+			}
+		}
+		// Dropped, or the engine closed: not in a busy loop.
+		select {
+		case <-s.ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // recoverOutputs takes over the output of the containers made through the

@@ -3,6 +3,7 @@ package direct
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"time"
 
@@ -57,6 +58,12 @@ type SandboxRequest struct {
 	Resources *Resources
 	DNS       backend.DNSConfig
 	Network   Network
+	// Timeout, if positive, ends the sandbox this long after its creation
+	// (stopped and deleted, see [Service.SetTimeout]).
+	Timeout time.Duration
+	// IdleTimeout, if positive, ends the sandbox once it has been idle
+	// this long: no call about it or its containers, and no process.
+	IdleTimeout time.Duration
 }
 
 // CreateSandbox creates a sandbox.
@@ -71,6 +78,11 @@ func (s *Service) CreateSandbox(ctx context.Context, req SandboxRequest) (engine
 		Resources: mergeResources(nil, req.Resources),
 		DNS:       req.DNS,
 	}
+	lt, err := lifetime(req.Timeout, req.IdleTimeout)
+	if err != nil {
+		return engine.SandboxStatus{}, err
+	}
+	spec.Lifetime = lt
 	switch n := req.Network; n.Mode {
 	case NetworkDefault, NetworkNone:
 		spec.PrivateNetwork = true
@@ -93,14 +105,129 @@ func (s *Service) CreateSandbox(ctx context.Context, req SandboxRequest) (engine
 	return s.e.CreateSandbox(ctx, spec)
 }
 
+// lifetime turns durations counted from now into an engine lifetime.
+func lifetime(timeout, idle time.Duration) (engine.Lifetime, error) {
+	if timeout < 0 || idle < 0 {
+		return engine.Lifetime{}, fmt.Errorf("timeout %v and idle timeout %v must not be negative: %w", timeout, idle, errdefs.ErrInvalidArgument)
+	}
+	var l engine.Lifetime
+	if timeout > 0 {
+		l.Deadline = time.Now().Add(timeout)
+	}
+	l.IdleTimeout = idle
+	return l, nil
+}
+
+// SetTimeout replaces a sandbox's lifetime: it ends timeout from now (0:
+// no deadline) or after idle without activity (0: never). At its end the
+// sandbox is stopped and deleted, after an [engine.TopicSandboxExpired]
+// event.
+func (s *Service) SetTimeout(ctx context.Context, id string, timeout, idle time.Duration) (engine.SandboxStatus, error) {
+	l, err := lifetime(timeout, idle)
+	if err != nil {
+		return engine.SandboxStatus{}, err
+	}
+	return s.e.SetLifetime(ctx, id, l)
+}
+
+// SandboxPaused is the state ListSandboxes filters on for a paused
+// sandbox: the engine reports it ready with Paused set.
+const SandboxPaused engine.SandboxState = "paused"
+
+// EffectiveState is st's state as the API shows it: SandboxPaused for a
+// paused ready sandbox.
+func EffectiveState(st engine.SandboxStatus) engine.SandboxState {
+	if st.Paused && st.State == engine.SandboxReady {
+		return SandboxPaused
+	}
+	return st.State
+}
+
+// PauseSandbox freezes every running container of a sandbox made through
+// this API (see [engine.Engine.PauseSandbox]); a pod of containerd's is
+// paused through containerd, which would otherwise not know.
+func (s *Service) PauseSandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
+	if err := s.ownSandbox(ctx, id); err != nil {
+		return engine.SandboxStatus{}, err
+	}
+	return s.e.PauseSandbox(ctx, id)
+}
+
+// ResumeSandbox thaws what PauseSandbox froze.
+func (s *Service) ResumeSandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
+	if err := s.ownSandbox(ctx, id); err != nil {
+		return engine.SandboxStatus{}, err
+	}
+	return s.e.ResumeSandbox(ctx, id)
+}
+
+// ownSandbox checks that sandbox id was made through this API.
+func (s *Service) ownSandbox(ctx context.Context, id string) error {
+	s.e.Touch(id)
+	st, err := s.e.Sandbox(ctx, id)
+	if err != nil {
+		return err
+	}
+	if st.Namespace != Namespace {
+		return fmt.Errorf("sandbox %q belongs to containerd (namespace %s): pause its containers through containerd: %w", id, st.Namespace, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// MinUsageInterval bounds how often WatchUsage samples.
+const MinUsageInterval = 100 * time.Millisecond
+
+// Usage returns what a sandbox uses now (see [engine.Engine.SandboxUsage]).
+func (s *Service) Usage(ctx context.Context, id string) (*backend.Stats, error) {
+	s.e.Touch(id)
+	return s.e.SandboxUsage(ctx, id)
+}
+
+// WatchUsage calls fn with the sandbox's usage every interval (default
+// 1 s), from now until ctx ends, fn fails or the sandbox is gone (an
+// error: not found).
+func (s *Service) WatchUsage(ctx context.Context, id string, interval time.Duration, fn func(*backend.Stats) error) error {
+	if interval == 0 {
+		interval = time.Second
+	}
+	if interval < MinUsageInterval {
+		return fmt.Errorf("usage interval %v is shorter than %v: %w", interval, MinUsageInterval, errdefs.ErrInvalidArgument)
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		st, err := s.e.SandboxUsage(ctx, id)
+		if err != nil {
+			return err
+		}
+		if err := fn(st); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// DialPort connects to a TCP port of a sandbox (see
+// [engine.Engine.DialPort]).
+func (s *Service) DialPort(ctx context.Context, id string, port int) (net.Conn, error) {
+	s.e.Touch(id)
+	return s.e.DialPort(ctx, id, port)
+}
+
 // StartSandbox starts a created sandbox.
 func (s *Service) StartSandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
+	s.e.Touch(id)
 	return s.e.StartSandbox(ctx, id)
 }
 
 // StopSandbox stops a sandbox and its containers, giving them timeout to
 // exit, and returns its state afterwards.
 func (s *Service) StopSandbox(ctx context.Context, id string, timeout time.Duration) (engine.SandboxStatus, error) {
+	s.e.Touch(id)
 	if err := s.e.StopSandbox(ctx, id, timeout); err != nil {
 		return engine.SandboxStatus{}, err
 	}
@@ -128,6 +255,7 @@ func (s *Service) DeleteSandbox(ctx context.Context, id string, force bool) erro
 
 // Sandbox returns one sandbox.
 func (s *Service) Sandbox(ctx context.Context, id string) (engine.SandboxStatus, error) {
+	s.e.Touch(id)
 	return s.e.Sandbox(ctx, id)
 }
 
@@ -148,7 +276,7 @@ func (s *Service) ListSandboxes(ctx context.Context, f SandboxFilter) []engine.S
 		if len(f.Kinds) > 0 && !slices.Contains(f.Kinds, st.Kind) {
 			continue
 		}
-		if len(f.States) > 0 && !slices.Contains(f.States, st.State) {
+		if len(f.States) > 0 && !slices.Contains(f.States, EffectiveState(st)) {
 			continue
 		}
 		if !matchLabels(st.Labels, f.Labels) {

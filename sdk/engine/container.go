@@ -201,6 +201,9 @@ func (e *Engine) CreateContainer(ctx context.Context, sandboxID string, spec Con
 	if err != nil {
 		return ProcessStatus{}, err
 	}
+	if err := sb.checkNotPaused(); err != nil {
+		return ProcessStatus{}, err
+	}
 	if err := ValidateID("container", spec.ID); err != nil {
 		return ProcessStatus{}, err
 	}
@@ -272,6 +275,9 @@ func (e *Engine) Start(ctx context.Context, sandboxID, cid, execID string) (Proc
 	if err != nil {
 		return ProcessStatus{}, err
 	}
+	if err := sb.checkNotPaused(); err != nil {
+		return ProcessStatus{}, err
+	}
 	p.mu.Lock()
 	if p.state != ProcessCreated {
 		st := p.state
@@ -334,6 +340,7 @@ func (e *Engine) watchProcess(sb *sandbox, p *process) {
 			Pid: p.status().Pid, ExitCode: st.Code, ExitedAt: st.ExitedAt,
 		})
 		close(p.done)
+		sb.noteExit()
 	})
 }
 
@@ -369,6 +376,9 @@ func (p *process) setExited(st backend.ExitStatus) {
 func (e *Engine) Exec(ctx context.Context, sandboxID string, spec ExecSpec) (ProcessStatus, error) {
 	sb, c, err := e.container(sandboxID, spec.ContainerID)
 	if err != nil {
+		return ProcessStatus{}, err
+	}
+	if err := sb.checkNotPaused(); err != nil {
 		return ProcessStatus{}, err
 	}
 	if err := ValidateID("exec", spec.ExecID); err != nil {
@@ -677,6 +687,10 @@ func (e *Engine) pauseResume(ctx context.Context, sandboxID, cid string, pause b
 		c.init.state = to
 	}
 	c.init.mu.Unlock()
+	// Kept, so that a restart knows the container is frozen.
+	if err := sb.saveContainer(c); err != nil {
+		return err
+	}
 	e.events.publish(Event{Topic: topic, Namespace: sb.namespace(), SandboxID: sandboxID, ContainerID: cid})
 	return nil
 }

@@ -12,8 +12,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -108,6 +110,12 @@ func (e *Engine) Close() error {
 	case <-e.closing:
 	default:
 		close(e.closing)
+	}
+	e.mu.Lock()
+	sbs := slices.Collect(maps.Values(e.sandboxes))
+	e.mu.Unlock()
+	for _, sb := range sbs {
+		sb.stopExpiry()
 	}
 	e.wg.Wait()
 	e.events.closeAll()
@@ -230,6 +238,15 @@ func (e *Engine) recover(ctx context.Context) error {
 		})
 	}
 	wg.Wait()
+	// Lifetimes count again once every sandbox is known: one that
+	// expired while the engine was down ends now.
+	for _, sb := range e.sandboxes {
+		sb.mu.Lock()
+		if sb.rec.State != SandboxUnknown {
+			sb.armExpiry()
+		}
+		sb.mu.Unlock()
+	}
 	return errors.Join(errs...)
 }
 
@@ -260,6 +277,7 @@ func (e *Engine) recoverSandbox(ctx context.Context, id string) (*sandbox, error
 		sb.recoverErr = fmt.Errorf("sandbox kind %q is not configured: %w", rec.Kind, errdefs.ErrNotImplemented)
 		rec.State = SandboxUnknown
 	}
+	sb.lastActive = time.Now()
 	if rec.State == SandboxReady && sb.impl != nil {
 		sb.watch()
 	} else if rec.State != SandboxReady {

@@ -49,6 +49,8 @@ type Event struct {
 	Stdout   string `json:"stdout,omitempty"`
 	Stderr   string `json:"stderr,omitempty"`
 	Terminal bool   `json:"terminal,omitempty"`
+	// Reason says why, for TopicSandboxExpired: "deadline" or "idle".
+	Reason string `json:"reason,omitempty"`
 }
 
 // subscriberBuffer is how many events a slow subscriber may lag behind

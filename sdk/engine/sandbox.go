@@ -59,6 +59,8 @@ type SandboxSpec struct {
 	Resources    *specs.LinuxResources
 	Labels       map[string]string
 	Annotations  map[string]string
+	// Lifetime ends the sandbox when it is forgotten (none by default).
+	Lifetime Lifetime
 }
 
 // SandboxStatus is a snapshot of a sandbox.
@@ -79,6 +81,11 @@ type SandboxStatus struct {
 	ExitedAt     time.Time
 	ExitCode     uint32
 	Containers   []string
+	// Lifetime is when the sandbox ends by itself (see [Lifetime]).
+	Lifetime Lifetime
+	// Paused is set while the sandbox is paused (see
+	// [Engine.PauseSandbox]); its State stays SandboxReady.
+	Paused bool
 	// Err is why the sandbox could not be recovered, for SandboxUnknown.
 	Err error
 }
@@ -102,6 +109,12 @@ type sandbox struct {
 
 	// lifecycle serialises Start/Stop/Delete of this sandbox.
 	lifecycle sync.Mutex
+
+	// Lifetime (guarded by mu): the last activity, the timer that checks
+	// the lifetime, and whether it ended.
+	lastActive time.Time
+	expiry     *time.Timer
+	expired    bool
 }
 
 func newSandbox(e *Engine, rec *sandboxRecord, dir string) *sandbox {
@@ -154,7 +167,7 @@ func (s *sandbox) status() SandboxStatus {
 		NetNSPath: r.NetNSPath, HostNetwork: r.NetNSPath == "" && !r.PrivateNetwork, CgroupParent: r.CgroupParent,
 		Labels: maps.Clone(r.Labels), Annotations: maps.Clone(r.Annotations), Info: maps.Clone(r.Info),
 		CreatedAt: r.CreatedAt, StartedAt: r.StartedAt, ExitedAt: r.ExitedAt, ExitCode: r.ExitCode,
-		Containers: ids, Err: s.recoverErr,
+		Containers: ids, Lifetime: s.lifetime(), Paused: r.Paused, Err: s.recoverErr,
 	}
 }
 
@@ -183,10 +196,14 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 	if err := b.Check(ctx); err != nil {
 		return SandboxStatus{}, fmt.Errorf("sandbox kind %q is not available on this host: %v: %w", spec.Kind, err, errdefs.ErrFailedPrecondition)
 	}
+	if err := spec.Lifetime.validate(); err != nil {
+		return SandboxStatus{}, err
+	}
 	if spec.Namespace == "" {
 		spec.Namespace = "magnetar"
 	}
 	rec := &sandboxRecord{
+		Deadline: spec.Lifetime.Deadline.UTC(), IdleTimeout: spec.Lifetime.IdleTimeout,
 		Version: 1, ID: spec.ID, Kind: spec.Kind, Namespace: spec.Namespace,
 		Hostname: spec.Hostname, NetNSPath: spec.NetNSPath, PrivateNetwork: spec.PrivateNetwork, HostPID: spec.HostPID, HostIPC: spec.HostIPC, Sysctls: maps.Clone(spec.Sysctls), CgroupParent: spec.CgroupParent, DNS: spec.DNS,
 		Labels: maps.Clone(spec.Labels), Annotations: maps.Clone(spec.Annotations),
@@ -226,6 +243,10 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 	sb.mu.Lock()
 	sb.impl = impl
 	err = sb.persist()
+	if err == nil {
+		sb.lastActive = time.Now()
+		sb.armExpiry()
+	}
 	sb.mu.Unlock()
 	if err != nil {
 		_ = impl.Delete(ctx)
@@ -313,6 +334,9 @@ func (e *Engine) StopSandbox(ctx context.Context, id string, timeout time.Durati
 	}
 	sb.lifecycle.Lock()
 	defer sb.lifecycle.Unlock()
+	// A paused sandbox is thawed first, so that its containers can handle
+	// SIGTERM.
+	_ = e.resumeSandboxLocked(ctx, sb)
 	sb.mu.Lock()
 	state, impl := sb.rec.State, sb.impl
 	ctrs := slices.Collect(maps.Values(sb.containers))
@@ -388,6 +412,8 @@ func (e *Engine) SandboxStats(ctx context.Context, id string) (*backend.Stats, e
 		sum.MemoryUsageBytes += s.MemoryUsageBytes
 		sum.MemoryWorkingBytes += s.MemoryWorkingBytes
 		sum.Pids += s.Pids
+		sum.DiskReadBytes += s.DiskReadBytes
+		sum.DiskWriteBytes += s.DiskWriteBytes
 	}
 	return sum, nil
 }
@@ -475,6 +501,7 @@ func (e *Engine) DeleteSandbox(ctx context.Context, id string) error {
 		return fmt.Errorf("delete sandbox %q state: %w", id, err)
 	}
 	sb.markDone()
+	sb.stopExpiry()
 	e.mu.Lock()
 	delete(e.sandboxes, id)
 	e.mu.Unlock()

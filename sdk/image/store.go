@@ -58,7 +58,7 @@ import (
 	"github.com/containerd/errdefs"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/google/renameio/v2"
+	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 )
@@ -203,7 +203,7 @@ func Open(dir string) (_ *Store, retErr error) {
 	s := &Store{dir: dir, lock: lf, uses: map[string]use{}, pending: map[v1.Hash]int{}, unpacking: map[string]*unpack{}}
 	if _, err := os.Stat(filepath.Join(dir, layoutFile)); errors.Is(err, fs.ErrNotExist) {
 		data, _ := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
-		if err := renameio.WriteFile(filepath.Join(dir, layoutFile), data, 0o644); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, layoutFile), data, 0o644); err != nil {
 			return nil, err
 		}
 	}
@@ -301,7 +301,7 @@ func (s *Store) saveIndexLocked() error {
 	if err != nil {
 		return err
 	}
-	return renameio.WriteFile(filepath.Join(s.dir, indexFile), data, 0o644)
+	return atomicfile.WriteFile(filepath.Join(s.dir, indexFile), data, 0o644)
 }
 
 func (s *Store) saveUsesLocked() error {
@@ -309,7 +309,7 @@ func (s *Store) saveUsesLocked() error {
 	if err != nil {
 		return err
 	}
-	return renameio.WriteFile(filepath.Join(s.dir, usesFile), data, 0o600)
+	return atomicfile.WriteFile(filepath.Join(s.dir, usesFile), data, 0o600)
 }
 
 func (s *Store) checkOpenLocked() error {

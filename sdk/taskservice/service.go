@@ -329,6 +329,16 @@ func (s *Service) Pids(ctx context.Context, req *taskapi.PidsRequest) (*taskapi.
 	if err != nil {
 		return nil, err
 	}
+	if len(infos) == 0 {
+		// containerd, when it restarts, takes a task with no processes for
+		// a leaked shim and deletes it (core/runtime/v2 shouldCleanupShim)
+		// before CRI reads its exit status: CRI would report 255,
+		// "Unknown". A task whose init has exited says so instead, and
+		// keeps its exit status for CRI.
+		if st, err := s.eng.State(ctx, s.sandboxID, req.GetID(), ""); err == nil && st.State == engine.ProcessStopped {
+			return nil, fmt.Errorf("task %s has exited: %w", req.GetID(), errdefs.ErrFailedPrecondition)
+		}
+	}
 	resp := &taskapi.PidsResponse{Processes: make([]*task.ProcessInfo, 0, len(infos))}
 	for _, pi := range infos {
 		p := &task.ProcessInfo{Pid: pi.Pid}

@@ -12,9 +12,9 @@ import (
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
-	"github.com/google/renameio/v2"
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
 	typesv1 "github.com/magnetar-io/magnetar/gen/magnetar/types/v1"
+	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -34,14 +34,14 @@ func (a *Agent) Setup(ctx context.Context, req *agentv1.SetupRequest) error {
 		if err := unix.Sethostname([]byte(h)); err != nil {
 			return fmt.Errorf("setup: hostname: %w", err)
 		}
-		if err := renameio.WriteFile(filepath.Join(a.opts.EtcDir, "hostname"), []byte(h+"\n"), 0o644); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(a.opts.EtcDir, "hostname"), []byte(h+"\n"), 0o644); err != nil {
 			return fmt.Errorf("setup: %w", err)
 		}
 	}
-	if err := renameio.WriteFile(filepath.Join(a.opts.EtcDir, "hosts"), []byte(RenderHosts(req.GetHostname())), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(a.opts.EtcDir, "hosts"), []byte(RenderHosts(req.GetHostname())), 0o644); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
-	if err := renameio.WriteFile(filepath.Join(a.opts.EtcDir, "resolv.conf"), []byte(RenderResolvConf(req.GetDns())), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(a.opts.EtcDir, "resolv.conf"), []byte(RenderResolvConf(req.GetDns())), 0o644); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
 	for _, m := range req.GetMounts() {

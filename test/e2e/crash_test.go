@@ -27,6 +27,32 @@ func (e *env) workerPid(t testing.TB) int {
 	return pid
 }
 
+// killWorkerHeld kills the worker with SIGKILL while its supervisor is
+// held still (SIGSTOP), so that the gap lasts: nothing reaps an exiting
+// container or starts a worker until resume is called (it may be called
+// more than once; the test's cleanup calls it too).
+func (e *env) killWorkerHeld(t testing.TB) (old int, resume func()) {
+	t.Helper()
+	sup := e.sandboxer.Process.Pid
+	old = e.workerPid(t)
+	if err := syscall.Kill(sup, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume = func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(sup, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, func() bool { return !alive(old) }, "the worker is gone")
+	return old, resume
+}
+
 // findWorker returns the worker's pid (0: none now) and the supervisor's
 // children.
 func (e *env) findWorker(t testing.TB) (int, string) {
@@ -95,23 +121,7 @@ func TestSandboxerCrashKeepsContainers(t *testing.T) {
 
 	// Hold the supervisor still so that the gap lasts while the second
 	// container exits: nothing reaps it or starts a worker meanwhile.
-	sup := e.sandboxer.Process.Pid
-	old := e.workerPid(t)
-	if err := syscall.Kill(sup, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			_ = syscall.Kill(sup, syscall.SIGCONT)
-		}
-	}
-	defer resume()
-	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 30*time.Second, func() bool { return !alive(old) }, "the worker is gone")
+	old, resume := e.killWorkerHeld(t)
 	if err := syscall.Kill(gapperPid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

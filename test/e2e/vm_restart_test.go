@@ -151,23 +151,7 @@ func TestVMSandboxerRestart(t *testing.T) {
 
 	// (a) kill -9 of the worker. The supervisor is held still so that the
 	// gap lasts while gapper exits in the guest.
-	sup := e.sandboxer.Process.Pid
-	old := e.workerPid(t)
-	if err := syscall.Kill(sup, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			_ = syscall.Kill(sup, syscall.SIGCONT)
-		}
-	}
-	defer resume()
-	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 30*time.Second, func() bool { return !alive(old) }, "the worker is gone")
+	old, resume := e.killWorkerHeld(t)
 	if err := os.WriteFile(filepath.Join(vol, "go"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -275,6 +275,13 @@ func (p *proc) copyOut(conn net.Conn, st agentmux.Stream, dst string, rec *offse
 		if p.holdFIFO(st, w) {
 			defer p.releaseFIFO(st)
 		}
+		// A read end of our own, as containerd's shims keep one: while
+		// containerd restarts, writes wait in the FIFO (or block when it
+		// is full) instead of failing with EPIPE, and the new containerd
+		// reads on from where the old one stopped.
+		if r, err := reopen(w, unix.O_RDONLY); err == nil {
+			defer r.Close()
+		}
 	} else {
 		w = nil
 	}

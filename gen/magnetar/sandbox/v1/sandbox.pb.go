@@ -43,6 +43,8 @@ const (
 	// The sandboxer cannot tell the state, for example after a restart when
 	// the backend does not answer. Retry later, stop or delete the sandbox.
 	SandboxState_SANDBOX_STATE_UNKNOWN SandboxState = 4
+	// The sandbox is ready but its containers are frozen (see PauseSandbox).
+	SandboxState_SANDBOX_STATE_PAUSED SandboxState = 5
 )
 
 // Enum value maps for SandboxState.
@@ -53,6 +55,7 @@ var (
 		2: "SANDBOX_STATE_READY",
 		3: "SANDBOX_STATE_STOPPED",
 		4: "SANDBOX_STATE_UNKNOWN",
+		5: "SANDBOX_STATE_PAUSED",
 	}
 	SandboxState_value = map[string]int32{
 		"SANDBOX_STATE_UNSPECIFIED": 0,
@@ -60,6 +63,7 @@ var (
 		"SANDBOX_STATE_READY":       2,
 		"SANDBOX_STATE_STOPPED":     3,
 		"SANDBOX_STATE_UNKNOWN":     4,
+		"SANDBOX_STATE_PAUSED":      5,
 	}
 )
 
@@ -237,6 +241,13 @@ const (
 	EventType_EVENT_TYPE_PROCESS_EXITED EventType = 9
 	// The kernel's OOM killer acted in a container's cgroup.
 	EventType_EVENT_TYPE_PROCESS_OOM EventType = 10
+	// A sandbox's lifetime ended (see SetSandboxTimeout); reason says which
+	// limit ("deadline" or "idle"). It is then stopped and deleted.
+	EventType_EVENT_TYPE_SANDBOX_EXPIRED EventType = 11
+	// A sandbox was paused.
+	EventType_EVENT_TYPE_SANDBOX_PAUSED EventType = 12
+	// A paused sandbox was resumed.
+	EventType_EVENT_TYPE_SANDBOX_RESUMED EventType = 13
 )
 
 // Enum value maps for EventType.
@@ -253,6 +264,9 @@ var (
 		8:  "EVENT_TYPE_PROCESS_STARTED",
 		9:  "EVENT_TYPE_PROCESS_EXITED",
 		10: "EVENT_TYPE_PROCESS_OOM",
+		11: "EVENT_TYPE_SANDBOX_EXPIRED",
+		12: "EVENT_TYPE_SANDBOX_PAUSED",
+		13: "EVENT_TYPE_SANDBOX_RESUMED",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":       0,
@@ -266,6 +280,9 @@ var (
 		"EVENT_TYPE_PROCESS_STARTED":   8,
 		"EVENT_TYPE_PROCESS_EXITED":    9,
 		"EVENT_TYPE_PROCESS_OOM":       10,
+		"EVENT_TYPE_SANDBOX_EXPIRED":   11,
+		"EVENT_TYPE_SANDBOX_PAUSED":    12,
+		"EVENT_TYPE_SANDBOX_RESUMED":   13,
 	}
 )
 
@@ -330,7 +347,12 @@ type Sandbox struct {
 	// Backend-specific details for humans and debugging tools, for example
 	// the VMM version or the guest kernel. Keys and values are not part of the
 	// API contract.
-	Info          map[string]string `protobuf:"bytes,13,rep,name=info,proto3" json:"info,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Info map[string]string `protobuf:"bytes,13,rep,name=info,proto3" json:"info,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When the sandbox's deadline ends it; unset without a deadline.
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// How long the sandbox may be idle (no API call about it or its
+	// containers, and no process running) before it ends; unset: no limit.
+	IdleTimeout   *durationpb.Duration `protobuf:"bytes,15,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -456,6 +478,20 @@ func (x *Sandbox) GetInfo() map[string]string {
 	return nil
 }
 
+func (x *Sandbox) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Sandbox) GetIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.IdleTimeout
+	}
+	return nil
+}
+
 // NetworkConfig selects the network of a sandbox.
 type NetworkConfig struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -538,7 +574,13 @@ type CreateSandboxRequest struct {
 	Resources *v1.Resources `protobuf:"bytes,8,opt,name=resources,proto3" json:"resources,omitempty"`
 	// Parent cgroup of the sandbox, for example "/magnetar" or, with the
 	// systemd cgroup driver, "system.slice". Empty uses the server default.
-	CgroupParent  string `protobuf:"bytes,9,opt,name=cgroup_parent,json=cgroupParent,proto3" json:"cgroup_parent,omitempty"`
+	CgroupParent string `protobuf:"bytes,9,opt,name=cgroup_parent,json=cgroupParent,proto3" json:"cgroup_parent,omitempty"`
+	// Lifetime of the sandbox from its creation: at its end the sandbox is
+	// stopped and deleted (see SetSandboxTimeout). Unset or zero: none.
+	Timeout *durationpb.Duration `protobuf:"bytes,10,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Idle timeout of the sandbox (see Sandbox.idle_timeout). Unset or zero:
+	// none.
+	IdleTimeout   *durationpb.Duration `protobuf:"bytes,11,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -634,6 +676,20 @@ func (x *CreateSandboxRequest) GetCgroupParent() string {
 		return x.CgroupParent
 	}
 	return ""
+}
+
+func (x *CreateSandboxRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *CreateSandboxRequest) GetIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.IdleTimeout
+	}
+	return nil
 }
 
 // CreateSandboxResponse is the response of SandboxService.CreateSandbox.
@@ -1175,6 +1231,789 @@ func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
 	return nil
 }
 
+// PauseSandboxRequest is the request of SandboxService.PauseSandbox.
+type PauseSandboxRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox to pause.
+	SandboxId     string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSandboxRequest) Reset() {
+	*x = PauseSandboxRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSandboxRequest) ProtoMessage() {}
+
+func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSandboxRequest.ProtoReflect.Descriptor instead.
+func (*PauseSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PauseSandboxRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+// PauseSandboxResponse is the response of SandboxService.PauseSandbox.
+type PauseSandboxResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox, in state SANDBOX_STATE_PAUSED.
+	Sandbox       *Sandbox `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSandboxResponse) Reset() {
+	*x = PauseSandboxResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSandboxResponse) ProtoMessage() {}
+
+func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSandboxResponse.ProtoReflect.Descriptor instead.
+func (*PauseSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PauseSandboxResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+// ResumeSandboxRequest is the request of SandboxService.ResumeSandbox.
+type ResumeSandboxRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox to resume.
+	SandboxId     string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSandboxRequest) Reset() {
+	*x = ResumeSandboxRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSandboxRequest) ProtoMessage() {}
+
+func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSandboxRequest.ProtoReflect.Descriptor instead.
+func (*ResumeSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ResumeSandboxRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+// ResumeSandboxResponse is the response of SandboxService.ResumeSandbox.
+type ResumeSandboxResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox, in state SANDBOX_STATE_READY.
+	Sandbox       *Sandbox `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSandboxResponse) Reset() {
+	*x = ResumeSandboxResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSandboxResponse) ProtoMessage() {}
+
+func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSandboxResponse.ProtoReflect.Descriptor instead.
+func (*ResumeSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ResumeSandboxResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+// SandboxUsage is what a sandbox uses, summed over its containers (for a
+// VM: its VMM on the host).
+type SandboxUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When it was read.
+	Timestamp *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	// CPU time used, in nanoseconds, by the containers that exist now.
+	CpuUsageNs uint64 `protobuf:"varint,2,opt,name=cpu_usage_ns,json=cpuUsageNs,proto3" json:"cpu_usage_ns,omitempty"`
+	// Memory in use, in bytes.
+	MemoryUsageBytes uint64 `protobuf:"varint,3,opt,name=memory_usage_bytes,json=memoryUsageBytes,proto3" json:"memory_usage_bytes,omitempty"`
+	// Memory working set, in bytes: in use without inactive file cache.
+	MemoryWorkingSetBytes uint64 `protobuf:"varint,4,opt,name=memory_working_set_bytes,json=memoryWorkingSetBytes,proto3" json:"memory_working_set_bytes,omitempty"`
+	// Processes and threads.
+	Pids uint64 `protobuf:"varint,5,opt,name=pids,proto3" json:"pids,omitempty"`
+	// Bytes read from block devices.
+	DiskReadBytes uint64 `protobuf:"varint,6,opt,name=disk_read_bytes,json=diskReadBytes,proto3" json:"disk_read_bytes,omitempty"`
+	// Bytes written to block devices (writes to tmpfs or memory-backed file
+	// systems are not counted).
+	DiskWriteBytes uint64 `protobuf:"varint,7,opt,name=disk_write_bytes,json=diskWriteBytes,proto3" json:"disk_write_bytes,omitempty"`
+	// Bytes received on the sandbox's network interfaces; 0 for a sandbox
+	// on the host's network.
+	NetRxBytes uint64 `protobuf:"varint,8,opt,name=net_rx_bytes,json=netRxBytes,proto3" json:"net_rx_bytes,omitempty"`
+	// Bytes sent on the sandbox's network interfaces; 0 for a sandbox on the
+	// host's network.
+	NetTxBytes    uint64 `protobuf:"varint,9,opt,name=net_tx_bytes,json=netTxBytes,proto3" json:"net_tx_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxUsage) Reset() {
+	*x = SandboxUsage{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxUsage) ProtoMessage() {}
+
+func (x *SandboxUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxUsage.ProtoReflect.Descriptor instead.
+func (*SandboxUsage) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SandboxUsage) GetTimestamp() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Timestamp
+	}
+	return nil
+}
+
+func (x *SandboxUsage) GetCpuUsageNs() uint64 {
+	if x != nil {
+		return x.CpuUsageNs
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetMemoryUsageBytes() uint64 {
+	if x != nil {
+		return x.MemoryUsageBytes
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetMemoryWorkingSetBytes() uint64 {
+	if x != nil {
+		return x.MemoryWorkingSetBytes
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetPids() uint64 {
+	if x != nil {
+		return x.Pids
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetDiskReadBytes() uint64 {
+	if x != nil {
+		return x.DiskReadBytes
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetDiskWriteBytes() uint64 {
+	if x != nil {
+		return x.DiskWriteBytes
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetNetRxBytes() uint64 {
+	if x != nil {
+		return x.NetRxBytes
+	}
+	return 0
+}
+
+func (x *SandboxUsage) GetNetTxBytes() uint64 {
+	if x != nil {
+		return x.NetTxBytes
+	}
+	return 0
+}
+
+// GetSandboxUsageRequest is the request of SandboxService.GetSandboxUsage.
+type GetSandboxUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox.
+	SandboxId     string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxUsageRequest) Reset() {
+	*x = GetSandboxUsageRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxUsageRequest) ProtoMessage() {}
+
+func (x *GetSandboxUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetSandboxUsageRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetSandboxUsageRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+// GetSandboxUsageResponse is the response of
+// SandboxService.GetSandboxUsage.
+type GetSandboxUsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox's usage now.
+	Usage         *SandboxUsage `protobuf:"bytes,1,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxUsageResponse) Reset() {
+	*x = GetSandboxUsageResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxUsageResponse) ProtoMessage() {}
+
+func (x *GetSandboxUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxUsageResponse.ProtoReflect.Descriptor instead.
+func (*GetSandboxUsageResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetSandboxUsageResponse) GetUsage() *SandboxUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// WatchSandboxUsageRequest is the request of
+// SandboxService.WatchSandboxUsage.
+type WatchSandboxUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox.
+	SandboxId string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// How often to sample; unset: 1 s; at least 100 ms.
+	Interval      *durationpb.Duration `protobuf:"bytes,2,opt,name=interval,proto3" json:"interval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchSandboxUsageRequest) Reset() {
+	*x = WatchSandboxUsageRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchSandboxUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchSandboxUsageRequest) ProtoMessage() {}
+
+func (x *WatchSandboxUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchSandboxUsageRequest.ProtoReflect.Descriptor instead.
+func (*WatchSandboxUsageRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *WatchSandboxUsageRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *WatchSandboxUsageRequest) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+// WatchSandboxUsageResponse is one sample of
+// SandboxService.WatchSandboxUsage.
+type WatchSandboxUsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox's usage at the sample's time.
+	Usage         *SandboxUsage `protobuf:"bytes,1,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchSandboxUsageResponse) Reset() {
+	*x = WatchSandboxUsageResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchSandboxUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchSandboxUsageResponse) ProtoMessage() {}
+
+func (x *WatchSandboxUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchSandboxUsageResponse.ProtoReflect.Descriptor instead.
+func (*WatchSandboxUsageResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *WatchSandboxUsageResponse) GetUsage() *SandboxUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// DialPortRequest is a message of SandboxService.DialPort from the client.
+type DialPortRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first message: which sandbox and port to connect to.
+	Target *DialPortTarget `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// Bytes for the process, in the following messages.
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DialPortRequest) Reset() {
+	*x = DialPortRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DialPortRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DialPortRequest) ProtoMessage() {}
+
+func (x *DialPortRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DialPortRequest.ProtoReflect.Descriptor instead.
+func (*DialPortRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DialPortRequest) GetTarget() *DialPortTarget {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *DialPortRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// DialPortTarget names the port DialPort connects to.
+type DialPortTarget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox.
+	SandboxId string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// TCP port, 1 to 65535.
+	Port          uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DialPortTarget) Reset() {
+	*x = DialPortTarget{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DialPortTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DialPortTarget) ProtoMessage() {}
+
+func (x *DialPortTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DialPortTarget.ProtoReflect.Descriptor instead.
+func (*DialPortTarget) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *DialPortTarget) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *DialPortTarget) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+// DialPortResponse is a message of SandboxService.DialPort from the
+// server.
+type DialPortResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes from the process; the first message carries none (connected).
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// Set on the message after the process's last bytes: it closed its side
+	// of the connection. The stream goes on until the client closed its own
+	// side (or the process stopped reading).
+	Closed        bool `protobuf:"varint,2,opt,name=closed,proto3" json:"closed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DialPortResponse) Reset() {
+	*x = DialPortResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DialPortResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DialPortResponse) ProtoMessage() {}
+
+func (x *DialPortResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DialPortResponse.ProtoReflect.Descriptor instead.
+func (*DialPortResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DialPortResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *DialPortResponse) GetClosed() bool {
+	if x != nil {
+		return x.Closed
+	}
+	return false
+}
+
+// SetSandboxTimeoutRequest is the request of
+// SandboxService.SetSandboxTimeout.
+type SetSandboxTimeoutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox.
+	SandboxId string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// The sandbox ends this long from now. Unset or zero removes the
+	// deadline.
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// The sandbox's new idle timeout. Unset or zero removes it.
+	IdleTimeout   *durationpb.Duration `protobuf:"bytes,3,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSandboxTimeoutRequest) Reset() {
+	*x = SetSandboxTimeoutRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSandboxTimeoutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSandboxTimeoutRequest) ProtoMessage() {}
+
+func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSandboxTimeoutRequest.ProtoReflect.Descriptor instead.
+func (*SetSandboxTimeoutRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SetSandboxTimeoutRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *SetSandboxTimeoutRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *SetSandboxTimeoutRequest) GetIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.IdleTimeout
+	}
+	return nil
+}
+
+// SetSandboxTimeoutResponse is the response of
+// SandboxService.SetSandboxTimeout.
+type SetSandboxTimeoutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox with its new lifetime.
+	Sandbox       *Sandbox `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSandboxTimeoutResponse) Reset() {
+	*x = SetSandboxTimeoutResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSandboxTimeoutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSandboxTimeoutResponse) ProtoMessage() {}
+
+func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSandboxTimeoutResponse.ProtoReflect.Descriptor instead.
+func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SetSandboxTimeoutResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
 // WatchEventsRequest is the request of SandboxService.WatchEvents. All
 // filters must match; an empty request streams every event.
 type WatchEventsRequest struct {
@@ -1193,7 +2032,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +2044,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +2057,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{14}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchEventsRequest) GetSandboxIds() []string {
@@ -1254,7 +2093,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +2105,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +2118,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{15}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -1319,14 +2158,16 @@ type Event struct {
 	// Sequence number of the event: one more than the sandboxer's previous
 	// event (events filtered out of a stream leave gaps). Pass it as
 	// WatchEventsRequest.after_sequence to resume after this event.
-	Sequence      uint64 `protobuf:"varint,10,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	Sequence uint64 `protobuf:"varint,10,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// Why it happened, for EVENT_TYPE_SANDBOX_EXPIRED: "deadline" or "idle".
+	Reason        string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +2179,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +2192,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{16}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Event) GetType() EventType {
@@ -1424,6 +2265,13 @@ func (x *Event) GetSequence() uint64 {
 	return 0
 }
 
+func (x *Event) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // Kind describes a sandbox kind (backend) and whether it can be used here.
 type Kind struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1444,7 +2292,7 @@ type Kind struct {
 
 func (x *Kind) Reset() {
 	*x = Kind{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +2304,7 @@ func (x *Kind) String() string {
 func (*Kind) ProtoMessage() {}
 
 func (x *Kind) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +2317,7 @@ func (x *Kind) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kind.ProtoReflect.Descriptor instead.
 func (*Kind) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{17}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Kind) GetName() string {
@@ -1534,7 +2382,7 @@ type KindCapabilities struct {
 
 func (x *KindCapabilities) Reset() {
 	*x = KindCapabilities{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +2394,7 @@ func (x *KindCapabilities) String() string {
 func (*KindCapabilities) ProtoMessage() {}
 
 func (x *KindCapabilities) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +2407,7 @@ func (x *KindCapabilities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindCapabilities.ProtoReflect.Descriptor instead.
 func (*KindCapabilities) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *KindCapabilities) GetExec() bool {
@@ -1627,7 +2475,7 @@ type ListKindsRequest struct {
 
 func (x *ListKindsRequest) Reset() {
 	*x = ListKindsRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +2487,7 @@ func (x *ListKindsRequest) String() string {
 func (*ListKindsRequest) ProtoMessage() {}
 
 func (x *ListKindsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +2500,7 @@ func (x *ListKindsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKindsRequest.ProtoReflect.Descriptor instead.
 func (*ListKindsRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{33}
 }
 
 // ListKindsResponse is the response of SandboxService.ListKinds.
@@ -1667,7 +2515,7 @@ type ListKindsResponse struct {
 
 func (x *ListKindsResponse) Reset() {
 	*x = ListKindsResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +2527,7 @@ func (x *ListKindsResponse) String() string {
 func (*ListKindsResponse) ProtoMessage() {}
 
 func (x *ListKindsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +2540,7 @@ func (x *ListKindsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKindsResponse.ProtoReflect.Descriptor instead.
 func (*ListKindsResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListKindsResponse) GetKinds() []*Kind {
@@ -1706,7 +2554,7 @@ var File_magnetar_sandbox_v1_sandbox_proto protoreflect.FileDescriptor
 
 const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\n" +
-	"!magnetar/sandbox/v1/sandbox.proto\x12\x13magnetar.sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dmagnetar/types/v1/types.proto\"\x8d\x06\n" +
+	"!magnetar/sandbox/v1/sandbox.proto\x12\x13magnetar.sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dmagnetar/types/v1/types.proto\"\x86\a\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x127\n" +
@@ -1725,7 +2573,10 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\n" +
 	"netns_path\x18\v \x01(\tR\tnetnsPath\x12!\n" +
 	"\ftask_address\x18\f \x01(\tR\vtaskAddress\x12:\n" +
-	"\x04info\x18\r \x03(\v2&.magnetar.sandbox.v1.Sandbox.InfoEntryR\x04info\x1a9\n" +
+	"\x04info\x18\r \x03(\v2&.magnetar.sandbox.v1.Sandbox.InfoEntryR\x04info\x129\n" +
+	"\n" +
+	"expires_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n" +
+	"\fidle_timeout\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -1738,7 +2589,7 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\rNetworkConfig\x124\n" +
 	"\x04mode\x18\x01 \x01(\x0e2 .magnetar.sandbox.v1.NetworkModeR\x04mode\x12\x1d\n" +
 	"\n" +
-	"netns_path\x18\x02 \x01(\tR\tnetnsPath\"\xdc\x04\n" +
+	"netns_path\x18\x02 \x01(\tR\tnetnsPath\"\xcf\x05\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
@@ -1749,7 +2600,10 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x03dns\x18\x06 \x01(\v2\x1c.magnetar.types.v1.DNSConfigR\x03dns\x12<\n" +
 	"\anetwork\x18\a \x01(\v2\".magnetar.sandbox.v1.NetworkConfigR\anetwork\x12:\n" +
 	"\tresources\x18\b \x01(\v2\x1c.magnetar.types.v1.ResourcesR\tresources\x12#\n" +
-	"\rcgroup_parent\x18\t \x01(\tR\fcgroupParent\x1a9\n" +
+	"\rcgroup_parent\x18\t \x01(\tR\fcgroupParent\x123\n" +
+	"\atimeout\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
+	"\fidle_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -1787,7 +2641,58 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
 	"\x15ListSandboxesResponse\x12:\n" +
-	"\tsandboxes\x18\x01 \x03(\v2\x1c.magnetar.sandbox.v1.SandboxR\tsandboxes\"\xaa\x01\n" +
+	"\tsandboxes\x18\x01 \x03(\v2\x1c.magnetar.sandbox.v1.SandboxR\tsandboxes\"4\n" +
+	"\x13PauseSandboxRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"N\n" +
+	"\x14PauseSandboxResponse\x126\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1c.magnetar.sandbox.v1.SandboxR\asandbox\"5\n" +
+	"\x14ResumeSandboxRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"O\n" +
+	"\x15ResumeSandboxResponse\x126\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1c.magnetar.sandbox.v1.SandboxR\asandbox\"\xfb\x02\n" +
+	"\fSandboxUsage\x128\n" +
+	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12 \n" +
+	"\fcpu_usage_ns\x18\x02 \x01(\x04R\n" +
+	"cpuUsageNs\x12,\n" +
+	"\x12memory_usage_bytes\x18\x03 \x01(\x04R\x10memoryUsageBytes\x127\n" +
+	"\x18memory_working_set_bytes\x18\x04 \x01(\x04R\x15memoryWorkingSetBytes\x12\x12\n" +
+	"\x04pids\x18\x05 \x01(\x04R\x04pids\x12&\n" +
+	"\x0fdisk_read_bytes\x18\x06 \x01(\x04R\rdiskReadBytes\x12(\n" +
+	"\x10disk_write_bytes\x18\a \x01(\x04R\x0ediskWriteBytes\x12 \n" +
+	"\fnet_rx_bytes\x18\b \x01(\x04R\n" +
+	"netRxBytes\x12 \n" +
+	"\fnet_tx_bytes\x18\t \x01(\x04R\n" +
+	"netTxBytes\"7\n" +
+	"\x16GetSandboxUsageRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"R\n" +
+	"\x17GetSandboxUsageResponse\x127\n" +
+	"\x05usage\x18\x01 \x01(\v2!.magnetar.sandbox.v1.SandboxUsageR\x05usage\"p\n" +
+	"\x18WatchSandboxUsageRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x125\n" +
+	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\"T\n" +
+	"\x19WatchSandboxUsageResponse\x127\n" +
+	"\x05usage\x18\x01 \x01(\v2!.magnetar.sandbox.v1.SandboxUsageR\x05usage\"b\n" +
+	"\x0fDialPortRequest\x12;\n" +
+	"\x06target\x18\x01 \x01(\v2#.magnetar.sandbox.v1.DialPortTargetR\x06target\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"C\n" +
+	"\x0eDialPortTarget\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\">\n" +
+	"\x10DialPortResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
+	"\x06closed\x18\x02 \x01(\bR\x06closed\"\xac\x01\n" +
+	"\x18SetSandboxTimeoutRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
+	"\fidle_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\"S\n" +
+	"\x19SetSandboxTimeoutResponse\x126\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1c.magnetar.sandbox.v1.SandboxR\asandbox\"\xaa\x01\n" +
 	"\x12WatchEventsRequest\x12\x1f\n" +
 	"\vsandbox_ids\x18\x01 \x03(\tR\n" +
 	"sandboxIds\x124\n" +
@@ -1795,7 +2700,7 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x0eafter_sequence\x18\x03 \x01(\x04H\x00R\rafterSequence\x88\x01\x01B\x11\n" +
 	"\x0f_after_sequence\"G\n" +
 	"\x13WatchEventsResponse\x120\n" +
-	"\x05event\x18\x01 \x01(\v2\x1a.magnetar.sandbox.v1.EventR\x05event\"\xee\x02\n" +
+	"\x05event\x18\x01 \x01(\v2\x1a.magnetar.sandbox.v1.EventR\x05event\"\x86\x03\n" +
 	"\x05Event\x122\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1e.magnetar.sandbox.v1.EventTypeR\x04type\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x128\n" +
@@ -1809,7 +2714,8 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"exitStatus\x127\n" +
 	"\texited_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\x12\x1a\n" +
 	"\bsequence\x18\n" +
-	" \x01(\x04R\bsequence\"\xd4\x01\n" +
+	" \x01(\x04R\bsequence\x12\x16\n" +
+	"\x06reason\x18\v \x01(\tR\x06reason\"\xd4\x01\n" +
 	"\x04Kind\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1c\n" +
@@ -1828,13 +2734,14 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x0fisolation_level\x18\b \x01(\x0e2#.magnetar.sandbox.v1.IsolationLevelR\x0eisolationLevel\"\x12\n" +
 	"\x10ListKindsRequest\"D\n" +
 	"\x11ListKindsResponse\x12/\n" +
-	"\x05kinds\x18\x01 \x03(\v2\x19.magnetar.sandbox.v1.KindR\x05kinds*\x97\x01\n" +
+	"\x05kinds\x18\x01 \x03(\v2\x19.magnetar.sandbox.v1.KindR\x05kinds*\xb1\x01\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SANDBOX_STATE_CREATED\x10\x01\x12\x17\n" +
 	"\x13SANDBOX_STATE_READY\x10\x02\x12\x19\n" +
 	"\x15SANDBOX_STATE_STOPPED\x10\x03\x12\x19\n" +
-	"\x15SANDBOX_STATE_UNKNOWN\x10\x04*q\n" +
+	"\x15SANDBOX_STATE_UNKNOWN\x10\x04\x12\x18\n" +
+	"\x14SANDBOX_STATE_PAUSED\x10\x05*q\n" +
 	"\vNetworkMode\x12\x1c\n" +
 	"\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11NETWORK_MODE_NONE\x10\x01\x12\x15\n" +
@@ -1845,7 +2752,7 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x19ISOLATION_LEVEL_CONTAINER\x10\x01\x12\x18\n" +
 	"\x14ISOLATION_LEVEL_WASM\x10\x02\x12%\n" +
 	"!ISOLATION_LEVEL_USER_SPACE_KERNEL\x10\x03\x12#\n" +
-	"\x1fISOLATION_LEVEL_VIRTUAL_MACHINE\x10\x04*\xe7\x02\n" +
+	"\x1fISOLATION_LEVEL_VIRTUAL_MACHINE\x10\x04*\xc6\x03\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aEVENT_TYPE_SANDBOX_CREATED\x10\x01\x12\x1e\n" +
@@ -1858,7 +2765,10 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x1aEVENT_TYPE_PROCESS_STARTED\x10\b\x12\x1d\n" +
 	"\x19EVENT_TYPE_PROCESS_EXITED\x10\t\x12\x1a\n" +
 	"\x16EVENT_TYPE_PROCESS_OOM\x10\n" +
-	"2\xbd\x06\n" +
+	"\x12\x1e\n" +
+	"\x1aEVENT_TYPE_SANDBOX_EXPIRED\x10\v\x12\x1d\n" +
+	"\x19EVENT_TYPE_SANDBOX_PAUSED\x10\f\x12\x1e\n" +
+	"\x1aEVENT_TYPE_SANDBOX_RESUMED\x10\r2\xc4\v\n" +
 	"\x0eSandboxService\x12f\n" +
 	"\rCreateSandbox\x12).magnetar.sandbox.v1.CreateSandboxRequest\x1a*.magnetar.sandbox.v1.CreateSandboxResponse\x12c\n" +
 	"\fStartSandbox\x12(.magnetar.sandbox.v1.StartSandboxRequest\x1a).magnetar.sandbox.v1.StartSandboxResponse\x12`\n" +
@@ -1867,7 +2777,13 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\n" +
 	"GetSandbox\x12&.magnetar.sandbox.v1.GetSandboxRequest\x1a'.magnetar.sandbox.v1.GetSandboxResponse\"\x03\x90\x02\x01\x12k\n" +
 	"\rListSandboxes\x12).magnetar.sandbox.v1.ListSandboxesRequest\x1a*.magnetar.sandbox.v1.ListSandboxesResponse\"\x03\x90\x02\x01\x12b\n" +
-	"\vWatchEvents\x12'.magnetar.sandbox.v1.WatchEventsRequest\x1a(.magnetar.sandbox.v1.WatchEventsResponse0\x01\x12_\n" +
+	"\vWatchEvents\x12'.magnetar.sandbox.v1.WatchEventsRequest\x1a(.magnetar.sandbox.v1.WatchEventsResponse0\x01\x12c\n" +
+	"\fPauseSandbox\x12(.magnetar.sandbox.v1.PauseSandboxRequest\x1a).magnetar.sandbox.v1.PauseSandboxResponse\x12f\n" +
+	"\rResumeSandbox\x12).magnetar.sandbox.v1.ResumeSandboxRequest\x1a*.magnetar.sandbox.v1.ResumeSandboxResponse\x12q\n" +
+	"\x0fGetSandboxUsage\x12+.magnetar.sandbox.v1.GetSandboxUsageRequest\x1a,.magnetar.sandbox.v1.GetSandboxUsageResponse\"\x03\x90\x02\x01\x12t\n" +
+	"\x11WatchSandboxUsage\x12-.magnetar.sandbox.v1.WatchSandboxUsageRequest\x1a..magnetar.sandbox.v1.WatchSandboxUsageResponse0\x01\x12[\n" +
+	"\bDialPort\x12$.magnetar.sandbox.v1.DialPortRequest\x1a%.magnetar.sandbox.v1.DialPortResponse(\x010\x01\x12r\n" +
+	"\x11SetSandboxTimeout\x12-.magnetar.sandbox.v1.SetSandboxTimeoutRequest\x1a..magnetar.sandbox.v1.SetSandboxTimeoutResponse\x12_\n" +
 	"\tListKinds\x12%.magnetar.sandbox.v1.ListKindsRequest\x1a&.magnetar.sandbox.v1.ListKindsResponse\"\x03\x90\x02\x01B\xd8\x01\n" +
 	"\x17com.magnetar.sandbox.v1B\fSandboxProtoP\x01ZAgithub.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1;sandboxv1\xa2\x02\x03MSX\xaa\x02\x13Magnetar.Sandbox.V1\xca\x02\x13Magnetar\\Sandbox\\V1\xe2\x02\x1fMagnetar\\Sandbox\\V1\\GPBMetadata\xea\x02\x15Magnetar::Sandbox::V1b\x06proto3"
 
@@ -1884,95 +2800,135 @@ func file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP() []byte {
 }
 
 var file_magnetar_sandbox_v1_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_magnetar_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_magnetar_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_magnetar_sandbox_v1_sandbox_proto_goTypes = []any{
-	(SandboxState)(0),             // 0: magnetar.sandbox.v1.SandboxState
-	(NetworkMode)(0),              // 1: magnetar.sandbox.v1.NetworkMode
-	(IsolationLevel)(0),           // 2: magnetar.sandbox.v1.IsolationLevel
-	(EventType)(0),                // 3: magnetar.sandbox.v1.EventType
-	(*Sandbox)(nil),               // 4: magnetar.sandbox.v1.Sandbox
-	(*NetworkConfig)(nil),         // 5: magnetar.sandbox.v1.NetworkConfig
-	(*CreateSandboxRequest)(nil),  // 6: magnetar.sandbox.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil), // 7: magnetar.sandbox.v1.CreateSandboxResponse
-	(*StartSandboxRequest)(nil),   // 8: magnetar.sandbox.v1.StartSandboxRequest
-	(*StartSandboxResponse)(nil),  // 9: magnetar.sandbox.v1.StartSandboxResponse
-	(*StopSandboxRequest)(nil),    // 10: magnetar.sandbox.v1.StopSandboxRequest
-	(*StopSandboxResponse)(nil),   // 11: magnetar.sandbox.v1.StopSandboxResponse
-	(*DeleteSandboxRequest)(nil),  // 12: magnetar.sandbox.v1.DeleteSandboxRequest
-	(*DeleteSandboxResponse)(nil), // 13: magnetar.sandbox.v1.DeleteSandboxResponse
-	(*GetSandboxRequest)(nil),     // 14: magnetar.sandbox.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),    // 15: magnetar.sandbox.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),  // 16: magnetar.sandbox.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil), // 17: magnetar.sandbox.v1.ListSandboxesResponse
-	(*WatchEventsRequest)(nil),    // 18: magnetar.sandbox.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),   // 19: magnetar.sandbox.v1.WatchEventsResponse
-	(*Event)(nil),                 // 20: magnetar.sandbox.v1.Event
-	(*Kind)(nil),                  // 21: magnetar.sandbox.v1.Kind
-	(*KindCapabilities)(nil),      // 22: magnetar.sandbox.v1.KindCapabilities
-	(*ListKindsRequest)(nil),      // 23: magnetar.sandbox.v1.ListKindsRequest
-	(*ListKindsResponse)(nil),     // 24: magnetar.sandbox.v1.ListKindsResponse
-	nil,                           // 25: magnetar.sandbox.v1.Sandbox.LabelsEntry
-	nil,                           // 26: magnetar.sandbox.v1.Sandbox.AnnotationsEntry
-	nil,                           // 27: magnetar.sandbox.v1.Sandbox.InfoEntry
-	nil,                           // 28: magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
-	nil,                           // 29: magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
-	nil,                           // 30: magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
-	(*v1.DNSConfig)(nil),          // 32: magnetar.types.v1.DNSConfig
-	(*v1.Resources)(nil),          // 33: magnetar.types.v1.Resources
-	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
+	(SandboxState)(0),                 // 0: magnetar.sandbox.v1.SandboxState
+	(NetworkMode)(0),                  // 1: magnetar.sandbox.v1.NetworkMode
+	(IsolationLevel)(0),               // 2: magnetar.sandbox.v1.IsolationLevel
+	(EventType)(0),                    // 3: magnetar.sandbox.v1.EventType
+	(*Sandbox)(nil),                   // 4: magnetar.sandbox.v1.Sandbox
+	(*NetworkConfig)(nil),             // 5: magnetar.sandbox.v1.NetworkConfig
+	(*CreateSandboxRequest)(nil),      // 6: magnetar.sandbox.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),     // 7: magnetar.sandbox.v1.CreateSandboxResponse
+	(*StartSandboxRequest)(nil),       // 8: magnetar.sandbox.v1.StartSandboxRequest
+	(*StartSandboxResponse)(nil),      // 9: magnetar.sandbox.v1.StartSandboxResponse
+	(*StopSandboxRequest)(nil),        // 10: magnetar.sandbox.v1.StopSandboxRequest
+	(*StopSandboxResponse)(nil),       // 11: magnetar.sandbox.v1.StopSandboxResponse
+	(*DeleteSandboxRequest)(nil),      // 12: magnetar.sandbox.v1.DeleteSandboxRequest
+	(*DeleteSandboxResponse)(nil),     // 13: magnetar.sandbox.v1.DeleteSandboxResponse
+	(*GetSandboxRequest)(nil),         // 14: magnetar.sandbox.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),        // 15: magnetar.sandbox.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),      // 16: magnetar.sandbox.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),     // 17: magnetar.sandbox.v1.ListSandboxesResponse
+	(*PauseSandboxRequest)(nil),       // 18: magnetar.sandbox.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),      // 19: magnetar.sandbox.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),      // 20: magnetar.sandbox.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),     // 21: magnetar.sandbox.v1.ResumeSandboxResponse
+	(*SandboxUsage)(nil),              // 22: magnetar.sandbox.v1.SandboxUsage
+	(*GetSandboxUsageRequest)(nil),    // 23: magnetar.sandbox.v1.GetSandboxUsageRequest
+	(*GetSandboxUsageResponse)(nil),   // 24: magnetar.sandbox.v1.GetSandboxUsageResponse
+	(*WatchSandboxUsageRequest)(nil),  // 25: magnetar.sandbox.v1.WatchSandboxUsageRequest
+	(*WatchSandboxUsageResponse)(nil), // 26: magnetar.sandbox.v1.WatchSandboxUsageResponse
+	(*DialPortRequest)(nil),           // 27: magnetar.sandbox.v1.DialPortRequest
+	(*DialPortTarget)(nil),            // 28: magnetar.sandbox.v1.DialPortTarget
+	(*DialPortResponse)(nil),          // 29: magnetar.sandbox.v1.DialPortResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 30: magnetar.sandbox.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 31: magnetar.sandbox.v1.SetSandboxTimeoutResponse
+	(*WatchEventsRequest)(nil),        // 32: magnetar.sandbox.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),       // 33: magnetar.sandbox.v1.WatchEventsResponse
+	(*Event)(nil),                     // 34: magnetar.sandbox.v1.Event
+	(*Kind)(nil),                      // 35: magnetar.sandbox.v1.Kind
+	(*KindCapabilities)(nil),          // 36: magnetar.sandbox.v1.KindCapabilities
+	(*ListKindsRequest)(nil),          // 37: magnetar.sandbox.v1.ListKindsRequest
+	(*ListKindsResponse)(nil),         // 38: magnetar.sandbox.v1.ListKindsResponse
+	nil,                               // 39: magnetar.sandbox.v1.Sandbox.LabelsEntry
+	nil,                               // 40: magnetar.sandbox.v1.Sandbox.AnnotationsEntry
+	nil,                               // 41: magnetar.sandbox.v1.Sandbox.InfoEntry
+	nil,                               // 42: magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
+	nil,                               // 43: magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
+	nil,                               // 44: magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 45: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 46: google.protobuf.Duration
+	(*v1.DNSConfig)(nil),              // 47: magnetar.types.v1.DNSConfig
+	(*v1.Resources)(nil),              // 48: magnetar.types.v1.Resources
 }
 var file_magnetar_sandbox_v1_sandbox_proto_depIdxs = []int32{
 	0,  // 0: magnetar.sandbox.v1.Sandbox.state:type_name -> magnetar.sandbox.v1.SandboxState
-	25, // 1: magnetar.sandbox.v1.Sandbox.labels:type_name -> magnetar.sandbox.v1.Sandbox.LabelsEntry
-	26, // 2: magnetar.sandbox.v1.Sandbox.annotations:type_name -> magnetar.sandbox.v1.Sandbox.AnnotationsEntry
-	31, // 3: magnetar.sandbox.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	31, // 4: magnetar.sandbox.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
-	31, // 5: magnetar.sandbox.v1.Sandbox.exited_at:type_name -> google.protobuf.Timestamp
-	27, // 6: magnetar.sandbox.v1.Sandbox.info:type_name -> magnetar.sandbox.v1.Sandbox.InfoEntry
-	1,  // 7: magnetar.sandbox.v1.NetworkConfig.mode:type_name -> magnetar.sandbox.v1.NetworkMode
-	28, // 8: magnetar.sandbox.v1.CreateSandboxRequest.labels:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
-	29, // 9: magnetar.sandbox.v1.CreateSandboxRequest.annotations:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
-	32, // 10: magnetar.sandbox.v1.CreateSandboxRequest.dns:type_name -> magnetar.types.v1.DNSConfig
-	5,  // 11: magnetar.sandbox.v1.CreateSandboxRequest.network:type_name -> magnetar.sandbox.v1.NetworkConfig
-	33, // 12: magnetar.sandbox.v1.CreateSandboxRequest.resources:type_name -> magnetar.types.v1.Resources
-	4,  // 13: magnetar.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	4,  // 14: magnetar.sandbox.v1.StartSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	34, // 15: magnetar.sandbox.v1.StopSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	4,  // 16: magnetar.sandbox.v1.StopSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	4,  // 17: magnetar.sandbox.v1.GetSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	30, // 18: magnetar.sandbox.v1.ListSandboxesRequest.labels:type_name -> magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
-	0,  // 19: magnetar.sandbox.v1.ListSandboxesRequest.states:type_name -> magnetar.sandbox.v1.SandboxState
-	4,  // 20: magnetar.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> magnetar.sandbox.v1.Sandbox
-	3,  // 21: magnetar.sandbox.v1.WatchEventsRequest.types:type_name -> magnetar.sandbox.v1.EventType
-	20, // 22: magnetar.sandbox.v1.WatchEventsResponse.event:type_name -> magnetar.sandbox.v1.Event
-	3,  // 23: magnetar.sandbox.v1.Event.type:type_name -> magnetar.sandbox.v1.EventType
-	31, // 24: magnetar.sandbox.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
-	31, // 25: magnetar.sandbox.v1.Event.exited_at:type_name -> google.protobuf.Timestamp
-	22, // 26: magnetar.sandbox.v1.Kind.capabilities:type_name -> magnetar.sandbox.v1.KindCapabilities
-	2,  // 27: magnetar.sandbox.v1.KindCapabilities.isolation_level:type_name -> magnetar.sandbox.v1.IsolationLevel
-	21, // 28: magnetar.sandbox.v1.ListKindsResponse.kinds:type_name -> magnetar.sandbox.v1.Kind
-	6,  // 29: magnetar.sandbox.v1.SandboxService.CreateSandbox:input_type -> magnetar.sandbox.v1.CreateSandboxRequest
-	8,  // 30: magnetar.sandbox.v1.SandboxService.StartSandbox:input_type -> magnetar.sandbox.v1.StartSandboxRequest
-	10, // 31: magnetar.sandbox.v1.SandboxService.StopSandbox:input_type -> magnetar.sandbox.v1.StopSandboxRequest
-	12, // 32: magnetar.sandbox.v1.SandboxService.DeleteSandbox:input_type -> magnetar.sandbox.v1.DeleteSandboxRequest
-	14, // 33: magnetar.sandbox.v1.SandboxService.GetSandbox:input_type -> magnetar.sandbox.v1.GetSandboxRequest
-	16, // 34: magnetar.sandbox.v1.SandboxService.ListSandboxes:input_type -> magnetar.sandbox.v1.ListSandboxesRequest
-	18, // 35: magnetar.sandbox.v1.SandboxService.WatchEvents:input_type -> magnetar.sandbox.v1.WatchEventsRequest
-	23, // 36: magnetar.sandbox.v1.SandboxService.ListKinds:input_type -> magnetar.sandbox.v1.ListKindsRequest
-	7,  // 37: magnetar.sandbox.v1.SandboxService.CreateSandbox:output_type -> magnetar.sandbox.v1.CreateSandboxResponse
-	9,  // 38: magnetar.sandbox.v1.SandboxService.StartSandbox:output_type -> magnetar.sandbox.v1.StartSandboxResponse
-	11, // 39: magnetar.sandbox.v1.SandboxService.StopSandbox:output_type -> magnetar.sandbox.v1.StopSandboxResponse
-	13, // 40: magnetar.sandbox.v1.SandboxService.DeleteSandbox:output_type -> magnetar.sandbox.v1.DeleteSandboxResponse
-	15, // 41: magnetar.sandbox.v1.SandboxService.GetSandbox:output_type -> magnetar.sandbox.v1.GetSandboxResponse
-	17, // 42: magnetar.sandbox.v1.SandboxService.ListSandboxes:output_type -> magnetar.sandbox.v1.ListSandboxesResponse
-	19, // 43: magnetar.sandbox.v1.SandboxService.WatchEvents:output_type -> magnetar.sandbox.v1.WatchEventsResponse
-	24, // 44: magnetar.sandbox.v1.SandboxService.ListKinds:output_type -> magnetar.sandbox.v1.ListKindsResponse
-	37, // [37:45] is the sub-list for method output_type
-	29, // [29:37] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	39, // 1: magnetar.sandbox.v1.Sandbox.labels:type_name -> magnetar.sandbox.v1.Sandbox.LabelsEntry
+	40, // 2: magnetar.sandbox.v1.Sandbox.annotations:type_name -> magnetar.sandbox.v1.Sandbox.AnnotationsEntry
+	45, // 3: magnetar.sandbox.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	45, // 4: magnetar.sandbox.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
+	45, // 5: magnetar.sandbox.v1.Sandbox.exited_at:type_name -> google.protobuf.Timestamp
+	41, // 6: magnetar.sandbox.v1.Sandbox.info:type_name -> magnetar.sandbox.v1.Sandbox.InfoEntry
+	45, // 7: magnetar.sandbox.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
+	46, // 8: magnetar.sandbox.v1.Sandbox.idle_timeout:type_name -> google.protobuf.Duration
+	1,  // 9: magnetar.sandbox.v1.NetworkConfig.mode:type_name -> magnetar.sandbox.v1.NetworkMode
+	42, // 10: magnetar.sandbox.v1.CreateSandboxRequest.labels:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
+	43, // 11: magnetar.sandbox.v1.CreateSandboxRequest.annotations:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
+	47, // 12: magnetar.sandbox.v1.CreateSandboxRequest.dns:type_name -> magnetar.types.v1.DNSConfig
+	5,  // 13: magnetar.sandbox.v1.CreateSandboxRequest.network:type_name -> magnetar.sandbox.v1.NetworkConfig
+	48, // 14: magnetar.sandbox.v1.CreateSandboxRequest.resources:type_name -> magnetar.types.v1.Resources
+	46, // 15: magnetar.sandbox.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	46, // 16: magnetar.sandbox.v1.CreateSandboxRequest.idle_timeout:type_name -> google.protobuf.Duration
+	4,  // 17: magnetar.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	4,  // 18: magnetar.sandbox.v1.StartSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	46, // 19: magnetar.sandbox.v1.StopSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	4,  // 20: magnetar.sandbox.v1.StopSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	4,  // 21: magnetar.sandbox.v1.GetSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	44, // 22: magnetar.sandbox.v1.ListSandboxesRequest.labels:type_name -> magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
+	0,  // 23: magnetar.sandbox.v1.ListSandboxesRequest.states:type_name -> magnetar.sandbox.v1.SandboxState
+	4,  // 24: magnetar.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> magnetar.sandbox.v1.Sandbox
+	4,  // 25: magnetar.sandbox.v1.PauseSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	4,  // 26: magnetar.sandbox.v1.ResumeSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	45, // 27: magnetar.sandbox.v1.SandboxUsage.timestamp:type_name -> google.protobuf.Timestamp
+	22, // 28: magnetar.sandbox.v1.GetSandboxUsageResponse.usage:type_name -> magnetar.sandbox.v1.SandboxUsage
+	46, // 29: magnetar.sandbox.v1.WatchSandboxUsageRequest.interval:type_name -> google.protobuf.Duration
+	22, // 30: magnetar.sandbox.v1.WatchSandboxUsageResponse.usage:type_name -> magnetar.sandbox.v1.SandboxUsage
+	28, // 31: magnetar.sandbox.v1.DialPortRequest.target:type_name -> magnetar.sandbox.v1.DialPortTarget
+	46, // 32: magnetar.sandbox.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	46, // 33: magnetar.sandbox.v1.SetSandboxTimeoutRequest.idle_timeout:type_name -> google.protobuf.Duration
+	4,  // 34: magnetar.sandbox.v1.SetSandboxTimeoutResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	3,  // 35: magnetar.sandbox.v1.WatchEventsRequest.types:type_name -> magnetar.sandbox.v1.EventType
+	34, // 36: magnetar.sandbox.v1.WatchEventsResponse.event:type_name -> magnetar.sandbox.v1.Event
+	3,  // 37: magnetar.sandbox.v1.Event.type:type_name -> magnetar.sandbox.v1.EventType
+	45, // 38: magnetar.sandbox.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
+	45, // 39: magnetar.sandbox.v1.Event.exited_at:type_name -> google.protobuf.Timestamp
+	36, // 40: magnetar.sandbox.v1.Kind.capabilities:type_name -> magnetar.sandbox.v1.KindCapabilities
+	2,  // 41: magnetar.sandbox.v1.KindCapabilities.isolation_level:type_name -> magnetar.sandbox.v1.IsolationLevel
+	35, // 42: magnetar.sandbox.v1.ListKindsResponse.kinds:type_name -> magnetar.sandbox.v1.Kind
+	6,  // 43: magnetar.sandbox.v1.SandboxService.CreateSandbox:input_type -> magnetar.sandbox.v1.CreateSandboxRequest
+	8,  // 44: magnetar.sandbox.v1.SandboxService.StartSandbox:input_type -> magnetar.sandbox.v1.StartSandboxRequest
+	10, // 45: magnetar.sandbox.v1.SandboxService.StopSandbox:input_type -> magnetar.sandbox.v1.StopSandboxRequest
+	12, // 46: magnetar.sandbox.v1.SandboxService.DeleteSandbox:input_type -> magnetar.sandbox.v1.DeleteSandboxRequest
+	14, // 47: magnetar.sandbox.v1.SandboxService.GetSandbox:input_type -> magnetar.sandbox.v1.GetSandboxRequest
+	16, // 48: magnetar.sandbox.v1.SandboxService.ListSandboxes:input_type -> magnetar.sandbox.v1.ListSandboxesRequest
+	32, // 49: magnetar.sandbox.v1.SandboxService.WatchEvents:input_type -> magnetar.sandbox.v1.WatchEventsRequest
+	18, // 50: magnetar.sandbox.v1.SandboxService.PauseSandbox:input_type -> magnetar.sandbox.v1.PauseSandboxRequest
+	20, // 51: magnetar.sandbox.v1.SandboxService.ResumeSandbox:input_type -> magnetar.sandbox.v1.ResumeSandboxRequest
+	23, // 52: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:input_type -> magnetar.sandbox.v1.GetSandboxUsageRequest
+	25, // 53: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:input_type -> magnetar.sandbox.v1.WatchSandboxUsageRequest
+	27, // 54: magnetar.sandbox.v1.SandboxService.DialPort:input_type -> magnetar.sandbox.v1.DialPortRequest
+	30, // 55: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:input_type -> magnetar.sandbox.v1.SetSandboxTimeoutRequest
+	37, // 56: magnetar.sandbox.v1.SandboxService.ListKinds:input_type -> magnetar.sandbox.v1.ListKindsRequest
+	7,  // 57: magnetar.sandbox.v1.SandboxService.CreateSandbox:output_type -> magnetar.sandbox.v1.CreateSandboxResponse
+	9,  // 58: magnetar.sandbox.v1.SandboxService.StartSandbox:output_type -> magnetar.sandbox.v1.StartSandboxResponse
+	11, // 59: magnetar.sandbox.v1.SandboxService.StopSandbox:output_type -> magnetar.sandbox.v1.StopSandboxResponse
+	13, // 60: magnetar.sandbox.v1.SandboxService.DeleteSandbox:output_type -> magnetar.sandbox.v1.DeleteSandboxResponse
+	15, // 61: magnetar.sandbox.v1.SandboxService.GetSandbox:output_type -> magnetar.sandbox.v1.GetSandboxResponse
+	17, // 62: magnetar.sandbox.v1.SandboxService.ListSandboxes:output_type -> magnetar.sandbox.v1.ListSandboxesResponse
+	33, // 63: magnetar.sandbox.v1.SandboxService.WatchEvents:output_type -> magnetar.sandbox.v1.WatchEventsResponse
+	19, // 64: magnetar.sandbox.v1.SandboxService.PauseSandbox:output_type -> magnetar.sandbox.v1.PauseSandboxResponse
+	21, // 65: magnetar.sandbox.v1.SandboxService.ResumeSandbox:output_type -> magnetar.sandbox.v1.ResumeSandboxResponse
+	24, // 66: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:output_type -> magnetar.sandbox.v1.GetSandboxUsageResponse
+	26, // 67: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:output_type -> magnetar.sandbox.v1.WatchSandboxUsageResponse
+	29, // 68: magnetar.sandbox.v1.SandboxService.DialPort:output_type -> magnetar.sandbox.v1.DialPortResponse
+	31, // 69: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:output_type -> magnetar.sandbox.v1.SetSandboxTimeoutResponse
+	38, // 70: magnetar.sandbox.v1.SandboxService.ListKinds:output_type -> magnetar.sandbox.v1.ListKindsResponse
+	57, // [57:71] is the sub-list for method output_type
+	43, // [43:57] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_magnetar_sandbox_v1_sandbox_proto_init() }
@@ -1980,14 +2936,14 @@ func file_magnetar_sandbox_v1_sandbox_proto_init() {
 	if File_magnetar_sandbox_v1_sandbox_proto != nil {
 		return
 	}
-	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14].OneofWrappers = []any{}
+	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_magnetar_sandbox_v1_sandbox_proto_rawDesc), len(file_magnetar_sandbox_v1_sandbox_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   27,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

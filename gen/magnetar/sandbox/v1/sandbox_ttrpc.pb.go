@@ -15,6 +15,12 @@ type TTRPCSandboxServiceService interface {
 	GetSandbox(context.Context, *GetSandboxRequest) (*GetSandboxResponse, error)
 	ListSandboxes(context.Context, *ListSandboxesRequest) (*ListSandboxesResponse, error)
 	WatchEvents(context.Context, *WatchEventsRequest, TTRPCSandboxService_WatchEventsServer) error
+	PauseSandbox(context.Context, *PauseSandboxRequest) (*PauseSandboxResponse, error)
+	ResumeSandbox(context.Context, *ResumeSandboxRequest) (*ResumeSandboxResponse, error)
+	GetSandboxUsage(context.Context, *GetSandboxUsageRequest) (*GetSandboxUsageResponse, error)
+	WatchSandboxUsage(context.Context, *WatchSandboxUsageRequest, TTRPCSandboxService_WatchSandboxUsageServer) error
+	DialPort(context.Context, TTRPCSandboxService_DialPortServer) error
+	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
 
@@ -29,6 +35,41 @@ type ttrpcsandboxserviceWatchEventsServer struct {
 
 func (x *ttrpcsandboxserviceWatchEventsServer) Send(m *WatchEventsResponse) error {
 	return x.StreamServer.SendMsg(m)
+}
+
+type TTRPCSandboxService_WatchSandboxUsageServer interface {
+	Send(*WatchSandboxUsageResponse) error
+	ttrpc.StreamServer
+}
+
+type ttrpcsandboxserviceWatchSandboxUsageServer struct {
+	ttrpc.StreamServer
+}
+
+func (x *ttrpcsandboxserviceWatchSandboxUsageServer) Send(m *WatchSandboxUsageResponse) error {
+	return x.StreamServer.SendMsg(m)
+}
+
+type TTRPCSandboxService_DialPortServer interface {
+	Send(*DialPortResponse) error
+	Recv() (*DialPortRequest, error)
+	ttrpc.StreamServer
+}
+
+type ttrpcsandboxserviceDialPortServer struct {
+	ttrpc.StreamServer
+}
+
+func (x *ttrpcsandboxserviceDialPortServer) Send(m *DialPortResponse) error {
+	return x.StreamServer.SendMsg(m)
+}
+
+func (x *ttrpcsandboxserviceDialPortServer) Recv() (*DialPortRequest, error) {
+	m := new(DialPortRequest)
+	if err := x.StreamServer.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 func RegisterTTRPCSandboxServiceService(srv *ttrpc.Server, svc TTRPCSandboxServiceService) {
@@ -76,6 +117,34 @@ func RegisterTTRPCSandboxServiceService(srv *ttrpc.Server, svc TTRPCSandboxServi
 				}
 				return svc.ListSandboxes(ctx, &req)
 			},
+			"PauseSandbox": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req PauseSandboxRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.PauseSandbox(ctx, &req)
+			},
+			"ResumeSandbox": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ResumeSandboxRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ResumeSandbox(ctx, &req)
+			},
+			"GetSandboxUsage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req GetSandboxUsageRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.GetSandboxUsage(ctx, &req)
+			},
+			"SetSandboxTimeout": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SetSandboxTimeoutRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetSandboxTimeout(ctx, &req)
+			},
 			"ListKinds": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListKindsRequest
 				if err := unmarshal(&req); err != nil {
@@ -96,6 +165,24 @@ func RegisterTTRPCSandboxServiceService(srv *ttrpc.Server, svc TTRPCSandboxServi
 				StreamingClient: false,
 				StreamingServer: true,
 			},
+			"WatchSandboxUsage": {
+				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+					m := new(WatchSandboxUsageRequest)
+					if err := stream.RecvMsg(m); err != nil {
+						return nil, err
+					}
+					return nil, svc.WatchSandboxUsage(ctx, m, &ttrpcsandboxserviceWatchSandboxUsageServer{stream})
+				},
+				StreamingClient: false,
+				StreamingServer: true,
+			},
+			"DialPort": {
+				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+					return nil, svc.DialPort(ctx, &ttrpcsandboxserviceDialPortServer{stream})
+				},
+				StreamingClient: true,
+				StreamingServer: true,
+			},
 		},
 	})
 }
@@ -108,6 +195,12 @@ type TTRPCSandboxServiceClient interface {
 	GetSandbox(context.Context, *GetSandboxRequest) (*GetSandboxResponse, error)
 	ListSandboxes(context.Context, *ListSandboxesRequest) (*ListSandboxesResponse, error)
 	WatchEvents(context.Context, *WatchEventsRequest) (TTRPCSandboxService_WatchEventsClient, error)
+	PauseSandbox(context.Context, *PauseSandboxRequest) (*PauseSandboxResponse, error)
+	ResumeSandbox(context.Context, *ResumeSandboxRequest) (*ResumeSandboxResponse, error)
+	GetSandboxUsage(context.Context, *GetSandboxUsageRequest) (*GetSandboxUsageResponse, error)
+	WatchSandboxUsage(context.Context, *WatchSandboxUsageRequest) (TTRPCSandboxService_WatchSandboxUsageClient, error)
+	DialPort(context.Context) (TTRPCSandboxService_DialPortClient, error)
+	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
 
@@ -196,6 +289,101 @@ func (x *ttrpcsandboxserviceWatchEventsClient) Recv() (*WatchEventsResponse, err
 		return nil, err
 	}
 	return m, nil
+}
+
+func (c *ttrpcsandboxserviceClient) PauseSandbox(ctx context.Context, req *PauseSandboxRequest) (*PauseSandboxResponse, error) {
+	var resp PauseSandboxResponse
+	if err := c.client.Call(ctx, "magnetar.sandbox.v1.SandboxService", "PauseSandbox", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *ttrpcsandboxserviceClient) ResumeSandbox(ctx context.Context, req *ResumeSandboxRequest) (*ResumeSandboxResponse, error) {
+	var resp ResumeSandboxResponse
+	if err := c.client.Call(ctx, "magnetar.sandbox.v1.SandboxService", "ResumeSandbox", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *ttrpcsandboxserviceClient) GetSandboxUsage(ctx context.Context, req *GetSandboxUsageRequest) (*GetSandboxUsageResponse, error) {
+	var resp GetSandboxUsageResponse
+	if err := c.client.Call(ctx, "magnetar.sandbox.v1.SandboxService", "GetSandboxUsage", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *ttrpcsandboxserviceClient) WatchSandboxUsage(ctx context.Context, req *WatchSandboxUsageRequest) (TTRPCSandboxService_WatchSandboxUsageClient, error) {
+	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+		StreamingClient: false,
+		StreamingServer: true,
+	}, "magnetar.sandbox.v1.SandboxService", "WatchSandboxUsage", req)
+	if err != nil {
+		return nil, err
+	}
+	x := &ttrpcsandboxserviceWatchSandboxUsageClient{stream}
+	return x, nil
+}
+
+type TTRPCSandboxService_WatchSandboxUsageClient interface {
+	Recv() (*WatchSandboxUsageResponse, error)
+	ttrpc.ClientStream
+}
+
+type ttrpcsandboxserviceWatchSandboxUsageClient struct {
+	ttrpc.ClientStream
+}
+
+func (x *ttrpcsandboxserviceWatchSandboxUsageClient) Recv() (*WatchSandboxUsageResponse, error) {
+	m := new(WatchSandboxUsageResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *ttrpcsandboxserviceClient) DialPort(ctx context.Context) (TTRPCSandboxService_DialPortClient, error) {
+	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+		StreamingClient: true,
+		StreamingServer: true,
+	}, "magnetar.sandbox.v1.SandboxService", "DialPort", nil)
+	if err != nil {
+		return nil, err
+	}
+	x := &ttrpcsandboxserviceDialPortClient{stream}
+	return x, nil
+}
+
+type TTRPCSandboxService_DialPortClient interface {
+	Send(*DialPortRequest) error
+	Recv() (*DialPortResponse, error)
+	ttrpc.ClientStream
+}
+
+type ttrpcsandboxserviceDialPortClient struct {
+	ttrpc.ClientStream
+}
+
+func (x *ttrpcsandboxserviceDialPortClient) Send(m *DialPortRequest) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *ttrpcsandboxserviceDialPortClient) Recv() (*DialPortResponse, error) {
+	m := new(DialPortResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *ttrpcsandboxserviceClient) SetSandboxTimeout(ctx context.Context, req *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error) {
+	var resp SetSandboxTimeoutResponse
+	if err := c.client.Call(ctx, "magnetar.sandbox.v1.SandboxService", "SetSandboxTimeout", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
 }
 
 func (c *ttrpcsandboxserviceClient) ListKinds(ctx context.Context, req *ListKindsRequest) (*ListKindsResponse, error) {

@@ -25,6 +25,16 @@ func FromV1(st *v1.Metrics, at time.Time) *backend.Stats {
 	if st.Pids != nil {
 		s.Pids = st.Pids.Current
 	}
+	if st.Blkio != nil {
+		for _, e := range st.Blkio.IoServiceBytesRecursive {
+			switch e.Op {
+			case "Read", "read":
+				s.DiskReadBytes += e.Value
+			case "Write", "write":
+				s.DiskWriteBytes += e.Value
+			}
+		}
+	}
 	return s
 }
 
@@ -40,6 +50,12 @@ func FromV2(st *v2.Metrics, at time.Time) *backend.Stats {
 	}
 	if st.Pids != nil {
 		s.Pids = st.Pids.Current
+	}
+	if st.Io != nil {
+		for _, e := range st.Io.Usage {
+			s.DiskReadBytes += e.Rbytes
+			s.DiskWriteBytes += e.Wbytes
+		}
 	}
 	return s
 }

@@ -45,6 +45,23 @@ const (
 	SandboxServiceListSandboxesProcedure = "/magnetar.sandbox.v1.SandboxService/ListSandboxes"
 	// SandboxServiceWatchEventsProcedure is the procedure name of the SandboxService's WatchEvents RPC.
 	SandboxServiceWatchEventsProcedure = "/magnetar.sandbox.v1.SandboxService/WatchEvents"
+	// SandboxServicePauseSandboxProcedure is the procedure name of the SandboxService's PauseSandbox
+	// RPC.
+	SandboxServicePauseSandboxProcedure = "/magnetar.sandbox.v1.SandboxService/PauseSandbox"
+	// SandboxServiceResumeSandboxProcedure is the procedure name of the SandboxService's ResumeSandbox
+	// RPC.
+	SandboxServiceResumeSandboxProcedure = "/magnetar.sandbox.v1.SandboxService/ResumeSandbox"
+	// SandboxServiceGetSandboxUsageProcedure is the procedure name of the SandboxService's
+	// GetSandboxUsage RPC.
+	SandboxServiceGetSandboxUsageProcedure = "/magnetar.sandbox.v1.SandboxService/GetSandboxUsage"
+	// SandboxServiceWatchSandboxUsageProcedure is the procedure name of the SandboxService's
+	// WatchSandboxUsage RPC.
+	SandboxServiceWatchSandboxUsageProcedure = "/magnetar.sandbox.v1.SandboxService/WatchSandboxUsage"
+	// SandboxServiceDialPortProcedure is the procedure name of the SandboxService's DialPort RPC.
+	SandboxServiceDialPortProcedure = "/magnetar.sandbox.v1.SandboxService/DialPort"
+	// SandboxServiceSetSandboxTimeoutProcedure is the procedure name of the SandboxService's
+	// SetSandboxTimeout RPC.
+	SandboxServiceSetSandboxTimeoutProcedure = "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout"
 	// SandboxServiceListKindsProcedure is the procedure name of the SandboxService's ListKinds RPC.
 	SandboxServiceListKindsProcedure = "/magnetar.sandbox.v1.SandboxService/ListKinds"
 )
@@ -101,6 +118,49 @@ var (
 			Procedure:  SandboxServiceWatchEventsProcedure,
 		}
 	})
+	sandboxServicePauseSandboxSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("PauseSandbox"),
+			Procedure:  SandboxServicePauseSandboxProcedure,
+		}
+	})
+	sandboxServiceResumeSandboxSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("ResumeSandbox"),
+			Procedure:  SandboxServiceResumeSandboxProcedure,
+		}
+	})
+	sandboxServiceGetSandboxUsageSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType:       connect.StreamTypeUnary,
+			Schema:           v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("GetSandboxUsage"),
+			Procedure:        SandboxServiceGetSandboxUsageProcedure,
+			IdempotencyLevel: connect.IdempotencyNoSideEffects,
+		}
+	})
+	sandboxServiceWatchSandboxUsageSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeServer,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("WatchSandboxUsage"),
+			Procedure:  SandboxServiceWatchSandboxUsageProcedure,
+		}
+	})
+	sandboxServiceDialPortSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeBidi,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("DialPort"),
+			Procedure:  SandboxServiceDialPortProcedure,
+		}
+	})
+	sandboxServiceSetSandboxTimeoutSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("SetSandboxTimeout"),
+			Procedure:  SandboxServiceSetSandboxTimeoutProcedure,
+		}
+	})
 	sandboxServiceListKindsSpec = sync.OnceValue(func() connect.Spec {
 		return connect.Spec{
 			StreamType:       connect.StreamTypeUnary,
@@ -147,6 +207,45 @@ type SandboxServiceClient interface {
 	// before its first event. While the sandboxer shuts down for a restart,
 	// streams end with UNAVAILABLE.
 	WatchEvents(context.Context, *v1.WatchEventsRequest) (SandboxServiceWatchEventsClientStream, error)
+	// PauseSandbox freezes every running container of a ready sandbox (a
+	// cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+	// guest's for vm): its processes use no CPU until ResumeSandbox. The
+	// sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+	// started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+	// paused sandbox changes nothing; a sandbox that is not ready fails with
+	// FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+	// Stopping or deleting a paused sandbox resumes it first.
+	PauseSandbox(context.Context, *v1.PauseSandboxRequest) (*v1.PauseSandboxResponse, error)
+	// ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+	// sandbox that is not paused changes nothing.
+	ResumeSandbox(context.Context, *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error)
+	// GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+	// processes, disk and network bytes (see SandboxUsage).
+	GetSandboxUsage(context.Context, *v1.GetSandboxUsageRequest) (*v1.GetSandboxUsageResponse, error)
+	// WatchSandboxUsage streams a sandbox's usage every interval (at least
+	// 100 ms; default 1 s), starting at once, until the client cancels or
+	// the sandbox is deleted (the stream then ends with NOT_FOUND).
+	WatchSandboxUsage(context.Context, *v1.WatchSandboxUsageRequest) (SandboxServiceWatchSandboxUsageClientStream, error)
+	// DialPort opens a TCP connection to a port that a process in the
+	// sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+	// carries its bytes both ways: the client's first message names the
+	// sandbox and port, the next ones carry data; the server answers with an
+	// empty first message once connected, then data. The client closing its
+	// side of the stream half-closes the connection (the process reads end
+	// of file); the process closing its side is a message with closed set,
+	// and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+	// (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+	// sandbox, UNAVAILABLE when nothing listens on the port,
+	// INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+	// cannot reach its sandbox's ports yet.
+	DialPort(context.Context) (SandboxServiceDialPortClientStream, error)
+	// SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+	// from now) and its idle timeout. At the end of its lifetime a sandbox is
+	// stopped (its containers get 10 s after SIGTERM) and deleted, after an
+	// EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+	// sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+	// INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+	SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error)
 	// ListKinds returns the sandbox kinds (backends) this sandboxer knows, with
 	// their availability on this host and their capabilities.
 	ListKinds(context.Context, *v1.ListKindsRequest) (*v1.ListKindsResponse, error)
@@ -176,6 +275,63 @@ func (s SandboxServiceWatchEventsClientStream) Receive() (*v1.WatchEventsRespons
 // Close releases the stream's resources. It is idempotent and is typically deferred to clean up a
 // stream abandoned before io.EOF.
 func (s SandboxServiceWatchEventsClientStream) Close() error {
+	return s.stream.Close()
+}
+
+// SandboxServiceWatchSandboxUsageClientStream is the client stream for the SandboxService's
+// WatchSandboxUsage RPC.
+type SandboxServiceWatchSandboxUsageClientStream struct {
+	stream connect.ClientStream
+}
+
+// Receive returns the next response message from the server.
+func (s SandboxServiceWatchSandboxUsageClientStream) Receive() (*v1.WatchSandboxUsageResponse, error) {
+	var res v1.WatchSandboxUsageResponse
+	if err := s.stream.Receive(&res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Close releases the stream's resources. It is idempotent and is typically deferred to clean up a
+// stream abandoned before io.EOF.
+func (s SandboxServiceWatchSandboxUsageClientStream) Close() error {
+	return s.stream.Close()
+}
+
+// SandboxServiceDialPortClientStream is the client stream for the SandboxService's DialPort RPC.
+type SandboxServiceDialPortClientStream struct {
+	stream connect.ClientStream
+}
+
+// SendHeaders opens the stream and flushes the request headers without a message. The first Send or
+// Receive does this implicitly.
+func (s SandboxServiceDialPortClientStream) SendHeaders() error {
+	return s.stream.SendHeaders()
+}
+
+// Send sends a request message to the server.
+func (s SandboxServiceDialPortClientStream) Send(req *v1.DialPortRequest) error {
+	return s.stream.Send(req)
+}
+
+// CloseSend closes the request side of the stream.
+func (s SandboxServiceDialPortClientStream) CloseSend() error {
+	return s.stream.CloseSend()
+}
+
+// Receive returns the next response message from the server.
+func (s SandboxServiceDialPortClientStream) Receive() (*v1.DialPortResponse, error) {
+	var res v1.DialPortResponse
+	if err := s.stream.Receive(&res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Close releases the stream's resources. It is idempotent and is typically deferred to clean up a
+// stream abandoned before io.EOF.
+func (s SandboxServiceDialPortClientStream) Close() error {
 	return s.stream.Close()
 }
 
@@ -215,6 +371,45 @@ type SandboxServiceHandler interface {
 	// before its first event. While the sandboxer shuts down for a restart,
 	// streams end with UNAVAILABLE.
 	WatchEvents(context.Context, *v1.WatchEventsRequest, SandboxServiceWatchEventsServerStream) error
+	// PauseSandbox freezes every running container of a ready sandbox (a
+	// cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+	// guest's for vm): its processes use no CPU until ResumeSandbox. The
+	// sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+	// started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+	// paused sandbox changes nothing; a sandbox that is not ready fails with
+	// FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+	// Stopping or deleting a paused sandbox resumes it first.
+	PauseSandbox(context.Context, *v1.PauseSandboxRequest) (*v1.PauseSandboxResponse, error)
+	// ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+	// sandbox that is not paused changes nothing.
+	ResumeSandbox(context.Context, *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error)
+	// GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+	// processes, disk and network bytes (see SandboxUsage).
+	GetSandboxUsage(context.Context, *v1.GetSandboxUsageRequest) (*v1.GetSandboxUsageResponse, error)
+	// WatchSandboxUsage streams a sandbox's usage every interval (at least
+	// 100 ms; default 1 s), starting at once, until the client cancels or
+	// the sandbox is deleted (the stream then ends with NOT_FOUND).
+	WatchSandboxUsage(context.Context, *v1.WatchSandboxUsageRequest, SandboxServiceWatchSandboxUsageServerStream) error
+	// DialPort opens a TCP connection to a port that a process in the
+	// sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+	// carries its bytes both ways: the client's first message names the
+	// sandbox and port, the next ones carry data; the server answers with an
+	// empty first message once connected, then data. The client closing its
+	// side of the stream half-closes the connection (the process reads end
+	// of file); the process closing its side is a message with closed set,
+	// and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+	// (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+	// sandbox, UNAVAILABLE when nothing listens on the port,
+	// INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+	// cannot reach its sandbox's ports yet.
+	DialPort(context.Context, SandboxServiceDialPortServerStream) error
+	// SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+	// from now) and its idle timeout. At the end of its lifetime a sandbox is
+	// stopped (its containers get 10 s after SIGTERM) and deleted, after an
+	// EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+	// sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+	// INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+	SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error)
 	// ListKinds returns the sandbox kinds (backends) this sandboxer knows, with
 	// their availability on this host and their capabilities.
 	ListKinds(context.Context, *v1.ListKindsRequest) (*v1.ListKindsResponse, error)
@@ -232,6 +427,12 @@ func RegisterSandboxServiceHandler(server *connect.Server, svc SandboxServiceHan
 		connect.Method{Spec: sandboxServiceGetSandboxSpec(), Handler: adapter.getSandbox},
 		connect.Method{Spec: sandboxServiceListSandboxesSpec(), Handler: adapter.listSandboxes},
 		connect.Method{Spec: sandboxServiceWatchEventsSpec(), Handler: adapter.watchEvents},
+		connect.Method{Spec: sandboxServicePauseSandboxSpec(), Handler: adapter.pauseSandbox},
+		connect.Method{Spec: sandboxServiceResumeSandboxSpec(), Handler: adapter.resumeSandbox},
+		connect.Method{Spec: sandboxServiceGetSandboxUsageSpec(), Handler: adapter.getSandboxUsage},
+		connect.Method{Spec: sandboxServiceWatchSandboxUsageSpec(), Handler: adapter.watchSandboxUsage},
+		connect.Method{Spec: sandboxServiceDialPortSpec(), Handler: adapter.dialPort},
+		connect.Method{Spec: sandboxServiceSetSandboxTimeoutSpec(), Handler: adapter.setSandboxTimeout},
 		connect.Method{Spec: sandboxServiceListKindsSpec(), Handler: adapter.listKinds},
 	)
 }
@@ -249,6 +450,46 @@ func (s SandboxServiceWatchEventsServerStream) SendHeaders() error {
 
 // Send sends a response message to the client.
 func (s SandboxServiceWatchEventsServerStream) Send(res *v1.WatchEventsResponse) error {
+	return s.stream.Send(res)
+}
+
+// SandboxServiceWatchSandboxUsageServerStream is the server stream for the SandboxService's
+// WatchSandboxUsage RPC.
+type SandboxServiceWatchSandboxUsageServerStream struct {
+	stream connect.ServerStream
+}
+
+// SendHeaders flushes the response headers without a message. The first Send does this implicitly.
+func (s SandboxServiceWatchSandboxUsageServerStream) SendHeaders() error {
+	return s.stream.SendHeaders()
+}
+
+// Send sends a response message to the client.
+func (s SandboxServiceWatchSandboxUsageServerStream) Send(res *v1.WatchSandboxUsageResponse) error {
+	return s.stream.Send(res)
+}
+
+// SandboxServiceDialPortServerStream is the server stream for the SandboxService's DialPort RPC.
+type SandboxServiceDialPortServerStream struct {
+	stream connect.ServerStream
+}
+
+// Receive returns the next request message from the client.
+func (s SandboxServiceDialPortServerStream) Receive() (*v1.DialPortRequest, error) {
+	var req v1.DialPortRequest
+	if err := s.stream.Receive(&req); err != nil {
+		return nil, err
+	}
+	return &req, nil
+}
+
+// SendHeaders flushes the response headers without a message. The first Send does this implicitly.
+func (s SandboxServiceDialPortServerStream) SendHeaders() error {
+	return s.stream.SendHeaders()
+}
+
+// Send sends a response message to the client.
+func (s SandboxServiceDialPortServerStream) Send(res *v1.DialPortResponse) error {
 	return s.stream.Send(res)
 }
 
@@ -281,6 +522,30 @@ func (UnimplementedSandboxServiceHandler) ListSandboxes(context.Context, *v1.Lis
 
 func (UnimplementedSandboxServiceHandler) WatchEvents(context.Context, *v1.WatchEventsRequest, SandboxServiceWatchEventsServerStream) error {
 	return connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.WatchEvents is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) PauseSandbox(context.Context, *v1.PauseSandboxRequest) (*v1.PauseSandboxResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.PauseSandbox is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) ResumeSandbox(context.Context, *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.ResumeSandbox is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) GetSandboxUsage(context.Context, *v1.GetSandboxUsageRequest) (*v1.GetSandboxUsageResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.GetSandboxUsage is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) WatchSandboxUsage(context.Context, *v1.WatchSandboxUsageRequest, SandboxServiceWatchSandboxUsageServerStream) error {
+	return connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.WatchSandboxUsage is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) DialPort(context.Context, SandboxServiceDialPortServerStream) error {
+	return connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.DialPort is not implemented")
+}
+
+func (UnimplementedSandboxServiceHandler) SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.SetSandboxTimeout is not implemented")
 }
 
 func (UnimplementedSandboxServiceHandler) ListKinds(context.Context, *v1.ListKindsRequest) (*v1.ListKindsResponse, error) {
@@ -345,6 +610,54 @@ func (c *sandboxServiceClient) WatchEvents(ctx context.Context, req *v1.WatchEve
 		return SandboxServiceWatchEventsClientStream{}, err
 	}
 	return SandboxServiceWatchEventsClientStream{stream: stream}, nil
+}
+
+func (c *sandboxServiceClient) PauseSandbox(ctx context.Context, req *v1.PauseSandboxRequest) (*v1.PauseSandboxResponse, error) {
+	var res v1.PauseSandboxResponse
+	if err := c.client.CallUnary(ctx, sandboxServicePauseSandboxSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *sandboxServiceClient) ResumeSandbox(ctx context.Context, req *v1.ResumeSandboxRequest) (*v1.ResumeSandboxResponse, error) {
+	var res v1.ResumeSandboxResponse
+	if err := c.client.CallUnary(ctx, sandboxServiceResumeSandboxSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *sandboxServiceClient) GetSandboxUsage(ctx context.Context, req *v1.GetSandboxUsageRequest) (*v1.GetSandboxUsageResponse, error) {
+	var res v1.GetSandboxUsageResponse
+	if err := c.client.CallUnary(ctx, sandboxServiceGetSandboxUsageSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *sandboxServiceClient) WatchSandboxUsage(ctx context.Context, req *v1.WatchSandboxUsageRequest) (SandboxServiceWatchSandboxUsageClientStream, error) {
+	stream, err := c.client.CallServerStream(ctx, sandboxServiceWatchSandboxUsageSpec(), req)
+	if err != nil {
+		return SandboxServiceWatchSandboxUsageClientStream{}, err
+	}
+	return SandboxServiceWatchSandboxUsageClientStream{stream: stream}, nil
+}
+
+func (c *sandboxServiceClient) DialPort(ctx context.Context) (SandboxServiceDialPortClientStream, error) {
+	stream, err := c.client.CallClientStream(ctx, sandboxServiceDialPortSpec())
+	if err != nil {
+		return SandboxServiceDialPortClientStream{}, err
+	}
+	return SandboxServiceDialPortClientStream{stream: stream}, nil
+}
+
+func (c *sandboxServiceClient) SetSandboxTimeout(ctx context.Context, req *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
+	var res v1.SetSandboxTimeoutResponse
+	if err := c.client.CallUnary(ctx, sandboxServiceSetSandboxTimeoutSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
 }
 
 func (c *sandboxServiceClient) ListKinds(ctx context.Context, req *v1.ListKindsRequest) (*v1.ListKindsResponse, error) {
@@ -435,6 +748,66 @@ func (h sandboxServiceHandler) watchEvents(ctx context.Context, _ connect.Spec, 
 		return err
 	}
 	return h.svc.WatchEvents(ctx, &req, SandboxServiceWatchEventsServerStream{stream: stream})
+}
+
+func (h sandboxServiceHandler) pauseSandbox(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.PauseSandboxRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.PauseSandbox(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h sandboxServiceHandler) resumeSandbox(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ResumeSandboxRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ResumeSandbox(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h sandboxServiceHandler) getSandboxUsage(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.GetSandboxUsageRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.GetSandboxUsage(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h sandboxServiceHandler) watchSandboxUsage(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.WatchSandboxUsageRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	return h.svc.WatchSandboxUsage(ctx, &req, SandboxServiceWatchSandboxUsageServerStream{stream: stream})
+}
+
+func (h sandboxServiceHandler) dialPort(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	return h.svc.DialPort(ctx, SandboxServiceDialPortServerStream{stream: stream})
+}
+
+func (h sandboxServiceHandler) setSandboxTimeout(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.SetSandboxTimeoutRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.SetSandboxTimeout(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
 }
 
 func (h sandboxServiceHandler) listKinds(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {

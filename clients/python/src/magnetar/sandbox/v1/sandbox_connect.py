@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, GetSandboxRequest, GetSandboxResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse
+from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, DialPortRequest, DialPortResponse, GetSandboxRequest, GetSandboxResponse, GetSandboxUsageRequest, GetSandboxUsageResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, PauseSandboxRequest, PauseSandboxResponse, ResumeSandboxRequest, ResumeSandboxResponse, SetSandboxTimeoutRequest, SetSandboxTimeoutResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse, WatchSandboxUsageRequest, WatchSandboxUsageResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -104,6 +104,69 @@ class SandboxService(Protocol):
         newest event when the stream started, to resume from should it break
         before its first event. While the sandboxer shuts down for a restart,
         streams end with UNAVAILABLE.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def pause_sandbox(self, request: PauseSandboxRequest, ctx: RequestContext[PauseSandboxRequest, PauseSandboxResponse], /) -> PauseSandboxResponse:
+        """
+        PauseSandbox freezes every running container of a ready sandbox (a
+        cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+        guest's for vm): its processes use no CPU until ResumeSandbox. The
+        sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+        started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+        paused sandbox changes nothing; a sandbox that is not ready fails with
+        FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+        Stopping or deleting a paused sandbox resumes it first.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def resume_sandbox(self, request: ResumeSandboxRequest, ctx: RequestContext[ResumeSandboxRequest, ResumeSandboxResponse], /) -> ResumeSandboxResponse:
+        """
+        ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+        sandbox that is not paused changes nothing.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_sandbox_usage(self, request: GetSandboxUsageRequest, ctx: RequestContext[GetSandboxUsageRequest, GetSandboxUsageResponse], /) -> GetSandboxUsageResponse:
+        """
+        GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+        processes, disk and network bytes (see SandboxUsage).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def watch_sandbox_usage(self, request: WatchSandboxUsageRequest, ctx: RequestContext[WatchSandboxUsageRequest, WatchSandboxUsageResponse], /) -> AsyncIterator[WatchSandboxUsageResponse]:
+        """
+        WatchSandboxUsage streams a sandbox's usage every interval (at least
+        100 ms; default 1 s), starting at once, until the client cancels or
+        the sandbox is deleted (the stream then ends with NOT_FOUND).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def dial_port(self, request: AsyncIterator[DialPortRequest], ctx: RequestContext[DialPortRequest, DialPortResponse], /) -> AsyncIterator[DialPortResponse]:
+        """
+        DialPort opens a TCP connection to a port that a process in the
+        sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+        carries its bytes both ways: the client's first message names the
+        sandbox and port, the next ones carry data; the server answers with an
+        empty first message once connected, then data. The client closing its
+        side of the stream half-closes the connection (the process reads end
+        of file); the process closing its side is a message with closed set,
+        and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+        (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+        sandbox, UNAVAILABLE when nothing listens on the port,
+        INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+        cannot reach its sandbox's ports yet.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def set_sandbox_timeout(self, request: SetSandboxTimeoutRequest, ctx: RequestContext[SetSandboxTimeoutRequest, SetSandboxTimeoutResponse], /) -> SetSandboxTimeoutResponse:
+        """
+        SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+        from now) and its idle timeout. At the end of its lifetime a sandbox is
+        stopped (its containers get 10 s after SIGTERM) and deleted, after an
+        EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+        sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+        INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -204,6 +267,72 @@ class SandboxServiceASGIApplication(ConnectASGIApplication[SandboxService]):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=svc.watch_events,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/PauseSandbox": Endpoint.unary(
+                    method=MethodInfo(
+                        name="PauseSandbox",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=PauseSandboxRequest,
+                        output=PauseSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.pause_sandbox,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/ResumeSandbox": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ResumeSandbox",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=ResumeSandboxRequest,
+                        output=ResumeSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.resume_sandbox,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/GetSandboxUsage": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetSandboxUsage",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=GetSandboxUsageRequest,
+                        output=GetSandboxUsageResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_sandbox_usage,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/WatchSandboxUsage": Endpoint.server_stream(
+                    method=MethodInfo(
+                        name="WatchSandboxUsage",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=WatchSandboxUsageRequest,
+                        output=WatchSandboxUsageResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.SERVER_STREAM,
+                    ),
+                    function=svc.watch_sandbox_usage,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/DialPort": Endpoint.bidi_stream(
+                    method=MethodInfo(
+                        name="DialPort",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=DialPortRequest,
+                        output=DialPortResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.BIDI_STREAM,
+                    ),
+                    function=svc.dial_port,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout": Endpoint.unary(
+                    method=MethodInfo(
+                        name="SetSandboxTimeout",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=SetSandboxTimeoutRequest,
+                        output=SetSandboxTimeoutResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.set_sandbox_timeout,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/ListKinds": Endpoint.unary(
                     method=MethodInfo(
@@ -446,6 +575,173 @@ class SandboxServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def pause_sandbox(
+        self,
+        request: PauseSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> PauseSandboxResponse:
+        """
+        PauseSandbox freezes every running container of a ready sandbox (a
+        cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+        guest's for vm): its processes use no CPU until ResumeSandbox. The
+        sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+        started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+        paused sandbox changes nothing; a sandbox that is not ready fails with
+        FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+        Stopping or deleting a paused sandbox resumes it first.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PauseSandbox",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=PauseSandboxRequest,
+                output=PauseSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def resume_sandbox(
+        self,
+        request: ResumeSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ResumeSandboxResponse:
+        """
+        ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+        sandbox that is not paused changes nothing.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ResumeSandbox",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=ResumeSandboxRequest,
+                output=ResumeSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def get_sandbox_usage(
+        self,
+        request: GetSandboxUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetSandboxUsageResponse:
+        """
+        GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+        processes, disk and network bytes (see SandboxUsage).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxUsage",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=GetSandboxUsageRequest,
+                output=GetSandboxUsageResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    def watch_sandbox_usage(
+        self,
+        request: WatchSandboxUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[WatchSandboxUsageResponse]:
+        """
+        WatchSandboxUsage streams a sandbox's usage every interval (at least
+        100 ms; default 1 s), starting at once, until the client cancels or
+        the sandbox is deleted (the stream then ends with NOT_FOUND).
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="WatchSandboxUsage",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=WatchSandboxUsageRequest,
+                output=WatchSandboxUsageResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def dial_port(
+        self,
+        request: AsyncIterator[DialPortRequest],
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[DialPortResponse]:
+        """
+        DialPort opens a TCP connection to a port that a process in the
+        sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+        carries its bytes both ways: the client's first message names the
+        sandbox and port, the next ones carry data; the server answers with an
+        empty first message once connected, then data. The client closing its
+        side of the stream half-closes the connection (the process reads end
+        of file); the process closing its side is a message with closed set,
+        and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+        (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+        sandbox, UNAVAILABLE when nothing listens on the port,
+        INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+        cannot reach its sandbox's ports yet.
+        """
+        return self.execute_bidi_stream(
+            request=request,
+            method=MethodInfo(
+                name="DialPort",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=DialPortRequest,
+                output=DialPortResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.BIDI_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def set_sandbox_timeout(
+        self,
+        request: SetSandboxTimeoutRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SetSandboxTimeoutResponse:
+        """
+        SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+        from now) and its idle timeout. At the end of its lifetime a sandbox is
+        stopped (its containers get 10 s after SIGTERM) and deleted, after an
+        EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+        sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+        INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetSandboxTimeout",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=SetSandboxTimeoutRequest,
+                output=SetSandboxTimeoutResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def list_kinds(
         self,
         request: ListKindsRequest,
@@ -540,6 +836,69 @@ class SandboxServiceSync(Protocol):
         newest event when the stream started, to resume from should it break
         before its first event. While the sandboxer shuts down for a restart,
         streams end with UNAVAILABLE.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def pause_sandbox(self, request: PauseSandboxRequest, ctx: RequestContext[PauseSandboxRequest, PauseSandboxResponse], /) -> PauseSandboxResponse:
+        """
+        PauseSandbox freezes every running container of a ready sandbox (a
+        cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+        guest's for vm): its processes use no CPU until ResumeSandbox. The
+        sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+        started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+        paused sandbox changes nothing; a sandbox that is not ready fails with
+        FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+        Stopping or deleting a paused sandbox resumes it first.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def resume_sandbox(self, request: ResumeSandboxRequest, ctx: RequestContext[ResumeSandboxRequest, ResumeSandboxResponse], /) -> ResumeSandboxResponse:
+        """
+        ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+        sandbox that is not paused changes nothing.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_sandbox_usage(self, request: GetSandboxUsageRequest, ctx: RequestContext[GetSandboxUsageRequest, GetSandboxUsageResponse], /) -> GetSandboxUsageResponse:
+        """
+        GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+        processes, disk and network bytes (see SandboxUsage).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def watch_sandbox_usage(self, request: WatchSandboxUsageRequest, ctx: RequestContext[WatchSandboxUsageRequest, WatchSandboxUsageResponse], /) -> Iterator[WatchSandboxUsageResponse]:
+        """
+        WatchSandboxUsage streams a sandbox's usage every interval (at least
+        100 ms; default 1 s), starting at once, until the client cancels or
+        the sandbox is deleted (the stream then ends with NOT_FOUND).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def dial_port(self, request: Iterator[DialPortRequest], ctx: RequestContext[DialPortRequest, DialPortResponse], /) -> Iterator[DialPortResponse]:
+        """
+        DialPort opens a TCP connection to a port that a process in the
+        sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+        carries its bytes both ways: the client's first message names the
+        sandbox and port, the next ones carry data; the server answers with an
+        empty first message once connected, then data. The client closing its
+        side of the stream half-closes the connection (the process reads end
+        of file); the process closing its side is a message with closed set,
+        and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+        (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+        sandbox, UNAVAILABLE when nothing listens on the port,
+        INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+        cannot reach its sandbox's ports yet.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def set_sandbox_timeout(self, request: SetSandboxTimeoutRequest, ctx: RequestContext[SetSandboxTimeoutRequest, SetSandboxTimeoutResponse], /) -> SetSandboxTimeoutResponse:
+        """
+        SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+        from now) and its idle timeout. At the end of its lifetime a sandbox is
+        stopped (its containers get 10 s after SIGTERM) and deleted, after an
+        EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+        sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+        INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -638,6 +997,72 @@ class SandboxServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=service.watch_events,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/PauseSandbox": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="PauseSandbox",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=PauseSandboxRequest,
+                        output=PauseSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.pause_sandbox,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/ResumeSandbox": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ResumeSandbox",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=ResumeSandboxRequest,
+                        output=ResumeSandboxResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.resume_sandbox,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/GetSandboxUsage": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetSandboxUsage",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=GetSandboxUsageRequest,
+                        output=GetSandboxUsageResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_sandbox_usage,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/WatchSandboxUsage": EndpointSync.server_stream(
+                    method=MethodInfo(
+                        name="WatchSandboxUsage",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=WatchSandboxUsageRequest,
+                        output=WatchSandboxUsageResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.SERVER_STREAM,
+                    ),
+                    function=service.watch_sandbox_usage,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/DialPort": EndpointSync.bidi_stream(
+                    method=MethodInfo(
+                        name="DialPort",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=DialPortRequest,
+                        output=DialPortResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.BIDI_STREAM,
+                    ),
+                    function=service.dial_port,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="SetSandboxTimeout",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=SetSandboxTimeoutRequest,
+                        output=SetSandboxTimeoutResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.set_sandbox_timeout,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/ListKinds": EndpointSync.unary(
                     method=MethodInfo(
@@ -876,6 +1301,173 @@ class SandboxServiceClientSync(ConnectClientSync):
                 output=WatchEventsResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def pause_sandbox(
+        self,
+        request: PauseSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> PauseSandboxResponse:
+        """
+        PauseSandbox freezes every running container of a ready sandbox (a
+        cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+        guest's for vm): its processes use no CPU until ResumeSandbox. The
+        sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+        started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+        paused sandbox changes nothing; a sandbox that is not ready fails with
+        FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+        Stopping or deleting a paused sandbox resumes it first.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PauseSandbox",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=PauseSandboxRequest,
+                output=PauseSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def resume_sandbox(
+        self,
+        request: ResumeSandboxRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ResumeSandboxResponse:
+        """
+        ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+        sandbox that is not paused changes nothing.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ResumeSandbox",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=ResumeSandboxRequest,
+                output=ResumeSandboxResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_sandbox_usage(
+        self,
+        request: GetSandboxUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetSandboxUsageResponse:
+        """
+        GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+        processes, disk and network bytes (see SandboxUsage).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetSandboxUsage",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=GetSandboxUsageRequest,
+                output=GetSandboxUsageResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    def watch_sandbox_usage(
+        self,
+        request: WatchSandboxUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> Iterator[WatchSandboxUsageResponse]:
+        """
+        WatchSandboxUsage streams a sandbox's usage every interval (at least
+        100 ms; default 1 s), starting at once, until the client cancels or
+        the sandbox is deleted (the stream then ends with NOT_FOUND).
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="WatchSandboxUsage",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=WatchSandboxUsageRequest,
+                output=WatchSandboxUsageResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def dial_port(
+        self,
+        request: Iterator[DialPortRequest],
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> Iterator[DialPortResponse]:
+        """
+        DialPort opens a TCP connection to a port that a process in the
+        sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+        carries its bytes both ways: the client's first message names the
+        sandbox and port, the next ones carry data; the server answers with an
+        empty first message once connected, then data. The client closing its
+        side of the stream half-closes the connection (the process reads end
+        of file); the process closing its side is a message with closed set,
+        and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+        (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+        sandbox, UNAVAILABLE when nothing listens on the port,
+        INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+        cannot reach its sandbox's ports yet.
+        """
+        return self.execute_bidi_stream(
+            request=request,
+            method=MethodInfo(
+                name="DialPort",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=DialPortRequest,
+                output=DialPortResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.BIDI_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def set_sandbox_timeout(
+        self,
+        request: SetSandboxTimeoutRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SetSandboxTimeoutResponse:
+        """
+        SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+        from now) and its idle timeout. At the end of its lifetime a sandbox is
+        stopped (its containers get 10 s after SIGTERM) and deleted, after an
+        EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+        sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+        INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetSandboxTimeout",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=SetSandboxTimeoutRequest,
+                output=SetSandboxTimeoutResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

@@ -19,6 +19,7 @@ class SandboxState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SANDBOX_STATE_READY: _ClassVar[SandboxState]
     SANDBOX_STATE_STOPPED: _ClassVar[SandboxState]
     SANDBOX_STATE_UNKNOWN: _ClassVar[SandboxState]
+    SANDBOX_STATE_PAUSED: _ClassVar[SandboxState]
 
 class NetworkMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -48,11 +49,15 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_PROCESS_STARTED: _ClassVar[EventType]
     EVENT_TYPE_PROCESS_EXITED: _ClassVar[EventType]
     EVENT_TYPE_PROCESS_OOM: _ClassVar[EventType]
+    EVENT_TYPE_SANDBOX_EXPIRED: _ClassVar[EventType]
+    EVENT_TYPE_SANDBOX_PAUSED: _ClassVar[EventType]
+    EVENT_TYPE_SANDBOX_RESUMED: _ClassVar[EventType]
 SANDBOX_STATE_UNSPECIFIED: SandboxState
 SANDBOX_STATE_CREATED: SandboxState
 SANDBOX_STATE_READY: SandboxState
 SANDBOX_STATE_STOPPED: SandboxState
 SANDBOX_STATE_UNKNOWN: SandboxState
+SANDBOX_STATE_PAUSED: SandboxState
 NETWORK_MODE_UNSPECIFIED: NetworkMode
 NETWORK_MODE_NONE: NetworkMode
 NETWORK_MODE_HOST: NetworkMode
@@ -73,9 +78,12 @@ EVENT_TYPE_CONTAINER_DELETED: EventType
 EVENT_TYPE_PROCESS_STARTED: EventType
 EVENT_TYPE_PROCESS_EXITED: EventType
 EVENT_TYPE_PROCESS_OOM: EventType
+EVENT_TYPE_SANDBOX_EXPIRED: EventType
+EVENT_TYPE_SANDBOX_PAUSED: EventType
+EVENT_TYPE_SANDBOX_RESUMED: EventType
 
 class Sandbox(_message.Message):
-    __slots__ = ("id", "kind", "state", "labels", "annotations", "created_at", "started_at", "exited_at", "exit_status", "pid", "netns_path", "task_address", "info")
+    __slots__ = ("id", "kind", "state", "labels", "annotations", "created_at", "started_at", "exited_at", "exit_status", "pid", "netns_path", "task_address", "info", "expires_at", "idle_timeout")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +118,8 @@ class Sandbox(_message.Message):
     NETNS_PATH_FIELD_NUMBER: _ClassVar[int]
     TASK_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     state: SandboxState
@@ -123,7 +133,9 @@ class Sandbox(_message.Message):
     netns_path: str
     task_address: str
     info: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[SandboxState, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_status: _Optional[int] = ..., pid: _Optional[int] = ..., netns_path: _Optional[str] = ..., task_address: _Optional[str] = ..., info: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    expires_at: _timestamp_pb2.Timestamp
+    idle_timeout: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[SandboxState, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_status: _Optional[int] = ..., pid: _Optional[int] = ..., netns_path: _Optional[str] = ..., task_address: _Optional[str] = ..., info: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class NetworkConfig(_message.Message):
     __slots__ = ("mode", "netns_path")
@@ -134,7 +146,7 @@ class NetworkConfig(_message.Message):
     def __init__(self, mode: _Optional[_Union[NetworkMode, str]] = ..., netns_path: _Optional[str] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "kind", "labels", "annotations", "hostname", "dns", "network", "resources", "cgroup_parent")
+    __slots__ = ("sandbox_id", "kind", "labels", "annotations", "hostname", "dns", "network", "resources", "cgroup_parent", "timeout", "idle_timeout")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +170,8 @@ class CreateSandboxRequest(_message.Message):
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     CGROUP_PARENT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     kind: str
     labels: _containers.ScalarMap[str, str]
@@ -167,7 +181,9 @@ class CreateSandboxRequest(_message.Message):
     network: NetworkConfig
     resources: _types_pb2.Resources
     cgroup_parent: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., kind: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., dns: _Optional[_Union[_types_pb2.DNSConfig, _Mapping]] = ..., network: _Optional[_Union[NetworkConfig, _Mapping]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., cgroup_parent: _Optional[str] = ...) -> None: ...
+    timeout: _duration_pb2.Duration
+    idle_timeout: _duration_pb2.Duration
+    def __init__(self, sandbox_id: _Optional[str] = ..., kind: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., dns: _Optional[_Union[_types_pb2.DNSConfig, _Mapping]] = ..., network: _Optional[_Union[NetworkConfig, _Mapping]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., cgroup_parent: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CreateSandboxResponse(_message.Message):
     __slots__ = ("sandbox",)
@@ -248,6 +264,118 @@ class ListSandboxesResponse(_message.Message):
     sandboxes: _containers.RepeatedCompositeFieldContainer[Sandbox]
     def __init__(self, sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ...) -> None: ...
 
+class PauseSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class PauseSandboxResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class ResumeSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class ResumeSandboxResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class SandboxUsage(_message.Message):
+    __slots__ = ("timestamp", "cpu_usage_ns", "memory_usage_bytes", "memory_working_set_bytes", "pids", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes", "net_tx_bytes")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    CPU_USAGE_NS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_WORKING_SET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    DISK_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NET_RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NET_TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    timestamp: _timestamp_pb2.Timestamp
+    cpu_usage_ns: int
+    memory_usage_bytes: int
+    memory_working_set_bytes: int
+    pids: int
+    disk_read_bytes: int
+    disk_write_bytes: int
+    net_rx_bytes: int
+    net_tx_bytes: int
+    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_usage_ns: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_working_set_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., disk_read_bytes: _Optional[int] = ..., disk_write_bytes: _Optional[int] = ..., net_rx_bytes: _Optional[int] = ..., net_tx_bytes: _Optional[int] = ...) -> None: ...
+
+class GetSandboxUsageRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class GetSandboxUsageResponse(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: SandboxUsage
+    def __init__(self, usage: _Optional[_Union[SandboxUsage, _Mapping]] = ...) -> None: ...
+
+class WatchSandboxUsageRequest(_message.Message):
+    __slots__ = ("sandbox_id", "interval")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    interval: _duration_pb2.Duration
+    def __init__(self, sandbox_id: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class WatchSandboxUsageResponse(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: SandboxUsage
+    def __init__(self, usage: _Optional[_Union[SandboxUsage, _Mapping]] = ...) -> None: ...
+
+class DialPortRequest(_message.Message):
+    __slots__ = ("target", "data")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    target: DialPortTarget
+    data: bytes
+    def __init__(self, target: _Optional[_Union[DialPortTarget, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class DialPortTarget(_message.Message):
+    __slots__ = ("sandbox_id", "port")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    port: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class DialPortResponse(_message.Message):
+    __slots__ = ("data", "closed")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    closed: bool
+    def __init__(self, data: _Optional[bytes] = ..., closed: _Optional[bool] = ...) -> None: ...
+
+class SetSandboxTimeoutRequest(_message.Message):
+    __slots__ = ("sandbox_id", "timeout", "idle_timeout")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    timeout: _duration_pb2.Duration
+    idle_timeout: _duration_pb2.Duration
+    def __init__(self, sandbox_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class SetSandboxTimeoutResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
 class WatchEventsRequest(_message.Message):
     __slots__ = ("sandbox_ids", "types", "after_sequence")
     SANDBOX_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -265,7 +393,7 @@ class WatchEventsResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("type", "topic", "timestamp", "sandbox_id", "container_id", "exec_id", "pid", "exit_status", "exited_at", "sequence")
+    __slots__ = ("type", "topic", "timestamp", "sandbox_id", "container_id", "exec_id", "pid", "exit_status", "exited_at", "sequence", "reason")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +404,7 @@ class Event(_message.Message):
     EXIT_STATUS_FIELD_NUMBER: _ClassVar[int]
     EXITED_AT_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     type: EventType
     topic: str
     timestamp: _timestamp_pb2.Timestamp
@@ -286,7 +415,8 @@ class Event(_message.Message):
     exit_status: int
     exited_at: _timestamp_pb2.Timestamp
     sequence: int
-    def __init__(self, type: _Optional[_Union[EventType, str]] = ..., topic: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sandbox_id: _Optional[str] = ..., container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., pid: _Optional[int] = ..., exit_status: _Optional[int] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
+    reason: str
+    def __init__(self, type: _Optional[_Union[EventType, str]] = ..., topic: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sandbox_id: _Optional[str] = ..., container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., pid: _Optional[int] = ..., exit_status: _Optional[int] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Kind(_message.Message):
     __slots__ = ("name", "description", "available", "unavailable_reason", "capabilities")

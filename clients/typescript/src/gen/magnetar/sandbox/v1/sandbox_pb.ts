@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file magnetar/sandbox/v1/sandbox.proto.
  */
 export const file_magnetar_sandbox_v1_sandbox: GenFile = /*@__PURE__*/
-  fileDesc("CiFtYWduZXRhci9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SE21hZ25ldGFyLnNhbmRib3gudjEi9AQKB1NhbmRib3gSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIwCgVzdGF0ZRgDIAEoDjIhLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveFN0YXRlEjgKBmxhYmVscxgEIAMoCzIoLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5MYWJlbHNFbnRyeRJCCgthbm5vdGF0aW9ucxgFIAMoCzItLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5Bbm5vdGF0aW9uc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWV4aXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXhpdF9zdGF0dXMYCSABKA0SCwoDcGlkGAogASgNEhIKCm5ldG5zX3BhdGgYCyABKAkSFAoMdGFza19hZGRyZXNzGAwgASgJEjQKBGluZm8YDSADKAsyJi5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3guSW5mb0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMgoQQW5ub3RhdGlvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGisKCUluZm9FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlMKDU5ldHdvcmtDb25maWcSLgoEbW9kZRgBIAEoDjIgLm1hZ25ldGFyLnNhbmRib3gudjEuTmV0d29ya01vZGUSEgoKbmV0bnNfcGF0aBgCIAEoCSLtAwoUQ3JlYXRlU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRraW5kGAIgASgJEkUKBmxhYmVscxgDIAMoCzI1Lm1hZ25ldGFyLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QuTGFiZWxzRW50cnkSTwoLYW5ub3RhdGlvbnMYBCADKAsyOi5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0LkFubm90YXRpb25zRW50cnkSEAoIaG9zdG5hbWUYBSABKAkSKQoDZG5zGAYgASgLMhwubWFnbmV0YXIudHlwZXMudjEuRE5TQ29uZmlnEjMKB25ldHdvcmsYByABKAsyIi5tYWduZXRhci5zYW5kYm94LnYxLk5ldHdvcmtDb25maWcSLwoJcmVzb3VyY2VzGAggASgLMhwubWFnbmV0YXIudHlwZXMudjEuUmVzb3VyY2VzEhUKDWNncm91cF9wYXJlbnQYCSABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoyChBBbm5vdGF0aW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiRgoVQ3JlYXRlU2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giKQoTU3RhcnRTYW5kYm94UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJIkUKFFN0YXJ0U2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giVAoSU3RvcFNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJEChNTdG9wU2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giOQoURGVsZXRlU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRINCgVmb3JjZRgCIAEoCCIXChVEZWxldGVTYW5kYm94UmVzcG9uc2UiJwoRR2V0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJDChJHZXRTYW5kYm94UmVzcG9uc2USLQoHc2FuZGJveBgBIAEoCzIcLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveCLOAQoUTGlzdFNhbmRib3hlc1JlcXVlc3QSRQoGbGFiZWxzGAEgAygLMjUubWFnbmV0YXIuc2FuZGJveC52MS5MaXN0U2FuZGJveGVzUmVxdWVzdC5MYWJlbHNFbnRyeRINCgVraW5kcxgCIAMoCRIxCgZzdGF0ZXMYAyADKA4yIS5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3hTdGF0ZRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkgKFUxpc3RTYW5kYm94ZXNSZXNwb25zZRIvCglzYW5kYm94ZXMYASADKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giiAEKEldhdGNoRXZlbnRzUmVxdWVzdBITCgtzYW5kYm94X2lkcxgBIAMoCRItCgV0eXBlcxgCIAMoDjIeLm1hZ25ldGFyLnNhbmRib3gudjEuRXZlbnRUeXBlEhsKDmFmdGVyX3NlcXVlbmNlGAMgASgESACIAQFCEQoPX2FmdGVyX3NlcXVlbmNlIkAKE1dhdGNoRXZlbnRzUmVzcG9uc2USKQoFZXZlbnQYASABKAsyGi5tYWduZXRhci5zYW5kYm94LnYxLkV2ZW50IpECCgVFdmVudBIsCgR0eXBlGAEgASgOMh4ubWFnbmV0YXIuc2FuZGJveC52MS5FdmVudFR5cGUSDQoFdG9waWMYAiABKAkSLQoJdGltZXN0YW1wGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpzYW5kYm94X2lkGAQgASgJEhQKDGNvbnRhaW5lcl9pZBgFIAEoCRIPCgdleGVjX2lkGAYgASgJEgsKA3BpZBgHIAEoDRITCgtleGl0X3N0YXR1cxgIIAEoDRItCglleGl0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHNlcXVlbmNlGAogASgEIpUBCgRLaW5kEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSEQoJYXZhaWxhYmxlGAMgASgIEhoKEnVuYXZhaWxhYmxlX3JlYXNvbhgEIAEoCRI7CgxjYXBhYmlsaXRpZXMYBSABKAsyJS5tYWduZXRhci5zYW5kYm94LnYxLktpbmRDYXBhYmlsaXRpZXMixgEKEEtpbmRDYXBhYmlsaXRpZXMSDAoEZXhlYxgBIAEoCBILCgN0dHkYAiABKAgSDQoFc3RkaW4YAyABKAgSEgoKb29tX2V2ZW50cxgEIAEoCBIYChB1cGRhdGVfcmVzb3VyY2VzGAUgASgIEg0KBXN0YXRzGAYgASgIEg0KBXBhdXNlGAcgASgIEjwKD2lzb2xhdGlvbl9sZXZlbBgIIAEoDjIjLm1hZ25ldGFyLnNhbmRib3gudjEuSXNvbGF0aW9uTGV2ZWwiEgoQTGlzdEtpbmRzUmVxdWVzdCI9ChFMaXN0S2luZHNSZXNwb25zZRIoCgVraW5kcxgBIAMoCzIZLm1hZ25ldGFyLnNhbmRib3gudjEuS2luZCqXAQoMU2FuZGJveFN0YXRlEh0KGVNBTkRCT1hfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVTQU5EQk9YX1NUQVRFX0NSRUFURUQQARIXChNTQU5EQk9YX1NUQVRFX1JFQURZEAISGQoVU0FOREJPWF9TVEFURV9TVE9QUEVEEAMSGQoVU0FOREJPWF9TVEFURV9VTktOT1dOEAQqcQoLTmV0d29ya01vZGUSHAoYTkVUV09SS19NT0RFX1VOU1BFQ0lGSUVEEAASFQoRTkVUV09SS19NT0RFX05PTkUQARIVChFORVRXT1JLX01PREVfSE9TVBACEhYKEk5FVFdPUktfTU9ERV9ORVROUxADKrYBCg5Jc29sYXRpb25MZXZlbBIfChtJU09MQVRJT05fTEVWRUxfVU5TUEVDSUZJRUQQABIdChlJU09MQVRJT05fTEVWRUxfQ09OVEFJTkVSEAESGAoUSVNPTEFUSU9OX0xFVkVMX1dBU00QAhIlCiFJU09MQVRJT05fTEVWRUxfVVNFUl9TUEFDRV9LRVJORUwQAxIjCh9JU09MQVRJT05fTEVWRUxfVklSVFVBTF9NQUNISU5FEAQq5wIKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASHgoaRVZFTlRfVFlQRV9TQU5EQk9YX0NSRUFURUQQARIeChpFVkVOVF9UWVBFX1NBTkRCT1hfU1RBUlRFRBACEh0KGUVWRU5UX1RZUEVfU0FOREJPWF9FWElURUQQAxIeChpFVkVOVF9UWVBFX1NBTkRCT1hfREVMRVRFRBAEEiAKHEVWRU5UX1RZUEVfQ09OVEFJTkVSX0NSRUFURUQQBRIgChxFVkVOVF9UWVBFX0NPTlRBSU5FUl9TVEFSVEVEEAYSIAocRVZFTlRfVFlQRV9DT05UQUlORVJfREVMRVRFRBAHEh4KGkVWRU5UX1RZUEVfUFJPQ0VTU19TVEFSVEVEEAgSHQoZRVZFTlRfVFlQRV9QUk9DRVNTX0VYSVRFRBAJEhoKFkVWRU5UX1RZUEVfUFJPQ0VTU19PT00QCjK9BgoOU2FuZGJveFNlcnZpY2USZgoNQ3JlYXRlU2FuZGJveBIpLm1hZ25ldGFyLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXNwb25zZRJjCgxTdGFydFNhbmRib3gSKC5tYWduZXRhci5zYW5kYm94LnYxLlN0YXJ0U2FuZGJveFJlcXVlc3QaKS5tYWduZXRhci5zYW5kYm94LnYxLlN0YXJ0U2FuZGJveFJlc3BvbnNlEmAKC1N0b3BTYW5kYm94EicubWFnbmV0YXIuc2FuZGJveC52MS5TdG9wU2FuZGJveFJlcXVlc3QaKC5tYWduZXRhci5zYW5kYm94LnYxLlN0b3BTYW5kYm94UmVzcG9uc2USZgoNRGVsZXRlU2FuZGJveBIpLm1hZ25ldGFyLnNhbmRib3gudjEuRGVsZXRlU2FuZGJveFJlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkRlbGV0ZVNhbmRib3hSZXNwb25zZRJiCgpHZXRTYW5kYm94EiYubWFnbmV0YXIuc2FuZGJveC52MS5HZXRTYW5kYm94UmVxdWVzdBonLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFJlc3BvbnNlIgOQAgESawoNTGlzdFNhbmRib3hlcxIpLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXNwb25zZSIDkAIBEmIKC1dhdGNoRXZlbnRzEicubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaEV2ZW50c1JlcXVlc3QaKC5tYWduZXRhci5zYW5kYm94LnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwARJfCglMaXN0S2luZHMSJS5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RLaW5kc1JlcXVlc3QaJi5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RLaW5kc1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_magnetar_types_v1_types]);
+  fileDesc("CiFtYWduZXRhci9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SE21hZ25ldGFyLnNhbmRib3gudjEi1QUKB1NhbmRib3gSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIwCgVzdGF0ZRgDIAEoDjIhLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveFN0YXRlEjgKBmxhYmVscxgEIAMoCzIoLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5MYWJlbHNFbnRyeRJCCgthbm5vdGF0aW9ucxgFIAMoCzItLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5Bbm5vdGF0aW9uc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWV4aXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXhpdF9zdGF0dXMYCSABKA0SCwoDcGlkGAogASgNEhIKCm5ldG5zX3BhdGgYCyABKAkSFAoMdGFza19hZGRyZXNzGAwgASgJEjQKBGluZm8YDSADKAsyJi5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3guSW5mb0VudHJ5Ei4KCmV4cGlyZXNfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KDGlkbGVfdGltZW91dBgPIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjIKEEFubm90YXRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARorCglJbmZvRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCg1OZXR3b3JrQ29uZmlnEi4KBG1vZGUYASABKA4yIC5tYWduZXRhci5zYW5kYm94LnYxLk5ldHdvcmtNb2RlEhIKCm5ldG5zX3BhdGgYAiABKAkiygQKFENyZWF0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEa2luZBgCIAEoCRJFCgZsYWJlbHMYAyADKAsyNS5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0LkxhYmVsc0VudHJ5Ek8KC2Fubm90YXRpb25zGAQgAygLMjoubWFnbmV0YXIuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVxdWVzdC5Bbm5vdGF0aW9uc0VudHJ5EhAKCGhvc3RuYW1lGAUgASgJEikKA2RucxgGIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLkROU0NvbmZpZxIzCgduZXR3b3JrGAcgASgLMiIubWFnbmV0YXIuc2FuZGJveC52MS5OZXR3b3JrQ29uZmlnEi8KCXJlc291cmNlcxgIIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLlJlc291cmNlcxIVCg1jZ3JvdXBfcGFyZW50GAkgASgJEioKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMaWRsZV90aW1lb3V0GAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMgoQQW5ub3RhdGlvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKFUNyZWF0ZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1N0YXJ0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRTdGFydFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IlQKElN0b3BTYW5kYm94UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRAoTU3RvcFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IjkKFERlbGV0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDQoFZm9yY2UYAiABKAgiFwoVRGVsZXRlU2FuZGJveFJlc3BvbnNlIicKEUdldFNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiQwoSR2V0U2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3gizgEKFExpc3RTYW5kYm94ZXNSZXF1ZXN0EkUKBmxhYmVscxgBIAMoCzI1Lm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QuTGFiZWxzRW50cnkSDQoFa2luZHMYAiADKAkSMQoGc3RhdGVzGAMgAygOMiEubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94U3RhdGUaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJIChVMaXN0U2FuZGJveGVzUmVzcG9uc2USLwoJc2FuZGJveGVzGAEgAygLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1BhdXNlU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRQYXVzZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IioKFFJlc3VtZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiRgoVUmVzdW1lU2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3gi/gEKDFNhbmRib3hVc2FnZRItCgl0aW1lc3RhbXAYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGNwdV91c2FnZV9ucxgCIAEoBBIaChJtZW1vcnlfdXNhZ2VfYnl0ZXMYAyABKAQSIAoYbWVtb3J5X3dvcmtpbmdfc2V0X2J5dGVzGAQgASgEEgwKBHBpZHMYBSABKAQSFwoPZGlza19yZWFkX2J5dGVzGAYgASgEEhgKEGRpc2tfd3JpdGVfYnl0ZXMYByABKAQSFAoMbmV0X3J4X2J5dGVzGAggASgEEhQKDG5ldF90eF9ieXRlcxgJIAEoBCIsChZHZXRTYW5kYm94VXNhZ2VSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiSwoXR2V0U2FuZGJveFVzYWdlUmVzcG9uc2USMAoFdXNhZ2UYASABKAsyIS5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3hVc2FnZSJbChhXYXRjaFNhbmRib3hVc2FnZVJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIrCghpbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJNChlXYXRjaFNhbmRib3hVc2FnZVJlc3BvbnNlEjAKBXVzYWdlGAEgASgLMiEubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94VXNhZ2UiVAoPRGlhbFBvcnRSZXF1ZXN0EjMKBnRhcmdldBgBIAEoCzIjLm1hZ25ldGFyLnNhbmRib3gudjEuRGlhbFBvcnRUYXJnZXQSDAoEZGF0YRgCIAEoDCIyCg5EaWFsUG9ydFRhcmdldBISCgpzYW5kYm94X2lkGAEgASgJEgwKBHBvcnQYAiABKA0iMAoQRGlhbFBvcnRSZXNwb25zZRIMCgRkYXRhGAEgASgMEg4KBmNsb3NlZBgCIAEoCCKLAQoYU2V0U2FuZGJveFRpbWVvdXRSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgxpZGxlX3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iSgoZU2V0U2FuZGJveFRpbWVvdXRSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IogBChJXYXRjaEV2ZW50c1JlcXVlc3QSEwoLc2FuZGJveF9pZHMYASADKAkSLQoFdHlwZXMYAiADKA4yHi5tYWduZXRhci5zYW5kYm94LnYxLkV2ZW50VHlwZRIbCg5hZnRlcl9zZXF1ZW5jZRgDIAEoBEgAiAEBQhEKD19hZnRlcl9zZXF1ZW5jZSJAChNXYXRjaEV2ZW50c1Jlc3BvbnNlEikKBWV2ZW50GAEgASgLMhoubWFnbmV0YXIuc2FuZGJveC52MS5FdmVudCKhAgoFRXZlbnQSLAoEdHlwZRgBIAEoDjIeLm1hZ25ldGFyLnNhbmRib3gudjEuRXZlbnRUeXBlEg0KBXRvcGljGAIgASgJEi0KCXRpbWVzdGFtcBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2FuZGJveF9pZBgEIAEoCRIUCgxjb250YWluZXJfaWQYBSABKAkSDwoHZXhlY19pZBgGIAEoCRILCgNwaWQYByABKA0SEwoLZXhpdF9zdGF0dXMYCCABKA0SLQoJZXhpdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghzZXF1ZW5jZRgKIAEoBBIOCgZyZWFzb24YCyABKAkilQEKBEtpbmQSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIRCglhdmFpbGFibGUYAyABKAgSGgoSdW5hdmFpbGFibGVfcmVhc29uGAQgASgJEjsKDGNhcGFiaWxpdGllcxgFIAEoCzIlLm1hZ25ldGFyLnNhbmRib3gudjEuS2luZENhcGFiaWxpdGllcyLGAQoQS2luZENhcGFiaWxpdGllcxIMCgRleGVjGAEgASgIEgsKA3R0eRgCIAEoCBINCgVzdGRpbhgDIAEoCBISCgpvb21fZXZlbnRzGAQgASgIEhgKEHVwZGF0ZV9yZXNvdXJjZXMYBSABKAgSDQoFc3RhdHMYBiABKAgSDQoFcGF1c2UYByABKAgSPAoPaXNvbGF0aW9uX2xldmVsGAggASgOMiMubWFnbmV0YXIuc2FuZGJveC52MS5Jc29sYXRpb25MZXZlbCISChBMaXN0S2luZHNSZXF1ZXN0Ij0KEUxpc3RLaW5kc1Jlc3BvbnNlEigKBWtpbmRzGAEgAygLMhkubWFnbmV0YXIuc2FuZGJveC52MS5LaW5kKrEBCgxTYW5kYm94U3RhdGUSHQoZU0FOREJPWF9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVNBTkRCT1hfU1RBVEVfQ1JFQVRFRBABEhcKE1NBTkRCT1hfU1RBVEVfUkVBRFkQAhIZChVTQU5EQk9YX1NUQVRFX1NUT1BQRUQQAxIZChVTQU5EQk9YX1NUQVRFX1VOS05PV04QBBIYChRTQU5EQk9YX1NUQVRFX1BBVVNFRBAFKnEKC05ldHdvcmtNb2RlEhwKGE5FVFdPUktfTU9ERV9VTlNQRUNJRklFRBAAEhUKEU5FVFdPUktfTU9ERV9OT05FEAESFQoRTkVUV09SS19NT0RFX0hPU1QQAhIWChJORVRXT1JLX01PREVfTkVUTlMQAyq2AQoOSXNvbGF0aW9uTGV2ZWwSHwobSVNPTEFUSU9OX0xFVkVMX1VOU1BFQ0lGSUVEEAASHQoZSVNPTEFUSU9OX0xFVkVMX0NPTlRBSU5FUhABEhgKFElTT0xBVElPTl9MRVZFTF9XQVNNEAISJQohSVNPTEFUSU9OX0xFVkVMX1VTRVJfU1BBQ0VfS0VSTkVMEAMSIwofSVNPTEFUSU9OX0xFVkVMX1ZJUlRVQUxfTUFDSElORRAEKsYDCglFdmVudFR5cGUSGgoWRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9DUkVBVEVEEAESHgoaRVZFTlRfVFlQRV9TQU5EQk9YX1NUQVJURUQQAhIdChlFVkVOVF9UWVBFX1NBTkRCT1hfRVhJVEVEEAMSHgoaRVZFTlRfVFlQRV9TQU5EQk9YX0RFTEVURUQQBBIgChxFVkVOVF9UWVBFX0NPTlRBSU5FUl9DUkVBVEVEEAUSIAocRVZFTlRfVFlQRV9DT05UQUlORVJfU1RBUlRFRBAGEiAKHEVWRU5UX1RZUEVfQ09OVEFJTkVSX0RFTEVURUQQBxIeChpFVkVOVF9UWVBFX1BST0NFU1NfU1RBUlRFRBAIEh0KGUVWRU5UX1RZUEVfUFJPQ0VTU19FWElURUQQCRIaChZFVkVOVF9UWVBFX1BST0NFU1NfT09NEAoSHgoaRVZFTlRfVFlQRV9TQU5EQk9YX0VYUElSRUQQCxIdChlFVkVOVF9UWVBFX1NBTkRCT1hfUEFVU0VEEAwSHgoaRVZFTlRfVFlQRV9TQU5EQk9YX1JFU1VNRUQQDTLECwoOU2FuZGJveFNlcnZpY2USZgoNQ3JlYXRlU2FuZGJveBIpLm1hZ25ldGFyLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXNwb25zZRJjCgxTdGFydFNhbmRib3gSKC5tYWduZXRhci5zYW5kYm94LnYxLlN0YXJ0U2FuZGJveFJlcXVlc3QaKS5tYWduZXRhci5zYW5kYm94LnYxLlN0YXJ0U2FuZGJveFJlc3BvbnNlEmAKC1N0b3BTYW5kYm94EicubWFnbmV0YXIuc2FuZGJveC52MS5TdG9wU2FuZGJveFJlcXVlc3QaKC5tYWduZXRhci5zYW5kYm94LnYxLlN0b3BTYW5kYm94UmVzcG9uc2USZgoNRGVsZXRlU2FuZGJveBIpLm1hZ25ldGFyLnNhbmRib3gudjEuRGVsZXRlU2FuZGJveFJlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkRlbGV0ZVNhbmRib3hSZXNwb25zZRJiCgpHZXRTYW5kYm94EiYubWFnbmV0YXIuc2FuZGJveC52MS5HZXRTYW5kYm94UmVxdWVzdBonLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFJlc3BvbnNlIgOQAgESawoNTGlzdFNhbmRib3hlcxIpLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXNwb25zZSIDkAIBEmIKC1dhdGNoRXZlbnRzEicubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaEV2ZW50c1JlcXVlc3QaKC5tYWduZXRhci5zYW5kYm94LnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwARJjCgxQYXVzZVNhbmRib3gSKC5tYWduZXRhci5zYW5kYm94LnYxLlBhdXNlU2FuZGJveFJlcXVlc3QaKS5tYWduZXRhci5zYW5kYm94LnYxLlBhdXNlU2FuZGJveFJlc3BvbnNlEmYKDVJlc3VtZVNhbmRib3gSKS5tYWduZXRhci5zYW5kYm94LnYxLlJlc3VtZVNhbmRib3hSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5SZXN1bWVTYW5kYm94UmVzcG9uc2UScQoPR2V0U2FuZGJveFVzYWdlEisubWFnbmV0YXIuc2FuZGJveC52MS5HZXRTYW5kYm94VXNhZ2VSZXF1ZXN0GiwubWFnbmV0YXIuc2FuZGJveC52MS5HZXRTYW5kYm94VXNhZ2VSZXNwb25zZSIDkAIBEnQKEVdhdGNoU2FuZGJveFVzYWdlEi0ubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaFNhbmRib3hVc2FnZVJlcXVlc3QaLi5tYWduZXRhci5zYW5kYm94LnYxLldhdGNoU2FuZGJveFVzYWdlUmVzcG9uc2UwARJbCghEaWFsUG9ydBIkLm1hZ25ldGFyLnNhbmRib3gudjEuRGlhbFBvcnRSZXF1ZXN0GiUubWFnbmV0YXIuc2FuZGJveC52MS5EaWFsUG9ydFJlc3BvbnNlKAEwARJyChFTZXRTYW5kYm94VGltZW91dBItLm1hZ25ldGFyLnNhbmRib3gudjEuU2V0U2FuZGJveFRpbWVvdXRSZXF1ZXN0Gi4ubWFnbmV0YXIuc2FuZGJveC52MS5TZXRTYW5kYm94VGltZW91dFJlc3BvbnNlEl8KCUxpc3RLaW5kcxIlLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdEtpbmRzUmVxdWVzdBomLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdEtpbmRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_magnetar_types_v1_types]);
 
 /**
  * Sandbox describes one sandbox.
@@ -122,6 +122,21 @@ export type Sandbox = Message<"magnetar.sandbox.v1.Sandbox"> & {
    * @generated from field: map<string, string> info = 13;
    */
   info: { [key: string]: string };
+
+  /**
+   * When the sandbox's deadline ends it; unset without a deadline.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 14;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * How long the sandbox may be idle (no API call about it or its
+   * containers, and no process running) before it ends; unset: no limit.
+   *
+   * @generated from field: google.protobuf.Duration idle_timeout = 15;
+   */
+  idleTimeout?: Duration | undefined;
 };
 
 /**
@@ -234,6 +249,22 @@ export type CreateSandboxRequest = Message<"magnetar.sandbox.v1.CreateSandboxReq
    * @generated from field: string cgroup_parent = 9;
    */
   cgroupParent: string;
+
+  /**
+   * Lifetime of the sandbox from its creation: at its end the sandbox is
+   * stopped and deleted (see SetSandboxTimeout). Unset or zero: none.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 10;
+   */
+  timeout?: Duration | undefined;
+
+  /**
+   * Idle timeout of the sandbox (see Sandbox.idle_timeout). Unset or zero:
+   * none.
+   *
+   * @generated from field: google.protobuf.Duration idle_timeout = 11;
+   */
+  idleTimeout?: Duration | undefined;
 };
 
 /**
@@ -503,6 +534,411 @@ export const ListSandboxesResponseSchema: GenMessage<ListSandboxesResponse> = /*
   messageDesc(file_magnetar_sandbox_v1_sandbox, 13);
 
 /**
+ * PauseSandboxRequest is the request of SandboxService.PauseSandbox.
+ *
+ * @generated from message magnetar.sandbox.v1.PauseSandboxRequest
+ */
+export type PauseSandboxRequest = Message<"magnetar.sandbox.v1.PauseSandboxRequest"> & {
+  /**
+   * ID of the sandbox to pause.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.PauseSandboxRequest.
+ * Use `create(PauseSandboxRequestSchema)` to create a new message.
+ */
+export const PauseSandboxRequestSchema: GenMessage<PauseSandboxRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 14);
+
+/**
+ * PauseSandboxResponse is the response of SandboxService.PauseSandbox.
+ *
+ * @generated from message magnetar.sandbox.v1.PauseSandboxResponse
+ */
+export type PauseSandboxResponse = Message<"magnetar.sandbox.v1.PauseSandboxResponse"> & {
+  /**
+   * The sandbox, in state SANDBOX_STATE_PAUSED.
+   *
+   * @generated from field: magnetar.sandbox.v1.Sandbox sandbox = 1;
+   */
+  sandbox?: Sandbox | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.PauseSandboxResponse.
+ * Use `create(PauseSandboxResponseSchema)` to create a new message.
+ */
+export const PauseSandboxResponseSchema: GenMessage<PauseSandboxResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 15);
+
+/**
+ * ResumeSandboxRequest is the request of SandboxService.ResumeSandbox.
+ *
+ * @generated from message magnetar.sandbox.v1.ResumeSandboxRequest
+ */
+export type ResumeSandboxRequest = Message<"magnetar.sandbox.v1.ResumeSandboxRequest"> & {
+  /**
+   * ID of the sandbox to resume.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.ResumeSandboxRequest.
+ * Use `create(ResumeSandboxRequestSchema)` to create a new message.
+ */
+export const ResumeSandboxRequestSchema: GenMessage<ResumeSandboxRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 16);
+
+/**
+ * ResumeSandboxResponse is the response of SandboxService.ResumeSandbox.
+ *
+ * @generated from message magnetar.sandbox.v1.ResumeSandboxResponse
+ */
+export type ResumeSandboxResponse = Message<"magnetar.sandbox.v1.ResumeSandboxResponse"> & {
+  /**
+   * The sandbox, in state SANDBOX_STATE_READY.
+   *
+   * @generated from field: magnetar.sandbox.v1.Sandbox sandbox = 1;
+   */
+  sandbox?: Sandbox | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.ResumeSandboxResponse.
+ * Use `create(ResumeSandboxResponseSchema)` to create a new message.
+ */
+export const ResumeSandboxResponseSchema: GenMessage<ResumeSandboxResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 17);
+
+/**
+ * SandboxUsage is what a sandbox uses, summed over its containers (for a
+ * VM: its VMM on the host).
+ *
+ * @generated from message magnetar.sandbox.v1.SandboxUsage
+ */
+export type SandboxUsage = Message<"magnetar.sandbox.v1.SandboxUsage"> & {
+  /**
+   * When it was read.
+   *
+   * @generated from field: google.protobuf.Timestamp timestamp = 1;
+   */
+  timestamp?: Timestamp | undefined;
+
+  /**
+   * CPU time used, in nanoseconds, by the containers that exist now.
+   *
+   * @generated from field: uint64 cpu_usage_ns = 2;
+   */
+  cpuUsageNs: bigint;
+
+  /**
+   * Memory in use, in bytes.
+   *
+   * @generated from field: uint64 memory_usage_bytes = 3;
+   */
+  memoryUsageBytes: bigint;
+
+  /**
+   * Memory working set, in bytes: in use without inactive file cache.
+   *
+   * @generated from field: uint64 memory_working_set_bytes = 4;
+   */
+  memoryWorkingSetBytes: bigint;
+
+  /**
+   * Processes and threads.
+   *
+   * @generated from field: uint64 pids = 5;
+   */
+  pids: bigint;
+
+  /**
+   * Bytes read from block devices.
+   *
+   * @generated from field: uint64 disk_read_bytes = 6;
+   */
+  diskReadBytes: bigint;
+
+  /**
+   * Bytes written to block devices (writes to tmpfs or memory-backed file
+   * systems are not counted).
+   *
+   * @generated from field: uint64 disk_write_bytes = 7;
+   */
+  diskWriteBytes: bigint;
+
+  /**
+   * Bytes received on the sandbox's network interfaces; 0 for a sandbox
+   * on the host's network.
+   *
+   * @generated from field: uint64 net_rx_bytes = 8;
+   */
+  netRxBytes: bigint;
+
+  /**
+   * Bytes sent on the sandbox's network interfaces; 0 for a sandbox on the
+   * host's network.
+   *
+   * @generated from field: uint64 net_tx_bytes = 9;
+   */
+  netTxBytes: bigint;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.SandboxUsage.
+ * Use `create(SandboxUsageSchema)` to create a new message.
+ */
+export const SandboxUsageSchema: GenMessage<SandboxUsage> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 18);
+
+/**
+ * GetSandboxUsageRequest is the request of SandboxService.GetSandboxUsage.
+ *
+ * @generated from message magnetar.sandbox.v1.GetSandboxUsageRequest
+ */
+export type GetSandboxUsageRequest = Message<"magnetar.sandbox.v1.GetSandboxUsageRequest"> & {
+  /**
+   * ID of the sandbox.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.GetSandboxUsageRequest.
+ * Use `create(GetSandboxUsageRequestSchema)` to create a new message.
+ */
+export const GetSandboxUsageRequestSchema: GenMessage<GetSandboxUsageRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 19);
+
+/**
+ * GetSandboxUsageResponse is the response of
+ * SandboxService.GetSandboxUsage.
+ *
+ * @generated from message magnetar.sandbox.v1.GetSandboxUsageResponse
+ */
+export type GetSandboxUsageResponse = Message<"magnetar.sandbox.v1.GetSandboxUsageResponse"> & {
+  /**
+   * The sandbox's usage now.
+   *
+   * @generated from field: magnetar.sandbox.v1.SandboxUsage usage = 1;
+   */
+  usage?: SandboxUsage | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.GetSandboxUsageResponse.
+ * Use `create(GetSandboxUsageResponseSchema)` to create a new message.
+ */
+export const GetSandboxUsageResponseSchema: GenMessage<GetSandboxUsageResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 20);
+
+/**
+ * WatchSandboxUsageRequest is the request of
+ * SandboxService.WatchSandboxUsage.
+ *
+ * @generated from message magnetar.sandbox.v1.WatchSandboxUsageRequest
+ */
+export type WatchSandboxUsageRequest = Message<"magnetar.sandbox.v1.WatchSandboxUsageRequest"> & {
+  /**
+   * ID of the sandbox.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+
+  /**
+   * How often to sample; unset: 1 s; at least 100 ms.
+   *
+   * @generated from field: google.protobuf.Duration interval = 2;
+   */
+  interval?: Duration | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.WatchSandboxUsageRequest.
+ * Use `create(WatchSandboxUsageRequestSchema)` to create a new message.
+ */
+export const WatchSandboxUsageRequestSchema: GenMessage<WatchSandboxUsageRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 21);
+
+/**
+ * WatchSandboxUsageResponse is one sample of
+ * SandboxService.WatchSandboxUsage.
+ *
+ * @generated from message magnetar.sandbox.v1.WatchSandboxUsageResponse
+ */
+export type WatchSandboxUsageResponse = Message<"magnetar.sandbox.v1.WatchSandboxUsageResponse"> & {
+  /**
+   * The sandbox's usage at the sample's time.
+   *
+   * @generated from field: magnetar.sandbox.v1.SandboxUsage usage = 1;
+   */
+  usage?: SandboxUsage | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.WatchSandboxUsageResponse.
+ * Use `create(WatchSandboxUsageResponseSchema)` to create a new message.
+ */
+export const WatchSandboxUsageResponseSchema: GenMessage<WatchSandboxUsageResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 22);
+
+/**
+ * DialPortRequest is a message of SandboxService.DialPort from the client.
+ *
+ * @generated from message magnetar.sandbox.v1.DialPortRequest
+ */
+export type DialPortRequest = Message<"magnetar.sandbox.v1.DialPortRequest"> & {
+  /**
+   * The first message: which sandbox and port to connect to.
+   *
+   * @generated from field: magnetar.sandbox.v1.DialPortTarget target = 1;
+   */
+  target?: DialPortTarget | undefined;
+
+  /**
+   * Bytes for the process, in the following messages.
+   *
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.DialPortRequest.
+ * Use `create(DialPortRequestSchema)` to create a new message.
+ */
+export const DialPortRequestSchema: GenMessage<DialPortRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 23);
+
+/**
+ * DialPortTarget names the port DialPort connects to.
+ *
+ * @generated from message magnetar.sandbox.v1.DialPortTarget
+ */
+export type DialPortTarget = Message<"magnetar.sandbox.v1.DialPortTarget"> & {
+  /**
+   * ID of the sandbox.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+
+  /**
+   * TCP port, 1 to 65535.
+   *
+   * @generated from field: uint32 port = 2;
+   */
+  port: number;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.DialPortTarget.
+ * Use `create(DialPortTargetSchema)` to create a new message.
+ */
+export const DialPortTargetSchema: GenMessage<DialPortTarget> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 24);
+
+/**
+ * DialPortResponse is a message of SandboxService.DialPort from the
+ * server.
+ *
+ * @generated from message magnetar.sandbox.v1.DialPortResponse
+ */
+export type DialPortResponse = Message<"magnetar.sandbox.v1.DialPortResponse"> & {
+  /**
+   * Bytes from the process; the first message carries none (connected).
+   *
+   * @generated from field: bytes data = 1;
+   */
+  data: Uint8Array;
+
+  /**
+   * Set on the message after the process's last bytes: it closed its side
+   * of the connection. The stream goes on until the client closed its own
+   * side (or the process stopped reading).
+   *
+   * @generated from field: bool closed = 2;
+   */
+  closed: boolean;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.DialPortResponse.
+ * Use `create(DialPortResponseSchema)` to create a new message.
+ */
+export const DialPortResponseSchema: GenMessage<DialPortResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 25);
+
+/**
+ * SetSandboxTimeoutRequest is the request of
+ * SandboxService.SetSandboxTimeout.
+ *
+ * @generated from message magnetar.sandbox.v1.SetSandboxTimeoutRequest
+ */
+export type SetSandboxTimeoutRequest = Message<"magnetar.sandbox.v1.SetSandboxTimeoutRequest"> & {
+  /**
+   * ID of the sandbox.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+
+  /**
+   * The sandbox ends this long from now. Unset or zero removes the
+   * deadline.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 2;
+   */
+  timeout?: Duration | undefined;
+
+  /**
+   * The sandbox's new idle timeout. Unset or zero removes it.
+   *
+   * @generated from field: google.protobuf.Duration idle_timeout = 3;
+   */
+  idleTimeout?: Duration | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.SetSandboxTimeoutRequest.
+ * Use `create(SetSandboxTimeoutRequestSchema)` to create a new message.
+ */
+export const SetSandboxTimeoutRequestSchema: GenMessage<SetSandboxTimeoutRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 26);
+
+/**
+ * SetSandboxTimeoutResponse is the response of
+ * SandboxService.SetSandboxTimeout.
+ *
+ * @generated from message magnetar.sandbox.v1.SetSandboxTimeoutResponse
+ */
+export type SetSandboxTimeoutResponse = Message<"magnetar.sandbox.v1.SetSandboxTimeoutResponse"> & {
+  /**
+   * The sandbox with its new lifetime.
+   *
+   * @generated from field: magnetar.sandbox.v1.Sandbox sandbox = 1;
+   */
+  sandbox?: Sandbox | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.SetSandboxTimeoutResponse.
+ * Use `create(SetSandboxTimeoutResponseSchema)` to create a new message.
+ */
+export const SetSandboxTimeoutResponseSchema: GenMessage<SetSandboxTimeoutResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 27);
+
+/**
  * WatchEventsRequest is the request of SandboxService.WatchEvents. All
  * filters must match; an empty request streams every event.
  *
@@ -538,7 +974,7 @@ export type WatchEventsRequest = Message<"magnetar.sandbox.v1.WatchEventsRequest
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 14);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 28);
 
 /**
  * WatchEventsResponse is one message of the SandboxService.WatchEvents
@@ -560,7 +996,7 @@ export type WatchEventsResponse = Message<"magnetar.sandbox.v1.WatchEventsRespon
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 15);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 29);
 
 /**
  * Event is a sandbox, container or process lifecycle event.
@@ -645,6 +1081,13 @@ export type Event = Message<"magnetar.sandbox.v1.Event"> & {
    * @generated from field: uint64 sequence = 10;
    */
   sequence: bigint;
+
+  /**
+   * Why it happened, for EVENT_TYPE_SANDBOX_EXPIRED: "deadline" or "idle".
+   *
+   * @generated from field: string reason = 11;
+   */
+  reason: string;
 };
 
 /**
@@ -652,7 +1095,7 @@ export type Event = Message<"magnetar.sandbox.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 16);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 30);
 
 /**
  * Kind describes a sandbox kind (backend) and whether it can be used here.
@@ -702,7 +1145,7 @@ export type Kind = Message<"magnetar.sandbox.v1.Kind"> & {
  * Use `create(KindSchema)` to create a new message.
  */
 export const KindSchema: GenMessage<Kind> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 17);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 31);
 
 /**
  * KindCapabilities lists the optional features of a kind. Calls that need a
@@ -774,7 +1217,7 @@ export type KindCapabilities = Message<"magnetar.sandbox.v1.KindCapabilities"> &
  * Use `create(KindCapabilitiesSchema)` to create a new message.
  */
 export const KindCapabilitiesSchema: GenMessage<KindCapabilities> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 18);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 32);
 
 /**
  * ListKindsRequest is the request of SandboxService.ListKinds.
@@ -789,7 +1232,7 @@ export type ListKindsRequest = Message<"magnetar.sandbox.v1.ListKindsRequest"> &
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 19);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 33);
 
 /**
  * ListKindsResponse is the response of SandboxService.ListKinds.
@@ -811,7 +1254,7 @@ export type ListKindsResponse = Message<"magnetar.sandbox.v1.ListKindsResponse">
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 20);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 34);
 
 /**
  * SandboxState is the lifecycle state of a sandbox.
@@ -854,6 +1297,13 @@ export enum SandboxState {
    * @generated from enum value: SANDBOX_STATE_UNKNOWN = 4;
    */
   UNKNOWN = 4,
+
+  /**
+   * The sandbox is ready but its containers are frozen (see PauseSandbox).
+   *
+   * @generated from enum value: SANDBOX_STATE_PAUSED = 5;
+   */
+  PAUSED = 5,
 }
 
 /**
@@ -1036,6 +1486,28 @@ export enum EventType {
    * @generated from enum value: EVENT_TYPE_PROCESS_OOM = 10;
    */
   PROCESS_OOM = 10,
+
+  /**
+   * A sandbox's lifetime ended (see SetSandboxTimeout); reason says which
+   * limit ("deadline" or "idle"). It is then stopped and deleted.
+   *
+   * @generated from enum value: EVENT_TYPE_SANDBOX_EXPIRED = 11;
+   */
+  SANDBOX_EXPIRED = 11,
+
+  /**
+   * A sandbox was paused.
+   *
+   * @generated from enum value: EVENT_TYPE_SANDBOX_PAUSED = 12;
+   */
+  SANDBOX_PAUSED = 12,
+
+  /**
+   * A paused sandbox was resumed.
+   *
+   * @generated from enum value: EVENT_TYPE_SANDBOX_RESUMED = 13;
+   */
+  SANDBOX_RESUMED = 13,
 }
 
 /**
@@ -1143,6 +1615,93 @@ export const SandboxService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchEventsRequestSchema;
     output: typeof WatchEventsResponseSchema;
+  },
+  /**
+   * PauseSandbox freezes every running container of a ready sandbox (a
+   * cgroup freezer for runc and wasm, the sandbox's for gvisor, the
+   * guest's for vm): its processes use no CPU until ResumeSandbox. The
+   * sandbox is then in SANDBOX_STATE_PAUSED; nothing can be created,
+   * started or exec'd in it meanwhile (FAILED_PRECONDITION). Pausing a
+   * paused sandbox changes nothing; a sandbox that is not ready fails with
+   * FAILED_PRECONDITION. The pause holds across restarts of the sandboxer.
+   * Stopping or deleting a paused sandbox resumes it first.
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.PauseSandbox
+   */
+  pauseSandbox: {
+    methodKind: "unary";
+    input: typeof PauseSandboxRequestSchema;
+    output: typeof PauseSandboxResponseSchema;
+  },
+  /**
+   * ResumeSandbox thaws the containers PauseSandbox froze. Resuming a
+   * sandbox that is not paused changes nothing.
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.ResumeSandbox
+   */
+  resumeSandbox: {
+    methodKind: "unary";
+    input: typeof ResumeSandboxRequestSchema;
+    output: typeof ResumeSandboxResponseSchema;
+  },
+  /**
+   * GetSandboxUsage returns what a sandbox uses now: CPU time, memory,
+   * processes, disk and network bytes (see SandboxUsage).
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.GetSandboxUsage
+   */
+  getSandboxUsage: {
+    methodKind: "unary";
+    input: typeof GetSandboxUsageRequestSchema;
+    output: typeof GetSandboxUsageResponseSchema;
+  },
+  /**
+   * WatchSandboxUsage streams a sandbox's usage every interval (at least
+   * 100 ms; default 1 s), starting at once, until the client cancels or
+   * the sandbox is deleted (the stream then ends with NOT_FOUND).
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.WatchSandboxUsage
+   */
+  watchSandboxUsage: {
+    methodKind: "server_streaming";
+    input: typeof WatchSandboxUsageRequestSchema;
+    output: typeof WatchSandboxUsageResponseSchema;
+  },
+  /**
+   * DialPort opens a TCP connection to a port that a process in the
+   * sandbox listens on (127.0.0.1 in the sandbox's network namespace) and
+   * carries its bytes both ways: the client's first message names the
+   * sandbox and port, the next ones carry data; the server answers with an
+   * empty first message once connected, then data. The client closing its
+   * side of the stream half-closes the connection (the process reads end
+   * of file); the process closing its side is a message with closed set,
+   * and the server ends the stream once both sides are closed. Needs a bidirectional protocol
+   * (gRPC, or Connect over HTTP/2). Fails with NOT_FOUND for an unknown
+   * sandbox, UNAVAILABLE when nothing listens on the port,
+   * INVALID_ARGUMENT for a bad port and UNIMPLEMENTED for a kind that
+   * cannot reach its sandbox's ports yet.
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.DialPort
+   */
+  dialPort: {
+    methodKind: "bidi_streaming";
+    input: typeof DialPortRequestSchema;
+    output: typeof DialPortResponseSchema;
+  },
+  /**
+   * SetSandboxTimeout replaces a sandbox's lifetime: its deadline (counted
+   * from now) and its idle timeout. At the end of its lifetime a sandbox is
+   * stopped (its containers get 10 s after SIGTERM) and deleted, after an
+   * EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
+   * sandboxer. Fails with NOT_FOUND for an unknown sandbox and
+   * INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.SetSandboxTimeout
+   */
+  setSandboxTimeout: {
+    methodKind: "unary";
+    input: typeof SetSandboxTimeoutRequestSchema;
+    output: typeof SetSandboxTimeoutResponseSchema;
   },
   /**
    * ListKinds returns the sandbox kinds (backends) this sandboxer knows, with

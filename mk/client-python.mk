@@ -8,7 +8,8 @@
 PY_DIR        := $(ROOT)/clients/python
 PY_VENV       := $(PY_DIR)/.venv
 PY_GEN_DIRS   := clients/python/src/magnetar/sandbox clients/python/src/magnetar/container \
-                 clients/python/src/magnetar/image clients/python/src/magnetar/types
+                 clients/python/src/magnetar/image clients/python/src/magnetar/types \
+                 clients/python/src/magnetar/file
 PYTHON3       ?= python3
 CLIENT_GEN_DIRS += $(PY_GEN_DIRS)
 CLIENT_GENERATE += generate-python

@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/magnetar-io/magnetar/gen/magnetar/container/v1/containerv1connect"
+	"github.com/magnetar-io/magnetar/gen/magnetar/file/v1/filev1connect"
 	"github.com/magnetar-io/magnetar/gen/magnetar/image/v1/imagev1connect"
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1/sandboxv1connect"
@@ -37,6 +38,7 @@ type Client struct {
 	sandboxes  sandboxv1connect.SandboxServiceClient
 	containers containerv1connect.ContainerServiceClient
 	images     imagev1connect.ImageServiceClient
+	files      filev1connect.FileServiceClient
 	// bidi serves the calls that stream both ways ([Sandbox.DialPort]):
 	// sandboxes, unless that one speaks HTTP/1.1.
 	bidi sandboxv1connect.SandboxServiceClient
@@ -253,6 +255,7 @@ func NewClient(cc *connect.Client, closeFn func() error) *Client {
 		bidi:       sandboxes,
 		containers: containerv1connect.NewContainerServiceClient(cc),
 		images:     imagev1connect.NewImageServiceClient(cc),
+		files:      filev1connect.NewFileServiceClient(cc),
 		closeFn:    closeFn,
 	}
 }

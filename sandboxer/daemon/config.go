@@ -34,6 +34,7 @@ const (
 //	listen = "/run/magnetar/sandboxer.sock"
 //	api_listen = "/run/magnetar/api.sock"
 //	api_output_ring_bytes = 1048576
+//	api_max_file_bytes = 8589934592
 //	default_kind = "runc"
 //	log_level = "info"
 //	[containerd]
@@ -82,6 +83,9 @@ type Config struct {
 	// disk per process of the containers it makes (a ring, in the
 	// sandbox's state dir). Default 1 MiB; at least 128 KiB.
 	APIOutputRingBytes int64 `toml:"api_output_ring_bytes"`
+	// APIMaxFileBytes bounds a file written through the API's file
+	// service, and the file bytes of one tar upload. Default 8 GiB.
+	APIMaxFileBytes int64 `toml:"api_max_file_bytes"`
 	// DefaultKind is the sandbox kind used when neither the runtime handler
 	// nor the pod's magnetar.io/kind annotation names one. Empty refuses
 	// such pods.
@@ -138,6 +142,10 @@ type GVisorConfig struct {
 	// default) chooses: kvm where a bounded probe runs a sandbox on it,
 	// else systrap where runsc has it, else ptrace.
 	Platform string `toml:"platform"`
+	// HostFiles runs sandboxes with --overlay2=none --file-access=shared,
+	// so that Magnetar's file service reaches their containers' files
+	// (see gvisor.Config.HostFiles). Default false.
+	HostFiles bool `toml:"host_files"`
 }
 
 // DefaultGuestDir is where the vm kind looks for its guest image.
@@ -285,6 +293,9 @@ func (c Config) Validate() error {
 	}
 	if c.APIOutputRingBytes != 0 && c.APIOutputRingBytes < 128<<10 {
 		errs = append(errs, fmt.Errorf("api_output_ring_bytes %d must be at least %d (128 KiB), or 0 for the default", c.APIOutputRingBytes, 128<<10))
+	}
+	if c.APIMaxFileBytes < 0 {
+		errs = append(errs, fmt.Errorf("api_max_file_bytes %d must not be negative (0: the default)", c.APIMaxFileBytes))
 	}
 	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
 		errs = append(errs, fmt.Errorf("log_level %q is not one of trace, debug, info, warn, error", c.LogLevel))

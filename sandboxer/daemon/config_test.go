@@ -46,17 +46,18 @@ log_level = "debug"
 	}
 
 	for name, doc := range map[string]string{
-		"unknown field":   "version = 1\nstate_dri = \"/x\"\n",
-		"future version":  "version = 2\n",
-		"relative path":   "run_dir = \"run\"\n",
-		"bad log level":   "log_level = \"loud\"\n",
-		"empty kind":      "[containerd.handlers]\nx = \"\"\n",
-		"not toml":        "version = = 1",
-		"negative vcpus":  "[backends.vm]\nmax_vcpus = -1\n",
-		"bad duration":    "[backends.vm]\nhealth_interval = \"often\"\n",
-		"neg duration":    "[backends.vm]\nboot_timeout = \"-1s\"\n",
-		"neg failures":    "[backends.vm]\nhealth_failures = -1\n",
-		"gvisor platform": "[backends.gvisor]\nplatform = \"kvmm\"\n",
+		"unknown field":       "version = 1\nstate_dri = \"/x\"\n",
+		"future version":      "version = 2\n",
+		"relative path":       "run_dir = \"run\"\n",
+		"bad log level":       "log_level = \"loud\"\n",
+		"negative file bound": "api_max_file_bytes = -1\n",
+		"empty kind":          "[containerd.handlers]\nx = \"\"\n",
+		"not toml":            "version = = 1",
+		"negative vcpus":      "[backends.vm]\nmax_vcpus = -1\n",
+		"bad duration":        "[backends.vm]\nhealth_interval = \"often\"\n",
+		"neg duration":        "[backends.vm]\nboot_timeout = \"-1s\"\n",
+		"neg failures":        "[backends.vm]\nhealth_failures = -1\n",
+		"gvisor platform":     "[backends.gvisor]\nplatform = \"kvmm\"\n",
 	} {
 		if _, err := ParseConfig([]byte(doc)); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)

@@ -114,7 +114,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 		gcfg.Root = filepath.Join(cfg.RunDir, "runsc")
 	}
 	gvlog := log.Named("gvisor")
-	gvc := gvisor.Config{Binary: gcfg.Binary, Root: gcfg.Root, Platform: gcfg.Platform, Log: gvlog.Info}
+	gvc := gvisor.Config{Binary: gcfg.Binary, Root: gcfg.Root, Platform: gcfg.Platform, HostFiles: gcfg.HostFiles, Log: gvlog.Info}
 	if cfg.fdstore != nil {
 		gvc.FDStore = cfg.fdstore
 	}
@@ -231,7 +231,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("open image store: %w", err)
 		}
 		defer images.Close()
-		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes))
+		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes), apiserver.WithMaxFileSize(cfg.APIMaxFileBytes))
 		if err != nil {
 			srv.Stop()
 			cancel()

@@ -1,5 +1,6 @@
 // Package apiserver serves Magnetar's own API (magnetar.sandbox.v1,
-// magnetar.container.v1 and magnetar.image.v1) over Connect. The same
+// magnetar.container.v1, magnetar.image.v1 and magnetar.file.v1) over
+// Connect. The same
 // handlers run in the sandboxer daemon (Connect, gRPC and gRPC-Web over a
 // unix socket) and in-process in the Go SDK's embedded mode.
 //
@@ -16,6 +17,7 @@ import (
 	"connectrpc.com/connect/v2"
 
 	"github.com/magnetar-io/magnetar/gen/magnetar/container/v1/containerv1connect"
+	"github.com/magnetar-io/magnetar/gen/magnetar/file/v1/filev1connect"
 	"github.com/magnetar-io/magnetar/gen/magnetar/image/v1/imagev1connect"
 	"github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1/sandboxv1connect"
 	"github.com/magnetar-io/magnetar/sdk/direct"
@@ -23,7 +25,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/image"
 )
 
-// Server implements the sandbox, container and image services.
+// Server implements the sandbox, container, image and file services.
 type Server struct {
 	sandboxv1connect.UnimplementedSandboxServiceHandler
 	containerv1connect.UnimplementedContainerServiceHandler
@@ -60,6 +62,13 @@ func WithOutputRingSize(n int64) Option {
 	return func(s *Server) { s.directOpts = append(s.directOpts, direct.WithOutputRingSize(n)) }
 }
 
+// WithMaxFileSize bounds the bytes of a file written through the file
+// service and of the files of one tar upload (see
+// [direct.WithMaxFileSize]); 0 keeps the default.
+func WithMaxFileSize(n int64) Option {
+	return func(s *Server) { s.directOpts = append(s.directOpts, direct.WithMaxFileSize(n)) }
+}
+
 // New returns a server over e. Close it to stop its background copying.
 func New(e *engine.Engine, opts ...Option) *Server {
 	s := &Server{}
@@ -70,7 +79,7 @@ func New(e *engine.Engine, opts ...Option) *Server {
 	return s
 }
 
-// Register adds the sandbox, container and image services to a Connect
+// Register adds the sandbox, container, image and file services to a Connect
 // server. Their handlers return errdefs errors; every method registered
 // goes through [MapErrors] first, whatever interceptors srv has, so that
 // these see the Connect codes.
@@ -79,6 +88,7 @@ func (s *Server) Register(srv *connect.Server) {
 	sandboxv1connect.RegisterSandboxServiceHandler(inner, s)
 	containerv1connect.RegisterContainerServiceHandler(inner, s)
 	imagev1connect.RegisterImageServiceHandler(inner, s)
+	filev1connect.RegisterFileServiceHandler(inner, &fileServer{d: s.d})
 	for spec := range inner.Specs() {
 		srv.Register(connect.Method{Spec: spec, Handler: func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) error {
 			info, _ := connect.CallInfoForServerContext(ctx)

@@ -116,6 +116,22 @@ type SandboxStater interface {
 	SandboxStats(ctx context.Context) (*Stats, map[string]string, error)
 }
 
+// HostRooter is implemented by containers whose root file system is a
+// directory on the host that the container uses as it is, so that what the
+// host writes there the container sees, and the reverse (runc, wasm). The
+// file service (sdk/direct) resolves paths inside it with openat2 and
+// RESOLVE_IN_ROOT. Kinds whose container sees another file system (a
+// microVM's guest, gVisor's overlay in memory) do not implement it.
+type HostRooter interface {
+	// HostRoot returns the host path of the container's root file system
+	// (valid until the container is deleted) and whether the container's
+	// root is read-only (its spec's root.readonly: the host directory
+	// itself is writable, and the file service refuses writes). "" means
+	// that this container's files cannot be reached that way (a gvisor
+	// sandbox without host files).
+	HostRoot() (dir string, readOnly bool)
+}
+
 // EventSink receives events a backend observes on its own, such as an OOM
 // kill. It must not block.
 type EventSink interface {

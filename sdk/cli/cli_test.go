@@ -86,6 +86,7 @@ func TestUsage(t *testing.T) {
 		{"logs", "--help"}, {"stop", "--help"}, {"rm", "--help"}, {"inspect", "--help"}, {"events", "--help"},
 		{"images", "--help"}, {"images", "import", "--help"}, {"images", "rm", "--help"}, {"images", "pull", "--help"},
 		{"sandbox", "--help"}, {"sandbox", "create", "--help"}, {"sandbox", "rm", "--help"}, {"sandbox", "stop", "--help"},
+		{"cp", "--help"}, {"files", "--help"}, {"files", "ls", "--help"}, {"files", "cat", "--help"}, {"files", "watch", "--help"},
 	} {
 		r := run(t, "", "", args...)
 		if r.code != 0 || !strings.Contains(r.stdout, "Usage:") || !strings.Contains(r.stdout, "magnetar") || !strings.Contains(r.stdout, "Example") {

@@ -26,6 +26,7 @@ func commands() []*command {
 	return []*command{
 		kindsCmd(), runCmd(), execCmd(), psCmd(), logsCmd(), stopCmd(), rmCmd(),
 		inspectCmd(), eventsCmd(), imagesCmd(), sandboxCmd(), pauseCmd(true), pauseCmd(false), portForwardCmd(),
+		cpCmd(), filesCmd(),
 	}
 }
 

@@ -47,6 +47,8 @@ type Service struct {
 
 	// ringSize is how many bytes of output each process keeps.
 	ringSize int64
+	// maxFileSize bounds files written through the file methods.
+	maxFileSize int64
 
 	// ctx ends when the service closes.
 	ctx    context.Context
@@ -83,7 +85,7 @@ func WithOutputRingSize(n int64) Option {
 // rings, and their output FIFOs where the process may still write. Close
 // it to stop its background copying.
 func New(e *engine.Engine, opts ...Option) *Service {
-	s := &Service{e: e, procs: map[procKey]*procIO{}, creating: map[string]bool{}, ringSize: DefaultOutputRingSize}
+	s := &Service{e: e, procs: map[procKey]*procIO{}, creating: map[string]bool{}, ringSize: DefaultOutputRingSize, maxFileSize: DefaultMaxFileSize}
 	for _, o := range opts {
 		o(s)
 	}

@@ -617,6 +617,26 @@ func (e *Engine) Stats(ctx context.Context, sandboxID, cid string) (*backend.Sta
 	return st.Stats(ctx)
 }
 
+// HostRoot returns the host path of a container's root file system, and
+// whether the container's root is read-only, for kinds whose containers
+// use a host directory as their root as it is ([backend.HostRooter]);
+// others fail with errdefs.ErrNotImplemented.
+func (e *Engine) HostRoot(ctx context.Context, sandboxID, cid string) (string, bool, error) {
+	_, c, err := e.container(sandboxID, cid)
+	if err != nil {
+		return "", false, err
+	}
+	hr, ok := c.impl.(backend.HostRooter)
+	if !ok {
+		return "", false, fmt.Errorf("files of container %q: its kind keeps them where the sandboxer cannot reach them: %w", cid, errdefs.ErrNotImplemented)
+	}
+	root, ro := hr.HostRoot()
+	if root == "" {
+		return "", false, fmt.Errorf("files of container %q: its sandbox keeps them where the sandboxer cannot reach them: %w", cid, errdefs.ErrNotImplemented)
+	}
+	return root, ro, nil
+}
+
 // Update changes a container's resources.
 func (e *Engine) Update(ctx context.Context, sandboxID, cid string, res *specs.LinuxResources) error {
 	_, c, err := e.container(sandboxID, cid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -58,3 +59,34 @@ async def test_async_errors(daemon: Daemon, protocol: magnetar.Protocol) -> None
                 await c.delete()  # still running, no force
             await c.kill()
             assert await c.wait() != 0
+
+
+@pytest.mark.asyncio
+async def test_async_files(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    async with magnetar.AsyncClient(daemon.address, protocol=protocol, timeout=120) as client:
+        async with await client.create_sandbox("runc") as sb:
+            c = await sb.run(daemon.busybox_image, args=["sleep", "300"])
+            files = c.files()
+            await files.mkdir("/work/out", parents=True)
+
+            async def parts() -> AsyncIterator[bytes]:
+                for i in range(3):
+                    yield f"part {i}\n".encode()
+
+            info = await files.write_file("/work/parts.txt", parts(), atomic=True)
+            assert info.size == 21
+            assert await files.read_file("/work/parts.txt") == b"part 0\npart 1\npart 2\n"
+            changes = await files.watch("/work/out")  # in place when it returns
+            await files.write_file("/work/out/f", b"x")
+            change = await anext(changes)
+            assert (change.type, change.path, change.is_dir) == ("created", "/work/out/f", False)
+            await changes.aclose()  # type: ignore[attr-defined]
+            entries, truncated = await files.list("/work", recursive=True, limit=2)
+            assert len(entries) == 2 and truncated
+            archive = b"".join([b async for b in files.download_tar("/work/parts.txt")])
+            assert await files.upload_tar("/copy", archive) == (1, 21)
+            await files.rename("/copy/parts.txt", "/copy/p.txt")
+            await files.remove("/copy", recursive=True)
+            with pytest.raises(magnetar.NotFoundError):
+                await files.stat("/copy")
+            await c.delete(force=True)

@@ -133,3 +133,45 @@ def test_timeout_spares_output_and_wait(daemon: Daemon, protocol: magnetar.Proto
             assert c.exit_code == 0
             assert c.wait() == 0
             sb.delete(force=True)  # the with block tolerates an already deleted sandbox
+
+
+def test_files(client: magnetar.Client, daemon: Daemon) -> None:
+    with client.create_sandbox("runc") as sb:
+        c = sb.run(daemon.busybox_image, args=["sh", "-c", "mkdir -p /work && echo made-inside > /work/in.txt"])
+        assert c.wait() == 0
+        files = c.files()
+        # After the container exited, until it is deleted.
+        assert files.read_file("/work/in.txt") == b"made-inside\n"
+        big = bytes(range(256)) * (12 * 1024 + 3)
+        info = files.write_file("/work/big.bin", big, atomic=True, permissions=0o600)
+        assert info.size == len(big) and info.mode == 0o600
+        assert files.read_file("/work/big.bin") == big
+        assert b"".join(files.read("/work/big.bin", offset=10, length=5)) == big[10:15]
+        files.write_file("/work/log", "a\n")
+        files.write_file("/work/log", [b"b\n", b"c\n"], mode="append")
+        assert files.read_file("/work/log") == b"a\nb\nc\n"
+        changes = files.watch("/work")  # in place when it returns
+        files.mkdir("/work/sub/deep", parents=True)
+        change = next(changes)
+        assert (change.type, change.path, change.is_dir) == ("created", "/work/sub", True)
+        changes.close()  # type: ignore[attr-defined]
+        entries, truncated = files.list("/work", recursive=True)
+        assert [e.path for e in entries] == [
+            "/work/big.bin", "/work/in.txt", "/work/log", "/work/sub", "/work/sub/deep",
+        ] and not truncated
+        archive = b"".join(files.download_tar("/work/sub"))
+        assert files.upload_tar("/copy", archive) == (1, 0)
+        assert files.stat("/copy/deep").type == magnetar.files.file_pb2.FILE_TYPE_DIRECTORY
+        files.rename("/work/log", "/work/log2")
+        files.remove("/copy", recursive=True)
+        with pytest.raises(magnetar.NotFoundError):
+            files.stat("/copy")
+        with pytest.raises(magnetar.AlreadyExistsError):
+            files.write_file("/work/log2", b"x", mode="create_new")
+        with pytest.raises(magnetar.InvalidArgumentError):
+            files.read_file("/work")
+        with pytest.raises(magnetar.FailedPreconditionError):
+            files.remove("/work")
+        c.delete()
+        with pytest.raises(magnetar.NotFoundError):
+            files.stat("/")

@@ -11,6 +11,8 @@ import {
   type MountSchema,
   type ProcessSpecSchema,
 } from "./gen/magnetar/container/v1/container_pb.js";
+import { FileService } from "./gen/magnetar/file/v1/file_pb.js";
+import { Files } from "./files.js";
 import {
   ImageService,
   type Image,
@@ -217,6 +219,8 @@ export class MagnetarClient implements AsyncDisposable {
   readonly containerService: Client<typeof ContainerService>;
   /** The generated client of magnetar.image.v1.ImageService. */
   readonly imageService: Client<typeof ImageService>;
+  /** The generated client of magnetar.file.v1.FileService. */
+  readonly fileService: Client<typeof FileService>;
   /**
    * How long (ms) output and event streams are resumed while the sandboxer
    * is unavailable (it restarts); 0: not at all. {@link dial} also retries
@@ -234,6 +238,7 @@ export class MagnetarClient implements AsyncDisposable {
     this.sandboxService = createClient(SandboxService, transport);
     this.containerService = createClient(ContainerService, transport);
     this.imageService = createClient(ImageService, transport);
+    this.fileService = createClient(FileService, transport);
     this.#close = close;
     this.retryTimeoutMs = retryTimeoutMs;
   }
@@ -246,6 +251,11 @@ export class MagnetarClient implements AsyncDisposable {
   /** Closes the client (for `await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
+  }
+
+  /** The files of a container's root file system (see {@link Files}). */
+  files(containerId: string): Files {
+    return new Files(this.fileService, containerId);
   }
 
   /** Lists the sandbox kinds of the sandboxer, available or not. */
@@ -728,6 +738,11 @@ export class Container extends Process {
   /** The ID of the container's sandbox. */
   get sandboxId(): string {
     return this.info.sandboxId;
+  }
+
+  /** The container's files (see {@link Files}). */
+  files(): Files {
+    return this.client.files(this.id);
   }
 
   /** Starts the container's process; returns its host PID. */

@@ -29,6 +29,7 @@ export {
   type SandboxOptions,
   type StreamName,
 } from "./client.js";
+export { Files, FileType, type FileChange, type FileContent, type FileInfo, type WriteFileOptions } from "./files.js";
 export { Backoff, DEFAULT_RETRY_TIMEOUT_MS, retryInterceptor } from "./resume.js";
 export { DEFAULT_ADDRESS, dialTransport, type DialOptions, type DialedTransport } from "./dial.js";
 export {
@@ -44,6 +45,7 @@ export { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 export * as sandboxv1 from "./gen/magnetar/sandbox/v1/sandbox_pb.js";
 export * as containerv1 from "./gen/magnetar/container/v1/container_pb.js";
 export * as imagev1 from "./gen/magnetar/image/v1/image_pb.js";
+export * as filev1 from "./gen/magnetar/file/v1/file_pb.js";
 export * as typesv1 from "./gen/magnetar/types/v1/types_pb.js";
 export { SandboxState, EventType } from "./gen/magnetar/sandbox/v1/sandbox_pb.js";
 export { ContainerState } from "./gen/magnetar/container/v1/container_pb.js";

@@ -193,6 +193,51 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
         assert.equal((await ctr.delete()).code, 7);
       });
 
+      test("reads, writes and watches a container's files", { timeout }, async () => {
+        await using sb = await client.createSandbox("runc", { labels });
+        const ctr = await sb.run({ image: busyboxImage, args: ["sleep", "300"] });
+        const files = ctr.files();
+        await files.mkdir("/work/out", { parents: true });
+        const big = new Uint8Array(3 * 1024 * 1024 + 7).map((_, i) => i % 251);
+        const info = await files.writeFile("/work/big.bin", big, { atomic: true, permissions: 0o600 });
+        assert.equal(Number(info.size), big.length);
+        assert.equal(info.mode, 0o600);
+        assert.deepEqual(await files.readFile("/work/big.bin"), big);
+        await files.writeFile("/work/run.sh", "#!/bin/sh\necho result > /work/out/r.txt\n", { permissions: 0o755 });
+        await files.writeFile("/work/run.sh", "echo appended\n", { mode: "append" });
+        const ac = new AbortController();
+        const changes = await files.watch("/work/out", {}, { signal: ac.signal });
+        const exec = await ctr.exec({ args: ["/work/run.sh"] });
+        const res = await exec.collect();
+        assert.equal(res.stdout, "appended\n");
+        for await (const ch of changes) {
+          if (ch.type === "created" && ch.path === "/work/out/r.txt") {
+            break;
+          }
+        }
+        ac.abort();
+        assert.equal(new TextDecoder().decode(await files.readFile("/work/out/r.txt")), "result\n");
+        const { entries, truncated } = await files.list("/work", { recursive: true });
+        assert.deepEqual(entries.map((e) => e.path), ["/work/big.bin", "/work/out", "/work/out/r.txt", "/work/run.sh"]);
+        assert.equal(truncated, false);
+        const part = new Uint8Array(await collectBytes(files.read("/work/big.bin", { offset: 10, length: 5 })));
+        assert.deepEqual(part, big.subarray(10, 15));
+        // A tar of /work/out extracted elsewhere.
+        const archive = await collectBytes(files.downloadTar("/work/out"));
+        assert.deepEqual(await files.uploadTar("/copy", archive), { entries: 1, bytes: 7 });
+        assert.equal(new TextDecoder().decode(await files.readFile("/copy/r.txt")), "result\n");
+        await files.rename("/copy/r.txt", "/copy/s.txt");
+        await files.remove("/copy", { recursive: true });
+        // Errors with their codes; a link to the host's file stays inside.
+        await assert.rejects(files.stat("/copy"), (err: unknown) => isNotFound(err));
+        await assert.rejects(files.readFile("/work"), (err: unknown) => err instanceof MagnetarError && err.code === Code.InvalidArgument);
+        await assert.rejects(files.writeFile("/work/run.sh", "x", { mode: "createNew" }), (err: unknown) => err instanceof MagnetarError && err.code === Code.AlreadyExists);
+        await assert.rejects(files.remove("/work"), (err: unknown) => err instanceof MagnetarError && err.code === Code.FailedPrecondition);
+        await (await ctr.exec({ args: ["ln", "-s", "/proc/1/root/etc/shadow", "/work/shadow"] })).collect();
+        await assert.rejects(files.readFile("/work/shadow"));
+        await ctr.delete({ force: true });
+      });
+
       test("reports errors with their codes", { timeout }, async () => {
         await assert.rejects(client.sandbox("no-such-sandbox"), (err: unknown) => {
           assert.ok(err instanceof MagnetarError);
@@ -345,3 +390,11 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
     }
   });
 });
+
+async function collectBytes(it: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
+  const parts: number[] = [];
+  for await (const p of it) {
+    parts.push(...p);
+  }
+  return new Uint8Array(parts);
+}

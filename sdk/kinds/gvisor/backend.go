@@ -85,6 +85,17 @@ type Config struct {
 	PodInit string
 	// Log receives the platform choice and its reason (may be nil).
 	Log func(msg string, keyvals ...any)
+	// HostFiles runs new sandboxes with runsc's --overlay2=none and
+	// --file-access=shared, so that a container's root is its host
+	// directory as it is: what the container writes lands there, and what
+	// the host writes (Magnetar's file service) the container sees. By
+	// default runsc wraps the root in an overlay whose upper layer is a
+	// file store of its own (--overlay2=root:self) and caches the root
+	// exclusively, so the host directory is neither what the container
+	// sees nor kept in sync, and the file service answers
+	// UNIMPLEMENTED for the kind. The cost: every write of a container
+	// goes through the gofer to the host file system.
+	HostFiles bool
 	// FDStore, when set, keeps the descriptors of the containers' stdio
 	// copies (pipes, FIFO ends, a terminal's pty master) beyond this
 	// process's life, so that the next process resumes the copies after

@@ -27,6 +27,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
@@ -42,6 +43,8 @@ type container struct {
 	init  *initProc
 	shell *process.Init
 	rt    *gorunc.Runc
+	// root is the container's root file system on the host.
+	root hostroot.Root
 
 	mu       sync.Mutex
 	execs    map[string]process.Process
@@ -88,6 +91,19 @@ func (s *sandbox) containerSpec(spec specs.Spec) specs.Spec {
 	return spec
 }
 
+// HostRoot returns the host path of the container's root file system (and
+// whether the container's root is read-only) when the sandbox runs with
+// [Config.HostFiles] (the container then uses it as it is), else "": the
+// file service cannot reach the container's files.
+func (c *container) HostRoot() (string, bool) {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	if !c.s.st.HostFiles {
+		return "", false
+	}
+	return c.root.Dir, c.root.ReadOnly
+}
+
 // CreateContainer mounts the rootfs and runs `runsc create` for a
 // subcontainer of the sandbox.
 func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConfig) (_ backend.Container, retErr error) {
@@ -125,7 +141,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := shimrecord.Write(cfg.Bundle, shimrecord.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
 		return nil, err
 	}
-	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, execs: map[string]process.Process{}}
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: hostroot.Of(cfg, rootfs), execs: map[string]process.Process{}}
 	c.shell = process.New(cfg.ID, rt, stdio.Stdio{})
 	c.shell.Bundle = cfg.Bundle
 	c.shell.Platform = s.b.platform

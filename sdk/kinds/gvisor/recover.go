@@ -16,6 +16,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
 )
 
@@ -41,7 +42,7 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
-	ctr := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, execs: map[string]process.Process{}}
+	ctr := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: hostroot.Of(cfg, rootfs), execs: map[string]process.Process{}}
 	ctr.shell = process.New(cfg.ID, rt, stdio.Stdio{})
 	ctr.shell.Bundle = cfg.Bundle
 	ctr.shell.Platform = s.b.platform

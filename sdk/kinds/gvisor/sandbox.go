@@ -48,6 +48,9 @@ type sandboxState struct {
 	// Network and Platform are runsc's flags for this sandbox.
 	Network  string `json:"network"`
 	Platform string `json:"platform"`
+	// HostFiles: runsc runs with --overlay2=none --file-access=shared
+	// (Config.HostFiles when the sandbox was created).
+	HostFiles bool `json:"hostFiles,omitempty"`
 	// Pid is the runsc sandbox process (0 before Start).
 	Pid int `json:"pid,omitempty"`
 }
@@ -76,6 +79,7 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, 
 		}
 	} else {
 		s.st.Platform = b.runscPlatform
+		s.st.HostFiles = b.cfg.HostFiles
 		switch {
 		case cfg.NetNSPath != "":
 			s.st.Network = networkSandbox
@@ -100,12 +104,18 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, 
 func (s *sandbox) runtime(dir string) *gorunc.Runc {
 	rt := s.b.runtime(s.cfg.Namespace, dir, s.st.Network)
 	rt.ExtraArgs[0] = "--platform=" + s.st.Platform
-	// The root overlay's file store goes in the sandbox's directory,
-	// removed with it: runsc's default (root:self) writes it into the
-	// container's root file system, which a caller's directory (an API
-	// rootfs_path) would keep, and refuses a second container of the
-	// sandbox from the same directory.
-	rt.ExtraArgs = append(rt.ExtraArgs, "--overlay2=root:dir="+s.cfg.Dir)
+	if s.st.HostFiles {
+		// The file service reads and writes the container's root on the
+		// host: no overlay, and the gofer does not cache.
+		rt.ExtraArgs = append(rt.ExtraArgs, "--overlay2=none", "--file-access=shared")
+	} else {
+		// The root overlay's file store goes in the sandbox's directory,
+		// removed with it: runsc's default (root:self) writes it into the
+		// container's root file system, which a caller's directory (an API
+		// rootfs_path) would keep, and refuses a second container of the
+		// sandbox from the same directory.
+		rt.ExtraArgs = append(rt.ExtraArgs, "--overlay2=root:dir="+s.cfg.Dir)
+	}
 	return rt
 }
 

@@ -17,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
 )
@@ -25,7 +26,8 @@ type container struct {
 	s      *sandbox
 	id     string
 	bundle string
-	rootfs string // where the rootfs is mounted ("" if not by us)
+	rootfs string        // where the rootfs is mounted ("" if not by us)
+	root   hostroot.Root // the container's root file system on the host
 	rt     *gorunc.Runc
 	init   *proc
 	oom    *oomWatch
@@ -76,7 +78,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := shimrecord.Write(cfg.Bundle, shimrecord.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
 		return nil, err
 	}
-	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, rt: rt, execs: map[string]*proc{}}
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, root: hostroot.Of(cfg, rootfs), rt: rt, execs: map[string]*proc{}}
 	c.init = newProc(c, cfg.ID, true, cfg.Stdio)
 	if err := c.init.create(ctx); err != nil {
 		return nil, fmt.Errorf("create container %q: %w", cfg.ID, err)
@@ -96,6 +98,10 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 }
 
 func (c *container) Init() backend.Process { return c.init }
+
+// HostRoot returns the host path of the container's root file system and
+// whether the container's root is read-only.
+func (c *container) HostRoot() (string, bool) { return c.root.Dir, c.root.ReadOnly }
 
 func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.Process, error) {
 	if cfg.Process == nil {

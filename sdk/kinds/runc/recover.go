@@ -10,6 +10,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
 )
@@ -38,7 +39,7 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
-	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, rt: rt, execs: map[string]*proc{}}
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, root: hostroot.Of(cfg, rootfs), rt: rt, execs: map[string]*proc{}}
 	p := newProc(c, cfg.ID, true, nullStdio(cfg.Stdio))
 	p.pid = int(pid)
 	switch st.Status {

@@ -294,6 +294,14 @@ func procStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64) // field 22, starttime
 }
 
+// HostRoot returns the host path of the container's root file system (the
+// module's "/") and whether the module sees it read-only.
+func (c *container) HostRoot() (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st.Rootfs, c.st.Runner.ReadonlyRoot
+}
+
 // recordedExit is the exit status the runner wrote, else 128+the signal
 // the backend killed it with, else 255 (unknown).
 func (c *container) recordedExit() backend.ExitStatus {

@@ -11,6 +11,7 @@ context managers that delete what they created and typed errors
 from magnetar._common import DEFAULT_ADDRESS, Kind, Output, Protocol
 from magnetar.aio import AsyncClient, AsyncContainer, AsyncSandbox
 from magnetar.client import Client, Container, Sandbox
+from magnetar.files import AsyncFiles, FileChange, Files
 from magnetar.errors import (
     AlreadyExistsError,
     Code,
@@ -26,11 +27,14 @@ __all__ = [
     "AlreadyExistsError",
     "AsyncClient",
     "AsyncContainer",
+    "AsyncFiles",
     "AsyncSandbox",
     "Client",
     "Code",
     "Container",
     "FailedPreconditionError",
+    "FileChange",
+    "Files",
     "InvalidArgumentError",
     "Kind",
     "MagnetarError",

@@ -35,6 +35,8 @@ from magnetar._relay import UnixRelay
 from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output_async, retry_async, watch_events_async
 from magnetar.container.v1 import container_connect, container_pb2
 from magnetar.errors import Code, MagnetarError, NotFoundError, UnavailableError, from_connect
+from magnetar.file.v1 import file_connect
+from magnetar.files import AsyncFiles
 from magnetar.image.v1 import image_connect, image_pb2
 from magnetar.sandbox.v1 import sandbox_connect, sandbox_pb2
 
@@ -115,6 +117,7 @@ class AsyncClient:
         self._containers_long = container_connect.ContainerServiceClient(url, **kw)  # type: ignore[arg-type]
         self._long_sandboxes = sandbox_connect.SandboxServiceClient(url, **kw)  # type: ignore[arg-type]
         self._images_long = image_connect.ImageServiceClient(url, **kw)  # type: ignore[arg-type]
+        self._files_long = file_connect.FileServiceClient(url, **kw)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         """Closes the connections (and the unix socket relay)."""
@@ -125,12 +128,17 @@ class AsyncClient:
             self._containers_long,
             self._long_sandboxes,
             self._images_long,
+            self._files_long,
         ):
             await c.close()
         await self._transport.aclose()
         if self._relay is not None:
             self._relay.close()
             self._relay = None
+
+    def files(self, container_id: str) -> AsyncFiles:
+        """The files of a container's root file system (see :class:`magnetar.files.AsyncFiles`)."""
+        return AsyncFiles(self._files_long, container_id)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -307,6 +315,10 @@ class AsyncContainer:
 
     def __repr__(self) -> str:
         return f"AsyncContainer(id={self.id!r}, sandbox_id={self.sandbox_id!r})"
+
+    def files(self) -> AsyncFiles:
+        """The container's files (see :class:`magnetar.files.AsyncFiles`)."""
+        return self._client.files(self.id)
 
     async def __aenter__(self) -> AsyncContainer:
         return self

@@ -35,6 +35,8 @@ from magnetar._relay import UnixRelay
 from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output, retry, watch_events
 from magnetar.container.v1 import container_connect, container_pb2
 from magnetar.errors import Code, MagnetarError, NotFoundError, UnavailableError, from_connect
+from magnetar.file.v1 import file_connect
+from magnetar.files import Files
 from magnetar.image.v1 import image_connect, image_pb2
 from magnetar.sandbox.v1 import sandbox_connect, sandbox_pb2
 
@@ -108,6 +110,7 @@ class Client:
         """The generated ContainerService client."""
         self.images = image_connect.ImageServiceClientSync(url, **kw)  # type: ignore[arg-type]
         """The generated ImageService client."""
+        self._files_long = file_connect.FileServiceClientSync(url, **{**kw, "timeout_ms": None})  # type: ignore[arg-type]
         # Streams and WaitProcess last as long as the process or the import:
         # the thin layer sends them without the timeout.
         kw["timeout_ms"] = None
@@ -124,12 +127,17 @@ class Client:
             self._containers_long,
             self._long_sandboxes,
             self._images_long,
+            self._files_long,
         ):
             c.close()
         self._transport.close()
         if self._relay is not None:
             self._relay.close()
             self._relay = None
+
+    def files(self, container_id: str) -> Files:
+        """The files of a container's root file system (see :class:`magnetar.files.Files`)."""
+        return Files(self._files_long, container_id)
 
     def __enter__(self) -> Client:
         return self
@@ -299,6 +307,10 @@ class Container:
 
     def __repr__(self) -> str:
         return f"Container(id={self.id!r}, sandbox_id={self.sandbox_id!r})"
+
+    def files(self) -> Files:
+        """The container's files (see :class:`magnetar.files.Files`)."""
+        return self._client.files(self.id)
 
     def __enter__(self) -> Container:
         return self

@@ -5,6 +5,8 @@
 #   1. examples/hello-wasm (a WASI module packaged as an OCI image) in a Wasm
 #      sandbox, and
 #   2. a busybox image in a runc sandbox,
+#   3. examples/agent-loop: files, exec, a port, usage and pause of a
+#      sandbox through the Go SDK,
 # showing their output and how long each took to start. Everything is torn
 # down at the end (trap), also on failure or Ctrl-C.
 #
@@ -79,6 +81,9 @@ say "magnetar run --kind runc busybox.oci.tar -- sh -c ..."
 t=$(date +%s%N)
 "$BIN/magnetar" run --rm --kind runc "$EXAMPLES/busybox.oci.tar" -- sh -c 'echo hello from runc in $(hostname); id'
 echo "runc container: $(( ($(date +%s%N) - t) / 1000000 )) ms from the command to its exit"
+
+say "examples/agent-loop: a code-execution platform's round trip (files, exec, ports, usage, pause)"
+"$EXAMPLES/agent-loop" -kind runc "$EXAMPLES/busybox.oci.tar"
 
 if [[ "${VM:-}" == 1 ]]; then
 	say "busybox in a microVM (QEMU; TCG where KVM cannot run a guest)"

@@ -32,3 +32,12 @@ $(EXAMPLES_DIR)/busybox.oci.tar:
 	cd $(ROOT) && $(GO) run ./hack/cmd/mkimage busybox -name docker.io/library/busybox:1.36 -o $@
 
 examples: $(EXAMPLES_DIR)/busybox.oci.tar
+
+# The agent-loop program (examples/agent-loop): a code-execution platform's
+# round trip through the Go SDK against a running sandboxer.
+.PHONY: $(EXAMPLES_DIR)/agent-loop
+$(EXAMPLES_DIR)/agent-loop:
+	@mkdir -p $(dir $@)
+	cd $(ROOT) && $(GO) build -trimpath -o $@ ./examples/agent-loop
+
+examples: $(EXAMPLES_DIR)/agent-loop

@@ -102,6 +102,7 @@ func runCmd() *command {
 		kind, name, workdir, memory, sandboxID, rootfs, entrypoint string
 		envs                                                       stringList
 		interactive, remove, detach                                bool
+		timeout, idleTimeout                                       time.Duration
 	)
 	return &command{
 		name: "run", usage: "run [FLAGS] IMAGE|PATH [--] [COMMAND [ARG...]]\n  magnetar run [FLAGS] --rootfs DIR [--] COMMAND [ARG...]",
@@ -126,6 +127,7 @@ Flags go before IMAGE; everything after it is the command.`,
 			"magnetar run --rootfs /srv/busybox --env GREETING=hi -- sh -c 'echo $GREETING'",
 			"echo data | magnetar run -i --rm busybox:1.36 tr a-z A-Z",
 			"magnetar run -d --name web --memory 64m busybox:1.36 httpd -f",
+			"magnetar run -d --timeout 30m --idle-timeout 5m busybox:1.36 sleep 600",
 			"magnetar run --sandbox pod1 busybox:1.36 sleep 60",
 		},
 		cannotRunCode: true,
@@ -144,6 +146,8 @@ Flags go before IMAGE; everything after it is the command.`,
 			fs.StringVar(&sandboxID, "sandbox", "", "run in this existing sandbox `ID` instead of a new one")
 			fs.StringVar(&rootfs, "rootfs", "", "use this host `directory` as the root file system")
 			fs.StringVar(&entrypoint, "entrypoint", "", "replace the image's entrypoint with this `program`")
+			fs.DurationVar(&timeout, "timeout", 0, "stop and remove the new sandbox this `long` after its creation (0: never)")
+			fs.DurationVar(&idleTimeout, "idle-timeout", 0, "stop and remove the new sandbox once idle this `long` (0: never)")
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if remove && detach {
@@ -213,13 +217,19 @@ Flags go before IMAGE; everything after it is the command.`,
 					}
 				}
 				sopts := []sdk.SandboxOption{sdk.WithLabels(map[string]string{runLabel: "true"})}
+				if timeout != 0 {
+					sopts = append(sopts, sdk.WithTimeoutAfter(timeout))
+				}
+				if idleTimeout != 0 {
+					sopts = append(sopts, sdk.WithIdleTimeout(idleTimeout))
+				}
 				if name != "" {
 					sopts = append(sopts, sdk.WithID(name))
 				}
 				sb, err = c.CreateSandbox(ctx, kind, sopts...)
 			} else {
-				if kind != "" {
-					return cannotRun(usageError("--kind and --sandbox cannot be combined"))
+				if kind != "" || timeout != 0 || idleTimeout != 0 {
+					return cannotRun(usageError("--kind, --timeout and --idle-timeout apply to a new sandbox: not with --sandbox"))
 				}
 				sb, err = c.Sandbox(ctx, sandboxID)
 			}

@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -318,7 +319,10 @@ func (f *Files) Create(ctx context.Context, p string, o WriteOptions) (*FileWrit
 }
 
 func (w *FileWriter) send(data []byte) error {
-	msg := &filev1.WriteRequest{Header: w.header, Data: data}
+	// A copy: a message given to Send must not change afterwards (an
+	// in-process transport hands it over as it is), and Write must not
+	// keep p.
+	msg := &filev1.WriteRequest{Header: w.header, Data: bytes.Clone(data)}
 	w.header = nil
 	if err := w.stream.Send(msg); err != nil {
 		// The server's error comes with the response.
@@ -557,8 +561,10 @@ func (f *Files) UploadTar(ctx context.Context, p string, r io.Reader) (entries i
 		return 0, 0, fromAPI(err)
 	}
 	header := &filev1.UploadTarHeader{ContainerId: f.id, Path: p}
-	buf := make([]byte, writeChunk)
 	for {
+		// A buffer per message: one given to Send must not change
+		// afterwards (an in-process transport hands it over as it is).
+		buf := make([]byte, writeChunk)
 		n, rerr := io.ReadFull(r, buf)
 		if n > 0 || header != nil {
 			if err := stream.Send(&filev1.UploadTarRequest{Header: header, Data: buf[:n]}); err != nil {

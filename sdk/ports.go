@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -94,7 +95,7 @@ func (s *Sandbox) DialPort(ctx context.Context, port int) (net.Conn, error) {
 		for {
 			n, err := ours.Read(buf)
 			if n > 0 {
-				if serr := stream.Send(&sandboxv1.DialPortRequest{Data: buf[:n]}); serr != nil {
+				if serr := stream.Send(&sandboxv1.DialPortRequest{Data: bytes.Clone(buf[:n])}); serr != nil {
 					return
 				}
 			}

@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -68,7 +69,9 @@ func (f *fileServer) Read(ctx context.Context, req *filev1.ReadRequest, stream f
 		return fmt.Errorf("offset or length is too large: %w", errdefs.ErrInvalidArgument)
 	}
 	return f.d.ReadFile(ctx, req.GetContainerId(), req.GetPath(), int64(req.GetOffset()), int64(req.GetLength()), func(b []byte) error {
-		return stream.Send(&filev1.ReadResponse{Data: b})
+		// A copy: ReadFile reuses b, and a message given to Send must
+		// not change afterwards (an in-process transport hands it over).
+		return stream.Send(&filev1.ReadResponse{Data: bytes.Clone(b)})
 	})
 }
 
@@ -212,7 +215,7 @@ func (b *bufferedSender) flush() error {
 		return nil
 	}
 	err := b.send(b.buf)
-	b.buf = b.buf[:0]
+	b.buf = nil // sent as it is: the next chunk gets a buffer of its own
 	return err
 }
 

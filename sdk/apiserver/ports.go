@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -82,7 +83,7 @@ func (s *Server) DialPort(ctx context.Context, stream sandboxv1connect.SandboxSe
 	for {
 		n, err := conn.Read(buf)
 		if n > 0 {
-			if serr := stream.Send(&sandboxv1.DialPortResponse{Data: buf[:n]}); serr != nil {
+			if serr := stream.Send(&sandboxv1.DialPortResponse{Data: bytes.Clone(buf[:n])}); serr != nil {
 				outErr = serr
 				cancel()
 				break

@@ -287,3 +287,45 @@ type Stats struct {
 type ContainerRecoverer interface {
 	RecoverContainer(ctx context.Context, cfg ContainerConfig, pid uint32) (Container, error)
 }
+
+// ExecRecoverer is implemented by containers that can re-attach to their
+// exec'd processes after the engine restarted, as a [ContainerRecoverer]
+// does to containers. The engine records each exec'd process crash-safely
+// when it is created, started and when it exits, and calls RecoverExec
+// for every record it finds once the container is recovered.
+type ExecRecoverer interface {
+	// RecoverExec re-attaches to exec'd process cfg.ID as rec describes
+	// it. A started process that is still running is watched, and its
+	// exit reported by Wait with its real exit code; one that exited
+	// while nobody watched reports the exit code it had, if the kind can
+	// still learn it (else 255). A process whose pid now names another
+	// process (the pid was reused) must be taken for exited, never
+	// signalled. A process whose exit the engine already recorded
+	// (rec.Exited) only needs Delete to release what it holds. An error
+	// makes the engine report the process exited with an unknown status
+	// (255).
+	RecoverExec(ctx context.Context, cfg ExecConfig, rec ExecRecord) (Process, error)
+}
+
+// ExecRecord is what the engine recorded about an exec'd process for
+// [ExecRecoverer.RecoverExec].
+type ExecRecord struct {
+	// Pid is the host pid Start returned; 0 if the process was never
+	// started.
+	Pid uint32
+	// State is what the process's [RecoveryStater] returned after Start
+	// (nil if it has none), for the kind to recognise the process, e.g.
+	// its start time against pid reuse.
+	State []byte
+	// Exited tells the engine recorded the process's exit before the
+	// restart.
+	Exited bool
+}
+
+// RecoveryStater is implemented by exec'd processes that need more than
+// their pid to be recovered: RecoveryState is called once after Start and
+// its result is handed back to [ExecRecoverer.RecoverExec] as
+// [ExecRecord.State].
+type RecoveryStater interface {
+	RecoveryState() ([]byte, error)
+}

@@ -159,19 +159,23 @@ type Info struct {
 // Capabilities lists what a kind supports.
 type Capabilities struct {
 	Exec, Terminal, Stdin, OOMEvents, UpdateResources, Stats, Pause bool
+	// RecoverExecs: exec'd processes survive a restart of the engine
+	// (the kind's containers implement [ExecRecoverer]).
+	RecoverExecs bool
 }
 
 // DeriveCapabilities returns caps with the flags that stand for an optional
 // interface set from what c implements: Stats from [Stater],
 // UpdateResources from [Updater], Pause from [Pauser]. Kinds build their
 // [Info.Capabilities] with it, so that the flags cannot disagree with the
-// interfaces the engine discovers. c is usually a nil pointer of the kind's
+// interfaces the engine discovers. RecoverExecs is set from [ExecRecoverer]. c is usually a nil pointer of the kind's
 // container type. A kind that sets Exec must implement [Container.Exec];
 // one that does not must return errdefs.ErrNotImplemented from it.
 func DeriveCapabilities(c Container, caps Capabilities) Capabilities {
 	_, caps.Stats = c.(Stater)
 	_, caps.UpdateResources = c.(Updater)
 	_, caps.Pause = c.(Pauser)
+	_, caps.RecoverExecs = c.(ExecRecoverer)
 	return caps
 }
 

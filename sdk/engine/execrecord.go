@@ -159,6 +159,12 @@ func (s *sandbox) recoverExecs(ctx context.Context, c *container) {
 		if rec.Exit != nil {
 			p.exit = *rec.Exit
 		}
+		if pr, ok := impl.(backend.PidReporter); ok && err == nil && rec.State == ProcessCreated && pr.Pid() != 0 {
+			// Its start was cut short by the restart, but the process
+			// runs: it is watched, and can be killed and deleted.
+			p.state, p.pid = ProcessRunning, pr.Pid()
+			_ = s.saveExec(p)
+		}
 		c.execs[id] = p
 		switch {
 		case rec.State == ProcessStopped:

@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/errdefs"
+	gorunc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -131,8 +134,11 @@ func (p *proc) RecoveryState() ([]byte, error) {
 // only if its pid still names a process started at the recorded start
 // time; then it is watched through a pidfd (and signalled through it).
 // Otherwise it exited while no sandboxer watched it: its exit code comes
-// from [Config.OrphanExit], else it is unknown (255). One never started
-// can be started.
+// from [Config.OrphanExit], else it is unknown (255). One whose start was
+// cut short by the restart but that runc did start (its pid file names a
+// process that started before the file was written) is recovered as
+// started, so that it can be killed and waited for (containerd, told the
+// start failed, kills and deletes it); one never started can be started.
 func (c *container) RecoverExec(ctx context.Context, cfg backend.ExecConfig, rec backend.ExecRecord) (backend.Process, error) {
 	if cfg.Process == nil {
 		return nil, fmt.Errorf("exec %q in container %q has no process spec: %w", cfg.ID, c.id, errdefs.ErrInvalidArgument)
@@ -146,6 +152,11 @@ func (c *container) RecoverExec(ctx context.Context, cfg backend.ExecConfig, rec
 	p := newProc(c, cfg.ID, false, nullStdio(cfg.Stdio))
 	p.spec = *cfg.Process
 	p.spec.Terminal = cfg.Stdio.Terminal
+	if rec.Pid == 0 && !rec.Exited {
+		if pid, start, ok := startedByRunc(p.pidFile()); ok {
+			rec.Pid, st.StartTime = uint32(pid), start
+		}
+	}
 	if rec.Pid != 0 {
 		b := c.s.b
 		p.pid, p.startTime, p.state = int(rec.Pid), st.StartTime, stateRunning
@@ -171,6 +182,38 @@ func (c *container) RecoverExec(ctx context.Context, cfg backend.ExecConfig, rec
 	c.execs[cfg.ID] = p
 	c.mu.Unlock()
 	return p, nil
+}
+
+// startedByRunc reads the pid file runc wrote for an exec'd process, and
+// returns the pid and start time of the process it names if that process
+// started at most a few seconds before the file was written (runc writes
+// it once the process exists), so that a pid reused later is not taken.
+func startedByRunc(pidFile string) (int, uint64, bool) {
+	pid, err := gorunc.ReadPidFile(pidFile)
+	if err != nil || pid <= 0 {
+		return 0, 0, false
+	}
+	fi, err := os.Stat(pidFile)
+	if err != nil {
+		return 0, 0, false
+	}
+	start, err := procStartTime(pid)
+	if err != nil {
+		return 0, 0, false
+	}
+	// The file's time on the boot clock, which process start times count
+	// in (clock ticks, 100 a second).
+	var boot unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot); err != nil {
+		return 0, 0, false
+	}
+	written := time.Duration(boot.Nano()) - time.Since(fi.ModTime())
+	const tick = 10 * time.Millisecond
+	started := time.Duration(start) * tick
+	if started > written+2*tick || started < written-5*time.Second {
+		return 0, 0, false
+	}
+	return pid, start, true
 }
 
 // watchRecoveredExec watches a recovered exec'd process through a pidfd,

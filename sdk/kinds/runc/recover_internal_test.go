@@ -2,7 +2,10 @@ package runc
 
 import (
 	"context"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -96,4 +99,35 @@ func waitProc(t *testing.T, p *proc) backend.ExitStatus {
 		t.Fatalf("wait %s: %v", p.id, err)
 	}
 	return st
+}
+
+// TestStartedByRunc: a pid file names the exec'd process whose start was
+// cut short only if that process started just before the file was
+// written; a process started after it (the pid reused) or long before
+// is not taken.
+func TestStartedByRunc(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pidFile := filepath.Join(t.TempDir(), "exec.pid")
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if pid, _, ok := startedByRunc(pidFile); !ok || pid != cmd.Process.Pid {
+		t.Errorf("fresh pid file: %d, %v; want %d", pid, ok, cmd.Process.Pid)
+	}
+	for _, shift := range []time.Duration{-time.Minute, time.Minute} {
+		at := time.Now().Add(shift)
+		if err := os.Chtimes(pidFile, at, at); err != nil {
+			t.Fatal(err)
+		}
+		if pid, _, ok := startedByRunc(pidFile); ok {
+			t.Errorf("pid file written %v from the process's start: took %d", shift, pid)
+		}
+	}
+	if _, _, ok := startedByRunc(filepath.Join(t.TempDir(), "none.pid")); ok {
+		t.Error("a missing pid file was taken")
+	}
 }

@@ -27,6 +27,18 @@ type EventSource interface {
 	Subscribe(ctx context.Context) <-chan engine.Event
 }
 
+// ReplaySource is an EventSource that keeps its events (*engine.Engine
+// does): the Forwarder then also forwards the events published before it
+// subscribed, from StartEventSeq on (those the engine published while it
+// recovered: exits that happened while no sandboxer ran), and, when it
+// subscribes again after being dropped, those it missed meanwhile.
+type ReplaySource interface {
+	EventSource
+	SubscribeAfter(ctx context.Context) (<-chan engine.Event, uint64)
+	EventsAfter(after, upTo uint64, max int) ([]engine.Event, error)
+	StartEventSeq() uint64
+}
+
 // Forwarder forwards the engine's task events to containerd's ttrpc events
 // service (containerd.services.events.ttrpc.v1.Events/Forward), as a shim
 // does, so that `ctr events`, CRI's OOM handling and other subscribers see
@@ -88,26 +100,47 @@ func (f *Forwarder) Run(ctx context.Context, src EventSource) error {
 	defer cancel()
 	wg.Go(func() { f.send(ctx, queue) })
 
+	rs, replays := src.(ReplaySource)
+	var last uint64 // the newest event queued
+	if replays {
+		last = rs.StartEventSeq()
+	}
+	enqueue := func(ev engine.Event) {
+		if ev.Seq > last {
+			last = ev.Seq
+		}
+		env, err := envelope(ev)
+		if err != nil {
+			f.log.Error("encode event", "topic", ev.Topic, "sandbox_id", ev.SandboxID, "error", err)
+			return
+		}
+		if env == nil {
+			return // not a task event
+		}
+		q := queued{env: env}
+		if f.Hold != nil && ev.Topic == engine.TopicTaskExit {
+			q.hold, q.until = f.Hold(ev), time.Now().Add(f.holdTimeout)
+		}
+		select {
+		case queue <- q:
+		default:
+			f.log.Error("event queue full, dropping event", "topic", env.Topic, "namespace", env.Namespace)
+		}
+	}
 	for ctx.Err() == nil {
-		events := src.Subscribe(ctx)
+		var events <-chan engine.Event
+		if replays {
+			var cut uint64
+			events, cut = rs.SubscribeAfter(ctx)
+			f.replay(rs, last, cut, enqueue)
+		} else {
+			events = src.Subscribe(ctx)
+		}
 		for ev := range events {
-			env, err := envelope(ev)
-			if err != nil {
-				f.log.Error("encode event", "topic", ev.Topic, "sandbox_id", ev.SandboxID, "error", err)
-				continue
+			if replays && ev.Seq <= last {
+				continue // replayed
 			}
-			if env == nil {
-				continue // not a task event
-			}
-			q := queued{env: env}
-			if f.Hold != nil && ev.Topic == engine.TopicTaskExit {
-				q.hold, q.until = f.Hold(ev), time.Now().Add(f.holdTimeout)
-			}
-			select {
-			case queue <- q:
-			default:
-				f.log.Error("event queue full, dropping event", "topic", env.Topic, "namespace", env.Namespace)
-			}
+			enqueue(ev)
 		}
 		if ctx.Err() == nil {
 			// The engine dropped us for lagging behind, or is closing.
@@ -119,6 +152,23 @@ func (f *Forwarder) Run(ctx context.Context, src EventSource) error {
 		}
 	}
 	return nil
+}
+
+// replay queues the kept events after from up to upTo.
+func (f *Forwarder) replay(src ReplaySource, from, upTo uint64, enqueue func(engine.Event)) {
+	for from < upTo {
+		evs, err := src.EventsAfter(from, upTo, 1000)
+		if err != nil || len(evs) == 0 {
+			if err != nil {
+				f.log.Error("replay events, some are lost", "after", from, "up_to", upTo, "error", err)
+			}
+			return
+		}
+		for _, ev := range evs {
+			enqueue(ev)
+		}
+		from = evs[len(evs)-1].Seq
+	}
 }
 
 // send forwards queued envelopes in order until ctx ends.

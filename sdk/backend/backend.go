@@ -176,19 +176,23 @@ type Info struct {
 // Capabilities lists what a kind supports.
 type Capabilities struct {
 	Exec, Terminal, Stdin, OOMEvents, UpdateResources, Stats, Pause bool
+	// RecoverExecs: exec'd processes survive a restart of the engine
+	// (the kind's containers implement [ExecRecoverer]).
+	RecoverExecs bool
 }
 
 // DeriveCapabilities returns caps with the flags that stand for an optional
 // interface set from what c implements: Stats from [Stater],
 // UpdateResources from [Updater], Pause from [Pauser]. Kinds build their
 // [Info.Capabilities] with it, so that the flags cannot disagree with the
-// interfaces the engine discovers. c is usually a nil pointer of the kind's
+// interfaces the engine discovers. RecoverExecs is set from [ExecRecoverer]. c is usually a nil pointer of the kind's
 // container type. A kind that sets Exec must implement [Container.Exec];
 // one that does not must return errdefs.ErrNotImplemented from it.
 func DeriveCapabilities(c Container, caps Capabilities) Capabilities {
 	_, caps.Stats = c.(Stater)
 	_, caps.UpdateResources = c.(Updater)
 	_, caps.Pause = c.(Pauser)
+	_, caps.RecoverExecs = c.(ExecRecoverer)
 	return caps
 }
 
@@ -319,4 +323,46 @@ type PortDialer interface {
 // container after the engine restarted. pid is the init's host pid.
 type ContainerRecoverer interface {
 	RecoverContainer(ctx context.Context, cfg ContainerConfig, pid uint32) (Container, error)
+}
+
+// ExecRecoverer is implemented by containers that can re-attach to their
+// exec'd processes after the engine restarted, as a [ContainerRecoverer]
+// does to containers. The engine records each exec'd process crash-safely
+// when it is created, started and when it exits, and calls RecoverExec
+// for every record it finds once the container is recovered.
+type ExecRecoverer interface {
+	// RecoverExec re-attaches to exec'd process cfg.ID as rec describes
+	// it. A started process that is still running is watched, and its
+	// exit reported by Wait with its real exit code; one that exited
+	// while nobody watched reports the exit code it had, if the kind can
+	// still learn it (else 255). A process whose pid now names another
+	// process (the pid was reused) must be taken for exited, never
+	// signalled. A process whose exit the engine already recorded
+	// (rec.Exited) only needs Delete to release what it holds. An error
+	// makes the engine report the process exited with an unknown status
+	// (255).
+	RecoverExec(ctx context.Context, cfg ExecConfig, rec ExecRecord) (Process, error)
+}
+
+// ExecRecord is what the engine recorded about an exec'd process for
+// [ExecRecoverer.RecoverExec].
+type ExecRecord struct {
+	// Pid is the host pid Start returned; 0 if the process was never
+	// started.
+	Pid uint32
+	// State is what the process's [RecoveryStater] returned after Start
+	// (nil if it has none), for the kind to recognise the process, e.g.
+	// its start time against pid reuse.
+	State []byte
+	// Exited tells the engine recorded the process's exit before the
+	// restart.
+	Exited bool
+}
+
+// RecoveryStater is implemented by exec'd processes that need more than
+// their pid to be recovered: RecoveryState is called once after Start and
+// its result is handed back to [ExecRecoverer.RecoverExec] as
+// [ExecRecord.State].
+type RecoveryStater interface {
+	RecoveryState() ([]byte, error)
 }

@@ -120,9 +120,8 @@ func (s *Service) forgetDeleted() {
 }
 
 // recoverOutputs takes over the output of the containers made through the
-// API (they have a meta.json) that e recovered. A process the engine does
-// not know any more (exec'd processes do not survive a restart of the
-// engine) has no output served.
+// API (they have a meta.json) that e recovered. Exec'd processes, which
+// the engine recovers, do not have their output served again yet.
 func (s *Service) recoverOutputs() {
 	ctx := s.ctx
 	for _, sb := range s.e.ListSandboxes(ctx) {

@@ -66,6 +66,8 @@ type process struct {
 	id    string // exec ID; empty for init
 	impl  backend.Process
 	stdio backend.Stdio
+	// spec is an exec'd process's spec, kept in its record.
+	spec *specs.Process
 
 	mu    sync.Mutex
 	state ProcessState
@@ -75,6 +77,14 @@ type process struct {
 	// watched is set once the exit is being watched (after Start, or a
 	// kill of a process that was never started).
 	watched bool
+	// recState is an exec'd process's backend recovery state (see
+	// backend.RecoveryStater).
+	recState []byte
+
+	// saveMu serialises the writes of an exec'd process's record;
+	// forgotten is set once the record is removed for good.
+	saveMu    sync.Mutex
+	forgotten bool
 }
 
 type container struct {
@@ -292,8 +302,14 @@ func (e *Engine) Start(ctx context.Context, sandboxID, cid, execID string) (Proc
 	if err != nil {
 		return ProcessStatus{}, fmt.Errorf("start process %q of container %q: %w", execID, cid, err)
 	}
+	var recState []byte
+	var recErr error
+	if rs, ok := p.impl.(backend.RecoveryStater); ok && execID != "" {
+		recState, recErr = rs.RecoveryState()
+	}
 	p.mu.Lock()
 	p.pid = pid
+	p.recState = recState
 	if p.state == ProcessCreated {
 		p.state = ProcessRunning
 	}
@@ -302,6 +318,11 @@ func (e *Engine) Start(ctx context.Context, sandboxID, cid, execID string) (Proc
 		if err := sb.saveContainer(c); err != nil {
 			return ProcessStatus{}, err
 		}
+	} else if err := errors.Join(recErr, sb.saveExec(p)); err != nil {
+		// The process runs: watch it all the same, so that its exit is
+		// reported; only a restart would lose it.
+		e.watchProcess(sb, p)
+		return ProcessStatus{}, fmt.Errorf("record started process %q of container %q: %w", execID, cid, err)
 	}
 	e.watchProcess(sb, p)
 	ev := Event{Topic: TopicTaskStart, Namespace: sb.namespace(), SandboxID: sandboxID, ContainerID: cid, Pid: pid}
@@ -333,6 +354,8 @@ func (e *Engine) watchProcess(sb *sandbox, p *process) {
 		}
 		if p.id == "" {
 			_ = sb.saveContainer(p.c)
+		} else {
+			_ = sb.saveExec(p)
 		}
 		st = p.exitStatus()
 		e.events.publish(Event{
@@ -407,7 +430,15 @@ func (e *Engine) Exec(ctx context.Context, sandboxID string, spec ExecSpec) (Pro
 		c.mu.Unlock()
 		return ProcessStatus{}, fmt.Errorf("exec %q in container %q: %w", spec.ExecID, spec.ContainerID, err)
 	}
-	p := &process{c: c, id: spec.ExecID, impl: impl, stdio: spec.Stdio, state: ProcessCreated, done: make(chan struct{})}
+	p := &process{c: c, id: spec.ExecID, impl: impl, stdio: spec.Stdio, spec: spec.Process, state: ProcessCreated, done: make(chan struct{})}
+	if err := sb.saveExec(p); err != nil {
+		_ = sb.forgetExec(p)
+		_ = impl.Delete(ctx)
+		c.mu.Lock()
+		delete(c.execs, spec.ExecID)
+		c.mu.Unlock()
+		return ProcessStatus{}, err
+	}
 	c.mu.Lock()
 	c.execs[spec.ExecID] = p
 	c.mu.Unlock()
@@ -504,6 +535,9 @@ func (e *Engine) Delete(ctx context.Context, sandboxID, cid, execID string) (Pro
 	c.mu.Lock()
 	delete(c.execs, execID)
 	c.mu.Unlock()
+	if err := sb.forgetExec(p); err != nil {
+		return ProcessStatus{}, err
+	}
 	e.events.publish(Event{Topic: TopicTaskDelete, Namespace: sb.namespace(), SandboxID: sandboxID, ContainerID: cid, ExecID: execID,
 		Pid: st.Pid, ExitCode: st.ExitCode, ExitedAt: st.ExitedAt})
 	return st, nil
@@ -530,7 +564,7 @@ func (e *Engine) deleteContainer(ctx context.Context, sb *sandbox, c *container)
 	var errs []error
 	for _, p := range execs {
 		if p != nil {
-			errs = append(errs, p.impl.Delete(ctx))
+			errs = append(errs, p.impl.Delete(ctx), sb.forgetExec(p))
 		}
 	}
 	errs = append(errs, c.init.impl.Delete(ctx), c.impl.Delete(ctx), sb.removeContainerDir(c.id))
@@ -743,7 +777,9 @@ func (s *sandbox) recoverContainers(ctx context.Context) {
 		case rec.State == ProcessRunning || rec.State == ProcessPaused:
 			s.e.watchProcess(s, c.init)
 		}
+		s.recoverExecs(ctx, c)
 	}
+	s.removeStaleExecs()
 }
 
 // lostContainer stands for a container its backend could not re-attach to

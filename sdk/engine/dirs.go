@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -42,7 +43,8 @@ func (e *Engine) SandboxOf(ctx context.Context, containerID string) (string, err
 	return "", fmt.Errorf("container %q: %w", containerID, errdefs.ErrNotFound)
 }
 
-// removeContainerDir removes what ContainerDir created, if anything.
+// removeContainerDir removes what ContainerDir created, if anything, and
+// the records of the container's exec'd processes.
 func (s *sandbox) removeContainerDir(id string) error {
-	return os.RemoveAll(filepath.Join(s.dir, containersDir, id))
+	return errors.Join(os.RemoveAll(filepath.Join(s.dir, containersDir, id)), os.RemoveAll(s.execDir(id)))
 }

@@ -49,6 +49,9 @@ type Engine struct {
 	kinds       []string
 	stopTimeout time.Duration
 	events      *bus
+	// startSeq is the sequence number of the newest event when the
+	// engine started, before it recovered anything.
+	startSeq uint64
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
@@ -84,6 +87,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		backends:    map[string]backend.Backend{},
 		stopTimeout: cfg.StopTimeout,
 		events:      newBus(evlog),
+		startSeq:    evlog.lastSeq(),
 		sandboxes:   map[string]*sandbox{},
 		closing:     make(chan struct{}),
 	}
@@ -135,6 +139,13 @@ func (e *Engine) Subscribe(ctx context.Context) <-chan Event {
 func (e *Engine) SubscribeAfter(ctx context.Context) (<-chan Event, uint64) {
 	return e.events.subscribe(ctx)
 }
+
+// StartEventSeq returns the sequence number of the newest event when the
+// engine started (0 before the first): the events after it are this
+// engine's, those it published while recovering (the exits of processes
+// that ended while no engine ran, ...) included. A subscriber that starts
+// after New reads those with [Engine.EventsAfter].
+func (e *Engine) StartEventSeq() uint64 { return e.startSeq }
 
 // LastEventSeq returns the sequence number of the newest event (0 before
 // the first).

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,6 +28,7 @@ type container struct {
 
 	mu       sync.Mutex
 	procs    map[*process]bool // the processes, true while running
+	execs    map[string]*process
 	memLimit uint64
 	paused   chan struct{} // non-nil while paused, closed on resume
 	cpu      time.Duration // running time of the processes, paused time excluded
@@ -39,7 +41,45 @@ func (c *container) Exec(_ context.Context, cfg backend.ExecConfig) (backend.Pro
 	if cfg.Process == nil {
 		return nil, fmt.Errorf("exec %q: no process: %w", cfg.ID, errdefs.ErrInvalidArgument)
 	}
-	return c.newProcess(cfg.Process, cfg.Stdio)
+	p, err := c.newProcess(cfg.Process, cfg.Stdio)
+	if err != nil {
+		return nil, err
+	}
+	p.execID = cfg.ID
+	c.mu.Lock()
+	if c.execs == nil {
+		c.execs = map[string]*process{}
+	}
+	c.execs[cfg.ID] = p
+	c.mu.Unlock()
+	return p, nil
+}
+
+// RecoverExec finds an exec'd process of the container by its ID; its pid
+// and recovery state must be those recorded (a process with another pid
+// or state is not it: the record is stale).
+func (c *container) RecoverExec(_ context.Context, cfg backend.ExecConfig, rec backend.ExecRecord) (backend.Process, error) {
+	c.mu.Lock()
+	p, ok := c.execs[cfg.ID]
+	c.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("fake exec %q: %w", cfg.ID, errdefs.ErrNotFound)
+	}
+	if rec.Pid != 0 {
+		st, _ := p.RecoveryState()
+		if p.Pid() != rec.Pid || string(st) != string(rec.State) {
+			return nil, fmt.Errorf("fake exec %q: pid %d (state %s) is another process: %w", cfg.ID, rec.Pid, rec.State, errdefs.ErrNotFound)
+		}
+	}
+	return p, nil
+}
+
+// RecoveryState names the process by its pid and a serial number of its
+// start, as a start time would a real process.
+func (p *process) RecoveryState() ([]byte, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return []byte(fmt.Sprintf(`{"pid":%d,"start":%d}`, p.pid, p.startSerial)), nil
 }
 
 // Delete kills what still runs and forgets the container.
@@ -173,6 +213,9 @@ func (c *container) killAll(sig syscall.Signal) {
 	}
 }
 
+// startSerial numbers the starts of processes.
+var startSerial atomic.Uint64
+
 type process struct {
 	c      *container
 	script string
@@ -183,13 +226,16 @@ type process struct {
 	ctx    context.Context // ends when the process is killed
 	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	pid     uint32
-	started bool
-	killSig syscall.Signal
-	status  backend.ExitStatus
-	exited  bool
-	done    chan struct{}
+	execID string // empty for an init
+
+	mu          sync.Mutex
+	pid         uint32
+	startSerial uint64
+	started     bool
+	killSig     syscall.Signal
+	status      backend.ExitStatus
+	exited      bool
+	done        chan struct{}
 }
 
 // newProcess opens the process's stdin now, like a runtime that holds the
@@ -254,6 +300,7 @@ func (p *process) Start(context.Context) (uint32, error) {
 	}
 	p.started = true
 	p.pid = p.c.s.backend().cfg.Host.pid()
+	p.startSerial = startSerial.Add(1)
 	p.c.setRunning(p, true)
 	go p.run()
 	return p.pid, nil
@@ -482,6 +529,9 @@ func (p *process) Delete(context.Context) error {
 	if p != p.c.init {
 		p.c.mu.Lock()
 		delete(p.c.procs, p)
+		if p.c.execs[p.execID] == p {
+			delete(p.c.execs, p.execID)
+		}
 		p.c.mu.Unlock()
 	}
 	return nil

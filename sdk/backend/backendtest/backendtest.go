@@ -81,6 +81,7 @@ var checks = []check{
 	{"SandboxStats", checkSandboxStats},
 	{"DeleteLeavesNothing", checkDeleteLeavesNothing},
 	{"RecoverAfterRestart", checkRecoverAfterRestart},
+	{"RecoverExecAfterRestart", checkRecoverExecAfterRestart},
 	{"BadInput", checkBadInput},
 }
 

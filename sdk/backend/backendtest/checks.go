@@ -470,6 +470,82 @@ func checkRecoverAfterRestart(t *testing.T, s *suite) {
 	}
 }
 
+// checkRecoverExecAfterRestart: exec'd processes survive their engine and
+// backend too: one that exits across the restart reports its own exit
+// code and all its output, one still running is the same process and can
+// be killed.
+func checkRecoverExecAfterRestart(t *testing.T, s *suite) {
+	ctx := context.Background()
+	b1 := s.available(t)
+	closer, ok := b1.(io.Closer)
+	if !ok {
+		t.Skip("backend cannot be closed, so a restart cannot be simulated")
+	}
+	info := b1.Info()
+	if !info.Capabilities.Exec || !info.Capabilities.RecoverExecs {
+		t.Skip("kind does not recover exec'd processes")
+	}
+	x := &env{stateDir: t.TempDir(), info: info, w: s.w}
+	e1, err := engine.New(ctx, engine.Config{StateDir: x.stateDir, Backends: []backend.Backend{b1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.e, x.sb = e1, uniqueID("sb")
+	if _, err := e1.CreateSandbox(ctx, engine.SandboxSpec{ID: x.sb, Kind: info.Kind}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e1.StartSandbox(ctx, x.sb); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := x.run(t, "sleep 600")
+	out := x.exec(t, id, "gap", "echo before; sleep 1; echo after; exit 7")
+	x.exec(t, id, "run", "sleep 600")
+	run, err := e1.State(ctx, x.sb, id, "run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := out.Until("before", outputTimeout); !strings.Contains(got, "before") {
+		t.Fatalf("exec stdout before the restart = %q", got)
+	}
+	e1.Close()
+	closer.Close()
+
+	b2 := s.newBackend(t)
+	e2, err := engine.New(ctx, engine.Config{StateDir: x.stateDir, Backends: []backend.Backend{b2}, StopTimeout: time.Second})
+	if err != nil {
+		t.Fatalf("engine restart: %v", err)
+	}
+	defer e2.Close()
+	if st := waitExit(t, e2, x.sb, id, "gap"); st.Code != 7 {
+		t.Errorf("exit code of the exec across the restart = %d, want 7", st.Code)
+	}
+	if got := out.Until("after", outputTimeout); !strings.Contains(got, "before\nafter") {
+		t.Errorf("exec stdout = %q, want before and after", got)
+	}
+	ps, err := e2.State(ctx, x.sb, id, "run")
+	if err != nil || ps.State != engine.ProcessRunning || ps.Pid != run.Pid {
+		t.Fatalf("recovered exec = %+v, %v; want running with pid %d", ps, err, run.Pid)
+	}
+	if err := e2.Kill(ctx, x.sb, id, "run", syscall.SIGKILL, false); err != nil {
+		t.Fatalf("kill recovered exec: %v", err)
+	}
+	if st := waitExit(t, e2, x.sb, id, "run"); st.Code != 137 {
+		t.Errorf("exit code of the killed recovered exec = %d, want 137", st.Code)
+	}
+	for _, exec := range []string{"gap", "run"} {
+		if _, err := e2.Delete(ctx, x.sb, id, exec); err != nil {
+			t.Errorf("delete recovered exec %s: %v", exec, err)
+		}
+	}
+	if err := e2.Kill(ctx, x.sb, id, "", syscall.SIGKILL, true); err != nil {
+		t.Fatalf("kill recovered container: %v", err)
+	}
+	waitExit(t, e2, x.sb, id, "")
+	if err := e2.DeleteSandbox(ctx, x.sb); err != nil {
+		t.Fatalf("delete recovered sandbox: %v", err)
+	}
+}
+
 func checkBadInput(t *testing.T, s *suite) {
 	x := s.setup(t)
 	ctx := context.Background()

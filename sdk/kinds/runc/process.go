@@ -66,10 +66,18 @@ type proc struct {
 	status int
 	exited time.Time
 	done   chan struct{}
+	// startTime is an exec'd process's start time (clock ticks after
+	// boot), read before it is watched (it cannot be reaped before):
+	// it tells the process from a later one with its pid after a
+	// restart (see RecoverExec).
+	startTime uint64
+	// pidfd signals a recovered exec'd process (-1: none), so that a
+	// signal never reaches a process that reused its pid.
+	pidfd int
 }
 
 func newProc(c *container, id string, init bool, stdio backend.Stdio) *proc {
-	return &proc{c: c, id: id, init: init, stdio: stdio, done: make(chan struct{})}
+	return &proc{c: c, id: id, init: init, stdio: stdio, done: make(chan struct{}), pidfd: -1}
 }
 
 func (p *proc) rt() *gorunc.Runc { return p.c.rt }
@@ -187,7 +195,12 @@ func (p *proc) Start(ctx context.Context) (uint32, error) {
 	pid, err := p.start(ctx)
 	if err == nil && !p.init {
 		// Watched from now on (not under mu, which the exit takes): an
-		// exec'd process that already exited is a zombie until then.
+		// exec'd process that already exited is a zombie until then, so
+		// its start time can still be read.
+		st, _ := procStartTime(pid)
+		p.mu.Lock()
+		p.startTime = st
+		p.mu.Unlock()
 		p.c.s.b.watch(pid, p)
 	}
 	return uint32(pid), err
@@ -283,7 +296,13 @@ func (p *proc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
 	case !p.exited.IsZero():
 		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}
-	if err := unix.Kill(p.pid, sig); err != nil {
+	var err error
+	if p.pidfd >= 0 {
+		err = unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
+	} else {
+		err = unix.Kill(p.pid, sig)
+	}
+	if err != nil {
 		return fmt.Errorf("exec kill error: %w", checkKillError(err))
 	}
 	return nil
@@ -299,6 +318,10 @@ func (p *proc) SetExited(status int) {
 	}
 	paused := p.state == statePaused
 	p.exited, p.status, p.state = time.Now(), status, stateStopped
+	if p.pidfd >= 0 {
+		unix.Close(p.pidfd)
+		p.pidfd = -1
+	}
 	if p.console != nil {
 		_ = p.c.s.b.platform.ShutdownConsole(context.Background(), p.console)
 	}

@@ -35,7 +35,7 @@ type Options struct {
 	// EtcDir is where Setup writes hostname, hosts and resolv.conf
 	// (default /etc).
 	EtcDir string
-	// SysctlDir is where Setup writes the pod's network and UTS sysctls
+	// SysctlDir is where Setup writes the pod's sysctls
 	// (default /proc/sys).
 	SysctlDir string
 	// StdioDir holds the FIFOs of the processes' standard streams

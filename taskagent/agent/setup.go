@@ -72,12 +72,11 @@ func (a *Agent) Setup(ctx context.Context, req *agentv1.SetupRequest) error {
 	if err := setClock(req.GetHostTime()); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
-	podSysctls, err := setGuestSysctls(a.opts.SysctlDir, sysctls)
-	if err != nil {
+	if err := setGuestSysctls(a.opts.SysctlDir, sysctls); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
 	if a.tasks != nil {
-		if err := a.tasks.setup(ctx, req, podSysctls); err != nil {
+		if err := a.tasks.setup(ctx, req); err != nil {
 			return fmt.Errorf("setup: %w", err)
 		}
 	}
@@ -283,20 +282,15 @@ func addRoute(r *agentv1.Route) error {
 	return netlink.RouteReplace(nr)
 }
 
-// setGuestSysctls writes the pod's network and UTS sysctls (validated by
-// backend.ParseSysctls) below dir (the guest's /proc/sys: the guest's
-// network and UTS namespaces are the pod's) and returns the IPC ones,
-// which belong in the pod's IPC namespace.
-func setGuestSysctls(dir string, sysctls []backend.Sysctl) (map[string]string, error) {
-	ipc := map[string]string{}
+// setGuestSysctls writes the pod's sysctls (validated by
+// backend.ParseSysctls) below dir, the guest's /proc/sys: the guest's
+// network, UTS and IPC namespaces are the pod's (its containers share
+// them).
+func setGuestSysctls(dir string, sysctls []backend.Sysctl) error {
 	for _, sc := range sysctls {
-		if sc.Namespace == backend.SysctlIPC {
-			ipc[sc.Key] = sc.Value
-			continue
-		}
 		if err := os.WriteFile(filepath.Join(dir, sc.Path), []byte(sc.Value), 0); err != nil {
-			return nil, fmt.Errorf("sysctl %q=%q: %w", sc.Key, sc.Value, err)
+			return fmt.Errorf("sysctl %q=%q: %w", sc.Key, sc.Value, err)
 		}
 	}
-	return ipc, nil
+	return nil
 }

@@ -12,12 +12,10 @@ import (
 	"github.com/containerd/errdefs"
 
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
-	"github.com/magnetar-io/magnetar/sdk/backend"
 )
 
-// TestSetupSysctls: Setup writes the pod's network and UTS sysctls in the
-// guest's /proc/sys (a directory here) and keeps the IPC ones for the pod
-// sandbox; a sysctl that is not namespaced is refused before anything is
+// TestSetupSysctls: Setup writes the pod's sysctls in the guest's
+// /proc/sys (a directory here); a sysctl that is not namespaced is refused before anything is
 // written.
 func TestSetupSysctls(t *testing.T) {
 	etc, sys := t.TempDir(), t.TempDir()
@@ -47,35 +45,9 @@ func TestSetupSysctls(t *testing.T) {
 	}}); err != nil {
 		t.Fatalf("Setup: %v", err)
 	}
-	for p, want := range map[string]string{"net/ipv4/ip_forward": "1", "kernel/domainname": "example", "kernel/shmmax": "0\n"} {
+	for p, want := range map[string]string{"net/ipv4/ip_forward": "1", "kernel/domainname": "example", "kernel/shmmax": "4096"} {
 		if got, _ := os.ReadFile(filepath.Join(sys, p)); string(got) != want {
 			t.Errorf("%s = %q, want %q", p, got, want)
 		}
-	}
-}
-
-// TestGuestSysctlsSplit: IPC sysctls are returned for the pod's IPC
-// namespace, not written in the guest's.
-func TestGuestSysctlsSplit(t *testing.T) {
-	sys := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(sys, "net/core"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sc, err := backend.ParseSysctls(map[string]string{"net.core.somaxconn": "1024", "fs.mqueue.msg_max": "100", "kernel.shm_rmid_forced": "1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ipc, err := setGuestSysctls(sys, sc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ipc) != 2 || ipc["fs.mqueue.msg_max"] != "100" || ipc["kernel.shm_rmid_forced"] != "1" {
-		t.Errorf("IPC sysctls = %v", ipc)
-	}
-	if got, _ := os.ReadFile(filepath.Join(sys, "net/core/somaxconn")); string(got) != "1024" {
-		t.Errorf("somaxconn = %q", got)
-	}
-	if _, err := os.Stat(filepath.Join(sys, "fs")); !os.IsNotExist(err) {
-		t.Errorf("an IPC sysctl was written in the guest's /proc/sys (%v)", err)
 	}
 }

@@ -55,13 +55,12 @@ func (t *tasks) register(srv *ttrpc.Server) {
 }
 
 // setup creates and starts the pod sandbox (once) with the host name and
-// DNS from the Setup request and the pod's IPC sysctls.
-func (t *tasks) setup(ctx context.Context, req *agentv1.SetupRequest, sysctls map[string]string) error {
+// DNS from the Setup request.
+func (t *tasks) setup(ctx context.Context, req *agentv1.SetupRequest) error {
 	_, err := t.eng.CreateSandbox(ctx, engine.SandboxSpec{
 		ID:       PodSandboxID,
 		Kind:     runc.Kind,
 		Hostname: req.GetHostname(),
-		Sysctls:  sysctls,
 		DNS: backend.DNSConfig{
 			Servers:  req.GetDns().GetServers(),
 			Searches: req.GetDns().GetSearches(),

@@ -56,9 +56,8 @@ type SetupRequest struct {
 	// The pod's sysctls (Kubernetes' pod sysctls: names with dots or
 	// slashes, as runc takes them), set in the guest: only namespaced ones
 	// are accepted (kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, net.*,
-	// kernel.hostname, kernel.domainname). IPC ones are set in the pod's IPC
-	// namespace, the others in the guest's own namespaces, which are the
-	// pod's.
+	// kernel.hostname, kernel.domainname), set in the guest's own
+	// namespaces, which the pod's containers share.
 	Sysctls       map[string]string `protobuf:"bytes,9,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -35,6 +35,9 @@ type Options struct {
 	// EtcDir is where Setup writes hostname, hosts and resolv.conf
 	// (default /etc).
 	EtcDir string
+	// SysctlDir is where Setup writes the pod's sysctls
+	// (default /proc/sys).
+	SysctlDir string
 	// StdioDir holds the FIFOs of the processes' standard streams
 	// (default /run/magnetar/stdio).
 	StdioDir string
@@ -61,6 +64,9 @@ func (o *Options) defaults() {
 	}
 	if o.StdioDir == "" {
 		o.StdioDir = stdioDir
+	}
+	if o.SysctlDir == "" {
+		o.SysctlDir = "/proc/sys"
 	}
 	if o.PowerOff == nil {
 		o.PowerOff = powerOff

@@ -15,15 +15,21 @@ import (
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
 	typesv1 "github.com/magnetar-io/magnetar/gen/magnetar/types/v1"
 	"github.com/magnetar-io/magnetar/internal/atomicfile"
+	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
 // Setup configures the guest: log level, host name, DNS, mounts, network
-// interfaces, routes and clock, in that order, stopping at the first error;
-// then it creates the pod sandbox of the Task API.
+// interfaces, routes, clock and sysctls, in that order, stopping at the
+// first error; then it creates the pod sandbox of the Task API. Invalid
+// sysctls are refused before anything is done.
 func (a *Agent) Setup(ctx context.Context, req *agentv1.SetupRequest) error {
 	start := time.Now()
+	sysctls, err := backend.ParseSysctls(req.GetSysctls())
+	if err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
 	if !(a.level != nil && a.level.Level() == slog.LevelDebug) { // magnetar.debug=1 wins
 		a.setLevel(req.GetLogLevel())
 	}
@@ -64,6 +70,9 @@ func (a *Agent) Setup(ctx context.Context, req *agentv1.SetupRequest) error {
 		}
 	}
 	if err := setClock(req.GetHostTime()); err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	if err := setGuestSysctls(a.opts.SysctlDir, sysctls); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
 	if a.tasks != nil {
@@ -271,4 +280,17 @@ func addRoute(r *agentv1.Route) error {
 		nr.LinkIndex = l.Attrs().Index
 	}
 	return netlink.RouteReplace(nr)
+}
+
+// setGuestSysctls writes the pod's sysctls (validated by
+// backend.ParseSysctls) below dir, the guest's /proc/sys: the guest's
+// network, UTS and IPC namespaces are the pod's (its containers share
+// them).
+func setGuestSysctls(dir string, sysctls []backend.Sysctl) error {
+	for _, sc := range sysctls {
+		if err := os.WriteFile(filepath.Join(dir, sc.Path), []byte(sc.Value), 0); err != nil {
+			return fmt.Errorf("sysctl %q=%q: %w", sc.Key, sc.Value, err)
+		}
+	}
+	return nil
 }

@@ -67,7 +67,10 @@ func (s *sandbox) containerSpec(spec specs.Spec) specs.Spec {
 	ann[annSandboxID] = s.cfg.ID
 	spec.Annotations = ann
 	spec.Mounts = slices.Clone(spec.Mounts)
-	podfiles.AddResolvConf(&spec, s.cfg.Dir)
+	podfiles.AddPodFiles(&spec, s.cfg.Dir)
+	if shm := filepath.Join(s.cfg.Dir, podfiles.ShmName); dirExists(shm) {
+		podfiles.AddShm(&spec, shm)
+	}
 	if spec.Linux == nil {
 		return spec
 	}
@@ -380,4 +383,11 @@ func exitStderr(err error) string {
 		return strings.TrimSpace(string(ee.Stderr))
 	}
 	return ""
+}
+
+// dirExists reports whether p is a directory (sandboxes started before
+// pods had a /dev/shm have none).
+func dirExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
 }

@@ -40,6 +40,10 @@ const (
 	networkNone    = "none"    // loopback only
 )
 
+// shmHint prefixes the root spec's annotations of runsc's mount hint for
+// the pod's /dev/shm.
+const shmHint = "dev.gvisor.spec.mount.magnetar-shm."
+
 // initPath is where the root container's init is bind-mounted.
 const initPath = "/magnetar-init"
 
@@ -132,13 +136,22 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	if s.cfg.HostIPC {
 		return backend.StartInfo{}, fmt.Errorf("a gVisor pod cannot share the host's IPC namespace (hostIPC): %w", errdefs.ErrInvalidArgument)
 	}
-	if len(s.cfg.Sysctls) > 0 {
-		if _, err := backend.ParseSysctls(s.cfg.Sysctls); err != nil {
-			return backend.StartInfo{}, err
-		}
-		return backend.StartInfo{}, fmt.Errorf("pod sysctls are not yet set in the gVisor sandbox by the gvisor kind: %w", errdefs.ErrNotImplemented)
+	sysctls, err := backend.ParseSysctls(s.cfg.Sysctls)
+	if err != nil {
+		return backend.StartInfo{}, err
 	}
-	if err := podfiles.WriteResolvConf(s.cfg.Dir, s.cfg.DNS); err != nil {
+	for _, sc := range sysctls {
+		if sc.Namespace == backend.SysctlNet && s.st.Network == networkHost {
+			return backend.StartInfo{}, fmt.Errorf("sysctl %q: the pod uses the host's network, setting it would change the host: %w", sc.Key, errdefs.ErrInvalidArgument)
+		}
+	}
+	if err := podfiles.WritePodFiles(s.cfg.Dir, s.cfg.DNS, s.cfg.Hostname); err != nil {
+		return backend.StartInfo{}, err
+	}
+	// The pod's /dev/shm is a tmpfs inside the sandbox, shared by its
+	// containers through a mount hint (see writeRootBundle); this
+	// directory only names it.
+	if err := os.Mkdir(filepath.Join(s.cfg.Dir, podfiles.ShmName), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return backend.StartInfo{}, err
 	}
 	dir := filepath.Join(s.cfg.Dir, "root")
@@ -170,12 +183,40 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	if err := s.startRoot(ctx); err != nil {
 		return backend.StartInfo{}, fmt.Errorf("start gVisor sandbox %q: %w", s.cfg.ID, err)
 	}
+	if err := s.setSysctls(ctx, sysctls); err != nil {
+		return backend.StartInfo{}, err
+	}
 	_, reason := s.b.Platform()
 	info := map[string]string{"platform": s.st.Platform, "network": s.st.Network}
 	if reason != "" {
 		info["platform_reason"] = reason
 	}
 	return backend.StartInfo{Pid: uint32(pid), Info: info}, nil
+}
+
+// setSysctls sets the pod's sysctls in the sandbox's kernel: the root
+// container's init, run again with `runsc exec`, writes them in gVisor's
+// /proc/sys (runsc ignores the spec's linux.sysctl). gVisor implements
+// few of Linux's sysctls and lets fewer be set (some net.ipv4.tcp_* and
+// ip_local_port_range, no kernel.shm*, msg*, sem or fs.mqueue.*): the
+// others are refused with the kernel's reason.
+func (s *sandbox) setSysctls(ctx context.Context, sysctls []backend.Sysctl) error {
+	if len(sysctls) == 0 {
+		return nil
+	}
+	args := []string{"exec", "--cwd", "/", "--env", podinit.SysctlEnv + "=1", "--env", "GOMAXPROCS=1", s.cfg.ID, initPath}
+	for _, sc := range sysctls {
+		args = append(args, sc.Path, sc.Value)
+	}
+	err := s.runsc(ctx, args...)
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == podinit.SysctlUnsupported {
+		return fmt.Errorf("pod sysctls: gVisor's kernel cannot set them: %w: %w", err, errdefs.ErrNotImplemented)
+	}
+	if err != nil {
+		return fmt.Errorf("pod sysctls: %w", err)
+	}
+	return nil
 }
 
 // netCheckFixed is the first runsc release whose check "is this the root
@@ -241,7 +282,7 @@ func (s *sandbox) runscWith(ctx context.Context, rt *gorunc.Runc, dir string, ar
 		if ctx.Err() != nil {
 			return fmt.Errorf("runsc %s: no answer within %v: %w", args[0], s.b.cfg.CommandTimeout, errdefs.ErrUnavailable)
 		}
-		return fmt.Errorf("runsc %s: %v: %s", args[0], err, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("runsc %s: %w: %s", args[0], err, strings.TrimSpace(string(msg)))
 	}
 	return nil
 }
@@ -297,6 +338,11 @@ func (s *sandbox) writeRootBundle(dir string) error {
 		Annotations: map[string]string{
 			annContainerType: "sandbox",
 			annSandboxID:     s.cfg.ID,
+			// The pod's /dev/shm: a tmpfs in the sentry, shared by the
+			// containers that bind its directory (runsc's mount hints).
+			shmHint + "source": filepath.Join(s.cfg.Dir, podfiles.ShmName),
+			shmHint + "type":   "tmpfs",
+			shmHint + "share":  "pod",
 		},
 		Linux: &specs.Linux{
 			Namespaces:  nss,

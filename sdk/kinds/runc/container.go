@@ -48,7 +48,12 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 		return nil, err
 	}
 	spec.Mounts = slices.Clone(spec.Mounts)
-	podfiles.AddResolvConf(&spec, s.cfg.Dir)
+	podfiles.AddPodFiles(&spec, s.cfg.Dir)
+	if s.cfg.HostIPC {
+		podfiles.AddShm(&spec, "/dev/shm")
+	} else if shm := filepath.Join(s.cfg.Dir, podfiles.ShmName); podfiles.IsMountPoint(shm) {
+		podfiles.AddShm(&spec, shm)
+	}
 	data, err := json.Marshal(&spec)
 	if err != nil {
 		return nil, err

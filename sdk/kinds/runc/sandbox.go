@@ -61,8 +61,10 @@ func newSandbox(ctx context.Context, b *Backend, cfg backend.SandboxConfig, stat
 
 // Start creates the pod's IPC (unless it uses the host's) and UTS (unless
 // it uses the host network) namespaces, held by bind mounts, not by a
-// process; sets the pod's sysctls in its namespaces; and writes the pod's
-// resolv.conf, which every container gets as /etc/resolv.conf.
+// process; sets the pod's sysctls in its namespaces; writes the pod's
+// resolv.conf, hosts and hostname, which every container gets in /etc; and
+// mounts the pod's /dev/shm (a tmpfs shared by its containers, as the IPC
+// namespace is; a hostIPC pod's containers get the host's).
 func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error) {
 	ownNet := s.cfg.NetNSPath == "" && s.cfg.PrivateNetwork
 	hostNet := s.cfg.NetNSPath == "" && !ownNet
@@ -95,10 +97,16 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	defer func() {
 		if retErr != nil {
 			_ = s.releaseNamespaces()
+			_ = podfiles.UnmountShm(s.cfg.Dir)
 		}
 	}()
-	if err := podfiles.WriteResolvConf(s.cfg.Dir, s.cfg.DNS); err != nil {
+	if err := podfiles.WritePodFiles(s.cfg.Dir, s.cfg.DNS, s.cfg.Hostname); err != nil {
 		return backend.StartInfo{}, err
+	}
+	if !s.cfg.HostIPC {
+		if err := podfiles.MountShm(s.cfg.Dir); err != nil {
+			return backend.StartInfo{}, err
+		}
 	}
 	if err := holdNamespaces(nsDir, flags, s.cfg.Hostname, s.cfg.NetNSPath, sysctls); err != nil {
 		return backend.StartInfo{}, err
@@ -250,10 +258,11 @@ func (s *sandbox) Stop(ctx context.Context, timeout time.Duration) error {
 	return errors.Join(errs...)
 }
 
-// Delete ends the pod's PID namespace init and releases the namespaces.
+// Delete ends the pod's PID namespace init, releases the namespaces and
+// unmounts the pod's /dev/shm.
 func (s *sandbox) Delete(ctx context.Context) error {
 	s.once.Do(func() { close(s.stopped) })
-	return errors.Join(s.endPodInit(), s.releaseNamespaces())
+	return errors.Join(s.endPodInit(), s.releaseNamespaces(), podfiles.UnmountShm(s.cfg.Dir))
 }
 
 // State returns the persisted state.

@@ -129,15 +129,12 @@ func (s *sandbox) isGone() bool {
 // Start boots the VM, waits for its agent and sets the guest up.
 func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error) {
 	// The guest kernel is the pod's: it has no way into the host's IPC
-	// namespace, and pod sysctls are not carried into the guest yet.
+	// namespace. Pod sysctls are set in the guest by its agent (Setup).
 	if s.cfg.HostIPC {
 		return backend.StartInfo{}, fmt.Errorf("a microVM pod cannot share the host's IPC namespace (hostIPC): %w", errdefs.ErrInvalidArgument)
 	}
-	if len(s.cfg.Sysctls) > 0 {
-		if _, err := backend.ParseSysctls(s.cfg.Sysctls); err != nil {
-			return backend.StartInfo{}, err
-		}
-		return backend.StartInfo{}, fmt.Errorf("pod sysctls are not yet set in the microVM guest by the vm kind: %w", errdefs.ErrNotImplemented)
+	if _, err := backend.ParseSysctls(s.cfg.Sysctls); err != nil {
+		return backend.StartInfo{}, err
 	}
 	if err := os.MkdirAll(s.shared, 0o711); err != nil {
 		return backend.StartInfo{}, err
@@ -216,6 +213,7 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 		Mounts:     []*types.Mount{{Type: "9p", Source: shareTag, Target: guestShared}},
 		Interfaces: pn.ifaces,
 		Routes:     pn.routes,
+		Sysctls:    s.cfg.Sysctls,
 	}
 	if d := s.cfg.DNS; len(d.Servers)+len(d.Searches)+len(d.Options) > 0 {
 		req.Dns = &typesv1.DNSConfig{Servers: d.Servers, Searches: d.Searches, Options: d.Options}

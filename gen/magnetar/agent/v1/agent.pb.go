@@ -52,7 +52,13 @@ type SetupRequest struct {
 	HostTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=host_time,json=hostTime,proto3" json:"host_time,omitempty"`
 	// Minimum level of the agent's log lines sent through Events, as a
 	// log/slog level: -4 debug, 0 info, 4 warn, 8 error.
-	LogLevel      int32 `protobuf:"varint,8,opt,name=log_level,json=logLevel,proto3" json:"log_level,omitempty"`
+	LogLevel int32 `protobuf:"varint,8,opt,name=log_level,json=logLevel,proto3" json:"log_level,omitempty"`
+	// The pod's sysctls (Kubernetes' pod sysctls: names with dots or
+	// slashes, as runc takes them), set in the guest: only namespaced ones
+	// are accepted (kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, net.*,
+	// kernel.hostname, kernel.domainname), set in the guest's own
+	// namespaces, which the pod's containers share.
+	Sysctls       map[string]string `protobuf:"bytes,9,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -141,6 +147,13 @@ func (x *SetupRequest) GetLogLevel() int32 {
 		return x.LogLevel
 	}
 	return 0
+}
+
+func (x *SetupRequest) GetSysctls() map[string]string {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
 }
 
 // SetupResponse is the response of AgentService.Setup.
@@ -1053,7 +1066,7 @@ var File_magnetar_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_magnetar_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1dmagnetar/agent/v1/agent.proto\x12\x11magnetar.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dmagnetar/types/v1/types.proto\x1a\x11types/mount.proto\"\xf0\x02\n" +
+	"\x1dmagnetar/agent/v1/agent.proto\x12\x11magnetar.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dmagnetar/types/v1/types.proto\x1a\x11types/mount.proto\"\xf4\x03\n" +
 	"\fSetupRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -1065,7 +1078,11 @@ const file_magnetar_agent_v1_agent_proto_rawDesc = "" +
 	"interfaces\x120\n" +
 	"\x06routes\x18\x06 \x03(\v2\x18.magnetar.agent.v1.RouteR\x06routes\x127\n" +
 	"\thost_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bhostTime\x12\x1b\n" +
-	"\tlog_level\x18\b \x01(\x05R\blogLevel\"\x0f\n" +
+	"\tlog_level\x18\b \x01(\x05R\blogLevel\x12F\n" +
+	"\asysctls\x18\t \x03(\v2,.magnetar.agent.v1.SetupRequest.SysctlsEntryR\asysctls\x1a:\n" +
+	"\fSysctlsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x0f\n" +
 	"\rSetupResponse\"\x8e\x01\n" +
 	"\tInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
@@ -1144,7 +1161,7 @@ func file_magnetar_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_magnetar_agent_v1_agent_proto_rawDescData
 }
 
-var file_magnetar_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_magnetar_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_magnetar_agent_v1_agent_proto_goTypes = []any{
 	(*SetupRequest)(nil),          // 0: magnetar.agent.v1.SetupRequest
 	(*SetupResponse)(nil),         // 1: magnetar.agent.v1.SetupResponse
@@ -1162,45 +1179,47 @@ var file_magnetar_agent_v1_agent_proto_goTypes = []any{
 	(*SyncClockResponse)(nil),     // 13: magnetar.agent.v1.SyncClockResponse
 	(*ShutdownRequest)(nil),       // 14: magnetar.agent.v1.ShutdownRequest
 	(*ShutdownResponse)(nil),      // 15: magnetar.agent.v1.ShutdownResponse
-	nil,                           // 16: magnetar.agent.v1.LogLine.AttrsEntry
-	(*v1.DNSConfig)(nil),          // 17: magnetar.types.v1.DNSConfig
-	(*types.Mount)(nil),           // 18: containerd.types.Mount
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	nil,                           // 16: magnetar.agent.v1.SetupRequest.SysctlsEntry
+	nil,                           // 17: magnetar.agent.v1.LogLine.AttrsEntry
+	(*v1.DNSConfig)(nil),          // 18: magnetar.types.v1.DNSConfig
+	(*types.Mount)(nil),           // 19: containerd.types.Mount
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
 }
 var file_magnetar_agent_v1_agent_proto_depIdxs = []int32{
-	17, // 0: magnetar.agent.v1.SetupRequest.dns:type_name -> magnetar.types.v1.DNSConfig
-	18, // 1: magnetar.agent.v1.SetupRequest.mounts:type_name -> containerd.types.Mount
+	18, // 0: magnetar.agent.v1.SetupRequest.dns:type_name -> magnetar.types.v1.DNSConfig
+	19, // 1: magnetar.agent.v1.SetupRequest.mounts:type_name -> containerd.types.Mount
 	2,  // 2: magnetar.agent.v1.SetupRequest.interfaces:type_name -> magnetar.agent.v1.Interface
 	4,  // 3: magnetar.agent.v1.SetupRequest.routes:type_name -> magnetar.agent.v1.Route
-	19, // 4: magnetar.agent.v1.SetupRequest.host_time:type_name -> google.protobuf.Timestamp
-	3,  // 5: magnetar.agent.v1.Interface.addresses:type_name -> magnetar.agent.v1.IPAddress
-	20, // 6: magnetar.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
-	19, // 7: magnetar.agent.v1.HealthResponse.boot_time:type_name -> google.protobuf.Timestamp
-	19, // 8: magnetar.agent.v1.EventsResponse.timestamp:type_name -> google.protobuf.Timestamp
-	9,  // 9: magnetar.agent.v1.EventsResponse.oom:type_name -> magnetar.agent.v1.OOMEvent
-	10, // 10: magnetar.agent.v1.EventsResponse.process_exit:type_name -> magnetar.agent.v1.ProcessExitEvent
-	11, // 11: magnetar.agent.v1.EventsResponse.log:type_name -> magnetar.agent.v1.LogLine
-	19, // 12: magnetar.agent.v1.ProcessExitEvent.exited_at:type_name -> google.protobuf.Timestamp
-	16, // 13: magnetar.agent.v1.LogLine.attrs:type_name -> magnetar.agent.v1.LogLine.AttrsEntry
-	19, // 14: magnetar.agent.v1.SyncClockRequest.host_time:type_name -> google.protobuf.Timestamp
-	19, // 15: magnetar.agent.v1.SyncClockResponse.guest_time:type_name -> google.protobuf.Timestamp
-	20, // 16: magnetar.agent.v1.ShutdownRequest.grace_period:type_name -> google.protobuf.Duration
-	0,  // 17: magnetar.agent.v1.AgentService.Setup:input_type -> magnetar.agent.v1.SetupRequest
-	5,  // 18: magnetar.agent.v1.AgentService.Health:input_type -> magnetar.agent.v1.HealthRequest
-	7,  // 19: magnetar.agent.v1.AgentService.Events:input_type -> magnetar.agent.v1.EventsRequest
-	12, // 20: magnetar.agent.v1.AgentService.SyncClock:input_type -> magnetar.agent.v1.SyncClockRequest
-	14, // 21: magnetar.agent.v1.AgentService.Shutdown:input_type -> magnetar.agent.v1.ShutdownRequest
-	1,  // 22: magnetar.agent.v1.AgentService.Setup:output_type -> magnetar.agent.v1.SetupResponse
-	6,  // 23: magnetar.agent.v1.AgentService.Health:output_type -> magnetar.agent.v1.HealthResponse
-	8,  // 24: magnetar.agent.v1.AgentService.Events:output_type -> magnetar.agent.v1.EventsResponse
-	13, // 25: magnetar.agent.v1.AgentService.SyncClock:output_type -> magnetar.agent.v1.SyncClockResponse
-	15, // 26: magnetar.agent.v1.AgentService.Shutdown:output_type -> magnetar.agent.v1.ShutdownResponse
-	22, // [22:27] is the sub-list for method output_type
-	17, // [17:22] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	20, // 4: magnetar.agent.v1.SetupRequest.host_time:type_name -> google.protobuf.Timestamp
+	16, // 5: magnetar.agent.v1.SetupRequest.sysctls:type_name -> magnetar.agent.v1.SetupRequest.SysctlsEntry
+	3,  // 6: magnetar.agent.v1.Interface.addresses:type_name -> magnetar.agent.v1.IPAddress
+	21, // 7: magnetar.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
+	20, // 8: magnetar.agent.v1.HealthResponse.boot_time:type_name -> google.protobuf.Timestamp
+	20, // 9: magnetar.agent.v1.EventsResponse.timestamp:type_name -> google.protobuf.Timestamp
+	9,  // 10: magnetar.agent.v1.EventsResponse.oom:type_name -> magnetar.agent.v1.OOMEvent
+	10, // 11: magnetar.agent.v1.EventsResponse.process_exit:type_name -> magnetar.agent.v1.ProcessExitEvent
+	11, // 12: magnetar.agent.v1.EventsResponse.log:type_name -> magnetar.agent.v1.LogLine
+	20, // 13: magnetar.agent.v1.ProcessExitEvent.exited_at:type_name -> google.protobuf.Timestamp
+	17, // 14: magnetar.agent.v1.LogLine.attrs:type_name -> magnetar.agent.v1.LogLine.AttrsEntry
+	20, // 15: magnetar.agent.v1.SyncClockRequest.host_time:type_name -> google.protobuf.Timestamp
+	20, // 16: magnetar.agent.v1.SyncClockResponse.guest_time:type_name -> google.protobuf.Timestamp
+	21, // 17: magnetar.agent.v1.ShutdownRequest.grace_period:type_name -> google.protobuf.Duration
+	0,  // 18: magnetar.agent.v1.AgentService.Setup:input_type -> magnetar.agent.v1.SetupRequest
+	5,  // 19: magnetar.agent.v1.AgentService.Health:input_type -> magnetar.agent.v1.HealthRequest
+	7,  // 20: magnetar.agent.v1.AgentService.Events:input_type -> magnetar.agent.v1.EventsRequest
+	12, // 21: magnetar.agent.v1.AgentService.SyncClock:input_type -> magnetar.agent.v1.SyncClockRequest
+	14, // 22: magnetar.agent.v1.AgentService.Shutdown:input_type -> magnetar.agent.v1.ShutdownRequest
+	1,  // 23: magnetar.agent.v1.AgentService.Setup:output_type -> magnetar.agent.v1.SetupResponse
+	6,  // 24: magnetar.agent.v1.AgentService.Health:output_type -> magnetar.agent.v1.HealthResponse
+	8,  // 25: magnetar.agent.v1.AgentService.Events:output_type -> magnetar.agent.v1.EventsResponse
+	13, // 26: magnetar.agent.v1.AgentService.SyncClock:output_type -> magnetar.agent.v1.SyncClockResponse
+	15, // 27: magnetar.agent.v1.AgentService.Shutdown:output_type -> magnetar.agent.v1.ShutdownResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_magnetar_agent_v1_agent_proto_init() }
@@ -1219,7 +1238,7 @@ func file_magnetar_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_magnetar_agent_v1_agent_proto_rawDesc), len(file_magnetar_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -5,8 +5,12 @@
 package podinit
 
 import (
+	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -14,6 +18,18 @@ import (
 
 // Env marks a process started as a pod init: Env=1 in its environment.
 const Env = "MAGNETAR_POD_INIT"
+
+// SysctlEnv marks a process started to set sysctls (SysctlEnv=1): its
+// arguments are pairs of a path below /proc/sys and a value. It writes
+// each, reads it back, and exits 0, or SysctlUnsupported when the kernel
+// it runs on has no such sysctl or refuses the write or the value (the
+// gvisor kind runs it with `runsc exec` in a sandbox's root container),
+// or 1 on another error, with the reason on stderr.
+const SysctlEnv = "MAGNETAR_POD_SYSCTL"
+
+// SysctlUnsupported is the exit status of a sysctl process for a sysctl
+// the kernel does not let be set.
+const SysctlUnsupported = 3
 
 var hooked atomic.Bool
 
@@ -23,6 +39,9 @@ var hooked atomic.Bool
 // pod init (see [Hooked]).
 func Main() bool {
 	hooked.Store(true)
+	if os.Getenv(SysctlEnv) == "1" {
+		os.Exit(SetSysctls("/proc/sys", os.Args[1:], os.Stderr))
+	}
 	if os.Getenv(Env) != "1" || os.Getpid() != 1 {
 		return false
 	}
@@ -52,4 +71,40 @@ func run() {
 			}
 		}
 	}
+}
+
+// SetSysctls writes args, pairs of a path below root and a value, and
+// checks that each reads back as written (whitespace aside); it returns
+// the exit status described at [SysctlEnv], reasons written to errw.
+func SetSysctls(root string, args []string, errw io.Writer) int {
+	if len(args)%2 != 0 {
+		fmt.Fprintln(errw, "sysctl: arguments are not pairs of a path and a value")
+		return 1
+	}
+	for i := 0; i < len(args); i += 2 {
+		rel, val := args[i], args[i+1]
+		if !filepath.IsLocal(rel) {
+			fmt.Fprintf(errw, "sysctl %s: not a path below /proc/sys\n", rel)
+			return 1
+		}
+		p := filepath.Join(root, rel)
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(errw, "sysctl %s: this kernel has no such sysctl (%v)\n", rel, err)
+			return SysctlUnsupported
+		}
+		if err := os.WriteFile(p, []byte(val), 0); err != nil {
+			fmt.Fprintf(errw, "sysctl %s=%q: this kernel does not let it be set: %v\n", rel, val, err)
+			return SysctlUnsupported
+		}
+		got, err := os.ReadFile(p)
+		if err != nil {
+			fmt.Fprintf(errw, "sysctl %s: read back: %v\n", rel, err)
+			return 1
+		}
+		if strings.Join(strings.Fields(string(got)), " ") != strings.Join(strings.Fields(val), " ") {
+			fmt.Fprintf(errw, "sysctl %s=%q: this kernel kept %q\n", rel, val, strings.TrimSpace(string(got)))
+			return SysctlUnsupported
+		}
+	}
+	return 0
 }

@@ -137,7 +137,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	eng, err := engine.New(ctx, engine.Config{StateDir: cfg.StateDir, Backends: backends})
+	eng, err := engine.New(ctx, engine.Config{StateDir: cfg.StateDir, Backends: backends, NetNSDirs: cfg.NetNSDirs})
 	if err != nil {
 		return fmt.Errorf("open engine: %w", err)
 	}

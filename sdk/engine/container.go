@@ -213,6 +213,11 @@ func (e *Engine) CreateContainer(ctx context.Context, sandboxID string, spec Con
 	if spec.Spec == nil {
 		return ProcessStatus{}, fmt.Errorf("container %q: OCI spec is required: %w", spec.ID, errdefs.ErrInvalidArgument)
 	}
+	if spec.Spec.Linux != nil {
+		if err := ValidateResources("linux.resources", spec.Spec.Linux.Resources); err != nil {
+			return ProcessStatus{}, err
+		}
+	}
 	if other, dup := e.findContainer(spec.ID); dup {
 		return ProcessStatus{}, fmt.Errorf("container %q already exists in sandbox %q: %w", spec.ID, other, errdefs.ErrAlreadyExists)
 	}
@@ -615,6 +620,9 @@ func (e *Engine) Update(ctx context.Context, sandboxID, cid string, res *specs.L
 	}
 	if res == nil {
 		return fmt.Errorf("update container %q: resources are required: %w", cid, errdefs.ErrInvalidArgument)
+	}
+	if err := ValidateResources("resources", res); err != nil {
+		return err
 	}
 	u, ok := c.impl.(backend.Updater)
 	if !ok {

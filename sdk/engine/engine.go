@@ -38,6 +38,9 @@ type Config struct {
 	// keeps on disk, in <StateDir>/events, for watchers that resume
 	// ([Engine.EventsAfter]). Default [DefaultEventLogSize].
 	EventLogSize int64
+	// NetNSDirs are the directories where a sandbox's network namespace
+	// (SandboxSpec.NetNSPath) may be. Default [DefaultNetNSDirs].
+	NetNSDirs []string
 }
 
 // Engine runs sandboxes. It is safe for concurrent use.
@@ -47,6 +50,7 @@ type Engine struct {
 	kinds       []string
 	stopTimeout time.Duration
 	events      *bus
+	netnsDirs   []string
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
@@ -66,6 +70,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 10 * time.Second
 	}
+	if cfg.NetNSDirs == nil {
+		cfg.NetNSDirs = DefaultNetNSDirs
+	}
 	dir, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -81,6 +88,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		stateDir:    dir,
 		backends:    map[string]backend.Backend{},
 		stopTimeout: cfg.StopTimeout,
+		netnsDirs:   cfg.NetNSDirs,
 		events:      newBus(evlog),
 		sandboxes:   map[string]*sandbox{},
 		closing:     make(chan struct{}),

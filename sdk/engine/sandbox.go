@@ -176,6 +176,9 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 	if err := ValidateID("sandbox", spec.ID); err != nil {
 		return SandboxStatus{}, err
 	}
+	if err := e.validateSandboxSpec(spec); err != nil {
+		return SandboxStatus{}, err
+	}
 	b, ok := e.backends[spec.Kind]
 	if !ok {
 		return SandboxStatus{}, fmt.Errorf("unknown sandbox kind %q (have %v): %w", spec.Kind, e.kinds, errdefs.ErrInvalidArgument)

@@ -43,6 +43,12 @@ import (
 // proxy plugin client does.
 const MaxMessageSize = 16 << 20
 
+// MaxAPIRequestSize bounds a request message of Magnetar's API (Connect,
+// gRPC and gRPC-Web alike); a larger one fails with RESOURCE_EXHAUSTED
+// before it is read whole. No valid request comes near it: the fields
+// have limits of their own (docs/api.md, "Limits").
+const MaxAPIRequestSize = 4 << 20
+
 // gracefulStopTimeout is how long the daemon waits for Controller calls in
 // flight when it stops, before it cuts them off.
 const gracefulStopTimeout = 5 * time.Second
@@ -231,7 +237,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("open image store: %w", err)
 		}
 		defer images.Close()
-		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes))
+		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes), apiserver.WithHostAccess(cfg.APIAllowHostAccess))
 		if err != nil {
 			srv.Stop()
 			cancel()
@@ -368,7 +374,7 @@ func serveAPI(cfg Config, eng *engine.Engine, path string, log hclog.Logger, wg 
 	cs := connect.NewServer(logAPICalls(log))
 	api.Register(cs)
 	mux := http.NewServeMux()
-	connecthttp.Mount(mux, cs, connecthttp.WithCompressMinBytes(1024), connecthttp.WithReadMaxBytes(MaxMessageSize))
+	connecthttp.Mount(mux, cs, connecthttp.WithCompressMinBytes(1024), connecthttp.WithReadMaxBytes(MaxAPIRequestSize))
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)

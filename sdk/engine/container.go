@@ -243,7 +243,7 @@ func (e *Engine) CreateContainer(ctx context.Context, sandboxID string, spec Con
 		ID: spec.ID, Bundle: spec.Bundle, Rootfs: spec.Rootfs, Spec: spec.Spec, Stdio: spec.Stdio,
 	})
 	if err != nil {
-		return ProcessStatus{}, fmt.Errorf("create container %q: %w", spec.ID, err)
+		return ProcessStatus{}, fmt.Errorf("create container %q: %w", spec.ID, runtimeError(err))
 	}
 	c := &container{id: spec.ID, sb: sb, impl: ci, execs: map[string]*process{}}
 	c.init = &process{c: c, impl: ci.Init(), stdio: spec.Stdio, state: ProcessCreated, done: make(chan struct{})}
@@ -289,7 +289,7 @@ func (e *Engine) Start(ctx context.Context, sandboxID, cid, execID string) (Proc
 	}
 	pid, err := p.impl.Start(ctx)
 	if err != nil {
-		return ProcessStatus{}, fmt.Errorf("start process %q of container %q: %w", execID, cid, err)
+		return ProcessStatus{}, fmt.Errorf("start process %q of container %q: %w", execID, cid, runtimeError(err))
 	}
 	p.mu.Lock()
 	p.pid = pid
@@ -400,7 +400,7 @@ func (e *Engine) Exec(ctx context.Context, sandboxID string, spec ExecSpec) (Pro
 		c.mu.Lock()
 		delete(c.execs, spec.ExecID)
 		c.mu.Unlock()
-		return ProcessStatus{}, fmt.Errorf("exec %q in container %q: %w", spec.ExecID, spec.ContainerID, err)
+		return ProcessStatus{}, fmt.Errorf("exec %q in container %q: %w", spec.ExecID, spec.ContainerID, runtimeError(err))
 	}
 	p := &process{c: c, id: spec.ExecID, impl: impl, stdio: spec.Stdio, state: ProcessCreated, done: make(chan struct{})}
 	c.mu.Lock()
@@ -628,7 +628,7 @@ func (e *Engine) Update(ctx context.Context, sandboxID, cid string, res *specs.L
 	if !ok {
 		return fmt.Errorf("updating resources: %w", errdefs.ErrNotImplemented)
 	}
-	return u.Update(ctx, res)
+	return runtimeError(u.Update(ctx, res))
 }
 
 // Pause freezes a container; Resume thaws it.

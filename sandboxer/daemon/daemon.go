@@ -111,7 +111,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 	// A worker restarted under its supervisor resumes the VM pods'
 	// containers; after a full restart containerd has reported them
 	// exited, and the vm kind ends them.
-	vb, err := vmBackend(cfg.Backends.VM, cfg.sup != nil && cfg.sup.Restarted())
+	vb, err := vmBackend(cfg.Backends.VM, cfg.RunDir, cfg.sup != nil && cfg.sup.Restarted())
 	if err != nil {
 		return fmt.Errorf("open vm backend: %w", err)
 	}
@@ -415,7 +415,7 @@ func logAPICalls(log hclog.Logger) connect.ServerInterceptor {
 }
 
 // vmBackend builds the vm kind from its config.
-func vmBackend(c VMConfig, resume bool) (backend.Backend, error) {
+func vmBackend(c VMConfig, runDir string, resume bool) (backend.Backend, error) {
 	dir := c.GuestDir
 	if dir == "" {
 		dir = DefaultGuestDir
@@ -429,7 +429,7 @@ func vmBackend(c VMConfig, resume bool) (backend.Backend, error) {
 	}
 	return vm.New(vm.Config{
 		Driver: qemu.New(qemu.Options{Binary: c.QEMU}),
-		Kernel: kernel, Initrd: initrd,
+		Kernel: kernel, Initrd: initrd, RunDir: runDir,
 		VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, MaxVCPUs: c.MaxVCPUs, MemoryOverheadMiB: c.MemoryOverheadMiB,
 		BootTimeout:    time.Duration(c.BootTimeout),
 		HealthInterval: time.Duration(c.HealthInterval), HealthTimeout: time.Duration(c.HealthTimeout),

@@ -48,7 +48,7 @@ const (
 	guestShared = "/run/magnetar/shared"
 	// DefaultRunDir is Config.RunDir's default.
 	DefaultRunDir = "/run/magnetar"
-	maxSockPath = 100
+	maxSockPath   = 100
 )
 
 // MinMemoryLimit is the smallest memory limit of a vm sandbox, in bytes.

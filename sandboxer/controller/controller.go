@@ -72,6 +72,8 @@ type Controller struct {
 	// containerd's proxy retries (reaching the next daemon).
 	closing   chan struct{}
 	closeOnce sync.Once
+	// wg holds watchDeletes.
+	wg sync.WaitGroup
 }
 
 var _ sandboxapi.ControllerServer = (*Controller)(nil)
@@ -88,13 +90,56 @@ func New(eng *engine.Engine, cfg Config) (*Controller, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Controller{
+	c := &Controller{
 		eng:     eng,
 		kinds:   kindResolver{handlers: maps.Clone(cfg.Handlers), defaultKind: cfg.DefaultKind},
 		log:     log,
 		tasks:   newTaskServers(eng, cfg.RunDir, cfg.Version, log, cfg.TaskSockets),
 		closing: make(chan struct{}),
-	}, nil
+	}
+	c.wg.Go(c.watchDeletes)
+	return c, nil
+}
+
+// watchDeletes stops the Task API server of a sandbox deleted other than
+// through Shutdown (Magnetar's API deletes sandboxes too, among them
+// those whose server Recover started), until Close or Detach.
+func (c *Controller) watchDeletes() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-c.closing
+		cancel()
+	}()
+	for ctx.Err() == nil {
+		ch := c.eng.Subscribe(ctx)
+		// What was deleted while no subscription was open.
+		for _, id := range c.tasks.ids() {
+			c.stopIfDeleted(ctx, id)
+		}
+		for ev := range ch {
+			if ev.Topic == engine.TopicSandboxDelete {
+				c.stopIfDeleted(ctx, ev.SandboxID)
+			}
+		}
+		// The subscription fell behind (or the engine closed): subscribe
+		// again and look at every server, not in a busy loop.
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// stopIfDeleted stops the Task API server of sandbox id unless the
+// engine has a sandbox of that ID (again: CRI may have made it anew).
+func (c *Controller) stopIfDeleted(ctx context.Context, id string) {
+	if _, err := c.eng.Sandbox(ctx, id); !errdefs.IsNotFound(err) || !c.tasks.running(id) {
+		return
+	}
+	if err := c.tasks.stop(id); err != nil {
+		c.log.Warn("stop task server of a deleted sandbox", "sandbox_id", id, "error", err)
+	}
 }
 
 // Recover serves the Task API of every ready sandbox the engine knows, so
@@ -124,6 +169,7 @@ func (c *Controller) ExitHold(ev engine.Event) <-chan struct{} {
 // containers keep running.
 func (c *Controller) Close() error {
 	c.closeOnce.Do(func() { close(c.closing) })
+	c.wg.Wait()
 	return c.tasks.closeAll()
 }
 
@@ -133,6 +179,7 @@ func (c *Controller) Close() error {
 // the next worker. Blocked Controller Waits end (containerd retries them).
 func (c *Controller) Detach() {
 	c.closeOnce.Do(func() { close(c.closing) })
+	c.wg.Wait()
 	c.tasks.detachAll()
 }
 

@@ -298,6 +298,17 @@ func (t *taskServer) detach() {
 	_ = t.sio.closeAll()
 }
 
+// ids returns the sandboxes whose Task API is served.
+func (ts *taskServers) ids() []string {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	out := make([]string, 0, len(ts.servers))
+	for id := range ts.servers {
+		out = append(out, id)
+	}
+	return out
+}
+
 // stop stops the Task API server of sandbox id, if there is one.
 func (ts *taskServers) stop(id string) error {
 	ts.mu.Lock()

@@ -13,6 +13,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/magnetar-io/magnetar/sandboxer/supervisor"
+	"github.com/magnetar-io/magnetar/sdk/engine"
 )
 
 // ConfigVersion is the config file version this daemon reads.
@@ -35,6 +36,8 @@ const (
 //	api_listen = "/run/magnetar/api.sock"
 //	api_output_ring_bytes = 1048576
 //	api_max_file_bytes = 8589934592
+//	api_allow_host_access = false
+//	netns_dirs = ["/run/netns", "/var/run/netns"]
 //	default_kind = "runc"
 //	log_level = "info"
 //	[containerd]
@@ -86,6 +89,20 @@ type Config struct {
 	// APIMaxFileBytes bounds a file written through the API's file
 	// service, and the file bytes of one tar upload. Default 8 GiB.
 	APIMaxFileBytes int64 `toml:"api_max_file_bytes"`
+	// APIAllowHostAccess lets callers of Magnetar's API reach the host:
+	// containers with a host directory as root file system
+	// (rootfs_path), bind mounts and other mounts of host paths, and raw
+	// OCI specs (oci_spec_json) applied with their own namespaces,
+	// cgroups, capabilities, devices and hooks. Off by default: such
+	// requests fail with PERMISSION_DENIED, and the server sets the
+	// namespaces, cgroup and capabilities of every container. Anyone who
+	// can reach the API socket is root on the host with it on.
+	APIAllowHostAccess bool `toml:"api_allow_host_access"`
+	// NetNSDirs are the directories where the network namespace of a
+	// sandbox given by path (CRI's pod namespaces, the API's
+	// NETWORK_MODE_NETNS) may be. Default /run/netns and /var/run/netns
+	// (ip-netns' and containerd's).
+	NetNSDirs []string `toml:"netns_dirs"`
 	// DefaultKind is the sandbox kind used when neither the runtime handler
 	// nor the pod's magnetar.io/kind annotation names one. Empty refuses
 	// such pods.
@@ -242,6 +259,9 @@ func (c *Config) applyDefaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = DefaultLogLevel
 	}
+	if c.NetNSDirs == nil {
+		c.NetNSDirs = engine.DefaultNetNSDirs
+	}
 }
 
 // LoadConfig reads a config file. Fields it does not set keep their
@@ -296,6 +316,11 @@ func (c Config) Validate() error {
 	}
 	if c.APIMaxFileBytes < 0 {
 		errs = append(errs, fmt.Errorf("api_max_file_bytes %d must not be negative (0: the default)", c.APIMaxFileBytes))
+	}
+	for _, d := range c.NetNSDirs {
+		if !filepath.IsAbs(d) {
+			errs = append(errs, fmt.Errorf("netns_dirs: %q must be an absolute path", d))
+		}
 	}
 	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
 		errs = append(errs, fmt.Errorf("log_level %q is not one of trace, debug, info, warn, error", c.LogLevel))

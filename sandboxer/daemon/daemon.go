@@ -43,6 +43,12 @@ import (
 // proxy plugin client does.
 const MaxMessageSize = 16 << 20
 
+// MaxAPIRequestSize bounds a request message of Magnetar's API (Connect,
+// gRPC and gRPC-Web alike); a larger one fails with RESOURCE_EXHAUSTED
+// before it is read whole. No valid request comes near it: the fields
+// have limits of their own (docs/api.md, "Limits").
+const MaxAPIRequestSize = 4 << 20
+
 // gracefulStopTimeout is how long the daemon waits for Controller calls in
 // flight when it stops, before it cuts them off.
 const gracefulStopTimeout = 5 * time.Second
@@ -105,7 +111,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 	// A worker restarted under its supervisor resumes the VM pods'
 	// containers; after a full restart containerd has reported them
 	// exited, and the vm kind ends them.
-	vb, err := vmBackend(cfg.Backends.VM, cfg.sup != nil && cfg.sup.Restarted())
+	vb, err := vmBackend(cfg.Backends.VM, cfg.RunDir, cfg.sup != nil && cfg.sup.Restarted())
 	if err != nil {
 		return fmt.Errorf("open vm backend: %w", err)
 	}
@@ -137,7 +143,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	eng, err := engine.New(ctx, engine.Config{StateDir: cfg.StateDir, Backends: backends})
+	eng, err := engine.New(ctx, engine.Config{StateDir: cfg.StateDir, Backends: backends, NetNSDirs: cfg.NetNSDirs})
 	if err != nil {
 		return fmt.Errorf("open engine: %w", err)
 	}
@@ -231,7 +237,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("open image store: %w", err)
 		}
 		defer images.Close()
-		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes), apiserver.WithMaxFileSize(cfg.APIMaxFileBytes))
+		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes), apiserver.WithMaxFileSize(cfg.APIMaxFileBytes), apiserver.WithHostAccess(cfg.APIAllowHostAccess))
 		if err != nil {
 			srv.Stop()
 			cancel()
@@ -368,7 +374,7 @@ func serveAPI(cfg Config, eng *engine.Engine, path string, log hclog.Logger, wg 
 	cs := connect.NewServer(logAPICalls(log))
 	api.Register(cs)
 	mux := http.NewServeMux()
-	connecthttp.Mount(mux, cs, connecthttp.WithCompressMinBytes(1024), connecthttp.WithReadMaxBytes(MaxMessageSize))
+	connecthttp.Mount(mux, cs, connecthttp.WithCompressMinBytes(1024), connecthttp.WithReadMaxBytes(MaxAPIRequestSize))
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -409,7 +415,7 @@ func logAPICalls(log hclog.Logger) connect.ServerInterceptor {
 }
 
 // vmBackend builds the vm kind from its config.
-func vmBackend(c VMConfig, resume bool) (backend.Backend, error) {
+func vmBackend(c VMConfig, runDir string, resume bool) (backend.Backend, error) {
 	dir := c.GuestDir
 	if dir == "" {
 		dir = DefaultGuestDir
@@ -423,7 +429,7 @@ func vmBackend(c VMConfig, resume bool) (backend.Backend, error) {
 	}
 	return vm.New(vm.Config{
 		Driver: qemu.New(qemu.Options{Binary: c.QEMU}),
-		Kernel: kernel, Initrd: initrd,
+		Kernel: kernel, Initrd: initrd, RunDir: runDir,
 		VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, MaxVCPUs: c.MaxVCPUs, MemoryOverheadMiB: c.MemoryOverheadMiB,
 		BootTimeout:    time.Duration(c.BootTimeout),
 		HealthInterval: time.Duration(c.HealthInterval), HealthTimeout: time.Duration(c.HealthTimeout),

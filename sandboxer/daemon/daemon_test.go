@@ -49,6 +49,7 @@ func testConfig(t *testing.T) Config {
 	cfg.RunDir = filepath.Join(dir, "run")
 	cfg.Listen = filepath.Join(dir, "run", "sandboxer.sock")
 	cfg.LogLevel = "debug"
+	cfg.NetNSDirs = []string{filepath.Join(dir, "netns")}
 	return cfg
 }
 
@@ -147,7 +148,6 @@ func createRequest(t *testing.T, id, handler string, pod *runtimeapi.PodSandboxC
 	return &sandboxapi.ControllerCreateRequest{
 		SandboxID: id,
 		Options:   &anypb.Any{TypeUrl: "runtime.v1.PodSandboxConfig", Value: opts.GetValue()},
-		NetnsPath: "/var/run/netns/cni-test",
 		Sandbox: &types.Sandbox{
 			SandboxID:  id,
 			Labels:     map[string]string{"name": "pod_ns_uid_0"},
@@ -224,11 +224,15 @@ func wantCode(t *testing.T, what string, err error, code codes.Code) {
 
 func TestControllerRoundTrip(t *testing.T) {
 	fb := backendfake.New(backendfake.Config{})
-	client, _ := startDaemon(t, testConfig(t), fb)
+	cfg := testConfig(t)
+	netns := testutil.NetNS(t, cfg.NetNSDirs[0], "cni-test")
+	client, _ := startDaemon(t, cfg, fb)
 	ctx := k8sCtx(t)
 	const id = "0123456789abcdef"
 
-	if _, err := client.Create(ctx, createRequest(t, id, "magnetar-fake", testPod())); err != nil {
+	req := createRequest(t, id, "magnetar-fake", testPod())
+	req.NetnsPath = netns
+	if _, err := client.Create(ctx, req); err != nil {
 		t.Fatalf("Create: %v", err)
 	}
 	created := fb.Created()
@@ -236,7 +240,7 @@ func TestControllerRoundTrip(t *testing.T) {
 		t.Fatal("no sandbox was created")
 	}
 	got := created[len(created)-1]
-	if got.Namespace != "k8s.io" || got.Hostname != "pod-a" || got.NetNSPath != "/var/run/netns/cni-test" || got.CgroupParent != "/kubepods/pod-uid" {
+	if got.Namespace != "k8s.io" || got.Hostname != "pod-a" || got.NetNSPath != netns || got.CgroupParent != "/kubepods/pod-uid" {
 		t.Errorf("sandbox config: %+v", got)
 	}
 	if len(got.DNS.Servers) != 1 || got.DNS.Servers[0] != "10.0.0.10" || got.DNS.Options[0] != "ndots:5" {

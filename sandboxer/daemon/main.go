@@ -37,6 +37,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		logLevel   = fs.String("log-level", "", "trace, debug, info, warn or error (default "+DefaultLogLevel+")")
 		ttrpcAddr  = fs.String("containerd-ttrpc-address", "", "containerd's ttrpc socket, for task events")
 		version    = fs.Bool("version", false, "print the version and exit")
+		hostAccess = fs.Bool("api-allow-host-access", false, "let Magnetar's API callers reach the host (rootfs_path, bind mounts, raw OCI specs as given): whoever can reach the API socket is then root on the host")
 		noSup      = fs.Bool("no-supervisor", false, "run as a single process, without the supervisor that keeps containers and connections across crashes and upgrades")
 		handoverV  = fs.Bool("handover-version", false, "print the version of the supervisor state this binary takes over in a live upgrade, and exit")
 	)
@@ -77,6 +78,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	if *noSup {
 		cfg.NoSupervisor = true
+	}
+	if *hostAccess {
+		cfg.APIAllowHostAccess = true
 	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "magnetar-sandboxer: %v\n", err)

@@ -50,7 +50,7 @@ func serve(t *testing.T) map[string]clients {
 			_ = e.DeleteSandbox(context.Background(), sb.ID)
 		}
 	})
-	api := apiserver.New(e)
+	api := apiserver.New(e, apiserver.WithHostAccess(true))
 	t.Cleanup(func() { api.Close() })
 	srv := connect.NewServer()
 	api.Register(srv)

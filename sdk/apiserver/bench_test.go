@@ -60,7 +60,7 @@ func BenchmarkWasmContainerStartAPI(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer e.Close()
-	api := apiserver.New(e)
+	api := apiserver.New(e, apiserver.WithHostAccess(true))
 	defer api.Close()
 	srv := connect.NewServer()
 	api.Register(srv)

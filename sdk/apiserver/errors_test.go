@@ -124,7 +124,7 @@ func TestRegisterMapsErrorsFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
-	api := apiserver.New(e)
+	api := apiserver.New(e, apiserver.WithHostAccess(true))
 	t.Cleanup(func() { api.Close() })
 	var seen []connect.Code
 	srv := connect.NewServer(func(next connect.ServerFunc) connect.ServerFunc {

@@ -69,6 +69,14 @@ func WithMaxFileSize(n int64) Option {
 	return func(s *Server) { s.directOpts = append(s.directOpts, direct.WithMaxFileSize(n)) }
 }
 
+// WithHostAccess lets API callers reach the host: host directories as
+// root file systems, bind mounts, raw OCI specs applied as given (see
+// [direct.WithHostAccess]). Off by default: such requests fail with
+// PERMISSION_DENIED.
+func WithHostAccess(allow bool) Option {
+	return func(s *Server) { s.directOpts = append(s.directOpts, direct.WithHostAccess(allow)) }
+}
+
 // New returns a server over e. Close it to stop its background copying.
 func New(e *engine.Engine, opts ...Option) *Server {
 	s := &Server{}

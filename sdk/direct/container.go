@@ -186,7 +186,15 @@ func (s *Service) locate(ctx context.Context, id string) (string, error) {
 // the runtime must still create mount points (/proc, /dev, /run...) in the
 // root before making it read-only, which a read-only mount would not let
 // it. See buildSpec for the process defaults.
+//
+// Every field is checked before anything is created (docs/api.md,
+// "Limits"): errdefs.ErrInvalidArgument, most often an
+// [engine.FieldError] naming the field, or errdefs.ErrPermissionDenied
+// for what needs host access ([WithHostAccess]).
 func (s *Service) CreateContainer(ctx context.Context, req ContainerRequest) (_ Container, retErr error) {
+	if err := validateContainerRequest(&req, s.hostAccess); err != nil {
+		return Container{}, err
+	}
 	sbst, err := s.e.Sandbox(ctx, req.SandboxID)
 	if err != nil {
 		return Container{}, err
@@ -214,7 +222,7 @@ func (s *Service) CreateContainer(ctx context.Context, req ContainerRequest) (_ 
 		}
 		img = &imageRootfs{config: im.Config, dir: dir}
 	}
-	spec, err := buildSpec(ctx, sbst, sbst.HostNetwork, sbst.CgroupParent, id, &req, img)
+	spec, err := buildSpec(ctx, sbst, sbst.HostNetwork, sbst.CgroupParent, id, &req, img, s.hostAccess)
 	if err != nil {
 		return Container{}, err
 	}
@@ -440,6 +448,9 @@ func (s *Service) Exec(ctx context.Context, req ExecRequest) (_ engine.ProcessSt
 	if len(p.Args) == 0 {
 		return engine.ProcessStatus{}, fmt.Errorf("process.args must not be empty: %w", errdefs.ErrInvalidArgument)
 	}
+	if err := validateProcess("process", &p, false); err != nil {
+		return engine.ProcessStatus{}, err
+	}
 	dir, err := s.e.ContainerDir(ctx, sb, id)
 	if err != nil {
 		return engine.ProcessStatus{}, err
@@ -634,6 +645,9 @@ func (s *Service) Stats(ctx context.Context, containerID string) (*backend.Stats
 // UpdateResources changes the set fields of a container's resources;
 // res is required.
 func (s *Service) UpdateResources(ctx context.Context, containerID string, res *Resources) error {
+	if err := validateResources("resources", res); err != nil {
+		return err
+	}
 	sb, err := s.locate(ctx, containerID)
 	if err != nil {
 		return err

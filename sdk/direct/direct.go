@@ -49,6 +49,8 @@ type Service struct {
 	ringSize int64
 	// maxFileSize bounds files written through the file methods.
 	maxFileSize int64
+	// hostAccess allows requests that reach the host (WithHostAccess).
+	hostAccess bool
 
 	// ctx ends when the service closes.
 	ctx    context.Context
@@ -78,6 +80,18 @@ func WithOutputRingSize(n int64) Option {
 			s.ringSize = n
 		}
 	}
+}
+
+// WithHostAccess lets requests reach the host: containers with a host
+// directory as root file system (RootfsPath), bind mounts and mounts of
+// other than kernel file systems (tmpfs, proc, sysfs, devpts, mqueue,
+// cgroup), and raw OCI specs (OCISpecJSON) applied as given, with their
+// own namespaces, cgroup, capabilities, devices and hooks. Without it,
+// those fail with errdefs.ErrPermissionDenied and the service sets the
+// namespaces, cgroup and capabilities of every container. Whoever makes
+// such requests is root on the host.
+func WithHostAccess(allow bool) Option {
+	return func(s *Service) { s.hostAccess = allow }
 }
 
 // New returns a service over e. It takes over the output of the

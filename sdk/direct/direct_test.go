@@ -41,7 +41,7 @@ func service(t *testing.T, images bool) (*direct.Service, string) {
 			_ = e.DeleteSandbox(context.Background(), sb.ID)
 		}
 	})
-	var opts []direct.Option
+	opts := []direct.Option{direct.WithHostAccess(true)}
 	if images {
 		st, err := image.Open(filepath.Join(stateDir, "images"))
 		if err != nil {
@@ -227,7 +227,7 @@ func TestErrors(t *testing.T) {
 			return err
 		}, errdefs.IsNotFound},
 		{"container in a missing sandbox", func() error {
-			_, err := s.CreateContainer(ctx, direct.ContainerRequest{SandboxID: "missing"})
+			_, err := s.CreateContainer(ctx, direct.ContainerRequest{SandboxID: "missing", Image: "x:1"})
 			return err
 		}, errdefs.IsNotFound},
 		{"missing container", func() error {
@@ -249,14 +249,15 @@ func TestErrors(t *testing.T) {
 
 	// Errors of an existing container.
 	id := readySandbox(t, ctx, s)
+	rootfs := testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
 	c, err := s.CreateContainer(ctx, direct.ContainerRequest{
-		SandboxID: id, RootfsPath: testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs")), Process: direct.Process{Args: []string{"true"}},
+		SandboxID: id, RootfsPath: rootfs, Process: direct.Process{Args: []string{"true"}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cid := c.Status.ContainerID
-	if _, err := s.CreateContainer(ctx, direct.ContainerRequest{SandboxID: id, ID: cid, RootfsPath: "/r", Process: direct.Process{Args: []string{"true"}}}); !errdefs.IsAlreadyExists(err) {
+	if _, err := s.CreateContainer(ctx, direct.ContainerRequest{SandboxID: id, ID: cid, RootfsPath: rootfs, Process: direct.Process{Args: []string{"true"}}}); !errdefs.IsAlreadyExists(err) {
 		t.Errorf("a second container %s: %v, want AlreadyExists", cid, err)
 	}
 	if err := s.Signal(ctx, cid, "", 0, false); !errdefs.IsInvalidArgument(err) {

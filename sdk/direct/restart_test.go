@@ -39,7 +39,7 @@ func TestRestartResumesOutputAndEvents(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return e, direct.New(e)
+		return e, direct.New(e, direct.WithHostAccess(true))
 	}
 	e, s := open()
 	rootfs := testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))

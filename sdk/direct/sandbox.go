@@ -67,7 +67,14 @@ type SandboxRequest struct {
 }
 
 // CreateSandbox creates a sandbox.
+//
+// Every field is checked before anything is created (docs/api.md,
+// "Limits"); what is refused is errdefs.ErrInvalidArgument, most often an
+// [engine.FieldError] naming the field.
 func (s *Service) CreateSandbox(ctx context.Context, req SandboxRequest) (engine.SandboxStatus, error) {
+	if err := validateSandboxRequest(&req); err != nil {
+		return engine.SandboxStatus{}, err
+	}
 	id := req.ID
 	if id == "" {
 		id = newID()

@@ -43,7 +43,10 @@ const bundleRootfs = "rootfs"
 // else the image's working directory, else "/"; the user is the request's,
 // else the image's, resolved against the image's /etc/passwd and
 // /etc/group.
-func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, cgroupParent, id string, req *ContainerRequest, img *imageRootfs) (*specs.Spec, error) {
+//
+// A raw spec (req.OCISpecJSON) is used as given with hostAccess; without,
+// see confineSpec.
+func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, cgroupParent, id string, req *ContainerRequest, img *imageRootfs, hostAccess bool) (*specs.Spec, error) {
 	if raw := req.OCISpecJSON; len(raw) > 0 {
 		var spec specs.Spec
 		if err := json.Unmarshal(raw, &spec); err != nil {
@@ -51,6 +54,12 @@ func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, c
 		}
 		if img != nil {
 			spec.Root = &specs.Root{Path: bundleRootfs, Readonly: req.ReadonlyRootfs}
+		}
+		if hostAccess {
+			return &spec, nil
+		}
+		if err := confineSpec(ctx, sb, hostNetwork, cgroupParent, id, &spec, img != nil); err != nil {
+			return nil, err
 		}
 		return &spec, nil
 	}
@@ -112,6 +121,31 @@ func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, c
 		}
 		spec.Process.User = specs.User{UID: iu.UID, GID: iu.GID, AdditionalGids: iu.AdditionalGids}
 	}
+	wirePod(spec, sb, hostNetwork, cgroupParent, id)
+	spec.Linux.Resources = mergeResources(spec.Linux.Resources, req.Resources)
+	for _, m := range req.Mounts {
+		if !filepath.IsAbs(m.Destination) {
+			return nil, fmt.Errorf("mount destination %q must be absolute: %w", m.Destination, errdefs.ErrInvalidArgument)
+		}
+		typ, options := m.Type, m.Options
+		if typ == "" {
+			typ = "bind"
+		}
+		if typ == "bind" && len(options) == 0 {
+			options = []string{"rbind"}
+		}
+		if m.Readonly {
+			options = append(options, "ro")
+		}
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: m.Destination, Type: typ, Source: m.Source, Options: options})
+	}
+	return spec, nil
+}
+
+// wirePod sets the namespaces and cgroup of a generated spec: the pod's
+// network, IPC and UTS namespaces (none of the first and last on the
+// host network), and a cgroup below the pod's cgroup parent.
+func wirePod(spec *specs.Spec, sb engine.SandboxStatus, hostNetwork bool, cgroupParent, id string) {
 	podNS := func(t specs.LinuxNamespaceType) string { return fmt.Sprintf("/proc/%d/ns/%s", sb.Pid, nsFile(t)) }
 	var nss []specs.LinuxNamespace
 	for _, ns := range spec.Linux.Namespaces {
@@ -134,24 +168,74 @@ func buildSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, c
 		cgroupParent = "/magnetar"
 	}
 	spec.Linux.CgroupsPath = filepath.Join(cgroupParent, id)
-	spec.Linux.Resources = mergeResources(spec.Linux.Resources, req.Resources)
-	for _, m := range req.Mounts {
-		if !filepath.IsAbs(m.Destination) {
-			return nil, fmt.Errorf("mount destination %q must be absolute: %w", m.Destination, errdefs.ErrInvalidArgument)
-		}
-		typ, options := m.Type, m.Options
-		if typ == "" {
-			typ = "bind"
-		}
-		if typ == "bind" && len(options) == 0 {
-			options = []string{"rbind"}
-		}
-		if m.Readonly {
-			options = append(options, "ro")
-		}
-		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: m.Destination, Type: typ, Source: m.Source, Options: options})
+}
+
+// confineSpec makes a raw OCI spec safe for a caller without host
+// access: the server's namespaces, cgroup, capabilities, device rules and
+// masked and read-only paths replace the spec's; hooks, devices, host
+// network devices, ID mappings, rootfs propagation and Intel RDT are
+// dropped or refused; mounts, process and resources are checked like
+// those of a request. A container without an image would have a host
+// directory as its root: refused.
+func confineSpec(ctx context.Context, sb engine.SandboxStatus, hostNetwork bool, cgroupParent, id string, spec *specs.Spec, fromImage bool) error {
+	const f = "oci_spec_json"
+	switch {
+	case !fromImage:
+		return denied(f+".root", "without an image, the root file system is a directory of the host")
+	case spec.Hooks != nil:
+		return denied(f+".hooks", "hooks run on the host")
+	case spec.Process == nil:
+		return invalid(f+".process", "is required")
+	case len(spec.Process.Args) == 0:
+		return invalid(f+".process.args", "must not be empty")
 	}
-	return spec, nil
+	p := spec.Process
+	proc := Process{Args: p.Args, Env: p.Env, Cwd: p.Cwd, User: &User{UID: p.User.UID, GID: p.User.GID, AdditionalGids: p.User.AdditionalGids}}
+	if err := validateProcess(f+".process", &proc, true); err != nil {
+		return err
+	}
+	if err := engine.ValidateHostname(f+".hostname", spec.Hostname); err != nil {
+		return err
+	}
+	if err := engine.ValidateHostname(f+".domainname", spec.Domainname); err != nil {
+		return err
+	}
+	if len(spec.Mounts) > MaxMounts {
+		return invalid(f+".mounts", "%d mounts, more than %d", len(spec.Mounts), MaxMounts)
+	}
+	for i, m := range spec.Mounts {
+		if err := validateMount(fmt.Sprintf("%s.mounts[%d]", f, i), m.Source, m.Destination, m.Type, m.Options, false); err != nil {
+			return err
+		}
+	}
+	if spec.Linux == nil {
+		spec.Linux = &specs.Linux{}
+	}
+	l := spec.Linux
+	switch {
+	case len(l.Devices) > 0:
+		return denied(f+".linux.devices", "device nodes are the host's")
+	case len(l.NetDevices) > 0:
+		return denied(f+".linux.netDevices", "network devices are the host's")
+	}
+	if err := engine.ValidateResources(f+".linux.resources", l.Resources); err != nil {
+		return err
+	}
+	server, err := oci.GenerateSpec(namespaces.WithNamespace(ctx, sb.Namespace), nil, &containers.Container{ID: id}, oci.WithRootFSPath(bundleRootfs))
+	if err != nil {
+		return fmt.Errorf("generate OCI spec: %w", err)
+	}
+	wirePod(server, sb, hostNetwork, cgroupParent, id)
+	l.Namespaces, l.CgroupsPath = server.Linux.Namespaces, server.Linux.CgroupsPath
+	l.MaskedPaths, l.ReadonlyPaths = server.Linux.MaskedPaths, server.Linux.ReadonlyPaths
+	l.UIDMappings, l.GIDMappings, l.RootfsPropagation, l.IntelRdt = nil, nil, "", nil
+	if l.Resources == nil {
+		l.Resources = &specs.LinuxResources{}
+	}
+	l.Resources.Devices = server.Linux.Resources.Devices
+	p.Capabilities = server.Process.Capabilities
+	spec.VM, spec.Windows, spec.Solaris, spec.ZOS = nil, nil, nil, nil
+	return nil
 }
 
 func nsFile(t specs.LinuxNamespaceType) string {

@@ -33,7 +33,7 @@ func TestBuildSpecFromRootfs(t *testing.T) {
 		Resources:      &Resources{MemoryLimit: ptr[int64](1 << 20), PidsLimit: ptr[int64](10)},
 		ReadonlyRootfs: true,
 	}
-	spec, err := buildSpec(context.Background(), testSandbox, false, "", "c1", req, nil)
+	spec, err := buildSpec(context.Background(), testSandbox, false, "", "c1", req, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestBuildSpecFromRootfs(t *testing.T) {
 
 func TestBuildSpecHostNetwork(t *testing.T) {
 	req := &ContainerRequest{RootfsPath: "/srv/rootfs", Process: Process{Args: []string{"true"}}}
-	spec, err := buildSpec(context.Background(), testSandbox, true, "/pods/p1", "c1", req, nil)
+	spec, err := buildSpec(context.Background(), testSandbox, true, "/pods/p1", "c1", req, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestBuildSpecFromImage(t *testing.T) {
 		},
 		{name: "entrypoint drops cmd", proc: Process{Entrypoint: []string{"echo"}}, args: []string{"echo"}, cwd: "/etc", uid: 1},
 	} {
-		spec, err := buildSpec(context.Background(), testSandbox, false, "", "c1", &ContainerRequest{Image: "x:1", Process: tc.proc}, img)
+		spec, err := buildSpec(context.Background(), testSandbox, false, "", "c1", &ContainerRequest{Image: "x:1", Process: tc.proc}, img, true)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -149,7 +149,7 @@ func TestBuildSpecFromImage(t *testing.T) {
 	// A whole spec keeps its process; the root is the image's overlay.
 	spec, err := buildSpec(context.Background(), testSandbox, false, "", "c1", &ContainerRequest{
 		Image: "x:1", ReadonlyRootfs: true, OCISpecJSON: []byte(`{"process":{"args":["own"]},"root":{"path":"/elsewhere"}}`),
-	}, img)
+	}, img, true)
 	if err != nil || spec.Process.Args[0] != "own" || spec.Root.Path != "rootfs" || !spec.Root.Readonly {
 		t.Errorf("oci spec from an image: %+v, %v", spec, err)
 	}
@@ -172,7 +172,7 @@ func TestBuildSpecErrors(t *testing.T) {
 		{"relative mount", ContainerRequest{RootfsPath: "/r", Process: Process{Args: []string{"true"}}, Mounts: []Mount{{Destination: "d"}}}, nil, errdefs.IsInvalidArgument},
 		{"bad spec", ContainerRequest{OCISpecJSON: []byte("{")}, nil, errdefs.IsInvalidArgument},
 	} {
-		if _, err := buildSpec(context.Background(), testSandbox, false, "", "c1", &tc.req, tc.img); !tc.want(err) {
+		if _, err := buildSpec(context.Background(), testSandbox, false, "", "c1", &tc.req, tc.img, true); !tc.want(err) {
 			t.Errorf("%s: %v", tc.name, err)
 		}
 	}

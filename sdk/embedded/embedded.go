@@ -63,9 +63,10 @@ func RunnerMain() bool {
 type Option func(*options) error
 
 type options struct {
-	stateDir    string
-	backends    []backend.Backend
-	stopTimeout time.Duration
+	stateDir     string
+	backends     []backend.Backend
+	stopTimeout  time.Duration
+	noHostAccess bool
 }
 
 // WithStateDir keeps the engine's state (sandboxes, containers, the image
@@ -110,6 +111,18 @@ func WithStopTimeout(d time.Duration) Option {
 			return fmt.Errorf("WithStopTimeout: %v is not positive: %w", d, errdefs.ErrInvalidArgument)
 		}
 		o.stopTimeout = d
+		return nil
+	}
+}
+
+// WithoutHostAccess refuses requests that reach the host (host
+// directories as root file systems, bind mounts, raw OCI specs applied
+// as given) with PERMISSION_DENIED, as the sandboxer does by default.
+// An embedded client allows them by default: its caller is the process
+// that runs the engine, with all its rights.
+func WithoutHostAccess() Option {
+	return func(o *options) error {
+		o.noHostAccess = true
 		return nil
 	}
 }
@@ -191,7 +204,7 @@ func New(ctx context.Context, opts ...Option) (_ *sdk.Client, retErr error) {
 		return nil, fmt.Errorf("open image store: %w", err)
 	}
 	cleanups = append(cleanups, images.Close)
-	api := apiserver.New(eng, apiserver.WithImageStore(images))
+	api := apiserver.New(eng, apiserver.WithImageStore(images), apiserver.WithHostAccess(!o.noHostAccess))
 	cleanups = append(cleanups, api.Close)
 	// Cleanups run in reverse: the sandboxes go first.
 	cleanups = append(cleanups, func() error {

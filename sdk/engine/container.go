@@ -226,6 +226,11 @@ func (e *Engine) CreateContainer(ctx context.Context, sandboxID string, spec Con
 	if spec.Spec == nil {
 		return ProcessStatus{}, fmt.Errorf("container %q: OCI spec is required: %w", spec.ID, errdefs.ErrInvalidArgument)
 	}
+	if spec.Spec.Linux != nil {
+		if err := ValidateResources("linux.resources", spec.Spec.Linux.Resources); err != nil {
+			return ProcessStatus{}, err
+		}
+	}
 	if other, dup := e.findContainer(spec.ID); dup {
 		return ProcessStatus{}, fmt.Errorf("container %q already exists in sandbox %q: %w", spec.ID, other, errdefs.ErrAlreadyExists)
 	}
@@ -251,7 +256,7 @@ func (e *Engine) CreateContainer(ctx context.Context, sandboxID string, spec Con
 		ID: spec.ID, Bundle: spec.Bundle, Rootfs: spec.Rootfs, Spec: spec.Spec, Stdio: spec.Stdio,
 	})
 	if err != nil {
-		return ProcessStatus{}, fmt.Errorf("create container %q: %w", spec.ID, err)
+		return ProcessStatus{}, fmt.Errorf("create container %q: %w", spec.ID, runtimeError(err))
 	}
 	c := &container{id: spec.ID, sb: sb, impl: ci, execs: map[string]*process{}}
 	c.init = &process{c: c, impl: ci.Init(), stdio: spec.Stdio, state: ProcessCreated, done: make(chan struct{})}
@@ -300,7 +305,7 @@ func (e *Engine) Start(ctx context.Context, sandboxID, cid, execID string) (Proc
 	}
 	pid, err := p.impl.Start(ctx)
 	if err != nil {
-		return ProcessStatus{}, fmt.Errorf("start process %q of container %q: %w", execID, cid, err)
+		return ProcessStatus{}, fmt.Errorf("start process %q of container %q: %w", execID, cid, runtimeError(err))
 	}
 	var recState []byte
 	var recErr error
@@ -428,7 +433,7 @@ func (e *Engine) Exec(ctx context.Context, sandboxID string, spec ExecSpec) (Pro
 		c.mu.Lock()
 		delete(c.execs, spec.ExecID)
 		c.mu.Unlock()
-		return ProcessStatus{}, fmt.Errorf("exec %q in container %q: %w", spec.ExecID, spec.ContainerID, err)
+		return ProcessStatus{}, fmt.Errorf("exec %q in container %q: %w", spec.ExecID, spec.ContainerID, runtimeError(err))
 	}
 	p := &process{c: c, id: spec.ExecID, impl: impl, stdio: spec.Stdio, spec: spec.Process, state: ProcessCreated, done: make(chan struct{})}
 	if err := sb.saveExec(p); err != nil {
@@ -680,11 +685,14 @@ func (e *Engine) Update(ctx context.Context, sandboxID, cid string, res *specs.L
 	if res == nil {
 		return fmt.Errorf("update container %q: resources are required: %w", cid, errdefs.ErrInvalidArgument)
 	}
+	if err := ValidateResources("resources", res); err != nil {
+		return err
+	}
 	u, ok := c.impl.(backend.Updater)
 	if !ok {
 		return fmt.Errorf("updating resources: %w", errdefs.ErrNotImplemented)
 	}
-	return u.Update(ctx, res)
+	return runtimeError(u.Update(ctx, res))
 }
 
 // Pause freezes a container; Resume thaws it.

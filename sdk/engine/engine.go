@@ -40,6 +40,9 @@ type Config struct {
 	// keeps on disk, in <StateDir>/events, for watchers that resume
 	// ([Engine.EventsAfter]). Default [DefaultEventLogSize].
 	EventLogSize int64
+	// NetNSDirs are the directories where a sandbox's network namespace
+	// (SandboxSpec.NetNSPath) may be. Default [DefaultNetNSDirs].
+	NetNSDirs []string
 }
 
 // Engine runs sandboxes. It is safe for concurrent use.
@@ -51,7 +54,8 @@ type Engine struct {
 	events      *bus
 	// startSeq is the sequence number of the newest event when the
 	// engine started, before it recovered anything.
-	startSeq uint64
+	startSeq  uint64
+	netnsDirs []string
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
@@ -71,6 +75,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 10 * time.Second
 	}
+	if cfg.NetNSDirs == nil {
+		cfg.NetNSDirs = DefaultNetNSDirs
+	}
 	dir, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -86,6 +93,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		stateDir:    dir,
 		backends:    map[string]backend.Backend{},
 		stopTimeout: cfg.StopTimeout,
+		netnsDirs:   cfg.NetNSDirs,
 		events:      newBus(evlog),
 		startSeq:    evlog.lastSeq(),
 		sandboxes:   map[string]*sandbox{},

@@ -189,6 +189,9 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 	if err := ValidateID("sandbox", spec.ID); err != nil {
 		return SandboxStatus{}, err
 	}
+	if err := e.validateSandboxSpec(spec); err != nil {
+		return SandboxStatus{}, err
+	}
 	b, ok := e.backends[spec.Kind]
 	if !ok {
 		return SandboxStatus{}, fmt.Errorf("unknown sandbox kind %q (have %v): %w", spec.Kind, e.kinds, errdefs.ErrInvalidArgument)
@@ -238,7 +241,7 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 	cfg.Resources = spec.Resources
 	impl, err := b.Create(ctx, cfg)
 	if err != nil {
-		return SandboxStatus{}, fmt.Errorf("create %s sandbox %q: %w", spec.Kind, spec.ID, err)
+		return SandboxStatus{}, fmt.Errorf("create %s sandbox %q: %w", spec.Kind, spec.ID, runtimeError(err))
 	}
 	sb.mu.Lock()
 	sb.impl = impl
@@ -276,7 +279,7 @@ func (e *Engine) StartSandbox(ctx context.Context, id string) (SandboxStatus, er
 	}
 	info, err := impl.Start(ctx)
 	if err != nil {
-		return SandboxStatus{}, fmt.Errorf("start sandbox %q: %w", id, err)
+		return SandboxStatus{}, fmt.Errorf("start sandbox %q: %w", id, runtimeError(err))
 	}
 	sb.mu.Lock()
 	sb.rec.State, sb.rec.Pid, sb.rec.Info, sb.rec.StartedAt = SandboxReady, info.Pid, info.Info, time.Now().UTC()

@@ -17,6 +17,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -129,10 +130,17 @@ func (s *Store) Import(ctx context.Context, path string, opts ...Option) ([]Imag
 		}
 		return nil, fmt.Errorf("import %s: %w", path, err)
 	}
+	// Anything but a regular file or a directory (a FIFO, a device)
+	// could block an open or a read for ever.
 	var cands []candidate
-	if fi.IsDir() {
-		cands, err = layoutCandidates(path, m)
-	} else {
+	switch {
+	case fi.IsDir():
+		if err = checkLayoutFiles(path); err == nil {
+			cands, err = layoutCandidates(path, m)
+		}
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("import %s: not a regular file or a directory (%s): %w", path, fi.Mode().Type(), errdefs.ErrInvalidArgument)
+	default:
 		var cleanup func()
 		cands, cleanup, err = s.archiveCandidates(ctx, path, m)
 		if cleanup != nil {
@@ -163,6 +171,48 @@ func (s *Store) Import(ctx context.Context, path string, opts ...Option) ([]Imag
 }
 
 // layoutCandidates lists the images of an OCI image layout directory.
+// checkLayoutFiles checks that the files of an OCI layout that an import
+// opens (oci-layout, index.json, blobs/<algorithm>/<digest>) are regular
+// files (or missing): a FIFO among them would block the import.
+func checkLayoutFiles(dir string) error {
+	check := func(p string) error {
+		fi, err := os.Stat(p)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !fi.Mode().IsRegular() {
+			rel, _ := filepath.Rel(dir, p)
+			return fmt.Errorf("%s is not a regular file (%s): %w", rel, fi.Mode().Type(), errdefs.ErrInvalidArgument)
+		}
+		return nil
+	}
+	for _, f := range []string{ocispec.ImageLayoutFile, ocispec.ImageIndexFile} {
+		if err := check(filepath.Join(dir, f)); err != nil {
+			return err
+		}
+	}
+	algs, err := os.ReadDir(filepath.Join(dir, "blobs"))
+	if err != nil {
+		return nil // layoutCandidates says what is wrong
+	}
+	for _, a := range algs {
+		ad := filepath.Join(dir, "blobs", a.Name())
+		blobs, err := os.ReadDir(ad)
+		if err != nil {
+			continue
+		}
+		for _, b := range blobs {
+			if err := check(filepath.Join(ad, b.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 func layoutCandidates(dir string, m matcher) ([]candidate, error) {
 	ii, err := layout.ImageIndexFromPath(dir)
 	if err != nil {
@@ -292,10 +342,16 @@ func (s *Store) archiveCandidates(ctx context.Context, file string, m matcher) (
 }
 
 // openMaybeGzip opens file, decompressing it if it is gzip-compressed.
+// It opens without blocking and refuses anything but a regular file (a
+// FIFO put in its place after Import looked).
 func openMaybeGzip(file string) (io.ReadCloser, error) {
-	f, err := os.Open(file)
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file: %w", file, errdefs.ErrInvalidArgument)
 	}
 	br := bufio.NewReader(f)
 	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {

@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -660,3 +661,36 @@ func TestNormalizeRef(t *testing.T) {
 }
 
 func hex64() string { return fmt.Sprintf("%064x", 1) }
+
+// Importing a FIFO, or a layout whose index or blob is a FIFO, fails at
+// once as invalid_argument instead of blocking in open(2); nothing is
+// stored.
+func TestImportRefusesFIFOs(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s := open(t)
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "image.tar")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Import(ctx, fifo); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("import of a FIFO: %v, want InvalidArgument", err)
+	}
+	layoutDir := filepath.Join(dir, "layout")
+	if _, err := layout.Write(layoutDir, empty.Index); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(layoutDir, "index.json")); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(layoutDir, "index.json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Import(ctx, layoutDir); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("import of a layout with a FIFO index.json: %v, want InvalidArgument", err)
+	}
+	if imgs, err := s.List(ctx); err != nil || len(imgs) != 0 {
+		t.Errorf("images after refused imports: %v, %v", imgs, err)
+	}
+}

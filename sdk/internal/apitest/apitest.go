@@ -47,7 +47,7 @@ func Serve(t testing.TB, backends ...backend.Backend) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { images.Close() })
-	api := apiserver.New(e, apiserver.WithImageStore(images))
+	api := apiserver.New(e, apiserver.WithImageStore(images), apiserver.WithHostAccess(true))
 	t.Cleanup(func() { api.Close() })
 	srv := connect.NewServer()
 	api.Register(srv)

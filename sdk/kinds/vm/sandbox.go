@@ -81,15 +81,15 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig) *sandbox {
 	}
 }
 
-// vmDir is <Dir>/vm, or a short directory under /run when socket paths
-// below <Dir>/vm would be too long.
+// vmDir is <Dir>/vm, or a short directory under the run dir when socket
+// paths below <Dir>/vm would be too long.
 func (s *sandbox) vmDir() string {
 	d := filepath.Join(s.cfg.Dir, "vm")
 	if len(d)+len("/agent.sock") <= maxSockPath {
 		return d
 	}
 	h := sha256.Sum256([]byte(s.cfg.Dir))
-	return filepath.Join(shortVMRoot, hex.EncodeToString(h[:8]))
+	return filepath.Join(s.b.shortVMRoot(), hex.EncodeToString(h[:8]))
 }
 
 func (s *sandbox) hvConfig() hypervisor.Config {

@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -45,11 +46,13 @@ const Kind = "vm"
 const (
 	shareTag    = "shared"
 	guestShared = "/run/magnetar/shared"
-	// shortVMRoot holds VM work dirs when <sandbox dir>/vm would make unix
-	// socket paths too long.
-	shortVMRoot = "/run/magnetar/vm"
-	maxSockPath = 100
+	// DefaultRunDir is Config.RunDir's default.
+	DefaultRunDir = "/run/magnetar"
+	maxSockPath   = 100
 )
+
+// MinMemoryLimit is the smallest memory limit of a vm sandbox, in bytes.
+const MinMemoryLimit = 16 << 20
 
 // Config configures the vm backend.
 type Config struct {
@@ -57,6 +60,10 @@ type Config struct {
 	Driver hypervisor.Hypervisor
 	// Kernel and Initrd are the guest image ("make guest").
 	Kernel, Initrd string
+	// RunDir holds the work dirs of VMs (RunDir/vm/<hash>) whose
+	// <sandbox dir>/vm would make unix socket paths too long: the
+	// sandboxer's run dir. Default [DefaultRunDir].
+	RunDir string
 	// Sizing (sizing.go). A VM gets ceil(CPU quota / period) vCPUs and
 	// memory limit + MemoryOverheadMiB of memory from its sandbox's
 	// resources (CRI: the pod's, the sum of its containers'); VCPUs and
@@ -98,6 +105,9 @@ type Config struct {
 
 // withDefaults fills the zero fields with their defaults.
 func (cfg Config) withDefaults() Config {
+	if cfg.RunDir == "" {
+		cfg.RunDir = DefaultRunDir
+	}
 	if cfg.BootTimeout <= 0 {
 		cfg.BootTimeout = 2 * time.Minute
 	}
@@ -130,6 +140,16 @@ func New(cfg Config) (*Backend, error) {
 	return &Backend{cfg: cfg.withDefaults()}, nil
 }
 
+// shortVMRoot holds the work dirs of VMs whose <sandbox dir>/vm would
+// make unix socket paths too long.
+func (b *Backend) shortVMRoot() string {
+	d := b.cfg.RunDir
+	if d == "" {
+		d = DefaultRunDir
+	}
+	return filepath.Join(d, "vm")
+}
+
 // Info describes the kind.
 func (b *Backend) Info() backend.Info {
 	return backend.Info{
@@ -160,9 +180,17 @@ func (b *Backend) Check(ctx context.Context) error {
 }
 
 // Create prepares a sandbox; Start boots it.
+//
+// A sandbox's memory limit, when set, is at least [MinMemoryLimit]: the
+// guest's memory is the limit plus the overhead, and what runs in it
+// must fit in the limit.
 func (b *Backend) Create(ctx context.Context, cfg backend.SandboxConfig) (backend.Sandbox, error) {
 	if _, err := vmCgroupPath(cfg.CgroupParent, cfg.ID); err != nil {
 		return nil, err
+	}
+	if r := cfg.Resources; r != nil && r.Memory != nil && r.Memory.Limit != nil && *r.Memory.Limit > 0 && *r.Memory.Limit < MinMemoryLimit {
+		return nil, fmt.Errorf("resources.memory_limit_bytes: %d is less than the vm kind's minimum of %d (16 MiB): %w",
+			*r.Memory.Limit, MinMemoryLimit, errdefs.ErrInvalidArgument)
 	}
 	return newSandbox(b, cfg), nil
 }

@@ -130,9 +130,10 @@ func TestSandboxLifecycle(t *testing.T) {
 	}
 	// Other VMs (other tests, other processes) may run at the same time:
 	// look only for this one's work dir, found by its QEMU pid.
-	entries, _ := os.ReadDir(shortVMRoot)
+	root := filepath.Join(DefaultRunDir, "vm")
+	entries, _ := os.ReadDir(root)
 	for _, en := range entries {
-		pid, err := os.ReadFile(filepath.Join(shortVMRoot, en.Name(), "qemu.pid"))
+		pid, err := os.ReadFile(filepath.Join(root, en.Name(), "qemu.pid"))
 		if err == nil && strings.TrimSpace(string(pid)) == strconv.Itoa(int(st.Pid)) {
 			t.Errorf("vm dir %s left", en.Name())
 		}

@@ -64,6 +64,12 @@ func newSandbox(ctx context.Context, b *Backend, cfg backend.SandboxConfig, stat
 // process; sets the pod's sysctls in its namespaces; and writes the pod's
 // resolv.conf, which every container gets as /etc/resolv.conf.
 func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error) {
+	t0 := time.Now()
+	defer func() {
+		if retErr == nil {
+			s.b.span(PhaseNamespaces, s.cfg.ID, "", t0)
+		}
+	}()
 	ownNet := s.cfg.NetNSPath == "" && s.cfg.PrivateNetwork
 	hostNet := s.cfg.NetNSPath == "" && !ownNet
 	hostUTS := hostNet

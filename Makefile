@@ -79,8 +79,15 @@ test: deps tools build cross-build deps-client check-generate lint test-unit tes
 test-clients: $(CLIENT_TESTS) ## Test the generated clients (TypeScript, Python, Java) against a live sandboxer (root)
 
 .PHONY: bench
-bench: deps tools build ## Run benchmarks
-	MAGNETAR_BIN=$(BIN) $(GO) test -run '^$$' -bench . -benchmem ./...
+bench: deps tools build examples guest ## Run the Go benchmarks and the comparative benchmark; writes bench/report.md and plots (root)
+	@mkdir -p $(TMP)/bench
+	MAGNETAR_BIN=$(BIN) $(GO) test -run '^$$' -bench . -benchmem ./... | tee $(TMP)/bench/gobench.txt
+	cd $(ROOT)/bench && $(GO) run . -bin $(BIN) -out $(ROOT)/bench -gobench $(TMP)/bench/gobench.txt
+
+.PHONY: bench-short
+bench-short: deps tools build examples guest ## Quick comparative benchmark (few iterations; never fails on a timing); writes .tmp/bench-short/ (root)
+	@mkdir -p $(TMP)/bench-short
+	cd $(ROOT)/bench && $(GO) run . -short -bin $(BIN) -out $(TMP)/bench-short
 
 .PHONY: demo
 demo: deps build examples ## Run the main demo: Wasm and runc containers in direct mode (no containerd)

@@ -59,6 +59,7 @@ lint: vet lint-proto ## Lint Go and protobuf
 .PHONY: test-unit
 test-unit: ## Run unit and component tests with -race (root-only tests skip without root)
 	$(GO) test -race -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v -e /test/e2e -e /test/critest)
+	cd $(ROOT)/bench && $(GO) vet ./... && $(GO) test -race -count=1 $(GOTEST_FLAGS) ./...
 
 .PHONY: test-e2e
 test-e2e: deps tools build guest ## Run end-to-end tests through a private containerd (root)

@@ -74,7 +74,7 @@ test-vm: deps guest ## Boot the microVM guest under QEMU and talk to its agent (
 	MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./sdk/kinds/vm/...
 
 .PHONY: test
-test: deps tools build cross-build deps-client check-generate lint test-unit test-e2e test-critest test-vm test-clients ## Run every test (installs what it needs; needs root)
+test: deps tools build cross-build deps-client check-generate lint test-unit test-e2e test-critest test-vm test-clients bench-short ## Run every test (installs what it needs; needs root)
 
 .PHONY: test-clients
 test-clients: $(CLIENT_TESTS) ## Test the generated clients (TypeScript, Python, Java) against a live sandboxer (root)

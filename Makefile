@@ -59,6 +59,7 @@ lint: vet lint-proto ## Lint Go and protobuf
 .PHONY: test-unit
 test-unit: ## Run unit and component tests with -race (root-only tests skip without root)
 	$(GO) test -race -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v -e /test/e2e -e /test/critest)
+	cd $(ROOT)/bench && $(GO) vet ./... && $(GO) test -race -count=1 $(GOTEST_FLAGS) ./...
 
 .PHONY: test-e2e
 test-e2e: deps tools build guest ## Run end-to-end tests through a private containerd (root)
@@ -73,14 +74,21 @@ test-vm: deps guest ## Boot the microVM guest under QEMU and talk to its agent (
 	MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./sdk/kinds/vm/...
 
 .PHONY: test
-test: deps tools build cross-build deps-client check-generate lint test-unit test-e2e test-critest test-vm test-clients ## Run every test (installs what it needs; needs root)
+test: deps tools build cross-build deps-client check-generate lint test-unit test-e2e test-critest test-vm test-clients bench-short ## Run every test (installs what it needs; needs root)
 
 .PHONY: test-clients
 test-clients: $(CLIENT_TESTS) ## Test the generated clients (TypeScript, Python, Java) against a live sandboxer (root)
 
 .PHONY: bench
-bench: deps tools build ## Run benchmarks
-	MAGNETAR_BIN=$(BIN) $(GO) test -run '^$$' -bench . -benchmem ./...
+bench: deps tools build examples guest ## Run the Go benchmarks and the comparative benchmark; writes bench/report.md and plots (root)
+	@mkdir -p $(TMP)/bench
+	MAGNETAR_BIN=$(BIN) $(GO) test -run '^$$' -bench . -benchmem ./... | tee $(TMP)/bench/gobench.txt
+	cd $(ROOT)/bench && $(GO) run . -bin $(BIN) -out $(ROOT)/bench -gobench $(TMP)/bench/gobench.txt
+
+.PHONY: bench-short
+bench-short: deps tools build examples guest ## Quick comparative benchmark (few iterations; never fails on a timing); writes .tmp/bench-short/ (root)
+	@mkdir -p $(TMP)/bench-short
+	cd $(ROOT)/bench && $(GO) run . -short -bin $(BIN) -out $(TMP)/bench-short
 
 .PHONY: demo
 demo: deps build examples ## Run the main demo: Wasm and runc containers in direct mode (no containerd)

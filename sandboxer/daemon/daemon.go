@@ -67,6 +67,12 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 		root = filepath.Join(cfg.RunDir, "runc")
 	}
 	rcfg := runc.Config{Binary: cfg.Backends.Runc.Binary, Root: root}
+	if rlog := log.Named("runc"); rlog.IsTrace() {
+		// Where a runc pod's start time goes (make bench reads these).
+		rcfg.Trace = func(sp runc.Span) {
+			rlog.Trace("span", "phase", sp.Phase, "sandbox_id", sp.Sandbox, "container_id", sp.Container, "duration", sp.Duration)
+		}
+	}
 	if cfg.sup != nil {
 		// What the containers' stdio needs beyond this worker (held FIFO
 		// ends, terminals) is kept by the supervisor.

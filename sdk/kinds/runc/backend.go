@@ -67,6 +67,53 @@ type Config struct {
 	// terminal's copies, and holds a recovered container's stdin until
 	// CloseStdin.
 	FDStore backend.FDStore
+	// Trace, when set, is told how long each phase of a sandbox's start and
+	// a container's creation and start took (see the Phase constants), for
+	// profiling; it must return quickly and is called from the goroutine
+	// doing the work.
+	Trace func(Span)
+}
+
+// Span is one timed phase of the runc kind's work, reported to
+// [Config.Trace].
+type Span struct {
+	// Phase is one of the Phase constants.
+	Phase string
+	// Sandbox is the sandbox's ID; Container the container's ("" for a
+	// sandbox's phases).
+	Sandbox, Container string
+	// Duration is how long the phase took.
+	Duration time.Duration
+}
+
+// The phases reported to [Config.Trace].
+const (
+	// PhaseNamespaces: the sandbox's start (IPC/UTS/net namespaces held by
+	// bind mounts, sysctls, resolv.conf).
+	PhaseNamespaces = "sandbox.namespaces"
+	// PhaseSpec: the container's OCI spec joined to the pod and written
+	// (and the pod's PID namespace init started, if it is the first to
+	// share it).
+	PhaseSpec = "create.spec"
+	// PhaseRootfs: the container's rootfs mounted.
+	PhaseRootfs = "create.rootfs"
+	// PhaseRecord: the shim's removal record written.
+	PhaseRecord = "create.record"
+	// PhaseIO: the stdio FIFOs opened.
+	PhaseIO = "create.io"
+	// PhaseRuncCreate: `runc create`.
+	PhaseRuncCreate = "create.runc"
+	// PhaseCgroup: the container's cgroup loaded and its OOM watch set.
+	PhaseCgroup = "create.cgroup"
+	// PhaseRuncStart: `runc start` of a container's init.
+	PhaseRuncStart = "start.runc"
+)
+
+// span reports a phase that began at t0 to the Trace hook, if any.
+func (b *Backend) span(phase, sandbox, container string, t0 time.Time) {
+	if b.cfg.Trace != nil {
+		b.cfg.Trace(Span{Phase: phase, Sandbox: sandbox, Container: container, Duration: time.Since(t0)})
+	}
 }
 
 // Backend is the runc sandbox kind. Only one may be open per process: it

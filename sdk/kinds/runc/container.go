@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
@@ -43,6 +44,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if cfg.Spec == nil {
 		return nil, fmt.Errorf("container %q has no OCI spec: %w", cfg.ID, errdefs.ErrInvalidArgument)
 	}
+	t0 := time.Now()
 	spec := *cfg.Spec
 	if err := s.joinPod(&spec); err != nil {
 		return nil, err
@@ -61,8 +63,10 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := os.WriteFile(filepath.Join(cfg.Bundle, "config.json"), data, 0o600); err != nil {
 		return nil, fmt.Errorf("write OCI spec: %w", err)
 	}
+	s.b.span(PhaseSpec, s.cfg.ID, cfg.ID, t0)
 	rootfs := ""
 	if len(cfg.Rootfs) > 0 {
+		t0 = time.Now()
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 		if err := os.Mkdir(rootfs, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, err
@@ -70,6 +74,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 		if err := mount.All(cfg.Rootfs, rootfs); err != nil {
 			return nil, fmt.Errorf("mount rootfs of container %q: %w", cfg.ID, err)
 		}
+		s.b.span(PhaseRootfs, s.cfg.ID, cfg.ID, t0)
 		defer func() {
 			if retErr != nil {
 				_ = mount.UnmountRecursive(rootfs, 0)
@@ -80,15 +85,18 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	rt := s.b.runtime(s.cfg.Namespace, cfg.Bundle)
 	// Tell containerd-shim-magnetar-v2 how to remove this container if
 	// containerd gives up on it while the sandboxer is away.
+	t0 = time.Now()
 	if err := shimrecord.Write(cfg.Bundle, shimrecord.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
 		return nil, err
 	}
+	s.b.span(PhaseRecord, s.cfg.ID, cfg.ID, t0)
 	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, root: hostroot.Of(cfg, rootfs), rt: rt, execs: map[string]*proc{}}
 	c.init = newProc(c, cfg.ID, true, cfg.Stdio)
 	if err := c.init.create(ctx); err != nil {
 		return nil, fmt.Errorf("create container %q: %w", cfg.ID, err)
 	}
 	init := c.init
+	t0 = time.Now()
 	s.b.watch(init.pid, init)
 	c.cg, _ = loadCgroup(init.pid)
 	c.oom = s.b.watchOOM(init.pid, func() {
@@ -96,6 +104,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 			s.cfg.Events.OOM(s.cfg.ID, cfg.ID)
 		}
 	})
+	s.b.span(PhaseCgroup, s.cfg.ID, cfg.ID, t0)
 	s.mu.Lock()
 	s.ctrs[cfg.ID] = c
 	s.mu.Unlock()

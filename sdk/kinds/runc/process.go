@@ -103,10 +103,12 @@ func (p *proc) ioContext(ctx context.Context) context.Context {
 func (p *proc) create(ctx context.Context) (retErr error) {
 	b := p.c.s.b
 	ctx = p.ioContext(ctx)
+	t0 := time.Now()
 	pio, err := openIO(ctx, b.cfg.FIFOHolder, p.stdio, p.id, p.c.s.cfg.Namespace)
 	if err != nil {
 		return fmt.Errorf("failed to create init process I/O: %w", err)
 	}
+	b.span(PhaseIO, p.c.s.cfg.ID, p.c.id, t0)
 	p.io = pio
 	defer func() {
 		if retErr != nil {
@@ -124,11 +126,13 @@ func (p *proc) create(ctx context.Context) (retErr error) {
 	} else {
 		opts.IO = pio
 	}
+	t0 = time.Now()
 	err = p.rt().Create(ctx, p.id, p.c.bundle, opts)
 	pio.closeChildEnds() // the container has them now
 	if err != nil {
 		return p.runtimeError(err, "OCI runtime create failed")
 	}
+	b.span(PhaseRuncCreate, p.c.s.cfg.ID, p.c.id, t0)
 	defer func() {
 		if retErr != nil { // the container exists: remove it
 			_ = p.rt().Delete(context.WithoutCancel(ctx), p.id, &gorunc.DeleteOpts{Force: true})
@@ -217,9 +221,11 @@ func (p *proc) start(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("cannot start a %s process", p.state)
 	}
 	if p.init {
+		t0 := time.Now()
 		if err := p.rt().Start(ctx, p.id); err != nil {
 			return 0, p.runtimeError(err, "OCI runtime start failed")
 		}
+		p.c.s.b.span(PhaseRuncStart, p.c.s.cfg.ID, p.c.id, t0)
 		p.state = stateRunning
 		return p.pid, nil
 	}

@@ -66,6 +66,12 @@ func newSandbox(ctx context.Context, b *Backend, cfg backend.SandboxConfig, stat
 // mounts the pod's /dev/shm (a tmpfs shared by its containers, as the IPC
 // namespace is; a hostIPC pod's containers get the host's).
 func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error) {
+	t0 := time.Now()
+	defer func() {
+		if retErr == nil {
+			s.b.span(PhaseNamespaces, s.cfg.ID, "", t0)
+		}
+	}()
 	ownNet := s.cfg.NetNSPath == "" && s.cfg.PrivateNetwork
 	hostNet := s.cfg.NetNSPath == "" && !ownNet
 	hostUTS := hostNet

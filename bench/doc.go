@@ -1,0 +1,36 @@
+// Command bench is `make bench`: Magnetar's comparative benchmark.
+//
+// It starts a private containerd (internal/harness) configured with
+// containerd's stock runc handler (io.containerd.runc.v2, a shim and a
+// pause container per pod) and Magnetar's handlers (magnetar-runc,
+// magnetar-wasm, magnetar-gvisor, magnetar-vm, served by one
+// magnetar-sandboxer), and measures, in one run and interleaving the kinds:
+//
+//   - serial pod start: RunPodSandbox + CreateContainer + StartContainer of
+//     a container that prints a line and keeps running;
+//   - time to first output: from RunPodSandbox's call until the
+//     container's first line in its CRI log (the line's timestamp, which
+//     containerd sets when it reads the line);
+//   - stop + remove: StopPodSandbox + RemovePodSandbox;
+//   - parallel pod start: 10 and 30 pods started at once (fewer for the
+//     microVM kind under QEMU TCG);
+//   - host memory: the proportional set size (PSS, /proc/PID/smaps_rollup)
+//     of every process the pods add — shims, pause, runc init, runsc,
+//     QEMU, Wasm runners, the containers' own processes — plus the
+//     growth of the sandboxer and of containerd, at 1, 5, 10 and 20 pods,
+//     and the processes per pod;
+//   - direct mode: a sandbox and a container started through Magnetar's
+//     own API (the Go SDK, sdk.Dial to the same sandboxer), per kind;
+//   - where the runc kind's pod start goes: the sandboxer's calls
+//     (Controller, Task API) and the runc kind's phases, from the
+//     sandboxer's trace log.
+//
+// It writes report.md (medians, p90 and the ratio to stock runc from the
+// same run; the machine described), results.json and SVG plots into the
+// output directory. Go benchmarks run before (go test -bench, the
+// -gobench file) are folded into the report. Nothing is asserted on a
+// timing: the report shows them; errors (a pod that does not start, a
+// process left behind) fail the run.
+//
+// Usage (root): bench [-short] [-out DIR] [-gobench FILE] [-render FILE]
+package main

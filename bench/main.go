@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/magnetar-io/magnetar/internal/harness"
+)
+
+// options are the command line's.
+type options struct {
+	short          bool
+	out            string
+	binDir         string
+	guestDir       string
+	busyboxArchive string
+	wasmArchive    string
+	wasmImage      string
+	wasmArgs       []string
+	gobench        string
+	render         string
+	only           map[string]bool
+	required       bool
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	root, _ := harness.ModuleRoot()
+	tmp := filepath.Join(root, ".tmp")
+	o := &options{}
+	fs.BoolVar(&o.short, "short", os.Getenv("BENCH_SHORT") == "1", "few iterations and small counts (CI); also BENCH_SHORT=1")
+	fs.StringVar(&o.out, "out", filepath.Join(root, "bench"), "directory for report.md, results.json and the SVG plots")
+	fs.StringVar(&o.binDir, "bin", filepath.Join(tmp, "bin"), "Magnetar's binaries and the pinned tools (make build tools)")
+	fs.StringVar(&o.guestDir, "guest", filepath.Join(tmp, "guest"), "the microVM guest (make guest)")
+	fs.StringVar(&o.busyboxArchive, "busybox", filepath.Join(tmp, "examples", "busybox.oci.tar"), "busybox OCI archive for direct mode (make examples)")
+	fs.StringVar(&o.wasmArchive, "wasm", filepath.Join(tmp, "examples", "hello-wasm.oci.tar"), "the Wasm workload's OCI archive (make examples)")
+	fs.StringVar(&o.wasmImage, "wasm-image", "docker.io/magnetar/hello-wasm:latest", "the Wasm workload's image name in that archive")
+	wasmArgs := fs.String("wasm-args", "-sleep 1h", "the Wasm workload's arguments (space-separated): it must print a line, then keep running")
+	fs.StringVar(&o.gobench, "gobench", "", "`go test -bench` output to fold into the report")
+	fs.StringVar(&o.render, "render", "", "render the report and plots from this results.json only (no measurement)")
+	only := fs.String("kinds", "", "measure only these handlers (comma-separated; runc, the stock one, is always measured)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	o.wasmArgs = strings.Fields(*wasmArgs)
+	o.required = os.Getenv("MAGNETAR_E2E_REQUIRED") == "1"
+	if *only != "" {
+		o.only = map[string]bool{harness.RuncHandler: true}
+		for _, k := range strings.Split(*only, ",") {
+			o.only[strings.TrimSpace(k)] = true
+		}
+	}
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+	}
+	if o.render != "" {
+		r, err := readResults(o.render)
+		if err == nil {
+			err = writeReport(r, o.out)
+		}
+		if err != nil {
+			logf("%v", err)
+			return 1
+		}
+		return 0
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	r, err := measure(ctx, o, logf)
+	if r != nil {
+		if werr := writeOutputs(r, o); werr != nil {
+			err = errors.Join(err, werr)
+		} else {
+			logf("wrote %s", filepath.Join(o.out, "report.md"))
+		}
+	}
+	if err != nil {
+		logf("FAILED: %v", err)
+		return 1
+	}
+	return 0
+}
+
+// writeOutputs writes results.json, report.md and the plots.
+func writeOutputs(r *Results, o *options) error {
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	if err := writeJSON(filepath.Join(o.out, "results.json"), r); err != nil {
+		return err
+	}
+	return writeReport(r, o.out)
+}
+
+// measure runs every measurement. It returns the results gathered so far
+// with any error.
+func measure(ctx context.Context, o *options, logf func(string, ...any)) (_ *Results, retErr error) {
+	began := time.Now()
+	if err := harness.CheckPrerequisites(o.binDir); err != nil {
+		return nil, err
+	}
+	for _, f := range []string{filepath.Join(o.binDir, "magnetar-sandboxer"), filepath.Join(o.binDir, "containerd-shim-magnetar-v2"), o.busyboxArchive, o.wasmArchive} {
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("%w (make build examples)", err)
+		}
+	}
+	res := &Results{
+		Date: began.UTC(), Short: o.short, Machine: describeMachine(ctx, o.binDir),
+		Serial: map[string]*Serial{}, Density: map[string]*Dense{}, Direct: map[string]*Direct{},
+	}
+	if o.gobench != "" {
+		lines, err := readLines(o.gobench)
+		if err != nil {
+			return nil, err
+		}
+		res.GoBench = parseGoBench(lines)
+	}
+	var ks []*kind
+	for _, k := range kinds(o) {
+		if o.only != nil && !o.only[k.Name] {
+			continue
+		}
+		if err := k.missing(); err != nil {
+			if o.required {
+				return nil, fmt.Errorf("%s: %w", k.Name, err)
+			}
+			res.Notes = append(res.Notes, fmt.Sprintf("%s not measured: %v.", k.Name, err))
+			continue
+		}
+		ks = append(ks, k)
+		res.Kinds = append(res.Kinds, k.KindInfo)
+	}
+	if !res.Machine.KVM {
+		res.Notes = append(res.Notes, "No usable /dev/kvm: magnetar-vm runs QEMU under TCG (software emulation), with fewer pods (see the tables).")
+	}
+	logf("starting containerd and magnetar-sandboxer")
+	e, err := startEnv(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := e.close(); cerr != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("teardown: %w", cerr))
+		}
+		res.Duration = time.Since(began).Seconds()
+	}()
+	b := &bench{e: e, o: o, kinds: ks, res: res, logf: logf}
+	err = b.all(ctx)
+	if lines, lerr := readLines(e.sbLogPath); lerr == nil && len(b.runcPods) > 0 {
+		res.Phases = parsePhases(lines, b.runcPods)
+	}
+	return res, err
+}
+
+// all runs the measurements in order.
+func (b *bench) all(ctx context.Context) error {
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"warm-up", b.warmUp},
+		{"serial pod start", b.serial},
+		{"parallel pod start", b.parallel},
+		{"direct mode", b.directMode},
+		{"host memory", b.density},
+	}
+	for _, s := range steps {
+		t := time.Now()
+		b.logf("%s", s.name)
+		if err := s.fn(ctx); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		b.logf("%s: %v", s.name, time.Since(t).Round(time.Millisecond))
+	}
+	return nil
+}

@@ -100,7 +100,7 @@ async def test_async_lifetime_pause_usage(daemon: Daemon, protocol: magnetar.Pro
             assert sb.proto.HasField("expires_at") and sb.proto.idle_timeout.seconds == 600
             got = await sb.set_timeout(idle_timeout=300)
             assert not got.HasField("expires_at") and got.idle_timeout.seconds == 300
-            await sb.run(daemon.busybox_image, args=["sleep", "600"])
+            await sb.run(daemon.busybox_image, args=["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"])
             assert (await sb.pause()).state == sandbox_pb2.SANDBOX_STATE_PAUSED
             assert (await sb.refresh()).state == sandbox_pb2.SANDBOX_STATE_PAUSED
             assert (await sb.resume()).state == sandbox_pb2.SANDBOX_STATE_READY

@@ -212,7 +212,7 @@ def test_set_timeout(client: magnetar.Client) -> None:
 
 def test_pause_resume_usage(client: magnetar.Client, daemon: Daemon) -> None:
     with client.create_sandbox("runc") as sb:
-        sb.run(daemon.busybox_image, args=["sh", "-c", "while :; do :; done"])
+        sb.run(daemon.busybox_image, args=["sh", "-c", "trap 'exit 0' TERM; while :; do :; done"])
         u0 = sb.usage()
         assert u0.pids >= 1 and u0.memory_usage_bytes > 0
         samples = []

@@ -231,7 +231,7 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
 
       test("pauses, resumes and measures a sandbox", { timeout }, async () => {
         await using sb = await client.createSandbox("runc", { labels });
-        await sb.run({ image: busyboxImage, args: ["sh", "-c", "while :; do :; done"] });
+        await sb.run({ image: busyboxImage, args: ["sh", "-c", "trap 'exit 0' TERM; while :; do :; done"] });
         const u0 = await sb.usage();
         assert.ok(u0.pids >= 1n && u0.memoryUsageBytes > 0n);
         const samples: sandboxv1.SandboxUsage[] = [];

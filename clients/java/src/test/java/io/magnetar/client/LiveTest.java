@@ -143,7 +143,7 @@ class LiveTest {
       io.magnetar.sandbox.v1.Sandbox got = sb.setTimeout(null, Duration.ofMinutes(5));
       assertFalse(got.hasExpiresAt());
       assertEquals(300, got.getIdleTimeout().getSeconds());
-      sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX).args("sh", "-c", "while :; do :; done"));
+      sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX).args("sh", "-c", "trap 'exit 0' TERM; while :; do :; done"));
       long u0 = sb.usage().getCpuUsageNs();
       assertTrue(sb.usage().getPids() >= 1);
       assertEquals(SandboxState.SANDBOX_STATE_PAUSED, sb.pause().getState());

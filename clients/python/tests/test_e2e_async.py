@@ -9,6 +9,7 @@ import pytest
 
 import magnetar
 from conftest import Daemon
+from magnetar.sandbox.v1 import sandbox_pb2
 
 
 async def _collect(c: magnetar.AsyncContainer) -> tuple[str, str]:
@@ -90,3 +91,24 @@ async def test_async_files(daemon: Daemon, protocol: magnetar.Protocol) -> None:
             with pytest.raises(magnetar.NotFoundError):
                 await files.stat("/copy")
             await c.delete(force=True)
+
+
+@pytest.mark.asyncio
+async def test_async_lifetime_pause_usage(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    async with magnetar.AsyncClient(daemon.address, protocol=protocol, timeout=120) as client:
+        async with await client.create_sandbox("runc", timeout=3600, idle_timeout=600) as sb:
+            assert sb.proto.HasField("expires_at") and sb.proto.idle_timeout.seconds == 600
+            got = await sb.set_timeout(idle_timeout=300)
+            assert not got.HasField("expires_at") and got.idle_timeout.seconds == 300
+            await sb.run(daemon.busybox_image, args=["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"])
+            assert (await sb.pause()).state == sandbox_pb2.SANDBOX_STATE_PAUSED
+            assert (await sb.refresh()).state == sandbox_pb2.SANDBOX_STATE_PAUSED
+            assert (await sb.resume()).state == sandbox_pb2.SANDBOX_STATE_READY
+            u = await sb.usage()
+            assert u.pids >= 1
+            samples = []
+            async for s in sb.watch_usage(0.1):
+                samples.append(s)
+                if len(samples) == 2:
+                    break
+            assert samples[1].timestamp.ToNanoseconds() > samples[0].timestamp.ToNanoseconds()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -175,3 +176,59 @@ def test_files(client: magnetar.Client, daemon: Daemon) -> None:
         c.delete()
         with pytest.raises(magnetar.NotFoundError):
             files.stat("/")
+
+
+def test_idle_timeout_expires(client: magnetar.Client) -> None:
+    sb = client.create_sandbox("runc", idle_timeout=1)
+    assert sb.proto.idle_timeout.seconds == 1
+    # Events are the only way to watch without resetting the idle time
+    # (every call about the sandbox counts as activity).
+    for ev in client.events([sb.id], after=0):
+        if ev.type == sandbox_pb2.EVENT_TYPE_SANDBOX_EXPIRED:
+            assert ev.reason == "idle"
+            break
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.sandbox(sb.id)
+        except magnetar.NotFoundError:
+            break
+        assert time.monotonic() < deadline, "expired sandbox not deleted"
+        time.sleep(0.1)
+
+
+def test_set_timeout(client: magnetar.Client) -> None:
+    with client.create_sandbox("runc", timeout=3600) as sb:
+        assert sb.proto.HasField("expires_at")
+        before = sb.proto.expires_at.seconds
+        got = sb.set_timeout(60, idle_timeout=600)
+        assert got.expires_at.seconds < before and got.idle_timeout.seconds == 600
+        got = sb.set_timeout()
+        assert not got.HasField("expires_at") and got.idle_timeout.seconds == 0
+        assert not sb.refresh().HasField("expires_at")
+        with pytest.raises(magnetar.InvalidArgumentError):
+            sb.set_timeout(idle_timeout=2 * 366 * 86400)
+
+
+def test_pause_resume_usage(client: magnetar.Client, daemon: Daemon) -> None:
+    with client.create_sandbox("runc") as sb:
+        sb.run(daemon.busybox_image, args=["sh", "-c", "trap 'exit 0' TERM; while :; do :; done"])
+        u0 = sb.usage()
+        assert u0.pids >= 1 and u0.memory_usage_bytes > 0
+        samples = []
+        for u in sb.watch_usage(0.1):
+            samples.append(u)
+            if len(samples) == 3:
+                break
+        assert samples[-1].cpu_usage_ns > u0.cpu_usage_ns
+        assert sb.pause().state == sandbox_pb2.SANDBOX_STATE_PAUSED
+        assert sb.refresh().state == sandbox_pb2.SANDBOX_STATE_PAUSED
+        p0 = sb.usage().cpu_usage_ns
+        time.sleep(0.5)  # a measurement window, not synchronisation
+        p1 = sb.usage().cpu_usage_ns
+        assert p1 - p0 < 50_000_000, f"paused sandbox used {p1 - p0} ns CPU in 0.5 s"
+        assert sb.resume().state == sandbox_pb2.SANDBOX_STATE_READY
+        deadline = time.monotonic() + 10
+        while sb.usage().cpu_usage_ns < p1 + 50_000_000:
+            assert time.monotonic() < deadline, "CPU did not grow after resume"
+            time.sleep(0.05)

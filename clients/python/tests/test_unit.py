@@ -259,3 +259,12 @@ async def test_async_output_and_events_resume() -> None:
         if len(seqs) == 2:
             break
     assert seqs == [1, 2] and [r.after_sequence for r in wreqs] == [0, 1]
+
+
+def test_duration() -> None:
+    from magnetar._common import duration
+
+    d = duration(1.25)
+    assert (d.seconds, d.nanos) == (1, 250_000_000)
+    with pytest.raises(ValueError):
+        duration(-1)

@@ -26,6 +26,7 @@ import {
   type Kind,
   type Sandbox as SandboxMessage,
   type SandboxState,
+  type SandboxUsage,
 } from "./gen/magnetar/sandbox/v1/sandbox_pb.js";
 import type { ResourcesSchema } from "./gen/magnetar/types/v1/types_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -72,6 +73,28 @@ export interface SandboxOptions {
   resources?: Resources;
   /** The parent cgroup of the sandbox. */
   cgroupParent?: string;
+  /**
+   * The sandbox's lifetime from its creation, in milliseconds: at its end
+   * the sandboxer stops and deletes it (event SANDBOX_EXPIRED, reason
+   * "deadline"). Default: none.
+   */
+  timeoutMs?: number;
+  /**
+   * How long the sandbox may stay idle (no call about it, no process in
+   * it), in milliseconds, before it is stopped and deleted (reason "idle").
+   * Default: none.
+   */
+  idleTimeoutMs?: number;
+}
+
+function optDuration(ms: number | undefined): ReturnType<typeof durationFromMs> | undefined {
+  if (ms === undefined) {
+    return undefined;
+  }
+  if (!Number.isFinite(ms) || ms < 0) {
+    invalidArgument(`duration must be a non-negative number of milliseconds, got ${ms}`);
+  }
+  return durationFromMs(ms);
 }
 
 /** A file system mounted into a container. */
@@ -293,6 +316,8 @@ export class MagnetarClient implements AsyncDisposable {
           network,
           resources: opts.resources,
           cgroupParent: opts.cgroupParent ?? "",
+          timeout: optDuration(opts.timeoutMs),
+          idleTimeout: optDuration(opts.idleTimeoutMs),
         },
         options,
       ),
@@ -507,6 +532,62 @@ export class Sandbox implements AsyncDisposable {
    */
   async delete(opts: { force?: boolean } = {}, options?: CallOptions): Promise<void> {
     await wrapped(this.#client.sandboxService.deleteSandbox({ sandboxId: this.id, force: opts.force ?? false }, options));
+  }
+
+  /**
+   * Replaces the sandbox's lifetime, counted from now: it ends after
+   * timeoutMs and after idleTimeoutMs of idleness. Both are replaced: an
+   * omitted or zero one is removed. The snapshot shows the new expiresAt
+   * and idleTimeout.
+   */
+  async setTimeout(opts: { timeoutMs?: number; idleTimeoutMs?: number } = {}, options?: CallOptions): Promise<this> {
+    const res = await wrapped(
+      this.#client.sandboxService.setSandboxTimeout(
+        { sandboxId: this.id, timeout: optDuration(opts.timeoutMs), idleTimeout: optDuration(opts.idleTimeoutMs) },
+        options,
+      ),
+    );
+    this.info = res.sandbox!;
+    return this;
+  }
+
+  /** Freezes the sandbox's running containers (state PAUSED): they use no CPU until {@link resume}. */
+  async pause(options?: CallOptions): Promise<this> {
+    const res = await wrapped(this.#client.sandboxService.pauseSandbox({ sandboxId: this.id }, options));
+    this.info = res.sandbox!;
+    return this;
+  }
+
+  /** Thaws the containers {@link pause} froze (state READY). */
+  async resume(options?: CallOptions): Promise<this> {
+    const res = await wrapped(this.#client.sandboxService.resumeSandbox({ sandboxId: this.id }, options));
+    this.info = res.sandbox!;
+    return this;
+  }
+
+  /** What the sandbox uses now: CPU time, memory, pids, disk and network bytes. */
+  async usage(options?: CallOptions): Promise<SandboxUsage> {
+    const res = await wrapped(this.#client.sandboxService.getSandboxUsage({ sandboxId: this.id }, options));
+    return res.usage!;
+  }
+
+  /**
+   * Yields the sandbox's usage every intervalMs (at least 100) until the
+   * caller stops (break, or options.signal) or the sandbox is gone.
+   */
+  async *watchUsage(intervalMs = 1000, options?: CallOptions): AsyncGenerator<SandboxUsage, void, undefined> {
+    try {
+      for await (const res of this.#client.sandboxService.watchSandboxUsage(
+        { sandboxId: this.id, interval: optDuration(intervalMs) },
+        options,
+      )) {
+        if (res.usage !== undefined) {
+          yield res.usage;
+        }
+      }
+    } catch (err) {
+      throw MagnetarError.wrap(err);
+    }
   }
 
   /** Deletes the sandbox (forced), ignoring that it is already gone. */

@@ -193,6 +193,69 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
         assert.equal((await ctr.delete()).code, 7);
       });
 
+      test("an idle sandbox expires, then is gone", { timeout }, async () => {
+        const sb = await client.createSandbox("runc", { labels, idleTimeoutMs: 1000 });
+        assert.equal(Number(sb.info.idleTimeout?.seconds), 1);
+        // Only events watch it without resetting its idle time.
+        for await (const ev of client.events({ sandboxIds: [sb.id], after: 0n })) {
+          if (ev.type === EventType.SANDBOX_EXPIRED) {
+            assert.equal(ev.reason, "idle");
+            break;
+          }
+        }
+        const deadline = Date.now() + 30_000;
+        for (;;) {
+          try {
+            await client.sandbox(sb.id);
+          } catch (err) {
+            assert.ok(isNotFound(err), String(err));
+            break;
+          }
+          assert.ok(Date.now() < deadline, "expired sandbox not deleted");
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      });
+
+      test("sets a sandbox's timeout", { timeout }, async () => {
+        await using sb = await client.createSandbox("runc", { labels, timeoutMs: 3_600_000 });
+        const before = Number(sb.info.expiresAt?.seconds);
+        assert.ok(before > 0);
+        await sb.setTimeout({ timeoutMs: 60_000, idleTimeoutMs: 600_000 });
+        assert.ok(Number(sb.info.expiresAt?.seconds) < before);
+        assert.equal(Number(sb.info.idleTimeout?.seconds), 600);
+        await sb.setTimeout();
+        assert.equal(sb.info.expiresAt, undefined);
+        assert.equal((await sb.refresh()).info.expiresAt, undefined);
+        await assert.rejects(sb.setTimeout({ timeoutMs: -1 }), (err: unknown) => err instanceof MagnetarError && err.code === Code.InvalidArgument);
+      });
+
+      test("pauses, resumes and measures a sandbox", { timeout }, async () => {
+        await using sb = await client.createSandbox("runc", { labels });
+        await sb.run({ image: busyboxImage, args: ["sh", "-c", "trap 'exit 0' TERM; while :; do :; done"] });
+        const u0 = await sb.usage();
+        assert.ok(u0.pids >= 1n && u0.memoryUsageBytes > 0n);
+        const samples: sandboxv1.SandboxUsage[] = [];
+        for await (const u of sb.watchUsage(100)) {
+          samples.push(u);
+          if (samples.length === 3) {
+            break;
+          }
+        }
+        assert.ok(samples[2].cpuUsageNs > u0.cpuUsageNs);
+        assert.equal((await sb.pause()).state, SandboxState.PAUSED);
+        assert.equal((await sb.refresh()).state, SandboxState.PAUSED);
+        const p0 = (await sb.usage()).cpuUsageNs;
+        await new Promise((r) => setTimeout(r, 500)); // a measurement window
+        const p1 = (await sb.usage()).cpuUsageNs;
+        assert.ok(p1 - p0 < 50_000_000n, `paused sandbox used ${p1 - p0} ns CPU in 0.5 s`);
+        assert.equal((await sb.resume()).state, SandboxState.READY);
+        const deadline = Date.now() + 10_000;
+        while ((await sb.usage()).cpuUsageNs < p1 + 50_000_000n) {
+          assert.ok(Date.now() < deadline, "CPU did not grow after resume");
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      });
+
       test("reads, writes and watches a container's files", { timeout }, async () => {
         await using sb = await client.createSandbox("runc", { labels });
         const ctr = await sb.run({ image: busyboxImage, args: ["sleep", "300"] });

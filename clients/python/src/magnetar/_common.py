@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from connectrpc.protocol import ProtocolType
+from google.protobuf import duration_pb2
 
 from magnetar.container.v1 import container_pb2
 from magnetar.sandbox.v1 import sandbox_pb2
@@ -105,3 +106,19 @@ def container_request(
             open_stdin=stdin,
         ),
     )
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A protobuf Duration of ``seconds`` (a float); negative is refused."""
+    if seconds < 0:
+        raise ValueError(f"duration must not be negative, got {seconds}")
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int(round((seconds - whole) * 1e9)))
+
+
+def lifetime_fields(req: object, timeout: float | None, idle_timeout: float | None) -> None:
+    """Sets ``timeout``/``idle_timeout`` (seconds) on a request having those Duration fields."""
+    if timeout is not None:
+        req.timeout.CopyFrom(duration(timeout))  # type: ignore[attr-defined]
+    if idle_timeout is not None:
+        req.idle_timeout.CopyFrom(duration(idle_timeout))  # type: ignore[attr-defined]

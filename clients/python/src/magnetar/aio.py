@@ -29,6 +29,8 @@ from magnetar._common import (
     Output,
     Protocol,
     container_request,
+    duration,
+    lifetime_fields,
     parse_address,
 )
 from magnetar._relay import UnixRelay
@@ -171,8 +173,15 @@ class AsyncClient:
         sandbox_id: str = "",
         labels: dict[str, str] | None = None,
         hostname: str = "",
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> AsyncSandbox:
         """Creates and starts a sandbox of ``kind`` (see :meth:`kinds`).
+
+        ``timeout`` (seconds) is the sandbox's lifetime from its creation and
+        ``idle_timeout`` (seconds) how long it may stay without running
+        containers or attached streams: at the end the sandboxer stops and
+        deletes it (event ``EVENT_TYPE_SANDBOX_EXPIRED``). None: no limit.
 
         Used as a context manager, the sandbox is deleted (forcibly) on exit.
         If starting fails, the created sandbox is deleted again.
@@ -180,6 +189,7 @@ class AsyncClient:
         req = sandbox_pb2.CreateSandboxRequest(
             sandbox_id=sandbox_id, kind=kind, labels=labels or {}, hostname=hostname
         )
+        lifetime_fields(req, timeout, idle_timeout)
         with _api():
             created = await self.sandboxes.create_sandbox(req)
         sid = created.sandbox.id
@@ -294,6 +304,45 @@ class AsyncSandbox:
         with _api():
             res = await self._client.sandboxes.stop_sandbox(req)
         self.proto = res.sandbox
+
+    async def set_timeout(self, timeout: float | None = None, *, idle_timeout: float | None = None) -> sandbox_pb2.Sandbox:
+        """Replaces the sandbox's lifetime: it ends ``timeout`` seconds from
+        now and after ``idle_timeout`` seconds of idleness. Both are replaced:
+        None or 0 removes that limit. Returns the sandbox with its new
+        ``expires_at`` and ``idle_timeout``."""
+        req = sandbox_pb2.SetSandboxTimeoutRequest(sandbox_id=self.id)
+        lifetime_fields(req, timeout, idle_timeout)
+        with _api():
+            self.proto = (await self._client.sandboxes.set_sandbox_timeout(req)).sandbox
+        return self.proto
+
+    async def pause(self) -> sandbox_pb2.Sandbox:
+        """Freezes the sandbox's running containers (state SANDBOX_STATE_PAUSED)."""
+        req = sandbox_pb2.PauseSandboxRequest(sandbox_id=self.id)
+        with _api():
+            self.proto = (await self._client.sandboxes.pause_sandbox(req)).sandbox
+        return self.proto
+
+    async def resume(self) -> sandbox_pb2.Sandbox:
+        """Thaws the containers :meth:`pause` froze (state SANDBOX_STATE_READY)."""
+        req = sandbox_pb2.ResumeSandboxRequest(sandbox_id=self.id)
+        with _api():
+            self.proto = (await self._client.sandboxes.resume_sandbox(req)).sandbox
+        return self.proto
+
+    async def usage(self) -> sandbox_pb2.SandboxUsage:
+        """What the sandbox uses now: CPU time, memory, pids, disk and network bytes."""
+        req = sandbox_pb2.GetSandboxUsageRequest(sandbox_id=self.id)
+        with _api():
+            return (await self._client.sandboxes.get_sandbox_usage(req)).usage
+
+    async def watch_usage(self, interval: float = 1.0) -> AsyncIterator[sandbox_pb2.SandboxUsage]:
+        """Yields the sandbox's usage every ``interval`` seconds (the server
+        enforces a minimum) until the caller stops or the sandbox is gone."""
+        req = sandbox_pb2.WatchSandboxUsageRequest(sandbox_id=self.id, interval=duration(interval))
+        with _api():
+            async for res in self._client._long_sandboxes.watch_sandbox_usage(req):
+                yield res.usage
 
     async def delete(self, *, force: bool = False) -> None:
         """Deletes the sandbox; ``force`` also stops it and its containers."""

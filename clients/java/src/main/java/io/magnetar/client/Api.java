@@ -25,6 +25,14 @@ final class Api {
       Rpc.method(SANDBOX, "StartSandbox", StartSandboxRequest.getDefaultInstance(), StartSandboxResponse.getDefaultInstance());
   static final MethodDescriptor<DeleteSandboxRequest, DeleteSandboxResponse> DELETE_SANDBOX =
       Rpc.method(SANDBOX, "DeleteSandbox", DeleteSandboxRequest.getDefaultInstance(), DeleteSandboxResponse.getDefaultInstance());
+  static final MethodDescriptor<PauseSandboxRequest, PauseSandboxResponse> PAUSE_SANDBOX =
+      Rpc.method(SANDBOX, "PauseSandbox", PauseSandboxRequest.getDefaultInstance(), PauseSandboxResponse.getDefaultInstance());
+  static final MethodDescriptor<ResumeSandboxRequest, ResumeSandboxResponse> RESUME_SANDBOX =
+      Rpc.method(SANDBOX, "ResumeSandbox", ResumeSandboxRequest.getDefaultInstance(), ResumeSandboxResponse.getDefaultInstance());
+  static final MethodDescriptor<GetSandboxUsageRequest, GetSandboxUsageResponse> GET_SANDBOX_USAGE =
+      Rpc.method(SANDBOX, "GetSandboxUsage", GetSandboxUsageRequest.getDefaultInstance(), GetSandboxUsageResponse.getDefaultInstance());
+  static final MethodDescriptor<SetSandboxTimeoutRequest, SetSandboxTimeoutResponse> SET_SANDBOX_TIMEOUT =
+      Rpc.method(SANDBOX, "SetSandboxTimeout", SetSandboxTimeoutRequest.getDefaultInstance(), SetSandboxTimeoutResponse.getDefaultInstance());
   static final MethodDescriptor<GetSandboxRequest, GetSandboxResponse> GET_SANDBOX =
       Rpc.method(SANDBOX, "GetSandbox", GetSandboxRequest.getDefaultInstance(), GetSandboxResponse.getDefaultInstance());
   static final MethodDescriptor<ListSandboxesRequest, ListSandboxesResponse> LIST_SANDBOXES =

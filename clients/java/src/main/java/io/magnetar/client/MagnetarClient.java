@@ -202,6 +202,12 @@ public final class MagnetarClient implements AutoCloseable {
         .putAllLabels(opts.labels)
         .putAllAnnotations(opts.annotations)
         .setHostname(opts.hostname);
+    if (opts.timeout != null) {
+      req.setTimeout(SandboxOptions.proto(opts.timeout));
+    }
+    if (opts.idleTimeout != null) {
+      req.setIdleTimeout(SandboxOptions.proto(opts.idleTimeout));
+    }
     String id = call(Api.CREATE_SANDBOX, req.build()).getSandbox().getId();
     try {
       return new Sandbox(this, call(Api.START_SANDBOX, StartSandboxRequest.newBuilder().setSandboxId(id).build())

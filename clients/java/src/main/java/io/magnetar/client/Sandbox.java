@@ -3,6 +3,12 @@ package io.magnetar.client;
 import io.magnetar.container.v1.CreateContainerRequest;
 import io.magnetar.container.v1.ProcessSpec;
 import io.magnetar.sandbox.v1.DeleteSandboxRequest;
+import io.magnetar.sandbox.v1.GetSandboxUsageRequest;
+import io.magnetar.sandbox.v1.PauseSandboxRequest;
+import io.magnetar.sandbox.v1.ResumeSandboxRequest;
+import io.magnetar.sandbox.v1.SandboxUsage;
+import io.magnetar.sandbox.v1.SetSandboxTimeoutRequest;
+import java.time.Duration;
 import io.magnetar.sandbox.v1.SandboxState;
 import java.util.List;
 import java.util.Map;
@@ -77,6 +83,37 @@ public final class Sandbox implements AutoCloseable {
       throw e;
     }
     return c;
+  }
+
+  /**
+   * Replaces the sandbox's lifetime, counted from now: it ends after timeout
+   * and after idleTimeout of idleness. Both are replaced: a null or zero one
+   * is removed. Returns the sandbox with its new expires_at and idle_timeout.
+   */
+  public io.magnetar.sandbox.v1.Sandbox setTimeout(Duration timeout, Duration idleTimeout) {
+    SetSandboxTimeoutRequest.Builder req = SetSandboxTimeoutRequest.newBuilder().setSandboxId(id());
+    if (timeout != null) {
+      req.setTimeout(SandboxOptions.proto(timeout));
+    }
+    if (idleTimeout != null) {
+      req.setIdleTimeout(SandboxOptions.proto(idleTimeout));
+    }
+    return client.call(Api.SET_SANDBOX_TIMEOUT, req.build()).getSandbox();
+  }
+
+  /** Freezes the sandbox's running containers (state PAUSED); returns the sandbox. */
+  public io.magnetar.sandbox.v1.Sandbox pause() {
+    return client.call(Api.PAUSE_SANDBOX, PauseSandboxRequest.newBuilder().setSandboxId(id()).build()).getSandbox();
+  }
+
+  /** Thaws the containers {@link #pause()} froze (state READY); returns the sandbox. */
+  public io.magnetar.sandbox.v1.Sandbox resume() {
+    return client.call(Api.RESUME_SANDBOX, ResumeSandboxRequest.newBuilder().setSandboxId(id()).build()).getSandbox();
+  }
+
+  /** What the sandbox uses now: CPU time, memory, pids, disk and network bytes. */
+  public SandboxUsage usage() {
+    return client.call(Api.GET_SANDBOX_USAGE, GetSandboxUsageRequest.newBuilder().setSandboxId(id()).build()).getUsage();
   }
 
   /** Lists the containers of the sandbox. */

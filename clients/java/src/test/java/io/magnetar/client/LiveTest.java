@@ -135,6 +135,33 @@ class LiveTest {
 
   @Test
   @Order(3)
+  void pausesResumesMeasuresAndSetsTimeout() throws Exception {
+    try (Sandbox sb = client.createSandbox("runc",
+        new SandboxOptions().labels(LABELS).timeout(Duration.ofHours(1)).idleTimeout(Duration.ofMinutes(10)))) {
+      assertTrue(sb.info().hasExpiresAt());
+      assertEquals(600, sb.info().getIdleTimeout().getSeconds());
+      io.magnetar.sandbox.v1.Sandbox got = sb.setTimeout(null, Duration.ofMinutes(5));
+      assertFalse(got.hasExpiresAt());
+      assertEquals(300, got.getIdleTimeout().getSeconds());
+      sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX).args("sh", "-c", "trap 'exit 0' TERM; while :; do :; done"));
+      long u0 = sb.usage().getCpuUsageNs();
+      assertTrue(sb.usage().getPids() >= 1);
+      assertEquals(SandboxState.SANDBOX_STATE_PAUSED, sb.pause().getState());
+      long p0 = sb.usage().getCpuUsageNs();
+      Thread.sleep(500); // a measurement window
+      long p1 = sb.usage().getCpuUsageNs();
+      assertTrue(p1 - p0 < 50_000_000L, "paused sandbox used " + (p1 - p0) + " ns CPU in 0.5 s");
+      assertEquals(SandboxState.SANDBOX_STATE_READY, sb.resume().getState());
+      long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+      while (sb.usage().getCpuUsageNs() < Math.max(p1, u0) + 50_000_000L) {
+        assertTrue(System.nanoTime() < deadline, "CPU did not grow after resume");
+        Thread.sleep(50);
+      }
+    }
+  }
+
+  @Test
+  @Order(3)
   void runsARuncContainerAndAnExec() {
     try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS).hostname("java-client"))) {
       Container ctr = sb.run(new ContainerOptions()

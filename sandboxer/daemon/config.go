@@ -99,9 +99,11 @@ type Config struct {
 	// can reach the API socket is root on the host with it on.
 	APIAllowHostAccess bool `toml:"api_allow_host_access"`
 	// NetNSDirs are the directories where the network namespace of a
-	// sandbox given by path (CRI's pod namespaces, the API's
-	// NETWORK_MODE_NETNS) may be. Default /run/netns and /var/run/netns
-	// (ip-netns' and containerd's).
+	// sandbox made through Magnetar's API with NETWORK_MODE_NETNS may be.
+	// Default /run/netns and /var/run/netns (ip-netns' and containerd's).
+	// containerd's pods may have theirs anywhere containerd's own
+	// configuration puts them; any sandbox's namespace must be a network
+	// namespace, and not the host's.
 	NetNSDirs []string `toml:"netns_dirs"`
 	// DefaultKind is the sandbox kind used when neither the runtime handler
 	// nor the pod's magnetar.io/kind annotation names one. Empty refuses

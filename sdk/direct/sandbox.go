@@ -99,6 +99,11 @@ func (s *Service) CreateSandbox(ctx context.Context, req SandboxRequest) (engine
 		if n.NetNSPath == "" {
 			return engine.SandboxStatus{}, fmt.Errorf("network mode NETNS needs netns_path: %w", errdefs.ErrInvalidArgument)
 		}
+		// Only in the configured netns directories (CRI's are checked
+		// less: containerd chooses them).
+		if err := s.e.CheckNetNSPath("network.netns_path", n.NetNSPath); err != nil {
+			return engine.SandboxStatus{}, err
+		}
 		spec.NetNSPath = n.NetNSPath
 	}
 	if spec.Kind == "" {

@@ -13,10 +13,10 @@ import (
 // path may be: ip-netns(8)'s and containerd's (CRI's pod namespaces).
 var DefaultNetNSDirs = []string{"/run/netns", "/var/run/netns"}
 
-// CheckNetNS checks that path is a network namespace bind-mounted
-// directly in one of dirs (symbolic links resolved), and not the host's
-// (PID 1's or this process's: the host network is its own option). The
-// error is a [FieldError] naming field.
+// CheckNetNS checks that path is a network namespace, bind-mounted
+// directly in one of dirs (symbolic links resolved) unless dirs is nil, and
+// not the host's (PID 1's or this process's: the host network is its own
+// option). The error is a [FieldError] naming field.
 func CheckNetNS(field, path string, dirs []string) error {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path || hasControl(path) {
 		return Invalid(field, "%q must be an absolute, clean path", path)
@@ -34,7 +34,7 @@ func CheckNetNS(field, path string, dirs []string) error {
 			allowed = append(allowed, rd)
 		}
 	}
-	if !slices.Contains(allowed, filepath.Dir(real)) {
+	if dirs != nil && !slices.Contains(allowed, filepath.Dir(real)) {
 		return Invalid(field, "%q is not in a network namespace directory (%v)", path, dirs)
 	}
 	// O_NONBLOCK: whatever it is, opening it must not wait (a FIFO).
@@ -61,4 +61,13 @@ func CheckNetNS(field, path string, dirs []string) error {
 		}
 	}
 	return nil
+}
+
+// CheckNetNSPath checks a network namespace path from an API caller:
+// [CheckNetNS] with the engine's directories ([Config.NetNSDirs]). A
+// sandbox's spec is checked without them ([Engine.CreateSandbox]):
+// containerd, the other caller, puts its pods' namespaces where its own
+// configuration says (under its state dir with netns_mounts_under_state_dir).
+func (e *Engine) CheckNetNSPath(field, path string) error {
+	return CheckNetNS(field, path, e.netnsDirs)
 }

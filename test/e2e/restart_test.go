@@ -152,7 +152,13 @@ func TestRestartKeepsContainers(t *testing.T) {
 		e.waitNewWorker(t, old, kinds[0].p)
 		// The same supervisor (re-executed by the upgrade: the new binary).
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", sup)); err != nil || strings.HasSuffix(exe, " (deleted)") {
-			t.Errorf("after %s the supervisor %d runs %q (%v), want the binary installed", r.name, sup, exe, err)
+			var why []string
+			for _, l := range strings.Split(e.sbLog.String(), "\n") {
+				if strings.Contains(l, "supervisor") && (strings.Contains(l, "WARN") || strings.Contains(l, "ERROR") || strings.Contains(l, "re-execut")) {
+					why = append(why, l)
+				}
+			}
+			t.Errorf("after %s the supervisor %d runs %q (%v), want the binary installed; the supervisor said:\n%s", r.name, sup, exe, err, strings.Join(why[max(0, len(why)-10):], "\n"))
 		}
 		for _, k := range kinds {
 			t.Run(r.name+"/"+k.name, func(t *testing.T) {

@@ -145,7 +145,30 @@ func (h *streamHub) open(s *sstream, id string) error {
 	if old != nil {
 		old.end()
 	}
+	// containerd opens a process's streams just before it creates the
+	// process, which bridges them; one still waiting long after belongs to
+	// no process (a restarted containerd reopens the streams of processes
+	// that are gone). It would wait forever, and keep the supervisor from
+	// re-executing itself (streams open): it ends instead.
+	time.AfterFunc(waitingStreamTimeout, func() { h.expire(s, id) })
 	return nil
+}
+
+// waitingStreamTimeout is how long a stream may wait for its bridge.
+var waitingStreamTimeout = time.Minute
+
+// expire ends stream s if it still waits for a bridge under id.
+func (h *streamHub) expire(s *sstream, id string) {
+	h.mu.Lock()
+	waiting := h.waiting[id] == s
+	if waiting {
+		delete(h.waiting, id)
+	}
+	h.mu.Unlock()
+	if waiting {
+		h.log.Debug("a stream waited for its process in vain: ended", "id", id)
+		s.end()
+	}
 }
 
 // unpark forgets s if it waits for a bridge.

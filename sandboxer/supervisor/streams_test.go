@@ -333,6 +333,17 @@ func TestStreamBridgesBadInput(t *testing.T) {
 	if _, err := old.Recv(); !errors.Is(err, io.EOF) {
 		t.Errorf("replaced stream: Recv = %v, want end of stream", err)
 	}
+	// A stream no process claims ends after a while.
+	defer func(d time.Duration) { waitingStreamTimeout = d }(waitingStreamTimeout)
+	waitingStreamTimeout = 100 * time.Millisecond
+	orphan, orphanc, err := dialStream(ctx, t, public, "gone-stdout")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orphanc.Close()
+	if _, err := orphan.Recv(); !errors.Is(err, io.EOF) {
+		t.Errorf("a stream no process claims: Recv = %v, want end of stream", err)
+	}
 	// Waiting for an unknown bridge ends at once.
 	if ok, err := host.Wait([]string{"nope"}, time.Minute); err != nil || !ok {
 		t.Errorf("Wait(unknown) = %v, %v", ok, err)

@@ -257,7 +257,7 @@ func (b *bench) parallel(ctx context.Context) error {
 			for _, n := range rotated(k.parallel, i) {
 				started, first, removed, err := b.batch(ctx, k, n)
 				if err != nil {
-					return err
+					return fmt.Errorf("parallel: %s x%d: %w", k.Name, n, err)
 				}
 				r := &b.res.Parallel[idx[key{k.Name, n}]]
 				r.Started = append(r.Started, ms(started))

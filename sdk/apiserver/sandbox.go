@@ -2,10 +2,12 @@ package apiserver
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"time"
 
 	"connectrpc.com/connect/v2"
+	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -170,7 +172,15 @@ func (s *Server) StartSandbox(ctx context.Context, req *sandboxv1.StartSandboxRe
 
 // StopSandbox stops a sandbox and its containers.
 func (s *Server) StopSandbox(ctx context.Context, req *sandboxv1.StopSandboxRequest) (*sandboxv1.StopSandboxResponse, error) {
-	st, err := s.d.StopSandbox(ctx, req.GetSandboxId(), req.GetTimeout().AsDuration())
+	// Unset: the server's default grace period; zero: none.
+	timeout := req.GetTimeout().AsDuration()
+	switch {
+	case timeout < 0:
+		return nil, fmt.Errorf("timeout: %v is negative: %w", timeout, errdefs.ErrInvalidArgument)
+	case req.GetTimeout() != nil && timeout == 0:
+		timeout = engine.KillNow
+	}
+	st, err := s.d.StopSandbox(ctx, req.GetSandboxId(), timeout)
 	if err != nil {
 		return nil, err
 	}

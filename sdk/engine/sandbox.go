@@ -324,15 +324,22 @@ func (s *sandbox) exited(st backend.ExitStatus) {
 	s.e.events.publish(Event{Topic: TopicSandboxExit, Namespace: ns, SandboxID: id, ExitCode: st.Code, ExitedAt: st.ExitedAt})
 }
 
+// KillNow is a StopSandbox timeout that kills every process at once
+// (SIGKILL, no grace period).
+const KillNow time.Duration = -1
+
 // StopSandbox stops every container of the sandbox (SIGTERM, then SIGKILL
-// after timeout) and then the sandbox itself. Stopping a stopped sandbox is
-// a no-op.
+// after timeout; zero is the engine's default grace period, [KillNow] none)
+// and then the sandbox itself. Stopping a stopped sandbox is a no-op.
 func (e *Engine) StopSandbox(ctx context.Context, id string, timeout time.Duration) error {
 	sb, err := e.get(id)
 	if err != nil {
 		return err
 	}
-	if timeout <= 0 {
+	switch {
+	case timeout < 0:
+		timeout = 0
+	case timeout == 0:
 		timeout = e.stopTimeout
 	}
 	sb.lifecycle.Lock()
@@ -463,15 +470,16 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// DeleteSandbox stops the sandbox if it still runs, deletes its containers,
-// releases everything the backend holds and removes its state. Afterwards
-// nothing of the sandbox remains on the host.
+// DeleteSandbox kills the sandbox's processes if it still runs (no grace
+// period: stop it first for one), deletes its containers, releases
+// everything the backend holds and removes its state. Afterwards nothing of
+// the sandbox remains on the host.
 func (e *Engine) DeleteSandbox(ctx context.Context, id string) error {
 	sb, err := e.get(id)
 	if err != nil {
 		return err
 	}
-	if err := e.StopSandbox(ctx, id, 0); err != nil {
+	if err := e.StopSandbox(ctx, id, KillNow); err != nil {
 		return err
 	}
 	sb.lifecycle.Lock()

@@ -422,6 +422,11 @@ func (b *bench) directOnce(ctx context.Context, k *kind) (directSample, error) {
 		return s, fmt.Errorf("direct %s: Run: %w", k.direct, err)
 	}
 	s.run = time.Since(t0)
+	if b.res.Machine.VMAccel == "" && k.direct == "vm" {
+		if err := sb.Refresh(ctx); err == nil && sb.Info["accel"] != "" {
+			b.res.Machine.VMAccel = strings.TrimSpace(sb.Info["accel"] + " (" + sb.Info["accel_reason"] + ")")
+		}
+	}
 	for chunk, err := range c.Output(ctx) {
 		if err != nil {
 			return s, fmt.Errorf("direct %s: output: %w", k.direct, err)

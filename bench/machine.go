@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"github.com/magnetar-io/magnetar/internal/harness"
 	"os"
 	"os/exec"
 	"runtime"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/internal/harness"
 )
 
 // Machine describes the host a run measured.

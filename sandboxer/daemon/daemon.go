@@ -201,10 +201,6 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			retErr = errors.Join(retErr, fmt.Errorf("close task servers: %w", err))
 		}
 	}()
-	if err := ctrl.Recover(ctx); err != nil {
-		log.Error("serve task API of recovered sandboxes", "error", err)
-	}
-
 	l, err := cfg.listen(cfg.Listen)
 	if err != nil {
 		return err
@@ -223,6 +219,28 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The recovered sandboxes' Task API. Under a supervisor, which holds
+	// the task sockets and their calls until this worker serves them, the
+	// controller answers meanwhile (after a restart containerd asks both);
+	// without one, a task socket must exist before containerd learns of
+	// it.
+	recoverTasks := func() {
+		if err := ctrl.Recover(ctx); err != nil {
+			log.Error("serve task API of recovered sandboxes", "error", err)
+		}
+	}
+	if cfg.sup == nil {
+		recoverTasks()
+	}
+	served := make(chan error, 1)
+	wg.Go(func() { served <- srv.Serve(l) })
+	log.Info("serving containerd sandbox controller", "listen", cfg.Listen, "version", Version())
+	if cfg.sup != nil {
+		recoverTasks()
+	}
+	// Events after the task servers: an exit is held until the output of
+	// its streams was sent (ExitHold), which their servers know. Exits
+	// seen while recovering are replayed from the engine's event log.
 	if addr := cfg.Containerd.TTRPCAddress; addr != "" {
 		fwd := controller.NewForwarder(addr, log.Named("events"))
 		fwd.Hold = ctrl.ExitHold
@@ -230,10 +248,6 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	} else {
 		log.Warn("containerd.ttrpc_address is not set: task events are not forwarded to containerd")
 	}
-
-	served := make(chan error, 1)
-	wg.Go(func() { served <- srv.Serve(l) })
-	log.Info("serving containerd sandbox controller", "listen", cfg.Listen, "version", Version())
 
 	if path := cfg.apiSocket(); path != "" {
 		images, err := image.Open(filepath.Join(cfg.StateDir, "images"))

@@ -24,6 +24,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/internal/ctxutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/network"
 )
 
 // Config configures an [Engine].
@@ -43,6 +44,11 @@ type Config struct {
 	// NetNSDirs are the directories where a sandbox's network namespace
 	// (SandboxSpec.NetNSPath) may be. Default [DefaultNetNSDirs].
 	NetNSDirs []string
+	// Network, if set, gives sandboxes that ask for one
+	// (SandboxSpec.Network) a network namespace attached to one of its
+	// networks; New removes the attachments of sandboxes it does not
+	// find. Nil: no bridge networks.
+	Network *network.Manager
 }
 
 // Engine runs sandboxes. It is safe for concurrent use.
@@ -56,6 +62,7 @@ type Engine struct {
 	// engine started, before it recovered anything.
 	startSeq  uint64
 	netnsDirs []string
+	net       *network.Manager
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
@@ -94,6 +101,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		backends:    map[string]backend.Backend{},
 		stopTimeout: cfg.StopTimeout,
 		netnsDirs:   cfg.NetNSDirs,
+		net:         cfg.Network,
 		events:      newBus(evlog),
 		startSeq:    evlog.lastSeq(),
 		sandboxes:   map[string]*sandbox{},
@@ -111,6 +119,10 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := e.recover(ctx); err != nil {
 		evlog.close()
 		return nil, err
+	}
+	if err := e.sweepNetworks(ctx); err != nil {
+		evlog.close()
+		return nil, fmt.Errorf("network attachments: %w", err)
 	}
 	return e, nil
 }

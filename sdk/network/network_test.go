@@ -9,51 +9,31 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
-// inNetNS runs fn on a locked thread that joined the namespace at path;
-// the thread is thrown away afterwards.
 func inNetNS(t testing.TB, path string, fn func() error) error {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		ns, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
+	return testutil.InNetNS(path, fn)
 }
 
 // testNet is a network of a test: a bridge name and a /24 of 10.213/16
-// no other live test uses, and an "outside" namespace holding an HTTP
-// server on 198.18.<n>.2 that the host reaches through a veth pair.
+// no other live test uses, and an outside world (testutil.Outside).
 type testNet struct {
 	cfg    NetworkConfig
-	server string // 198.18.n.2
-	hostIP string // 198.18.n.1
+	server string
+	hostIP string
 }
 
 func newTestNet(t *testing.T, dir string, nat bool) testNet {
@@ -63,78 +43,14 @@ func newTestNet(t *testing.T, dir string, nat bool) testNet {
 	if err := m.Check(); err != nil {
 		testutil.SkipOrFail(t, "%v", err)
 	}
-	n := rand.IntN(200) + 20
-	tn := testNet{
-		cfg:    NetworkConfig{Name: "t", Bridge: fmt.Sprintf("mgt%04x", rand.IntN(1<<16)), Subnet: fmt.Sprintf("10.213.%d.0/24", n), NAT: nat},
-		server: fmt.Sprintf("198.18.%d.2", n), hostIP: fmt.Sprintf("198.18.%d.1", n),
-	}
+	tn := testNet{cfg: NetworkConfig{Name: "t", Bridge: fmt.Sprintf("mgt%04x", rand.IntN(1<<16)), Subnet: fmt.Sprintf("10.213.%d.0/24", rand.IntN(200)+20), NAT: nat}}
 	t.Cleanup(func() {
 		if l, err := netlink.LinkByName(tn.cfg.Bridge); err == nil {
 			_ = netlink.LinkDel(l)
 		}
 	})
-	ext := testutil.NetNS(t, dir, "outside")
-	host := fmt.Sprintf("mgv%04x", rand.IntN(1<<16))
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: "peer" + host[3:]}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if l, err := netlink.LinkByName(host); err == nil {
-			_ = netlink.LinkDel(l)
-		}
-	})
-	peer, err := netlink.LinkByName(veth.PeerName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.GetFromPath(ext)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	if err := netlink.LinkSetNsFd(peer, int(ns)); err != nil {
-		t.Fatal(err)
-	}
-	hl, _ := netlink.LinkByName(host)
-	addr, _ := netlink.ParseAddr(tn.hostIP + "/30")
-	if err := netlink.AddrAdd(hl, addr); err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.LinkSetUp(hl); err != nil {
-		t.Fatal(err)
-	}
-	var lns []net.Listener
-	if err := inNetNS(t, ext, func() error {
-		l, _ := netlink.LinkByName(veth.PeerName)
-		a, _ := netlink.ParseAddr(tn.server + "/30")
-		if err := netlink.AddrAdd(l, a); err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(l); err != nil {
-			return err
-		}
-		lo, _ := netlink.LinkByName("lo")
-		_ = netlink.LinkSetUp(lo)
-		for _, port := range []string{"8080", "8081"} {
-			ln, err := net.Listen("tcp", net.JoinHostPort(tn.server, port))
-			if err != nil {
-				return err
-			}
-			lns = append(lns, ln)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	for _, ln := range lns {
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			host, _, _ := net.SplitHostPort(r.RemoteAddr)
-			io.WriteString(w, host)
-		})}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-	}
+	o := testutil.NewOutside(t, dir)
+	tn.server, tn.hostIP = o.Server, o.HostIP
 	return tn
 }
 
@@ -304,4 +220,52 @@ func assertGone(t *testing.T, m *Manager, id, bridge string, ports int) {
 			t.Errorf("bridge %s has interfaces %v, want %d", bridge, on, ports)
 		}
 	}
+}
+
+// TestPolicyHoldsWithoutNetAdmin: a process in the sandbox's namespace
+// without CAP_NET_ADMIN (what containers get) cannot flush the rules.
+func TestPolicyHoldsWithoutNetAdmin(t *testing.T) {
+	testutil.RequireRoot(t, "network namespaces")
+	dir := t.TempDir()
+	m, err := New(Config{Networks: []NetworkConfig{{Name: "t", Bridge: "mgtunused", Subnet: "10.213.250.0/24"}}, NetNSDir: filepath.Join(dir, "netns"), StateDir: filepath.Join(dir, "state")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "netns", "flush")
+	if err := newNetNS(p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = removeNetNS(p) })
+	if err := applyPolicy(p, Policy{Default: ActionDeny}); err != nil {
+		t.Fatal(err)
+	}
+	err = inNetNS(t, p, func() error {
+		// Drop CAP_NET_ADMIN from this (disposable) thread, then flush
+		// over a netlink socket it opens.
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			return err
+		}
+		for i := range data {
+			data[i].Effective &^= 1 << unix.CAP_NET_ADMIN
+			data[i].Permitted &^= 1 << unix.CAP_NET_ADMIN
+		}
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			return err
+		}
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		c.FlushRuleset()
+		return c.Flush()
+	})
+	if !errors.Is(err, unix.EPERM) {
+		t.Errorf("flush without CAP_NET_ADMIN: %v, want EPERM", err)
+	}
+	if ok, err := hasTable(p); err != nil || !ok {
+		t.Errorf("policy table after the attempt: %v %v", ok, err)
+	}
+	_ = m
 }

@@ -78,7 +78,7 @@ func (e *Engine) checkNetworkSpec(spec SandboxSpec) error {
 // checkEgressKind refuses a policy that a kind's sandboxes would not obey.
 func (e *Engine) checkEgressKind(kind string, p network.Policy) error {
 	b, ok := e.backends[kind]
-	if !ok || p.AllowsAll() && len(p.Allow) == 0 || b.Info().Capabilities.EgressPolicy {
+	if !ok || p.AllowsAll() || b.Info().Capabilities.EgressPolicy {
 		return nil
 	}
 	return fmt.Errorf("sandbox kind %q sends its traffic around the network namespace's firewall (its own network stack or a tap device): egress policies are not enforced for it: %w", kind, errdefs.ErrNotImplemented)

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -133,8 +134,30 @@ func TestBridgeNetwork(t *testing.T) {
 		t.Errorf("policy on a sandbox without network: %v, want FailedPrecondition", err)
 	}
 
+	// gVisor runs its own network stack on the sandbox's interface: the
+	// bridge network works, egress policies are refused (not enforced).
+	all := []*sdk.Sandbox{sb, none}
+	if kinds, _ := c.Kinds(ctx); slices.ContainsFunc(kinds, func(k sdk.Kind) bool { return k.Name == "gvisor" && k.Available }) {
+		if _, err := c.CreateSandbox(ctx, "gvisor", sdk.WithBridgeNetwork("", sdk.EgressPolicy{DenyByDefault: true})); !errdefs.IsNotImplemented(err) {
+			t.Errorf("gvisor sandbox with a policy: %v, want NotImplemented", err)
+		}
+		gv, err := c.CreateSandbox(ctx, "gvisor", sdk.WithBridgeNetwork("", sdk.EgressPolicy{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, gv)
+		if got, code := run(gv, url(8080)); code != 0 || got != out.HostIP {
+			t.Errorf("gvisor bridge sandbox -> outside server: %q (exit %d), want %s", got, code, out.HostIP)
+		}
+		if err := gv.UpdateNetworkPolicy(ctx, sdk.EgressPolicy{DenyByDefault: true}); !errdefs.IsNotImplemented(err) {
+			t.Errorf("gvisor policy update: %v, want NotImplemented", err)
+		}
+	} else {
+		t.Log("no gvisor kind here: its part is not run")
+	}
+
 	netnsPath := sb.NetNSPath
-	for _, s := range []*sdk.Sandbox{sb, none} {
+	for _, s := range all {
 		if err := s.Delete(ctx, sdk.Force()); err != nil {
 			t.Fatal(err)
 		}

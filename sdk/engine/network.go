@@ -81,7 +81,7 @@ func (e *Engine) checkEgressKind(kind string, p network.Policy) error {
 	if !ok || p.AllowsAll() || b.Info().Capabilities.EgressPolicy {
 		return nil
 	}
-	return fmt.Errorf("sandbox kind %q sends its traffic around the network namespace's firewall (its own network stack or a tap device): egress policies are not enforced for it: %w", kind, errdefs.ErrNotImplemented)
+	return fmt.Errorf("egress policies are not enforced for sandbox kind %q (its traffic does not go through the IP stack of its network namespace, or it has no network; see the kind's egress_policy capability): %w", kind, errdefs.ErrNotImplemented)
 }
 
 // SetEgressPolicy replaces the egress policy of a sandbox on a network of

@@ -19,7 +19,7 @@ func (f *egressFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.allow, "allow", "let traffic to `CIDR[:PORT]` through (repeatable; bridge network)")
 	fs.Var(&f.deny, "deny", "refuse traffic to `CIDR[:PORT]` (repeatable, read before --allow; bridge network)")
 	fs.BoolVar(&f.denyAll, "deny-all", false, "refuse traffic that no --allow matches (bridge network)")
-	fs.StringVar(&f.dns, "dns-policy", "", "DNS (port 53) `allow` or deny before the rules; default: judged by the rules")
+	fs.StringVar(&f.dns, "dns-policy", "", "`allow|deny` DNS (port 53) before the rules; default: judged by the rules")
 }
 
 func (f *egressFlags) set() bool {

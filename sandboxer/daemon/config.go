@@ -343,10 +343,8 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("default_network_mode %q: want none or bridge", c.DefaultNetworkMode))
 	}
-	for _, n := range c.Networks {
-		if err := n.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("networks: %w", err))
-		}
+	if err := network.CheckNetworks(c.Networks); err != nil {
+		errs = append(errs, fmt.Errorf("networks: %w", err))
 	}
 	for _, d := range c.NetNSDirs {
 		if !filepath.IsAbs(d) {

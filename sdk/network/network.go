@@ -83,6 +83,31 @@ func (n NetworkConfig) Validate() error {
 	return nil
 }
 
+// CheckNetworks validates each network and that no two share a name, a
+// bridge or overlapping subnets.
+func CheckNetworks(nets []NetworkConfig) error {
+	names, bridges, subnets := map[string]bool{}, map[string]string{}, []netip.Prefix{}
+	for _, n := range nets {
+		if err := n.Validate(); err != nil {
+			return err
+		}
+		if names[n.Name] {
+			return fmt.Errorf("network %q declared twice: %w", n.Name, errdefs.ErrInvalidArgument)
+		}
+		if o, dup := bridges[n.Bridge]; dup {
+			return fmt.Errorf("networks %s and %s share bridge %s: %w", o, n.Name, n.Bridge, errdefs.ErrInvalidArgument)
+		}
+		p := netip.MustParsePrefix(n.Subnet)
+		for _, q := range subnets {
+			if q.Overlaps(p) {
+				return fmt.Errorf("network %s: subnet %s overlaps %s: %w", n.Name, p, q, errdefs.ErrInvalidArgument)
+			}
+		}
+		names[n.Name], bridges[n.Bridge], subnets = true, n.Name, append(subnets, p)
+	}
+	return nil
+}
+
 // Config configures a [Manager].
 type Config struct {
 	// Networks are the named networks; empty: [DefaultNetwork] alone.
@@ -136,24 +161,10 @@ func New(cfg Config) (*Manager, error) {
 		cfg.PluginDirs = DefaultPluginDirs
 	}
 	m := &Manager{nets: map[string]NetworkConfig{}, netnsDir: filepath.Clean(cfg.NetNSDir), stateDir: filepath.Clean(cfg.StateDir), dirs: cfg.PluginDirs}
-	bridges, subnets := map[string]string{}, []netip.Prefix{}
+	if err := CheckNetworks(cfg.Networks); err != nil {
+		return nil, err
+	}
 	for _, n := range cfg.Networks {
-		if err := n.Validate(); err != nil {
-			return nil, err
-		}
-		if _, dup := m.nets[n.Name]; dup {
-			return nil, fmt.Errorf("network %q declared twice: %w", n.Name, errdefs.ErrInvalidArgument)
-		}
-		if o, dup := bridges[n.Bridge]; dup {
-			return nil, fmt.Errorf("networks %s and %s share bridge %s: %w", o, n.Name, n.Bridge, errdefs.ErrInvalidArgument)
-		}
-		p := netip.MustParsePrefix(n.Subnet)
-		for _, q := range subnets {
-			if q.Overlaps(p) {
-				return nil, fmt.Errorf("network %s: subnet %s overlaps %s: %w", n.Name, p, q, errdefs.ErrInvalidArgument)
-			}
-		}
-		bridges[n.Bridge], subnets = n.Name, append(subnets, p)
 		m.nets[n.Name] = n
 		m.names = append(m.names, n.Name)
 	}

@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/vishvananda/netlink"
 
 	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/ociimage"
 	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk"
 )
@@ -30,17 +32,8 @@ func TestAPIBridgeNetwork(t *testing.T) {
 	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
 		testutil.SkipOrFail(t, "needs the CNI plugins (containernetworking-plugins)")
 	}
-	bridge := fmt.Sprintf("mgt%04x", rand.IntN(1<<16))
-	t.Cleanup(func() {
-		if l, err := netlink.LinkByName(bridge); err == nil {
-			_ = netlink.LinkDel(l)
-		}
-	})
 	cfgDir := t.TempDir()
-	cfg := filepath.Join(cfgDir, "sandboxer.toml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, "version = 1\ndefault_network_mode = \"bridge\"\n[[networks]]\n  name = \"e2e\"\n  bridge = %q\n  subnet = \"10.215.%d.0/24\"\n  nat = true\n", bridge, rand.IntN(200)+20), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	bridge, cfg := bridgeConfig(t, cfgDir, true)
 	s := startAPISandboxer(t, "--config", cfg)
 	out := testutil.NewOutside(t, cfgDir)
 	rootfs := testutil.BusyboxRootfs(t, filepath.Join(s.dir, "rootfs"))
@@ -131,6 +124,35 @@ func TestAPIBridgeNetwork(t *testing.T) {
 	if err := sb.Delete(ctx, sdk.Force()); err != nil {
 		t.Fatal(err)
 	}
+	assertNoAttachments(t, s, bridge)
+}
+
+// bridgeConfig writes a sandboxer configuration with one bridge network
+// "e2e" on a bridge and subnet of its own (removed when the test ends),
+// the default mode if defaultBridge.
+func bridgeConfig(t *testing.T, dir string, defaultBridge bool) (bridge, path string) {
+	t.Helper()
+	bridge = fmt.Sprintf("mgt%04x", rand.IntN(1<<16))
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName(bridge); err == nil {
+			_ = netlink.LinkDel(l)
+		}
+	})
+	mode := "none"
+	if defaultBridge {
+		mode = "bridge"
+	}
+	path = filepath.Join(dir, "sandboxer.toml")
+	if err := os.WriteFile(path, fmt.Appendf(nil, "version = 1\ndefault_network_mode = %q\n[[networks]]\n  name = \"e2e\"\n  bridge = %q\n  subnet = \"10.215.%d.0/24\"\n  nat = true\n", mode, bridge, rand.IntN(200)+20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return bridge, path
+}
+
+// assertNoAttachments checks that no namespace, record or lease of the
+// sandboxer's networks remains, and no interface on the bridge.
+func assertNoAttachments(t *testing.T, s *apiSandboxer, bridge string) {
+	t.Helper()
 	for _, d := range []string{filepath.Join(s.runDir, "netns"), filepath.Join(s.dir, "state", "network", "attachments"), filepath.Join(s.dir, "state", "network", "ipam", "magnetar-e2e")} {
 		ents, _ := os.ReadDir(d)
 		for _, e := range ents {
@@ -147,4 +169,65 @@ func TestAPIBridgeNetwork(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestAPIBridgeNetworkVM: a microVM sandbox on a bridge network (tap +
+// tc redirect in the sandbox's namespace, as for CRI pods) reaches a
+// server in a namespace of the test through NAT, refuses egress policies,
+// and leaves nothing after removal.
+func TestAPIBridgeNetworkVM(t *testing.T) {
+	testutil.RequireRoot(t, "network namespaces, bridges")
+	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
+		testutil.SkipOrFail(t, "needs the CNI plugins (containernetworking-plugins)")
+	}
+	kernel, _ := testutil.GuestImage(t)
+	cfgDir := t.TempDir()
+	bridge, cfg := bridgeConfig(t, cfgDir, false)
+	s := startAPISandboxer(t, "--config", cfg, "--vm-guest-dir", filepath.Dir(kernel))
+	out := testutil.NewOutside(t, cfgDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c, err := sdk.Dial(ctx, "unix://"+filepath.Join(s.runDir, "api.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	img, err := ociimage.BusyboxImage(ctx, "", "docker.io/library/bbnet:1", s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(s.dir, "bb.oci.tar")
+	if err := ociimage.WriteArchiveFile(ctx, archive, img); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ImportImage(ctx, archive, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateSandbox(ctx, "vm", sdk.WithBridgeNetwork("", sdk.EgressPolicy{DenyByDefault: true})); !errdefs.IsNotImplemented(err) {
+		t.Errorf("vm sandbox with a policy: %v, want NotImplemented", err)
+	}
+	sb, err := c.CreateSandbox(ctx, "vm", sdk.WithBridgeNetwork("", sdk.EgressPolicy{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.Network == nil || len(sb.Network.IPs) != 1 {
+		t.Fatalf("vm sandbox network %+v", sb.Network)
+	}
+	ctr, err := sb.Run(ctx, sdk.FromImage("docker.io/library/bbnet:1"), sdk.Args("sh", "-c",
+		fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 %s 8080 > /tmp/out || exit 1; tail -n 1 /tmp/out`, out.Server)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o strings.Builder
+	st, err := ctr.Attach(ctx, &o, &o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(o.String()); st.Code != 0 || got != out.HostIP {
+		t.Errorf("vm bridge sandbox -> outside server: %q (exit %d), want %s (NAT)", got, st.Code, out.HostIP)
+	}
+	if err := sb.Delete(ctx, sdk.Force()); err != nil {
+		t.Fatal(err)
+	}
+	assertNoAttachments(t, s, bridge)
 }

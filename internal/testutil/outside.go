@@ -16,7 +16,7 @@ import (
 )
 
 // Outside is an "outside world" a test made: a network namespace holding
-// HTTP servers on Server, ports 8080 and 8081, that answer with the
+// HTTP servers on Server, ports 8080, 8081 and 53 (TCP), that answer with the
 // client's address as they see it, reached from the host through a veth
 // pair whose host end has HostIP. Addresses are of 198.18.0.0/15 (for
 // benchmarks, never routed off the machine).
@@ -97,7 +97,7 @@ func NewOutside(t testing.TB, dir string) Outside {
 		if err := netlink.LinkSetUp(l); err != nil {
 			return err
 		}
-		for _, port := range []string{"8080", "8081"} {
+		for _, port := range []string{"8080", "8081", "53"} {
 			ln, err := net.Listen("tcp", net.JoinHostPort(o.Server, port))
 			if err != nil {
 				return err

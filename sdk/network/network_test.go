@@ -127,6 +127,27 @@ func TestAttachNATPolicyDetach(t *testing.T) {
 		t.Errorf("%s, not denied: %v", other, err)
 	}
 
+	// DNS allowed under deny-all, then denied under allow-all.
+	dns := net.JoinHostPort(tn.server, "53")
+	if err := m.SetPolicy(id, Policy{Default: ActionDeny, DNS: ActionAllow}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := get(t, a.NetNS, dns); err != nil {
+		t.Errorf("DNS allowed under deny-all: %v", err)
+	}
+	if _, err := get(t, a.NetNS, allowed); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Errorf("%s under deny-all with DNS allowed: %v, want ECONNREFUSED", allowed, err)
+	}
+	if err := m.SetPolicy(id, Policy{DNS: ActionDeny}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := get(t, a.NetNS, dns); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Errorf("DNS denied: %v, want ECONNREFUSED", err)
+	}
+	if _, err := get(t, a.NetNS, allowed); err != nil {
+		t.Errorf("%s with only DNS denied: %v", allowed, err)
+	}
+
 	if err := m.Detach(ctx, id); err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +257,13 @@ func TestPolicyHoldsWithoutNetAdmin(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = removeNetNS(p) })
-	if err := applyPolicy(p, Policy{Default: ActionDeny}); err != nil {
+	// Every kind of rule the kernel must accept: IPv4 and IPv6, prefixes
+	// of every length class, with and without a port, and DNS.
+	var rules []Rule
+	for _, r := range []string{"0.0.0.0/0:443", "10.0.0.0/8", "192.0.2.1:53", "10.1.2.0/23:8080", "[fd00::/8]:443", "fd00::1", "::/0"} {
+		rules = append(rules, mustRule(t, r))
+	}
+	if err := applyPolicy(p, Policy{Default: ActionDeny, DNS: ActionAllow, Allow: rules, Deny: rules[:2]}); err != nil {
 		t.Fatal(err)
 	}
 	err = inNetNS(t, p, func() error {

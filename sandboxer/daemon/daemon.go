@@ -161,6 +161,9 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	if err != nil {
 		return fmt.Errorf("open engine: %w", err)
 	}
+	if err := eng.NetworkSweepError(); err != nil {
+		log.Warn("network attachments left by a crash could not all be removed", "error", err)
+	}
 	if cfg.fdstore != nil {
 		// Recovery took back what the containers still use; the rest
 		// belonged to processes that are gone.

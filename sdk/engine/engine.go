@@ -63,6 +63,9 @@ type Engine struct {
 	startSeq  uint64
 	netnsDirs []string
 	net       *network.Manager
+	// sweepErr is what sweeping the network attachments on start failed
+	// to remove (see NetworkSweepError).
+	sweepErr error
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
@@ -120,10 +123,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		evlog.close()
 		return nil, err
 	}
-	if err := e.sweepNetworks(ctx); err != nil {
-		evlog.close()
-		return nil, fmt.Errorf("network attachments: %w", err)
-	}
+	// What cannot be swept now (a plugin gone, ...) must not keep the
+	// engine from serving the sandboxes it has: the caller reads it.
+	e.sweepErr = e.sweepNetworks(ctx)
 	return e, nil
 }
 

@@ -50,6 +50,11 @@ func (r *networkRecord) status() *NetworkStatus {
 // Network returns the engine's networks ([Config.Network]), or nil.
 func (e *Engine) Network() *network.Manager { return e.net }
 
+// NetworkSweepError returns what New could not do when it removed the
+// network attachments of sandboxes it does not know (a crash's leftovers)
+// and applied the known sandboxes' policies again; nil if it did all.
+func (e *Engine) NetworkSweepError() error { return e.sweepErr }
+
 // checkNetworkSpec checks a sandbox's request for a network of the
 // engine's before anything is made.
 func (e *Engine) checkNetworkSpec(spec SandboxSpec) error {

@@ -77,6 +77,9 @@ func TestNetworkAttachmentLifecycle(t *testing.T) {
 	e.Close()
 	e, nm = open()
 	defer e.Close()
+	if err := e.NetworkSweepError(); err != nil {
+		t.Errorf("sweep: %v", err)
+	}
 	if _, err := nm.Attachment("lost"); !errdefs.IsNotFound(err) {
 		t.Errorf("the lost attachment survived the restart: %v", err)
 	}

@@ -89,7 +89,7 @@ func capabilities(c sdk.Capabilities) string {
 	for _, x := range []struct {
 		ok   bool
 		name string
-	}{{c.Exec, "exec"}, {c.TTY, "tty"}, {c.Stdin, "stdin"}, {c.OOMEvents, "oom"}, {c.UpdateResources, "update"}, {c.Stats, "stats"}, {c.Pause, "pause"}} {
+	}{{c.Exec, "exec"}, {c.TTY, "tty"}, {c.Stdin, "stdin"}, {c.OOMEvents, "oom"}, {c.UpdateResources, "update"}, {c.Stats, "stats"}, {c.Pause, "pause"}, {c.EgressPolicy, "egress"}} {
 		if x.ok {
 			out = append(out, x.name)
 		}

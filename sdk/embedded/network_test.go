@@ -48,6 +48,16 @@ func TestBridgeNetwork(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 
+	kinds, err := c.Kinds(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range kinds {
+		if want := k.Name == "runc"; k.Capabilities.EgressPolicy != want {
+			t.Errorf("kind %s: egress_policy capability %v, want %v", k.Name, k.Capabilities.EgressPolicy, want)
+		}
+	}
+
 	// run runs a shell script in sb and returns its output and exit code.
 	run := func(sb *sdk.Sandbox, script string) (string, int) {
 		t.Helper()
@@ -137,7 +147,7 @@ func TestBridgeNetwork(t *testing.T) {
 	// gVisor runs its own network stack on the sandbox's interface: the
 	// bridge network works, egress policies are refused (not enforced).
 	all := []*sdk.Sandbox{sb, none}
-	if kinds, _ := c.Kinds(ctx); slices.ContainsFunc(kinds, func(k sdk.Kind) bool { return k.Name == "gvisor" && k.Available }) {
+	if slices.ContainsFunc(kinds, func(k sdk.Kind) bool { return k.Name == "gvisor" && k.Available }) {
 		if _, err := c.CreateSandbox(ctx, "gvisor", sdk.WithBridgeNetwork("", sdk.EgressPolicy{DenyByDefault: true})); !errdefs.IsNotImplemented(err) {
 			t.Errorf("gvisor sandbox with a policy: %v, want NotImplemented", err)
 		}

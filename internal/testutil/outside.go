@@ -48,8 +48,14 @@ func InNetNS(path string, fn func() error) error {
 // NewOutside makes an Outside under dir, removed when the test ends.
 func NewOutside(t testing.TB, dir string) Outside {
 	t.Helper()
-	n := rand.IntN(200) + 20
-	o := Outside{Server: fmt.Sprintf("198.18.%d.2", n), HostIP: fmt.Sprintf("198.18.%d.1", n)}
+	// One /30 of the 32768 in 198.18.0.0/15, at random: tests of several
+	// packages run at once.
+	base := 198<<24 | 18<<16 | uint32(rand.IntN(1<<15))<<2
+	ip := func(i uint32) string {
+		v := base + i
+		return fmt.Sprintf("%d.%d.%d.%d", v>>24, v>>16&0xff, v>>8&0xff, v&0xff)
+	}
+	o := Outside{Server: ip(2), HostIP: ip(1)}
 	ext := NetNS(t, dir, "outside")
 	host := fmt.Sprintf("mgv%04x", rand.IntN(1<<16))
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: "peer" + host[3:]}

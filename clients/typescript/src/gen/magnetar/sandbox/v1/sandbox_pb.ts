@@ -198,7 +198,9 @@ export const SandboxNetworkSchema: GenMessage<SandboxNetwork> = /*@__PURE__*/
 /**
  * EgressPolicy says what a sandbox on a bridge network may send. It is
  * enforced with nftables inside the sandbox's network namespace, where its
- * processes have no CAP_NET_ADMIN (nor CAP_NET_RAW) and cannot change it.
+ * processes have no CAP_NET_ADMIN (nor CAP_NET_RAW: the server removes both,
+ * unless a caller with host access gives a raw OCI spec applied as given)
+ * and cannot change it.
  * Traffic is judged in this order: loopback, and replies to connections made
  * to the sandbox, always pass; then DNS (TCP and UDP port 53, any address)
  * if dns is set; then deny; then allow; then default_action. An unset or

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,6 +100,22 @@ func TestBridgeNetwork(t *testing.T) {
 	}
 	if capEff&(1<<12|1<<13) != 0 {
 		t.Errorf("container capabilities %#x include NET_ADMIN or NET_RAW", capEff)
+	}
+
+	// A process of the sandbox (root in its container) cannot lift the
+	// policy: flushing the ruleset or deleting the table fails.
+	if err := buildNftFlush(filepath.Join(rootfs, "nftflush")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(rootfs, "nftflush")) })
+	if err := sb.UpdateNetworkPolicy(ctx, sdk.EgressPolicy{DenyByDefault: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, code := run(sb, "/nftflush"); code != 1 || !strings.Contains(got, "operation not permitted") {
+		t.Errorf("nft flush in the sandbox: %q (exit %d), want a refusal", got, code)
+	}
+	if got, code := run(sb, url(8080)); code == 0 {
+		t.Errorf("deny-all after the flush attempt: the server answered %q", got)
 	}
 
 	// Allow-list: the server's port 8080 only.
@@ -198,4 +216,21 @@ func assertNoAttachment(t *testing.T, state, bridge string) {
 			}
 		}
 	}
+}
+
+// buildNftFlush builds internal/testdata/nftflush, statically, to path.
+func buildNftFlush(path string) error {
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goBin); err != nil {
+		if goBin, err = exec.LookPath("go"); err != nil {
+			return fmt.Errorf("no go toolchain to build nftflush: %w", err)
+		}
+	}
+	cmd := exec.Command(goBin, "build", "-trimpath", "-o", path, "./internal/testdata/nftflush")
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build nftflush: %v\n%s", err, out)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/magnetar-io/magnetar/sdk/network"
 	"io/fs"
 	"net"
 	"net/http"
@@ -149,9 +150,19 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	eng, err := engine.New(ctx, engine.Config{StateDir: cfg.StateDir, Backends: backends, NetNSDirs: cfg.NetNSDirs})
+	nm, err := network.New(network.Config{Networks: cfg.Networks, NetNSDir: filepath.Join(cfg.RunDir, "netns"), StateDir: filepath.Join(cfg.StateDir, "network")})
+	if err != nil {
+		return fmt.Errorf("networks: %w", err)
+	}
+	if err := nm.Check(); err != nil {
+		log.Warn("bridge networks unavailable", "error", err)
+	}
+	eng, err := engine.New(ctx, engine.Config{StateDir: cfg.StateDir, Backends: backends, NetNSDirs: cfg.NetNSDirs, Network: nm})
 	if err != nil {
 		return fmt.Errorf("open engine: %w", err)
+	}
+	if err := eng.NetworkSweepError(); err != nil {
+		log.Warn("network attachments left by a crash could not all be removed", "error", err)
 	}
 	if cfg.fdstore != nil {
 		// Recovery took back what the containers still use; the rest
@@ -257,7 +268,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("open image store: %w", err)
 		}
 		defer images.Close()
-		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes), apiserver.WithMaxFileSize(cfg.APIMaxFileBytes), apiserver.WithHostAccess(cfg.APIAllowHostAccess))
+		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes), apiserver.WithMaxFileSize(cfg.APIMaxFileBytes), apiserver.WithHostAccess(cfg.APIAllowHostAccess), apiserver.WithDefaultNetworkBridge(cfg.DefaultNetworkMode == "bridge"))
 		if err != nil {
 			srv.Stop()
 			cancel()

@@ -130,6 +130,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 	gvc := gvisor.Config{Binary: gcfg.Binary, Root: gcfg.Root, Platform: gcfg.Platform, HostFiles: gcfg.HostFiles, Log: gvlog.Info}
 	if cfg.fdstore != nil {
 		gvc.FDStore = cfg.fdstore
+		gvc.OrphanExit = rcfg.OrphanExit // exec'd processes' `runsc exec`
 	}
 	gb, err := gvisor.New(gvc)
 	if err != nil {

@@ -31,8 +31,6 @@ import (
 	"time"
 	"unsafe"
 
-	shimrunc "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
-	"github.com/containerd/containerd/v2/pkg/stdio"
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
@@ -102,6 +100,12 @@ type Config struct {
 	// a restart (see package keptio). Without it the copies end with
 	// this process.
 	FDStore backend.FDStore
+	// OrphanExit, when set, tells how an exec'd process's `runsc exec`
+	// process ended that this process could not reap: one that exited
+	// while no sandboxer ran, reaped by whoever adopted it (the
+	// sandboxer's supervisor). ok is false when that is unknown (the
+	// exit is then reported as 255).
+	OrphanExit func(pid int) (code uint32, at time.Time, ok bool)
 }
 
 // PodInitMain runs the init of a gVisor sandbox's root container when the
@@ -122,8 +126,7 @@ func PodInitMain() bool { return podinit.Main() }
 // subreaper, so that the sandbox, gofer and exec processes runsc leaves
 // behind become its children; it reaps only those it knows.
 type Backend struct {
-	cfg      Config
-	platform stdio.Platform
+	cfg Config
 
 	// runsc's platform and why it was chosen, or why the kind cannot run.
 	runscPlatform, reason string
@@ -132,7 +135,6 @@ type Backend struct {
 
 	stop      chan struct{}
 	closeOnce sync.Once
-	closeErr  error
 	wg        sync.WaitGroup
 
 	// kept are the stdio copies (keptio.Streams or Terminal), detached by
@@ -200,11 +202,6 @@ func New(cfg Config) (*Backend, error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("become child subreaper: %w", err)
 	}
-	platform, err := shimrunc.NewPlatform()
-	if err != nil {
-		return nil, err
-	}
-	b.platform = platform
 	return b, nil
 }
 
@@ -221,9 +218,8 @@ func (b *Backend) Close() error {
 			delete(b.kept, d)
 		}
 		b.keptMu.Unlock()
-		b.closeErr = b.platform.Close()
 	})
-	return b.closeErr
+	return nil
 }
 
 // Platform is the runsc platform sandboxes run on and the reason it was
@@ -243,9 +239,9 @@ func (b *Backend) Info() backend.Info {
 		// Terminals work (input, output, sizes) but are the host's pty
 		// imported into the sentry: they have no name under /dev/pts
 		// inside (tty says "not a tty"), so Terminal is not claimed.
-		Capabilities: backend.Capabilities{
-			Exec: true, Stdin: true, Stats: true, Pause: true,
-		},
+		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{
+			Exec: true, Stdin: true,
+		}),
 	}
 }
 

@@ -16,21 +16,16 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/console"
-	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/core/mount"
-	"github.com/containerd/containerd/v2/pkg/stdio"
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
 )
 
@@ -38,17 +33,14 @@ type container struct {
 	s      *sandbox
 	id     string
 	bundle string
-	// init is the container's init; shell is containerd's runc process
-	// for the same container, never created or started, that runs execs
-	// (`runsc exec` takes its stdio and console socket as runc's does).
-	init  *initProc
-	shell *process.Init
-	rt    *gorunc.Runc
+	// init is the container's init.
+	init *initProc
+	rt   *gorunc.Runc
 	// root is the container's root file system on the host.
 	root hostroot.Root
 
 	mu       sync.Mutex
-	execs    map[string]process.Process
+	execs    map[string]*execProc
 	waitStop context.CancelFunc // ends the `runsc wait` of the init
 }
 
@@ -145,11 +137,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := shimrecord.Write(cfg.Bundle, shimrecord.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
 		return nil, err
 	}
-	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: hostroot.Of(cfg, rootfs), execs: map[string]process.Process{}}
-	c.shell = process.New(cfg.ID, rt, stdio.Stdio{})
-	c.shell.Bundle = cfg.Bundle
-	c.shell.Platform = s.b.platform
-	c.shell.WorkDir = filepath.Join(cfg.Bundle, "work")
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: hostroot.Of(cfg, rootfs), execs: map[string]*execProc{}}
 	cctx, cancel := context.WithTimeout(ctx, s.b.cfg.CommandTimeout)
 	defer cancel()
 	ip, err := newInitProc(cctx, c, cfg.Stdio, rootfs)
@@ -173,23 +161,23 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 
 func (c *container) Init() backend.Process { return c.init }
 
+// Exec prepares an exec'd process; Start runs it (see execProc).
 func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.Process, error) {
+	if cfg.Process == nil {
+		return nil, fmt.Errorf("exec %q in container %q has no process spec: %w", cfg.ID, c.id, errdefs.ErrInvalidArgument)
+	}
 	data, err := json.Marshal(cfg.Process)
 	if err != nil {
 		return nil, err
 	}
-	cfg.Stdio = nullStdio(cfg.Stdio)
-	p, err := c.shell.Exec(ctx, c.bundle, &process.ExecConfig{
-		ID: cfg.ID, Terminal: cfg.Stdio.Terminal, Stdin: cfg.Stdio.Stdin, Stdout: cfg.Stdio.Stdout, Stderr: cfg.Stdio.Stderr,
-		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: data},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("exec in container %q: %w", c.id, err)
-	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.execs[cfg.ID]; ok {
+		return nil, fmt.Errorf("exec %q in container %q: %w", cfg.ID, c.id, errdefs.ErrAlreadyExists)
+	}
+	p := newExecProc(c, cfg.ID, data, nullStdio(cfg.Stdio))
 	c.execs[cfg.ID] = p
-	c.mu.Unlock()
-	return &proc{c: c, p: p}, nil
+	return p, nil
 }
 
 func (c *container) Delete(ctx context.Context) error {
@@ -300,64 +288,6 @@ func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
 	}
 	out.Pids = st.Pids.Current
 	return out, nil
-}
-
-// proc adapts containerd's runc exec process to backend.Process.
-type proc struct {
-	c *container
-	p process.Process
-}
-
-func (p *proc) Start(ctx context.Context) (uint32, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
-	defer cancel()
-	if err := p.p.Start(ctx); err != nil {
-		return 0, err
-	}
-	// An exec'd process is a `runsc exec` that waits for the process in
-	// the sandbox and exits with its status.
-	pid := p.p.Pid()
-	reaper.Watch(p.c.s.b.stop, &p.c.s.b.wg, pid, p.p.SetExited)
-	return uint32(pid), nil
-}
-
-// Pid is the host pid of the `runsc exec` process.
-func (p *proc) Pid() uint32 { return uint32(p.p.Pid()) }
-
-func (p *proc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
-	return p.p.Kill(ctx, uint32(sig), all)
-}
-
-func (p *proc) Wait(ctx context.Context) (backend.ExitStatus, error) {
-	if err := p.p.Wait(ctx); err != nil {
-		return backend.ExitStatus{}, err
-	}
-	at := p.p.ExitedAt()
-	if at.IsZero() {
-		at = time.Now()
-	}
-	return backend.ExitStatus{Code: uint32(p.p.ExitStatus()), ExitedAt: at.UTC()}, nil
-}
-
-func (p *proc) ResizePTY(ctx context.Context, width, height uint32) error {
-	return p.p.Resize(console.WinSize{Width: uint16(width), Height: uint16(height)})
-}
-
-func (p *proc) CloseStdin(ctx context.Context) error {
-	if s := p.p.Stdin(); s != nil {
-		return s.Close()
-	}
-	return nil
-}
-
-func (p *proc) Delete(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
-	defer cancel()
-	err := p.p.Delete(ctx)
-	p.c.mu.Lock()
-	delete(p.c.execs, p.p.ID())
-	p.c.mu.Unlock()
-	return err
 }
 
 // nullStdio sends a missing stdout or stderr to /dev/null: containerd's

@@ -8,6 +8,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/backend/backendfake"
 	"github.com/magnetar-io/magnetar/sdk/backend/backendtest"
 	"github.com/magnetar-io/magnetar/sdk/kinds/gvisor"
 )
@@ -23,8 +24,12 @@ func TestMain(m *testing.M) {
 func TestConformance(t *testing.T) {
 	testutil.RequireRunsc(t)
 	root := t.TempDir()
+	// The stdio copies' descriptors outlive a backend, as under the
+	// sandboxer's supervisor (RecoverExecAfterRestart).
+	store := backendfake.NewFDStore()
+	t.Cleanup(store.Close)
 	backendtest.Run(t, func(t *testing.T) backend.Backend {
-		b, err := gvisor.New(gvisor.Config{Root: root})
+		b, err := gvisor.New(gvisor.Config{Root: root, FDStore: store})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -86,40 +86,11 @@ func newInitProc(ctx context.Context, c *container, stdio backend.Stdio, rootfs 
 	if stdio.Stdin == "" && stdio.Stdout == "" && stdio.Stderr == "" {
 		return p, nil
 	}
-	rio, err := gorunc.NewPipeIO(0, 0, func(o *gorunc.IOOption) {
-		o.OpenStdin = stdio.Stdin != ""
-		o.OpenStdout = stdio.Stdout != ""
-		o.OpenStderr = stdio.Stderr != ""
-	})
+	rio, streams, err := pipeStreams(p.c.s.b, p.keptSet(), stdio)
 	if err != nil {
 		return nil, err
 	}
-	p.rio = rio
-	p.streams = keptio.NewStreams(p.keptSet())
-	for _, o := range []struct {
-		stream, path string
-		r            io.Reader
-	}{{"stdout", stdio.Stdout, rio.Stdout()}, {"stderr", stdio.Stderr, rio.Stderr()}} {
-		if o.path == "" {
-			continue
-		}
-		f, ok := o.r.(*os.File)
-		if !ok {
-			return nil, fmt.Errorf("%s pipe is a %T", o.stream, o.r)
-		}
-		if err := p.streams.Output(o.stream, f, o.path); err != nil {
-			return nil, fmt.Errorf("open %s %s: %w", o.stream, o.path, err)
-		}
-	}
-	if stdio.Stdin != "" {
-		f, ok := rio.Stdin().(*os.File)
-		if !ok {
-			return nil, fmt.Errorf("stdin pipe is a %T", rio.Stdin())
-		}
-		if err := p.streams.Input(f, stdio.Stdin); err != nil {
-			return nil, fmt.Errorf("open stdin %s: %w", stdio.Stdin, err)
-		}
-	}
+	p.rio, p.streams = rio, streams
 	p.c.s.b.addKept(p.streams)
 	return p, nil
 }
@@ -374,4 +345,62 @@ func lastLogLine(path string) string {
 		}
 	}
 	return ""
+}
+
+// pipeStreams makes the pipes a process (a subcontainer's init, an exec'd
+// process) gets as its stdio from runsc, and the copies between them and
+// the stdio paths (FIFOs or files), kept in set. The caller passes the
+// IO to runsc and closes it on failure.
+func pipeStreams(b *Backend, set *keptio.Set, stdio backend.Stdio) (_ gorunc.IO, _ *keptio.Streams, retErr error) {
+	rio, err := gorunc.NewPipeIO(0, 0, func(o *gorunc.IOOption) {
+		o.OpenStdin = stdio.Stdin != ""
+		o.OpenStdout = stdio.Stdout != ""
+		o.OpenStderr = stdio.Stderr != ""
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	streams := keptio.NewStreams(set)
+	defer func() {
+		if retErr != nil {
+			rio.Close()
+			_ = streams.Close()
+		}
+	}()
+	for _, o := range []struct {
+		stream, path string
+		r            io.Reader
+	}{{"stdout", stdio.Stdout, rio.Stdout()}, {"stderr", stdio.Stderr, rio.Stderr()}} {
+		if o.path == "" {
+			continue
+		}
+		f, ok := o.r.(*os.File)
+		if !ok {
+			return nil, nil, fmt.Errorf("%s pipe is a %T", o.stream, o.r)
+		}
+		if err := streams.Output(o.stream, f, o.path); err != nil {
+			return nil, nil, fmt.Errorf("open %s %s: %w", o.stream, o.path, err)
+		}
+	}
+	if stdio.Stdin != "" {
+		f, ok := rio.Stdin().(*os.File)
+		if !ok {
+			return nil, nil, fmt.Errorf("stdin pipe is a %T", rio.Stdin())
+		}
+		if err := streams.Input(f, stdio.Stdin); err != nil {
+			return nil, nil, fmt.Errorf("open stdin %s: %w", stdio.Stdin, err)
+		}
+	}
+	b.addKept(streams)
+	return rio, streams, nil
+}
+
+// execCommand is a runsc command that ends with this process's thread
+// (a `runsc exec --detach` returns once the process it leaves behind
+// runs).
+func execCommand(ctx context.Context, binary string, args []string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL}
+	cmd.WaitDelay = time.Second
+	return cmd
 }

@@ -8,9 +8,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/core/mount"
-	"github.com/containerd/containerd/v2/pkg/stdio"
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
 
@@ -42,11 +40,7 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
-	ctr := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: hostroot.Of(cfg, rootfs), execs: map[string]process.Process{}}
-	ctr.shell = process.New(cfg.ID, rt, stdio.Stdio{})
-	ctr.shell.Bundle = cfg.Bundle
-	ctr.shell.Platform = s.b.platform
-	ctr.shell.WorkDir = filepath.Join(cfg.Bundle, "work")
+	ctr := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: hostroot.Of(cfg, rootfs), execs: map[string]*execProc{}}
 	r := &recovered{container: ctr, pid: pid, rootfs: rootfs, done: make(chan struct{})}
 	if s.b.cfg.FDStore != nil {
 		ip := &initProc{c: ctr}

@@ -251,8 +251,9 @@ func (s *sandbox) resumeContainer(ctx context.Context, cfg backend.ContainerConf
 	return c, nil
 }
 
-// resumeIO resumes the stdio streams of the init process of a recovered
-// container (running: whether it still runs, so that its stdin matters).
+// resumeIO resumes the stdio streams of a process of a recovered
+// container, its init or an exec'd process (running: whether it still
+// runs, so that its stdin matters).
 func (p *proc) resumeIO(ctx context.Context, stdio backend.Stdio, running bool) error {
 	mc, err := p.c.s.muxClient()
 	if err != nil {
@@ -261,7 +262,7 @@ func (p *proc) resumeIO(ctx context.Context, stdio backend.Stdio, running bool) 
 	resume := func(st agentmux.Stream, off uint64) (net.Conn, error) {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		return mc.ResumeStdio(rctx, agentmux.StdioHeader{Container: p.c.id, Stream: st}, off)
+		return mc.ResumeStdio(rctx, agentmux.StdioHeader{Container: p.c.id, Exec: p.execID, Stream: st}, off)
 	}
 	for _, o := range []struct {
 		dst string
@@ -270,7 +271,7 @@ func (p *proc) resumeIO(ctx context.Context, stdio backend.Stdio, running bool) 
 		if o.dst == "" || (o.st == agentmux.Stderr && stdio.Terminal) {
 			continue
 		}
-		rec, off, err := openOffsetRecord(p.c.offsetPath("", o.st))
+		rec, off, err := openOffsetRecord(p.c.offsetPath(p.execID, o.st))
 		if err != nil {
 			return fmt.Errorf("%s offset: %w", o.st, err)
 		}
@@ -316,4 +317,77 @@ func (p *proc) resumeIO(ctx context.Context, stdio backend.Stdio, running bool) 
 	p.inHold = p.holdFIFO(agentmux.Stdin, p.inR) // replaces the earlier worker's
 	p.startInput()
 	return nil
+}
+
+var _ backend.ExecRecoverer = (*container)(nil)
+
+// RecoverExec re-attaches to an exec'd process after a sandboxer restart.
+// The guest's agent kept it running while no worker was attached (and its
+// exit status, if it exited meanwhile, until it is deleted), and kept its
+// output streams: they resume from the offsets the host recorded, its
+// stdin is attached again to the caller's FIFO, and it is waited for in
+// the guest, so that its real exit code is reported once its output is
+// drained. One created but never started can be started. One the guest
+// no longer knows, or whose streams cannot be resumed (it is killed), is
+// an error: the engine reports it exited with 255. Without
+// [Config.ResumeContainers] the container, and its execs with it, was
+// ended by the recovery: nothing is re-attached.
+func (c *container) RecoverExec(ctx context.Context, cfg backend.ExecConfig, rec backend.ExecRecord) (backend.Process, error) {
+	if err := (agentmux.StdioHeader{Container: c.id, Exec: cfg.ID}).Validate(); err != nil || cfg.ID == "" {
+		return nil, fmt.Errorf("exec %q of container %q: %v: %w", cfg.ID, c.id, err, errdefs.ErrInvalidArgument)
+	}
+	p := &proc{c: c, execID: cfg.ID, terminal: cfg.Stdio.Terminal, exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{})}
+	// lost releases what the earlier worker left for a process that is
+	// not re-attached: the FIFO ends the VMM holds and the offset files.
+	lost := func(err error) (backend.Process, error) {
+		for _, st := range []agentmux.Stream{agentmux.Stdin, agentmux.Stdout, agentmux.Stderr} {
+			p.releaseFIFO(st)
+		}
+		for _, st := range []agentmux.Stream{agentmux.Stdout, agentmux.Stderr} {
+			_ = os.Remove(c.offsetPath(cfg.ID, st))
+		}
+		return nil, err
+	}
+	if !c.s.b.cfg.ResumeContainers || c.init == nil || c.s.isGone() {
+		return lost(fmt.Errorf("exec %q of container %q ended with the restart: %w", cfg.ID, c.id, errdefs.ErrNotFound))
+	}
+	if rec.Exited {
+		// The engine has its exit status: only Delete is left, which
+		// deletes it in the guest and releases its streams.
+		p.pid = rec.Pid
+		close(p.exited)
+		close(p.outputDrained)
+		for _, st := range []agentmux.Stream{agentmux.Stdin, agentmux.Stdout, agentmux.Stderr} {
+			p.releaseFIFO(st)
+		}
+		c.addExec(p)
+		return p, nil
+	}
+	tc, err := c.s.taskClient()
+	if err != nil {
+		return lost(err)
+	}
+	st, err := tc.State(c.s.ns(ctx), &taskapi.StateRequest{ID: c.id, ExecID: cfg.ID})
+	if err != nil {
+		return lost(fmt.Errorf("state of exec %q of container %q in the guest: %w", cfg.ID, c.id, errgrpc.ToNative(err)))
+	}
+	p.pid = st.GetPid()
+	if err := p.resumeIO(ctx, cfg.Stdio, st.GetStatus() != task.Status_STOPPED); err != nil {
+		p.shutIO(false)
+		c.s.forgetInGuest(tc, c.id, cfg.ID)
+		return lost(fmt.Errorf("resume stdio of exec %q of container %q: %w", cfg.ID, c.id, err))
+	}
+	p.watchOutput()
+	if st.GetStatus() != task.Status_CREATED {
+		p.startOnce.Do(func() { go p.watch(tc) })
+	}
+	c.addExec(p)
+	return p, nil
+}
+
+// addExec registers exec'd process p.
+func (c *container) addExec(p *proc) {
+	c.mu.Lock()
+	c.execs[p.execID] = p
+	c.mu.Unlock()
 }

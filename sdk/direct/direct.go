@@ -21,6 +21,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -143,8 +144,8 @@ func (s *Service) forgetDeleted() {
 }
 
 // recoverOutputs takes over the output of the containers made through the
-// API (they have a meta.json) that e recovered. Exec'd processes, which
-// the engine recovers, do not have their output served again yet.
+// API (they have a meta.json) that e recovered, and of their exec'd
+// processes that e recovered (see recoverExecOutputs).
 func (s *Service) recoverOutputs() {
 	ctx := s.ctx
 	for _, sb := range s.e.ListSandboxes(ctx) {
@@ -163,6 +164,7 @@ func (s *Service) recoverOutputs() {
 			if _, err := os.Stat(ringDir(dir, "")); errors.Is(err, os.ErrNotExist) {
 				continue // made by a version without rings
 			}
+			s.recoverExecOutputs(sb.ID, st.ContainerID, dir)
 			p, err := s.recoverProcIO(dir, "", st.Stdio)
 			if err != nil {
 				continue
@@ -173,6 +175,37 @@ func (s *Service) recoverOutputs() {
 			} else {
 				s.watchExit(sb.ID, st.ContainerID, "", p)
 			}
+		}
+	}
+}
+
+// recoverExecOutputs takes over the output of the exec'd processes of
+// container cid (whose directory is dir) that have a ring and that the
+// engine recovered. The ring of an exec the engine no longer knows (it
+// was deleted) stays until its container is deleted, as before.
+func (s *Service) recoverExecOutputs(sandboxID, cid, dir string) {
+	ents, err := os.ReadDir(filepath.Join(dir, "output"))
+	if err != nil {
+		return
+	}
+	for _, ent := range ents {
+		execID, ok := strings.CutPrefix(ent.Name(), "exec-")
+		if !ok || !ent.IsDir() || engine.ValidateID("exec", execID) != nil {
+			continue
+		}
+		st, err := s.e.State(s.ctx, sandboxID, cid, execID)
+		if err != nil {
+			continue
+		}
+		p, err := s.recoverProcIO(dir, execID, st.Stdio)
+		if err != nil {
+			continue
+		}
+		s.procs[procKey{cid, execID}] = p
+		if st.State == engine.ProcessStopped {
+			p.markExited()
+		} else {
+			s.watchExit(sandboxID, cid, execID, p)
 		}
 	}
 }

@@ -152,3 +152,98 @@ func TestRestartResumesOutputAndEvents(t *testing.T) {
 }
 
 var errStop = errors.New("stop")
+
+// TestRestartResumesExecOutput: the output ring of an exec'd process made
+// through the API is taken over by the next service too (the engine
+// recovers the process): Output serves it after the restart, and a
+// follower resumes from the offset it reached without gap or repeat.
+func TestRestartResumesExecOutput(t *testing.T) {
+	testutil.RequireRunc(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b, err := runc.New(runc.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	stateDir := t.TempDir()
+	open := func() (*engine.Engine, *direct.Service) {
+		e, err := engine.New(ctx, engine.Config{StateDir: stateDir, Backends: []backend.Backend{b}, StopTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e, direct.New(e, direct.WithHostAccess(true))
+	}
+	e, s := open()
+	rootfs := testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
+	sb, err := s.CreateSandbox(ctx, direct.SandboxRequest{Kind: "runc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The engine and service open at the end (the container still runs:
+	// the sandbox is deleted before they close).
+	defer func() { _ = e.DeleteSandbox(context.Background(), sb.ID); s.Close(); e.Close() }()
+	if _, err := s.StartSandbox(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.CreateContainer(ctx, direct.ContainerRequest{
+		SandboxID: sb.ID, RootfsPath: rootfs,
+		Process: direct.Process{Args: []string{"sleep", "600"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cid := c.Status.ContainerID
+	if _, err := s.StartContainer(ctx, cid); err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	ex, err := s.Exec(ctx, direct.ExecRequest{ContainerID: cid, ExecID: "counter", Process: direct.Process{
+		Args: []string{"sh", "-c", fmt.Sprintf("i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); usleep 10000; done; echo done >&2", n)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got strings.Builder
+	var next int64
+	follow := func(ctx context.Context, stop func()) error {
+		out, err := s.Output(ctx, cid, ex.ExecID)
+		if err != nil {
+			return err
+		}
+		_, err = out.Follow(ctx, next, func(ch direct.Chunk) error {
+			if ch.Offset != next {
+				t.Errorf("chunk at %d, want %d", ch.Offset, next)
+			}
+			got.Write(ch.Data)
+			next = ch.Offset + int64(len(ch.Data))
+			if stop != nil && strings.Count(got.String(), "\n") >= 20 {
+				stop()
+			}
+			return nil
+		})
+		return err
+	}
+	fctx, fcancel := context.WithCancel(ctx)
+	if err := follow(fctx, fcancel); err != nil && ctx.Err() != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	e.Close()
+
+	e, s = open()
+	if err := follow(ctx, nil); err != nil {
+		t.Fatalf("Follow of the exec's output after the restart: %v", err)
+	}
+	var want strings.Builder
+	for i := range n {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	want.WriteString("done\n")
+	if got.String() != want.String() {
+		t.Fatalf("exec output across the restart differs from the counter:\n%q", got.String())
+	}
+	if _, err := s.Output(ctx, cid, "nope"); !errdefs.IsNotFound(err) {
+		t.Errorf("Output of an unknown exec: %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,8 +104,9 @@ func (s *apiSandboxer) newWorker(t *testing.T, old int) int {
 // TestAPIStreamsSurviveRestart runs a container printing a counter through
 // the Go SDK with an Output stream and an Events stream open, then kills
 // the sandboxer's worker (kill -9) and live-upgrades it (`magnetar-sandboxer
-// upgrade`): the streams resume by themselves, the output has every number
-// once and in order, and the events are those the sandboxer kept, each
+// upgrade`): the streams resume by themselves, the output (of the
+// container, and of a process exec'd into it) has every number once and
+// in order, and the events are those the sandboxer kept, each
 // once, in order, the container's exit included.
 func TestAPIStreamsSurviveRestart(t *testing.T) {
 	s := startAPISandboxer(t)
@@ -145,7 +147,7 @@ func TestAPIStreamsSurviveRestart(t *testing.T) {
 				events = append(events, ev)
 			}
 			mu.Unlock()
-			if err != nil || ev.Type == "process-exited" {
+			if err != nil || ev.Type == "process-exited" && ev.ExecID == "" {
 				return
 			}
 		}
@@ -188,6 +190,44 @@ func TestAPIStreamsSurviveRestart(t *testing.T) {
 	}
 	<-evStarted
 	testutil.Eventually(t, 30*time.Second, func() bool { return lines() >= 20 }, "20 lines of output")
+	// An exec'd process printing a counter too, its output followed
+	// across the restarts as well.
+	ex, err := ctr.Exec(ctx, sdk.Args("sh", "-c", "trap 'exit 9' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		exOut    bytes.Buffer
+		exOutErr error
+	)
+	exOutDone := make(chan struct{})
+	go func() {
+		defer close(exOutDone)
+		var next int64
+		for ch, err := range ex.Output(ctx) {
+			mu.Lock()
+			switch {
+			case err != nil:
+				exOutErr = err
+			case ch.Offset != next:
+				exOutErr = fmt.Errorf("exec output chunk at offset %d, want %d", ch.Offset, next)
+			default:
+				next += int64(len(ch.Data))
+				exOut.Write(ch.Data)
+			}
+			failed := exOutErr != nil
+			mu.Unlock()
+			if failed {
+				return
+			}
+		}
+	}()
+	exLines := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return bytes.Count(exOut.Bytes(), []byte("\n"))
+	}
+	testutil.Eventually(t, 30*time.Second, func() bool { return exLines() >= 20 }, "20 lines of the exec's output")
 
 	// kill -9 of the worker.
 	old := s.worker()
@@ -202,16 +242,35 @@ func TestAPIStreamsSurviveRestart(t *testing.T) {
 		t.Fatalf("Container during the restart: %+v, %v", got, err)
 	}
 	old = s.newWorker(t, old)
-	n := lines()
+	n, m := lines(), exLines()
 	testutil.Eventually(t, 30*time.Second, func() bool { return lines() >= n+20 }, "output after the crash")
+	testutil.Eventually(t, 30*time.Second, func() bool { return exLines() >= m+20 }, "exec output after the crash")
 
 	// Live upgrade.
 	if out, err := exec.CommandContext(ctx, s.bin, "upgrade", "--run-dir", s.runDir).CombinedOutput(); err != nil {
 		t.Fatalf("magnetar-sandboxer upgrade: %v\n%s", err, out)
 	}
 	s.newWorker(t, old)
-	n = lines()
+	n, m = lines(), exLines()
 	testutil.Eventually(t, 30*time.Second, func() bool { return lines() >= n+20 }, "output after the upgrade")
+	testutil.Eventually(t, 30*time.Second, func() bool { return exLines() >= m+20 }, "exec output after the upgrade")
+
+	// The exec ends: its output stream ends, its own exit code.
+	if err := ex.Signal(ctx, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-exOutDone
+	if exOutErr != nil {
+		t.Fatalf("Output of the exec: %v", exOutErr)
+	}
+	if exit, err := ex.Wait(ctx); err != nil || exit.Code != 9 {
+		t.Fatalf("Wait of the exec = %+v, %v; want 9", exit, err)
+	}
+	for i, l := range strings.Split(strings.TrimSuffix(exOut.String(), "\n"), "\n") {
+		if l != strconv.Itoa(i) {
+			t.Fatalf("exec output line %d is %q: bytes lost or repeated across the restarts", i, l)
+		}
+	}
 
 	// The container ends: the output stream ends with its exit, the event
 	// stream sees it.
@@ -258,7 +317,14 @@ func TestAPIStreamsSurviveRestart(t *testing.T) {
 		if events[i].Sequence != kept[i].Sequence || events[i].Type != kept[i].Type || (i > 0 && events[i].Sequence <= events[i-1].Sequence) {
 			t.Fatalf("event %d: live %+v, kept %+v", i, events[i], kept[i])
 		}
-		types = append(types, events[i].Type)
+		if events[i].ExecID == "" { // the exec's own are checked below
+			types = append(types, events[i].Type)
+		}
+	}
+	if !slices.ContainsFunc(events, func(ev sdk.Event) bool {
+		return ev.Type == "process-exited" && ev.ExecID == ex.ExecID && ev.ExitStatus == 9
+	}) {
+		t.Errorf("no process-exited event of the exec with its exit 9 in %+v", events)
 	}
 	if want := "container-created container-started process-exited"; !strings.HasSuffix(strings.Join(types, " "), want) {
 		t.Errorf("event types %v, want them to end with %s", types, want)

@@ -363,6 +363,16 @@ type ExecRecord struct {
 	Exited bool
 }
 
+// ExitRecorder is implemented by exec'd processes that keep what tells
+// how they ended (a host process left unreaped, so that the process that
+// reaps it after a crash learns its status) until the engine has recorded
+// their exit crash-safely: the engine calls ExitRecorded once, after Wait
+// returned and it wrote the exit to the process's record (or failed to),
+// and the process then lets go of it. Delete lets go of it too.
+type ExitRecorder interface {
+	ExitRecorded()
+}
+
 // RecoveryStater is implemented by exec'd processes that need more than
 // their pid to be recovered: RecoveryState is called once after Start and
 // its result is handed back to [ExecRecoverer.RecoverExec] as

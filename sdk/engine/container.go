@@ -361,6 +361,9 @@ func (e *Engine) watchProcess(sb *sandbox, p *process) {
 			_ = sb.saveContainer(p.c)
 		} else {
 			_ = sb.saveExec(p)
+			if r, ok := p.impl.(backend.ExitRecorder); ok {
+				r.ExitRecorded()
+			}
 		}
 		st = p.exitStatus()
 		e.events.publish(Event{

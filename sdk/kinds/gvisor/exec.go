@@ -36,10 +36,11 @@ import (
 // resumes them with no byte lost.
 //
 // Its exit is watched through a pidfd, and the `runsc exec` process is
-// left a zombie until Delete: its status is reported without reaping it,
-// so that if this process dies before the engine recorded the exit, the
-// process that reaps it next (the supervisor) learns the status and the
-// next sandboxer reports the real exit code, not 255.
+// left a zombie until the engine recorded the exit (ExitRecorded) or
+// Delete: its status is reported without reaping it, so that if this
+// process dies before the engine recorded the exit, the process that reaps
+// it next (the supervisor) learns the status and the next sandboxer
+// reports the real exit code, not 255.
 type execProc struct {
 	c     *container
 	id    string
@@ -297,6 +298,28 @@ func (p *execProc) setExited(code uint32) {
 	close(p.exited)
 }
 
+// ExitRecorded reaps the `runsc exec` process once the engine recorded its
+// exit.
+func (p *execProc) ExitRecorded() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reap()
+}
+
+// reap reaps the exited `runsc exec` process if it is a child of this
+// process. Called with p.mu held.
+func (p *execProc) reap() {
+	select {
+	case <-p.exited:
+	default:
+		return // running (or its exit not seen yet)
+	}
+	if p.child && p.pid > 0 {
+		procstat.Reap(p.pid)
+		p.child = false
+	}
+}
+
 // Pid is the host pid of the `runsc exec` process.
 func (p *execProc) Pid() uint32 {
 	p.mu.Lock()
@@ -392,9 +415,7 @@ func (p *execProc) Delete(ctx context.Context) error {
 		unix.Close(p.pidfd)
 		p.pidfd = -1
 	}
-	if p.child && p.pid > 0 {
-		procstat.Reap(p.pid)
-	}
+	p.reap()
 	p.mu.Unlock()
 	p.closeIO()
 	_ = os.Remove(p.pidFile())

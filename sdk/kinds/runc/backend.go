@@ -30,7 +30,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
 )
 
@@ -266,6 +269,32 @@ func (b *Backend) closeTTY(t *keptio.Terminal) error {
 
 // exiter is told a process's exit status.
 type exiter interface{ SetExited(status int) }
+
+// watchExec watches p, an exec'd process (pid, a child of this process),
+// and tells it its exit status without reaping it: it stays a zombie, so
+// that the pid names nothing else, until the engine recorded the exit
+// (proc.ExitRecorded) or the process is deleted. Should this process die
+// before, the supervisor reaps it and keeps its status for the next one.
+func (b *Backend) watchExec(pid int, p *proc) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		p.SetExited(exitcode.Unknown) // gone and reaped already
+		return
+	}
+	b.wg.Go(func() {
+		if _, err := pidfd.WaitNoReap(b.life, pid, fd); err != nil {
+			return // closing: the process keeps running
+		}
+		code, ok := procstat.ExitOfZombie(pid)
+		if !ok {
+			code = exitcode.Unknown // reaped elsewhere
+		}
+		p.mu.Lock()
+		p.zombie = ok
+		p.mu.Unlock()
+		p.SetExited(int(code))
+	})
+}
 
 // watch reaps pid, a child of this process, when it exits and tells p.
 // The wait (see package reaper) ends with Close too.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 )
 
 // procState is where a process is in its life, as containerd's runc shim
@@ -74,6 +75,9 @@ type proc struct {
 	// pidfd signals a recovered exec'd process (-1: none), so that a
 	// signal never reaches a process that reused its pid.
 	pidfd int
+	// zombie: an exec'd process that exited is left unreaped until the
+	// engine recorded its exit (see ExitRecorded).
+	zombie bool
 }
 
 func newProc(c *container, id string, init bool, stdio backend.Stdio) *proc {
@@ -205,7 +209,7 @@ func (p *proc) Start(ctx context.Context) (uint32, error) {
 		p.mu.Lock()
 		p.startTime = st
 		p.mu.Unlock()
-		p.c.s.b.watch(pid, p)
+		p.c.s.b.watchExec(pid, p)
 	}
 	return uint32(pid), err
 }
@@ -312,6 +316,23 @@ func (p *proc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
 		return fmt.Errorf("exec kill error: %w", checkKillError(err))
 	}
 	return nil
+}
+
+// ExitRecorded reaps an exec'd process left unreaped (see
+// Backend.watchExec) once the engine recorded its exit.
+func (p *proc) ExitRecorded() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reap()
+}
+
+// reap reaps an exited exec'd process left unreaped. Called with p.mu
+// held.
+func (p *proc) reap() {
+	if p.zombie {
+		procstat.Reap(p.pid)
+		p.zombie = false
+	}
 }
 
 // SetExited records the process's exit status (from Backend.watch).
@@ -430,6 +451,7 @@ func (p *proc) Delete(ctx context.Context) error {
 			}
 		}
 	} else {
+		p.reap()
 		_ = os.Remove(p.pidFile())
 		p.c.mu.Lock()
 		delete(p.c.execs, p.id)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 )
 
 // TestRecoveredExecPidReuse: a recovered exec'd process is watched only
@@ -129,5 +130,38 @@ func TestStartedByRunc(t *testing.T) {
 	}
 	if _, _, ok := startedByRunc(filepath.Join(t.TempDir(), "none.pid")); ok {
 		t.Error("a missing pid file was taken")
+	}
+}
+
+// TestExecExitKeptUntilRecorded: an exec'd process's exit is reported
+// without reaping it, so that until the engine recorded the exit the
+// process stays a zombie whose status its next reaper (the supervisor,
+// after a crash) learns; ExitRecorded then reaps it.
+func TestExecExitKeptUntilRecorded(t *testing.T) {
+	b := &Backend{}
+	b.life, b.endLife = context.WithCancel(context.Background())
+	defer func() { b.endLife(); b.wg.Wait() }()
+	for _, tc := range []struct {
+		script string
+		want   uint32
+	}{{"exit 7", 7}, {"kill -KILL $$", 137}} {
+		cmd := exec.Command("sh", "-c", tc.script)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pid := cmd.Process.Pid
+		p := newProc(nil, "x", false, backend.Stdio{})
+		p.pid, p.state = pid, stateRunning
+		b.watchExec(pid, p)
+		if st := waitProc(t, p); st.Code != tc.want {
+			t.Errorf("%q: exit %d, want %d", tc.script, st.Code, tc.want)
+		}
+		if code, ok := procstat.ExitOfZombie(pid); !ok || code != tc.want {
+			t.Errorf("%q: after the exit was reported the process is not a zombie with status %d: %d, %v", tc.script, tc.want, code, ok)
+		}
+		p.ExitRecorded()
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
+			t.Errorf("%q: process %d not reaped after ExitRecorded", tc.script, pid)
+		}
 	}
 }

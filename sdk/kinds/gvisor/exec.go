@@ -296,6 +296,9 @@ func (p *execProc) setExited(code uint32) {
 	}
 	p.code, p.at = code, time.Now().UTC()
 	close(p.exited)
+	if p.state == execDeleted {
+		p.reap() // deleted before its exit was seen
+	}
 }
 
 // ExitRecorded reaps the `runsc exec` process once the engine recorded its
@@ -493,8 +496,11 @@ func (c *container) RecoverExec(ctx context.Context, cfg backend.ExecConfig, rec
 		p.mu.Lock()
 		p.pid, p.start, p.state = int(rec.Pid), st.StartTime, execRunning
 		if rec.Exited {
+			p.state = execStopped
 			p.mu.Unlock()
-			p.setExited(exitcode.Unknown) // the engine has its status
+			// The engine has its status; what is left of its output
+			// drains meanwhile.
+			go p.setExited(exitcode.Unknown)
 		} else {
 			p.watchRecovered()
 			p.mu.Unlock()

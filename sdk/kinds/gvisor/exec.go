@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 )
@@ -132,7 +134,8 @@ func (p *execProc) Start(ctx context.Context) (uint32, error) {
 		_ = os.Remove(p.pidFile())
 		return 0, err
 	}
-	cmd := execCommand(ctx, b.cfg.Binary, append(args, p.c.id))
+	cmd := exec.CommandContext(ctx, b.cfg.Binary, append(args, p.c.id)...)
+	cmd.WaitDelay = time.Second
 	out, err := os.CreateTemp(p.c.bundle, ".runsc-exec-")
 	if err != nil {
 		return fail(err)
@@ -171,7 +174,9 @@ func (p *execProc) Start(ctx context.Context) (uint32, error) {
 			conc <- master{tty, err}
 		}()
 	}
-	err = cmd.Run()
+	// It dies with this process (a `runsc exec --detach` returns once the
+	// process it leaves behind runs, which is not its child).
+	err = pdeathsig.Run(cmd, unix.SIGKILL)
 	if rio != nil {
 		// The `runsc exec` process holds the process's ends now.
 		if c, ok := rio.(interface{ CloseAfterStart() error }); ok {

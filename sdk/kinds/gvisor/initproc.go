@@ -394,13 +394,3 @@ func pipeStreams(b *Backend, set *keptio.Set, stdio backend.Stdio) (_ gorunc.IO,
 	b.addKept(streams)
 	return rio, streams, nil
 }
-
-// execCommand is a runsc command that ends with this process's thread
-// (a `runsc exec --detach` returns once the process it leaves behind
-// runs).
-func execCommand(ctx context.Context, binary string, args []string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL}
-	cmd.WaitDelay = time.Second
-	return cmd
-}

@@ -208,14 +208,14 @@ func (s *supervisor) handOver() (*Handover, error) {
 	}
 	var frozen []*Relay
 	for _, r := range s.relays {
-		if !r.freezeStreams(freezeTimeout) {
+		if err := r.freezeStreams(freezeTimeout); err != nil {
 			for _, f := range frozen {
 				f.thawStreams()
 			}
 			for _, r := range s.relays {
 				r.restartLoops()
 			}
-			return nil, errStreamsBusy
+			return nil, err
 		}
 		frozen = append(frozen, r)
 	}

@@ -83,10 +83,21 @@ type localStream struct {
 }
 
 // freezeStreams freezes the relay's stream bridges (its client loops
-// stopped); false when they did not come to rest in time (thawed again).
-func (r *Relay) freezeStreams(timeout time.Duration) bool {
+// stopped); an error naming the bridge that did not come to rest in time
+// (everything thawed again).
+func (r *Relay) freezeStreams(timeout time.Duration) error {
 	h := r.streamHub()
-	return h == nil || h.freeze(timeout)
+	if h == nil {
+		return nil
+	}
+	if stuck := h.freeze(timeout); stuck != nil {
+		stuck.mu.Lock()
+		what := fmt.Sprintf("stream %s of %s (output %v, stream attached %v, FIFO open %v, bytes pending %d, queued %d)",
+			stuck.ID, r.path, stuck.Out, stuck.s != nil, stuck.f != nil, len(stuck.pending), stuck.queued)
+		stuck.mu.Unlock()
+		return fmt.Errorf("%w within %v: %s", errStreamsBusy, timeout, what)
+	}
+	return nil
 }
 
 // thawStreams undoes freezeStreams.
@@ -96,9 +107,10 @@ func (r *Relay) thawStreams() {
 	}
 }
 
-// freeze stops every pump of the hub where nothing is in flight; false
-// when one did not stop within timeout (the hub is thawed again).
-func (h *streamHub) freeze(timeout time.Duration) bool {
+// freeze stops every pump of the hub where nothing is in flight; it
+// returns the bridge whose pump did not stop within timeout (the hub is
+// thawed again), or nil.
+func (h *streamHub) freeze(timeout time.Duration) *bridge {
 	h.mu.Lock()
 	h.frozen = true
 	bs := slices.Collect(maps.Values(h.bridges))
@@ -111,10 +123,10 @@ func (h *streamHub) freeze(timeout time.Duration) bool {
 	for _, b := range bs {
 		if !b.awaitParked(t.C) {
 			h.thaw()
-			return false
+			return b
 		}
 	}
-	return true
+	return nil
 }
 
 // thaw lets the pumps go on.

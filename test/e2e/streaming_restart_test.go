@@ -89,7 +89,13 @@ func TestStreamingSurvivesRestart(t *testing.T) {
 		if how == "upgrade" {
 			sup := e.sandboxer.Process.Pid
 			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", sup)); err != nil || strings.HasSuffix(exe, " (deleted)") {
-				t.Errorf("after the upgrade the supervisor %d runs %q (%v), want the binary installed: it did not re-execute with the streams bridged", sup, exe, err)
+				var why []string
+				for _, l := range strings.Split(e.sbLog.String(), "\n") {
+					if strings.Contains(l, "supervisor") && (strings.Contains(l, "WARN") || strings.Contains(l, "ERROR") || strings.Contains(l, "re-execut")) {
+						why = append(why, l)
+					}
+				}
+				t.Errorf("after the upgrade the supervisor %d runs %q (%v), want the binary installed: it did not re-execute with the streams bridged; it said:\n%s", sup, exe, err, strings.Join(why[max(0, len(why)-10):], "\n"))
 			}
 		}
 		testutil.Eventually(t, 30*time.Second, func() bool { return len(seqLines(t, log, "")) >= at+10 }, "10 more lines after the %s", how)

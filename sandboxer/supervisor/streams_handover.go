@@ -36,7 +36,7 @@ import (
 // re-executed (the worker alone is upgraded, as before).
 
 // freezeTimeout bounds how long a handover waits for the stream pumps.
-var freezeTimeout = 5 * time.Second
+var freezeTimeout = 10 * time.Second
 
 // errStreamsBusy refuses a handover whose streams did not come to rest.
 var errStreamsBusy = errors.New("streamed stdio did not come to rest for the handover")

@@ -33,6 +33,7 @@ from magnetar._common import (
     lifetime_fields,
     parse_address,
 )
+from magnetar._ports import AsyncPortConnection
 from magnetar._relay import UnixRelay
 from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output_async, retry_async, watch_events_async
 from magnetar.container.v1 import container_connect, container_pb2
@@ -343,6 +344,13 @@ class AsyncSandbox:
         with _api():
             async for res in self._client._long_sandboxes.watch_sandbox_usage(req):
                 yield res.usage
+
+    async def dial_port(self, port: int) -> AsyncPortConnection:
+        """Connects to TCP ``port`` on the sandbox's loopback through the
+        sandboxer and returns the connection once made (see
+        :class:`magnetar.AsyncPortConnection`). Nothing listening on the
+        port raises :class:`UnavailableError`."""
+        return await AsyncPortConnection(self.id, port)._connect(self._client._long_sandboxes.dial_port)
 
     async def delete(self, *, force: bool = False) -> None:
         """Deletes the sandbox; ``force`` also stops it and its containers."""

@@ -33,6 +33,7 @@ from magnetar._common import (
     lifetime_fields,
     parse_address,
 )
+from magnetar._ports import PortConnection
 from magnetar._relay import UnixRelay
 from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output, retry, watch_events
 from magnetar.container.v1 import container_connect, container_pb2
@@ -335,6 +336,15 @@ class Sandbox:
         with _api():
             for res in self._client._long_sandboxes.watch_sandbox_usage(req):
                 yield res.usage
+
+    def dial_port(self, port: int) -> PortConnection:
+        """Connects to TCP ``port`` on the sandbox's loopback (a server that a
+        process in the sandbox runs) through the sandboxer, and returns the
+        connection once made (see :class:`magnetar.PortConnection`:
+        ``send``, ``recv``, ``close_write`` to half-close, ``close``).
+        Nothing listening on the port raises :class:`UnavailableError`.
+        Connections are independent: open as many as needed."""
+        return PortConnection(self._client._long_sandboxes.dial_port, self.id, port)
 
     def delete(self, *, force: bool = False) -> None:
         """Deletes the sandbox; ``force`` also stops it and its containers."""

@@ -162,6 +162,92 @@ class LiveTest {
 
   @Test
   @Order(3)
+  void watchesUsage() {
+    try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS))) {
+      sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX).args("sh", "-c", "trap 'exit 0' TERM; while :; do :; done"));
+      List<io.magnetar.sandbox.v1.SandboxUsage> samples = new ArrayList<>();
+      try (UsageStream usage = sb.watchUsage(Duration.ofMillis(100))) {
+        for (io.magnetar.sandbox.v1.SandboxUsage u : usage) {
+          samples.add(u);
+          if (samples.size() == 3) {
+            break;
+          }
+        }
+      }
+      assertEquals(3, samples.size());
+      assertTrue(samples.get(2).getCpuUsageNs() > samples.get(0).getCpuUsageNs(), "CPU did not grow between samples");
+      assertTrue(samples.get(0).getPids() >= 1);
+    }
+  }
+
+  /** Dials port, retrying while nothing listens yet (for up to 30 s). */
+  private static PortConnection dial(Sandbox sb, int port) throws InterruptedException {
+    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+    for (;;) {
+      try {
+        return sb.dialPort(port);
+      } catch (MagnetarException e) {
+        if (e.code() != Status.Code.UNAVAILABLE || System.nanoTime() > deadline) {
+          throw e;
+        }
+        Thread.sleep(100); // a poll interval while nc starts
+      }
+    }
+  }
+
+  @Test
+  @Order(3)
+  void dialsAPortInASandbox() throws Exception {
+    try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS))) {
+      // An echo server, one connection at a time.
+      sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX).args("sh", "-c", "while :; do nc -l -p 8081 -e cat; done"));
+      assertEquals(Status.Code.UNAVAILABLE, assertThrows(MagnetarException.class, () -> sb.dialPort(8082)).code());
+      assertEquals(Status.Code.INVALID_ARGUMENT, assertThrows(MagnetarException.class, () -> sb.dialPort(70000)).code());
+
+      // 1 MiB round trip, written from a thread while it is read back, then
+      // a half-close: cat reads end of file, the rest comes back, then the
+      // end of the stream.
+      byte[] data = new byte[1 << 20];
+      for (int i = 0; i < data.length; i++) {
+        data[i] = (byte) (i * 7 + (i >> 13));
+      }
+      try (PortConnection conn = dial(sb, 8081)) {
+        AtomicReference<Exception> writeErr = new AtomicReference<>();
+        Thread writer = new Thread(() -> {
+          try {
+            conn.getOutputStream().write(data);
+            conn.shutdownOutput();
+          } catch (Exception e) {
+            writeErr.set(e);
+          }
+        });
+        writer.start();
+        byte[] got = conn.getInputStream().readAllBytes();
+        writer.join();
+        assertEquals(null, writeErr.get());
+        assertTrue(java.util.Arrays.equals(data, got), "1 MiB echo differs (" + got.length + " bytes back)");
+      }
+      // More connections, one after the other; closing the output stream
+      // half-closes too.
+      for (int i = 0; i < 3; i++) {
+        try (PortConnection conn = dial(sb, 8081)) {
+          String line = "line " + i + " for cat\n";
+          try (var out = conn.getOutputStream()) {
+            out.write(line.getBytes(StandardCharsets.UTF_8));
+          }
+          assertEquals(line, new String(conn.getInputStream().readAllBytes(), StandardCharsets.UTF_8));
+        }
+      }
+      // Dropped before the end: nothing hangs, reads end.
+      PortConnection conn = dial(sb, 8081);
+      conn.getOutputStream().write("unfinished".getBytes(StandardCharsets.UTF_8));
+      conn.close();
+      assertEquals(-1, conn.getInputStream().read());
+    }
+  }
+
+  @Test
+  @Order(3)
   void runsARuncContainerAndAnExec() {
     try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS).hostname("java-client"))) {
       Container ctr = sb.run(new ContainerOptions()

@@ -27,10 +27,16 @@ const FIRST_MS = 50;
 const MAX_MS = 1000;
 
 // Calls without side-effect marking in the API whose repetition changes nothing.
+// The same list as the Go SDK's (sdk/retry.go).
 const IDEMPOTENT = new Set([
   "magnetar.container.v1.ContainerService.WaitProcess",
   "magnetar.container.v1.ContainerService.CloseStdin",
   "magnetar.container.v1.ContainerService.ResizePty",
+  // Sets a lifetime counted from the call: again is the same.
+  "magnetar.sandbox.v1.SandboxService.SetSandboxTimeout",
+  // Pausing a paused sandbox, or resuming a running one, changes nothing.
+  "magnetar.sandbox.v1.SandboxService.PauseSandbox",
+  "magnetar.sandbox.v1.SandboxService.ResumeSandbox",
 ]);
 
 /**

@@ -13,6 +13,7 @@ import {
 } from "../src/gen/magnetar/container/v1/container_pb.js";
 import {
   GetSandboxResponseSchema,
+  PauseSandboxResponseSchema,
   SandboxService,
   WatchEventsResponseSchema,
   type WatchEventsResponse,
@@ -41,6 +42,7 @@ test("backoff doubles and is bounded", () => {
 test("retries only calls that change nothing, on Unavailable", async () => {
   let gets = 0;
   let creates = 0;
+  let pauses = 0;
   const transport = createRouterTransport(
     ({ service }) => {
       service(SandboxService, {
@@ -55,6 +57,13 @@ test("retries only calls that change nothing, on Unavailable", async () => {
           creates++;
           throw unavailable();
         },
+        pauseSandbox() {
+          pauses++;
+          if (pauses < 2) {
+            throw unavailable();
+          }
+          return create(PauseSandboxResponseSchema, { sandbox: { id: "sb" } });
+        },
       });
     },
     { transport: { interceptors: [retryInterceptor(10_000)] } },
@@ -65,6 +74,9 @@ test("retries only calls that change nothing, on Unavailable", async () => {
   assert.equal(gets, 3);
   await assert.rejects(c.createSandbox({ kind: "runc" }), (e: unknown) => ConnectError.from(e).code === Code.Unavailable);
   assert.equal(creates, 1);
+  // Without side-effect marking in the API, but the same when repeated.
+  assert.equal((await c.pauseSandbox({ sandboxId: "sb" })).sandbox?.id, "sb");
+  assert.equal(pauses, 2);
 });
 
 test("output resumes from the next offset", async () => {

@@ -39,14 +39,37 @@ const IDEMPOTENT = new Set([
   "magnetar.sandbox.v1.SandboxService.ResumeSandbox",
 ]);
 
+// Errors of the connection itself (the sandboxer's worker died under it),
+// which Node's HTTP/2 client reports and Connect-ES wraps as Aborted or
+// Unavailable: the call may be made again.
+const BROKEN_CONNECTION = new Set(["ECONNRESET", "EPIPE", "ECONNREFUSED", "ECONNABORTED"]);
+
+function brokenConnection(err: unknown): boolean {
+  let cause: unknown = err;
+  for (let i = 0; i < 4 && cause !== undefined && cause !== null; i++) {
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code === "string" && BROKEN_CONNECTION.has(code)) {
+      return true;
+    }
+    cause = (cause as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
 /**
- * Whether err means the sandboxer was unavailable: Unavailable, and for a
- * stream (whose calls change nothing) a connection that broke in the middle
- * of a response, which the transport reports as Internal or Unknown.
+ * Whether err means the sandboxer was unavailable: Unavailable, a connection
+ * reset under the call (Node reports ECONNRESET, which Connect-ES makes
+ * Aborted), and for a stream (whose calls change nothing) a connection that
+ * broke in the middle of a response, which the transport reports as
+ * Internal or Unknown.
  */
 export function transient(err: unknown, stream = false): boolean {
-  const code = ConnectError.from(err).code;
-  return code === Code.Unavailable || (stream && (code === Code.Internal || code === Code.Unknown));
+  const ce = ConnectError.from(err);
+  return (
+    ce.code === Code.Unavailable ||
+    brokenConnection(ce) ||
+    (stream && (ce.code === Code.Internal || ce.code === Code.Unknown))
+  );
 }
 
 /** Paces the attempts of one outage within budgetMs. */

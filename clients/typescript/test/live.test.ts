@@ -487,6 +487,70 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
     });
   }
 
+  for (const protocol of ["connect", "grpc"] as const)
+  test(`output and event streams and calls survive a kill -9 of the worker (${protocol})`, { timeout }, async () => {
+    const client = dial(daemon.socket, { protocol });
+    try {
+      await using sb = await client.createSandbox("runc", { labels: { "magnetar.test/restart": "ts" } });
+      const events: sandboxv1.Event[] = [];
+      const ac = new AbortController();
+      const watching = (async () => {
+        try {
+          for await (const ev of client.events({ sandboxIds: [sb.id], after: 0n }, { signal: ac.signal })) {
+            events.push(ev);
+            if (ev.type === EventType.PROCESS_EXITED) {
+              return;
+            }
+          }
+        } catch (err) {
+          if (!ac.signal.aborted) {
+            throw err;
+          }
+        }
+      })();
+      const ctr = await sb.run({
+        image: busyboxImage,
+        args: ["sh", "-c", "trap 'exit 7' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"],
+      });
+      let data = "";
+      let next = 0;
+      let phase = 0;
+      let mark = 0;
+      for await (const chunk of ctr.output()) {
+        assert.equal(chunk.offset, next, "a chunk out of place");
+        next += chunk.data.length;
+        data += new TextDecoder().decode(chunk.data);
+        const lines = data.split("\n").length - 1;
+        if (phase === 0 && lines >= 20) {
+          const old = daemon.workerPid();
+          assert.ok(old > 0, "no worker");
+          process.kill(old, "SIGKILL");
+          // A call that changes nothing is retried through the gap.
+          assert.equal((await client.sandbox(sb.id)).id, sb.id);
+          await daemon.newWorker(old);
+          phase = 1;
+          mark = lines;
+        } else if (phase === 1 && lines >= mark + 20) {
+          await ctr.signal("SIGTERM");
+          phase = 2;
+        }
+      }
+      assert.equal(phase, 2);
+      assert.equal((await ctr.wait()).code, 7);
+      const got = data.split("\n").slice(0, -1);
+      assert.deepEqual(got, got.map((_, i) => String(i)), "output lost or repeated across the restart");
+      await watching;
+      const seqs = events.map((e) => e.sequence);
+      assert.deepEqual(seqs, [...new Set(seqs)].sort((a, b) => (a < b ? -1 : 1)), "events out of order or repeated");
+      assert.equal(events.at(-1)?.type, EventType.PROCESS_EXITED);
+      assert.equal(events.at(-1)?.exitStatus, 7);
+      ac.abort();
+      await ctr.delete();
+    } finally {
+      client.close();
+    }
+  });
+
   test("the README's example runs", { timeout }, async () => {
     // The example imports "@magnetar-io/client": a file inside this package
     // resolves that to the package itself (dist/, built by npm test).

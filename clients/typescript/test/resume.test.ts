@@ -155,3 +155,12 @@ test("events resume after the header's sequence, then after the last seen", asyn
     [undefined, 10n, 11n],
   );
 });
+
+test("a connection reset under a call is transient, other Aborted errors are not", async () => {
+  const { transient } = await import("../src/resume.js");
+  const reset = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" });
+  assert.equal(transient(new ConnectError("read ECONNRESET", Code.Aborted, undefined, undefined, reset)), true);
+  assert.equal(transient(new ConnectError("conflict", Code.Aborted)), false);
+  assert.equal(transient(new ConnectError("boom", Code.Internal)), false);
+  assert.equal(transient(new ConnectError("boom", Code.Internal), true), true);
+});

@@ -247,6 +247,69 @@ class LiveTest {
   }
 
   @Test
+  @Order(4)
+  void streamsAndCallsSurviveAKillOfTheWorker() throws Exception {
+    try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS))) {
+      List<Event> events = Collections.synchronizedList(new ArrayList<>());
+      AtomicReference<Throwable> watchErr = new AtomicReference<>();
+      Events stream = client.eventsAfter(0, sb.id());
+      Thread watcher = new Thread(() -> {
+        try {
+          for (Event ev : stream) {
+            events.add(ev);
+            if (ev.getType() == EventType.EVENT_TYPE_PROCESS_EXITED) {
+              return;
+            }
+          }
+        } catch (Throwable t) {
+          watchErr.set(t);
+        }
+      });
+      watcher.start();
+      Container ctr = sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX)
+          .args("sh", "-c", "trap 'exit 7' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"));
+      StringBuilder data = new StringBuilder();
+      long next = 0;
+      int phase = 0;
+      long mark = 0;
+      try (Output out = ctr.output()) {
+        for (OutputChunk c : out) {
+          assertEquals(next, c.offset(), "a chunk out of place");
+          next += c.data().length;
+          data.append(new String(c.data(), StandardCharsets.UTF_8));
+          long lines = data.chars().filter(ch -> ch == '\n').count();
+          if (phase == 0 && lines >= 20) {
+            long old = daemon.workerPid();
+            assertTrue(old > 0, "no worker");
+            ProcessHandle.of(old).orElseThrow().destroyForcibly(); // SIGKILL
+            // A call that changes nothing is retried through the gap.
+            assertEquals(sb.id(), client.sandbox(sb.id()).id());
+            daemon.newWorker(old);
+            phase = 1;
+            mark = lines;
+          } else if (phase == 1 && lines >= mark + 20) {
+            ctr.signal(15);
+            phase = 2;
+          }
+        }
+        assertEquals(7, out.exitStatus());
+      }
+      assertEquals(2, phase);
+      String[] got = data.toString().split("\n");
+      for (int i = 0; i < got.length; i++) {
+        assertEquals(String.valueOf(i), got[i], "output lost or repeated across the restart");
+      }
+      watcher.join(TimeUnit.SECONDS.toMillis(60));
+      stream.close();
+      assertEquals(null, watchErr.get());
+      List<Long> seqs = events.stream().map(Event::getSequence).toList();
+      assertEquals(seqs.stream().distinct().sorted().toList(), seqs, "events out of order or repeated");
+      assertEquals(EventType.EVENT_TYPE_PROCESS_EXITED, events.get(events.size() - 1).getType());
+      assertEquals(7, events.get(events.size() - 1).getExitStatus());
+    }
+  }
+
+  @Test
   @Order(3)
   void runsARuncContainerAndAnExec() {
     try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS).hostname("java-client"))) {

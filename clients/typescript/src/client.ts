@@ -257,6 +257,7 @@ export class MagnetarClient implements AsyncDisposable {
    */
   readonly bidiStreams: boolean;
   readonly #close: () => void;
+  readonly #closed = new AbortController();
 
   /**
    * Wraps a transport. close, if given, is called by {@link close}; use
@@ -276,7 +277,16 @@ export class MagnetarClient implements AsyncDisposable {
 
   /** Closes the client's connections. Calls in flight fail. */
   close(): void {
+    this.#closed.abort();
     this.#close();
+  }
+
+  /**
+   * @internal A signal for stream resumption: aborted by the caller's
+   * signal or by {@link close} (a stream is not resumed then).
+   */
+  streamSignal(signal?: AbortSignal): AbortSignal {
+    return signal === undefined ? this.#closed.signal : AbortSignal.any([signal, this.#closed.signal]);
   }
 
   /** Closes the client (for `await using`). */
@@ -398,7 +408,7 @@ export class MagnetarClient implements AsyncDisposable {
         filter,
         filter.after,
         this.retryTimeoutMs,
-        options?.signal,
+        this.streamSignal(options?.signal),
       );
     } catch (err) {
       throw MagnetarError.wrap(err);
@@ -723,7 +733,7 @@ export class Process {
         this.execId,
         options?.startOffset,
         this.client.retryTimeoutMs,
-        options?.signal,
+        this.client.streamSignal(options?.signal),
       )) {
         if (item.kind === "output") {
           yield { stream: item.stream === OutputStream.STDERR ? "stderr" : "stdout", data: item.data, offset: item.offset };

@@ -72,6 +72,15 @@ export function transient(err: unknown, stream = false): boolean {
   );
 }
 
+/**
+ * transient for a stream: also Canceled that the caller did not ask for
+ * (signal not aborted), which is how an HTTP/2 stream reset with CANCEL
+ * arrives when the sandboxer's worker dies under it.
+ */
+export function streamTransient(err: unknown, signal?: AbortSignal): boolean {
+  return transient(err, true) || (ConnectError.from(err).code === Code.Canceled && signal?.aborted !== true);
+}
+
 /** Paces the attempts of one outage within budgetMs. */
 export class Backoff {
   #start: number | undefined;
@@ -127,7 +136,9 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 /**
  * An interceptor that retries the unary calls that change nothing (those
  * the API marks free of side effects, and WaitProcess, CloseStdin,
- * ResizePty) while they fail with Unavailable, within budgetMs per call.
+ * ResizePty, SetSandboxTimeout, PauseSandbox, ResumeSandbox) while they fail
+ * with Unavailable, a reset connection or a cancel the caller did not ask
+ * for, within budgetMs per call.
  */
 export function retryInterceptor(budgetMs: number): Interceptor {
   return (next) => async (req) => {
@@ -143,7 +154,11 @@ export function retryInterceptor(budgetMs: number): Interceptor {
       try {
         return await next(req);
       } catch (err) {
-        const d = transient(err) ? b.next() : undefined;
+        // A call that changes nothing may also be made again after the
+        // transport canceled it (an HTTP/2 reset with CANCEL when the
+        // worker died), unless the caller canceled it.
+        const again = transient(err) || (ConnectError.from(err).code === Code.Canceled && !req.signal.aborted);
+        const d = again ? b.next() : undefined;
         if (d === undefined) {
           throw err;
         }
@@ -196,7 +211,7 @@ export async function* followOutput(
       }
       throw new ConnectError("output stream ended without an exit status", Code.Unavailable);
     } catch (err) {
-      const d = transient(err, true) ? b.next() : undefined;
+      const d = streamTransient(err, signal) ? b.next() : undefined;
       if (d === undefined) {
         throw err;
       }
@@ -246,7 +261,7 @@ export async function* watchEvents(
       }
       throw new ConnectError("event stream ended", Code.Unavailable);
     } catch (err) {
-      const d = transient(err, true) ? b.next() : undefined;
+      const d = streamTransient(err, signal) ? b.next() : undefined;
       if (d === undefined) {
         throw err;
       }

@@ -164,3 +164,14 @@ test("a connection reset under a call is transient, other Aborted errors are not
   assert.equal(transient(new ConnectError("boom", Code.Internal)), false);
   assert.equal(transient(new ConnectError("boom", Code.Internal), true), true);
 });
+
+test("a stream canceled by the transport resumes, one canceled by the caller does not", async () => {
+  const { streamTransient } = await import("../src/resume.js");
+  const reset = new ConnectError("http/2 stream closed with error code CANCEL (0x8)", Code.Canceled);
+  assert.equal(streamTransient(reset), true);
+  assert.equal(streamTransient(reset, new AbortController().signal), true);
+  const ac = new AbortController();
+  ac.abort();
+  assert.equal(streamTransient(reset, ac.signal), false);
+  assert.equal(streamTransient(new ConnectError("gone", Code.NotFound)), false);
+});

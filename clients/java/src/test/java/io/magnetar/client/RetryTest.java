@@ -87,6 +87,22 @@ class RetryTest {
   }
 
   @Test
+  void aBrokenConnectionIsTransient() {
+    assertTrue(Retry.brokenConnection(new StatusRuntimeException(
+        Status.UNKNOWN.withDescription("channel closed").withCause(new java.nio.channels.ClosedChannelException()))));
+    assertFalse(Retry.brokenConnection(new StatusRuntimeException(Status.UNKNOWN.withDescription("from the server"))));
+    AtomicInteger calls = new AtomicInteger();
+    assertEquals("ok", Retry.call(Duration.ofSeconds(10), () -> {
+      if (calls.incrementAndGet() < 2) {
+        throw new StatusRuntimeException(
+            Status.UNKNOWN.withDescription("channel closed").withCause(new java.nio.channels.ClosedChannelException()));
+      }
+      return "ok";
+    }));
+    assertEquals(2, calls.get());
+  }
+
+  @Test
   void retriesOnlyUnavailable() {
     AtomicInteger calls = new AtomicInteger();
     assertEquals("ok", Retry.call(Duration.ofSeconds(10), () -> {

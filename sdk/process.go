@@ -174,17 +174,40 @@ func (p process) OutputFrom(ctx context.Context, offset int64) iter.Seq2[OutputC
 	}
 }
 
+// OutputSoFar streams the output the sandboxer kept of the process from
+// offset (see OutputChunk.Offset; a negative one is the oldest byte kept)
+// up to what the process had written when the call reached the
+// sandboxer, then ends: unlike Output it does not wait for more, so it
+// returns at once for a process that keeps printing. Output no longer
+// kept fails with errdefs.ErrOutOfRange. A stream broken by a sandboxer
+// restart resumes from the last offset received (up to the output's end
+// at the new call).
+func (p process) OutputSoFar(ctx context.Context, offset int64) iter.Seq2[OutputChunk, error] {
+	return func(yield func(OutputChunk, error) bool) {
+		_, err := p.stream(ctx, offset, false, func(c OutputChunk) bool { return yield(c, nil) })
+		if err != nil {
+			yield(OutputChunk{}, err)
+		}
+	}
+}
+
 // follow calls fn for every output chunk from offset from (the oldest
 // kept if negative) until the exit message, which it returns; fn
 // returning false stops early (ExitStatus then unset, err nil). A stream
 // that breaks because the sandboxer is unavailable is opened again from
 // the offset reached, within the client's retry budget.
 func (p process) follow(ctx context.Context, from int64, fn func(OutputChunk) bool) (*ExitStatus, error) {
+	return p.stream(ctx, from, true, fn)
+}
+
+// stream is follow, or without follow the output up to its end at the
+// call (and the exit message if the process had exited; nil otherwise).
+func (p process) stream(ctx context.Context, from int64, follow bool, fn func(OutputChunk) bool) (*ExitStatus, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	b := newBackoff(p.client.retry)
 	for {
-		st, err := p.followOnce(ctx, &from, b, fn)
+		st, err := p.followOnce(ctx, &from, follow, b, fn)
 		if err == nil || !unavailable(err) || ctx.Err() != nil {
 			return st, err
 		}
@@ -194,10 +217,13 @@ func (p process) follow(ctx context.Context, from int64, fn func(OutputChunk) bo
 	}
 }
 
-// followOnce is one AttachOutput stream of follow; from advances with
+// followOnce is one AttachOutput stream of stream; from advances with
 // each chunk.
-func (p process) followOnce(ctx context.Context, from *int64, b *backoff, fn func(OutputChunk) bool) (*ExitStatus, error) {
+func (p process) followOnce(ctx context.Context, from *int64, follow bool, b *backoff, fn func(OutputChunk) bool) (*ExitStatus, error) {
 	req := &containerv1.AttachOutputRequest{ContainerId: p.containerID, ExecId: p.execID}
+	if !follow {
+		req.Follow = &follow
+	}
 	if *from >= 0 {
 		off := uint64(*from)
 		req.StartOffset = &off
@@ -209,6 +235,9 @@ func (p process) followOnce(ctx context.Context, from *int64, b *backoff, fn fun
 	defer stream.Close()
 	for {
 		msg, err := stream.Receive()
+		if errors.Is(err, io.EOF) && !follow {
+			return nil, nil
+		}
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("output of process %q of container %q ended without an exit status: %w", p.execID, p.containerID, errdefs.ErrUnavailable)
 		}

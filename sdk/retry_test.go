@@ -60,15 +60,20 @@ func (f *flaky) GetContainer(context.Context, *containerv1.GetContainerRequest) 
 }
 
 // AttachOutput serves "abcdef" in chunks of two bytes from the offset
-// asked, and breaks after two chunks on the first call.
+// asked, and breaks after two chunks on the first call. Without follow,
+// the process is still running and has written "abcd" so far, and the
+// first call breaks after one chunk.
 func (f *flaky) AttachOutput(_ context.Context, req *containerv1.AttachOutputRequest, stream containerv1connect.ContainerServiceAttachOutputServerStream) error {
 	f.mu.Lock()
 	f.attaches = append(f.attaches, req)
 	first := len(f.attaches) == 1
 	f.mu.Unlock()
-	const out = "abcdef"
+	out, breakAt := "abcdef", 2
+	if req.Follow != nil && !req.GetFollow() {
+		out, breakAt = "abcd", 1
+	}
 	for off, sent := int(req.GetStartOffset()), 0; off < len(out); off, sent = off+2, sent+1 {
-		if first && sent == 2 {
+		if first && sent == breakAt {
 			return errRestarting
 		}
 		if err := stream.Send(&containerv1.AttachOutputResponse{Payload: &containerv1.AttachOutputResponse_Output{Output: &containerv1.OutputChunk{
@@ -76,6 +81,9 @@ func (f *flaky) AttachOutput(_ context.Context, req *containerv1.AttachOutputReq
 		}}}); err != nil {
 			return err
 		}
+	}
+	if out != "abcdef" {
+		return nil
 	}
 	return stream.Send(&containerv1.AttachOutputResponse{Payload: &containerv1.AttachOutputResponse_Exit{Exit: &containerv1.ProcessExit{ExitStatus: 7}}})
 }
@@ -202,6 +210,51 @@ func TestOutputResumesFromOffset(t *testing.T) {
 	}
 	if string(got) != "cdef" {
 		t.Fatalf("OutputFrom(2) = %q", got)
+	}
+	for _, req := range f.attaches {
+		if req.Follow != nil {
+			t.Fatalf("a following request has follow set: %v", req)
+		}
+	}
+}
+
+func TestOutputSoFarEndsAndResumes(t *testing.T) {
+	f := &flaky{}
+	c := dial(t, serveFlaky(t, f))
+	ctx := context.Background()
+	ctr, err := c.Container(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for ch, err := range ctr.OutputSoFar(ctx, -1) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ch.Data...)
+	}
+	// The stream broke after "ab" and was resumed from 2; the output ends
+	// after "cd" without an exit status: not an error.
+	if string(got) != "abcd" {
+		t.Fatalf("OutputSoFar = %q, want abcd", got)
+	}
+	if len(f.attaches) != 2 || f.attaches[0].StartOffset != nil || f.attaches[1].GetStartOffset() != 2 {
+		t.Fatalf("requests %v, want a first without offset and a second from 2", f.attaches)
+	}
+	for _, req := range f.attaches {
+		if req.Follow == nil || req.GetFollow() {
+			t.Fatalf("request %v does not ask for no follow", req)
+		}
+	}
+	got = nil
+	for ch, err := range ctr.OutputSoFar(ctx, 2) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ch.Data...)
+	}
+	if string(got) != "cd" {
+		t.Fatalf("OutputSoFar(2) = %q, want cd", got)
 	}
 }
 

@@ -211,3 +211,104 @@ func TestAPIErrors(t *testing.T) {
 		}
 	}
 }
+
+// attachNoFollow reads one AttachOutput stream without follow: the output
+// (checked contiguous from its first offset) and the exit, if it came.
+func attachNoFollow(ctx context.Context, t *testing.T, c clients, cid string) (string, *containerv1.ProcessExit) {
+	t.Helper()
+	follow := false
+	stream, err := c.ctr.AttachOutput(ctx, &containerv1.AttachOutputRequest{ContainerId: cid, Follow: &follow})
+	if err != nil {
+		t.Fatalf("AttachOutput: %v", err)
+	}
+	var out strings.Builder
+	var exit *containerv1.ProcessExit
+	next := int64(-1)
+	for {
+		msg, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			return out.String(), exit
+		}
+		if err != nil {
+			t.Fatalf("receive: %v", err)
+		}
+		if exit != nil {
+			t.Fatalf("a message after the exit: %v", msg)
+		}
+		if o := msg.GetOutput(); o != nil {
+			if next >= 0 && int64(o.GetOffset()) != next {
+				t.Fatalf("chunk at %d, want %d", o.GetOffset(), next)
+			}
+			next = int64(o.GetOffset()) + int64(len(o.GetData()))
+			out.Write(o.GetData())
+		}
+		exit = msg.GetExit()
+	}
+}
+
+func TestAttachOutputWithoutFollow(t *testing.T) {
+	c := serve(t)["connect"]
+	rootfs := busyboxRootfs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sb, err := c.sb.CreateSandbox(ctx, &sandboxv1.CreateSandboxRequest{Kind: "runc"})
+	if err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	id := sb.GetSandbox().GetId()
+	defer c.sb.DeleteSandbox(context.Background(), &sandboxv1.DeleteSandboxRequest{SandboxId: id, Force: true})
+	if _, err := c.sb.StartSandbox(ctx, &sandboxv1.StartSandboxRequest{SandboxId: id}); err != nil {
+		t.Fatalf("StartSandbox: %v", err)
+	}
+	run := func(script string) string {
+		cr, err := c.ctr.CreateContainer(ctx, &containerv1.CreateContainerRequest{
+			SandboxId: id, Source: &containerv1.CreateContainerRequest_RootfsPath{RootfsPath: rootfs},
+			Process: &containerv1.ProcessSpec{Args: []string{"sh", "-c", script}},
+		})
+		if err != nil {
+			t.Fatalf("CreateContainer: %v", err)
+		}
+		cid := cr.GetContainer().GetId()
+		if _, err := c.ctr.StartContainer(ctx, &containerv1.StartContainerRequest{ContainerId: cid}); err != nil {
+			t.Fatalf("StartContainer: %v", err)
+		}
+		return cid
+	}
+	// A process that never stops printing: the stream ends all the same,
+	// with what was there and no exit.
+	chatty := run("trap '' INT TERM; exec yes tick")
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		out, exit := attachNoFollow(ctx, t, c, chatty)
+		if exit != nil {
+			t.Fatalf("exit %v of a running process", exit)
+		}
+		if strings.Trim(out, "tick\n") != "" {
+			t.Fatalf("output %.100q... is not yes's", out)
+		}
+		return len(out) > 0
+	}, "no output from yes")
+	// Once it exited and its output was all copied: the output, then the
+	// exit.
+	if _, err := c.ctr.SignalProcess(ctx, &containerv1.SignalProcessRequest{ContainerId: chatty, Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		_, exit := attachNoFollow(ctx, t, c, chatty)
+		return exit != nil && exit.GetExitStatus() == 137
+	}, "no exit 137 after SIGKILL")
+
+	done := run("echo out; echo err >&2; exit 3")
+	if _, err := c.ctr.WaitProcess(ctx, &containerv1.WaitProcessRequest{ContainerId: done}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		out, exit := attachNoFollow(ctx, t, c, done)
+		if exit == nil {
+			return false
+		}
+		if out != "out\nerr\n" && out != "err\nout\n" || exit.GetExitStatus() != 3 {
+			t.Fatalf("output %q, exit %v; want out, err, 3", out, exit)
+		}
+		return true
+	}, "no exit of a finished process")
+}

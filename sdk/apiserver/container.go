@@ -9,6 +9,7 @@ import (
 
 	containerv1 "github.com/magnetar-io/magnetar/gen/magnetar/container/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/container/v1/containerv1connect"
+	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/direct"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 )
@@ -172,7 +173,8 @@ func (s *Server) CloseStdin(ctx context.Context, req *containerv1.CloseStdinRequ
 }
 
 // AttachOutput streams a process's output from start_offset (or the
-// oldest byte kept), then its exit.
+// oldest byte kept), then its exit; without follow, only the output there
+// is, and the exit if the process had exited.
 func (s *Server) AttachOutput(ctx context.Context, req *containerv1.AttachOutputRequest, stream containerv1connect.ContainerServiceAttachOutputServerStream) error {
 	out, err := s.d.Output(ctx, req.GetContainerId(), req.GetExecId())
 	if err != nil {
@@ -188,11 +190,21 @@ func (s *Server) AttachOutput(ctx context.Context, req *containerv1.AttachOutput
 		}
 		from = int64(req.GetStartOffset())
 	}
-	st, err := out.Follow(ctx, from, func(c direct.Chunk) error {
+	send := func(c direct.Chunk) error {
 		return stream.Send(&containerv1.AttachOutputResponse{Payload: &containerv1.AttachOutputResponse_Output{
 			Output: &containerv1.OutputChunk{Stream: outputStreams[c.Stream], Data: c.Data, Offset: uint64(c.Offset)},
 		}})
-	})
+	}
+	var st backend.ExitStatus
+	if req.Follow == nil || req.GetFollow() {
+		st, err = out.Follow(ctx, from, send)
+	} else {
+		var exited bool
+		st, exited, err = out.Read(ctx, from, send)
+		if err == nil && !exited {
+			return nil
+		}
+	}
 	if err != nil {
 		return err
 	}

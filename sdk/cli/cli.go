@@ -18,6 +18,10 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/containerd/errdefs"
 
 	"github.com/magnetar-io/magnetar/sdk"
 )
@@ -30,8 +34,10 @@ type CLI struct {
 	// Getenv reads environment variables (MAGNETAR_ADDRESS); nil reads
 	// none.
 	Getenv func(string) string
-	// Signals, if not nil, delivers signals the tool received; run and
-	// exec forward them to the process they attached to.
+	// Signals, if not nil, delivers signals the tool received: run and
+	// exec forward them to the process they attached to; any other command
+	// stops at the first (logs -f, events, files watch and port-forward
+	// exit 0, others with 128 plus the signal's number).
 	Signals <-chan os.Signal
 }
 
@@ -112,8 +118,12 @@ type command struct {
 	interspersed bool
 	// cannotRunCode makes usage errors exit with 125 (run, exec).
 	cannotRunCode bool
-	flags         func(fs *flag.FlagSet)
-	run           func(ctx context.Context, env *env, args []string) error
+	// forwardsSignals says the command reads CLI.Signals itself (run,
+	// exec forward them to the process); any other command is interrupted
+	// by the first signal: its context ends.
+	forwardsSignals bool
+	flags           func(fs *flag.FlagSet)
+	run             func(ctx context.Context, env *env, args []string) error
 	// sub are subcommands (images, sandbox); the first is the default.
 	sub []*command
 }
@@ -242,9 +252,26 @@ func (c *CLI) runCommand(ctx context.Context, e *env, cmd *command, path string,
 		fmt.Fprintf(c.Stderr, "%s: %v\nRun '%s --help' for usage.\n", path, err, path)
 		return usageErr
 	}
+	var interrupted func() (os.Signal, bool)
+	if c.Signals != nil && !cmd.forwardsSignals {
+		var stop func()
+		ctx, interrupted, stop = c.interruptible(ctx)
+		defer stop()
+	}
 	err = cmd.run(ctx, e, pos)
 	if err == nil {
 		return 0
+	}
+	if interrupted != nil {
+		// A command that ends on its own when interrupted (logs -f,
+		// events, port-forward) returned nil above; any other exits as a
+		// process killed by the signal would, without a message.
+		if sig, ok := interrupted(); ok && (errors.Is(err, context.Canceled) || errdefs.IsCanceled(err)) {
+			if s, ok := sig.(syscall.Signal); ok {
+				return 128 + int(s)
+			}
+			return 128 + int(syscall.SIGINT)
+		}
 	}
 	var ec *exitCode
 	code := exitError
@@ -256,6 +283,38 @@ func (c *CLI) runCommand(ctx context.Context, e *env, cmd *command, path string,
 	}
 	fmt.Fprintf(c.Stderr, "magnetar: %v\n", err)
 	return code
+}
+
+// interruptible returns a context that ends when the first signal of
+// c.Signals arrives, a function that tells which (and whether one did),
+// and one that stops watching.
+func (c *CLI) interruptible(parent context.Context) (context.Context, func() (os.Signal, bool), func()) {
+	ctx, cancel := context.WithCancel(parent)
+	var (
+		mu  sync.Mutex
+		got os.Signal
+	)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-c.Signals:
+			mu.Lock()
+			got = s
+			mu.Unlock()
+			cancel()
+		case <-done:
+		}
+	}()
+	which := func() (os.Signal, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return got, got != nil
+	}
+	var once sync.Once
+	return ctx, which, func() {
+		once.Do(func() { close(done) })
+		cancel()
+	}
 }
 
 // usageError reports wrong arguments.

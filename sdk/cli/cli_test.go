@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -263,6 +264,78 @@ func TestDetachedLifecycle(t *testing.T) {
 	// The sandbox made by run went with its last container.
 	if r := run(t, sock, "", "sandbox", "ls", "-q"); r.code != 0 || r.stdout != "" {
 		t.Errorf("sandbox ls after rm = %+v", r)
+	}
+}
+
+// start runs the CLI in-process in the background with a signal channel
+// of the test's; wait returns its result.
+func start(t *testing.T, sock string, args ...string) (stdout *testutil.Buffer, signals chan os.Signal, wait func() result) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	stdout, signals = &testutil.Buffer{}, make(chan os.Signal, 1)
+	var stderr testutil.Buffer
+	c := &cli.CLI{Stdin: strings.NewReader(""), Stdout: stdout, Stderr: &stderr, Signals: signals}
+	done := make(chan struct{})
+	var code int
+	go func() {
+		defer close(done)
+		code = c.Run(ctx, append([]string{"--address", "unix://" + sock}, args...))
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return stdout, signals, func() result {
+		t.Helper()
+		select {
+		case <-done:
+			return result{code, stdout.String(), stderr.String()}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("magnetar %v did not end within 30s", args)
+			return result{}
+		}
+	}
+}
+
+func TestLogsOfAChattyContainer(t *testing.T) {
+	sock := serveRunc(t)
+	rootfs := testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
+	// It never stops printing and ignores SIGINT and SIGTERM.
+	if r := run(t, sock, "", "run", "-d", "--name", "chatty", "--rootfs", rootfs, "--", "sh", "-c", "trap '' INT TERM; exec yes tick"); r.code != 0 {
+		t.Fatalf("run -d = %+v", r)
+	}
+	defer run(t, sock, "", "rm", "-f", "chatty")
+	// Without -f: what is there, then exit.
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		r := run(t, sock, "", "logs", "chatty")
+		if r.code != 0 || r.stderr != "" || strings.Trim(r.stdout, "tick\n") != "" {
+			t.Fatalf("logs = %d, stderr %q, stdout %.100q...", r.code, r.stderr, r.stdout)
+		}
+		return r.stdout != ""
+	}, "logs printed nothing")
+
+	// With -f: it follows until interrupted, then exits 0.
+	stdout, signals, wait := start(t, sock, "logs", "-f", "chatty")
+	if !testutil.Poll(30*time.Second, func() bool { return len(stdout.String()) > 1<<20 }) {
+		signals <- syscall.SIGINT
+		t.Fatalf("logs -f printed %d bytes: %+v", len(stdout.String()), wait())
+	}
+	signals <- syscall.SIGINT
+	r := wait()
+	// yes writes faster than logs -f prints: dropped parts are skipped
+	// with a note.
+	stderr := strings.TrimSpace(strings.ReplaceAll(r.stderr, "tick\n", ""))
+	for l := range strings.Lines(stderr) {
+		if !strings.Contains(l, "was dropped before it could be printed") {
+			t.Errorf("logs -f: stderr line %q", l)
+		}
+	}
+	if r.code != 0 {
+		t.Errorf("logs -f after SIGINT = %d, stderr %q", r.code, stderr)
+	}
+
+	// Another command that runs until interrupted.
+	_, signals, wait = start(t, sock, "events")
+	signals <- syscall.SIGTERM
+	if r := wait(); r.code != 0 || r.stderr != "" {
+		t.Errorf("events after SIGTERM = %d, stderr %q", r.code, r.stderr)
 	}
 }
 

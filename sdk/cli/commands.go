@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 	"strconv"
 	"strings"
@@ -132,7 +133,8 @@ Flags go before IMAGE; everything after it is the command.`,
 			"magnetar run --sandbox pod1 busybox:1.36 sleep 60",
 			"magnetar run --network bridge --deny-all --allow 192.0.2.0/24:443 --dns-policy allow busybox:1.36 wget https://192.0.2.10/",
 		},
-		cannotRunCode: true,
+		cannotRunCode:   true,
+		forwardsSignals: true,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&kind, "kind", "", "sandbox `kind` of the new sandbox (see 'magnetar kinds')")
 			fs.StringVar(&name, "name", "", "`ID` of the container (and of its new sandbox); default: chosen by the sandboxer")
@@ -388,7 +390,8 @@ it exits and exits with its exit code (125 if it could not be run).`,
 			"magnetar exec -e DEBUG=1 -w /tmp web sh -c 'env; pwd'",
 			"cat script.sh | magnetar exec -i web sh",
 		},
-		cannotRunCode: true,
+		cannotRunCode:   true,
+		forwardsSignals: true,
 		flags: func(fs *flag.FlagSet) {
 			fs.Var(&envs, "env", "set an environment variable `KEY=value` (repeatable)")
 			fs.Var(&envs, "e", "set an environment variable `KEY=value` (repeatable)")
@@ -525,9 +528,11 @@ func logsCmd() *command {
 	return &command{
 		name: "logs", usage: "logs [-f] CONTAINER", summary: "Print a container's output",
 		help: `Prints the output the sandboxer kept of a container (its whole output, up
-to a limit, if nothing attached before), then, with -f, follows it until the
-container exits. Without -f, the output of a running container is printed
-until it has been quiet for a moment.`,
+to a limit, if nothing attached before) as it is when the command starts,
+then exits; with -f, follows the output until the container exits or the
+command is interrupted (Ctrl-C). The sandboxer keeps the newest 1 MiB or so
+of each process's output: when a container writes faster than -f prints,
+the part that was dropped is skipped with a note on standard error.`,
 		examples:     []string{"magnetar logs web", "magnetar logs -f web", "magnetar logs --exec-id e1 web"},
 		interspersed: true,
 		flags: func(fs *flag.FlagSet) {
@@ -547,14 +552,29 @@ until it has been quiet for a moment.`,
 			if err != nil {
 				return err
 			}
-			output := ctr.Output
+			var p interface {
+				OutputFrom(context.Context, int64) iter.Seq2[sdk.OutputChunk, error]
+				OutputSoFar(context.Context, int64) iter.Seq2[sdk.OutputChunk, error]
+			} = ctr
 			if execID != "" {
-				output = ctr.LoadProcess(execID).Output
+				p = ctr.LoadProcess(execID)
 			}
-			if follow || ctr.State == sdk.ContainerStopped {
-				return copyOutput(ctx, e, output, 0)
+			if !follow {
+				_, err := copyOutput(ctx, e, p.OutputSoFar(ctx, -1))
+				return err
 			}
-			return copyOutput(ctx, e, output, 300*time.Millisecond)
+			from := int64(-1)
+			for {
+				next, err := copyOutput(ctx, e, p.OutputFrom(ctx, from))
+				if !errdefs.IsOutOfRange(err) || next < 0 {
+					return err
+				}
+				// The container writes faster than its output is read
+				// here, and the sandboxer keeps only the newest of it:
+				// go on from the oldest byte still kept.
+				fmt.Fprintf(e.Stderr, "magnetar: some output after offset %d was dropped before it could be printed (the container writes faster than it is read); going on with the oldest output kept\n", next)
+				from = -1
+			}
 		},
 	}
 }
@@ -729,6 +749,9 @@ func eventsCmd() *command {
 			}
 			for ev, err := range c.Events(ctx, fs...) {
 				if err != nil {
+					if ctx.Err() != nil && errdefs.IsCanceled(err) {
+						return nil // interrupted
+					}
 					return err
 				}
 				if e.json() {

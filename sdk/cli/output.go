@@ -126,33 +126,26 @@ func parseBytes(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// copyOutput copies a process's output to the tool's standard streams.
-// With idle > 0 it stops once no output came for that long.
-func copyOutput(ctx context.Context, e *env, output func(context.Context) iter.Seq2[sdk.OutputChunk, error], idle time.Duration) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var timer *time.Timer
-	if idle > 0 {
-		timer = time.AfterFunc(idle, cancel)
-		defer timer.Stop()
-	}
-	for chunk, err := range output(ctx) {
+// copyOutput copies a process's output to the tool's standard streams
+// until the sequence ends or ctx does (an interrupt: not an error). It
+// returns the offset after the last byte copied (-1 if none).
+func copyOutput(ctx context.Context, e *env, output iter.Seq2[sdk.OutputChunk, error]) (int64, error) {
+	next := int64(-1)
+	for chunk, err := range output {
 		if err != nil {
-			if idle > 0 && ctx.Err() != nil && errdefs.IsCanceled(err) {
-				return nil
+			if ctx.Err() != nil && errdefs.IsCanceled(err) {
+				return next, nil
 			}
-			return err
-		}
-		if timer != nil {
-			timer.Reset(idle)
+			return next, err
 		}
 		w := e.Stdout
 		if chunk.Stream == sdk.Stderr {
 			w = e.Stderr
 		}
 		if _, err := w.Write(chunk.Data); err != nil {
-			return err
+			return next, err
 		}
+		next = chunk.Offset + int64(len(chunk.Data))
 	}
-	return nil
+	return next, nil
 }

@@ -633,6 +633,33 @@ func (o *Output) Follow(ctx context.Context, from int64, send func(Chunk) error)
 	return o.s.e.Wait(ctx, o.sandboxID, o.containerID, o.eid)
 }
 
+// Read calls send with the process's output from offset from (from the
+// oldest byte kept for a negative one) up to the end it had at the call,
+// and returns without waiting for more. If the process had exited by
+// then and every byte of its output was sent, it returns its exit status
+// too (exited true). Errors are those of [Output.Follow]; ctx ending
+// stops it early with ctx's error.
+func (o *Output) Read(ctx context.Context, from int64, send func(Chunk) error) (st backend.ExitStatus, exited bool, err error) {
+	complete, err := o.ring.snapshot(ctx.Done(), from, send)
+	if err != nil {
+		return backend.ExitStatus{}, false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return backend.ExitStatus{}, false, err
+	}
+	if !complete {
+		return backend.ExitStatus{}, false, nil
+	}
+	ps, err := o.s.e.State(ctx, o.sandboxID, o.containerID, o.eid)
+	if err != nil {
+		return backend.ExitStatus{}, false, err
+	}
+	if ps.State != engine.ProcessStopped {
+		return backend.ExitStatus{}, false, nil
+	}
+	return backend.ExitStatus{Code: ps.ExitCode, ExitedAt: ps.ExitedAt}, true, nil
+}
+
 // Stats returns a container's resource usage.
 func (s *Service) Stats(ctx context.Context, containerID string) (*backend.Stats, error) {
 	sb, err := s.locate(ctx, containerID)

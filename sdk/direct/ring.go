@@ -341,7 +341,12 @@ func (r *ring) seek(off int64) (cursor, error) {
 	if r.closed {
 		return cursor{}, errRingClosed
 	}
-	start, end := r.segs[0].base, r.segs[len(r.segs)-1].end
+	return r.seekIn(r.segs, off)
+}
+
+// seekIn is seek in segs, the ring's or a snapshot's.
+func (r *ring) seekIn(segs []*segment, off int64) (cursor, error) {
+	start, end := segs[0].base, segs[len(segs)-1].end
 	if off < 0 {
 		off = start
 	}
@@ -351,8 +356,8 @@ func (r *ring) seek(off int64) (cursor, error) {
 	if off > end {
 		return cursor{}, fmt.Errorf("offset %d is beyond the output's end (%d): %w", off, end, errdefs.ErrInvalidArgument)
 	}
-	seg := r.segs[len(r.segs)-1]
-	for _, s := range r.segs {
+	seg := segs[len(segs)-1]
+	for _, s := range segs {
 		if off < s.end {
 			seg = s
 			break
@@ -397,22 +402,27 @@ func (r *ring) read(c *cursor, max int) ([]Chunk, error) {
 	if r.closed {
 		return nil, errRingClosed
 	}
-	if c.off < r.segs[0].base {
-		return nil, fmt.Errorf("output before offset %d was dropped before it was sent (the follower fell more than %d bytes behind): %w", r.segs[0].base, r.segMax, errdefs.ErrOutOfRange)
+	return r.readIn(r.segs, c, max)
+}
+
+// readIn is read from segs, the ring's or a snapshot's.
+func (r *ring) readIn(segs []*segment, c *cursor, max int) ([]Chunk, error) {
+	if c.off < segs[0].base {
+		return nil, fmt.Errorf("output before offset %d was dropped before it was sent (the follower fell more than %d bytes behind): %w", segs[0].base, r.segMax, errdefs.ErrOutOfRange)
 	}
 	var out []Chunk
 	total := 0
 	for total < max {
-		i := slices.IndexFunc(r.segs, func(s *segment) bool { return s.base == c.base })
+		i := slices.IndexFunc(segs, func(s *segment) bool { return s.base == c.base })
 		if i < 0 {
 			return nil, fmt.Errorf("output segment at %d is gone: %w", c.base, errdefs.ErrOutOfRange)
 		}
-		seg := r.segs[i]
+		seg := segs[i]
 		if c.pos >= seg.size {
-			if i == len(r.segs)-1 {
+			if i == len(segs)-1 {
 				break
 			}
-			c.base, c.pos = r.segs[i+1].base, 0
+			c.base, c.pos = segs[i+1].base, 0
 			continue
 		}
 		var hdr [recordHeader]byte
@@ -466,6 +476,79 @@ func (r *ring) follow(done <-chan struct{}, from int64, send func(Chunk) error) 
 			return nil
 		}
 	}
+}
+
+// snapshot calls send with the output from offset from (the oldest kept
+// for a negative one) up to the end it had when snapshot was called, and
+// reports whether every stream had been copied to its end by then (the
+// output sent is then all there will be). It reads the segments as they
+// were at the call through descriptors of its own, so a process that
+// keeps writing neither extends the snapshot nor drops its bytes. It stops
+// early (nil) when done is closed.
+func (r *ring) snapshot(done <-chan struct{}, from int64, send func(Chunk) error) (complete bool, err error) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return false, errRingClosed
+	}
+	complete = r.open <= 0
+	segs := make([]*segment, 0, len(r.segs))
+	defer func() {
+		for _, s := range segs {
+			s.f.Close()
+		}
+	}()
+	for _, s := range r.segs {
+		f, err := dupFile(s.f)
+		if err != nil {
+			r.mu.Unlock()
+			return false, err
+		}
+		segs = append(segs, &segment{f: f, base: s.base, end: s.end, size: s.size})
+	}
+	r.mu.Unlock()
+	c, err := r.seekIn(segs, from)
+	if err != nil {
+		return false, err
+	}
+	for {
+		select {
+		case <-done:
+			return false, nil
+		default:
+		}
+		chunks, err := r.readIn(segs, &c, 256<<10)
+		if err != nil {
+			return false, err
+		}
+		if len(chunks) == 0 {
+			return complete, nil
+		}
+		for _, ch := range chunks {
+			if err := send(ch); err != nil {
+				return false, err
+			}
+		}
+	}
+}
+
+// dupFile returns a descriptor of its own for f's file (close-on-exec).
+func dupFile(f *os.File) (*os.File, error) {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var fd int
+	var derr error
+	if err := sc.Control(func(x uintptr) {
+		fd, derr = unix.FcntlInt(x, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
 // streamStarted and streamDone count the copies that fill the ring.

@@ -333,3 +333,83 @@ func TestRingFollowerSeesLiveOutputAndClose(t *testing.T) {
 		t.Fatalf("follow after close: %v, want Unavailable", err)
 	}
 }
+
+func TestRingSnapshotEndsAtTheEndOfTheCall(t *testing.T) {
+	r, err := openRing(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.close()
+	r.streamStarted() // a stream still open: the output may grow
+	var all bytes.Buffer
+	for i := range 120000 { // spans both segments, more than one read
+		line := fmt.Sprintf("%d\n", i)
+		all.WriteString(line)
+		if err := r.write(Stdout, []byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start, end := r.bounds()
+	// A writer that keeps going while the snapshot is read, twice the
+	// ring's size (every segment the snapshot started with is dropped):
+	// the snapshot still has every byte, and ends at the end it had when
+	// it started.
+	var got bytes.Buffer
+	next := start
+	complete, err := r.snapshot(nil, -1, func(c Chunk) error {
+		if c.Offset != next {
+			t.Fatalf("chunk at %d, want %d", c.Offset, next)
+		}
+		first := next == start
+		next += int64(len(c.Data))
+		got.Write(c.Data)
+		if first {
+			for range 2 << 20 / (16 << 10) {
+				if err := r.write(Stderr, bytes.Repeat([]byte("later\n"), (16<<10)/6)); err != nil {
+					return err
+				}
+			}
+			if s, _ := r.bounds(); s < end {
+				return fmt.Errorf("the ring still keeps offset %d (oldest %d)", end-1, s)
+			}
+		}
+		return nil
+	})
+	if err != nil || complete {
+		t.Fatalf("snapshot: complete %v, %v; want false, nil", complete, err)
+	}
+	if got.String() != all.String()[start:end] {
+		t.Fatalf("snapshot has %d bytes from %d, want the %d bytes %d-%d", got.Len(), start, end-start, start, end)
+	}
+	// From an offset inside a record, up to the (new) end.
+	_, end2 := r.bounds()
+	var tail []Chunk
+	if _, err := r.snapshot(nil, end2-3, func(c Chunk) error { tail = append(tail, c); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprint([]Chunk{{Stderr, []byte("er\n"), end2 - 3}}); fmt.Sprint(tail) != want {
+		t.Fatalf("tail = %v, want %v", tail, want)
+	}
+	// At the end: nothing; beyond: invalid; before the ring: out of range.
+	n := 0
+	if _, err := r.snapshot(nil, end2, func(Chunk) error { n++; return nil }); err != nil || n != 0 {
+		t.Fatalf("snapshot at the end: %d chunks, %v", n, err)
+	}
+	if _, err := r.snapshot(nil, end2+1, func(Chunk) error { return nil }); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("beyond the end: %v, want InvalidArgument", err)
+	}
+	if s2, _ := r.bounds(); s2 > 0 {
+		if _, err := r.snapshot(nil, s2-1, func(Chunk) error { return nil }); !errdefs.IsOutOfRange(err) {
+			t.Fatalf("before the ring: %v, want OutOfRange", err)
+		}
+	}
+	// Every stream closed: complete.
+	r.streamDone()
+	if complete, err := r.snapshot(nil, end2, func(Chunk) error { return nil }); err != nil || !complete {
+		t.Fatalf("snapshot after the streams closed: complete %v, %v", complete, err)
+	}
+	// done stops it early.
+	if complete, err := r.snapshot(closedChan(), -1, func(Chunk) error { t.Fatal("sent after done"); return nil }); err != nil || complete {
+		t.Fatalf("snapshot with done closed: %v, %v", complete, err)
+	}
+}

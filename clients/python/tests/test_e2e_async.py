@@ -112,3 +112,43 @@ async def test_async_lifetime_pause_usage(daemon: Daemon, protocol: magnetar.Pro
                 if len(samples) == 2:
                     break
             assert samples[1].timestamp.ToNanoseconds() > samples[0].timestamp.ToNanoseconds()
+
+
+@pytest.mark.asyncio
+async def test_async_dial_port(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    async with magnetar.AsyncClient(daemon.address, protocol=protocol, timeout=120) as client:
+        async with await client.create_sandbox("runc") as sb:
+            await sb.run(daemon.busybox_image, args=["sh", "-c", "while :; do nc -l -p 8081 -e cat; done"])
+            with pytest.raises(magnetar.UnavailableError):
+                await sb.dial_port(8082)
+
+            async def dial() -> magnetar.AsyncPortConnection:
+                deadline = asyncio.get_running_loop().time() + 30
+                while True:
+                    try:
+                        return await sb.dial_port(8081)
+                    except magnetar.UnavailableError:
+                        if asyncio.get_running_loop().time() > deadline:
+                            raise
+                        await asyncio.sleep(0.1)
+
+            async def read(conn: magnetar.AsyncPortConnection) -> bytes:
+                got = bytearray()
+                while chunk := await conn.recv():
+                    got += chunk
+                return bytes(got)
+
+            data = bytes((i * 7 + (i >> 13)) & 0xFF for i in range(1 << 20))
+            async with await dial() as conn:
+
+                async def write() -> None:
+                    await conn.send(data)
+                    await conn.close_write()
+
+                _, got = await asyncio.gather(write(), read(conn))
+                assert got == data
+            async with await dial() as conn:
+                await conn.send(b"half\n")
+                await conn.close_write()
+                assert await read(conn) == b"half\n"
+                assert await conn.recv() == b""

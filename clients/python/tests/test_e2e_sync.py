@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -232,3 +233,62 @@ def test_pause_resume_usage(client: magnetar.Client, daemon: Daemon) -> None:
         while sb.usage().cpu_usage_ns < p1 + 50_000_000:
             assert time.monotonic() < deadline, "CPU did not grow after resume"
             time.sleep(0.05)
+
+
+def _echo_server() -> list[str]:
+    # One connection at a time; dialing retries while it does not listen.
+    return ["sh", "-c", "while :; do nc -l -p 8081 -e cat; done"]
+
+
+def _pattern(n: int) -> bytes:
+    return bytes((i * 7 + (i >> 13)) & 0xFF for i in range(n))
+
+
+def _dial(sb: magnetar.Sandbox, port: int) -> magnetar.PortConnection:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return sb.dial_port(port)
+        except magnetar.UnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_dial_port(client: magnetar.Client, daemon: Daemon) -> None:
+    with client.create_sandbox("runc") as sb:
+        sb.run(daemon.busybox_image, args=_echo_server())
+        with pytest.raises(magnetar.UnavailableError):
+            sb.dial_port(8082)  # nothing listens
+        with pytest.raises(magnetar.InvalidArgumentError):
+            sb.dial_port(70000)
+        # 1 MiB round trip, sent from a thread while it is read back, then
+        # a half-close: cat reads end of file, the rest comes back, then
+        # the end of the connection.
+        data = _pattern(1 << 20)
+        with _dial(sb, 8081) as conn:
+
+            def write() -> None:
+                conn.send(data)
+                conn.close_write()
+
+            t = threading.Thread(target=write)
+            t.start()
+            got = bytearray()
+            while chunk := conn.recv():
+                got += chunk
+            t.join()
+            assert bytes(got) == data
+        # More connections, one after the other.
+        for i in range(3):
+            with _dial(sb, 8081) as conn:
+                conn.send(f"line {i}\n".encode())
+                conn.close_write()
+                got = bytearray()
+                while chunk := conn.recv(3):
+                    got += chunk
+                assert got == f"line {i}\n".encode()
+        # Dropped before the end: nothing hangs.
+        conn = _dial(sb, 8081)
+        conn.send(b"unfinished")
+        conn.close()

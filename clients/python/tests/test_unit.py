@@ -268,3 +268,54 @@ def test_duration() -> None:
     assert (d.seconds, d.nanos) == (1, 250_000_000)
     with pytest.raises(ValueError):
         duration(-1)
+
+
+def test_thin_layer_retries_calls_that_change_nothing() -> None:
+    """pause, resume, set_timeout, usage and file stat/list are retried
+    through an outage, as in the Go SDK; calls that change things are not."""
+    from types import SimpleNamespace
+
+    from magnetar.file.v1 import file_pb2
+    from magnetar.files import Files
+    from magnetar.sandbox.v1 import sandbox_pb2
+
+    calls: dict[str, int] = {}
+
+    def flaky(name: str, res: object, fails: int = 1) -> object:
+        def call(_req: object) -> object:
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] <= fails:
+                raise _UNAVAILABLE
+            return res
+
+        return call
+
+    sb_msg = sandbox_pb2.Sandbox(id="sb")
+    stubs = SimpleNamespace(
+        pause_sandbox=flaky("pause", sandbox_pb2.PauseSandboxResponse(sandbox=sb_msg)),
+        resume_sandbox=flaky("resume", sandbox_pb2.ResumeSandboxResponse(sandbox=sb_msg)),
+        set_sandbox_timeout=flaky("timeout", sandbox_pb2.SetSandboxTimeoutResponse(sandbox=sb_msg)),
+        get_sandbox_usage=flaky("usage", sandbox_pb2.GetSandboxUsageResponse(usage=sandbox_pb2.SandboxUsage(pids=3))),
+        delete_sandbox=flaky("delete", sandbox_pb2.DeleteSandboxResponse()),
+    )
+    sb = magnetar.Sandbox(SimpleNamespace(sandboxes=stubs, retry_timeout=10), sb_msg)  # type: ignore[arg-type]
+    assert sb.pause().id == "sb" and sb.resume().id == "sb" and sb.set_timeout(60).id == "sb"
+    assert sb.usage().pids == 3
+    with pytest.raises(magnetar.UnavailableError):
+        sb.delete(force=True)
+    assert calls == {"pause": 2, "resume": 2, "timeout": 2, "usage": 2, "delete": 1}
+
+    files = Files(
+        SimpleNamespace(  # type: ignore[arg-type]
+            stat=flaky("stat", file_pb2.StatResponse(info=file_pb2.FileInfo(path="/x"))),
+            list=flaky("list", file_pb2.ListResponse(entries=[file_pb2.FileInfo(path="/x")])),
+            remove=flaky("remove", file_pb2.RemoveResponse()),
+        ),
+        "c",
+        10,
+    )
+    assert files.stat("/x").path == "/x"
+    assert [e.path for e in files.list("/")[0]] == ["/x"]
+    with pytest.raises(magnetar.UnavailableError):
+        files.remove("/x")
+    assert (calls["stat"], calls["list"], calls["remove"]) == (2, 2, 1)

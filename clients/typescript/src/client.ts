@@ -13,6 +13,7 @@ import {
 } from "./gen/magnetar/container/v1/container_pb.js";
 import { FileService } from "./gen/magnetar/file/v1/file_pb.js";
 import { Files } from "./files.js";
+import { PortConnection, dialPort } from "./ports.js";
 import {
   ImageService,
   type Image,
@@ -251,25 +252,42 @@ export class MagnetarClient implements AsyncDisposable {
    * the calls that change nothing for as long (see DialOptions.retryTimeoutMs).
    */
   readonly retryTimeoutMs: number;
+  /**
+   * Whether the transport streams both ways (HTTP/2): false for Connect
+   * over HTTP/1.1, where {@link Sandbox.dialPort} is refused.
+   */
+  readonly bidiStreams: boolean;
   readonly #close: () => void;
+  readonly #closed = new AbortController();
 
   /**
    * Wraps a transport. close, if given, is called by {@link close}; use
    * {@link dial} to get one made for an address. retryTimeoutMs bounds the
    * resumption of streams (default 0 here: none; {@link dial} passes its own).
+   * bidiStreams says whether transport can stream both ways (HTTP/2).
    */
-  constructor(transport: Transport, close: () => void = () => {}, retryTimeoutMs = 0) {
+  constructor(transport: Transport, close: () => void = () => {}, retryTimeoutMs = 0, bidiStreams = true) {
     this.sandboxService = createClient(SandboxService, transport);
     this.containerService = createClient(ContainerService, transport);
     this.imageService = createClient(ImageService, transport);
     this.fileService = createClient(FileService, transport);
     this.#close = close;
     this.retryTimeoutMs = retryTimeoutMs;
+    this.bidiStreams = bidiStreams;
   }
 
   /** Closes the client's connections. Calls in flight fail. */
   close(): void {
+    this.#closed.abort();
     this.#close();
+  }
+
+  /**
+   * @internal A signal for stream resumption: aborted by the caller's
+   * signal or by {@link close} (a stream is not resumed then).
+   */
+  streamSignal(signal?: AbortSignal): AbortSignal {
+    return signal === undefined ? this.#closed.signal : AbortSignal.any([signal, this.#closed.signal]);
   }
 
   /** Closes the client (for `await using`). */
@@ -391,7 +409,7 @@ export class MagnetarClient implements AsyncDisposable {
         filter,
         filter.after,
         this.retryTimeoutMs,
-        options?.signal,
+        this.streamSignal(options?.signal),
       );
     } catch (err) {
       throw MagnetarError.wrap(err);
@@ -470,7 +488,8 @@ export class MagnetarClient implements AsyncDisposable {
  */
 export function dial(address: string, options?: DialOptions): MagnetarClient {
   const { transport, close } = dialTransport(address, options);
-  return new MagnetarClient(transport, close, options?.retryTimeoutMs ?? DEFAULT_RETRY_TIMEOUT_MS);
+  const http1 = (options?.protocol ?? "connect") === "connect" && options?.httpVersion === "1.1";
+  return new MagnetarClient(transport, close, options?.retryTimeoutMs ?? DEFAULT_RETRY_TIMEOUT_MS, !http1);
 }
 
 /**
@@ -602,6 +621,26 @@ export class Sandbox implements AsyncDisposable {
     }
   }
 
+  /**
+   * Connects to TCP port (1 to 65535) on the sandbox's loopback (a server
+   * that a process in the sandbox runs) through the sandboxer, and resolves
+   * with the connection once made: a Node.js Duplex stream
+   * ({@link PortConnection}; `end()` half-closes, the process then reads end
+   * of file). Nothing listening on the port rejects with Code.Unavailable.
+   * Needs HTTP/2: gRPC or Connect over HTTP/2 (the default), not
+   * `httpVersion: "1.1"`. options.signal and timeoutMs bound the dialing
+   * only; connections are independent, open as many as needed.
+   */
+  async dialPort(port: number, options?: CallOptions): Promise<PortConnection> {
+    if (!this.#client.bidiStreams) {
+      throw new MagnetarError(
+        'DialPort streams both ways, which needs HTTP/2: dial with protocol "grpc" or Connect over HTTP/2 (not httpVersion "1.1")',
+        Code.Unimplemented,
+      );
+    }
+    return dialPort(this.#client.sandboxService, this.id, port, options);
+  }
+
   /** Deletes the sandbox (forced), ignoring that it is already gone. */
   async [Symbol.asyncDispose](): Promise<void> {
     try {
@@ -706,7 +745,7 @@ export class Process {
         this.execId,
         options?.startOffset,
         this.client.retryTimeoutMs,
-        options?.signal,
+        this.client.streamSignal(options?.signal),
       )) {
         if (item.kind === "output") {
           yield { stream: item.stream === OutputStream.STDERR ? "stderr" : "stdout", data: item.data, offset: item.offset };

@@ -29,6 +29,7 @@ export {
   type SandboxOptions,
   type StreamName,
 } from "./client.js";
+export { PortConnection } from "./ports.js";
 export { Files, FileType, type FileChange, type FileContent, type FileInfo, type WriteFileOptions } from "./files.js";
 export { Backoff, DEFAULT_RETRY_TIMEOUT_MS, retryInterceptor } from "./resume.js";
 export { DEFAULT_ADDRESS, dialTransport, type DialOptions, type DialedTransport } from "./dial.js";

@@ -27,20 +27,58 @@ const FIRST_MS = 50;
 const MAX_MS = 1000;
 
 // Calls without side-effect marking in the API whose repetition changes nothing.
+// The same list as the Go SDK's (sdk/retry.go).
 const IDEMPOTENT = new Set([
   "magnetar.container.v1.ContainerService.WaitProcess",
   "magnetar.container.v1.ContainerService.CloseStdin",
   "magnetar.container.v1.ContainerService.ResizePty",
+  // Sets a lifetime counted from the call: again is the same.
+  "magnetar.sandbox.v1.SandboxService.SetSandboxTimeout",
+  // Pausing a paused sandbox, or resuming a running one, changes nothing.
+  "magnetar.sandbox.v1.SandboxService.PauseSandbox",
+  "magnetar.sandbox.v1.SandboxService.ResumeSandbox",
 ]);
 
+// Errors of the connection itself (the sandboxer's worker died under it),
+// which Node's HTTP/2 client reports and Connect-ES wraps as Aborted or
+// Unavailable: the call may be made again.
+const BROKEN_CONNECTION = new Set(["ECONNRESET", "EPIPE", "ECONNREFUSED", "ECONNABORTED"]);
+
+function brokenConnection(err: unknown): boolean {
+  let cause: unknown = err;
+  for (let i = 0; i < 4 && cause !== undefined && cause !== null; i++) {
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code === "string" && BROKEN_CONNECTION.has(code)) {
+      return true;
+    }
+    cause = (cause as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
 /**
- * Whether err means the sandboxer was unavailable: Unavailable, and for a
- * stream (whose calls change nothing) a connection that broke in the middle
- * of a response, which the transport reports as Internal or Unknown.
+ * Whether err means the sandboxer was unavailable: Unavailable, a connection
+ * reset under the call (Node reports ECONNRESET, which Connect-ES makes
+ * Aborted), and for a stream (whose calls change nothing) a connection that
+ * broke in the middle of a response, which the transport reports as
+ * Internal or Unknown.
  */
 export function transient(err: unknown, stream = false): boolean {
-  const code = ConnectError.from(err).code;
-  return code === Code.Unavailable || (stream && (code === Code.Internal || code === Code.Unknown));
+  const ce = ConnectError.from(err);
+  return (
+    ce.code === Code.Unavailable ||
+    brokenConnection(ce) ||
+    (stream && (ce.code === Code.Internal || ce.code === Code.Unknown))
+  );
+}
+
+/**
+ * transient for a stream: also Canceled that the caller did not ask for
+ * (signal not aborted), which is how an HTTP/2 stream reset with CANCEL
+ * arrives when the sandboxer's worker dies under it.
+ */
+export function streamTransient(err: unknown, signal?: AbortSignal): boolean {
+  return transient(err, true) || (ConnectError.from(err).code === Code.Canceled && signal?.aborted !== true);
 }
 
 /** Paces the attempts of one outage within budgetMs. */
@@ -98,7 +136,9 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 /**
  * An interceptor that retries the unary calls that change nothing (those
  * the API marks free of side effects, and WaitProcess, CloseStdin,
- * ResizePty) while they fail with Unavailable, within budgetMs per call.
+ * ResizePty, SetSandboxTimeout, PauseSandbox, ResumeSandbox) while they fail
+ * with Unavailable, a reset connection or a cancel the caller did not ask
+ * for, within budgetMs per call.
  */
 export function retryInterceptor(budgetMs: number): Interceptor {
   return (next) => async (req) => {
@@ -114,7 +154,11 @@ export function retryInterceptor(budgetMs: number): Interceptor {
       try {
         return await next(req);
       } catch (err) {
-        const d = transient(err) ? b.next() : undefined;
+        // A call that changes nothing may also be made again after the
+        // transport canceled it (an HTTP/2 reset with CANCEL when the
+        // worker died), unless the caller canceled it.
+        const again = transient(err) || (ConnectError.from(err).code === Code.Canceled && !req.signal.aborted);
+        const d = again ? b.next() : undefined;
         if (d === undefined) {
           throw err;
         }
@@ -167,7 +211,7 @@ export async function* followOutput(
       }
       throw new ConnectError("output stream ended without an exit status", Code.Unavailable);
     } catch (err) {
-      const d = transient(err, true) ? b.next() : undefined;
+      const d = streamTransient(err, signal) ? b.next() : undefined;
       if (d === undefined) {
         throw err;
       }
@@ -217,7 +261,7 @@ export async function* watchEvents(
       }
       throw new ConnectError("event stream ended", Code.Unavailable);
     } catch (err) {
-      const d = transient(err, true) ? b.next() : undefined;
+      const d = streamTransient(err, signal) ? b.next() : undefined;
       if (d === undefined) {
         throw err;
       }

@@ -256,6 +256,68 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
         }
       });
 
+      test("dials a port in a sandbox: round trip and half-close", { timeout }, async () => {
+        await using sb = await client.createSandbox("runc", { labels });
+        if (variant.options.httpVersion === "1.1") {
+          // Connect over HTTP/1.1 cannot stream both ways.
+          await assert.rejects(sb.dialPort(8081), (err: unknown) => {
+            assert.ok(err instanceof MagnetarError, String(err));
+            assert.equal(err.code, Code.Unimplemented, err.message);
+            return true;
+          });
+          return;
+        }
+        // An echo server, one connection at a time (dial retries while it
+        // does not listen).
+        await sb.run({ image: busyboxImage, args: ["sh", "-c", "while :; do nc -l -p 8081 -e cat; done"] });
+        // Nothing listens on 8082; 70000 is no port.
+        await assert.rejects(sb.dialPort(8082), (err: unknown) => err instanceof MagnetarError && err.code === Code.Unavailable);
+        await assert.rejects(sb.dialPort(70000), (err: unknown) => err instanceof MagnetarError && err.code === Code.InvalidArgument);
+        const deadline = Date.now() + 30_000;
+        const dial = async () => {
+          for (;;) {
+            try {
+              return await sb.dialPort(8081);
+            } catch (err) {
+              if (!(err instanceof MagnetarError && err.code === Code.Unavailable) || Date.now() > deadline) {
+                throw err;
+              }
+              await new Promise((r) => setTimeout(r, 100));
+            }
+          }
+        };
+        // A round trip of 1 MiB, written while it is read back, then a
+        // half-close: cat reads end of file, the rest comes back, then
+        // the end of the stream.
+        const data = Buffer.alloc(1 << 20);
+        for (let i = 0; i < data.length; i++) {
+          data[i] = (i * 7 + (i >> 13)) & 0xff;
+        }
+        const roundTrip = async (payload: Buffer) => {
+          const conn = await dial();
+          const got: Buffer[] = [];
+          const ended = new Promise<void>((resolve, reject) => {
+            conn.on("data", (b: Buffer) => got.push(b));
+            conn.on("end", resolve);
+            conn.on("error", reject);
+          });
+          conn.end(payload);
+          await ended;
+          await new Promise<void>((resolve) => (conn.closed ? resolve() : conn.on("close", () => resolve())));
+          return Buffer.concat(got);
+        };
+        assert.ok((await roundTrip(data)).equals(data), "1 MiB echo differs");
+        // More connections, one after the other (nc serves one at a time).
+        for (const i of [1, 2, 3]) {
+          assert.equal((await roundTrip(Buffer.from(`line ${i} for cat\n`))).toString(), `line ${i} for cat\n`);
+        }
+        // Dropped at once: the other side sees it, nothing hangs.
+        const conn = await dial();
+        conn.write("unfinished");
+        conn.destroy();
+        await new Promise<void>((resolve) => (conn.closed ? resolve() : conn.on("close", () => resolve())));
+      });
+
       test("reads, writes and watches a container's files", { timeout }, async () => {
         await using sb = await client.createSandbox("runc", { labels });
         const ctr = await sb.run({ image: busyboxImage, args: ["sleep", "300"] });
@@ -424,6 +486,70 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
       }
     });
   }
+
+  for (const protocol of ["connect", "grpc"] as const)
+  test(`output and event streams and calls survive a kill -9 of the worker (${protocol})`, { timeout }, async () => {
+    const client = dial(daemon.socket, { protocol });
+    try {
+      await using sb = await client.createSandbox("runc", { labels: { "magnetar.test/restart": "ts" } });
+      const events: sandboxv1.Event[] = [];
+      const ac = new AbortController();
+      const watching = (async () => {
+        try {
+          for await (const ev of client.events({ sandboxIds: [sb.id], after: 0n }, { signal: ac.signal })) {
+            events.push(ev);
+            if (ev.type === EventType.PROCESS_EXITED) {
+              return;
+            }
+          }
+        } catch (err) {
+          if (!ac.signal.aborted) {
+            throw err;
+          }
+        }
+      })();
+      const ctr = await sb.run({
+        image: busyboxImage,
+        args: ["sh", "-c", "trap 'exit 7' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"],
+      });
+      let data = "";
+      let next = 0;
+      let phase = 0;
+      let mark = 0;
+      for await (const chunk of ctr.output()) {
+        assert.equal(chunk.offset, next, "a chunk out of place");
+        next += chunk.data.length;
+        data += new TextDecoder().decode(chunk.data);
+        const lines = data.split("\n").length - 1;
+        if (phase === 0 && lines >= 20) {
+          const old = daemon.workerPid();
+          assert.ok(old > 0, "no worker");
+          process.kill(old, "SIGKILL");
+          // A call that changes nothing is retried through the gap.
+          assert.equal((await client.sandbox(sb.id)).id, sb.id);
+          await daemon.newWorker(old);
+          phase = 1;
+          mark = lines;
+        } else if (phase === 1 && lines >= mark + 20) {
+          await ctr.signal("SIGTERM");
+          phase = 2;
+        }
+      }
+      assert.equal(phase, 2);
+      assert.equal((await ctr.wait()).code, 7);
+      const got = data.split("\n").slice(0, -1);
+      assert.deepEqual(got, got.map((_, i) => String(i)), "output lost or repeated across the restart");
+      await watching;
+      const seqs = events.map((e) => e.sequence);
+      assert.deepEqual(seqs, [...new Set(seqs)].sort((a, b) => (a < b ? -1 : 1)), "events out of order or repeated");
+      assert.equal(events.at(-1)?.type, EventType.PROCESS_EXITED);
+      assert.equal(events.at(-1)?.exitStatus, 7);
+      ac.abort();
+      await ctr.delete();
+    } finally {
+      client.close();
+    }
+  });
 
   test("the README's example runs", { timeout }, async () => {
     // The example imports "@magnetar-io/client": a file inside this package

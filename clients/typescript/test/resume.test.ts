@@ -13,6 +13,7 @@ import {
 } from "../src/gen/magnetar/container/v1/container_pb.js";
 import {
   GetSandboxResponseSchema,
+  PauseSandboxResponseSchema,
   SandboxService,
   WatchEventsResponseSchema,
   type WatchEventsResponse,
@@ -41,6 +42,7 @@ test("backoff doubles and is bounded", () => {
 test("retries only calls that change nothing, on Unavailable", async () => {
   let gets = 0;
   let creates = 0;
+  let pauses = 0;
   const transport = createRouterTransport(
     ({ service }) => {
       service(SandboxService, {
@@ -55,6 +57,13 @@ test("retries only calls that change nothing, on Unavailable", async () => {
           creates++;
           throw unavailable();
         },
+        pauseSandbox() {
+          pauses++;
+          if (pauses < 2) {
+            throw unavailable();
+          }
+          return create(PauseSandboxResponseSchema, { sandbox: { id: "sb" } });
+        },
       });
     },
     { transport: { interceptors: [retryInterceptor(10_000)] } },
@@ -65,6 +74,9 @@ test("retries only calls that change nothing, on Unavailable", async () => {
   assert.equal(gets, 3);
   await assert.rejects(c.createSandbox({ kind: "runc" }), (e: unknown) => ConnectError.from(e).code === Code.Unavailable);
   assert.equal(creates, 1);
+  // Without side-effect marking in the API, but the same when repeated.
+  assert.equal((await c.pauseSandbox({ sandboxId: "sb" })).sandbox?.id, "sb");
+  assert.equal(pauses, 2);
 });
 
 test("output resumes from the next offset", async () => {
@@ -142,4 +154,24 @@ test("events resume after the header's sequence, then after the last seen", asyn
     requests.map((r) => r.afterSequence),
     [undefined, 10n, 11n],
   );
+});
+
+test("a connection reset under a call is transient, other Aborted errors are not", async () => {
+  const { transient } = await import("../src/resume.js");
+  const reset = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" });
+  assert.equal(transient(new ConnectError("read ECONNRESET", Code.Aborted, undefined, undefined, reset)), true);
+  assert.equal(transient(new ConnectError("conflict", Code.Aborted)), false);
+  assert.equal(transient(new ConnectError("boom", Code.Internal)), false);
+  assert.equal(transient(new ConnectError("boom", Code.Internal), true), true);
+});
+
+test("a stream canceled by the transport resumes, one canceled by the caller does not", async () => {
+  const { streamTransient } = await import("../src/resume.js");
+  const reset = new ConnectError("http/2 stream closed with error code CANCEL (0x8)", Code.Canceled);
+  assert.equal(streamTransient(reset), true);
+  assert.equal(streamTransient(reset, new AbortController().signal), true);
+  const ac = new AbortController();
+  ac.abort();
+  assert.equal(streamTransient(reset, ac.signal), false);
+  assert.equal(streamTransient(new ConnectError("gone", Code.NotFound)), false);
 });

@@ -49,6 +49,10 @@ export interface Sandboxer {
   dir: string;
   /** The API socket. */
   socket: string;
+  /** The pid of the supervisor's worker (0: none now). */
+  workerPid(): number;
+  /** Waits (up to 60 s) for a worker other than old and returns its pid. */
+  newWorker(old: number): Promise<number>;
   /** Deletes every sandbox, stops the daemon and removes its directory. */
   stop(): Promise<void>;
 }
@@ -112,9 +116,46 @@ export async function startSandboxer(): Promise<Sandboxer> {
     await new Promise((r) => setTimeout(r, 100));
   }
 
+  // The worker is the supervisor's child running with --state-dir.
+  const workerPid = (): number => {
+    const task = `/proc/${child.pid}/task`;
+    for (const t of fs.existsSync(task) ? fs.readdirSync(task) : []) {
+      let children: string;
+      try {
+        children = fs.readFileSync(path.join(task, t, "children"), "utf8");
+      } catch {
+        continue;
+      }
+      for (const pid of children.split(/\s+/).filter((p) => p !== "")) {
+        try {
+          if (fs.readFileSync(`/proc/${pid}/cmdline`).includes("magnetar-sandboxer\0--state-dir\0")) {
+            return Number(pid);
+          }
+        } catch {
+          // gone meanwhile
+        }
+      }
+    }
+    return 0;
+  };
+
   return {
     dir,
     socket,
+    workerPid,
+    async newWorker(old: number) {
+      const until = Date.now() + 60_000;
+      for (;;) {
+        const pid = workerPid();
+        if (pid !== 0 && pid !== old) {
+          return pid;
+        }
+        if (Date.now() > until) {
+          throw new Error(`no new worker after ${old} within 60 s:\n${logTail()}`);
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
     async stop() {
       const errors: string[] = [];
       try {

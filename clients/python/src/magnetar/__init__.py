@@ -9,6 +9,7 @@ context managers that delete what they created and typed errors
 """
 
 from magnetar._common import DEFAULT_ADDRESS, Kind, Output, Protocol
+from magnetar._ports import AsyncPortConnection, PortConnection
 from magnetar.aio import AsyncClient, AsyncContainer, AsyncSandbox
 from magnetar.client import Client, Container, Sandbox
 from magnetar.files import AsyncFiles, FileChange, Files
@@ -28,6 +29,7 @@ __all__ = [
     "AsyncClient",
     "AsyncContainer",
     "AsyncFiles",
+    "AsyncPortConnection",
     "AsyncSandbox",
     "Client",
     "Code",
@@ -40,6 +42,7 @@ __all__ = [
     "MagnetarError",
     "NotFoundError",
     "Output",
+    "PortConnection",
     "Protocol",
     "Sandbox",
     "UnavailableError",

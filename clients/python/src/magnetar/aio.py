@@ -33,6 +33,7 @@ from magnetar._common import (
     lifetime_fields,
     parse_address,
 )
+from magnetar._ports import AsyncPortConnection
 from magnetar._relay import UnixRelay
 from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output_async, retry_async, watch_events_async
 from magnetar.container.v1 import container_connect, container_pb2
@@ -140,7 +141,7 @@ class AsyncClient:
 
     def files(self, container_id: str) -> AsyncFiles:
         """The files of a container's root file system (see :class:`magnetar.files.AsyncFiles`)."""
-        return AsyncFiles(self._files_long, container_id)
+        return AsyncFiles(self._files_long, container_id, self.retry_timeout)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -313,7 +314,7 @@ class AsyncSandbox:
         req = sandbox_pb2.SetSandboxTimeoutRequest(sandbox_id=self.id)
         lifetime_fields(req, timeout, idle_timeout)
         with _api():
-            self.proto = (await self._client.sandboxes.set_sandbox_timeout(req)).sandbox
+            self.proto = (await retry_async(self._client.retry_timeout, lambda: self._client.sandboxes.set_sandbox_timeout(req))).sandbox
         return self.proto
 
     async def update_network_policy(self, egress: sandbox_pb2.EgressPolicy | None = None) -> sandbox_pb2.Sandbox:
@@ -329,21 +330,21 @@ class AsyncSandbox:
         """Freezes the sandbox's running containers (state SANDBOX_STATE_PAUSED)."""
         req = sandbox_pb2.PauseSandboxRequest(sandbox_id=self.id)
         with _api():
-            self.proto = (await self._client.sandboxes.pause_sandbox(req)).sandbox
+            self.proto = (await retry_async(self._client.retry_timeout, lambda: self._client.sandboxes.pause_sandbox(req))).sandbox
         return self.proto
 
     async def resume(self) -> sandbox_pb2.Sandbox:
         """Thaws the containers :meth:`pause` froze (state SANDBOX_STATE_READY)."""
         req = sandbox_pb2.ResumeSandboxRequest(sandbox_id=self.id)
         with _api():
-            self.proto = (await self._client.sandboxes.resume_sandbox(req)).sandbox
+            self.proto = (await retry_async(self._client.retry_timeout, lambda: self._client.sandboxes.resume_sandbox(req))).sandbox
         return self.proto
 
     async def usage(self) -> sandbox_pb2.SandboxUsage:
         """What the sandbox uses now: CPU time, memory, pids, disk and network bytes."""
         req = sandbox_pb2.GetSandboxUsageRequest(sandbox_id=self.id)
         with _api():
-            return (await self._client.sandboxes.get_sandbox_usage(req)).usage
+            return (await retry_async(self._client.retry_timeout, lambda: self._client.sandboxes.get_sandbox_usage(req))).usage
 
     async def watch_usage(self, interval: float = 1.0) -> AsyncIterator[sandbox_pb2.SandboxUsage]:
         """Yields the sandbox's usage every ``interval`` seconds (the server
@@ -352,6 +353,13 @@ class AsyncSandbox:
         with _api():
             async for res in self._client._long_sandboxes.watch_sandbox_usage(req):
                 yield res.usage
+
+    async def dial_port(self, port: int) -> AsyncPortConnection:
+        """Connects to TCP ``port`` on the sandbox's loopback through the
+        sandboxer and returns the connection once made (see
+        :class:`magnetar.AsyncPortConnection`). Nothing listening on the
+        port raises :class:`UnavailableError`."""
+        return await AsyncPortConnection(self.id, port)._connect(self._client._long_sandboxes.dial_port)
 
     async def delete(self, *, force: bool = False) -> None:
         """Deletes the sandbox; ``force`` also stops it and its containers."""

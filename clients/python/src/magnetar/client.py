@@ -33,6 +33,7 @@ from magnetar._common import (
     lifetime_fields,
     parse_address,
 )
+from magnetar._ports import PortConnection
 from magnetar._relay import UnixRelay
 from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output, retry, watch_events
 from magnetar.container.v1 import container_connect, container_pb2
@@ -139,7 +140,7 @@ class Client:
 
     def files(self, container_id: str) -> Files:
         """The files of a container's root file system (see :class:`magnetar.files.Files`)."""
-        return Files(self._files_long, container_id)
+        return Files(self._files_long, container_id, self.retry_timeout)
 
     def __enter__(self) -> Client:
         return self
@@ -305,7 +306,7 @@ class Sandbox:
         req = sandbox_pb2.SetSandboxTimeoutRequest(sandbox_id=self.id)
         lifetime_fields(req, timeout, idle_timeout)
         with _api():
-            self.proto = (self._client.sandboxes.set_sandbox_timeout(req)).sandbox
+            self.proto = retry(self._client.retry_timeout, lambda: self._client.sandboxes.set_sandbox_timeout(req)).sandbox
         return self.proto
 
     def update_network_policy(self, egress: sandbox_pb2.EgressPolicy | None = None) -> sandbox_pb2.Sandbox:
@@ -321,21 +322,21 @@ class Sandbox:
         """Freezes the sandbox's running containers (state SANDBOX_STATE_PAUSED)."""
         req = sandbox_pb2.PauseSandboxRequest(sandbox_id=self.id)
         with _api():
-            self.proto = (self._client.sandboxes.pause_sandbox(req)).sandbox
+            self.proto = retry(self._client.retry_timeout, lambda: self._client.sandboxes.pause_sandbox(req)).sandbox
         return self.proto
 
     def resume(self) -> sandbox_pb2.Sandbox:
         """Thaws the containers :meth:`pause` froze (state SANDBOX_STATE_READY)."""
         req = sandbox_pb2.ResumeSandboxRequest(sandbox_id=self.id)
         with _api():
-            self.proto = (self._client.sandboxes.resume_sandbox(req)).sandbox
+            self.proto = retry(self._client.retry_timeout, lambda: self._client.sandboxes.resume_sandbox(req)).sandbox
         return self.proto
 
     def usage(self) -> sandbox_pb2.SandboxUsage:
         """What the sandbox uses now: CPU time, memory, pids, disk and network bytes."""
         req = sandbox_pb2.GetSandboxUsageRequest(sandbox_id=self.id)
         with _api():
-            return (self._client.sandboxes.get_sandbox_usage(req)).usage
+            return retry(self._client.retry_timeout, lambda: self._client.sandboxes.get_sandbox_usage(req)).usage
 
     def watch_usage(self, interval: float = 1.0) -> Iterator[sandbox_pb2.SandboxUsage]:
         """Yields the sandbox's usage every ``interval`` seconds (the server
@@ -344,6 +345,15 @@ class Sandbox:
         with _api():
             for res in self._client._long_sandboxes.watch_sandbox_usage(req):
                 yield res.usage
+
+    def dial_port(self, port: int) -> PortConnection:
+        """Connects to TCP ``port`` on the sandbox's loopback (a server that a
+        process in the sandbox runs) through the sandboxer, and returns the
+        connection once made (see :class:`magnetar.PortConnection`:
+        ``send``, ``recv``, ``close_write`` to half-close, ``close``).
+        Nothing listening on the port raises :class:`UnavailableError`.
+        Connections are independent: open as many as needed."""
+        return PortConnection(self._client._long_sandboxes.dial_port, self.id, port)
 
     def delete(self, *, force: bool = False) -> None:
         """Deletes the sandbox; ``force`` also stops it and its containers."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from connectrpc.errors import ConnectError
 
+from magnetar._resume import retry, retry_async
 from magnetar.errors import from_connect
 from magnetar.file.v1 import file_pb2
 
@@ -79,21 +80,22 @@ class Files:
     subclasses (``NotFoundError``, ``InvalidArgumentError``,
     ``AlreadyExistsError``, ``FailedPreconditionError``...)."""
 
-    def __init__(self, service: FileServiceClientSync, container_id: str) -> None:
+    def __init__(self, service: FileServiceClientSync, container_id: str, retry_timeout: float = 0) -> None:
         self._s = service
         self.container_id = container_id
+        self._retry = retry_timeout
 
     def stat(self, path: str) -> file_pb2.FileInfo:
         """Describes ``path`` (a symbolic link is not followed)."""
         with _api():
-            return self._s.stat(file_pb2.StatRequest(container_id=self.container_id, path=path)).info
+            req = file_pb2.StatRequest(container_id=self.container_id, path=path)
+            return retry(self._retry, lambda: self._s.stat(req)).info
 
     def list(self, path: str, *, recursive: bool = False, limit: int = 0) -> tuple[list[file_pb2.FileInfo], bool]:
         """Lists a directory; returns the entries and whether there were more than ``limit`` (default 1000)."""
         with _api():
-            res = self._s.list(
-                file_pb2.ListRequest(container_id=self.container_id, path=path, recursive=recursive, limit=limit)
-            )
+            req = file_pb2.ListRequest(container_id=self.container_id, path=path, recursive=recursive, limit=limit)
+            res = retry(self._retry, lambda: self._s.list(req))
         return list(res.entries), res.truncated
 
     def read(self, path: str, *, offset: int = 0, length: int = 0) -> Iterator[bytes]:
@@ -217,23 +219,24 @@ class AsyncFiles:
     """The asyncio counterpart of :class:`Files` (same methods, awaitable;
     the streams are async iterators)."""
 
-    def __init__(self, service: FileServiceClient, container_id: str) -> None:
+    def __init__(self, service: FileServiceClient, container_id: str, retry_timeout: float = 0) -> None:
         self._s = service
         self.container_id = container_id
+        self._retry = retry_timeout
 
     async def stat(self, path: str) -> file_pb2.FileInfo:
         """Describes ``path`` (a symbolic link is not followed)."""
         with _api():
-            return (await self._s.stat(file_pb2.StatRequest(container_id=self.container_id, path=path))).info
+            req = file_pb2.StatRequest(container_id=self.container_id, path=path)
+            return (await retry_async(self._retry, lambda: self._s.stat(req))).info
 
     async def list(
         self, path: str, *, recursive: bool = False, limit: int = 0
     ) -> tuple[list[file_pb2.FileInfo], bool]:
         """Lists a directory; returns the entries and whether there were more than ``limit``."""
         with _api():
-            res = await self._s.list(
-                file_pb2.ListRequest(container_id=self.container_id, path=path, recursive=recursive, limit=limit)
-            )
+            req = file_pb2.ListRequest(container_id=self.container_id, path=path, recursive=recursive, limit=limit)
+            res = await retry_async(self._retry, lambda: self._s.list(req))
         return list(res.entries), res.truncated
 
     async def read(self, path: str, *, offset: int = 0, length: int = 0) -> AsyncIterator[bytes]:

@@ -1940,7 +1940,13 @@ type AttachOutputRequest struct {
 	// Offset of the first byte to send, counted in bytes of both streams from
 	// the process's first byte of output (see OutputChunk.offset). Unset: the
 	// oldest byte kept.
-	StartOffset   *uint64 `protobuf:"varint,3,opt,name=start_offset,json=startOffset,proto3,oneof" json:"start_offset,omitempty"`
+	StartOffset *uint64 `protobuf:"varint,3,opt,name=start_offset,json=startOffset,proto3,oneof" json:"start_offset,omitempty"`
+	// Whether to keep streaming new output until the process exits. Unset
+	// means true (the behaviour of clients that predate this field). False
+	// ends the stream after the bytes present when the call arrived: the
+	// process's exit status comes last only if it had exited by then and all
+	// of its output was sent; otherwise the stream ends without one.
+	Follow        *bool `protobuf:"varint,4,opt,name=follow,proto3,oneof" json:"follow,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1994,6 +2000,13 @@ func (x *AttachOutputRequest) GetStartOffset() uint64 {
 		return *x.StartOffset
 	}
 	return 0
+}
+
+func (x *AttachOutputRequest) GetFollow() bool {
+	if x != nil && x.Follow != nil {
+		return *x.Follow
+	}
+	return false
 }
 
 // AttachOutputResponse is one message of the ContainerService.AttachOutput
@@ -3001,12 +3014,14 @@ const file_magnetar_container_v1_container_proto_rawDesc = "" +
 	"\x11CloseStdinRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\x14\n" +
-	"\x12CloseStdinResponse\"\x8a\x01\n" +
+	"\x12CloseStdinResponse\"\xb2\x01\n" +
 	"\x13AttachOutputRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12&\n" +
-	"\fstart_offset\x18\x03 \x01(\x04H\x00R\vstartOffset\x88\x01\x01B\x0f\n" +
-	"\r_start_offset\"\x99\x01\n" +
+	"\fstart_offset\x18\x03 \x01(\x04H\x00R\vstartOffset\x88\x01\x01\x12\x1b\n" +
+	"\x06follow\x18\x04 \x01(\bH\x01R\x06follow\x88\x01\x01B\x0f\n" +
+	"\r_start_offsetB\t\n" +
+	"\a_follow\"\x99\x01\n" +
 	"\x14AttachOutputResponse\x12<\n" +
 	"\x06output\x18\x01 \x01(\v2\".magnetar.container.v1.OutputChunkH\x00R\x06output\x128\n" +
 	"\x04exit\x18\x02 \x01(\v2\".magnetar.container.v1.ProcessExitH\x00R\x04exitB\t\n" +

@@ -218,7 +218,10 @@ type ContainerServiceClient interface {
 	// file. Same as a WriteStdin call with eof and no data.
 	CloseStdin(context.Context, *v1.CloseStdinRequest) (*v1.CloseStdinResponse, error)
 	// AttachOutput streams a process's standard output and standard error,
-	// then one final message with its exit status, then ends.
+	// then one final message with its exit status, then ends. With follow
+	// set to false it sends only the output the process had written when the
+	// call arrived, then the exit status if the process had exited by then
+	// (and every byte of its output was sent), then ends.
 	//
 	// The server reads a process's output from the moment the process is
 	// created and keeps the newest of it on disk, in a bounded ring per
@@ -304,7 +307,10 @@ type ContainerServiceHandler interface {
 	// file. Same as a WriteStdin call with eof and no data.
 	CloseStdin(context.Context, *v1.CloseStdinRequest) (*v1.CloseStdinResponse, error)
 	// AttachOutput streams a process's standard output and standard error,
-	// then one final message with its exit status, then ends.
+	// then one final message with its exit status, then ends. With follow
+	// set to false it sends only the output the process had written when the
+	// call arrived, then the exit status if the process had exited by then
+	// (and every byte of its output was sent), then ends.
 	//
 	// The server reads a process's output from the moment the process is
 	// created and keeps the newest of it on disk, in a bounded ring per

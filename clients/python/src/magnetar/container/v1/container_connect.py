@@ -129,7 +129,10 @@ class ContainerService(Protocol):
     def attach_output(self, request: AttachOutputRequest, ctx: RequestContext[AttachOutputRequest, AttachOutputResponse], /) -> AsyncIterator[AttachOutputResponse]:
         """
         AttachOutput streams a process's standard output and standard error,
-        then one final message with its exit status, then ends.
+        then one final message with its exit status, then ends. With follow
+        set to false it sends only the output the process had written when the
+        call arrived, then the exit status if the process had exited by then
+        (and every byte of its output was sent), then ends.
 
         The server reads a process's output from the moment the process is
         created and keeps the newest of it on disk, in a bounded ring per
@@ -670,7 +673,10 @@ class ContainerServiceClient(ConnectClient):
     ) -> AsyncIterator[AttachOutputResponse]:
         """
         AttachOutput streams a process's standard output and standard error,
-        then one final message with its exit status, then ends.
+        then one final message with its exit status, then ends. With follow
+        set to false it sends only the output the process had written when the
+        call arrived, then the exit status if the process had exited by then
+        (and every byte of its output was sent), then ends.
 
         The server reads a process's output from the moment the process is
         created and keeps the newest of it on disk, in a bounded ring per
@@ -865,7 +871,10 @@ class ContainerServiceSync(Protocol):
     def attach_output(self, request: AttachOutputRequest, ctx: RequestContext[AttachOutputRequest, AttachOutputResponse], /) -> Iterator[AttachOutputResponse]:
         """
         AttachOutput streams a process's standard output and standard error,
-        then one final message with its exit status, then ends.
+        then one final message with its exit status, then ends. With follow
+        set to false it sends only the output the process had written when the
+        call arrived, then the exit status if the process had exited by then
+        (and every byte of its output was sent), then ends.
 
         The server reads a process's output from the moment the process is
         created and keeps the newest of it on disk, in a bounded ring per
@@ -1404,7 +1413,10 @@ class ContainerServiceClientSync(ConnectClientSync):
     ) -> Iterator[AttachOutputResponse]:
         """
         AttachOutput streams a process's standard output and standard error,
-        then one final message with its exit status, then ends.
+        then one final message with its exit status, then ends. With follow
+        set to false it sends only the output the process had written when the
+        call arrived, then the exit status if the process had exited by then
+        (and every byte of its output was sent), then ends.
 
         The server reads a process's output from the moment the process is
         created and keeps the newest of it on disk, in a bounded ring per

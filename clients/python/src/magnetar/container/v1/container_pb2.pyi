@@ -333,14 +333,16 @@ class CloseStdinResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class AttachOutputRequest(_message.Message):
-    __slots__ = ("container_id", "exec_id", "start_offset")
+    __slots__ = ("container_id", "exec_id", "start_offset", "follow")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     START_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     exec_id: str
     start_offset: int
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., start_offset: _Optional[int] = ...) -> None: ...
+    follow: bool
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., start_offset: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class AttachOutputResponse(_message.Message):
     __slots__ = ("output", "exit")

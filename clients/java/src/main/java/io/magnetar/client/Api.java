@@ -38,6 +38,11 @@ final class Api {
   static final MethodDescriptor<ListSandboxesRequest, ListSandboxesResponse> LIST_SANDBOXES =
       Rpc.method(SANDBOX, "ListSandboxes", ListSandboxesRequest.getDefaultInstance(), ListSandboxesResponse.getDefaultInstance());
 
+  static final MethodDescriptor<WatchSandboxUsageRequest, WatchSandboxUsageResponse> WATCH_SANDBOX_USAGE =
+      Rpc.method(SANDBOX, "WatchSandboxUsage", WatchSandboxUsageRequest.getDefaultInstance(), WatchSandboxUsageResponse.getDefaultInstance());
+  static final MethodDescriptor<DialPortRequest, DialPortResponse> DIAL_PORT =
+      Rpc.method(SANDBOX, "DialPort", DialPortRequest.getDefaultInstance(), DialPortResponse.getDefaultInstance());
+
   static final MethodDescriptor<WatchEventsRequest, WatchEventsResponse> WATCH_EVENTS =
       Rpc.method(SANDBOX, "WatchEvents", WatchEventsRequest.getDefaultInstance(), WatchEventsResponse.getDefaultInstance());
 

@@ -163,9 +163,25 @@ public final class MagnetarClient implements AutoCloseable {
     return channel;
   }
 
+  /**
+   * Whether a call of m is retried while the sandboxer is unavailable: the
+   * calls the API marks free of side effects, and those whose repetition
+   * changes nothing (the Go SDK's list, sdk/retry.go).
+   */
+  static boolean retryable(MethodDescriptor<?, ?> m) {
+    return m.isSafe()
+        || m == Api.WAIT_PROCESS
+        || m == Api.CLOSE_STDIN
+        // Sets a lifetime counted from the call: again is the same.
+        || m == Api.SET_SANDBOX_TIMEOUT
+        // Pausing a paused sandbox, or resuming a running one, changes nothing.
+        || m == Api.PAUSE_SANDBOX
+        || m == Api.RESUME_SANDBOX;
+  }
+
   <Q, R> R call(MethodDescriptor<Q, R> m, Q req) {
     try {
-      if (m.isSafe() || m == Api.WAIT_PROCESS || m == Api.CLOSE_STDIN) {
+      if (retryable(m)) {
         return Retry.call(retryTimeout, () -> ClientCalls.blockingUnaryCall(channel, m, callOptions(), req));
       }
       return ClientCalls.blockingUnaryCall(channel, m, callOptions(), req);

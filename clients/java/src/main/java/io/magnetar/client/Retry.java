@@ -33,6 +33,21 @@ final class Retry {
         || (stream && (code == Status.Code.INTERNAL || code == Status.Code.UNKNOWN));
   }
 
+  /**
+   * Whether a call failed because its connection broke under it (the
+   * sandboxer's worker died): grpc-java reports that as UNKNOWN or
+   * INTERNAL with an I/O exception (ClosedChannelException, "channel
+   * closed") as the cause, never from the server.
+   */
+  static boolean brokenConnection(StatusRuntimeException e) {
+    for (Throwable c = e.getStatus().getCause(); c != null; c = c.getCause()) {
+      if (c instanceof java.io.IOException) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   /** Paces the attempts of one outage within a budget. */
   static final class Backoff {
     private final long budgetNanos;
@@ -74,7 +89,7 @@ final class Retry {
 
     /** Sleeps before the next attempt after e, or rethrows e. */
     void pause(StatusRuntimeException e, boolean stream) {
-      long d = isTransient(e.getStatus().getCode(), stream) ? next() : -1;
+      long d = isTransient(e.getStatus().getCode(), stream) || brokenConnection(e) ? next() : -1;
       if (d < 0) {
         throw e;
       }

@@ -8,6 +8,7 @@ import io.magnetar.sandbox.v1.PauseSandboxRequest;
 import io.magnetar.sandbox.v1.ResumeSandboxRequest;
 import io.magnetar.sandbox.v1.SandboxUsage;
 import io.magnetar.sandbox.v1.SetSandboxTimeoutRequest;
+import io.magnetar.sandbox.v1.WatchSandboxUsageRequest;
 import java.time.Duration;
 import io.magnetar.sandbox.v1.SandboxState;
 import java.util.List;
@@ -114,6 +115,31 @@ public final class Sandbox implements AutoCloseable {
   /** What the sandbox uses now: CPU time, memory, pids, disk and network bytes. */
   public SandboxUsage usage() {
     return client.call(Api.GET_SANDBOX_USAGE, GetSandboxUsageRequest.newBuilder().setSandboxId(id()).build()).getUsage();
+  }
+
+  /**
+   * The sandbox's usage every interval (the server enforces at least
+   * 100 ms; null: 1 s), starting at once, until the stream is closed or the
+   * sandbox is deleted (NOT_FOUND).
+   */
+  public UsageStream watchUsage(Duration interval) {
+    WatchSandboxUsageRequest.Builder req = WatchSandboxUsageRequest.newBuilder().setSandboxId(id());
+    if (interval != null) {
+      req.setInterval(SandboxOptions.proto(interval));
+    }
+    return new UsageStream(client, req.build());
+  }
+
+  /**
+   * Connects to TCP port (1 to 65535) on the sandbox's loopback (a server
+   * that a process in the sandbox runs) through the sandboxer, and returns
+   * the connection once made: a {@link PortConnection}, used like a
+   * {@link java.net.Socket} (input and output streams, shutdownOutput to
+   * half-close). Nothing listening on the port fails with UNAVAILABLE.
+   * Connections are independent: open as many as needed.
+   */
+  public PortConnection dialPort(int port) {
+    return PortConnection.dial(client, id(), port);
   }
 
   /** Lists the containers of the sandbox. */

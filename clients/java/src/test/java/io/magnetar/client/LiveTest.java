@@ -162,6 +162,155 @@ class LiveTest {
 
   @Test
   @Order(3)
+  void watchesUsage() {
+    try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS))) {
+      sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX).args("sh", "-c", "trap 'exit 0' TERM; while :; do :; done"));
+      List<io.magnetar.sandbox.v1.SandboxUsage> samples = new ArrayList<>();
+      try (UsageStream usage = sb.watchUsage(Duration.ofMillis(100))) {
+        for (io.magnetar.sandbox.v1.SandboxUsage u : usage) {
+          samples.add(u);
+          if (samples.size() == 3) {
+            break;
+          }
+        }
+      }
+      assertEquals(3, samples.size());
+      assertTrue(samples.get(2).getCpuUsageNs() > samples.get(0).getCpuUsageNs(), "CPU did not grow between samples");
+      assertTrue(samples.get(0).getPids() >= 1);
+    }
+  }
+
+  /** Dials port, retrying while nothing listens yet (for up to 30 s). */
+  private static PortConnection dial(Sandbox sb, int port) throws InterruptedException {
+    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+    for (;;) {
+      try {
+        return sb.dialPort(port);
+      } catch (MagnetarException e) {
+        if (e.code() != Status.Code.UNAVAILABLE || System.nanoTime() > deadline) {
+          throw e;
+        }
+        Thread.sleep(100); // a poll interval while nc starts
+      }
+    }
+  }
+
+  @Test
+  @Order(3)
+  void dialsAPortInASandbox() throws Exception {
+    try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS))) {
+      // An echo server, one connection at a time.
+      sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX).args("sh", "-c", "while :; do nc -l -p 8081 -e cat; done"));
+      assertEquals(Status.Code.UNAVAILABLE, assertThrows(MagnetarException.class, () -> sb.dialPort(8082)).code());
+      assertEquals(Status.Code.INVALID_ARGUMENT, assertThrows(MagnetarException.class, () -> sb.dialPort(70000)).code());
+
+      // 1 MiB round trip, written from a thread while it is read back, then
+      // a half-close: cat reads end of file, the rest comes back, then the
+      // end of the stream.
+      byte[] data = new byte[1 << 20];
+      for (int i = 0; i < data.length; i++) {
+        data[i] = (byte) (i * 7 + (i >> 13));
+      }
+      try (PortConnection conn = dial(sb, 8081)) {
+        AtomicReference<Exception> writeErr = new AtomicReference<>();
+        Thread writer = new Thread(() -> {
+          try {
+            conn.getOutputStream().write(data);
+            conn.shutdownOutput();
+          } catch (Exception e) {
+            writeErr.set(e);
+          }
+        });
+        writer.start();
+        byte[] got = conn.getInputStream().readAllBytes();
+        writer.join();
+        assertEquals(null, writeErr.get());
+        assertTrue(java.util.Arrays.equals(data, got), "1 MiB echo differs (" + got.length + " bytes back)");
+      }
+      // More connections, one after the other; closing the output stream
+      // half-closes too.
+      for (int i = 0; i < 3; i++) {
+        try (PortConnection conn = dial(sb, 8081)) {
+          String line = "line " + i + " for cat\n";
+          try (var out = conn.getOutputStream()) {
+            out.write(line.getBytes(StandardCharsets.UTF_8));
+          }
+          assertEquals(line, new String(conn.getInputStream().readAllBytes(), StandardCharsets.UTF_8));
+        }
+      }
+      // Dropped before the end: nothing hangs, reads end.
+      PortConnection conn = dial(sb, 8081);
+      conn.getOutputStream().write("unfinished".getBytes(StandardCharsets.UTF_8));
+      conn.close();
+      assertEquals(-1, conn.getInputStream().read());
+    }
+  }
+
+  @Test
+  @Order(4)
+  void streamsAndCallsSurviveAKillOfTheWorker() throws Exception {
+    try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS))) {
+      List<Event> events = Collections.synchronizedList(new ArrayList<>());
+      AtomicReference<Throwable> watchErr = new AtomicReference<>();
+      Events stream = client.eventsAfter(0, sb.id());
+      Thread watcher = new Thread(() -> {
+        try {
+          for (Event ev : stream) {
+            events.add(ev);
+            if (ev.getType() == EventType.EVENT_TYPE_PROCESS_EXITED) {
+              return;
+            }
+          }
+        } catch (Throwable t) {
+          watchErr.set(t);
+        }
+      });
+      watcher.start();
+      Container ctr = sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX)
+          .args("sh", "-c", "trap 'exit 7' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"));
+      StringBuilder data = new StringBuilder();
+      long next = 0;
+      int phase = 0;
+      long mark = 0;
+      try (Output out = ctr.output()) {
+        for (OutputChunk c : out) {
+          assertEquals(next, c.offset(), "a chunk out of place");
+          next += c.data().length;
+          data.append(new String(c.data(), StandardCharsets.UTF_8));
+          long lines = data.chars().filter(ch -> ch == '\n').count();
+          if (phase == 0 && lines >= 20) {
+            long old = daemon.workerPid();
+            assertTrue(old > 0, "no worker");
+            ProcessHandle.of(old).orElseThrow().destroyForcibly(); // SIGKILL
+            // A call that changes nothing is retried through the gap.
+            assertEquals(sb.id(), client.sandbox(sb.id()).id());
+            daemon.newWorker(old);
+            phase = 1;
+            mark = lines;
+          } else if (phase == 1 && lines >= mark + 20) {
+            ctr.signal(15);
+            phase = 2;
+          }
+        }
+        assertEquals(7, out.exitStatus());
+      }
+      assertEquals(2, phase);
+      String[] got = data.toString().split("\n");
+      for (int i = 0; i < got.length; i++) {
+        assertEquals(String.valueOf(i), got[i], "output lost or repeated across the restart");
+      }
+      watcher.join(TimeUnit.SECONDS.toMillis(60));
+      stream.close();
+      assertEquals(null, watchErr.get());
+      List<Long> seqs = events.stream().map(Event::getSequence).toList();
+      assertEquals(seqs.stream().distinct().sorted().toList(), seqs, "events out of order or repeated");
+      assertEquals(EventType.EVENT_TYPE_PROCESS_EXITED, events.get(events.size() - 1).getType());
+      assertEquals(7, events.get(events.size() - 1).getExitStatus());
+    }
+  }
+
+  @Test
+  @Order(3)
   void runsARuncContainerAndAnExec() {
     try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS).hostname("java-client"))) {
       Container ctr = sb.run(new ContainerOptions()

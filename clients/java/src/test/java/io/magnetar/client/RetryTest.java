@@ -73,6 +73,36 @@ class RetryTest {
   }
 
   @Test
+  void retriesOnlyCallsThatChangeNothing() {
+    for (var m : List.of(Api.GET_SANDBOX, Api.LIST_SANDBOXES, Api.LIST_KINDS, Api.GET_SANDBOX_USAGE, Api.GET_CONTAINER,
+        Api.LIST_CONTAINERS, Api.LIST_IMAGES, Api.WAIT_PROCESS, Api.CLOSE_STDIN, Api.SET_SANDBOX_TIMEOUT,
+        Api.PAUSE_SANDBOX, Api.RESUME_SANDBOX)) {
+      assertTrue(MagnetarClient.retryable(m), m.getFullMethodName());
+    }
+    for (var m : List.of(Api.CREATE_SANDBOX, Api.START_SANDBOX, Api.DELETE_SANDBOX, Api.CREATE_CONTAINER,
+        Api.START_CONTAINER, Api.DELETE_CONTAINER, Api.EXEC_PROCESS, Api.SIGNAL_PROCESS, Api.WRITE_STDIN,
+        Api.IMPORT_IMAGE)) {
+      assertFalse(MagnetarClient.retryable(m), m.getFullMethodName());
+    }
+  }
+
+  @Test
+  void aBrokenConnectionIsTransient() {
+    assertTrue(Retry.brokenConnection(new StatusRuntimeException(
+        Status.UNKNOWN.withDescription("channel closed").withCause(new java.nio.channels.ClosedChannelException()))));
+    assertFalse(Retry.brokenConnection(new StatusRuntimeException(Status.UNKNOWN.withDescription("from the server"))));
+    AtomicInteger calls = new AtomicInteger();
+    assertEquals("ok", Retry.call(Duration.ofSeconds(10), () -> {
+      if (calls.incrementAndGet() < 2) {
+        throw new StatusRuntimeException(
+            Status.UNKNOWN.withDescription("channel closed").withCause(new java.nio.channels.ClosedChannelException()));
+      }
+      return "ok";
+    }));
+    assertEquals(2, calls.get());
+  }
+
+  @Test
   void retriesOnlyUnavailable() {
     AtomicInteger calls = new AtomicInteger();
     assertEquals("ok", Retry.call(Duration.ofSeconds(10), () -> {

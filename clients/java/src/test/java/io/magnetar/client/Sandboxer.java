@@ -107,6 +107,30 @@ final class Sandboxer implements AutoCloseable {
     return out;
   }
 
+  /** The pid of the supervisor's worker (its child run with --state-dir), 0 if none now. */
+  long workerPid() {
+    return child.toHandle().children()
+        .filter(h -> h.info().arguments().map(a -> a.length > 0 && a[0].equals("--state-dir")).orElse(false))
+        .mapToLong(ProcessHandle::pid)
+        .findFirst()
+        .orElse(0);
+  }
+
+  /** Waits (up to 60 s) for a worker other than old and returns its pid. */
+  long newWorker(long old) throws InterruptedException {
+    long deadline = System.nanoTime() + java.util.concurrent.TimeUnit.SECONDS.toNanos(60);
+    for (;;) {
+      long pid = workerPid();
+      if (pid != 0 && pid != old) {
+        return pid;
+      }
+      if (System.nanoTime() > deadline) {
+        throw new IllegalStateException("no new worker after " + old + " within 60 s");
+      }
+      Thread.sleep(50); // poll interval
+    }
+  }
+
   private void removeDir() throws IOException {
     try (Stream<Path> walk = Files.walk(dir)) {
       for (Path p : walk.sorted(Comparator.reverseOrder()).toList()) {

@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/magnetar-io/magnetar/internal/unixsock"
 	"github.com/magnetar-io/magnetar/sdk/engine"
 	"github.com/magnetar-io/magnetar/sdk/taskservice"
 )
@@ -71,13 +72,9 @@ func (directSockets) Listen(public string) (net.Listener, error) {
 	if err := os.Remove(public); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale task socket: %w", err)
 	}
-	l, err := net.Listen("unix", public)
+	l, err := unixsock.Listen(public)
 	if err != nil {
-		return nil, fmt.Errorf("listen on task socket: %w", err)
-	}
-	if err := os.Chmod(public, 0o600); err != nil {
-		_ = l.Close()
-		return nil, fmt.Errorf("chmod task socket: %w", err)
+		return nil, fmt.Errorf("task socket: %w", err)
 	}
 	return l, nil
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
+
+	"github.com/magnetar-io/magnetar/internal/unixsock"
 )
 
 // replaySafe are the methods whose requests the relay sends again to a new
@@ -85,15 +87,11 @@ func newRelay(path string, ln net.Listener, log hclog.Logger) *Relay {
 
 // listenUnix listens on a unix socket readable by its owner only.
 func listenUnix(path string) (net.Listener, error) {
-	ln, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
+	return l, nil
 }
 
 func (r *Relay) accept() {

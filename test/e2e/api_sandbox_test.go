@@ -78,10 +78,16 @@ func TestAPISandboxFeatures(t *testing.T) {
 			t.Fatalf("%s: %v", kind, err)
 		}
 		t.Cleanup(func() { _ = sb.Delete(context.Background(), sdk.Force()) })
+		burner := []string{"sh", "-c", "while :; do :; done"}
+		if kind == "vm" {
+			// The guest has one vCPU, emulated (TCG): the burner yields
+			// to what the test asks of the guest meanwhile.
+			burner = append([]string{"nice", "-n", "19"}, burner...)
+		}
 		for i, args := range [][]string{
 			{"httpd", "-f", "-p", "8080", "-h", "/www"},
 			{"sh", "-c", "while :; do nc -l -p 8081 -e cat; done"}, // an echo server, one connection at a time
-			{"sh", "-c", "while :; do :; done"},
+			burner,
 		} {
 			if _, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.WithContainerID(fmt.Sprintf("%s-%d", kind, i)), sdk.Args(args...)); err != nil {
 				t.Fatalf("%s: run %v: %v", kind, args, err)

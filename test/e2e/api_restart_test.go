@@ -28,7 +28,7 @@ type apiSandboxer struct {
 	done             chan struct{}
 }
 
-func startAPISandboxer(t *testing.T) *apiSandboxer {
+func startAPISandboxer(t *testing.T, extraArgs ...string) *apiSandboxer {
 	t.Helper()
 	binDir, err := harness.DefaultBinDir()
 	if err != nil {
@@ -48,6 +48,7 @@ func startAPISandboxer(t *testing.T) *apiSandboxer {
 	s.cmd = exec.Command(bin, "--listen", filepath.Join(s.runDir, "sandboxer.sock"),
 		"--state-dir", filepath.Join(dir, "state"), "--run-dir", s.runDir, "--log-level", "debug", "--api-allow-host-access",
 		"--vm-guest-dir", guestDir())
+	s.cmd.Args = append(s.cmd.Args, extraArgs...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)

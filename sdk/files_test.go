@@ -142,15 +142,7 @@ func TestFiles(t *testing.T) {
 			// A secret on the host, next to the root file system, and
 			// traps in the root pointing at it.
 			secret := filepath.Join(filepath.Dir(rootfs), "secret")
-			must(t, os.WriteFile(secret, []byte("HOST SECRET\n"), 0o600))
-			must(t, os.Symlink(secret, filepath.Join(rootfs, "abs")))
-			must(t, os.Symlink("../../../../../../../../"+secret, filepath.Join(rootfs, "dotdot")))
-			must(t, os.Symlink("/proc/1/root"+secret, filepath.Join(rootfs, "proc1")))
-			must(t, os.Symlink("/etc/shadow", filepath.Join(rootfs, "shadow")))
-			must(t, unix.Mkfifo(filepath.Join(rootfs, "fifo"), 0o644))
-			if os.Geteuid() == 0 {
-				must(t, unix.Mknod(filepath.Join(rootfs, "zero"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 5))))
-			}
+			plantTraps(t, rootfs, secret)
 			for proto, opts := range protocols {
 				t.Run(proto, func(t *testing.T) {
 					testFiles(t, name, k, dial(t, sock, opts...), rootfs, secret, proto)
@@ -266,6 +258,26 @@ func testFiles(t *testing.T, kind string, k fileKind, c *sdk.Client, rootfs, sec
 	sb, err := c.CreateSandbox(ctx, kind)
 	must(t, err)
 	defer sb.Delete(context.Background(), sdk.Force())
+	checkFiles(ctx, t, k, c, sb, rootfs, secret, proto)
+}
+
+// plantTraps puts links to secret (a host file next to rootfs) and to the
+// host's /etc/shadow, a FIFO and a device node into rootfs.
+func plantTraps(t *testing.T, rootfs, secret string) {
+	must(t, os.WriteFile(secret, []byte("HOST SECRET\n"), 0o600))
+	must(t, os.Symlink(secret, filepath.Join(rootfs, "abs")))
+	must(t, os.Symlink("../../../../../../../../"+secret, filepath.Join(rootfs, "dotdot")))
+	must(t, os.Symlink("/proc/1/root"+secret, filepath.Join(rootfs, "proc1")))
+	must(t, os.Symlink("/etc/shadow", filepath.Join(rootfs, "shadow")))
+	must(t, unix.Mkfifo(filepath.Join(rootfs, "fifo"), 0o644))
+	if os.Geteuid() == 0 {
+		must(t, unix.Mknod(filepath.Join(rootfs, "zero"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 5))))
+	}
+}
+
+// checkFiles runs the file service's assertions in sandbox sb (of kind
+// k), on containers made from rootfs (with plantTraps' traps).
+func checkFiles(ctx context.Context, t *testing.T, k fileKind, c *sdk.Client, sb *sdk.Sandbox, rootfs, secret, proto string) {
 	ctr, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.Args(k.sleep...))
 	must(t, err)
 	files := ctr.Files()

@@ -47,7 +47,22 @@ func echo(c net.Conn, data []byte) ([]byte, error) {
 func TestDialPort(t *testing.T) {
 	sock := apitest.Serve(t, runcBackend(t))
 	rootfs := testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
-	const size = 16 << 20
+	big := portRootfs(t, rootfs, 16<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	setup := dial(t, sock)
+	sb, err := setup.CreateSandbox(ctx, "runc", sdk.WithID("ports"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Delete(context.Background(), sdk.Force())
+	checkDialPort(ctx, t, sock, sb, rootfs, big, 50)
+}
+
+// portRootfs adds to rootfs what checkDialPort serves: www/big (size
+// random bytes, returned) and a CGI that echoes a request's body.
+func portRootfs(t *testing.T, rootfs string, size int) []byte {
+	t.Helper()
 	big := make([]byte, size)
 	rand.Read(big)
 	files := map[string][]byte{
@@ -63,14 +78,14 @@ func TestDialPort(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	setup := dial(t, sock)
-	sb, err := setup.CreateSandbox(ctx, "runc", sdk.WithID("ports"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sb.Delete(context.Background(), sdk.Force())
+	return big
+}
+
+// checkDialPort runs DialPort's assertions in sandbox sb (served at sock)
+// with containers made from rootfs (see portRootfs, whose www/big is
+// big): conns HTTP requests at once, the large file, errors, over both
+// protocols; then a half-closed echo connection.
+func checkDialPort(ctx context.Context, t *testing.T, sock string, sb *sdk.Sandbox, rootfs string, big []byte, conns int) {
 	if _, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.WithContainerID("web"), sdk.Args("httpd", "-f", "-p", "8080", "-h", "/www")); err != nil {
 		t.Fatal(err)
 	}
@@ -85,17 +100,17 @@ func TestDialPort(t *testing.T) {
 	for name, opts := range protocols {
 		t.Run(name, func(t *testing.T) {
 			c := dial(t, sock, opts...)
-			sb, err := c.Sandbox(ctx, "ports")
+			sb, err := c.Sandbox(ctx, sb.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
 			hc := &http.Client{Transport: &http.Transport{
 				DialContext:     func(ctx context.Context, _, _ string) (net.Conn, error) { return sb.DialPort(ctx, 8080) },
-				MaxConnsPerHost: 50, MaxIdleConnsPerHost: 50,
+				MaxConnsPerHost: conns, MaxIdleConnsPerHost: conns,
 			}}
 			defer hc.CloseIdleConnections()
 			var wg sync.WaitGroup
-			for i := range 50 {
+			for i := range conns {
 				wg.Go(func() {
 					data := make([]byte, 16<<10+i)
 					rand.Read(data)
@@ -122,8 +137,8 @@ func TestDialPort(t *testing.T) {
 			n, err := io.Copy(h, resp.Body)
 			resp.Body.Close()
 			want := sha256.Sum256(big)
-			if err != nil || n != size || !bytes.Equal(h.Sum(nil), want[:]) {
-				t.Errorf("large file: %d of %d bytes, same=%v, %v", n, size, bytes.Equal(h.Sum(nil), want[:]), err)
+			if err != nil || n != int64(len(big)) || !bytes.Equal(h.Sum(nil), want[:]) {
+				t.Errorf("large file: %d of %d bytes, same=%v, %v", n, len(big), bytes.Equal(h.Sum(nil), want[:]), err)
 			}
 
 			if _, err := sb.DialPort(ctx, 9); !errdefs.IsUnavailable(err) {
@@ -140,6 +155,7 @@ func TestDialPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	var conn net.Conn
+	var err error
 	testutil.Eventually(t, 30*time.Second, func() bool {
 		conn, err = sb.DialPort(ctx, 8081)
 		return err == nil

@@ -118,10 +118,11 @@ type SandboxStater interface {
 
 // HostRooter is implemented by containers whose root file system is a
 // directory on the host that the container uses as it is, so that what the
-// host writes there the container sees, and the reverse (runc, wasm). The
+// host writes there the container sees, and the reverse (runc, wasm; vm,
+// whose guest sees its containers' roots through 9p without a cache). The
 // file service (sdk/direct) resolves paths inside it with openat2 and
-// RESOLVE_IN_ROOT. Kinds whose container sees another file system (a
-// microVM's guest, gVisor's overlay in memory) do not implement it.
+// RESOLVE_IN_ROOT. Kinds whose container sees another file system
+// (gVisor's overlay in memory) do not implement it.
 type HostRooter interface {
 	// HostRoot returns the host path of the container's root file system
 	// (valid until the container is deleted) and whether the container's

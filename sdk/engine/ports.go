@@ -107,8 +107,9 @@ func dialInNetNS(ctx context.Context, ns *os.File, addr string) (net.Conn, error
 
 // ownNetworkStack reports whether the sandbox's TCP sockets are not the
 // host kernel's (a VM's guest kernel), so that a connection made from the
-// host in its namespace would not reach them. (gVisor's netstack is
-// reached through the kind's own DialPort.)
+// host in its namespace would not reach them. The vm kind reaches them
+// through its guest agent and gVisor's netstack through runsc (both
+// [backend.PortDialer]); this guards against a kind that does not.
 func (s *sandbox) ownNetworkStack() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -65,7 +67,7 @@ func (a *Agent) serveOnce(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	l, err := agentmux.Listen(conn, a.stdio.serve)
+	l, err := agentmux.Listen(conn, a.stdio.serve, agentmux.WithPortDialer(dialLoopback))
 	if err != nil {
 		return err
 	}
@@ -84,6 +86,14 @@ func (a *Agent) serveOnce(ctx context.Context, path string) error {
 		return nil
 	}
 	return err
+}
+
+// dialLoopback connects to TCP port on the guest's loopback: the guest's
+// network namespace is the pod's, where its containers listen. It serves
+// the host's port streams (DialPort of the sandbox).
+func dialLoopback(ctx context.Context, port int) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 }
 
 // openPort opens the port and waits until the host end is connected (or

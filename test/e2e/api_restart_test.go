@@ -47,7 +47,8 @@ func startAPISandboxer(t *testing.T, extraArgs ...string) *apiSandboxer {
 	}
 	s := &apiSandboxer{bin: bin, dir: dir, runDir: filepath.Join(dir, "run"), log: &testutil.Buffer{}, done: make(chan struct{})}
 	s.cmd = exec.Command(bin, "--listen", filepath.Join(s.runDir, "sandboxer.sock"),
-		"--state-dir", filepath.Join(dir, "state"), "--run-dir", s.runDir, "--log-level", "debug", "--api-allow-host-access")
+		"--state-dir", filepath.Join(dir, "state"), "--run-dir", s.runDir, "--log-level", "debug", "--api-allow-host-access",
+		"--vm-guest-dir", guestDir())
 	s.cmd.Args = append(s.cmd.Args, extraArgs...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {

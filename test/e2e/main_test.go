@@ -182,7 +182,10 @@ func waitSocket(path string, timeout time.Duration) error {
 }
 
 // guestDir is where `make guest` puts the microVM guest image.
-func (e *env) guestDir() string {
+func (e *env) guestDir() string { return guestDir() }
+
+// guestDir is where `make guest` puts the microVM guest image.
+func guestDir() string {
 	if d := os.Getenv("MAGNETAR_GUEST_DIR"); d != "" {
 		return d
 	}

@@ -29,6 +29,10 @@ type container struct {
 	id   string
 	dir  string // <shared>/<id>
 	init *proc
+	// hostRoot is the host bind mount of the root file system (see
+	// files.go); readonly is the spec's root.readonly.
+	hostRoot string
+	readonly bool
 
 	mu    sync.Mutex
 	execs map[string]*proc
@@ -50,6 +54,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	}
 	defer func() {
 		if retErr != nil {
+			_ = s.removeHostRoot(cfg.ID)
 			if unmountUnder(dir) == nil {
 				_ = os.RemoveAll(dir)
 			}
@@ -74,7 +79,11 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := writeNew(root, "config.json", data, 0o600); err != nil {
 		return nil, fmt.Errorf("write OCI spec: %w", err)
 	}
-	c := &container{s: s, id: cfg.ID, dir: dir, execs: map[string]*proc{}}
+	hostRoot, err := s.bindHostRoot(cfg.ID, root)
+	if err != nil {
+		return nil, err
+	}
+	c := &container{s: s, id: cfg.ID, dir: dir, execs: map[string]*proc{}, hostRoot: hostRoot, readonly: spec.Root.Readonly}
 	p, err := c.newProc(ctx, "", cfg.Stdio)
 	if err != nil {
 		return nil, err
@@ -297,12 +306,16 @@ func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.P
 	return p, nil
 }
 
-// Delete unmounts and removes the container's shared directory.
+// Delete unmounts and removes the container's shared directory and the
+// host bind mount of its root.
 func (c *container) Delete(ctx context.Context) error {
 	c.closeIO()
 	c.s.mu.Lock()
 	delete(c.s.ctrs, c.id)
 	c.s.mu.Unlock()
+	if err := c.s.removeHostRoot(c.id); err != nil {
+		return err
+	}
 	if err := unmountUnder(c.dir); err != nil {
 		return err
 	}

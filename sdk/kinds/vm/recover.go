@@ -188,14 +188,14 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	case e.err != nil:
 		return nil, e.err
 	}
-	return s.exitedContainer(cfg.ID, pid, e.exit), nil
+	return s.exitedContainer(cfg.ID, pid, e.exit, rootReadonly(cfg)), nil
 }
 
 // exitedContainer registers container id, which has exited with exit: it
 // has no stdio (its streams ended with the earlier agent session, or
 // could not be resumed).
-func (s *sandbox) exitedContainer(id string, pid uint32, exit backend.ExitStatus) *container {
-	c := &container{s: s, id: id, dir: filepath.Join(s.shared, id), execs: map[string]*proc{}}
+func (s *sandbox) exitedContainer(id string, pid uint32, exit backend.ExitStatus, readonly bool) *container {
+	c := &container{s: s, id: id, dir: filepath.Join(s.shared, id), execs: map[string]*proc{}, hostRoot: s.recoveredHostRoot(id), readonly: readonly}
 	p := &proc{c: c, pid: pid, exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{}), exit: exit}
 	close(p.exited)
 	close(p.outputDrained)
@@ -228,11 +228,12 @@ func (s *sandbox) resumeContainer(ctx context.Context, cfg backend.ContainerConf
 	st, err := tc.State(s.ns(ctx), &taskapi.StateRequest{ID: cfg.ID})
 	if err != nil {
 		if err = errgrpc.ToNative(err); errdefs.IsNotFound(err) {
-			return s.exitedContainer(cfg.ID, 0, backend.ExitStatus{Code: 255, ExitedAt: time.Now().UTC()}), nil
+			return s.exitedContainer(cfg.ID, 0, backend.ExitStatus{Code: 255, ExitedAt: time.Now().UTC()}, rootReadonly(cfg)), nil
 		}
 		return nil, fmt.Errorf("state of container %q in the guest: %w", cfg.ID, err)
 	}
-	c := &container{s: s, id: cfg.ID, dir: filepath.Join(s.shared, cfg.ID), execs: map[string]*proc{}}
+	c := &container{s: s, id: cfg.ID, dir: filepath.Join(s.shared, cfg.ID), execs: map[string]*proc{},
+		hostRoot: s.recoveredHostRoot(cfg.ID), readonly: rootReadonly(cfg)}
 	p := &proc{c: c, terminal: cfg.Stdio.Terminal, pid: st.GetPid(), exited: make(chan struct{}), abort: make(chan struct{}), outputDrained: make(chan struct{})}
 	if err := p.resumeIO(ctx, cfg.Stdio, st.GetStatus() != task.Status_STOPPED); err != nil {
 		p.shutIO(false)
@@ -240,7 +241,7 @@ func (s *sandbox) resumeContainer(ctx context.Context, cfg backend.ContainerConf
 		if e.err != nil {
 			return nil, fmt.Errorf("resume stdio of container %q: %v; end it: %w", cfg.ID, err, e.err)
 		}
-		return s.exitedContainer(cfg.ID, st.GetPid(), e.exit), nil
+		return s.exitedContainer(cfg.ID, st.GetPid(), e.exit, rootReadonly(cfg)), nil
 	}
 	p.watchOutput()
 	p.startOnce.Do(func() { go p.watch(tc) })

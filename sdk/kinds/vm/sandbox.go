@@ -379,10 +379,16 @@ func (s *sandbox) Delete(ctx context.Context) error {
 	for _, c := range ctrs {
 		c.closeIO()
 	}
+	if err := unmountUnder(filepath.Join(s.cfg.Dir, rootsDir)); err != nil {
+		return err
+	}
 	if err := unmountUnder(s.shared); err != nil {
 		return err
 	}
 	var errs []error
+	if err := os.RemoveAll(filepath.Join(s.cfg.Dir, rootsDir)); err != nil {
+		errs = append(errs, err)
+	}
 	if err := teardownPodNetwork(s.st.Net); err != nil {
 		errs = append(errs, err)
 	}

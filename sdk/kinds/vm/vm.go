@@ -18,6 +18,10 @@
 // forwarded to the guest's Task API (container_ops.go); sandbox stats
 // combine the QEMU process's host usage with guest memory (stats.go).
 //
+// The file service reads and writes a host bind mount of each container's
+// root under the sandbox's own directory (files.go); DialPort reaches the
+// guest's loopback through a port stream of the agent session (ports.go).
+//
 // After a sandboxer restart a sandbox re-attaches to its VM and agent and
 // serves new containers; the containers that ran before are killed in the
 // guest (containerd has reported them dead), see recover.go.

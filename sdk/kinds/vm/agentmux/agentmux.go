@@ -8,7 +8,8 @@
 // in the guest (see [StdioHeader]). Stdio streams survive the session:
 // the agent keeps the process's FIFOs and its unacknowledged output, and
 // a new session resumes them ([Client.ResumeStdio]), so that a sandboxer
-// restart loses no output.
+// restart loses no output. A port stream carries one TCP connection to a
+// port on the guest's loopback ([Client.DialPort], see port.go).
 //
 // Before yamux starts, the two ends shake hands (see [Handshake] and
 // [Accept]) so that a host that reconnects at once never has its first

@@ -20,6 +20,10 @@ const (
 	// re-attaches one from an offset (see [StdioMode]).
 	kindStdioOpen   streamKind = 'O'
 	kindStdioResume streamKind = 'R'
+	// kindPort carries a TCP connection to a port in the guest (see
+	// port.go); kindPortKill drops one whose stream is blocked.
+	kindPort     streamKind = 'P'
+	kindPortKill streamKind = 'K'
 )
 
 // StdioMode is how a stdio stream was asked for.

@@ -28,27 +28,42 @@ var ErrSessionClosed = errors.New("agentmux: session closed")
 const headerTimeout = 30 * time.Second
 
 // Listener is the agent end of a session: Accept returns the host's ttrpc
-// streams; stdio streams go to the handler given to [Listen].
+// streams; stdio streams go to the handler given to [Listen], port
+// streams to the dialer of [WithPortDialer].
 type Listener struct {
-	s       *yamux.Session
-	handler StdioHandler
-	conns   chan net.Conn
-	done    chan struct{}
-	ctx     context.Context // done with the session, for the handlers
-	cancel  context.CancelFunc
-	once    sync.Once
-	wg      sync.WaitGroup // the accept loop, header readers and handlers
+	s        *yamux.Session
+	handler  StdioHandler
+	dialPort PortDialer
+	ports    portConns
+	conns    chan net.Conn
+	done     chan struct{}
+	ctx      context.Context // done with the session, for the handlers
+	cancel   context.CancelFunc
+	once     sync.Once
+	wg       sync.WaitGroup // the accept loop, header readers and handlers
+}
+
+// ListenOption configures a [Listener].
+type ListenOption func(*Listener)
+
+// WithPortDialer serves port streams ([Client.DialPort]): dial connects to
+// a port in the guest. Without it they are refused.
+func WithPortDialer(dial PortDialer) ListenOption {
+	return func(l *Listener) { l.dialPort = dial }
 }
 
 // Listen returns the agent end of a session over conn. stdio serves the
 // stdio streams (nil refuses them). The caller closes the listener and
 // then waits for it ([Listener.Wait]).
-func Listen(conn io.ReadWriteCloser, stdio StdioHandler) (*Listener, error) {
+func Listen(conn io.ReadWriteCloser, stdio StdioHandler, opts ...ListenOption) (*Listener, error) {
 	s, err := yamux.Server(conn, config())
 	if err != nil {
 		return nil, fmt.Errorf("agentmux server: %w", err)
 	}
 	l := &Listener{s: s, handler: stdio, conns: make(chan net.Conn), done: make(chan struct{})}
+	for _, o := range opts {
+		o(l)
+	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -97,6 +112,15 @@ func (l *Listener) dispatch(st *yamux.Stream) {
 			return
 		}
 		l.handler(l.ctx, &sessionConn{Stream: st, s: l.s}, req)
+	case kindPort:
+		l.servePort(l.ctx, st)
+	case kindPortKill:
+		var id [4]byte
+		_, err := io.ReadFull(st, id[:])
+		st.Close()
+		if err == nil {
+			l.ports.kill(binary.BigEndian.Uint32(id[:]))
+		}
 	default:
 		st.Close()
 	}

@@ -218,6 +218,7 @@ func (r *remoteAPI) loadCert(first bool) error {
 	a, errA := stampOf(r.cfg.TLSCert)
 	b, errB := stampOf(r.cfg.TLSKey)
 	if err := errors.Join(errA, errB); err != nil {
+		err = fmt.Errorf("TLS certificate: %w", err)
 		if !first && [2]fileStamp{a, b} != r.certStamp {
 			r.log.Error("TLS certificate not reloaded", "error", err)
 			r.certStamp = [2]fileStamp{a, b}

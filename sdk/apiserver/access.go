@@ -271,7 +271,7 @@ func (a *Access) serve(ctx context.Context, spec connect.Spec, stream connect.Se
 		if err != nil {
 			args = append(args, "error", err.Error())
 		}
-		a.log.Info("audit", args...)
+		a.log.Info("call", args...)
 	}
 	return err
 }
@@ -398,7 +398,7 @@ func exhausted(format string, args ...any) error {
 }
 
 // check confines one request of a tenant. Every request type of the API
-// is listed: one that is not is refused (see TestAccessCoversEveryMethod).
+// is listed: one that is not is refused (TestRemoteTenantIsolation in sandboxer/daemon tries every method).
 func (g *guard) check(msg any) error {
 	g.setTarget(targetOf(msg))
 	switch m := msg.(type) {
@@ -609,14 +609,14 @@ func (g *guard) createSandbox(m *sandboxv1.CreateSandboxRequest) error {
 	q := t.Quota
 	var milli, mem int64
 	res := m.GetResources()
-	if res.CpuQuotaUs != nil && res.GetCpuQuotaUs() > 0 {
+	if res.GetCpuQuotaUs() > 0 {
 		period := int64(res.GetCpuPeriodUs())
 		if period <= 0 {
 			period = 100000
 		}
 		milli = (res.GetCpuQuotaUs()*1000 + period - 1) / period
 	}
-	if res.MemoryLimitBytes != nil && res.GetMemoryLimitBytes() > 0 {
+	if res.GetMemoryLimitBytes() > 0 {
 		mem = res.GetMemoryLimitBytes()
 	}
 	if q.MaxMilliCPUs > 0 && milli == 0 {

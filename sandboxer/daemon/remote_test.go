@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -28,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -44,9 +46,11 @@ import (
 	imagev1 "github.com/magnetar-io/magnetar/gen/magnetar/image/v1"
 	sandboxv1 "github.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1"
 	"github.com/magnetar-io/magnetar/internal/testutil"
+	"github.com/magnetar-io/magnetar/sdk"
 	"github.com/magnetar-io/magnetar/sdk/apiserver"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/backend/backendfake"
+	"github.com/magnetar-io/magnetar/sdk/cli"
 )
 
 // pki is a test CA with what the tests need signed by it.
@@ -177,6 +181,7 @@ type remoteDaemon struct {
 	cfg     Config
 	logs    *syncBuffer
 	tenants string // the tenants file
+	stop    func()
 }
 
 // startRemote runs a daemon (fake backend) with a remote TLS listener on
@@ -186,6 +191,8 @@ func startRemote(t *testing.T, doc string, mtls bool) *remoteDaemon {
 	p := newPKI(t)
 	cfg := testConfig(t)
 	cfg.LogLevel = "info"
+	// The host's administrator may reach the host; tenants never.
+	cfg.APIAllowHostAccess = true
 	tenants := filepath.Join(t.TempDir(), "tenants.toml")
 	if err := os.WriteFile(tenants, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -197,33 +204,46 @@ func startRemote(t *testing.T, doc string, mtls bool) *remoteDaemon {
 	if mtls {
 		cfg.Remote.ClientCA = p.caFile
 	}
+	logs := &syncBuffer{t: t}
+	d := &remoteDaemon{pki: p, cfg: cfg, logs: logs, tenants: tenants}
+	d.addr, d.stop = runRemote(t, cfg, logs)
+	return d
+}
+
+// runRemote runs the daemon of cfg until the test ends or stop is called
+// and returns its remote listener's address.
+func runRemote(t *testing.T, cfg Config, logs io.Writer) (string, func()) {
+	t.Helper()
 	addrs := make(chan string, 1)
 	cfg.onRemoteListen = func(a string) { addrs <- a }
-	logs := &syncBuffer{t: t}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	lg := hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})
 	go func() { done <- run(ctx, cfg, lg, []backend.Backend{backendfake.New(backendfake.Config{})}) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("daemon: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("daemon: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Error("daemon did not stop")
 			}
-		case <-time.After(20 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 	select {
 	case a := <-addrs:
-		return &remoteDaemon{addr: a, pki: p, cfg: cfg, logs: logs, tenants: tenants}
+		return a, stop
 	case err := <-done:
 		t.Fatalf("daemon exited: %v", err)
 	case <-time.After(20 * time.Second):
 		t.Fatal("remote listener never came up")
 	}
-	return nil
+	return "", nil
 }
 
 // httpClient is an HTTP/2 client over TLS trusting pool, presenting the
@@ -483,7 +503,6 @@ func TestRemoteTenantIsolation(t *testing.T) {
 	must(call("token-b", "ContainerService/CreateContainer", fmt.Sprintf(`{"sandboxId":"sb-b","containerId":"ctr-b","image":%q,"process":{"args":["sleep","1000"]}}`, ref)), "B creates a container")
 	must(call("token-b", "ContainerService/StartContainer", `{"containerId":"ctr-b"}`), "B starts it")
 	must(call("token-a", "SandboxService/CreateSandbox", `{"sandboxId":"sb-a","kind":"fake"}`), "A creates a sandbox")
-
 	const hidden = "" // a success whose answer must not mention B's things
 	cases := map[string]struct {
 		body string
@@ -594,6 +613,20 @@ func TestRemoteTenantIsolation(t *testing.T) {
 	if r := call("token-a", "ImageService/ListImages", `{}`); r.code != "" || !strings.Contains(r.msgs[0], ref) {
 		t.Errorf("A's images after its pull: %+v", r)
 	}
+	must(call("token-a", "SandboxService/CreateSandbox", `{"sandboxId":"sb-a2","kind":"fake"}`), "A creates another sandbox")
+	// A tenant cannot reach the host, even with the daemon's
+	// api_allow_host_access on (the local socket's).
+	hostDir := t.TempDir()
+	for name, body := range map[string]string{
+		"rootfs_path":   fmt.Sprintf(`{"sandboxId":"sb-a2","rootfsPath":%q,"process":{"args":["true"]}}`, hostDir),
+		"oci_spec_json": fmt.Sprintf(`{"sandboxId":"sb-a2","image":%q,"ociSpecJson":"e30=","process":{"args":["true"]}}`, ref),
+		"bind mount":    fmt.Sprintf(`{"sandboxId":"sb-a2","image":%q,"process":{"args":["true"]},"mounts":[{"source":"/","destination":"/host","type":"bind","options":["rbind"]}]}`, ref),
+	} {
+		if r := call("token-a", "ContainerService/CreateContainer", body); r.code != "permission_denied" {
+			t.Errorf("A: CreateContainer with %s = %q, want permission_denied", name, r.code)
+		}
+	}
+
 	must(call("token-a", "ImageService/RemoveImage", fmt.Sprintf(`{"ref":%q}`, ref)), "A removes the image")
 	if r := call("token-a", "ImageService/GetImage", fmt.Sprintf(`{"ref":%q}`, ref)); r.code != "not_found" {
 		t.Errorf("A's image after its removal: %+v", r)
@@ -826,5 +859,85 @@ func TestRemoteTokenReload(t *testing.T) {
 	}, "the broken file was not reported")
 	if c := code("token-c"); c != "" {
 		t.Errorf("token-c after a broken reload: %q", c)
+	}
+}
+
+// TestRemoteGoSDKAndCLI drives the remote listener with the Go SDK and the
+// magnetar CLI (token from the environment, CA from a flag), and checks
+// that ownership survives a restart of the daemon.
+func TestRemoteGoSDKAndCLI(t *testing.T) {
+	d := startRemote(t, tenantsDoc(
+		`name = "a"`+"\n"+tokenLine("token-a"),
+		`name = "b"`+"\n"+tokenLine("token-b"),
+	), true)
+	ctx := context.Background()
+	url := "https://" + d.addr
+	dial := func(token string, opts ...sdk.Option) *sdk.Client {
+		t.Helper()
+		opts = append([]sdk.Option{sdk.WithCAFile(d.pki.caFile), sdk.WithClientCertificate(d.pki.clientCert, d.pki.clientKey), sdk.WithRetryTimeout(0)}, opts...)
+		if token != "" {
+			opts = append(opts, sdk.WithToken(token))
+		}
+		c, err := sdk.Dial(ctx, url, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	for _, grpc := range []bool{false, true} {
+		var opts []sdk.Option
+		if grpc {
+			opts = append(opts, sdk.WithGRPC())
+		}
+		if _, err := dial("", opts...).Kinds(ctx); !errors.Is(err, errdefs.ErrUnauthenticated) {
+			t.Errorf("grpc=%v: Kinds without a token = %v", grpc, err)
+		}
+		if _, err := dial("token-a", opts...).Kinds(ctx); err != nil {
+			t.Errorf("grpc=%v: Kinds with a token = %v", grpc, err)
+		}
+	}
+	if _, err := sdk.Dial(ctx, "unix:///nonexistent.sock", sdk.WithToken("x")); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("a token over the unix socket: %v", err)
+	}
+	b := dial("token-b")
+	sb, err := b.CreateSandbox(ctx, "fake", sdk.WithID("sb-b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := dial("token-a")
+	if _, err := a.Sandbox(ctx, sb.ID); !errdefs.IsNotFound(err) {
+		t.Errorf("A gets B's sandbox: %v", err)
+	}
+
+	// The CLI: token from MAGNETAR_TOKEN, address from MAGNETAR_ADDRESS.
+	cliRun := func(env map[string]string, args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		c := &cli.CLI{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Getenv: func(k string) string { return env[k] }}
+		code := c.Run(ctx, args)
+		return code, stdout.String(), stderr.String()
+	}
+	env := map[string]string{"MAGNETAR_ADDRESS": url, "MAGNETAR_TOKEN": "token-b", "MAGNETAR_CLIENT_CERT": d.pki.clientCert, "MAGNETAR_CLIENT_KEY": d.pki.clientKey}
+	if code, out, errOut := cliRun(env, "--ca-cert", d.pki.caFile, "ps", "--sandboxes", "-q"); code != 0 || strings.TrimSpace(out) != "sb-b" {
+		t.Errorf("magnetar ps as B: %d %q %q", code, out, errOut)
+	}
+	env["MAGNETAR_TOKEN"] = "token-a"
+	if code, out, errOut := cliRun(env, "--ca-cert", d.pki.caFile, "ps", "--sandboxes", "-q"); code != 0 || strings.TrimSpace(out) != "" {
+		t.Errorf("magnetar ps as A: %d %q %q", code, out, errOut)
+	}
+	delete(env, "MAGNETAR_TOKEN")
+	if code, _, errOut := cliRun(env, "--ca-cert", d.pki.caFile, "kinds"); code == 0 || !strings.Contains(errOut, "no bearer token") {
+		t.Errorf("magnetar kinds without a token: %d %q", code, errOut)
+	}
+
+	// Ownership is in the engine's record: it survives a restart.
+	d.stop()
+	addr, _ := runRemote(t, d.cfg, d.logs)
+	url = "https://" + addr
+	if _, err := dial("token-b").Sandbox(ctx, "sb-b"); err != nil {
+		t.Errorf("B's sandbox after a restart: %v", err)
+	}
+	if _, err := dial("token-a").Sandbox(ctx, "sb-b"); !errdefs.IsNotFound(err) {
+		t.Errorf("A gets B's sandbox after a restart: %v", err)
 	}
 }

@@ -190,8 +190,12 @@ type remoteAPI struct {
 // a bad file is reported and the tenants in use are kept.
 func (r *remoteAPI) loadTenants(first bool) error {
 	st, err := stampOf(r.cfg.TenantsFile)
-	if err == nil && !first && st == r.tenantsStamp {
+	switch {
+	case first:
+	case err == nil && st == r.tenantsStamp:
 		return nil
+	case err != nil && r.tenantsStamp == (fileStamp{}):
+		return err // reported when it went
 	}
 	var ts *apiserver.Tenants
 	if err == nil {
@@ -203,7 +207,7 @@ func (r *remoteAPI) loadTenants(first bool) error {
 	if err != nil {
 		if !first {
 			r.log.Error("tenants file not reloaded: the tenants in use are kept", "path", r.cfg.TenantsFile, "error", err)
-			r.tenantsStamp = st
+			r.tenantsStamp = st // zero when it could not be read
 		}
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -766,6 +767,10 @@ max_lifetime = "1h"`), false)
 	}
 	if r := create(`{"kind":"fake",` + res(500, 128<<20) + `}`); r.code != "" {
 		t.Errorf("create after a delete: %q", r.code)
+	}
+	// The audit names the ID the server chose.
+	if !regexp.MustCompile(`tenant=q method=/magnetar.sandbox.v1.SandboxService/CreateSandbox target=sandbox/[A-Za-z0-9][A-Za-z0-9_.-]+ result=ok`).MatchString(d.logs.String()) {
+		t.Error("no audit line names a sandbox the server named")
 	}
 	// Tenants cannot reach the host.
 	for name, body := range map[string]string{

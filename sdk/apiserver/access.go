@@ -332,6 +332,13 @@ func (g *guard) Receive(msg any) error {
 
 // Send filters a response for a tenant.
 func (g *guard) Send(msg any) error {
+	// What the server named (IDs it chose) is the audit's target.
+	switch m := msg.(type) {
+	case *sandboxv1.CreateSandboxResponse:
+		g.setTarget("sandbox/" + m.GetSandbox().GetId())
+	case *containerv1.CreateContainerResponse:
+		g.setTarget("sandbox/" + m.GetContainer().GetSandboxId() + "/container/" + m.GetContainer().GetId())
+	}
 	if !g.c.admin() {
 		keep, err := g.filter(msg)
 		if err != nil {

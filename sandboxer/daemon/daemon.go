@@ -261,7 +261,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			defer stopAPI()
 		}
 		if len(cfg.Remote.Listen) > 0 {
-			stopRemote, err := serveRemote(ctx, cfg.Remote, cfg.onRemoteListen, api, access, log.Named("remote"), &wg)
+			stopRemote, err := serveRemote(ctx, cfg.Remote, cfg.listenTCP(log.Named("remote")), cfg.onRemoteListen, api, access, log.Named("remote"), &wg)
 			if err != nil {
 				return fail(fmt.Errorf("remote API: %w", err))
 			}

@@ -291,10 +291,27 @@ func (r *remoteAPI) tlsConfig() (*tls.Config, error) {
 	return c, nil
 }
 
+// listenTCP opens a remote listener: through the supervisor when there is
+// one, which holds it across workers (the same port, connections waiting
+// in its backlog meanwhile); directly when there is none, or when the
+// supervisor is one from before remote listeners.
+func (c Config) listenTCP(log hclog.Logger) func(addr, hostport string) (net.Listener, error) {
+	return func(addr, hostport string) (net.Listener, error) {
+		if c.sup != nil {
+			l, err := c.sup.Listen(addr)
+			if err == nil {
+				return l, nil
+			}
+			log.Warn("the supervisor does not hold the remote listener: listening here (closed while no worker runs)", "listen", addr, "error", err)
+		}
+		return net.Listen("tcp", hostport)
+	}
+}
+
 // serveRemote serves Magnetar's API on the remote listeners, over TLS
 // only, to the tenants of the tenants file. It refuses to start without a
 // valid certificate and tenants file. The returned function stops it.
-func serveRemote(ctx context.Context, cfg RemoteConfig, onListen func(string), api *apiserver.Server, access *apiserver.Access, log hclog.Logger, wg *sync.WaitGroup) (func(), error) {
+func serveRemote(ctx context.Context, cfg RemoteConfig, listenTCP func(addr, hostport string) (net.Listener, error), onListen func(string), api *apiserver.Server, access *apiserver.Access, log hclog.Logger, wg *sync.WaitGroup) (func(), error) {
 	r := &remoteAPI{cfg: cfg, access: access, log: log}
 	if err := r.loadCert(true); err != nil {
 		return nil, err
@@ -333,7 +350,7 @@ func serveRemote(ctx context.Context, cfg RemoteConfig, onListen func(string), a
 			stop()
 			return nil, err
 		}
-		l, err := net.Listen("tcp", hp)
+		l, err := listenTCP(a, hp)
 		if err != nil {
 			stop()
 			return nil, fmt.Errorf("listen %s: %w", a, err)

@@ -49,10 +49,10 @@ type Handover struct {
 	// the worker asked -> descriptor (a program that does not know them
 	// ignores them; its workers do not ask for them).
 	TCPListeners map[string]int `json:"tcp_listeners,omitempty"`
-	Relays    []relayState   `json:"relays"`
-	Exits     []exitRecord   `json:"exits"`
-	Files     map[string]int `json:"files"`  // Config.Keep
-	Stored    []storedFD     `json:"stored"` // the worker's descriptor store
+	Relays       []relayState   `json:"relays"`
+	Exits        []exitRecord   `json:"exits"`
+	Files        map[string]int `json:"files"`  // Config.Keep
+	Stored       []storedFD     `json:"stored"` // the worker's descriptor store
 }
 
 type relayState struct {

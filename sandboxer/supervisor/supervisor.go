@@ -7,8 +7,8 @@
 //   - starts the worker (the same program, with a control channel on fd 3,
 //     see [EnvFD]) and starts it again when it dies;
 //   - holds the listening sockets (containerd's Controller socket, the API
-//     socket), so that a connection made while no worker runs waits in the
-//     backlog instead of being refused;
+//     socket, the remote API's TCP ports), so that a connection made while
+//     no worker runs waits in the backlog instead of being refused;
 //   - serves every pod's task socket itself and relays whole ttrpc frames
 //     to the worker ([Relay]), so that containerd's task connections never
 //     close: containerd would take a closed one for a dead shim and report
@@ -90,8 +90,8 @@ type supervisor struct {
 	listeners map[string]*net.UnixListener
 	// tcp are the remote API's listeners, by their "tcp://HOST:PORT" as
 	// the worker asked (port 0 included: the port stays across workers).
-	tcp map[string]*net.TCPListener
-	relays    map[string]*Relay
+	tcp    map[string]*net.TCPListener
+	relays map[string]*Relay
 	// workers counts the workers started (by start, one at a time).
 	workers int
 }

@@ -335,6 +335,37 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
+// DialEnv dials the sandboxer the environment names, as the magnetar CLI
+// does: MAGNETAR_ADDRESS (default [DefaultAddress]), MAGNETAR_TOKEN or the
+// file MAGNETAR_TOKEN_FILE ([WithToken]), MAGNETAR_CA_CERT ([WithCAFile]),
+// MAGNETAR_CLIENT_CERT and MAGNETAR_CLIENT_KEY ([WithClientCertificate]).
+// opts come after those and may override them.
+func DialEnv(ctx context.Context, opts ...Option) (*Client, error) {
+	addr := os.Getenv("MAGNETAR_ADDRESS")
+	if addr == "" {
+		addr = DefaultAddress
+	}
+	var env []Option
+	token := os.Getenv("MAGNETAR_TOKEN")
+	if f := os.Getenv("MAGNETAR_TOKEN_FILE"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("MAGNETAR_TOKEN_FILE: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token != "" {
+		env = append(env, WithToken(token))
+	}
+	if ca := os.Getenv("MAGNETAR_CA_CERT"); ca != "" {
+		env = append(env, WithCAFile(ca))
+	}
+	if cert, key := os.Getenv("MAGNETAR_CLIENT_CERT"), os.Getenv("MAGNETAR_CLIENT_KEY"); cert != "" || key != "" {
+		env = append(env, WithClientCertificate(cert, key))
+	}
+	return Dial(ctx, addr, append(env, opts...)...)
+}
+
 // NewClient returns a client that calls Magnetar's API through cc, a
 // Connect client of any transport; closeFn, when not nil, runs once on
 // [Client.Close]. [Dial] and the embedded package's New build theirs with

@@ -772,6 +772,10 @@ max_lifetime = "1h"`), false)
 	if !regexp.MustCompile(`tenant=q method=/magnetar.sandbox.v1.SandboxService/CreateSandbox target=sandbox/[A-Za-z0-9][A-Za-z0-9_.-]+ result=ok`).MatchString(d.logs.String()) {
 		t.Error("no audit line names a sandbox the server named")
 	}
+	// A request over the size limit is refused before it is read whole.
+	if r := create(`{"kind":"fake","labels":{"big":"` + strings.Repeat("x", MaxAPIRequestSize+1) + `"}}`); r.code != "resource_exhausted" {
+		t.Errorf("oversized request: %q, want resource_exhausted", r.code)
+	}
 	// Tenants cannot reach the host.
 	for name, body := range map[string]string{
 		"host network":  `{"kind":"fake","network":{"mode":"NETWORK_MODE_HOST"}}`,

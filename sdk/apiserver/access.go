@@ -443,7 +443,7 @@ func (g *guard) check(msg any) error {
 		return nil
 	case *sandboxv1.StartSandboxRequest, *sandboxv1.StopSandboxRequest, *sandboxv1.DeleteSandboxRequest,
 		*sandboxv1.GetSandboxRequest, *sandboxv1.PauseSandboxRequest, *sandboxv1.ResumeSandboxRequest,
-		*sandboxv1.GetSandboxUsageRequest, *sandboxv1.WatchSandboxUsageRequest:
+		*sandboxv1.GetSandboxUsageRequest, *sandboxv1.WatchSandboxUsageRequest, *sandboxv1.UpdateNetworkPolicyRequest:
 		return g.ownSandbox(m.(interface{ GetSandboxId() string }).GetSandboxId())
 
 	case *containerv1.CreateContainerRequest:

@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -63,6 +64,90 @@ type options struct {
 	httpClient *http.Client
 	retry      time.Duration
 	retrySet   bool
+	token      string
+	caFile     string
+	certFile   string
+	keyFile    string
+}
+
+// WithToken sends token as a bearer token ("Authorization: Bearer
+// <token>") with every call: a remote sandboxer (https://) knows its
+// tenants by their tokens. The magnetar CLI takes it from
+// MAGNETAR_TOKEN. It is an error with unix socket addresses (the socket is
+// the host administrator's) and, unless [WithInsecure], with http://.
+func WithToken(token string) Option {
+	return func(o *options) error {
+		if token == "" || strings.ContainsAny(token, "\r\n") {
+			return fmt.Errorf("WithToken: empty token or one with a line break: %w", errdefs.ErrInvalidArgument)
+		}
+		o.token = token
+		return nil
+	}
+}
+
+// WithCAFile trusts the CA certificates of a PEM file, instead of the
+// system's, for an https:// address (a sandboxer with a certificate of a
+// private CA).
+func WithCAFile(path string) Option {
+	return func(o *options) error {
+		o.caFile = path
+		return nil
+	}
+}
+
+// WithClientCertificate presents the certificate and key of two PEM files
+// to an https:// sandboxer that verifies clients (mTLS).
+func WithClientCertificate(certFile, keyFile string) Option {
+	return func(o *options) error {
+		if certFile == "" || keyFile == "" {
+			return fmt.Errorf("WithClientCertificate: both files are required: %w", errdefs.ErrInvalidArgument)
+		}
+		o.certFile, o.keyFile = certFile, keyFile
+		return nil
+	}
+}
+
+// tlsFromFiles completes cfg (a copy; nil: a new one) with the files of
+// WithCAFile and WithClientCertificate.
+func (o *options) tlsFromFiles(cfg *tls.Config) (*tls.Config, error) {
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	} else {
+		cfg = cfg.Clone()
+	}
+	if o.caFile != "" {
+		pem, err := os.ReadFile(o.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("read CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate: %w", o.caFile, errdefs.ErrInvalidArgument)
+		}
+		cfg.RootCAs = pool
+	}
+	if o.certFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.certFile, o.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load client certificate: %w", err)
+		}
+		cfg.Certificates = append(cfg.Certificates, cert)
+	}
+	return cfg, nil
+}
+
+// tokenInterceptor adds the bearer token to every call.
+func tokenInterceptor(token string) connect.ClientInterceptor {
+	return func(next connect.ClientFunc) connect.ClientFunc {
+		return func(ctx context.Context, spec connect.Spec) (connect.ClientStream, error) {
+			info, ok := connect.CallInfoForClientContext(ctx)
+			if !ok {
+				ctx, info = connect.NewClientContext(ctx)
+			}
+			info.RequestHeader().Set("Authorization", "Bearer "+token)
+			return next(ctx, spec)
+		}
+	}
 }
 
 // WithTLSConfig sets the TLS configuration for https:// addresses.
@@ -152,8 +237,11 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		if !filepath.IsAbs(path) {
 			return nil, fmt.Errorf("address %q: the socket path must be absolute: %w", addr, errdefs.ErrInvalidArgument)
 		}
-		if o.tlsConfig != nil {
+		if o.tlsConfig != nil || o.caFile != "" || o.certFile != "" {
 			return nil, fmt.Errorf("address %q: TLS is not used over unix sockets: %w", addr, errdefs.ErrInvalidArgument)
+		}
+		if o.token != "" {
+			return nil, fmt.Errorf("address %q: tokens are for remote sandboxers (https://), the unix socket is the host administrator's: %w", addr, errdefs.ErrInvalidArgument)
 		}
 		if o.httpClient == nil {
 			st, err := os.Stat(path)
@@ -178,15 +266,14 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		}
 		switch u.Scheme {
 		case "https":
-			tlsCfg = o.tlsConfig
-			if tlsCfg == nil {
-				tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+			if tlsCfg, err = o.tlsFromFiles(o.tlsConfig); err != nil {
+				return nil, err
 			}
 		case "http":
 			if !o.insecure {
 				return nil, fmt.Errorf("address %q: plain-text http:// needs WithInsecure: %w", addr, errdefs.ErrInvalidArgument)
 			}
-			if o.tlsConfig != nil {
+			if o.tlsConfig != nil || o.caFile != "" || o.certFile != "" {
 				return nil, fmt.Errorf("address %q: TLS needs an https:// address: %w", addr, errdefs.ErrInvalidArgument)
 			}
 		default:
@@ -223,12 +310,16 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	// their own.
 	var tr2 *http.Transport
 	var bidi *connect.Client
+	var auth []connect.ClientInterceptor
+	if o.token != "" {
+		auth = append(auth, tokenInterceptor(o.token))
+	}
 	if tr != nil && !o.grpc && tlsCfg == nil {
 		tr2 = &http.Transport{DialContext: dialer, Protocols: new(http.Protocols)}
 		tr2.Protocols.SetUnencryptedHTTP2(true)
-		bidi = connect.NewClient(connecthttp.NewTransport(&http.Client{Transport: tr2}, baseURL, topts...))
+		bidi = connect.NewClient(connecthttp.NewTransport(&http.Client{Transport: tr2}, baseURL, topts...), auth...)
 	}
-	c := NewClient(connect.NewClient(connecthttp.NewTransport(hc, baseURL, topts...), retryInterceptor(retry)), func() error {
+	c := NewClient(connect.NewClient(connecthttp.NewTransport(hc, baseURL, topts...), append([]connect.ClientInterceptor{retryInterceptor(retry)}, auth...)...), func() error {
 		if tr != nil {
 			tr.CloseIdleConnections()
 		}
@@ -242,6 +333,37 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	}
 	c.retry = retry
 	return c, nil
+}
+
+// DialEnv dials the sandboxer the environment names, as the magnetar CLI
+// does: MAGNETAR_ADDRESS (default [DefaultAddress]), MAGNETAR_TOKEN or the
+// file MAGNETAR_TOKEN_FILE ([WithToken]), MAGNETAR_CA_CERT ([WithCAFile]),
+// MAGNETAR_CLIENT_CERT and MAGNETAR_CLIENT_KEY ([WithClientCertificate]).
+// opts come after those and may override them.
+func DialEnv(ctx context.Context, opts ...Option) (*Client, error) {
+	addr := os.Getenv("MAGNETAR_ADDRESS")
+	if addr == "" {
+		addr = DefaultAddress
+	}
+	var env []Option
+	token := os.Getenv("MAGNETAR_TOKEN")
+	if f := os.Getenv("MAGNETAR_TOKEN_FILE"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("MAGNETAR_TOKEN_FILE: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token != "" {
+		env = append(env, WithToken(token))
+	}
+	if ca := os.Getenv("MAGNETAR_CA_CERT"); ca != "" {
+		env = append(env, WithCAFile(ca))
+	}
+	if cert, key := os.Getenv("MAGNETAR_CLIENT_CERT"), os.Getenv("MAGNETAR_CLIENT_KEY"); cert != "" || key != "" {
+		env = append(env, WithClientCertificate(cert, key))
+	}
+	return Dial(ctx, addr, append(env, opts...)...)
 }
 
 // NewClient returns a client that calls Magnetar's API through cc, a

@@ -147,6 +147,13 @@ func TestDialAddresses(t *testing.T) {
 		{"ftp://example.com", nil, errdefs.IsInvalidArgument},
 		{"https://127.0.0.1:1", []sdk.Option{sdk.WithTLSConfig(nil)}, errdefs.IsInvalidArgument},
 		{"unix://" + sock, []sdk.Option{sdk.WithTLSConfig(nil)}, errdefs.IsInvalidArgument},
+		{"unix://" + sock, []sdk.Option{sdk.WithToken("t")}, errdefs.IsInvalidArgument},
+		{"unix://" + sock, []sdk.Option{sdk.WithCAFile("/ca.pem")}, errdefs.IsInvalidArgument},
+		{"http://127.0.0.1:1", []sdk.Option{sdk.WithInsecure(), sdk.WithCAFile("/ca.pem")}, errdefs.IsInvalidArgument},
+		{"https://127.0.0.1:1", []sdk.Option{sdk.WithToken("a\nb")}, errdefs.IsInvalidArgument},
+		{"https://127.0.0.1:1", []sdk.Option{sdk.WithToken("")}, errdefs.IsInvalidArgument},
+		{"https://127.0.0.1:1", []sdk.Option{sdk.WithClientCertificate("", "")}, errdefs.IsInvalidArgument},
+		{"https://127.0.0.1:1", []sdk.Option{sdk.WithCAFile(notSocket)}, errdefs.IsInvalidArgument}, // no PEM in it
 	} {
 		if _, err := sdk.Dial(ctx, tc.addr, tc.opts...); !tc.class(err) {
 			t.Errorf("Dial(%q) = %v", tc.addr, err)
@@ -159,6 +166,30 @@ func TestDialAddresses(t *testing.T) {
 	}
 	if _, err := c.Kinds(ctx); !errdefs.IsUnavailable(err) {
 		t.Errorf("Kinds with nothing listening = %v, want Unavailable", err)
+	}
+}
+
+func TestDialEnv(t *testing.T) {
+	ctx := context.Background()
+	sock := apitest.Serve(t, apitest.Stub{})
+	t.Setenv("MAGNETAR_ADDRESS", "unix://"+sock)
+	c, err := sdk.DialEnv(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Kinds(ctx); err != nil {
+		t.Errorf("Kinds through MAGNETAR_ADDRESS: %v", err)
+	}
+	// A token is for remote sandboxers: refused with the unix socket.
+	t.Setenv("MAGNETAR_TOKEN", "secret")
+	if _, err := sdk.DialEnv(ctx); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("DialEnv with a token and a socket = %v", err)
+	}
+	t.Setenv("MAGNETAR_TOKEN", "")
+	t.Setenv("MAGNETAR_TOKEN_FILE", filepath.Join(t.TempDir(), "missing"))
+	if _, err := sdk.DialEnv(ctx); err == nil {
+		t.Error("DialEnv with a missing token file succeeded")
 	}
 }
 

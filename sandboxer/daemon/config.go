@@ -40,14 +40,22 @@ const (
 //	api_allow_host_access = false
 //	netns_dirs = ["/run/netns", "/var/run/netns"]
 //	default_network_mode = "none"
+//	default_kind = "runc"
+//	log_level = "info"
+//	[api_remote]
+//	  listen = ["tcp://0.0.0.0:7443"]
+//	  tls_cert = "/etc/magnetar/tls/server.crt"
+//	  tls_key = "/etc/magnetar/tls/server.key"
+//	  client_ca = "/etc/magnetar/tls/clients-ca.crt"
+//	  tenants_file = "/etc/magnetar/tenants.toml"
+//	  reload_interval = "2s"
+//	  max_request_bytes = 4194304
 //	[[networks]]
 //	  name = "default"
 //	  bridge = "magnetar0"
 //	  subnet = "10.211.0.0/16"
 //	  nat = true
 //	  dns = ["192.0.2.53"]
-//	default_kind = "runc"
-//	log_level = "info"
 //	[containerd]
 //	  ttrpc_address = "/run/containerd/containerd.sock.ttrpc"
 //	  [containerd.handlers]
@@ -106,6 +114,9 @@ type Config struct {
 	// namespaces, cgroup and capabilities of every container. Anyone who
 	// can reach the API socket is root on the host with it on.
 	APIAllowHostAccess bool `toml:"api_allow_host_access"`
+	// Remote configures the API's remote listeners (TLS, tenants, quotas);
+	// none by default.
+	Remote RemoteConfig `toml:"api_remote"`
 	// NetNSDirs are the directories where the network namespace of a
 	// sandbox made through Magnetar's API with NETWORK_MODE_NETNS may be.
 	// Default /run/netns and /var/run/netns (ip-netns' and containerd's).
@@ -141,6 +152,9 @@ type Config struct {
 	// docs/design.md, "Restart").
 	NoSupervisor bool `toml:"no_supervisor"`
 
+	// onRemoteListen, if set, is told each remote API listener's address
+	// (tests listen on port 0).
+	onRemoteListen func(addr string)
 	// sup is the supervisor of a worker (nil without one).
 	sup *supervisor.Client
 	// fdstore is the supervisor's descriptor store (nil without one).
@@ -338,6 +352,7 @@ func (c Config) Validate() error {
 	if c.APIMaxFileBytes < 0 {
 		errs = append(errs, fmt.Errorf("api_max_file_bytes %d must not be negative (0: the default)", c.APIMaxFileBytes))
 	}
+	errs = append(errs, c.Remote.validate()...)
 	switch c.DefaultNetworkMode {
 	case "", "none", "bridge":
 	default:

@@ -104,9 +104,73 @@ func TestMainFlags(t *testing.T) {
 	if code := Main(context.Background(), []string{"--log-level", "loud"}, &out); code != 2 {
 		t.Errorf("bad log level flag: exit %d", code)
 	}
+	// A remote listener needs TLS and tenants: refused before anything
+	// starts.
+	out.Reset()
+	if code := Main(context.Background(), []string{"--api-listen", "tcp://127.0.0.1:0"}, &out); code != 2 || !strings.Contains(out.String(), "TLS only") || !strings.Contains(out.String(), "tenants_file") {
+		t.Errorf("remote listener without TLS: exit %d, %q", code, out.String())
+	}
+	out.Reset()
+	if code := Main(context.Background(), []string{"--api-listen", "tcp://nowhere", "--api-tls-cert", "/c", "--api-tls-key", "/k", "--api-tenants", "/t"}, &out); code != 2 || !strings.Contains(out.String(), "tcp://nowhere") {
+		t.Errorf("remote listener without a port: exit %d, %q", code, out.String())
+	}
 	out.Reset()
 	if code := Main(context.Background(), []string{"--gvisor-platform", "warp"}, &out); code != 2 || !strings.Contains(out.String(), `backends.gvisor.platform "warp"`) {
 		t.Errorf("unknown gvisor platform: exit %d, %q", code, out.String())
+	}
+}
+
+func TestParseRemoteConfig(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+version = 1
+[api_remote]
+  listen = ["tcp://0.0.0.0:7443", "tcp://[::1]:7443"]
+  tls_cert = "/etc/magnetar/server.crt"
+  tls_key = "/etc/magnetar/server.key"
+  client_ca = "/etc/magnetar/ca.crt"
+  tenants_file = "/etc/magnetar/tenants.toml"
+  reload_interval = "5s"
+  max_request_bytes = 65536
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Remote
+	if len(r.Listen) != 2 || r.TLSCert != "/etc/magnetar/server.crt" || r.ClientCA != "/etc/magnetar/ca.crt" || r.TenantsFile != "/etc/magnetar/tenants.toml" ||
+		r.ReloadInterval != Duration(5*time.Second) || r.MaxRequestBytes != 65536 {
+		t.Errorf("api_remote: %+v", r)
+	}
+	if _, err := ParseConfig([]byte("[api_remote]\nlisten = [\"tcp://0.0.0.0:1\"]\nmax_request_bytes = 999999999\n")); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("huge max_request_bytes: %v", err)
+	}
+}
+
+func TestParseTenants(t *testing.T) {
+	h := strings.Repeat("ab", 32)
+	ts, err := ParseTenants([]byte(`version = 1
+[[tenant]]
+  name = "acme"
+  token_sha256 = ["` + h + `"]
+  max_sandboxes = 3
+  max_lifetime = "1h"
+  rate_limit = 5.5
+`))
+	if err != nil || ts.Len() != 1 {
+		t.Fatalf("ParseTenants = %v, %v", ts, err)
+	}
+	for name, doc := range map[string]string{
+		"plain token":    "[[tenant]]\nname = \"a\"\ntoken_sha256 = [\"secret\"]\n",
+		"no token":       "[[tenant]]\nname = \"a\"\n",
+		"bad name":       "[[tenant]]\nname = \"a/b\"\ntoken_sha256 = [\"" + h + "\"]\n",
+		"duplicate name": "[[tenant]]\nname = \"a\"\ntoken_sha256 = [\"" + h + "\"]\n[[tenant]]\nname = \"a\"\ntoken_sha256 = [\"" + strings.Repeat("cd", 32) + "\"]\n",
+		"shared token":   "[[tenant]]\nname = \"a\"\ntoken_sha256 = [\"" + h + "\"]\n[[tenant]]\nname = \"b\"\ntoken_sha256 = [\"" + h + "\"]\n",
+		"negative quota": "[[tenant]]\nname = \"a\"\ntoken_sha256 = [\"" + h + "\"]\nmax_sandboxes = -1\n",
+		"unknown field":  "[[tenant]]\nname = \"a\"\ntoken_sha256 = [\"" + h + "\"]\nmax_sandbox = 1\n",
+		"version":        "version = 2\n",
+	} {
+		if _, err := ParseTenants([]byte(doc)); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		}
 	}
 }
 

@@ -262,21 +262,38 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 		log.Warn("containerd.ttrpc_address is not set: task events are not forwarded to containerd")
 	}
 
-	if path := cfg.apiSocket(); path != "" {
-		images, err := image.Open(filepath.Join(cfg.StateDir, "images"))
-		if err != nil {
-			srv.Stop()
-			cancel()
-			return fmt.Errorf("open image store: %w", err)
-		}
-		defer images.Close()
-		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes), apiserver.WithMaxFileSize(cfg.APIMaxFileBytes), apiserver.WithHostAccess(cfg.APIAllowHostAccess), apiserver.WithDefaultNetworkBridge(cfg.DefaultNetworkMode == "bridge"))
-		if err != nil {
+	if path := cfg.apiSocket(); path != "" || len(cfg.Remote.Listen) > 0 {
+		fail := func(err error) error {
 			srv.Stop()
 			cancel()
 			return err
 		}
-		defer stopAPI()
+		images, err := image.Open(filepath.Join(cfg.StateDir, "images"))
+		if err != nil {
+			return fail(fmt.Errorf("open image store: %w", err))
+		}
+		defer images.Close()
+		api := apiserver.New(eng, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes), apiserver.WithMaxFileSize(cfg.APIMaxFileBytes), apiserver.WithHostAccess(cfg.APIAllowHostAccess), apiserver.WithDefaultNetworkBridge(cfg.DefaultNetworkMode == "bridge"))
+		// Closed after the servers stopped (defers run in reverse).
+		defer api.Close()
+		access, err := api.NewAccess(apiserver.AccessConfig{Log: log.Named("audit"), StateDir: filepath.Join(cfg.StateDir, "api")})
+		if err != nil {
+			return fail(fmt.Errorf("open the API's access state: %w", err))
+		}
+		if path != "" {
+			stopAPI, err := serveAPI(cfg, api, access, path, log.Named("api"), &wg)
+			if err != nil {
+				return fail(err)
+			}
+			defer stopAPI()
+		}
+		if len(cfg.Remote.Listen) > 0 {
+			stopRemote, err := serveRemote(ctx, cfg.Remote, cfg.listenTCP(log.Named("remote")), cfg.onRemoteListen, api, access, log.Named("remote"), &wg)
+			if err != nil {
+				return fail(fmt.Errorf("remote API: %w", err))
+			}
+			defer stopRemote()
+		}
 	}
 
 	if cfg.sup != nil {
@@ -392,15 +409,15 @@ func Version() string {
 }
 
 // serveAPI serves Magnetar's own API (Connect, gRPC and gRPC-Web over HTTP/1.1
-// and cleartext HTTP/2) on a 0600 unix socket. The returned function stops
+// and cleartext HTTP/2) on a 0600 unix socket, to the host's
+// administrator (every mutating call audited). The returned function stops
 // it and waits for it.
-func serveAPI(cfg Config, eng *engine.Engine, path string, log hclog.Logger, wg *sync.WaitGroup, opts ...apiserver.Option) (func(), error) {
+func serveAPI(cfg Config, api *apiserver.Server, access *apiserver.Access, path string, log hclog.Logger, wg *sync.WaitGroup) (func(), error) {
 	l, err := cfg.listen(path)
 	if err != nil {
 		return nil, err
 	}
-	api := apiserver.New(eng, opts...)
-	cs := connect.NewServer(logAPICalls(log))
+	cs := connect.NewServer(logAPICalls(log), access.Local())
 	api.Register(cs)
 	mux := http.NewServeMux()
 	connecthttp.Mount(mux, cs, connecthttp.WithCompressMinBytes(1024), connecthttp.WithReadMaxBytes(MaxAPIRequestSize))
@@ -422,7 +439,6 @@ func serveAPI(cfg Config, eng *engine.Engine, path string, log hclog.Logger, wg 
 		if err := hs.Shutdown(ctx); err != nil {
 			_ = hs.Close()
 		}
-		_ = api.Close()
 		cfg.removeSocket(path, log)
 	}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -29,7 +30,10 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	var (
 		configPath = fs.String("config", "", "config file (TOML, version = 1); defaults apply without one")
 		listen     = fs.String("listen", "", "unix socket for containerd's sandbox controller (default "+DefaultListen+")")
-		apiListen  = fs.String("api-listen", "", "unix socket for Magnetar's API, or - for none (default <run-dir>/api.sock)")
+		apiTLSCert = fs.String("api-tls-cert", "", "PEM certificate (chain) of the remote API listeners")
+		apiTLSKey  = fs.String("api-tls-key", "", "PEM private key of the remote API listeners")
+		apiCA      = fs.String("api-client-ca", "", "PEM CAs of client certificates: remote clients must then present one (mTLS)")
+		apiTenants = fs.String("api-tenants", "", "tenants file of the remote API (tokens as SHA-256 hex, quotas, limits); re-read when it changes")
 		gvPlatform = fs.String("gvisor-platform", "", "runsc platform of the gvisor kind: kvm, systrap or ptrace (default: chosen by probing)")
 		guestDir   = fs.String("vm-guest-dir", "", "directory with the microVM guest's vmlinux and initramfs.cpio.gz (default "+DefaultGuestDir+")")
 		stateDir   = fs.String("state-dir", "", "state directory (default "+DefaultStateDir+")")
@@ -41,11 +45,21 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		noSup      = fs.Bool("no-supervisor", false, "run as a single process, without the supervisor that keeps containers and connections across crashes and upgrades")
 		handoverV  = fs.Bool("handover-version", false, "print the version of the supervisor state this binary takes over in a live upgrade, and exit")
 	)
+	var apiListen, remoteListen listFlag
+	fs.Var(&apiListen, "api-listen", "unix socket for Magnetar's API, or - for none (default <run-dir>/api.sock); or tcp://HOST:PORT, repeatable, for remote access over TLS (needs --api-tls-cert, --api-tls-key and --api-tenants)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	var apiSocket string
+	for _, v := range apiListen {
+		if strings.HasPrefix(v, "tcp://") {
+			remoteListen = append(remoteListen, v)
+		} else {
+			apiSocket = v
+		}
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "magnetar-sandboxer: unexpected arguments %q\n", fs.Args())
@@ -69,12 +83,16 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 	}
 	for _, o := range []struct{ flag, field *string }{
-		{listen, &cfg.Listen}, {apiListen, &cfg.APIListen}, {stateDir, &cfg.StateDir}, {runDir, &cfg.RunDir},
+		{listen, &cfg.Listen}, {&apiSocket, &cfg.APIListen},
+		{apiTLSCert, &cfg.Remote.TLSCert}, {apiTLSKey, &cfg.Remote.TLSKey}, {apiCA, &cfg.Remote.ClientCA}, {apiTenants, &cfg.Remote.TenantsFile}, {stateDir, &cfg.StateDir}, {runDir, &cfg.RunDir},
 		{logLevel, &cfg.LogLevel}, {guestDir, &cfg.Backends.VM.GuestDir}, {gvPlatform, &cfg.Backends.GVisor.Platform}, {ttrpcAddr, &cfg.Containerd.TTRPCAddress},
 	} {
 		if *o.flag != "" {
 			*o.field = *o.flag
 		}
+	}
+	if len(remoteListen) > 0 {
+		cfg.Remote.Listen = remoteListen
 	}
 	if *noSup {
 		cfg.NoSupervisor = true
@@ -145,6 +163,17 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+// Set adds a value.
+func (l *listFlag) Set(v string) error {
+	*l = append(*l, v)
+	return nil
 }
 
 // stateLock names the state dir's lock among the files a live upgrade

@@ -213,7 +213,9 @@ func (c *Client) callFDs(req request, fds []int) (reply, error) {
 
 // Listen returns a listener on the unix socket path that the supervisor
 // holds: it outlives this process, so that connections made while no
-// worker runs wait in its backlog instead of being refused.
+// worker runs wait in its backlog instead of being refused. path is a
+// unix socket path or "tcp://HOST:PORT" (with port 0 the port the
+// supervisor chose stays across workers).
 func (c *Client) Listen(path string) (net.Listener, error) {
 	r, err := c.call(request{Op: opListen, Path: path})
 	if err != nil {

@@ -46,10 +46,14 @@ const maxHandover = 256 << 20
 type Handover struct {
 	Version   int            `json:"version"`
 	Listeners map[string]int `json:"listeners"` // socket path -> descriptor
-	Relays    []relayState   `json:"relays"`
-	Exits     []exitRecord   `json:"exits"`
-	Files     map[string]int `json:"files"`  // Config.Keep
-	Stored    []storedFD     `json:"stored"` // the worker's descriptor store
+	// TCPListeners are the remote API's listeners: "tcp://HOST:PORT" as
+	// the worker asked -> descriptor (a program that does not know them
+	// ignores them; its workers do not ask for them).
+	TCPListeners map[string]int `json:"tcp_listeners,omitempty"`
+	Relays       []relayState   `json:"relays"`
+	Exits        []exitRecord   `json:"exits"`
+	Files        map[string]int `json:"files"`  // Config.Keep
+	Stored       []storedFD     `json:"stored"` // the worker's descriptor store
 }
 
 type relayState struct {
@@ -131,6 +135,9 @@ func (h *Handover) File(name string) *os.File {
 func (h *Handover) fds() []int {
 	var out []int
 	for _, fd := range h.Listeners {
+		out = append(out, fd)
+	}
+	for _, fd := range h.TCPListeners {
 		out = append(out, fd)
 	}
 	for _, r := range h.Relays {
@@ -229,6 +236,18 @@ func (s *supervisor) handOver() (*Handover, error) {
 		l.SetUnlinkOnClose(false)
 		l.Close()
 	}
+	for addr, l := range s.tcp {
+		fd, err := dupOf(l)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listener %s: %w", addr, err))
+			continue
+		}
+		if h.TCPListeners == nil {
+			h.TCPListeners = map[string]int{}
+		}
+		h.TCPListeners[addr] = fd
+		l.Close()
+	}
 	for path, r := range s.relays {
 		st, err := r.handOver()
 		if err != nil {
@@ -254,7 +273,7 @@ func (s *supervisor) handOver() (*Handover, error) {
 	s.fds = newFDStore(s.cfg.FDStoreMax)
 	s.reaper.close()
 	h.Exits = s.reaper.records()
-	s.listeners, s.relays = map[string]*net.UnixListener{}, map[string]*Relay{}
+	s.listeners, s.relays, s.tcp = map[string]*net.UnixListener{}, map[string]*Relay{}, map[string]*net.TCPListener{}
 	return h, errors.Join(errs...)
 }
 
@@ -302,6 +321,25 @@ func (s *supervisor) resume(h *Handover) error {
 			continue
 		}
 		s.listeners[path] = l
+	}
+	if s.tcp == nil {
+		s.tcp = map[string]*net.TCPListener{}
+	}
+	for addr, fd := range h.TCPListeners {
+		f := os.NewFile(uintptr(fd), addr)
+		l, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listener %s from the handover: %w", addr, err))
+			continue
+		}
+		tl, ok := l.(*net.TCPListener)
+		if !ok {
+			l.Close()
+			errs = append(errs, fmt.Errorf("listener %s from the handover is a %T", addr, l))
+			continue
+		}
+		s.tcp[addr] = tl
 	}
 	for _, st := range h.Relays {
 		l, err := fileListener(st.Listener, st.Path)

@@ -448,3 +448,83 @@ func TestHandoverRefusedWhenStreamsBusy(t *testing.T) {
 		t.Errorf("after a refused handover: bridge frozen %v, hub frozen %v, %d relays", frozen, r.hub.frozen, len(s.relays))
 	}
 }
+
+// TestTCPListenerKeptAcrossWorkersAndHandover: a remote API listener asked
+// for with port 0 keeps its port for every worker that asks again, and
+// across a handover (connections made meanwhile wait in its backlog).
+func TestTCPListenerKeptAcrossWorkersAndHandover(t *testing.T) {
+	s := newTestSupervisor()
+	const key = "tcp://127.0.0.1:0"
+	f1, err := s.listener(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1, err := net.FileListener(f1)
+	f1.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l1.Addr().(*net.TCPAddr).Port
+	l1.Close() // the first worker goes
+	c, err := net.Dial("tcp", l1.Addr().String())
+	if err != nil {
+		t.Fatalf("connect while no worker listens: %v", err)
+	}
+	c.Close()
+	f2, err := s.listener(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2.Close()
+	if p := s.tcp[key].Addr().(*net.TCPAddr).Port; p != port {
+		t.Errorf("second worker's port %d, want %d", p, port)
+	}
+	for _, bad := range []string{"tcp://127.0.0.1", "tcp://"} {
+		if _, err := s.listener(bad); err == nil {
+			t.Errorf("listener %q accepted", bad)
+		}
+	}
+
+	h, err := s.handOver()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h2 Handover
+	if err := json.Unmarshal(data, &h2); err != nil {
+		t.Fatal(err)
+	}
+	s2 := newTestSupervisor()
+	defer s2.reaper.close()
+	defer s2.closeAll()
+	defer s2.fds.closeAll()
+	if err := s2.resume(&h2); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	f3, err := s2.listener(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l3, err := net.FileListener(f3)
+	f3.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l3.Close()
+	if p := l3.Addr().(*net.TCPAddr).Port; p != port {
+		t.Errorf("port after the handover %d, want %d", p, port)
+	}
+	c, err = net.Dial("tcp", l3.Addr().String())
+	if err != nil {
+		t.Fatalf("connect after the handover: %v", err)
+	}
+	defer c.Close()
+	a, err := l3.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+}

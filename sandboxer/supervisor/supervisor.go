@@ -7,8 +7,8 @@
 //   - starts the worker (the same program, with a control channel on fd 3,
 //     see [EnvFD]) and starts it again when it dies;
 //   - holds the listening sockets (containerd's Controller socket, the API
-//     socket), so that a connection made while no worker runs waits in the
-//     backlog instead of being refused;
+//     socket, the remote API's TCP ports), so that a connection made while
+//     no worker runs waits in the backlog instead of being refused;
 //   - serves every pod's task socket itself and relays whole ttrpc frames
 //     to the worker ([Relay]), so that containerd's task connections never
 //     close: containerd would take a closed one for a dead shim and report
@@ -34,6 +34,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -87,7 +88,10 @@ type supervisor struct {
 
 	mu        sync.Mutex
 	listeners map[string]*net.UnixListener
-	relays    map[string]*Relay
+	// tcp are the remote API's listeners, by their "tcp://HOST:PORT" as
+	// the worker asked (port 0 included: the port stays across workers).
+	tcp    map[string]*net.TCPListener
+	relays map[string]*Relay
 	// workers counts the workers started (by start, one at a time).
 	workers int
 }
@@ -111,7 +115,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 		}
 		defer os.Remove(cfg.PIDFile)
 	}
-	s := &supervisor{cfg: cfg, log: log, reaper: newReaper(), fds: newFDStore(cfg.FDStoreMax), listeners: map[string]*net.UnixListener{}, relays: map[string]*Relay{}}
+	s := &supervisor{cfg: cfg, log: log, reaper: newReaper(), fds: newFDStore(cfg.FDStoreMax), listeners: map[string]*net.UnixListener{}, relays: map[string]*Relay{}, tcp: map[string]*net.TCPListener{}}
 	defer func() { s.reaper.close() }() // reexec may replace it
 	defer func() { s.fds.closeAll() }() // and the store
 	defer s.closeAll()
@@ -442,6 +446,9 @@ func checkPath(path string) error {
 // listener returns a copy of the listener on path, listening first if
 // the supervisor holds none yet.
 func (s *supervisor) listener(path string) (*os.File, error) {
+	if hp, ok := strings.CutPrefix(path, "tcp://"); ok {
+		return s.tcpListener(path, hp)
+	}
 	if err := checkPath(path); err != nil {
 		return nil, err
 	}
@@ -454,6 +461,30 @@ func (s *supervisor) listener(path string) (*os.File, error) {
 			return nil, err
 		}
 		s.listeners[path] = l
+	}
+	return l.File()
+}
+
+// tcpListener returns a copy of the TCP listener asked for as key
+// ("tcp://HOST:PORT"), listening on hostport first if the supervisor holds
+// none yet.
+func (s *supervisor) tcpListener(key, hostport string) (*os.File, error) {
+	if _, _, err := net.SplitHostPort(hostport); err != nil {
+		return nil, fmt.Errorf("listen %s: %w", key, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.tcp[key]
+	if !ok {
+		if s.tcp == nil {
+			s.tcp = map[string]*net.TCPListener{}
+		}
+		nl, err := net.Listen("tcp", hostport)
+		if err != nil {
+			return nil, err
+		}
+		l = nl.(*net.TCPListener)
+		s.tcp[key] = l
 	}
 	return l.File()
 }
@@ -525,7 +556,10 @@ func (s *supervisor) closeAll() {
 	for _, l := range s.listeners {
 		l.Close() // removes the socket file
 	}
-	s.relays, s.listeners = map[string]*Relay{}, map[string]*net.UnixListener{}
+	for _, l := range s.tcp {
+		l.Close()
+	}
+	s.relays, s.listeners, s.tcp = map[string]*Relay{}, map[string]*net.UnixListener{}, map[string]*net.TCPListener{}
 }
 
 func writePIDFile(path string) error {

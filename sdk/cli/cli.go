@@ -83,8 +83,14 @@ func cannotRun(err error) error {
 
 // globals are the flags every command takes.
 type globals struct {
-	address string
-	output  string
+	address    string
+	output     string
+	token      string
+	tokenFile  string
+	caCert     string
+	clientCert string
+	clientKey  string
+	envSet     bool
 }
 
 func (g *globals) register(fs *flag.FlagSet, getenv func(string) string) {
@@ -98,9 +104,43 @@ func (g *globals) register(fs *flag.FlagSet, getenv func(string) string) {
 	if g.output == "" {
 		g.output = "table"
 	}
+	if !g.envSet {
+		g.envSet = true
+		g.token, g.tokenFile = getenv("MAGNETAR_TOKEN"), getenv("MAGNETAR_TOKEN_FILE")
+		g.caCert = getenv("MAGNETAR_CA_CERT")
+		g.clientCert, g.clientKey = getenv("MAGNETAR_CLIENT_CERT"), getenv("MAGNETAR_CLIENT_KEY")
+	}
 	fs.StringVar(&g.address, "address", g.address, "sandboxer API `address`: unix:///path, a socket path or https://host:port (env MAGNETAR_ADDRESS)")
+	fs.StringVar(&g.token, "token", g.token, "bearer `token` of a remote sandboxer's tenant (env MAGNETAR_TOKEN; prefer --token-file: arguments are visible to other users)")
+	fs.StringVar(&g.tokenFile, "token-file", g.tokenFile, "`file` holding the bearer token (env MAGNETAR_TOKEN_FILE)")
+	fs.StringVar(&g.caCert, "ca-cert", g.caCert, "PEM `file` of the CAs that sign a remote sandboxer's certificate (env MAGNETAR_CA_CERT; default: the system's)")
+	fs.StringVar(&g.clientCert, "client-cert", g.clientCert, "PEM client certificate `file` for a sandboxer that verifies clients (env MAGNETAR_CLIENT_CERT)")
+	fs.StringVar(&g.clientKey, "client-key", g.clientKey, "PEM client key `file` (env MAGNETAR_CLIENT_KEY)")
 	fs.StringVar(&g.output, "o", g.output, "output `format`: table or json")
 	fs.StringVar(&g.output, "output", g.output, "output `format`: table or json")
+}
+
+// dialOptions are the SDK options of the token and TLS flags.
+func (g *globals) dialOptions() ([]sdk.Option, error) {
+	var opts []sdk.Option
+	token := g.token
+	if g.tokenFile != "" {
+		b, err := os.ReadFile(g.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("read the token file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token != "" {
+		opts = append(opts, sdk.WithToken(token))
+	}
+	if g.caCert != "" {
+		opts = append(opts, sdk.WithCAFile(g.caCert))
+	}
+	if g.clientCert != "" || g.clientKey != "" {
+		opts = append(opts, sdk.WithClientCertificate(g.clientCert, g.clientKey))
+	}
+	return opts, nil
 }
 
 // command is one subcommand.
@@ -140,7 +180,11 @@ func (e *env) dial(ctx context.Context) (*sdk.Client, error) {
 	if e.client != nil {
 		return e.client, nil
 	}
-	c, err := sdk.Dial(ctx, e.g.address)
+	opts, err := e.g.dialOptions()
+	if err != nil {
+		return nil, err
+	}
+	c, err := sdk.Dial(ctx, e.g.address, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the sandboxer at %s: %w", e.g.address, err)
 	}

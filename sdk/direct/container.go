@@ -192,7 +192,7 @@ func (s *Service) locate(ctx context.Context, id string) (string, error) {
 // [engine.FieldError] naming the field, or errdefs.ErrPermissionDenied
 // for what needs host access ([WithHostAccess]).
 func (s *Service) CreateContainer(ctx context.Context, req ContainerRequest) (_ Container, retErr error) {
-	if err := validateContainerRequest(&req, s.hostAccess); err != nil {
+	if err := validateContainerRequest(&req, s.hostAllowed(ctx)); err != nil {
 		return Container{}, err
 	}
 	sbst, err := s.e.Sandbox(ctx, req.SandboxID)
@@ -222,7 +222,7 @@ func (s *Service) CreateContainer(ctx context.Context, req ContainerRequest) (_ 
 		}
 		img = &imageRootfs{config: im.Config, dir: dir}
 	}
-	spec, err := buildSpec(ctx, sbst, sbst.HostNetwork, sbst.CgroupParent, id, &req, img, s.hostAccess)
+	spec, err := buildSpec(ctx, sbst, sbst.HostNetwork, sbst.CgroupParent, id, &req, img, s.hostAllowed(ctx))
 	if err != nil {
 		return Container{}, err
 	}

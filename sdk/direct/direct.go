@@ -97,6 +97,22 @@ func WithHostAccess(allow bool) Option {
 	return func(s *Service) { s.hostAccess = allow }
 }
 
+// hostAccessDenied is the context key of [DenyHostAccess].
+type hostAccessDenied struct{}
+
+// DenyHostAccess returns a context whose calls are refused what needs host
+// access ([WithHostAccess]) even where the service allows it: the API
+// server's callers that are tenants, not the host's administrator.
+func DenyHostAccess(ctx context.Context) context.Context {
+	return context.WithValue(ctx, hostAccessDenied{}, true)
+}
+
+// hostAllowed tells whether a call with ctx may reach the host.
+func (s *Service) hostAllowed(ctx context.Context) bool {
+	denied, _ := ctx.Value(hostAccessDenied{}).(bool)
+	return s.hostAccess && !denied
+}
+
 // WithDefaultNetwork sets the network mode of sandboxes that ask for none
 // (NetworkDefault): NetworkNone (the default) or NetworkBridge (which
 // needs an engine with networks, [engine.Config.Network]).

@@ -123,7 +123,7 @@ func (s *Service) CreateSandbox(ctx context.Context, req SandboxRequest) (engine
 			spec.DNS.Servers = slices.Clone(nc.DNS)
 		}
 	case NetworkHost:
-		if !s.hostAccess {
+		if !s.hostAllowed(ctx) {
 			return engine.SandboxStatus{}, denied("network.mode", "the host network reaches every service of the host")
 		}
 		spec.Hostname = ""

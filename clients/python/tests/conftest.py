@@ -8,7 +8,9 @@ end-to-end tests are skipped; ``MAGNETAR_E2E_REQUIRED=1`` makes that a failure.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +39,11 @@ class Daemon:
     binary: str
     run_dir: str
     supervisor_pid: int
+    remote_url: str = ""
+    """The remote listener (TLS with tests/testdata's certificate)."""
+    ca_file: str = ""
+    tokens: dict[str, str] | None = None
+    """The remote listener's tokens: tenants "a" and "b", and "admin"."""
 
     def worker_pid(self) -> int:
         """The pid of the supervisor's worker (0: none now)."""
@@ -61,6 +68,23 @@ class Daemon:
         raise AssertionError(f"no new worker after {old} within {timeout} s")
 
 
+def _make_certs(d: Path) -> None:
+    """A CA and a server certificate for 127.0.0.1 signed by it (cert.pem,
+    key.pem, ca.pem), valid for a day, made with openssl."""
+    d.mkdir(mode=0o700)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=magnetar-test-ca",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    ossl("req", *ec, "-keyout", "key.pem", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    ossl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "cert.pem", "-days", "1", "-extfile", "ext.cnf")
+
+
 def _unavailable(msg: str) -> None:
     if os.environ.get("MAGNETAR_E2E_REQUIRED") == "1":
         pytest.fail(f"{msg} (MAGNETAR_E2E_REQUIRED=1)")
@@ -83,6 +107,16 @@ def daemon() -> Iterator[Daemon]:
     # Short path: a unix socket path must fit in 107 bytes.
     work = Path(tempfile.mkdtemp(prefix="mgpy."))
     sock = work / "run" / "api.sock"
+    testdata = work / "tls"
+    _make_certs(testdata)
+    tokens = {"a": "token-of-tenant-a", "b": "token-of-tenant-b", "admin": "token-of-the-admin"}
+    sha = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in tokens.items()}
+    (work / "tenants.toml").write_text(
+        "version = 1\n"
+        f'[[tenant]]\nname = "a"\ntoken_sha256 = ["{sha["a"]}"]\n'
+        f'[[tenant]]\nname = "b"\ntoken_sha256 = ["{sha["b"]}"]\n'
+        f'[[tenant]]\nname = "admin"\nadmin = true\ntoken_sha256 = ["{sha["admin"]}"]\n'
+    )
     log = open(work / "sandboxer.log", "wb")
     proc = subprocess.Popen(
         [
@@ -91,6 +125,10 @@ def daemon() -> Iterator[Daemon]:
             "--run-dir", str(work / "run"),
             "--listen", str(work / "run" / "sandboxer.sock"),
             "--api-listen", str(sock),
+            "--api-listen", "tcp://127.0.0.1:0",
+            "--api-tls-cert", str(testdata / "cert.pem"),
+            "--api-tls-key", str(testdata / "key.pem"),
+            "--api-tenants", str(work / "tenants.toml"),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -98,7 +136,13 @@ def daemon() -> Iterator[Daemon]:
     )
     try:
         deadline = time.monotonic() + 120
-        while not sock.exists():
+        def remote_port() -> str | None:
+            m = re.search(
+                r"serving Magnetar API to tenants.* listen=127\.0\.0\.1:(\d+)", (work / "sandboxer.log").read_text()
+            )
+            return m.group(1) if m else None
+
+        while not sock.exists() or remote_port() is None:
             if proc.poll() is not None:
                 pytest.fail(f"sandboxer exited ({proc.returncode}): {(work / 'sandboxer.log').read_text()}")
             if time.monotonic() > deadline:
@@ -108,7 +152,18 @@ def daemon() -> Iterator[Daemon]:
         with magnetar.Client(address) as client:
             wasm = client.import_image(str(wasm_tar))
             busybox = client.import_image(str(busybox_tar))
-        yield Daemon(address, str(sock), wasm[0].name, busybox[0].name, str(sandboxer), str(work / "run"), proc.pid)
+        yield Daemon(
+            address,
+            str(sock),
+            wasm[0].name,
+            busybox[0].name,
+            str(sandboxer),
+            str(work / "run"),
+            proc.pid,
+            remote_url=f"https://127.0.0.1:{remote_port()}",
+            ca_file=str(testdata / "ca.pem"),
+            tokens=tokens,
+        )
         # Everything the tests created must be gone already.
         with magnetar.Client(address) as client:
             left = client.list_sandboxes()

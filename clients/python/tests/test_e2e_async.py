@@ -152,3 +152,19 @@ async def test_async_dial_port(daemon: Daemon, protocol: magnetar.Protocol) -> N
                 await conn.close_write()
                 assert await read(conn) == b"half\n"
                 assert await conn.recv() == b""
+
+
+async def test_async_remote_tenants(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    """The asyncio client on the remote listener: tokens, tenants, TLS."""
+    assert daemon.tokens is not None
+    url, ca = daemon.remote_url, daemon.ca_file
+    async with magnetar.AsyncClient(url, protocol=protocol, token=daemon.tokens["a"], ca_file=ca) as a:
+        async with magnetar.AsyncClient(url, protocol=protocol, token=daemon.tokens["b"], ca_file=ca) as b:
+            async with await b.create_sandbox("wasm") as sb_b:
+                with pytest.raises(magnetar.NotFoundError):
+                    await a.sandbox(sb_b.id)
+                assert [s.id for s in await a.list_sandboxes()] == []
+    async with magnetar.AsyncClient(url, protocol=protocol, ca_file=ca, retry_timeout=0) as anonymous:
+        with pytest.raises(magnetar.MagnetarError) as e:
+            await anonymous.kinds()
+        assert e.value.code == magnetar.Code.UNAUTHENTICATED

@@ -292,3 +292,43 @@ def test_dial_port(client: magnetar.Client, daemon: Daemon) -> None:
         conn = _dial(sb, 8081)
         conn.send(b"unfinished")
         conn.close()
+
+
+@pytest.mark.parametrize("protocol", [magnetar.Protocol.CONNECT, magnetar.Protocol.GRPC], ids=lambda p: p.value)
+def test_remote_tls_tokens_and_tenants(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    """A remote listener: TLS against the test CA, a bearer token per tenant."""
+    assert daemon.tokens is not None
+    url, ca = daemon.remote_url, daemon.ca_file
+
+    def remote(token: str | None, ca_file: str | None = ca) -> magnetar.Client:
+        return magnetar.Client(url, protocol=protocol, token=token, ca_file=ca_file, retry_timeout=0)
+
+    with remote(daemon.tokens["admin"]) as admin:
+        with admin.create_sandbox("wasm") as sb:
+            c = sb.run(daemon.wasm_image, args=["via", "remote", protocol.value])
+            out, _ = _collect(c)
+            assert f"args: via remote {protocol.value}" in out
+            assert c.exit_code == 0
+    with remote(None) as anonymous:
+        with pytest.raises(magnetar.MagnetarError) as e:
+            anonymous.kinds()
+        assert e.value.code == magnetar.Code.UNAUTHENTICATED
+    with remote(daemon.tokens["a"], ca_file=None) as untrusting:
+        with pytest.raises(magnetar.MagnetarError):
+            untrusting.kinds()
+    with remote(daemon.tokens["a"]) as a, remote(daemon.tokens["b"]) as b:
+        with b.create_sandbox("wasm") as sb_b, a.create_sandbox("wasm") as sb_a:
+            assert sb_a.proto.labels["magnetar.io/tenant"] == "a"
+            with pytest.raises(magnetar.NotFoundError):
+                a.sandbox(sb_b.id)
+            assert [s.id for s in a.list_sandboxes()] == [sb_a.id]
+            assert [s.id for s in b.list_sandboxes()] == [sb_b.id]
+
+
+def test_remote_options_checked() -> None:
+    with pytest.raises(ValueError, match="tokens are for remote sandboxers"):
+        magnetar.Client("unix:///nonexistent/api.sock", token="t")
+    with pytest.raises(ValueError, match="need an https"):
+        magnetar.Client("http://127.0.0.1:1", ca_file="/ca.pem")
+    with pytest.raises(ValueError, match="line break"):
+        magnetar.Client("https://127.0.0.1:1", token="a\nb")

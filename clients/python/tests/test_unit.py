@@ -21,7 +21,8 @@ def test_parse_address() -> None:
     assert parse_address("unix:/run/x.sock") == ("/run/x.sock", None)
     assert parse_address("/run/x.sock") == ("/run/x.sock", None)
     assert parse_address("http://127.0.0.1:8080/") == (None, "http://127.0.0.1:8080")
-    for bad in ("unix://rel.sock", "https://h:1", "tcp://h:1", "http://h:1/path", ""):
+    assert parse_address("https://magnetar.example:7443") == (None, "https://magnetar.example:7443")
+    for bad in ("unix://rel.sock", "ftp://h:1", "tcp://h:1", "http://h:1/path", "https://h:1/path", ""):
         with pytest.raises(ValueError):
             parse_address(bad)
 

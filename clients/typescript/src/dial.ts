@@ -36,6 +36,18 @@ export interface DialOptions {
    * Default: the system's root CAs.
    */
   tls?: tls.ConnectionOptions;
+  /**
+   * A PEM file of the CAs that sign the sandboxer's certificate, for an
+   * https:// address (added to {@link DialOptions.tls} as `ca`). Default:
+   * the system's root CAs.
+   */
+  caFile?: string;
+  /**
+   * The bearer token of a remote sandboxer's tenant, sent with every call
+   * (`Authorization: Bearer <token>`). Refused with a unix socket (the host
+   * administrator's) and, unless insecure, with http://.
+   */
+  token?: string;
   /** Interceptors run around every call (logging, auth headers...). */
   interceptors?: Interceptor[];
   /** A timeout applied to every call that does not set its own. Default: none. */
@@ -93,8 +105,13 @@ export function dialTransport(address: string, options: DialOptions = {}): Diale
     if (!path.isAbsolute(socketPath)) {
       invalidArgument(`address ${JSON.stringify(address)}: the socket path must be absolute`);
     }
-    if (options.tls !== undefined) {
+    if (options.tls !== undefined || options.caFile !== undefined) {
       invalidArgument(`address ${JSON.stringify(address)}: TLS is not used over unix sockets`);
+    }
+    if (options.token !== undefined) {
+      invalidArgument(
+        `address ${JSON.stringify(address)}: tokens are for remote sandboxers (https://); the unix socket is the host administrator's`,
+      );
     }
     let st: fs.Stats;
     try {
@@ -133,7 +150,7 @@ export function dialTransport(address: string, options: DialOptions = {}): Diale
         if (!options.insecure) {
           invalidArgument(`address ${JSON.stringify(address)}: plain-text http:// needs the insecure option`);
         }
-        if (options.tls !== undefined) {
+        if (options.tls !== undefined || options.caFile !== undefined) {
           invalidArgument(`address ${JSON.stringify(address)}: TLS needs an https:// address`);
         }
         break;
@@ -145,15 +162,42 @@ export function dialTransport(address: string, options: DialOptions = {}): Diale
     baseUrl = u.toString().replace(/\/$/, "");
   }
 
+  const token = options.token;
+  if (token !== undefined && (token === "" || /[\r\n]/.test(token))) {
+    invalidArgument("empty token or one with a line break");
+  }
+  let tlsOptions = options.tls;
+  if (options.caFile !== undefined) {
+    let ca: Buffer;
+    try {
+      ca = fs.readFileSync(options.caFile);
+    } catch (err) {
+      throw new MagnetarError(`read the CA file ${options.caFile}: ${String(err)}`, Code.InvalidArgument, err);
+    }
+    tlsOptions = { ...tlsOptions, ca };
+  }
+  const auth: Interceptor[] =
+    token === undefined
+      ? []
+      : [
+          (next) => async (req) => {
+            req.header.set("Authorization", `Bearer ${token}`);
+            return next(req);
+          },
+        ];
   const common = {
     baseUrl,
-    interceptors: [...(options.interceptors ?? []), retryInterceptor(options.retryTimeoutMs ?? DEFAULT_RETRY_TIMEOUT_MS)],
+    interceptors: [
+      ...(options.interceptors ?? []),
+      ...auth,
+      retryInterceptor(options.retryTimeoutMs ?? DEFAULT_RETRY_TIMEOUT_MS),
+    ],
     defaultTimeoutMs: options.defaultTimeoutMs,
   };
 
   if (httpVersion === "1.1") {
     const agent = secure
-      ? new https.Agent({ keepAlive: true, ...options.tls })
+      ? new https.Agent({ keepAlive: true, ...tlsOptions })
       : new http.Agent({ keepAlive: true });
     const nodeOptions: http.RequestOptions = { agent };
     if (socketPath !== undefined) {
@@ -168,7 +212,7 @@ export function dialTransport(address: string, options: DialOptions = {}): Diale
     const p = socketPath;
     sessionOptions = { createConnection: () => net.connect(p) };
   } else if (secure) {
-    sessionOptions = { ...options.tls } as http2.SecureClientSessionOptions;
+    sessionOptions = { ...tlsOptions } as http2.SecureClientSessionOptions;
   }
   const sessionManager = new Http2SessionManager(baseUrl, {}, sessionOptions);
   const transport =

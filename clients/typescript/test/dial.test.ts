@@ -25,6 +25,10 @@ test("refuses bad addresses", () => {
   throwsCode(() => dial("http://127.0.0.1:1"), Code.InvalidArgument, /insecure/);
   throwsCode(() => dial("not a url"), Code.InvalidArgument);
   throwsCode(() => dial("/x.sock", { protocol: "ttrpc" as "grpc" }), Code.InvalidArgument, /protocol/);
+  throwsCode(() => dial("/x.sock", { token: "t" }), Code.InvalidArgument, /tokens are for remote sandboxers/);
+  throwsCode(() => dial("http://127.0.0.1:1", { insecure: true, caFile: "/ca.pem" }), Code.InvalidArgument, /TLS needs an https/);
+  throwsCode(() => dial("https://127.0.0.1:1", { token: "a\nb" }), Code.InvalidArgument, /line break/);
+  throwsCode(() => dial("https://127.0.0.1:1", { caFile: "/nonexistent/ca.pem" }), Code.InvalidArgument, /CA file/);
 });
 
 test("reports a missing socket as Unavailable and a non-socket as InvalidArgument", () => {

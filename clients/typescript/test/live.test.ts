@@ -487,6 +487,43 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
     });
   }
 
+  test("a remote sandboxer: TLS, tokens and tenants", { timeout }, async () => {
+    const protocols: DialOptions[] = [{ protocol: "connect" }, { protocol: "grpc" }, { protocol: "connect", httpVersion: "1.1" }];
+    for (const v of protocols) {
+      const name = `remote-${v.protocol}-${v.httpVersion ?? "2"}`;
+      const admin = dial(daemon.remoteUrl, { ...v, caFile: daemon.caFile, token: daemon.tokens.admin });
+      const a = dial(daemon.remoteUrl, { ...v, caFile: daemon.caFile, token: daemon.tokens.a });
+      const b = dial(daemon.remoteUrl, { ...v, caFile: daemon.caFile, token: daemon.tokens.b });
+      const anonymous = dial(daemon.remoteUrl, { ...v, caFile: daemon.caFile });
+      const untrusting = dial(daemon.remoteUrl, { ...v, token: daemon.tokens.a });
+      try {
+        // The admin token runs a container from an image of the host.
+        const sb = await admin.createSandbox("wasm", { labels: { "magnetar.test/variant": name } });
+        const res = await (await sb.run({ image: helloWasmImage, args: ["via", name] })).collect();
+        assert.match(res.stdout, new RegExp(`^args: via ${name}$`, "m"));
+        await sb.delete({ force: true });
+
+        // Without a token, or without the CA: refused.
+        await assert.rejects(anonymous.kinds(), (err: unknown) => err instanceof MagnetarError && err.code === Code.Unauthenticated);
+        await assert.rejects(untrusting.kinds(), (err: unknown) => err instanceof MagnetarError);
+
+        // Tenant B's sandbox does not exist for tenant A.
+        const sbB = await b.createSandbox("wasm", { labels: { "magnetar.test/variant": name } });
+        const sbA = await a.createSandbox("wasm", { labels: { "magnetar.test/variant": name } });
+        await assert.rejects(a.sandbox(sbB.id), (err: unknown) => isNotFound(err));
+        assert.deepEqual((await a.sandboxes()).map((s) => s.id), [sbA.id]);
+        assert.deepEqual((await a.images()).map((i) => i.name), []);
+        assert.equal(sbA.info.labels["magnetar.io/tenant"], "a");
+        await sbA.delete({ force: true });
+        await sbB.delete({ force: true });
+      } finally {
+        for (const c of [admin, a, b, anonymous, untrusting]) {
+          c.close();
+        }
+      }
+    }
+  });
+
   for (const protocol of ["connect", "grpc"] as const)
   test(`output and event streams and calls survive a kill -9 of the worker (${protocol})`, { timeout }, async () => {
     const client = dial(daemon.socket, { protocol });

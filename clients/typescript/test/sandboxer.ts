@@ -2,6 +2,7 @@
 // from the repository's .tmp/bin in a temporary directory and torn down
 // after (sandboxes deleted, daemon stopped, directory removed).
 import { spawn, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -53,6 +54,13 @@ export interface Sandboxer {
   workerPid(): number;
   /** Waits (up to 60 s) for a worker other than old and returns its pid. */
   newWorker(old: number): Promise<number>;
+  /**
+   * The remote listener (https://127.0.0.1:PORT, TLS with the certificate
+   * of test/testdata) and its tokens: tenants "a" and "b" and an admin.
+   */
+  remoteUrl: string;
+  caFile: string;
+  tokens: { a: string; b: string; admin: string };
   /** Deletes every sandbox, stops the daemon and removes its directory. */
   stop(): Promise<void>;
 }
@@ -85,6 +93,20 @@ export async function startSandboxer(): Promise<Sandboxer> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mgts-"));
   const socket = path.join(dir, "run", "api.sock");
   const logPath = path.join(dir, "sandboxer.log");
+  const testdata = path.resolve(here, "..", "..", "test", "testdata");
+  const tokens = { a: "token-of-tenant-a", b: "token-of-tenant-b", admin: "token-of-the-admin" };
+  const sha = (t: string) => createHash("sha256").update(t).digest("hex");
+  const tenantsFile = path.join(dir, "tenants.toml");
+  fs.writeFileSync(
+    tenantsFile,
+    [
+      "version = 1",
+      `[[tenant]]\nname = "a"\ntoken_sha256 = ["${sha(tokens.a)}"]`,
+      `[[tenant]]\nname = "b"\ntoken_sha256 = ["${sha(tokens.b)}"]`,
+      `[[tenant]]\nname = "admin"\nadmin = true\ntoken_sha256 = ["${sha(tokens.admin)}"]`,
+    ].join("\n") + "\n",
+    { mode: 0o600 },
+  );
   const log = fs.openSync(logPath, "w");
   const child = spawn(
     path.join(binDir, "magnetar-sandboxer"),
@@ -93,6 +115,10 @@ export async function startSandboxer(): Promise<Sandboxer> {
       "--run-dir", path.join(dir, "run"),
       "--listen", path.join(dir, "run", "sandboxer.sock"),
       "--api-listen", socket,
+      "--api-listen", "tcp://127.0.0.1:0",
+      "--api-tls-cert", path.join(testdata, "cert.pem"),
+      "--api-tls-key", path.join(testdata, "key.pem"),
+      "--api-tenants", tenantsFile,
       "--vm-guest-dir", path.join(dir, "no-guest"),
     ],
     { stdio: ["ignore", log, log] },
@@ -100,9 +126,12 @@ export async function startSandboxer(): Promise<Sandboxer> {
   fs.closeSync(log);
   const logTail = () => fs.readFileSync(logPath, "utf8").split("\n").slice(-30).join("\n");
 
-  // Wait for the socket (generous: the machine may be loaded).
+  // Wait for the socket and the remote listener's port (generous: the
+  // machine may be loaded).
   const deadline = Date.now() + 120_000;
-  while (!fs.existsSync(socket)) {
+  const remotePort = () =>
+    /serving Magnetar API to tenants.* listen=127\.0\.0\.1:(\d+)/.exec(fs.readFileSync(logPath, "utf8"))?.[1];
+  while (!fs.existsSync(socket) || remotePort() === undefined) {
     if (child.exitCode !== null || child.signalCode !== null) {
       fs.rmSync(dir, { recursive: true, force: true });
       throw new Error(`magnetar-sandboxer exited (${child.exitCode ?? child.signalCode}):\n${logTail()}`);
@@ -156,6 +185,9 @@ export async function startSandboxer(): Promise<Sandboxer> {
         await new Promise((r) => setTimeout(r, 50));
       }
     },
+    remoteUrl: `https://127.0.0.1:${remotePort()}`,
+    caFile: path.join(testdata, "cert.pem"),
+    tokens,
     async stop() {
       const errors: string[] = [];
       try {

@@ -31,11 +31,11 @@ class Protocol(str, Enum):
 
 
 def parse_address(address: str) -> tuple[str | None, str | None]:
-    """Splits an address into (unix socket path, http base URL); one is None.
+    """Splits an address into (unix socket path, http(s) base URL); one is None.
 
-    Accepted: ``unix:///abs/path``, ``unix:/abs/path``, ``/abs/path`` and
-    ``http://host:port``. ``https://`` is refused: the sandboxer serves
-    cleartext HTTP/2 on a local socket only.
+    Accepted: ``unix:///abs/path``, ``unix:/abs/path``, ``/abs/path``,
+    ``https://host:port`` (a sandboxer's remote listener, TLS) and
+    ``http://host:port`` (cleartext HTTP/2, for a local forwarder).
     """
     if address.startswith("unix://"):
         path = address[len("unix://") :]
@@ -43,10 +43,10 @@ def parse_address(address: str) -> tuple[str | None, str | None]:
         path = address[len("unix:") :]
     elif address.startswith("/"):
         path = address
-    elif re.match(r"^http://[^/]+/?$", address):
+    elif re.match(r"^https?://[^/]+/?$", address):
         return None, address.rstrip("/")
     else:
-        raise ValueError(f"address {address!r}: want unix:///path/to/api.sock or http://host:port")
+        raise ValueError(f"address {address!r}: want unix:///path/to/api.sock, https://host:port or http://host:port")
     if not os.path.isabs(path):
         raise ValueError(f"address {address!r}: the unix socket path must be absolute")
     return path, None
@@ -122,3 +122,41 @@ def lifetime_fields(req: object, timeout: float | None, idle_timeout: float | No
         req.timeout.CopyFrom(duration(timeout))  # type: ignore[attr-defined]
     if idle_timeout is not None:
         req.idle_timeout.CopyFrom(duration(idle_timeout))  # type: ignore[attr-defined]
+
+
+def transport_options(
+    address: str,
+    path: str | None,
+    *,
+    token: str | None,
+    ca_file: str | None,
+    client_cert_file: str | None,
+    client_key_file: str | None,
+) -> dict[str, object]:
+    """Checks the TLS and token options of a client of ``address`` and
+    returns the TLS keyword arguments of its pyqwest transport."""
+    remote = address.startswith("https://")
+    if token is not None and (token == "" or "\r" in token or "\n" in token):
+        raise ValueError("token: empty, or with a line break")
+    if token is not None and path is not None:
+        raise ValueError(
+            f"address {address!r}: tokens are for remote sandboxers (https://); the unix socket is the host administrator's"
+        )
+    if not remote and (ca_file or client_cert_file or client_key_file):
+        raise ValueError(f"address {address!r}: TLS options need an https:// address")
+    if bool(client_cert_file) != bool(client_key_file):
+        raise ValueError("client_cert_file and client_key_file go together")
+    if not remote:
+        return {}
+    opts: dict[str, object] = {}
+    if ca_file:
+        with open(ca_file, "rb") as f:
+            opts["tls_ca_cert"] = f.read()
+    else:
+        opts["tls_include_system_certs"] = True
+    if client_cert_file and client_key_file:
+        with open(client_cert_file, "rb") as f:
+            opts["tls_cert"] = f.read()
+        with open(client_key_file, "rb") as f:
+            opts["tls_key"] = f.read()
+    return opts

@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
 from google.protobuf import duration_pb2
 from pyqwest import Client as HTTPClient, HTTPTransport, HTTPVersion
 
@@ -32,6 +34,7 @@ from magnetar._common import (
     duration,
     lifetime_fields,
     parse_address,
+    transport_options,
 )
 from magnetar._ports import AsyncPortConnection
 from magnetar._relay import UnixRelay
@@ -47,6 +50,19 @@ __all__ = ["AsyncClient", "AsyncSandbox", "AsyncContainer"]
 
 
 
+class _Bearer:
+    """Sends a bearer token with every call."""
+
+    def __init__(self, token: str) -> None:
+        self._value = f"Bearer {token}"
+
+    async def on_start(self, ctx: RequestContext[Any, Any]) -> None:
+        ctx.request_headers["authorization"] = self._value
+
+    async def on_end(self, token: None, ctx: RequestContext[Any, Any], error: Exception | None) -> None:
+        return
+
+
 @contextmanager
 def _api() -> Iterator[None]:
     try:
@@ -59,8 +75,12 @@ class AsyncClient:
     """An asyncio client of a sandboxer's API.
 
     ``address`` is ``unix:///path/to/api.sock`` (the default is
-    :data:`magnetar.DEFAULT_ADDRESS`) or ``http://host:port``. ``protocol``
-    selects Connect (default) or gRPC; both run over cleartext HTTP/2.
+    :data:`magnetar.DEFAULT_ADDRESS`), ``https://host:port`` (a sandboxer's
+    remote listener: TLS, verified against ``ca_file`` or the system's CAs;
+    ``client_cert_file`` and ``client_key_file`` for one that verifies
+    clients) or ``http://host:port`` (cleartext). ``token`` is a tenant's
+    bearer token, sent with every call to a remote sandboxer. ``protocol``
+    selects Connect (default) or gRPC, both over HTTP/2.
     ``timeout`` (seconds) bounds each call, except the ones that last as long
     as a process or an import (output, wait, import_image).
 
@@ -83,6 +103,10 @@ class AsyncClient:
         protocol: Protocol | str = Protocol.CONNECT,
         timeout: float | None = None,
         retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+        token: str | None = None,
+        ca_file: str | None = None,
+        client_cert_file: str | None = None,
+        client_key_file: str | None = None,
     ) -> None:
         proto = Protocol(protocol)
         self.retry_timeout = retry_timeout
@@ -90,6 +114,9 @@ class AsyncClient:
         event streams resumed, while the sandboxer is unavailable (it
         restarts); 0 turns that off."""
         path, url = parse_address(address)
+        tls = transport_options(
+            address, path, token=token, ca_file=ca_file, client_cert_file=client_cert_file, client_key_file=client_key_file
+        )
         self._relay: UnixRelay | None = None
         if path is not None:
             # Like the Go SDK: check that the socket exists, connect on the first call.
@@ -99,9 +126,10 @@ class AsyncClient:
                 raise UnavailableError(Code.UNAVAILABLE, f"sandboxer API socket {path}: {e.strerror or e}") from e
             url = self._relay.url
         assert url is not None
-        self._transport = HTTPTransport(http_version=HTTPVersion.HTTP2)
+        self._transport = HTTPTransport(http_version=HTTPVersion.HTTP2, **tls)  # type: ignore[arg-type]
         http = HTTPClient(self._transport)
         kw = dict(
+            interceptors=() if token is None else (_Bearer(token),),
             protocol=proto.to_connectrpc(),
             http_client=http,
             read_max_bytes=MAX_MESSAGE_BYTES,

@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
 from google.protobuf import duration_pb2
 from pyqwest import HTTPVersion, SyncClient, SyncHTTPTransport
 
@@ -32,6 +34,7 @@ from magnetar._common import (
     duration,
     lifetime_fields,
     parse_address,
+    transport_options,
 )
 from magnetar._ports import PortConnection
 from magnetar._relay import UnixRelay
@@ -46,6 +49,19 @@ from magnetar.sandbox.v1 import sandbox_connect, sandbox_pb2
 __all__ = ["Client", "Sandbox", "Container"]
 
 
+class _BearerSync:
+    """Sends a bearer token with every call."""
+
+    def __init__(self, token: str) -> None:
+        self._value = f"Bearer {token}"
+
+    def on_start_sync(self, ctx: RequestContext[Any, Any]) -> None:
+        ctx.request_headers["authorization"] = self._value
+
+    def on_end_sync(self, token: None, ctx: RequestContext[Any, Any], error: Exception | None) -> None:
+        return
+
+
 @contextmanager
 def _api() -> Iterator[None]:
     try:
@@ -58,8 +74,12 @@ class Client:
     """A synchronous client of a sandboxer's API.
 
     ``address`` is ``unix:///path/to/api.sock`` (the default is
-    :data:`magnetar.DEFAULT_ADDRESS`) or ``http://host:port``. ``protocol``
-    selects Connect (default) or gRPC; both run over cleartext HTTP/2.
+    :data:`magnetar.DEFAULT_ADDRESS`), ``https://host:port`` (a sandboxer's
+    remote listener: TLS, verified against ``ca_file`` or the system's CAs;
+    ``client_cert_file`` and ``client_key_file`` for one that verifies
+    clients) or ``http://host:port`` (cleartext). ``token`` is a tenant's
+    bearer token, sent with every call to a remote sandboxer. ``protocol``
+    selects Connect (default) or gRPC, both over HTTP/2.
     ``timeout`` (seconds) bounds each call, except the ones that last as long
     as a process or an import (output, wait, import_image).
 
@@ -82,6 +102,10 @@ class Client:
         protocol: Protocol | str = Protocol.CONNECT,
         timeout: float | None = None,
         retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+        token: str | None = None,
+        ca_file: str | None = None,
+        client_cert_file: str | None = None,
+        client_key_file: str | None = None,
     ) -> None:
         proto = Protocol(protocol)
         self.retry_timeout = retry_timeout
@@ -89,6 +113,9 @@ class Client:
         event streams resumed, while the sandboxer is unavailable (it
         restarts); 0 turns that off."""
         path, url = parse_address(address)
+        tls = transport_options(
+            address, path, token=token, ca_file=ca_file, client_cert_file=client_cert_file, client_key_file=client_key_file
+        )
         self._relay: UnixRelay | None = None
         if path is not None:
             # Like the Go SDK: check that the socket exists, connect on the first call.
@@ -98,9 +125,10 @@ class Client:
                 raise UnavailableError(Code.UNAVAILABLE, f"sandboxer API socket {path}: {e.strerror or e}") from e
             url = self._relay.url
         assert url is not None
-        self._transport = SyncHTTPTransport(http_version=HTTPVersion.HTTP2)
+        self._transport = SyncHTTPTransport(http_version=HTTPVersion.HTTP2, **tls)  # type: ignore[arg-type]
         http = SyncClient(self._transport)
         kw = dict(
+            interceptors=() if token is None else (_BearerSync(token),),
             protocol=proto.to_connectrpc(),
             http_client=http,
             read_max_bytes=MAX_MESSAGE_BYTES,

@@ -76,6 +76,31 @@ public final class MagnetarClient implements AutoCloseable {
         Retry.DEFAULT_TIMEOUT);
   }
 
+  /**
+   * Connects to a remote sandboxer's {@code https://host:port} listener as a
+   * tenant: the server's certificate is checked against the CA certificates
+   * of caFile (PEM; null: the JVM's trusted ones), and token (the tenant's
+   * bearer token) is sent with every call. Tokens are refused over unix
+   * sockets and clear text.
+   */
+  public static MagnetarClient dialRemote(String url, java.nio.file.Path caFile, String token) {
+    if (url == null || !url.startsWith("https://")) {
+      throw MagnetarException.invalidArgument("a remote sandboxer is dialed with an https:// URL, not " + url);
+    }
+    ChannelCredentials tls;
+    if (caFile == null) {
+      tls = TlsChannelCredentials.create();
+    } else {
+      try {
+        tls = TlsChannelCredentials.newBuilder().trustManager(caFile.toFile()).build();
+      } catch (java.io.IOException e) {
+        throw MagnetarException.invalidArgument("read the CA file " + caFile + ": " + e.getMessage());
+      }
+    }
+    ChannelCredentials creds = token == null ? tls : io.grpc.CompositeChannelCredentials.create(tls, new BearerToken(token));
+    return new MagnetarClient(Grpc.newChannelBuilder(grpcTarget(url), creds).build(), null, Retry.DEFAULT_TIMEOUT);
+  }
+
   /** Uses an existing channel (closed by {@link #close()}). */
   public static MagnetarClient of(ManagedChannel channel) {
     return new MagnetarClient(channel, null, Retry.DEFAULT_TIMEOUT);

@@ -453,6 +453,33 @@ class LiveTest {
   }
 
   @Test
+  @Order(8)
+  void remoteTenants() {
+    try (MagnetarClient admin = MagnetarClient.dialRemote(daemon.remoteUrl, daemon.caFile, daemon.tokens.get("admin"));
+        MagnetarClient a = MagnetarClient.dialRemote(daemon.remoteUrl, daemon.caFile, daemon.tokens.get("a"));
+        MagnetarClient b = MagnetarClient.dialRemote(daemon.remoteUrl, daemon.caFile, daemon.tokens.get("b"));
+        MagnetarClient anonymous = MagnetarClient.dialRemote(daemon.remoteUrl, daemon.caFile, null).withRetryTimeout(Duration.ZERO);
+        MagnetarClient untrusting = MagnetarClient.dialRemote(daemon.remoteUrl, null, daemon.tokens.get("a")).withRetryTimeout(Duration.ZERO)) {
+      // The admin token runs a container from an image of the host.
+      try (Sandbox sb = admin.createSandbox("wasm", new SandboxOptions().labels(LABELS))) {
+        String out = sb.run(new ContainerOptions().image(Sandboxer.HELLO_WASM).args("via", "remote")).collect().stdout();
+        assertMatches("^args: via remote$", out);
+      }
+      MagnetarException e = assertThrows(MagnetarException.class, anonymous::kinds);
+      assertEquals(Status.Code.UNAUTHENTICATED, e.code());
+      assertThrows(MagnetarException.class, untrusting::kinds);
+      // Tenant B's sandbox does not exist for tenant A.
+      try (Sandbox sbB = b.createSandbox("wasm", new SandboxOptions()); Sandbox sbA = a.createSandbox("wasm", new SandboxOptions())) {
+        assertEquals("a", sbA.info().getLabelsMap().get("magnetar.io/tenant"));
+        MagnetarException nf = assertThrows(MagnetarException.class, () -> a.sandbox(sbB.id()));
+        assertEquals(Status.Code.NOT_FOUND, nf.code());
+        assertEquals(List.of(sbA.id()), a.sandboxes(Map.of()).stream().map(Sandbox::id).toList());
+      }
+    }
+    assertThrows(MagnetarException.class, () -> MagnetarClient.dialRemote("http://127.0.0.1:1", null, "t"));
+  }
+
+  @Test
   @Order(9)
   void leavesNoSandboxBehind() {
     assertEquals(List.of(), client.sandboxes(Map.of()).stream().map(Sandbox::id).toList());

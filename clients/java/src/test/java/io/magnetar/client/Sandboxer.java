@@ -29,6 +29,11 @@ final class Sandboxer implements AutoCloseable {
 
   final Path dir;
   final Path socket;
+  /** The remote listener (https://127.0.0.1:PORT) and the CA of its certificate. */
+  final String remoteUrl;
+  final Path caFile;
+  /** The remote listener's tokens: tenants "a" and "b", and "admin". */
+  final Map<String, String> tokens = Map.of("a", "token-of-tenant-a", "b", "token-of-tenant-b", "admin", "token-of-the-admin");
   private final java.lang.Process child;
   private final Path log;
 
@@ -58,19 +63,33 @@ final class Sandboxer implements AutoCloseable {
     dir = Files.createTempDirectory(Paths.get("/tmp"), "mgjava-");
     socket = dir.resolve("run/api.sock");
     log = dir.resolve("sandboxer.log");
+    Path tlsDir = dir.resolve("tls");
+    makeCerts(tlsDir);
+    caFile = tlsDir.resolve("ca.pem");
+    StringBuilder tenants = new StringBuilder("version = 1\n");
+    for (var t : new java.util.TreeMap<>(tokens).entrySet()) {
+      tenants.append("[[tenant]]\nname = \"").append(t.getKey()).append("\"\n")
+          .append(t.getKey().equals("admin") ? "admin = true\n" : "")
+          .append("token_sha256 = [\"").append(sha256(t.getValue())).append("\"]\n");
+    }
+    Files.writeString(dir.resolve("tenants.toml"), tenants.toString());
     child = new ProcessBuilder(
             BIN.resolve("magnetar-sandboxer").toString(),
             "--state-dir", dir.resolve("state").toString(),
             "--run-dir", dir.resolve("run").toString(),
             "--listen", dir.resolve("run/sandboxer.sock").toString(),
             "--api-listen", socket.toString(),
+            "--api-listen", "tcp://127.0.0.1:0",
+            "--api-tls-cert", tlsDir.resolve("cert.pem").toString(),
+            "--api-tls-key", tlsDir.resolve("key.pem").toString(),
+            "--api-tenants", dir.resolve("tenants.toml").toString(),
             "--vm-guest-dir", dir.resolve("no-guest").toString())
         .redirectErrorStream(true)
         .redirectOutput(log.toFile())
         .start();
     // Wait for the socket (generous: the machine may be loaded).
     long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(120);
-    while (!Files.exists(socket)) {
+    while (!Files.exists(socket) || remotePort() == null) {
       if (!child.isAlive()) {
         String tail = logTail();
         removeDir();
@@ -84,6 +103,53 @@ final class Sandboxer implements AutoCloseable {
       }
       Thread.sleep(100);
     }
+    remoteUrl = "https://127.0.0.1:" + remotePort();
+  }
+
+  private String remotePort() throws IOException {
+    java.util.regex.Matcher m = java.util.regex.Pattern
+        .compile("serving Magnetar API to tenants.* listen=127\\.0\\.0\\.1:(\\d+)")
+        .matcher(Files.readString(log));
+    return m.find() ? m.group(1) : null;
+  }
+
+  private static String sha256(String s) {
+    try {
+      return java.util.HexFormat.of().formatHex(
+          java.security.MessageDigest.getInstance("SHA-256").digest(s.getBytes(java.nio.charset.StandardCharsets.UTF_8)));
+    } catch (java.security.NoSuchAlgorithmException e) {
+      throw new IllegalStateException(e);
+    }
+  }
+
+  /** A CA and a server certificate for 127.0.0.1 it signed, valid a day (openssl). */
+  private static void makeCerts(Path d) throws IOException, InterruptedException {
+    Files.createDirectories(d);
+    List<String> ec = List.of("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes");
+    Files.writeString(d.resolve("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n");
+    List<List<String>> cmds = List.of(
+        concat(List.of("req", "-x509"), ec, List.of("-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=magnetar-test-ca", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")),
+        concat(List.of("req"), ec, List.of("-keyout", "key.pem", "-out", "server.csr", "-subj", "/CN=127.0.0.1")),
+        List.of("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "cert.pem", "-days", "1", "-extfile", "ext.cnf"));
+    for (List<String> args : cmds) {
+      List<String> cmd = concat(List.of("openssl"), args);
+      java.lang.Process p = new ProcessBuilder(cmd).directory(d.toFile()).redirectErrorStream(true)
+          .redirectOutput(d.resolve("openssl.log").toFile()).start();
+      if (p.waitFor() != 0) {
+        throw new IllegalStateException(String.join(" ", cmd) + " failed: " + Files.readString(d.resolve("openssl.log")));
+      }
+    }
+  }
+
+  @SafeVarargs
+  private static List<String> concat(List<String>... parts) {
+    List<String> out = new ArrayList<>();
+    for (List<String> p : parts) {
+      out.addAll(p);
+    }
+    return out;
   }
 
   String logTail() {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,14 @@ log_level = "debug"
   boot_timeout = "90s"
   health_interval = "5s"
   health_failures = 2
+  [backends.vm.pool]
+    memory_budget_mib = 768
+    [[backends.vm.pool.classes]]
+      count = 2
+    [[backends.vm.pool.classes]]
+      count = 1
+      vcpus = 2
+      memory_mib = 256
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -40,8 +49,9 @@ log_level = "debug"
 	if cfg.StateDir != "/var/lib/m" || cfg.RunDir != DefaultRunDir || cfg.Listen != DefaultListen || cfg.DefaultKind != "runc" ||
 		cfg.Containerd.TTRPCAddress != "/run/containerd/containerd.sock.ttrpc" || cfg.Containerd.Handlers["magnetar"] != "runc" ||
 		cfg.Backends.Runc.Binary != "/usr/sbin/runc" || cfg.LogLevel != "debug" ||
-		cfg.Backends.VM != (VMConfig{VCPUs: 2, MemoryMiB: 512, MaxVCPUs: 4, MemoryOverheadMiB: 96,
-			BootTimeout: Duration(90 * time.Second), HealthInterval: Duration(5 * time.Second), HealthFailures: 2}) {
+		!reflect.DeepEqual(cfg.Backends.VM, VMConfig{VCPUs: 2, MemoryMiB: 512, MaxVCPUs: 4, MemoryOverheadMiB: 96,
+			BootTimeout: Duration(90 * time.Second), HealthInterval: Duration(5 * time.Second), HealthFailures: 2,
+			Pool: VMPoolConfig{MemoryBudgetMiB: 768, Classes: []VMPoolClass{{Count: 2}, {Count: 1, VCPUs: 2, MemoryMiB: 256}}}}) {
 		t.Errorf("config: %+v", cfg)
 	}
 
@@ -57,6 +67,8 @@ log_level = "debug"
 		"bad duration":        "[backends.vm]\nhealth_interval = \"often\"\n",
 		"neg duration":        "[backends.vm]\nboot_timeout = \"-1s\"\n",
 		"neg failures":        "[backends.vm]\nhealth_failures = -1\n",
+		"neg pool count":      "[[backends.vm.pool.classes]]\ncount = -1\n",
+		"neg pool budget":     "[backends.vm.pool]\nmemory_budget_mib = -1\n",
 		"gvisor platform":     "[backends.gvisor]\nplatform = \"kvmm\"\n",
 	} {
 		if _, err := ParseConfig([]byte(doc)); !errdefs.IsInvalidArgument(err) {

@@ -88,6 +88,32 @@ func TestVMWarmPool(t *testing.T) {
 
 	// The pool boots a replacement.
 	testutil.Eventually(t, 3*time.Minute, func() bool { return readyCount() >= 2 }, "the pool did not refill:\n%s", e.sbLog)
+	// A second pod takes the replacement; stopping and removing it ends
+	// its VM and leaves nothing, as for a cold-booted VM.
+	pod2 := e.runPodWith(t, "magnetar-vm", false)
+	sb2, err := e.api().GetSandbox(ctxT(t), &sandboxv1.GetSandboxRequest{SandboxId: pod2.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimed2 := sb2.GetSandbox().GetInfo()["warm_vm"]
+	if !strings.HasPrefix(claimed2, "pool-") || claimed2 == claimed {
+		t.Fatalf("the second pod did not adopt the pool's replacement VM: info %v", sb2.GetSandbox().GetInfo())
+	}
+	e.startContainer(t, pod2, "c", "echo in-second-pod")
+	if got := e.logOf(t, pod2, "c", "in-second-pod"); !strings.Contains(got, "in-second-pod") {
+		t.Errorf("second pod's container log %q", got)
+	}
+	t0 := time.Now()
+	e.removePod(t, pod2)
+	t.Logf("second pod removed in %s", time.Since(t0))
+	if _, ok := poolQEMUs(t)[claimed2]; ok {
+		t.Errorf("the VM %s outlived its removed pod", claimed2)
+	}
+	if _, err := os.Stat(filepath.Join(e.runDir, "vmpool", strings.TrimPrefix(claimed2, "pool-"))); !os.IsNotExist(err) {
+		t.Errorf("the VM's directory remains after the pod's removal: %v", err)
+	}
+	testutil.Eventually(t, 3*time.Minute, func() bool { return readyCount() >= 3 }, "the pool did not refill:\n%s", e.sbLog)
+
 	vms := poolQEMUs(t)
 	if _, ok := vms[claimed]; !ok || len(vms) != 2 {
 		t.Fatalf("pool VMs = %v, want the claimed %s and a pooled one", vms, claimed)
@@ -117,7 +143,9 @@ func TestVMWarmPool(t *testing.T) {
 		t.Errorf("container after the crash: log %q", got)
 	}
 
+	t0 = time.Now()
 	e.removePod(t, vmPod)
+	t.Logf("pod removed in %s", time.Since(t0))
 	testutil.Eventually(t, time.Minute, func() bool { _, ok := poolQEMUs(t)[claimed]; return !ok }, "the claimed VM %s outlived its pod", claimed)
 	if _, err := os.Stat(filepath.Join(e.runDir, "vmpool", strings.TrimPrefix(claimed, "pool-"))); !os.IsNotExist(err) {
 		t.Errorf("the claimed VM's directory remains after the pod's removal: %v", err)

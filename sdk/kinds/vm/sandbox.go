@@ -150,13 +150,13 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	s.mu.Lock()
 	s.st.CgroupPath, s.st.VCPUs, s.st.MemoryMiB = cg, sz.VCPUs, sz.MemoryMiB
 	s.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, s.b.cfg.BootTimeout)
-	defer cancel()
 	info := map[string]string{"network": "none"}
 	if p := s.b.pool; p != nil {
 		// A warm VM of this size, if the pool has one ready (warm.go).
 		if pv := p.claim(sz.norm()); pv != nil {
-			si, err := s.adopt(ctx, pv.warm, info)
+			actx, acancel := context.WithTimeout(ctx, adoptTimeout)
+			si, err := s.adopt(actx, pv.warm, info)
+			acancel()
 			if err == nil {
 				return si, nil
 			}
@@ -167,6 +167,8 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 			info["warm_vm"] = "none ready"
 		}
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.b.cfg.BootTimeout)
+	defer cancel()
 	if err := os.MkdirAll(s.shared, 0o711); err != nil {
 		return backend.StartInfo{}, err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -40,6 +41,10 @@ import (
 // crash kills what an earlier run left in the pool's directory, except
 // VMs claimed by a sandbox whose directory still exists (its recovery
 // owns them).
+
+// adoptTimeout bounds the adoption of a warm VM (its guest Setup, mostly);
+// past it the sandbox boots cold.
+const adoptTimeout = 30 * time.Second
 
 const (
 	poolDirName  = "vmpool"
@@ -188,6 +193,11 @@ func (b *Backend) endLeftVM(dir, id string) error {
 // bootWarm boots a VM for the pool and waits for its agent.
 func (b *Backend) bootWarm(ctx context.Context, sz vmSize) (_ *pooledVM, retErr error) {
 	t0 := time.Now()
+	defer func() {
+		if retErr != nil && ctx.Err() == nil {
+			b.log("warm vm boot failed", "size", sz.String(), "error", retErr, "took", time.Since(t0))
+		}
+	}()
 	var rnd [6]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, err
@@ -235,6 +245,9 @@ func (b *Backend) bootWarm(ctx context.Context, sz vmSize) (_ *pooledVM, retErr 
 		return nil, fmt.Errorf("warm vm: %w", err)
 	}
 	w.vm = v
+	// A pooled VM boots in the background: it yields the CPU to the
+	// running pods (TCG boots are CPU-bound) until a sandbox adopts it.
+	_ = renice(v.Pid(), poolNice)
 	ps := newSandbox(b, backend.SandboxConfig{ID: w.id, Dir: w.dir})
 	ps.shared = w.shared
 	ps.st.VMDir = w.dir
@@ -247,6 +260,29 @@ func (b *Backend) bootWarm(ctx context.Context, sz vmSize) (_ *pooledVM, retErr 
 	}
 	b.log("warm vm ready", "vm", w.id, "size", sz.String(), "took", time.Since(t0))
 	return &pooledVM{gone: ps.gone, warm: w}, nil
+}
+
+// poolNice is the nice value of a pooled VM's threads.
+const poolNice = 19
+
+// renice sets the nice value of every thread of process pid (Linux nice
+// values are per thread; threads started later inherit their creator's).
+func renice(pid, nice int) error {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range tasks {
+		var tid int
+		if _, err := fmt.Sscan(t.Name(), &tid); err != nil {
+			continue
+		}
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("thread %d: %w", tid, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // hypervisorMAC is a locally administered unicast MAC from rnd.
@@ -308,6 +344,9 @@ func (s *sandbox) adopt(ctx context.Context, w *warmVM, info map[string]string) 
 	}()
 	if err := atomicfile.WriteFile(filepath.Join(w.dir, claimedFile), []byte(s.cfg.Dir), 0o600); err != nil {
 		return backend.StartInfo{}, err
+	}
+	if err := renice(w.vm.Pid(), 0); err != nil {
+		return backend.StartInfo{}, fmt.Errorf("renice the warm vm: %w", err)
 	}
 	mv, ok := w.vm.(hypervisor.CgroupMover)
 	if !ok {

@@ -301,6 +301,7 @@ func (b *bench) serial(ctx context.Context) error {
 			if err := b.removePod(ctx, p); err != nil {
 				return err
 			}
+			stopRemove := time.Since(t)
 			if k.warm { // the refill's boot must not overlap the next measurement
 				if err := b.waitWarm(ctx); err != nil {
 					return err
@@ -312,7 +313,7 @@ func (b *bench) serial(ctx context.Context) error {
 			s.Start = append(s.Start, ms(p.start))
 			s.PodStart = append(s.PodStart, ms(p.runPod+p.create+p.start))
 			s.FirstOutput = append(s.FirstOutput, ms(first))
-			s.StopRemove = append(s.StopRemove, ms(time.Since(t)))
+			s.StopRemove = append(s.StopRemove, ms(stopRemove))
 			if k.Name == "magnetar-runc" {
 				b.runcPods = append(b.runcPods, p.id)
 			}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/internal/harness"
 )
 
 // Machine describes the host a run measured.
@@ -23,8 +25,12 @@ type Machine struct {
 	// Load is /proc/loadavg's 1-minute figure when the run started: other
 	// work on the host shows here.
 	Load float64 `json:"load"`
-	// KVM tells whether /dev/kvm is usable (else QEMU runs under TCG).
+	// KVM tells whether /dev/kvm opens (else QEMU runs under TCG).
 	KVM bool `json:"kvm"`
+	// VMAccel is the accelerator the vm kind chose (its sandbox's "accel"
+	// and "accel_reason" info: a /dev/kvm that opens may still run no
+	// guest), empty when no vm sandbox was measured.
+	VMAccel string `json:"vmAccel,omitempty"`
 	// Versions of the software measured, by program.
 	Versions map[string]string `json:"versions"`
 }
@@ -74,6 +80,12 @@ func describeMachine(ctx context.Context, binDir string) Machine {
 		"magnetar":   {binDir + "/magnetar-sandboxer", "--version"},
 	} {
 		m.Versions[name] = firstLine(ctx, argv...)
+	}
+	// A build from a checkout says "devel": name the commit measured.
+	if root, err := harness.ModuleRoot(); err == nil {
+		if c := firstLine(ctx, "git", "-C", root, "describe", "--always", "--dirty"); c != "" {
+			m.Versions["magnetar"] += " (commit " + c + ")"
+		}
 	}
 	return m
 }

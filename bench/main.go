@@ -79,15 +79,18 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	r, err := measure(ctx, o, logf)
+	if err != nil {
+		logf("FAILED: %v", err)
+	}
 	if r != nil {
 		if werr := writeOutputs(r, o); werr != nil {
+			logf("FAILED: writing the report: %v", werr)
 			err = errors.Join(err, werr)
 		} else {
 			logf("wrote %s", filepath.Join(o.out, "report.md"))
 		}
 	}
 	if err != nil {
-		logf("FAILED: %v", err)
 		return 1
 	}
 	return 0

@@ -348,7 +348,7 @@ func (b *bench) parallel(ctx context.Context) error {
 			for _, n := range rotated(k.parallel, i) {
 				started, first, removed, err := b.batch(ctx, k, n)
 				if err != nil {
-					return err
+					return fmt.Errorf("parallel: %s x%d: %w", k.Name, n, err)
 				}
 				r := &b.res.Parallel[idx[key{k.Name, n}]]
 				r.Started = append(r.Started, ms(started))
@@ -516,6 +516,11 @@ func (b *bench) directOnce(ctx context.Context, k *kind) (directSample, error) {
 		return s, fmt.Errorf("direct %s: Run: %w", k.direct, err)
 	}
 	s.run = time.Since(t0)
+	if b.res.Machine.VMAccel == "" && k.direct == "vm" {
+		if err := sb.Refresh(ctx); err == nil && sb.Info["accel"] != "" {
+			b.res.Machine.VMAccel = strings.TrimSpace(sb.Info["accel"] + " (" + sb.Info["accel_reason"] + ")")
+		}
+	}
 	for chunk, err := range c.Output(ctx) {
 		if err != nil {
 			return s, fmt.Errorf("direct %s: output: %w", k.direct, err)

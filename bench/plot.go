@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 
 	"gonum.org/v1/plot"
@@ -11,7 +14,8 @@ import (
 	"gonum.org/v1/plot/vg"
 )
 
-// writePlots writes the report's SVG plots into dir.
+// writePlots writes the report's SVG plots into dir; a plot with nothing
+// measured is left out (a log scale cannot draw an empty plot).
 func writePlots(r *Results, dir string) error {
 	for name, mk := range map[string]func(*Results) (*plot.Plot, error){
 		"pod-start.svg": func(r *Results) (*plot.Plot, error) {
@@ -28,6 +32,14 @@ func writePlots(r *Results, dir string) error {
 			return fmt.Errorf("plot %s: %w", name, err)
 		}
 		path := filepath.Join(dir, name)
+		if p == nil {
+			// Nothing measured for it (a run stopped early): a stale plot
+			// from an earlier run must not pass for this one's.
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			continue
+		}
 		if err := savePlot(p, path); err != nil {
 			return fmt.Errorf("plot %s: %w", name, err)
 		}
@@ -74,6 +86,9 @@ func boxes(r *Results, title string, get func(*Serial) []float64) (*plot.Plot, e
 		p.Add(bp)
 		names = append(names, k.Label)
 	}
+	if len(names) == 0 {
+		return nil, nil
+	}
 	p.NominalX(names...)
 	p.Add(plotter.NewGrid())
 	return p, nil
@@ -102,6 +117,9 @@ func parallelPlot(r *Results) (*plot.Plot, error) {
 			return nil, err
 		}
 		i++
+	}
+	if i == 0 {
+		return nil, nil
 	}
 	p.Legend.Top, p.Legend.Left = true, true
 	p.Add(plotter.NewGrid())
@@ -134,6 +152,9 @@ func memoryPlot(r *Results) (*plot.Plot, error) {
 			return nil, err
 		}
 		i++
+	}
+	if i == 0 {
+		return nil, nil
 	}
 	p.Legend.Top, p.Legend.Left = true, true
 	p.Add(plotter.NewGrid())

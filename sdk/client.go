@@ -298,6 +298,9 @@ type Capabilities struct {
 	UpdateResources bool `json:"updateResources"`
 	Stats           bool `json:"stats"`
 	Pause           bool `json:"pause"`
+	// EgressPolicy: egress policies of bridge networks bind the kind's
+	// sandboxes ([Sandbox.UpdateNetworkPolicy]).
+	EgressPolicy bool `json:"egressPolicy"`
 	// Isolation is how strongly the kind isolates workloads from the host
 	// kernel: "container", "wasm", "user-space-kernel",
 	// "virtual-machine", or "" when not reported.
@@ -319,7 +322,7 @@ func (c *Client) Kinds(ctx context.Context) ([]Kind, error) {
 			Available: k.GetAvailable(), UnavailableReason: k.GetUnavailableReason(),
 			Capabilities: Capabilities{
 				Exec: caps.GetExec(), TTY: caps.GetTty(), Stdin: caps.GetStdin(), OOMEvents: caps.GetOomEvents(),
-				UpdateResources: caps.GetUpdateResources(), Stats: caps.GetStats(), Pause: caps.GetPause(),
+				UpdateResources: caps.GetUpdateResources(), Stats: caps.GetStats(), Pause: caps.GetPause(), EgressPolicy: caps.GetEgressPolicy(),
 				Isolation: enumName(caps.GetIsolationLevel().String(), "ISOLATION_LEVEL_"),
 			},
 		})

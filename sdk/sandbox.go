@@ -69,13 +69,90 @@ type Sandbox struct {
 	// IdleTimeout ends the sandbox once it has been idle this long (0:
 	// never; see [WithIdleTimeout]).
 	IdleTimeout time.Duration `json:"idleTimeout,omitempty"`
+	// Network is the sandbox's bridge network; nil for other modes.
+	Network *SandboxNetwork `json:"network,omitempty"`
 
 	client *Client
 }
 
+// SandboxNetwork is a sandbox's attachment to a bridge network.
+type SandboxNetwork struct {
+	// Name is the network's, as configured in the sandboxer.
+	Name string `json:"name"`
+	// IPs are the sandbox's addresses with their prefix length.
+	IPs []string `json:"ips,omitempty"`
+	// Gateway is the bridge's address.
+	Gateway string `json:"gateway,omitempty"`
+	// Egress is the policy in force.
+	Egress EgressPolicy `json:"egress"`
+}
+
+// EgressPolicy says what a sandbox on a bridge network may send (see the
+// API's EgressPolicy). Traffic is judged in this order: loopback and
+// replies to connections made to the sandbox pass; then DNS (port 53),
+// if DNS is set; then Deny; then Allow; then DenyByDefault. Rules are
+// "CIDR", "ADDRESS", "CIDR:PORT" or "[IPv6-CIDR]:PORT" (a port matches TCP
+// and UDP). The zero policy allows everything.
+type EgressPolicy struct {
+	// DenyByDefault refuses traffic that no rule matches.
+	DenyByDefault bool     `json:"denyByDefault,omitempty"`
+	Allow         []string `json:"allow,omitempty"`
+	Deny          []string `json:"deny,omitempty"`
+	// DNS is "allow", "deny" or "" (judged by the rules).
+	DNS string `json:"dns,omitempty"`
+}
+
+func (p EgressPolicy) toProto() (*sandboxv1.EgressPolicy, error) {
+	out := &sandboxv1.EgressPolicy{Allow: p.Allow, Deny: p.Deny}
+	if p.DenyByDefault {
+		out.DefaultAction = sandboxv1.EgressAction_EGRESS_ACTION_DENY
+	}
+	switch p.DNS {
+	case "":
+	case "allow":
+		out.Dns = sandboxv1.EgressAction_EGRESS_ACTION_ALLOW
+	case "deny":
+		out.Dns = sandboxv1.EgressAction_EGRESS_ACTION_DENY
+	default:
+		return nil, fmt.Errorf("egress policy: DNS %q: want allow, deny or empty: %w", p.DNS, errdefs.ErrInvalidArgument)
+	}
+	return out, nil
+}
+
+func egressFromProto(p *sandboxv1.EgressPolicy) EgressPolicy {
+	out := EgressPolicy{Allow: p.GetAllow(), Deny: p.GetDeny(), DenyByDefault: p.GetDefaultAction() == sandboxv1.EgressAction_EGRESS_ACTION_DENY}
+	switch p.GetDns() {
+	case sandboxv1.EgressAction_EGRESS_ACTION_ALLOW:
+		out.DNS = "allow"
+	case sandboxv1.EgressAction_EGRESS_ACTION_DENY:
+		out.DNS = "deny"
+	}
+	return out
+}
+
+// UpdateNetworkPolicy replaces the egress policy of a sandbox on a bridge
+// network, at once, also while it runs; the snapshot is refreshed.
+func (s *Sandbox) UpdateNetworkPolicy(ctx context.Context, p EgressPolicy) error {
+	pp, err := p.toProto()
+	if err != nil {
+		return err
+	}
+	res, err := s.client.sandboxes.UpdateNetworkPolicy(ctx, &sandboxv1.UpdateNetworkPolicyRequest{SandboxId: s.ID, Egress: pp})
+	if err != nil {
+		return fromAPI(err)
+	}
+	*s = *s.client.sandboxFromProto(res.GetSandbox())
+	return nil
+}
+
 func (c *Client) sandboxFromProto(p *sandboxv1.Sandbox) *Sandbox {
+	var n *SandboxNetwork
+	if pn := p.GetNetwork(); pn != nil {
+		n = &SandboxNetwork{Name: pn.GetName(), IPs: pn.GetIpAddresses(), Gateway: pn.GetGateway(), Egress: egressFromProto(pn.GetEgress())}
+	}
 	return &Sandbox{
-		ID: p.GetId(), Kind: p.GetKind(),
+		Network: n,
+		ID:      p.GetId(), Kind: p.GetKind(),
 		State:  SandboxState(enumName(p.GetState().String(), "SANDBOX_STATE_")),
 		Labels: p.GetLabels(), Annotations: p.GetAnnotations(),
 		CreatedAt: timeOf(p.GetCreatedAt()), StartedAt: timeOf(p.GetStartedAt()), ExitedAt: timeOf(p.GetExitedAt()),
@@ -163,11 +240,15 @@ const (
 	// loopback interface. It is the default.
 	NetworkNone Network = "none"
 	// NetworkHost shares the host's network namespace (not every kind
-	// supports it).
+	// supports it; the server must allow host access).
 	NetworkHost Network = "host"
+	// NetworkBridge gives the sandbox a network namespace attached to the
+	// sandboxer's default bridge network (see [WithBridgeNetwork]).
+	NetworkBridge Network = "bridge"
 )
 
-// WithNetwork selects the sandbox's network. Default: [NetworkNone].
+// WithNetwork selects the sandbox's network. Default: the sandboxer's
+// default mode ([NetworkNone] unless it is configured otherwise).
 func WithNetwork(mode Network) SandboxOption {
 	return func(o *sandboxOptions) error {
 		r := o.req
@@ -176,9 +257,25 @@ func WithNetwork(mode Network) SandboxOption {
 			r.Network = &sandboxv1.NetworkConfig{Mode: sandboxv1.NetworkMode_NETWORK_MODE_NONE}
 		case NetworkHost:
 			r.Network = &sandboxv1.NetworkConfig{Mode: sandboxv1.NetworkMode_NETWORK_MODE_HOST}
+		case NetworkBridge:
+			r.Network = &sandboxv1.NetworkConfig{Mode: sandboxv1.NetworkMode_NETWORK_MODE_BRIDGE}
 		default:
-			return fmt.Errorf("WithNetwork: unknown mode %q (none, host): %w", mode, errdefs.ErrInvalidArgument)
+			return fmt.Errorf("WithNetwork: unknown mode %q (none, host, bridge): %w", mode, errdefs.ErrInvalidArgument)
 		}
+		return nil
+	}
+}
+
+// WithBridgeNetwork attaches the sandbox to the sandboxer's bridge
+// network called name ("": its default network), with egress policy p:
+// its own address, NAT for outbound traffic when the network has it.
+func WithBridgeNetwork(name string, p EgressPolicy) SandboxOption {
+	return func(o *sandboxOptions) error {
+		pp, err := p.toProto()
+		if err != nil {
+			return err
+		}
+		o.req.Network = &sandboxv1.NetworkConfig{Mode: sandboxv1.NetworkMode_NETWORK_MODE_BRIDGE, Network: name, Egress: pp}
 		return nil
 	}
 }

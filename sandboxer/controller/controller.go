@@ -145,17 +145,33 @@ func (c *Controller) stopIfDeleted(ctx context.Context, id string) {
 // Recover serves the Task API of every ready sandbox the engine knows, so
 // that the addresses containerd saved stay valid across a daemon restart.
 func (c *Controller) Recover(ctx context.Context) error {
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, recoverParallel)
+	)
 	for _, st := range c.eng.ListSandboxes(ctx) {
 		if st.State != engine.SandboxReady {
 			continue
 		}
-		if _, err := c.tasks.start(st.ID); err != nil {
-			errs = append(errs, fmt.Errorf("sandbox %s: %w", st.ID, err))
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if _, err := c.tasks.start(st.ID); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("sandbox %s: %w", st.ID, err))
+				mu.Unlock()
+			}
+		})
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// recoverParallel is how many Task API servers Recover starts at once
+// (each asks the supervisor for its socket and stream bridges).
+const recoverParallel = 16
 
 // ExitHold is a [Forwarder.Hold]: a process whose stdio are containerd
 // streams has its exit event held until its output has been sent, as the

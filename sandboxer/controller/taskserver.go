@@ -100,6 +100,11 @@ type taskServers struct {
 	mu      sync.Mutex
 	closed  bool
 	servers map[string]*taskServer
+	// starting are the servers being started (closed when done), which
+	// starts counts: a start talks to the supervisor without holding mu,
+	// so that many sandboxes' servers start at once after a restart.
+	starting map[string]chan struct{}
+	starts   sync.WaitGroup
 }
 
 // taskServer is the Task API server of one sandbox.
@@ -128,7 +133,7 @@ func newTaskServers(eng *engine.Engine, runDir, version string, log hclog.Logger
 	if sockets == nil {
 		sockets = directSockets{}
 	}
-	return &taskServers{eng: eng, runDir: runDir, version: version, log: log, sockets: sockets, servers: map[string]*taskServer{}}
+	return &taskServers{eng: eng, runDir: runDir, version: version, log: log, sockets: sockets, servers: map[string]*taskServer{}, starting: map[string]chan struct{}{}}
 }
 
 // address returns the Task API address of sandbox id, as containerd
@@ -158,25 +163,73 @@ func (ts *taskServers) outputDone(id, containerID, execID string) <-chan struct{
 
 // start serves the Task API of sandbox id, unless it already is, and
 // returns its address.
-func (ts *taskServers) start(id string) (_ string, retErr error) {
+func (ts *taskServers) start(id string) (string, error) {
 	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	if ts.closed {
-		return "", fmt.Errorf("sandboxer is shutting down: %w", errdefs.ErrUnavailable)
+	for {
+		if ts.closed {
+			ts.mu.Unlock()
+			return "", fmt.Errorf("sandboxer is shutting down: %w", errdefs.ErrUnavailable)
+		}
+		if _, ok := ts.servers[id]; ok {
+			ts.mu.Unlock()
+			return ts.address(id), nil
+		}
+		ch, busy := ts.starting[id]
+		if !busy {
+			break
+		}
+		ts.mu.Unlock()
+		<-ch
+		ts.mu.Lock()
 	}
-	if _, ok := ts.servers[id]; ok {
-		return ts.address(id), nil
+	done := make(chan struct{})
+	ts.starting[id] = done
+	ts.starts.Add(1)
+	ts.mu.Unlock()
+	t, err := ts.newServer(id)
+	ts.mu.Lock()
+	delete(ts.starting, id)
+	close(done)
+	if err == nil {
+		// Also when closing: closeAll and detachAll wait for the starts
+		// under way and then take it with the others.
+		ts.servers[id] = t
+		go t.serve(ts.log)
 	}
+	ts.mu.Unlock()
+	ts.starts.Done()
+	if err != nil {
+		return "", err
+	}
+	return ts.address(id), nil
+}
+
+// waitStart waits until no server of sandbox id is being started; the
+// caller holds ts.mu (released meanwhile).
+func (ts *taskServers) waitStart(id string) {
+	for {
+		ch, busy := ts.starting[id]
+		if !busy {
+			return
+		}
+		ts.mu.Unlock()
+		<-ch
+		ts.mu.Lock()
+	}
+}
+
+// newServer makes the Task API server of sandbox id (not yet serving).
+func (ts *taskServers) newServer(id string) (_ *taskServer, retErr error) {
 	path := TaskSocketPath(ts.runDir, id)
 	if len(path) > maxUnixPath {
-		return "", fmt.Errorf("task socket path %s is longer than %d bytes; use a shorter run_dir: %w", path, maxUnixPath, errdefs.ErrFailedPrecondition)
+		return nil, fmt.Errorf("task socket path %s is longer than %d bytes; use a shorter run_dir: %w", path, maxUnixPath, errdefs.ErrFailedPrecondition)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return "", fmt.Errorf("create task socket dir: %w", err)
+		return nil, fmt.Errorf("create task socket dir: %w", err)
 	}
 	sl, err := ts.sockets.Listen(path)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	l := &trackingListener{Listener: sl, conns: map[net.Conn]struct{}{}}
 	defer func() {
@@ -188,26 +241,27 @@ func (ts *taskServers) start(id string) (_ string, retErr error) {
 	t := &taskServer{id: id, path: path, sockets: ts.sockets, listener: l, streams: newStreamRegistry(), served: make(chan struct{})}
 	sio, err := ts.streamBridge(id, path, t.streams)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	t.sio = sio
 	t.svc = taskservice.New(ts.eng, id, ts.version, taskservice.WithStdioBridge(t.sio))
 	srv, err := ttrpc.NewServer(ttrpc.WithChainUnaryServerInterceptor(taskservice.UnaryServerInterceptor(), t.intercept(ts.log)))
 	if err != nil {
-		return "", fmt.Errorf("create task server: %w", err)
+		return nil, fmt.Errorf("create task server: %w", err)
 	}
 	taskapi.RegisterTTRPCTaskService(srv, t.svc)
 	streamingapi.RegisterTTRPCStreamingService(srv, t.streams)
 	t.srv = srv
-	ts.servers[id] = t
-	go func() {
-		defer close(t.served)
-		err := srv.Serve(context.Background(), l)
-		if err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
-			ts.log.Error("task server stopped", "sandbox_id", id, "error", err)
-		}
-	}()
-	return ts.address(id), nil
+	return t, nil
+}
+
+// serve serves the Task API until the server is closed.
+func (t *taskServer) serve(log hclog.Logger) {
+	defer close(t.served)
+	err := t.srv.Serve(context.Background(), t.listener)
+	if err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
+		log.Error("task server stopped", "sandbox_id", t.id, "error", err)
+	}
 }
 
 // streamBridge returns what bridges the streamed stdio of sandbox id,
@@ -312,6 +366,7 @@ func (ts *taskServers) ids() []string {
 // stop stops the Task API server of sandbox id, if there is one.
 func (ts *taskServers) stop(id string) error {
 	ts.mu.Lock()
+	ts.waitStart(id)
 	t, ok := ts.servers[id]
 	delete(ts.servers, id)
 	ts.mu.Unlock()
@@ -330,6 +385,9 @@ func (ts *taskServers) stop(id string) error {
 func (ts *taskServers) detachAll() {
 	ts.mu.Lock()
 	ts.closed = true
+	ts.mu.Unlock()
+	ts.starts.Wait()
+	ts.mu.Lock()
 	servers := ts.servers
 	ts.servers = map[string]*taskServer{}
 	ts.mu.Unlock()
@@ -344,6 +402,9 @@ func (ts *taskServers) detachAll() {
 func (ts *taskServers) closeAll() error {
 	ts.mu.Lock()
 	ts.closed = true
+	ts.mu.Unlock()
+	ts.starts.Wait()
+	ts.mu.Lock()
 	servers := ts.servers
 	ts.servers = map[string]*taskServer{}
 	ts.mu.Unlock()

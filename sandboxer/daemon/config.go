@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/magnetar-io/magnetar/sdk/network"
 	"os"
 	"path/filepath"
 	"time"
@@ -38,6 +39,13 @@ const (
 //	api_max_file_bytes = 8589934592
 //	api_allow_host_access = false
 //	netns_dirs = ["/run/netns", "/var/run/netns"]
+//	default_network_mode = "none"
+//	[[networks]]
+//	  name = "default"
+//	  bridge = "magnetar0"
+//	  subnet = "10.211.0.0/16"
+//	  nat = true
+//	  dns = ["192.0.2.53"]
 //	default_kind = "runc"
 //	log_level = "info"
 //	[containerd]
@@ -111,6 +119,17 @@ type Config struct {
 	// configuration puts them; any sandbox's namespace must be a network
 	// namespace, and not the host's.
 	NetNSDirs []string `toml:"netns_dirs"`
+	// DefaultNetworkMode is the network mode of sandboxes made through
+	// Magnetar's API that ask for none: "none" (the default: loopback
+	// only) or "bridge" (the first of Networks).
+	DefaultNetworkMode string `toml:"default_network_mode"`
+	// Networks are the bridge networks of sandboxes made through
+	// Magnetar's API with NETWORK_MODE_BRIDGE, attached by CNI (bridge,
+	// host-local, NAT); the first is the default. None declared: one
+	// network "default" on bridge magnetar0, 10.211.0.0/16, with NAT.
+	// Their namespaces are under <run_dir>/netns, their leases under
+	// <state_dir>/network.
+	Networks []network.NetworkConfig `toml:"networks"`
 	// DefaultKind is the sandbox kind used when neither the runtime handler
 	// nor the pod's magnetar.io/kind annotation names one. Empty refuses
 	// such pods.
@@ -349,6 +368,14 @@ func (c Config) Validate() error {
 	}
 	if c.APIMaxFileBytes < 0 {
 		errs = append(errs, fmt.Errorf("api_max_file_bytes %d must not be negative (0: the default)", c.APIMaxFileBytes))
+	}
+	switch c.DefaultNetworkMode {
+	case "", "none", "bridge":
+	default:
+		errs = append(errs, fmt.Errorf("default_network_mode %q: want none or bridge", c.DefaultNetworkMode))
+	}
+	if err := network.CheckNetworks(c.Networks); err != nil {
+		errs = append(errs, fmt.Errorf("networks: %w", err))
 	}
 	for _, d := range c.NetNSDirs {
 		if !filepath.IsAbs(d) {

@@ -20,10 +20,17 @@ version = 1
 state_dir = "/var/lib/m"
 default_kind = "runc"
 log_level = "debug"
+default_network_mode = "bridge"
 [containerd]
   ttrpc_address = "/run/containerd/containerd.sock.ttrpc"
   [containerd.handlers]
     magnetar = "runc"
+[[networks]]
+  name = "web"
+  bridge = "br-web"
+  subnet = "10.30.0.0/16"
+  nat = true
+  dns = ["10.30.0.53"]
 [backends.runc]
   binary = "/usr/sbin/runc"
 [backends.vm]
@@ -54,6 +61,10 @@ log_level = "debug"
 			Pool: VMPoolConfig{MemoryBudgetMiB: 768, Classes: []VMPoolClass{{Count: 2}, {Count: 1, VCPUs: 2, MemoryMiB: 256}}}}) {
 		t.Errorf("config: %+v", cfg)
 	}
+	if cfg.DefaultNetworkMode != "bridge" || len(cfg.Networks) != 1 || cfg.Networks[0].Name != "web" || cfg.Networks[0].Bridge != "br-web" ||
+		cfg.Networks[0].Subnet != "10.30.0.0/16" || !cfg.Networks[0].NAT || len(cfg.Networks[0].DNS) != 1 {
+		t.Errorf("networks: %q %+v", cfg.DefaultNetworkMode, cfg.Networks)
+	}
 
 	for name, doc := range map[string]string{
 		"unknown field":       "version = 1\nstate_dri = \"/x\"\n",
@@ -70,6 +81,12 @@ log_level = "debug"
 		"neg pool count":      "[[backends.vm.pool.classes]]\ncount = -1\n",
 		"neg pool budget":     "[backends.vm.pool]\nmemory_budget_mib = -1\n",
 		"gvisor platform":     "[backends.gvisor]\nplatform = \"kvmm\"\n",
+		"network mode":        "default_network_mode = \"nat\"\n",
+		"network subnet":      "[[networks]]\nname = \"a\"\nbridge = \"br-a\"\nsubnet = \"10.0.0.1/33\"\n",
+		"network name":        "[[networks]]\nname = \"A/B\"\nbridge = \"br-a\"\nsubnet = \"10.0.0.0/24\"\n",
+		"network bridge":      "[[networks]]\nname = \"a\"\nbridge = \"a-bridge-name-too-long\"\nsubnet = \"10.0.0.0/24\"\n",
+		"networks overlap":    "[[networks]]\nname = \"a\"\nbridge = \"br-a\"\nsubnet = \"10.0.0.0/16\"\n[[networks]]\nname = \"b\"\nbridge = \"br-b\"\nsubnet = \"10.0.1.0/24\"\n",
+		"network dns":         "[[networks]]\nname = \"a\"\nbridge = \"br-a\"\nsubnet = \"10.0.0.0/24\"\ndns = [\"resolver\"]\n",
 	} {
 		if _, err := ParseConfig([]byte(doc)); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)

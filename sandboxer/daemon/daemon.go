@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/magnetar-io/magnetar/sdk/network"
 	"io/fs"
 	"net"
 	"net/http"
@@ -155,9 +156,19 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	eng, err := engine.New(ctx, engine.Config{StateDir: cfg.StateDir, Backends: backends, NetNSDirs: cfg.NetNSDirs})
+	nm, err := network.New(network.Config{Networks: cfg.Networks, NetNSDir: filepath.Join(cfg.RunDir, "netns"), StateDir: filepath.Join(cfg.StateDir, "network")})
+	if err != nil {
+		return fmt.Errorf("networks: %w", err)
+	}
+	if err := nm.Check(); err != nil {
+		log.Warn("bridge networks unavailable", "error", err)
+	}
+	eng, err := engine.New(ctx, engine.Config{StateDir: cfg.StateDir, Backends: backends, NetNSDirs: cfg.NetNSDirs, Network: nm})
 	if err != nil {
 		return fmt.Errorf("open engine: %w", err)
+	}
+	if err := eng.NetworkSweepError(); err != nil {
+		log.Warn("network attachments left by a crash could not all be removed", "error", err)
 	}
 	if cfg.fdstore != nil {
 		// Recovery took back what the containers still use; the rest
@@ -207,10 +218,6 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			retErr = errors.Join(retErr, fmt.Errorf("close task servers: %w", err))
 		}
 	}()
-	if err := ctrl.Recover(ctx); err != nil {
-		log.Error("serve task API of recovered sandboxes", "error", err)
-	}
-
 	l, err := cfg.listen(cfg.Listen)
 	if err != nil {
 		return err
@@ -229,6 +236,28 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The recovered sandboxes' Task API. Under a supervisor, which holds
+	// the task sockets and their calls until this worker serves them, the
+	// controller answers meanwhile (after a restart containerd asks both);
+	// without one, a task socket must exist before containerd learns of
+	// it.
+	recoverTasks := func() {
+		if err := ctrl.Recover(ctx); err != nil {
+			log.Error("serve task API of recovered sandboxes", "error", err)
+		}
+	}
+	if cfg.sup == nil {
+		recoverTasks()
+	}
+	served := make(chan error, 1)
+	wg.Go(func() { served <- srv.Serve(l) })
+	log.Info("serving containerd sandbox controller", "listen", cfg.Listen, "version", Version())
+	if cfg.sup != nil {
+		recoverTasks()
+	}
+	// Events after the task servers: an exit is held until the output of
+	// its streams was sent (ExitHold), which their servers know. Exits
+	// seen while recovering are replayed from the engine's event log.
 	if addr := cfg.Containerd.TTRPCAddress; addr != "" {
 		fwd := controller.NewForwarder(addr, log.Named("events"))
 		fwd.Hold = ctrl.ExitHold
@@ -236,10 +265,6 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	} else {
 		log.Warn("containerd.ttrpc_address is not set: task events are not forwarded to containerd")
 	}
-
-	served := make(chan error, 1)
-	wg.Go(func() { served <- srv.Serve(l) })
-	log.Info("serving containerd sandbox controller", "listen", cfg.Listen, "version", Version())
 
 	if path := cfg.apiSocket(); path != "" {
 		images, err := image.Open(filepath.Join(cfg.StateDir, "images"))
@@ -249,7 +274,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("open image store: %w", err)
 		}
 		defer images.Close()
-		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes), apiserver.WithMaxFileSize(cfg.APIMaxFileBytes), apiserver.WithHostAccess(cfg.APIAllowHostAccess))
+		stopAPI, err := serveAPI(cfg, eng, path, log.Named("api"), &wg, apiserver.WithImageStore(images), apiserver.WithOutputRingSize(cfg.APIOutputRingBytes), apiserver.WithMaxFileSize(cfg.APIMaxFileBytes), apiserver.WithHostAccess(cfg.APIAllowHostAccess), apiserver.WithDefaultNetworkBridge(cfg.DefaultNetworkMode == "bridge"))
 		if err != nil {
 			srv.Stop()
 			cancel()

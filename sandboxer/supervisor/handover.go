@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -31,7 +32,7 @@ import (
 // HandoverVersion is the version of the state a supervisor hands over. A
 // binary that reports another one (`--handover-version`) gets the worker
 // only: the supervisor stays as it is.
-const HandoverVersion = 1
+const HandoverVersion = 2
 
 // EnvHandover names the environment variable that gives a re-executed
 // supervisor the descriptor of its predecessor's state.
@@ -55,9 +56,11 @@ type relayState struct {
 	Path     string      `json:"path"`
 	Listener int         `json:"listener"`
 	Conns    []connState `json:"conns"`
-	// StreamDir: the relay answers Streaming calls (none open), bridging
-	// them under this directory (see EnableStreams).
-	StreamDir string `json:"stream_dir,omitempty"`
+	// StreamDir: the relay answers Streaming calls, bridging them under
+	// this directory (see EnableStreams); Hub is the state of its streams
+	// (see streams_handover.go).
+	StreamDir string    `json:"stream_dir,omitempty"`
+	Hub       *hubState `json:"hub,omitempty"`
 }
 
 type connState struct {
@@ -66,6 +69,8 @@ type connState struct {
 	Partial []byte `json:"partial,omitempty"`
 	// Pending are request frames waiting for a worker, in stream order.
 	Pending [][]byte `json:"pending,omitempty"`
+	// Streams are the Streaming calls the relay answers itself.
+	Streams []localStream `json:"streams,omitempty"`
 }
 
 type exitRecord struct {
@@ -133,6 +138,9 @@ func (h *Handover) fds() []int {
 		for _, c := range r.Conns {
 			out = append(out, c.FD)
 		}
+		if r.Hub != nil {
+			out = append(out, r.Hub.fds()...)
+		}
 	}
 	for _, fd := range h.Files {
 		out = append(out, fd)
@@ -157,7 +165,7 @@ func handoverVersionOf(exe string) (int, error) {
 // the exec failed, after taking its state back: the supervisor goes on.
 func (s *supervisor) reexec() error {
 	h, err := s.handOver()
-	if errors.Is(err, errStreamsOpen) {
+	if errors.Is(err, errStreamsBusy) {
 		return err // nothing was handed over
 	}
 	if err == nil {
@@ -187,10 +195,6 @@ func dupOf(c syscall.Conn) (int, error) {
 	return nfd, derr
 }
 
-// errStreamsOpen refuses a handover while streams are bridged: their
-// state (credit, bytes in flight) lives in the supervisor's memory.
-var errStreamsOpen = errors.New("streamed stdio is bridged through the supervisor")
-
 // handOver stops the relays and the reaper and collects the state, with
 // every descriptor a duplicate that an exec keeps. The objects it took
 // them from are closed without removing their sockets.
@@ -202,13 +206,18 @@ func (s *supervisor) handOver() (*Handover, error) {
 	for _, r := range s.relays {
 		r.stopLoops()
 	}
+	var frozen []*Relay
 	for _, r := range s.relays {
-		if r.streamsOpen() {
+		if !r.freezeStreams(freezeTimeout) {
+			for _, f := range frozen {
+				f.thawStreams()
+			}
 			for _, r := range s.relays {
 				r.restartLoops()
 			}
-			return nil, errStreamsOpen
+			return nil, errStreamsBusy
 		}
+		frozen = append(frozen, r)
 	}
 	for path, l := range s.listeners {
 		fd, err := dupOf(l)
@@ -310,10 +319,34 @@ func (s *supervisor) resume(h *Handover) error {
 				errs = append(errs, err)
 			}
 		}
-		for _, cs := range st.Conns {
-			if err := r.adopt(cs); err != nil {
+		// The connections and their streams, then the bridges, are
+		// rebuilt before anything is read from containerd.
+		conns := make([]*relayConn, len(st.Conns))
+		for i, cs := range st.Conns {
+			c, err := r.adopt(cs)
+			if err != nil {
 				errs = append(errs, err)
 			}
+			conns[i] = c
+		}
+		hub := r.streamHub()
+		if st.Hub != nil {
+			if hub == nil {
+				for _, fd := range st.Hub.fds() {
+					unix.Close(fd)
+				}
+				errs = append(errs, fmt.Errorf("relay %s: stream state from the handover without a stream dir", st.Path))
+			} else if err := hub.restore(st.Hub, conns); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		for _, c := range conns {
+			if c != nil {
+				r.serveConn(c)
+			}
+		}
+		if hub != nil {
+			hub.startPumps()
 		}
 	}
 	return errors.Join(errs...)
@@ -380,35 +413,6 @@ func (r *Relay) restartLoops() {
 	}
 }
 
-// streamsOpen reports whether the relay bridges streams (or has one that
-// waits for a bridge).
-func (r *Relay) streamsOpen() bool {
-	r.mu.Lock()
-	hub := r.hub
-	conns := make([]*relayConn, 0, len(r.conns))
-	for c := range r.conns {
-		conns = append(conns, c)
-	}
-	r.mu.Unlock()
-	if hub != nil {
-		hub.mu.Lock()
-		n := len(hub.bridges) + len(hub.waiting)
-		hub.mu.Unlock()
-		if n > 0 {
-			return true
-		}
-	}
-	for _, c := range conns {
-		c.mu.Lock()
-		n := len(c.local)
-		c.mu.Unlock()
-		if n > 0 {
-			return true
-		}
-	}
-	return false
-}
-
 // handOver returns the relay's state (its loops stopped by stopLoops),
 // with duplicates of its descriptors (Listener -1: it has none), and
 // closes its own without removing the socket.
@@ -431,6 +435,7 @@ func (r *Relay) handOver() (relayState, error) {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	index := map[*relayConn]int{}
 	for c := range r.conns {
 		sc, ok := c.client.(syscall.Conn)
 		if !ok {
@@ -444,6 +449,14 @@ func (r *Relay) handOver() (relayState, error) {
 		}
 		cs := connState{FD: fd, Partial: c.in.buf}
 		c.mu.Lock()
+		for _, sid := range slices.Sorted(maps.Keys(c.local)) {
+			ls := c.local[sid]
+			ls.mu.Lock()
+			if !ls.ended {
+				cs.Streams = append(cs.Streams, localStream{SID: sid, ID: ls.id, Credit: ls.credit})
+			}
+			ls.mu.Unlock()
+		}
 		sids := make([]uint32, 0, len(c.pending))
 		for sid, p := range c.pending {
 			if !p.sent { // the others were answered when the worker went
@@ -457,35 +470,50 @@ func (r *Relay) handOver() (relayState, error) {
 		c.closed = true
 		c.mu.Unlock()
 		c.client.Close()
+		index[c] = len(st.Conns)
 		st.Conns = append(st.Conns, cs)
 	}
 	r.conns = map[*relayConn]struct{}{}
 	r.closed = true
+	if r.hub != nil {
+		hs, err := r.hub.handOver(index)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		st.Hub = hs
+	}
 	return st, errors.Join(errs...)
 }
 
-// adopt serves a client connection handed over in cs.
-func (r *Relay) adopt(cs connState) error {
+// adopt makes a client connection of one handed over in cs, with its
+// streams; start serves it.
+func (r *Relay) adopt(cs connState) (*relayConn, error) {
 	f := os.NewFile(uintptr(cs.FD), "task connection")
 	defer f.Close()
 	c, err := net.FileConn(f)
 	if err != nil {
-		return fmt.Errorf("task connection from the handover: %w", err)
+		return nil, fmt.Errorf("task connection from the handover: %w", err)
 	}
 	pend := map[uint32]*pending{}
 	for _, raw := range cs.Pending {
 		fr := frame(raw)
 		if len(fr) < headerLen || fr.typ() != typeRequest {
 			c.Close()
-			return errors.New("task connection from the handover: a waiting request is not a request frame")
+			return nil, errors.New("task connection from the handover: a waiting request is not a request frame")
 		}
 		m, err := fr.method()
 		if err != nil {
 			c.Close()
-			return err
+			return nil, err
 		}
 		pend[fr.streamID()] = &pending{f: fr, method: m, stream: fr.flags()&flagRemoteOpen != 0}
 	}
-	r.add(c, cs.Partial, pend)
-	return nil
+	rc := r.newConn(c, cs.Partial, pend)
+	if len(cs.Streams) > 0 {
+		rc.local = map[uint32]*sstream{}
+		for _, ls := range cs.Streams {
+			rc.local[ls.SID] = &sstream{c: rc, sid: ls.SID, id: ls.ID, credit: min(max(ls.Credit, 0), maxStreamCredit)}
+		}
+	}
+	return rc, nil
 }

@@ -1,10 +1,12 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,10 +16,14 @@ import (
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/core/streaming"
+	transferstreaming "github.com/containerd/containerd/v2/core/transfer/streaming"
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // stateRequest is a whole ttrpc request frame for Task.State on stream sid.
@@ -240,10 +246,157 @@ func TestTakeHandoverBadInput(t *testing.T) {
 	}
 }
 
-// TestHandoverRefusedWithOpenStreams: while a stream is bridged through
-// the supervisor the handover is refused and nothing changes: the
-// connection made before keeps being served.
-func TestHandoverRefusedWithOpenStreams(t *testing.T) {
+// TestHandoverKeepsStreams hands a supervisor that bridges streamed
+// stdio to another one (what a re-exec does, in one process) while a
+// process's output flows, its input waits for it to read and another
+// stream waits for its bridge: containerd's streams stay open, every byte
+// reaches the other side once and in order, and the next worker finds the
+// bridges listed.
+func TestHandoverKeepsStreams(t *testing.T) {
+	dir := t.TempDir()
+	task := filepath.Join(dir, "task.sock")
+	s := newTestSupervisor()
+	w := newFakeWorker("w", 0)
+	b, crash := serveFakeWorker(t, dir, w)
+	if err := s.relay(task, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.relays[task].EnableStreams(filepath.Join(dir, "s")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dial := func(id string) streaming.Stream {
+		st, c, err := dialStream(ctx, t, task, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return st
+	}
+	out, in, later := dial("c-stdout"), dial("c-stdin"), dial("d-stdout")
+	bs, err := s.relays[task].hub.bridge([]Bridge{{ID: "c-stdin", Note: "c/0"}, {ID: "c-stdout", Out: true, Note: "c/1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The process writes its output throughout; containerd reads it.
+	stdout, err := os.OpenFile(bs[1].Path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdout.Close()
+	r := transferstreaming.ReadByteStream(ctx, out)
+	io.WriteString(stdout, lines(0, 100))
+	readUntil(t, r, lines(0, 100))
+	big := lines(100, 50000)
+	wrote := make(chan error, 1)
+	go func() { _, err := io.WriteString(stdout, big); wrote <- err }()
+	// containerd writes input the process does not read yet: it waits
+	// in the bridge (and for credit).
+	payload := bytes.Repeat([]byte("0123456789"), 30000)
+	sent := make(chan error, 1)
+	go func() {
+		wc := transferstreaming.WriteByteStream(ctx, in)
+		_, err := wc.Write(payload)
+		if err == nil {
+			err = wc.Close()
+		}
+		sent <- err
+	}()
+
+	inBridge := s.relays[task].hub.bridges["c-stdin"]
+	testutil.Eventually(t, time.Minute, func() bool {
+		inBridge.mu.Lock()
+		defer inBridge.mu.Unlock()
+		return inBridge.queued >= streamWindow
+	}, "the input fills the credit granted")
+
+	crash() // the worker has stopped when a handover begins
+	s.relays[task].ClearBackend()
+	h, err := s.handOver()
+	if err != nil {
+		t.Fatalf("handOver with streams bridged: %v", err)
+	}
+	data, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h2 Handover
+	if err := json.Unmarshal(data, &h2); err != nil {
+		t.Fatal(err)
+	}
+	// What was in flight is in the state: the input waiting for the
+	// process, the output FIFO's open end, the stream waiting.
+	if len(h2.Relays) != 1 || h2.Relays[0].Hub == nil {
+		t.Fatalf("handover without the streams: %+v", h2.Relays)
+	}
+	hs := h2.Relays[0].Hub
+	if len(hs.Bridges) != 2 || len(hs.Bridges[0].Queue) == 0 || hs.Bridges[0].Stream == nil || hs.Bridges[1].FD < 0 || hs.Bridges[1].Stream == nil {
+		t.Fatalf("bridges handed over: %+v", hs.Bridges)
+	}
+	if len(hs.Waiting) != 1 || hs.Waiting[0].ID != "d-stdout" {
+		t.Fatalf("waiting streams handed over: %+v", hs.Waiting)
+	}
+	s2 := newTestSupervisor()
+	defer s2.reaper.close()
+	defer s2.closeAll()
+	defer s2.fds.closeAll()
+	if err := s2.resume(&h2); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+
+	readUntil(t, r, big)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		f, err := os.Open(bs[0].Path)
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer f.Close()
+		data, _ := io.ReadAll(f)
+		got <- data
+	}()
+	if err := <-sent; err != nil {
+		t.Fatalf("input across the handover: %v", err)
+	}
+	if data := <-got; !bytes.Equal(data, payload) {
+		t.Fatalf("the process read %d bytes, want the %d sent", len(data), len(payload))
+	}
+	// The process ends its output: the stream ends.
+	stdout.Close()
+	if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+		t.Fatalf("after the process's end: %q, %v; want end of stream", rest, err)
+	}
+
+	// The next worker finds the bridges, and bridges the waiting stream.
+	host := s2.relays[task].streamHub()
+	if list := host.list(""); len(list) != 2 || list[0].Note != "c/0" || list[1].Note != "c/1" {
+		t.Fatalf("bridges after the handover: %+v", list)
+	}
+	bd, err := host.bridge([]Bridge{{ID: "d-stdout", Out: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := transferstreaming.ReadByteStream(ctx, later)
+	dout, err := os.OpenFile(bd[0].Path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(dout, "to the stream that waited\n")
+	dout.Close()
+	readUntil(t, rd, "to the stream that waited\n")
+}
+
+// TestHandoverRefusedWhenStreamsBusy: a bridge whose pump does not come to
+// rest (here one that never parks) makes the handover give up after
+// freezeTimeout and change nothing: the connection made before keeps being
+// served, the bridge is thawed.
+func TestHandoverRefusedWhenStreamsBusy(t *testing.T) {
 	dir := t.TempDir()
 	task := filepath.Join(dir, "task.sock")
 	s := newTestSupervisor()
@@ -258,9 +411,16 @@ func TestHandoverRefusedWithOpenStreams(t *testing.T) {
 	if err := r.EnableStreams(filepath.Join(dir, "s")); err != nil {
 		t.Fatal(err)
 	}
+	stuck := newBridge(Bridge{ID: "stuck", Path: filepath.Join(dir, "s", "stuck")}, hclog.NewNullLogger())
+	stuck.running = true // a pump that never parks
 	r.hub.mu.Lock()
-	r.hub.waiting["stdout"] = &sstream{} // a stream waiting for its bridge
+	r.hub.bridges["stuck"] = stuck
 	r.hub.mu.Unlock()
+	defer func() {
+		r.hub.mu.Lock()
+		delete(r.hub.bridges, "stuck") // a stand-in, not a bridge to remove
+		r.hub.mu.Unlock()
+	}()
 	conn, err := net.Dial("unix", task)
 	if err != nil {
 		t.Fatal(err)
@@ -270,8 +430,10 @@ func TestHandoverRefusedWithOpenStreams(t *testing.T) {
 	if _, err := client.State(context.Background(), &taskapi.StateRequest{ID: "a"}); err != nil {
 		t.Fatal(err)
 	}
-	if h, err := s.handOver(); !errors.Is(err, errStreamsOpen) || h != nil {
-		t.Fatalf("handOver with a stream open = %v, %v; want refused", h, err)
+	defer func(d time.Duration) { freezeTimeout = d }(freezeTimeout)
+	freezeTimeout = 50 * time.Millisecond
+	if h, err := s.handOver(); !errors.Is(err, errStreamsBusy) || h != nil {
+		t.Fatalf("handOver with a busy stream = %v, %v; want refused", h, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -279,10 +441,10 @@ func TestHandoverRefusedWithOpenStreams(t *testing.T) {
 	if err != nil || st.ID != "w" {
 		t.Fatalf("the connection after a refused handover: %v, %v", st, err)
 	}
-	if len(s.relays) != 1 {
-		t.Errorf("relays after a refused handover: %d", len(s.relays))
+	stuck.mu.Lock()
+	frozen := stuck.frozen
+	stuck.mu.Unlock()
+	if frozen || r.hub.frozen || len(s.relays) != 1 {
+		t.Errorf("after a refused handover: bridge frozen %v, hub frozen %v, %d relays", frozen, r.hub.frozen, len(s.relays))
 	}
-	r.hub.mu.Lock()
-	delete(r.hub.waiting, "stdout") // a stand-in, not a stream to end
-	r.hub.mu.Unlock()
 }

@@ -118,10 +118,20 @@ func (r *Relay) accept() {
 // already read and pending its requests waiting for a worker (both from a
 // handover).
 func (r *Relay) add(c net.Conn, partial []byte, pend map[uint32]*pending) {
+	r.serveConn(r.newConn(c, partial, pend))
+}
+
+// newConn makes a relay connection of client connection c (see add).
+func (r *Relay) newConn(c net.Conn, partial []byte, pend map[uint32]*pending) *relayConn {
 	if pend == nil {
 		pend = map[uint32]*pending{}
 	}
-	rc := &relayConn{r: r, client: c, in: frameReader{r: c, buf: partial}, pending: pend, answered: make(chan struct{})}
+	return &relayConn{r: r, client: c, in: frameReader{r: c, buf: partial}, pending: pend, answered: make(chan struct{})}
+}
+
+// serveConn serves rc.
+func (r *Relay) serveConn(rc *relayConn) {
+	c := rc.client
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()

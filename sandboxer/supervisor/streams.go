@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"github.com/containerd/fifo"
 	"github.com/containerd/typeurl/v2"
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -110,8 +112,10 @@ type streamHub struct {
 	dir string
 	log hclog.Logger
 
-	mu      sync.Mutex
-	closed  bool
+	mu     sync.Mutex
+	closed bool
+	// frozen: a handover collects the hub's state (see freeze).
+	frozen  bool
 	waiting map[string]*sstream // opened, no bridge for their ID yet
 	bridges map[string]*bridge
 }
@@ -160,6 +164,13 @@ var waitingStreamTimeout = time.Minute
 // expire ends stream s if it still waits for a bridge under id.
 func (h *streamHub) expire(s *sstream, id string) {
 	h.mu.Lock()
+	if h.frozen {
+		// Its state is being handed over: the next supervisor (or this
+		// one, thawed) ends it later.
+		h.mu.Unlock()
+		time.AfterFunc(waitingStreamTimeout, func() { h.expire(s, id) })
+		return
+	}
 	waiting := h.waiting[id] == s
 	if waiting {
 		delete(h.waiting, id)
@@ -231,7 +242,7 @@ func (h *streamHub) bridge(bs []Bridge) ([]Bridge, error) {
 	}
 	for _, b := range made {
 		h.bridges[b.ID] = b
-		go b.run()
+		b.start()
 		if s := h.waiting[b.ID]; s != nil {
 			delete(h.waiting, b.ID)
 			b.attach(s)
@@ -337,7 +348,10 @@ func (h *streamHub) close() error {
 // bridge pumps between one stream and its FIFO. The stream attached to it
 // may change: when containerd's connection goes away the bridge keeps the
 // FIFO and what it had read, and a stream opened again under the same ID
-// takes over.
+// takes over. All of its state is in this struct (not in its pump's
+// variables), so that a supervisor re-executing itself can freeze the
+// pump at a point where nothing is in flight and hand the state over (see
+// streams_handover.go).
 type bridge struct {
 	Bridge
 	log hclog.Logger
@@ -348,24 +362,42 @@ type bridge struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every change
 	removed bool
-	s       *sstream  // the attached stream (nil: none)
-	file    io.Closer // the FIFO end the pump has open
+	s       *sstream // the attached stream (nil: none)
+	// f is the FIFO end the pump has open (nil: not yet, or closed), a
+	// file with deadlines, so that a freeze can interrupt a read or write.
+	f *os.File
+	// openCancel ends an open of the FIFO under way (a freeze does).
+	openCancel context.CancelFunc
 	// Output: credit is what the attached stream may still receive;
-	// drained is set once the FIFO reached end of file and everything
-	// read was sent; done once the stream was ended after that.
+	// pending was read from the FIFO and not yet sent; eof is set once the
+	// FIFO reached end of file (or could not be opened); drained once
+	// everything read was sent after that; done once the stream was ended
+	// after that.
 	credit  int64
+	pending []byte
+	eof     bool
 	drained bool
 	done    bool
 	// Input: queue is received data not yet written to the FIFO (queued
 	// bytes of it); window the credit granted to the attached stream and
 	// not yet used; eos is set when a stream's input ended (its sender
 	// closed, or its connection went away), ending is that stream (nil:
-	// gone) to end once the queue is written.
+	// gone) to end once the queue is written; broken once the process's
+	// end went away (data is dropped until the next end of input).
 	queue  [][]byte
 	queued int
 	window int64
 	eos    bool
 	ending *sstream
+	broken bool
+	// frozen: a handover collects the state, the pump parks (parked) at
+	// the next point where nothing is in flight; gone: the state was
+	// handed over, the pump ends without touching anything.
+	frozen bool
+	parked bool
+	gone   bool
+	// running is set while the pump runs.
+	running bool
 }
 
 func newBridge(spec Bridge, log hclog.Logger) *bridge {
@@ -379,14 +411,19 @@ func (b *bridge) notify() {
 	b.changed = make(chan struct{})
 }
 
+// wait waits, with b.mu held (released meanwhile), for the next change.
+func (b *bridge) wait() {
+	ch := b.changed
+	b.mu.Unlock()
+	<-ch
+	b.mu.Lock()
+}
+
 // await waits, with b.mu held (released meanwhile), until cond holds or
 // the bridge is removed; false when removed.
 func (b *bridge) await(cond func() bool) bool {
 	for !b.removed && !cond() {
-		ch := b.changed
-		b.mu.Unlock()
-		<-ch
-		b.mu.Lock()
+		b.wait()
 	}
 	return !b.removed
 }
@@ -501,8 +538,8 @@ func (b *bridge) remove() {
 		return
 	}
 	b.removed = true
-	s, ending, f := b.s, b.ending, b.file
-	b.s, b.ending, b.file = nil, nil, nil
+	s, ending, f := b.s, b.ending, b.f
+	b.s, b.ending, b.f = nil, nil, nil
 	b.notify()
 	b.mu.Unlock()
 	b.cancel()
@@ -519,25 +556,96 @@ func (b *bridge) remove() {
 	}
 }
 
-// setFile records the FIFO end the pump opened; false (and f closed) when
-// the bridge was removed meanwhile.
-func (b *bridge) setFile(f io.Closer) bool {
+// start runs the bridge's pump.
+func (b *bridge) start() {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.removed {
-		_ = f.Close()
-		return false
-	}
-	b.file = f
-	return true
+	b.running = true
+	b.mu.Unlock()
+	go func() {
+		defer func() {
+			b.mu.Lock()
+			b.running = false
+			b.notify()
+			b.mu.Unlock()
+		}()
+		if b.Out {
+			b.pumpOut()
+		} else {
+			b.pumpIn()
+		}
+	}()
 }
 
-func (b *bridge) run() {
-	if b.Out {
-		b.pumpOut()
-	} else {
-		b.pumpIn()
+// hold parks the pump while the bridge is frozen (b.mu held); false when
+// the pump must end (removed, or its state handed over).
+func (b *bridge) hold() bool {
+	for b.frozen && !b.gone && !b.removed {
+		if !b.parked {
+			b.parked = true
+			b.notify()
+		}
+		b.wait()
 	}
+	b.parked = false
+	return !b.gone && !b.removed
+}
+
+// open opens the FIFO's end for the pump (b.mu held, released meanwhile);
+// nil without an error when a freeze or a removal interrupted it.
+func (b *bridge) open(flag int) (*os.File, error) {
+	ctx, cancel := context.WithCancel(b.ctx)
+	b.openCancel = cancel
+	b.mu.Unlock()
+	// Blocks until the process's end is opened.
+	f, err := openEnd(ctx, b.Path, flag)
+	b.mu.Lock()
+	cancel()
+	b.openCancel = nil
+	if b.removed || b.gone {
+		if f != nil {
+			_ = f.Close()
+		}
+		return nil, nil
+	}
+	if err != nil && b.frozen && ctx.Err() != nil {
+		return nil, nil // opened again once thawed (or by the next supervisor)
+	}
+	return f, err
+}
+
+// openEnd opens one end of the FIFO at path, waiting until the other end
+// is opened or ctx ends, and returns it as a file with deadlines.
+func openEnd(ctx context.Context, path string, flag int) (*os.File, error) {
+	ff, err := fifo.OpenFifo(ctx, path, flag, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer ff.Close()
+	sc, ok := ff.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("FIFO %s: no descriptor", path)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	nfd := -1
+	if cerr := raw.Control(func(fd uintptr) { nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil {
+		return nil, cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return fifoFile(nfd, path)
+}
+
+// fifoFile makes a file with deadlines of FIFO descriptor fd.
+func fifoFile(fd int, path string) (*os.File, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("FIFO %s: %w", path, err)
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }
 
 // pumpOut reads the process's output from the FIFO and sends it to the
@@ -546,34 +654,44 @@ func (b *bridge) run() {
 // writes wait in the FIFO; a message that could not be written to a stream
 // (its connection went away) is sent again to the next one.
 func (b *bridge) pumpOut() {
-	// Blocks until the process's end is opened (or the bridge removed).
-	r, err := fifo.OpenFifo(b.ctx, b.Path, syscall.O_RDONLY, 0)
-	if err != nil {
-		if b.ctx.Err() == nil {
-			b.log.Warn("open output FIFO", "path", b.Path, "error", err)
-		}
-		r = nil
-	} else if !b.setFile(r) {
-		return
-	}
 	buf := make([]byte, streamChunk)
-	var pending []byte
-	eof := r == nil
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for {
-		if eof && len(pending) == 0 && !b.drained {
+		if !b.hold() {
+			return
+		}
+		if b.f == nil && !b.eof {
+			f, err := b.open(syscall.O_RDONLY)
+			switch {
+			case err != nil:
+				if b.ctx.Err() == nil {
+					b.log.Warn("open output FIFO", "path", b.Path, "error", err)
+				}
+				b.eof = true
+			case f != nil:
+				b.f = f
+			}
+			continue
+		}
+		if b.eof && len(b.pending) == 0 && !b.drained {
 			b.drained = true
 			b.notify()
 		}
-		if !b.await(func() bool { return b.s != nil && (b.credit > 0 || b.drained) }) {
-			return
+		if b.s == nil || (b.credit <= 0 && !b.drained) {
+			if b.removed {
+				return
+			}
+			if !b.frozen {
+				b.wait()
+			}
+			continue
 		}
 		s := b.s
 		if b.drained {
 			b.done, b.s = true, nil
-			f := b.file
-			b.file = nil
+			f := b.f
+			b.f = nil
 			b.notify()
 			b.mu.Unlock()
 			s.end()
@@ -584,21 +702,31 @@ func (b *bridge) pumpOut() {
 			return
 		}
 		n := int(min(b.credit, streamChunk))
-		b.mu.Unlock()
-		if len(pending) == 0 {
-			k, err := r.Read(buf[:n])
-			pending = buf[:k]
-			if err != nil {
-				if !errors.Is(err, io.EOF) && b.ctx.Err() == nil {
+		if len(b.pending) == 0 {
+			f := b.f
+			b.mu.Unlock()
+			k, err := f.Read(buf[:n])
+			b.mu.Lock()
+			if k > 0 {
+				b.pending = bytes.Clone(buf[:k])
+			}
+			switch {
+			case err == nil:
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// A freeze: read again once thawed (or by the next
+				// supervisor).
+			default:
+				if !errors.Is(err, io.EOF) && !b.removed && !b.gone {
 					b.log.Warn("read output FIFO", "path", b.Path, "error", err)
 				}
-				eof = true
+				b.eof = true
 			}
-			b.mu.Lock()
 			continue // the stream may have changed while reading
 		}
-		k := min(len(pending), n)
-		err := s.sendData(pending[:k])
+		k := min(len(b.pending), n)
+		data := b.pending[:k]
+		b.mu.Unlock()
+		err := s.sendData(data)
 		b.mu.Lock()
 		if err != nil {
 			// Not delivered: the frame was not written whole, so the
@@ -612,7 +740,7 @@ func (b *bridge) pumpOut() {
 		if b.s == s {
 			b.credit -= int64(k)
 		}
-		pending = pending[k:]
+		b.pending = b.pending[k:]
 	}
 }
 
@@ -625,80 +753,85 @@ func (b *bridge) pumpOut() {
 // closed, so that the process reads end of file once nothing else holds
 // its stdin open.
 func (b *bridge) pumpIn() {
-	var w io.WriteCloser
-	broken := false // the process's end went away: data is dropped
-	closeW := func() {
-		if w != nil {
-			b.mu.Lock()
-			if b.file == w {
-				b.file = nil
-			}
-			b.mu.Unlock()
-			_ = w.Close()
-			w = nil
-		}
-	}
-	defer closeW()
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	for {
-		ok := b.await(func() bool {
-			return len(b.queue) > 0 || b.eos || (b.s != nil && b.window < streamWindow)
-		})
-		if !ok {
-			b.mu.Unlock()
+		if !b.hold() {
 			return
 		}
 		switch {
+		case len(b.queue) > 0 && b.f == nil && !b.broken:
+			f, err := b.open(syscall.O_WRONLY)
+			switch {
+			case err != nil:
+				if b.ctx.Err() == nil {
+					b.log.Warn("open input FIFO", "path", b.Path, "error", err)
+				}
+				b.broken = true
+			case f != nil:
+				b.f = f
+			}
 		case len(b.queue) > 0:
 			data := b.queue[0]
-			b.queue = b.queue[1:]
-			b.mu.Unlock()
-			if w == nil && !broken {
-				// Blocks until the process's end is open.
-				f, err := fifo.OpenFifo(b.ctx, b.Path, syscall.O_WRONLY, 0)
-				if err != nil {
-					if b.ctx.Err() != nil {
-						return
+			n := len(data)
+			if f := b.f; f != nil {
+				b.mu.Unlock()
+				var err error
+				n, err = f.Write(data)
+				b.mu.Lock()
+				switch {
+				case err == nil:
+				case errors.Is(err, os.ErrDeadlineExceeded):
+					// A freeze: the rest is written once thawed (or
+					// by the next supervisor).
+				default:
+					if !b.removed && !b.gone {
+						b.log.Debug("write input FIFO: the process's stdin is gone", "path", b.Path, "error", err)
+						if b.f == f {
+							b.f = nil
+						}
+						_ = f.Close()
+						b.broken = true
 					}
-					b.log.Warn("open input FIFO", "path", b.Path, "error", err)
-					broken = true
-				} else if !b.setFile(f) {
-					return
-				} else {
-					w = f
+					n = len(data) // dropped
 				}
 			}
-			if w != nil {
-				if _, err := w.Write(data); err != nil {
-					if b.ctx.Err() != nil {
-						return
-					}
-					b.log.Debug("write input FIFO: the process's stdin is gone", "path", b.Path, "error", err)
-					closeW()
-					broken = true
-				}
+			if b.removed || b.gone {
+				return
 			}
-			b.mu.Lock()
-			b.queued -= len(data)
-			b.window -= int64(len(data))
+			if n == len(data) {
+				b.queue = b.queue[1:]
+			} else {
+				b.queue[0] = data[n:]
+			}
+			b.queued -= n
+			b.window -= int64(n)
 			b.notify()
 		case b.eos:
-			ending := b.ending
-			b.eos, b.ending = false, nil
+			ending, f := b.ending, b.f
+			b.eos, b.ending, b.f, b.broken = false, nil, nil, false
 			b.mu.Unlock()
-			closeW()
-			broken = false
+			if f != nil {
+				_ = f.Close()
+			}
 			if ending != nil {
 				ending.end()
 			}
 			b.mu.Lock()
 			b.notify()
-		default:
+		case b.s != nil && b.window < streamWindow && !b.frozen:
 			s := b.s
 			b.window += streamWindow
 			b.mu.Unlock()
 			_ = s.sendAny(&transferapi.WindowUpdate{Update: streamWindow})
 			b.mu.Lock()
+		default:
+			if b.removed {
+				return
+			}
+			if !b.frozen {
+				b.wait()
+			}
 		}
 	}
 }

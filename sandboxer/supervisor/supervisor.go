@@ -215,8 +215,8 @@ func (s *supervisor) upgrade(w *worker) {
 	default:
 		s.log.Info("re-executing the supervisor", "exe", s.cfg.Exe)
 		err := s.reexec() // returns only on failure
-		if errors.Is(err, errStreamsOpen) {
-			s.log.Warn("streamed stdio is bridged through the supervisor: it stays as it is and starts the new worker")
+		if errors.Is(err, errStreamsBusy) {
+			s.log.Warn("streamed stdio did not come to rest (containerd reads none of it?): the supervisor stays as it is and starts the new worker", "waited", freezeTimeout)
 			return
 		}
 		s.log.Error("the supervisor could not re-execute itself; it stays and starts the new worker", "error", err)

@@ -13,6 +13,7 @@ import (
 
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	containerv1 "github.com/magnetar-io/magnetar/gen/magnetar/container/v1"
 	"github.com/magnetar-io/magnetar/gen/magnetar/container/v1/containerv1connect"
@@ -196,6 +197,10 @@ func TestAPIErrors(t *testing.T) {
 			_, err := c.sb.GetSandbox(ctx, &sandboxv1.GetSandboxRequest{SandboxId: "missing"})
 			return err
 		}, connect.CodeNotFound},
+		{"negative stop timeout", func() error {
+			_, err := c.sb.StopSandbox(ctx, &sandboxv1.StopSandboxRequest{SandboxId: "missing", Timeout: durationpb.New(-time.Second)})
+			return err
+		}, connect.CodeInvalidArgument},
 		{"missing container", func() error {
 			_, err := c.ctr.WaitProcess(ctx, &containerv1.WaitProcessRequest{ContainerId: "missing"})
 			return err

@@ -2,10 +2,12 @@ package apiserver
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"time"
 
 	"connectrpc.com/connect/v2"
+	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/direct"
 	"github.com/magnetar-io/magnetar/sdk/engine"
+	"github.com/magnetar-io/magnetar/sdk/network"
 )
 
 func ts(t time.Time) *timestamppb.Timestamp {
@@ -67,6 +70,9 @@ func (s *Server) toSandbox(st engine.SandboxStatus) *sandboxv1.Sandbox {
 		CreatedAt: ts(st.CreatedAt), StartedAt: ts(st.StartedAt), ExitedAt: ts(st.ExitedAt), ExitStatus: st.ExitCode,
 		Pid: st.Pid, NetnsPath: st.NetNSPath, Info: st.Info,
 	}
+	if n := st.Network; n != nil {
+		out.Network = &sandboxv1.SandboxNetwork{Name: n.Name, IpAddresses: n.IPs, Gateway: n.Gateway, Egress: fromEgress(n.Egress)}
+	}
 	if !st.Lifetime.Deadline.IsZero() {
 		out.ExpiresAt = timestamppb.New(st.Lifetime.Deadline)
 	}
@@ -92,13 +98,20 @@ func toResources(r *typesv1.Resources) *direct.Resources {
 
 // CreateSandbox creates a sandbox; with no ID, one is generated.
 func (s *Server) CreateSandbox(ctx context.Context, req *sandboxv1.CreateSandboxRequest) (*sandboxv1.CreateSandboxResponse, error) {
+	egress, err := toEgress("network.egress", req.GetNetwork().GetEgress())
+	if err != nil {
+		return nil, err
+	}
 	st, err := s.d.CreateSandbox(ctx, direct.SandboxRequest{
 		ID: req.GetSandboxId(), Kind: req.GetKind(), Hostname: req.GetHostname(),
 		CgroupParent: req.GetCgroupParent(), Labels: req.GetLabels(), Annotations: req.GetAnnotations(),
 		Resources: toResources(req.GetResources()),
 		DNS:       backend.DNSConfig{Servers: req.GetDns().GetServers(), Searches: req.GetDns().GetSearches(), Options: req.GetDns().GetOptions()},
 		// direct's modes have the API's numbers.
-		Network:     direct.Network{Mode: direct.NetworkMode(req.GetNetwork().GetMode()), NetNSPath: req.GetNetwork().GetNetnsPath()},
+		Network: direct.Network{
+			Mode: direct.NetworkMode(req.GetNetwork().GetMode()), NetNSPath: req.GetNetwork().GetNetnsPath(),
+			Name: req.GetNetwork().GetNetwork(), Egress: egress,
+		},
 		Timeout:     req.GetTimeout().AsDuration(),
 		IdleTimeout: req.GetIdleTimeout().AsDuration(),
 	})
@@ -159,6 +172,76 @@ func (s *Server) SetSandboxTimeout(ctx context.Context, req *sandboxv1.SetSandbo
 	return &sandboxv1.SetSandboxTimeoutResponse{Sandbox: s.toSandbox(st)}, nil
 }
 
+// UpdateNetworkPolicy replaces a sandbox's egress policy.
+func (s *Server) UpdateNetworkPolicy(ctx context.Context, req *sandboxv1.UpdateNetworkPolicyRequest) (*sandboxv1.UpdateNetworkPolicyResponse, error) {
+	p, err := toEgress("egress", req.GetEgress())
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.d.SetEgressPolicy(ctx, req.GetSandboxId(), p)
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxv1.UpdateNetworkPolicyResponse{Sandbox: s.toSandbox(st)}, nil
+}
+
+var egressActions = map[sandboxv1.EgressAction]network.Action{
+	sandboxv1.EgressAction_EGRESS_ACTION_UNSPECIFIED: "",
+	sandboxv1.EgressAction_EGRESS_ACTION_ALLOW:       network.ActionAllow,
+	sandboxv1.EgressAction_EGRESS_ACTION_DENY:        network.ActionDeny,
+}
+
+// toEgress converts an egress policy; nil allows everything.
+func toEgress(field string, p *sandboxv1.EgressPolicy) (network.Policy, error) {
+	var out network.Policy
+	if p == nil {
+		return out, nil
+	}
+	var ok bool
+	if out.Default, ok = egressActions[p.GetDefaultAction()]; !ok {
+		return out, engine.Invalid(field+".default_action", "%d is not an egress action", p.GetDefaultAction())
+	}
+	if out.DNS, ok = egressActions[p.GetDns()]; !ok {
+		return out, engine.Invalid(field+".dns", "%d is not an egress action", p.GetDns())
+	}
+	for _, l := range []struct {
+		name string
+		in   []string
+		out  *[]network.Rule
+	}{{"allow", p.GetAllow(), &out.Allow}, {"deny", p.GetDeny(), &out.Deny}} {
+		if len(l.in) > network.MaxRules {
+			return out, engine.Invalid(field+"."+l.name, "%d rules, more than %d", len(l.in), network.MaxRules)
+		}
+		rs, err := network.ParseRules(l.in)
+		if err != nil {
+			return out, engine.Invalid(field+"."+l.name, "%v", err)
+		}
+		*l.out = rs
+	}
+	return out, nil
+}
+
+func fromAction(a network.Action) sandboxv1.EgressAction {
+	switch a {
+	case network.ActionAllow:
+		return sandboxv1.EgressAction_EGRESS_ACTION_ALLOW
+	case network.ActionDeny:
+		return sandboxv1.EgressAction_EGRESS_ACTION_DENY
+	}
+	return sandboxv1.EgressAction_EGRESS_ACTION_UNSPECIFIED
+}
+
+func fromEgress(p network.Policy) *sandboxv1.EgressPolicy {
+	out := &sandboxv1.EgressPolicy{DefaultAction: fromAction(p.Default), Dns: fromAction(p.DNS)}
+	for _, r := range p.Allow {
+		out.Allow = append(out.Allow, r.String())
+	}
+	for _, r := range p.Deny {
+		out.Deny = append(out.Deny, r.String())
+	}
+	return out
+}
+
 // StartSandbox starts a created sandbox.
 func (s *Server) StartSandbox(ctx context.Context, req *sandboxv1.StartSandboxRequest) (*sandboxv1.StartSandboxResponse, error) {
 	st, err := s.d.StartSandbox(ctx, req.GetSandboxId())
@@ -170,7 +253,15 @@ func (s *Server) StartSandbox(ctx context.Context, req *sandboxv1.StartSandboxRe
 
 // StopSandbox stops a sandbox and its containers.
 func (s *Server) StopSandbox(ctx context.Context, req *sandboxv1.StopSandboxRequest) (*sandboxv1.StopSandboxResponse, error) {
-	st, err := s.d.StopSandbox(ctx, req.GetSandboxId(), req.GetTimeout().AsDuration())
+	// Unset: the server's default grace period; zero: none.
+	timeout := req.GetTimeout().AsDuration()
+	switch {
+	case timeout < 0:
+		return nil, fmt.Errorf("timeout: %v is negative: %w", timeout, errdefs.ErrInvalidArgument)
+	case req.GetTimeout() != nil && timeout == 0:
+		timeout = engine.KillNow
+	}
+	st, err := s.d.StopSandbox(ctx, req.GetSandboxId(), timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +312,7 @@ func (s *Server) ListKinds(ctx context.Context, req *sandboxv1.ListKindsRequest)
 			Name: k.Kind, Description: k.Description, Available: k.Available, UnavailableReason: k.Reason,
 			Capabilities: &sandboxv1.KindCapabilities{
 				Exec: c.Exec, Tty: c.Terminal, Stdin: c.Stdin, OomEvents: c.OOMEvents, UpdateResources: c.UpdateResources,
-				Stats: c.Stats, Pause: c.Pause, IsolationLevel: isolation(k.Isolation),
+				Stats: c.Stats, Pause: c.Pause, IsolationLevel: isolation(k.Isolation), EgressPolicy: c.EgressPolicy,
 			},
 		})
 	}
@@ -244,19 +335,20 @@ func isolation(i backend.Isolation) sandboxv1.IsolationLevel {
 
 var (
 	eventTypes = map[string]sandboxv1.EventType{
-		engine.TopicSandboxCreate:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_CREATED,
-		engine.TopicSandboxStart:   sandboxv1.EventType_EVENT_TYPE_SANDBOX_STARTED,
-		engine.TopicSandboxExit:    sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXITED,
-		engine.TopicSandboxDelete:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_DELETED,
-		engine.TopicTaskCreate:     sandboxv1.EventType_EVENT_TYPE_CONTAINER_CREATED,
-		engine.TopicTaskStart:      sandboxv1.EventType_EVENT_TYPE_CONTAINER_STARTED,
-		engine.TopicTaskDelete:     sandboxv1.EventType_EVENT_TYPE_CONTAINER_DELETED,
-		engine.TopicExecStarted:    sandboxv1.EventType_EVENT_TYPE_PROCESS_STARTED,
-		engine.TopicTaskExit:       sandboxv1.EventType_EVENT_TYPE_PROCESS_EXITED,
-		engine.TopicTaskOOM:        sandboxv1.EventType_EVENT_TYPE_PROCESS_OOM,
-		engine.TopicSandboxExpired: sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXPIRED,
-		engine.TopicSandboxPaused:  sandboxv1.EventType_EVENT_TYPE_SANDBOX_PAUSED,
-		engine.TopicSandboxResumed: sandboxv1.EventType_EVENT_TYPE_SANDBOX_RESUMED,
+		engine.TopicSandboxCreate:        sandboxv1.EventType_EVENT_TYPE_SANDBOX_CREATED,
+		engine.TopicSandboxStart:         sandboxv1.EventType_EVENT_TYPE_SANDBOX_STARTED,
+		engine.TopicSandboxExit:          sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXITED,
+		engine.TopicSandboxDelete:        sandboxv1.EventType_EVENT_TYPE_SANDBOX_DELETED,
+		engine.TopicTaskCreate:           sandboxv1.EventType_EVENT_TYPE_CONTAINER_CREATED,
+		engine.TopicTaskStart:            sandboxv1.EventType_EVENT_TYPE_CONTAINER_STARTED,
+		engine.TopicTaskDelete:           sandboxv1.EventType_EVENT_TYPE_CONTAINER_DELETED,
+		engine.TopicExecStarted:          sandboxv1.EventType_EVENT_TYPE_PROCESS_STARTED,
+		engine.TopicTaskExit:             sandboxv1.EventType_EVENT_TYPE_PROCESS_EXITED,
+		engine.TopicTaskOOM:              sandboxv1.EventType_EVENT_TYPE_PROCESS_OOM,
+		engine.TopicSandboxExpired:       sandboxv1.EventType_EVENT_TYPE_SANDBOX_EXPIRED,
+		engine.TopicSandboxPaused:        sandboxv1.EventType_EVENT_TYPE_SANDBOX_PAUSED,
+		engine.TopicSandboxNetworkPolicy: sandboxv1.EventType_EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED,
+		engine.TopicSandboxResumed:       sandboxv1.EventType_EVENT_TYPE_SANDBOX_RESUMED,
 	}
 	eventTopics = invert(eventTypes)
 )

@@ -77,6 +77,17 @@ func WithHostAccess(allow bool) Option {
 	return func(s *Server) { s.directOpts = append(s.directOpts, direct.WithHostAccess(allow)) }
 }
 
+// WithDefaultNetworkBridge makes NETWORK_MODE_BRIDGE the mode of
+// sandboxes that ask for none (NETWORK_MODE_UNSPECIFIED); otherwise it is
+// NETWORK_MODE_NONE.
+func WithDefaultNetworkBridge(bridge bool) Option {
+	return func(s *Server) {
+		if bridge {
+			s.directOpts = append(s.directOpts, direct.WithDefaultNetwork(direct.NetworkBridge))
+		}
+	}
+}
+
 // New returns a server over e. Close it to stop its background copying.
 func New(e *engine.Engine, opts ...Option) *Server {
 	s := &Server{}

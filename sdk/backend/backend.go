@@ -179,6 +179,10 @@ type Capabilities struct {
 	// RecoverExecs: exec'd processes survive a restart of the engine
 	// (the kind's containers implement [ExecRecoverer]).
 	RecoverExecs bool
+	// EgressPolicy: every packet the kind's sandboxes send goes through
+	// the IP stack of their network namespace (its nftables output hook),
+	// so that an egress policy set there binds them.
+	EgressPolicy bool
 }
 
 // DeriveCapabilities returns caps with the flags that stand for an optional

@@ -99,6 +99,13 @@ func TestUsage(t *testing.T) {
 	if r := run(t, "", "", "run", "--bogus"); r.code != 125 || !strings.Contains(r.stderr, "bogus") {
 		t.Errorf("run --bogus = %+v", r)
 	}
+	// Egress flags need a bridge network: refused before any call.
+	if r := run(t, "/nonexistent/api.sock", "", "run", "--allow", "10.0.0.0/8", "--rootfs", "/", "true"); r.code != 125 || !strings.Contains(r.stderr, "--network bridge") {
+		t.Errorf("run --allow without --network bridge = %+v", r)
+	}
+	if r := run(t, "/nonexistent/api.sock", "", "sandbox", "create", "--network", "none", "--deny-all"); r.code == 0 || !strings.Contains(r.stderr, "--network bridge") {
+		t.Errorf("sandbox create --deny-all with --network none = %+v", r)
+	}
 	if r := run(t, "", "", "ps", "-o", "yaml"); r.code != 1 || !strings.Contains(r.stderr, "yaml") {
 		t.Errorf("ps -o yaml = %+v", r)
 	}
@@ -124,6 +131,9 @@ func TestSandboxCommands(t *testing.T) {
 	}
 	if r := run(t, sock, "", "inspect", "nothing"); r.code != 1 || !strings.Contains(r.stderr, `no container, sandbox or image "nothing"`) {
 		t.Errorf("inspect nothing = %+v", r)
+	}
+	if r := run(t, sock, "", "sandbox", "egress", "--deny-all", "pod1"); r.code != 1 || !strings.Contains(r.stderr, "not on a bridge network") {
+		t.Errorf("sandbox egress on a sandbox without a bridge network = %+v", r)
 	}
 	if r := run(t, sock, "", "sandbox", "rm", "pod1"); r.code != 1 || !strings.Contains(r.stderr, "pod1") {
 		t.Errorf("sandbox rm of a ready sandbox = %+v", r)

@@ -89,7 +89,7 @@ func capabilities(c sdk.Capabilities) string {
 	for _, x := range []struct {
 		ok   bool
 		name string
-	}{{c.Exec, "exec"}, {c.TTY, "tty"}, {c.Stdin, "stdin"}, {c.OOMEvents, "oom"}, {c.UpdateResources, "update"}, {c.Stats, "stats"}, {c.Pause, "pause"}} {
+	}{{c.Exec, "exec"}, {c.TTY, "tty"}, {c.Stdin, "stdin"}, {c.OOMEvents, "oom"}, {c.UpdateResources, "update"}, {c.Stats, "stats"}, {c.Pause, "pause"}, {c.EgressPolicy, "egress"}} {
 		if x.ok {
 			out = append(out, x.name)
 		}
@@ -103,6 +103,7 @@ func runCmd() *command {
 		envs                                                       stringList
 		interactive, remove, detach                                bool
 		timeout, idleTimeout                                       time.Duration
+		netf                                                       networkFlags
 	)
 	return &command{
 		name: "run", usage: "run [FLAGS] IMAGE|PATH [--] [COMMAND [ARG...]]\n  magnetar run [FLAGS] --rootfs DIR [--] COMMAND [ARG...]",
@@ -129,6 +130,7 @@ Flags go before IMAGE; everything after it is the command.`,
 			"magnetar run -d --name web --memory 64m busybox:1.36 httpd -f",
 			"magnetar run -d --timeout 30m --idle-timeout 5m busybox:1.36 sleep 600",
 			"magnetar run --sandbox pod1 busybox:1.36 sleep 60",
+			"magnetar run --network bridge --deny-all --allow 192.0.2.0/24:443 --dns-policy allow busybox:1.36 wget https://192.0.2.10/",
 		},
 		cannotRunCode: true,
 		flags: func(fs *flag.FlagSet) {
@@ -148,6 +150,7 @@ Flags go before IMAGE; everything after it is the command.`,
 			fs.StringVar(&entrypoint, "entrypoint", "", "replace the image's entrypoint with this `program`")
 			fs.DurationVar(&timeout, "timeout", 0, "stop and remove the new sandbox this `long` after its creation (0: never)")
 			fs.DurationVar(&idleTimeout, "idle-timeout", 0, "stop and remove the new sandbox once idle this `long` (0: never)")
+			netf.register(fs)
 		},
 		run: func(ctx context.Context, e *env, args []string) error {
 			if remove && detach {
@@ -155,6 +158,13 @@ Flags go before IMAGE; everything after it is the command.`,
 			}
 			if rootfs == "" && len(args) == 0 {
 				return cannotRun(usageError("run needs an IMAGE, a PATH or --rootfs DIR"))
+			}
+			nopt, err := netf.option()
+			if err != nil {
+				return cannotRun(err)
+			}
+			if nopt != nil && sandboxID != "" {
+				return cannotRun(usageError("--network and the egress flags apply to a new sandbox: not with --sandbox"))
 			}
 			var opts []sdk.ContainerOption
 			if name != "" {
@@ -225,6 +235,9 @@ Flags go before IMAGE; everything after it is the command.`,
 				}
 				if name != "" {
 					sopts = append(sopts, sdk.WithID(name))
+				}
+				if nopt != nil {
+					sopts = append(sopts, nopt)
 				}
 				sb, err = c.CreateSandbox(ctx, kind, sopts...)
 			} else {

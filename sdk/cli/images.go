@@ -113,10 +113,11 @@ func shortDigest(d string) string {
 
 func sandboxCmd() *command {
 	var (
-		kind, id, hostname, network string
-		lbls                        stringList
-		force, quiet                bool
-		timeout, idle               time.Duration
+		kind, id, hostname string
+		netf               networkFlags
+		lbls               stringList
+		force, quiet       bool
+		timeout, idle      time.Duration
 	)
 	ls := &command{
 		name: "ls", aliases: []string{"list", "ps"}, usage: "sandbox ls [-q]", summary: "List sandboxes (default)",
@@ -140,13 +141,14 @@ func sandboxCmd() *command {
 		examples: []string{
 			"magnetar sandbox create --kind runc --id pod1 --label app=web",
 			"magnetar sandbox create --kind wasm --network none",
+			"magnetar sandbox create --network bridge --deny-all --allow 10.0.0.0/8:443 --dns-policy allow",
 		},
 		interspersed: true,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&kind, "kind", "runc", "sandbox `kind` (see 'magnetar kinds')")
 			fs.StringVar(&id, "id", "", "sandbox `ID`; default: chosen by the sandboxer")
 			fs.StringVar(&hostname, "hostname", "", "host `name` in the sandbox; default: the ID")
-			fs.StringVar(&network, "network", "none", "network `mode`: none or host")
+			netf.register(fs)
 			fs.Var(&lbls, "label", "add a label `KEY=value` (repeatable)")
 			fs.DurationVar(&timeout, "timeout", 0, "stop and remove the sandbox this `long` after its creation (0: never)")
 			fs.DurationVar(&idle, "idle-timeout", 0, "stop and remove the sandbox once idle this `long`: no call about it and no process (0: never)")
@@ -155,7 +157,14 @@ func sandboxCmd() *command {
 			if len(args) > 0 {
 				return usageError("sandbox create takes no arguments")
 			}
-			opts := []sdk.SandboxOption{sdk.WithNetwork(sdk.Network(network))}
+			var opts []sdk.SandboxOption
+			nopt, err := netf.option()
+			if err != nil {
+				return err
+			}
+			if nopt != nil {
+				opts = append(opts, nopt)
+			}
 			if timeout != 0 {
 				opts = append(opts, sdk.WithTimeoutAfter(timeout))
 			}
@@ -241,10 +250,10 @@ and no process; 0: never). At its end the sandbox is stopped and removed.`,
 		},
 	}
 	return &command{
-		name: "sandbox", aliases: []string{"sandboxes", "sb"}, usage: "sandbox [ls|create|stop|rm|timeout] ...", summary: "Manage sandboxes",
+		name: "sandbox", aliases: []string{"sandboxes", "sb"}, usage: "sandbox [ls|create|stop|rm|timeout|egress] ...", summary: "Manage sandboxes",
 		help:     "Creates, lists, stops and removes sandboxes. Without a subcommand, lists them.",
 		examples: []string{"magnetar sandbox create --kind runc --id pod1", "magnetar run --sandbox pod1 busybox:1.36 echo hi", "magnetar sandbox rm -f pod1"},
-		sub:      []*command{ls, create, stop, rm, timeoutCmd},
+		sub:      []*command{ls, create, stop, rm, timeoutCmd, egressCmd()},
 	}
 }
 

@@ -51,6 +51,8 @@ type Service struct {
 	maxFileSize int64
 	// hostAccess allows requests that reach the host (WithHostAccess).
 	hostAccess bool
+	// defaultNetwork is the mode of NetworkDefault (WithDefaultNetwork).
+	defaultNetwork NetworkMode
 
 	// ctx ends when the service closes.
 	ctx    context.Context
@@ -94,12 +96,19 @@ func WithHostAccess(allow bool) Option {
 	return func(s *Service) { s.hostAccess = allow }
 }
 
+// WithDefaultNetwork sets the network mode of sandboxes that ask for none
+// (NetworkDefault): NetworkNone (the default) or NetworkBridge (which
+// needs an engine with networks, [engine.Config.Network]).
+func WithDefaultNetwork(m NetworkMode) Option {
+	return func(s *Service) { s.defaultNetwork = m }
+}
+
 // New returns a service over e. It takes over the output of the
 // containers an earlier service made in e's state dir (a restart): their
 // rings, and their output FIFOs where the process may still write. Close
 // it to stop its background copying.
 func New(e *engine.Engine, opts ...Option) *Service {
-	s := &Service{e: e, procs: map[procKey]*procIO{}, creating: map[string]bool{}, ringSize: DefaultOutputRingSize, maxFileSize: DefaultMaxFileSize}
+	s := &Service{e: e, procs: map[procKey]*procIO{}, creating: map[string]bool{}, ringSize: DefaultOutputRingSize, maxFileSize: DefaultMaxFileSize, defaultNetwork: NetworkNone}
 	for _, o := range opts {
 		o(s)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/engine"
+	"github.com/magnetar-io/magnetar/sdk/network"
 )
 
 // Namespace is the containerd-style namespace of sandboxes made through
@@ -33,6 +34,10 @@ const (
 	NetworkHost
 	// NetworkNetNS is an existing network namespace, Network.NetNSPath.
 	NetworkNetNS
+	// NetworkBridge is a network namespace of the sandboxer's, attached
+	// by CNI to one of its networks (Network.Name): an address on a
+	// bridge, NAT for outbound traffic, and an egress policy.
+	NetworkBridge
 )
 
 // Network is the network of a sandbox.
@@ -40,6 +45,10 @@ type Network struct {
 	Mode NetworkMode
 	// NetNSPath is the network namespace of NetworkNetNS.
 	NetNSPath string
+	// Name is the network of NetworkBridge ("": the first configured).
+	Name string
+	// Egress is the egress policy of NetworkBridge (zero: allow all).
+	Egress network.Policy
 }
 
 // SandboxRequest describes a sandbox to create.
@@ -90,10 +99,33 @@ func (s *Service) CreateSandbox(ctx context.Context, req SandboxRequest) (engine
 		return engine.SandboxStatus{}, err
 	}
 	spec.Lifetime = lt
-	switch n := req.Network; n.Mode {
+	n := req.Network
+	if n.Mode == NetworkDefault {
+		n.Mode = s.defaultNetwork
+	}
+	if n.Mode != NetworkBridge && (n.Name != "" || !isZeroPolicy(n.Egress)) {
+		return engine.SandboxStatus{}, invalid("network", "a network name and an egress policy are only for network mode BRIDGE")
+	}
+	switch n.Mode {
 	case NetworkDefault, NetworkNone:
 		spec.PrivateNetwork = true
+	case NetworkBridge:
+		nm := s.e.Network()
+		if nm == nil {
+			return engine.SandboxStatus{}, fmt.Errorf("network mode BRIDGE: this server has no bridge networks (CNI): %w", errdefs.ErrFailedPrecondition)
+		}
+		nc, err := nm.Network(n.Name)
+		if err != nil {
+			return engine.SandboxStatus{}, invalid("network.name", "%v", err)
+		}
+		spec.Network = &engine.NetworkSpec{Name: nc.Name, Egress: n.Egress}
+		if len(spec.DNS.Servers) == 0 && len(nc.DNS) > 0 {
+			spec.DNS.Servers = slices.Clone(nc.DNS)
+		}
 	case NetworkHost:
+		if !s.hostAccess {
+			return engine.SandboxStatus{}, denied("network.mode", "the host network reaches every service of the host")
+		}
 		spec.Hostname = ""
 	case NetworkNetNS:
 		if n.NetNSPath == "" {
@@ -109,12 +141,25 @@ func (s *Service) CreateSandbox(ctx context.Context, req SandboxRequest) (engine
 	if spec.Kind == "" {
 		return engine.SandboxStatus{}, fmt.Errorf("kind is required: %w", errdefs.ErrInvalidArgument)
 	}
-	if spec.Hostname == "" && (spec.PrivateNetwork || spec.NetNSPath != "") {
+	if spec.Hostname == "" && (spec.PrivateNetwork || spec.NetNSPath != "" || spec.Network != nil) {
 		// Like Docker: a sandbox with its own UTS namespace is named after
 		// its ID rather than inheriting the host's name.
 		spec.Hostname = id[:min(12, len(id))]
 	}
 	return s.e.CreateSandbox(ctx, spec)
+}
+
+func isZeroPolicy(p network.Policy) bool {
+	return p.Default == "" && p.DNS == "" && len(p.Allow) == 0 && len(p.Deny) == 0
+}
+
+// SetEgressPolicy replaces the egress policy of a sandbox on a bridge
+// network while it runs (see [engine.Engine.SetEgressPolicy]).
+func (s *Service) SetEgressPolicy(ctx context.Context, id string, p network.Policy) (engine.SandboxStatus, error) {
+	if err := s.ownSandbox(ctx, id); err != nil {
+		return engine.SandboxStatus{}, err
+	}
+	return s.e.SetEgressPolicy(ctx, id, p)
 }
 
 // lifetime turns durations counted from now into an engine lifetime.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -164,10 +165,26 @@ func wirePod(spec *specs.Spec, sb engine.SandboxStatus, hostNetwork bool, cgroup
 		nss = append(nss, ns)
 	}
 	spec.Linux.Namespaces = nss
+	if sb.Network != nil && spec.Process != nil {
+		dropNetCaps(spec.Process.Capabilities)
+	}
 	if cgroupParent == "" {
 		cgroupParent = "/magnetar"
 	}
 	spec.Linux.CgroupsPath = filepath.Join(cgroupParent, id)
+}
+
+// dropNetCaps removes CAP_NET_RAW and CAP_NET_ADMIN from every set of c:
+// a process of a sandbox on a bridge network, whose egress policy is
+// enforced by nftables in its namespace, may neither change the rules
+// (NET_ADMIN) nor send around them through packet sockets (NET_RAW).
+func dropNetCaps(c *specs.LinuxCapabilities) {
+	if c == nil {
+		return
+	}
+	for _, set := range []*[]string{&c.Bounding, &c.Effective, &c.Permitted, &c.Inheritable, &c.Ambient} {
+		*set = slices.DeleteFunc(*set, func(s string) bool { return s == "CAP_NET_RAW" || s == "CAP_NET_ADMIN" })
+	}
 }
 
 // confineSpec makes a raw OCI spec safe for a caller without host

@@ -68,7 +68,7 @@ func validateSandboxRequest(req *SandboxRequest) error {
 		return invalid("kind", "%.64q is not a kind name", req.Kind)
 	}
 	switch req.Network.Mode {
-	case NetworkDefault, NetworkNone, NetworkHost:
+	case NetworkDefault, NetworkNone, NetworkHost, NetworkBridge:
 		if req.Network.NetNSPath != "" {
 			return invalid("network.netns_path", "is only for network mode NETNS")
 		}
@@ -78,6 +78,9 @@ func validateSandboxRequest(req *SandboxRequest) error {
 		}
 	default:
 		return invalid("network.mode", "%d is not a network mode", req.Network.Mode)
+	}
+	if err := req.Network.Egress.Validate(); err != nil {
+		return invalid("network.egress", "%v", err)
 	}
 	return firstErr(
 		func() error { return engine.ValidateHostname("hostname", req.Hostname) },

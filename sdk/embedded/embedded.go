@@ -26,6 +26,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/kinds/gvisor"
 	"github.com/magnetar-io/magnetar/sdk/kinds/runc"
 	"github.com/magnetar-io/magnetar/sdk/kinds/wasm"
+	"github.com/magnetar-io/magnetar/sdk/network"
 )
 
 // runnerHooked records that the program called [RunnerMain], so that the
@@ -67,6 +68,22 @@ type options struct {
 	backends     []backend.Backend
 	stopTimeout  time.Duration
 	noHostAccess bool
+	networks     []network.NetworkConfig
+}
+
+// WithNetworks gives sandboxes bridge networks (NETWORK_MODE_BRIDGE,
+// [sdk.WithBridgeNetwork]) through CNI: nets, the first being the
+// default, or [network.DefaultNetwork] when none is given. Their
+// namespaces and address leases are kept under the state dir. Needs root
+// and the CNI plugins (containernetworking-plugins).
+func WithNetworks(nets ...network.NetworkConfig) Option {
+	return func(o *options) error {
+		if len(nets) == 0 {
+			nets = []network.NetworkConfig{network.DefaultNetwork}
+		}
+		o.networks = nets
+		return nil
+	}
 }
 
 // WithStateDir keeps the engine's state (sandboxes, containers, the image
@@ -194,7 +211,15 @@ func New(ctx context.Context, opts ...Option) (_ *sdk.Client, retErr error) {
 		}
 	}
 
-	eng, err := engine.New(ctx, engine.Config{StateDir: o.stateDir, Backends: backends, StopTimeout: o.stopTimeout})
+	var nm *network.Manager
+	if o.networks != nil {
+		var err error
+		nm, err = network.New(network.Config{Networks: o.networks, NetNSDir: filepath.Join(o.stateDir, "netns"), StateDir: filepath.Join(o.stateDir, "network")})
+		if err != nil {
+			return nil, err
+		}
+	}
+	eng, err := engine.New(ctx, engine.Config{StateDir: o.stateDir, Backends: backends, StopTimeout: o.stopTimeout, Network: nm})
 	if err != nil {
 		return nil, fmt.Errorf("open engine: %w", err)
 	}

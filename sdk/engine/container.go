@@ -588,23 +588,25 @@ func (e *Engine) deleteContainer(ctx context.Context, sb *sandbox, c *container)
 }
 
 // stop ends the container's processes: SIGTERM, then SIGKILL to all after
-// timeout.
+// timeout (at once when timeout is not positive).
 func (c *container) stop(ctx context.Context, timeout time.Duration) error {
 	p := c.init
 	if p.status().State != ProcessRunning {
 		return nil
 	}
-	if err := p.impl.Kill(ctx, syscall.SIGTERM, false); err != nil && !errdefs.IsNotFound(err) {
-		return err
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-t.C:
-	case <-ctx.Done():
-		return ctx.Err()
+	if timeout > 0 {
+		if err := p.impl.Kill(ctx, syscall.SIGTERM, false); err != nil && !errdefs.IsNotFound(err) {
+			return err
+		}
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		select {
+		case <-p.done:
+			return nil
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	if err := p.impl.Kill(ctx, syscall.SIGKILL, true); err != nil && !errdefs.IsNotFound(err) {
 		return err

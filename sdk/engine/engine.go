@@ -24,6 +24,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/internal/ctxutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/network"
 )
 
 // Config configures an [Engine].
@@ -43,6 +44,11 @@ type Config struct {
 	// NetNSDirs are the directories where a sandbox's network namespace
 	// (SandboxSpec.NetNSPath) may be. Default [DefaultNetNSDirs].
 	NetNSDirs []string
+	// Network, if set, gives sandboxes that ask for one
+	// (SandboxSpec.Network) a network namespace attached to one of its
+	// networks; New removes the attachments of sandboxes it does not
+	// find. Nil: no bridge networks.
+	Network *network.Manager
 }
 
 // Engine runs sandboxes. It is safe for concurrent use.
@@ -56,6 +62,10 @@ type Engine struct {
 	// engine started, before it recovered anything.
 	startSeq  uint64
 	netnsDirs []string
+	net       *network.Manager
+	// sweepErr is what sweeping the network attachments on start failed
+	// to remove (see NetworkSweepError).
+	sweepErr error
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
@@ -94,6 +104,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		backends:    map[string]backend.Backend{},
 		stopTimeout: cfg.StopTimeout,
 		netnsDirs:   cfg.NetNSDirs,
+		net:         cfg.Network,
 		events:      newBus(evlog),
 		startSeq:    evlog.lastSeq(),
 		sandboxes:   map[string]*sandbox{},
@@ -112,6 +123,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		evlog.close()
 		return nil, err
 	}
+	// What cannot be swept now (a plugin gone, ...) must not keep the
+	// engine from serving the sandboxes it has: the caller reads it.
+	e.sweepErr = e.sweepNetworks(ctx)
 	return e, nil
 }
 

@@ -109,6 +109,41 @@ func TestStopEscalatesToKill(t *testing.T) {
 	}
 }
 
+// TestDeleteKillsAtOnce: deleting a running sandbox (the API's force) and
+// stopping it with KillNow give its processes no grace period: a container
+// that ignores SIGTERM is killed although the default grace period is an
+// hour.
+func TestDeleteKillsAtOnce(t *testing.T) {
+	e, err := engine.New(context.Background(), engine.Config{StateDir: t.TempDir(),
+		Backends: []backend.Backend{backendfake.New(backendfake.Config{IgnoreSIGTERM: true})}, StopTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, id := range []string{"stopped", "deleted"} {
+		ready(t, e, id)
+		container(t, e, id, id+"-c")
+		if _, err := e.Start(ctx, id, id+"-c", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.StopSandbox(ctx, "stopped", engine.KillNow); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := e.State(ctx, "stopped", "stopped-c", "")
+	if st.State != engine.ProcessStopped || st.ExitCode != 137 {
+		t.Errorf("container after StopSandbox(KillNow) = %+v; want killed by SIGKILL", st)
+	}
+	if err := e.DeleteSandbox(ctx, "deleted"); err != nil {
+		t.Fatalf("delete of a running sandbox whose container ignores SIGTERM: %v", err)
+	}
+	if _, err := e.Sandbox(ctx, "deleted"); !errdefs.IsNotFound(err) {
+		t.Errorf("sandbox after delete: %v; want not found", err)
+	}
+}
+
 func TestRecoverFromStateDir(t *testing.T) {
 	dir := t.TempDir()
 	f := backendfake.New(backendfake.Config{})

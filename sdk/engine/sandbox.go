@@ -61,15 +61,21 @@ type SandboxSpec struct {
 	Annotations  map[string]string
 	// Lifetime ends the sandbox when it is forgotten (none by default).
 	Lifetime Lifetime
+	// Network, if set, gives the sandbox a network namespace of the
+	// engine's, attached to a network of [Config.Network]; NetNSPath and
+	// PrivateNetwork must then be unset.
+	Network *NetworkSpec
 }
 
 // SandboxStatus is a snapshot of a sandbox.
 type SandboxStatus struct {
-	ID           string
-	Kind         string
-	Namespace    string
-	NetNSPath    string
-	HostNetwork  bool
+	ID          string
+	Kind        string
+	Namespace   string
+	NetNSPath   string
+	HostNetwork bool
+	// Network is set for a sandbox on a network of the engine's.
+	Network      *NetworkStatus
 	CgroupParent string
 	State        SandboxState
 	Pid          uint32
@@ -164,7 +170,7 @@ func (s *sandbox) status() SandboxStatus {
 	ids := slices.Sorted(maps.Keys(r.Containers))
 	return SandboxStatus{
 		ID: r.ID, Kind: r.Kind, Namespace: r.Namespace, State: r.State, Pid: r.Pid,
-		NetNSPath: r.NetNSPath, HostNetwork: r.NetNSPath == "" && !r.PrivateNetwork, CgroupParent: r.CgroupParent,
+		NetNSPath: r.NetNSPath, HostNetwork: r.NetNSPath == "" && !r.PrivateNetwork, Network: r.Network.status(), CgroupParent: r.CgroupParent,
 		Labels: maps.Clone(r.Labels), Annotations: maps.Clone(r.Annotations), Info: maps.Clone(r.Info),
 		CreatedAt: r.CreatedAt, StartedAt: r.StartedAt, ExitedAt: r.ExitedAt, ExitCode: r.ExitCode,
 		Containers: ids, Lifetime: s.lifetime(), Paused: r.Paused, Err: s.recoverErr,
@@ -202,6 +208,9 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 	if err := spec.Lifetime.validate(); err != nil {
 		return SandboxStatus{}, err
 	}
+	if err := e.checkNetworkSpec(spec); err != nil {
+		return SandboxStatus{}, err
+	}
 	if spec.Namespace == "" {
 		spec.Namespace = "magnetar"
 	}
@@ -236,6 +245,19 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 			return SandboxStatus{}, fmt.Errorf("sandbox %q has leftover state in %s: %w", spec.ID, sb.dir, errdefs.ErrAlreadyExists)
 		}
 		return SandboxStatus{}, fmt.Errorf("create sandbox dir: %w", err)
+	}
+	if ns := spec.Network; ns != nil {
+		a, err := e.net.Attach(ctx, spec.ID, ns.Name, ns.Egress)
+		if err != nil {
+			return SandboxStatus{}, fmt.Errorf("sandbox %q: %w", spec.ID, err)
+		}
+		defer func() {
+			if retErr != nil {
+				_ = e.net.Detach(context.WithoutCancel(ctx), spec.ID)
+			}
+		}()
+		rec.NetNSPath = a.NetNS
+		rec.Network = &networkRecord{Name: a.Network, IPs: a.IPs, Gateway: a.Gateway, Egress: ns.Egress}
 	}
 	cfg := sb.backendConfig()
 	cfg.Resources = spec.Resources
@@ -324,15 +346,22 @@ func (s *sandbox) exited(st backend.ExitStatus) {
 	s.e.events.publish(Event{Topic: TopicSandboxExit, Namespace: ns, SandboxID: id, ExitCode: st.Code, ExitedAt: st.ExitedAt})
 }
 
+// KillNow is a StopSandbox timeout that kills every process at once
+// (SIGKILL, no grace period).
+const KillNow time.Duration = -1
+
 // StopSandbox stops every container of the sandbox (SIGTERM, then SIGKILL
-// after timeout) and then the sandbox itself. Stopping a stopped sandbox is
-// a no-op.
+// after timeout; zero is the engine's default grace period, [KillNow] none)
+// and then the sandbox itself. Stopping a stopped sandbox is a no-op.
 func (e *Engine) StopSandbox(ctx context.Context, id string, timeout time.Duration) error {
 	sb, err := e.get(id)
 	if err != nil {
 		return err
 	}
-	if timeout <= 0 {
+	switch {
+	case timeout < 0:
+		timeout = 0
+	case timeout == 0:
 		timeout = e.stopTimeout
 	}
 	sb.lifecycle.Lock()
@@ -463,15 +492,16 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// DeleteSandbox stops the sandbox if it still runs, deletes its containers,
-// releases everything the backend holds and removes its state. Afterwards
-// nothing of the sandbox remains on the host.
+// DeleteSandbox kills the sandbox's processes if it still runs (no grace
+// period: stop it first for one), deletes its containers, releases
+// everything the backend holds and removes its state. Afterwards nothing of
+// the sandbox remains on the host.
 func (e *Engine) DeleteSandbox(ctx context.Context, id string) error {
 	sb, err := e.get(id)
 	if err != nil {
 		return err
 	}
-	if err := e.StopSandbox(ctx, id, 0); err != nil {
+	if err := e.StopSandbox(ctx, id, KillNow); err != nil {
 		return err
 	}
 	sb.lifecycle.Lock()
@@ -493,6 +523,14 @@ func (e *Engine) DeleteSandbox(ctx context.Context, id string) error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete sandbox %q: %w", id, err)
+	}
+	sb.mu.Lock()
+	attached := sb.rec.Network != nil
+	sb.mu.Unlock()
+	if attached && e.net != nil {
+		if err := e.net.Detach(ctx, id); err != nil {
+			return fmt.Errorf("delete sandbox %q: %w", id, err)
+		}
 	}
 	// A backend that could not be recovered (impl nil) or that left a
 	// mount behind must not let RemoveAll reach through it into a host

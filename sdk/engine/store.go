@@ -19,29 +19,31 @@ const recordFile = "sandbox.json"
 // sandboxRecord is what survives a restart of the engine. It is written
 // crash-safely (temporary file, fsync, rename) on every state change.
 type sandboxRecord struct {
-	Version        int               `json:"version"`
-	ID             string            `json:"id"`
-	Kind           string            `json:"kind"`
-	Namespace      string            `json:"namespace"`
-	Hostname       string            `json:"hostname,omitempty"`
-	NetNSPath      string            `json:"netnsPath,omitempty"`
-	PrivateNetwork bool              `json:"privateNetwork,omitempty"`
-	HostPID        bool              `json:"hostPID,omitempty"`
-	HostIPC        bool              `json:"hostIPC,omitempty"`
-	Sysctls        map[string]string `json:"sysctls,omitempty"`
-	CgroupParent   string            `json:"cgroupParent,omitempty"`
-	DNS            backend.DNSConfig `json:"dns"`
-	Labels         map[string]string `json:"labels,omitempty"`
-	Annotations    map[string]string `json:"annotations,omitempty"`
-	State          SandboxState      `json:"state"`
-	Pid            uint32            `json:"pid,omitempty"`
-	Info           map[string]string `json:"info,omitempty"`
-	CreatedAt      time.Time         `json:"createdAt"`
-	StartedAt      time.Time         `json:"startedAt,omitzero"`
-	ExitedAt       time.Time         `json:"exitedAt,omitzero"`
-	ExitCode       uint32            `json:"exitCode"`
-	BackendState   []byte            `json:"backendState,omitempty"`
-	Paused         bool              `json:"paused,omitempty"`
+	Version        int    `json:"version"`
+	ID             string `json:"id"`
+	Kind           string `json:"kind"`
+	Namespace      string `json:"namespace"`
+	Hostname       string `json:"hostname,omitempty"`
+	NetNSPath      string `json:"netnsPath,omitempty"`
+	PrivateNetwork bool   `json:"privateNetwork,omitempty"`
+	// Network is the sandbox's attachment to a network of the engine's.
+	Network      *networkRecord    `json:"network,omitempty"`
+	HostPID      bool              `json:"hostPID,omitempty"`
+	HostIPC      bool              `json:"hostIPC,omitempty"`
+	Sysctls      map[string]string `json:"sysctls,omitempty"`
+	CgroupParent string            `json:"cgroupParent,omitempty"`
+	DNS          backend.DNSConfig `json:"dns"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+	State        SandboxState      `json:"state"`
+	Pid          uint32            `json:"pid,omitempty"`
+	Info         map[string]string `json:"info,omitempty"`
+	CreatedAt    time.Time         `json:"createdAt"`
+	StartedAt    time.Time         `json:"startedAt,omitzero"`
+	ExitedAt     time.Time         `json:"exitedAt,omitzero"`
+	ExitCode     uint32            `json:"exitCode"`
+	BackendState []byte            `json:"backendState,omitempty"`
+	Paused       bool              `json:"paused,omitempty"`
 	// PausedContainers are the containers the sandbox's pause froze.
 	PausedContainers []string                    `json:"pausedContainers,omitempty"`
 	Deadline         time.Time                   `json:"deadline,omitzero"`

@@ -28,7 +28,7 @@ type apiSandboxer struct {
 	done             chan struct{}
 }
 
-func startAPISandboxer(t *testing.T) *apiSandboxer {
+func startAPISandboxer(t *testing.T, extraArgs ...string) *apiSandboxer {
 	t.Helper()
 	binDir, err := harness.DefaultBinDir()
 	if err != nil {
@@ -47,6 +47,7 @@ func startAPISandboxer(t *testing.T) *apiSandboxer {
 	s := &apiSandboxer{bin: bin, dir: dir, runDir: filepath.Join(dir, "run"), log: &testutil.Buffer{}, done: make(chan struct{})}
 	s.cmd = exec.Command(bin, "--listen", filepath.Join(s.runDir, "sandboxer.sock"),
 		"--state-dir", filepath.Join(dir, "state"), "--run-dir", s.runDir, "--log-level", "debug", "--api-allow-host-access")
+	s.cmd.Args = append(s.cmd.Args, extraArgs...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)

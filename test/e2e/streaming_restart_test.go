@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -75,6 +76,9 @@ func TestStreamingSurvivesRestart(t *testing.T) {
 			}
 			testutil.Eventually(t, 30*time.Second, func() bool { return !alive(old) }, "the worker is gone")
 		case "upgrade":
+			// A "new" binary (a copy at the same path): the supervisor,
+			// which bridges the streams, re-executes it too.
+			installCopy(t, filepath.Join(e.binDir, "magnetar-sandboxer"))
 			out, err := exec.CommandContext(ctx, filepath.Join(e.binDir, "magnetar-sandboxer"), "upgrade", "--run-dir", e.runDir).CombinedOutput()
 			if err != nil {
 				t.Fatalf("magnetar-sandboxer upgrade: %v\n%s", err, out)
@@ -82,6 +86,12 @@ func TestStreamingSurvivesRestart(t *testing.T) {
 		}
 		at := len(seqLines(t, log, ""))
 		e.waitNewWorker(t, old, p)
+		if how == "upgrade" {
+			sup := e.sandboxer.Process.Pid
+			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", sup)); err != nil || strings.HasSuffix(exe, " (deleted)") {
+				t.Errorf("after the upgrade the supervisor %d runs %q (%v), want the binary installed: it did not re-execute with the streams bridged", sup, exe, err)
+			}
+		}
 		testutil.Eventually(t, 30*time.Second, func() bool { return len(seqLines(t, log, "")) >= at+10 }, "10 more lines after the %s", how)
 		say("after-" + how)
 	}

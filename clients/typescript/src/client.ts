@@ -21,6 +21,7 @@ import {
 import {
   NetworkMode,
   SandboxService,
+  type EgressPolicySchema,
   type Event,
   type EventType,
   type Kind,
@@ -547,6 +548,17 @@ export class Sandbox implements AsyncDisposable {
         options,
       ),
     );
+    this.info = res.sandbox!;
+    return this;
+  }
+
+  /**
+   * Replaces the egress policy of a sandbox on a bridge network, at once and
+   * while it runs (UpdateNetworkPolicy); an empty policy allows everything.
+   * The snapshot shows the new policy in network.egress.
+   */
+  async updateNetworkPolicy(egress: MessageInitShape<typeof EgressPolicySchema>, options?: CallOptions): Promise<this> {
+    const res = await wrapped(this.#client.sandboxService.updateNetworkPolicy({ sandboxId: this.id, egress }, options));
     this.info = res.sandbox!;
     return this;
   }

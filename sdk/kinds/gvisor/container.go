@@ -28,6 +28,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
@@ -244,8 +245,7 @@ func (c *container) waitInit() {
 // runscWait runs `runsc wait id` and returns the exit code it reports.
 func runscWait(ctx context.Context, binary string, global []string, id string) (int, error) {
 	cmd := exec.CommandContext(ctx, binary, append(global, "wait", id)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.Output()
+	out, err := pdeathsig.Output(cmd, syscall.SIGKILL)
 	if err != nil {
 		return 0, fmt.Errorf("runsc wait %s: %w", id, err)
 	}
@@ -279,8 +279,7 @@ func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
 	// Not go-runc's Stats: its process monitor may close the output pipe
 	// before it is read when runsc exits at once.
 	cmd := exec.CommandContext(ctx, c.s.b.cfg.Binary, append(globalArgs(c.rt), "events", "--stats", c.id)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	data, err := cmd.Output()
+	data, err := pdeathsig.Output(cmd, syscall.SIGKILL)
 	if err != nil {
 		return nil, fmt.Errorf("stats of %q: runsc events --stats: %w: %s", c.id, err, exitStderr(err))
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
 )
 
 // initProc is a subcontainer's init. It is not containerd's runc
@@ -148,7 +149,6 @@ func (p *initProc) Start(ctx context.Context) (uint32, error) {
 	defer cancel()
 	s := p.c.s
 	cmd := exec.CommandContext(ctx, s.b.cfg.Binary, append(globalArgs(p.c.rt), "start", p.c.id)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL}
 	cmd.WaitDelay = time.Second
 	if p.rio != nil {
 		p.rio.Set(cmd)
@@ -188,7 +188,7 @@ func (p *initProc) Start(ctx context.Context) (uint32, error) {
 	if cmd.Stderr == nil {
 		cmd.Stderr = out
 	}
-	err = cmd.Run()
+	err = pdeathsig.Run(cmd, unix.SIGKILL)
 	if p.rio != nil {
 		// The sandbox holds the container's ends now.
 		if c, ok := p.rio.(interface{ CloseAfterStart() error }); ok {

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podinit"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"
@@ -275,9 +275,8 @@ func (s *sandbox) runscWith(ctx context.Context, rt *gorunc.Runc, dir string, ar
 	// inherit it, and a pipe would keep Wait waiting for them.
 	cmd := exec.CommandContext(ctx, s.b.cfg.Binary, append(globalArgs(rt), args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: unix.SIGKILL}
 	cmd.WaitDelay = time.Second
-	if err := cmd.Run(); err != nil {
+	if err := pdeathsig.Run(cmd, unix.SIGKILL); err != nil {
 		msg, _ := os.ReadFile(f.Name())
 		if ctx.Err() != nil {
 			return fmt.Errorf("runsc %s: no answer within %v: %w", args[0], s.b.cfg.CommandTimeout, errdefs.ErrUnavailable)

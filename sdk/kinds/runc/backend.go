@@ -213,7 +213,7 @@ func (b *Backend) Info() backend.Info {
 		Kind:        Kind,
 		Description: "Linux containers run by runc: namespaces and cgroups, shared kernel",
 		Isolation:   backend.IsolationProcess,
-		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{
+		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{EgressPolicy: true,
 			Exec: true, Terminal: true, Stdin: true, OOMEvents: true,
 		}),
 	}

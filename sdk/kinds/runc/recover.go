@@ -35,9 +35,13 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	// containerd may remove the bundle (and with it runc's log file) while
 	// we are away: log to runc's stderr instead.
 	rt.Log, rt.LogFormat = "", ""
-	st, err := rt.State(ctx, cfg.ID)
-	if err != nil {
-		return nil, fmt.Errorf("runc state of %q: %v: %w", cfg.ID, err, errdefs.ErrNotFound)
+	status, ok := quickStatus(rt.Root, cfg.ID)
+	if !ok {
+		st, err := rt.State(ctx, cfg.ID)
+		if err != nil {
+			return nil, fmt.Errorf("runc state of %q: %v: %w", cfg.ID, err, errdefs.ErrNotFound)
+		}
+		status = st.Status
 	}
 	rootfs := ""
 	if len(cfg.Rootfs) > 0 {
@@ -46,7 +50,7 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rootfs: rootfs, root: hostroot.Of(cfg, rootfs), rt: rt, execs: map[string]*proc{}}
 	p := newProc(c, cfg.ID, true, nullStdio(cfg.Stdio))
 	p.pid = int(pid)
-	switch st.Status {
+	switch status {
 	case "created":
 		p.state = stateCreated
 	case "paused":

@@ -308,6 +308,15 @@ class Sandbox:
             self.proto = (self._client.sandboxes.set_sandbox_timeout(req)).sandbox
         return self.proto
 
+    def update_network_policy(self, egress: sandbox_pb2.EgressPolicy | None = None) -> sandbox_pb2.Sandbox:
+        """Replaces the egress policy of a sandbox on a bridge network, at
+        once and while it runs (None allows everything). Returns the sandbox
+        with the new policy in ``network.egress``."""
+        req = sandbox_pb2.UpdateNetworkPolicyRequest(sandbox_id=self.id, egress=egress)
+        with _api():
+            self.proto = (self._client.sandboxes.update_network_policy(req)).sandbox
+        return self.proto
+
     def pause(self) -> sandbox_pb2.Sandbox:
         """Freezes the sandbox's running containers (state SANDBOX_STATE_PAUSED)."""
         req = sandbox_pb2.PauseSandboxRequest(sandbox_id=self.id)

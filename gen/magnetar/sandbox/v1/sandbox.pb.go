@@ -98,7 +98,8 @@ func (SandboxState) EnumDescriptor() ([]byte, []int) {
 type NetworkMode int32
 
 const (
-	// Same as NETWORK_MODE_NONE.
+	// The sandboxer's default: NETWORK_MODE_NONE, or NETWORK_MODE_BRIDGE when
+	// its configuration says so.
 	NetworkMode_NETWORK_MODE_UNSPECIFIED NetworkMode = 0
 	// A new network namespace with only a loopback interface.
 	NetworkMode_NETWORK_MODE_NONE NetworkMode = 1
@@ -107,6 +108,11 @@ const (
 	// An existing network namespace given by NetworkConfig.netns_path, usually
 	// prepared by CNI. Virtual-machine kinds attach its interfaces to the VM.
 	NetworkMode_NETWORK_MODE_NETNS NetworkMode = 3
+	// A network namespace made by the sandboxer and attached by CNI to one of
+	// its configured networks (NetworkConfig.network): an address on a Linux
+	// bridge, NAT for outbound traffic when the network has it, and an egress
+	// policy (NetworkConfig.egress). Removed with the sandbox.
+	NetworkMode_NETWORK_MODE_BRIDGE NetworkMode = 4
 )
 
 // Enum value maps for NetworkMode.
@@ -116,12 +122,14 @@ var (
 		1: "NETWORK_MODE_NONE",
 		2: "NETWORK_MODE_HOST",
 		3: "NETWORK_MODE_NETNS",
+		4: "NETWORK_MODE_BRIDGE",
 	}
 	NetworkMode_value = map[string]int32{
 		"NETWORK_MODE_UNSPECIFIED": 0,
 		"NETWORK_MODE_NONE":        1,
 		"NETWORK_MODE_HOST":        2,
 		"NETWORK_MODE_NETNS":       3,
+		"NETWORK_MODE_BRIDGE":      4,
 	}
 )
 
@@ -150,6 +158,61 @@ func (x NetworkMode) Number() protoreflect.EnumNumber {
 // Deprecated: Use NetworkMode.Descriptor instead.
 func (NetworkMode) EnumDescriptor() ([]byte, []int) {
 	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{1}
+}
+
+// EgressAction is what an egress policy does with traffic.
+type EgressAction int32
+
+const (
+	// Allow for EgressPolicy.default_action; for EgressPolicy.dns: DNS is
+	// judged by the lists like any traffic.
+	EgressAction_EGRESS_ACTION_UNSPECIFIED EgressAction = 0
+	// Let the traffic through.
+	EgressAction_EGRESS_ACTION_ALLOW EgressAction = 1
+	// Refuse it: TCP connections are reset (connection refused), other
+	// packets answered with ICMP administratively prohibited.
+	EgressAction_EGRESS_ACTION_DENY EgressAction = 2
+)
+
+// Enum value maps for EgressAction.
+var (
+	EgressAction_name = map[int32]string{
+		0: "EGRESS_ACTION_UNSPECIFIED",
+		1: "EGRESS_ACTION_ALLOW",
+		2: "EGRESS_ACTION_DENY",
+	}
+	EgressAction_value = map[string]int32{
+		"EGRESS_ACTION_UNSPECIFIED": 0,
+		"EGRESS_ACTION_ALLOW":       1,
+		"EGRESS_ACTION_DENY":        2,
+	}
+)
+
+func (x EgressAction) Enum() *EgressAction {
+	p := new(EgressAction)
+	*p = x
+	return p
+}
+
+func (x EgressAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EgressAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_magnetar_sandbox_v1_sandbox_proto_enumTypes[2].Descriptor()
+}
+
+func (EgressAction) Type() protoreflect.EnumType {
+	return &file_magnetar_sandbox_v1_sandbox_proto_enumTypes[2]
+}
+
+func (x EgressAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EgressAction.Descriptor instead.
+func (EgressAction) EnumDescriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{2}
 }
 
 // IsolationLevel says how strongly a kind isolates workloads from the host
@@ -198,11 +261,11 @@ func (x IsolationLevel) String() string {
 }
 
 func (IsolationLevel) Descriptor() protoreflect.EnumDescriptor {
-	return file_magnetar_sandbox_v1_sandbox_proto_enumTypes[2].Descriptor()
+	return file_magnetar_sandbox_v1_sandbox_proto_enumTypes[3].Descriptor()
 }
 
 func (IsolationLevel) Type() protoreflect.EnumType {
-	return &file_magnetar_sandbox_v1_sandbox_proto_enumTypes[2]
+	return &file_magnetar_sandbox_v1_sandbox_proto_enumTypes[3]
 }
 
 func (x IsolationLevel) Number() protoreflect.EnumNumber {
@@ -211,7 +274,7 @@ func (x IsolationLevel) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IsolationLevel.Descriptor instead.
 func (IsolationLevel) EnumDescriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{2}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{3}
 }
 
 // EventType is the kind of a lifecycle event.
@@ -248,6 +311,8 @@ const (
 	EventType_EVENT_TYPE_SANDBOX_PAUSED EventType = 12
 	// A paused sandbox was resumed.
 	EventType_EVENT_TYPE_SANDBOX_RESUMED EventType = 13
+	// A sandbox's egress policy was replaced (UpdateNetworkPolicy).
+	EventType_EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED EventType = 14
 )
 
 // Enum value maps for EventType.
@@ -267,22 +332,24 @@ var (
 		11: "EVENT_TYPE_SANDBOX_EXPIRED",
 		12: "EVENT_TYPE_SANDBOX_PAUSED",
 		13: "EVENT_TYPE_SANDBOX_RESUMED",
+		14: "EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED",
 	}
 	EventType_value = map[string]int32{
-		"EVENT_TYPE_UNSPECIFIED":       0,
-		"EVENT_TYPE_SANDBOX_CREATED":   1,
-		"EVENT_TYPE_SANDBOX_STARTED":   2,
-		"EVENT_TYPE_SANDBOX_EXITED":    3,
-		"EVENT_TYPE_SANDBOX_DELETED":   4,
-		"EVENT_TYPE_CONTAINER_CREATED": 5,
-		"EVENT_TYPE_CONTAINER_STARTED": 6,
-		"EVENT_TYPE_CONTAINER_DELETED": 7,
-		"EVENT_TYPE_PROCESS_STARTED":   8,
-		"EVENT_TYPE_PROCESS_EXITED":    9,
-		"EVENT_TYPE_PROCESS_OOM":       10,
-		"EVENT_TYPE_SANDBOX_EXPIRED":   11,
-		"EVENT_TYPE_SANDBOX_PAUSED":    12,
-		"EVENT_TYPE_SANDBOX_RESUMED":   13,
+		"EVENT_TYPE_UNSPECIFIED":                    0,
+		"EVENT_TYPE_SANDBOX_CREATED":                1,
+		"EVENT_TYPE_SANDBOX_STARTED":                2,
+		"EVENT_TYPE_SANDBOX_EXITED":                 3,
+		"EVENT_TYPE_SANDBOX_DELETED":                4,
+		"EVENT_TYPE_CONTAINER_CREATED":              5,
+		"EVENT_TYPE_CONTAINER_STARTED":              6,
+		"EVENT_TYPE_CONTAINER_DELETED":              7,
+		"EVENT_TYPE_PROCESS_STARTED":                8,
+		"EVENT_TYPE_PROCESS_EXITED":                 9,
+		"EVENT_TYPE_PROCESS_OOM":                    10,
+		"EVENT_TYPE_SANDBOX_EXPIRED":                11,
+		"EVENT_TYPE_SANDBOX_PAUSED":                 12,
+		"EVENT_TYPE_SANDBOX_RESUMED":                13,
+		"EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED": 14,
 	}
 )
 
@@ -297,11 +364,11 @@ func (x EventType) String() string {
 }
 
 func (EventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_magnetar_sandbox_v1_sandbox_proto_enumTypes[3].Descriptor()
+	return file_magnetar_sandbox_v1_sandbox_proto_enumTypes[4].Descriptor()
 }
 
 func (EventType) Type() protoreflect.EnumType {
-	return &file_magnetar_sandbox_v1_sandbox_proto_enumTypes[3]
+	return &file_magnetar_sandbox_v1_sandbox_proto_enumTypes[4]
 }
 
 func (x EventType) Number() protoreflect.EnumNumber {
@@ -310,7 +377,7 @@ func (x EventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventType.Descriptor instead.
 func (EventType) EnumDescriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{3}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{4}
 }
 
 // Sandbox describes one sandbox.
@@ -352,7 +419,9 @@ type Sandbox struct {
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// How long the sandbox may be idle (no API call about it or its
 	// containers, and no process running) before it ends; unset: no limit.
-	IdleTimeout   *durationpb.Duration `protobuf:"bytes,15,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	IdleTimeout *durationpb.Duration `protobuf:"bytes,15,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	// The sandbox's bridge network; unset for other network modes.
+	Network       *SandboxNetwork `protobuf:"bytes,16,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -492,6 +561,170 @@ func (x *Sandbox) GetIdleTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *Sandbox) GetNetwork() *SandboxNetwork {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+// SandboxNetwork is a sandbox's attachment to a bridge network.
+type SandboxNetwork struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name of the network, as configured in the sandboxer.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Addresses of the sandbox, with their prefix length ("10.211.0.5/16").
+	IpAddresses []string `protobuf:"bytes,2,rep,name=ip_addresses,json=ipAddresses,proto3" json:"ip_addresses,omitempty"`
+	// Address of the bridge, the sandbox's gateway.
+	Gateway string `protobuf:"bytes,3,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// The egress policy in force.
+	Egress        *EgressPolicy `protobuf:"bytes,4,opt,name=egress,proto3" json:"egress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxNetwork) Reset() {
+	*x = SandboxNetwork{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxNetwork) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxNetwork) ProtoMessage() {}
+
+func (x *SandboxNetwork) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxNetwork.ProtoReflect.Descriptor instead.
+func (*SandboxNetwork) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SandboxNetwork) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SandboxNetwork) GetIpAddresses() []string {
+	if x != nil {
+		return x.IpAddresses
+	}
+	return nil
+}
+
+func (x *SandboxNetwork) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *SandboxNetwork) GetEgress() *EgressPolicy {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
+}
+
+// EgressPolicy says what a sandbox on a bridge network may send. It is
+// enforced with nftables inside the sandbox's network namespace, where its
+// processes have no CAP_NET_ADMIN (nor CAP_NET_RAW: the server removes both,
+// unless a caller with host access gives a raw OCI spec applied as given)
+// and cannot change it.
+// Traffic is judged in this order: loopback, and replies to connections made
+// to the sandbox, always pass; then DNS (TCP and UDP port 53, any address)
+// if dns is set; then deny; then allow; then default_action. An unset or
+// empty policy allows everything.
+type EgressPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What traffic no rule matches gets (unspecified: allow).
+	DefaultAction EgressAction `protobuf:"varint,1,opt,name=default_action,json=defaultAction,proto3,enum=magnetar.sandbox.v1.EgressAction" json:"default_action,omitempty"`
+	// Destinations let through: "CIDR", "ADDRESS", "CIDR:PORT" or
+	// "[IPv6-CIDR]:PORT"; a port matches TCP and UDP. At most 256.
+	Allow []string `protobuf:"bytes,2,rep,name=allow,proto3" json:"allow,omitempty"`
+	// Destinations refused, in the same syntax, read before allow. At most
+	// 256.
+	Deny []string `protobuf:"bytes,3,rep,name=deny,proto3" json:"deny,omitempty"`
+	// DNS (port 53) allowed or denied before the lists; unspecified: judged
+	// by the lists like other traffic.
+	Dns           EgressAction `protobuf:"varint,4,opt,name=dns,proto3,enum=magnetar.sandbox.v1.EgressAction" json:"dns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EgressPolicy) Reset() {
+	*x = EgressPolicy{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EgressPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EgressPolicy) ProtoMessage() {}
+
+func (x *EgressPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EgressPolicy.ProtoReflect.Descriptor instead.
+func (*EgressPolicy) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EgressPolicy) GetDefaultAction() EgressAction {
+	if x != nil {
+		return x.DefaultAction
+	}
+	return EgressAction_EGRESS_ACTION_UNSPECIFIED
+}
+
+func (x *EgressPolicy) GetAllow() []string {
+	if x != nil {
+		return x.Allow
+	}
+	return nil
+}
+
+func (x *EgressPolicy) GetDeny() []string {
+	if x != nil {
+		return x.Deny
+	}
+	return nil
+}
+
+func (x *EgressPolicy) GetDns() EgressAction {
+	if x != nil {
+		return x.Dns
+	}
+	return EgressAction_EGRESS_ACTION_UNSPECIFIED
+}
+
 // NetworkConfig selects the network of a sandbox.
 type NetworkConfig struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -500,14 +733,19 @@ type NetworkConfig struct {
 	// Path of an existing network namespace, for example
 	// "/var/run/netns/cni-1234". Required with NETWORK_MODE_NETNS, empty
 	// otherwise.
-	NetnsPath     string `protobuf:"bytes,2,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
+	NetnsPath string `protobuf:"bytes,2,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
+	// Name of a network configured in the sandboxer, with NETWORK_MODE_BRIDGE
+	// (empty: its first); empty otherwise.
+	Network string `protobuf:"bytes,3,opt,name=network,proto3" json:"network,omitempty"`
+	// Egress policy, with NETWORK_MODE_BRIDGE; unset otherwise.
+	Egress        *EgressPolicy `protobuf:"bytes,4,opt,name=egress,proto3" json:"egress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NetworkConfig) Reset() {
 	*x = NetworkConfig{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[1]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +757,7 @@ func (x *NetworkConfig) String() string {
 func (*NetworkConfig) ProtoMessage() {}
 
 func (x *NetworkConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[1]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +770,7 @@ func (x *NetworkConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkConfig.ProtoReflect.Descriptor instead.
 func (*NetworkConfig) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{1}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *NetworkConfig) GetMode() NetworkMode {
@@ -547,6 +785,20 @@ func (x *NetworkConfig) GetNetnsPath() string {
 		return x.NetnsPath
 	}
 	return ""
+}
+
+func (x *NetworkConfig) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *NetworkConfig) GetEgress() *EgressPolicy {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
 }
 
 // CreateSandboxRequest is the request of SandboxService.CreateSandbox.
@@ -568,7 +820,10 @@ type CreateSandboxRequest struct {
 	// DNS resolver configuration inside the sandbox. Unset copies the host's
 	// /etc/resolv.conf.
 	Dns *v1.DNSConfig `protobuf:"bytes,6,opt,name=dns,proto3" json:"dns,omitempty"`
-	// Network of the sandbox. Unset means NETWORK_MODE_NONE.
+	// Network of the sandbox. Unset, or mode NETWORK_MODE_UNSPECIFIED, is the
+	// sandboxer's default network mode (default_network_mode in its
+	// configuration: NETWORK_MODE_NONE unless set to bridge). NETWORK_MODE_HOST
+	// needs a server that allows host access (PERMISSION_DENIED otherwise).
 	Network *NetworkConfig `protobuf:"bytes,7,opt,name=network,proto3" json:"network,omitempty"`
 	// Resource limits of the whole sandbox.
 	Resources *v1.Resources `protobuf:"bytes,8,opt,name=resources,proto3" json:"resources,omitempty"`
@@ -587,7 +842,7 @@ type CreateSandboxRequest struct {
 
 func (x *CreateSandboxRequest) Reset() {
 	*x = CreateSandboxRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[2]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +854,7 @@ func (x *CreateSandboxRequest) String() string {
 func (*CreateSandboxRequest) ProtoMessage() {}
 
 func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[2]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +867,7 @@ func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxRequest.ProtoReflect.Descriptor instead.
 func (*CreateSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{2}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateSandboxRequest) GetSandboxId() string {
@@ -703,7 +958,7 @@ type CreateSandboxResponse struct {
 
 func (x *CreateSandboxResponse) Reset() {
 	*x = CreateSandboxResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[3]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +970,7 @@ func (x *CreateSandboxResponse) String() string {
 func (*CreateSandboxResponse) ProtoMessage() {}
 
 func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[3]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +983,7 @@ func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxResponse.ProtoReflect.Descriptor instead.
 func (*CreateSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{3}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateSandboxResponse) GetSandbox() *Sandbox {
@@ -749,7 +1004,7 @@ type StartSandboxRequest struct {
 
 func (x *StartSandboxRequest) Reset() {
 	*x = StartSandboxRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[4]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +1016,7 @@ func (x *StartSandboxRequest) String() string {
 func (*StartSandboxRequest) ProtoMessage() {}
 
 func (x *StartSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[4]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +1029,7 @@ func (x *StartSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartSandboxRequest.ProtoReflect.Descriptor instead.
 func (*StartSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{4}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StartSandboxRequest) GetSandboxId() string {
@@ -795,7 +1050,7 @@ type StartSandboxResponse struct {
 
 func (x *StartSandboxResponse) Reset() {
 	*x = StartSandboxResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[5]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +1062,7 @@ func (x *StartSandboxResponse) String() string {
 func (*StartSandboxResponse) ProtoMessage() {}
 
 func (x *StartSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[5]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +1075,7 @@ func (x *StartSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartSandboxResponse.ProtoReflect.Descriptor instead.
 func (*StartSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{5}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StartSandboxResponse) GetSandbox() *Sandbox {
@@ -845,7 +1100,7 @@ type StopSandboxRequest struct {
 
 func (x *StopSandboxRequest) Reset() {
 	*x = StopSandboxRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[6]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +1112,7 @@ func (x *StopSandboxRequest) String() string {
 func (*StopSandboxRequest) ProtoMessage() {}
 
 func (x *StopSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[6]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +1125,7 @@ func (x *StopSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSandboxRequest.ProtoReflect.Descriptor instead.
 func (*StopSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{6}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StopSandboxRequest) GetSandboxId() string {
@@ -898,7 +1153,7 @@ type StopSandboxResponse struct {
 
 func (x *StopSandboxResponse) Reset() {
 	*x = StopSandboxResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[7]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1165,7 @@ func (x *StopSandboxResponse) String() string {
 func (*StopSandboxResponse) ProtoMessage() {}
 
 func (x *StopSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[7]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1178,7 @@ func (x *StopSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSandboxResponse.ProtoReflect.Descriptor instead.
 func (*StopSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{7}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StopSandboxResponse) GetSandbox() *Sandbox {
@@ -948,7 +1203,7 @@ type DeleteSandboxRequest struct {
 
 func (x *DeleteSandboxRequest) Reset() {
 	*x = DeleteSandboxRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[8]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1215,7 @@ func (x *DeleteSandboxRequest) String() string {
 func (*DeleteSandboxRequest) ProtoMessage() {}
 
 func (x *DeleteSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[8]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1228,7 @@ func (x *DeleteSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSandboxRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{8}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteSandboxRequest) GetSandboxId() string {
@@ -999,7 +1254,7 @@ type DeleteSandboxResponse struct {
 
 func (x *DeleteSandboxResponse) Reset() {
 	*x = DeleteSandboxResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[9]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1266,7 @@ func (x *DeleteSandboxResponse) String() string {
 func (*DeleteSandboxResponse) ProtoMessage() {}
 
 func (x *DeleteSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[9]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1279,7 @@ func (x *DeleteSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSandboxResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{9}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{11}
 }
 
 // GetSandboxRequest is the request of SandboxService.GetSandbox.
@@ -1038,7 +1293,7 @@ type GetSandboxRequest struct {
 
 func (x *GetSandboxRequest) Reset() {
 	*x = GetSandboxRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[10]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1305,7 @@ func (x *GetSandboxRequest) String() string {
 func (*GetSandboxRequest) ProtoMessage() {}
 
 func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[10]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1318,7 @@ func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{10}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetSandboxRequest) GetSandboxId() string {
@@ -1084,7 +1339,7 @@ type GetSandboxResponse struct {
 
 func (x *GetSandboxResponse) Reset() {
 	*x = GetSandboxResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[11]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1351,7 @@ func (x *GetSandboxResponse) String() string {
 func (*GetSandboxResponse) ProtoMessage() {}
 
 func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[11]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1364,7 @@ func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{11}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetSandboxResponse) GetSandbox() *Sandbox {
@@ -1136,7 +1391,7 @@ type ListSandboxesRequest struct {
 
 func (x *ListSandboxesRequest) Reset() {
 	*x = ListSandboxesRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[12]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1403,7 @@ func (x *ListSandboxesRequest) String() string {
 func (*ListSandboxesRequest) ProtoMessage() {}
 
 func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[12]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1416,7 @@ func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesRequest.ProtoReflect.Descriptor instead.
 func (*ListSandboxesRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{12}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListSandboxesRequest) GetLabels() map[string]string {
@@ -1196,7 +1451,7 @@ type ListSandboxesResponse struct {
 
 func (x *ListSandboxesResponse) Reset() {
 	*x = ListSandboxesResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[13]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1463,7 @@ func (x *ListSandboxesResponse) String() string {
 func (*ListSandboxesResponse) ProtoMessage() {}
 
 func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[13]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1476,7 @@ func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesResponse.ProtoReflect.Descriptor instead.
 func (*ListSandboxesResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{13}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
@@ -1242,7 +1497,7 @@ type PauseSandboxRequest struct {
 
 func (x *PauseSandboxRequest) Reset() {
 	*x = PauseSandboxRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1509,7 @@ func (x *PauseSandboxRequest) String() string {
 func (*PauseSandboxRequest) ProtoMessage() {}
 
 func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[14]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1522,7 @@ func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSandboxRequest.ProtoReflect.Descriptor instead.
 func (*PauseSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{14}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PauseSandboxRequest) GetSandboxId() string {
@@ -1288,7 +1543,7 @@ type PauseSandboxResponse struct {
 
 func (x *PauseSandboxResponse) Reset() {
 	*x = PauseSandboxResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1300,7 +1555,7 @@ func (x *PauseSandboxResponse) String() string {
 func (*PauseSandboxResponse) ProtoMessage() {}
 
 func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[15]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1313,7 +1568,7 @@ func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSandboxResponse.ProtoReflect.Descriptor instead.
 func (*PauseSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{15}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PauseSandboxResponse) GetSandbox() *Sandbox {
@@ -1334,7 +1589,7 @@ type ResumeSandboxRequest struct {
 
 func (x *ResumeSandboxRequest) Reset() {
 	*x = ResumeSandboxRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1601,7 @@ func (x *ResumeSandboxRequest) String() string {
 func (*ResumeSandboxRequest) ProtoMessage() {}
 
 func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[16]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1614,7 @@ func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSandboxRequest.ProtoReflect.Descriptor instead.
 func (*ResumeSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{16}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResumeSandboxRequest) GetSandboxId() string {
@@ -1380,7 +1635,7 @@ type ResumeSandboxResponse struct {
 
 func (x *ResumeSandboxResponse) Reset() {
 	*x = ResumeSandboxResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1647,7 @@ func (x *ResumeSandboxResponse) String() string {
 func (*ResumeSandboxResponse) ProtoMessage() {}
 
 func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[17]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1660,7 @@ func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSandboxResponse.ProtoReflect.Descriptor instead.
 func (*ResumeSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{17}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResumeSandboxResponse) GetSandbox() *Sandbox {
@@ -1446,7 +1701,7 @@ type SandboxUsage struct {
 
 func (x *SandboxUsage) Reset() {
 	*x = SandboxUsage{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1713,7 @@ func (x *SandboxUsage) String() string {
 func (*SandboxUsage) ProtoMessage() {}
 
 func (x *SandboxUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[18]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1726,7 @@ func (x *SandboxUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxUsage.ProtoReflect.Descriptor instead.
 func (*SandboxUsage) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SandboxUsage) GetTimestamp() *timestamppb.Timestamp {
@@ -1548,7 +1803,7 @@ type GetSandboxUsageRequest struct {
 
 func (x *GetSandboxUsageRequest) Reset() {
 	*x = GetSandboxUsageRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1815,7 @@ func (x *GetSandboxUsageRequest) String() string {
 func (*GetSandboxUsageRequest) ProtoMessage() {}
 
 func (x *GetSandboxUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[19]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1828,7 @@ func (x *GetSandboxUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxUsageRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxUsageRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetSandboxUsageRequest) GetSandboxId() string {
@@ -1595,7 +1850,7 @@ type GetSandboxUsageResponse struct {
 
 func (x *GetSandboxUsageResponse) Reset() {
 	*x = GetSandboxUsageResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +1862,7 @@ func (x *GetSandboxUsageResponse) String() string {
 func (*GetSandboxUsageResponse) ProtoMessage() {}
 
 func (x *GetSandboxUsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[20]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +1875,7 @@ func (x *GetSandboxUsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxUsageResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxUsageResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetSandboxUsageResponse) GetUsage() *SandboxUsage {
@@ -1644,7 +1899,7 @@ type WatchSandboxUsageRequest struct {
 
 func (x *WatchSandboxUsageRequest) Reset() {
 	*x = WatchSandboxUsageRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1911,7 @@ func (x *WatchSandboxUsageRequest) String() string {
 func (*WatchSandboxUsageRequest) ProtoMessage() {}
 
 func (x *WatchSandboxUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[21]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1924,7 @@ func (x *WatchSandboxUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSandboxUsageRequest.ProtoReflect.Descriptor instead.
 func (*WatchSandboxUsageRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{21}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchSandboxUsageRequest) GetSandboxId() string {
@@ -1698,7 +1953,7 @@ type WatchSandboxUsageResponse struct {
 
 func (x *WatchSandboxUsageResponse) Reset() {
 	*x = WatchSandboxUsageResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +1965,7 @@ func (x *WatchSandboxUsageResponse) String() string {
 func (*WatchSandboxUsageResponse) ProtoMessage() {}
 
 func (x *WatchSandboxUsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[22]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +1978,7 @@ func (x *WatchSandboxUsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSandboxUsageResponse.ProtoReflect.Descriptor instead.
 func (*WatchSandboxUsageResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{22}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchSandboxUsageResponse) GetUsage() *SandboxUsage {
@@ -1746,7 +2001,7 @@ type DialPortRequest struct {
 
 func (x *DialPortRequest) Reset() {
 	*x = DialPortRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +2013,7 @@ func (x *DialPortRequest) String() string {
 func (*DialPortRequest) ProtoMessage() {}
 
 func (x *DialPortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[23]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +2026,7 @@ func (x *DialPortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DialPortRequest.ProtoReflect.Descriptor instead.
 func (*DialPortRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DialPortRequest) GetTarget() *DialPortTarget {
@@ -1801,7 +2056,7 @@ type DialPortTarget struct {
 
 func (x *DialPortTarget) Reset() {
 	*x = DialPortTarget{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1813,7 +2068,7 @@ func (x *DialPortTarget) String() string {
 func (*DialPortTarget) ProtoMessage() {}
 
 func (x *DialPortTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[24]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1826,7 +2081,7 @@ func (x *DialPortTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DialPortTarget.ProtoReflect.Descriptor instead.
 func (*DialPortTarget) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DialPortTarget) GetSandboxId() string {
@@ -1859,7 +2114,7 @@ type DialPortResponse struct {
 
 func (x *DialPortResponse) Reset() {
 	*x = DialPortResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1871,7 +2126,7 @@ func (x *DialPortResponse) String() string {
 func (*DialPortResponse) ProtoMessage() {}
 
 func (x *DialPortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[25]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1884,7 +2139,7 @@ func (x *DialPortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DialPortResponse.ProtoReflect.Descriptor instead.
 func (*DialPortResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DialPortResponse) GetData() []byte {
@@ -1918,7 +2173,7 @@ type SetSandboxTimeoutRequest struct {
 
 func (x *SetSandboxTimeoutRequest) Reset() {
 	*x = SetSandboxTimeoutRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2185,7 @@ func (x *SetSandboxTimeoutRequest) String() string {
 func (*SetSandboxTimeoutRequest) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[26]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2198,7 @@ func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{26}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetSandboxTimeoutRequest) GetSandboxId() string {
@@ -1967,6 +2222,109 @@ func (x *SetSandboxTimeoutRequest) GetIdleTimeout() *durationpb.Duration {
 	return nil
 }
 
+// UpdateNetworkPolicyRequest is the request of
+// SandboxService.UpdateNetworkPolicy.
+type UpdateNetworkPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sandbox.
+	SandboxId string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// The new policy; unset allows everything.
+	Egress        *EgressPolicy `protobuf:"bytes,2,opt,name=egress,proto3" json:"egress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateNetworkPolicyRequest) Reset() {
+	*x = UpdateNetworkPolicyRequest{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateNetworkPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateNetworkPolicyRequest) ProtoMessage() {}
+
+func (x *UpdateNetworkPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateNetworkPolicyRequest.ProtoReflect.Descriptor instead.
+func (*UpdateNetworkPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *UpdateNetworkPolicyRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *UpdateNetworkPolicyRequest) GetEgress() *EgressPolicy {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
+}
+
+// UpdateNetworkPolicyResponse is the response of
+// SandboxService.UpdateNetworkPolicy.
+type UpdateNetworkPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sandbox, with the new policy.
+	Sandbox       *Sandbox `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateNetworkPolicyResponse) Reset() {
+	*x = UpdateNetworkPolicyResponse{}
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateNetworkPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateNetworkPolicyResponse) ProtoMessage() {}
+
+func (x *UpdateNetworkPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateNetworkPolicyResponse.ProtoReflect.Descriptor instead.
+func (*UpdateNetworkPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UpdateNetworkPolicyResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
 // SetSandboxTimeoutResponse is the response of
 // SandboxService.SetSandboxTimeout.
 type SetSandboxTimeoutResponse struct {
@@ -1979,7 +2337,7 @@ type SetSandboxTimeoutResponse struct {
 
 func (x *SetSandboxTimeoutResponse) Reset() {
 	*x = SetSandboxTimeoutResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2349,7 @@ func (x *SetSandboxTimeoutResponse) String() string {
 func (*SetSandboxTimeoutResponse) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[27]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2362,7 @@ func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{27}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetSandboxTimeoutResponse) GetSandbox() *Sandbox {
@@ -2032,7 +2390,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2402,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2415,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{28}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WatchEventsRequest) GetSandboxIds() []string {
@@ -2093,7 +2451,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2463,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[29]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2476,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{29}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -2167,7 +2525,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2537,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[30]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2550,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{30}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Event) GetType() EventType {
@@ -2292,7 +2650,7 @@ type Kind struct {
 
 func (x *Kind) Reset() {
 	*x = Kind{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2662,7 @@ func (x *Kind) String() string {
 func (*Kind) ProtoMessage() {}
 
 func (x *Kind) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[31]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2675,7 @@ func (x *Kind) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kind.ProtoReflect.Descriptor instead.
 func (*Kind) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{31}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Kind) GetName() string {
@@ -2376,13 +2734,16 @@ type KindCapabilities struct {
 	Pause bool `protobuf:"varint,7,opt,name=pause,proto3" json:"pause,omitempty"`
 	// How strongly the kind isolates workloads from the host kernel.
 	IsolationLevel IsolationLevel `protobuf:"varint,8,opt,name=isolation_level,json=isolationLevel,proto3,enum=magnetar.sandbox.v1.IsolationLevel" json:"isolation_level,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Egress policies bind the kind's sandboxes (their traffic goes through
+	// the IP stack of their network namespace).
+	EgressPolicy  bool `protobuf:"varint,9,opt,name=egress_policy,json=egressPolicy,proto3" json:"egress_policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KindCapabilities) Reset() {
 	*x = KindCapabilities{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[32]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2394,7 +2755,7 @@ func (x *KindCapabilities) String() string {
 func (*KindCapabilities) ProtoMessage() {}
 
 func (x *KindCapabilities) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[32]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2407,7 +2768,7 @@ func (x *KindCapabilities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindCapabilities.ProtoReflect.Descriptor instead.
 func (*KindCapabilities) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{32}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *KindCapabilities) GetExec() bool {
@@ -2466,6 +2827,13 @@ func (x *KindCapabilities) GetIsolationLevel() IsolationLevel {
 	return IsolationLevel_ISOLATION_LEVEL_UNSPECIFIED
 }
 
+func (x *KindCapabilities) GetEgressPolicy() bool {
+	if x != nil {
+		return x.EgressPolicy
+	}
+	return false
+}
+
 // ListKindsRequest is the request of SandboxService.ListKinds.
 type ListKindsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2475,7 +2843,7 @@ type ListKindsRequest struct {
 
 func (x *ListKindsRequest) Reset() {
 	*x = ListKindsRequest{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[33]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2487,7 +2855,7 @@ func (x *ListKindsRequest) String() string {
 func (*ListKindsRequest) ProtoMessage() {}
 
 func (x *ListKindsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[33]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2500,7 +2868,7 @@ func (x *ListKindsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKindsRequest.ProtoReflect.Descriptor instead.
 func (*ListKindsRequest) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{33}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{37}
 }
 
 // ListKindsResponse is the response of SandboxService.ListKinds.
@@ -2515,7 +2883,7 @@ type ListKindsResponse struct {
 
 func (x *ListKindsResponse) Reset() {
 	*x = ListKindsResponse{}
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[34]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2527,7 +2895,7 @@ func (x *ListKindsResponse) String() string {
 func (*ListKindsResponse) ProtoMessage() {}
 
 func (x *ListKindsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[34]
+	mi := &file_magnetar_sandbox_v1_sandbox_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2540,7 +2908,7 @@ func (x *ListKindsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKindsResponse.ProtoReflect.Descriptor instead.
 func (*ListKindsResponse) Descriptor() ([]byte, []int) {
-	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{34}
+	return file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListKindsResponse) GetKinds() []*Kind {
@@ -2554,7 +2922,7 @@ var File_magnetar_sandbox_v1_sandbox_proto protoreflect.FileDescriptor
 
 const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\n" +
-	"!magnetar/sandbox/v1/sandbox.proto\x12\x13magnetar.sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dmagnetar/types/v1/types.proto\"\x86\a\n" +
+	"!magnetar/sandbox/v1/sandbox.proto\x12\x13magnetar.sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dmagnetar/types/v1/types.proto\"\xc5\a\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x127\n" +
@@ -2576,7 +2944,8 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x04info\x18\r \x03(\v2&.magnetar.sandbox.v1.Sandbox.InfoEntryR\x04info\x129\n" +
 	"\n" +
 	"expires_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n" +
-	"\fidle_timeout\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x1a9\n" +
+	"\fidle_timeout\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12=\n" +
+	"\anetwork\x18\x10 \x01(\v2#.magnetar.sandbox.v1.SandboxNetworkR\anetwork\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -2585,11 +2954,23 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a7\n" +
 	"\tInfoEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"d\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9c\x01\n" +
+	"\x0eSandboxNetwork\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fip_addresses\x18\x02 \x03(\tR\vipAddresses\x12\x18\n" +
+	"\agateway\x18\x03 \x01(\tR\agateway\x129\n" +
+	"\x06egress\x18\x04 \x01(\v2!.magnetar.sandbox.v1.EgressPolicyR\x06egress\"\xb7\x01\n" +
+	"\fEgressPolicy\x12H\n" +
+	"\x0edefault_action\x18\x01 \x01(\x0e2!.magnetar.sandbox.v1.EgressActionR\rdefaultAction\x12\x14\n" +
+	"\x05allow\x18\x02 \x03(\tR\x05allow\x12\x12\n" +
+	"\x04deny\x18\x03 \x03(\tR\x04deny\x123\n" +
+	"\x03dns\x18\x04 \x01(\x0e2!.magnetar.sandbox.v1.EgressActionR\x03dns\"\xb9\x01\n" +
 	"\rNetworkConfig\x124\n" +
 	"\x04mode\x18\x01 \x01(\x0e2 .magnetar.sandbox.v1.NetworkModeR\x04mode\x12\x1d\n" +
 	"\n" +
-	"netns_path\x18\x02 \x01(\tR\tnetnsPath\"\xcf\x05\n" +
+	"netns_path\x18\x02 \x01(\tR\tnetnsPath\x12\x18\n" +
+	"\anetwork\x18\x03 \x01(\tR\anetwork\x129\n" +
+	"\x06egress\x18\x04 \x01(\v2!.magnetar.sandbox.v1.EgressPolicyR\x06egress\"\xcf\x05\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
@@ -2690,7 +3071,13 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
-	"\fidle_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\"S\n" +
+	"\fidle_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\"v\n" +
+	"\x1aUpdateNetworkPolicyRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x129\n" +
+	"\x06egress\x18\x02 \x01(\v2!.magnetar.sandbox.v1.EgressPolicyR\x06egress\"U\n" +
+	"\x1bUpdateNetworkPolicyResponse\x126\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1c.magnetar.sandbox.v1.SandboxR\asandbox\"S\n" +
 	"\x19SetSandboxTimeoutResponse\x126\n" +
 	"\asandbox\x18\x01 \x01(\v2\x1c.magnetar.sandbox.v1.SandboxR\asandbox\"\xaa\x01\n" +
 	"\x12WatchEventsRequest\x12\x1f\n" +
@@ -2721,7 +3108,7 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1c\n" +
 	"\tavailable\x18\x03 \x01(\bR\tavailable\x12-\n" +
 	"\x12unavailable_reason\x18\x04 \x01(\tR\x11unavailableReason\x12I\n" +
-	"\fcapabilities\x18\x05 \x01(\v2%.magnetar.sandbox.v1.KindCapabilitiesR\fcapabilities\"\x92\x02\n" +
+	"\fcapabilities\x18\x05 \x01(\v2%.magnetar.sandbox.v1.KindCapabilitiesR\fcapabilities\"\xb7\x02\n" +
 	"\x10KindCapabilities\x12\x12\n" +
 	"\x04exec\x18\x01 \x01(\bR\x04exec\x12\x10\n" +
 	"\x03tty\x18\x02 \x01(\bR\x03tty\x12\x14\n" +
@@ -2731,7 +3118,8 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x10update_resources\x18\x05 \x01(\bR\x0fupdateResources\x12\x14\n" +
 	"\x05stats\x18\x06 \x01(\bR\x05stats\x12\x14\n" +
 	"\x05pause\x18\a \x01(\bR\x05pause\x12L\n" +
-	"\x0fisolation_level\x18\b \x01(\x0e2#.magnetar.sandbox.v1.IsolationLevelR\x0eisolationLevel\"\x12\n" +
+	"\x0fisolation_level\x18\b \x01(\x0e2#.magnetar.sandbox.v1.IsolationLevelR\x0eisolationLevel\x12#\n" +
+	"\regress_policy\x18\t \x01(\bR\fegressPolicy\"\x12\n" +
 	"\x10ListKindsRequest\"D\n" +
 	"\x11ListKindsResponse\x12/\n" +
 	"\x05kinds\x18\x01 \x03(\v2\x19.magnetar.sandbox.v1.KindR\x05kinds*\xb1\x01\n" +
@@ -2741,18 +3129,23 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x13SANDBOX_STATE_READY\x10\x02\x12\x19\n" +
 	"\x15SANDBOX_STATE_STOPPED\x10\x03\x12\x19\n" +
 	"\x15SANDBOX_STATE_UNKNOWN\x10\x04\x12\x18\n" +
-	"\x14SANDBOX_STATE_PAUSED\x10\x05*q\n" +
+	"\x14SANDBOX_STATE_PAUSED\x10\x05*\x8a\x01\n" +
 	"\vNetworkMode\x12\x1c\n" +
 	"\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11NETWORK_MODE_NONE\x10\x01\x12\x15\n" +
 	"\x11NETWORK_MODE_HOST\x10\x02\x12\x16\n" +
-	"\x12NETWORK_MODE_NETNS\x10\x03*\xb6\x01\n" +
+	"\x12NETWORK_MODE_NETNS\x10\x03\x12\x17\n" +
+	"\x13NETWORK_MODE_BRIDGE\x10\x04*^\n" +
+	"\fEgressAction\x12\x1d\n" +
+	"\x19EGRESS_ACTION_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13EGRESS_ACTION_ALLOW\x10\x01\x12\x16\n" +
+	"\x12EGRESS_ACTION_DENY\x10\x02*\xb6\x01\n" +
 	"\x0eIsolationLevel\x12\x1f\n" +
 	"\x1bISOLATION_LEVEL_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ISOLATION_LEVEL_CONTAINER\x10\x01\x12\x18\n" +
 	"\x14ISOLATION_LEVEL_WASM\x10\x02\x12%\n" +
 	"!ISOLATION_LEVEL_USER_SPACE_KERNEL\x10\x03\x12#\n" +
-	"\x1fISOLATION_LEVEL_VIRTUAL_MACHINE\x10\x04*\xc6\x03\n" +
+	"\x1fISOLATION_LEVEL_VIRTUAL_MACHINE\x10\x04*\xf5\x03\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aEVENT_TYPE_SANDBOX_CREATED\x10\x01\x12\x1e\n" +
@@ -2768,7 +3161,8 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x12\x1e\n" +
 	"\x1aEVENT_TYPE_SANDBOX_EXPIRED\x10\v\x12\x1d\n" +
 	"\x19EVENT_TYPE_SANDBOX_PAUSED\x10\f\x12\x1e\n" +
-	"\x1aEVENT_TYPE_SANDBOX_RESUMED\x10\r2\xc4\v\n" +
+	"\x1aEVENT_TYPE_SANDBOX_RESUMED\x10\r\x12-\n" +
+	")EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED\x10\x0e2\xbe\f\n" +
 	"\x0eSandboxService\x12f\n" +
 	"\rCreateSandbox\x12).magnetar.sandbox.v1.CreateSandboxRequest\x1a*.magnetar.sandbox.v1.CreateSandboxResponse\x12c\n" +
 	"\fStartSandbox\x12(.magnetar.sandbox.v1.StartSandboxRequest\x1a).magnetar.sandbox.v1.StartSandboxResponse\x12`\n" +
@@ -2783,7 +3177,8 @@ const file_magnetar_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x0fGetSandboxUsage\x12+.magnetar.sandbox.v1.GetSandboxUsageRequest\x1a,.magnetar.sandbox.v1.GetSandboxUsageResponse\"\x03\x90\x02\x01\x12t\n" +
 	"\x11WatchSandboxUsage\x12-.magnetar.sandbox.v1.WatchSandboxUsageRequest\x1a..magnetar.sandbox.v1.WatchSandboxUsageResponse0\x01\x12[\n" +
 	"\bDialPort\x12$.magnetar.sandbox.v1.DialPortRequest\x1a%.magnetar.sandbox.v1.DialPortResponse(\x010\x01\x12r\n" +
-	"\x11SetSandboxTimeout\x12-.magnetar.sandbox.v1.SetSandboxTimeoutRequest\x1a..magnetar.sandbox.v1.SetSandboxTimeoutResponse\x12_\n" +
+	"\x11SetSandboxTimeout\x12-.magnetar.sandbox.v1.SetSandboxTimeoutRequest\x1a..magnetar.sandbox.v1.SetSandboxTimeoutResponse\x12x\n" +
+	"\x13UpdateNetworkPolicy\x12/.magnetar.sandbox.v1.UpdateNetworkPolicyRequest\x1a0.magnetar.sandbox.v1.UpdateNetworkPolicyResponse\x12_\n" +
 	"\tListKinds\x12%.magnetar.sandbox.v1.ListKindsRequest\x1a&.magnetar.sandbox.v1.ListKindsResponse\"\x03\x90\x02\x01B\xd8\x01\n" +
 	"\x17com.magnetar.sandbox.v1B\fSandboxProtoP\x01ZAgithub.com/magnetar-io/magnetar/gen/magnetar/sandbox/v1;sandboxv1\xa2\x02\x03MSX\xaa\x02\x13Magnetar.Sandbox.V1\xca\x02\x13Magnetar\\Sandbox\\V1\xe2\x02\x1fMagnetar\\Sandbox\\V1\\GPBMetadata\xea\x02\x15Magnetar::Sandbox::V1b\x06proto3"
 
@@ -2799,136 +3194,150 @@ func file_magnetar_sandbox_v1_sandbox_proto_rawDescGZIP() []byte {
 	return file_magnetar_sandbox_v1_sandbox_proto_rawDescData
 }
 
-var file_magnetar_sandbox_v1_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_magnetar_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_magnetar_sandbox_v1_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_magnetar_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_magnetar_sandbox_v1_sandbox_proto_goTypes = []any{
-	(SandboxState)(0),                 // 0: magnetar.sandbox.v1.SandboxState
-	(NetworkMode)(0),                  // 1: magnetar.sandbox.v1.NetworkMode
-	(IsolationLevel)(0),               // 2: magnetar.sandbox.v1.IsolationLevel
-	(EventType)(0),                    // 3: magnetar.sandbox.v1.EventType
-	(*Sandbox)(nil),                   // 4: magnetar.sandbox.v1.Sandbox
-	(*NetworkConfig)(nil),             // 5: magnetar.sandbox.v1.NetworkConfig
-	(*CreateSandboxRequest)(nil),      // 6: magnetar.sandbox.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),     // 7: magnetar.sandbox.v1.CreateSandboxResponse
-	(*StartSandboxRequest)(nil),       // 8: magnetar.sandbox.v1.StartSandboxRequest
-	(*StartSandboxResponse)(nil),      // 9: magnetar.sandbox.v1.StartSandboxResponse
-	(*StopSandboxRequest)(nil),        // 10: magnetar.sandbox.v1.StopSandboxRequest
-	(*StopSandboxResponse)(nil),       // 11: magnetar.sandbox.v1.StopSandboxResponse
-	(*DeleteSandboxRequest)(nil),      // 12: magnetar.sandbox.v1.DeleteSandboxRequest
-	(*DeleteSandboxResponse)(nil),     // 13: magnetar.sandbox.v1.DeleteSandboxResponse
-	(*GetSandboxRequest)(nil),         // 14: magnetar.sandbox.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),        // 15: magnetar.sandbox.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),      // 16: magnetar.sandbox.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),     // 17: magnetar.sandbox.v1.ListSandboxesResponse
-	(*PauseSandboxRequest)(nil),       // 18: magnetar.sandbox.v1.PauseSandboxRequest
-	(*PauseSandboxResponse)(nil),      // 19: magnetar.sandbox.v1.PauseSandboxResponse
-	(*ResumeSandboxRequest)(nil),      // 20: magnetar.sandbox.v1.ResumeSandboxRequest
-	(*ResumeSandboxResponse)(nil),     // 21: magnetar.sandbox.v1.ResumeSandboxResponse
-	(*SandboxUsage)(nil),              // 22: magnetar.sandbox.v1.SandboxUsage
-	(*GetSandboxUsageRequest)(nil),    // 23: magnetar.sandbox.v1.GetSandboxUsageRequest
-	(*GetSandboxUsageResponse)(nil),   // 24: magnetar.sandbox.v1.GetSandboxUsageResponse
-	(*WatchSandboxUsageRequest)(nil),  // 25: magnetar.sandbox.v1.WatchSandboxUsageRequest
-	(*WatchSandboxUsageResponse)(nil), // 26: magnetar.sandbox.v1.WatchSandboxUsageResponse
-	(*DialPortRequest)(nil),           // 27: magnetar.sandbox.v1.DialPortRequest
-	(*DialPortTarget)(nil),            // 28: magnetar.sandbox.v1.DialPortTarget
-	(*DialPortResponse)(nil),          // 29: magnetar.sandbox.v1.DialPortResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 30: magnetar.sandbox.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 31: magnetar.sandbox.v1.SetSandboxTimeoutResponse
-	(*WatchEventsRequest)(nil),        // 32: magnetar.sandbox.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),       // 33: magnetar.sandbox.v1.WatchEventsResponse
-	(*Event)(nil),                     // 34: magnetar.sandbox.v1.Event
-	(*Kind)(nil),                      // 35: magnetar.sandbox.v1.Kind
-	(*KindCapabilities)(nil),          // 36: magnetar.sandbox.v1.KindCapabilities
-	(*ListKindsRequest)(nil),          // 37: magnetar.sandbox.v1.ListKindsRequest
-	(*ListKindsResponse)(nil),         // 38: magnetar.sandbox.v1.ListKindsResponse
-	nil,                               // 39: magnetar.sandbox.v1.Sandbox.LabelsEntry
-	nil,                               // 40: magnetar.sandbox.v1.Sandbox.AnnotationsEntry
-	nil,                               // 41: magnetar.sandbox.v1.Sandbox.InfoEntry
-	nil,                               // 42: magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
-	nil,                               // 43: magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
-	nil,                               // 44: magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 45: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 46: google.protobuf.Duration
-	(*v1.DNSConfig)(nil),              // 47: magnetar.types.v1.DNSConfig
-	(*v1.Resources)(nil),              // 48: magnetar.types.v1.Resources
+	(SandboxState)(0),                   // 0: magnetar.sandbox.v1.SandboxState
+	(NetworkMode)(0),                    // 1: magnetar.sandbox.v1.NetworkMode
+	(EgressAction)(0),                   // 2: magnetar.sandbox.v1.EgressAction
+	(IsolationLevel)(0),                 // 3: magnetar.sandbox.v1.IsolationLevel
+	(EventType)(0),                      // 4: magnetar.sandbox.v1.EventType
+	(*Sandbox)(nil),                     // 5: magnetar.sandbox.v1.Sandbox
+	(*SandboxNetwork)(nil),              // 6: magnetar.sandbox.v1.SandboxNetwork
+	(*EgressPolicy)(nil),                // 7: magnetar.sandbox.v1.EgressPolicy
+	(*NetworkConfig)(nil),               // 8: magnetar.sandbox.v1.NetworkConfig
+	(*CreateSandboxRequest)(nil),        // 9: magnetar.sandbox.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),       // 10: magnetar.sandbox.v1.CreateSandboxResponse
+	(*StartSandboxRequest)(nil),         // 11: magnetar.sandbox.v1.StartSandboxRequest
+	(*StartSandboxResponse)(nil),        // 12: magnetar.sandbox.v1.StartSandboxResponse
+	(*StopSandboxRequest)(nil),          // 13: magnetar.sandbox.v1.StopSandboxRequest
+	(*StopSandboxResponse)(nil),         // 14: magnetar.sandbox.v1.StopSandboxResponse
+	(*DeleteSandboxRequest)(nil),        // 15: magnetar.sandbox.v1.DeleteSandboxRequest
+	(*DeleteSandboxResponse)(nil),       // 16: magnetar.sandbox.v1.DeleteSandboxResponse
+	(*GetSandboxRequest)(nil),           // 17: magnetar.sandbox.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),          // 18: magnetar.sandbox.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),        // 19: magnetar.sandbox.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),       // 20: magnetar.sandbox.v1.ListSandboxesResponse
+	(*PauseSandboxRequest)(nil),         // 21: magnetar.sandbox.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),        // 22: magnetar.sandbox.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),        // 23: magnetar.sandbox.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),       // 24: magnetar.sandbox.v1.ResumeSandboxResponse
+	(*SandboxUsage)(nil),                // 25: magnetar.sandbox.v1.SandboxUsage
+	(*GetSandboxUsageRequest)(nil),      // 26: magnetar.sandbox.v1.GetSandboxUsageRequest
+	(*GetSandboxUsageResponse)(nil),     // 27: magnetar.sandbox.v1.GetSandboxUsageResponse
+	(*WatchSandboxUsageRequest)(nil),    // 28: magnetar.sandbox.v1.WatchSandboxUsageRequest
+	(*WatchSandboxUsageResponse)(nil),   // 29: magnetar.sandbox.v1.WatchSandboxUsageResponse
+	(*DialPortRequest)(nil),             // 30: magnetar.sandbox.v1.DialPortRequest
+	(*DialPortTarget)(nil),              // 31: magnetar.sandbox.v1.DialPortTarget
+	(*DialPortResponse)(nil),            // 32: magnetar.sandbox.v1.DialPortResponse
+	(*SetSandboxTimeoutRequest)(nil),    // 33: magnetar.sandbox.v1.SetSandboxTimeoutRequest
+	(*UpdateNetworkPolicyRequest)(nil),  // 34: magnetar.sandbox.v1.UpdateNetworkPolicyRequest
+	(*UpdateNetworkPolicyResponse)(nil), // 35: magnetar.sandbox.v1.UpdateNetworkPolicyResponse
+	(*SetSandboxTimeoutResponse)(nil),   // 36: magnetar.sandbox.v1.SetSandboxTimeoutResponse
+	(*WatchEventsRequest)(nil),          // 37: magnetar.sandbox.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),         // 38: magnetar.sandbox.v1.WatchEventsResponse
+	(*Event)(nil),                       // 39: magnetar.sandbox.v1.Event
+	(*Kind)(nil),                        // 40: magnetar.sandbox.v1.Kind
+	(*KindCapabilities)(nil),            // 41: magnetar.sandbox.v1.KindCapabilities
+	(*ListKindsRequest)(nil),            // 42: magnetar.sandbox.v1.ListKindsRequest
+	(*ListKindsResponse)(nil),           // 43: magnetar.sandbox.v1.ListKindsResponse
+	nil,                                 // 44: magnetar.sandbox.v1.Sandbox.LabelsEntry
+	nil,                                 // 45: magnetar.sandbox.v1.Sandbox.AnnotationsEntry
+	nil,                                 // 46: magnetar.sandbox.v1.Sandbox.InfoEntry
+	nil,                                 // 47: magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
+	nil,                                 // 48: magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
+	nil,                                 // 49: magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),       // 50: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 51: google.protobuf.Duration
+	(*v1.DNSConfig)(nil),                // 52: magnetar.types.v1.DNSConfig
+	(*v1.Resources)(nil),                // 53: magnetar.types.v1.Resources
 }
 var file_magnetar_sandbox_v1_sandbox_proto_depIdxs = []int32{
 	0,  // 0: magnetar.sandbox.v1.Sandbox.state:type_name -> magnetar.sandbox.v1.SandboxState
-	39, // 1: magnetar.sandbox.v1.Sandbox.labels:type_name -> magnetar.sandbox.v1.Sandbox.LabelsEntry
-	40, // 2: magnetar.sandbox.v1.Sandbox.annotations:type_name -> magnetar.sandbox.v1.Sandbox.AnnotationsEntry
-	45, // 3: magnetar.sandbox.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	45, // 4: magnetar.sandbox.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
-	45, // 5: magnetar.sandbox.v1.Sandbox.exited_at:type_name -> google.protobuf.Timestamp
-	41, // 6: magnetar.sandbox.v1.Sandbox.info:type_name -> magnetar.sandbox.v1.Sandbox.InfoEntry
-	45, // 7: magnetar.sandbox.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
-	46, // 8: magnetar.sandbox.v1.Sandbox.idle_timeout:type_name -> google.protobuf.Duration
-	1,  // 9: magnetar.sandbox.v1.NetworkConfig.mode:type_name -> magnetar.sandbox.v1.NetworkMode
-	42, // 10: magnetar.sandbox.v1.CreateSandboxRequest.labels:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
-	43, // 11: magnetar.sandbox.v1.CreateSandboxRequest.annotations:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
-	47, // 12: magnetar.sandbox.v1.CreateSandboxRequest.dns:type_name -> magnetar.types.v1.DNSConfig
-	5,  // 13: magnetar.sandbox.v1.CreateSandboxRequest.network:type_name -> magnetar.sandbox.v1.NetworkConfig
-	48, // 14: magnetar.sandbox.v1.CreateSandboxRequest.resources:type_name -> magnetar.types.v1.Resources
-	46, // 15: magnetar.sandbox.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	46, // 16: magnetar.sandbox.v1.CreateSandboxRequest.idle_timeout:type_name -> google.protobuf.Duration
-	4,  // 17: magnetar.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	4,  // 18: magnetar.sandbox.v1.StartSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	46, // 19: magnetar.sandbox.v1.StopSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	4,  // 20: magnetar.sandbox.v1.StopSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	4,  // 21: magnetar.sandbox.v1.GetSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	44, // 22: magnetar.sandbox.v1.ListSandboxesRequest.labels:type_name -> magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
-	0,  // 23: magnetar.sandbox.v1.ListSandboxesRequest.states:type_name -> magnetar.sandbox.v1.SandboxState
-	4,  // 24: magnetar.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> magnetar.sandbox.v1.Sandbox
-	4,  // 25: magnetar.sandbox.v1.PauseSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	4,  // 26: magnetar.sandbox.v1.ResumeSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	45, // 27: magnetar.sandbox.v1.SandboxUsage.timestamp:type_name -> google.protobuf.Timestamp
-	22, // 28: magnetar.sandbox.v1.GetSandboxUsageResponse.usage:type_name -> magnetar.sandbox.v1.SandboxUsage
-	46, // 29: magnetar.sandbox.v1.WatchSandboxUsageRequest.interval:type_name -> google.protobuf.Duration
-	22, // 30: magnetar.sandbox.v1.WatchSandboxUsageResponse.usage:type_name -> magnetar.sandbox.v1.SandboxUsage
-	28, // 31: magnetar.sandbox.v1.DialPortRequest.target:type_name -> magnetar.sandbox.v1.DialPortTarget
-	46, // 32: magnetar.sandbox.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
-	46, // 33: magnetar.sandbox.v1.SetSandboxTimeoutRequest.idle_timeout:type_name -> google.protobuf.Duration
-	4,  // 34: magnetar.sandbox.v1.SetSandboxTimeoutResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
-	3,  // 35: magnetar.sandbox.v1.WatchEventsRequest.types:type_name -> magnetar.sandbox.v1.EventType
-	34, // 36: magnetar.sandbox.v1.WatchEventsResponse.event:type_name -> magnetar.sandbox.v1.Event
-	3,  // 37: magnetar.sandbox.v1.Event.type:type_name -> magnetar.sandbox.v1.EventType
-	45, // 38: magnetar.sandbox.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
-	45, // 39: magnetar.sandbox.v1.Event.exited_at:type_name -> google.protobuf.Timestamp
-	36, // 40: magnetar.sandbox.v1.Kind.capabilities:type_name -> magnetar.sandbox.v1.KindCapabilities
-	2,  // 41: magnetar.sandbox.v1.KindCapabilities.isolation_level:type_name -> magnetar.sandbox.v1.IsolationLevel
-	35, // 42: magnetar.sandbox.v1.ListKindsResponse.kinds:type_name -> magnetar.sandbox.v1.Kind
-	6,  // 43: magnetar.sandbox.v1.SandboxService.CreateSandbox:input_type -> magnetar.sandbox.v1.CreateSandboxRequest
-	8,  // 44: magnetar.sandbox.v1.SandboxService.StartSandbox:input_type -> magnetar.sandbox.v1.StartSandboxRequest
-	10, // 45: magnetar.sandbox.v1.SandboxService.StopSandbox:input_type -> magnetar.sandbox.v1.StopSandboxRequest
-	12, // 46: magnetar.sandbox.v1.SandboxService.DeleteSandbox:input_type -> magnetar.sandbox.v1.DeleteSandboxRequest
-	14, // 47: magnetar.sandbox.v1.SandboxService.GetSandbox:input_type -> magnetar.sandbox.v1.GetSandboxRequest
-	16, // 48: magnetar.sandbox.v1.SandboxService.ListSandboxes:input_type -> magnetar.sandbox.v1.ListSandboxesRequest
-	32, // 49: magnetar.sandbox.v1.SandboxService.WatchEvents:input_type -> magnetar.sandbox.v1.WatchEventsRequest
-	18, // 50: magnetar.sandbox.v1.SandboxService.PauseSandbox:input_type -> magnetar.sandbox.v1.PauseSandboxRequest
-	20, // 51: magnetar.sandbox.v1.SandboxService.ResumeSandbox:input_type -> magnetar.sandbox.v1.ResumeSandboxRequest
-	23, // 52: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:input_type -> magnetar.sandbox.v1.GetSandboxUsageRequest
-	25, // 53: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:input_type -> magnetar.sandbox.v1.WatchSandboxUsageRequest
-	27, // 54: magnetar.sandbox.v1.SandboxService.DialPort:input_type -> magnetar.sandbox.v1.DialPortRequest
-	30, // 55: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:input_type -> magnetar.sandbox.v1.SetSandboxTimeoutRequest
-	37, // 56: magnetar.sandbox.v1.SandboxService.ListKinds:input_type -> magnetar.sandbox.v1.ListKindsRequest
-	7,  // 57: magnetar.sandbox.v1.SandboxService.CreateSandbox:output_type -> magnetar.sandbox.v1.CreateSandboxResponse
-	9,  // 58: magnetar.sandbox.v1.SandboxService.StartSandbox:output_type -> magnetar.sandbox.v1.StartSandboxResponse
-	11, // 59: magnetar.sandbox.v1.SandboxService.StopSandbox:output_type -> magnetar.sandbox.v1.StopSandboxResponse
-	13, // 60: magnetar.sandbox.v1.SandboxService.DeleteSandbox:output_type -> magnetar.sandbox.v1.DeleteSandboxResponse
-	15, // 61: magnetar.sandbox.v1.SandboxService.GetSandbox:output_type -> magnetar.sandbox.v1.GetSandboxResponse
-	17, // 62: magnetar.sandbox.v1.SandboxService.ListSandboxes:output_type -> magnetar.sandbox.v1.ListSandboxesResponse
-	33, // 63: magnetar.sandbox.v1.SandboxService.WatchEvents:output_type -> magnetar.sandbox.v1.WatchEventsResponse
-	19, // 64: magnetar.sandbox.v1.SandboxService.PauseSandbox:output_type -> magnetar.sandbox.v1.PauseSandboxResponse
-	21, // 65: magnetar.sandbox.v1.SandboxService.ResumeSandbox:output_type -> magnetar.sandbox.v1.ResumeSandboxResponse
-	24, // 66: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:output_type -> magnetar.sandbox.v1.GetSandboxUsageResponse
-	26, // 67: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:output_type -> magnetar.sandbox.v1.WatchSandboxUsageResponse
-	29, // 68: magnetar.sandbox.v1.SandboxService.DialPort:output_type -> magnetar.sandbox.v1.DialPortResponse
-	31, // 69: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:output_type -> magnetar.sandbox.v1.SetSandboxTimeoutResponse
-	38, // 70: magnetar.sandbox.v1.SandboxService.ListKinds:output_type -> magnetar.sandbox.v1.ListKindsResponse
-	57, // [57:71] is the sub-list for method output_type
-	43, // [43:57] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	44, // 1: magnetar.sandbox.v1.Sandbox.labels:type_name -> magnetar.sandbox.v1.Sandbox.LabelsEntry
+	45, // 2: magnetar.sandbox.v1.Sandbox.annotations:type_name -> magnetar.sandbox.v1.Sandbox.AnnotationsEntry
+	50, // 3: magnetar.sandbox.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	50, // 4: magnetar.sandbox.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
+	50, // 5: magnetar.sandbox.v1.Sandbox.exited_at:type_name -> google.protobuf.Timestamp
+	46, // 6: magnetar.sandbox.v1.Sandbox.info:type_name -> magnetar.sandbox.v1.Sandbox.InfoEntry
+	50, // 7: magnetar.sandbox.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
+	51, // 8: magnetar.sandbox.v1.Sandbox.idle_timeout:type_name -> google.protobuf.Duration
+	6,  // 9: magnetar.sandbox.v1.Sandbox.network:type_name -> magnetar.sandbox.v1.SandboxNetwork
+	7,  // 10: magnetar.sandbox.v1.SandboxNetwork.egress:type_name -> magnetar.sandbox.v1.EgressPolicy
+	2,  // 11: magnetar.sandbox.v1.EgressPolicy.default_action:type_name -> magnetar.sandbox.v1.EgressAction
+	2,  // 12: magnetar.sandbox.v1.EgressPolicy.dns:type_name -> magnetar.sandbox.v1.EgressAction
+	1,  // 13: magnetar.sandbox.v1.NetworkConfig.mode:type_name -> magnetar.sandbox.v1.NetworkMode
+	7,  // 14: magnetar.sandbox.v1.NetworkConfig.egress:type_name -> magnetar.sandbox.v1.EgressPolicy
+	47, // 15: magnetar.sandbox.v1.CreateSandboxRequest.labels:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.LabelsEntry
+	48, // 16: magnetar.sandbox.v1.CreateSandboxRequest.annotations:type_name -> magnetar.sandbox.v1.CreateSandboxRequest.AnnotationsEntry
+	52, // 17: magnetar.sandbox.v1.CreateSandboxRequest.dns:type_name -> magnetar.types.v1.DNSConfig
+	8,  // 18: magnetar.sandbox.v1.CreateSandboxRequest.network:type_name -> magnetar.sandbox.v1.NetworkConfig
+	53, // 19: magnetar.sandbox.v1.CreateSandboxRequest.resources:type_name -> magnetar.types.v1.Resources
+	51, // 20: magnetar.sandbox.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	51, // 21: magnetar.sandbox.v1.CreateSandboxRequest.idle_timeout:type_name -> google.protobuf.Duration
+	5,  // 22: magnetar.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	5,  // 23: magnetar.sandbox.v1.StartSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	51, // 24: magnetar.sandbox.v1.StopSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	5,  // 25: magnetar.sandbox.v1.StopSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	5,  // 26: magnetar.sandbox.v1.GetSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	49, // 27: magnetar.sandbox.v1.ListSandboxesRequest.labels:type_name -> magnetar.sandbox.v1.ListSandboxesRequest.LabelsEntry
+	0,  // 28: magnetar.sandbox.v1.ListSandboxesRequest.states:type_name -> magnetar.sandbox.v1.SandboxState
+	5,  // 29: magnetar.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> magnetar.sandbox.v1.Sandbox
+	5,  // 30: magnetar.sandbox.v1.PauseSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	5,  // 31: magnetar.sandbox.v1.ResumeSandboxResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	50, // 32: magnetar.sandbox.v1.SandboxUsage.timestamp:type_name -> google.protobuf.Timestamp
+	25, // 33: magnetar.sandbox.v1.GetSandboxUsageResponse.usage:type_name -> magnetar.sandbox.v1.SandboxUsage
+	51, // 34: magnetar.sandbox.v1.WatchSandboxUsageRequest.interval:type_name -> google.protobuf.Duration
+	25, // 35: magnetar.sandbox.v1.WatchSandboxUsageResponse.usage:type_name -> magnetar.sandbox.v1.SandboxUsage
+	31, // 36: magnetar.sandbox.v1.DialPortRequest.target:type_name -> magnetar.sandbox.v1.DialPortTarget
+	51, // 37: magnetar.sandbox.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	51, // 38: magnetar.sandbox.v1.SetSandboxTimeoutRequest.idle_timeout:type_name -> google.protobuf.Duration
+	7,  // 39: magnetar.sandbox.v1.UpdateNetworkPolicyRequest.egress:type_name -> magnetar.sandbox.v1.EgressPolicy
+	5,  // 40: magnetar.sandbox.v1.UpdateNetworkPolicyResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	5,  // 41: magnetar.sandbox.v1.SetSandboxTimeoutResponse.sandbox:type_name -> magnetar.sandbox.v1.Sandbox
+	4,  // 42: magnetar.sandbox.v1.WatchEventsRequest.types:type_name -> magnetar.sandbox.v1.EventType
+	39, // 43: magnetar.sandbox.v1.WatchEventsResponse.event:type_name -> magnetar.sandbox.v1.Event
+	4,  // 44: magnetar.sandbox.v1.Event.type:type_name -> magnetar.sandbox.v1.EventType
+	50, // 45: magnetar.sandbox.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
+	50, // 46: magnetar.sandbox.v1.Event.exited_at:type_name -> google.protobuf.Timestamp
+	41, // 47: magnetar.sandbox.v1.Kind.capabilities:type_name -> magnetar.sandbox.v1.KindCapabilities
+	3,  // 48: magnetar.sandbox.v1.KindCapabilities.isolation_level:type_name -> magnetar.sandbox.v1.IsolationLevel
+	40, // 49: magnetar.sandbox.v1.ListKindsResponse.kinds:type_name -> magnetar.sandbox.v1.Kind
+	9,  // 50: magnetar.sandbox.v1.SandboxService.CreateSandbox:input_type -> magnetar.sandbox.v1.CreateSandboxRequest
+	11, // 51: magnetar.sandbox.v1.SandboxService.StartSandbox:input_type -> magnetar.sandbox.v1.StartSandboxRequest
+	13, // 52: magnetar.sandbox.v1.SandboxService.StopSandbox:input_type -> magnetar.sandbox.v1.StopSandboxRequest
+	15, // 53: magnetar.sandbox.v1.SandboxService.DeleteSandbox:input_type -> magnetar.sandbox.v1.DeleteSandboxRequest
+	17, // 54: magnetar.sandbox.v1.SandboxService.GetSandbox:input_type -> magnetar.sandbox.v1.GetSandboxRequest
+	19, // 55: magnetar.sandbox.v1.SandboxService.ListSandboxes:input_type -> magnetar.sandbox.v1.ListSandboxesRequest
+	37, // 56: magnetar.sandbox.v1.SandboxService.WatchEvents:input_type -> magnetar.sandbox.v1.WatchEventsRequest
+	21, // 57: magnetar.sandbox.v1.SandboxService.PauseSandbox:input_type -> magnetar.sandbox.v1.PauseSandboxRequest
+	23, // 58: magnetar.sandbox.v1.SandboxService.ResumeSandbox:input_type -> magnetar.sandbox.v1.ResumeSandboxRequest
+	26, // 59: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:input_type -> magnetar.sandbox.v1.GetSandboxUsageRequest
+	28, // 60: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:input_type -> magnetar.sandbox.v1.WatchSandboxUsageRequest
+	30, // 61: magnetar.sandbox.v1.SandboxService.DialPort:input_type -> magnetar.sandbox.v1.DialPortRequest
+	33, // 62: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:input_type -> magnetar.sandbox.v1.SetSandboxTimeoutRequest
+	34, // 63: magnetar.sandbox.v1.SandboxService.UpdateNetworkPolicy:input_type -> magnetar.sandbox.v1.UpdateNetworkPolicyRequest
+	42, // 64: magnetar.sandbox.v1.SandboxService.ListKinds:input_type -> magnetar.sandbox.v1.ListKindsRequest
+	10, // 65: magnetar.sandbox.v1.SandboxService.CreateSandbox:output_type -> magnetar.sandbox.v1.CreateSandboxResponse
+	12, // 66: magnetar.sandbox.v1.SandboxService.StartSandbox:output_type -> magnetar.sandbox.v1.StartSandboxResponse
+	14, // 67: magnetar.sandbox.v1.SandboxService.StopSandbox:output_type -> magnetar.sandbox.v1.StopSandboxResponse
+	16, // 68: magnetar.sandbox.v1.SandboxService.DeleteSandbox:output_type -> magnetar.sandbox.v1.DeleteSandboxResponse
+	18, // 69: magnetar.sandbox.v1.SandboxService.GetSandbox:output_type -> magnetar.sandbox.v1.GetSandboxResponse
+	20, // 70: magnetar.sandbox.v1.SandboxService.ListSandboxes:output_type -> magnetar.sandbox.v1.ListSandboxesResponse
+	38, // 71: magnetar.sandbox.v1.SandboxService.WatchEvents:output_type -> magnetar.sandbox.v1.WatchEventsResponse
+	22, // 72: magnetar.sandbox.v1.SandboxService.PauseSandbox:output_type -> magnetar.sandbox.v1.PauseSandboxResponse
+	24, // 73: magnetar.sandbox.v1.SandboxService.ResumeSandbox:output_type -> magnetar.sandbox.v1.ResumeSandboxResponse
+	27, // 74: magnetar.sandbox.v1.SandboxService.GetSandboxUsage:output_type -> magnetar.sandbox.v1.GetSandboxUsageResponse
+	29, // 75: magnetar.sandbox.v1.SandboxService.WatchSandboxUsage:output_type -> magnetar.sandbox.v1.WatchSandboxUsageResponse
+	32, // 76: magnetar.sandbox.v1.SandboxService.DialPort:output_type -> magnetar.sandbox.v1.DialPortResponse
+	36, // 77: magnetar.sandbox.v1.SandboxService.SetSandboxTimeout:output_type -> magnetar.sandbox.v1.SetSandboxTimeoutResponse
+	35, // 78: magnetar.sandbox.v1.SandboxService.UpdateNetworkPolicy:output_type -> magnetar.sandbox.v1.UpdateNetworkPolicyResponse
+	43, // 79: magnetar.sandbox.v1.SandboxService.ListKinds:output_type -> magnetar.sandbox.v1.ListKindsResponse
+	65, // [65:80] is the sub-list for method output_type
+	50, // [50:65] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_magnetar_sandbox_v1_sandbox_proto_init() }
@@ -2936,14 +3345,14 @@ func file_magnetar_sandbox_v1_sandbox_proto_init() {
 	if File_magnetar_sandbox_v1_sandbox_proto != nil {
 		return
 	}
-	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[28].OneofWrappers = []any{}
+	file_magnetar_sandbox_v1_sandbox_proto_msgTypes[32].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_magnetar_sandbox_v1_sandbox_proto_rawDesc), len(file_magnetar_sandbox_v1_sandbox_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   41,
+			NumEnums:      5,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ type TTRPCSandboxServiceService interface {
 	WatchSandboxUsage(context.Context, *WatchSandboxUsageRequest, TTRPCSandboxService_WatchSandboxUsageServer) error
 	DialPort(context.Context, TTRPCSandboxService_DialPortServer) error
 	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
+	UpdateNetworkPolicy(context.Context, *UpdateNetworkPolicyRequest) (*UpdateNetworkPolicyResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
 
@@ -145,6 +146,13 @@ func RegisterTTRPCSandboxServiceService(srv *ttrpc.Server, svc TTRPCSandboxServi
 				}
 				return svc.SetSandboxTimeout(ctx, &req)
 			},
+			"UpdateNetworkPolicy": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req UpdateNetworkPolicyRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.UpdateNetworkPolicy(ctx, &req)
+			},
 			"ListKinds": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListKindsRequest
 				if err := unmarshal(&req); err != nil {
@@ -201,6 +209,7 @@ type TTRPCSandboxServiceClient interface {
 	WatchSandboxUsage(context.Context, *WatchSandboxUsageRequest) (TTRPCSandboxService_WatchSandboxUsageClient, error)
 	DialPort(context.Context) (TTRPCSandboxService_DialPortClient, error)
 	SetSandboxTimeout(context.Context, *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error)
+	UpdateNetworkPolicy(context.Context, *UpdateNetworkPolicyRequest) (*UpdateNetworkPolicyResponse, error)
 	ListKinds(context.Context, *ListKindsRequest) (*ListKindsResponse, error)
 }
 
@@ -381,6 +390,14 @@ func (x *ttrpcsandboxserviceDialPortClient) Recv() (*DialPortResponse, error) {
 func (c *ttrpcsandboxserviceClient) SetSandboxTimeout(ctx context.Context, req *SetSandboxTimeoutRequest) (*SetSandboxTimeoutResponse, error) {
 	var resp SetSandboxTimeoutResponse
 	if err := c.client.Call(ctx, "magnetar.sandbox.v1.SandboxService", "SetSandboxTimeout", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *ttrpcsandboxserviceClient) UpdateNetworkPolicy(ctx context.Context, req *UpdateNetworkPolicyRequest) (*UpdateNetworkPolicyResponse, error) {
+	var resp UpdateNetworkPolicyResponse
+	if err := c.client.Call(ctx, "magnetar.sandbox.v1.SandboxService", "UpdateNetworkPolicy", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -62,6 +62,9 @@ const (
 	// SandboxServiceSetSandboxTimeoutProcedure is the procedure name of the SandboxService's
 	// SetSandboxTimeout RPC.
 	SandboxServiceSetSandboxTimeoutProcedure = "/magnetar.sandbox.v1.SandboxService/SetSandboxTimeout"
+	// SandboxServiceUpdateNetworkPolicyProcedure is the procedure name of the SandboxService's
+	// UpdateNetworkPolicy RPC.
+	SandboxServiceUpdateNetworkPolicyProcedure = "/magnetar.sandbox.v1.SandboxService/UpdateNetworkPolicy"
 	// SandboxServiceListKindsProcedure is the procedure name of the SandboxService's ListKinds RPC.
 	SandboxServiceListKindsProcedure = "/magnetar.sandbox.v1.SandboxService/ListKinds"
 )
@@ -161,6 +164,13 @@ var (
 			Procedure:  SandboxServiceSetSandboxTimeoutProcedure,
 		}
 	})
+	sandboxServiceUpdateNetworkPolicySpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_magnetar_sandbox_v1_sandbox_proto.Services().ByName("SandboxService").Methods().ByName("UpdateNetworkPolicy"),
+			Procedure:  SandboxServiceUpdateNetworkPolicyProcedure,
+		}
+	})
 	sandboxServiceListKindsSpec = sync.OnceValue(func() connect.Spec {
 		return connect.Spec{
 			StreamType:       connect.StreamTypeUnary,
@@ -246,6 +256,15 @@ type SandboxServiceClient interface {
 	// sandboxer. Fails with NOT_FOUND for an unknown sandbox and
 	// INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
 	SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error)
+	// UpdateNetworkPolicy replaces the egress policy of a sandbox on a bridge
+	// network (NETWORK_MODE_BRIDGE), at once and atomically, also while it
+	// runs: connections the new policy refuses stop. An
+	// EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED event follows. Fails with
+	// NOT_FOUND for an unknown sandbox, FAILED_PRECONDITION for a sandbox
+	// without a bridge network, INVALID_ARGUMENT for a malformed policy and
+	// UNIMPLEMENTED for a kind whose traffic the policy cannot bind (see
+	// KindCapabilities.egress_policy).
+	UpdateNetworkPolicy(context.Context, *v1.UpdateNetworkPolicyRequest) (*v1.UpdateNetworkPolicyResponse, error)
 	// ListKinds returns the sandbox kinds (backends) this sandboxer knows, with
 	// their availability on this host and their capabilities.
 	ListKinds(context.Context, *v1.ListKindsRequest) (*v1.ListKindsResponse, error)
@@ -410,6 +429,15 @@ type SandboxServiceHandler interface {
 	// sandboxer. Fails with NOT_FOUND for an unknown sandbox and
 	// INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
 	SetSandboxTimeout(context.Context, *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error)
+	// UpdateNetworkPolicy replaces the egress policy of a sandbox on a bridge
+	// network (NETWORK_MODE_BRIDGE), at once and atomically, also while it
+	// runs: connections the new policy refuses stop. An
+	// EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED event follows. Fails with
+	// NOT_FOUND for an unknown sandbox, FAILED_PRECONDITION for a sandbox
+	// without a bridge network, INVALID_ARGUMENT for a malformed policy and
+	// UNIMPLEMENTED for a kind whose traffic the policy cannot bind (see
+	// KindCapabilities.egress_policy).
+	UpdateNetworkPolicy(context.Context, *v1.UpdateNetworkPolicyRequest) (*v1.UpdateNetworkPolicyResponse, error)
 	// ListKinds returns the sandbox kinds (backends) this sandboxer knows, with
 	// their availability on this host and their capabilities.
 	ListKinds(context.Context, *v1.ListKindsRequest) (*v1.ListKindsResponse, error)
@@ -433,6 +461,7 @@ func RegisterSandboxServiceHandler(server *connect.Server, svc SandboxServiceHan
 		connect.Method{Spec: sandboxServiceWatchSandboxUsageSpec(), Handler: adapter.watchSandboxUsage},
 		connect.Method{Spec: sandboxServiceDialPortSpec(), Handler: adapter.dialPort},
 		connect.Method{Spec: sandboxServiceSetSandboxTimeoutSpec(), Handler: adapter.setSandboxTimeout},
+		connect.Method{Spec: sandboxServiceUpdateNetworkPolicySpec(), Handler: adapter.updateNetworkPolicy},
 		connect.Method{Spec: sandboxServiceListKindsSpec(), Handler: adapter.listKinds},
 	)
 }
@@ -548,6 +577,10 @@ func (UnimplementedSandboxServiceHandler) SetSandboxTimeout(context.Context, *v1
 	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.SetSandboxTimeout is not implemented")
 }
 
+func (UnimplementedSandboxServiceHandler) UpdateNetworkPolicy(context.Context, *v1.UpdateNetworkPolicyRequest) (*v1.UpdateNetworkPolicyResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.UpdateNetworkPolicy is not implemented")
+}
+
 func (UnimplementedSandboxServiceHandler) ListKinds(context.Context, *v1.ListKindsRequest) (*v1.ListKindsResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, "magnetar.sandbox.v1.SandboxService.ListKinds is not implemented")
 }
@@ -655,6 +688,14 @@ func (c *sandboxServiceClient) DialPort(ctx context.Context) (SandboxServiceDial
 func (c *sandboxServiceClient) SetSandboxTimeout(ctx context.Context, req *v1.SetSandboxTimeoutRequest) (*v1.SetSandboxTimeoutResponse, error) {
 	var res v1.SetSandboxTimeoutResponse
 	if err := c.client.CallUnary(ctx, sandboxServiceSetSandboxTimeoutSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *sandboxServiceClient) UpdateNetworkPolicy(ctx context.Context, req *v1.UpdateNetworkPolicyRequest) (*v1.UpdateNetworkPolicyResponse, error) {
+	var res v1.UpdateNetworkPolicyResponse
+	if err := c.client.CallUnary(ctx, sandboxServiceUpdateNetworkPolicySpec(), req, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil
@@ -804,6 +845,18 @@ func (h sandboxServiceHandler) setSandboxTimeout(ctx context.Context, _ connect.
 		return err
 	}
 	res, err := h.svc.SetSandboxTimeout(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h sandboxServiceHandler) updateNetworkPolicy(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.UpdateNetworkPolicyRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.UpdateNetworkPolicy(ctx, &req)
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, DialPortRequest, DialPortResponse, GetSandboxRequest, GetSandboxResponse, GetSandboxUsageRequest, GetSandboxUsageResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, PauseSandboxRequest, PauseSandboxResponse, ResumeSandboxRequest, ResumeSandboxResponse, SetSandboxTimeoutRequest, SetSandboxTimeoutResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, WatchEventsRequest, WatchEventsResponse, WatchSandboxUsageRequest, WatchSandboxUsageResponse
+from .sandbox_pb2 import CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, DialPortRequest, DialPortResponse, GetSandboxRequest, GetSandboxResponse, GetSandboxUsageRequest, GetSandboxUsageResponse, ListKindsRequest, ListKindsResponse, ListSandboxesRequest, ListSandboxesResponse, PauseSandboxRequest, PauseSandboxResponse, ResumeSandboxRequest, ResumeSandboxResponse, SetSandboxTimeoutRequest, SetSandboxTimeoutResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse, UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse, WatchEventsRequest, WatchEventsResponse, WatchSandboxUsageRequest, WatchSandboxUsageResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -167,6 +167,19 @@ class SandboxService(Protocol):
         EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
         sandboxer. Fails with NOT_FOUND for an unknown sandbox and
         INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def update_network_policy(self, request: UpdateNetworkPolicyRequest, ctx: RequestContext[UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse], /) -> UpdateNetworkPolicyResponse:
+        """
+        UpdateNetworkPolicy replaces the egress policy of a sandbox on a bridge
+        network (NETWORK_MODE_BRIDGE), at once and atomically, also while it
+        runs: connections the new policy refuses stop. An
+        EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED event follows. Fails with
+        NOT_FOUND for an unknown sandbox, FAILED_PRECONDITION for a sandbox
+        without a bridge network, INVALID_ARGUMENT for a malformed policy and
+        UNIMPLEMENTED for a kind whose traffic the policy cannot bind (see
+        KindCapabilities.egress_policy).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -333,6 +346,17 @@ class SandboxServiceASGIApplication(ConnectASGIApplication[SandboxService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.set_sandbox_timeout,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/UpdateNetworkPolicy": Endpoint.unary(
+                    method=MethodInfo(
+                        name="UpdateNetworkPolicy",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=UpdateNetworkPolicyRequest,
+                        output=UpdateNetworkPolicyResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.update_network_policy,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/ListKinds": Endpoint.unary(
                     method=MethodInfo(
@@ -742,6 +766,36 @@ class SandboxServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def update_network_policy(
+        self,
+        request: UpdateNetworkPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> UpdateNetworkPolicyResponse:
+        """
+        UpdateNetworkPolicy replaces the egress policy of a sandbox on a bridge
+        network (NETWORK_MODE_BRIDGE), at once and atomically, also while it
+        runs: connections the new policy refuses stop. An
+        EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED event follows. Fails with
+        NOT_FOUND for an unknown sandbox, FAILED_PRECONDITION for a sandbox
+        without a bridge network, INVALID_ARGUMENT for a malformed policy and
+        UNIMPLEMENTED for a kind whose traffic the policy cannot bind (see
+        KindCapabilities.egress_policy).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="UpdateNetworkPolicy",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=UpdateNetworkPolicyRequest,
+                output=UpdateNetworkPolicyResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def list_kinds(
         self,
         request: ListKindsRequest,
@@ -899,6 +953,19 @@ class SandboxServiceSync(Protocol):
         EVENT_TYPE_SANDBOX_EXPIRED event. Lifetimes hold across restarts of the
         sandboxer. Fails with NOT_FOUND for an unknown sandbox and
         INVALID_ARGUMENT for a negative duration or an idle timeout over a year.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def update_network_policy(self, request: UpdateNetworkPolicyRequest, ctx: RequestContext[UpdateNetworkPolicyRequest, UpdateNetworkPolicyResponse], /) -> UpdateNetworkPolicyResponse:
+        """
+        UpdateNetworkPolicy replaces the egress policy of a sandbox on a bridge
+        network (NETWORK_MODE_BRIDGE), at once and atomically, also while it
+        runs: connections the new policy refuses stop. An
+        EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED event follows. Fails with
+        NOT_FOUND for an unknown sandbox, FAILED_PRECONDITION for a sandbox
+        without a bridge network, INVALID_ARGUMENT for a malformed policy and
+        UNIMPLEMENTED for a kind whose traffic the policy cannot bind (see
+        KindCapabilities.egress_policy).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -1063,6 +1130,17 @@ class SandboxServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.set_sandbox_timeout,
+                ),
+                "/magnetar.sandbox.v1.SandboxService/UpdateNetworkPolicy": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="UpdateNetworkPolicy",
+                        service_name="magnetar.sandbox.v1.SandboxService",
+                        input=UpdateNetworkPolicyRequest,
+                        output=UpdateNetworkPolicyResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.update_network_policy,
                 ),
                 "/magnetar.sandbox.v1.SandboxService/ListKinds": EndpointSync.unary(
                     method=MethodInfo(
@@ -1466,6 +1544,36 @@ class SandboxServiceClientSync(ConnectClientSync):
                 service_name="magnetar.sandbox.v1.SandboxService",
                 input=SetSandboxTimeoutRequest,
                 output=SetSandboxTimeoutResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def update_network_policy(
+        self,
+        request: UpdateNetworkPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> UpdateNetworkPolicyResponse:
+        """
+        UpdateNetworkPolicy replaces the egress policy of a sandbox on a bridge
+        network (NETWORK_MODE_BRIDGE), at once and atomically, also while it
+        runs: connections the new policy refuses stop. An
+        EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED event follows. Fails with
+        NOT_FOUND for an unknown sandbox, FAILED_PRECONDITION for a sandbox
+        without a bridge network, INVALID_ARGUMENT for a malformed policy and
+        UNIMPLEMENTED for a kind whose traffic the policy cannot bind (see
+        KindCapabilities.egress_policy).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="UpdateNetworkPolicy",
+                service_name="magnetar.sandbox.v1.SandboxService",
+                input=UpdateNetworkPolicyRequest,
+                output=UpdateNetworkPolicyResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

@@ -27,6 +27,13 @@ class NetworkMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NETWORK_MODE_NONE: _ClassVar[NetworkMode]
     NETWORK_MODE_HOST: _ClassVar[NetworkMode]
     NETWORK_MODE_NETNS: _ClassVar[NetworkMode]
+    NETWORK_MODE_BRIDGE: _ClassVar[NetworkMode]
+
+class EgressAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EGRESS_ACTION_UNSPECIFIED: _ClassVar[EgressAction]
+    EGRESS_ACTION_ALLOW: _ClassVar[EgressAction]
+    EGRESS_ACTION_DENY: _ClassVar[EgressAction]
 
 class IsolationLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -52,6 +59,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_SANDBOX_EXPIRED: _ClassVar[EventType]
     EVENT_TYPE_SANDBOX_PAUSED: _ClassVar[EventType]
     EVENT_TYPE_SANDBOX_RESUMED: _ClassVar[EventType]
+    EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED: _ClassVar[EventType]
 SANDBOX_STATE_UNSPECIFIED: SandboxState
 SANDBOX_STATE_CREATED: SandboxState
 SANDBOX_STATE_READY: SandboxState
@@ -62,6 +70,10 @@ NETWORK_MODE_UNSPECIFIED: NetworkMode
 NETWORK_MODE_NONE: NetworkMode
 NETWORK_MODE_HOST: NetworkMode
 NETWORK_MODE_NETNS: NetworkMode
+NETWORK_MODE_BRIDGE: NetworkMode
+EGRESS_ACTION_UNSPECIFIED: EgressAction
+EGRESS_ACTION_ALLOW: EgressAction
+EGRESS_ACTION_DENY: EgressAction
 ISOLATION_LEVEL_UNSPECIFIED: IsolationLevel
 ISOLATION_LEVEL_CONTAINER: IsolationLevel
 ISOLATION_LEVEL_WASM: IsolationLevel
@@ -81,9 +93,10 @@ EVENT_TYPE_PROCESS_OOM: EventType
 EVENT_TYPE_SANDBOX_EXPIRED: EventType
 EVENT_TYPE_SANDBOX_PAUSED: EventType
 EVENT_TYPE_SANDBOX_RESUMED: EventType
+EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED: EventType
 
 class Sandbox(_message.Message):
-    __slots__ = ("id", "kind", "state", "labels", "annotations", "created_at", "started_at", "exited_at", "exit_status", "pid", "netns_path", "task_address", "info", "expires_at", "idle_timeout")
+    __slots__ = ("id", "kind", "state", "labels", "annotations", "created_at", "started_at", "exited_at", "exit_status", "pid", "netns_path", "task_address", "info", "expires_at", "idle_timeout", "network")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +133,7 @@ class Sandbox(_message.Message):
     INFO_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     state: SandboxState
@@ -135,15 +149,44 @@ class Sandbox(_message.Message):
     info: _containers.ScalarMap[str, str]
     expires_at: _timestamp_pb2.Timestamp
     idle_timeout: _duration_pb2.Duration
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[SandboxState, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_status: _Optional[int] = ..., pid: _Optional[int] = ..., netns_path: _Optional[str] = ..., task_address: _Optional[str] = ..., info: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    network: SandboxNetwork
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[SandboxState, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_status: _Optional[int] = ..., pid: _Optional[int] = ..., netns_path: _Optional[str] = ..., task_address: _Optional[str] = ..., info: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., network: _Optional[_Union[SandboxNetwork, _Mapping]] = ...) -> None: ...
+
+class SandboxNetwork(_message.Message):
+    __slots__ = ("name", "ip_addresses", "gateway", "egress")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IP_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ip_addresses: _containers.RepeatedScalarFieldContainer[str]
+    gateway: str
+    egress: EgressPolicy
+    def __init__(self, name: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ..., gateway: _Optional[str] = ..., egress: _Optional[_Union[EgressPolicy, _Mapping]] = ...) -> None: ...
+
+class EgressPolicy(_message.Message):
+    __slots__ = ("default_action", "allow", "deny", "dns")
+    DEFAULT_ACTION_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FIELD_NUMBER: _ClassVar[int]
+    DENY_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
+    default_action: EgressAction
+    allow: _containers.RepeatedScalarFieldContainer[str]
+    deny: _containers.RepeatedScalarFieldContainer[str]
+    dns: EgressAction
+    def __init__(self, default_action: _Optional[_Union[EgressAction, str]] = ..., allow: _Optional[_Iterable[str]] = ..., deny: _Optional[_Iterable[str]] = ..., dns: _Optional[_Union[EgressAction, str]] = ...) -> None: ...
 
 class NetworkConfig(_message.Message):
-    __slots__ = ("mode", "netns_path")
+    __slots__ = ("mode", "netns_path", "network", "egress")
     MODE_FIELD_NUMBER: _ClassVar[int]
     NETNS_PATH_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
     mode: NetworkMode
     netns_path: str
-    def __init__(self, mode: _Optional[_Union[NetworkMode, str]] = ..., netns_path: _Optional[str] = ...) -> None: ...
+    network: str
+    egress: EgressPolicy
+    def __init__(self, mode: _Optional[_Union[NetworkMode, str]] = ..., netns_path: _Optional[str] = ..., network: _Optional[str] = ..., egress: _Optional[_Union[EgressPolicy, _Mapping]] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
     __slots__ = ("sandbox_id", "kind", "labels", "annotations", "hostname", "dns", "network", "resources", "cgroup_parent", "timeout", "idle_timeout")
@@ -370,6 +413,20 @@ class SetSandboxTimeoutRequest(_message.Message):
     idle_timeout: _duration_pb2.Duration
     def __init__(self, sandbox_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
+class UpdateNetworkPolicyRequest(_message.Message):
+    __slots__ = ("sandbox_id", "egress")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    egress: EgressPolicy
+    def __init__(self, sandbox_id: _Optional[str] = ..., egress: _Optional[_Union[EgressPolicy, _Mapping]] = ...) -> None: ...
+
+class UpdateNetworkPolicyResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
 class SetSandboxTimeoutResponse(_message.Message):
     __slots__ = ("sandbox",)
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
@@ -433,7 +490,7 @@ class Kind(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., available: _Optional[bool] = ..., unavailable_reason: _Optional[str] = ..., capabilities: _Optional[_Union[KindCapabilities, _Mapping]] = ...) -> None: ...
 
 class KindCapabilities(_message.Message):
-    __slots__ = ("exec", "tty", "stdin", "oom_events", "update_resources", "stats", "pause", "isolation_level")
+    __slots__ = ("exec", "tty", "stdin", "oom_events", "update_resources", "stats", "pause", "isolation_level", "egress_policy")
     EXEC_FIELD_NUMBER: _ClassVar[int]
     TTY_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
@@ -442,6 +499,7 @@ class KindCapabilities(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_POLICY_FIELD_NUMBER: _ClassVar[int]
     exec: bool
     tty: bool
     stdin: bool
@@ -450,7 +508,8 @@ class KindCapabilities(_message.Message):
     stats: bool
     pause: bool
     isolation_level: IsolationLevel
-    def __init__(self, exec: _Optional[bool] = ..., tty: _Optional[bool] = ..., stdin: _Optional[bool] = ..., oom_events: _Optional[bool] = ..., update_resources: _Optional[bool] = ..., stats: _Optional[bool] = ..., pause: _Optional[bool] = ..., isolation_level: _Optional[_Union[IsolationLevel, str]] = ...) -> None: ...
+    egress_policy: bool
+    def __init__(self, exec: _Optional[bool] = ..., tty: _Optional[bool] = ..., stdin: _Optional[bool] = ..., oom_events: _Optional[bool] = ..., update_resources: _Optional[bool] = ..., stats: _Optional[bool] = ..., pause: _Optional[bool] = ..., isolation_level: _Optional[_Union[IsolationLevel, str]] = ..., egress_policy: _Optional[bool] = ...) -> None: ...
 
 class ListKindsRequest(_message.Message):
     __slots__ = ()

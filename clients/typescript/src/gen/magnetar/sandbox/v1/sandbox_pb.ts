@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file magnetar/sandbox/v1/sandbox.proto.
  */
 export const file_magnetar_sandbox_v1_sandbox: GenFile = /*@__PURE__*/
-  fileDesc("CiFtYWduZXRhci9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SE21hZ25ldGFyLnNhbmRib3gudjEi1QUKB1NhbmRib3gSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIwCgVzdGF0ZRgDIAEoDjIhLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveFN0YXRlEjgKBmxhYmVscxgEIAMoCzIoLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5MYWJlbHNFbnRyeRJCCgthbm5vdGF0aW9ucxgFIAMoCzItLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5Bbm5vdGF0aW9uc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWV4aXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXhpdF9zdGF0dXMYCSABKA0SCwoDcGlkGAogASgNEhIKCm5ldG5zX3BhdGgYCyABKAkSFAoMdGFza19hZGRyZXNzGAwgASgJEjQKBGluZm8YDSADKAsyJi5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3guSW5mb0VudHJ5Ei4KCmV4cGlyZXNfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KDGlkbGVfdGltZW91dBgPIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjIKEEFubm90YXRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARorCglJbmZvRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCg1OZXR3b3JrQ29uZmlnEi4KBG1vZGUYASABKA4yIC5tYWduZXRhci5zYW5kYm94LnYxLk5ldHdvcmtNb2RlEhIKCm5ldG5zX3BhdGgYAiABKAkiygQKFENyZWF0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEa2luZBgCIAEoCRJFCgZsYWJlbHMYAyADKAsyNS5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0LkxhYmVsc0VudHJ5Ek8KC2Fubm90YXRpb25zGAQgAygLMjoubWFnbmV0YXIuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVxdWVzdC5Bbm5vdGF0aW9uc0VudHJ5EhAKCGhvc3RuYW1lGAUgASgJEikKA2RucxgGIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLkROU0NvbmZpZxIzCgduZXR3b3JrGAcgASgLMiIubWFnbmV0YXIuc2FuZGJveC52MS5OZXR3b3JrQ29uZmlnEi8KCXJlc291cmNlcxgIIAEoCzIcLm1hZ25ldGFyLnR5cGVzLnYxLlJlc291cmNlcxIVCg1jZ3JvdXBfcGFyZW50GAkgASgJEioKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMaWRsZV90aW1lb3V0GAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMgoQQW5ub3RhdGlvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKFUNyZWF0ZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1N0YXJ0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRTdGFydFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IlQKElN0b3BTYW5kYm94UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRAoTU3RvcFNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IjkKFERlbGV0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDQoFZm9yY2UYAiABKAgiFwoVRGVsZXRlU2FuZGJveFJlc3BvbnNlIicKEUdldFNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiQwoSR2V0U2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3gizgEKFExpc3RTYW5kYm94ZXNSZXF1ZXN0EkUKBmxhYmVscxgBIAMoCzI1Lm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QuTGFiZWxzRW50cnkSDQoFa2luZHMYAiADKAkSMQoGc3RhdGVzGAMgAygOMiEubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94U3RhdGUaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJIChVMaXN0U2FuZGJveGVzUmVzcG9uc2USLwoJc2FuZGJveGVzGAEgAygLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IikKE1BhdXNlU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJFChRQYXVzZVNhbmRib3hSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IioKFFJlc3VtZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiRgoVUmVzdW1lU2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3gi/gEKDFNhbmRib3hVc2FnZRItCgl0aW1lc3RhbXAYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGNwdV91c2FnZV9ucxgCIAEoBBIaChJtZW1vcnlfdXNhZ2VfYnl0ZXMYAyABKAQSIAoYbWVtb3J5X3dvcmtpbmdfc2V0X2J5dGVzGAQgASgEEgwKBHBpZHMYBSABKAQSFwoPZGlza19yZWFkX2J5dGVzGAYgASgEEhgKEGRpc2tfd3JpdGVfYnl0ZXMYByABKAQSFAoMbmV0X3J4X2J5dGVzGAggASgEEhQKDG5ldF90eF9ieXRlcxgJIAEoBCIsChZHZXRTYW5kYm94VXNhZ2VSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiSwoXR2V0U2FuZGJveFVzYWdlUmVzcG9uc2USMAoFdXNhZ2UYASABKAsyIS5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3hVc2FnZSJbChhXYXRjaFNhbmRib3hVc2FnZVJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIrCghpbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJNChlXYXRjaFNhbmRib3hVc2FnZVJlc3BvbnNlEjAKBXVzYWdlGAEgASgLMiEubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94VXNhZ2UiVAoPRGlhbFBvcnRSZXF1ZXN0EjMKBnRhcmdldBgBIAEoCzIjLm1hZ25ldGFyLnNhbmRib3gudjEuRGlhbFBvcnRUYXJnZXQSDAoEZGF0YRgCIAEoDCIyCg5EaWFsUG9ydFRhcmdldBISCgpzYW5kYm94X2lkGAEgASgJEgwKBHBvcnQYAiABKA0iMAoQRGlhbFBvcnRSZXNwb25zZRIMCgRkYXRhGAEgASgMEg4KBmNsb3NlZBgCIAEoCCKLAQoYU2V0U2FuZGJveFRpbWVvdXRSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgxpZGxlX3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iSgoZU2V0U2FuZGJveFRpbWVvdXRSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IogBChJXYXRjaEV2ZW50c1JlcXVlc3QSEwoLc2FuZGJveF9pZHMYASADKAkSLQoFdHlwZXMYAiADKA4yHi5tYWduZXRhci5zYW5kYm94LnYxLkV2ZW50VHlwZRIbCg5hZnRlcl9zZXF1ZW5jZRgDIAEoBEgAiAEBQhEKD19hZnRlcl9zZXF1ZW5jZSJAChNXYXRjaEV2ZW50c1Jlc3BvbnNlEikKBWV2ZW50GAEgASgLMhoubWFnbmV0YXIuc2FuZGJveC52MS5FdmVudCKhAgoFRXZlbnQSLAoEdHlwZRgBIAEoDjIeLm1hZ25ldGFyLnNhbmRib3gudjEuRXZlbnRUeXBlEg0KBXRvcGljGAIgASgJEi0KCXRpbWVzdGFtcBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2FuZGJveF9pZBgEIAEoCRIUCgxjb250YWluZXJfaWQYBSABKAkSDwoHZXhlY19pZBgGIAEoCRILCgNwaWQYByABKA0SEwoLZXhpdF9zdGF0dXMYCCABKA0SLQoJZXhpdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghzZXF1ZW5jZRgKIAEoBBIOCgZyZWFzb24YCyABKAkilQEKBEtpbmQSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIRCglhdmFpbGFibGUYAyABKAgSGgoSdW5hdmFpbGFibGVfcmVhc29uGAQgASgJEjsKDGNhcGFiaWxpdGllcxgFIAEoCzIlLm1hZ25ldGFyLnNhbmRib3gudjEuS2luZENhcGFiaWxpdGllcyLGAQoQS2luZENhcGFiaWxpdGllcxIMCgRleGVjGAEgASgIEgsKA3R0eRgCIAEoCBINCgVzdGRpbhgDIAEoCBISCgpvb21fZXZlbnRzGAQgASgIEhgKEHVwZGF0ZV9yZXNvdXJjZXMYBSABKAgSDQoFc3RhdHMYBiABKAgSDQoFcGF1c2UYByABKAgSPAoPaXNvbGF0aW9uX2xldmVsGAggASgOMiMubWFnbmV0YXIuc2FuZGJveC52MS5Jc29sYXRpb25MZXZlbCISChBMaXN0S2luZHNSZXF1ZXN0Ij0KEUxpc3RLaW5kc1Jlc3BvbnNlEigKBWtpbmRzGAEgAygLMhkubWFnbmV0YXIuc2FuZGJveC52MS5LaW5kKrEBCgxTYW5kYm94U3RhdGUSHQoZU0FOREJPWF9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVNBTkRCT1hfU1RBVEVfQ1JFQVRFRBABEhcKE1NBTkRCT1hfU1RBVEVfUkVBRFkQAhIZChVTQU5EQk9YX1NUQVRFX1NUT1BQRUQQAxIZChVTQU5EQk9YX1NUQVRFX1VOS05PV04QBBIYChRTQU5EQk9YX1NUQVRFX1BBVVNFRBAFKnEKC05ldHdvcmtNb2RlEhwKGE5FVFdPUktfTU9ERV9VTlNQRUNJRklFRBAAEhUKEU5FVFdPUktfTU9ERV9OT05FEAESFQoRTkVUV09SS19NT0RFX0hPU1QQAhIWChJORVRXT1JLX01PREVfTkVUTlMQAyq2AQoOSXNvbGF0aW9uTGV2ZWwSHwobSVNPTEFUSU9OX0xFVkVMX1VOU1BFQ0lGSUVEEAASHQoZSVNPTEFUSU9OX0xFVkVMX0NPTlRBSU5FUhABEhgKFElTT0xBVElPTl9MRVZFTF9XQVNNEAISJQohSVNPTEFUSU9OX0xFVkVMX1VTRVJfU1BBQ0VfS0VSTkVMEAMSIwofSVNPTEFUSU9OX0xFVkVMX1ZJUlRVQUxfTUFDSElORRAEKsYDCglFdmVudFR5cGUSGgoWRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh4KGkVWRU5UX1RZUEVfU0FOREJPWF9DUkVBVEVEEAESHgoaRVZFTlRfVFlQRV9TQU5EQk9YX1NUQVJURUQQAhIdChlFVkVOVF9UWVBFX1NBTkRCT1hfRVhJVEVEEAMSHgoaRVZFTlRfVFlQRV9TQU5EQk9YX0RFTEVURUQQBBIgChxFVkVOVF9UWVBFX0NPTlRBSU5FUl9DUkVBVEVEEAUSIAocRVZFTlRfVFlQRV9DT05UQUlORVJfU1RBUlRFRBAGEiAKHEVWRU5UX1RZUEVfQ09OVEFJTkVSX0RFTEVURUQQBxIeChpFVkVOVF9UWVBFX1BST0NFU1NfU1RBUlRFRBAIEh0KGUVWRU5UX1RZUEVfUFJPQ0VTU19FWElURUQQCRIaChZFVkVOVF9UWVBFX1BST0NFU1NfT09NEAoSHgoaRVZFTlRfVFlQRV9TQU5EQk9YX0VYUElSRUQQCxIdChlFVkVOVF9UWVBFX1NBTkRCT1hfUEFVU0VEEAwSHgoaRVZFTlRfVFlQRV9TQU5EQk9YX1JFU1VNRUQQDTLECwoOU2FuZGJveFNlcnZpY2USZgoNQ3JlYXRlU2FuZGJveBIpLm1hZ25ldGFyLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXNwb25zZRJjCgxTdGFydFNhbmRib3gSKC5tYWduZXRhci5zYW5kYm94LnYxLlN0YXJ0U2FuZGJveFJlcXVlc3QaKS5tYWduZXRhci5zYW5kYm94LnYxLlN0YXJ0U2FuZGJveFJlc3BvbnNlEmAKC1N0b3BTYW5kYm94EicubWFnbmV0YXIuc2FuZGJveC52MS5TdG9wU2FuZGJveFJlcXVlc3QaKC5tYWduZXRhci5zYW5kYm94LnYxLlN0b3BTYW5kYm94UmVzcG9uc2USZgoNRGVsZXRlU2FuZGJveBIpLm1hZ25ldGFyLnNhbmRib3gudjEuRGVsZXRlU2FuZGJveFJlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkRlbGV0ZVNhbmRib3hSZXNwb25zZRJiCgpHZXRTYW5kYm94EiYubWFnbmV0YXIuc2FuZGJveC52MS5HZXRTYW5kYm94UmVxdWVzdBonLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFJlc3BvbnNlIgOQAgESawoNTGlzdFNhbmRib3hlcxIpLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QaKi5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXNwb25zZSIDkAIBEmIKC1dhdGNoRXZlbnRzEicubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaEV2ZW50c1JlcXVlc3QaKC5tYWduZXRhci5zYW5kYm94LnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwARJjCgxQYXVzZVNhbmRib3gSKC5tYWduZXRhci5zYW5kYm94LnYxLlBhdXNlU2FuZGJveFJlcXVlc3QaKS5tYWduZXRhci5zYW5kYm94LnYxLlBhdXNlU2FuZGJveFJlc3BvbnNlEmYKDVJlc3VtZVNhbmRib3gSKS5tYWduZXRhci5zYW5kYm94LnYxLlJlc3VtZVNhbmRib3hSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5SZXN1bWVTYW5kYm94UmVzcG9uc2UScQoPR2V0U2FuZGJveFVzYWdlEisubWFnbmV0YXIuc2FuZGJveC52MS5HZXRTYW5kYm94VXNhZ2VSZXF1ZXN0GiwubWFnbmV0YXIuc2FuZGJveC52MS5HZXRTYW5kYm94VXNhZ2VSZXNwb25zZSIDkAIBEnQKEVdhdGNoU2FuZGJveFVzYWdlEi0ubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaFNhbmRib3hVc2FnZVJlcXVlc3QaLi5tYWduZXRhci5zYW5kYm94LnYxLldhdGNoU2FuZGJveFVzYWdlUmVzcG9uc2UwARJbCghEaWFsUG9ydBIkLm1hZ25ldGFyLnNhbmRib3gudjEuRGlhbFBvcnRSZXF1ZXN0GiUubWFnbmV0YXIuc2FuZGJveC52MS5EaWFsUG9ydFJlc3BvbnNlKAEwARJyChFTZXRTYW5kYm94VGltZW91dBItLm1hZ25ldGFyLnNhbmRib3gudjEuU2V0U2FuZGJveFRpbWVvdXRSZXF1ZXN0Gi4ubWFnbmV0YXIuc2FuZGJveC52MS5TZXRTYW5kYm94VGltZW91dFJlc3BvbnNlEl8KCUxpc3RLaW5kcxIlLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdEtpbmRzUmVxdWVzdBomLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdEtpbmRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_magnetar_types_v1_types]);
+  fileDesc("CiFtYWduZXRhci9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SE21hZ25ldGFyLnNhbmRib3gudjEiiwYKB1NhbmRib3gSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIwCgVzdGF0ZRgDIAEoDjIhLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveFN0YXRlEjgKBmxhYmVscxgEIAMoCzIoLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5MYWJlbHNFbnRyeRJCCgthbm5vdGF0aW9ucxgFIAMoCzItLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveC5Bbm5vdGF0aW9uc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWV4aXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZXhpdF9zdGF0dXMYCSABKA0SCwoDcGlkGAogASgNEhIKCm5ldG5zX3BhdGgYCyABKAkSFAoMdGFza19hZGRyZXNzGAwgASgJEjQKBGluZm8YDSADKAsyJi5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3guSW5mb0VudHJ5Ei4KCmV4cGlyZXNfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KDGlkbGVfdGltZW91dBgPIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0CgduZXR3b3JrGBAgASgLMiMubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94TmV0d29yaxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjIKEEFubm90YXRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARorCglJbmZvRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ4Cg5TYW5kYm94TmV0d29yaxIMCgRuYW1lGAEgASgJEhQKDGlwX2FkZHJlc3NlcxgCIAMoCRIPCgdnYXRld2F5GAMgASgJEjEKBmVncmVzcxgEIAEoCzIhLm1hZ25ldGFyLnNhbmRib3gudjEuRWdyZXNzUG9saWN5IpYBCgxFZ3Jlc3NQb2xpY3kSOQoOZGVmYXVsdF9hY3Rpb24YASABKA4yIS5tYWduZXRhci5zYW5kYm94LnYxLkVncmVzc0FjdGlvbhINCgVhbGxvdxgCIAMoCRIMCgRkZW55GAMgAygJEi4KA2RucxgEIAEoDjIhLm1hZ25ldGFyLnNhbmRib3gudjEuRWdyZXNzQWN0aW9uIpcBCg1OZXR3b3JrQ29uZmlnEi4KBG1vZGUYASABKA4yIC5tYWduZXRhci5zYW5kYm94LnYxLk5ldHdvcmtNb2RlEhIKCm5ldG5zX3BhdGgYAiABKAkSDwoHbmV0d29yaxgDIAEoCRIxCgZlZ3Jlc3MYBCABKAsyIS5tYWduZXRhci5zYW5kYm94LnYxLkVncmVzc1BvbGljeSLKBAoUQ3JlYXRlU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRraW5kGAIgASgJEkUKBmxhYmVscxgDIAMoCzI1Lm1hZ25ldGFyLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QuTGFiZWxzRW50cnkSTwoLYW5ub3RhdGlvbnMYBCADKAsyOi5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0LkFubm90YXRpb25zRW50cnkSEAoIaG9zdG5hbWUYBSABKAkSKQoDZG5zGAYgASgLMhwubWFnbmV0YXIudHlwZXMudjEuRE5TQ29uZmlnEjMKB25ldHdvcmsYByABKAsyIi5tYWduZXRhci5zYW5kYm94LnYxLk5ldHdvcmtDb25maWcSLwoJcmVzb3VyY2VzGAggASgLMhwubWFnbmV0YXIudHlwZXMudjEuUmVzb3VyY2VzEhUKDWNncm91cF9wYXJlbnQYCSABKAkSKgoHdGltZW91dBgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgxpZGxlX3RpbWVvdXQYCyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoyChBBbm5vdGF0aW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiRgoVQ3JlYXRlU2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giKQoTU3RhcnRTYW5kYm94UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJIkUKFFN0YXJ0U2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giVAoSU3RvcFNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJEChNTdG9wU2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giOQoURGVsZXRlU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRINCgVmb3JjZRgCIAEoCCIXChVEZWxldGVTYW5kYm94UmVzcG9uc2UiJwoRR2V0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJDChJHZXRTYW5kYm94UmVzcG9uc2USLQoHc2FuZGJveBgBIAEoCzIcLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveCLOAQoUTGlzdFNhbmRib3hlc1JlcXVlc3QSRQoGbGFiZWxzGAEgAygLMjUubWFnbmV0YXIuc2FuZGJveC52MS5MaXN0U2FuZGJveGVzUmVxdWVzdC5MYWJlbHNFbnRyeRINCgVraW5kcxgCIAMoCRIxCgZzdGF0ZXMYAyADKA4yIS5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3hTdGF0ZRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkgKFUxpc3RTYW5kYm94ZXNSZXNwb25zZRIvCglzYW5kYm94ZXMYASADKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giKQoTUGF1c2VTYW5kYm94UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJIkUKFFBhdXNlU2FuZGJveFJlc3BvbnNlEi0KB3NhbmRib3gYASABKAsyHC5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3giKgoUUmVzdW1lU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJGChVSZXN1bWVTYW5kYm94UmVzcG9uc2USLQoHc2FuZGJveBgBIAEoCzIcLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveCL+AQoMU2FuZGJveFVzYWdlEi0KCXRpbWVzdGFtcBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMY3B1X3VzYWdlX25zGAIgASgEEhoKEm1lbW9yeV91c2FnZV9ieXRlcxgDIAEoBBIgChhtZW1vcnlfd29ya2luZ19zZXRfYnl0ZXMYBCABKAQSDAoEcGlkcxgFIAEoBBIXCg9kaXNrX3JlYWRfYnl0ZXMYBiABKAQSGAoQZGlza193cml0ZV9ieXRlcxgHIAEoBBIUCgxuZXRfcnhfYnl0ZXMYCCABKAQSFAoMbmV0X3R4X2J5dGVzGAkgASgEIiwKFkdldFNhbmRib3hVc2FnZVJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJLChdHZXRTYW5kYm94VXNhZ2VSZXNwb25zZRIwCgV1c2FnZRgBIAEoCzIhLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveFVzYWdlIlsKGFdhdGNoU2FuZGJveFVzYWdlUmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEisKCGludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIk0KGVdhdGNoU2FuZGJveFVzYWdlUmVzcG9uc2USMAoFdXNhZ2UYASABKAsyIS5tYWduZXRhci5zYW5kYm94LnYxLlNhbmRib3hVc2FnZSJUCg9EaWFsUG9ydFJlcXVlc3QSMwoGdGFyZ2V0GAEgASgLMiMubWFnbmV0YXIuc2FuZGJveC52MS5EaWFsUG9ydFRhcmdldBIMCgRkYXRhGAIgASgMIjIKDkRpYWxQb3J0VGFyZ2V0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEcG9ydBgCIAEoDSIwChBEaWFsUG9ydFJlc3BvbnNlEgwKBGRhdGEYASABKAwSDgoGY2xvc2VkGAIgASgIIosBChhTZXRTYW5kYm94VGltZW91dFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KDGlkbGVfdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJjChpVcGRhdGVOZXR3b3JrUG9saWN5UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEjEKBmVncmVzcxgCIAEoCzIhLm1hZ25ldGFyLnNhbmRib3gudjEuRWdyZXNzUG9saWN5IkwKG1VwZGF0ZU5ldHdvcmtQb2xpY3lSZXNwb25zZRItCgdzYW5kYm94GAEgASgLMhwubWFnbmV0YXIuc2FuZGJveC52MS5TYW5kYm94IkoKGVNldFNhbmRib3hUaW1lb3V0UmVzcG9uc2USLQoHc2FuZGJveBgBIAEoCzIcLm1hZ25ldGFyLnNhbmRib3gudjEuU2FuZGJveCKIAQoSV2F0Y2hFdmVudHNSZXF1ZXN0EhMKC3NhbmRib3hfaWRzGAEgAygJEi0KBXR5cGVzGAIgAygOMh4ubWFnbmV0YXIuc2FuZGJveC52MS5FdmVudFR5cGUSGwoOYWZ0ZXJfc2VxdWVuY2UYAyABKARIAIgBAUIRCg9fYWZ0ZXJfc2VxdWVuY2UiQAoTV2F0Y2hFdmVudHNSZXNwb25zZRIpCgVldmVudBgBIAEoCzIaLm1hZ25ldGFyLnNhbmRib3gudjEuRXZlbnQioQIKBUV2ZW50EiwKBHR5cGUYASABKA4yHi5tYWduZXRhci5zYW5kYm94LnYxLkV2ZW50VHlwZRINCgV0b3BpYxgCIAEoCRItCgl0aW1lc3RhbXAYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnNhbmRib3hfaWQYBCABKAkSFAoMY29udGFpbmVyX2lkGAUgASgJEg8KB2V4ZWNfaWQYBiABKAkSCwoDcGlkGAcgASgNEhMKC2V4aXRfc3RhdHVzGAggASgNEi0KCWV4aXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIc2VxdWVuY2UYCiABKAQSDgoGcmVhc29uGAsgASgJIpUBCgRLaW5kEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSEQoJYXZhaWxhYmxlGAMgASgIEhoKEnVuYXZhaWxhYmxlX3JlYXNvbhgEIAEoCRI7CgxjYXBhYmlsaXRpZXMYBSABKAsyJS5tYWduZXRhci5zYW5kYm94LnYxLktpbmRDYXBhYmlsaXRpZXMi3QEKEEtpbmRDYXBhYmlsaXRpZXMSDAoEZXhlYxgBIAEoCBILCgN0dHkYAiABKAgSDQoFc3RkaW4YAyABKAgSEgoKb29tX2V2ZW50cxgEIAEoCBIYChB1cGRhdGVfcmVzb3VyY2VzGAUgASgIEg0KBXN0YXRzGAYgASgIEg0KBXBhdXNlGAcgASgIEjwKD2lzb2xhdGlvbl9sZXZlbBgIIAEoDjIjLm1hZ25ldGFyLnNhbmRib3gudjEuSXNvbGF0aW9uTGV2ZWwSFQoNZWdyZXNzX3BvbGljeRgJIAEoCCISChBMaXN0S2luZHNSZXF1ZXN0Ij0KEUxpc3RLaW5kc1Jlc3BvbnNlEigKBWtpbmRzGAEgAygLMhkubWFnbmV0YXIuc2FuZGJveC52MS5LaW5kKrEBCgxTYW5kYm94U3RhdGUSHQoZU0FOREJPWF9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVNBTkRCT1hfU1RBVEVfQ1JFQVRFRBABEhcKE1NBTkRCT1hfU1RBVEVfUkVBRFkQAhIZChVTQU5EQk9YX1NUQVRFX1NUT1BQRUQQAxIZChVTQU5EQk9YX1NUQVRFX1VOS05PV04QBBIYChRTQU5EQk9YX1NUQVRFX1BBVVNFRBAFKooBCgtOZXR3b3JrTW9kZRIcChhORVRXT1JLX01PREVfVU5TUEVDSUZJRUQQABIVChFORVRXT1JLX01PREVfTk9ORRABEhUKEU5FVFdPUktfTU9ERV9IT1NUEAISFgoSTkVUV09SS19NT0RFX05FVE5TEAMSFwoTTkVUV09SS19NT0RFX0JSSURHRRAEKl4KDEVncmVzc0FjdGlvbhIdChlFR1JFU1NfQUNUSU9OX1VOU1BFQ0lGSUVEEAASFwoTRUdSRVNTX0FDVElPTl9BTExPVxABEhYKEkVHUkVTU19BQ1RJT05fREVOWRACKrYBCg5Jc29sYXRpb25MZXZlbBIfChtJU09MQVRJT05fTEVWRUxfVU5TUEVDSUZJRUQQABIdChlJU09MQVRJT05fTEVWRUxfQ09OVEFJTkVSEAESGAoUSVNPTEFUSU9OX0xFVkVMX1dBU00QAhIlCiFJU09MQVRJT05fTEVWRUxfVVNFUl9TUEFDRV9LRVJORUwQAxIjCh9JU09MQVRJT05fTEVWRUxfVklSVFVBTF9NQUNISU5FEAQq9QMKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASHgoaRVZFTlRfVFlQRV9TQU5EQk9YX0NSRUFURUQQARIeChpFVkVOVF9UWVBFX1NBTkRCT1hfU1RBUlRFRBACEh0KGUVWRU5UX1RZUEVfU0FOREJPWF9FWElURUQQAxIeChpFVkVOVF9UWVBFX1NBTkRCT1hfREVMRVRFRBAEEiAKHEVWRU5UX1RZUEVfQ09OVEFJTkVSX0NSRUFURUQQBRIgChxFVkVOVF9UWVBFX0NPTlRBSU5FUl9TVEFSVEVEEAYSIAocRVZFTlRfVFlQRV9DT05UQUlORVJfREVMRVRFRBAHEh4KGkVWRU5UX1RZUEVfUFJPQ0VTU19TVEFSVEVEEAgSHQoZRVZFTlRfVFlQRV9QUk9DRVNTX0VYSVRFRBAJEhoKFkVWRU5UX1RZUEVfUFJPQ0VTU19PT00QChIeChpFVkVOVF9UWVBFX1NBTkRCT1hfRVhQSVJFRBALEh0KGUVWRU5UX1RZUEVfU0FOREJPWF9QQVVTRUQQDBIeChpFVkVOVF9UWVBFX1NBTkRCT1hfUkVTVU1FRBANEi0KKUVWRU5UX1RZUEVfU0FOREJPWF9ORVRXT1JLX1BPTElDWV9DSEFOR0VEEA4yvgwKDlNhbmRib3hTZXJ2aWNlEmYKDUNyZWF0ZVNhbmRib3gSKS5tYWduZXRhci5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVzcG9uc2USYwoMU3RhcnRTYW5kYm94EigubWFnbmV0YXIuc2FuZGJveC52MS5TdGFydFNhbmRib3hSZXF1ZXN0GikubWFnbmV0YXIuc2FuZGJveC52MS5TdGFydFNhbmRib3hSZXNwb25zZRJgCgtTdG9wU2FuZGJveBInLm1hZ25ldGFyLnNhbmRib3gudjEuU3RvcFNhbmRib3hSZXF1ZXN0GigubWFnbmV0YXIuc2FuZGJveC52MS5TdG9wU2FuZGJveFJlc3BvbnNlEmYKDURlbGV0ZVNhbmRib3gSKS5tYWduZXRhci5zYW5kYm94LnYxLkRlbGV0ZVNhbmRib3hSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5EZWxldGVTYW5kYm94UmVzcG9uc2USYgoKR2V0U2FuZGJveBImLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFJlcXVlc3QaJy5tYWduZXRhci5zYW5kYm94LnYxLkdldFNhbmRib3hSZXNwb25zZSIDkAIBEmsKDUxpc3RTYW5kYm94ZXMSKS5tYWduZXRhci5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXF1ZXN0GioubWFnbmV0YXIuc2FuZGJveC52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2UiA5ACARJiCgtXYXRjaEV2ZW50cxInLm1hZ25ldGFyLnNhbmRib3gudjEuV2F0Y2hFdmVudHNSZXF1ZXN0GigubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAESYwoMUGF1c2VTYW5kYm94EigubWFnbmV0YXIuc2FuZGJveC52MS5QYXVzZVNhbmRib3hSZXF1ZXN0GikubWFnbmV0YXIuc2FuZGJveC52MS5QYXVzZVNhbmRib3hSZXNwb25zZRJmCg1SZXN1bWVTYW5kYm94EikubWFnbmV0YXIuc2FuZGJveC52MS5SZXN1bWVTYW5kYm94UmVxdWVzdBoqLm1hZ25ldGFyLnNhbmRib3gudjEuUmVzdW1lU2FuZGJveFJlc3BvbnNlEnEKD0dldFNhbmRib3hVc2FnZRIrLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFVzYWdlUmVxdWVzdBosLm1hZ25ldGFyLnNhbmRib3gudjEuR2V0U2FuZGJveFVzYWdlUmVzcG9uc2UiA5ACARJ0ChFXYXRjaFNhbmRib3hVc2FnZRItLm1hZ25ldGFyLnNhbmRib3gudjEuV2F0Y2hTYW5kYm94VXNhZ2VSZXF1ZXN0Gi4ubWFnbmV0YXIuc2FuZGJveC52MS5XYXRjaFNhbmRib3hVc2FnZVJlc3BvbnNlMAESWwoIRGlhbFBvcnQSJC5tYWduZXRhci5zYW5kYm94LnYxLkRpYWxQb3J0UmVxdWVzdBolLm1hZ25ldGFyLnNhbmRib3gudjEuRGlhbFBvcnRSZXNwb25zZSgBMAEScgoRU2V0U2FuZGJveFRpbWVvdXQSLS5tYWduZXRhci5zYW5kYm94LnYxLlNldFNhbmRib3hUaW1lb3V0UmVxdWVzdBouLm1hZ25ldGFyLnNhbmRib3gudjEuU2V0U2FuZGJveFRpbWVvdXRSZXNwb25zZRJ4ChNVcGRhdGVOZXR3b3JrUG9saWN5Ei8ubWFnbmV0YXIuc2FuZGJveC52MS5VcGRhdGVOZXR3b3JrUG9saWN5UmVxdWVzdBowLm1hZ25ldGFyLnNhbmRib3gudjEuVXBkYXRlTmV0d29ya1BvbGljeVJlc3BvbnNlEl8KCUxpc3RLaW5kcxIlLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdEtpbmRzUmVxdWVzdBomLm1hZ25ldGFyLnNhbmRib3gudjEuTGlzdEtpbmRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_magnetar_types_v1_types]);
 
 /**
  * Sandbox describes one sandbox.
@@ -137,6 +137,13 @@ export type Sandbox = Message<"magnetar.sandbox.v1.Sandbox"> & {
    * @generated from field: google.protobuf.Duration idle_timeout = 15;
    */
   idleTimeout?: Duration | undefined;
+
+  /**
+   * The sandbox's bridge network; unset for other network modes.
+   *
+   * @generated from field: magnetar.sandbox.v1.SandboxNetwork network = 16;
+   */
+  network?: SandboxNetwork | undefined;
 };
 
 /**
@@ -145,6 +152,101 @@ export type Sandbox = Message<"magnetar.sandbox.v1.Sandbox"> & {
  */
 export const SandboxSchema: GenMessage<Sandbox> = /*@__PURE__*/
   messageDesc(file_magnetar_sandbox_v1_sandbox, 0);
+
+/**
+ * SandboxNetwork is a sandbox's attachment to a bridge network.
+ *
+ * @generated from message magnetar.sandbox.v1.SandboxNetwork
+ */
+export type SandboxNetwork = Message<"magnetar.sandbox.v1.SandboxNetwork"> & {
+  /**
+   * Name of the network, as configured in the sandboxer.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Addresses of the sandbox, with their prefix length ("10.211.0.5/16").
+   *
+   * @generated from field: repeated string ip_addresses = 2;
+   */
+  ipAddresses: string[];
+
+  /**
+   * Address of the bridge, the sandbox's gateway.
+   *
+   * @generated from field: string gateway = 3;
+   */
+  gateway: string;
+
+  /**
+   * The egress policy in force.
+   *
+   * @generated from field: magnetar.sandbox.v1.EgressPolicy egress = 4;
+   */
+  egress?: EgressPolicy | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.SandboxNetwork.
+ * Use `create(SandboxNetworkSchema)` to create a new message.
+ */
+export const SandboxNetworkSchema: GenMessage<SandboxNetwork> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 1);
+
+/**
+ * EgressPolicy says what a sandbox on a bridge network may send. It is
+ * enforced with nftables inside the sandbox's network namespace, where its
+ * processes have no CAP_NET_ADMIN (nor CAP_NET_RAW: the server removes both,
+ * unless a caller with host access gives a raw OCI spec applied as given)
+ * and cannot change it.
+ * Traffic is judged in this order: loopback, and replies to connections made
+ * to the sandbox, always pass; then DNS (TCP and UDP port 53, any address)
+ * if dns is set; then deny; then allow; then default_action. An unset or
+ * empty policy allows everything.
+ *
+ * @generated from message magnetar.sandbox.v1.EgressPolicy
+ */
+export type EgressPolicy = Message<"magnetar.sandbox.v1.EgressPolicy"> & {
+  /**
+   * What traffic no rule matches gets (unspecified: allow).
+   *
+   * @generated from field: magnetar.sandbox.v1.EgressAction default_action = 1;
+   */
+  defaultAction: EgressAction;
+
+  /**
+   * Destinations let through: "CIDR", "ADDRESS", "CIDR:PORT" or
+   * "[IPv6-CIDR]:PORT"; a port matches TCP and UDP. At most 256.
+   *
+   * @generated from field: repeated string allow = 2;
+   */
+  allow: string[];
+
+  /**
+   * Destinations refused, in the same syntax, read before allow. At most
+   * 256.
+   *
+   * @generated from field: repeated string deny = 3;
+   */
+  deny: string[];
+
+  /**
+   * DNS (port 53) allowed or denied before the lists; unspecified: judged
+   * by the lists like other traffic.
+   *
+   * @generated from field: magnetar.sandbox.v1.EgressAction dns = 4;
+   */
+  dns: EgressAction;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.EgressPolicy.
+ * Use `create(EgressPolicySchema)` to create a new message.
+ */
+export const EgressPolicySchema: GenMessage<EgressPolicy> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 2);
 
 /**
  * NetworkConfig selects the network of a sandbox.
@@ -167,6 +269,21 @@ export type NetworkConfig = Message<"magnetar.sandbox.v1.NetworkConfig"> & {
    * @generated from field: string netns_path = 2;
    */
   netnsPath: string;
+
+  /**
+   * Name of a network configured in the sandboxer, with NETWORK_MODE_BRIDGE
+   * (empty: its first); empty otherwise.
+   *
+   * @generated from field: string network = 3;
+   */
+  network: string;
+
+  /**
+   * Egress policy, with NETWORK_MODE_BRIDGE; unset otherwise.
+   *
+   * @generated from field: magnetar.sandbox.v1.EgressPolicy egress = 4;
+   */
+  egress?: EgressPolicy | undefined;
 };
 
 /**
@@ -174,7 +291,7 @@ export type NetworkConfig = Message<"magnetar.sandbox.v1.NetworkConfig"> & {
  * Use `create(NetworkConfigSchema)` to create a new message.
  */
 export const NetworkConfigSchema: GenMessage<NetworkConfig> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 1);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 3);
 
 /**
  * CreateSandboxRequest is the request of SandboxService.CreateSandbox.
@@ -229,7 +346,10 @@ export type CreateSandboxRequest = Message<"magnetar.sandbox.v1.CreateSandboxReq
   dns?: DNSConfig | undefined;
 
   /**
-   * Network of the sandbox. Unset means NETWORK_MODE_NONE.
+   * Network of the sandbox. Unset, or mode NETWORK_MODE_UNSPECIFIED, is the
+   * sandboxer's default network mode (default_network_mode in its
+   * configuration: NETWORK_MODE_NONE unless set to bridge). NETWORK_MODE_HOST
+   * needs a server that allows host access (PERMISSION_DENIED otherwise).
    *
    * @generated from field: magnetar.sandbox.v1.NetworkConfig network = 7;
    */
@@ -272,7 +392,7 @@ export type CreateSandboxRequest = Message<"magnetar.sandbox.v1.CreateSandboxReq
  * Use `create(CreateSandboxRequestSchema)` to create a new message.
  */
 export const CreateSandboxRequestSchema: GenMessage<CreateSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 2);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 4);
 
 /**
  * CreateSandboxResponse is the response of SandboxService.CreateSandbox.
@@ -293,7 +413,7 @@ export type CreateSandboxResponse = Message<"magnetar.sandbox.v1.CreateSandboxRe
  * Use `create(CreateSandboxResponseSchema)` to create a new message.
  */
 export const CreateSandboxResponseSchema: GenMessage<CreateSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 3);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 5);
 
 /**
  * StartSandboxRequest is the request of SandboxService.StartSandbox.
@@ -314,7 +434,7 @@ export type StartSandboxRequest = Message<"magnetar.sandbox.v1.StartSandboxReque
  * Use `create(StartSandboxRequestSchema)` to create a new message.
  */
 export const StartSandboxRequestSchema: GenMessage<StartSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 4);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 6);
 
 /**
  * StartSandboxResponse is the response of SandboxService.StartSandbox.
@@ -335,7 +455,7 @@ export type StartSandboxResponse = Message<"magnetar.sandbox.v1.StartSandboxResp
  * Use `create(StartSandboxResponseSchema)` to create a new message.
  */
 export const StartSandboxResponseSchema: GenMessage<StartSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 5);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 7);
 
 /**
  * StopSandboxRequest is the request of SandboxService.StopSandbox.
@@ -365,7 +485,7 @@ export type StopSandboxRequest = Message<"magnetar.sandbox.v1.StopSandboxRequest
  * Use `create(StopSandboxRequestSchema)` to create a new message.
  */
 export const StopSandboxRequestSchema: GenMessage<StopSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 6);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 8);
 
 /**
  * StopSandboxResponse is the response of SandboxService.StopSandbox.
@@ -386,7 +506,7 @@ export type StopSandboxResponse = Message<"magnetar.sandbox.v1.StopSandboxRespon
  * Use `create(StopSandboxResponseSchema)` to create a new message.
  */
 export const StopSandboxResponseSchema: GenMessage<StopSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 7);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 9);
 
 /**
  * DeleteSandboxRequest is the request of SandboxService.DeleteSandbox.
@@ -416,7 +536,7 @@ export type DeleteSandboxRequest = Message<"magnetar.sandbox.v1.DeleteSandboxReq
  * Use `create(DeleteSandboxRequestSchema)` to create a new message.
  */
 export const DeleteSandboxRequestSchema: GenMessage<DeleteSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 8);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 10);
 
 /**
  * DeleteSandboxResponse is the response of SandboxService.DeleteSandbox.
@@ -431,7 +551,7 @@ export type DeleteSandboxResponse = Message<"magnetar.sandbox.v1.DeleteSandboxRe
  * Use `create(DeleteSandboxResponseSchema)` to create a new message.
  */
 export const DeleteSandboxResponseSchema: GenMessage<DeleteSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 9);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 11);
 
 /**
  * GetSandboxRequest is the request of SandboxService.GetSandbox.
@@ -452,7 +572,7 @@ export type GetSandboxRequest = Message<"magnetar.sandbox.v1.GetSandboxRequest">
  * Use `create(GetSandboxRequestSchema)` to create a new message.
  */
 export const GetSandboxRequestSchema: GenMessage<GetSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 10);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 12);
 
 /**
  * GetSandboxResponse is the response of SandboxService.GetSandbox.
@@ -473,7 +593,7 @@ export type GetSandboxResponse = Message<"magnetar.sandbox.v1.GetSandboxResponse
  * Use `create(GetSandboxResponseSchema)` to create a new message.
  */
 export const GetSandboxResponseSchema: GenMessage<GetSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 11);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 13);
 
 /**
  * ListSandboxesRequest is the request of SandboxService.ListSandboxes. All
@@ -510,7 +630,7 @@ export type ListSandboxesRequest = Message<"magnetar.sandbox.v1.ListSandboxesReq
  * Use `create(ListSandboxesRequestSchema)` to create a new message.
  */
 export const ListSandboxesRequestSchema: GenMessage<ListSandboxesRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 12);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 14);
 
 /**
  * ListSandboxesResponse is the response of SandboxService.ListSandboxes.
@@ -531,7 +651,7 @@ export type ListSandboxesResponse = Message<"magnetar.sandbox.v1.ListSandboxesRe
  * Use `create(ListSandboxesResponseSchema)` to create a new message.
  */
 export const ListSandboxesResponseSchema: GenMessage<ListSandboxesResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 13);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 15);
 
 /**
  * PauseSandboxRequest is the request of SandboxService.PauseSandbox.
@@ -552,7 +672,7 @@ export type PauseSandboxRequest = Message<"magnetar.sandbox.v1.PauseSandboxReque
  * Use `create(PauseSandboxRequestSchema)` to create a new message.
  */
 export const PauseSandboxRequestSchema: GenMessage<PauseSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 14);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 16);
 
 /**
  * PauseSandboxResponse is the response of SandboxService.PauseSandbox.
@@ -573,7 +693,7 @@ export type PauseSandboxResponse = Message<"magnetar.sandbox.v1.PauseSandboxResp
  * Use `create(PauseSandboxResponseSchema)` to create a new message.
  */
 export const PauseSandboxResponseSchema: GenMessage<PauseSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 15);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 17);
 
 /**
  * ResumeSandboxRequest is the request of SandboxService.ResumeSandbox.
@@ -594,7 +714,7 @@ export type ResumeSandboxRequest = Message<"magnetar.sandbox.v1.ResumeSandboxReq
  * Use `create(ResumeSandboxRequestSchema)` to create a new message.
  */
 export const ResumeSandboxRequestSchema: GenMessage<ResumeSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 16);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 18);
 
 /**
  * ResumeSandboxResponse is the response of SandboxService.ResumeSandbox.
@@ -615,7 +735,7 @@ export type ResumeSandboxResponse = Message<"magnetar.sandbox.v1.ResumeSandboxRe
  * Use `create(ResumeSandboxResponseSchema)` to create a new message.
  */
 export const ResumeSandboxResponseSchema: GenMessage<ResumeSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 17);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 19);
 
 /**
  * SandboxUsage is what a sandbox uses, summed over its containers (for a
@@ -696,7 +816,7 @@ export type SandboxUsage = Message<"magnetar.sandbox.v1.SandboxUsage"> & {
  * Use `create(SandboxUsageSchema)` to create a new message.
  */
 export const SandboxUsageSchema: GenMessage<SandboxUsage> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 18);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 20);
 
 /**
  * GetSandboxUsageRequest is the request of SandboxService.GetSandboxUsage.
@@ -717,7 +837,7 @@ export type GetSandboxUsageRequest = Message<"magnetar.sandbox.v1.GetSandboxUsag
  * Use `create(GetSandboxUsageRequestSchema)` to create a new message.
  */
 export const GetSandboxUsageRequestSchema: GenMessage<GetSandboxUsageRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 19);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 21);
 
 /**
  * GetSandboxUsageResponse is the response of
@@ -739,7 +859,7 @@ export type GetSandboxUsageResponse = Message<"magnetar.sandbox.v1.GetSandboxUsa
  * Use `create(GetSandboxUsageResponseSchema)` to create a new message.
  */
 export const GetSandboxUsageResponseSchema: GenMessage<GetSandboxUsageResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 20);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 22);
 
 /**
  * WatchSandboxUsageRequest is the request of
@@ -768,7 +888,7 @@ export type WatchSandboxUsageRequest = Message<"magnetar.sandbox.v1.WatchSandbox
  * Use `create(WatchSandboxUsageRequestSchema)` to create a new message.
  */
 export const WatchSandboxUsageRequestSchema: GenMessage<WatchSandboxUsageRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 21);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 23);
 
 /**
  * WatchSandboxUsageResponse is one sample of
@@ -790,7 +910,7 @@ export type WatchSandboxUsageResponse = Message<"magnetar.sandbox.v1.WatchSandbo
  * Use `create(WatchSandboxUsageResponseSchema)` to create a new message.
  */
 export const WatchSandboxUsageResponseSchema: GenMessage<WatchSandboxUsageResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 22);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 24);
 
 /**
  * DialPortRequest is a message of SandboxService.DialPort from the client.
@@ -818,7 +938,7 @@ export type DialPortRequest = Message<"magnetar.sandbox.v1.DialPortRequest"> & {
  * Use `create(DialPortRequestSchema)` to create a new message.
  */
 export const DialPortRequestSchema: GenMessage<DialPortRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 23);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 25);
 
 /**
  * DialPortTarget names the port DialPort connects to.
@@ -846,7 +966,7 @@ export type DialPortTarget = Message<"magnetar.sandbox.v1.DialPortTarget"> & {
  * Use `create(DialPortTargetSchema)` to create a new message.
  */
 export const DialPortTargetSchema: GenMessage<DialPortTarget> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 24);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 26);
 
 /**
  * DialPortResponse is a message of SandboxService.DialPort from the
@@ -877,7 +997,7 @@ export type DialPortResponse = Message<"magnetar.sandbox.v1.DialPortResponse"> &
  * Use `create(DialPortResponseSchema)` to create a new message.
  */
 export const DialPortResponseSchema: GenMessage<DialPortResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 25);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 27);
 
 /**
  * SetSandboxTimeoutRequest is the request of
@@ -914,7 +1034,58 @@ export type SetSandboxTimeoutRequest = Message<"magnetar.sandbox.v1.SetSandboxTi
  * Use `create(SetSandboxTimeoutRequestSchema)` to create a new message.
  */
 export const SetSandboxTimeoutRequestSchema: GenMessage<SetSandboxTimeoutRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 26);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 28);
+
+/**
+ * UpdateNetworkPolicyRequest is the request of
+ * SandboxService.UpdateNetworkPolicy.
+ *
+ * @generated from message magnetar.sandbox.v1.UpdateNetworkPolicyRequest
+ */
+export type UpdateNetworkPolicyRequest = Message<"magnetar.sandbox.v1.UpdateNetworkPolicyRequest"> & {
+  /**
+   * ID of the sandbox.
+   *
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+
+  /**
+   * The new policy; unset allows everything.
+   *
+   * @generated from field: magnetar.sandbox.v1.EgressPolicy egress = 2;
+   */
+  egress?: EgressPolicy | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.UpdateNetworkPolicyRequest.
+ * Use `create(UpdateNetworkPolicyRequestSchema)` to create a new message.
+ */
+export const UpdateNetworkPolicyRequestSchema: GenMessage<UpdateNetworkPolicyRequest> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 29);
+
+/**
+ * UpdateNetworkPolicyResponse is the response of
+ * SandboxService.UpdateNetworkPolicy.
+ *
+ * @generated from message magnetar.sandbox.v1.UpdateNetworkPolicyResponse
+ */
+export type UpdateNetworkPolicyResponse = Message<"magnetar.sandbox.v1.UpdateNetworkPolicyResponse"> & {
+  /**
+   * The sandbox, with the new policy.
+   *
+   * @generated from field: magnetar.sandbox.v1.Sandbox sandbox = 1;
+   */
+  sandbox?: Sandbox | undefined;
+};
+
+/**
+ * Describes the message magnetar.sandbox.v1.UpdateNetworkPolicyResponse.
+ * Use `create(UpdateNetworkPolicyResponseSchema)` to create a new message.
+ */
+export const UpdateNetworkPolicyResponseSchema: GenMessage<UpdateNetworkPolicyResponse> = /*@__PURE__*/
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 30);
 
 /**
  * SetSandboxTimeoutResponse is the response of
@@ -936,7 +1107,7 @@ export type SetSandboxTimeoutResponse = Message<"magnetar.sandbox.v1.SetSandboxT
  * Use `create(SetSandboxTimeoutResponseSchema)` to create a new message.
  */
 export const SetSandboxTimeoutResponseSchema: GenMessage<SetSandboxTimeoutResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 27);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 31);
 
 /**
  * WatchEventsRequest is the request of SandboxService.WatchEvents. All
@@ -974,7 +1145,7 @@ export type WatchEventsRequest = Message<"magnetar.sandbox.v1.WatchEventsRequest
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 28);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 32);
 
 /**
  * WatchEventsResponse is one message of the SandboxService.WatchEvents
@@ -996,7 +1167,7 @@ export type WatchEventsResponse = Message<"magnetar.sandbox.v1.WatchEventsRespon
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 29);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 33);
 
 /**
  * Event is a sandbox, container or process lifecycle event.
@@ -1095,7 +1266,7 @@ export type Event = Message<"magnetar.sandbox.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 30);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 34);
 
 /**
  * Kind describes a sandbox kind (backend) and whether it can be used here.
@@ -1145,7 +1316,7 @@ export type Kind = Message<"magnetar.sandbox.v1.Kind"> & {
  * Use `create(KindSchema)` to create a new message.
  */
 export const KindSchema: GenMessage<Kind> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 31);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 35);
 
 /**
  * KindCapabilities lists the optional features of a kind. Calls that need a
@@ -1210,6 +1381,14 @@ export type KindCapabilities = Message<"magnetar.sandbox.v1.KindCapabilities"> &
    * @generated from field: magnetar.sandbox.v1.IsolationLevel isolation_level = 8;
    */
   isolationLevel: IsolationLevel;
+
+  /**
+   * Egress policies bind the kind's sandboxes (their traffic goes through
+   * the IP stack of their network namespace).
+   *
+   * @generated from field: bool egress_policy = 9;
+   */
+  egressPolicy: boolean;
 };
 
 /**
@@ -1217,7 +1396,7 @@ export type KindCapabilities = Message<"magnetar.sandbox.v1.KindCapabilities"> &
  * Use `create(KindCapabilitiesSchema)` to create a new message.
  */
 export const KindCapabilitiesSchema: GenMessage<KindCapabilities> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 32);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 36);
 
 /**
  * ListKindsRequest is the request of SandboxService.ListKinds.
@@ -1232,7 +1411,7 @@ export type ListKindsRequest = Message<"magnetar.sandbox.v1.ListKindsRequest"> &
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 33);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 37);
 
 /**
  * ListKindsResponse is the response of SandboxService.ListKinds.
@@ -1254,7 +1433,7 @@ export type ListKindsResponse = Message<"magnetar.sandbox.v1.ListKindsResponse">
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_magnetar_sandbox_v1_sandbox, 34);
+  messageDesc(file_magnetar_sandbox_v1_sandbox, 38);
 
 /**
  * SandboxState is the lifecycle state of a sandbox.
@@ -1319,7 +1498,8 @@ export const SandboxStateSchema: GenEnum<SandboxState> = /*@__PURE__*/
  */
 export enum NetworkMode {
   /**
-   * Same as NETWORK_MODE_NONE.
+   * The sandboxer's default: NETWORK_MODE_NONE, or NETWORK_MODE_BRIDGE when
+   * its configuration says so.
    *
    * @generated from enum value: NETWORK_MODE_UNSPECIFIED = 0;
    */
@@ -1346,6 +1526,16 @@ export enum NetworkMode {
    * @generated from enum value: NETWORK_MODE_NETNS = 3;
    */
   NETNS = 3,
+
+  /**
+   * A network namespace made by the sandboxer and attached by CNI to one of
+   * its configured networks (NetworkConfig.network): an address on a Linux
+   * bridge, NAT for outbound traffic when the network has it, and an egress
+   * policy (NetworkConfig.egress). Removed with the sandbox.
+   *
+   * @generated from enum value: NETWORK_MODE_BRIDGE = 4;
+   */
+  BRIDGE = 4,
 }
 
 /**
@@ -1353,6 +1543,42 @@ export enum NetworkMode {
  */
 export const NetworkModeSchema: GenEnum<NetworkMode> = /*@__PURE__*/
   enumDesc(file_magnetar_sandbox_v1_sandbox, 1);
+
+/**
+ * EgressAction is what an egress policy does with traffic.
+ *
+ * @generated from enum magnetar.sandbox.v1.EgressAction
+ */
+export enum EgressAction {
+  /**
+   * Allow for EgressPolicy.default_action; for EgressPolicy.dns: DNS is
+   * judged by the lists like any traffic.
+   *
+   * @generated from enum value: EGRESS_ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Let the traffic through.
+   *
+   * @generated from enum value: EGRESS_ACTION_ALLOW = 1;
+   */
+  ALLOW = 1,
+
+  /**
+   * Refuse it: TCP connections are reset (connection refused), other
+   * packets answered with ICMP administratively prohibited.
+   *
+   * @generated from enum value: EGRESS_ACTION_DENY = 2;
+   */
+  DENY = 2,
+}
+
+/**
+ * Describes the enum magnetar.sandbox.v1.EgressAction.
+ */
+export const EgressActionSchema: GenEnum<EgressAction> = /*@__PURE__*/
+  enumDesc(file_magnetar_sandbox_v1_sandbox, 2);
 
 /**
  * IsolationLevel says how strongly a kind isolates workloads from the host
@@ -1401,7 +1627,7 @@ export enum IsolationLevel {
  * Describes the enum magnetar.sandbox.v1.IsolationLevel.
  */
 export const IsolationLevelSchema: GenEnum<IsolationLevel> = /*@__PURE__*/
-  enumDesc(file_magnetar_sandbox_v1_sandbox, 2);
+  enumDesc(file_magnetar_sandbox_v1_sandbox, 3);
 
 /**
  * EventType is the kind of a lifecycle event.
@@ -1508,13 +1734,20 @@ export enum EventType {
    * @generated from enum value: EVENT_TYPE_SANDBOX_RESUMED = 13;
    */
   SANDBOX_RESUMED = 13,
+
+  /**
+   * A sandbox's egress policy was replaced (UpdateNetworkPolicy).
+   *
+   * @generated from enum value: EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED = 14;
+   */
+  SANDBOX_NETWORK_POLICY_CHANGED = 14,
 }
 
 /**
  * Describes the enum magnetar.sandbox.v1.EventType.
  */
 export const EventTypeSchema: GenEnum<EventType> = /*@__PURE__*/
-  enumDesc(file_magnetar_sandbox_v1_sandbox, 3);
+  enumDesc(file_magnetar_sandbox_v1_sandbox, 4);
 
 /**
  * SandboxService manages the lifecycle of sandboxes.
@@ -1702,6 +1935,23 @@ export const SandboxService: GenService<{
     methodKind: "unary";
     input: typeof SetSandboxTimeoutRequestSchema;
     output: typeof SetSandboxTimeoutResponseSchema;
+  },
+  /**
+   * UpdateNetworkPolicy replaces the egress policy of a sandbox on a bridge
+   * network (NETWORK_MODE_BRIDGE), at once and atomically, also while it
+   * runs: connections the new policy refuses stop. An
+   * EVENT_TYPE_SANDBOX_NETWORK_POLICY_CHANGED event follows. Fails with
+   * NOT_FOUND for an unknown sandbox, FAILED_PRECONDITION for a sandbox
+   * without a bridge network, INVALID_ARGUMENT for a malformed policy and
+   * UNIMPLEMENTED for a kind whose traffic the policy cannot bind (see
+   * KindCapabilities.egress_policy).
+   *
+   * @generated from rpc magnetar.sandbox.v1.SandboxService.UpdateNetworkPolicy
+   */
+  updateNetworkPolicy: {
+    methodKind: "unary";
+    input: typeof UpdateNetworkPolicyRequestSchema;
+    output: typeof UpdateNetworkPolicyResponseSchema;
   },
   /**
    * ListKinds returns the sandbox kinds (backends) this sandboxer knows, with

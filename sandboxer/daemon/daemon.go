@@ -124,7 +124,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 	}
 	defer func() {
 		// Ends the warm pool's unclaimed VMs; the pods' keep running.
-		if err := vb.Close(); err != nil {
+		if err := vb.ClosePool(); err != nil {
 			retErr = errors.Join(retErr, fmt.Errorf("close vm backend: %w", err))
 		}
 	}()

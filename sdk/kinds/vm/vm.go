@@ -148,7 +148,7 @@ type Backend struct {
 
 // New returns the vm backend. With [Config.Pool] set it first ends the
 // pooled VMs an earlier run left (warm.go), then starts filling the pool
-// in the background; [Backend.Close] ends them.
+// in the background; [Backend.ClosePool] ends them.
 func New(cfg Config) (*Backend, error) {
 	if cfg.Driver == nil {
 		return nil, fmt.Errorf("vm backend: no hypervisor driver: %w", errdefs.ErrInvalidArgument)

@@ -104,8 +104,11 @@ func (b *Backend) startPool() error {
 	return nil
 }
 
-// Close destroys the pool's unclaimed VMs. Sandboxes keep running.
-func (b *Backend) Close() error {
+// ClosePool destroys the pool's unclaimed VMs; sandboxes keep running.
+// (Not Close: the backend's sandboxes keep their agent sessions, so it
+// cannot stand for the process's end, as io.Closer does for the backend
+// conformance suite's restart.)
+func (b *Backend) ClosePool() error {
 	if b.pool != nil {
 		b.pool.close()
 	}

@@ -4,7 +4,10 @@
 // containerd's stock runc handler (io.containerd.runc.v2, a shim and a
 // pause container per pod) and Magnetar's handlers (magnetar-runc,
 // magnetar-wasm, magnetar-gvisor, magnetar-vm, served by one
-// magnetar-sandboxer), and measures, in one run and interleaving the kinds:
+// magnetar-sandboxer, whose vm kind keeps one VM warm in a pool: the
+// "magnetar-vm-warm" variant's pods, of that VM's size, adopt it, next to
+// magnetar-vm's cold boots), and measures, in one run and interleaving the
+// kinds:
 //
 //   - serial pod start: RunPodSandbox + CreateContainer + StartContainer of
 //     a container that prints a line and keeps running;

@@ -43,7 +43,7 @@ type env struct {
 // containerd's mount namespace, trace log to a file), imports busybox,
 // the pause image and the Wasm example into containerd and, for direct
 // mode, into the sandboxer's image store.
-func startEnv(ctx context.Context, o *options) (_ *env, err error) {
+func startEnv(ctx context.Context, o *options, warmPool bool) (_ *env, err error) {
 	base, err := os.MkdirTemp("", "mgn-bench-")
 	if err != nil {
 		return nil, err
@@ -76,6 +76,13 @@ func startEnv(ctx context.Context, o *options) (_ *env, err error) {
 		"--log-level", "trace",
 		"--vm-guest-dir", o.guestDir,
 	)
+	if warmPool {
+		cfg := filepath.Join(base, "sandboxer.toml")
+		if err := os.WriteFile(cfg, []byte(warmPoolConfig), 0o600); err != nil {
+			return nil, err
+		}
+		e.sandboxer.Args = append(e.sandboxer.Args, "--config", cfg)
+	}
 	e.sandboxer.Stdout, e.sandboxer.Stderr = e.sbLog, e.sbLog
 	// Should the bench die, the sandboxer stops (gracefully) with it.
 	e.sandboxer.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}

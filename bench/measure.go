@@ -31,6 +31,67 @@ type bench struct {
 	// runcPods are the serial magnetar-runc pods (for the phases).
 	runcPods []string
 	logf     func(format string, args ...any)
+	// claims counts the warm VMs the pods adopted; warmLog counts the
+	// pool's lines in the sandboxer's log.
+	claims  int
+	warmLog logCounter
+}
+
+// logCounter counts lines with given words in a growing log file, reading
+// only what was appended since the last call.
+type logCounter struct {
+	off    int64
+	counts map[string]int
+}
+
+// count returns how many lines of path have contained each of words so
+// far.
+func (c *logCounter) count(path string, words ...string) (map[string]int, error) {
+	if c.counts == nil {
+		c.counts = map[string]int{}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.Seek(c.off, 0); err != nil {
+		return nil, err
+	}
+	r := bufio.NewReader(f)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil { // a partial last line is read again next time
+			break
+		}
+		c.off += int64(len(line))
+		for _, w := range words {
+			if strings.Contains(line, w) {
+				c.counts[w]++
+			}
+		}
+	}
+	return c.counts, nil
+}
+
+const (
+	warmReady   = "warm vm ready"
+	warmClaimed = "warm vm claimed"
+)
+
+// waitWarm waits until the pool holds a VM not yet claimed (the pool
+// booted every VM the pods took, and one more).
+func (b *bench) waitWarm(ctx context.Context) error {
+	var n map[string]int
+	err := waitFor(ctx, 5*time.Minute, func() bool {
+		var err error
+		n, err = b.warmLog.count(b.e.sbLogPath, warmReady, warmClaimed)
+		return err == nil && n[warmReady] > b.claims
+	})
+	if err != nil {
+		return fmt.Errorf("the warm pool has no VM ready (%d ready, %d claimed): %w\n%s", n[warmReady], b.claims, err, tail(b.e.sbLogPath, 2000))
+	}
+	return nil
 }
 
 // pod is a pod started by the bench.
@@ -65,14 +126,22 @@ func (b *bench) startPod(ctx context.Context, k *kind) (_ *pod, err error) {
 			},
 		},
 	}
+	if k.memoryLimit > 0 {
+		cfg.Linux.Resources = &runtime.LinuxContainerResources{MemoryLimitInBytes: k.memoryLimit}
+	}
 	if err := os.MkdirAll(cfg.LogDirectory, 0o755); err != nil {
 		return nil, err
+	}
+	if k.warm {
+		if err := b.waitWarm(ctx); err != nil {
+			return nil, err
+		}
 	}
 	p := &pod{logPath: filepath.Join(cfg.LogDirectory, "c.log")}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	p.t0 = time.Now()
-	rp, err := b.e.rt.RunPodSandbox(cctx, &runtime.RunPodSandboxRequest{Config: cfg, RuntimeHandler: k.Name})
+	rp, err := b.e.rt.RunPodSandbox(cctx, &runtime.RunPodSandboxRequest{Config: cfg, RuntimeHandler: k.handler()})
 	if err != nil {
 		return nil, fmt.Errorf("%s: RunPodSandbox: %w", k.Name, err)
 	}
@@ -83,6 +152,17 @@ func (b *bench) startPod(ctx context.Context, k *kind) (_ *pod, err error) {
 			_ = b.removePod(context.WithoutCancel(ctx), p)
 		}
 	}()
+	if k.warm {
+		// The sandboxer logs the claim before RunPodSandbox returns.
+		n, err := b.warmLog.count(b.e.sbLogPath, warmReady, warmClaimed)
+		if err != nil {
+			return nil, err
+		}
+		if n[warmClaimed] != b.claims+1 {
+			return nil, fmt.Errorf("%s: pod %s did not adopt a warm VM (%d claims logged, %d expected)\n%s", k.Name, p.id, n[warmClaimed], b.claims+1, tail(b.e.sbLogPath, 2000))
+		}
+		b.claims++
+	}
 	cc, err := b.e.rt.CreateContainer(cctx, &runtime.CreateContainerRequest{PodSandboxId: p.id, SandboxConfig: cfg, Config: &runtime.ContainerConfig{
 		Metadata: &runtime.ContainerMetadata{Name: "c"},
 		Image:    &runtime.ImageSpec{Image: k.image},
@@ -171,6 +251,11 @@ func (b *bench) warmUp(ctx context.Context) error {
 			return err
 		}
 		b.logf("warm-up: %s pod: %v", k.Name, time.Since(t).Round(time.Millisecond))
+		if k.warm {
+			if err := b.waitWarm(ctx); err != nil {
+				return err
+			}
+		}
 		if k.direct != "" && k.directN > 0 {
 			t = time.Now()
 			if _, err := b.directOnce(ctx, k); err != nil {
@@ -216,13 +301,19 @@ func (b *bench) serial(ctx context.Context) error {
 			if err := b.removePod(ctx, p); err != nil {
 				return err
 			}
+			stopRemove := time.Since(t)
+			if k.warm { // the refill's boot must not overlap the next measurement
+				if err := b.waitWarm(ctx); err != nil {
+					return err
+				}
+			}
 			s := b.res.Serial[k.Name]
 			s.RunPod = append(s.RunPod, ms(p.runPod))
 			s.Create = append(s.Create, ms(p.create))
 			s.Start = append(s.Start, ms(p.start))
 			s.PodStart = append(s.PodStart, ms(p.runPod+p.create+p.start))
 			s.FirstOutput = append(s.FirstOutput, ms(first))
-			s.StopRemove = append(s.StopRemove, ms(time.Since(t)))
+			s.StopRemove = append(s.StopRemove, ms(stopRemove))
 			if k.Name == "magnetar-runc" {
 				b.runcPods = append(b.runcPods, p.id)
 			}
@@ -321,6 +412,9 @@ const settle = time.Second
 // of each kind add, one kind at a time.
 func (b *bench) density(ctx context.Context) error {
 	for _, k := range b.kinds {
+		if len(k.density) == 0 {
+			continue
+		}
 		base := b.e.snapshot()
 		d := &Dense{BaselineKB: base.total("")}
 		b.res.Density[k.Name] = d

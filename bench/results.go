@@ -34,8 +34,11 @@ type Results struct {
 
 // KindInfo names a measured kind.
 type KindInfo struct {
-	// Name is the CRI runtime handler ("runc" is containerd's stock one).
+	// Name is the CRI runtime handler ("runc" is containerd's stock one),
+	// or names a variant of Handler.
 	Name string `json:"name"`
+	// Handler is the CRI runtime handler of a variant (empty: Name).
+	Handler string `json:"handler,omitempty"`
 	// Label is how the report names it.
 	Label string `json:"label"`
 	// Workload is what its containers run.

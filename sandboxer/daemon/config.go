@@ -73,6 +73,12 @@ const (
 //	  health_interval = "10s"
 //	  health_timeout = "30s"
 //	  health_failures = 3
+//	  [backends.vm.pool]
+//	    memory_budget_mib = 1024
+//	    [[backends.vm.pool.classes]]
+//	      count = 2
+//	      vcpus = 1
+//	      memory_mib = 256
 //	[backends.gvisor]
 //	  binary = "/usr/bin/runsc"
 //	  root = "/run/magnetar/runsc"
@@ -233,6 +239,31 @@ type VMConfig struct {
 	HealthInterval Duration `toml:"health_interval"`
 	HealthTimeout  Duration `toml:"health_timeout"`
 	HealthFailures int      `toml:"health_failures"`
+	// Pool keeps VMs booted ahead of their pods (off without classes): a
+	// pod whose VM size is a class's adopts a ready one instead of
+	// booting (see docs/design.md, "Warm VMs").
+	Pool VMPoolConfig `toml:"pool"`
+}
+
+// VMPoolConfig configures the vm kind's warm pool.
+type VMPoolConfig struct {
+	// Classes are the VM sizes kept warm.
+	Classes []VMPoolClass `toml:"classes"`
+	// MemoryBudgetMiB bounds the guest memory of the pooled VMs (0: the
+	// sum of the classes' count × memory).
+	MemoryBudgetMiB int `toml:"memory_budget_mib"`
+	// RetryInterval is the wait after a failed boot (default 5s, doubled
+	// on each further failure up to 5m).
+	RetryInterval Duration `toml:"retry_interval"`
+}
+
+// VMPoolClass is one VM size kept warm: Count VMs of VCPUs and MemoryMiB
+// (0: the vm kind's vcpus and memory_mib, the size of a pod that sets no
+// resources).
+type VMPoolClass struct {
+	Count     int `toml:"count"`
+	VCPUs     int `toml:"vcpus"`
+	MemoryMiB int `toml:"memory_mib"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("10s").
@@ -373,6 +404,14 @@ func (c Config) Validate() error {
 	for name, v := range map[string]int{"vcpus": vm.VCPUs, "memory_mib": vm.MemoryMiB, "max_vcpus": vm.MaxVCPUs, "memory_overhead_mib": vm.MemoryOverheadMiB, "health_failures": vm.HealthFailures} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("backends.vm.%s %d must not be negative", name, v))
+		}
+	}
+	if vm.Pool.MemoryBudgetMiB < 0 {
+		errs = append(errs, fmt.Errorf("backends.vm.pool.memory_budget_mib %d must not be negative", vm.Pool.MemoryBudgetMiB))
+	}
+	for i, cl := range vm.Pool.Classes {
+		if cl.Count < 0 || cl.VCPUs < 0 || cl.MemoryMiB < 0 {
+			errs = append(errs, fmt.Errorf("backends.vm.pool.classes[%d]: count, vcpus and memory_mib must not be negative", i))
 		}
 	}
 	switch c.Backends.GVisor.Platform {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,14 @@ default_network_mode = "bridge"
   boot_timeout = "90s"
   health_interval = "5s"
   health_failures = 2
+  [backends.vm.pool]
+    memory_budget_mib = 768
+    [[backends.vm.pool.classes]]
+      count = 2
+    [[backends.vm.pool.classes]]
+      count = 1
+      vcpus = 2
+      memory_mib = 256
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -47,8 +56,9 @@ default_network_mode = "bridge"
 	if cfg.StateDir != "/var/lib/m" || cfg.RunDir != DefaultRunDir || cfg.Listen != DefaultListen || cfg.DefaultKind != "runc" ||
 		cfg.Containerd.TTRPCAddress != "/run/containerd/containerd.sock.ttrpc" || cfg.Containerd.Handlers["magnetar"] != "runc" ||
 		cfg.Backends.Runc.Binary != "/usr/sbin/runc" || cfg.LogLevel != "debug" ||
-		cfg.Backends.VM != (VMConfig{VCPUs: 2, MemoryMiB: 512, MaxVCPUs: 4, MemoryOverheadMiB: 96,
-			BootTimeout: Duration(90 * time.Second), HealthInterval: Duration(5 * time.Second), HealthFailures: 2}) {
+		!reflect.DeepEqual(cfg.Backends.VM, VMConfig{VCPUs: 2, MemoryMiB: 512, MaxVCPUs: 4, MemoryOverheadMiB: 96,
+			BootTimeout: Duration(90 * time.Second), HealthInterval: Duration(5 * time.Second), HealthFailures: 2,
+			Pool: VMPoolConfig{MemoryBudgetMiB: 768, Classes: []VMPoolClass{{Count: 2}, {Count: 1, VCPUs: 2, MemoryMiB: 256}}}}) {
 		t.Errorf("config: %+v", cfg)
 	}
 	if cfg.DefaultNetworkMode != "bridge" || len(cfg.Networks) != 1 || cfg.Networks[0].Name != "web" || cfg.Networks[0].Bridge != "br-web" ||
@@ -68,6 +78,8 @@ default_network_mode = "bridge"
 		"bad duration":        "[backends.vm]\nhealth_interval = \"often\"\n",
 		"neg duration":        "[backends.vm]\nboot_timeout = \"-1s\"\n",
 		"neg failures":        "[backends.vm]\nhealth_failures = -1\n",
+		"neg pool count":      "[[backends.vm.pool.classes]]\ncount = -1\n",
+		"neg pool budget":     "[backends.vm.pool]\nmemory_budget_mib = -1\n",
 		"gvisor platform":     "[backends.gvisor]\nplatform = \"kvmm\"\n",
 		"network mode":        "default_network_mode = \"nat\"\n",
 		"network subnet":      "[[networks]]\nname = \"a\"\nbridge = \"br-a\"\nsubnet = \"10.0.0.1/33\"\n",

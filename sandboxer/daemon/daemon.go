@@ -119,10 +119,16 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 	// A worker restarted under its supervisor resumes the VM pods'
 	// containers; after a full restart containerd has reported them
 	// exited, and the vm kind ends them.
-	vb, err := vmBackend(cfg.Backends.VM, cfg.RunDir, cfg.sup != nil && cfg.sup.Restarted())
+	vb, err := vmBackend(cfg.Backends.VM, cfg.RunDir, cfg.sup != nil && cfg.sup.Restarted(), log.Named("vm"))
 	if err != nil {
 		return fmt.Errorf("open vm backend: %w", err)
 	}
+	defer func() {
+		// Ends the warm pool's unclaimed VMs; the pods' keep running.
+		if err := vb.ClosePool(); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("close vm backend: %w", err))
+		}
+	}()
 	gcfg := cfg.Backends.GVisor
 	if gcfg.Root == "" {
 		gcfg.Root = filepath.Join(cfg.RunDir, "runsc")
@@ -460,7 +466,7 @@ func logAPICalls(log hclog.Logger) connect.ServerInterceptor {
 }
 
 // vmBackend builds the vm kind from its config.
-func vmBackend(c VMConfig, runDir string, resume bool) (backend.Backend, error) {
+func vmBackend(c VMConfig, runDir string, resume bool, log hclog.Logger) (*vm.Backend, error) {
 	dir := c.GuestDir
 	if dir == "" {
 		dir = DefaultGuestDir
@@ -472,6 +478,10 @@ func vmBackend(c VMConfig, runDir string, resume bool) (backend.Backend, error) 
 	if initrd == "" {
 		initrd = filepath.Join(dir, "initramfs.cpio.gz")
 	}
+	pool := vm.PoolConfig{MemoryBudgetMiB: c.Pool.MemoryBudgetMiB, RetryInterval: time.Duration(c.Pool.RetryInterval)}
+	for _, cl := range c.Pool.Classes {
+		pool.Classes = append(pool.Classes, vm.PoolClass{Count: cl.Count, VCPUs: cl.VCPUs, MemoryMiB: cl.MemoryMiB})
+	}
 	return vm.New(vm.Config{
 		Driver: qemu.New(qemu.Options{Binary: c.QEMU}),
 		Kernel: kernel, Initrd: initrd, RunDir: runDir,
@@ -480,5 +490,7 @@ func vmBackend(c VMConfig, runDir string, resume bool) (backend.Backend, error) 
 		HealthInterval: time.Duration(c.HealthInterval), HealthTimeout: time.Duration(c.HealthTimeout),
 		HealthFailures:   c.HealthFailures,
 		ResumeContainers: resume,
+		Pool:             pool,
+		Log:              log.Info,
 	})
 }

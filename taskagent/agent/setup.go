@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -182,6 +183,14 @@ func configureInterface(ifc *agentv1.Interface) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
+	// A NIC of a VM booted ahead of its pod (a warm pool) is found by the
+	// address it has and given the pod's.
+	find := mac
+	if d := ifc.GetDeviceMacAddress(); d != "" {
+		if find, err = net.ParseMAC(d); err != nil {
+			return fmt.Errorf("device mac: %w: %w", err, errdefs.ErrInvalidArgument)
+		}
+	}
 	var link netlink.Link
 	deadline := time.Now().Add(5 * time.Second) // the NIC may still be probing
 	for link == nil {
@@ -190,20 +199,25 @@ func configureInterface(ifc *agentv1.Interface) error {
 			return fmt.Errorf("list links: %w", err)
 		}
 		for _, l := range links {
-			if strings.EqualFold(l.Attrs().HardwareAddr.String(), mac.String()) {
+			if strings.EqualFold(l.Attrs().HardwareAddr.String(), find.String()) {
 				link = l
 				break
 			}
 		}
 		if link == nil {
 			if time.Now().After(deadline) {
-				return fmt.Errorf("no interface with MAC %s: %w", mac, errdefs.ErrNotFound)
+				return fmt.Errorf("no interface with MAC %s: %w", find, errdefs.ErrNotFound)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	if err := netlink.LinkSetDown(link); err != nil {
 		return fmt.Errorf("set down: %w", err)
+	}
+	if !bytes.Equal(find, mac) {
+		if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+			return fmt.Errorf("set mac %s: %w", mac, err)
+		}
 	}
 	if n := ifc.GetName(); n != "" && n != link.Attrs().Name {
 		if err := netlink.LinkSetName(link, n); err != nil {

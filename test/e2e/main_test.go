@@ -32,6 +32,9 @@ type env struct {
 	sbDone    chan struct{}
 	logDir    string
 	binDir    string
+	// sbConfig, when set, is the sandboxer's config file (a test that
+	// needs one restarts the sandboxer with it, then without).
+	sbConfig string
 }
 
 // startSandboxer starts magnetar-sandboxer. It joins containerd's private
@@ -46,6 +49,9 @@ func (e *env) startSandboxer() error {
 		"--log-level", "debug",
 		"--vm-guest-dir", e.guestDir(),
 	)
+	if e.sbConfig != "" {
+		e.sandboxer.Args = append(e.sandboxer.Args, "--config", e.sbConfig)
+	}
 	e.sandboxer.Stdout = e.sbLog
 	e.sandboxer.Stderr = e.sandboxer.Stdout
 	if err := e.sandboxer.Start(); err != nil {

@@ -48,6 +48,39 @@ func TestVMPodNetwork(t *testing.T) {
 	e := setup(t)
 	e.requireGuest(t)
 	vmPod := e.runPodWith(t, "magnetar-vm", false)
+	netns := e.assertVMPodNetwork(t, vmPod)
+
+	// The sandboxer restarts under the running VM (its containers are
+	// stopped: containers are not recovered); removal then works from the
+	// recovered state.
+	e.stopSandboxer()
+	if err := e.startSandboxer(); err != nil {
+		t.Fatal(err)
+	}
+	e.removePod(t, vmPod)
+	e.assertNoTap(t, netns)
+}
+
+// assertNoTap checks that no tap is left in the netns of a removed pod.
+func (e *env) assertNoTap(t *testing.T, netns string) {
+	t.Helper()
+	if _, err := os.Stat(netns); err == nil {
+		out, err := e.inNetNS(netns, "ip", "-o", "link", "show", "type", "tun")
+		if err == nil && strings.TrimSpace(out) != "" {
+			t.Errorf("a tap remains in the pod netns %s after removal:\n%s", netns, out)
+		} else if err != nil && !strings.Contains(out, "No such file") && !strings.Contains(out, "Invalid argument") {
+			t.Errorf("inspect netns %s: %v\n%s", netns, err, out)
+		}
+	}
+}
+
+// assertVMPodNetwork checks the pod network of a running VM pod: a runc
+// pod on the same CNI bridge reaches a server in the VM pod and a VM
+// container reaches one in the runc pod and sees the pod IP CRI reported
+// on its interface; the sandbox info names the tap. It returns the pod's
+// netns path.
+func (e *env) assertVMPodNetwork(t *testing.T, vmPod *pod) string {
+	t.Helper()
 	runcPod := e.runPod(t, false)
 	vmIP, runcIP := e.podIP(t, vmPod), e.podIP(t, runcPod)
 
@@ -98,21 +131,6 @@ func TestVMPodNetwork(t *testing.T) {
 			t.Errorf("StopContainer: %v", err)
 		}
 	}
-
-	// The sandboxer restarts under the running VM (its containers are
-	// stopped: containers are not recovered); removal then works from the
-	// recovered state.
-	e.stopSandboxer()
-	if err := e.startSandboxer(); err != nil {
-		t.Fatal(err)
-	}
-	e.removePod(t, vmPod)
-	if _, err := os.Stat(netns); err == nil {
-		out, err := e.inNetNS(netns, "ip", "-o", "link", "show", "type", "tun")
-		if err == nil && strings.TrimSpace(out) != "" {
-			t.Errorf("a tap remains in the pod netns %s after removal:\n%s", netns, out)
-		} else if err != nil && !strings.Contains(out, "No such file") && !strings.Contains(out, "Invalid argument") {
-			t.Errorf("inspect netns %s: %v\n%s", netns, err, out)
-		}
-	}
+	e.removePod(t, runcPod)
+	return netns
 }

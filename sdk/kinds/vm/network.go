@@ -183,6 +183,19 @@ func describeNetwork(links []netLink, nics []podNIC) string {
 // the thread instead of reusing it; the caller's thread never changes
 // namespace.
 func inNetNS(path string, fn func() error) error {
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer target.Close()
+	if err := inNS(target, fn); err != nil {
+		return fmt.Errorf("netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// inNS is inNetNS for an open namespace.
+func inNS(target netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -193,19 +206,13 @@ func inNetNS(path string, fn func() error) error {
 				return fmt.Errorf("current netns: %w", err)
 			}
 			defer orig.Close()
-			target, err := netns.GetFromPath(path)
-			if err != nil {
-				runtime.UnlockOSThread()
-				return fmt.Errorf("open netns %s: %w", path, err)
-			}
-			defer target.Close()
 			if err := netns.Set(target); err != nil {
 				runtime.UnlockOSThread()
-				return fmt.Errorf("enter netns %s: %w", path, err)
+				return fmt.Errorf("enter netns: %w", err)
 			}
 			ferr := fn()
 			if err := netns.Set(orig); err != nil {
-				return errors.Join(ferr, fmt.Errorf("return from netns %s: %w", path, err))
+				return errors.Join(ferr, fmt.Errorf("return from netns: %w", err))
 			}
 			runtime.UnlockOSThread()
 			return ferr
@@ -214,10 +221,56 @@ func inNetNS(path string, fn func() error) error {
 	return <-errc
 }
 
+// newPrivateNetNS returns a new network namespace, known only by the
+// handle (no bind mount): it ends when the handle is closed and nothing
+// else holds it, or with the process.
+func newPrivateNetNS() (netns.NsHandle, error) {
+	type result struct {
+		h   netns.NsHandle
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("current netns: %w", err)}
+			return
+		}
+		defer orig.Close()
+		h, err := netns.New() // unshares this thread's network namespace
+		if err != nil {
+			// The thread may be half-switched: it ends locked.
+			ch <- result{err: fmt.Errorf("new netns: %w", err)}
+			return
+		}
+		if err := netns.Set(orig); err != nil {
+			h.Close()
+			ch <- result{err: fmt.Errorf("return from the new netns: %w", err)}
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- result{h: h}
+	}()
+	r := <-ch
+	return r.h, r.err
+}
+
 // setupPodNetwork bridges every CNI interface of the namespace at nsPath to
 // a new tap and returns the taps (open files for the VMM) and the guest
 // configuration. On error nothing it made is left.
-func setupPodNetwork(nsPath string) (_ *podNetwork, retErr error) {
+func setupPodNetwork(nsPath string) (*podNetwork, error) {
+	return bridgePodNetwork(nsPath, func(i int, peer netlink.Link) (string, *os.File, error) {
+		return bridgeToTap(peer, tapName(i))
+	})
+}
+
+// bridgePodNetwork is setupPodNetwork with the taps from tapFor: it gives
+// the i-th CNI interface its tap (running in the pod namespace) and
+// returns the tap's name once it exists there, and its open file if the
+// VMM still needs it.
+func bridgePodNetwork(nsPath string, tapFor func(i int, peer netlink.Link) (string, *os.File, error)) (_ *podNetwork, retErr error) {
 	pn := &podNetwork{state: netState{NetNS: nsPath}}
 	defer func() {
 		if retErr != nil {
@@ -248,7 +301,7 @@ func setupPodNetwork(nsPath string) (_ *podNetwork, retErr error) {
 			if len(nic.Addrs) == 0 {
 				continue // not configured by CNI
 			}
-			tap, f, err := bridgeToTap(l, tapName(len(nics)))
+			tap, f, err := tapFor(len(nics), l)
 			if tap != "" {
 				pn.state.Links = append(pn.state.Links, netLink{Tap: tap, Peer: a.Name})
 			}
@@ -305,21 +358,84 @@ func bridgeToTap(peer netlink.Link, name string) (string, *os.File, error) {
 	if err != nil {
 		return tap.Name, f, fmt.Errorf("tap %s: %w", tap.Name, err)
 	}
+	return tap.Name, f, bridgeTap(tl, peer)
+}
+
+// bridgeTap gives the tap tl peer's MTU, brings both up and redirects
+// each one's ingress to the other's egress.
+func bridgeTap(tl, peer netlink.Link) error {
+	name := tl.Attrs().Name
 	if err := netlink.LinkSetMTU(tl, peer.Attrs().MTU); err != nil {
-		return tap.Name, f, fmt.Errorf("tap %s mtu: %w", tap.Name, err)
+		return fmt.Errorf("tap %s mtu: %w", name, err)
 	}
 	if err := netlink.LinkSetUp(tl); err != nil {
-		return tap.Name, f, fmt.Errorf("tap %s up: %w", tap.Name, err)
+		return fmt.Errorf("tap %s up: %w", name, err)
 	}
 	if err := netlink.LinkSetUp(peer); err != nil {
-		return tap.Name, f, fmt.Errorf("%s up: %w", peer.Attrs().Name, err)
+		return fmt.Errorf("%s up: %w", peer.Attrs().Name, err)
 	}
 	for _, p := range [][2]netlink.Link{{peer, tl}, {tl, peer}} {
 		if err := redirect(p[0], p[1]); err != nil {
-			return tap.Name, f, err
+			return err
 		}
 	}
-	return tap.Name, f, nil
+	return nil
+}
+
+// newPoolTap creates a tap for a warm VM in the current (the pool's)
+// namespace, down, and returns its open file.
+func newPoolTap(name string) (*os.File, error) {
+	tap := &netlink.Tuntap{
+		LinkAttrs:  netlink.LinkAttrs{Name: name},
+		Mode:       netlink.TUNTAP_MODE_TAP,
+		Flags:      netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR,
+		Queues:     1,
+		NonPersist: true,
+	}
+	if err := netlink.LinkAdd(tap); err != nil {
+		return nil, fmt.Errorf("create tap %s: %w", name, err)
+	}
+	if len(tap.Fds) != 1 {
+		for _, f := range tap.Fds {
+			f.Close()
+		}
+		return nil, fmt.Errorf("tap %s: got %d fds, want 1", name, len(tap.Fds))
+	}
+	return tap.Fds[0], nil
+}
+
+// adoptTap moves a warm VM's tap from the pool's namespace into the
+// current one (the pod's), names it name and bridges it to peer. It
+// returns the tap's name in the pod namespace once it is there.
+func adoptTap(pool netns.NsHandle, poolTap string, peer netlink.Link, name string) (string, error) {
+	ph, err := netlink.NewHandleAt(pool)
+	if err != nil {
+		return "", fmt.Errorf("pool netns: %w", err)
+	}
+	defer ph.Close()
+	l, err := ph.LinkByName(poolTap)
+	if err != nil {
+		return "", fmt.Errorf("warm tap %s: %w", poolTap, err)
+	}
+	cur, err := netns.Get()
+	if err != nil {
+		return "", fmt.Errorf("pod netns: %w", err)
+	}
+	defer cur.Close()
+	if err := ph.LinkSetNsFd(l, int(cur)); err != nil {
+		return "", fmt.Errorf("move warm tap %s into the pod netns: %w", poolTap, err)
+	}
+	tl, err := netlink.LinkByName(poolTap)
+	if err != nil {
+		return poolTap, fmt.Errorf("warm tap %s: %w", poolTap, err)
+	}
+	if err := netlink.LinkSetName(tl, name); err != nil {
+		return poolTap, fmt.Errorf("rename warm tap %s to %s: %w", poolTap, name, err)
+	}
+	if tl, err = netlink.LinkByName(name); err != nil {
+		return name, fmt.Errorf("tap %s: %w", name, err)
+	}
+	return name, bridgeTap(tl, peer)
 }
 
 // ingressHandle is the handle of an ingress qdisc (ffff:).

@@ -61,6 +61,12 @@ func (b *Backend) recoverSandbox(ctx context.Context, cfg backend.SandboxConfig,
 			return nil, fmt.Errorf("decode vm sandbox state: %w", err)
 		}
 	}
+	if d := s.st.SharedDir; d != "" {
+		if !b.sharedDirOK(d) {
+			return nil, fmt.Errorf("recover vm sandbox %s: share %q is not a pooled vm's: %w", cfg.ID, d, errdefs.ErrInvalidArgument)
+		}
+		s.shared = d
+	}
 	r, ok := b.cfg.Driver.(hypervisor.Recoverer)
 	if !ok || s.st.VMDir == "" {
 		return nil, fmt.Errorf("recover vm sandbox %s: %w", cfg.ID, errdefs.ErrNotImplemented)

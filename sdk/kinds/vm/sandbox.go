@@ -42,6 +42,9 @@ type sandboxState struct {
 	MemoryMiB  int    `json:"memory_mib,omitempty"`
 	// Net is the pod network to tear down (see network.go).
 	Net *netState `json:"net,omitempty"`
+	// SharedDir is the 9p share of a VM adopted from the warm pool (under
+	// the pool's directory, see warm.go); empty: <sandbox dir>/shared.
+	SharedDir string `json:"shared_dir,omitempty"`
 }
 
 type sandbox struct {
@@ -136,14 +139,7 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	if _, err := backend.ParseSysctls(s.cfg.Sysctls); err != nil {
 		return backend.StartInfo{}, err
 	}
-	if err := os.MkdirAll(s.shared, 0o711); err != nil {
-		return backend.StartInfo{}, err
-	}
 	if err := podfiles.WriteResolvConf(s.cfg.Dir, s.cfg.DNS); err != nil {
-		return backend.StartInfo{}, err
-	}
-	s.st.VMDir = s.vmDir()
-	if err := os.MkdirAll(s.st.VMDir, 0o700); err != nil {
 		return backend.StartInfo{}, err
 	}
 	cg, err := vmCgroupPath(s.cfg.CgroupParent, s.cfg.ID)
@@ -154,9 +150,32 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	s.mu.Lock()
 	s.st.CgroupPath, s.st.VCPUs, s.st.MemoryMiB = cg, sz.VCPUs, sz.MemoryMiB
 	s.mu.Unlock()
+	info := map[string]string{"network": "none"}
+	if p := s.b.pool; p != nil {
+		// A warm VM of this size, if the pool has one ready (warm.go).
+		if pv := p.claim(sz.norm()); pv != nil {
+			actx, acancel := context.WithTimeout(ctx, adoptTimeout)
+			si, err := s.adopt(actx, pv.warm, info)
+			acancel()
+			if err == nil {
+				return si, nil
+			}
+			s.b.destroyWarm(pv)
+			info = map[string]string{"network": "none", "warm_vm_error": err.Error()}
+			s.b.log("warm vm not adopted, booting cold", "sandbox_id", s.cfg.ID, "error", err)
+		} else if p.pooled(sz.norm()) {
+			info["warm_vm"] = "none ready"
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.b.cfg.BootTimeout)
 	defer cancel()
-	info := map[string]string{"network": "none"}
+	if err := os.MkdirAll(s.shared, 0o711); err != nil {
+		return backend.StartInfo{}, err
+	}
+	s.st.VMDir = s.vmDir()
+	if err := os.MkdirAll(s.st.VMDir, 0o700); err != nil {
+		return backend.StartInfo{}, err
+	}
 	pn := &podNetwork{}
 	if s.cfg.NetNSPath != "" {
 		var err error
@@ -206,6 +225,18 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	}
 	info["agent_ready"] = time.Since(t1).String()
 	t2 := time.Now()
+	if err := s.setup(ctx, pn); err != nil {
+		return backend.StartInfo{}, err
+	}
+	info["setup"] = time.Since(t2).String()
+	info["boot_total"] = time.Since(t0).String()
+	s.startMonitors()
+	return backend.StartInfo{Pid: uint32(v.Pid()), Info: info}, nil
+}
+
+// setup configures the guest for the sandbox (agent Setup): host name,
+// DNS, the 9p share, the pod network pn, sysctls, clock.
+func (s *sandbox) setup(ctx context.Context, pn *podNetwork) error {
 	req := &agentv1.SetupRequest{
 		SandboxId:  s.cfg.ID,
 		Hostname:   s.cfg.Hostname,
@@ -218,13 +249,16 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	if d := s.cfg.DNS; len(d.Servers)+len(d.Searches)+len(d.Options) > 0 {
 		req.Dns = &typesv1.DNSConfig{Servers: d.Servers, Searches: d.Searches, Options: d.Options}
 	}
-	if _, err := s.agent.Setup(ctx, req); err != nil {
-		return backend.StartInfo{}, fmt.Errorf("guest setup: %w", errgrpc.ToNative(err))
+	s.mu.Lock()
+	agent := s.agent
+	s.mu.Unlock()
+	if agent == nil {
+		return fmt.Errorf("guest setup: no agent session: %w", errdefs.ErrFailedPrecondition)
 	}
-	info["setup"] = time.Since(t2).String()
-	info["boot_total"] = time.Since(t0).String()
-	s.startMonitors()
-	return backend.StartInfo{Pid: uint32(v.Pid()), Info: info}, nil
+	if _, err := agent.Setup(ctx, req); err != nil {
+		return fmt.Errorf("guest setup: %w", errgrpc.ToNative(err))
+	}
+	return nil
 }
 
 // connect dials the agent and calls Health until it answers, then opens

@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/vishvananda/netns"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/hypervisor"
@@ -105,6 +106,13 @@ type Config struct {
 	// recovery ends them (containerd took their closed task connections
 	// for dead shims and reported them exited): see recover.go.
 	ResumeContainers bool
+
+	// Pool keeps VMs booted ahead of their sandboxes (pool.go, warm.go);
+	// off when it has no classes.
+	Pool PoolConfig
+	// Log receives what the warm pool does (may be nil): VMs ready,
+	// claimed, failures.
+	Log func(msg string, keyvals ...any)
 }
 
 // withDefaults fills the zero fields with their defaults.
@@ -134,14 +142,26 @@ func (cfg Config) withDefaults() Config {
 }
 
 // Backend is the vm sandbox kind.
-type Backend struct{ cfg Config }
+type Backend struct {
+	cfg Config
+	// pool is the warm pool (nil: none), poolNS the network namespace of
+	// its VMs' taps.
+	pool   *pool
+	poolNS netns.NsHandle
+}
 
-// New returns the vm backend.
+// New returns the vm backend. With [Config.Pool] set it first ends the
+// pooled VMs an earlier run left (warm.go), then starts filling the pool
+// in the background; [Backend.ClosePool] ends them.
 func New(cfg Config) (*Backend, error) {
 	if cfg.Driver == nil {
 		return nil, fmt.Errorf("vm backend: no hypervisor driver: %w", errdefs.ErrInvalidArgument)
 	}
-	return &Backend{cfg: cfg.withDefaults()}, nil
+	b := &Backend{cfg: cfg.withDefaults(), poolNS: netns.None()}
+	if err := b.startPool(); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // shortVMRoot holds the work dirs of VMs whose <sandbox dir>/vm would

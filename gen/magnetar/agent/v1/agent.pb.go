@@ -204,9 +204,14 @@ type Interface struct {
 	// IP addresses to assign.
 	Addresses []*IPAddress `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	// MTU in bytes; 0 keeps the device default.
-	Mtu           uint32 `protobuf:"varint,4,opt,name=mtu,proto3" json:"mtu,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Mtu uint32 `protobuf:"varint,4,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// MAC address the guest device has now, when it is not mac_address: a VM
+	// booted before its pod existed (the vm kind's warm pool) has NICs with
+	// addresses of its own. The interface is then found by this address and
+	// given mac_address. Empty: found by mac_address.
+	DeviceMacAddress string `protobuf:"bytes,5,opt,name=device_mac_address,json=deviceMacAddress,proto3" json:"device_mac_address,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Interface) Reset() {
@@ -265,6 +270,13 @@ func (x *Interface) GetMtu() uint32 {
 		return x.Mtu
 	}
 	return 0
+}
+
+func (x *Interface) GetDeviceMacAddress() string {
+	if x != nil {
+		return x.DeviceMacAddress
+	}
+	return ""
 }
 
 // IPAddress is an IPv4 or IPv6 address with its network prefix.
@@ -1083,13 +1095,14 @@ const file_magnetar_agent_v1_agent_proto_rawDesc = "" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x0f\n" +
-	"\rSetupResponse\"\x8e\x01\n" +
+	"\rSetupResponse\"\xbc\x01\n" +
 	"\tInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vmac_address\x18\x02 \x01(\tR\n" +
 	"macAddress\x12:\n" +
 	"\taddresses\x18\x03 \x03(\v2\x1c.magnetar.agent.v1.IPAddressR\taddresses\x12\x10\n" +
-	"\x03mtu\x18\x04 \x01(\rR\x03mtu\"J\n" +
+	"\x03mtu\x18\x04 \x01(\rR\x03mtu\x12,\n" +
+	"\x12device_mac_address\x18\x05 \x01(\tR\x10deviceMacAddress\"J\n" +
 	"\tIPAddress\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12#\n" +
 	"\rprefix_length\x18\x02 \x01(\rR\fprefixLength\"s\n" +

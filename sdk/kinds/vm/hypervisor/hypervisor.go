@@ -158,3 +158,14 @@ type Tap struct {
 	// default).
 	MAC string
 }
+
+// CgroupMover is implemented by VMs whose VMM can change cgroup while it
+// runs: a VM booted ahead of its sandbox (the vm kind's warm pool) moves
+// into the sandbox's cgroup when a sandbox adopts it.
+type CgroupMover interface {
+	// MoveCgroup moves the VMM (all its threads) into the cgroup at path
+	// (from the hierarchy root), creating it if needed; a cgroup it
+	// created is removed when the VM exits, as [Config.CgroupPath]. The
+	// cgroup the VMM leaves is removed if the driver created it.
+	MoveCgroup(path string) error
+}

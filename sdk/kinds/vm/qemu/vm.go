@@ -36,6 +36,8 @@ type vm struct {
 	mu       sync.Mutex
 	status   hypervisor.ExitStatus
 	cgRemove func() error
+	// cgTaken: exited took cgRemove (a later MoveCgroup cleans up itself).
+	cgTaken  bool
 	cleanErr error
 }
 
@@ -93,6 +95,7 @@ func (v *vm) exited(st hypervisor.ExitStatus) {
 	}
 	v.mu.Lock()
 	rm := v.cgRemove
+	v.cgTaken = true
 	v.mu.Unlock()
 	if rm != nil {
 		if err := rm(); err != nil {
@@ -250,4 +253,40 @@ func (v *vm) logTail() string {
 		b = b[len(b)-1024:]
 	}
 	return ": qemu says: " + strings.TrimSpace(string(b))
+}
+
+var _ hypervisor.CgroupMover = (*vm)(nil)
+
+// MoveCgroup moves QEMU into the cgroup at path and removes the one it
+// leaves (if the driver created it).
+func (v *vm) MoveCgroup(path string) error {
+	select {
+	case <-v.done:
+		return fmt.Errorf("qemu: vm %s has exited", v.cfg.ID)
+	default:
+	}
+	rm, err := placeInCgroup(path, v.pid)
+	if err != nil {
+		if rm != nil {
+			_ = rm()
+		}
+		return fmt.Errorf("qemu: %w", err)
+	}
+	v.mu.Lock()
+	if v.cgTaken { // exited meanwhile: its cleanup ran without this cgroup
+		v.mu.Unlock()
+		if rm != nil {
+			_ = rm()
+		}
+		return fmt.Errorf("qemu: vm %s has exited", v.cfg.ID)
+	}
+	old := v.cgRemove
+	v.cgRemove = rm
+	v.mu.Unlock()
+	if old != nil {
+		if err := old(); err != nil {
+			return fmt.Errorf("qemu: remove the cgroup left: %w", err)
+		}
+	}
+	return nil
 }

@@ -440,17 +440,8 @@ func (b *bench) density(ctx context.Context) error {
 				break
 			}
 			s := b.e.snapshot()
-			pt := DensityPoint{Pods: n, ByClassKB: map[string]int64{}, Processes: len(s) - len(base)}
-			pt.AddedKB = s.total(classContainerd) - base.total(classContainerd)
-			before := base.byClass()
-			for c, v := range s.byClass() {
-				pt.ByClassKB[c] = v - before[c]
-			}
-			for c, v := range before {
-				if _, ok := pt.ByClassKB[c]; !ok {
-					pt.ByClassKB[c] = -v
-				}
-			}
+			pt := DensityPoint{Pods: n}
+			pt.AddedKB, pt.ByClassKB, pt.Processes = growth(base, s, classContainerd)
 			pt.ContainerdKB = pt.ByClassKB[classContainerd]
 			d.Points = append(d.Points, pt)
 			b.logf("density: %s x%d: %.1f MB added (%.2f MB a pod), %d processes", k.Name, n, float64(pt.AddedKB)/1024, float64(pt.AddedKB)/1024/float64(n), pt.Processes)

@@ -34,6 +34,29 @@ func (s snapshot) total(skip string) int64 {
 	return n
 }
 
+// growth returns what the processes of s added to those of base, per
+// class (skip excluded from the total): the whole PSS of a process that
+// is new, the change of one that was there before. A process of base that
+// has ended since counts for nothing: its end is not the pods' doing (a
+// runner that stops when idle, a shim of the kind measured before), and
+// subtracting it made totals negative. new is the number of new processes.
+func growth(base, s snapshot, skip string) (total int64, byClass map[string]int64, new int) {
+	byClass = map[string]int64{}
+	for pid, p := range s {
+		d := p.PSSKB
+		if b, ok := base[pid]; ok && b.Class == p.Class {
+			d -= b.PSSKB
+		} else {
+			new++
+		}
+		byClass[p.Class] += d
+		if p.Class != skip {
+			total += d
+		}
+	}
+	return total, byClass, new
+}
+
 // byClass sums PSS per class.
 func (s snapshot) byClass() map[string]int64 {
 	m := map[string]int64{}

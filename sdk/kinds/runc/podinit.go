@@ -1,12 +1,10 @@
 package runc
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podinit"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 )
 
 // PodInitMain runs the init of a pod's shared PID namespace when the
@@ -62,7 +61,7 @@ func startPodInit(exe string) (*exec.Cmd, podInitProc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, podInitProc{}, fmt.Errorf("start the pod's PID namespace init: %w", err)
 	}
-	st, err := procStartTime(cmd.Process.Pid)
+	st, err := procstat.StartTime(cmd.Process.Pid)
 	if err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
@@ -71,33 +70,13 @@ func startPodInit(exe string) (*exec.Cmd, podInitProc, error) {
 	return cmd, podInitProc{Pid: cmd.Process.Pid, StartTime: st}, nil
 }
 
-// procStartTime reads a process's start time (clock ticks after boot).
-func procStartTime(pid int) (uint64, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces and parentheses: the
-	// fields after it start behind the last ')'.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	fields := bytes.Fields(data[i+1:])
-	// fields[0] is field 3 (state); start time is field 22.
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(fields))
-	}
-	return strconv.ParseUint(string(fields[19]), 10, 64)
-}
-
 // alive reports whether the recorded init still runs (and is the same
 // process).
 func (p podInitProc) alive() bool {
 	if p.Pid <= 0 {
 		return false
 	}
-	st, err := procStartTime(p.Pid)
+	st, err := procstat.StartTime(p.Pid)
 	return err == nil && st == p.StartTime
 }
 

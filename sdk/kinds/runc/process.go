@@ -205,7 +205,7 @@ func (p *proc) Start(ctx context.Context) (uint32, error) {
 		// Watched from now on (not under mu, which the exit takes): an
 		// exec'd process that already exited is a zombie until then, so
 		// its start time can still be read.
-		st, _ := procStartTime(pid)
+		st, _ := procstat.StartTime(pid)
 		p.mu.Lock()
 		p.startTime = st
 		p.mu.Unlock()

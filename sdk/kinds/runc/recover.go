@@ -17,6 +17,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 )
 
 // RecoverContainer re-attaches to a container after a sandboxer restart:
@@ -202,7 +203,7 @@ func startedByRunc(pidFile string) (int, uint64, bool) {
 	if err != nil {
 		return 0, 0, false
 	}
-	start, err := procStartTime(pid)
+	start, err := procstat.StartTime(pid)
 	if err != nil {
 		return 0, 0, false
 	}
@@ -231,7 +232,7 @@ func (b *Backend) watchRecoveredExec(p *proc) {
 	}
 	// Checked after the pidfd is open: a pid reused before the open shows
 	// another start time now, and the pidfd's process cannot be replaced.
-	if t, err := procStartTime(p.pid); err != nil || p.startTime == 0 || t != p.startTime {
+	if t, err := procstat.StartTime(p.pid); err != nil || p.startTime == 0 || t != p.startTime {
 		unix.Close(fd)
 		p.SetExited(int(b.lostExit(p.pid)))
 		return

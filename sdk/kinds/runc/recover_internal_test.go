@@ -36,7 +36,7 @@ func TestRecoveredExecPidReuse(t *testing.T) {
 	}
 	pid := cmd.Process.Pid
 	defer func() { _ = unix.Kill(pid, unix.SIGKILL); _, _ = unix.Wait4(pid, nil, 0, nil) }()
-	start, err := procStartTime(pid)
+	start, err := procstat.StartTime(pid)
 	if err != nil {
 		t.Fatal(err)
 	}

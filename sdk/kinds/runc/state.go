@@ -5,7 +5,8 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"strconv"
+
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 )
 
 // quickStatus tells a container's status ("created", "running", "paused"
@@ -32,7 +33,7 @@ func quickStatus(root, id string) (status string, ok bool) {
 	if err := json.Unmarshal(data, &st); err != nil || st.InitProcessPid <= 0 {
 		return "", false
 	}
-	start, state, err := procStat(st.InitProcessPid)
+	start, state, err := procstat.Stat(st.InitProcessPid)
 	if err != nil {
 		if os.IsNotExist(err) {
 			return "stopped", true
@@ -83,23 +84,4 @@ func frozen(paths map[string]string) (paused, ok bool) {
 		return bytes.Equal(bytes.TrimSpace(data), []byte("1")), true
 	}
 	return false, false
-}
-
-// procStat reads a process's start time (clock ticks after boot) and
-// state letter from /proc.
-func procStat(pid int) (start uint64, state byte, err error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, err
-	}
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, 0, os.ErrInvalid
-	}
-	fields := bytes.Fields(data[i+1:])
-	if len(fields) < 20 || len(fields[0]) != 1 {
-		return 0, 0, os.ErrInvalid
-	}
-	start, err = strconv.ParseUint(string(fields[19]), 10, 64)
-	return start, fields[0][0], err
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 )
 
 // runnerFile records the backend's current runner in its root, so that a
@@ -36,7 +37,7 @@ func (r *runnerRef) alive() bool {
 	if r == nil || r.Pid <= 0 {
 		return false
 	}
-	t, err := procStartTime(r.Pid)
+	t, err := procstat.StartTime(r.Pid)
 	return err == nil && t == r.StartTime
 }
 
@@ -204,7 +205,7 @@ func (b *Backend) spawnRunnerLocked() (*runnerRef, error) {
 	}
 	pid := proc.Pid
 	_ = proc.Release() // reaped by watchRunner, through a pidfd
-	startTime, err := procStartTime(pid)
+	startTime, err := procstat.StartTime(pid)
 	if err != nil {
 		_ = unix.Kill(pid, unix.SIGKILL)
 		_, _ = unix.Wait4(pid, nil, 0, nil)

@@ -16,8 +16,10 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
-	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/magnetar-io/magnetar/internal/atomicfile"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 
 	"golang.org/x/sys/unix"
 
@@ -247,7 +249,7 @@ func endLegacyRunner(pid int, startTime uint64) bool {
 		return false
 	}
 	defer unix.Close(fd)
-	if t, err := procStartTime(pid); err != nil || t != startTime {
+	if t, err := procstat.StartTime(pid); err != nil || t != startTime {
 		return false
 	}
 	if unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) != nil {
@@ -274,24 +276,6 @@ func removeLegacyCgroup(p, defaultParent string) {
 			_ = os.Remove(filepath.Join(d, defaultParent))
 		}
 	}
-}
-
-// procStartTime reads when pid started (clock ticks after boot).
-func procStartTime(pid int) (uint64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	return strconv.ParseUint(f[19], 10, 64) // field 22, starttime
 }
 
 // HostRoot returns the host path of the container's root file system (the

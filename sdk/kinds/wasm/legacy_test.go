@@ -11,6 +11,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 )
 
 // TestRecoverLegacyContainer recovers a container recorded by a version
@@ -30,7 +31,7 @@ func TestRecoverLegacyContainer(t *testing.T) {
 	waited := make(chan struct{})
 	go func() { _ = old.Wait(); close(waited) }()
 	defer func() { _ = old.Process.Kill(); <-waited }()
-	startTime, err := procStartTime(old.Process.Pid)
+	startTime, err := procstat.StartTime(old.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

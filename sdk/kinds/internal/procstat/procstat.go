@@ -19,21 +19,30 @@ import (
 // StartTime returns when pid started, in clock ticks after boot (field 22
 // of /proc/<pid>/stat).
 func StartTime(pid int) (uint64, error) {
+	start, _, err := Stat(pid)
+	return start, err
+}
+
+// Stat returns when pid started (see StartTime) and its state letter
+// (field 3 of /proc/<pid>/stat: R, S, D, Z, X, ...). A process that does
+// not exist gives an error that os.IsNotExist matches.
+func Stat(pid int) (start uint64, state byte, err error) {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The command name (field 2) may hold spaces and parentheses: the
 	// fields after it start behind the last ')'.
 	i := bytes.LastIndexByte(data, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+		return 0, 0, fmt.Errorf("parse /proc/%d/stat", pid)
 	}
 	fields := bytes.Fields(data[i+1:])
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(fields))
+	if len(fields) < 20 || len(fields[0]) != 1 {
+		return 0, 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(fields))
 	}
-	return strconv.ParseUint(string(fields[19]), 10, 64)
+	start, err = strconv.ParseUint(string(fields[19]), 10, 64)
+	return start, fields[0][0], err
 }
 
 // sigchldInfo is the start of a siginfo_t for SIGCHLD (Linux, every

@@ -48,7 +48,11 @@ class Daemon:
     def worker_pid(self) -> int:
         """The pid of the supervisor's worker (0: none now)."""
         for f in Path(f"/proc/{self.supervisor_pid}/task").glob("*/children"):
-            for pid in f.read_text().split():
+            try:
+                children = f.read_text().split()
+            except OSError:
+                continue  # the thread ended since the listing
+            for pid in children:
                 try:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
                 except OSError:

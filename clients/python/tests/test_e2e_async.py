@@ -154,6 +154,7 @@ async def test_async_dial_port(daemon: Daemon, protocol: magnetar.Protocol) -> N
                 assert await conn.recv() == b""
 
 
+@pytest.mark.asyncio
 async def test_async_remote_tenants(daemon: Daemon, protocol: magnetar.Protocol) -> None:
     """The asyncio client on the remote listener: tokens, tenants, TLS."""
     assert daemon.tokens is not None

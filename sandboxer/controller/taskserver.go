@@ -256,7 +256,9 @@ func (ts *taskServers) newServer(id string) (_ *taskServer, retErr error) {
 func (t *taskServer) serve(log hclog.Logger) {
 	defer close(t.served)
 	err := t.srv.Serve(context.Background(), t.listener)
-	if err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
+	// A detached worker's listener is closed under the server (net.ErrClosed):
+	// the supervisor keeps the socket for the next worker.
+	if err != nil && !errors.Is(err, ttrpc.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		log.Error("task server stopped", "sandbox_id", t.id, "error", err)
 	}
 }

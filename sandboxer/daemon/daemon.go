@@ -185,14 +185,6 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			retErr = errors.Join(retErr, fmt.Errorf("close engine: %w", err))
 		}
 	}()
-	for _, k := range eng.Kinds(ctx) {
-		if k.Available {
-			log.Info("sandbox kind available", "kind", k.Kind, "isolation", k.Isolation.String())
-		} else {
-			log.Warn("sandbox kind unavailable", "kind", k.Kind, "reason", k.Reason)
-		}
-	}
-
 	ccfg := controller.Config{
 		RunDir:      cfg.RunDir,
 		Handlers:    cfg.Containerd.Handlers,
@@ -254,6 +246,17 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 	served := make(chan error, 1)
 	wg.Go(func() { served <- srv.Serve(l) })
 	log.Info("serving containerd sandbox controller", "listen", cfg.Listen, "version", Version())
+	// Which kinds can run here, checked while the controller serves
+	// (checks may run binaries: a restarted worker serves sooner).
+	wg.Go(func() {
+		for _, k := range eng.Kinds(ctx) {
+			if k.Available {
+				log.Info("sandbox kind available", "kind", k.Kind, "isolation", k.Isolation.String())
+			} else {
+				log.Warn("sandbox kind unavailable", "kind", k.Kind, "reason", k.Reason)
+			}
+		}
+	})
 	if cfg.sup != nil {
 		recoverTasks()
 	}

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -159,12 +160,16 @@ func (h *Handover) fds() []int {
 }
 
 // handoverVersionOf asks the binary exe which handover version it takes.
-func handoverVersionOf(exe string) (int, error) {
-	out, err := exec.Command(exe, "--handover-version").Output()
+func handoverVersionOf(ctx context.Context, exe string) (int, error) {
+	out, err := exec.CommandContext(ctx, exe, "--handover-version").Output()
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%s --handover-version: %w", exe, err)
 	}
-	return strconv.Atoi(strings.TrimSpace(string(out)))
+	v, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		return 0, fmt.Errorf("%s --handover-version: %w", exe, err)
+	}
+	return v, nil
 }
 
 // reexec hands the supervisor's state over and executes the binary at

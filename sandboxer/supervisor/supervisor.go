@@ -158,7 +158,8 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 			}
 			delay = min(2*delay, maxRestartDelay)
 		case <-hup:
-			if err := s.check(); err != nil {
+			nb, err := s.check()
+			if err != nil {
 				log.Error("upgrade refused: the new binary does not start; the running worker keeps serving", "exe", cfg.Exe, "error", err)
 				// Keep serving with the old worker until the next signal.
 				if !s.serveUntil(ctx, w, hup) {
@@ -167,7 +168,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 				continue
 			}
 			log.Info("upgrading: stopping the worker", "pid", w.pid)
-			s.upgrade(w)
+			s.upgrade(w, nb)
 			delay = minRestartDelay
 		case <-ctx.Done():
 			log.Info("stopping the worker", "pid", w.pid)
@@ -183,12 +184,13 @@ func (s *supervisor) serveUntil(ctx context.Context, w *worker, hup <-chan os.Si
 	for {
 		select {
 		case <-hup:
-			if err := s.check(); err != nil {
+			nb, err := s.check()
+			if err != nil {
 				s.log.Error("upgrade refused: the new binary does not start; the running worker keeps serving", "exe", s.cfg.Exe, "error", err)
 				continue
 			}
 			s.log.Info("upgrading: stopping the worker", "pid", w.pid)
-			s.upgrade(w)
+			s.upgrade(w, nb)
 			return true
 		case e := <-w.exit:
 			s.gone(w)
@@ -207,8 +209,8 @@ func (s *supervisor) serveUntil(ctx context.Context, w *worker, hup <-chan os.Si
 // binary, which starts the new worker. Without a handover (another
 // version, or a failed exec) the supervisor stays and the caller starts
 // the new worker.
-func (s *supervisor) upgrade(w *worker) {
-	v, verr := handoverVersionOf(s.cfg.Exe)
+func (s *supervisor) upgrade(w *worker, nb newBinary) {
+	v, verr := nb.handover, nb.handoverErr
 	s.drain()
 	s.stop(w)
 	switch {
@@ -227,16 +229,30 @@ func (s *supervisor) upgrade(w *worker) {
 	}
 }
 
-// check runs the worker binary with --version: an upgrade goes ahead only
-// with a binary that starts.
-func (s *supervisor) check() error {
+// newBinary is what the binary an upgrade starts says of itself.
+type newBinary struct {
+	// handover is the supervisor state it takes over ([HandoverVersion]),
+	// valid when handoverErr is nil.
+	handover    int
+	handoverErr error
+}
+
+// check runs the worker binary once, asking which supervisor state it
+// takes (--handover-version): an upgrade goes ahead only with a binary
+// that starts. A binary from before live upgrades of the supervisor
+// does not know that flag; it must then at least print its --version.
+func (s *supervisor) check() (newBinary, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	v, herr := handoverVersionOf(ctx, s.cfg.Exe)
+	if herr == nil {
+		return newBinary{handover: v}, nil
+	}
 	out, err := exec.CommandContext(ctx, s.cfg.Exe, "--version").CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s --version: %v: %s", s.cfg.Exe, err, out)
+		return newBinary{}, fmt.Errorf("%s --version: %v: %s", s.cfg.Exe, err, out)
 	}
-	return nil
+	return newBinary{handoverErr: herr}, nil
 }
 
 // worker is a running worker process.

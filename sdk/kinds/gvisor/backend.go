@@ -310,9 +310,103 @@ func choosePlatform(cfg Config) (platform, reason string, version int, err error
 		return c.platform, c.reason, c.version, c.err
 	}
 	c := platformChoice{}
-	c.platform, c.reason, c.version, c.err = detect(cfg)
+	if rec, ok := loadChoice(cfg); ok {
+		c.platform, c.reason, c.version = rec.Platform, rec.Reason, rec.Version
+	} else {
+		c.platform, c.reason, c.version, c.err = detect(cfg)
+		if c.err == nil {
+			saveChoice(cfg, c)
+		}
+	}
 	platforms[key] = c
 	return c.platform, c.reason, c.version, c.err
+}
+
+// choiceRecord is a successful platform choice kept in the runsc root, so
+// that the next sandboxer process (a restarted or upgraded worker) starts
+// without running runsc twice: valid for the same runsc binary (path,
+// inode, size and modification time), configured platform, kernel and
+// boot.
+type choiceRecord struct {
+	Binary     string
+	Ino, Size  uint64
+	MtimeNs    int64
+	Configured string
+	Kernel     string
+	Boot       string
+
+	Platform, Reason string
+	Version          int
+}
+
+// choiceKey is what a kept choice must match: the runsc binary's identity
+// now, the configured platform, the kernel and the boot.
+func choiceKey(cfg Config) (choiceRecord, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(cfg.Binary, &st); err != nil {
+		return choiceRecord{}, false
+	}
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return choiceRecord{}, false
+	}
+	return choiceRecord{
+		Binary: cfg.Binary, Ino: st.Ino, Size: uint64(st.Size), MtimeNs: st.Mtim.Nano(),
+		Configured: cfg.Platform, Kernel: unix.ByteSliceToString(uts.Release[:]), Boot: strings.TrimSpace(string(boot)),
+	}, true
+}
+
+func choiceFile(cfg Config) string { return filepath.Join(cfg.Root, "platform.json") }
+
+// loadChoice returns the kept choice when it is still valid.
+func loadChoice(cfg Config) (choiceRecord, bool) {
+	want, ok := choiceKey(cfg)
+	if !ok {
+		return choiceRecord{}, false
+	}
+	data, err := os.ReadFile(choiceFile(cfg))
+	if err != nil {
+		return choiceRecord{}, false
+	}
+	var got choiceRecord
+	if json.Unmarshal(data, &got) != nil || got.Platform == "" || got.Version < MinVersion {
+		return choiceRecord{}, false
+	}
+	key := got
+	key.Platform, key.Reason, key.Version = "", "", 0
+	if key != want {
+		return choiceRecord{}, false
+	}
+	return got, true
+}
+
+// saveChoice keeps a successful choice (written whole: a temporary file
+// renamed into place). Failing to keep it only costs the next start the
+// detection.
+func saveChoice(cfg Config, c platformChoice) {
+	rec, ok := choiceKey(cfg)
+	if !ok {
+		return
+	}
+	rec.Platform, rec.Reason, rec.Version = c.platform, c.reason, c.version
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return
+	}
+	f, err := os.CreateTemp(cfg.Root, ".platform-*.json")
+	if err != nil {
+		return
+	}
+	tmp := f.Name()
+	_, werr := f.Write(data)
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil || os.Rename(tmp, choiceFile(cfg)) != nil {
+		_ = os.Remove(tmp)
+	}
 }
 
 func detect(cfg Config) (platform, reason string, version int, err error) {

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgpath"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgstats"
 )
 
@@ -34,7 +35,7 @@ func loadCgroup(pid int) (any, error) {
 		}
 		return cgroupsv2.Load(path)
 	}
-	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
+	cg, err := cgroup1.Load(cgpath.V1PidPath(pid), cgroup1.WithHiearchy(cgpath.V1Hierarchy))
 	if err != nil {
 		return nil, fmt.Errorf("load cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
 	}
@@ -124,7 +125,7 @@ func (b *Backend) watchOOM(pid int, onOOM func()) *oomWatch {
 		b.wg.Go(func() { w.poll(b.life.Done()) })
 		return w
 	}
-	cg, err := cgroup1.Load(cgroup1.PidPath(pid), cgroup1.WithHiearchy(cgroup1.SingleSubsystem(cgroup1.Default, cgroup1.Memory)))
+	cg, err := cgroup1.Load(cgpath.V1PidPath(pid), cgroup1.WithHiearchy(cgroup1.SingleSubsystem(cgpath.V1Hierarchy, cgroup1.Memory)))
 	if err != nil {
 		return nil
 	}

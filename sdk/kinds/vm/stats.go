@@ -15,6 +15,7 @@ import (
 
 	agentv1 "github.com/magnetar-io/magnetar/gen/magnetar/agent/v1"
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgpath"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgstats"
 )
 
@@ -75,7 +76,7 @@ func hostUsage(pid int, at time.Time) (*backend.Stats, string, error) {
 			}
 		}
 	} else if own, err := ownV1Cgroup(pid); err == nil && own != "" {
-		cg, err := cgroup1.Load(cgroup1.PidPath(pid))
+		cg, err := cgroup1.Load(cgpath.V1PidPath(pid), cgroup1.WithHiearchy(cgpath.V1Hierarchy))
 		if err == nil {
 			if mt, err := cg.Stat(cgroup1.IgnoreNotExist); err == nil {
 				return cgstats.FromV1(mt, at), "cgroup " + own, nil

@@ -158,6 +158,20 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
+	// The Controller socket first: containerd's connections made while
+	// the engine recovers (a VM pod's recovery can take seconds) wait in
+	// its backlog instead of being refused.
+	l, err := cfg.listen(cfg.Listen)
+	if err != nil {
+		return err
+	}
+	defer cfg.removeSocket(cfg.Listen, log)
+	serving := false
+	defer func() {
+		if !serving {
+			_ = l.Close()
+		}
+	}()
 	nm, err := network.New(network.Config{Networks: cfg.Networks, NetNSDir: filepath.Join(cfg.RunDir, "netns"), StateDir: filepath.Join(cfg.StateDir, "network")})
 	if err != nil {
 		return fmt.Errorf("networks: %w", err)
@@ -212,11 +226,6 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 			retErr = errors.Join(retErr, fmt.Errorf("close task servers: %w", err))
 		}
 	}()
-	l, err := cfg.listen(cfg.Listen)
-	if err != nil {
-		return err
-	}
-	defer cfg.removeSocket(cfg.Listen, log)
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
@@ -244,6 +253,7 @@ func run(ctx context.Context, cfg Config, log hclog.Logger, backends []backend.B
 		recoverTasks()
 	}
 	served := make(chan error, 1)
+	serving = true
 	wg.Go(func() { served <- srv.Serve(l) })
 	log.Info("serving containerd sandbox controller", "listen", cfg.Listen, "version", Version())
 	// Which kinds can run here, checked while the controller serves

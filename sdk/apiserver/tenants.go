@@ -51,8 +51,8 @@ type Tenant struct {
 	MaxConcurrentCalls int
 	// Registries limits the tenant's pulls to these registry hosts
 	// ("host" or "host:port" as in image references, "docker.io" for
-	// Docker Hub; "*.example.com" for every host under example.com).
-	// Empty: any registry.
+	// Docker Hub; "*.example.com" for every host under example.com, on
+	// any port). Empty: any registry.
 	Registries []string
 	// AllowInsecureRegistries lets the tenant pull over plain HTTP
 	// (PullImageRequest.insecure). Off: refused with PERMISSION_DENIED.
@@ -241,7 +241,11 @@ func (t *Tenant) allowsRegistry(host string) bool {
 	for _, p := range t.Registries {
 		p = registryHost(p)
 		if d, ok := strings.CutPrefix(p, "*"); ok {
-			if strings.HasSuffix(host, d) && len(host) > len(d) {
+			h := host
+			if !strings.Contains(d, ":") {
+				h, _, _ = strings.Cut(host, ":") // any port
+			}
+			if strings.HasSuffix(h, d) && len(h) > len(d) {
 				return true
 			}
 			continue

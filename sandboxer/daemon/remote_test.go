@@ -542,14 +542,14 @@ func TestRemoteTenantIsolation(t *testing.T) {
 		body string
 		want string
 	}{
-		"SandboxService/CreateSandbox":       {`{"kind":"fake","labels":{"magnetar.io/tenant":"b"}}`, "invalid_argument"},
-		"SandboxService/StartSandbox":        {`{"sandboxId":"sb-b"}`, "not_found"},
-		"SandboxService/StopSandbox":         {`{"sandboxId":"sb-b"}`, "not_found"},
-		"SandboxService/DeleteSandbox":       {`{"sandboxId":"sb-b","force":true}`, "not_found"},
-		"SandboxService/GetSandbox":          {`{"sandboxId":"sb-b"}`, "not_found"},
-		"SandboxService/ListSandboxes":       {`{"labels":{"magnetar.io/tenant":"b"}}`, hidden},
+		"SandboxService/CreateSandbox": {`{"kind":"fake","labels":{"magnetar.io/tenant":"b"}}`, "invalid_argument"},
+		"SandboxService/StartSandbox":  {`{"sandboxId":"sb-b"}`, "not_found"},
+		"SandboxService/StopSandbox":   {`{"sandboxId":"sb-b"}`, "not_found"},
+		"SandboxService/DeleteSandbox": {`{"sandboxId":"sb-b","force":true}`, "not_found"},
+		"SandboxService/GetSandbox":    {`{"sandboxId":"sb-b"}`, "not_found"},
+		"SandboxService/ListSandboxes": {`{"labels":{"magnetar.io/tenant":"b"}}`, hidden},
 		// IDs are per tenant: A's "sb-b" is its own (below).
-		"SandboxService/WatchEvents": {"", "skip"},
+		"SandboxService/WatchEvents":         {"", "skip"},
 		"SandboxService/PauseSandbox":        {`{"sandboxId":"sb-b"}`, "not_found"},
 		"SandboxService/ResumeSandbox":       {`{"sandboxId":"sb-b"}`, "not_found"},
 		"SandboxService/GetSandboxUsage":     {`{"sandboxId":"sb-b"}`, "not_found"},

@@ -43,15 +43,16 @@ type RemoteConfig struct {
 	TLSKey  string `toml:"tls_key"`
 	// ClientCA, if set, is a PEM file of the CAs that sign client
 	// certificates: a client must then present a valid certificate (mTLS)
-	// as well as a token.
+	// as well as a token. It is read again when it changes (new
+	// connections verify against the new CAs).
 	ClientCA string `toml:"client_ca"`
 	// TenantsFile lists the tenants, their token hashes, quotas and
 	// limits (TOML, see [ParseTenants]); required with Listen. It is read
 	// again when it changes (no restart, no signal: SIGHUP is the live
 	// upgrade).
 	TenantsFile string `toml:"tenants_file"`
-	// ReloadInterval is how often TenantsFile, TLSCert and TLSKey are
-	// checked for changes. Default 2s.
+	// ReloadInterval is how often TenantsFile, TLSCert, TLSKey and
+	// ClientCA are checked for changes. Default 2s.
 	ReloadInterval Duration `toml:"reload_interval"`
 	// MaxRequestBytes bounds a request message on the remote listeners
 	// (default and at most MaxAPIRequestSize).
@@ -107,6 +108,10 @@ func remoteAddr(a string) (string, error) {
 //	  rate_limit = 50
 //	  rate_burst = 100
 //	  max_concurrent_calls = 64
+//	  max_image_bytes = 10737418240
+//	  registries = ["docker.io", "ghcr.io", "*.example.com"]
+//	  allow_insecure_registries = false
+//	  allow_private_registries = false
 type tenantsFile struct {
 	Version int           `toml:"version"`
 	Tenants []tenantEntry `toml:"tenant"`
@@ -123,6 +128,10 @@ type tenantEntry struct {
 	RateLimit          float64  `toml:"rate_limit"`
 	RateBurst          int      `toml:"rate_burst"`
 	MaxConcurrentCalls int      `toml:"max_concurrent_calls"`
+	MaxImageBytes      int64    `toml:"max_image_bytes"`
+	Registries         []string `toml:"registries"`
+	AllowInsecure      bool     `toml:"allow_insecure_registries"`
+	AllowPrivate       bool     `toml:"allow_private_registries"`
 }
 
 // ParseTenants decodes a tenants file (TOML, version = 1; unknown fields
@@ -142,8 +151,12 @@ func ParseTenants(data []byte) (*apiserver.Tenants, error) {
 		ts = append(ts, apiserver.TenantToken{
 			Tenant: apiserver.Tenant{
 				Name: e.Name, Admin: e.Admin,
-				Quota:     apiserver.Quota{MaxSandboxes: e.MaxSandboxes, MaxMilliCPUs: e.MaxMilliCPUs, MaxMemoryBytes: e.MaxMemoryBytes, MaxLifetime: time.Duration(e.MaxLifetime)},
+				Quota: apiserver.Quota{
+					MaxSandboxes: e.MaxSandboxes, MaxMilliCPUs: e.MaxMilliCPUs, MaxMemoryBytes: e.MaxMemoryBytes,
+					MaxLifetime: time.Duration(e.MaxLifetime), MaxImageBytes: e.MaxImageBytes,
+				},
 				RateLimit: e.RateLimit, RateBurst: e.RateBurst, MaxConcurrentCalls: e.MaxConcurrentCalls,
+				Registries: e.Registries, AllowInsecureRegistries: e.AllowInsecure, AllowPrivateRegistries: e.AllowPrivate,
 			},
 			TokenSHA256: e.TokenSHA256,
 		})
@@ -181,9 +194,12 @@ type remoteAPI struct {
 	access *apiserver.Access
 	log    hclog.Logger
 	cert   atomic.Pointer[tls.Certificate]
+	// clientCAs verify client certificates (with ClientCA set).
+	clientCAs atomic.Pointer[x509.CertPool]
 
 	tenantsStamp fileStamp
 	certStamp    [2]fileStamp
+	caStamp      fileStamp
 }
 
 // loadTenants reads the tenants file if it changed since the last read;
@@ -247,8 +263,41 @@ func (r *remoteAPI) loadCert(first bool) error {
 	return nil
 }
 
-// watch reloads the tenants file and the certificate when they change,
-// until ctx ends.
+// loadClientCA reads the client CA file, if there is one, when it changed.
+func (r *remoteAPI) loadClientCA(first bool) error {
+	if r.cfg.ClientCA == "" {
+		return nil
+	}
+	st, err := stampOf(r.cfg.ClientCA)
+	if !first && st == r.caStamp {
+		return nil
+	}
+	r.caStamp = st
+	var pool *x509.CertPool
+	if err == nil {
+		var data []byte
+		if data, err = os.ReadFile(r.cfg.ClientCA); err == nil {
+			pool = x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(data) {
+				err = fmt.Errorf("client CA %s holds no PEM certificate: %w", r.cfg.ClientCA, errdefs.ErrInvalidArgument)
+			}
+		}
+	}
+	if err != nil {
+		if !first {
+			r.log.Error("client CA not reloaded: the one in use is kept", "path", r.cfg.ClientCA, "error", err)
+		}
+		return fmt.Errorf("read client CA: %w", err)
+	}
+	r.clientCAs.Store(pool)
+	if !first {
+		r.log.Info("client CA reloaded", "path", r.cfg.ClientCA)
+	}
+	return nil
+}
+
+// watch reloads the tenants file, the certificate and the client CA when
+// they change, until ctx ends.
 func (r *remoteAPI) watch(ctx context.Context) {
 	every := time.Duration(r.cfg.ReloadInterval)
 	if every <= 0 {
@@ -263,6 +312,7 @@ func (r *remoteAPI) watch(ctx context.Context) {
 		case <-t.C:
 			_ = r.loadTenants(false)
 			_ = r.loadCert(false)
+			_ = r.loadClientCA(false)
 		}
 	}
 }
@@ -277,16 +327,18 @@ func (r *remoteAPI) tlsConfig() (*tls.Config, error) {
 		},
 	}
 	if r.cfg.ClientCA != "" {
-		pem, err := os.ReadFile(r.cfg.ClientCA)
-		if err != nil {
-			return nil, fmt.Errorf("read client CA: %w", err)
+		if err := r.loadClientCA(true); err != nil {
+			return nil, err
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("client CA %s holds no PEM certificate: %w", r.cfg.ClientCA, errdefs.ErrInvalidArgument)
-		}
-		c.ClientCAs = pool
+		c.ClientCAs = r.clientCAs.Load()
 		c.ClientAuth = tls.RequireAndVerifyClientCert
+		base := c.Clone()
+		// Each handshake verifies against the CAs loaded last.
+		c.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			cc := base.Clone()
+			cc.ClientCAs = r.clientCAs.Load()
+			return cc, nil
+		}
 	}
 	return c, nil
 }

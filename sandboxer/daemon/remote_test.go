@@ -267,8 +267,9 @@ func httpClient(t *testing.T, pool *x509.CertPool, certFile, keyFile string) *ht
 // rpcResult is the outcome of one call: its code ("" for success) and the
 // response messages (JSON).
 type rpcResult struct {
-	code string
-	msgs []string
+	code    string
+	message string // of an error
+	msgs    []string
 }
 
 // callJSON makes one call of the Connect protocol with a JSON request:
@@ -302,23 +303,25 @@ func callJSON(t *testing.T, hc *http.Client, base, token string, md protoreflect
 	}
 	defer res.Body.Close()
 	var errBody struct {
-		Code  string `json:"code"`
-		Error *struct {
-			Code string `json:"code"`
+		Code    string `json:"code"`
+		Message string `json:"message"`
+		Error   *struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
 		} `json:"error"`
 	}
 	if !stream {
 		b, _ := io.ReadAll(res.Body)
 		if res.StatusCode != 200 {
 			json.Unmarshal(b, &errBody)
-			return rpcResult{code: errBody.Code}
+			return rpcResult{code: errBody.Code, message: errBody.Message}
 		}
 		return rpcResult{msgs: []string{string(b)}}
 	}
 	if res.StatusCode != 200 {
 		b, _ := io.ReadAll(res.Body)
 		json.Unmarshal(b, &errBody)
-		return rpcResult{code: errBody.Code}
+		return rpcResult{code: errBody.Code, message: errBody.Message}
 	}
 	var out rpcResult
 	rd := bufio.NewReader(res.Body)
@@ -334,7 +337,7 @@ func callJSON(t *testing.T, hc *http.Client, base, token string, md protoreflect
 		if hdr[0]&2 != 0 { // end of stream
 			json.Unmarshal(b, &errBody)
 			if errBody.Error != nil {
-				out.code = errBody.Error.Code
+				out.code, out.message = errBody.Error.Code, errBody.Error.Message
 			}
 			return out
 		}
@@ -362,9 +365,25 @@ func methods() map[string]protoreflect.MethodDescriptor {
 // reference.
 func pushImage(t *testing.T) string {
 	t.Helper()
+	ref, _ := pushImageTo(t, serveRegistry(t), "test/app:v1", 64)
+	return ref
+}
+
+// serveRegistry serves an empty registry (plain HTTP on 127.0.0.1) and
+// returns its host:port.
+func serveRegistry(t *testing.T) string {
+	t.Helper()
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(srv.Close)
-	layer, err := random.Layer(64, types.OCILayer)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// pushImageTo pushes a linux image with a layer of about layerBytes to
+// repo (name:tag) of the registry at host and returns its reference and
+// its size as the image store counts it (manifest, config, layers).
+func pushImageTo(t *testing.T, host, repo string, layerBytes int64) (string, int64) {
+	t.Helper()
+	layer, err := random.Layer(layerBytes, types.OCILayer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +398,7 @@ func pushImage(t *testing.T) string {
 		t.Fatal(err)
 	}
 	img = mutate.MediaType(img, types.OCIManifestSchema1)
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/test/app:v1"
+	ref := host + "/" + repo
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		t.Fatal(err)
@@ -387,7 +406,19 @@ func pushImage(t *testing.T) string {
 	if err := remote.Write(r, img, remote.WithPlatform(v1.Platform{OS: "linux", Architecture: runtime.GOARCH})); err != nil {
 		t.Fatal(err)
 	}
-	return ref
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := int64(len(raw)) + m.Config.Size
+	for _, l := range m.Layers {
+		size += l.Size
+	}
+	return ref, size
 }
 
 func TestRemoteConfigNeedsTLSAndTenants(t *testing.T) {
@@ -474,9 +505,11 @@ func TestRemoteTLSAndTokens(t *testing.T) {
 // TestRemoteTenantIsolation has tenant B make a sandbox, a container and
 // an image, then tenant A try every method of every service on them.
 func TestRemoteTenantIsolation(t *testing.T) {
+	// The test registry is plain HTTP on 127.0.0.1.
+	const reg = "\nallow_insecure_registries = true\nallow_private_registries = true"
 	d := startRemote(t, tenantsDoc(
-		`name = "a"`+"\n"+tokenLine("token-a"),
-		`name = "b"`+"\n"+tokenLine("token-b"),
+		`name = "a"`+"\n"+tokenLine("token-a")+reg,
+		`name = "b"`+"\n"+tokenLine("token-b")+reg,
 		`name = "root"`+"\nadmin = true\n"+tokenLine("token-admin"),
 	), false)
 	base := "https://" + d.addr
@@ -509,13 +542,14 @@ func TestRemoteTenantIsolation(t *testing.T) {
 		body string
 		want string
 	}{
-		"SandboxService/CreateSandbox":       {`{"kind":"fake","labels":{"magnetar.io/tenant":"b"}}`, "invalid_argument"},
-		"SandboxService/StartSandbox":        {`{"sandboxId":"sb-b"}`, "not_found"},
-		"SandboxService/StopSandbox":         {`{"sandboxId":"sb-b"}`, "not_found"},
-		"SandboxService/DeleteSandbox":       {`{"sandboxId":"sb-b","force":true}`, "not_found"},
-		"SandboxService/GetSandbox":          {`{"sandboxId":"sb-b"}`, "not_found"},
-		"SandboxService/ListSandboxes":       {`{"labels":{"magnetar.io/tenant":"b"}}`, hidden},
-		"SandboxService/WatchEvents":         {`{"sandboxIds":["sb-b"],"afterSequence":"0"}`, "not_found"},
+		"SandboxService/CreateSandbox": {`{"kind":"fake","labels":{"magnetar.io/tenant":"b"}}`, "invalid_argument"},
+		"SandboxService/StartSandbox":  {`{"sandboxId":"sb-b"}`, "not_found"},
+		"SandboxService/StopSandbox":   {`{"sandboxId":"sb-b"}`, "not_found"},
+		"SandboxService/DeleteSandbox": {`{"sandboxId":"sb-b","force":true}`, "not_found"},
+		"SandboxService/GetSandbox":    {`{"sandboxId":"sb-b"}`, "not_found"},
+		"SandboxService/ListSandboxes": {`{"labels":{"magnetar.io/tenant":"b"}}`, hidden},
+		// IDs are per tenant: A's "sb-b" is its own (below).
+		"SandboxService/WatchEvents":         {"", "skip"},
 		"SandboxService/PauseSandbox":        {`{"sandboxId":"sb-b"}`, "not_found"},
 		"SandboxService/ResumeSandbox":       {`{"sandboxId":"sb-b"}`, "not_found"},
 		"SandboxService/GetSandboxUsage":     {`{"sandboxId":"sb-b"}`, "not_found"},
@@ -579,6 +613,26 @@ func TestRemoteTenantIsolation(t *testing.T) {
 			}
 		}
 	}
+	// A's namespace has an "sb-b" of its own: A makes it next to B's, and
+	// watching it shows A's events, never B's (B's was started and has a
+	// container).
+	ownEvents := make(chan rpcResult, 1)
+	go func() {
+		ownEvents <- callJSONUntil(t, hc, base, "token-a", ms["SandboxService/WatchEvents"], `{"sandboxIds":["sb-b"],"afterSequence":"0"}`, `"sb-b"`, "SANDBOX_DELETED")
+	}()
+	if r := must(call("token-a", "SandboxService/CreateSandbox", `{"sandboxId":"sb-b","kind":"fake"}`), "A creates its own sb-b"); !strings.Contains(r.msgs[0], `"id":"sb-b"`) {
+		t.Errorf("A's sb-b: %s", r.msgs[0])
+	}
+	must(call("token-a", "SandboxService/DeleteSandbox", `{"sandboxId":"sb-b","force":true}`), "A deletes its own sb-b")
+	if r := <-ownEvents; len(r.msgs) == 0 {
+		t.Errorf("A saw no event of its sb-b: %+v", r)
+	} else {
+		for _, m := range r.msgs {
+			if strings.Contains(m, "STARTED") || strings.Contains(m, "CONTAINER") || strings.Contains(m, "ctr-b") {
+				t.Errorf("A saw B's event %s", m)
+			}
+		}
+	}
 	// Listing without a filter shows A's own only.
 	if r := call("token-a", "SandboxService/ListSandboxes", `{}`); r.code != "" || !strings.Contains(r.msgs[0], "sb-a") || strings.Contains(r.msgs[0], "sb-b") {
 		t.Errorf("A lists %+v", r)
@@ -599,7 +653,8 @@ func TestRemoteTenantIsolation(t *testing.T) {
 		t.Error("A saw no event")
 	}
 	for _, m := range r.msgs {
-		if strings.Contains(m, "sb-b") || strings.Contains(m, "ctr-b") {
+		// A's own sb-b was never started and had no container.
+		if strings.Contains(m, "STARTED") || strings.Contains(m, "CONTAINER") || strings.Contains(m, "ctr-b") {
 			t.Errorf("A saw B's event %s", m)
 		}
 	}
@@ -640,9 +695,9 @@ func TestRemoteTenantIsolation(t *testing.T) {
 	// result.
 	logs := d.logs.String()
 	for _, want := range []string{
-		`audit: call: tenant=b method=/magnetar.sandbox.v1.SandboxService/CreateSandbox target=sandbox/sb-b result=ok`,
-		`audit: call: tenant=a method=/magnetar.sandbox.v1.SandboxService/DeleteSandbox target=sandbox/sb-b result=not_found`,
-		`audit: call: tenant=a method=/magnetar.file.v1.FileService/Write target=container/ctr-b/file//x result=not_found`,
+		`audit: call: tenant=b method=/magnetar.sandbox.v1.SandboxService/CreateSandbox target=sandbox/b--sb-b result=ok`,
+		`audit: call: tenant=a method=/magnetar.sandbox.v1.SandboxService/DeleteSandbox target=sandbox/a--sb-b result=not_found`,
+		`audit: call: tenant=a method=/magnetar.file.v1.FileService/Write target=container/a--ctr-b/file//x result=not_found`,
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("audit log lacks %q", want)

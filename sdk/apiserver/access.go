@@ -19,6 +19,7 @@ import (
 	"connectrpc.com/connect/v2"
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	containerv1 "github.com/magnetar-io/magnetar/gen/magnetar/container/v1"
@@ -71,6 +72,7 @@ type Access struct {
 	limits   map[string]*limits         // by tenant name
 	owners   map[string]string          // sandbox ID -> tenant ("" none), a cache for events
 	creating map[string]*sync.Mutex     // by tenant: CreateSandbox's quota check and create
+	pulling  map[string]*sync.Mutex     // by tenant: PullImage's image quota check and pull
 	images   map[string]map[string]bool // tenant -> image names it pulled
 	imgFile  string
 }
@@ -98,7 +100,8 @@ func (s *Server) NewAccess(cfg AccessConfig) (*Access, error) {
 	a := &Access{
 		d: s.d, log: log,
 		limits: map[string]*limits{}, owners: map[string]string{}, creating: map[string]*sync.Mutex{},
-		images: map[string]map[string]bool{}, imgFile: filepath.Join(cfg.StateDir, "image-owners.json"),
+		pulling: map[string]*sync.Mutex{},
+		images:  map[string]map[string]bool{}, imgFile: filepath.Join(cfg.StateDir, "image-owners.json"),
 	}
 	data, err := os.ReadFile(a.imgFile)
 	switch {
@@ -257,7 +260,7 @@ func (a *Access) serve(ctx context.Context, spec connect.Spec, stream connect.Se
 	if c.admin() {
 		err = next(ctx, spec, g)
 	} else {
-		err = a.serveTenant(direct.DenyHostAccess(ctx), spec, g, next)
+		err = g.scrub(a.serveTenant(direct.DenyHostAccess(ctx), spec, g, next))
 	}
 	if spec.IdempotencyLevel != connect.IdempotencyNoSideEffects && !readOnly[method] {
 		code := "ok"
@@ -282,17 +285,13 @@ func (a *Access) serveTenant(ctx context.Context, spec connect.Spec, g *guard, n
 	case "CreateSandbox":
 		// Quota checks and the create are one step per tenant, so that
 		// two concurrent creates cannot both pass the check.
-		a.mu.Lock()
-		mu, ok := a.creating[g.c.tenant.Name]
-		if !ok {
-			mu = &sync.Mutex{}
-			a.creating[g.c.tenant.Name] = mu
-		}
-		a.mu.Unlock()
+		mu := a.tenantLock(a.creating, g.c.tenant.Name)
 		mu.Lock()
 		defer mu.Unlock()
 	case "RemoveImage":
 		return a.removeImage(ctx, spec, g, next)
+	case "PullImage":
+		return a.pullImage(ctx, spec, g, next)
 	}
 	return next(ctx, spec, g)
 }
@@ -325,7 +324,10 @@ func (g *guard) Receive(msg any) error {
 	}
 	if g.c.admin() {
 		g.setTarget(targetOf(msg))
-		return nil
+		return g.a.reserved(msg)
+	}
+	if err := g.qualify(msg); err != nil {
+		return err
 	}
 	return g.check(msg)
 }
@@ -346,6 +348,9 @@ func (g *guard) Send(msg any) error {
 		}
 		if !keep {
 			return nil
+		}
+		if pm, ok := msg.(proto.Message); ok {
+			_ = walkIDs(pm.ProtoReflect(), func(_, id string) (string, error) { return g.unqualify(id), nil })
 		}
 	}
 	return g.ServerStream.Send(msg)
@@ -492,8 +497,10 @@ func (g *guard) check(msg any) error {
 
 	case *imagev1.ImportImageRequest:
 		return denied("ImportImage reads a file of the host")
-	case *imagev1.PullImageRequest, *imagev1.ListImagesRequest:
-		return nil // recorded / filtered on the way out
+	case *imagev1.PullImageRequest:
+		return g.checkPull(m)
+	case *imagev1.ListImagesRequest:
+		return nil // filtered on the way out
 	case *imagev1.GetImageRequest:
 		return g.ownImage(m.GetRef())
 	case *imagev1.RemoveImageRequest:
@@ -570,9 +577,17 @@ func (a *Access) ownerOf(ctx context.Context, id string) string {
 	}
 	st, err := a.d.Sandbox(ctx, id)
 	if err != nil {
+		// A sandbox deleted since (its last events, the event log's
+		// after a restart), or one not made yet: the tenant whose
+		// namespace the ID is in.
 		a.mu.Lock()
-		defer a.mu.Unlock()
-		return a.owners[id] // a sandbox deleted since: its last events
+		owner, ok := a.owners[id]
+		a.mu.Unlock()
+		if ok {
+			return owner
+		}
+		t, _, _ := SplitTenantID(id)
+		return t
 	}
 	owner := st.Labels[TenantLabel]
 	a.remember(id, owner)
@@ -771,7 +786,7 @@ func (a *Access) removeImage(ctx context.Context, spec connect.Spec, g *guard, n
 // replay hands a request already read to the handler.
 type replay struct {
 	connect.ServerStream
-	req  *imagev1.RemoveImageRequest
+	req  proto.Message
 	done bool
 }
 
@@ -780,10 +795,11 @@ func (r *replay) Receive(msg any) error {
 		return r.ServerStream.Receive(msg)
 	}
 	r.done = true
-	m, ok := msg.(*imagev1.RemoveImageRequest)
-	if !ok {
+	m, ok := msg.(proto.Message)
+	if !ok || m.ProtoReflect().Descriptor() != r.req.ProtoReflect().Descriptor() {
 		return connect.NewError(connect.CodeInternal, "unexpected request type")
 	}
-	m.Ref = r.req.GetRef()
+	proto.Reset(m)
+	proto.Merge(m, r.req)
 	return nil
 }

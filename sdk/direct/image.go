@@ -3,12 +3,33 @@ package direct
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 
 	"github.com/containerd/errdefs"
 
 	"github.com/magnetar-io/magnetar/sdk/image"
 )
+
+// PullLimits limit the pulls of a caller (see [WithPullLimits]).
+type PullLimits struct {
+	// DialCheck, if set, is called with the address of every connection
+	// the pull is about to open; its error refuses it and fails the pull
+	// (see [image.WithDialCheck]).
+	DialCheck func(netip.Addr) error
+	// MaxBytes, if not 0, bounds the size of the image pulled
+	// (errdefs.ErrResourceExhausted; see [image.WithMaxBytes]); below 0
+	// refuses every pull.
+	MaxBytes int64
+}
+
+type pullLimitsKey struct{}
+
+// WithPullLimits returns a context whose PullImage calls are held to l:
+// the API server's callers that are tenants.
+func WithPullLimits(ctx context.Context, l PullLimits) context.Context {
+	return context.WithValue(ctx, pullLimitsKey{}, l)
+}
 
 // imageStore returns the image store, or FAILED_PRECONDITION when the
 // service has none.
@@ -81,6 +102,17 @@ func (s *Service) PullImage(ctx context.Context, ref string, o ImageOptions) (im
 		return image.Image{}, err
 	}
 	opts := []image.Option{image.WithProgress(o.Progress)}
+	if l, ok := ctx.Value(pullLimitsKey{}).(PullLimits); ok {
+		if l.DialCheck != nil {
+			opts = append(opts, image.WithDialCheck(l.DialCheck))
+		}
+		if l.MaxBytes != 0 {
+			if l.MaxBytes < 0 {
+				return image.Image{}, fmt.Errorf("no bytes left for images: %w", errdefs.ErrResourceExhausted)
+			}
+			opts = append(opts, image.WithMaxBytes(l.MaxBytes))
+		}
+	}
 	if o.Insecure {
 		opts = append(opts, image.WithInsecure())
 	}

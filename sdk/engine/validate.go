@@ -11,8 +11,9 @@ import (
 // characters containerd and CRI use, never a path.
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
-// maxIDLength bounds IDs; CRI uses 64 hex characters.
-const maxIDLength = 128
+// MaxIDLength bounds sandbox, container and exec IDs; CRI uses 64 hex
+// characters.
+const MaxIDLength = 128
 
 // ValidateID checks that id is safe to use as a file name and as a runc
 // container ID. The error is errdefs.ErrInvalidArgument.
@@ -20,8 +21,8 @@ func ValidateID(kind, id string) error {
 	switch {
 	case id == "":
 		return fmt.Errorf("%s id must not be empty: %w", kind, errdefs.ErrInvalidArgument)
-	case len(id) > maxIDLength:
-		return fmt.Errorf("%s id is %d bytes long, more than %d: %w", kind, len(id), maxIDLength, errdefs.ErrInvalidArgument)
+	case len(id) > MaxIDLength:
+		return fmt.Errorf("%s id is %d bytes long, more than %d: %w", kind, len(id), MaxIDLength, errdefs.ErrInvalidArgument)
 	case !idPattern.MatchString(id) || id == "." || id == "..":
 		return fmt.Errorf("%s id %q may only contain letters, digits, '_', '-' and '.', and must start with a letter or digit: %w",
 			kind, id, errdefs.ErrInvalidArgument)

@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -65,6 +67,8 @@ type options struct {
 	insecure  bool
 	keychain  authn.Keychain
 	transport http.RoundTripper
+	dialCheck func(netip.Addr) error
+	maxBytes  int64
 }
 
 // WithProgress has fn called, from the calling goroutine, as the work
@@ -89,6 +93,22 @@ func WithKeychain(k authn.Keychain) Option { return func(o *options) { o.keychai
 // go-containerregistry's remote.DefaultTransport.
 func WithTransport(t http.RoundTripper) Option { return func(o *options) { o.transport = t } }
 
+// WithDialCheck has [Store.Pull] call check with the address of every
+// connection it is about to open (to the registry, to a host it redirects
+// to), after name resolution: an error refuses the connection and fails
+// the pull with it. The pull then connects directly, never through the
+// proxy of the environment (HTTPS_PROXY), and the transport
+// ([WithTransport]) must be an *http.Transport.
+func WithDialCheck(check func(netip.Addr) error) Option {
+	return func(o *options) { o.dialCheck = check }
+}
+
+// WithMaxBytes bounds the size of the image [Store.Pull] stores (the size
+// [Image] reports: manifest, config and compressed layers, as the manifest
+// declares them): a bigger image fails with errdefs.ErrResourceExhausted
+// before any layer is fetched. 0: no bound.
+func WithMaxBytes(n int64) Option { return func(o *options) { o.maxBytes = n } }
+
 func makeOptions(opts []Option) options {
 	var o options
 	for _, fn := range opts {
@@ -106,6 +126,8 @@ type candidate struct {
 	digest v1.Hash
 	// src describes where the image came from, for errors.
 	src string
+	// maxBytes, if > 0, bounds the image's size.
+	maxBytes int64
 }
 
 // Import adds the images of path to the store and returns them in the
@@ -504,6 +526,25 @@ func (s *Store) Pull(ctx context.Context, ref string, opts ...Option) (Image, er
 	if tr == nil {
 		tr = remote.DefaultTransport
 	}
+	if o.dialCheck != nil {
+		ht, ok := tr.(*http.Transport)
+		if !ok {
+			return Image{}, fmt.Errorf("pull %s: an address check needs an *http.Transport, not %T: %w", ref, tr, errdefs.ErrFailedPrecondition)
+		}
+		ht = ht.Clone()
+		ht.Proxy = nil // the check is on the addresses connected to
+		check := o.dialCheck
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: func(_, address string, _ syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return fmt.Errorf("connect to %s: %v: %w", address, err, errdefs.ErrPermissionDenied)
+			}
+			return check(ap.Addr().Unmap())
+		}}
+		ht.DialContext = d.DialContext
+		defer ht.CloseIdleConnections()
+		tr = ht
+	}
 	if !o.insecure {
 		tr = httpsOnly{tr}
 	}
@@ -541,7 +582,7 @@ func (s *Store) Pull(ctx context.Context, ref string, opts ...Option) (Image, er
 	default:
 		return Image{}, fmt.Errorf("pull %s: media type %q is not a supported image: %w", ref, desc.MediaType, errdefs.ErrNotImplemented)
 	}
-	recs, err := s.storeImage(ctx, candidate{names: []string{canonical(r)}, img: img, digest: dg, src: ref}, m, o.progress)
+	recs, err := s.storeImage(ctx, candidate{names: []string{canonical(r)}, img: img, digest: dg, src: ref, maxBytes: o.maxBytes}, m, o.progress)
 	if err != nil {
 		return Image{}, fmt.Errorf("pull %s: %w", ref, registryErr(err))
 	}
@@ -552,7 +593,8 @@ func (s *Store) Pull(ctx context.Context, ref string, opts ...Option) (Image, er
 func registryErr(err error) error {
 	var te interface{ Temporary() bool }
 	switch {
-	case errdefs.IsNotFound(err) || errdefs.IsInvalidArgument(err) || errdefs.IsDataLoss(err) || errdefs.IsNotImplemented(err) || errdefs.IsFailedPrecondition(err):
+	case errdefs.IsNotFound(err) || errdefs.IsInvalidArgument(err) || errdefs.IsDataLoss(err) || errdefs.IsNotImplemented(err) || errdefs.IsFailedPrecondition(err) ||
+		errdefs.IsPermissionDenied(err) || errdefs.IsResourceExhausted(err):
 		return err
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return err
@@ -642,6 +684,9 @@ func (s *Store) storeImage(ctx context.Context, c candidate, m matcher, progress
 		}
 		all = append(all, l.Digest)
 		total += l.Size
+	}
+	if size := int64(len(raw)) + man.Config.Size + total; c.maxBytes > 0 && size > c.maxBytes {
+		return nil, fmt.Errorf("image %s has %d bytes, more than the %d allowed: %w", c.src, size, c.maxBytes, errdefs.ErrResourceExhausted)
 	}
 	names := c.names
 	if len(names) == 0 {

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -490,6 +491,51 @@ func TestPull(t *testing.T) {
 	}
 	if _, err := s.Pull(ctx, "not a ref", image.WithInsecure()); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("Pull of a bad ref = %v, want InvalidArgument", err)
+	}
+}
+
+// TestPullLimits checks WithDialCheck (every connection's address, after
+// name resolution) and WithMaxBytes (before any layer is fetched).
+func TestPullLimits(t *testing.T) {
+	ctx := context.Background()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	_, port, _ := strings.Cut(host, ":")
+	img := ggcrImage(t, "linux", runtime.GOARCH, v1.Config{}, ggcrLayer(t, file("f", strings.Repeat("x", 4096))))
+	ref, _ := name.ParseReference(host + "/test/app:v1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := img.RawManifest()
+	m, _ := img.Manifest()
+	size := int64(len(raw)) + m.Config.Size + m.Layers[0].Size
+
+	s := open(t)
+	var seen []netip.Addr
+	refuse := image.WithDialCheck(func(a netip.Addr) error {
+		seen = append(seen, a)
+		return fmt.Errorf("no: %w", errdefs.ErrPermissionDenied)
+	})
+	for _, r := range []string{host + "/test/app:v1", "localhost:" + port + "/test/app:v1"} {
+		seen = nil
+		if _, err := s.Pull(ctx, r, image.WithInsecure(), refuse); !errdefs.IsPermissionDenied(err) {
+			t.Errorf("Pull of %s with a refusing dial check = %v, want PermissionDenied", r, err)
+		}
+		if len(seen) == 0 || !seen[0].IsLoopback() {
+			t.Errorf("Pull of %s: the check saw %v", r, seen)
+		}
+	}
+	if _, err := s.Pull(ctx, host+"/test/app:v1", image.WithInsecure(), image.WithMaxBytes(size-1)); !errdefs.IsResourceExhausted(err) {
+		t.Errorf("Pull over WithMaxBytes = %v, want ResourceExhausted", err)
+	}
+	if imgs, _ := s.List(ctx); len(imgs) != 0 {
+		t.Errorf("refused pulls stored %+v", imgs)
+	}
+	allow := image.WithDialCheck(func(netip.Addr) error { return nil })
+	got, err := s.Pull(ctx, host+"/test/app:v1", image.WithInsecure(), image.WithMaxBytes(size), allow)
+	if err != nil || got.Size != size {
+		t.Errorf("Pull within the limits = %+v, %v; want size %d", got, err, size)
 	}
 }
 

@@ -86,7 +86,7 @@ func (e *Engine) checkEgressKind(kind string, p network.Policy) error {
 	if !ok || p.AllowsAll() || b.Info().Capabilities.EgressPolicy {
 		return nil
 	}
-	return fmt.Errorf("egress policies are not enforced for sandbox kind %q (it has no network; see the kind's egress_policy capability): %w", kind, errdefs.ErrNotImplemented)
+	return fmt.Errorf("egress policies are not enforced for sandbox kind %q (see the kind's egress_policy capability): %w", kind, errdefs.ErrNotImplemented)
 }
 
 // enforcement is where the policies of a kind's sandboxes are enforced.

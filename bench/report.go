@@ -406,7 +406,7 @@ func (r *Results) networkSection(b *strings.Builder) {
 	if len(n.Variants) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "\nThroughput of a TCP download of %d MiB (busybox `nc`, counted with `wc -c`) from a server in a network namespace of the run "+
+	fmt.Fprintf(b, "Throughput of a TCP download of %d MiB (busybox `nc`, counted with `wc -c`) from a server in a network namespace of the run "+
 		"(a veth pair to the host, 198.18.0.0/15), into a new sandbox per sample: on the host's network (the baseline: no bridge, no NAT), "+
 		"and on a bridge network (NAT) without and with an egress policy (deny all but the server; runc: nftables in the sandbox's namespace, "+
 		"gvisor and vm: on the host side of its veth). The server times from the connection to the client's report of the bytes it received. "+

@@ -24,6 +24,13 @@
 //     and the processes per pod;
 //   - direct mode: a sandbox and a container started through Magnetar's
 //     own API (the Go SDK, sdk.Dial to the same sandboxer), per kind;
+//   - networks (direct mode; the sandboxer gets a bridge network of the
+//     run's own and host access): sandbox + container start per network
+//     mode (none, bridge) per kind, and the throughput of a TCP download
+//     from a server in a network namespace the run makes (a veth pair to
+//     the host, 198.18.0.0/15) into a bridge sandbox per kind, without
+//     and with an egress policy, against a runc sandbox on the host's
+//     network;
 //   - where the runc kind's pod start goes: the sandboxer's calls
 //     (Controller, Task API) and the runc kind's phases, from the
 //     sandboxer's trace log.
@@ -36,4 +43,5 @@
 // process left behind) fail the run.
 //
 // Usage (root): bench [-short] [-out DIR] [-gobench FILE] [-render FILE]
+// [-kinds HANDLERS] [-steps serial,parallel,direct,network,memory]
 package main

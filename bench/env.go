@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -37,7 +39,13 @@ type env struct {
 	runDir    string
 	api       *sdk.Client
 	logDir    string
+	// bridge is the bridge of the sandboxer's network ("": none, the CNI
+	// plugins are missing).
+	bridge string
 }
+
+// cniBridge is the CNI bridge plugin (Debian's containernetworking-plugins).
+const cniBridge = "/usr/lib/cni/bridge"
 
 // startEnv starts containerd (harness) and magnetar-sandboxer (joining
 // containerd's mount namespace, trace log to a file), imports busybox,
@@ -76,13 +84,21 @@ func startEnv(ctx context.Context, o *options, warmPool bool) (_ *env, err error
 		"--log-level", "trace",
 		"--vm-guest-dir", o.guestDir,
 	)
-	if warmPool {
-		cfg := filepath.Join(base, "sandboxer.toml")
-		if err := os.WriteFile(cfg, []byte(warmPoolConfig), 0o600); err != nil {
-			return nil, err
-		}
-		e.sandboxer.Args = append(e.sandboxer.Args, "--config", cfg)
+	conf := "version = 1\n"
+	if _, err := os.Stat(cniBridge); err == nil {
+		// A bridge of the run's own (removed by close) on a subnet no
+		// other run is likely to use.
+		e.bridge = fmt.Sprintf("mgr%04x", rand.IntN(1<<16))
+		conf += networkConfig(e.bridge, fmt.Sprintf("10.217.%d.0/24", rand.IntN(200)+20))
 	}
+	if warmPool {
+		conf += strings.TrimPrefix(warmPoolConfig, "version = 1\n")
+	}
+	cfg := filepath.Join(base, "sandboxer.toml")
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	e.sandboxer.Args = append(e.sandboxer.Args, "--config", cfg)
 	e.sandboxer.Stdout, e.sandboxer.Stderr = e.sbLog, e.sbLog
 	// Should the bench die, the sandboxer stops (gracefully) with it.
 	e.sandboxer.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
@@ -167,6 +183,13 @@ func (e *env) close() error {
 	if e.ctrd != nil {
 		if err := e.ctrd.Stop(ctx); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if e.bridge != "" {
+		if l, err := netlink.LinkByName(e.bridge); err == nil {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("remove bridge %s: %w", e.bridge, err))
+			}
 		}
 	}
 	if err := harness.RemoveTree(e.base); err != nil {

@@ -6,6 +6,8 @@ replace github.com/magnetar-io/magnetar => ../
 
 require (
 	github.com/magnetar-io/magnetar v0.0.0-00010101000000-000000000000
+	github.com/vishvananda/netlink v1.3.1
+	github.com/vishvananda/netns v0.0.5
 	golang.org/x/sys v0.50.0
 	gonum.org/v1/plot v0.17.0
 	google.golang.org/grpc v1.85.0

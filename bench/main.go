@@ -28,6 +28,7 @@ type options struct {
 	gobench        string
 	render         string
 	only           map[string]bool
+	steps          map[string]bool
 	required       bool
 }
 
@@ -50,12 +51,19 @@ func run(args []string) int {
 	wasmArgs := fs.String("wasm-args", "-sleep 1h", "the Wasm workload's arguments (space-separated): it must print a line, then keep running")
 	fs.StringVar(&o.gobench, "gobench", "", "`go test -bench` output to fold into the report")
 	fs.StringVar(&o.render, "render", "", "render the report and plots from this results.json only (no measurement)")
+	steps := fs.String("steps", "", "run only these measurements (comma-separated of serial, parallel, direct, network, memory; the warm-up always runs): a focused run")
 	only := fs.String("kinds", "", "measure only these handlers (comma-separated; runc, the stock one, is always measured)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	o.wasmArgs = strings.Fields(*wasmArgs)
 	o.required = os.Getenv("MAGNETAR_E2E_REQUIRED") == "1"
+	if *steps != "" {
+		o.steps = map[string]bool{"warm-up": true}
+		for _, s := range strings.Split(*steps, ",") {
+			o.steps[strings.TrimSpace(s)] = true
+		}
+	}
 	if *only != "" {
 		o.only = map[string]bool{harness.RuncHandler: true}
 		for _, k := range strings.Split(*only, ",") {
@@ -94,6 +102,23 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// transferBytes is the size of a network benchmark's download.
+func (o *options) transferBytes() int64 {
+	if o.short {
+		return 8 << 20
+	}
+	return 64 << 20
+}
+
+// transferSamples is how many downloads a network benchmark's variant
+// makes (a third of it, at least one, for the vm kind).
+func (o *options) transferSamples() int {
+	if o.short {
+		return 1
+	}
+	return 5
 }
 
 // writeOutputs writes results.json, report.md and the plots.
@@ -179,16 +204,20 @@ func measure(ctx context.Context, o *options, logf func(string, ...any)) (_ *Res
 // all runs the measurements in order.
 func (b *bench) all(ctx context.Context) error {
 	steps := []struct {
-		name string
-		fn   func(context.Context) error
+		key, name string
+		fn        func(context.Context) error
 	}{
-		{"warm-up", b.warmUp},
-		{"serial pod start", b.serial},
-		{"parallel pod start", b.parallel},
-		{"direct mode", b.directMode},
-		{"host memory", b.density},
+		{"warm-up", "warm-up", b.warmUp},
+		{"serial", "serial pod start", b.serial},
+		{"parallel", "parallel pod start", b.parallel},
+		{"direct", "direct mode", b.directMode},
+		{"network", "networks", b.network},
+		{"memory", "host memory", b.density},
 	}
 	for _, s := range steps {
+		if b.o.steps != nil && !b.o.steps[s.key] {
+			continue
+		}
 		t := time.Now()
 		b.logf("%s", s.name)
 		if err := s.fn(ctx); err != nil {

@@ -479,9 +479,9 @@ func describe(s, base snapshot) string {
 // directSample is one sandbox started through Magnetar's API.
 type directSample struct{ run, first, del time.Duration }
 
-// directOnce creates a sandbox of k's Magnetar kind with one container
-// through the Go SDK, waits for its first output and deletes it.
-func (b *bench) directOnce(ctx context.Context, k *kind) (directSample, error) {
+// directOnce creates a sandbox of k's Magnetar kind (with sbOpts) with one
+// container through the Go SDK, waits for its first output and deletes it.
+func (b *bench) directOnce(ctx context.Context, k *kind, sbOpts ...sdk.SandboxOption) (directSample, error) {
 	var s directSample
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
@@ -493,7 +493,7 @@ func (b *bench) directOnce(ctx context.Context, k *kind) (directSample, error) {
 		opts = append(opts, sdk.Args(k.args...))
 	}
 	t0 := time.Now()
-	sb, err := b.e.api.CreateSandbox(ctx, k.direct)
+	sb, err := b.e.api.CreateSandbox(ctx, k.direct, sbOpts...)
 	if err != nil {
 		return s, fmt.Errorf("direct %s: CreateSandbox: %w", k.direct, err)
 	}

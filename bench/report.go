@@ -149,6 +149,7 @@ func renderReport(r *Results) string {
 	r.parallelSection(&b)
 	r.densitySection(&b)
 	r.directSection(&b)
+	r.networkSection(&b)
 	r.phasesSection(&b)
 	r.goBenchSection(&b)
 
@@ -372,6 +373,58 @@ func (r *Results) directSection(b *strings.Builder) {
 			fmtMS(median(d.Delete)) + " / " + fmtMS(percentile(d.Delete, 90))})
 	}
 	table(b, []string{"kind", "sandboxes", "sandbox + container started", "first output", "ratio to stock runc's CRI first output", "delete"}, rows)
+}
+
+// signedMS is fmtMS with a sign.
+func signedMS(d float64) string {
+	if d < 0 {
+		return "-" + fmtMS(-d)
+	}
+	return "+" + fmtMS(d)
+}
+
+func (r *Results) networkSection(b *strings.Builder) {
+	n := r.Network
+	if n == nil || len(n.Start) == 0 {
+		return
+	}
+	b.WriteString("## Networks (direct mode)\n\n" +
+		"Sandbox + container started (CreateSandbox + Run through the Go SDK, as above) per network mode: `none` (a namespace with " +
+		"loopback only) and `bridge` (a namespace attached by CNI to a bridge with NAT, no egress policy), interleaved. Median / p90.\n\n")
+	var rows [][]string
+	for _, k := range []string{"runc", "gvisor", "vm"} {
+		m := n.Start[k]
+		if m == nil || len(m["none"]) == 0 {
+			continue
+		}
+		rows = append(rows, []string{k, fmt.Sprint(len(m["none"])),
+			fmtMS(median(m["none"])) + " / " + fmtMS(percentile(m["none"], 90)),
+			fmtMS(median(m["bridge"])) + " / " + fmtMS(percentile(m["bridge"], 90)),
+			signedMS(median(m["bridge"]) - median(m["none"]))})
+	}
+	table(b, []string{"kind", "sandboxes per mode", "none", "bridge", "bridge - none (medians)"}, rows)
+	if len(n.Variants) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "Throughput of a TCP download of %d MiB (busybox `nc`, counted with `wc -c`) from a server in a network namespace of the run "+
+		"(a veth pair to the host, 198.18.0.0/15), into a new sandbox per sample: on the host's network (the baseline: no bridge, no NAT), "+
+		"and on a bridge network (NAT) without and with an egress policy (deny all but the server; runc: nftables in the sandbox's namespace, "+
+		"gvisor and vm: on the host side of its veth). The server times from the connection to the client's report of the bytes it received. "+
+		"Median (min-max), MB/s; the ratio is to the host-network baseline.\n\n", n.TransferBytes>>20)
+	base := median(n.Throughput["runc, host network"])
+	rows = nil
+	for _, v := range n.Variants {
+		xs := n.Throughput[v]
+		if len(xs) == 0 {
+			continue
+		}
+		lo, hi := xs[0], xs[0]
+		for _, x := range xs {
+			lo, hi = min(lo, x), max(hi, x)
+		}
+		rows = append(rows, []string{v, fmt.Sprint(len(xs)), fmt.Sprintf("%.0f (%.0f-%.0f)", median(xs), lo, hi), fmtRatio(ratio(median(xs), base))})
+	}
+	table(b, []string{"sandbox", "downloads", "MB/s", "ratio to host network"}, rows)
 }
 
 // phaseOrder is the order of the runc kind's phases in the report.

@@ -25,6 +25,7 @@ type Results struct {
 	Parallel []Parallel         `json:"parallel"`
 	Density  map[string]*Dense  `json:"density"`
 	Direct   map[string]*Direct `json:"direct"`
+	Network  *Network           `json:"network,omitempty"`
 	// Phases are the sandboxer's calls and the runc kind's phases during
 	// the serial magnetar-runc pods.
 	Phases *Phases `json:"phases,omitempty"`
@@ -88,6 +89,18 @@ type DensityPoint struct {
 	ByClassKB map[string]int64 `json:"byClassKB"`
 	// Processes is how many processes the pods added.
 	Processes int `json:"processes"`
+}
+
+// Network holds the network benchmark's samples (direct mode).
+type Network struct {
+	// Start: CreateSandbox + Run per kind and network mode ("none",
+	// "bridge"), in milliseconds.
+	Start map[string]map[string][]float64 `json:"start"`
+	// Throughput: MB/s of a TCP download of TransferBytes from a server
+	// in a namespace of the run, per variant (in Variants' order).
+	Throughput    map[string][]float64 `json:"throughput"`
+	Variants      []string             `json:"variants"`
+	TransferBytes int64                `json:"transferBytes"`
 }
 
 // Direct holds one sample per sandbox started through Magnetar's API, in

@@ -180,10 +180,16 @@ type Capabilities struct {
 	// RecoverExecs: exec'd processes survive a restart of the engine
 	// (the kind's containers implement [ExecRecoverer]).
 	RecoverExecs bool
-	// EgressPolicy: every packet the kind's sandboxes send goes through
-	// the IP stack of their network namespace (its nftables output hook),
-	// so that an egress policy set there binds them.
+	// EgressPolicy: egress policies of bridge networks bind the kind's
+	// sandboxes: every packet they send goes through the IP stack of
+	// their network namespace (its nftables output hook), or, with
+	// EgressOnHost, through the host side of their veth.
 	EgressPolicy bool
+	// EgressOnHost: the kind's packets bypass the IP stack of the
+	// sandbox's network namespace (a packet socket, a tc redirect from a
+	// tap), so its egress policies are enforced on the host, keyed by the
+	// sandbox's veth (network.EnforceHost).
+	EgressOnHost bool
 }
 
 // DeriveCapabilities returns caps with the flags that stand for an optional

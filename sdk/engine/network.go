@@ -86,7 +86,15 @@ func (e *Engine) checkEgressKind(kind string, p network.Policy) error {
 	if !ok || p.AllowsAll() || b.Info().Capabilities.EgressPolicy {
 		return nil
 	}
-	return fmt.Errorf("egress policies are not enforced for sandbox kind %q (its traffic does not go through the IP stack of its network namespace, or it has no network; see the kind's egress_policy capability): %w", kind, errdefs.ErrNotImplemented)
+	return fmt.Errorf("egress policies are not enforced for sandbox kind %q (see the kind's egress_policy capability): %w", kind, errdefs.ErrNotImplemented)
+}
+
+// enforcement is where the policies of a kind's sandboxes are enforced.
+func (e *Engine) enforcement(kind string) network.Enforcement {
+	if b, ok := e.backends[kind]; ok && b.Info().Capabilities.EgressOnHost {
+		return network.EnforceHost
+	}
+	return network.EnforceNetNS
 }
 
 // SetEgressPolicy replaces the egress policy of a sandbox on a network of
@@ -126,7 +134,7 @@ func (e *Engine) SetEgressPolicy(ctx context.Context, id string, p network.Polic
 	if err != nil {
 		return SandboxStatus{}, err
 	}
-	if err := e.net.SetPolicy(id, p); err != nil {
+	if err := e.net.SetPolicy(id, p, e.enforcement(kind)); err != nil {
 		return SandboxStatus{}, fmt.Errorf("sandbox %q: %w", id, err)
 	}
 	e.events.publish(Event{Topic: TopicSandboxNetworkPolicy, Namespace: ns, SandboxID: id})
@@ -141,14 +149,16 @@ func (e *Engine) sweepNetworks(ctx context.Context) error {
 		return nil
 	}
 	known := map[string]*networkRecord{}
+	kinds := map[string]string{}
 	for id, sb := range e.sandboxes {
 		if sb.rec.Network != nil {
 			known[id] = sb.rec.Network
+			kinds[id] = sb.rec.Kind
 		}
 	}
 	_, err := e.net.Sweep(ctx, func(id string) bool { return known[id] != nil })
 	for id, nr := range known {
-		if perr := e.net.SetPolicy(id, nr.Egress); perr != nil && !errdefs.IsNotFound(perr) {
+		if perr := e.net.SetPolicy(id, nr.Egress, e.enforcement(kinds[id])); perr != nil && !errdefs.IsNotFound(perr) {
 			err = fmt.Errorf("sandbox %s: apply its egress policy again: %w", id, perr)
 		}
 	}

@@ -71,7 +71,7 @@ func TestNetworkAttachmentLifecycle(t *testing.T) {
 		t.Errorf("policy update for the fake kind: %v, want NotImplemented", err)
 	}
 	// A crash right after attaching "lost": no sandbox record.
-	if _, err := nm.Attach(ctx, "lost", "", network.Policy{}); err != nil {
+	if _, err := nm.Attach(ctx, "lost", "", network.Policy{}, network.EnforceNetNS); err != nil {
 		t.Fatal(err)
 	}
 	e.Close()

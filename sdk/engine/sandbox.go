@@ -247,7 +247,7 @@ func (e *Engine) CreateSandbox(ctx context.Context, spec SandboxSpec) (_ Sandbox
 		return SandboxStatus{}, fmt.Errorf("create sandbox dir: %w", err)
 	}
 	if ns := spec.Network; ns != nil {
-		a, err := e.net.Attach(ctx, spec.ID, ns.Name, ns.Egress)
+		a, err := e.net.Attach(ctx, spec.ID, ns.Name, ns.Egress, e.enforcement(spec.Kind))
 		if err != nil {
 			return SandboxStatus{}, fmt.Errorf("sandbox %q: %w", spec.ID, err)
 		}

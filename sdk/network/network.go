@@ -4,11 +4,14 @@
 // their own: a network namespace per sandbox, made and removed by Magnetar,
 // attached by CNI (the bridge and host-local plugins, with NAT for
 // outbound traffic) to one of the networks the configuration names, and an
-// egress policy enforced with nftables inside that namespace, where the
-// sandbox's processes, without CAP_NET_ADMIN there, cannot change it.
+// egress policy enforced with nftables: inside that namespace, where the
+// sandbox's processes, without CAP_NET_ADMIN there, cannot change it
+// ([EnforceNetNS]), or, for kinds whose packets bypass the namespace's IP
+// stack (gVisor, microVMs), on the host side of the sandbox's veth
+// ([EnforceHost]).
 //
 // Everything an attachment creates (the namespace, the veth pair, the
-// address lease, the NAT rules, the nftables table) is removed by
+// address lease, the NAT rules, the nftables tables) is removed by
 // [Manager.Detach]; [Manager.Sweep] removes what a crash left behind.
 package network
 
@@ -146,6 +149,8 @@ type Attachment struct {
 	IPs []string `json:"ips,omitempty"`
 	// Gateway is the address of the bridge.
 	Gateway string `json:"gateway,omitempty"`
+	// HostVeth is the host side of the sandbox's veth (on the bridge).
+	HostVeth string `json:"host_veth,omitempty"`
 }
 
 // New returns a manager. It creates its directories; it does not touch
@@ -260,9 +265,9 @@ func checkID(id string) error {
 }
 
 // Attach makes a network namespace for sandbox id, attaches it to the
-// network called name ("" is the default) and applies policy p in it. On
-// failure, nothing of it remains.
-func (m *Manager) Attach(ctx context.Context, id, name string, p Policy) (_ *Attachment, retErr error) {
+// network called name ("" is the default) and applies policy p where
+// says. On failure, nothing of it remains.
+func (m *Manager) Attach(ctx context.Context, id, name string, p Policy, where Enforcement) (_ *Attachment, retErr error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
@@ -293,9 +298,12 @@ func (m *Manager) Attach(ctx context.Context, id, name string, p Policy) (_ *Att
 	if err := loopbackUp(a.NetNS); err != nil {
 		return nil, err
 	}
-	// The policy holds before the interface exists.
-	if err := applyPolicy(a.NetNS, p); err != nil {
-		return nil, err
+	// The policy holds before the interface exists (in the namespace), or
+	// before the sandbox runs (on the host).
+	if where == EnforceNetNS {
+		if err := applyPolicy(a.NetNS, p); err != nil {
+			return nil, err
+		}
 	}
 	list, err := m.conflist(n)
 	if err != nil {
@@ -315,8 +323,18 @@ func (m *Manager) Attach(ctx context.Context, id, name string, p Policy) (_ *Att
 			a.Gateway = ip.Gateway.String()
 		}
 	}
+	for _, i := range r.Interfaces {
+		if i.Sandbox == "" && i.Name != n.Bridge {
+			a.HostVeth = i.Name
+		}
+	}
 	if err := m.writeRecord(a); err != nil {
 		return nil, err
+	}
+	if where == EnforceHost {
+		if err := m.setHostPolicy(a, p); err != nil {
+			return nil, err
+		}
 	}
 	return a, nil
 }
@@ -340,8 +358,9 @@ func (m *Manager) Attachment(id string) (*Attachment, error) {
 	return &a, nil
 }
 
-// SetPolicy replaces the egress policy of sandbox id, atomically.
-func (m *Manager) SetPolicy(id string, p Policy) error {
+// SetPolicy replaces the egress policy of sandbox id, atomically, where
+// says (see [Enforcement]).
+func (m *Manager) SetPolicy(id string, p Policy, where Enforcement) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -349,12 +368,34 @@ func (m *Manager) SetPolicy(id string, p Policy) error {
 	if err != nil {
 		return err
 	}
+	if where == EnforceHost {
+		return m.setHostPolicy(a, p)
+	}
 	return applyPolicy(a.NetNS, p)
 }
 
-// Detach removes everything Attach made for sandbox id: the CNI
-// attachment (veth, address lease, NAT rules), the network namespace (and
-// with it the nftables table) and the record. Detaching a sandbox with no
+// setHostPolicy applies p on the host side of a's veth.
+func (m *Manager) setHostPolicy(a *Attachment, p Policy) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p.AllowsAll() {
+		return m.applyHostPolicy(a.ID, "", "", netip.Addr{}, p)
+	}
+	veth, addr, err := m.hostEndpoint(a)
+	if err != nil {
+		return err
+	}
+	n, err := m.Network(a.Network)
+	if err != nil {
+		return err
+	}
+	return m.applyHostPolicy(a.ID, n.Bridge, veth, addr, p)
+}
+
+// Detach removes everything Attach made for sandbox id: the host-side
+// nftables tables, the CNI attachment (veth, address lease, NAT rules),
+// the network namespace (and with it the nftables table inside) and the
+// record. Detaching a sandbox with no
 // attachment succeeds.
 func (m *Manager) Detach(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
@@ -369,6 +410,7 @@ func (m *Manager) Detach(ctx context.Context, id string) error {
 		return err
 	}
 	var errs []error
+	errs = append(errs, m.removeHostPolicy(id))
 	if name != "" {
 		if _, ok := m.nets[name]; ok {
 			errs = append(errs, m.cniDel(ctx, id, name))
@@ -445,8 +487,9 @@ func (m *Manager) leases() []lease {
 }
 
 // Sweep detaches every sandbox that has something left here (a record, a
-// namespace or an address lease) and for which keep is false: what a
-// crash left behind. It returns the IDs it detached.
+// namespace, an address lease or host-side nftables tables) and for which
+// keep is false: what a crash left behind. It returns the IDs it
+// detached.
 func (m *Manager) Sweep(ctx context.Context, keep func(id string) bool) ([]string, error) {
 	ids := map[string]bool{}
 	if ents, err := os.ReadDir(m.recordDir()); err == nil {
@@ -461,12 +504,19 @@ func (m *Manager) Sweep(ctx context.Context, keep func(id string) bool) ([]strin
 			ids[e.Name()] = true
 		}
 	}
+	var errs []error
+	if hosted, err := m.hostTables(); err != nil {
+		errs = append(errs, fmt.Errorf("list host nftables tables: %w", err))
+	} else {
+		for id := range hosted {
+			ids[id] = true
+		}
+	}
 	leaseNet := map[string]string{}
 	for _, l := range m.leases() {
 		ids[l.owner] = true
 		leaseNet[l.owner] = l.network
 	}
-	var errs []error
 	var swept []string
 	for _, id := range slices.Sorted(func(yield func(string) bool) {
 		for id := range ids {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,7 +90,7 @@ func TestAttachNATPolicyDetach(t *testing.T) {
 	}
 	ctx := context.Background()
 	id := fmt.Sprintf("nettest-%d", rand.IntN(1<<20))
-	a, err := m.Attach(ctx, id, "", Policy{})
+	a, err := m.Attach(ctx, id, "", Policy{}, EnforceNetNS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func TestAttachNATPolicyDetach(t *testing.T) {
 	}
 
 	// Allow-list: only the server's port 8080.
-	if err := m.SetPolicy(id, Policy{Default: ActionDeny, Allow: []Rule{mustRule(t, tn.server+"/32:8080")}}); err != nil {
+	if err := m.SetPolicy(id, Policy{Default: ActionDeny, Allow: []Rule{mustRule(t, tn.server+"/32:8080")}}, EnforceNetNS); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := get(t, a.NetNS, allowed); err != nil {
@@ -117,7 +118,7 @@ func TestAttachNATPolicyDetach(t *testing.T) {
 		t.Errorf("%s outside the allow-list: %v, want ECONNREFUSED (rejected)", other, err)
 	}
 	// Changed live: a deny-list of the server's 8080 only.
-	if err := m.SetPolicy(id, Policy{Deny: []Rule{mustRule(t, tn.server+":8080")}}); err != nil {
+	if err := m.SetPolicy(id, Policy{Deny: []Rule{mustRule(t, tn.server+":8080")}}, EnforceNetNS); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := get(t, a.NetNS, allowed); !errors.Is(err, unix.ECONNREFUSED) {
@@ -129,7 +130,7 @@ func TestAttachNATPolicyDetach(t *testing.T) {
 
 	// DNS allowed under deny-all, then denied under allow-all.
 	dns := net.JoinHostPort(tn.server, "53")
-	if err := m.SetPolicy(id, Policy{Default: ActionDeny, DNS: ActionAllow}); err != nil {
+	if err := m.SetPolicy(id, Policy{Default: ActionDeny, DNS: ActionAllow}, EnforceNetNS); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := get(t, a.NetNS, dns); err != nil {
@@ -138,7 +139,7 @@ func TestAttachNATPolicyDetach(t *testing.T) {
 	if _, err := get(t, a.NetNS, allowed); !errors.Is(err, unix.ECONNREFUSED) {
 		t.Errorf("%s under deny-all with DNS allowed: %v, want ECONNREFUSED", allowed, err)
 	}
-	if err := m.SetPolicy(id, Policy{DNS: ActionDeny}); err != nil {
+	if err := m.SetPolicy(id, Policy{DNS: ActionDeny}, EnforceNetNS); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := get(t, a.NetNS, dns); !errors.Is(err, unix.ECONNREFUSED) {
@@ -170,7 +171,7 @@ func TestSweepAfterCrash(t *testing.T) {
 	ctx := context.Background()
 	gone, kept := fmt.Sprintf("sweep-a-%d", rand.IntN(1<<20)), fmt.Sprintf("sweep-b-%d", rand.IntN(1<<20))
 	for _, id := range []string{gone, kept} {
-		if _, err := m.Attach(ctx, id, "", Policy{Default: ActionDeny}); err != nil {
+		if _, err := m.Attach(ctx, id, "", Policy{Default: ActionDeny}, EnforceNetNS); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = m.Detach(context.Background(), id) })
@@ -295,4 +296,154 @@ func TestPolicyHoldsWithoutNetAdmin(t *testing.T) {
 		t.Errorf("policy table after the attempt: %v %v", ok, err)
 	}
 	_ = m
+}
+
+// TestHostPolicy: a policy enforced on the host side of the sandbox's veth
+// (EnforceHost, for kinds whose packets bypass the namespace's IP stack)
+// lets exactly the allowed destination through, changes live, drops what
+// the sandbox sends from another address, and goes with the sandbox,
+// also when a later manager sweeps it after a crash.
+func TestHostPolicy(t *testing.T) {
+	dir := t.TempDir()
+	tn := newTestNet(t, dir, true)
+	cfg := Config{Networks: []NetworkConfig{tn.cfg}, NetNSDir: filepath.Join(dir, "netns"), StateDir: filepath.Join(dir, "state")}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	id := fmt.Sprintf("hosttest-%d", rand.IntN(1<<20))
+	allowed, other := net.JoinHostPort(tn.server, "8080"), net.JoinHostPort(tn.server, "8081")
+	a, err := m.Attach(ctx, id, "", Policy{Default: ActionDeny, Allow: []Rule{mustRule(t, tn.server+"/32:8080")}}, EnforceHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Detach(context.Background(), id) })
+	if a.HostVeth == "" {
+		t.Errorf("attachment %+v: no host veth", a)
+	}
+	if ok, _ := hasTable(a.NetNS); ok {
+		t.Errorf("host enforcement left a table in the sandbox's namespace")
+	}
+	if got, err := get(t, a.NetNS, allowed); err != nil || got != tn.hostIP {
+		t.Errorf("allowed %s: %q, %v", allowed, got, err)
+	}
+	if _, err := get(t, a.NetNS, other); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Errorf("%s outside the allow-list: %v, want ECONNREFUSED", other, err)
+	}
+	// The host itself (a server on the bridge's address) is outside the
+	// allow-list too.
+	ln, err := net.Listen("tcp", net.JoinHostPort(a.Gateway, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.ReadFull(c, make([]byte, len("GET / HTTP/1.0\r\n\r\n")))
+			_, _ = io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\nhost")
+			c.Close()
+		}
+	}()
+	if _, err := get(t, a.NetNS, ln.Addr().String()); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Errorf("server on the host's bridge address: %v, want ECONNREFUSED", err)
+	}
+	// Another source address (a guest that changes its own) reaches the
+	// server without a policy, and is dropped at the veth with one.
+	var spoof netlink.Addr
+	err = inNetNS(t, a.NetNS, func() error {
+		l, err := netlink.LinkByName(Interface)
+		if err != nil {
+			return err
+		}
+		for _, s := range a.IPs {
+			addr, _ := netlink.ParseAddr(s)
+			if err := netlink.AddrDel(l, addr); err != nil {
+				return err
+			}
+		}
+		p := netip.MustParsePrefix(a.IPs[0])
+		spoof = netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().Next().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
+		if err := netlink.AddrAdd(l, &spoof); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{Gw: net.ParseIP(a.Gateway)})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (The host's server: NAT masquerades the sandbox's own address only.)
+	if err := m.SetPolicy(id, Policy{}, EnforceHost); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := get(t, a.NetNS, ln.Addr().String()); err != nil || got != "host" {
+		t.Errorf("from another source address without a policy: %q, %v", got, err)
+	}
+	if err := m.SetPolicy(id, Policy{Default: ActionDeny, Allow: []Rule{mustRule(t, a.Gateway+"/32")}}, EnforceHost); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := get(t, a.NetNS, ln.Addr().String()); err == nil {
+		t.Errorf("from another source address, the allowed host server answered %q", got)
+	}
+	err = inNetNS(t, a.NetNS, func() error {
+		l, _ := netlink.LinkByName(Interface)
+		_ = netlink.AddrDel(l, &spoof)
+		for _, s := range a.IPs {
+			addr, _ := netlink.ParseAddr(s)
+			if err := netlink.AddrAdd(l, addr); err != nil {
+				return err
+			}
+		}
+		return netlink.RouteAdd(&netlink.Route{Gw: net.ParseIP(a.Gateway)})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Changed live: 8081 instead of 8080.
+	if err := m.SetPolicy(id, Policy{Default: ActionDeny, Allow: []Rule{mustRule(t, tn.server+":8081")}}, EnforceHost); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := get(t, a.NetNS, allowed); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Errorf("%s after the change: %v, want ECONNREFUSED", allowed, err)
+	}
+	if _, err := get(t, a.NetNS, other); err != nil {
+		t.Errorf("%s after the change: %v", other, err)
+	}
+	// Allow-all removes the host tables; a deny-list puts them back.
+	if err := m.SetPolicy(id, Policy{}, EnforceHost); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := m.hostTables(); err != nil || ids[id] {
+		t.Errorf("host tables under allow-all: %v %v", ids, err)
+	}
+	if _, err := get(t, a.NetNS, allowed); err != nil {
+		t.Errorf("%s under allow-all: %v", allowed, err)
+	}
+	if got, err := get(t, a.NetNS, ln.Addr().String()); err != nil || got != "host" {
+		t.Errorf("server on the host's bridge address under allow-all: %q, %v", got, err)
+	}
+	if err := m.SetPolicy(id, Policy{Deny: []Rule{mustRule(t, tn.server+"/32")}}, EnforceHost); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := get(t, a.NetNS, other); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Errorf("denied server: %v, want ECONNREFUSED", err)
+	}
+
+	// A crash: the next manager sweeps the tables with the rest.
+	m2, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if swept, err := m2.Sweep(ctx, func(string) bool { return false }); err != nil || len(swept) != 1 || swept[0] != id {
+		t.Errorf("swept %v, %v; want [%s]", swept, err, id)
+	}
+	if ids, err := m2.hostTables(); err != nil || ids[id] {
+		t.Errorf("host tables after the sweep: %v %v", ids, err)
+	}
+	assertGone(t, m2, id, tn.cfg.Bridge, 0)
 }

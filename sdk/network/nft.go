@@ -42,19 +42,8 @@ func applyPolicy(netnsPath string, p Policy) error {
 		Name: "egress", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &accept,
 	})
-	// Refused traffic is rejected rather than dropped, so that a
-	// process learns at once: a TCP reset (connection refused), else an
-	// ICMP administratively-prohibited (host unreachable).
-	deny := c.AddChain(&nftables.Chain{Name: denyChain, Table: t})
-	c.AddRule(&nftables.Rule{Table: t, Chain: deny, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-		&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
-	}})
-	c.AddRule(&nftables.Rule{Table: t, Chain: deny, Exprs: []expr.Any{
-		&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED},
-	}})
-	for _, exprs := range policyRules(p) {
+	addDenyChain(c, t)
+	for _, exprs := range policyRules(p, true) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
 	}
 	if err := c.Flush(); err != nil {
@@ -89,8 +78,26 @@ func hasTable(netnsPath string) (bool, error) {
 	return false, nil
 }
 
-// policyRules are the rules of the egress chain, in order.
-func policyRules(p Policy) [][]expr.Any {
+// addDenyChain adds to t the regular chain that rejects refused traffic.
+// Refused traffic is rejected rather than dropped, so that a process
+// learns at once: a TCP reset (connection refused), else an ICMP
+// administratively-prohibited (host unreachable).
+func addDenyChain(c *nftables.Conn, t *nftables.Table) {
+	deny := c.AddChain(&nftables.Chain{Name: denyChain, Table: t})
+	c.AddRule(&nftables.Rule{Table: t, Chain: deny, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
+	}})
+	c.AddRule(&nftables.Rule{Table: t, Chain: deny, Exprs: []expr.Any{
+		&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED},
+	}})
+}
+
+// policyRules are the rules of the egress chain, in order; with loopback,
+// first a rule accepting what leaves through lo (a chain on the output
+// hook of the sandbox's namespace).
+func policyRules(p Policy, loopback bool) [][]expr.Any {
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	drop := &expr.Verdict{Kind: expr.VerdictJump, Chain: denyChain}
 	verdict := func(a Action) expr.Any {
@@ -99,20 +106,20 @@ func policyRules(p Policy) [][]expr.Any {
 		}
 		return accept
 	}
-	rules := [][]expr.Any{
-		// Loopback.
-		{
+	var rules [][]expr.Any
+	if loopback {
+		rules = append(rules, []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},
 			accept,
-		},
-		// Replies to connections made to the sandbox (its served ports).
-		{
-			&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{ctDirReply}},
-			accept,
-		},
+		})
 	}
+	// Replies to connections made to the sandbox (its served ports).
+	rules = append(rules, []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{ctDirReply}},
+		accept,
+	})
 	if p.DNS != "" {
 		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 			rules = append(rules, append(portMatch(proto, 53), verdict(p.DNS)))

@@ -239,8 +239,10 @@ func (b *Backend) Info() backend.Info {
 		// Terminals work (input, output, sizes) but are the host's pty
 		// imported into the sentry: they have no name under /dev/pts
 		// inside (tty says "not a tty"), so Terminal is not claimed.
+		// Its netstack writes frames to a packet socket on the
+		// sandbox's interface: egress policies are enforced on the host.
 		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{
-			Exec: true, Stdin: true,
+			Exec: true, Stdin: true, EgressPolicy: true, EgressOnHost: true,
 		}),
 	}
 }

@@ -177,10 +177,13 @@ func (b *Backend) shortVMRoot() string {
 // Info describes the kind.
 func (b *Backend) Info() backend.Info {
 	return backend.Info{
-		Kind:         Kind,
-		Description:  "a microVM per sandbox (" + b.cfg.Driver.Name() + "), containers run by the guest agent",
-		Isolation:    backend.IsolationVM,
-		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{Exec: true, Stdin: true, Terminal: true, OOMEvents: true}),
+		Kind:        Kind,
+		Description: "a microVM per sandbox (" + b.cfg.Driver.Name() + "), containers run by the guest agent",
+		Isolation:   backend.IsolationVM,
+		Capabilities: backend.DeriveCapabilities((*container)(nil), backend.Capabilities{Exec: true, Stdin: true, Terminal: true, OOMEvents: true,
+			// The guest's frames are tc-redirected from the tap to the
+			// sandbox's interface: egress policies are enforced on the host.
+			EgressPolicy: true, EgressOnHost: true}),
 	}
 }
 

@@ -2734,8 +2734,9 @@ type KindCapabilities struct {
 	Pause bool `protobuf:"varint,7,opt,name=pause,proto3" json:"pause,omitempty"`
 	// How strongly the kind isolates workloads from the host kernel.
 	IsolationLevel IsolationLevel `protobuf:"varint,8,opt,name=isolation_level,json=isolationLevel,proto3,enum=magnetar.sandbox.v1.IsolationLevel" json:"isolation_level,omitempty"`
-	// Egress policies bind the kind's sandboxes (their traffic goes through
-	// the IP stack of their network namespace).
+	// Egress policies bind the kind's sandboxes (enforced in their network
+	// namespace, or on the host side of their veth for kinds whose packets
+	// bypass its IP stack: gvisor, vm).
 	EgressPolicy  bool `protobuf:"varint,9,opt,name=egress_policy,json=egressPolicy,proto3" json:"egress_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -1383,8 +1383,9 @@ export type KindCapabilities = Message<"magnetar.sandbox.v1.KindCapabilities"> &
   isolationLevel: IsolationLevel;
 
   /**
-   * Egress policies bind the kind's sandboxes (their traffic goes through
-   * the IP stack of their network namespace).
+   * Egress policies bind the kind's sandboxes (enforced in their network
+   * namespace, or on the host side of their veth for kinds whose packets
+   * bypass its IP stack: gvisor, vm).
    *
    * @generated from field: bool egress_policy = 9;
    */

@@ -68,6 +68,18 @@ func (e *Engine) DialPort(ctx context.Context, id string, port int) (net.Conn, e
 	return dialInNetNS(ctx, ns, addr)
 }
 
+// ownNetNS is the identity (device, inode) of this process's network
+// namespace, read once at start: later, /proc/self/ns/net can be the
+// namespace of a sandbox that a thread of ours (the main one among them)
+// joined for a moment to dial in it.
+var ownNetNS = func() [2]uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return [2]uint64{}
+	}
+	return [2]uint64{st.Dev, st.Ino}
+}()
+
 // isHostNetNS reports whether ns is the network namespace of the host
 // (pid 1's) or of this process (unknown: true, the safe answer).
 func isHostNetNS(ns *os.File) bool {
@@ -75,13 +87,11 @@ func isHostNetNS(ns *os.File) bool {
 	if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
 		return true
 	}
-	for _, host := range []string{"/proc/1/ns/net", "/proc/self/ns/net"} {
-		var hst unix.Stat_t
-		if unix.Stat(host, &hst) == nil && hst.Dev == st.Dev && hst.Ino == st.Ino {
-			return true
-		}
+	if ownNetNS == [2]uint64{} || ownNetNS == [2]uint64{st.Dev, st.Ino} {
+		return true
 	}
-	return false
+	var hst unix.Stat_t
+	return unix.Stat("/proc/1/ns/net", &hst) == nil && hst.Dev == st.Dev && hst.Ino == st.Ino
 }
 
 func dialTCP(ctx context.Context, addr string) (net.Conn, error) {

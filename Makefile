@@ -98,6 +98,10 @@ demo: deps build examples ## Run the main demo: Wasm and runc containers in dire
 demo-vm: deps build examples guest ## Run the main demo plus busybox in a microVM, with its boot timings
 	BIN=$(BIN) EXAMPLES=$(EXAMPLES_DIR) VM=1 $(ROOT)/hack/demo.sh
 
+.PHONY: demo-agent-loop
+demo-agent-loop: deps build examples guest ## Run examples/agent-loop in every kind (runc, gvisor, vm, wasm) against a private sandboxer
+	BIN=$(BIN) EXAMPLES=$(EXAMPLES_DIR) GUEST=$(GUEST_DIR) $(ROOT)/hack/demo-agent-loop.sh
+
 .PHONY: demo-containerd
 demo-containerd: deps tools build ## Run a busybox pod through a private containerd with handler magnetar-runc
 	BIN=$(BIN) $(ROOT)/hack/demo-containerd.sh

@@ -167,3 +167,54 @@ func checkDialPort(ctx context.Context, t *testing.T, sock string, sb *sdk.Sandb
 		t.Errorf("half-closed echo: %q, %v; want %q", got, err, data)
 	}
 }
+
+// TestDialPortWasmIsNotTheHost: a wasm sandbox's running module is an
+// instance in a runner process on the host's network namespace, so its
+// "127.0.0.1" is the host's: DialPort refuses (NotImplemented) instead
+// of reaching a server the host runs on its loopback, and its usage
+// counts none of the host's traffic.
+func TestDialPortWasmIsNotTheHost(t *testing.T) {
+	k := fileKinds["wasm"]
+	sock := apitest.Serve(t, k.backend(t))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := dial(t, sock)
+	sb, err := c.CreateSandbox(ctx, "wasm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Delete(context.Background(), sdk.Force())
+	ctr, err := sb.Run(ctx, sdk.FromRootfs(k.rootfs(t)), sdk.Args(k.sleep...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		return ctr.Refresh(ctx) == nil && ctr.State == sdk.ContainerRunning
+	}, "the module runs")
+	conn, err := sb.DialPort(ctx, ln.Addr().(*net.TCPAddr).Port)
+	if err == nil {
+		conn.Close()
+		t.Fatal("DialPort into a wasm sandbox reached a server on the host's loopback")
+	}
+	if !errdefs.IsNotImplemented(err) {
+		t.Errorf("DialPort into a wasm sandbox: %v, want NotImplemented", err)
+	}
+	u, err := sb.Usage(ctx)
+	if err != nil || u.NetRxBytes != 0 || u.NetTxBytes != 0 {
+		t.Errorf("usage of a wasm sandbox: %+v, %v; want no network bytes", u, err)
+	}
+}

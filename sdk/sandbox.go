@@ -685,27 +685,55 @@ func (s *Sandbox) Usage(ctx context.Context) (Usage, error) {
 // WatchUsage yields the sandbox's usage every interval (0: every second;
 // at least 100 ms), starting at once, until ctx ends, the consumer stops
 // or the sandbox is deleted (an error that errdefs.IsNotFound matches).
+// A stream broken by a restart of the sandboxer is opened again (within
+// the client's retry budget, see [WithRetryTimeout]): the samples go on
+// from the next one.
 func (s *Sandbox) WatchUsage(ctx context.Context, interval time.Duration) iter.Seq2[Usage, error] {
 	return func(yield func(Usage, error) bool) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		stream, err := s.client.sandboxes.WatchSandboxUsage(ctx, &sandboxv1.WatchSandboxUsageRequest{SandboxId: s.ID, Interval: durationpb.New(interval)})
-		if err != nil {
-			yield(Usage{}, fromAPI(err))
-			return
-		}
-		defer stream.Close()
+		b := newBackoff(s.client.retry)
 		for {
-			msg, err := stream.Receive()
-			if err != nil {
-				if ctx.Err() == nil && !errors.Is(err, io.EOF) {
-					yield(Usage{}, fromAPI(err))
+			stop, err := s.watchUsageOnce(ctx, interval, b, yield)
+			if stop {
+				return
+			}
+			if !unavailable(err) || ctx.Err() != nil {
+				if ctx.Err() == nil {
+					yield(Usage{}, err)
 				}
 				return
 			}
-			if !yield(usageFromProto(msg.GetUsage()), nil) {
+			if err := b.wait(ctx, err); err != nil {
+				if ctx.Err() == nil {
+					yield(Usage{}, err)
+				}
 				return
 			}
+		}
+	}
+}
+
+// watchUsageOnce is one WatchSandboxUsage stream of WatchUsage: stop when
+// the consumer stopped or ctx ended, else the error that broke it.
+func (s *Sandbox) watchUsageOnce(ctx context.Context, interval time.Duration, b *backoff, yield func(Usage, error) bool) (stop bool, _ error) {
+	stream, err := s.client.sandboxes.WatchSandboxUsage(ctx, &sandboxv1.WatchSandboxUsageRequest{SandboxId: s.ID, Interval: durationpb.New(interval)})
+	if err != nil {
+		return ctx.Err() != nil, fromAPI(err)
+	}
+	defer stream.Close()
+	for {
+		msg, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			// The server ends the stream only with an error (NOT_FOUND).
+			return ctx.Err() != nil, fmt.Errorf("usage stream of sandbox %q ended: %w", s.ID, errdefs.ErrUnavailable)
+		}
+		if err != nil {
+			return ctx.Err() != nil, fromAPI(err)
+		}
+		b.reset()
+		if !yield(usageFromProto(msg.GetUsage()), nil) {
+			return true, nil
 		}
 	}
 }

@@ -59,7 +59,39 @@ func (e *Engine) DialPort(ctx context.Context, id string, port int) (net.Conn, e
 		return nil, fmt.Errorf("sandbox %q: open its network namespace: %w", id, err)
 	}
 	defer ns.Close()
+	if isHostNetNS(ns) {
+		// A kind whose processes stay in the host's namespace (wasm:
+		// instances in a shared runner, WASI preview 1 has no sockets):
+		// 127.0.0.1 there is the host's, never the sandbox's.
+		return nil, fmt.Errorf("sandbox %q (%s) has no network namespace of its own: it has no ports to reach: %w", id, st.Kind, errdefs.ErrNotImplemented)
+	}
 	return dialInNetNS(ctx, ns, addr)
+}
+
+// ownNetNS is the identity (device, inode) of this process's network
+// namespace, read once at start: later, /proc/self/ns/net can be the
+// namespace of a sandbox that a thread of ours (the main one among them)
+// joined for a moment to dial in it.
+var ownNetNS = func() [2]uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return [2]uint64{}
+	}
+	return [2]uint64{st.Dev, st.Ino}
+}()
+
+// isHostNetNS reports whether ns is the network namespace of the host
+// (pid 1's) or of this process (unknown: true, the safe answer).
+func isHostNetNS(ns *os.File) bool {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
+		return true
+	}
+	if ownNetNS == [2]uint64{} || ownNetNS == [2]uint64{st.Dev, st.Ino} {
+		return true
+	}
+	var hst unix.Stat_t
+	return unix.Stat("/proc/1/ns/net", &hst) == nil && hst.Dev == st.Dev && hst.Ino == st.Ino
 }
 
 func dialTCP(ctx context.Context, addr string) (net.Conn, error) {

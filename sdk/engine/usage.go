@@ -31,8 +31,15 @@ func (e *Engine) SandboxUsage(ctx context.Context, id string) (*backend.Stats, e
 	}
 	out := *st
 	if pid := e.netnsPid(ctx, status); pid > 0 {
-		if rx, tx, err := netDevBytes(fmt.Sprintf("/proc/%d/net/dev", pid)); err == nil {
-			out.NetRxBytes, out.NetTxBytes = rx, tx
+		// Not a namespace that is the host's (a wasm sandbox's runner):
+		// its traffic is not the sandbox's.
+		if ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil {
+			if !isHostNetNS(ns) {
+				if rx, tx, err := netDevBytes(fmt.Sprintf("/proc/%d/net/dev", pid)); err == nil {
+					out.NetRxBytes, out.NetTxBytes = rx, tx
+				}
+			}
+			ns.Close()
 		}
 	}
 	return &out, nil

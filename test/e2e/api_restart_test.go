@@ -108,7 +108,8 @@ func (s *apiSandboxer) newWorker(t *testing.T, old int) int {
 // upgrade`): the streams resume by themselves, the output (of the
 // container, and of a process exec'd into it) has every number once and
 // in order, and the events are those the sandboxer kept, each
-// once, in order, the container's exit included.
+// once, in order, the container's exit included; a WatchUsage stream goes
+// on sampling through both.
 func TestAPIStreamsSurviveRestart(t *testing.T) {
 	s := startAPISandboxer(t)
 	rootfs := testutil.BusyboxRootfs(t, filepath.Join(s.dir, "rootfs"))
@@ -153,6 +154,35 @@ func TestAPIStreamsSurviveRestart(t *testing.T) {
 			}
 		}
 	}()
+
+	// The sandbox's usage, sampled every 100 ms across the restarts.
+	usctx, uscancel := context.WithCancel(ctx)
+	defer uscancel()
+	var (
+		samples  int
+		usageErr error
+	)
+	usDone := make(chan struct{})
+	go func() {
+		defer close(usDone)
+		for _, err := range sb.WatchUsage(usctx, 100*time.Millisecond) {
+			mu.Lock()
+			if err != nil {
+				usageErr = err
+			} else {
+				samples++
+			}
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	usage := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return samples
+	}
 
 	ctr, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.Args("sh", "-c", "trap 'exit 7' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"))
 	if err != nil {
@@ -246,6 +276,8 @@ func TestAPIStreamsSurviveRestart(t *testing.T) {
 	n, m := lines(), exLines()
 	testutil.Eventually(t, 30*time.Second, func() bool { return lines() >= n+20 }, "output after the crash")
 	testutil.Eventually(t, 30*time.Second, func() bool { return exLines() >= m+20 }, "exec output after the crash")
+	k := usage()
+	testutil.Eventually(t, 30*time.Second, func() bool { return usage() >= k+3 }, "usage samples after the crash")
 
 	// Live upgrade.
 	if out, err := exec.CommandContext(ctx, s.bin, "upgrade", "--run-dir", s.runDir).CombinedOutput(); err != nil {
@@ -255,6 +287,13 @@ func TestAPIStreamsSurviveRestart(t *testing.T) {
 	n, m = lines(), exLines()
 	testutil.Eventually(t, 30*time.Second, func() bool { return lines() >= n+20 }, "output after the upgrade")
 	testutil.Eventually(t, 30*time.Second, func() bool { return exLines() >= m+20 }, "exec output after the upgrade")
+	k = usage()
+	testutil.Eventually(t, 30*time.Second, func() bool { return usage() >= k+3 }, "usage samples after the upgrade")
+	uscancel()
+	<-usDone
+	if usageErr != nil {
+		t.Fatalf("WatchUsage across the restarts: %v", usageErr)
+	}
 
 	// The exec ends: its output stream ends, its own exit code.
 	if err := ex.Signal(ctx, syscall.SIGTERM); err != nil {

@@ -47,6 +47,27 @@ async def test_async_wasm_and_runc(daemon: Daemon, protocol: magnetar.Protocol) 
 
 
 @pytest.mark.asyncio
+async def test_async_output_without_follow(daemon: Daemon, protocol: magnetar.Protocol) -> None:
+    async with magnetar.AsyncClient(daemon.address, protocol=protocol, timeout=120) as client:
+        async with await client.create_sandbox("runc") as sb:
+            c = await sb.run(daemon.busybox_image, args=["sh", "-c", "echo one; read x; echo two"], stdin=True)
+
+            async def so_far() -> bytes:
+                return b"".join([o.data async for o in c.output(follow=False)])
+
+            deadline = asyncio.get_running_loop().time() + 30
+            while await so_far() != b"one\n":
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            assert c.exit_code is None
+            await c.write_stdin(b"go\n", eof=True)
+            assert await c.wait() == 0
+            c.exit_code = None
+            assert await so_far() == b"one\ntwo\n"
+            assert c.exit_code == 0
+
+
+@pytest.mark.asyncio
 async def test_async_errors(daemon: Daemon, protocol: magnetar.Protocol) -> None:
     async with magnetar.AsyncClient(daemon.address, protocol=protocol) as client:
         with pytest.raises(magnetar.InvalidArgumentError) as ei:

@@ -1,5 +1,6 @@
 """The sync client across restarts of a live sandboxer: kill -9 of its worker
-and a live upgrade, with an output stream and an event stream open."""
+and a live upgrade, with an output stream, an event stream and a usage
+stream open."""
 
 from __future__ import annotations
 
@@ -29,6 +30,21 @@ def test_streams_survive_restart(daemon: Daemon) -> None:
 
         watcher = threading.Thread(target=watch)
         watcher.start()
+        # Usage samples every 100 ms, across the restarts.
+        samples: list[sandbox_pb2.SandboxUsage] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            try:
+                for u in sb.watch_usage(0.1):
+                    samples.append(u)
+                    if stop.is_set():
+                        return
+            except BaseException as e:  # reported by the test
+                errors.append(e)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         c = sb.run(
             daemon.busybox_image,
             args=["sh", "-c", "trap 'exit 7' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"],
@@ -40,6 +56,8 @@ def test_streams_survive_restart(daemon: Daemon) -> None:
             offsets_ok = offsets_ok and chunk.offset == len(data)
             data += chunk.data
             lines = data.count(b"\n")
+            # 1500 lines: 30 s or more of output.
+            assert restarts == 0 or lines < mark + 1500, f"usage samples stopped at {len(samples)} after restart {restarts}"
             if restarts == 0 and lines >= 20:
                 old = daemon.worker_pid()
                 assert old, "no worker"
@@ -47,13 +65,13 @@ def test_streams_survive_restart(daemon: Daemon) -> None:
                 # A call that changes nothing is retried through the gap.
                 assert client.sandbox(sb.id).id == sb.id
                 daemon.new_worker(old)
-                restarts, mark = 1, lines
-            elif restarts == 1 and lines >= mark + 20:
+                restarts, mark, smark = 1, lines, len(samples)
+            elif restarts == 1 and lines >= mark + 20 and len(samples) >= smark + 3:
                 old = daemon.worker_pid()
                 subprocess.run([daemon.binary, "upgrade", "--run-dir", daemon.run_dir], check=True, capture_output=True)
                 daemon.new_worker(old)
-                restarts, mark = 2, lines
-            elif restarts == 2 and lines >= mark + 20:
+                restarts, mark, smark = 2, lines, len(samples)
+            elif restarts == 2 and lines >= mark + 20 and len(samples) >= smark + 3:
                 c.kill(signal.SIGTERM)
                 restarts = 3
         assert restarts == 3
@@ -62,6 +80,8 @@ def test_streams_survive_restart(daemon: Daemon) -> None:
         got = data.decode().splitlines()
         assert got == [str(i) for i in range(len(got))], "output lost or repeated across the restarts"
         watcher.join(timeout=60)
+        stop.set()
+        sampler.join(timeout=60)
         assert not errors, errors
         types = [e.type for e in events]
         assert types[-3:] == [

@@ -76,6 +76,27 @@ def test_runc_run_stdio(client: magnetar.Client, daemon: Daemon) -> None:
     assert ei.value.code == magnetar.Code.NOT_FOUND
 
 
+def test_output_without_follow(client: magnetar.Client, daemon: Daemon) -> None:
+    with client.create_sandbox("runc") as sb:
+        c = sb.run(daemon.busybox_image, args=["sh", "-c", "echo one; echo two >&2; read x; echo three"], stdin=True)
+
+        def so_far() -> bytes:
+            return b"".join(o.data for o in c.output(follow=False))
+
+        # Running: what it printed so far, then the end, no exit status.
+        deadline = time.monotonic() + 30
+        while sorted(so_far().splitlines()) != [b"one", b"two"]:
+            assert time.monotonic() < deadline, so_far()
+            time.sleep(0.05)
+        assert c.exit_code is None
+        c.write_stdin(b"go\n", eof=True)
+        assert c.wait() == 0
+        c.exit_code = None
+        # Exited: all of it, and the exit status.
+        assert sorted(so_far().splitlines()) == [b"one", b"three", b"two"]
+        assert c.exit_code == 0
+
+
 def test_errors(client: magnetar.Client, daemon: Daemon) -> None:
     with pytest.raises(magnetar.InvalidArgumentError) as ei:
         client.create_sandbox("wasm", sandbox_id="../escape")

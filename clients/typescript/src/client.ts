@@ -34,7 +34,7 @@ import type { ResourcesSchema } from "./gen/magnetar/types/v1/types_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { dialTransport, type DialOptions } from "./dial.js";
 import { MagnetarError, invalidArgument, wrapped } from "./errors.js";
-import { DEFAULT_RETRY_TIMEOUT_MS, followOutput, watchEvents } from "./resume.js";
+import { DEFAULT_RETRY_TIMEOUT_MS, followOutput, watchEvents, watchUsage } from "./resume.js";
 
 /** Resource limits (cgroup) of a sandbox or container, as in the API. */
 export type Resources = MessageInitShape<typeof ResourcesSchema>;
@@ -604,18 +604,19 @@ export class Sandbox implements AsyncDisposable {
 
   /**
    * Yields the sandbox's usage every intervalMs (at least 100) until the
-   * caller stops (break, or options.signal) or the sandbox is gone.
+   * caller stops (break, or options.signal) or the sandbox is gone (an error
+   * with Code.NotFound). Across a restart of the sandboxer the stream is
+   * opened again and goes on with the next sample (within
+   * {@link MagnetarClient.retryTimeoutMs}).
    */
   async *watchUsage(intervalMs = 1000, options?: CallOptions): AsyncGenerator<SandboxUsage, void, undefined> {
+    const interval = optDuration(intervalMs);
     try {
-      for await (const res of this.#client.sandboxService.watchSandboxUsage(
-        { sandboxId: this.id, interval: optDuration(intervalMs) },
-        options,
-      )) {
-        if (res.usage !== undefined) {
-          yield res.usage;
-        }
-      }
+      yield* watchUsage(
+        () => this.#client.sandboxService.watchSandboxUsage({ sandboxId: this.id, interval }, options),
+        this.#client.retryTimeoutMs,
+        this.#client.streamSignal(options?.signal),
+      );
     } catch (err) {
       throw MagnetarError.wrap(err);
     }
@@ -736,8 +737,15 @@ export class Process {
    * Across a restart of the sandboxer the stream resumes from the next
    * offset (within {@link MagnetarClient.retryTimeoutMs}). Abort with
    * options.signal.
+   *
+   * With options.follow false it does not wait for more: it yields the
+   * output there was when the call reached the sandboxer and ends, returning
+   * the exit status only if the process had exited (`magnetar logs`
+   * without -f).
    */
-  async *output(options?: CallOptions & { startOffset?: number }): AsyncGenerator<OutputChunk, ExitStatus | undefined, undefined> {
+  async *output(
+    options?: CallOptions & { startOffset?: number; follow?: boolean },
+  ): AsyncGenerator<OutputChunk, ExitStatus | undefined, undefined> {
     try {
       for await (const item of followOutput(
         (req) => this.client.containerService.attachOutput(req, options),
@@ -746,6 +754,7 @@ export class Process {
         options?.startOffset,
         this.client.retryTimeoutMs,
         this.client.streamSignal(options?.signal),
+        options?.follow ?? true,
       )) {
         if (item.kind === "output") {
           yield { stream: item.stream === OutputStream.STDERR ? "stderr" : "stdout", data: item.data, offset: item.offset };

@@ -6,13 +6,19 @@
 // in flight fail with Unavailable or end in the middle of a stream. The
 // helpers here retry with a backoff from 50 ms doubling up to 1 s, for at
 // most the client's retry timeout per outage, and resume AttachOutput from
-// the offset after the last byte received and WatchEvents after the last
-// sequence number received.
+// the offset after the last byte received, WatchEvents after the last
+// sequence number received and WatchSandboxUsage with the next sample.
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { AttachOutputRequestSchema, AttachOutputResponse } from "./gen/magnetar/container/v1/container_pb.js";
-import type { Event, WatchEventsRequestSchema, WatchEventsResponse } from "./gen/magnetar/sandbox/v1/sandbox_pb.js";
+import type {
+  Event,
+  SandboxUsage,
+  WatchEventsRequestSchema,
+  WatchEventsResponse,
+  WatchSandboxUsageResponse,
+} from "./gen/magnetar/sandbox/v1/sandbox_pb.js";
 
 type AttachOutputRequest = MessageInitShape<typeof AttachOutputRequestSchema>;
 type WatchEventsRequest = MessageInitShape<typeof WatchEventsRequestSchema>;
@@ -179,7 +185,9 @@ export type OutputItem =
 /**
  * Yields a process's output from startOffset (the oldest byte kept if
  * undefined) until its exit (the last item), opening the stream again from
- * the next offset when it breaks while the sandboxer is unavailable.
+ * the next offset when it breaks while the sandboxer is unavailable. With
+ * follow false it yields the output there was when the call arrived (and
+ * the exit if the process had exited), then ends.
  */
 export async function* followOutput(
   attach: AttachFn,
@@ -188,6 +196,7 @@ export async function* followOutput(
   startOffset: number | undefined,
   budgetMs: number,
   signal?: AbortSignal,
+  follow = true,
 ): AsyncGenerator<OutputItem, void, undefined> {
   let offset = startOffset;
   const b = new Backoff(budgetMs);
@@ -196,6 +205,9 @@ export async function* followOutput(
       const req: AttachOutputRequest = { containerId, execId };
       if (offset !== undefined) {
         req.startOffset = BigInt(offset);
+      }
+      if (!follow) {
+        req.follow = false;
       }
       for await (const res of attach(req)) {
         b.reset();
@@ -208,6 +220,9 @@ export async function* followOutput(
           yield { kind: "exit", response: res };
           return;
         }
+      }
+      if (!follow) {
+        return;
       }
       throw new ConnectError("output stream ended without an exit status", Code.Unavailable);
     } catch (err) {
@@ -260,6 +275,39 @@ export async function* watchEvents(
         yield ev;
       }
       throw new ConnectError("event stream ended", Code.Unavailable);
+    } catch (err) {
+      const d = streamTransient(err, signal) ? b.next() : undefined;
+      if (d === undefined) {
+        throw err;
+      }
+      await sleep(d, signal);
+    }
+  }
+}
+
+/** Opens one WatchSandboxUsage stream. */
+export type WatchUsageFn = () => AsyncIterable<WatchSandboxUsageResponse>;
+
+/**
+ * Yields a sandbox's usage samples, opening the stream again (from the next
+ * sample) when it breaks while the sandboxer is unavailable. The server
+ * ends the stream only with an error (NotFound once the sandbox is gone).
+ */
+export async function* watchUsage(
+  watch: WatchUsageFn,
+  budgetMs: number,
+  signal?: AbortSignal,
+): AsyncGenerator<SandboxUsage, void, undefined> {
+  const b = new Backoff(budgetMs);
+  for (;;) {
+    try {
+      for await (const res of watch()) {
+        b.reset();
+        if (res.usage !== undefined) {
+          yield res.usage;
+        }
+      }
+      throw new ConnectError("usage stream ended", Code.Unavailable);
     } catch (err) {
       const d = streamTransient(err, signal) ? b.next() : undefined;
       if (d === undefined) {

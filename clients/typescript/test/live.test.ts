@@ -193,6 +193,37 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
         assert.equal((await ctr.delete()).code, 7);
       });
 
+      test("reads the output there is without following (follow: false)", { timeout }, async () => {
+        await using sb = await client.createSandbox("runc", { labels });
+        const ctr = await sb.run({ image: busyboxImage, args: ["sh", "-c", "echo one; echo two >&2; read x; echo three"], stdin: true });
+        const soFar = async () => {
+          const chunks: OutputChunk[] = [];
+          const it = ctr.output({ follow: false });
+          for (;;) {
+            const r = await it.next();
+            if (r.done) {
+              return { chunks, exit: r.value };
+            }
+            chunks.push(r.value);
+          }
+        };
+        // Running: what it printed so far, then the stream ends, no exit.
+        const deadline = Date.now() + 30_000;
+        let got = await soFar();
+        while (text(got.chunks, "stdout") + text(got.chunks, "stderr") !== "one\ntwo\n") {
+          assert.ok(Date.now() < deadline, `output so far: ${JSON.stringify(got)}`);
+          await new Promise((r) => setTimeout(r, 50));
+          got = await soFar();
+        }
+        assert.equal(got.exit, undefined);
+        await ctr.writeStdin("go\n", { eof: true });
+        assert.equal((await ctr.wait()).code, 0);
+        // Exited: all of it and the exit status.
+        got = await soFar();
+        assert.equal(text(got.chunks, "stdout"), "one\nthree\n");
+        assert.equal(got.exit?.code, 0);
+      });
+
       test("an idle sandbox expires, then is gone", { timeout }, async () => {
         const sb = await client.createSandbox("runc", { labels, idleTimeoutMs: 1000 });
         assert.equal(Number(sb.info.idleTimeout?.seconds), 1);
@@ -525,7 +556,7 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
   });
 
   for (const protocol of ["connect", "grpc"] as const)
-  test(`output and event streams and calls survive a kill -9 of the worker (${protocol})`, { timeout }, async () => {
+  test(`output, event and usage streams and calls survive a kill -9 of the worker (${protocol})`, { timeout }, async () => {
     const client = dial(daemon.socket, { protocol });
     try {
       await using sb = await client.createSandbox("runc", { labels: { "magnetar.test/restart": "ts" } });
@@ -545,6 +576,20 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
           }
         }
       })();
+      // Usage samples every 100 ms, across the restart.
+      let samples = 0;
+      let mark = 0;
+      const sampling = (async () => {
+        try {
+          for await (const _ of sb.watchUsage(100, { signal: ac.signal })) {
+            samples++;
+          }
+        } catch (err) {
+          if (!ac.signal.aborted) {
+            throw err;
+          }
+        }
+      })();
       const ctr = await sb.run({
         image: busyboxImage,
         args: ["sh", "-c", "trap 'exit 7' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"],
@@ -552,12 +597,14 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
       let data = "";
       let next = 0;
       let phase = 0;
-      let mark = 0;
+      let usageMark = 0;
       for await (const chunk of ctr.output()) {
         assert.equal(chunk.offset, next, "a chunk out of place");
         next += chunk.data.length;
         data += new TextDecoder().decode(chunk.data);
         const lines = data.split("\n").length - 1;
+        // 1500 lines: 30 s or more of output.
+        assert.ok(phase !== 1 || lines < mark + 1500, `usage samples stopped at ${samples} after the restart`);
         if (phase === 0 && lines >= 20) {
           const old = daemon.workerPid();
           assert.ok(old > 0, "no worker");
@@ -567,7 +614,8 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
           await daemon.newWorker(old);
           phase = 1;
           mark = lines;
-        } else if (phase === 1 && lines >= mark + 20) {
+          usageMark = samples;
+        } else if (phase === 1 && lines >= mark + 20 && samples >= usageMark + 3) {
           await ctr.signal("SIGTERM");
           phase = 2;
         }
@@ -582,6 +630,7 @@ describe("magnetar-sandboxer", { skip, timeout: 30 * 60_000 }, () => {
       assert.equal(events.at(-1)?.type, EventType.PROCESS_EXITED);
       assert.equal(events.at(-1)?.exitStatus, 7);
       ac.abort();
+      await sampling;
       await ctr.delete();
     } finally {
       client.close();

@@ -6,8 +6,9 @@ socket stays open (the supervisor holds it): new connections wait, calls
 in flight fail with ``UNAVAILABLE`` or end in the middle of a stream. The
 helpers here retry with a backoff from 50 ms doubling up to 1 s, for at
 most the client's ``retry_timeout`` per outage, and resume
-``AttachOutput`` from the offset after the last byte received and
-``WatchEvents`` after the last sequence number received.
+``AttachOutput`` from the offset after the last byte received,
+``WatchEvents`` after the last sequence number received and
+``WatchSandboxUsage`` with the next sample.
 """
 
 from __future__ import annotations
@@ -109,14 +110,17 @@ async def retry_async(budget: float, call: Callable[[], Awaitable[T]]) -> T:
 class _OutputState:
     """Where an output stream is: the next offset, and the exit once seen."""
 
-    def __init__(self, container_id: str, exec_id: str, start_offset: int | None) -> None:
+    def __init__(self, container_id: str, exec_id: str, start_offset: int | None, follow: bool = True) -> None:
         self.container_id = container_id
         self.exec_id = exec_id
         self.offset = start_offset
+        self.follow = follow
         self.exit: int | None = None
 
     def request(self) -> container_pb2.AttachOutputRequest:
         req = container_pb2.AttachOutputRequest(container_id=self.container_id, exec_id=self.exec_id)
+        if not self.follow:
+            req.follow = False
         if self.offset is not None:
             req.start_offset = self.offset
         return req
@@ -142,11 +146,15 @@ def follow_output(
     budget: float,
     on_exit: Callable[[int], None],
     sleep: Callable[[float], None] = time.sleep,
+    *,
+    follow: bool = True,
 ) -> Iterator[Output]:
     """Yields a process's output from ``start_offset`` (the oldest byte kept
     if None) until its exit, which goes to ``on_exit``, resuming the stream
-    from the next offset when it breaks."""
-    st = _OutputState(container_id, exec_id, start_offset)
+    from the next offset when it breaks. Without ``follow``: the output there
+    was when the call arrived (and the exit if the process had exited), then
+    the end."""
+    st = _OutputState(container_id, exec_id, start_offset, follow)
     b = Backoff(budget)
     while True:
         try:
@@ -158,6 +166,8 @@ def follow_output(
                 elif st.exit is not None:
                     on_exit(st.exit)
                     return
+            if not st.follow:
+                return
             raise st.ended()
         except ConnectError as e:
             d = b.next_delay() if transient(e, stream=True) else None
@@ -173,9 +183,11 @@ async def follow_output_async(
     start_offset: int | None,
     budget: float,
     on_exit: Callable[[int], None],
+    *,
+    follow: bool = True,
 ) -> AsyncIterator[Output]:
     """:func:`follow_output` for asyncio."""
-    st = _OutputState(container_id, exec_id, start_offset)
+    st = _OutputState(container_id, exec_id, start_offset, follow)
     b = Backoff(budget)
     while True:
         try:
@@ -187,6 +199,8 @@ async def follow_output_async(
                 elif st.exit is not None:
                     on_exit(st.exit)
                     return
+            if not st.follow:
+                return
             raise st.ended()
         except ConnectError as e:
             d = b.next_delay() if transient(e, stream=True) else None
@@ -273,6 +287,47 @@ async def watch_events_async(
                         yield ev
                 st.started(md)
             raise ConnectError(Code.UNAVAILABLE, "event stream ended")
+        except ConnectError as e:
+            d = b.next_delay() if transient(e, stream=True) else None
+            if d is None:
+                raise
+            await asyncio.sleep(d)
+
+
+def watch_usage(
+    watch: Callable[[], Iterable[sandbox_pb2.WatchSandboxUsageResponse]],
+    budget: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[sandbox_pb2.SandboxUsage]:
+    """Yields a sandbox's usage samples, opening the stream again (from the
+    next sample) when it breaks. The server ends the stream only with an
+    error (``NOT_FOUND`` once the sandbox is gone)."""
+    b = Backoff(budget)
+    while True:
+        try:
+            for res in watch():
+                b.reset()
+                yield res.usage
+            raise ConnectError(Code.UNAVAILABLE, "usage stream ended")
+        except ConnectError as e:
+            d = b.next_delay() if transient(e, stream=True) else None
+            if d is None:
+                raise
+            sleep(d)
+
+
+async def watch_usage_async(
+    watch: Callable[[], AsyncIterator[sandbox_pb2.WatchSandboxUsageResponse]],
+    budget: float,
+) -> AsyncIterator[sandbox_pb2.SandboxUsage]:
+    """:func:`watch_usage` for asyncio."""
+    b = Backoff(budget)
+    while True:
+        try:
+            async for res in watch():
+                b.reset()
+                yield res.usage
+            raise ConnectError(Code.UNAVAILABLE, "usage stream ended")
         except ConnectError as e:
             d = b.next_delay() if transient(e, stream=True) else None
             if d is None:

@@ -38,7 +38,13 @@ from magnetar._common import (
 )
 from magnetar._ports import AsyncPortConnection
 from magnetar._relay import UnixRelay
-from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output_async, retry_async, watch_events_async
+from magnetar._resume import (
+    DEFAULT_RETRY_TIMEOUT,
+    follow_output_async,
+    retry_async,
+    watch_events_async,
+    watch_usage_async,
+)
 from magnetar.container.v1 import container_connect, container_pb2
 from magnetar.errors import Code, MagnetarError, NotFoundError, UnavailableError, from_connect
 from magnetar.file.v1 import file_connect
@@ -376,11 +382,15 @@ class AsyncSandbox:
 
     async def watch_usage(self, interval: float = 1.0) -> AsyncIterator[sandbox_pb2.SandboxUsage]:
         """Yields the sandbox's usage every ``interval`` seconds (the server
-        enforces a minimum) until the caller stops or the sandbox is gone."""
+        enforces a minimum) until the caller stops or the sandbox is gone
+        (:class:`NotFoundError`). Across a restart of the sandboxer the
+        stream is opened again and goes on with the next sample."""
         req = sandbox_pb2.WatchSandboxUsageRequest(sandbox_id=self.id, interval=duration(interval))
         with _api():
-            async for res in self._client._long_sandboxes.watch_sandbox_usage(req):
-                yield res.usage
+            async for u in watch_usage_async(
+                lambda: self._client._long_sandboxes.watch_sandbox_usage(req), self._client.retry_timeout
+            ):
+                yield u
 
     async def dial_port(self, port: int) -> AsyncPortConnection:
         """Connects to TCP ``port`` on the sandbox's loopback through the
@@ -425,19 +435,28 @@ class AsyncContainer:
         except NotFoundError:
             pass  # already deleted
 
-    async def output(self, start_offset: int | None = None) -> AsyncIterator[Output]:
+    async def output(self, start_offset: int | None = None, *, follow: bool = True) -> AsyncIterator[Output]:
         """Streams stdout and stderr until the process exits (then
         :attr:`exit_code` is set): from ``start_offset`` (see
         :attr:`Output.offset`) or from the oldest byte the sandboxer kept (on
         disk, the newest 1 MiB or so, since the container's creation). The
-        stream resumes by itself across a restart of the sandboxer."""
+        stream resumes by itself across a restart of the sandboxer. With
+        ``follow=False`` it does not wait for more: the output there was when
+        the call reached the sandboxer, then the end (:attr:`exit_code` set
+        only if the process had exited; ``magnetar logs`` without ``-f``)."""
 
         def done(code: int) -> None:
             self.exit_code = code
 
         with _api():
             async for out in follow_output_async(
-                self._client._containers_long.attach_output, self.id, "", start_offset, self._client.retry_timeout, done
+                self._client._containers_long.attach_output,
+                self.id,
+                "",
+                start_offset,
+                self._client.retry_timeout,
+                done,
+                follow=follow,
             ):
                 yield out
 

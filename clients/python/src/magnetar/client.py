@@ -38,7 +38,7 @@ from magnetar._common import (
 )
 from magnetar._ports import PortConnection
 from magnetar._relay import UnixRelay
-from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output, retry, watch_events
+from magnetar._resume import DEFAULT_RETRY_TIMEOUT, follow_output, retry, watch_events, watch_usage
 from magnetar.container.v1 import container_connect, container_pb2
 from magnetar.errors import Code, MagnetarError, NotFoundError, UnavailableError, from_connect
 from magnetar.file.v1 import file_connect
@@ -368,11 +368,12 @@ class Sandbox:
 
     def watch_usage(self, interval: float = 1.0) -> Iterator[sandbox_pb2.SandboxUsage]:
         """Yields the sandbox's usage every ``interval`` seconds (the server
-        enforces a minimum) until the caller stops or the sandbox is gone."""
+        enforces a minimum) until the caller stops or the sandbox is gone
+        (:class:`NotFoundError`). Across a restart of the sandboxer the
+        stream is opened again and goes on with the next sample."""
         req = sandbox_pb2.WatchSandboxUsageRequest(sandbox_id=self.id, interval=duration(interval))
         with _api():
-            for res in self._client._long_sandboxes.watch_sandbox_usage(req):
-                yield res.usage
+            yield from watch_usage(lambda: self._client._long_sandboxes.watch_sandbox_usage(req), self._client.retry_timeout)
 
     def dial_port(self, port: int) -> PortConnection:
         """Connects to TCP ``port`` on the sandbox's loopback (a server that a
@@ -419,19 +420,28 @@ class Container:
         except NotFoundError:
             pass  # already deleted
 
-    def output(self, start_offset: int | None = None) -> Iterator[Output]:
+    def output(self, start_offset: int | None = None, *, follow: bool = True) -> Iterator[Output]:
         """Streams stdout and stderr until the process exits (then
         :attr:`exit_code` is set): from ``start_offset`` (see
         :attr:`Output.offset`) or from the oldest byte the sandboxer kept (on
         disk, the newest 1 MiB or so, since the container's creation). The
-        stream resumes by itself across a restart of the sandboxer."""
+        stream resumes by itself across a restart of the sandboxer. With
+        ``follow=False`` it does not wait for more: the output there was when
+        the call reached the sandboxer, then the end (:attr:`exit_code` set
+        only if the process had exited; ``magnetar logs`` without ``-f``)."""
 
         def done(code: int) -> None:
             self.exit_code = code
 
         with _api():
             yield from follow_output(
-                self._client._containers_long.attach_output, self.id, "", start_offset, self._client.retry_timeout, done
+                self._client._containers_long.attach_output,
+                self.id,
+                "",
+                start_offset,
+                self._client.retry_timeout,
+                done,
+                follow=follow,
             )
 
     def write_stdin(self, data: bytes, *, eof: bool = False) -> None:

@@ -3,6 +3,7 @@ package io.magnetar.client;
 import com.google.protobuf.Descriptors.ServiceDescriptor;
 import io.grpc.MethodDescriptor;
 import io.magnetar.container.v1.*;
+import io.magnetar.file.v1.*;
 import io.magnetar.image.v1.*;
 import io.magnetar.sandbox.v1.*;
 
@@ -16,6 +17,8 @@ final class Api {
       ContainerProto.getDescriptor().findServiceByName("ContainerService");
   private static final ServiceDescriptor IMAGE =
       ImageProto.getDescriptor().findServiceByName("ImageService");
+  private static final ServiceDescriptor FILE =
+      FileProto.getDescriptor().findServiceByName("FileService");
 
   static final MethodDescriptor<ListKindsRequest, ListKindsResponse> LIST_KINDS =
       Rpc.method(SANDBOX, "ListKinds", ListKindsRequest.getDefaultInstance(), ListKindsResponse.getDefaultInstance());
@@ -73,4 +76,25 @@ final class Api {
       Rpc.method(IMAGE, "ImportImage", ImportImageRequest.getDefaultInstance(), ImportImageResponse.getDefaultInstance());
   static final MethodDescriptor<ListImagesRequest, ListImagesResponse> LIST_IMAGES =
       Rpc.method(IMAGE, "ListImages", ListImagesRequest.getDefaultInstance(), ListImagesResponse.getDefaultInstance());
+
+  static final MethodDescriptor<StatRequest, StatResponse> FILE_STAT =
+      Rpc.method(FILE, "Stat", StatRequest.getDefaultInstance(), StatResponse.getDefaultInstance());
+  static final MethodDescriptor<ListRequest, ListResponse> FILE_LIST =
+      Rpc.method(FILE, "List", ListRequest.getDefaultInstance(), ListResponse.getDefaultInstance());
+  static final MethodDescriptor<ReadRequest, ReadResponse> FILE_READ =
+      Rpc.method(FILE, "Read", ReadRequest.getDefaultInstance(), ReadResponse.getDefaultInstance());
+  static final MethodDescriptor<WriteRequest, WriteResponse> FILE_WRITE =
+      Rpc.method(FILE, "Write", WriteRequest.getDefaultInstance(), WriteResponse.getDefaultInstance());
+  static final MethodDescriptor<MakeDirRequest, MakeDirResponse> FILE_MAKE_DIR =
+      Rpc.method(FILE, "MakeDir", MakeDirRequest.getDefaultInstance(), MakeDirResponse.getDefaultInstance());
+  static final MethodDescriptor<RemoveRequest, RemoveResponse> FILE_REMOVE =
+      Rpc.method(FILE, "Remove", RemoveRequest.getDefaultInstance(), RemoveResponse.getDefaultInstance());
+  static final MethodDescriptor<RenameRequest, RenameResponse> FILE_RENAME =
+      Rpc.method(FILE, "Rename", RenameRequest.getDefaultInstance(), RenameResponse.getDefaultInstance());
+  static final MethodDescriptor<WatchRequest, WatchResponse> FILE_WATCH =
+      Rpc.method(FILE, "Watch", WatchRequest.getDefaultInstance(), WatchResponse.getDefaultInstance());
+  static final MethodDescriptor<DownloadTarRequest, DownloadTarResponse> FILE_DOWNLOAD_TAR =
+      Rpc.method(FILE, "DownloadTar", DownloadTarRequest.getDefaultInstance(), DownloadTarResponse.getDefaultInstance());
+  static final MethodDescriptor<UploadTarRequest, UploadTarResponse> FILE_UPLOAD_TAR =
+      Rpc.method(FILE, "UploadTar", UploadTarRequest.getDefaultInstance(), UploadTarResponse.getDefaultInstance());
 }

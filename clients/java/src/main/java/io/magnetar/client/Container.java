@@ -30,6 +30,11 @@ public final class Container extends Process {
     return info;
   }
 
+  /** The files of the container's root file system (see {@link Files}). */
+  public Files files() {
+    return new Files(client, id());
+  }
+
   /** Starts the container's main process; returns its PID (0 if the kind has none). */
   public int start() {
     return client.call(Api.START_CONTAINER, StartContainerRequest.newBuilder().setContainerId(id()).build()).getPid();

@@ -304,6 +304,11 @@ public final class MagnetarClient implements AutoCloseable {
         .getContainer());
   }
 
+  /** The files of container containerId's root file system (see {@link Files}). */
+  public Files files(String containerId) {
+    return new Files(this, containerId);
+  }
+
   List<Container> containers(String sandboxId) {
     List<Container> out = new ArrayList<>();
     for (var c : call(Api.LIST_CONTAINERS, ListContainersRequest.newBuilder().setSandboxId(sandboxId).build())

@@ -18,6 +18,9 @@ import java.util.function.Function;
  * {@link MagnetarException} on errors. While the sandboxer restarts, the
  * stream is opened again from the offset after the last chunk received (see
  * {@link MagnetarClient#withRetryTimeout}), so no byte is lost or repeated.
+ * An output made by {@link Process#outputSoFar()} does not follow: it ends
+ * after the output there was when the call reached the sandboxer, with an
+ * {@link #exitStatus()} only if the process had exited.
  */
 public final class Output implements Iterable<OutputChunk>, AutoCloseable {
   /** Opens one AttachOutput call. */
@@ -33,6 +36,8 @@ public final class Output implements Iterable<OutputChunk>, AutoCloseable {
   private Call call;
   private OutputChunk next;
   private Integer exitStatus;
+  private final boolean follow;
+  private boolean ended;
   private boolean iterated;
   private volatile boolean closed;
 
@@ -49,6 +54,7 @@ public final class Output implements Iterable<OutputChunk>, AutoCloseable {
     this.base = req;
     this.backoff = backoff;
     this.offset = req.hasStartOffset() ? req.getStartOffset() : null;
+    this.follow = !req.hasFollow() || req.getFollow();
   }
 
   /** The exit status the stream ended with, or null before its end. */
@@ -66,13 +72,18 @@ public final class Output implements Iterable<OutputChunk>, AutoCloseable {
 
   /** Reads the next chunk into next; false at the end (the exit). */
   private boolean advance() {
-    while (next == null && exitStatus == null) {
+    while (next == null && exitStatus == null && !ended) {
       try {
         if (call == null) {
           call = open.apply(request());
         }
         if (!call.responses().hasNext()) {
           call = null;
+          if (!follow) {
+            // All there was; the process had not exited.
+            ended = true;
+            break;
+          }
           throw new StatusRuntimeException(Status.UNAVAILABLE.withDescription("output stream ended without an exit status"));
         }
         AttachOutputResponse res = call.responses().next();

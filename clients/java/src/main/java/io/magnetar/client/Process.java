@@ -54,6 +54,23 @@ public class Process {
         .setStartOffset(offset).build());
   }
 
+  /**
+   * The output the sandboxer kept of the process from its oldest byte up to
+   * what the process had written when the call reached the sandboxer, then
+   * the end: it does not wait for more ({@code magnetar logs} without -f).
+   * Its {@link Output#exitStatus()} is set only if the process had exited.
+   */
+  public Output outputSoFar() {
+    return new Output(client, AttachOutputRequest.newBuilder().setContainerId(containerId).setExecId(execId)
+        .setFollow(false).build());
+  }
+
+  /** {@link #outputSoFar()} from offset ({@link OutputChunk#offset()}). */
+  public Output outputSoFar(long offset) {
+    return new Output(client, AttachOutputRequest.newBuilder().setContainerId(containerId).setExecId(execId)
+        .setStartOffset(offset).setFollow(false).build());
+  }
+
   /** Waits for the process to exit and returns its exit status. */
   public int waitExit() {
     return client.call(Api.WAIT_PROCESS,

@@ -266,18 +266,35 @@ class LiveTest {
         }
       });
       watcher.start();
+      // Usage samples every 100 ms, across the restart.
+      List<io.magnetar.sandbox.v1.SandboxUsage> samples = Collections.synchronizedList(new ArrayList<>());
+      AtomicReference<Throwable> usageErr = new AtomicReference<>();
+      UsageStream usage = sb.watchUsage(Duration.ofMillis(100));
+      Thread sampler = new Thread(() -> {
+        try {
+          for (io.magnetar.sandbox.v1.SandboxUsage u : usage) {
+            samples.add(u);
+          }
+        } catch (Throwable t) {
+          usageErr.set(t);
+        }
+      });
+      sampler.start();
       Container ctr = sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX)
           .args("sh", "-c", "trap 'exit 7' TERM; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"));
       StringBuilder data = new StringBuilder();
       long next = 0;
       int phase = 0;
       long mark = 0;
+      int usageMark = 0;
       try (Output out = ctr.output()) {
         for (OutputChunk c : out) {
           assertEquals(next, c.offset(), "a chunk out of place");
           next += c.data().length;
           data.append(new String(c.data(), StandardCharsets.UTF_8));
           long lines = data.chars().filter(ch -> ch == '\n').count();
+          // 1500 lines: 30 s or more of output.
+          assertTrue(phase != 1 || lines < mark + 1500, "usage samples stopped at " + samples.size() + " after the restart");
           if (phase == 0 && lines >= 20) {
             long old = daemon.workerPid();
             assertTrue(old > 0, "no worker");
@@ -287,7 +304,8 @@ class LiveTest {
             daemon.newWorker(old);
             phase = 1;
             mark = lines;
-          } else if (phase == 1 && lines >= mark + 20) {
+            usageMark = samples.size();
+          } else if (phase == 1 && lines >= mark + 20 && samples.size() >= usageMark + 3) {
             ctr.signal(15);
             phase = 2;
           }
@@ -301,11 +319,173 @@ class LiveTest {
       }
       watcher.join(TimeUnit.SECONDS.toMillis(60));
       stream.close();
+      usage.close();
+      sampler.join(TimeUnit.SECONDS.toMillis(60));
       assertEquals(null, watchErr.get());
+      assertEquals(null, usageErr.get());
       List<Long> seqs = events.stream().map(Event::getSequence).toList();
       assertEquals(seqs.stream().distinct().sorted().toList(), seqs, "events out of order or repeated");
       assertEquals(EventType.EVENT_TYPE_PROCESS_EXITED, events.get(events.size() - 1).getType());
       assertEquals(7, events.get(events.size() - 1).getExitStatus());
+    }
+  }
+
+  @Test
+  @Order(3)
+  void readsOutputWithoutFollowing() throws Exception {
+    try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS))) {
+      Container ctr = sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX)
+          .args("sh", "-c", "echo one; echo two >&2; read x; echo three").stdin(true));
+      // Running: what it printed so far, then the end, no exit status.
+      long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+      while (true) {
+        List<OutputChunk> chunks = new ArrayList<>();
+        Integer exit;
+        try (Output out = ctr.outputSoFar()) {
+          out.forEach(chunks::add);
+          exit = out.exitStatus();
+        }
+        if (text(chunks, false).equals("one\n") && text(chunks, true).equals("two\n")) {
+          assertEquals(null, exit);
+          break;
+        }
+        assertTrue(System.nanoTime() < deadline, "output so far: " + text(chunks, false) + text(chunks, true));
+        Thread.sleep(50);
+      }
+      ctr.writeStdin("go\n".getBytes(StandardCharsets.UTF_8), true);
+      assertEquals(0, ctr.waitExit());
+      // Exited: all of it and the exit status.
+      List<OutputChunk> chunks = new ArrayList<>();
+      try (Output out = ctr.outputSoFar()) {
+        out.forEach(chunks::add);
+        assertEquals(0, out.exitStatus());
+      }
+      assertEquals("one\nthree\n", text(chunks, false));
+      // From an offset: the rest only.
+      long at = chunks.get(0).offset() + chunks.get(0).data().length;
+      StringBuilder rest = new StringBuilder();
+      try (Output out = ctr.outputSoFar(at)) {
+        out.forEach(c -> rest.append(new String(c.data(), StandardCharsets.UTF_8)));
+      }
+      StringBuilder after = new StringBuilder();
+      for (OutputChunk c : chunks.subList(1, chunks.size())) {
+        after.append(new String(c.data(), StandardCharsets.UTF_8));
+      }
+      assertEquals(after.toString(), rest.toString(), "output from offset " + at);
+    }
+  }
+
+  /** A reproducible stream of n pseudo-random bytes, never held whole in memory. */
+  private static java.io.InputStream patterned(long n) {
+    return new java.io.InputStream() {
+      private long left = n;
+      private final java.util.Random r = new java.util.Random(7);
+
+      @Override
+      public int read() {
+        byte[] b = new byte[1];
+        return read(b, 0, 1) < 0 ? -1 : b[0] & 0xff;
+      }
+
+      @Override
+      public int read(byte[] b, int off, int len) {
+        if (left == 0) {
+          return -1;
+        }
+        int k = (int) Math.min(len, left);
+        byte[] chunk = new byte[k];
+        r.nextBytes(chunk);
+        System.arraycopy(chunk, 0, b, off, k);
+        left -= k;
+        return k;
+      }
+    };
+  }
+
+  private static byte[] sha256(java.io.InputStream in) throws Exception {
+    java.security.MessageDigest md = java.security.MessageDigest.getInstance("SHA-256");
+    try (in) {
+      byte[] buf = new byte[64 << 10];
+      for (int n; (n = in.read(buf)) > 0; ) {
+        md.update(buf, 0, n);
+      }
+    }
+    return md.digest();
+  }
+
+  @Test
+  @Order(3)
+  void readsWritesAndWatchesFiles() throws Exception {
+    try (Sandbox sb = client.createSandbox("runc", new SandboxOptions().labels(LABELS))) {
+      Container ctr = sb.run(new ContainerOptions().image(Sandboxer.BUSYBOX).args("sleep", "300"));
+      io.magnetar.client.Files files = ctr.files();
+      files.mkdir("/work/sub", true, 0);
+      files.mkdir("/work/sub", true, 0); // parents: an existing directory is fine
+      var info = files.writeString("/work/hello.txt", "hello from java\n");
+      assertEquals(16, info.getSize());
+      assertEquals(0644, info.getMode() & 0777);
+      assertEquals("hello from java\n", files.readString("/work/hello.txt"));
+      // The container sees it.
+      assertEquals(new Process.Result("hello from java\n", "", 0), ctr.exec("", List.of("cat", "/work/hello.txt")).collect());
+      // A range, an append, an exclusive create, an atomic replace.
+      try (var in = files.read("/work/hello.txt", 6, 4)) {
+        assertEquals("from", new String(in.readAllBytes(), StandardCharsets.UTF_8));
+      }
+      files.writeFile("/work/hello.txt", "again\n".getBytes(StandardCharsets.UTF_8),
+          new io.magnetar.client.Files.WriteOptions().mode(io.magnetar.client.Files.Mode.APPEND));
+      assertEquals("hello from java\nagain\n", files.readString("/work/hello.txt"));
+      MagnetarException e = assertThrows(MagnetarException.class, () -> files.writeFile("/work/hello.txt", new byte[0],
+          new io.magnetar.client.Files.WriteOptions().mode(io.magnetar.client.Files.Mode.CREATE_NEW)));
+      assertEquals(Status.Code.ALREADY_EXISTS, e.code());
+      files.writeFile("/work/run.sh", "#!/bin/sh\necho ran\n".getBytes(StandardCharsets.UTF_8),
+          new io.magnetar.client.Files.WriteOptions().permissions(0755).atomic(true));
+      assertEquals(new Process.Result("ran\n", "", 0), ctr.exec("", List.of("/work/run.sh")).collect());
+      // A large file, streamed both ways and checked byte for byte.
+      long big = 24L << 20;
+      assertEquals(big, files.write("/work/sub/big", patterned(big), null).getSize());
+      assertTrue(java.util.Arrays.equals(sha256(patterned(big)), sha256(files.read("/work/sub/big"))), "big file differs");
+      // Stat, list (recursive, limited).
+      assertEquals(io.magnetar.file.v1.FileType.FILE_TYPE_DIRECTORY, files.stat("/work/sub").getType());
+      var all = files.list("/work", true, 0);
+      assertEquals(List.of("/work/hello.txt", "/work/run.sh", "/work/sub", "/work/sub/big"),
+          all.entries().stream().map(io.magnetar.file.v1.FileInfo::getPath).toList());
+      assertFalse(all.truncated());
+      assertTrue(files.list("/work", true, 2).truncated());
+      // Watch: the container's writes are seen.
+      try (var watch = files.watch("/work", true)) {
+        ctr.exec("", List.of("sh", "-c", "echo x > /work/sub/new")).collect();
+        boolean seen = false;
+        for (var ev : watch) {
+          if (ev.getPath().equals("/work/sub/new") && ev.getType() == io.magnetar.file.v1.FileEventType.FILE_EVENT_TYPE_CREATED) {
+            seen = true;
+            break;
+          }
+        }
+        assertTrue(seen, "no created event for /work/sub/new");
+      }
+      // Rename, tar both ways, remove.
+      files.rename("/work/sub/new", "/work/sub/renamed");
+      assertEquals("x\n", files.readString("/work/sub/renamed"));
+      files.remove("/work/sub/big", false);
+      byte[] tar;
+      try (var in = files.downloadTar("/work")) {
+        tar = in.readAllBytes();
+      }
+      files.mkdir("/copy", false, 0);
+      var up = files.uploadTar("/copy", new java.io.ByteArrayInputStream(tar));
+      assertTrue(up.getEntries() >= 4, "entries " + up.getEntries());
+      var copied = files.list("/copy", true, 0).entries().stream().map(io.magnetar.file.v1.FileInfo::getPath).toList();
+      assertTrue(copied.stream().anyMatch(p -> p.endsWith("/sub/renamed")), "copied: " + copied);
+      files.remove("/work", true);
+      e = assertThrows(MagnetarException.class, () -> files.stat("/work"));
+      assertEquals(Status.Code.NOT_FOUND, e.code());
+      // Confined: a link out of the root resolves inside it (the image has
+      // no /etc/shadow; the host has one).
+      ctr.exec("", List.of("ln", "-s", "/../../../../etc/shadow", "/copy/escape")).collect();
+      e = assertThrows(MagnetarException.class, () -> files.readFile("/copy/escape"));
+      assertEquals(Status.Code.NOT_FOUND, e.code());
+      e = assertThrows(MagnetarException.class, () -> client.files("no-such-container").stat("/"));
+      assertEquals(Status.Code.NOT_FOUND, e.code());
     }
   }
 

@@ -152,6 +152,54 @@ class RetryTest {
   }
 
   @Test
+  void outputSoFarEndsWithTheStream() {
+    List<AttachOutputRequest> requests = new ArrayList<>();
+    Output.Opener open = req -> {
+      requests.add(req);
+      Iterator<AttachOutputResponse> it = requests.size() == 1
+          ? failingAfter(List.of(chunk("ab", 0)), unavailable())
+          : failingAfter(List.of(chunk("cd", 2)), null); // ends: no exit, not following
+      return new Output.Call(it, () -> {});
+    };
+    ByteArrayOutputStream got = new ByteArrayOutputStream();
+    try (Output o = new Output(open, AttachOutputRequest.newBuilder().setContainerId("c").setFollow(false).build(),
+        new Retry.Backoff(Duration.ofSeconds(10)))) {
+      for (OutputChunk c : o) {
+        got.writeBytes(c.data());
+      }
+      assertEquals(null, o.exitStatus());
+    }
+    assertEquals("abcd", got.toString());
+    assertEquals(2, requests.size());
+    assertFalse(requests.get(1).getFollow());
+    assertEquals(2, requests.get(1).getStartOffset());
+  }
+
+  @Test
+  void usageStreamOpensAgainAfterABreak() {
+    AtomicInteger opens = new AtomicInteger();
+    java.util.function.Function<Long, io.magnetar.sandbox.v1.WatchSandboxUsageResponse> sample = ns ->
+        io.magnetar.sandbox.v1.WatchSandboxUsageResponse.newBuilder()
+            .setUsage(io.magnetar.sandbox.v1.SandboxUsage.newBuilder().setCpuUsageNs(ns)).build();
+    UsageStream u = new UsageStream(() -> switch (opens.incrementAndGet()) {
+      case 1 -> new UsageStream.Call(failingAfter(List.of(sample.apply(1L), sample.apply(2L)), unavailable()), () -> {});
+      case 2 -> new UsageStream.Call(failingAfter(List.of(), null), () -> {}); // ended: opened again
+      case 3 -> new UsageStream.Call(failingAfter(List.of(sample.apply(3L)), new StatusRuntimeException(Status.NOT_FOUND)),
+          () -> {});
+      default -> throw new AssertionError("opened too often");
+    }, new Retry.Backoff(Duration.ofSeconds(10)));
+    List<Long> got = new ArrayList<>();
+    MagnetarException e = assertThrows(MagnetarException.class, () -> {
+      for (var s : u) {
+        got.add(s.getCpuUsageNs());
+      }
+    });
+    assertEquals(Status.Code.NOT_FOUND, e.code());
+    assertEquals(List.of(1L, 2L, 3L), got);
+    assertEquals(3, opens.get());
+  }
+
+  @Test
   void outputDoesNotResumeOtherErrors() {
     Output.Opener open = req -> new Output.Call(
         failingAfter(List.of(), new StatusRuntimeException(Status.OUT_OF_RANGE)), () -> {});

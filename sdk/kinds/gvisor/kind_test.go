@@ -7,10 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -170,5 +172,61 @@ func TestHungRunscIsBounded(t *testing.T) {
 	}
 	if out, _ := exec.Command("pgrep", "-f", id).Output(); len(out) > 0 {
 		t.Errorf("processes of the sandbox left: %s", out)
+	}
+}
+
+// TestExecKillEndsProcessInSandbox: a SIGKILL of an exec'd process (what
+// an ExecSync's timeout sends) ends the process in the sandbox, not only
+// its `runsc exec` process: no such process is left, and its exit is 137.
+func TestExecKillEndsProcessInSandbox(t *testing.T) {
+	testutil.RequireRunsc(t)
+	b, err := gvisor.New(gvisor.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	_, c, _ := run(t, b, backend.SandboxConfig{PrivateNetwork: true}, "exec tail -f /dev/null")
+	ctx := context.Background()
+	exec := func(id, script string) (backend.Process, string) {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "out")
+		if err := os.WriteFile(out, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p, err := c.Exec(ctx, backend.ExecConfig{ID: id, Process: &specs.Process{Args: []string{"/bin/sh", "-c", script}, Cwd: "/", Env: []string{"PATH=/bin"}}, Stdio: backend.Stdio{Stdout: out, Stderr: out}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Start(ctx); err != nil {
+			t.Fatalf("start exec %s: %v", id, err)
+		}
+		return p, out
+	}
+	wait := func(p backend.Process) uint32 {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		st, err := p.Wait(wctx)
+		if err != nil {
+			t.Fatalf("wait: %v", err)
+		}
+		return st.Code
+	}
+	sleeper, _ := exec("sleeper", "exec sleep 4321")
+	if err := sleeper.Kill(ctx, syscall.SIGKILL, false); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	if code := wait(sleeper); code != 137 {
+		t.Errorf("exit of the killed exec: %d, want 137", code)
+	}
+	if err := sleeper.Delete(ctx); err != nil {
+		t.Errorf("delete exec: %v", err)
+	}
+	check, out := exec("check", "cat /proc/[0-9]*/comm | grep -c '^sleep$'; echo done")
+	if code := wait(check); code != 0 {
+		t.Fatalf("check exec: exit %d", code)
+	}
+	if data, _ := os.ReadFile(out); strings.TrimSpace(string(data)) != "0\ndone" {
+		t.Errorf("processes named sleep in the container after the kill: %q, want none (0)", data)
 	}
 }

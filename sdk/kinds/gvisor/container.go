@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -59,7 +58,7 @@ func (s *sandbox) containerSpec(spec specs.Spec) specs.Spec {
 	ann[annContainerType] = "container"
 	ann[annSandboxID] = s.cfg.ID
 	spec.Annotations = ann
-	spec.Mounts = slices.Clone(spec.Mounts)
+	spec.Mounts = readOnlyBinds(spec.Mounts, nil)
 	podfiles.AddPodFiles(&spec, s.cfg.Dir)
 	if shm := filepath.Join(s.cfg.Dir, podfiles.ShmName); dirExists(shm) {
 		podfiles.AddShm(&spec, shm)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -29,6 +30,12 @@ func TestUnknownPlatform(t *testing.T) {
 // run starts a sandbox of b with cfg, runs script in one container and
 // returns its output, the container and the sandbox (deleted at cleanup).
 func run(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script string) (string, backend.Container, backend.Sandbox) {
+	t.Helper()
+	return runWith(t, b, cfg, script, nil)
+}
+
+// runWith is run with the container's spec changed by edit first.
+func runWith(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script string, edit func(*specs.Spec)) (string, backend.Container, backend.Sandbox) {
 	t.Helper()
 	ctx := context.Background()
 	cfg.ID = filepath.Base(t.TempDir())
@@ -53,6 +60,9 @@ func run(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script stri
 	}
 	dir := t.TempDir()
 	spec := testutil.BusyboxBundle(t, dir, script)
+	if edit != nil {
+		edit(spec)
+	}
 	out := filepath.Join(t.TempDir(), "out")
 	if err := os.WriteFile(out, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -228,5 +238,46 @@ func TestExecKillEndsProcessInSandbox(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(out); strings.TrimSpace(string(data)) != "0\ndone" {
 		t.Errorf("processes named sleep in the container after the kill: %q, want none (0)", data)
+	}
+}
+
+// TestReadOnlyBindMounts: a read-only bind mount of a host directory with
+// a tmpfs mounted below it keeps the tmpfs writable, as with runc; a
+// recursive read-only one ("rro", which runsc alone ignores) makes both
+// read-only.
+func TestReadOnlyBindMounts(t *testing.T) {
+	testutil.RequireRunsc(t)
+	b, err := gvisor.New(gvisor.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	host := t.TempDir()
+	sub := filepath.Join(host, "tmpfs")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("none", sub, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
+	script := "touch /ro/top 2>&1; touch /ro/tmpfs/sub && echo sub-ok; touch /rro/top 2>&1; touch /rro/tmpfs/sub 2>&1; echo end"
+	out, c, _ := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec) {
+		s.Mounts = append(s.Mounts,
+			specs.Mount{Destination: "/ro", Type: "bind", Source: host, Options: []string{"rbind", "rprivate", "ro"}},
+			specs.Mount{Destination: "/rro", Type: "bind", Source: host, Options: []string{"rbind", "rprivate", "rro"}})
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if st, err := c.Init().Wait(ctx); err != nil || st.Code != 0 {
+		t.Fatalf("wait: %+v, %v", st, err)
+	}
+	data, _ := os.ReadFile(out)
+	want := "touch: /ro/top: Read-only file system\nsub-ok\ntouch: /rro/top: Read-only file system\ntouch: /rro/tmpfs/sub: Read-only file system\nend\n"
+	if string(data) != want {
+		t.Errorf("container output:\n%s\nwant:\n%s", data, want)
+	}
+	if _, err := os.Stat(filepath.Join(sub, "sub")); err != nil {
+		t.Errorf("the file written in the tmpfs below the read-only mount is not on the host: %v", err)
 	}
 }

@@ -109,13 +109,6 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 		return nil, fmt.Errorf("gVisor sandbox %q is stopped: %w", s.cfg.ID, errdefs.ErrFailedPrecondition)
 	}
 	spec := s.containerSpec(*cfg.Spec)
-	data, err := json.Marshal(&spec)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(cfg.Bundle, "config.json"), data, 0o600); err != nil {
-		return nil, fmt.Errorf("write OCI spec: %w", err)
-	}
 	rootfs := ""
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
@@ -131,12 +124,23 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 			}
 		}()
 	}
+	root := hostroot.Of(cfg, rootfs)
+	if err := readonlyPaths(&spec, root.Dir); err != nil {
+		return nil, fmt.Errorf("container %q: %w", cfg.ID, err)
+	}
+	data, err := json.Marshal(&spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Bundle, "config.json"), data, 0o600); err != nil {
+		return nil, fmt.Errorf("write OCI spec: %w", err)
+	}
 	cfg.Stdio = nullStdio(cfg.Stdio)
 	rt := s.runtime(cfg.Bundle)
 	if err := shimrecord.Write(cfg.Bundle, shimrecord.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
 		return nil, err
 	}
-	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: hostroot.Of(cfg, rootfs), execs: map[string]*execProc{}}
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: root, execs: map[string]*execProc{}}
 	cctx, cancel := context.WithTimeout(ctx, s.b.cfg.CommandTimeout)
 	defer cancel()
 	ip, err := newInitProc(cctx, c, cfg.Stdio, rootfs)

@@ -281,3 +281,39 @@ func TestReadOnlyBindMounts(t *testing.T) {
 		t.Errorf("the file written in the tmpfs below the read-only mount is not on the host: %v", err)
 	}
 }
+
+// TestReadonlyPaths: the spec's readonlyPaths (which runsc alone ignores)
+// are read-only in the container: a directory of the root file system, a
+// mount's destination, a directory in a bind mount; a mount below one
+// stays writable, and the defaults in /proc and a missing path are fine.
+func TestReadonlyPaths(t *testing.T) {
+	testutil.RequireRunsc(t)
+	b, err := gvisor.New(gvisor.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	vol := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(vol, "sub", "w"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := "touch /bin/x 2>&1; touch /data/x 2>&1; touch /vol/sub/x 2>&1; touch /vol/y && echo vol-ok; touch /vol/sub/w/x && echo w-ok; echo end"
+	out, c, _ := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec) {
+		s.Mounts = append(s.Mounts,
+			specs.Mount{Destination: "/data", Type: "tmpfs", Source: "tmpfs"},
+			specs.Mount{Destination: "/vol", Type: "bind", Source: vol, Options: []string{"rbind", "rw"}},
+			specs.Mount{Destination: "/vol/sub/w", Type: "tmpfs", Source: "tmpfs"})
+		s.Linux.ReadonlyPaths = append(s.Linux.ReadonlyPaths, "/bin", "/data", "/vol/sub", "/nope")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if st, err := c.Init().Wait(ctx); err != nil || st.Code != 0 {
+		data, _ := os.ReadFile(out)
+		t.Fatalf("wait: %+v, %v: %s", st, err, data)
+	}
+	data, _ := os.ReadFile(out)
+	want := "touch: /bin/x: Read-only file system\ntouch: /data/x: Read-only file system\ntouch: /vol/sub/x: Read-only file system\nvol-ok\nw-ok\nend\n"
+	if string(data) != want {
+		t.Errorf("container output:\n%s\nwant:\n%s", data, want)
+	}
+}

@@ -153,6 +153,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := s.runscWith(cctx, rt, cfg.Bundle, append(args, cfg.ID)...); err != nil {
 		ip.closeIO()
 		_ = s.runsc(context.Background(), "delete", "--force", cfg.ID)
+		s.b.killLeftovers([]string{"--bundle=" + cfg.Bundle}, "")
 		return nil, fmt.Errorf("create container %q in gVisor sandbox %q: %w", cfg.ID, s.cfg.ID, err)
 	}
 	s.reapGofer(cfg.ID)

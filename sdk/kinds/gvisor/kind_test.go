@@ -317,3 +317,65 @@ func TestReadonlyPaths(t *testing.T) {
 		t.Errorf("container output:\n%s\nwant:\n%s", data, want)
 	}
 }
+
+// TestCutShortCreateLeavesNothing (issue #11): a `runsc create` cut short
+// after it started the sandbox and gofer processes but before runsc saved
+// its state (here: a wrapper that runs the real create, removes runsc's
+// state files, then hangs until CommandTimeout kills it) fails the start,
+// and leaves no runsc process, cgroup or state of the sandbox: `runsc
+// delete --force` cannot find them, the kind kills them by their command
+// line and cgroup.
+func TestCutShortCreateLeavesNothing(t *testing.T) {
+	testutil.RequireRunsc(t)
+	real, err := exec.LookPath("runsc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(t.TempDir(), "runsc")
+	script := `#!/bin/sh
+root= create= prev=
+for a in "$@"; do
+	[ "$prev" = --root ] && root=$a
+	[ "$a" = create ] && create=1
+	prev=$a
+done
+[ -z "$create" ] && exec ` + real + ` "$@"
+` + real + ` "$@" || exit $?
+rm -f "$root"/*.state
+exec sleep 3600
+`
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	b, err := gvisor.New(gvisor.Config{Binary: wrapper, Root: root, Platform: gvisor.PlatformSystrap, CommandTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx := context.Background()
+	id := "cut-" + filepath.Base(t.TempDir())
+	dir := t.TempDir()
+	sb, err := b.Create(ctx, backend.SandboxConfig{ID: id, Namespace: "test", Dir: dir, PrivateNetwork: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Start(ctx); err == nil || !errdefs.IsUnavailable(err) {
+		t.Fatalf("start with a create cut short: %v; want Unavailable", err)
+	}
+	if out, _ := exec.Command("pgrep", "-a", "-f", dir).Output(); len(out) > 0 {
+		t.Errorf("processes of the sandbox left after the failed start: %s", out)
+	}
+	if left, _ := filepath.Glob("/sys/fs/cgroup/*/magnetar-gvisor/gvisor-" + id); len(left) > 0 {
+		t.Errorf("cgroups of the sandbox left: %q", left)
+	}
+	if left, _ := filepath.Glob("/sys/fs/cgroup/magnetar-gvisor/gvisor-" + id); len(left) > 0 {
+		t.Errorf("cgroup of the sandbox left: %q", left)
+	}
+	if err := sb.Delete(ctx); err != nil {
+		t.Errorf("delete: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(root, "test", "*"+id+"*")); len(left) > 0 {
+		t.Errorf("runsc state left: %q", left)
+	}
+}

@@ -525,6 +525,9 @@ func (s *sandbox) destroy(ctx context.Context) error {
 	if s.st.Pid > 0 {
 		s.waitStopped(ctx, 10*time.Second)
 	}
+	// What a `runsc create` cut short left, unknown to runsc: its sandbox
+	// and gofer processes and its cgroup.
+	s.b.killLeftovers([]string{"--bundle=" + filepath.Join(s.cfg.Dir, "root"), "--overlay2=root:dir=" + s.cfg.Dir}, s.cgroupsPath())
 	// Subcontainers the engine deleted are gone; any other file of this
 	// sandbox (a container whose create failed half-way) goes too.
 	leftovers, _ := filepath.Glob(filepath.Join(s.rt.Root, "*_sandbox:"+s.cfg.ID+".*"))

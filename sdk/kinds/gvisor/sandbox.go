@@ -55,6 +55,10 @@ type sandboxState struct {
 	// HostFiles: runsc runs with --overlay2=none --file-access=shared
 	// (Config.HostFiles when the sandbox was created).
 	HostFiles bool `json:"hostFiles,omitempty"`
+	// OCISeccomp: runsc runs with --oci-seccomp, so that the sentry
+	// applies the containers' seccomp profiles (runsc ignores them
+	// without it). Sandboxes created before it was set run without.
+	OCISeccomp bool `json:"ociSeccomp,omitempty"`
 	// Pid is the runsc sandbox process (0 before Start).
 	Pid int `json:"pid,omitempty"`
 }
@@ -84,6 +88,7 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, 
 	} else {
 		s.st.Platform = b.runscPlatform
 		s.st.HostFiles = b.cfg.HostFiles
+		s.st.OCISeccomp = true
 		switch {
 		case cfg.NetNSPath != "":
 			s.st.Network = networkSandbox
@@ -108,6 +113,9 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, 
 func (s *sandbox) runtime(dir string) *gorunc.Runc {
 	rt := s.b.runtime(s.cfg.Namespace, dir, s.st.Network)
 	rt.ExtraArgs[0] = "--platform=" + s.st.Platform
+	if s.st.OCISeccomp {
+		rt.ExtraArgs = append(rt.ExtraArgs, "--oci-seccomp")
+	}
 	if s.st.HostFiles {
 		// The file service reads and writes the container's root on the
 		// host: no overlay, and the gofer does not cache.

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -107,6 +108,11 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	}
 	if !s.alive() {
 		return nil, fmt.Errorf("gVisor sandbox %q is stopped: %w", s.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
+	for _, m := range cfg.Spec.Mounts {
+		if slices.Contains(m.Options, "rshared") || slices.Contains(m.Options, "shared") {
+			return nil, fmt.Errorf("container %q: mount %s is shared (bidirectional propagation): mounts made in a gVisor sandbox are the sentry's and never reach the host: %w", cfg.ID, m.Destination, errdefs.ErrNotImplemented)
+		}
 	}
 	spec := s.containerSpec(*cfg.Spec)
 	rootfs := ""

@@ -34,8 +34,9 @@ func run(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script stri
 	return runWith(t, b, cfg, script, nil)
 }
 
-// runWith is run with the container's spec changed by edit first.
-func runWith(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script string, edit func(*specs.Spec)) (string, backend.Container, backend.Sandbox) {
+// runWith is run with the container's spec (and bundle) changed by edit
+// first.
+func runWith(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script string, edit func(spec *specs.Spec, bundle string)) (string, backend.Container, backend.Sandbox) {
 	t.Helper()
 	ctx := context.Background()
 	cfg.ID = filepath.Base(t.TempDir())
@@ -61,7 +62,7 @@ func runWith(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script 
 	dir := t.TempDir()
 	spec := testutil.BusyboxBundle(t, dir, script)
 	if edit != nil {
-		edit(spec)
+		edit(spec, dir)
 	}
 	out := filepath.Join(t.TempDir(), "out")
 	if err := os.WriteFile(out, nil, 0o600); err != nil {
@@ -262,7 +263,7 @@ func TestReadOnlyBindMounts(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
 	script := "touch /ro/top 2>&1; touch /ro/tmpfs/sub && echo sub-ok; touch /rro/top 2>&1; touch /rro/tmpfs/sub 2>&1; echo end"
-	out, c, _ := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec) {
+	out, c, _ := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec, _ string) {
 		s.Mounts = append(s.Mounts,
 			specs.Mount{Destination: "/ro", Type: "bind", Source: host, Options: []string{"rbind", "rprivate", "ro"}},
 			specs.Mount{Destination: "/rro", Type: "bind", Source: host, Options: []string{"rbind", "rprivate", "rro"}})
@@ -298,7 +299,7 @@ func TestReadonlyPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := "touch /bin/x 2>&1; touch /data/x 2>&1; touch /vol/sub/x 2>&1; touch /vol/y && echo vol-ok; touch /vol/sub/w/x && echo w-ok; echo end"
-	out, c, _ := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec) {
+	out, c, _ := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec, _ string) {
 		s.Mounts = append(s.Mounts,
 			specs.Mount{Destination: "/data", Type: "tmpfs", Source: "tmpfs"},
 			specs.Mount{Destination: "/vol", Type: "bind", Source: vol, Options: []string{"rbind", "rw"}},
@@ -391,7 +392,7 @@ func TestSeccompProfile(t *testing.T) {
 	}
 	t.Cleanup(func() { b.Close() })
 	script := "mkdir /made 2>&1; echo mkdir=$?; touch /file && echo touch=ok"
-	out, c, _ := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec) {
+	out, c, sb := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec, _ string) {
 		s.Linux.Seccomp = &specs.LinuxSeccomp{
 			DefaultAction: specs.ActAllow,
 			Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchAARCH64},
@@ -406,5 +407,15 @@ func TestSeccompProfile(t *testing.T) {
 	data, _ := os.ReadFile(out)
 	if want := "mkdir: can't create directory '/made': Operation not permitted\nmkdir=1\ntouch=ok\n"; string(data) != want {
 		t.Errorf("container output:\n%s\nwant:\n%s", data, want)
+	}
+
+	// A shared (bidirectional) mount is refused with a clear error: the
+	// sentry's mounts never reach the host.
+	dir := t.TempDir()
+	spec := testutil.BusyboxBundle(t, dir, "true")
+	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/mnt", Type: "bind", Source: t.TempDir(), Options: []string{"rbind", "rshared"}})
+	_, err = sb.CreateContainer(ctx, backend.ContainerConfig{ID: "shared", Bundle: dir, Spec: spec})
+	if !errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), "/mnt is shared") {
+		t.Errorf("container with an rshared mount: %v; want NotImplemented naming the mount", err)
 	}
 }

@@ -289,7 +289,12 @@ func (s *sandbox) runscWith(ctx context.Context, rt *gorunc.Runc, dir string, ar
 		if ctx.Err() != nil {
 			return fmt.Errorf("runsc %s: no answer within %v: %w", args[0], s.b.cfg.CommandTimeout, errdefs.ErrUnavailable)
 		}
-		return fmt.Errorf("runsc %s: %w: %s", args[0], err, strings.TrimSpace(string(msg)))
+		out := strings.TrimSpace(string(msg))
+		if out == "" {
+			// runsc wrote its reason only into its log.
+			out = strings.TrimPrefix(lastLogLine(rt.Log), ": ")
+		}
+		return fmt.Errorf("runsc %s: %w: %s", args[0], err, out)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package gvisor
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -131,8 +132,8 @@ func cgroupDirs(p string) []string {
 // (rmdir fails with EBUSY until then), trying until deadline.
 func removeCgroup(dir string, deadline time.Time) {
 	for {
-		err := unix.Rmdir(dir)
-		if err == nil || err == unix.ENOENT || err != unix.EBUSY || time.Now().After(deadline) {
+		// Done (or gone, or another error) unless still busy.
+		if err := unix.Rmdir(dir); !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -135,6 +136,7 @@ type specResult struct {
 	Name    string
 	State   string // passed, failed, skipped, pending, panicked, timedout, ...
 	Message string // failure or skip message
+	RunTime time.Duration
 }
 
 // ginkgoReport is the part of ginkgo's JSON report read here.
@@ -144,6 +146,7 @@ type ginkgoReport []struct {
 		LeafNodeText            string
 		LeafNodeType            string
 		State                   string
+		RunTime                 time.Duration
 		Failure                 *struct {
 			Message  string
 			Location struct {
@@ -170,7 +173,7 @@ func readReport(path string) (map[string]specResult, error) {
 				continue
 			}
 			name := strings.Join(append(slices.Clone(s.ContainerHierarchyTexts), s.LeafNodeText), " ")
-			res := specResult{Name: name, State: s.State}
+			res := specResult{Name: name, State: s.State, RunTime: s.RunTime}
 			if s.Failure != nil {
 				res.Message = fmt.Sprintf("%s (%s:%d)", strings.TrimSpace(s.Failure.Message), filepath.Base(s.Failure.Location.FileName), s.Failure.Location.LineNumber)
 			}
@@ -216,7 +219,7 @@ func TestCritest(t *testing.T) {
 				"--runtime-handler", k.Handler,
 				"--ginkgo.no-color",
 				"--ginkgo.json-report", report,
-				"--ginkgo.timeout", "25m",
+				"--ginkgo.timeout", ginkgoTimeout(),
 				"--ginkgo.skip", alternation(exp.Skip, k.NotApplicable, k.NotYet),
 			}
 			if k.focus != nil {
@@ -281,6 +284,11 @@ func TestCritest(t *testing.T) {
 					t.Errorf("%s: %s: %s", n, r.State, r.Message)
 				}
 			}
+			n := 8 // MAGNETAR_CRITEST_SLOWEST=n lists more
+			if v, err := strconv.Atoi(os.Getenv("MAGNETAR_CRITEST_SLOWEST")); err == nil {
+				n = v
+			}
+			t.Logf("%s: slowest specs:\n%s", k.Handler, slowest(results, n))
 			t.Logf("%s: %d passed, %d not applicable, %d skipped by the host, %d outside the focus, %d failed in %v",
 				k.Handler, len(o.passed), countNA(o), len(o.hostSkip), o.notRun, len(o.failed), o.duration)
 			if t.Failed() {
@@ -296,6 +304,31 @@ func TestCritest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// ginkgoTimeout bounds one handler's critest run: a full run (no focused
+// subsets, MAGNETAR_CRITEST_FULL=1) of the vm kind under QEMU TCG takes
+// much longer than CI's.
+func ginkgoTimeout() string {
+	if os.Getenv("MAGNETAR_CRITEST_FULL") == "1" {
+		return "110m"
+	}
+	return "25m"
+}
+
+// slowest lists the n specs that ran longest, with their times (to see
+// what a kind's run costs in CI).
+func slowest(results map[string]specResult, n int) string {
+	rs := make([]specResult, 0, len(results))
+	for _, r := range results {
+		rs = append(rs, r)
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].RunTime > rs[j].RunTime })
+	var b strings.Builder
+	for i := 0; i < n && i < len(rs); i++ {
+		fmt.Fprintf(&b, "  %v %s (%s)\n", rs[i].RunTime.Round(100*time.Millisecond), rs[i].Name, rs[i].State)
+	}
+	return b.String()
 }
 
 func countNA(o *outcome) int { return count(o.na) }

@@ -59,7 +59,7 @@ func (s *sandbox) containerSpec(spec specs.Spec) specs.Spec {
 	ann[annContainerType] = "container"
 	ann[annSandboxID] = s.cfg.ID
 	spec.Annotations = ann
-	spec.Mounts = slices.Clone(spec.Mounts)
+	spec.Mounts = readOnlyBinds(spec.Mounts, nil)
 	podfiles.AddPodFiles(&spec, s.cfg.Dir)
 	if shm := filepath.Join(s.cfg.Dir, podfiles.ShmName); dirExists(shm) {
 		podfiles.AddShm(&spec, shm)
@@ -109,14 +109,12 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if !s.alive() {
 		return nil, fmt.Errorf("gVisor sandbox %q is stopped: %w", s.cfg.ID, errdefs.ErrFailedPrecondition)
 	}
+	for _, m := range cfg.Spec.Mounts {
+		if slices.Contains(m.Options, "rshared") || slices.Contains(m.Options, "shared") {
+			return nil, fmt.Errorf("container %q: mount %s is shared (bidirectional propagation): mounts made in a gVisor sandbox are the sentry's and never reach the host: %w", cfg.ID, m.Destination, errdefs.ErrNotImplemented)
+		}
+	}
 	spec := s.containerSpec(*cfg.Spec)
-	data, err := json.Marshal(&spec)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(cfg.Bundle, "config.json"), data, 0o600); err != nil {
-		return nil, fmt.Errorf("write OCI spec: %w", err)
-	}
 	rootfs := ""
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
@@ -132,12 +130,23 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 			}
 		}()
 	}
+	root := hostroot.Of(cfg, rootfs)
+	if err := readonlyPaths(&spec, root.Dir); err != nil {
+		return nil, fmt.Errorf("container %q: %w", cfg.ID, err)
+	}
+	data, err := json.Marshal(&spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Bundle, "config.json"), data, 0o600); err != nil {
+		return nil, fmt.Errorf("write OCI spec: %w", err)
+	}
 	cfg.Stdio = nullStdio(cfg.Stdio)
 	rt := s.runtime(cfg.Bundle)
 	if err := shimrecord.Write(cfg.Bundle, shimrecord.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
 		return nil, err
 	}
-	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: hostroot.Of(cfg, rootfs), execs: map[string]*execProc{}}
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: root, execs: map[string]*execProc{}}
 	cctx, cancel := context.WithTimeout(ctx, s.b.cfg.CommandTimeout)
 	defer cancel()
 	ip, err := newInitProc(cctx, c, cfg.Stdio, rootfs)
@@ -150,6 +159,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := s.runscWith(cctx, rt, cfg.Bundle, append(args, cfg.ID)...); err != nil {
 		ip.closeIO()
 		_ = s.runsc(context.Background(), "delete", "--force", cfg.ID)
+		s.b.killLeftovers([]string{"--bundle=" + cfg.Bundle}, "")
 		return nil, fmt.Errorf("create container %q in gVisor sandbox %q: %w", cfg.ID, s.cfg.ID, err)
 	}
 	s.reapGofer(cfg.ID)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,6 +53,7 @@ type execProc struct {
 	mu      sync.Mutex
 	state   execState
 	pid     int
+	ipid    int    // the process's pid in the sandbox (0: unknown)
 	start   uint64 // the `runsc exec` process's start time
 	pidfd   int    // signals it (-1: none)
 	child   bool   // a child of this process: reaped by Delete
@@ -83,6 +85,12 @@ func (p *execProc) keptSet() *keptio.Set {
 // pidFile is where runsc writes the `runsc exec` process's pid.
 func (p *execProc) pidFile() string { return filepath.Join(p.c.bundle, "exec-"+p.id+".pid") }
 
+// internalPidFile is where runsc writes the process's pid in the
+// sandbox's root PID namespace (what `runsc kill --pid` takes).
+func (p *execProc) internalPidFile() string {
+	return filepath.Join(p.c.bundle, "exec-"+p.id+".ipid")
+}
+
 // specFile holds the process's spec for `runsc exec --process`.
 func (p *execProc) specFile() string { return filepath.Join(p.c.bundle, "exec-"+p.id+".json") }
 
@@ -104,7 +112,7 @@ func (p *execProc) Start(ctx context.Context) (uint32, error) {
 		return 0, fmt.Errorf("write process spec of exec %q: %w", p.id, err)
 	}
 	defer os.Remove(p.specFile())
-	args := append(globalArgs(p.c.rt), "exec", "--process", p.specFile(), "--detach", "--pid-file", p.pidFile())
+	args := append(globalArgs(p.c.rt), "exec", "--process", p.specFile(), "--detach", "--pid-file", p.pidFile(), "--internal-pid-file", p.internalPidFile())
 	var (
 		rio    gorunc.IO
 		socket *gorunc.Socket
@@ -132,6 +140,7 @@ func (p *execProc) Start(ctx context.Context) (uint32, error) {
 		}
 		p.closeIO()
 		_ = os.Remove(p.pidFile())
+		_ = os.Remove(p.internalPidFile())
 		return 0, err
 	}
 	cmd := exec.CommandContext(ctx, b.cfg.Binary, append(args, p.c.id)...)
@@ -222,6 +231,7 @@ func (p *execProc) Start(ctx context.Context) (uint32, error) {
 	// Read before the exit is watched: until then an exited process is a
 	// zombie, and its start time is still there.
 	p.start, _ = procstat.StartTime(pid)
+	p.ipid, _ = gorunc.ReadPidFile(p.internalPidFile())
 	p.pid, p.child, p.state = pid, true, execRunning
 	p.watch()
 	return uint32(pid), nil
@@ -339,27 +349,59 @@ func (p *execProc) Pid() uint32 {
 func (p *execProc) RecoveryState() ([]byte, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return json.Marshal(execRecovery{StartTime: p.start})
+	return json.Marshal(execRecovery{StartTime: p.start, InternalPid: p.ipid})
 }
 
 // execRecovery is the recovery state of an exec'd process (see
 // backend.RecoveryStater): the start time that tells its `runsc exec`
-// process from a later process with the same pid.
+// process from a later process with the same pid, and the process's pid
+// in the sandbox.
 type execRecovery struct {
-	StartTime uint64 `json:"startTime"`
+	StartTime   uint64 `json:"startTime"`
+	InternalPid int    `json:"internalPid,omitempty"`
 }
 
-// Kill signals the `runsc exec` process, which forwards the signal to the
-// process in the sandbox.
+// Kill signals the process. SIGKILL and SIGSTOP, which the `runsc exec`
+// process cannot catch and forward, go to the process in the sandbox with
+// `runsc kill --pid` (a SIGKILL of the `runsc exec` process alone would
+// end it and leave the process running in the sandbox, as an ExecSync's
+// timeout did); other signals go to the `runsc exec` process, which
+// forwards them.
 func (p *execProc) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	switch {
 	case p.state == execDeleted:
+		p.mu.Unlock()
 		return fmt.Errorf("exec %q was deleted: %w", p.id, errdefs.ErrNotFound)
 	case p.pid == 0:
+		p.mu.Unlock()
 		return fmt.Errorf("process not created: %w", errdefs.ErrFailedPrecondition)
 	case p.state == execStopped || p.pidfd < 0:
+		p.mu.Unlock()
+		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
+	}
+	ipid := p.ipid
+	p.mu.Unlock()
+	if (sig == unix.SIGKILL || sig == unix.SIGSTOP) && ipid > 0 {
+		err := p.c.s.runscWith(ctx, p.c.rt, p.c.bundle, "kill", "--pid", strconv.Itoa(ipid), p.c.id, strconv.Itoa(int(sig)))
+		if err == nil {
+			return nil
+		}
+		p.mu.Lock()
+		done := p.state != execRunning
+		p.mu.Unlock()
+		if done {
+			return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
+		}
+		if sig == unix.SIGSTOP {
+			return fmt.Errorf("exec kill error: %w", err)
+		}
+		// The sandbox does not answer: end the `runsc exec` process at
+		// least.
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pidfd < 0 {
 		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}
 	if err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0); err != nil {
@@ -427,6 +469,7 @@ func (p *execProc) Delete(ctx context.Context) error {
 	p.mu.Unlock()
 	p.closeIO()
 	_ = os.Remove(p.pidFile())
+	_ = os.Remove(p.internalPidFile())
 	p.c.mu.Lock()
 	delete(p.c.execs, p.id)
 	p.c.mu.Unlock()
@@ -499,7 +542,12 @@ func (c *container) RecoverExec(ctx context.Context, cfg backend.ExecConfig, rec
 			}
 		}
 		p.mu.Lock()
-		p.pid, p.start, p.state = int(rec.Pid), st.StartTime, execRunning
+		p.pid, p.start, p.ipid, p.state = int(rec.Pid), st.StartTime, st.InternalPid, execRunning
+		if p.ipid == 0 {
+			// Its start was cut short, or it was recorded by an older
+			// sandboxer.
+			p.ipid, _ = gorunc.ReadPidFile(p.internalPidFile())
+		}
 		if rec.Exited {
 			p.state = execStopped
 			p.mu.Unlock()

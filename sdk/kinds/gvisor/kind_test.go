@@ -7,10 +7,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/sdk/backend"
@@ -27,6 +30,13 @@ func TestUnknownPlatform(t *testing.T) {
 // run starts a sandbox of b with cfg, runs script in one container and
 // returns its output, the container and the sandbox (deleted at cleanup).
 func run(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script string) (string, backend.Container, backend.Sandbox) {
+	t.Helper()
+	return runWith(t, b, cfg, script, nil)
+}
+
+// runWith is run with the container's spec (and bundle) changed by edit
+// first.
+func runWith(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script string, edit func(spec *specs.Spec, bundle string)) (string, backend.Container, backend.Sandbox) {
 	t.Helper()
 	ctx := context.Background()
 	cfg.ID = filepath.Base(t.TempDir())
@@ -51,6 +61,9 @@ func run(t *testing.T, b *gvisor.Backend, cfg backend.SandboxConfig, script stri
 	}
 	dir := t.TempDir()
 	spec := testutil.BusyboxBundle(t, dir, script)
+	if edit != nil {
+		edit(spec, dir)
+	}
 	out := filepath.Join(t.TempDir(), "out")
 	if err := os.WriteFile(out, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -170,5 +183,239 @@ func TestHungRunscIsBounded(t *testing.T) {
 	}
 	if out, _ := exec.Command("pgrep", "-f", id).Output(); len(out) > 0 {
 		t.Errorf("processes of the sandbox left: %s", out)
+	}
+}
+
+// TestExecKillEndsProcessInSandbox: a SIGKILL of an exec'd process (what
+// an ExecSync's timeout sends) ends the process in the sandbox, not only
+// its `runsc exec` process: no such process is left, and its exit is 137.
+func TestExecKillEndsProcessInSandbox(t *testing.T) {
+	testutil.RequireRunsc(t)
+	b, err := gvisor.New(gvisor.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	_, c, _ := run(t, b, backend.SandboxConfig{PrivateNetwork: true}, "exec tail -f /dev/null")
+	ctx := context.Background()
+	exec := func(id, script string) (backend.Process, string) {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "out")
+		if err := os.WriteFile(out, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p, err := c.Exec(ctx, backend.ExecConfig{ID: id, Process: &specs.Process{Args: []string{"/bin/sh", "-c", script}, Cwd: "/", Env: []string{"PATH=/bin"}}, Stdio: backend.Stdio{Stdout: out, Stderr: out}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Start(ctx); err != nil {
+			t.Fatalf("start exec %s: %v", id, err)
+		}
+		return p, out
+	}
+	wait := func(p backend.Process) uint32 {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		st, err := p.Wait(wctx)
+		if err != nil {
+			t.Fatalf("wait: %v", err)
+		}
+		return st.Code
+	}
+	sleeper, _ := exec("sleeper", "exec sleep 4321")
+	if err := sleeper.Kill(ctx, syscall.SIGKILL, false); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	if code := wait(sleeper); code != 137 {
+		t.Errorf("exit of the killed exec: %d, want 137", code)
+	}
+	if err := sleeper.Delete(ctx); err != nil {
+		t.Errorf("delete exec: %v", err)
+	}
+	check, out := exec("check", "cat /proc/[0-9]*/comm | grep -c '^sleep$'; echo done")
+	if code := wait(check); code != 0 {
+		t.Fatalf("check exec: exit %d", code)
+	}
+	if data, _ := os.ReadFile(out); strings.TrimSpace(string(data)) != "0\ndone" {
+		t.Errorf("processes named sleep in the container after the kill: %q, want none (0)", data)
+	}
+}
+
+// TestReadOnlyBindMounts: a read-only bind mount of a host directory with
+// a tmpfs mounted below it keeps the tmpfs writable, as with runc; a
+// recursive read-only one ("rro", which runsc alone ignores) makes both
+// read-only.
+func TestReadOnlyBindMounts(t *testing.T) {
+	testutil.RequireRunsc(t)
+	b, err := gvisor.New(gvisor.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	host := t.TempDir()
+	sub := filepath.Join(host, "tmpfs")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("none", sub, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
+	script := "touch /ro/top 2>&1; touch /ro/tmpfs/sub && echo sub-ok; touch /rro/top 2>&1; touch /rro/tmpfs/sub 2>&1; echo end"
+	out, c, _ := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec, _ string) {
+		s.Mounts = append(s.Mounts,
+			specs.Mount{Destination: "/ro", Type: "bind", Source: host, Options: []string{"rbind", "rprivate", "ro"}},
+			specs.Mount{Destination: "/rro", Type: "bind", Source: host, Options: []string{"rbind", "rprivate", "rro"}})
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if st, err := c.Init().Wait(ctx); err != nil || st.Code != 0 {
+		t.Fatalf("wait: %+v, %v", st, err)
+	}
+	data, _ := os.ReadFile(out)
+	want := "touch: /ro/top: Read-only file system\nsub-ok\ntouch: /rro/top: Read-only file system\ntouch: /rro/tmpfs/sub: Read-only file system\nend\n"
+	if string(data) != want {
+		t.Errorf("container output:\n%s\nwant:\n%s", data, want)
+	}
+	if _, err := os.Stat(filepath.Join(sub, "sub")); err != nil {
+		t.Errorf("the file written in the tmpfs below the read-only mount is not on the host: %v", err)
+	}
+}
+
+// TestReadonlyPaths: the spec's readonlyPaths (which runsc alone ignores)
+// are read-only in the container: a directory of the root file system, a
+// mount's destination, a directory in a bind mount; a mount below one
+// stays writable, and the defaults in /proc and a missing path are fine.
+func TestReadonlyPaths(t *testing.T) {
+	testutil.RequireRunsc(t)
+	b, err := gvisor.New(gvisor.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	vol := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(vol, "sub", "w"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := "touch /bin/x 2>&1; touch /data/x 2>&1; touch /vol/sub/x 2>&1; touch /vol/y && echo vol-ok; touch /vol/sub/w/x && echo w-ok; echo end"
+	out, c, _ := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec, _ string) {
+		s.Mounts = append(s.Mounts,
+			specs.Mount{Destination: "/data", Type: "tmpfs", Source: "tmpfs"},
+			specs.Mount{Destination: "/vol", Type: "bind", Source: vol, Options: []string{"rbind", "rw"}},
+			specs.Mount{Destination: "/vol/sub/w", Type: "tmpfs", Source: "tmpfs"})
+		s.Linux.ReadonlyPaths = append(s.Linux.ReadonlyPaths, "/bin", "/data", "/vol/sub", "/nope")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if st, err := c.Init().Wait(ctx); err != nil || st.Code != 0 {
+		data, _ := os.ReadFile(out)
+		t.Fatalf("wait: %+v, %v: %s", st, err, data)
+	}
+	data, _ := os.ReadFile(out)
+	want := "touch: /bin/x: Read-only file system\ntouch: /data/x: Read-only file system\ntouch: /vol/sub/x: Read-only file system\nvol-ok\nw-ok\nend\n"
+	if string(data) != want {
+		t.Errorf("container output:\n%s\nwant:\n%s", data, want)
+	}
+}
+
+// TestCutShortCreateLeavesNothing (issue #11): a `runsc create` cut short
+// after it started the sandbox and gofer processes but before runsc saved
+// its state (here: a wrapper that runs the real create, removes runsc's
+// state files, then hangs until CommandTimeout kills it) fails the start,
+// and leaves no runsc process, cgroup or state of the sandbox: `runsc
+// delete --force` cannot find them, the kind kills them by their command
+// line and cgroup.
+func TestCutShortCreateLeavesNothing(t *testing.T) {
+	testutil.RequireRunsc(t)
+	real, err := exec.LookPath("runsc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(t.TempDir(), "runsc")
+	script := `#!/bin/sh
+root= create= prev=
+for a in "$@"; do
+	[ "$prev" = --root ] && root=$a
+	[ "$a" = create ] && create=1
+	prev=$a
+done
+[ -z "$create" ] && exec ` + real + ` "$@"
+` + real + ` "$@" || exit $?
+rm -f "$root"/*.state
+exec sleep 3600
+`
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	b, err := gvisor.New(gvisor.Config{Binary: wrapper, Root: root, Platform: gvisor.PlatformSystrap, CommandTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx := context.Background()
+	id := "cut-" + filepath.Base(t.TempDir())
+	dir := t.TempDir()
+	sb, err := b.Create(ctx, backend.SandboxConfig{ID: id, Namespace: "test", Dir: dir, PrivateNetwork: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Start(ctx); err == nil || !errdefs.IsUnavailable(err) {
+		t.Fatalf("start with a create cut short: %v; want Unavailable", err)
+	}
+	if out, _ := exec.Command("pgrep", "-a", "-f", dir).Output(); len(out) > 0 {
+		t.Errorf("processes of the sandbox left after the failed start: %s", out)
+	}
+	if left, _ := filepath.Glob("/sys/fs/cgroup/*/magnetar-gvisor/gvisor-" + id); len(left) > 0 {
+		t.Errorf("cgroups of the sandbox left: %q", left)
+	}
+	if left, _ := filepath.Glob("/sys/fs/cgroup/magnetar-gvisor/gvisor-" + id); len(left) > 0 {
+		t.Errorf("cgroup of the sandbox left: %q", left)
+	}
+	if err := sb.Delete(ctx); err != nil {
+		t.Errorf("delete: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(root, "test", "*"+id+"*")); len(left) > 0 {
+		t.Errorf("runsc state left: %q", left)
+	}
+}
+
+// TestSeccompProfile: a container's seccomp profile applies in the
+// sandbox (runsc --oci-seccomp; runsc alone ignores it): the system calls
+// it refuses fail, the others work.
+func TestSeccompProfile(t *testing.T) {
+	testutil.RequireRunsc(t)
+	b, err := gvisor.New(gvisor.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	script := "mkdir /made 2>&1; echo mkdir=$?; touch /file && echo touch=ok"
+	out, c, sb := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec, _ string) {
+		s.Linux.Seccomp = &specs.LinuxSeccomp{
+			DefaultAction: specs.ActAllow,
+			Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchAARCH64},
+			Syscalls:      []specs.LinuxSyscall{{Names: []string{"mkdir", "mkdirat"}, Action: specs.ActErrno}},
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if st, err := c.Init().Wait(ctx); err != nil || st.Code != 0 {
+		t.Fatalf("wait: %+v, %v", st, err)
+	}
+	data, _ := os.ReadFile(out)
+	if want := "mkdir: can't create directory '/made': Operation not permitted\nmkdir=1\ntouch=ok\n"; string(data) != want {
+		t.Errorf("container output:\n%s\nwant:\n%s", data, want)
+	}
+
+	// A shared (bidirectional) mount is refused with a clear error: the
+	// sentry's mounts never reach the host.
+	dir := t.TempDir()
+	spec := testutil.BusyboxBundle(t, dir, "true")
+	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/mnt", Type: "bind", Source: t.TempDir(), Options: []string{"rbind", "rshared"}})
+	_, err = sb.CreateContainer(ctx, backend.ContainerConfig{ID: "shared", Bundle: dir, Spec: spec})
+	if !errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), "/mnt is shared") {
+		t.Errorf("container with an rshared mount: %v; want NotImplemented naming the mount", err)
 	}
 }

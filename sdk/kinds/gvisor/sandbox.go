@@ -55,6 +55,10 @@ type sandboxState struct {
 	// HostFiles: runsc runs with --overlay2=none --file-access=shared
 	// (Config.HostFiles when the sandbox was created).
 	HostFiles bool `json:"hostFiles,omitempty"`
+	// OCISeccomp: runsc runs with --oci-seccomp, so that the sentry
+	// applies the containers' seccomp profiles (runsc ignores them
+	// without it). Sandboxes created before it was set run without.
+	OCISeccomp bool `json:"ociSeccomp,omitempty"`
 	// Pid is the runsc sandbox process (0 before Start).
 	Pid int `json:"pid,omitempty"`
 }
@@ -84,6 +88,7 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, 
 	} else {
 		s.st.Platform = b.runscPlatform
 		s.st.HostFiles = b.cfg.HostFiles
+		s.st.OCISeccomp = true
 		switch {
 		case cfg.NetNSPath != "":
 			s.st.Network = networkSandbox
@@ -108,6 +113,9 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, 
 func (s *sandbox) runtime(dir string) *gorunc.Runc {
 	rt := s.b.runtime(s.cfg.Namespace, dir, s.st.Network)
 	rt.ExtraArgs[0] = "--platform=" + s.st.Platform
+	if s.st.OCISeccomp {
+		rt.ExtraArgs = append(rt.ExtraArgs, "--oci-seccomp")
+	}
 	if s.st.HostFiles {
 		// The file service reads and writes the container's root on the
 		// host: no overlay, and the gofer does not cache.
@@ -281,7 +289,12 @@ func (s *sandbox) runscWith(ctx context.Context, rt *gorunc.Runc, dir string, ar
 		if ctx.Err() != nil {
 			return fmt.Errorf("runsc %s: no answer within %v: %w", args[0], s.b.cfg.CommandTimeout, errdefs.ErrUnavailable)
 		}
-		return fmt.Errorf("runsc %s: %w: %s", args[0], err, strings.TrimSpace(string(msg)))
+		out := strings.TrimSpace(string(msg))
+		if out == "" {
+			// runsc wrote its reason only into its log.
+			out = strings.TrimPrefix(lastLogLine(rt.Log), ": ")
+		}
+		return fmt.Errorf("runsc %s: %w: %s", args[0], err, out)
 	}
 	return nil
 }
@@ -525,6 +538,9 @@ func (s *sandbox) destroy(ctx context.Context) error {
 	if s.st.Pid > 0 {
 		s.waitStopped(ctx, 10*time.Second)
 	}
+	// What a `runsc create` cut short left, unknown to runsc: its sandbox
+	// and gofer processes and its cgroup.
+	s.b.killLeftovers([]string{"--bundle=" + filepath.Join(s.cfg.Dir, "root"), "--overlay2=root:dir=" + s.cfg.Dir}, s.cgroupsPath())
 	// Subcontainers the engine deleted are gone; any other file of this
 	// sandbox (a container whose create failed half-way) goes too.
 	leftovers, _ := filepath.Glob(filepath.Join(s.rt.Root, "*_sandbox:"+s.cfg.ID+".*"))

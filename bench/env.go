@@ -43,7 +43,7 @@ type env struct {
 // containerd's mount namespace, trace log to a file), imports busybox,
 // the pause image and the Wasm example into containerd and, for direct
 // mode, into the sandboxer's image store.
-func startEnv(ctx context.Context, o *options, warmPool bool) (_ *env, err error) {
+func startEnv(ctx context.Context, o *options, warmPool, template bool) (_ *env, err error) {
 	base, err := os.MkdirTemp("", "mgn-bench-")
 	if err != nil {
 		return nil, err
@@ -76,9 +76,16 @@ func startEnv(ctx context.Context, o *options, warmPool bool) (_ *env, err error
 		"--log-level", "trace",
 		"--vm-guest-dir", o.guestDir,
 	)
-	if warmPool {
+	if warmPool || template {
+		conf := "version = 1\n"
+		if warmPool {
+			conf = warmPoolConfig
+		}
+		if template {
+			conf += templateConfig
+		}
 		cfg := filepath.Join(base, "sandboxer.toml")
-		if err := os.WriteFile(cfg, []byte(warmPoolConfig), 0o600); err != nil {
+		if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 			return nil, err
 		}
 		e.sandboxer.Args = append(e.sandboxer.Args, "--config", cfg)

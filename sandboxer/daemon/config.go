@@ -73,7 +73,7 @@ const (
 //	  health_interval = "10s"
 //	  health_timeout = "30s"
 //	  health_failures = 3
-//	  tcg_cache_mib = 0
+//	  tcg_cache_mib = 32
 //	  free_page_reporting = false
 //	  [backends.vm.template]
 //	    enabled = true
@@ -251,7 +251,8 @@ type VMConfig struct {
 	// docs/design.md, "VM templates").
 	Template VMTemplateConfig `toml:"template"`
 	// TCGCacheMiB bounds QEMU's translation cache per VM under TCG
-	// (tb-size; 0: QEMU's default). Ignored under KVM.
+	// (tb-size; default 32, QEMU's own default is 1 GiB). Ignored under
+	// KVM.
 	TCGCacheMiB int `toml:"tcg_cache_mib"`
 	// FreePageReporting gives each VM a balloon returning the memory the
 	// guest frees to the host.

@@ -621,7 +621,7 @@ func (b *Backend) restoreWarm(ctx context.Context, sz vmSize, background bool) (
 	defer cancel()
 	t0 := time.Now()
 	w, err := b.startWarm(rctx, sz, warmSpec{id: poolIDPrefix + hx, dir: dir, shared: filepath.Join(dir, "shared"),
-		mac: tp.meta.MAC, tap: poolTapPfx + hx, memory: tp.memory, incoming: tp.state, background: background})
+		mac: tp.meta.MAC, tap: poolTapPfx + hx, memory: tp.memory, incoming: tp.state, background: background, pooled: background})
 	if err != nil {
 		if ctx.Err() == nil {
 			b.tmpl.drop(tp, fmt.Errorf("restore: %w", err))

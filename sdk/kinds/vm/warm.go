@@ -227,7 +227,7 @@ func (b *Backend) bootWarm(ctx context.Context, sz vmSize) (*pooledVM, error) {
 		hx := hex.EncodeToString(rnd[:])
 		dir := filepath.Join(b.poolRoot(), hx)
 		w, err = b.startWarm(ctx, sz, warmSpec{id: poolIDPrefix + hx, dir: dir, shared: filepath.Join(dir, "shared"),
-			tap: poolTapPfx + hx, mac: hypervisorMAC(rnd), background: true})
+			tap: poolTapPfx + hx, mac: hypervisorMAC(rnd), background: true, pooled: true})
 		if err != nil {
 			return nil, err
 		}
@@ -246,6 +246,8 @@ type warmSpec struct {
 	memory, incoming string
 	// background: the VM yields the CPU until adopted.
 	background bool
+	// pooled: the VM is the pool's (logged "warm vm ready" once ready).
+	pooled bool
 }
 
 // startWarm boots (or restores) a VM as spec says and waits for its
@@ -314,7 +316,9 @@ func (b *Backend) startWarm(ctx context.Context, sz vmSize, spec warmSpec) (_ *w
 		b.stopWarm(w)
 		return nil, fmt.Errorf("warm vm: %w", err)
 	}
-	b.log("warm vm ready", "vm", w.id, "size", sz.String(), "restored", spec.incoming != "", "took", time.Since(t0))
+	if spec.pooled {
+		b.log("warm vm ready", "vm", w.id, "size", sz.String(), "restored", spec.incoming != "", "took", time.Since(t0))
+	}
 	return w, nil
 }
 

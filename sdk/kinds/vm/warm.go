@@ -70,6 +70,8 @@ type warmVM struct {
 	// ps holds the agent session (and watches the VM) until a sandbox
 	// takes them over.
 	ps *sandbox
+	// pooled: the pool's VM (else restored for one sandbox).
+	pooled bool
 }
 
 // poolRoot holds the pool's VMs' directories.
@@ -259,7 +261,7 @@ func (b *Backend) startWarm(ctx context.Context, sz vmSize, spec warmSpec) (_ *w
 			b.log("warm vm start failed", "vm", spec.id, "size", sz.String(), "error", retErr, "took", time.Since(t0))
 		}
 	}()
-	w := &warmVM{id: spec.id, dir: spec.dir, shared: spec.shared}
+	w := &warmVM{id: spec.id, dir: spec.dir, shared: spec.shared, pooled: spec.pooled}
 	if err := os.MkdirAll(w.shared, 0o711); err != nil {
 		return nil, err
 	}
@@ -475,7 +477,11 @@ func (s *sandbox) adopt(ctx context.Context, w *warmVM, info map[string]string) 
 	info["setup"] = time.Since(t1).String()
 	info["claim_total"] = time.Since(t0).String()
 	s.startMonitors()
-	b.log("warm vm claimed", "vm", w.id, "sandbox_id", s.cfg.ID, "took", time.Since(t0))
+	msg := "warm vm claimed"
+	if !w.pooled {
+		msg = "restored vm claimed"
+	}
+	b.log(msg, "vm", w.id, "sandbox_id", s.cfg.ID, "took", time.Since(t0))
 	return backend.StartInfo{Pid: uint32(w.vm.Pid()), Info: info}, nil
 }
 

@@ -5,9 +5,10 @@
 // pause container per pod) and Magnetar's handlers (magnetar-runc,
 // magnetar-wasm, magnetar-gvisor, magnetar-vm, served by one
 // magnetar-sandboxer, whose vm kind keeps one VM warm in a pool: the
-// "magnetar-vm-warm" variant's pods, of that VM's size, adopt it, next to
-// magnetar-vm's cold boots), and measures, in one run and interleaving the
-// kinds:
+// "magnetar-vm-warm" variant's pods, of that VM's size, adopt it, and
+// which keeps a VM template of another size: the "magnetar-vm-template"
+// variant's pods get VMs restored from it, next to magnetar-vm's cold
+// boots), and measures, in one run and interleaving the kinds:
 //
 //   - serial pod start: RunPodSandbox + CreateContainer + StartContainer of
 //     a container that prints a line and keeps running;

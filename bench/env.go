@@ -51,7 +51,7 @@ const cniBridge = "/usr/lib/cni/bridge"
 // containerd's mount namespace, trace log to a file), imports busybox,
 // the pause image and the Wasm example into containerd and, for direct
 // mode, into the sandboxer's image store.
-func startEnv(ctx context.Context, o *options, warmPool bool) (_ *env, err error) {
+func startEnv(ctx context.Context, o *options, warmPool, template bool) (_ *env, err error) {
 	base, err := os.MkdirTemp("", "mgn-bench-")
 	if err != nil {
 		return nil, err
@@ -93,6 +93,9 @@ func startEnv(ctx context.Context, o *options, warmPool bool) (_ *env, err error
 	}
 	if warmPool {
 		conf += strings.TrimPrefix(warmPoolConfig, "version = 1\n")
+	}
+	if template {
+		conf += templateConfig
 	}
 	cfg := filepath.Join(base, "sandboxer.toml")
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {

@@ -35,6 +35,10 @@ type bench struct {
 	// pool's lines in the sandboxer's log.
 	claims  int
 	warmLog logCounter
+	// restores counts the VMs restored from the template for the pods;
+	// tmplLog counts the template's lines in the sandboxer's log.
+	restores int
+	tmplLog  logCounter
 }
 
 // logCounter counts lines with given words in a growing log file, reading
@@ -75,9 +79,25 @@ func (c *logCounter) count(path string, words ...string) (map[string]int, error)
 }
 
 const (
-	warmReady   = "warm vm ready"
-	warmClaimed = "warm vm claimed"
+	warmReady     = "warm vm ready"
+	warmClaimed   = "warm vm claimed"
+	templateBuilt = "vm template built"
+	templateUsed  = "vm restored from template"
 )
+
+// waitTemplate waits until the sandboxer has built its VM template.
+func (b *bench) waitTemplate(ctx context.Context) error {
+	var n map[string]int
+	err := waitFor(ctx, 5*time.Minute, func() bool {
+		var err error
+		n, err = b.tmplLog.count(b.e.sbLogPath, templateBuilt, templateUsed)
+		return err == nil && n[templateBuilt] > 0
+	})
+	if err != nil {
+		return fmt.Errorf("no vm template was built: %w\n%s", err, tail(b.e.sbLogPath, 2000))
+	}
+	return nil
+}
 
 // waitWarm waits until the pool holds a VM not yet claimed (the pool
 // booted every VM the pods took, and one more).
@@ -137,6 +157,11 @@ func (b *bench) startPod(ctx context.Context, k *kind) (_ *pod, err error) {
 			return nil, err
 		}
 	}
+	if k.template {
+		if err := b.waitTemplate(ctx); err != nil {
+			return nil, err
+		}
+	}
 	p := &pod{logPath: filepath.Join(cfg.LogDirectory, "c.log")}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
@@ -162,6 +187,17 @@ func (b *bench) startPod(ctx context.Context, k *kind) (_ *pod, err error) {
 			return nil, fmt.Errorf("%s: pod %s did not adopt a warm VM (%d claims logged, %d expected)\n%s", k.Name, p.id, n[warmClaimed], b.claims+1, tail(b.e.sbLogPath, 2000))
 		}
 		b.claims++
+	}
+	if k.template {
+		// The sandboxer logs the restore before RunPodSandbox returns.
+		n, err := b.tmplLog.count(b.e.sbLogPath, templateBuilt, templateUsed)
+		if err != nil {
+			return nil, err
+		}
+		if n[templateUsed] != b.restores+1 {
+			return nil, fmt.Errorf("%s: pod %s did not get a restored VM (%d restores logged, %d expected)\n%s", k.Name, p.id, n[templateUsed], b.restores+1, tail(b.e.sbLogPath, 2000))
+		}
+		b.restores++
 	}
 	cc, err := b.e.rt.CreateContainer(cctx, &runtime.CreateContainerRequest{PodSandboxId: p.id, SandboxConfig: cfg, Config: &runtime.ContainerConfig{
 		Metadata: &runtime.ContainerMetadata{Name: "c"},

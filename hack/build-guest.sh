@@ -28,6 +28,7 @@ log() { echo "build-guest: $*" >&2; }
 MODULES=(
 	virtio_mmio virtio_pci virtio_console virtio_net virtio_blk
 	9p 9pnet_virtio overlay vmw_vsock_virtio_transport fuse virtiofs
+	virtio_balloon
 )
 
 # --- build dependencies (idempotent) -----------------------------------------

@@ -73,6 +73,10 @@ const (
 //	  health_interval = "10s"
 //	  health_timeout = "30s"
 //	  health_failures = 3
+//	  tcg_cache_mib = 32
+//	  free_page_reporting = false
+//	  [backends.vm.template]
+//	    enabled = true
 //	  [backends.vm.pool]
 //	    memory_budget_mib = 1024
 //	    [[backends.vm.pool.classes]]
@@ -243,6 +247,32 @@ type VMConfig struct {
 	// pod whose VM size is a class's adopts a ready one instead of
 	// booting (see docs/design.md, "Warm VMs").
 	Pool VMPoolConfig `toml:"pool"`
+	// Template restores VMs from a saved VM instead of booting them (see
+	// docs/design.md, "VM templates").
+	Template VMTemplateConfig `toml:"template"`
+	// TCGCacheMiB bounds QEMU's translation cache per VM under TCG
+	// (tb-size; default 32, QEMU's own default is 1 GiB). Ignored under
+	// KVM.
+	TCGCacheMiB int `toml:"tcg_cache_mib"`
+	// FreePageReporting gives each VM a balloon returning the memory the
+	// guest frees to the host.
+	FreePageReporting bool `toml:"free_page_reporting"`
+}
+
+// VMTemplateConfig configures the vm kind's templates.
+type VMTemplateConfig struct {
+	// Enabled builds a template per size (in the background at start) and
+	// restores the VMs of those sizes from it.
+	Enabled bool `toml:"enabled"`
+	// Sizes given a template (empty: the default size and the pool's
+	// classes); 0 fields take vcpus and memory_mib.
+	Sizes []VMTemplateSize `toml:"sizes"`
+}
+
+// VMTemplateSize is a VM size given a template.
+type VMTemplateSize struct {
+	VCPUs     int `toml:"vcpus"`
+	MemoryMiB int `toml:"memory_mib"`
 }
 
 // VMPoolConfig configures the vm kind's warm pool.
@@ -413,6 +443,14 @@ func (c Config) Validate() error {
 		if cl.Count < 0 || cl.VCPUs < 0 || cl.MemoryMiB < 0 {
 			errs = append(errs, fmt.Errorf("backends.vm.pool.classes[%d]: count, vcpus and memory_mib must not be negative", i))
 		}
+	}
+	for i, sz := range vm.Template.Sizes {
+		if sz.VCPUs < 0 || sz.MemoryMiB < 0 {
+			errs = append(errs, fmt.Errorf("backends.vm.template.sizes[%d]: vcpus and memory_mib must not be negative", i))
+		}
+	}
+	if vm.TCGCacheMiB < 0 {
+		errs = append(errs, fmt.Errorf("backends.vm.tcg_cache_mib %d must not be negative", vm.TCGCacheMiB))
 	}
 	switch c.Backends.GVisor.Platform {
 	case "", "kvm", "systrap", "ptrace":

@@ -495,15 +495,22 @@ func vmBackend(c VMConfig, runDir string, resume bool, log hclog.Logger) (*vm.Ba
 	for _, cl := range c.Pool.Classes {
 		pool.Classes = append(pool.Classes, vm.PoolClass{Count: cl.Count, VCPUs: cl.VCPUs, MemoryMiB: cl.MemoryMiB})
 	}
+	tmpl := vm.TemplateConfig{Enabled: c.Template.Enabled}
+	for _, sz := range c.Template.Sizes {
+		tmpl.Sizes = append(tmpl.Sizes, vm.TemplateSize{VCPUs: sz.VCPUs, MemoryMiB: sz.MemoryMiB})
+	}
 	return vm.New(vm.Config{
 		Driver: qemu.New(qemu.Options{Binary: c.QEMU}),
 		Kernel: kernel, Initrd: initrd, RunDir: runDir,
 		VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, MaxVCPUs: c.MaxVCPUs, MemoryOverheadMiB: c.MemoryOverheadMiB,
 		BootTimeout:    time.Duration(c.BootTimeout),
 		HealthInterval: time.Duration(c.HealthInterval), HealthTimeout: time.Duration(c.HealthTimeout),
-		HealthFailures:   c.HealthFailures,
-		ResumeContainers: resume,
-		Pool:             pool,
-		Log:              log.Info,
+		HealthFailures:    c.HealthFailures,
+		ResumeContainers:  resume,
+		Pool:              pool,
+		Template:          tmpl,
+		TCGCacheMiB:       c.TCGCacheMiB,
+		FreePageReporting: c.FreePageReporting,
+		Log:               log.Info,
 	})
 }

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -96,11 +97,11 @@ func (s *sandbox) vmDir() string {
 }
 
 func (s *sandbox) hvConfig() hypervisor.Config {
-	return hypervisor.Config{
+	return s.b.hvDefaults(hypervisor.Config{
 		ID: s.cfg.ID, Dir: s.st.VMDir, Kernel: s.b.cfg.Kernel, Initrd: s.b.cfg.Initrd,
 		VCPUs: s.st.VCPUs, MemoryMiB: s.st.MemoryMiB, CgroupPath: s.st.CgroupPath,
 		Shares: []hypervisor.Share{{HostPath: s.shared, Tag: shareTag}},
-	}
+	})
 }
 
 func (s *sandbox) ns(ctx context.Context) context.Context {
@@ -165,6 +166,27 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 			s.b.log("warm vm not adopted, booting cold", "sandbox_id", s.cfg.ID, "error", err)
 		} else if p.pooled(sz.norm()) {
 			info["warm_vm"] = "none ready"
+		}
+	}
+	if s.b.tmpl != nil {
+		// A VM restored from its size's template (template.go).
+		t0 := time.Now()
+		w, err := s.b.restoreWarm(ctx, sz.norm(), false)
+		if err != nil {
+			info["template_error"] = err.Error()
+			s.b.log("vm restore failed, booting cold", "sandbox_id", s.cfg.ID, "error", err)
+		}
+		if w != nil {
+			templateInfo(info, w, time.Since(t0))
+			actx, acancel := context.WithTimeout(ctx, adoptTimeout)
+			si, err := s.adopt(actx, w, info)
+			acancel()
+			if err == nil {
+				return si, nil
+			}
+			s.b.destroyWarm(&pooledVM{warm: w})
+			info = map[string]string{"network": "none", "template_error": err.Error()}
+			s.b.log("restored vm not adopted, booting cold", "sandbox_id", s.cfg.ID, "error", err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.b.cfg.BootTimeout)
@@ -237,7 +259,12 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 // setup configures the guest for the sandbox (agent Setup): host name,
 // DNS, the 9p share, the pod network pn, sysctls, clock.
 func (s *sandbox) setup(ctx context.Context, pn *podNetwork) error {
+	entropy := make([]byte, 64)
+	if _, err := rand.Read(entropy); err != nil {
+		return err
+	}
 	req := &agentv1.SetupRequest{
+		Entropy:    entropy,
 		SandboxId:  s.cfg.ID,
 		Hostname:   s.cfg.Hostname,
 		HostTime:   timestamppb.Now(),

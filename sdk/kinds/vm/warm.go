@@ -70,6 +70,8 @@ type warmVM struct {
 	// ps holds the agent session (and watches the VM) until a sandbox
 	// takes them over.
 	ps *sandbox
+	// pooled: the pool's VM (else restored for one sandbox).
+	pooled bool
 }
 
 // poolRoot holds the pool's VMs' directories.
@@ -82,7 +84,7 @@ func (b *Backend) startPool() error {
 	if err != nil {
 		return err
 	}
-	if len(sizes) == 0 {
+	if len(sizes) == 0 && !b.cfg.Template.Enabled {
 		return b.sweepPool()
 	}
 	if n := len(b.poolRoot()) + 1 + 12 + len("/agent.sock"); n > maxSockPath {
@@ -99,16 +101,21 @@ func (b *Backend) startPool() error {
 		return fmt.Errorf("vm pool: %w", err)
 	}
 	b.poolNS = ns
+	if len(sizes) == 0 {
+		return nil // the restored vms' namespace and directory only
+	}
 	b.pool = newPool(sizes, counts, budget, b.cfg.Pool.RetryInterval, b.bootWarm, b.destroyWarm)
 	b.pool.start()
 	return nil
 }
 
-// ClosePool destroys the pool's unclaimed VMs; sandboxes keep running.
+// ClosePool destroys the pool's unclaimed VMs and stops building VM
+// templates (template.go); sandboxes keep running.
 // (Not Close: the backend's sandboxes keep their agent sessions, so it
 // cannot stand for the process's end, as io.Closer does for the backend
 // conformance suite's restart.)
 func (b *Backend) ClosePool() error {
+	b.closeTemplates()
 	if b.pool != nil {
 		b.pool.close()
 	}
@@ -116,6 +123,20 @@ func (b *Backend) ClosePool() error {
 		return b.poolNS.Close()
 	}
 	return nil
+}
+
+// pokePool has the pool look for VMs to make (a template is ready).
+func (b *Backend) pokePool() {
+	if b.pool != nil {
+		b.pool.poke()
+	}
+}
+
+// hvDefaults adds the backend-wide VM options to hc.
+func (b *Backend) hvDefaults(hc hypervisor.Config) hypervisor.Config {
+	hc.TCGCacheMiB = b.cfg.TCGCacheMiB
+	hc.FreePageReporting = b.cfg.FreePageReporting
+	return hc
 }
 
 // PoolStats describes the warm pool; ok is false when there is none.
@@ -193,21 +214,54 @@ func (b *Backend) endLeftVM(dir, id string) error {
 	return os.RemoveAll(dir)
 }
 
-// bootWarm boots a VM for the pool and waits for its agent.
-func (b *Backend) bootWarm(ctx context.Context, sz vmSize) (_ *pooledVM, retErr error) {
+// bootWarm makes a VM for the pool: restored from its size's template
+// when there is one (template.go), else booted.
+func (b *Backend) bootWarm(ctx context.Context, sz vmSize) (*pooledVM, error) {
+	w, err := b.restoreWarm(ctx, sz, true)
+	if err != nil && ctx.Err() == nil {
+		b.log("vm restore failed, booting cold", "size", sz.String(), "error", err)
+	}
+	if w == nil {
+		var rnd [6]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return nil, err
+		}
+		hx := hex.EncodeToString(rnd[:])
+		dir := filepath.Join(b.poolRoot(), hx)
+		w, err = b.startWarm(ctx, sz, warmSpec{id: poolIDPrefix + hx, dir: dir, shared: filepath.Join(dir, "shared"),
+			tap: poolTapPfx + hx, mac: hypervisorMAC(rnd), background: true, pooled: true})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &pooledVM{gone: w.ps.gone, warm: w}, nil
+}
+
+// warmSpec describes a warm VM to start.
+type warmSpec struct {
+	id, dir, shared string
+	// tap is the name of its tap in the pool namespace, mac its NIC's.
+	tap, mac string
+	// memory is the guest memory file: a template's to restore from
+	// (incoming, its state), or to build one on (shared) when incoming is
+	// empty. Empty: anonymous memory.
+	memory, incoming string
+	// background: the VM yields the CPU until adopted.
+	background bool
+	// pooled: the VM is the pool's (logged "warm vm ready" once ready).
+	pooled bool
+}
+
+// startWarm boots (or restores) a VM as spec says and waits for its
+// agent. On error, nothing of it is left.
+func (b *Backend) startWarm(ctx context.Context, sz vmSize, spec warmSpec) (_ *warmVM, retErr error) {
 	t0 := time.Now()
 	defer func() {
 		if retErr != nil && ctx.Err() == nil {
-			b.log("warm vm boot failed", "size", sz.String(), "error", retErr, "took", time.Since(t0))
+			b.log("warm vm start failed", "vm", spec.id, "size", sz.String(), "error", retErr, "took", time.Since(t0))
 		}
 	}()
-	var rnd [6]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return nil, err
-	}
-	hx := hex.EncodeToString(rnd[:])
-	w := &warmVM{id: poolIDPrefix + hx, dir: filepath.Join(b.poolRoot(), hx)}
-	w.shared = filepath.Join(w.dir, "shared")
+	w := &warmVM{id: spec.id, dir: spec.dir, shared: spec.shared, pooled: spec.pooled}
 	if err := os.MkdirAll(w.shared, 0o711); err != nil {
 		return nil, err
 	}
@@ -223,8 +277,7 @@ func (b *Backend) bootWarm(ctx context.Context, sz vmSize) (_ *pooledVM, retErr 
 	if err != nil {
 		return nil, err
 	}
-	mac := hypervisorMAC(rnd)
-	nic := warmNIC{tap: poolTapPfx + hx, mac: mac}
+	nic := warmNIC{tap: spec.tap, mac: spec.mac}
 	var tapf *os.File
 	if err := inNS(b.poolNS, func() error {
 		var err error
@@ -234,12 +287,14 @@ func (b *Backend) bootWarm(ctx context.Context, sz vmSize) (_ *pooledVM, retErr 
 		return nil, fmt.Errorf("warm vm: %w", err)
 	}
 	w.nics = []warmNIC{nic}
-	hc := hypervisor.Config{
+	hc := b.hvDefaults(hypervisor.Config{
 		ID: w.id, Dir: w.dir, Kernel: b.cfg.Kernel, Initrd: b.cfg.Initrd,
 		VCPUs: sz.VCPUs, MemoryMiB: sz.MemoryMiB, CgroupPath: cg,
 		Shares: []hypervisor.Share{{HostPath: w.shared, Tag: shareTag}},
-		Taps:   []hypervisor.Tap{{File: tapf, MAC: mac}},
-	}
+		Taps:   []hypervisor.Tap{{File: tapf, MAC: nic.mac}},
+	})
+	hc.MemoryFile, hc.Incoming = spec.memory, spec.incoming
+	hc.MemoryShared = spec.memory != "" && spec.incoming == ""
 	bctx, cancel := context.WithTimeout(ctx, b.cfg.BootTimeout)
 	defer cancel()
 	v, err := b.cfg.Driver.Start(bctx, hc)
@@ -250,7 +305,9 @@ func (b *Backend) bootWarm(ctx context.Context, sz vmSize) (_ *pooledVM, retErr 
 	w.vm = v
 	// A pooled VM boots in the background: it yields the CPU to the
 	// running pods (TCG boots are CPU-bound) until a sandbox adopts it.
-	_ = renice(v.Pid(), poolNice)
+	if spec.background {
+		_ = renice(v.Pid(), poolNice)
+	}
 	ps := newSandbox(b, backend.SandboxConfig{ID: w.id, Dir: w.dir})
 	ps.shared = w.shared
 	ps.st.VMDir = w.dir
@@ -261,8 +318,10 @@ func (b *Backend) bootWarm(ctx context.Context, sz vmSize) (_ *pooledVM, retErr 
 		b.stopWarm(w)
 		return nil, fmt.Errorf("warm vm: %w", err)
 	}
-	b.log("warm vm ready", "vm", w.id, "size", sz.String(), "took", time.Since(t0))
-	return &pooledVM{gone: ps.gone, warm: w}, nil
+	if spec.pooled {
+		b.log("warm vm ready", "vm", w.id, "size", sz.String(), "restored", spec.incoming != "", "took", time.Since(t0))
+	}
+	return w, nil
 }
 
 // poolNice is the nice value of a pooled VM's threads.
@@ -418,7 +477,11 @@ func (s *sandbox) adopt(ctx context.Context, w *warmVM, info map[string]string) 
 	info["setup"] = time.Since(t1).String()
 	info["claim_total"] = time.Since(t0).String()
 	s.startMonitors()
-	b.log("warm vm claimed", "vm", w.id, "sandbox_id", s.cfg.ID, "took", time.Since(t0))
+	msg := "warm vm claimed"
+	if !w.pooled {
+		msg = "restored vm claimed"
+	}
+	b.log(msg, "vm", w.id, "sandbox_id", s.cfg.ID, "took", time.Since(t0))
 	return backend.StartInfo{Pid: uint32(w.vm.Pid()), Info: info}, nil
 }
 

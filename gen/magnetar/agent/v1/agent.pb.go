@@ -58,7 +58,11 @@ type SetupRequest struct {
 	// are accepted (kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, net.*,
 	// kernel.hostname, kernel.domainname), set in the guest's own
 	// namespaces, which the pod's containers share.
-	Sysctls       map[string]string `protobuf:"bytes,9,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Sysctls map[string]string `protobuf:"bytes,9,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Random bytes from the host, mixed into the guest's entropy pool before
+	// its random number generator is reseeded: a VM restored from a saved
+	// one (a template) would otherwise draw the same numbers as its siblings.
+	Entropy       []byte `protobuf:"bytes,10,opt,name=entropy,proto3" json:"entropy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -152,6 +156,13 @@ func (x *SetupRequest) GetLogLevel() int32 {
 func (x *SetupRequest) GetSysctls() map[string]string {
 	if x != nil {
 		return x.Sysctls
+	}
+	return nil
+}
+
+func (x *SetupRequest) GetEntropy() []byte {
+	if x != nil {
+		return x.Entropy
 	}
 	return nil
 }
@@ -1078,7 +1089,7 @@ var File_magnetar_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_magnetar_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1dmagnetar/agent/v1/agent.proto\x12\x11magnetar.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dmagnetar/types/v1/types.proto\x1a\x11types/mount.proto\"\xf4\x03\n" +
+	"\x1dmagnetar/agent/v1/agent.proto\x12\x11magnetar.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dmagnetar/types/v1/types.proto\x1a\x11types/mount.proto\"\x8e\x04\n" +
 	"\fSetupRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -1091,7 +1102,9 @@ const file_magnetar_agent_v1_agent_proto_rawDesc = "" +
 	"\x06routes\x18\x06 \x03(\v2\x18.magnetar.agent.v1.RouteR\x06routes\x127\n" +
 	"\thost_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bhostTime\x12\x1b\n" +
 	"\tlog_level\x18\b \x01(\x05R\blogLevel\x12F\n" +
-	"\asysctls\x18\t \x03(\v2,.magnetar.agent.v1.SetupRequest.SysctlsEntryR\asysctls\x1a:\n" +
+	"\asysctls\x18\t \x03(\v2,.magnetar.agent.v1.SetupRequest.SysctlsEntryR\asysctls\x12\x18\n" +
+	"\aentropy\x18\n" +
+	" \x01(\fR\aentropy\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x0f\n" +

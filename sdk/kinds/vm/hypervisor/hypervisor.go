@@ -133,6 +133,48 @@ type Config struct {
 	CgroupPath string
 	// Accel is the accelerator preference (default [AccelAuto]).
 	Accel Accel
+	// TCGCacheMiB bounds the VMM's translation cache under software
+	// emulation (QEMU's tb-size), 0: the VMM's default. Ignored under KVM.
+	TCGCacheMiB int
+	// MemoryFile backs the guest RAM with this file (created when missing,
+	// MemoryMiB long). With MemoryShared the mapping is shared: what the
+	// guest writes reaches the file (a template's memory, see
+	// [StateSaver]). Without it the mapping is private: the guest reads
+	// the file's pages and copies only those it writes, so the VMs
+	// restored from one template share its memory. Empty: anonymous
+	// memory. Only for a [Snapshotter]'s VMs.
+	MemoryFile   string
+	MemoryShared bool
+	// Incoming restores the VM from a state file written by
+	// [StateSaver.SaveState] instead of booting: the guest resumes where
+	// the saved VM stopped. The config must describe the same machine as
+	// the saved VM's (size, devices in the same order, TCGCacheMiB, MAC
+	// addresses, MemoryFile with the saved memory). Paths (work dir,
+	// shares, taps) may differ. Only for a [Snapshotter].
+	Incoming string
+	// FreePageReporting adds a memory balloon that never inflates but
+	// takes the pages the guest frees (virtio-balloon free page
+	// reporting), so that they are given back to the host. It needs the
+	// guest kernel's virtio_balloon driver with CONFIG_PAGE_REPORTING.
+	FreePageReporting bool
+}
+
+// Snapshotter is implemented by hypervisors that can restore a VM from a
+// saved state ([Config.Incoming]).
+type Snapshotter interface {
+	// SnapshotKey identifies what a saved state depends on besides the
+	// VM config: the VMM build and the accelerator chosen for accel. A
+	// state saved under one key must not be restored under another.
+	SnapshotKey(ctx context.Context, accel Accel) (string, error)
+}
+
+// StateSaver is implemented by VMs whose VMM can save their state.
+type StateSaver interface {
+	// SaveState pauses the VM and writes its CPU and device state to path
+	// (a new file). Guest memory is not written: it must be in a shared
+	// [Config.MemoryFile], which holds it once SaveState returns. The VM
+	// stays paused; the caller stops it.
+	SaveState(ctx context.Context, path string) error
 }
 
 // Share is a host directory exported to the guest with 9p.

@@ -97,6 +97,24 @@ func validate(cfg hypervisor.Config) (hypervisor.Config, error) {
 			errs = append(errs, fmt.Errorf("share %q is not a directory", s.HostPath))
 		}
 	}
+	if cfg.TCGCacheMiB < 0 {
+		errs = append(errs, fmt.Errorf("negative tcg cache size %d MiB", cfg.TCGCacheMiB))
+	}
+	if cfg.MemoryFile != "" && !filepath.IsAbs(cfg.MemoryFile) {
+		errs = append(errs, fmt.Errorf("memory file %q is not absolute", cfg.MemoryFile))
+	}
+	if cfg.Incoming != "" {
+		if cfg.MemoryFile == "" || cfg.MemoryShared {
+			errs = append(errs, errors.New("a restored vm needs a private memory file with the saved memory"))
+		} else if fi, err := os.Stat(cfg.MemoryFile); err != nil || fi.Size() < int64(cfg.MemoryMiB)<<20 {
+			errs = append(errs, fmt.Errorf("memory file %q missing or shorter than %d MiB", cfg.MemoryFile, cfg.MemoryMiB))
+		}
+		if !filepath.IsAbs(cfg.Incoming) || strings.ContainsAny(cfg.Incoming, "'\n") {
+			errs = append(errs, fmt.Errorf("state file %q: not absolute or has a quote", cfg.Incoming))
+		} else if _, err := os.Stat(cfg.Incoming); err != nil {
+			errs = append(errs, fmt.Errorf("state file: %w", err))
+		}
+	}
 	for i, t := range cfg.Taps {
 		if t.File == nil && t.Name == "" {
 			errs = append(errs, fmt.Errorf("tap %d: neither name nor file", i))
@@ -140,9 +158,23 @@ func commandLine(cfg hypervisor.Config, ch hypervisor.AccelChoice) []string {
 	case hypervisor.AccelKVM:
 		a = append(a, "-accel", "kvm", "-cpu", "host")
 	default:
-		a = append(a, "-accel", "tcg")
+		if cfg.TCGCacheMiB > 0 {
+			a = append(a, "-accel", "tcg,tb-size="+strconv.Itoa(cfg.TCGCacheMiB))
+		} else {
+			a = append(a, "-accel", "tcg")
+		}
 		// TCG: the legacy timers the kernel calibrates against.
 		machine += ",pit=on,pic=on,rtc=on"
+	}
+	if cfg.MemoryFile != "" {
+		// Guest RAM in a file: shared for a template, private
+		// (copy-on-write) for the VMs restored from it.
+		share := "off"
+		if cfg.MemoryShared {
+			share = "on"
+		}
+		machine += ",memory-backend=ram0"
+		a = append(a, "-object", "memory-backend-file,id=ram0,size="+strconv.Itoa(cfg.MemoryMiB)+"M,mem-path="+esc(cfg.MemoryFile)+",share="+share)
 	}
 	a = append(a,
 		"-machine", machine,
@@ -173,6 +205,9 @@ func commandLine(cfg hypervisor.Config, ch hypervisor.AccelChoice) []string {
 			"-device", "virtio-9p-device,fsdev=fs"+strconv.Itoa(i)+",mount_tag="+s.Tag,
 		)
 	}
+	if cfg.FreePageReporting {
+		a = append(a, "-device", "virtio-balloon-device,free-page-reporting=on")
+	}
 	fd := 3
 	for i, t := range cfg.Taps {
 		id := "net" + strconv.Itoa(i)
@@ -188,6 +223,11 @@ func commandLine(cfg hypervisor.Config, ch hypervisor.AccelChoice) []string {
 			dev += ",mac=" + t.MAC
 		}
 		a = append(a, "-netdev", nd, "-device", dev)
+	}
+	if cfg.Incoming != "" {
+		// The state comes through QMP (migrate-incoming) once the
+		// capabilities are set.
+		a = append(a, "-incoming", "defer")
 	}
 	return a
 }

@@ -32,6 +32,10 @@ func TestCommandLineGolden(t *testing.T) {
 		{File: os.Stdout},
 	}
 	tcg := hypervisor.AccelChoice{Accel: hypervisor.AccelTCG, TSCkHz: 2445404}
+	template := base
+	template.MemoryFile, template.MemoryShared, template.TCGCacheMiB, template.FreePageReporting = "/run/magnetar/vmtemplate/t/memory", true, 32, true
+	restored := template
+	restored.MemoryShared, restored.Incoming = false, "/run/magnetar/vmtemplate/t/state"
 	for _, tc := range []struct {
 		name   string
 		cfg    hypervisor.Config
@@ -39,6 +43,8 @@ func TestCommandLineGolden(t *testing.T) {
 	}{
 		{"tcg-minimal", base, tcg},
 		{"tcg-full", full, tcg},
+		{"tcg-template", template, tcg},
+		{"tcg-restored", restored, tcg},
 		{"kvm", base, hypervisor.AccelChoice{Accel: hypervisor.AccelKVM}},
 		{"tcg-no-tsc", hypervisor.Config{ID: "x", Dir: "/d", Kernel: "/k", VCPUs: 1, MemoryMiB: 128},
 			hypervisor.AccelChoice{Accel: hypervisor.AccelTCG}},

@@ -13,8 +13,12 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -165,11 +169,92 @@ func (d *Driver) Start(ctx context.Context, cfg hypervisor.Config) (_ hypervisor
 		return nil, err
 	}
 	defer q.close()
+	if cfg.Incoming != "" {
+		if err := restoreState(ctx, q, cfg.Incoming); err != nil {
+			return nil, err
+		}
+		v.timings["restored"] = time.Now()
+	}
 	if _, err := q.execute(ctx, "cont", nil); err != nil {
 		return nil, err
 	}
 	v.timings["running"] = time.Now()
 	return v, nil
+}
+
+// ignoreShared makes a migration leave out the guest memory in a shared
+// memory file (the template's), on both ends.
+var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+
+// restoreState loads the saved state of a VM started with -incoming defer
+// and waits until it is loaded (QEMU exits when the state is bad: the
+// caller's error then carries its log).
+func restoreState(ctx context.Context, q *qmp, path string) error {
+	if _, err := q.execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+		return err
+	}
+	if _, err := q.execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat '" + path + "'"}); err != nil {
+		return err
+	}
+	return pollMigration(ctx, q)
+}
+
+// pollMigration waits for the migration under way (in or out) to end.
+func pollMigration(ctx context.Context, q *qmp) error {
+	delay := 2 * time.Millisecond
+	for {
+		raw, err := q.execute(ctx, "query-migrate", nil)
+		if err != nil {
+			return fmt.Errorf("restore state: %w", err)
+		}
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return fmt.Errorf("query-migrate: %w", err)
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("migration %s: %w", st.Status, ctx.Err())
+		case <-t.C:
+		}
+		delay = min(2*delay, 50*time.Millisecond)
+	}
+}
+
+var _ hypervisor.Snapshotter = (*Driver)(nil)
+
+// SnapshotKey is a digest of the QEMU binary and the accelerator chosen
+// for accel.
+func (d *Driver) SnapshotKey(ctx context.Context, accel hypervisor.Accel) (string, error) {
+	bin, ver, err := d.version(ctx)
+	if err != nil {
+		return "", err
+	}
+	choice, err := d.ChooseAccel(accel)
+	if err != nil {
+		return "", fmt.Errorf("qemu: %w", err)
+	}
+	f, err := os.Open(bin)
+	if err != nil {
+		return "", fmt.Errorf("qemu: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("qemu: digest %s: %w", bin, err)
+	}
+	fmt.Fprintf(h, "\x00%s\x00%s", ver, choice.Accel)
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Recover re-attaches to a QEMU started by an earlier run with the same

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -240,6 +241,9 @@ func (v *vm) Info() map[string]string {
 	if s, r := v.timings["start"], v.timings["running"]; !s.IsZero() && !r.IsZero() {
 		m["vmm_start_duration"] = r.Sub(s).String()
 	}
+	if s, r := v.timings["start"], v.timings["restored"]; !s.IsZero() && !r.IsZero() {
+		m["restore_duration"] = r.Sub(s).String()
+	}
 	return m
 }
 
@@ -287,6 +291,37 @@ func (v *vm) MoveCgroup(path string) error {
 		if err := old(); err != nil {
 			return fmt.Errorf("qemu: remove the cgroup left: %w", err)
 		}
+	}
+	return nil
+}
+
+var _ hypervisor.StateSaver = (*vm)(nil)
+
+// SaveState stops the guest and migrates it to path, leaving out the
+// memory in a shared memory file (x-ignore-shared).
+func (v *vm) SaveState(ctx context.Context, path string) error {
+	if !v.cfg.MemoryShared || v.cfg.MemoryFile == "" {
+		return fmt.Errorf("qemu: vm %s: saving its state needs a shared memory file", v.cfg.ID)
+	}
+	if !filepath.IsAbs(path) || strings.ContainsAny(path, "'\n") {
+		return fmt.Errorf("qemu: state file %q: not absolute or has a quote", path)
+	}
+	q, err := v.qmp(ctx)
+	if err != nil {
+		return err
+	}
+	defer q.close()
+	if _, err := q.execute(ctx, "stop", nil); err != nil {
+		return err
+	}
+	if _, err := q.execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+		return err
+	}
+	if _, err := q.execute(ctx, "migrate", map[string]any{"uri": "exec:cat > '" + path + "'"}); err != nil {
+		return err
+	}
+	if err := pollMigration(ctx, q); err != nil {
+		return fmt.Errorf("qemu: save the state of vm %s: %w", v.cfg.ID, err)
 	}
 	return nil
 }

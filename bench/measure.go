@@ -595,6 +595,13 @@ func (b *bench) directMode(ctx context.Context) error {
 			d.Delete = append(d.Delete, ms(s.del))
 		}
 	}
+	for _, k := range b.kinds {
+		if k.direct == "gvisor" && k.directN > 0 {
+			if err := b.runscFloor(ctx, k.directN); err != nil {
+				return fmt.Errorf("runsc run by hand: %w", err)
+			}
+		}
+	}
 	return nil
 }
 

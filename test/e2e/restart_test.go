@@ -63,15 +63,17 @@ type restartKind struct {
 	// exec: the kind runs exec'd processes and terminals.
 	exec bool
 
-	p            *pod
-	counterID    string
-	counterLog   string
-	ttyID, ttyLg string
+	p              *pod
+	counterID      string
+	counterLog     string
+	ttyID, ttyLg   string
+	fastID, fastLg string // a terminal printing a fast counter
 }
 
 // TestRestartKeepsContainers runs a pod of each kind with a container
 // printing a counter every 100 ms (and, where the kind has terminals, a
-// container with a terminal printing one too and echoing its input), then
+// container with a terminal printing one too and echoing its input, and a
+// terminal printing a fast counter in bursts), then
 // kills the sandboxer's worker (kill -9) and live-upgrades it. After each:
 // the containers still run, containerd saw no exit of them on its event
 // stream, their CRI logs have every number once, in order; crictl exec
@@ -81,6 +83,9 @@ func TestRestartKeepsContainers(t *testing.T) {
 	e := setup(t)
 	counterScript := "(i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done) & wait $!"
 	ttyScript := "(i=0; while :; do echo t$i; i=$((i+1)); sleep 0.1; done) & while read l; do echo got:$l; done"
+	// Bursts of 200 lines (a few KiB) every 20 ms: the terminal's output
+	// is being copied most of the time, so the kill lands in a copy.
+	fastScript := "i=0; while :; do j=0; while [ $j -lt 200 ]; do echo f$i; i=$((i+1)); j=$((j+1)); done; usleep 20000; done"
 	kinds := []*restartKind{
 		{name: "runc", pod: func(t *testing.T) *pod { return e.runPod(t, false) }, exec: true,
 			counter: func(t *testing.T, p *pod) string { return e.startContainer(t, p, "counter", counterScript) }},
@@ -111,6 +116,14 @@ func TestRestartKeepsContainers(t *testing.T) {
 				Stdin:    true,
 			})
 			k.ttyLg = filepath.Join(k.p.cfg.LogDirectory, "tty.log")
+			k.fastID = e.start(t, k.p, &runtime.ContainerConfig{
+				Metadata: &runtime.ContainerMetadata{Name: "ttyfast"},
+				Image:    &runtime.ImageSpec{Image: harness.BusyboxImage},
+				Command:  []string{"sh", "-c", fastScript},
+				LogPath:  "ttyfast.log",
+				Tty:      true,
+			})
+			k.fastLg = filepath.Join(k.p.cfg.LogDirectory, "ttyfast.log")
 		}
 	}
 	for _, k := range kinds {
@@ -143,10 +156,11 @@ func TestRestartKeepsContainers(t *testing.T) {
 	}
 	for _, r := range restarts {
 		old := e.workerPid(t)
-		before, beforeTTY := map[string]int{}, map[string]int{}
+		before, beforeTTY, beforeFast := map[string]int{}, map[string]int{}, map[string]int{}
 		for _, k := range kinds {
 			before[k.name] = len(seqLines(t, k.counterLog, ""))
 			beforeTTY[k.name] = len(seqLines(t, k.ttyLg, "t"))
+			beforeFast[k.name] = len(seqLines(t, k.fastLg, "f"))
 		}
 		r.do(t)
 		e.waitNewWorker(t, old, kinds[0].p)
@@ -169,6 +183,9 @@ func TestRestartKeepsContainers(t *testing.T) {
 				}
 				e.requireRunning(t, k.ttyID)
 				requireSequence(t, k.ttyLg, "t", beforeTTY[k.name]+10)
+				// The fast terminal: every line once, in order, across
+				// the kill in the middle of its output.
+				requireSequence(t, k.fastLg, "f", beforeFast[k.name]+2000)
 				e.checkRecoveredExec(t, k.counterID, r.name)
 				// Input to the terminal, through containerd's attach.
 				bin, _ := harness.DefaultBinDir()
@@ -183,7 +200,7 @@ func TestRestartKeepsContainers(t *testing.T) {
 		}
 	}
 	for _, k := range kinds {
-		for _, id := range []string{k.counterID, k.ttyID} {
+		for _, id := range []string{k.counterID, k.ttyID, k.fastID} {
 			if id == "" {
 				continue
 			}

@@ -9,17 +9,26 @@
 // and resumes the copies. Without a store the copies end with the
 // process, as containerd's do.
 //
-// A copy that is detached (the sandboxer stops for an upgrade) stops
-// reading and finishes its write first, so that nothing is lost; a
-// sandboxer killed between a read and its write loses what it read.
+// The copies move the bytes with splice(2) (one end is always a pipe: a
+// FIFO, or the pipes the gvisor kind reads), from the pty or pipe into
+// the other in one system call, never through this process's memory: a
+// sandboxer killed at any point loses and repeats nothing, every byte is
+// either still in the source or already in the destination, and a
+// detached copy (the sandboxer stops for an upgrade) just stops. Where
+// the kernel refuses to splice (a terminal on Linux 5.10, which lost
+// splice from ttys until 5.11; a destination file opened to append) the
+// copy goes through a buffer: a detached copy finishes its write first,
+// and one killed between a read and its write loses what it read.
 package keptio
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -178,33 +187,185 @@ func (s *Set) stopCopies() {
 type copier struct {
 	src, dst *os.File
 	stopped  atomic.Bool
+	buffered atomic.Bool // copying through memory (no splice)
 	done     chan struct{}
 }
 
+// testHookMoved, when set (by tests), is called after each chunk of n
+// bytes left src: after a splice, or, when copying through memory, after
+// the read and before the write.
+var testHookMoved func(n int)
+
 func (c *copier) run(ended func()) {
 	defer close(c.done)
+	err := c.splice()
+	if errors.Is(err, errNoSplice) {
+		c.buffered.Store(true)
+		err = c.copyBuffer()
+	}
+	if err != nil && !c.stopped.Load() && ended != nil {
+		ended()
+	}
+}
+
+// errNoSplice: the kernel cannot splice from src to dst (a terminal on
+// Linux 5.10, which lost splice from ttys until 5.11; a destination file
+// opened to append).
+var errNoSplice = errors.New("splice not supported")
+
+// spliceChunk is the most a splice asks to move at once (a pipe holds
+// 64 KiB by default).
+const spliceChunk = 1 << 20
+
+// splice moves src to dst with splice(2), which one end being a pipe
+// allows (a FIFO, or the pipes the gvisor kind reads): the bytes go from
+// the pty or pipe into the other in one system call, never through this
+// process's memory, so that a kill of the process at any point loses and
+// repeats nothing. It returns the error that ended the copy (io.EOF at
+// the end of src), or errNoSplice before anything moved when the kernel
+// refuses.
+func (c *copier) splice() error {
+	src, err := c.src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	dst, err := c.dst.SyscallConn()
+	if err != nil {
+		return err
+	}
+	moved := false
+	tty := isTerminal(src)
+	zeros := 0
+	for {
+		var n int
+		var serr error
+		dstFull := false
+		rerr := src.Read(func(sfd uintptr) bool {
+			cerr := dst.Control(func(dfd uintptr) {
+				var m int64
+				m, serr = unix.Splice(int(sfd), nil, int(dfd), nil, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+				n = int(m)
+				if n == 0 && serr == nil && tty {
+					// A terminal's end is EIO (the other side closed)
+					// or a hang-up (POLLHUP); an empty splice while it
+					// is readable is tried again (an edge-triggered
+					// wait would not wake), a bounded number of times;
+					// while it is not readable, the copy waits.
+					if in, _ := ready(int(sfd), -1); !in {
+						serr = unix.EAGAIN
+						return
+					} else if !hungUp(int(sfd)) && zeros < maxZeros {
+						zeros++
+						serr = unix.EINTR
+						return
+					}
+				}
+				if serr != unix.EAGAIN {
+					return
+				}
+				// Either end may be why: wait for the one that is not
+				// ready (an edge after this poll wakes the wait).
+				in, out := ready(int(sfd), int(dfd))
+				switch {
+				case !out:
+					dstFull = true
+				case in:
+					serr = unix.EINTR // both ready now: again
+				}
+			})
+			if cerr != nil {
+				serr = cerr
+			}
+			return dstFull || serr != unix.EAGAIN
+		})
+		switch {
+		case rerr != nil:
+			return rerr
+		case dstFull:
+			if werr := dst.Write(func(dfd uintptr) bool { _, out := ready(-1, int(dfd)); return out }); werr != nil {
+				return werr
+			}
+			continue
+		case serr == unix.EINTR:
+			continue
+		case (serr == unix.EINVAL || serr == unix.ENOSYS) && !moved:
+			return errNoSplice
+		case serr != nil:
+			return serr
+		case n == 0:
+			return io.EOF
+		}
+		moved, zeros = true, 0
+		if testHookMoved != nil {
+			testHookMoved(n)
+		}
+	}
+}
+
+// maxZeros bounds the empty splices in a row from a terminal that is
+// readable and not hung up before the copy takes it as ended.
+const maxZeros = 64
+
+// ready polls whether rfd has something to read (or is at its end, or
+// failed) and wfd room to write, without waiting; -1 is not polled.
+func ready(rfd, wfd int) (in, out bool) {
+	fds := []unix.PollFd{{Fd: int32(rfd), Events: unix.POLLIN}, {Fd: int32(wfd), Events: unix.POLLOUT}}
+	for {
+		if _, err := unix.Poll(fds, 0); err != unix.EINTR {
+			break
+		}
+	}
+	return rfd >= 0 && fds[0].Revents != 0, wfd >= 0 && fds[1].Revents != 0
+}
+
+// hungUp tells whether fd's other side hung up.
+func hungUp(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	_, _ = unix.Poll(fds, 0)
+	return fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+}
+
+// isTerminal tells whether rc is a terminal.
+func isTerminal(rc syscall.RawConn) bool {
+	tty := false
+	_ = rc.Control(func(fd uintptr) {
+		_, err := unix.IoctlGetTermios(int(fd), unix.TCGETS)
+		tty = err == nil
+	})
+	return tty
+}
+
+// copyBuffer copies src to dst through a buffer, where splice cannot: a
+// kill between a read and its write loses what was read.
+func (c *copier) copyBuffer() error {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := c.src.Read(buf)
 		if n > 0 {
+			if testHookMoved != nil {
+				testHookMoved(n)
+			}
 			if _, werr := c.dst.Write(buf[:n]); werr != nil {
 				err = werr
 			}
 		}
 		if err != nil {
-			if !c.stopped.Load() && ended != nil {
-				ended()
-			}
-			return
+			return err
 		}
 	}
 }
 
-// stop interrupts the read; a write under way gets detachWriteGrace.
+// stop interrupts the copy: a splice needs no grace (nothing is held in
+// this process); a write of what a buffered copy read gets
+// detachWriteGrace.
 func (c *copier) stop() {
 	c.stopped.Store(true)
 	_ = c.src.SetReadDeadline(time.Now())
-	_ = c.dst.SetWriteDeadline(time.Now().Add(detachWriteGrace))
+	grace := time.Duration(0)
+	if c.buffered.Load() {
+		grace = detachWriteGrace
+	}
+	_ = c.dst.SetWriteDeadline(time.Now().Add(grace))
 	<-c.done
 }
 

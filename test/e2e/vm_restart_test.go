@@ -198,8 +198,14 @@ func TestVMSandboxerRestart(t *testing.T) {
 	if _, ok := events.exited(counter); !ok {
 		t.Errorf("containerd's events show no exit of %s after the full restart: the event watch sees nothing", counter)
 	}
-	ps, err := e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
-	if err != nil || ps.Status.State != runtime.PodSandboxState_SANDBOX_READY {
+	// containerd's calls to the Controller fail (Unavailable) until the
+	// new worker has recovered the VM pod and serves, as kubelet's would:
+	// it retries them.
+	var ps *runtime.PodSandboxStatusResponse
+	if !testutil.Poll(time.Minute, func() bool {
+		ps, err = e.rt.PodSandboxStatus(ctxT(t), &runtime.PodSandboxStatusRequest{PodSandboxId: p.id})
+		return err == nil
+	}) || ps.Status.State != runtime.PodSandboxState_SANDBOX_READY {
 		t.Fatalf("pod after the full restart: %v, %v; want ready", ps.GetStatus().GetState(), err)
 	}
 	// A new container runs in the guest's PID namespace: ps shows every

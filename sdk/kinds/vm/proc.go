@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -57,6 +58,7 @@ type proc struct {
 	closeInOnce   sync.Once
 	outs          []net.Conn
 	recs          []*offsetRecord // the output streams' offset files
+	detaching     atomic.Bool     // the copies stop for a later process to resume
 	abort         chan struct{}   // closed to give up the copies
 	abortOnce     sync.Once
 	copies        sync.WaitGroup // output copies
@@ -133,7 +135,9 @@ func (c *container) newProc(ctx context.Context, execID string, stdio backend.St
 
 // startOutput starts copying an output stream from offset pos.
 func (p *proc) startOutput(conn net.Conn, st agentmux.Stream, dst string, rec *offsetRecord, pos uint64) {
-	p.outs = append(p.outs, conn)
+	if conn != nil {
+		p.outs = append(p.outs, conn)
+	}
 	p.copies.Add(1)
 	go p.copyOut(conn, st, dst, rec, pos)
 }
@@ -285,19 +289,51 @@ func (p *proc) copyOut(conn net.Conn, st agentmux.Stream, dst string, rec *offse
 	} else {
 		w = nil
 	}
+	// deliver moves what the journal holds to the caller (nothing to do
+	// without a record: each chunk is written as it comes).
+	deliver := func() bool {
+		if rec == nil {
+			return true
+		}
+		if w != nil {
+			if err := rec.deliver(w); err == nil {
+				return true
+			}
+			if p.detaching.Load() {
+				return false // the next process delivers the rest
+			}
+			w.Close()
+			w = nil // the caller's end is gone (or the copy aborted): drain
+		}
+		rec.skip()
+		return true
+	}
+	// What an earlier process received and did not deliver.
+	if !deliver() || conn == nil {
+		if w != nil {
+			w.Close()
+		}
+		return
+	}
 	buf := make([]byte, 32<<10)
 	for {
 		n, rerr := conn.Read(buf)
 		if n > 0 {
-			if w != nil {
+			if rec != nil {
+				if err := rec.receive(buf[:n], int64(pos)); err != nil {
+					break // unacknowledged: the agent keeps it for the next process
+				}
+			} else if w != nil {
 				if _, err := w.Write(buf[:n]); err != nil {
 					w.Close()
-					w = nil // the caller's end is gone: drain from now on
+					w = nil
 				}
 			}
 			pos += uint64(n)
-			_ = rec.store(pos)
 			_ = agentmux.WriteAck(conn, pos)
+			if !deliver() {
+				break
+			}
 		}
 		if rerr != nil {
 			break
@@ -354,6 +390,9 @@ func (p *proc) shutIO(release bool) {
 		}
 		if release && p.inHold {
 			p.releaseFIFO(agentmux.Stdin)
+		}
+		if !release {
+			p.detaching.Store(true) // the journals stay for the next process
 		}
 		p.abortIO()
 		p.closeIn()
@@ -495,7 +534,7 @@ func (p *proc) Delete(ctx context.Context) error {
 		delete(p.c.execs, p.execID)
 		p.c.mu.Unlock()
 		for _, st := range []agentmux.Stream{agentmux.Stdout, agentmux.Stderr} {
-			if rerr := os.Remove(p.c.offsetPath(p.execID, st)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			if rerr := removeOffsetRecord(p.c.offsetPath(p.execID, st)); rerr != nil {
 				err = errors.Join(err, rerr)
 			}
 		}

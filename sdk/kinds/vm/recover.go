@@ -284,8 +284,14 @@ func (p *proc) resumeIO(ctx context.Context, stdio backend.Stdio, running bool) 
 		}
 		conn, err := resume(o.st, off)
 		if errors.Is(err, agentmux.ErrStdioGone) {
-			// Delivered to the end: the caller reads end of file once
-			// the end the VMM holds for the earlier worker is closed.
+			// Received to the end: what the journal holds still goes to
+			// the caller, who then reads end of file once the end the VMM
+			// holds for the earlier worker is closed.
+			if rec.pending() {
+				p.recs = append(p.recs, rec)
+				p.startOutput(nil, o.st, o.dst, rec, off)
+				continue
+			}
 			rec.Close()
 			p.releaseFIFO(o.st)
 			continue
@@ -351,7 +357,7 @@ func (c *container) RecoverExec(ctx context.Context, cfg backend.ExecConfig, rec
 			p.releaseFIFO(st)
 		}
 		for _, st := range []agentmux.Stream{agentmux.Stdout, agentmux.Stderr} {
-			_ = os.Remove(c.offsetPath(cfg.ID, st))
+			_ = removeOffsetRecord(c.offsetPath(cfg.ID, st))
 		}
 		return nil, err
 	}

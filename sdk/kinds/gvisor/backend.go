@@ -35,6 +35,7 @@ import (
 	gorunc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podinit"
 )
@@ -384,8 +385,7 @@ func loadChoice(cfg Config) (choiceRecord, bool) {
 	return got, true
 }
 
-// saveChoice keeps a successful choice (written whole: a temporary file
-// renamed into place). Failing to keep it only costs the next start the
+// saveChoice keeps a successful choice (written whole, crash-safely). Failing to keep it only costs the next start the
 // detection.
 func saveChoice(cfg Config, c platformChoice) {
 	rec, ok := choiceKey(cfg)
@@ -393,21 +393,8 @@ func saveChoice(cfg Config, c platformChoice) {
 		return
 	}
 	rec.Platform, rec.Reason, rec.Version = c.platform, c.reason, c.version
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return
-	}
-	f, err := os.CreateTemp(cfg.Root, ".platform-*.json")
-	if err != nil {
-		return
-	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil || os.Rename(tmp, choiceFile(cfg)) != nil {
-		_ = os.Remove(tmp)
+	if data, err := json.Marshal(rec); err == nil {
+		_ = atomicfile.WriteFile(choiceFile(cfg), data, 0o600)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	"github.com/magnetar-io/magnetar/sdk/kinds/vm/agentmux"
 )
 
@@ -116,8 +117,8 @@ func openOffsetRecord(path string) (*offsetRecord, uint64, error) {
 }
 
 // convertOffsetFile rewrites an offset file of the old format (8 bytes,
-// big-endian, delivered = received) in the new one, whole (a new file
-// renamed over it), with an empty journal.
+// big-endian, delivered = received) in the new one, whole
+// (crash-safely), with an empty journal.
 func convertOffsetFile(path string) (*os.File, error) {
 	old, err := os.ReadFile(path)
 	if err != nil {
@@ -130,12 +131,7 @@ func convertOffsetFile(path string) (*os.File, error) {
 	var b [offsetFileSize]byte
 	binary.NativeEndian.PutUint64(b[0:], off)
 	binary.NativeEndian.PutUint64(b[8:], off)
-	tmp := path + ".new"
-	if err := os.WriteFile(tmp, b[:], 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
+	if err := atomicfile.WriteFile(path, b[:], 0o600); err != nil {
 		return nil, err
 	}
 	return os.OpenFile(path, os.O_RDWR, 0)

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/netnsrun"
 	"github.com/magnetar-io/magnetar/sdk"
 )
 
@@ -92,7 +92,7 @@ func newOutside(dir string) (_ *outside, err error) {
 	if err := netlink.LinkSetUp(hl); err != nil {
 		return nil, err
 	}
-	err = inNetNS(o.nsPath, func() error {
+	err = netnsrun.Run(o.nsPath, func() error {
 		l, err := netlink.LinkByName(peer)
 		if err != nil {
 			return err
@@ -134,27 +134,6 @@ func (o *outside) close() {
 	}
 	_ = unix.Unmount(o.nsPath, unix.MNT_DETACH)
 	_ = os.Remove(o.nsPath)
-}
-
-// inNetNS runs fn on a locked thread that joined the network namespace at
-// path; the thread is thrown away afterwards.
-func inNetNS(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		ns, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
 }
 
 // clientScript is the container's part of a transfer: receive everything

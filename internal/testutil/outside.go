@@ -8,11 +8,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/magnetar-io/magnetar/internal/netnsrun"
 )
 
 // Outside is an "outside world" a test made: a network namespace holding
@@ -26,24 +27,7 @@ type Outside struct {
 
 // InNetNS runs fn on a locked thread that joined the network namespace at
 // path; the thread is thrown away afterwards.
-func InNetNS(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		ns, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+func InNetNS(path string, fn func() error) error { return netnsrun.Run(path, fn) }
 
 // NewOutside makes an Outside under dir, removed when the test ends.
 func NewOutside(t testing.TB, dir string) Outside {

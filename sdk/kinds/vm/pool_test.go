@@ -119,15 +119,15 @@ func TestPoolClaimMatchesSizeAndRefills(t *testing.T) {
 		t.Errorf("stats = %+v, want 1 claimed, 2 booted", st)
 	}
 	// A second claim right away takes the replacement; a third misses.
-	if p.claim(small) == nil {
-		t.Fatal("no replacement claimed")
-	}
+	// Boots are blocked first, so that the refill the second claim starts
+	// cannot finish before the third (it did, now and then).
 	f.mu.Lock()
 	f.block = make(chan struct{}) // the next boot stays under way
 	f.mu.Unlock()
+	if p.claim(small) == nil {
+		t.Fatal("no replacement claimed")
+	}
 	if p.claim(small) != nil {
-		// May only succeed if a refill finished in between; with boots
-		// blocked it cannot.
 		t.Fatal("claimed from an empty pool")
 	}
 	if st := p.stats(); st.Missed != 1 {

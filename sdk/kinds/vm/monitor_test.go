@@ -28,13 +28,15 @@ import (
 
 // fakeClocks is a settable clock source for the detector.
 type fakeClocks struct {
-	mu sync.Mutex
-	s  clockSample
+	mu    sync.Mutex
+	s     clockSample
+	reads atomic.Int64
 }
 
 func (f *fakeClocks) read() clockSample {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.reads.Add(1)
 	return f.s
 }
 
@@ -431,12 +433,19 @@ func TestMonitors(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); s.runClock(ctx, d, 10*time.Millisecond) }()
-	time.Sleep(50 * time.Millisecond) // the observation: five ticks without a jump
+	// The observation: five ticks without a jump.
+	testutil.Poll(time.Minute, func() bool { return fc.reads.Load() >= 6 })
 	if n := f.syncs.Load(); n != 0 {
 		t.Fatalf("%d syncs without a reason", n)
 	}
 	fc.advance(time.Minute, 0, time.Minute)
-	testutil.Poll(time.Minute, func() bool { return f.syncs.Load() != 0 })
+	// Wait until the keeper has recorded the sync, not only until the
+	// agent saw it: cancelling while the call is in flight abandons it.
+	testutil.Poll(time.Minute, func() bool {
+		info := map[string]string{}
+		s.mon.describe(info)
+		return info["clock_syncs"] != "0" && info["clock_syncs"] != ""
+	})
 	cancel()
 	<-done
 	if n := f.syncs.Load(); n != 1 {

@@ -208,6 +208,10 @@ type GVisorConfig struct {
 	// so that Magnetar's file service reaches their containers' files
 	// (see gvisor.Config.HostFiles). Default false.
 	HostFiles bool `toml:"host_files"`
+	// MemoryOverheadMiB is added to a pod's memory bound for gVisor's
+	// sentry and gofers (see gvisor.Config.MemoryOverhead). Default 64; a
+	// negative value adds nothing.
+	MemoryOverheadMiB int64 `toml:"memory_overhead_mib"`
 }
 
 // DefaultGuestDir is where the vm kind looks for its guest image.

@@ -134,7 +134,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) (retErr error) {
 		gcfg.Root = filepath.Join(cfg.RunDir, "runsc")
 	}
 	gvlog := log.Named("gvisor")
-	gvc := gvisor.Config{Binary: gcfg.Binary, Root: gcfg.Root, Platform: gcfg.Platform, HostFiles: gcfg.HostFiles, Log: gvlog.Info}
+	gvc := gvisor.Config{Binary: gcfg.Binary, Root: gcfg.Root, Platform: gcfg.Platform, HostFiles: gcfg.HostFiles, MemoryOverhead: gcfg.MemoryOverheadMiB << 20, Log: gvlog.Info}
 	if cfg.fdstore != nil {
 		gvc.FDStore = cfg.fdstore
 		gvc.OrphanExit = rcfg.OrphanExit // exec'd processes' `runsc exec`

@@ -107,6 +107,12 @@ type Config struct {
 	// sandboxer's supervisor). ok is false when that is unknown (the
 	// exit is then reported as 255).
 	OrphanExit func(pid int) (code uint32, at time.Time, ok bool)
+	// MemoryOverhead is added to a sandbox's memory bound (the pod's limit
+	// or its containers' together, see limits.go) for the sentry and the
+	// gofers themselves: without it a pod whose containers ask for 32 MiB
+	// would be killed as it starts. 0 means DefaultMemoryOverhead; a
+	// negative value adds nothing.
+	MemoryOverhead int64
 }
 
 // PodInitMain runs the init of a gVisor sandbox's root container when the
@@ -187,6 +193,12 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.CommandTimeout <= 0 {
 		cfg.CommandTimeout = DefaultCommandTimeout
+	}
+	switch {
+	case cfg.MemoryOverhead == 0:
+		cfg.MemoryOverhead = DefaultMemoryOverhead
+	case cfg.MemoryOverhead < 0:
+		cfg.MemoryOverhead = 0
 	}
 	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
 		return nil, fmt.Errorf("create runsc root: %w", err)

@@ -39,6 +39,10 @@ type container struct {
 	// root is the container's root file system on the host.
 	root hostroot.Root
 
+	// cgroupfs: the container mounts a cgroup file system (the sentry's),
+	// where it is shown its limits.
+	cgroupfs bool
+
 	mu       sync.Mutex
 	execs    map[string]*execProc
 	waitStop context.CancelFunc // ends the `runsc wait` of the init
@@ -146,7 +150,19 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := shimrecord.Write(cfg.Bundle, shimrecord.Runtime{Kind: Kind, ID: cfg.ID, Binary: s.b.cfg.Binary, Root: rt.Root}); err != nil {
 		return nil, err
 	}
-	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: root, execs: map[string]*execProc{}}
+	c := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: root, cgroupfs: mountsCgroupfs(&spec), execs: map[string]*execProc{}}
+	var res *specs.LinuxResources
+	if spec.Linux != nil {
+		res = spec.Linux.Resources
+	}
+	if err := s.addLimits(cfg.ID, res); err != nil {
+		return nil, fmt.Errorf("container %q: %w", cfg.ID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			s.dropLimits(cfg.ID)
+		}
+	}()
 	cctx, cancel := context.WithTimeout(ctx, s.b.cfg.CommandTimeout)
 	defer cancel()
 	ip, err := newInitProc(cctx, c, cfg.Stdio, rootfs)
@@ -165,6 +181,7 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	s.reapGofer(cfg.ID)
 	s.mu.Lock()
 	s.ctrs[cfg.ID] = c
+	s.ctrEnds[cfg.ID] = ip.end
 	s.mu.Unlock()
 	return c, nil
 }
@@ -196,10 +213,18 @@ func (c *container) Delete(ctx context.Context) error {
 		c.waitStop()
 	}
 	c.mu.Unlock()
-	c.s.mu.Lock()
-	delete(c.s.ctrs, c.id)
-	c.s.mu.Unlock()
+	c.s.forget(c.id)
 	return nil
+}
+
+// forget drops what the sandbox holds of a deleted container.
+func (s *sandbox) forget(id string) {
+	s.mu.Lock()
+	delete(s.ctrs, id)
+	delete(s.ctrEnds, id)
+	delete(s.oomReported, id)
+	s.mu.Unlock()
+	s.dropLimits(id)
 }
 
 func (c *container) killAll(ctx context.Context) error {
@@ -292,6 +317,9 @@ func (c *container) Stats(ctx context.Context) (*backend.Stats, error) {
 	out.CPUUsageNanos = st.Cpu.Usage.Total
 	out.MemoryUsageBytes = st.Memory.Usage.Usage
 	out.MemoryLimitBytes = st.Memory.Usage.Limit
+	if l := c.memoryLimit(); l > 0 {
+		out.MemoryLimitBytes = uint64(l) // what the container was given
+	}
 	out.MemoryWorkingBytes = st.Memory.Usage.Usage
 	if inactive, ok := st.Memory.Raw["total_inactive_file"]; ok && inactive < out.MemoryWorkingBytes {
 		out.MemoryWorkingBytes -= inactive

@@ -190,7 +190,24 @@ func (p *initProc) Start(ctx context.Context) (uint32, error) {
 	p.started = true
 	s.reapGofer(p.c.id)
 	p.c.waitInit()
+	p.c.showStartLimits(ctx)
 	return uint32(p.pid), nil
+}
+
+// end tells whether the container runs and when its init failed (see
+// containerEnd).
+func (p *initProc) end() (bool, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.exited:
+		if p.code != 0 {
+			return false, p.at
+		}
+		return false, time.Time{}
+	default:
+		return true, time.Time{}
+	}
 }
 
 // setExited records the init's exit; the output copies get a moment to
@@ -215,6 +232,9 @@ func (p *initProc) setExited(code int) {
 	default:
 	}
 	p.code, p.at = code, time.Now().UTC()
+	if code != 0 {
+		p.c.s.failed(p.c.id) // an OOM kill is reported before the exit is seen
+	}
 	close(p.exited)
 }
 

@@ -40,7 +40,7 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 	if len(cfg.Rootfs) > 0 {
 		rootfs = filepath.Join(cfg.Bundle, "rootfs")
 	}
-	ctr := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: hostroot.Of(cfg, rootfs), execs: map[string]*execProc{}}
+	ctr := &container{s: s, id: cfg.ID, bundle: cfg.Bundle, rt: rt, root: hostroot.Of(cfg, rootfs), cgroupfs: cfg.Spec != nil && mountsCgroupfs(cfg.Spec), execs: map[string]*execProc{}}
 	r := &recovered{container: ctr, pid: pid, rootfs: rootfs, done: make(chan struct{})}
 	if s.b.cfg.FDStore != nil {
 		ip := &initProc{c: ctr}
@@ -85,10 +85,14 @@ func (s *sandbox) RecoverContainer(ctx context.Context, cfg backend.ContainerCon
 			r.tty.Exited(2 * time.Second)
 		}
 		r.code, r.at = uint32(code), time.Now().UTC()
+		if code != 0 {
+			s.failed(cfg.ID) // an OOM kill is reported before the exit is seen
+		}
 		close(r.done)
 	}()
 	s.mu.Lock()
 	s.recovered = append(s.recovered, cfg.ID)
+	s.ctrEnds[cfg.ID] = r.end
 	s.mu.Unlock()
 	return r, nil
 }
@@ -113,7 +117,22 @@ func (r *recovered) Init() backend.Process { return recoveredInit{r} }
 
 func (r *recovered) Delete(ctx context.Context) error {
 	r.stop()
+	r.s.forget(r.id)
 	return nil
+}
+
+// end tells whether the container runs and when its init failed (see
+// containerEnd).
+func (r *recovered) end() (bool, time.Time) {
+	select {
+	case <-r.done:
+		if r.code != 0 {
+			return false, r.at
+		}
+		return false, time.Time{}
+	default:
+		return true, time.Time{}
+	}
 }
 
 // recoveredInit is the init process of a recovered container.

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgoom"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podinit"
@@ -77,13 +78,28 @@ type sandbox struct {
 	gofers  map[int]bool
 	stopped chan struct{} // closed by Stop, Delete or the sandbox's exit
 	once    sync.Once
+	// ctrEnds tells, per container, whether it runs and when its init
+	// ended by SIGKILL; oomAt is the last OOM event of the sandbox's
+	// cgroup, oomReported when each container's was reported (oom.go).
+	ctrEnds     map[string]containerEnd
+	oomAt       time.Time
+	oomReported map[string]time.Time
+	oom         *cgoom.Watch
+
+	// limMu serializes changes of the sandbox's bound; limits are the
+	// containers' resources it was computed from (see limits.go).
+	limMu  sync.Mutex
+	limits map[string]*specs.LinuxResources
 }
 
 func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, error) {
-	s := &sandbox{b: b, cfg: cfg, ctrs: map[string]*container{}, gofers: map[int]bool{}, stopped: make(chan struct{})}
+	s := &sandbox{b: b, cfg: cfg, ctrs: map[string]*container{}, gofers: map[int]bool{}, stopped: make(chan struct{}), ctrEnds: map[string]containerEnd{}, oomReported: map[string]time.Time{}}
 	if state != nil {
 		if err := json.Unmarshal(state, &s.st); err != nil {
 			return nil, fmt.Errorf("decode gvisor sandbox state: %w", err)
+		}
+		if err := s.loadLimits(); err != nil {
+			return nil, err
 		}
 	} else {
 		s.st.Platform = b.runscPlatform
@@ -105,6 +121,7 @@ func newSandbox(b *Backend, cfg backend.SandboxConfig, state []byte) (*sandbox, 
 	if s.st.Pid > 0 {
 		s.watchSandbox(s.st.Pid)
 		s.reapGofer(cfg.ID)
+		s.watchOOM(s.st.Pid)
 	}
 	return s, nil
 }
@@ -188,6 +205,7 @@ func (s *sandbox) Start(ctx context.Context) (_ backend.StartInfo, retErr error)
 	s.mu.Unlock()
 	s.watchSandbox(pid)
 	s.reapGofer(s.cfg.ID)
+	s.watchOOM(pid)
 	if err := s.startRoot(ctx); err != nil {
 		return backend.StartInfo{}, fmt.Errorf("start gVisor sandbox %q: %w", s.cfg.ID, err)
 	}
@@ -359,7 +377,7 @@ func (s *sandbox) writeRootBundle(dir string) error {
 		Linux: &specs.Linux{
 			Namespaces:  nss,
 			CgroupsPath: s.cgroupsPath(),
-			Resources:   s.cfg.Resources,
+			Resources:   s.podResources(),
 		},
 	}
 	data, err := json.Marshal(spec)
@@ -538,6 +556,9 @@ func (s *sandbox) destroy(ctx context.Context) error {
 	if s.st.Pid > 0 {
 		s.waitStopped(ctx, 10*time.Second)
 	}
+	// An OOM kill seen before the cgroup goes is still reported.
+	s.oom.Flush()
+	s.oom.Close()
 	// What a `runsc create` cut short left, unknown to runsc: its sandbox
 	// and gofer processes and its cgroup.
 	s.b.killLeftovers([]string{"--bundle=" + filepath.Join(s.cfg.Dir, "root"), "--overlay2=root:dir=" + s.cfg.Dir}, s.cgroupsPath())

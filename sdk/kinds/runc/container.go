@@ -18,6 +18,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgoom"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
@@ -31,7 +32,7 @@ type container struct {
 	root   hostroot.Root // the container's root file system on the host
 	rt     *gorunc.Runc
 	init   *proc
-	oom    *oomWatch
+	oom    *cgoom.Watch
 	cg     any // cgroup1.Cgroup or *cgroupsv2.Manager; nil if unknown
 
 	mu    sync.Mutex
@@ -134,7 +135,7 @@ func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.P
 }
 
 func (c *container) Delete(ctx context.Context) error {
-	c.oom.close()
+	c.oom.Close()
 	c.s.mu.Lock()
 	delete(c.s.ctrs, c.id)
 	c.s.mu.Unlock()

@@ -418,7 +418,7 @@ func (p *proc) Delete(ctx context.Context) error {
 		return fmt.Errorf("cannot delete a deleted process: %w", errdefs.ErrNotFound)
 	}
 	if p.init {
-		p.c.oom.flush() // before runc removes the cgroup
+		p.c.oom.Flush() // before runc removes the cgroup
 	}
 	if err := waitTimeout(ctx, &p.wg, 10*time.Second); err != nil {
 		log.G(ctx).WithError(err).Errorf("failed to drain process %s io", p.id)

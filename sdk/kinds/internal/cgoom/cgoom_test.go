@@ -1,4 +1,4 @@
-package runc
+package cgoom
 
 import (
 	"os"
@@ -6,10 +6,10 @@ import (
 	"testing"
 )
 
-// TestOOMWatchFlush checks that a kill counted in memory.events is reported
+// TestFlush checks that a kill counted in memory.events is reported
 // by flush (called before the cgroup goes away) exactly once, even when the
 // poller has not run yet.
-func TestOOMWatchFlush(t *testing.T) {
+func TestFlush(t *testing.T) {
 	events := filepath.Join(t.TempDir(), "memory.events")
 	write := func(n string) {
 		if err := os.WriteFile(events, []byte("low 0\nhigh 0\nmax 3\noom "+n+"\noom_kill "+n+"\n"), 0o600); err != nil {
@@ -18,18 +18,18 @@ func TestOOMWatchFlush(t *testing.T) {
 	}
 	write("0")
 	var got int
-	w := &oomWatch{stop: make(chan struct{}), events: events, onOOM: func() { got++ }}
+	w := &Watch{stop: make(chan struct{}), events: events, onOOM: func() { got++ }}
 	w.last = oomKills(events)
-	w.flush()
+	w.Flush()
 	if got != 0 {
 		t.Fatalf("flush without a kill reported %d", got)
 	}
 	write("2")
-	w.flush()
-	w.flush()
+	w.Flush()
+	w.Flush()
 	if got != 1 {
 		t.Fatalf("flush after kills reported %d times, want 1", got)
 	}
-	var nilWatch *oomWatch
-	nilWatch.flush() // a container whose cgroup could not be watched
+	var nilWatch *Watch
+	nilWatch.Flush() // a container whose cgroup could not be watched
 }

@@ -200,18 +200,7 @@ func TestExecKillEndsProcessInSandbox(t *testing.T) {
 	ctx := context.Background()
 	exec := func(id, script string) (backend.Process, string) {
 		t.Helper()
-		out := filepath.Join(t.TempDir(), "out")
-		if err := os.WriteFile(out, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		p, err := c.Exec(ctx, backend.ExecConfig{ID: id, Process: &specs.Process{Args: []string{"/bin/sh", "-c", script}, Cwd: "/", Env: []string{"PATH=/bin"}}, Stdio: backend.Stdio{Stdout: out, Stderr: out}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := p.Start(ctx); err != nil {
-			t.Fatalf("start exec %s: %v", id, err)
-		}
-		return p, out
+		return startExec(t, c, id, script)
 	}
 	wait := func(p backend.Process) uint32 {
 		t.Helper()
@@ -240,6 +229,25 @@ func TestExecKillEndsProcessInSandbox(t *testing.T) {
 	if data, _ := os.ReadFile(out); strings.TrimSpace(string(data)) != "0\ndone" {
 		t.Errorf("processes named sleep in the container after the kill: %q, want none (0)", data)
 	}
+}
+
+// startExec starts script in c as exec id and returns it and the file it
+// writes its output to.
+func startExec(t *testing.T, c backend.Container, id, script string) (backend.Process, string) {
+	t.Helper()
+	ctx := context.Background()
+	out := filepath.Join(t.TempDir(), "out")
+	if err := os.WriteFile(out, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Exec(ctx, backend.ExecConfig{ID: id, Process: &specs.Process{Args: []string{"/bin/sh", "-c", script}, Cwd: "/", Env: []string{"PATH=/bin"}}, Stdio: backend.Stdio{Stdout: out, Stderr: out}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Start(ctx); err != nil {
+		t.Fatalf("start exec %s: %v", id, err)
+	}
+	return p, out
 }
 
 // TestReadOnlyBindMounts: a read-only bind mount of a host directory with

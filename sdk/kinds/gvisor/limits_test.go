@@ -80,17 +80,7 @@ func execOutput(t *testing.T, c backend.Container, id, script string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out := filepath.Join(t.TempDir(), "out")
-	if err := os.WriteFile(out, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p, err := c.Exec(ctx, backend.ExecConfig{ID: id, Process: &specs.Process{Args: []string{"/bin/sh", "-c", script}, Cwd: "/", Env: []string{"PATH=/bin"}}, Stdio: backend.Stdio{Stdout: out, Stderr: out}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Start(ctx); err != nil {
-		t.Fatalf("start exec %s: %v", id, err)
-	}
+	p, out := startExec(t, c, id, script)
 	if st, err := p.Wait(ctx); err != nil || st.Code != 0 {
 		data, _ := os.ReadFile(out)
 		t.Fatalf("exec %s: %+v, %v: %s", id, st, err, data)

@@ -265,6 +265,13 @@ func (c *container) waitInit() {
 	}()
 }
 
+// stopped reports whether runsc's state of the container says its init
+// has exited.
+func (c *container) stopped(ctx context.Context) bool {
+	st, err := c.rt.State(ctx, c.id)
+	return err == nil && st.Status == "stopped"
+}
+
 // runscWait runs `runsc wait id` and returns the exit code it reports.
 func runscWait(ctx context.Context, binary string, global []string, id string) (int, error) {
 	cmd := exec.CommandContext(ctx, binary, append(global, "wait", id)...)

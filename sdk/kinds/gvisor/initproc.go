@@ -50,10 +50,13 @@ type initProc struct {
 	// startFailed: runsc start failed, the sentry may hold the container's
 	// stdio and rootfs files until the sandbox ends.
 	startFailed bool
-	exited      chan struct{}
-	code        int
-	at          time.Time
-	deleted     bool
+	// ended: the init's exit was seen (runsc wait returned), its
+	// output may still be draining before exited is closed.
+	ended   bool
+	exited  chan struct{}
+	code    int
+	at      time.Time
+	deleted bool
 }
 
 // newInitProc prepares the stdio of a subcontainer's init before `runsc
@@ -215,6 +218,7 @@ func (p *initProc) end() (bool, time.Time) {
 func (p *initProc) setExited(code int) {
 	p.mu.Lock()
 	drain := p.started
+	p.ended = true
 	p.mu.Unlock()
 	if drain {
 		if p.streams != nil {
@@ -257,10 +261,15 @@ func (p *initProc) Kill(ctx context.Context, sig syscall.Signal, all bool) error
 	ctx, cancel := context.WithTimeout(ctx, p.c.s.b.cfg.CommandTimeout)
 	defer cancel()
 	if err := p.c.rt.Kill(ctx, p.c.id, int(sig), &gorunc.KillOpts{All: all}); err != nil {
-		select {
-		case <-p.exited:
+		// The init may have exited just before the signal: its exit is
+		// then being drained (ended) or not yet reported by runsc wait
+		// (runsc's state says stopped). containerd's stop treats not
+		// found as "already gone" and waits for the exit.
+		p.mu.Lock()
+		ended := p.ended
+		p.mu.Unlock()
+		if ended || p.c.stopped(ctx) {
 			return fmt.Errorf("container %q has exited: %w", p.c.id, errdefs.ErrNotFound)
-		default:
 		}
 		return fmt.Errorf("kill %q: %w", p.c.id, err)
 	}

@@ -427,3 +427,70 @@ func TestSeccompProfile(t *testing.T) {
 		t.Errorf("container with an rshared mount: %v; want NotImplemented naming the mount", err)
 	}
 }
+
+// TestKillJustAfterExit: a signal sent after the container's init exited
+// but before its exit was reported (here runsc wait is held back) is "not
+// found", which containerd's stop takes as already gone; it is not a
+// failure (critest saw RemoveContainer fail with runsc's "no such
+// process"). The exit is then reported with its real code.
+func TestKillJustAfterExit(t *testing.T) {
+	testutil.RequireRunsc(t)
+	real, err := exec.LookPath("runsc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	exited, gate := filepath.Join(dir, "exited"), filepath.Join(dir, "gate")
+	for _, f := range []string{exited, gate} {
+		if err := unix.Mkfifo(f, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The wrapper's wait of the test container returns only once the
+	// test has seen the exit and opened the gate.
+	wrapper := filepath.Join(dir, "runsc")
+	script := "#!/bin/sh\nlast=; for a in \"$@\"; do last=$a; done\n" +
+		"case \" $* \" in *\" wait \"*) case $last in c-*)\n" +
+		"  out=$(" + real + " \"$@\"); rc=$?\n" +
+		"  echo exited > " + exited + "\n" +
+		"  cat " + gate + " >/dev/null\n" +
+		"  printf '%s' \"$out\"; exit $rc;;\n" +
+		"esac;; esac\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := gvisor.New(gvisor.Config{Binary: wrapper, Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	_, c, _ := run(t, b, backend.SandboxConfig{}, "exit 3")
+
+	seen := make(chan error, 1)
+	go func() {
+		_, err := os.ReadFile(exited) // until the wrapper's write
+		seen <- err
+	}()
+	select {
+	case err := <-seen:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the container's exit was not seen by runsc wait")
+	}
+	ctx := context.Background()
+	if err := c.Init().Kill(ctx, syscall.SIGKILL, false); err != nil && !errdefs.IsNotFound(err) {
+		t.Errorf("kill after the exit: %v; want nil or not found", err)
+	}
+	g, err := os.OpenFile(gate, os.O_WRONLY, 0) // the wrapper reads it
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Close()
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if st, err := c.Init().Wait(wctx); err != nil || st.Code != 3 {
+		t.Errorf("wait: %+v, %v; want exit 3", st, err)
+	}
+}

@@ -3,6 +3,8 @@
 #   containerd, ctr,         github.com/containerd/containerd/v2 (same version as the root go.mod)
 #   containerd-shim-runc-v2  (the stock runc shim, for the `runc` comparison handler)
 #   crictl, critest          sigs.k8s.io/cri-tools
+#   ginkgo                   github.com/onsi/ginkgo/v2 (the version critest is built
+#                            with; `critest --parallel N` runs its nodes through it)
 # The versions come from tools/go.mod (`tool` directives); the binaries land in
 # $BIN (default <repo>/.tmp/bin). A stamp file records what was built, so a
 # second run is a no-op until tools/go.mod, tools/go.sum, this script or the Go
@@ -56,7 +58,7 @@ want="$(
 	"$GO" version
 	cat "$TOOLS/go.mod" "$TOOLS/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1
 )"
-bins=(containerd ctr containerd-shim-runc-v2 crictl critest)
+bins=(containerd ctr containerd-shim-runc-v2 crictl critest ginkgo)
 uptodate=1
 for b in "${bins[@]}"; do [[ -x "$BIN/$b" ]] || uptodate=0; done
 if [[ $FORCE == 0 && $uptodate == 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
@@ -80,9 +82,10 @@ tags="urfave_cli_no_docs no_btrfs no_devmapper no_zfs"
 
 export CGO_ENABLED=0
 start=$SECONDS
-echo "build-tools: building containerd $tools_ctrd, ctr, containerd-shim-runc-v2, crictl $critools, critest into $BIN"
+echo "build-tools: building containerd $tools_ctrd, ctr, containerd-shim-runc-v2, crictl $critools, critest, ginkgo into $BIN"
 "$GO" -C "$TOOLS" build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$BIN/" \
-	"$CONTAINERD_MOD/cmd/containerd" "$CONTAINERD_MOD/cmd/ctr" "$CRITOOLS_MOD/cmd/crictl"
+	"$CONTAINERD_MOD/cmd/containerd" "$CONTAINERD_MOD/cmd/ctr" "$CRITOOLS_MOD/cmd/crictl" \
+	github.com/onsi/ginkgo/v2/ginkgo
 # The shim is built like containerd's release shim (static, without gRPC).
 "$GO" -C "$TOOLS" build -trimpath -tags "$tags no_grpc" -ldflags "$ldflags" -o "$BIN/" \
 	"$CONTAINERD_MOD/cmd/containerd-shim-runc-v2"

@@ -48,7 +48,26 @@ type kind struct {
 	// NotYet are specs that apply but the kind does not pass yet (work
 	// left, said in the reason); not run, and shown as such.
 	NotYet []rule `toml:"not_yet"`
-	focus  *regexp.Regexp
+	// Parallel is how many ginkgo nodes run the kind's specs at once
+	// (critest --parallel; [Serial] specs still run alone); 0 is
+	// defaultParallel. MAGNETAR_CRITEST_PARALLEL overrides it for all.
+	Parallel int `toml:"parallel"`
+	focus    *regexp.Regexp
+}
+
+// defaultParallel: most specs wait on a container's sleep or a timeout,
+// not the CPU, so a few at once cut a handler's run on CI's 2 cores.
+const defaultParallel = 3
+
+// nodes is how many ginkgo nodes run k's specs.
+func (k *kind) nodes() int {
+	if v, err := strconv.Atoi(os.Getenv("MAGNETAR_CRITEST_PARALLEL")); err == nil && v > 0 {
+		return v
+	}
+	if k.Parallel > 0 {
+		return k.Parallel
+	}
+	return defaultParallel
 }
 
 func loadExpectations(t *testing.T) *expectations {
@@ -225,10 +244,15 @@ func TestCritest(t *testing.T) {
 			if k.focus != nil {
 				args = append(args, "--ginkgo.focus", k.Focus)
 			}
+			if n := k.nodes(); n > 1 {
+				// critest runs its nodes through the ginkgo command,
+				// looked up in PATH (built by hack/build-tools.sh).
+				args = append(args, "--parallel", strconv.Itoa(n))
+			}
 			logPath := filepath.Join(e.base, "critest-"+k.Handler+".log")
 			cmd := exec.Command(filepath.Join(e.binDir, "critest"), args...)
 			cmd.Dir = e.tmp
-			cmd.Env = append(os.Environ(), "TMPDIR="+e.tmp)
+			cmd.Env = append(os.Environ(), "TMPDIR="+e.tmp, "PATH="+e.binDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 			f, err := os.Create(logPath)
 			if err != nil {
 				t.Fatal(err)
@@ -289,8 +313,8 @@ func TestCritest(t *testing.T) {
 				n = v
 			}
 			t.Logf("%s: slowest specs:\n%s", k.Handler, slowest(results, n))
-			t.Logf("%s: %d passed, %d not applicable, %d skipped by the host, %d outside the focus, %d failed in %v",
-				k.Handler, len(o.passed), countNA(o), len(o.hostSkip), o.notRun, len(o.failed), o.duration)
+			t.Logf("%s: %d passed, %d not applicable, %d skipped by the host, %d outside the focus, %d failed in %v on %d nodes",
+				k.Handler, len(o.passed), countNA(o), len(o.hostSkip), o.notRun, len(o.failed), o.duration, k.nodes())
 			if t.Failed() {
 				t.Logf("critest log (tail):\n%s", tail(logPath))
 			}

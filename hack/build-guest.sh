@@ -30,6 +30,11 @@ MODULES=(
 	9p 9pnet_virtio overlay vmw_vsock_virtio_transport fuse virtiofs
 	virtio_balloon
 )
+# Modules loaded only when the guest kernel asks for one (request_module:
+# the agent serves /sbin/modprobe from modules/on-demand/list), for what a
+# container with CAP_NET_ADMIN may make: a bridge (brctl addbr, ip link add
+# type bridge).
+ON_DEMAND=(bridge)
 
 # --- build dependencies (idempotent) -----------------------------------------
 need=()
@@ -61,7 +66,7 @@ key="$(
 	{
 		echo "kernel $kpkg $kpkgver"
 		echo "runc $runcver"
-		echo "modules ${MODULES[*]}"
+		echo "modules ${MODULES[*]} on-demand ${ON_DEMAND[*]}"
 		"$GO" version
 		sha256sum "$ROOT/hack/build-guest.sh" "$ROOT/go.mod" "$ROOT/go.sum" | awk '{print $1}'
 		for d in $agent_dirs; do
@@ -127,6 +132,25 @@ for m in "${MODULES[@]}"; do
 		echo "$name.ko" >>"$stage/modules/order"
 	done < <(modprobe -d "$kroot" -S "$kver" --show-depends "$m")
 done
+
+# On-demand modules: "module <name> <files in load order>" and the
+# module's aliases, for the agent's modprobe (taskagent/agent/modprobe.go).
+mkdir -p "$stage/modules/on-demand"
+list="$stage/modules/on-demand/list"
+: >"$list"
+for m in "${ON_DEMAND[@]}"; do
+	files=()
+	while read -r verb path _; do
+		[[ "$verb" == insmod ]] || continue
+		name="$(basename "$path" .ko)"
+		[[ -z "${seen[$name]:-}" ]] || continue # loaded at boot already
+		files+=("$name.ko")
+		cp "$path" "$stage/modules/on-demand/$name.ko"
+	done < <(modprobe -d "$kroot" -S "$kver" --show-depends "$m")
+	echo "module $m ${files[*]}" >>"$list"
+	modinfo -b "$kroot" -k "$kver" -F alias "$m" | sed "s/^/alias /; s/\$/ $m/" >>"$list"
+done
+ln -s ../init "$stage/sbin/modprobe"
 
 # runc with the shared libraries ldd reports, at their paths.
 cp /usr/sbin/runc "$stage/usr/sbin/runc"

@@ -220,6 +220,9 @@ type SandboxConfig struct {
 	// NetNSPath is the network namespace to run in (CRI makes one per pod).
 	// When it is empty the sandbox uses the host's network, unless
 	// PrivateNetwork asks for a new network namespace with only loopback.
+	// Kinds that cannot share the host's network (a microVM's kernel is its
+	// own) refuse the host's with InvalidArgument rather than give the
+	// sandbox some other network.
 	NetNSPath      string
 	PrivateNetwork bool
 	// HostPID: containers that join the pod's PID namespace run in the

@@ -136,7 +136,7 @@ func (s *suite) setup(t *testing.T) *env {
 	t.Cleanup(func() { e.Close() })
 	x.e = e
 	x.sb = uniqueID("sb")
-	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: x.sb, Kind: x.info.Kind, Hostname: "conformance"}); err != nil {
+	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: x.sb, Kind: x.info.Kind, Hostname: "conformance", PrivateNetwork: true}); err != nil {
 		t.Fatalf("create sandbox: %v", err)
 	}
 	st, err := e.StartSandbox(ctx, x.sb)

@@ -432,7 +432,7 @@ func checkRecoverAfterRestart(t *testing.T, s *suite) {
 		t.Fatal(err)
 	}
 	x.e, x.sb = e1, uniqueID("sb")
-	if _, err := e1.CreateSandbox(ctx, engine.SandboxSpec{ID: x.sb, Kind: info.Kind}); err != nil {
+	if _, err := e1.CreateSandbox(ctx, engine.SandboxSpec{ID: x.sb, Kind: info.Kind, PrivateNetwork: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e1.StartSandbox(ctx, x.sb); err != nil {
@@ -491,7 +491,7 @@ func checkRecoverExecAfterRestart(t *testing.T, s *suite) {
 		t.Fatal(err)
 	}
 	x.e, x.sb = e1, uniqueID("sb")
-	if _, err := e1.CreateSandbox(ctx, engine.SandboxSpec{ID: x.sb, Kind: info.Kind}); err != nil {
+	if _, err := e1.CreateSandbox(ctx, engine.SandboxSpec{ID: x.sb, Kind: info.Kind, PrivateNetwork: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e1.StartSandbox(ctx, x.sb); err != nil {
@@ -550,11 +550,11 @@ func checkBadInput(t *testing.T, s *suite) {
 	x := s.setup(t)
 	ctx := context.Background()
 	for _, bad := range []string{"../x", "a/b", "", ".", strings.Repeat("x", 300)} {
-		if _, err := x.e.CreateSandbox(ctx, engine.SandboxSpec{ID: bad, Kind: x.info.Kind}); !errdefs.IsInvalidArgument(err) {
+		if _, err := x.e.CreateSandbox(ctx, engine.SandboxSpec{ID: bad, Kind: x.info.Kind, PrivateNetwork: true}); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("sandbox id %q: err = %v, want invalid argument", bad, err)
 		}
 	}
-	if _, err := x.e.CreateSandbox(ctx, engine.SandboxSpec{ID: x.sb, Kind: x.info.Kind}); !errdefs.IsAlreadyExists(err) {
+	if _, err := x.e.CreateSandbox(ctx, engine.SandboxSpec{ID: x.sb, Kind: x.info.Kind, PrivateNetwork: true}); !errdefs.IsAlreadyExists(err) {
 		t.Errorf("duplicate sandbox: err = %v, want already exists", err)
 	}
 	if _, err := x.e.CreateContainer(ctx, x.sb, engine.ContainerSpec{ID: "../evil", Bundle: "/tmp"}); !errdefs.IsInvalidArgument(err) {

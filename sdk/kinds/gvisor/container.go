@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +21,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/binds"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
@@ -113,10 +113,8 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if !s.alive() {
 		return nil, fmt.Errorf("gVisor sandbox %q is stopped: %w", s.cfg.ID, errdefs.ErrFailedPrecondition)
 	}
-	for _, m := range cfg.Spec.Mounts {
-		if slices.Contains(m.Options, "rshared") || slices.Contains(m.Options, "shared") {
-			return nil, fmt.Errorf("container %q: mount %s is shared (bidirectional propagation): mounts made in a gVisor sandbox are the sentry's and never reach the host: %w", cfg.ID, m.Destination, errdefs.ErrNotImplemented)
-		}
+	if dest, ok := binds.Shared(cfg.Spec.Mounts); ok {
+		return nil, fmt.Errorf("container %q: mount %s is shared (bidirectional propagation): mounts made in a gVisor sandbox are the sentry's and never reach the host: %w", cfg.ID, dest, errdefs.ErrNotImplemented)
 	}
 	spec := s.containerSpec(*cfg.Spec)
 	rootfs := ""

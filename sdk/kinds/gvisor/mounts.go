@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/binds"
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -23,67 +24,25 @@ import (
 //     would ignore, leaving the mount writable) becomes "ro": the whole
 //     tree is read-only in the sentry, submounts included;
 //   - a non-recursive "ro" rbind of a directory with submounts on the host
-//     gets one bind mount per submount (with the submount's own ro or rw),
-//     so that they stay writable as runc leaves them, instead of being
-//     read-only with their parent.
+//     gets one bind mount per submount (binds.Submounts).
 //
 // mounts lists the host's mounts (/proc/self/mountinfo); nil reads them
 // when a read-only bind mount needs it.
 func readOnlyBinds(ms []specs.Mount, mounts []*mountinfo.Info) []specs.Mount {
-	out := make([]specs.Mount, 0, len(ms))
-	for _, m := range ms {
-		if !isBind(m) {
-			out = append(out, m)
+	out := binds.Submounts(ms, mounts)
+	for j, m := range out {
+		i := slices.Index(m.Options, "rro")
+		if !binds.IsBind(m) || i < 0 {
 			continue
 		}
-		if i := slices.Index(m.Options, "rro"); i >= 0 {
-			m.Options = slices.Clone(m.Options)
-			m.Options[i] = "ro"
-			if slices.Contains(m.Options[:i], "ro") || slices.Contains(m.Options[i+1:], "ro") {
-				m.Options = slices.Delete(m.Options, i, i+1)
-			}
-			out = append(out, m)
-			continue
+		m.Options = slices.Clone(m.Options)
+		m.Options[i] = "ro"
+		if slices.Contains(m.Options[:i], "ro") || slices.Contains(m.Options[i+1:], "ro") {
+			m.Options = slices.Delete(m.Options, i, i+1)
 		}
-		out = append(out, m)
-		if !slices.Contains(m.Options, "ro") || !slices.Contains(m.Options, "rbind") {
-			continue
-		}
-		if mounts == nil {
-			var err error
-			if mounts, err = mountinfo.GetMounts(nil); err != nil {
-				continue // the mount stays read-only as a whole
-			}
-		}
-		src := filepath.Clean(m.Source)
-		if r, err := filepath.EvalSymlinks(src); err == nil {
-			src = r
-		}
-		// mountinfo lists mounts in the order they were made: a
-		// submount's parent comes first.
-		for _, sub := range mounts {
-			rel, ok := strings.CutPrefix(sub.Mountpoint, src+"/")
-			if !ok || src == "/" {
-				continue
-			}
-			opt := "rw"
-			if slices.Contains(strings.Split(sub.Options, ","), "ro") {
-				opt = "ro"
-			}
-			out = append(out, specs.Mount{
-				Destination: filepath.Join(m.Destination, rel),
-				Type:        "bind",
-				Source:      sub.Mountpoint,
-				Options:     []string{"rbind", opt},
-			})
-		}
+		out[j] = m
 	}
 	return out
-}
-
-// isBind reports whether m is a bind mount.
-func isBind(m specs.Mount) bool {
-	return m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
 }
 
 // readonlyPaths does what runsc 20240729 ignores: the spec's
@@ -121,7 +80,7 @@ func readonlyPaths(spec *specs.Spec, rootfs string) error {
 		if holder >= 0 {
 			m := spec.Mounts[holder]
 			switch {
-			case isBind(m):
+			case binds.IsBind(m):
 				base, dest = m.Source, filepath.Clean(m.Destination)
 			case m.Type == "proc" || m.Type == "sysfs" || m.Type == "cgroup" || m.Type == "cgroup2" || m.Type == "mqueue":
 				continue

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/binds"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 )
 
@@ -43,6 +44,9 @@ type container struct {
 func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConfig) (_ backend.Container, retErr error) {
 	if cfg.Spec == nil {
 		return nil, fmt.Errorf("container %q has no OCI spec: %w", cfg.ID, errdefs.ErrInvalidArgument)
+	}
+	if dest, ok := binds.Shared(cfg.Spec.Mounts); ok {
+		return nil, fmt.Errorf("container %q: mount %s is shared (bidirectional propagation): mounts made in a microVM are the guest kernel's and never reach the host (host-to-container propagation, rslave, works): %w", cfg.ID, dest, errdefs.ErrNotImplemented)
 	}
 	tc, err := s.taskClient()
 	if err != nil {
@@ -171,11 +175,14 @@ func (s *sandbox) prepare(cfg backend.ContainerConfig, dir string, root *os.Root
 		lin.CgroupsPath = ""
 		spec.Linux = &lin
 	}
-	// Bind mounts name host paths: share them through dir/mounts/<i>.
-	mounts := make([]specs.Mount, len(spec.Mounts))
-	copy(mounts, spec.Mounts)
+	// Bind mounts name host paths: share them through dir/mounts/<i>. A
+	// shared directory is one file system in the guest, host submounts
+	// included: a non-recursive read-only bind gets its submounts as bind
+	// mounts of their own, to stay writable as with runc. ("rro" is the
+	// guest runc's: recursive in the guest covers them all.)
+	mounts := binds.Submounts(spec.Mounts, nil)
 	for i, m := range mounts {
-		if !isBind(m) || !filepath.IsAbs(m.Source) {
+		if !binds.IsBind(m) || !filepath.IsAbs(m.Source) {
 			continue
 		}
 		fi, err := os.Stat(m.Source)
@@ -256,18 +263,6 @@ func remountReadOnly(target string) error {
 func hasOption(m specs.Mount, opt string) bool {
 	for _, o := range m.Options {
 		if o == opt {
-			return true
-		}
-	}
-	return false
-}
-
-func isBind(m specs.Mount) bool {
-	if m.Type == "bind" {
-		return true
-	}
-	for _, o := range m.Options {
-		if o == "bind" || o == "rbind" {
 			return true
 		}
 	}

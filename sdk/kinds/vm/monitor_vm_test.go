@@ -28,7 +28,7 @@ func TestGuestStatsAndOOM(t *testing.T) {
 		t.Fatal(err)
 	}
 	ooms := make(chan string, 10)
-	sbx, err := b.Create(ctx, backend.SandboxConfig{ID: "monitor", Namespace: "default", Dir: t.TempDir(),
+	sbx, err := b.Create(ctx, backend.SandboxConfig{ID: "monitor", Namespace: "default", Dir: t.TempDir(), PrivateNetwork: true,
 		Events: sinkFunc(func(sb, cid string) { ooms <- sb + "/" + cid })})
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ func TestReconnectAtOnce(t *testing.T) {
 	kernel, initrd := requireBoot(t)
 	b := newBackend(t, kernel, initrd)
 	ctx := context.Background()
-	sb, err := b.Create(ctx, backend.SandboxConfig{ID: "reconnect", Namespace: "test", Dir: t.TempDir(), Hostname: "reconnect"})
+	sb, err := b.Create(ctx, backend.SandboxConfig{ID: "reconnect", Namespace: "test", Dir: t.TempDir(), Hostname: "reconnect", PrivateNetwork: true})
 	if err != nil {
 		t.Fatal(err)
 	}

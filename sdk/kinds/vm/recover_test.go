@@ -71,7 +71,7 @@ func TestRecoverReconnects(t *testing.T) {
 	id := fmt.Sprintf("recover-%d", time.Now().UnixNano())
 	limit := int64(200 << 20)
 	cfg := backend.SandboxConfig{
-		ID: id, Namespace: "magnetar-test", Dir: filepath.Join(t.TempDir(), "sb"), Hostname: "recovered",
+		ID: id, Namespace: "magnetar-test", Dir: filepath.Join(t.TempDir(), "sb"), Hostname: "recovered", PrivateNetwork: true,
 		CgroupParent: parent,
 		Resources:    memRes(limit),
 	}

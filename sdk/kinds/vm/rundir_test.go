@@ -37,7 +37,7 @@ func TestCreateRefusesTinyMemory(t *testing.T) {
 		ok    bool
 	}{{1, false}, {MinMemoryLimit - 1, false}, {MinMemoryLimit, true}, {-1, true}, {0, true}} {
 		lim := tc.limit
-		_, err := b.Create(context.Background(), backend.SandboxConfig{ID: "sb", Dir: t.TempDir(),
+		_, err := b.Create(context.Background(), backend.SandboxConfig{ID: "sb", Dir: t.TempDir(), PrivateNetwork: true,
 			Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &lim}}})
 		if tc.ok && err != nil {
 			t.Errorf("limit %d: %v", tc.limit, err)

@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -93,7 +94,30 @@ func TestCreateRejectsBadCgroupParent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Create(context.Background(), backend.SandboxConfig{ID: "sb1", Dir: t.TempDir(), CgroupParent: "/kubepods/../x"}); !errdefs.IsInvalidArgument(err) {
+	if _, err := b.Create(context.Background(), backend.SandboxConfig{ID: "sb1", Dir: t.TempDir(), PrivateNetwork: true, CgroupParent: "/kubepods/../x"}); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("Create with a bad cgroup parent: %v, want InvalidArgument", err)
+	}
+}
+
+// TestCreateRefusesHostNetwork: a sandbox with neither a network namespace
+// nor a private network asks for the host's network, which a guest kernel
+// cannot share: InvalidArgument naming hostNetwork, not a pod with no
+// network.
+func TestCreateRefusesHostNetwork(t *testing.T) {
+	b, err := New(Config{Driver: qemu.New(qemu.Options{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Create(context.Background(), backend.SandboxConfig{ID: "sb1", Dir: t.TempDir()})
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "hostNetwork") {
+		t.Errorf("Create on the host's network: %v, want InvalidArgument naming hostNetwork", err)
+	}
+	for _, cfg := range []backend.SandboxConfig{
+		{ID: "sb2", Dir: t.TempDir(), PrivateNetwork: true},
+		{ID: "sb3", Dir: t.TempDir(), NetNSPath: "/var/run/netns/x"},
+	} {
+		if _, err := b.Create(context.Background(), cfg); err != nil {
+			t.Errorf("Create %+v: %v", cfg, err)
+		}
 	}
 }

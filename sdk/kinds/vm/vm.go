@@ -243,6 +243,13 @@ func (b *Backend) Check(ctx context.Context) error {
 // guest's memory is the limit plus the overhead, and what runs in it
 // must fit in the limit.
 func (b *Backend) Create(ctx context.Context, cfg backend.SandboxConfig) (backend.Sandbox, error) {
+	// No network namespace and no private network is the host's network
+	// (backend.SandboxConfig): a guest kernel cannot share the host's
+	// interfaces, so say so instead of booting a pod with no network (Kata
+	// refuses host networking too).
+	if cfg.NetNSPath == "" && !cfg.PrivateNetwork {
+		return nil, fmt.Errorf("a microVM pod cannot use the host's network (hostNetwork): its containers run on the guest's kernel; give it a network namespace (CNI, a bridge network) or a private network: %w", errdefs.ErrInvalidArgument)
+	}
 	if _, err := vmCgroupPath(cfg.CgroupParent, cfg.ID); err != nil {
 		return nil, err
 	}

@@ -67,7 +67,7 @@ func TestSandboxLifecycle(t *testing.T) {
 	defer e.Close()
 	// A long id: the VM dir must move somewhere short.
 	sb := "lifecycle-" + strings.Repeat("x", 64)
-	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: sb, Kind: Kind, Hostname: "vmtest"}); err != nil {
+	if _, err := e.CreateSandbox(ctx, engine.SandboxSpec{ID: sb, Kind: Kind, Hostname: "vmtest", PrivateNetwork: true}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := e.StartSandbox(ctx, sb)

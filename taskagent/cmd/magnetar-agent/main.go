@@ -18,5 +18,9 @@ func main() {
 	if runc.PodInitMain() {
 		return
 	}
+	// The guest kernel asking for a module it does not have loaded.
+	if code, ok := agent.ModprobeMain(); ok {
+		os.Exit(code)
+	}
 	os.Exit(agent.Main(context.Background()))
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/seccompexec"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"
 )
 
@@ -136,6 +137,9 @@ func (s *sandbox) CreateContainer(ctx context.Context, cfg backend.ContainerConf
 	if err := readonlyPaths(&spec, root.Dir); err != nil {
 		return nil, fmt.Errorf("container %q: %w", cfg.ID, err)
 	}
+	if err := s.execSeccomp(&spec, cfg.Bundle); err != nil {
+		return nil, fmt.Errorf("container %q: %w", cfg.ID, err)
+	}
 	data, err := json.Marshal(&spec)
 	if err != nil {
 		return nil, err
@@ -191,7 +195,11 @@ func (c *container) Exec(ctx context.Context, cfg backend.ExecConfig) (backend.P
 	if cfg.Process == nil {
 		return nil, fmt.Errorf("exec %q in container %q has no process spec: %w", cfg.ID, c.id, errdefs.ErrInvalidArgument)
 	}
-	data, err := json.Marshal(cfg.Process)
+	proc, err := c.execProcess(cfg.Process)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(proc)
 	if err != nil {
 		return nil, err
 	}
@@ -362,4 +370,69 @@ func exitStderr(err error) string {
 func dirExists(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.IsDir()
+}
+
+// execSeccompFile holds, in a container's bundle, what its exec'd
+// processes are started with (execSeccomp).
+const execSeccompFile = "exec-seccomp.json"
+
+// execSeccompRecord is the helper's command in the container and the
+// container's seccomp profile compiled for it.
+type execSeccompRecord struct {
+	Command []string `json:"command"`
+	Filter  []byte   `json:"filter"`
+}
+
+// execSeccomp prepares a container with a seccomp profile for exec: runsc
+// applies the profile (--oci-seccomp) to the container's init and its
+// children only, not to processes started by `runsc exec`. The profile is
+// compiled into the bundle and the pod init's executable bound into the
+// container as the helper that installs it before running an exec'd
+// command (seccompexec). A profile the helper cannot apply is refused
+// rather than leave exec'd processes unconfined.
+func (s *sandbox) execSeccomp(spec *specs.Spec, bundle string) error {
+	if !s.st.OCISeccomp || spec.Linux == nil || spec.Linux.Seccomp == nil {
+		return nil
+	}
+	prog, err := seccompexec.Compile(spec.Linux.Seccomp)
+	if err != nil {
+		return fmt.Errorf("seccomp profile: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	exe, err := s.b.podInitExe()
+	if err != nil {
+		return err
+	}
+	mounts, command, err := seccompexec.Bind(exe)
+	if err != nil {
+		return fmt.Errorf("seccomp exec helper: %w", err)
+	}
+	data, err := json.Marshal(execSeccompRecord{Command: command, Filter: prog})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(bundle, execSeccompFile), data, 0o600); err != nil {
+		return err
+	}
+	spec.Mounts = append(spec.Mounts, mounts...)
+	return nil
+}
+
+// execProcess is p as runsc exec runs it: through the seccomp helper when
+// the container has a profile (execSeccomp).
+func (c *container) execProcess(p *specs.Process) (*specs.Process, error) {
+	data, err := os.ReadFile(filepath.Join(c.bundle, execSeccompFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return p, nil // no profile, or a container made before exec'd processes had it
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r execSeccompRecord
+	if err := json.Unmarshal(data, &r); err != nil || len(r.Command) == 0 || len(r.Filter) == 0 {
+		return nil, fmt.Errorf("exec in container %q: bad %s (%v): %w", c.id, execSeccompFile, err, errdefs.ErrFailedPrecondition)
+	}
+	if len(p.Args) == 0 {
+		return nil, fmt.Errorf("exec in container %q has no command: %w", c.id, errdefs.ErrInvalidArgument)
+	}
+	return seccompexec.Wrap(p, r.Command, r.Filter), nil
 }

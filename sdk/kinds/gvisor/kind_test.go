@@ -390,8 +390,10 @@ exec sleep 3600
 }
 
 // TestSeccompProfile: a container's seccomp profile applies in the
-// sandbox (runsc --oci-seccomp; runsc alone ignores it): the system calls
-// it refuses fail, the others work.
+// sandbox (runsc --oci-seccomp; runsc alone ignores it) to its init and to
+// processes exec'd in it (which runsc exec leaves unfiltered: the
+// seccompexec helper installs the profile): the system calls it refuses
+// fail, the others work.
 func TestSeccompProfile(t *testing.T) {
 	testutil.RequireRunsc(t)
 	b, err := gvisor.New(gvisor.Config{Root: t.TempDir()})
@@ -399,22 +401,37 @@ func TestSeccompProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	script := "mkdir /made 2>&1; echo mkdir=$?; touch /file && echo touch=ok"
+	script := "mkdir /tmp/made 2>&1; echo mkdir=$?; touch /tmp/file && echo touch=ok; touch /tmp/done; exec tail -f /dev/null"
 	out, c, sb := runWith(t, b, backend.SandboxConfig{PrivateNetwork: true}, script, func(s *specs.Spec, _ string) {
 		s.Linux.Seccomp = &specs.LinuxSeccomp{
 			DefaultAction: specs.ActAllow,
 			Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchAARCH64},
 			Syscalls:      []specs.LinuxSyscall{{Names: []string{"mkdir", "mkdirat"}, Action: specs.ActErrno}},
 		}
+		// The helper's mount points are made under a read-only root too.
+		s.Root.Readonly = true
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs"})
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if st, err := c.Init().Wait(ctx); err != nil || st.Code != 0 {
-		t.Fatalf("wait: %+v, %v", st, err)
+	// The exec waits for the init's /tmp/done, written after its output.
+	p, execOut := startExec(t, c, "check", "until [ -e /tmp/done ]; do :; done; mkdir /tmp/made2 2>&1; echo mkdir=$?; grep Seccomp: /proc/self/status; touch /tmp/file2 && echo touch=ok")
+	if st, err := p.Wait(ctx); err != nil || st.Code != 0 {
+		t.Fatalf("wait exec: %+v, %v", st, err)
 	}
-	data, _ := os.ReadFile(out)
-	if want := "mkdir: can't create directory '/made': Operation not permitted\nmkdir=1\ntouch=ok\n"; string(data) != want {
+	data, _ := os.ReadFile(execOut)
+	if want := "mkdir: can't create directory '/tmp/made2': Operation not permitted\nmkdir=1\nSeccomp:\t2\ntouch=ok\n"; string(data) != want {
+		t.Errorf("exec output:\n%s\nwant:\n%s", data, want)
+	}
+	data, _ = os.ReadFile(out)
+	if want := "mkdir: can't create directory '/tmp/made': Operation not permitted\nmkdir=1\ntouch=ok\n"; string(data) != want {
 		t.Errorf("container output:\n%s\nwant:\n%s", data, want)
+	}
+	if err := c.Init().Kill(ctx, syscall.SIGKILL, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Init().Wait(ctx); err != nil {
+		t.Fatal(err)
 	}
 
 	// A shared (bidirectional) mount is refused with a clear error: the
@@ -492,5 +509,72 @@ func TestKillJustAfterExit(t *testing.T) {
 	defer cancel()
 	if st, err := c.Init().Wait(wctx); err != nil || st.Code != 3 {
 		t.Errorf("wait: %+v, %v; want exit 3", st, err)
+	}
+}
+
+// TestSeccompExecAfterRestart: a restarted backend that re-attaches to a
+// sandbox still starts a container's exec'd processes under its seccomp
+// profile (what they need is kept in the container's bundle).
+func TestSeccompExecAfterRestart(t *testing.T) {
+	testutil.RequireRunsc(t)
+	root := t.TempDir()
+	b, err := gvisor.New(gvisor.Config{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cfg := backend.SandboxConfig{ID: "sc-" + filepath.Base(t.TempDir()), Namespace: "test", Dir: t.TempDir(), PrivateNetwork: true}
+	sb, err := b.Create(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last backend.Sandbox = sb
+	t.Cleanup(func() {
+		_ = last.Stop(context.Background(), time.Second)
+		if err := last.Delete(context.Background()); err != nil {
+			t.Errorf("delete sandbox: %v", err)
+		}
+		b.Close()
+	})
+	if _, err := sb.Start(ctx); err != nil {
+		t.Fatalf("start sandbox: %v", err)
+	}
+	bundle := t.TempDir()
+	spec := testutil.BusyboxBundle(t, bundle, "exec tail -f /dev/null")
+	spec.Linux.Seccomp = &specs.LinuxSeccomp{
+		DefaultAction: specs.ActAllow,
+		Syscalls:      []specs.LinuxSyscall{{Names: []string{"mkdir", "mkdirat"}, Action: specs.ActErrno}},
+	}
+	c, err := sb.CreateContainer(ctx, backend.ContainerConfig{ID: "c", Bundle: bundle, Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Init().Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const check = "grep Seccomp: /proc/self/status; mkdir /made 2>/dev/null && echo made || echo refused"
+	const want = "Seccomp:\t2\nrefused"
+	if got := execOutput(t, c, "before", check); got != want {
+		t.Errorf("exec before the restart printed %q, want %q", got, want)
+	}
+	state, err := sb.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if b, err = gvisor.New(gvisor.Config{Root: root}); err != nil {
+		t.Fatal(err)
+	}
+	sb2, err := b.Recover(ctx, cfg, state)
+	if err != nil {
+		t.Fatalf("recover: %v", err)
+	}
+	last = sb2
+	c2, err := sb2.(backend.ContainerRecoverer).RecoverContainer(ctx, backend.ContainerConfig{ID: "c", Bundle: bundle, Spec: spec}, 0)
+	if err != nil {
+		t.Fatalf("recover container: %v", err)
+	}
+	if got := execOutput(t, c2, "after", check); got != want {
+		t.Errorf("exec after the restart printed %q, want %q", got, want)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/seccompexec"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,6 +40,11 @@ var hooked atomic.Bool
 // pod init (see [Hooked]).
 func Main() bool {
 	hooked.Store(true)
+	// The same executable, bound into a gVisor container, starts its
+	// exec'd processes under the container's seccomp profile.
+	if seccompexec.Main() {
+		return true
+	}
 	if os.Getenv(SysctlEnv) == "1" {
 		os.Exit(SetSysctls("/proc/sys", os.Args[1:], os.Stderr))
 	}

@@ -160,14 +160,15 @@ func TestAPISandboxFeatures(t *testing.T) {
 		// far from the burner's whole one.
 		// A VM's containers are frozen in the guest, whose kernel and
 		// agent still run in QEMU, emulated (TCG: timer ticks, the usage
-		// calls), and its usage is QEMU's: up to 30% of a CPU here, far
-		// from the burner's whole vCPU.
+		// calls), and its usage is QEMU's: 30% of a CPU here, up to 37%
+		// on CI's 2 busy cores (seen just after a live upgrade); half the
+		// window is still far from the burner's whole vCPU.
 		allowed := 10 * time.Millisecond
 		switch sb.Kind {
 		case "gvisor":
 			allowed = 50 * time.Millisecond
 		case "vm":
-			allowed = 150 * time.Millisecond
+			allowed = 250 * time.Millisecond
 		}
 		if u, err := sb.Usage(ctx); err != nil || u.CPU > frozen.CPU+allowed {
 			t.Errorf("paused sandbox used %v of CPU in 500ms (%v), want at most %v", u.CPU-frozen.CPU, err, allowed)

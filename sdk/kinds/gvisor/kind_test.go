@@ -517,28 +517,10 @@ func TestKillJustAfterExit(t *testing.T) {
 // profile (what they need is kept in the container's bundle).
 func TestSeccompExecAfterRestart(t *testing.T) {
 	testutil.RequireRunsc(t)
-	root := t.TempDir()
-	b, err := gvisor.New(gvisor.Config{Root: root})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	cfg := backend.SandboxConfig{ID: "sc-" + filepath.Base(t.TempDir()), Namespace: "test", Dir: t.TempDir(), PrivateNetwork: true}
-	sb, err := b.Create(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var last backend.Sandbox = sb
-	t.Cleanup(func() {
-		_ = last.Stop(context.Background(), time.Second)
-		if err := last.Delete(context.Background()); err != nil {
-			t.Errorf("delete sandbox: %v", err)
-		}
-		b.Close()
-	})
-	if _, err := sb.Start(ctx); err != nil {
-		t.Fatalf("start sandbox: %v", err)
-	}
+	r := startRestartable(t, gvisor.Config{Root: t.TempDir()}, cfg)
+	sb := r.sb
 	bundle := t.TempDir()
 	spec := testutil.BusyboxBundle(t, bundle, "exec tail -f /dev/null")
 	spec.Linux.Seccomp = &specs.LinuxSeccomp{
@@ -557,19 +539,7 @@ func TestSeccompExecAfterRestart(t *testing.T) {
 	if got := execOutput(t, c, "before", check); got != want {
 		t.Errorf("exec before the restart printed %q, want %q", got, want)
 	}
-	state, err := sb.State()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Close()
-	if b, err = gvisor.New(gvisor.Config{Root: root}); err != nil {
-		t.Fatal(err)
-	}
-	sb2, err := b.Recover(ctx, cfg, state)
-	if err != nil {
-		t.Fatalf("recover: %v", err)
-	}
-	last = sb2
+	sb2 := r.restart(cfg)
 	c2, err := sb2.(backend.ContainerRecoverer).RecoverContainer(ctx, backend.ContainerConfig{ID: "c", Bundle: bundle, Spec: spec}, 0)
 	if err != nil {
 		t.Fatalf("recover container: %v", err)

@@ -98,28 +98,10 @@ func execOutput(t *testing.T, c backend.Container, id, script string) string {
 func TestLimitsBoundSandboxAndOOM(t *testing.T) {
 	testutil.RequireRunsc(t)
 	const mib = 1 << 20
-	root := t.TempDir()
-	b, err := gvisor.New(gvisor.Config{Root: root, MemoryOverhead: 64 * mib})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	cfg := backend.SandboxConfig{ID: "lim-" + filepath.Base(t.TempDir()), Namespace: "test", Dir: t.TempDir(), PrivateNetwork: true, Events: &oomSink{}}
-	sb, err := b.Create(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var last backend.Sandbox = sb
-	t.Cleanup(func() {
-		_ = last.Stop(context.Background(), time.Second)
-		if err := last.Delete(context.Background()); err != nil {
-			t.Errorf("delete sandbox: %v", err)
-		}
-		b.Close()
-	})
-	if _, err := sb.Start(ctx); err != nil {
-		t.Fatalf("start sandbox: %v", err)
-	}
+	r := startRestartable(t, gvisor.Config{Root: t.TempDir(), MemoryOverhead: 64 * mib}, cfg)
+	sb := r.sb
 	if got := sandboxMemoryBound(t, cfg.ID); got != "9223372036854771712" && got != "max" {
 		t.Errorf("bound of a sandbox without limits = %s, want none", got)
 	}
@@ -145,22 +127,9 @@ func TestLimitsBoundSandboxAndOOM(t *testing.T) {
 	}
 
 	// A restarted backend re-attaches: the next bound still counts a.
-	state, err := sb.State()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Close()
-	b, err = gvisor.New(gvisor.Config{Root: root, MemoryOverhead: 64 * mib})
-	if err != nil {
-		t.Fatal(err)
-	}
 	sink := &oomSink{}
 	cfg.Events = sink
-	sb2, err := b.Recover(ctx, cfg, state)
-	if err != nil {
-		t.Fatalf("recover: %v", err)
-	}
-	last = sb2
+	sb2 := r.restart(cfg)
 	spec := &specs.Spec{Mounts: []specs.Mount{{Destination: "/sys/fs/cgroup", Type: "cgroup"}}}
 	a2, err := sb2.(backend.ContainerRecoverer).RecoverContainer(ctx, backend.ContainerConfig{ID: "a", Bundle: t.TempDir(), Spec: spec}, 0)
 	if err != nil {
@@ -183,4 +152,62 @@ func TestLimitsBoundSandboxAndOOM(t *testing.T) {
 	if got := execOutput(t, a2, "alive", "echo alive"); got != "alive" || sink.has("a") {
 		t.Errorf("the other container after the OOM kill: exec printed %q, OOM kills reported for %q", got, sink.ids)
 	}
+}
+
+// restartable is a started sandbox and its backend, stopped, deleted and
+// closed when the test ends.
+type restartable struct {
+	t   *testing.T
+	cfg gvisor.Config
+	b   *gvisor.Backend
+	sb  backend.Sandbox
+}
+
+// startRestartable creates and starts a sandbox with sc on a backend with
+// cfg.
+func startRestartable(t *testing.T, cfg gvisor.Config, sc backend.SandboxConfig) *restartable {
+	t.Helper()
+	b, err := gvisor.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &restartable{t: t, cfg: cfg, b: b}
+	t.Cleanup(func() {
+		if r.sb != nil {
+			_ = r.sb.Stop(context.Background(), time.Second)
+			if err := r.sb.Delete(context.Background()); err != nil {
+				t.Errorf("delete sandbox: %v", err)
+			}
+		}
+		r.b.Close()
+	})
+	sb, err := b.Create(context.Background(), sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.sb = sb
+	if _, err := sb.Start(context.Background()); err != nil {
+		t.Fatalf("start sandbox: %v", err)
+	}
+	return r
+}
+
+// restart closes the backend and re-attaches a new one on the same root to
+// the sandbox (sc as its engine would pass it again), which it returns.
+func (r *restartable) restart(sc backend.SandboxConfig) backend.Sandbox {
+	r.t.Helper()
+	state, err := r.sb.State()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.b.Close()
+	if r.b, err = gvisor.New(r.cfg); err != nil {
+		r.t.Fatal(err)
+	}
+	sb, err := r.b.Recover(context.Background(), sc, state)
+	if err != nil {
+		r.t.Fatalf("recover: %v", err)
+	}
+	r.sb = sb
+	return sb
 }

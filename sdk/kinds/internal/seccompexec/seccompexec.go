@@ -35,6 +35,9 @@ import (
 // command runs.
 const Env = "MAGNETAR_SECCOMP_EXEC"
 
+// defaultPath is searched for a command when the process has no PATH.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 // Dir is where the helper (and, for a dynamically linked one, its loader
 // and libraries) is bound in a container.
 const Dir = "/.magnetar-exec"
@@ -327,7 +330,16 @@ func run(args []string) int {
 		b := raw[8*i:]
 		filter[i] = unix.SockFilter{Code: binary.NativeEndian.Uint16(b), Jt: b[2], Jf: b[3], K: binary.NativeEndian.Uint32(b[4:])}
 	}
+	// Without a PATH, search where runc and runsc do; the command's
+	// environment stays as it was given.
+	_, hasPath := os.LookupEnv("PATH")
+	if !hasPath {
+		os.Setenv("PATH", defaultPath)
+	}
 	path, err := exec.LookPath(args[1])
+	if !hasPath {
+		os.Unsetenv("PATH")
+	}
 	if errors.Is(err, exec.ErrDot) {
 		err = nil
 	}

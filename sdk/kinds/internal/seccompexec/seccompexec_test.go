@@ -84,6 +84,18 @@ func TestDefaultProfile(t *testing.T) {
 	if out, code := helper(t, prog, "exec /no/such/program"); code == 0 {
 		t.Errorf("a missing program: exit 0:\n%s", out)
 	}
+	// A process without a PATH finds its command where runc would, and
+	// keeps its empty environment.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Wrap(&specs.Process{Args: []string{"sh", "-c", "env | grep -c PATH || true"}}, []string{exe}, prog)
+	cmd := exec.Command(p.Args[0], p.Args[1:]...)
+	cmd.Env = p.Env
+	if out, err := cmd.CombinedOutput(); err != nil || string(out) != "0\n" {
+		t.Errorf("no PATH: %v, output %q; want the command run with no PATH", err, out)
+	}
 }
 
 // TestCompileRefuses: an action the helper cannot carry out and an

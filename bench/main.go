@@ -202,6 +202,10 @@ func measure(ctx context.Context, o *options, logf func(string, ...any)) (_ *Res
 	}()
 	b := &bench{e: e, o: o, kinds: ks, res: res, logf: logf}
 	err = b.all(ctx)
+	if err != nil {
+		// What the sandboxer said last, for a failure seen only in CI.
+		err = fmt.Errorf("%w\nsandboxer log (tail):\n%s", err, tail(e.sbLogPath, 6000))
+	}
 	if lines, lerr := readLines(e.sbLogPath); lerr == nil && len(b.runcPods) > 0 {
 		res.Phases = parsePhases(lines, b.runcPods)
 	}

@@ -70,8 +70,11 @@ func Compile(p *specs.LinuxSeccomp) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("syscalls %v: %w", sc.Names, err)
 		}
+		if !possible {
+			continue
+		}
 		for _, name := range sc.Names {
-			if _, ok := info.SyscallNames[name]; !ok || !possible {
+			if _, ok := info.SyscallNames[name]; !ok {
 				continue
 			}
 			if len(conds) == 0 {
@@ -159,47 +162,45 @@ func action(a specs.LinuxSeccompAction, errno *uint) (seccomp.Action, error) {
 	return 0, fmt.Errorf("seccomp action %q cannot be applied to exec'd processes", a)
 }
 
+// operations are the OCI comparisons the library has as they are
+// (SCMP_CMP_MASKED_EQ is made of bit tests in conditions).
+var operations = map[specs.LinuxSeccompOperator]seccomp.Operation{
+	specs.OpEqualTo:      seccomp.Equal,
+	specs.OpNotEqual:     seccomp.NotEqual,
+	specs.OpLessThan:     seccomp.LessThan,
+	specs.OpLessEqual:    seccomp.LessOrEqual,
+	specs.OpGreaterThan:  seccomp.GreaterThan,
+	specs.OpGreaterEqual: seccomp.GreaterOrEqual,
+}
+
 // conditions maps a rule's argument checks (all must hold). possible is
 // false for a rule that can never match (a masked value with bits outside
 // its mask).
 func conditions(args []specs.LinuxSeccompArg) (_ seccomp.ArgumentConditions, possible bool, _ error) {
 	var out seccomp.ArgumentConditions
 	for _, a := range args {
-		c := seccomp.Condition{Argument: uint32(a.Index), Value: a.Value}
-		switch a.Op {
-		case specs.OpEqualTo:
-			c.Operation = seccomp.Equal
-		case specs.OpNotEqual:
-			c.Operation = seccomp.NotEqual
-		case specs.OpLessThan:
-			c.Operation = seccomp.LessThan
-		case specs.OpLessEqual:
-			c.Operation = seccomp.LessOrEqual
-		case specs.OpGreaterThan:
-			c.Operation = seccomp.GreaterThan
-		case specs.OpGreaterEqual:
-			c.Operation = seccomp.GreaterOrEqual
-		case specs.OpMaskedEqual:
-			// arg & Value == ValueTwo: every bit of ValueTwo set (one
-			// condition a bit: the library's BitsSet is "any of") and the
-			// mask's other bits clear.
-			mask, want := a.Value, a.ValueTwo
-			if want&^mask != 0 {
-				return nil, false, nil
-			}
-			if clear := mask &^ want; clear != 0 {
-				out = append(out, seccomp.Condition{Argument: uint32(a.Index), Operation: seccomp.BitsNotSet, Value: clear})
-			}
-			for b := uint64(1); b != 0; b <<= 1 {
-				if want&b != 0 {
-					out = append(out, seccomp.Condition{Argument: uint32(a.Index), Operation: seccomp.BitsSet, Value: b})
-				}
-			}
+		if op, ok := operations[a.Op]; ok {
+			out = append(out, seccomp.Condition{Argument: uint32(a.Index), Operation: op, Value: a.Value})
 			continue
-		default:
+		}
+		if a.Op != specs.OpMaskedEqual {
 			return nil, false, fmt.Errorf("seccomp operator %q is not known", a.Op)
 		}
-		out = append(out, c)
+		// arg & Value == ValueTwo: every bit of ValueTwo set (one
+		// condition a bit: the library's BitsSet is "any of") and the
+		// mask's other bits clear.
+		mask, want := a.Value, a.ValueTwo
+		if want&^mask != 0 {
+			return nil, false, nil
+		}
+		if clear := mask &^ want; clear != 0 {
+			out = append(out, seccomp.Condition{Argument: uint32(a.Index), Operation: seccomp.BitsNotSet, Value: clear})
+		}
+		for b := uint64(1); b != 0; b <<= 1 {
+			if want&b != 0 {
+				out = append(out, seccomp.Condition{Argument: uint32(a.Index), Operation: seccomp.BitsSet, Value: b})
+			}
+		}
 	}
 	if errs := out.Validate(); len(errs) > 0 {
 		return nil, false, errors.New(errs[0])

@@ -180,6 +180,7 @@ func assertNoAttachments(t *testing.T, s *apiSandboxer, bridge string) {
 // change (an event says so); nothing remains after removal (host tables
 // included). One VM for all checks: it is slow under TCG.
 func TestAPIBridgeNetworkVM(t *testing.T) {
+	t.Parallel() // with the other VM tests, at the end: each keeps about one core busy under TCG
 	testutil.RequireRoot(t, "network namespaces, bridges")
 	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
 		testutil.SkipOrFail(t, "needs the CNI plugins (containernetworking-plugins)")

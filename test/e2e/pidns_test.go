@@ -20,6 +20,7 @@ func sharePID(cfg *runtime.PodSandboxConfig) {
 // by an init of Magnetar's own, not by the first container, as pause holds
 // it for stock runc), and every container sees the others' processes.
 func TestSharedPIDNamespace(t *testing.T) {
+	t.Parallel() // with the other VM tests, at the end: each keeps about one core busy under TCG
 	e := setup(t)
 	for _, rh := range []string{"magnetar-runc", "magnetar-vm"} {
 		t.Run(rh, func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 // by the other), and see the pod's sysctls; after the pod is removed no
 // mount of it remains.
 func TestPodFilesShmAndSysctls(t *testing.T) {
+	t.Parallel() // with the other VM tests, at the end: each keeps about one core busy under TCG
 	e := setup(t)
 	for _, tc := range []struct {
 		handler string

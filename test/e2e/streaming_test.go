@@ -102,6 +102,7 @@ func TestStreamingIO(t *testing.T) {
 // through the guest agent. stdin over the agent is another feature's; this
 // checks output, exec and exit codes.
 func TestStreamingVM(t *testing.T) {
+	t.Parallel() // with the other VM tests, at the end: each keeps about one core busy under TCG
 	e := setup(t)
 	e.requireGuest(t)
 	p := e.runPodWith(t, "magnetar-vm-streaming", false)

@@ -20,6 +20,7 @@ import (
 // crictl stats and pod stats show nonzero usage, and a container's memory
 // limit can be updated (in its guest cgroup).
 func TestVMMetricsAndOOM(t *testing.T) {
+	t.Parallel() // with the other VM tests, at the end: each keeps about one core busy under TCG
 	e := setup(t)
 	e.requireGuest(t)
 	p := e.runPodWith(t, "magnetar-vm", false)

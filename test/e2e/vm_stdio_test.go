@@ -16,6 +16,7 @@ import (
 // exec with a terminal, and attach to a container reading its stdin. One
 // VM for all.
 func TestVMStdio(t *testing.T) {
+	t.Parallel() // with the other VM tests, at the end: each keeps about one core busy under TCG
 	e := setup(t)
 	e.requireGuest(t)
 	if _, err := exec.LookPath("script"); err != nil {

@@ -32,6 +32,7 @@ func (e *env) requireGuest(t *testing.T) {
 }
 
 func TestVMPod(t *testing.T) {
+	t.Parallel() // with the other VM tests, at the end: each keeps about one core busy under TCG
 	e := setup(t)
 	e.requireGuest(t)
 	p := e.runPodWith(t, "magnetar-vm", false)
@@ -66,6 +67,7 @@ func TestVMPod(t *testing.T) {
 // exit (Controller.Wait returns) and report it NOTREADY, and removing the
 // pod leaves no QEMU behind.
 func TestVMDeathReported(t *testing.T) {
+	t.Parallel() // with the other VM tests, at the end: each keeps about one core busy under TCG
 	e := setup(t)
 	e.requireGuest(t)
 	p := e.runPodWith(t, "magnetar-vm", false)
@@ -95,6 +97,7 @@ func TestVMDeathReported(t *testing.T) {
 // TestVMContainersShareLocalhost: two containers of one VM pod reach each
 // other over localhost inside the guest.
 func TestVMContainersShareLocalhost(t *testing.T) {
+	t.Parallel() // with the other VM tests, at the end: each keeps about one core busy under TCG
 	e := setup(t)
 	e.requireGuest(t)
 	p := e.runPodWith(t, "magnetar-vm", false)
@@ -111,6 +114,7 @@ func TestVMContainersShareLocalhost(t *testing.T) {
 // TestVMVolume: a file a VM container writes through a volume (a host
 // directory, shared into the guest) appears on the host.
 func TestVMVolume(t *testing.T) {
+	t.Parallel() // with the other VM tests, at the end: each keeps about one core busy under TCG
 	e := setup(t)
 	e.requireGuest(t)
 	p := e.runPodWith(t, "magnetar-vm", false)

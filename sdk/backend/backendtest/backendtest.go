@@ -94,12 +94,37 @@ type suite struct {
 // Run runs the conformance suite. newBackend is called once per check (or
 // twice, to simulate a restart). A kind whose Check fails here is skipped,
 // or fails with MAGNETAR_E2E_REQUIRED=1.
-func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend, w Workload) {
+func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend, w Workload, opts ...Option) {
 	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	s := &suite{newBackend: newBackend, w: w}
 	for _, c := range checks {
-		t.Run(c.name, func(t *testing.T) { c.run(t, s) })
+		t.Run(c.name, func(t *testing.T) {
+			if o.parallel {
+				t.Parallel()
+			}
+			c.run(t, s)
+		})
 	}
+}
+
+// Option changes how [Run] runs the suite.
+type Option func(*options)
+
+type options struct {
+	parallel bool
+}
+
+// Parallel runs the checks in parallel with each other, as many at once
+// as go test's -parallel allows. Every check has its own backend, engine
+// and sandbox, so a kind whose sandboxes are independent and slow to
+// start (microVMs under emulation, where each uses about one core) can
+// use it; newBackend is then called concurrently.
+func Parallel() Option {
+	return func(o *options) { o.parallel = true }
 }
 
 // env is an engine over a fresh backend with one ready sandbox.

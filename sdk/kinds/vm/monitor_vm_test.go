@@ -18,6 +18,7 @@ import (
 // forwarded to the guest (stats, pids, pause, update), the sandbox stats,
 // and that an OOM kill in the guest reaches the EventSink.
 func TestGuestStatsAndOOM(t *testing.T) {
+	t.Parallel()
 	kernel, initrd := requireBoot(t)
 	ctx := context.Background()
 	// Short health checks for the end of the test (timeouts stay

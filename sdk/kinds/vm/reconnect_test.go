@@ -14,6 +14,7 @@ import (
 // first attempt (the agentmux handshake keeps it apart from the old one,
 // which the guest may not have seen end).
 func TestReconnectAtOnce(t *testing.T) {
+	t.Parallel()
 	kernel, initrd := requireBoot(t)
 	b := newBackend(t, kernel, initrd)
 	ctx := context.Background()

@@ -58,6 +58,7 @@ func inCgroup(t *testing.T, pid int, path string) bool {
 // is ended in the guest, a new one runs, and deleting the sandbox leaves
 // no QEMU and no cgroup.
 func TestRecoverReconnects(t *testing.T) {
+	t.Parallel()
 	kernel, initrd := requireBoot(t)
 	ctx := context.Background()
 	b := newBackend(t, kernel, initrd)

@@ -49,13 +49,15 @@ func (busybox) Bundle(t *testing.T, dir, script string) *specs.Spec {
 }
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	kernel, initrd := requireBoot(t)
-	backendtest.Run(t, func(t *testing.T) backend.Backend { return newBackend(t, kernel, initrd) }, busybox{})
+	backendtest.Run(t, func(t *testing.T) backend.Backend { return newBackend(t, kernel, initrd) }, busybox{}, backendtest.Parallel())
 }
 
 // TestSandboxLifecycle checks what the suite does not: the timings in the
 // start info, that QEMU is gone after delete and that no mount is left.
 func TestSandboxLifecycle(t *testing.T) {
+	t.Parallel()
 	kernel, initrd := requireBoot(t)
 	ctx := context.Background()
 	b := newBackend(t, kernel, initrd)

@@ -147,7 +147,8 @@ public final class PortConnection implements AutoCloseable {
   /**
    * Closes the connection: the output is half-closed (what was written is
    * sent) and, unless the process closed its side already, the call is
-   * cancelled without waiting for it.
+   * cancelled without waiting for it. Reads end at once: what was received
+   * and not read is dropped.
    */
   @Override
   public void close() {
@@ -166,8 +167,15 @@ public final class PortConnection implements AutoCloseable {
     private int pos;
     private boolean eof;
 
-    /** Makes buf hold unread bytes; false at the end of the stream. */
+    /**
+     * Makes buf hold unread bytes; false at the end of the stream, and
+     * once the connection is closed (what was received and not read is
+     * dropped).
+     */
     private boolean fill() throws IOException {
+      if (closed) {
+        return false;
+      }
       while (pos >= buf.length) {
         if (eof) {
           return false;

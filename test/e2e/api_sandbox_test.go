@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,6 +36,7 @@ import (
 // burner (no CPU while paused), and a deadline that ends the sandbox;
 // then the same sandbox features after a live upgrade of the sandboxer.
 func TestAPISandboxFeatures(t *testing.T) {
+	t.Parallel() // its own sandboxer: with the VM tests, at the end
 	s := startAPISandboxer(t)
 	rootfs := testutil.BusyboxRootfs(t, filepath.Join(s.dir, "rootfs"))
 	if err := os.MkdirAll(filepath.Join(rootfs, "www"), 0o755); err != nil {
@@ -70,6 +72,7 @@ func TestAPISandboxFeatures(t *testing.T) {
 		t.Fatalf("loopback up: %v: %s", err, out)
 	}
 	sbs := map[string]*sdk.Sandbox{}
+	burners := map[string]*sdk.Container{}
 	for _, kind := range kinds {
 		opts := []sdk.SandboxOption{sdk.WithID("feat-" + kind)}
 		if kind == "gvisor" {
@@ -80,20 +83,24 @@ func TestAPISandboxFeatures(t *testing.T) {
 			t.Fatalf("%s: %v", kind, err)
 		}
 		t.Cleanup(func() { _ = sb.Delete(context.Background(), sdk.Force()) })
-		burner := []string{"sh", "-c", "while :; do :; done"}
+		// A CPU burner that burns between SIGUSR1 and SIGUSR2 only (the
+		// pause check's time), not to slow down the rest of the test.
+		burn := `trap 'b=1' USR1; trap 'b=' USR2; b=; while :; do if [ -n "$b" ]; then :; else sleep 0.1; fi; done`
 		if kind == "vm" {
 			// The guest has one vCPU, emulated (TCG): the burner yields
 			// to what the test asks of the guest meanwhile.
-			burner = []string{"sh", "-c", "renice -n 19 -p $$ >/dev/null; while :; do :; done"}
+			burn = "renice -n 19 -p $$ >/dev/null; " + burn
 		}
 		for i, args := range [][]string{
 			{"httpd", "-f", "-p", "8080", "-h", "/www"},
 			{"sh", "-c", "while :; do nc -l -p 8081 -e cat; done"}, // an echo server, one connection at a time
-			burner,
+			{"sh", "-c", burn},
 		} {
-			if _, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.WithContainerID(fmt.Sprintf("%s-%d", kind, i)), sdk.Args(args...)); err != nil {
+			ctr, err := sb.Run(ctx, sdk.FromRootfs(rootfs), sdk.WithContainerID(fmt.Sprintf("%s-%d", kind, i)), sdk.Args(args...))
+			if err != nil {
 				t.Fatalf("%s: run %v: %v", kind, args, err)
 			}
+			burners[kind] = ctr // the last one
 		}
 		sbs[kind] = sb
 	}
@@ -139,6 +146,15 @@ func TestAPISandboxFeatures(t *testing.T) {
 		if err != nil || u0.Pids == 0 {
 			t.Fatalf("Usage = %+v, %v", u0, err)
 		}
+		burner := burners[sb.Kind]
+		if err := burner.Signal(ctx, syscall.SIGUSR1); err != nil {
+			t.Fatalf("start the burner: %v", err)
+		}
+		defer func() {
+			if err := burner.Signal(ctx, syscall.SIGUSR2); err != nil {
+				t.Errorf("stop the burner: %v", err)
+			}
+		}()
 		testutil.Eventually(t, 30*time.Second, func() bool {
 			u, err := sb.Usage(ctx)
 			return err == nil && u.CPU > u0.CPU

@@ -3,6 +3,8 @@ package gvisor
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -118,5 +120,25 @@ func TestRecoverExecPidReuse(t *testing.T) {
 	}
 	if _, bad := c.RecoverExec(context.Background(), backend.ExecConfig{ID: "bad", Process: proc}, backend.ExecRecord{Pid: 1, State: []byte("{")}); bad == nil {
 		t.Error("RecoverExec with a bad recovery state did not fail")
+	}
+}
+
+// TestNoSuchProcess: runsc kill's error for an init that is gone from the
+// sentry while runsc's state still says running (seen in CI's critest,
+// failing StopPodSandbox) is recognized, as containerd's runc shim
+// recognizes runc's; other kill failures are not.
+func TestNoSuchProcess(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		gone bool
+	}{
+		{errors.New(`/usr/bin/runsc did not terminate successfully: exit status 128: signaling container "7aeba9b7": signaling process in container "7aeba9b7" PID 0: no such process` + "\n"), true},
+		{fmt.Errorf("kill: %w", syscall.ESRCH), true},
+		{errors.New("/usr/bin/runsc did not terminate successfully: exit status 128: loading container: file does not exist"), false},
+		{errors.New("signal: killed"), false},
+	} {
+		if got := noSuchProcess(tc.err); got != tc.gone {
+			t.Errorf("noSuchProcess(%q) = %v, want %v", tc.err, got, tc.gone)
+		}
 	}
 }

@@ -262,13 +262,15 @@ func (p *initProc) Kill(ctx context.Context, sig syscall.Signal, all bool) error
 	defer cancel()
 	if err := p.c.rt.Kill(ctx, p.c.id, int(sig), &gorunc.KillOpts{All: all}); err != nil {
 		// The init may have exited just before the signal: its exit is
-		// then being drained (ended) or not yet reported by runsc wait
-		// (runsc's state says stopped). containerd's stop treats not
-		// found as "already gone" and waits for the exit.
+		// then being drained (ended), not yet reported by runsc wait
+		// (runsc's state says stopped), or not even that (the sentry
+		// has no such process, runsc's state still says running).
+		// containerd's stop treats not found as "already gone" and
+		// waits for the exit.
 		p.mu.Lock()
 		ended := p.ended
 		p.mu.Unlock()
-		if ended || p.c.stopped(ctx) {
+		if ended || noSuchProcess(err) || p.c.stopped(ctx) {
 			return fmt.Errorf("container %q has exited: %w", p.c.id, errdefs.ErrNotFound)
 		}
 		return fmt.Errorf("kill %q: %w", p.c.id, err)
@@ -422,4 +424,12 @@ func pipeStreams(b *Backend, set *keptio.Set, stdio backend.Stdio) (_ gorunc.IO,
 	}
 	b.addKept(streams)
 	return rio, streams, nil
+}
+
+// noSuchProcess reports a kill that found no process to signal (runsc
+// kill: "signaling process in container ... PID 0: no such process"), as
+// containerd's runc shim recognizes runc's (process/utils.go
+// checkKillError).
+func noSuchProcess(err error) bool {
+	return errors.Is(err, syscall.ESRCH) || strings.Contains(strings.ToLower(err.Error()), "no such process")
 }

@@ -43,14 +43,7 @@ func seqLines(t *testing.T, path, prefix string) []int {
 // duplicate, and at least min lines.
 func requireSequence(t *testing.T, path, prefix string, min int) int {
 	t.Helper()
-	var got []int
-	testutil.Eventually(t, 30*time.Second, func() bool { got = seqLines(t, path, prefix); return len(got) >= min }, "%d lines %q... in %s", min, prefix, path)
-	for i, n := range got {
-		if n != i {
-			t.Fatalf("%s: line %d is %s%d: output lost or repeated across the restart: %v", filepath.Base(path), i, prefix, n, got)
-		}
-	}
-	return len(got)
+	return sequence(t, path, prefix, min, -1)
 }
 
 // maxHeldByContainerd bounds the lines requireSequenceAcrossKill lets
@@ -67,20 +60,30 @@ const maxHeldByContainerd = 2
 // seconds) must be there, once and in order.
 func requireSequenceAcrossKill(t *testing.T, path string, killedAt, min int) {
 	t.Helper()
+	sequence(t, path, "", min, killedAt)
+}
+
+// sequence waits for at least min lines "<prefix><n>" in the log at path
+// and fails unless they are 0, 1, 2, ... in order, once each, but for at
+// most maxHeldByContainerd missing right after the first killedAt (-1:
+// none); it returns how many there are.
+func sequence(t *testing.T, path, prefix string, min, killedAt int) int {
+	t.Helper()
 	var got []int
-	testutil.Eventually(t, 30*time.Second, func() bool { got = seqLines(t, path, ""); return len(got) >= min }, "%d lines in %s", min, path)
+	testutil.Eventually(t, 30*time.Second, func() bool { got = seqLines(t, path, prefix); return len(got) >= min }, "%d lines %q... in %s", min, prefix, path)
 	skip := 0
 	for i, n := range got {
 		if n == i+skip {
 			continue
 		}
-		if i == killedAt && skip == 0 && n > i && n-i <= maxHeldByContainerd {
+		if i == killedAt && n > i && n-i <= maxHeldByContainerd {
 			skip = n - i
 			t.Logf("%s: lines %d to %d were held by containerd when it was killed", filepath.Base(path), i, n-1)
 			continue
 		}
-		t.Fatalf("%s: line %d is %d (containerd killed after line %d): output lost or repeated across the restart: %v", filepath.Base(path), i, n, killedAt, got)
+		t.Fatalf("%s: line %d is %s%d: output lost or repeated across the restart (containerd killed after line %d, -1: not killed): %v", filepath.Base(path), i, prefix, n, killedAt, got)
 	}
+	return len(got)
 }
 
 // restartKind is a sandbox kind under TestRestartKeepsContainers.

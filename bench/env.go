@@ -19,6 +19,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/magnetar-io/magnetar/internal/harness"
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk"
 )
 
@@ -104,8 +105,7 @@ func startEnv(ctx context.Context, o *options, warmPool, template bool) (_ *env,
 	e.sandboxer.Args = append(e.sandboxer.Args, "--config", cfg)
 	e.sandboxer.Stdout, e.sandboxer.Stderr = e.sbLog, e.sbLog
 	// Should the bench die, the sandboxer stops (gracefully) with it.
-	e.sandboxer.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := e.sandboxer.Start(); err != nil {
+	if err := pdeathsig.Start(e.sandboxer, syscall.SIGTERM); err != nil {
 		return nil, err
 	}
 	e.sbDone = make(chan struct{})

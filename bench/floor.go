@@ -18,6 +18,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/internal/ociimage"
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 )
 
 // floorKey is the Direct entry of `runsc run` done by hand.
@@ -92,7 +93,6 @@ func runscOnce(ctx context.Context, root, platform, bundle, id string) (first, t
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "runsc", "--root", root, "--platform="+platform, "--network=none", "run", "--bundle", bundle, id)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return 0, 0, err
@@ -100,7 +100,7 @@ func runscOnce(ctx context.Context, root, platform, bundle, id string) (first, t
 	var stderr limitedBuffer
 	cmd.Stderr = &stderr
 	t0 := time.Now()
-	if err := cmd.Start(); err != nil {
+	if err := pdeathsig.Start(cmd, syscall.SIGKILL); err != nil {
 		return 0, 0, err
 	}
 	defer func() {

@@ -32,6 +32,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 )
 
 // Names the harness configures containerd with.
@@ -415,11 +417,14 @@ exec "$2" --config "$3"`, "sh",
 	cmd.Stdout = out
 	cmd.Stderr = out
 	// Do not outlive a crashed test binary; shims are cleaned up by Stop.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	// Pdeathsig through pdeathsig.Start: forked from a thread that lives
+	// as long as the test binary, not from one that a goroutine locking
+	// its thread (netnsrun) may end, taking containerd with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// Shims do not inherit containerd's stdio, but never hang in Wait if a
 	// descendant keeps the log pipe open.
 	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
+	if err := pdeathsig.Start(cmd, syscall.SIGKILL); err != nil {
 		logFile.Close()
 		return fmt.Errorf("harness: start containerd: %w", err)
 	}
@@ -605,6 +610,20 @@ func (c *Containerd) podCgroupParent(ctx context.Context, id string) (parent str
 		parent = "/k8s.io"
 	}
 	return parent, true
+}
+
+// Exited reports whether the containerd process of the last Start or
+// Restart has ended, and how (its Wait error).
+func (c *Containerd) Exited() (bool, error) {
+	if c.cmd == nil {
+		return false, nil
+	}
+	select {
+	case <-c.done:
+		return true, c.waitErr
+	default:
+		return false, nil
+	}
 }
 
 func (c *Containerd) running() bool {

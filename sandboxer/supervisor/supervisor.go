@@ -42,6 +42,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 )
 
 // Config configures [Run].
@@ -287,12 +289,18 @@ func (s *supervisor) start() (*worker, error) {
 		// worker's end: the new one resumes what it left running.
 		env = append(env, EnvRestarted+"=1")
 	}
-	p, err := os.StartProcess(s.cfg.Exe, append([]string{s.cfg.Exe}, s.cfg.Args...), &os.ProcAttr{
-		Env:   env,
-		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, theirs},
-		// A worker without its supervisor serves nothing containerd can
-		// reach: it stops (detaching) when the supervisor dies.
-		Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM},
+	var p *os.Process
+	// A worker without its supervisor serves nothing containerd can
+	// reach: it stops (detaching) when the supervisor dies — and only
+	// then, so it is forked from a thread that lives as long as the
+	// supervisor.
+	err = pdeathsig.Fork(func() (err error) {
+		p, err = os.StartProcess(s.cfg.Exe, append([]string{s.cfg.Exe}, s.cfg.Args...), &os.ProcAttr{
+			Env:   env,
+			Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, theirs},
+			Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM},
+		})
+		return err
 	})
 	if err != nil {
 		ctl.Close()

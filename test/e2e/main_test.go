@@ -29,6 +29,7 @@ type env struct {
 	runDir    string
 	sandboxer *exec.Cmd
 	sbLog     *testutil.Buffer
+	ctrdLog   *testutil.Buffer // containerd's output
 	sbDone    chan struct{}
 	logDir    string
 	binDir    string
@@ -89,6 +90,9 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if code != 0 && shared != nil {
+		shared.report()
+	}
 	if shared != nil {
 		shared.close()
 	}
@@ -129,11 +133,11 @@ func start(binDir string) (_ *env, err error) {
 			e.close()
 		}
 	}()
-	ctrdLog := &testutil.Buffer{}
+	e.ctrdLog = &testutil.Buffer{}
 	e.ctrd, err = harness.Start(ctx, harness.Options{
 		BinDir:    binDir,
 		ShimPath:  filepath.Join(binDir, "containerd-shim-magnetar-v2"),
-		LogWriter: ctrdLog,
+		LogWriter: e.ctrdLog,
 	})
 	if err != nil {
 		return nil, err
@@ -153,6 +157,19 @@ func start(binDir string) (_ *env, err error) {
 	e.rt = runtime.NewRuntimeServiceClient(conn)
 	e.img = runtime.NewImageServiceClient(conn)
 	return e, nil
+}
+
+// report tells, after failed tests, whether containerd ended under them
+// and how, with the end of its log: tests see only "connection refused".
+func (e *env) report() {
+	if e.ctrd == nil {
+		return
+	}
+	if ended, err := e.ctrd.Exited(); ended {
+		fmt.Fprintf(os.Stderr, "e2e: containerd (pid %d) ended during the tests: %v\n", e.ctrd.Pid(), err)
+	}
+	lines := strings.Split(strings.TrimRight(e.ctrdLog.String(), "\n"), "\n")
+	fmt.Fprintf(os.Stderr, "--- the last lines of containerd's log ---\n%s\n", strings.Join(lines[max(0, len(lines)-40):], "\n"))
 }
 
 func (e *env) close() {

@@ -24,7 +24,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/binds"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/seccompexec"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"

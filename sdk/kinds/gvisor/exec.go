@@ -21,7 +21,7 @@ import (
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 )

@@ -21,7 +21,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 )
 
 // initProc is a subcontainer's init. It is not containerd's runc

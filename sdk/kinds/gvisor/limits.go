@@ -21,7 +21,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/internal/atomicfile"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgpath"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 )
 
 // Resource limits of a gVisor pod.

@@ -22,7 +22,7 @@ import (
 
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgoom"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pdeathsig"
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podinit"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"

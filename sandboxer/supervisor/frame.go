@@ -64,6 +64,28 @@ func (f frame) method() (string, error) {
 	return "/" + req.Service + "/" + req.Method, nil
 }
 
+// withMetadata returns request frame f with key=value added to the
+// request's metadata, under the same stream ID, type and flags.
+func (f frame) withMetadata(key, value string) (frame, error) {
+	var req ttrpc.Request
+	if err := proto.Unmarshal(f[headerLen:], &req); err != nil {
+		return nil, fmt.Errorf("decode ttrpc request: %w", err)
+	}
+	req.Metadata = append(req.Metadata, &ttrpc.KeyValue{Key: key, Value: value})
+	payload, err := proto.Marshal(&req)
+	if err != nil {
+		return nil, err
+	}
+	if len(payload) > maxPayload {
+		return nil, fmt.Errorf("ttrpc message of %d bytes exceeds the limit of %d", len(payload), maxPayload)
+	}
+	g := make(frame, headerLen+len(payload))
+	copy(g, f[:headerLen])
+	binary.BigEndian.PutUint32(g[:4], uint32(len(payload)))
+	copy(g[headerLen:], payload)
+	return g, nil
+}
+
 // errorResponse is a response frame ending stream sid with an error.
 func errorResponse(sid uint32, code codes.Code, msg string) frame {
 	payload, err := proto.Marshal(&ttrpc.Response{Status: status.New(code, msg).Proto()})

@@ -33,6 +33,20 @@ var replaySafe = map[string]bool{
 	"/containerd.task.v3.Task/Shutdown": true,
 }
 
+// replayMarked are the methods whose requests the relay sends again to a
+// new worker marked as replays (ttrpc metadata [replayedKey]): Start, which the lost worker may
+// have carried out or not. The new worker starts a process still created
+// and answers the Start of one already started with its pid (the
+// process's record is written before its start, and a start cut short is
+// found at recovery), where a second Start would otherwise fail.
+var replayMarked = map[string]bool{
+	"/containerd.task.v3.Task/Start": true,
+}
+
+// replayedKey is taskservice.ReplayedMetadataKey (the worker's side; not
+// imported, which would bring the engine into the supervisor).
+const replayedKey = "magnetar-replayed"
+
 // maxQueued bounds the requests one connection may have waiting for a
 // worker; past it the relay answers new ones Unavailable.
 const maxQueued = 1024
@@ -455,6 +469,12 @@ func (c *relayConn) lostLocked() []uint32 {
 		if !p.stream && replaySafe[p.method] {
 			p.sent = false
 			continue
+		}
+		if !p.stream && replayMarked[p.method] {
+			if f, err := p.f.withMetadata(replayedKey, "1"); err == nil {
+				p.f, p.sent = f, false
+				continue
+			}
 		}
 		failed = append(failed, sid)
 		delete(c.pending, sid)

@@ -14,6 +14,8 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/magnetar-io/magnetar/sdk/taskservice"
 )
 
 // fakeWorker is a fake task service standing for one sandboxer fakeWorker: Wait
@@ -28,6 +30,8 @@ type fakeWorker struct {
 	waiting                  chan struct{} // closed when a Wait arrived
 	waitOnce                 sync.Once
 	killHook                 chan struct{} // when set, Kill returns once it is closed
+	block                    bool          // Start blocks (see Start)
+	started                  chan struct{} // closed when a blocking Start arrived
 }
 
 func (w *fakeWorker) Wait(ctx context.Context, req *taskapi.WaitRequest) (*taskapi.WaitResponse, error) {
@@ -52,6 +56,21 @@ func (w *fakeWorker) Kill(ctx context.Context, req *taskapi.KillRequest) (*empty
 	}
 	<-ctx.Done()
 	return nil, ctx.Err()
+}
+
+// Start blocks until the connection ends if block is set (w.started
+// closed on arrival); else it answers pid 7 to a replayed Start and
+// FailedPrecondition to any other, as a worker whose process runs.
+func (w *fakeWorker) Start(ctx context.Context, req *taskapi.StartRequest) (*taskapi.StartResponse, error) {
+	if w.block {
+		close(w.started)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	if v, ok := ttrpc.GetMetadataValue(ctx, replayedKey); !ok || v != "1" {
+		return nil, errgrpc.ToGRPC(errdefs.ErrFailedPrecondition)
+	}
+	return &taskapi.StartResponse{Pid: 7}, nil
 }
 
 func (w *fakeWorker) State(ctx context.Context, req *taskapi.StateRequest) (*taskapi.StateResponse, error) {
@@ -107,7 +126,7 @@ func (l *acceptHook) Accept() (net.Conn, error) {
 }
 
 func newFakeWorker(name string, code uint32) *fakeWorker {
-	return &fakeWorker{name: name, exitCode: code, exit: make(chan struct{}), killed: make(chan struct{}), waiting: make(chan struct{})}
+	return &fakeWorker{name: name, exitCode: code, exit: make(chan struct{}), killed: make(chan struct{}), waiting: make(chan struct{}), started: make(chan struct{})}
 }
 
 // TestRelayOutlivesWorker: containerd's connection to a task socket stays
@@ -191,6 +210,53 @@ func TestRelayOutlivesWorker(t *testing.T) {
 	}
 	if st, err := tasks.State(ctx, &taskapi.StateRequest{ID: "c1"}); err != nil || st.ID != "w2" {
 		t.Errorf("State after the restart = %v, %v", st, err)
+	}
+}
+
+// TestRelayReplaysStartMarked: a Start the lost worker had received goes
+// to the next one marked as a replay, which answers it with the pid of the
+// process already started; the client never sees the restart.
+func TestRelayReplaysStartMarked(t *testing.T) {
+	if replayedKey != taskservice.ReplayedMetadataKey {
+		t.Fatalf("the relay marks replays %q, the task service looks for %q", replayedKey, taskservice.ReplayedMetadataKey)
+	}
+	dir := t.TempDir()
+	relay, err := NewRelay(filepath.Join(dir, "task.sock"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	w1 := newFakeWorker("w1", 0)
+	w1.block = true
+	back1, crash1 := serveFakeWorker(t, dir, w1)
+	relay.SetBackend(back1)
+	conn, err := net.Dial("unix", filepath.Join(dir, "task.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	tasks := taskapi.NewTTRPCTaskClient(client)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	startc := make(chan error, 1)
+	var pid uint32
+	go func() {
+		resp, err := tasks.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"})
+		pid = resp.GetPid()
+		startc <- err
+	}()
+	<-w1.started
+	crash1()
+	back2, _ := serveFakeWorker(t, dir, newFakeWorker("w2", 0))
+	relay.SetBackend(back2)
+	if err := <-startc; err != nil || pid != 7 {
+		t.Fatalf("Start in flight when the worker went away = pid %d, %v; want pid 7 from the next worker", pid, err)
+	}
+	// A Start sent to a worker directly is not marked.
+	if _, err := tasks.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"}); !errdefs.IsFailedPrecondition(errgrpc.ToNative(err)) {
+		t.Errorf("a Start that is no replay = %v, want it unmarked (FailedPrecondition)", err)
 	}
 }
 

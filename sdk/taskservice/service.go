@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -143,8 +144,24 @@ func readSpec(bundle string) (*specs.Spec, error) {
 	return &spec, nil
 }
 
-// Start starts a container's init process or an exec'd process.
+// ReplayedMetadataKey marks, in a request's ttrpc metadata, a Start that
+// the sandboxer's supervisor sends again after the worker that had it
+// went away before answering: the process may have been started by then.
+const ReplayedMetadataKey = "magnetar-replayed"
+
+// Start starts a container's init process or an exec'd process. A
+// replayed Start (ReplayedMetadataKey) of a process already started
+// answers its pid, as the lost worker would have.
 func (s *Service) Start(ctx context.Context, req *taskapi.StartRequest) (*taskapi.StartResponse, error) {
+	if _, replayed := ttrpc.GetMetadataValue(ctx, ReplayedMetadataKey); replayed {
+		st, err := s.eng.State(ctx, s.sandboxID, req.GetID(), req.GetExecID())
+		if err != nil {
+			return nil, err
+		}
+		if st.State != engine.ProcessCreated {
+			return &taskapi.StartResponse{Pid: st.Pid}, nil
+		}
+	}
 	st, err := s.eng.Start(ctx, s.sandboxID, req.GetID(), req.GetExecID())
 	if err != nil {
 		return nil, err

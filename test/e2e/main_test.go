@@ -138,6 +138,8 @@ func start(binDir string) (_ *env, err error) {
 		BinDir:    binDir,
 		ShimPath:  filepath.Join(binDir, "containerd-shim-magnetar-v2"),
 		LogWriter: e.ctrdLog,
+		// The parent of the pods the tests make: removed at the end.
+		CgroupParents: []string{"/magnetar-e2e"},
 	})
 	if err != nil {
 		return nil, err

@@ -20,11 +20,11 @@ import (
 	gorunc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/binds"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/hostroot"
-	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/seccompexec"
 	"github.com/magnetar-io/magnetar/sdk/kinds/shimrecord"

@@ -18,10 +18,10 @@ import (
 	gorunc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/exitcode"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
-	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/pidfd"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/procstat"
 )

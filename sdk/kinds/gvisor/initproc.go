@@ -19,9 +19,9 @@ import (
 	gorunc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/keptio"
-	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 )
 
 // initProc is a subcontainer's init. It is not containerd's runc

@@ -20,8 +20,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/magnetar-io/magnetar/internal/atomicfile"
-	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgpath"
 	"github.com/magnetar-io/magnetar/internal/pdeathsig"
+	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgpath"
 )
 
 // Resource limits of a gVisor pod.

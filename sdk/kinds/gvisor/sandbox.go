@@ -20,9 +20,9 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/backend"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/cgoom"
-	"github.com/magnetar-io/magnetar/internal/pdeathsig"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podfiles"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/podinit"
 	"github.com/magnetar-io/magnetar/sdk/kinds/internal/reaper"

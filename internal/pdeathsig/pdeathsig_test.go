@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/magnetar-io/magnetar/internal/pdeathsig"
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // TestChildOutlivesExitingThreads: goroutines that lock their thread and
@@ -42,8 +43,8 @@ func TestChildOutlivesExitingThreads(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			r, w := pipe(t)
-			outR, outW := pipe(t)
+			r, w := testutil.Pipe(t)
+			outR, outW := testutil.Pipe(t)
 			cmd := exec.Command("sh", "-c", "echo ready; exec cat >/dev/null")
 			cmd.Stdin, cmd.Stdout = r, outW
 			done := start(cmd)
@@ -51,17 +52,7 @@ func TestChildOutlivesExitingThreads(t *testing.T) {
 			if _, err := outR.Read(make([]byte, 6)); err != nil {
 				t.Fatal(err)
 			}
-			// Let many goroutines take threads and end them.
-			for range 500 {
-				var wg sync.WaitGroup
-				for range 16 {
-					wg.Go(func() {
-						runtime.LockOSThread()
-						runtime.Gosched()
-					})
-				}
-				wg.Wait()
-			}
+			endThreads(500)
 			select {
 			case err := <-done:
 				t.Fatalf("the child ended while its parent lived: %v", err)
@@ -73,16 +64,6 @@ func TestChildOutlivesExitingThreads(t *testing.T) {
 			}
 		})
 	}
-}
-
-func pipe(t *testing.T) (r, w *os.File) {
-	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close(); w.Close() })
-	return r, w
 }
 
 func TestOutput(t *testing.T) {
@@ -105,6 +86,20 @@ func TestForkKeepsItsThread(t *testing.T) {
 	}
 	first := tid()
 	for range 200 {
+		endThreads(1)
+		if got := tid(); got != first {
+			t.Fatalf("Fork ran on thread %d, earlier on %d", got, first)
+		}
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", first)); err != nil {
+		t.Fatalf("Fork's thread ended: %v", err)
+	}
+}
+
+// endThreads lets rounds of 16 goroutines take threads and end them (a
+// goroutine that ends with its thread locked ends the thread).
+func endThreads(rounds int) {
+	for range rounds {
 		var wg sync.WaitGroup
 		for range 16 {
 			wg.Go(func() {
@@ -113,11 +108,5 @@ func TestForkKeepsItsThread(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		if got := tid(); got != first {
-			t.Fatalf("Fork ran on thread %d, earlier on %d", got, first)
-		}
-	}
-	if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", first)); err != nil {
-		t.Fatalf("Fork's thread ended: %v", err)
 	}
 }

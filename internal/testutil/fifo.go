@@ -3,6 +3,7 @@ package testutil
 import (
 	"context"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -49,4 +50,15 @@ func (c *Capture) Path() string { return c.path }
 func (c *Capture) Until(want string, timeout time.Duration) string {
 	Poll(timeout, func() bool { return strings.Contains(c.String(), want) })
 	return c.String()
+}
+
+// Pipe returns an os.Pipe whose ends are closed when the test ends.
+func Pipe(t testing.TB) (r, w *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	return r, w
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	"github.com/magnetar-io/magnetar/internal/testutil"
 )
 
 // channel connects a supervisor (in this process, no worker process) to
@@ -63,16 +65,6 @@ func openFDs(t *testing.T) int {
 	return len(ents)
 }
 
-func pipe(t *testing.T) (r, w *os.File) {
-	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close(); w.Close() })
-	return r, w
-}
-
 // TestFDStore: a worker stores descriptors and removes one; the next
 // worker fetches the others (more than one page of them), uses them (the
 // same pipes), and sweeps those it did not take.
@@ -88,7 +80,7 @@ func TestFDStore(t *testing.T) {
 	const n = 2*fdListPage + 3
 	readers := map[string]*os.File{}
 	for i := range n {
-		r, w := pipe(t)
+		r, w := testutil.Pipe(t)
 		name := fmt.Sprintf("tty/ns/c%03d/stdout", i)
 		if err := first.Store(name, w); err != nil {
 			t.Fatalf("Store %s: %v", name, err)
@@ -147,7 +139,7 @@ func TestFDStoreRefusesBadInput(t *testing.T) {
 	s := &supervisor{log: hclog.NewNullLogger(), fds: newFDStore(2), listeners: map[string]*net.UnixListener{}, relays: map[string]*Relay{}}
 	t.Cleanup(s.fds.closeAll)
 	ch := newChannel(t, s)
-	_, w := pipe(t)
+	_, w := testutil.Pipe(t)
 	wfd := int(w.Fd())
 	if _, err := ch.c.callFDs(request{Op: opFDStore, Name: "kept"}, []int{wfd}); err != nil {
 		t.Fatal(err)
@@ -222,7 +214,7 @@ func TestFDStoreRefusesBadInput(t *testing.T) {
 // TestFDStoreEntries: the store is a list of name -> fd that a new store
 // can be rebuilt from (as a supervisor re-executing itself would).
 func TestFDStoreEntries(t *testing.T) {
-	r, w := pipe(t)
+	r, w := testutil.Pipe(t)
 	s := newFDStore(0)
 	fd, err := unix.Dup(int(w.Fd()))
 	if err != nil {

@@ -129,6 +129,26 @@ func newFakeWorker(name string, code uint32) *fakeWorker {
 	return &fakeWorker{name: name, exitCode: code, exit: make(chan struct{}), killed: make(chan struct{}), waiting: make(chan struct{}), started: make(chan struct{})}
 }
 
+// relayTo serves a relay on dir/task.sock in front of w and returns it, a
+// Task API client through it and w's crash function (see serveFakeWorker).
+func relayTo(t *testing.T, dir string, w *fakeWorker, opts ...ttrpc.ClientOpts) (*Relay, taskapi.TTRPCTaskService, func()) {
+	t.Helper()
+	relay, err := NewRelay(filepath.Join(dir, "task.sock"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { relay.Close() })
+	back, crash := serveFakeWorker(t, dir, w)
+	relay.SetBackend(back)
+	conn, err := net.Dial("unix", filepath.Join(dir, "task.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn, opts...)
+	t.Cleanup(func() { client.Close() })
+	return relay, taskapi.NewTTRPCTaskClient(client), crash
+}
+
 // TestRelayOutlivesWorker: containerd's connection to a task socket stays
 // open while the fakeWorker behind it goes away and a new one takes over; a
 // Wait in flight is answered by the new fakeWorker, a Kill in flight fails
@@ -136,24 +156,9 @@ func newFakeWorker(name string, code uint32) *fakeWorker {
 // next one.
 func TestRelayOutlivesWorker(t *testing.T) {
 	dir := t.TempDir()
-	relay, err := NewRelay(filepath.Join(dir, "task.sock"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relay.Close()
-
 	w1 := newFakeWorker("w1", 1)
-	back1, crash1 := serveFakeWorker(t, dir, w1)
-	relay.SetBackend(back1)
-
-	conn, err := net.Dial("unix", filepath.Join(dir, "task.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var closed atomic.Bool
-	client := ttrpc.NewClient(conn, ttrpc.WithOnClose(func() { closed.Store(true) }))
-	defer client.Close()
-	tasks := taskapi.NewTTRPCTaskClient(client)
+	relay, tasks, crash1 := relayTo(t, dir, w1, ttrpc.WithOnClose(func() { closed.Store(true) }))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
@@ -221,22 +226,9 @@ func TestRelayReplaysStartMarked(t *testing.T) {
 		t.Fatalf("the relay marks replays %q, the task service looks for %q", replayedKey, taskservice.ReplayedMetadataKey)
 	}
 	dir := t.TempDir()
-	relay, err := NewRelay(filepath.Join(dir, "task.sock"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relay.Close()
 	w1 := newFakeWorker("w1", 0)
 	w1.block = true
-	back1, crash1 := serveFakeWorker(t, dir, w1)
-	relay.SetBackend(back1)
-	conn, err := net.Dial("unix", filepath.Join(dir, "task.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := ttrpc.NewClient(conn)
-	defer client.Close()
-	tasks := taskapi.NewTTRPCTaskClient(client)
+	relay, tasks, crash1 := relayTo(t, dir, w1)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
@@ -300,23 +292,10 @@ func TestRelayClose(t *testing.T) {
 // the new worker, and a Wait in flight moves to the new worker.
 func TestRelayDrain(t *testing.T) {
 	dir := t.TempDir()
-	relay, err := NewRelay(filepath.Join(dir, "task.sock"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relay.Close()
 	w1 := newFakeWorker("w1", 1)
 	release := make(chan struct{})
 	w1.killHook = release
-	back1, crash1 := serveFakeWorker(t, dir, w1)
-	relay.SetBackend(back1)
-	conn, err := net.Dial("unix", filepath.Join(dir, "task.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := ttrpc.NewClient(conn)
-	defer client.Close()
-	tasks := taskapi.NewTTRPCTaskClient(client)
+	relay, tasks, crash1 := relayTo(t, dir, w1)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 

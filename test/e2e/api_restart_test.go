@@ -78,20 +78,8 @@ func startAPISandboxer(t *testing.T, extraArgs ...string) *apiSandboxer {
 
 // worker returns the pid of the supervisor's worker (0: none now).
 func (s *apiSandboxer) worker() int {
-	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", s.cmd.Process.Pid))
-	for _, f := range files {
-		data, _ := os.ReadFile(f)
-		for _, field := range strings.Fields(string(data)) {
-			pid, err := strconv.Atoi(field)
-			if err != nil {
-				continue
-			}
-			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), "magnetar-sandboxer\x00--listen\x00") {
-				return pid
-			}
-		}
-	}
-	return 0
+	pid, _ := workerOf(s.cmd.Process.Pid)
+	return pid
 }
 
 // newWorker waits for a worker other than old.

@@ -14,6 +14,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/magnetar-io/magnetar/internal/testutil"
+	"github.com/magnetar-io/magnetar/sandboxer/supervisor"
 )
 
 // workerPid returns the pid of the sandboxer's worker: the child of the
@@ -58,11 +59,20 @@ func (e *env) killWorkerHeld(t testing.TB) (old int, resume func()) {
 func (e *env) findWorker(t testing.TB) (int, string) {
 	t.Helper()
 	sup := e.sandboxer.Process.Pid
-	// Each thread lists the children it forked.
-	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", sup))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("threads of the supervisor %d: %v", sup, err)
+	pid, children := workerOf(sup)
+	if children == "" {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", sup)); err != nil {
+			t.Fatalf("the supervisor %d: %v", sup, err)
+		}
 	}
+	return pid, children
+}
+
+// workerOf returns the pid of the worker of supervisor sup (0: none now)
+// and the pids of all its children.
+func workerOf(sup int) (int, string) {
+	// Each thread lists the children it forked.
+	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", sup))
 	var data []byte
 	for _, f := range files {
 		b, _ := os.ReadFile(f)
@@ -75,8 +85,14 @@ func (e *env) findWorker(t testing.TB) (int, string) {
 			continue
 		}
 		// The worker runs with the supervisor's arguments; pod inits and
-		// orphaned containers that the supervisor adopted do not.
-		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), "magnetar-sandboxer\x00--listen\x00") {
+		// orphaned containers that the supervisor adopted do not. Nor
+		// does the binary an upgrade checks (--handover-version) — but
+		// between its fork and its exec it has the supervisor's command
+		// line: the worker alone has the control channel in its
+		// environment.
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if strings.Contains(string(cmd), "magnetar-sandboxer\x00--listen\x00") && strings.Contains("\x00"+string(env), "\x00"+supervisor.EnvFD+"=") {
 			return pid, string(data)
 		}
 	}

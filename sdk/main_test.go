@@ -58,7 +58,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	code := testutil.RunRemovingCgroups(m, "/magnetar") // the default cgroup parent
+	code := testutil.RemovingCgroups(m.Run, "/magnetar") // the default cgroup parent
 	os.RemoveAll(tmp)
 	os.Exit(code)
 }

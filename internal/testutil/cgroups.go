@@ -6,15 +6,14 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"testing"
 )
 
-// RunRemovingCgroups runs the tests of m, then removes the cgroup
-// directories parents (e.g. "/magnetar", relative to every mounted
-// hierarchy) that did not exist before and are empty again: the default
-// cgroup parent that the code under test creates, which the host keeps
-// otherwise. It returns m.Run's code, for os.Exit.
-func RunRemovingCgroups(m *testing.M, parents ...string) int {
+// RemovingCgroups calls run (a TestMain's m.Run and its cleanup), then
+// removes the cgroup directories parents (e.g. "/magnetar", relative to
+// every mounted hierarchy) that did not exist before and are empty again:
+// the default cgroup parent that the code under test creates, which the
+// host keeps otherwise. It returns run's code, for os.Exit.
+func RemovingCgroups(run func() int, parents ...string) int {
 	var fresh []string
 	for _, root := range cgroupRoots() {
 		for _, p := range parents {
@@ -27,7 +26,7 @@ func RunRemovingCgroups(m *testing.M, parents ...string) int {
 			}
 		}
 	}
-	code := m.Run()
+	code := run()
 	for _, dir := range fresh {
 		_ = syscall.Rmdir(dir) // EBUSY: not empty, kept
 	}

@@ -8,4 +8,4 @@ import (
 )
 
 // TestMain removes the default cgroup parent the tests' sandboxes create.
-func TestMain(m *testing.M) { os.Exit(testutil.RunRemovingCgroups(m, "/magnetar")) }
+func TestMain(m *testing.M) { os.Exit(testutil.RemovingCgroups(m.Run, "/magnetar")) }

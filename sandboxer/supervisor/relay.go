@@ -34,11 +34,12 @@ var replaySafe = map[string]bool{
 }
 
 // replayMarked are the methods whose requests the relay sends again to a
-// new worker marked as replays (ttrpc metadata [replayedKey]): Start, which the lost worker may
-// have carried out or not. The new worker starts a process still created
-// and answers the Start of one already started with its pid (the
-// process's record is written before its start, and a start cut short is
-// found at recovery), where a second Start would otherwise fail.
+// new worker marked as replays (ttrpc metadata [replayedKey]): Start,
+// which the lost worker may have carried out or not. The new worker
+// starts a process still created and answers the Start of one already
+// started with its pid (the process's record is written before its
+// start, and a start cut short is found at recovery), where a second
+// Start would otherwise fail.
 var replayMarked = map[string]bool{
 	"/containerd.task.v3.Task/Start": true,
 }

@@ -10,6 +10,8 @@ MAKEFLAGS += --no-print-directory
 ROOT   := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 TMP    := $(ROOT)/.tmp
 BIN    := $(TMP)/bin
+# Wraps test commands: removes the default cgroup parent they made.
+TIDY_CGROUPS := $(ROOT)/hack/tidy-cgroups.sh
 GO     ?= go
 export PATH := $(BIN):$(PATH)
 
@@ -58,24 +60,24 @@ lint: vet lint-proto ## Lint Go and protobuf
 
 .PHONY: test-unit
 test-unit: ## Run unit and component tests with -race (root-only tests skip without root)
-	$(GO) test -race -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v -e /test/e2e -e /test/critest)
-	cd $(ROOT)/bench && $(GO) vet ./... && $(GO) test -race -count=1 $(GOTEST_FLAGS) ./...
+	$(TIDY_CGROUPS) $(GO) test -race -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v -e /test/e2e -e /test/critest)
+	cd $(ROOT)/bench && $(GO) vet ./... && $(TIDY_CGROUPS) $(GO) test -race -count=1 $(GOTEST_FLAGS) ./...
 
 .PHONY: test-e2e
 test-e2e: deps tools build guest ## Run end-to-end tests through a private containerd (root)
-	MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 20m -v $(GOTEST_FLAGS) ./test/e2e/...
+	MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(TIDY_CGROUPS) $(GO) test -count=1 -timeout 20m -v $(GOTEST_FLAGS) ./test/e2e/...
 
 .PHONY: test-critest
 test-critest: deps tools build guest ## Run cri-tools' critest against stock runc and every Magnetar handler (root; test/critest/expectations.toml)
-	MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 30m -v $(GOTEST_FLAGS) ./test/critest/
+	MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(TIDY_CGROUPS) $(GO) test -count=1 -timeout 30m -v $(GOTEST_FLAGS) ./test/critest/
 
 .PHONY: test-critest-full
 test-critest-full: deps tools build guest ## critest with no focused subset: every spec for every handler (magnetar-vm's whole set under QEMU TCG is long; not part of `make test`)
-	MAGNETAR_CRITEST_FULL=1 MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 120m -v $(GOTEST_FLAGS) ./test/critest/
+	MAGNETAR_CRITEST_FULL=1 MAGNETAR_BIN=$(BIN) MAGNETAR_E2E_REQUIRED=1 $(TIDY_CGROUPS) $(GO) test -count=1 -timeout 120m -v $(GOTEST_FLAGS) ./test/critest/
 
 .PHONY: test-vm
 test-vm: deps guest ## Boot the microVM guest under QEMU and talk to its agent (root)
-	MAGNETAR_E2E_REQUIRED=1 $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./sdk/kinds/vm/...
+	MAGNETAR_E2E_REQUIRED=1 $(TIDY_CGROUPS) $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./sdk/kinds/vm/...
 
 .PHONY: test
 test: deps tools build cross-build deps-client check-generate lint test-unit test-e2e test-critest test-vm test-clients bench-short ## Run every test (installs what it needs; needs root)
@@ -92,7 +94,7 @@ bench: deps tools build examples guest ## Run the Go benchmarks and the comparat
 .PHONY: bench-short
 bench-short: deps tools build examples guest ## Quick comparative benchmark (few iterations; never fails on a timing); writes .tmp/bench-short/ (root)
 	@mkdir -p $(TMP)/bench-short
-	cd $(ROOT)/bench && $(GO) run . -short -bin $(BIN) -out $(TMP)/bench-short
+	cd $(ROOT)/bench && $(TIDY_CGROUPS) $(GO) run . -short -bin $(BIN) -out $(TMP)/bench-short
 
 .PHONY: demo
 demo: deps build examples ## Run the main demo: Wasm and runc containers in direct mode (no containerd)

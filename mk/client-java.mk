@@ -22,4 +22,4 @@ generate-java: java-prereqs ## Generate the Java client's messages from proto/ i
 
 .PHONY: test-java
 test-java: build examples java-prereqs ## Test the Java client against a live magnetar-sandboxer (root)
-	cd $(JAVA_CLIENT_DIR) && MAGNETAR_BIN=$(BIN) MAGNETAR_EXAMPLES=$(EXAMPLES_DIR) MAGNETAR_E2E_REQUIRED=1 $(MVN) -q -B test
+	cd $(JAVA_CLIENT_DIR) && MAGNETAR_BIN=$(BIN) MAGNETAR_EXAMPLES=$(EXAMPLES_DIR) MAGNETAR_E2E_REQUIRED=1 $(TIDY_CGROUPS) $(MVN) -q -B test

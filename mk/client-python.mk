@@ -37,4 +37,4 @@ generate-python: $(ROOT)/node_modules/.bin/buf $(PY_VENV)/.stamp ## Regenerate t
 test-python: build examples $(PY_VENV)/.stamp ## Type-check the Python client and run its tests against a live sandboxer (root)
 	cd $(PY_DIR) && $(PY_VENV)/bin/mypy
 	cd $(PY_DIR) && MAGNETAR_BIN=$(BIN) MAGNETAR_EXAMPLES=$(EXAMPLES_DIR) \
-		$(PY_VENV)/bin/python -m pytest -v -p no:cacheprovider
+		$(TIDY_CGROUPS) $(PY_VENV)/bin/python -m pytest -v -p no:cacheprovider

@@ -32,4 +32,4 @@ build-typescript: $(TS_CLIENT_DEPS) ## Compile the TypeScript client (tsc) into 
 
 .PHONY: test-typescript
 test-typescript: build examples build-typescript ## Test the TypeScript client against a live magnetar-sandboxer (root)
-	cd $(TS_CLIENT_DIR) && MAGNETAR_BIN=$(BIN) MAGNETAR_EXAMPLES=$(EXAMPLES_DIR) MAGNETAR_E2E_REQUIRED=1 npm test
+	cd $(TS_CLIENT_DIR) && MAGNETAR_BIN=$(BIN) MAGNETAR_EXAMPLES=$(EXAMPLES_DIR) MAGNETAR_E2E_REQUIRED=1 $(TIDY_CGROUPS) npm test

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/magnetar-io/magnetar/internal/ociimage"
-	"github.com/magnetar-io/magnetar/internal/testutil"
 	"github.com/magnetar-io/magnetar/internal/testutil/prereq"
 	"github.com/magnetar-io/magnetar/sdk/embedded"
 )
@@ -23,7 +22,6 @@ var exampleRootfs string
 // re-executes it, and prepares the examples' fixture: the examples need
 // root, runc and busybox-static; without them they are skipped (with
 // -test.skip) and reported on stderr, or fail under MAGNETAR_E2E_REQUIRED=1.
-// The default cgroup parent the examples create is removed at the end.
 func TestMain(m *testing.M) {
 	if embedded.RunnerMain() {
 		return
@@ -58,7 +56,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	code := testutil.RemovingCgroups(m.Run, "/magnetar") // the default cgroup parent
+	code := m.Run()
 	os.RemoveAll(tmp)
 	os.Exit(code)
 }

@@ -88,20 +88,15 @@ var (
 	setupOnce sync.Once
 )
 
-// TestMain stops the shared containerd and sandboxer after the tests and
-// removes the default cgroup parent of the sandboxes made through
-// Magnetar's API (tests with a sandboxer of their own).
 func TestMain(m *testing.M) {
-	os.Exit(testutil.RemovingCgroups(func() int {
-		code := m.Run()
-		if code != 0 && shared != nil {
-			shared.report()
-		}
-		if shared != nil {
-			shared.close()
-		}
-		return code
-	}, "/magnetar"))
+	code := m.Run()
+	if code != 0 && shared != nil {
+		shared.report()
+	}
+	if shared != nil {
+		shared.close()
+	}
+	os.Exit(code)
 }
 
 // setup starts containerd and the sandboxer once.

@@ -24,36 +24,12 @@ GUEST="${GUEST:-$ROOT/.tmp/guest}"
 KINDS="${KINDS:-runc gvisor vm wasm}"
 [[ $EUID -eq 0 ]] || { echo "demo-agent-loop: needs root (runc, cgroups, bridges)" >&2; exit 1; }
 
-say() { printf '\n\033[1;36m==> %s\033[0m\n' "$*"; }
-
-WORK="$(mktemp -d /tmp/mgagent.XXXXXX)"
-API="$WORK/run/api.sock"
+DEMO=demo-agent-loop
+# shellcheck source=hack/direct-lib.sh
+source "$ROOT/hack/direct-lib.sh"
+direct_setup mgagent
 BRIDGE="mgdemo$((RANDOM % 10000))"
-SANDBOXER_PID=""
-cleanup() {
-	local rc=$?
-	set +e
-	trap - EXIT INT TERM
-	say "teardown"
-	if [[ -S "$API" ]]; then
-		for sb in $("$BIN/magnetar" --address "unix://$API" ps --sandboxes -q 2>/dev/null); do
-			"$BIN/magnetar" --address "unix://$API" sandbox rm -f "$sb" >/dev/null 2>&1
-		done
-	fi
-	if [[ -n "$SANDBOXER_PID" ]]; then
-		kill -TERM "$SANDBOXER_PID" 2>/dev/null
-		wait "$SANDBOXER_PID" 2>/dev/null
-	fi
-	ip link del "$BRIDGE" 2>/dev/null
-	if ((rc != 0)) && [[ -f "$WORK/sandboxer.log" ]]; then
-		echo "demo-agent-loop: FAILED (exit $rc); sandboxer log:" >&2
-		tail -n 40 "$WORK/sandboxer.log" >&2
-	fi
-	rm -rf "$WORK"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+demo_teardown() { ip link del "$BRIDGE" 2>/dev/null; }
 
 cat >"$WORK/sandboxer.toml" <<EOF
 version = 1
@@ -67,16 +43,7 @@ version = 1
 EOF
 
 say "magnetar-sandboxer (direct mode; bridge network $BRIDGE; gvisor with host_files)"
-"$BIN/magnetar-sandboxer" --config "$WORK/sandboxer.toml" --state-dir "$WORK/state" --run-dir "$WORK/run" \
-	--listen "$WORK/run/sandboxer.sock" --api-listen "$API" --vm-guest-dir "$GUEST" >"$WORK/sandboxer.log" 2>&1 &
-SANDBOXER_PID=$!
-for _ in $(seq 100); do
-	[[ -S "$API" ]] && break
-	kill -0 "$SANDBOXER_PID" 2>/dev/null || { echo "demo-agent-loop: sandboxer exited" >&2; exit 1; }
-	sleep 0.1
-done
-[[ -S "$API" ]] || { echo "demo-agent-loop: no API socket after 10s" >&2; exit 1; }
-export MAGNETAR_ADDRESS="unix://$API"
+direct_start --config "$WORK/sandboxer.toml"
 "$BIN/magnetar" kinds
 
 ran=() missing=()

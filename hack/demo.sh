@@ -24,46 +24,13 @@ EXAMPLES="${EXAMPLES:-$ROOT/.tmp/examples}"
 GUEST="${GUEST:-$ROOT/.tmp/guest}"
 [[ $EUID -eq 0 ]] || { echo "demo: needs root (runc, cgroups)" >&2; exit 1; }
 
-say() { printf '\n\033[1;36m==> %s\033[0m\n' "$*"; }
-
-WORK="$(mktemp -d /tmp/mgdirect.XXXXXX)"
-API="$WORK/run/api.sock"
-SANDBOXER_PID=""
-cleanup() {
-	local rc=$?
-	set +e
-	trap - EXIT INT TERM
-	say "teardown"
-	if [[ -S "$API" ]]; then
-		for sb in $("$BIN/magnetar" --address "unix://$API" ps --sandboxes -q 2>/dev/null); do
-			"$BIN/magnetar" --address "unix://$API" sandbox rm -f "$sb" >/dev/null 2>&1
-		done
-	fi
-	if [[ -n "$SANDBOXER_PID" ]]; then
-		kill -TERM "$SANDBOXER_PID" 2>/dev/null
-		wait "$SANDBOXER_PID" 2>/dev/null
-	fi
-	if ((rc != 0)) && [[ -f "$WORK/sandboxer.log" ]]; then
-		echo "demo: FAILED (exit $rc); sandboxer log:" >&2
-		tail -n 40 "$WORK/sandboxer.log" >&2
-	fi
-	rm -rf "$WORK"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+DEMO=demo
+# shellcheck source=hack/direct-lib.sh
+source "$ROOT/hack/direct-lib.sh"
+direct_setup mgdirect
 
 say "magnetar-sandboxer (direct mode: Magnetar's API only, no containerd)"
-"$BIN/magnetar-sandboxer" --state-dir "$WORK/state" --run-dir "$WORK/run" \
-	--listen "$WORK/run/sandboxer.sock" --api-listen "$API" --vm-guest-dir "$GUEST" >"$WORK/sandboxer.log" 2>&1 &
-SANDBOXER_PID=$!
-for _ in $(seq 100); do
-	[[ -S "$API" ]] && break
-	kill -0 "$SANDBOXER_PID" 2>/dev/null || { echo "demo: sandboxer exited" >&2; exit 1; }
-	sleep 0.1
-done
-[[ -S "$API" ]] || { echo "demo: no API socket after 10s" >&2; exit 1; }
-export MAGNETAR_ADDRESS="unix://$API"
+direct_start
 echo "API: $MAGNETAR_ADDRESS"
 
 say "magnetar kinds"

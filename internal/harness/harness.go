@@ -626,16 +626,12 @@ func (c *Containerd) Exited() (bool, error) {
 	}
 }
 
+// LogTail returns the end of containerd's log (its last 32 KiB).
+func (c *Containerd) LogTail() string { return c.log.String() }
+
 func (c *Containerd) running() bool {
-	if c.cmd == nil {
-		return false
-	}
-	select {
-	case <-c.done:
-		return false
-	default:
-		return true
-	}
+	ended, _ := c.Exited()
+	return c.cmd != nil && !ended
 }
 
 // terminate stops containerd and waits for it.

@@ -29,7 +29,6 @@ type env struct {
 	runDir    string
 	sandboxer *exec.Cmd
 	sbLog     *testutil.Buffer
-	ctrdLog   *testutil.Buffer // containerd's output
 	sbDone    chan struct{}
 	logDir    string
 	binDir    string
@@ -133,11 +132,9 @@ func start(binDir string) (_ *env, err error) {
 			e.close()
 		}
 	}()
-	e.ctrdLog = &testutil.Buffer{}
 	e.ctrd, err = harness.Start(ctx, harness.Options{
-		BinDir:    binDir,
-		ShimPath:  filepath.Join(binDir, "containerd-shim-magnetar-v2"),
-		LogWriter: e.ctrdLog,
+		BinDir:   binDir,
+		ShimPath: filepath.Join(binDir, "containerd-shim-magnetar-v2"),
 		// The parent of the pods the tests make: removed at the end.
 		CgroupParents: []string{"/magnetar-e2e"},
 	})
@@ -170,7 +167,7 @@ func (e *env) report() {
 	if ended, err := e.ctrd.Exited(); ended {
 		fmt.Fprintf(os.Stderr, "e2e: containerd (pid %d) ended during the tests: %v\n", e.ctrd.Pid(), err)
 	}
-	lines := strings.Split(strings.TrimRight(e.ctrdLog.String(), "\n"), "\n")
+	lines := strings.Split(strings.TrimRight(e.ctrd.LogTail(), "\n"), "\n")
 	fmt.Fprintf(os.Stderr, "--- the last lines of containerd's log ---\n%s\n", strings.Join(lines[max(0, len(lines)-40):], "\n"))
 }
 
